@@ -1,0 +1,35 @@
+"""msgq's contract: the Messages request and response, the job spec and record. No I/O."""
+
+from schemas.capabilities import Capabilities, Prices, capabilities_for, tier_limits
+from schemas.images import DEFAULT_MAX_IMAGE_BYTES
+from schemas.jobs import (
+    JOB_ID_PATTERN,
+    TERMINAL,
+    JobError,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    JobUsage,
+)
+from schemas.request import MessageRequest, field_errors, validate_request
+from schemas.response import Message, Usage
+
+__all__ = [
+    "DEFAULT_MAX_IMAGE_BYTES",
+    "JOB_ID_PATTERN",
+    "TERMINAL",
+    "Capabilities",
+    "JobError",
+    "JobRecord",
+    "JobSpec",
+    "JobStatus",
+    "JobUsage",
+    "Message",
+    "MessageRequest",
+    "Prices",
+    "Usage",
+    "capabilities_for",
+    "field_errors",
+    "tier_limits",
+    "validate_request",
+]

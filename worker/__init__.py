@@ -1,0 +1,1 @@
+"""msgq's service: producer client, arq worker, upstream call, store, CLI and simulator."""

@@ -1,0 +1,243 @@
+"""The `msgq` command: thin verbs over the client, the worker, the simulator and the dev stack.
+
+Exit codes: 0 success, 1 the job failed (or could not be reached), 2 usage or validation error.
+Errors are one line on stderr; `msgq --debug ...` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+from redis.exceptions import RedisError
+
+from schemas import JobRecord, JobStatus
+from worker.client import Client
+from worker.errors import InvalidJobError, JobNotFoundError
+from worker.logs import configure_logging
+from worker.settings import Settings
+
+T = TypeVar("T")
+FAILED_STATUSES = {JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED}
+
+
+class JobFailedError(click.ClickException):
+    exit_code = 1
+
+
+def _dump(data: Any) -> None:
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def _with_client(fn: Callable[[Client], Awaitable[T]]) -> T:
+    async def run() -> T:
+        settings = Settings()
+        async with Client.from_url(settings.redis_url, settings) as client:
+            return await fn(client)
+
+    return asyncio.run(run())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """msgq: a job queue for the Anthropic Messages API.
+
+    Configuration comes from the environment (REDIS_URL, ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL,
+    MSGQ_*); `msgq settings` lists every setting with its default.
+    """
+
+
+@cli.command()
+def settings() -> None:
+    """List every setting, its environment variable and its default."""
+    for name, field in Settings.model_fields.items():
+        env = f"MSGQ_{name.upper()}"
+        alias = field.validation_alias
+        if alias is not None and hasattr(alias, "choices"):
+            env = " / ".join(str(c) for c in alias.choices)
+        default = "(unset)" if field.default is None else field.default
+        click.echo(f"{env:<44} {default!s:<28} {field.description or ''}".rstrip())
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+def worker(burst: bool) -> None:
+    """Run one worker process (arq). SIGTERM stops taking jobs and lets in-flight ones finish."""
+    from worker.main import build_worker
+
+    s = Settings()
+    configure_logging(fmt=s.log_format, level=s.log_level)
+    if s.anthropic_api_key is None:
+        raise click.UsageError("ANTHROPIC_API_KEY is not set (use `msgq dev` for the simulator)")
+    build_worker(s, burst=burst).run()
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8787, show_default=True, type=int)
+@click.option("--seed", default=0, envvar="MSGQ_SIM_SEED", type=int, show_default=True)
+@click.option("--api-key", envvar="MSGQ_SIM_API_KEY", help="Accept only this key (default: any).")
+@click.option("--latency-ms", default=0.0, envvar="MSGQ_SIM_LATENCY_MS", type=float)
+@click.option("--ms-per-token", default=0.0, envvar="MSGQ_SIM_MS_PER_TOKEN", type=float)
+@click.option("--fault", "faults", multiple=True, envvar="MSGQ_SIM_FAULTS",
+              help="STATUS=RATE, e.g. --fault 529=0.05 --fault 500=0.01")
+@click.option("--hang-rate", default=0.0, type=float, help="Share of requests that never answer.")
+@click.option("--drop-rate", default=0.0, type=float, help="Share of connections dropped.")
+def simulator(host: str, port: int, seed: int, api_key: str | None, latency_ms: float,
+              ms_per_token: float, faults: tuple[str, ...], hang_rate: float,
+              drop_rate: float) -> None:
+    """Run the local Messages API stand-in (no real API is called)."""
+    from aiohttp import web
+
+    from worker.simulator.app import build_app
+    from worker.simulator.state import SimConfig
+
+    rates: dict[int, float] = {}
+    for item in faults:
+        match = re.fullmatch(r"(\d{3})=([0-9.]+)", item.strip())
+        if not match:
+            raise click.BadParameter(f"{item!r} is not STATUS=RATE", param_hint="--fault")
+        rates[int(match[1])] = float(match[2])
+    config = SimConfig(seed=seed, api_key=api_key, latency_ms=latency_ms,
+                       ms_per_output_token=ms_per_token, fault_rates=rates,
+                       hang_rate=hang_rate, drop_rate=drop_rate)
+    click.echo(f"msgq simulator on http://{host}:{port} (a stand-in, not the Anthropic API)",
+               err=True)
+    web.run_app(build_app(config), host=host, port=port, print=None, access_log=None)
+
+
+def _read_json(path: str) -> Any:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise click.UsageError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise click.UsageError(f"{path} is not valid JSON: {exc}") from None
+
+
+@cli.command()
+@click.argument("file")
+@click.option("--id", "job_id", help="Caller-chosen job ID: submitting it again is a no-op.")
+@click.option("--wait", is_flag=True, help="Wait for the job to end and print its record.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to --wait.")
+def submit(file: str, job_id: str | None, wait: bool, timeout: float) -> None:
+    """Enqueue one Messages request from FILE (`-` for stdin); prints the job ID."""
+    request = _read_json(file)
+
+    async def run(client: Client) -> JobRecord | str:
+        job = await client.submit(request, job_id=job_id)
+        return await client.wait(job.id, timeout=timeout) if wait else job.id
+
+    outcome = _with_client(run)
+    if isinstance(outcome, str):
+        click.echo(outcome)
+        return
+    _dump(outcome.model_dump(mode="json"))
+    if outcome.status in FAILED_STATUSES:
+        raise JobFailedError(f"job {outcome.id} {outcome.status.value}")
+
+
+@cli.command()
+@click.argument("job_id")
+def status(job_id: str) -> None:
+    """Print a job's record as JSON."""
+    _dump(_with_client(lambda c: c.get(job_id)).model_dump(mode="json"))
+
+
+@cli.command()
+@click.argument("job_id")
+def result(job_id: str) -> None:
+    """Print a succeeded job's Message as JSON (exit 1 if it has none)."""
+    record = _with_client(lambda c: c.get(job_id))
+    if record.status is not JobStatus.SUCCEEDED or record.result is None:
+        why = f": {record.error.message}" if record.error else ""
+        raise JobFailedError(f"job {job_id} is {record.status.value}, no result{why}")
+    _dump(record.result)
+
+
+@cli.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel a queued or retrying job (an in-progress one is aborted)."""
+    _dump(_with_client(lambda c: c.cancel(job_id)).model_dump(mode="json"))
+
+
+@cli.command()
+@click.option("--status", "status_", type=click.Choice([s.value for s in JobStatus]))
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
+def jobs(status_: str | None, limit: int, as_json: bool) -> None:
+    """List recent jobs, newest first."""
+    wanted = JobStatus(status_) if status_ else None
+    records = _with_client(lambda c: c.list(status=wanted, limit=limit))
+    for r in records:
+        if as_json:
+            click.echo(r.model_dump_json())
+        else:
+            error = r.error.type if r.error else ""
+            click.echo(f"{r.id}  {r.status.value:<11} attempts={r.attempts}  {r.model or ''}  "
+                       f"{error}".rstrip())
+
+
+@cli.command()
+@click.option("--data-dir", default=".msgq", show_default=True, type=click.Path(path_type=Path))
+@click.option("--workers", default=1, show_default=True)
+def dev(data_dir: Path, workers: int) -> None:
+    """Embedded Redis + simulator (unless ANTHROPIC_API_KEY is set) + worker; Ctrl-C stops all."""
+    from worker.stack import Stack
+
+    use_simulator = Settings().anthropic_api_key is None
+    with Stack(data_dir.resolve(), use_simulator=use_simulator, workers=workers) as stack:
+        click.echo(f"REDIS_URL={stack.redis.url}  (data in {data_dir}/redis, append-only on)")
+        if use_simulator:
+            click.echo(f"ANTHROPIC_API_KEY is not set: the simulator at {stack.simulator_url} "
+                       "answers instead of the Anthropic API.")
+        click.echo("Ctrl-C stops everything.")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+
+
+def main() -> None:
+    """Entry point: click's parsing, with msgq's exit codes and one-line errors."""
+    debug = "--debug" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except click.ClickException as exc:
+        click.echo(f"msgq: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    except (InvalidJobError, JobNotFoundError) as exc:
+        _fail(exc, 2, debug)
+    except (RedisError, OSError, TimeoutError) as exc:
+        _fail(exc, 1, debug)
+
+
+def _fail(exc: BaseException, code: int, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(exc)
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, InvalidJobError) and exc.errors:
+        message = "invalid request: " + "; ".join(f"{e['loc']}: {e['msg']}" for e in exc.errors)
+    if isinstance(exc, RedisError):
+        message = f"cannot reach Redis ({type(exc).__name__}: {re.sub(r'//[^@/]*@', '//', message)})"
+    click.echo(f"msgq: {message}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

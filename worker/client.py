@@ -1,0 +1,149 @@
+"""The producer client: validate, then enqueue atomically; get, wait and cancel by job ID."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+from arq.constants import abort_jobs_ss
+from pydantic import BaseModel, ValidationError
+from redis.asyncio import Redis
+
+from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus, field_errors, validate_request
+from worker.errors import InvalidJobError, JobNotFoundError
+from worker.serialization import TASK_NAME, serialize
+from worker.settings import Settings
+from worker.store import JobStore
+from worker.transitions import new_record
+
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What submit() returns: `created` is False when the ID already existed (idempotent retry)."""
+
+    id: str
+    created: bool
+    record: JobRecord
+
+
+def new_job_id() -> str:
+    """128 random bits: unguessable, so a job ID can double as a capability to read the result."""
+    return "job_" + secrets.token_hex(16)
+
+
+def enqueue_payload(spec: JobSpec, enqueued_ms: int) -> bytes:
+    """The arq job as JSON: the exact bytes a non-Python producer writes (see README)."""
+    kwargs = spec.model_dump(mode="json", exclude_none=True)
+    return serialize({"t": 1, "f": TASK_NAME, "a": [], "k": kwargs, "et": enqueued_ms})
+
+
+class Client:
+    """`async with Client.from_url(url) as q: job = await q.submit(request)`."""
+
+    def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.redis = redis
+        self.store = JobStore(
+            redis, queue_name=self.settings.queue_name, retention_s=self.settings.retention_s
+        )
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings | None = None) -> Self:
+        settings = (settings or Settings()).model_copy(update={"redis_url": url})
+        return cls(Redis.from_url(url), settings)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def submit(
+        self,
+        request: dict[str, Any] | BaseModel,
+        *,
+        job_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        deadline: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> Submitted:
+        """Validate, then enqueue. Raises InvalidJobError (nothing enqueued) for a bad request."""
+        body = self._request_dict(request)
+        try:
+            validate_request(body, max_image_bytes=self.settings.max_image_bytes)
+            spec = JobSpec(
+                request=body, metadata=metadata or {}, deadline=deadline, max_attempts=max_attempts
+            )
+        except ValidationError as exc:
+            errors = field_errors(exc, body)
+            summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:3])
+            raise InvalidJobError(f"invalid request: {summary}", errors) from None
+        if job_id is not None and not _JOB_ID.match(job_id):
+            msg = "job id must be 1-128 characters of A-Z a-z 0-9 _ . : -"
+            raise InvalidJobError(msg, [{"loc": "id", "msg": msg, "type": "value_error"}])
+        job_id = job_id or new_job_id()
+        now_ms = int(time.time() * 1000)
+        record = new_record(
+            job_id,
+            spec,
+            created_at=datetime.fromtimestamp(now_ms / 1000, UTC),
+            default_max_attempts=self.settings.max_attempts,
+        )
+        existing = await self.store.create(record, enqueue_payload(spec, now_ms), now_ms)
+        return Submitted(job_id, existing is None, existing or record)
+
+    @staticmethod
+    def _request_dict(request: dict[str, Any] | BaseModel) -> dict[str, Any]:
+        if isinstance(request, BaseModel):
+            return request.model_dump(mode="json", exclude_unset=True)
+        if not isinstance(request, dict):
+            msg = "request must be a JSON object"
+            raise InvalidJobError(msg, [{"loc": "request", "msg": msg, "type": "dict_type"}])
+        return request
+
+    async def get(self, job_id: str) -> JobRecord:
+        record = await self.store.get(job_id)
+        if record is None:
+            msg = f"no job {job_id!r} (unknown, or past its retention)"
+            raise JobNotFoundError(msg)
+        return record
+
+    async def wait(self, job_id: str, *, timeout: float = 60.0) -> JobRecord:
+        """Poll until the job is terminal; raises TimeoutError with the job still running."""
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            record = await self.get(job_id)
+            if record.status.terminal:
+                return record
+            if time.monotonic() >= deadline:
+                msg = f"job {job_id} still {record.status.value} after {timeout:g}s"
+                raise TimeoutError(msg)
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.5)
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Queued/retrying: canceled at once. In progress: the worker aborts the call."""
+        record = await self.store.cancel(job_id)
+        if record is None:
+            msg = f"no job {job_id!r}"
+            raise JobNotFoundError(msg)
+        if record.status is JobStatus.IN_PROGRESS and record.cancel_requested:
+            await self.redis.zadd(abort_jobs_ss, {job_id: int(time.time() * 1000)})
+        return record
+
+    async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
+        return await self.store.list(status=status, limit=limit)

@@ -1,0 +1,48 @@
+"""Cost in USD of one Message's usage, from the prices in the capabilities table (or an override)."""
+
+from __future__ import annotations
+
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from schemas import Prices, capabilities_for
+
+
+@cache
+def _overrides(path: Path | None) -> dict[str, Prices]:
+    if path is None:
+        return {}
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    return {model: Prices(**row) for model, row in data.get("prices", {}).items()}
+
+
+def prices_for(model: str, prices_file: Path | None = None) -> Prices | None:
+    """An override file (`[prices.<model-prefix>]` rows) beats the bundled table."""
+    overrides = _overrides(prices_file)
+    matches = [prefix for prefix in overrides if model.startswith(prefix)]
+    if matches:
+        return overrides[max(matches, key=len)]
+    return capabilities_for(model).prices
+
+
+def cost_usd(model: str, usage: dict[str, Any], prices_file: Path | None = None) -> float | None:
+    """None for a model without a known price: an unknown cost is not a zero cost."""
+    prices = prices_for(model, prices_file)
+    if prices is None:
+        return None
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    split = usage.get("cache_creation") or {}
+    written_1h = int(split.get("ephemeral_1h_input_tokens") or 0)
+    written_5m = written - written_1h if split else written
+    total = (
+        int(usage.get("input_tokens") or 0) * prices.input
+        + written_5m * prices.cache_write
+        + written_1h * prices.input * 2
+        + int(usage.get("cache_read_input_tokens") or 0) * prices.cache_read
+        + int(usage.get("output_tokens") or 0) * prices.output
+    ) / 1_000_000
+    if usage.get("service_tier") == "batch":
+        total /= 2
+    return round(total, 8)

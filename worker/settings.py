@@ -1,0 +1,57 @@
+"""Settings: the only module that reads the environment (pydantic-settings, env first)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import DEFAULT_MAX_IMAGE_BYTES
+
+
+class Settings(BaseSettings):
+    """Every knob, with its default. `msgq --help` and the README list them."""
+
+    model_config = SettingsConfigDict(env_prefix="MSGQ_", env_file=".env", extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://localhost:6379/0",
+        validation_alias=AliasChoices("MSGQ_REDIS_URL", "REDIS_URL"),
+        description="Redis DSN; rediss:// and passwords work",
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MSGQ_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+        description="the organisation's API key; never logged or stored",
+    )
+    anthropic_base_url: str = Field(
+        default="https://api.anthropic.com",
+        validation_alias=AliasChoices("MSGQ_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"),
+    )
+    anthropic_version: str = "2023-06-01"
+    anthropic_beta: str | None = Field(default=None, description="comma-separated beta names")
+    queue_name: str = "msgq:queue"
+    max_jobs: int = Field(default=16, ge=1, description="concurrent jobs per worker process")
+    max_attempts: int = Field(default=8, ge=1, description="API calls per job before it fails")
+    backoff_base_s: float = 1.0
+    backoff_factor: float = 2.0
+    backoff_max_s: float = 60.0
+    request_timeout_s: float = Field(default=600.0, description="read timeout of one API call")
+    connect_timeout_s: float = 5.0
+    job_timeout_s: float = Field(default=900.0, description="longest one attempt may run")
+    lock_s: float = Field(
+        default=15.0, description="in-progress lock; a heartbeat extends it while the job runs"
+    )
+    poll_delay_s: float = Field(default=0.05, description="how often an idle worker polls")
+    shutdown_grace_s: int = Field(default=60, description="SIGTERM: wait this long for jobs")
+    retention_s: int = Field(default=7 * 24 * 3600, description="keep records after a job ends")
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    prices_file: Path | None = Field(default=None, description="TOML overriding model prices")
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_level: str = "info"
+
+    @property
+    def using_simulator_default(self) -> bool:
+        """True when no key is configured: `msgq dev` and `make demo` then start the simulator."""
+        return self.anthropic_api_key is None

@@ -1,0 +1,103 @@
+"""Starts and stops a local msgq: embedded Redis, the simulator (when no key), workers, API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import httpx
+
+from worker.embedded_redis import EmbeddedRedis, free_port
+
+
+def msgq_command(*args: str) -> list[str]:
+    """`msgq ARGS` run with this interpreter, so it works before the console script is on PATH."""
+    return [sys.executable, "-m", "worker.cli", *args]
+
+
+def wait_http(url: str, *, timeout_s: float = 15.0, process: subprocess.Popen[bytes] | None = None
+              ) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            if process is not None and process.poll() is not None:
+                msg = f"{' '.join(process.args)} exited with {process.returncode}"  # type: ignore[arg-type]
+                raise RuntimeError(msg) from None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+class Stack:
+    """Everything `msgq dev` and `make demo` need, on loopback, stopped in reverse order."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        use_simulator: bool,
+        workers: int = 1,
+        log: IO[bytes] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.use_simulator = use_simulator
+        self.workers = workers
+        self.log = log
+        self.redis = EmbeddedRedis(data_dir / "redis")
+        self.simulator_url: str | None = None
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.env = {**os.environ, **(extra_env or {})}
+
+    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(msgq_command(*args), env=self.env, stdout=self.log,
+                                   stderr=self.log)
+        self.processes.append(process)
+        return process
+
+    def start(self) -> None:
+        self.redis.start()
+        self.env["REDIS_URL"] = self.redis.url
+        if self.use_simulator:
+            port = free_port()
+            process = self._spawn("simulator", "--port", str(port))
+            self.simulator_url = f"http://127.0.0.1:{port}"
+            wait_http(f"{self.simulator_url}/_sim/stats", process=process)
+            self.env["ANTHROPIC_BASE_URL"] = self.simulator_url
+            # The simulator accepts any key; this one exists only on this machine.
+            self.env["ANTHROPIC_API_KEY"] = "sk-ant-simulator-local"
+        for _ in range(self.workers):
+            self._spawn("worker")
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.redis.stop()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,153 @@
+"""Redis keys and the job records: created once, updated under WATCH, written terminal only once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from schemas import JobRecord, JobStatus
+
+KEY_PREFIX = "msgq:"
+INDEX_KEY = KEY_PREFIX + "jobs"  # ZSET id -> created ms, for listing
+
+
+def record_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}job:{job_id}"
+
+
+def arq_job_key(job_id: str) -> str:
+    return job_key_prefix + job_id
+
+
+def in_progress_key(job_id: str) -> str:
+    return in_progress_key_prefix + job_id
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+Change = Callable[[JobRecord], JobRecord | None]
+
+
+class JobStore:
+    """All record reads and writes. A terminal record is never overwritten (late duplicates lose)."""
+
+    def __init__(self, redis: Redis, *, queue_name: str, retention_s: int) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self.retention_s = retention_s
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        raw = await self.redis.get(record_key(job_id))
+        return None if raw is None else JobRecord.model_validate_json(raw)
+
+    async def create(self, record: JobRecord, job_payload: bytes, score_ms: int) -> JobRecord | None:
+        """Store the record and enqueue the arq job atomically; an existing ID returns its record."""
+        key = record_key(record.id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key, arq_job_key(record.id))
+                    existing, queued = await pipe.get(key), await pipe.exists(arq_job_key(record.id))
+                    if existing is not None:
+                        return JobRecord.model_validate_json(existing)
+                    if queued:
+                        return await self.ensure(record)
+                    pipe.multi()
+                    pipe.set(key, record.model_dump_json())
+                    pipe.set(arq_job_key(record.id), job_payload)
+                    pipe.zadd(self.queue_name, {record.id: score_ms}, nx=True)
+                    pipe.zadd(INDEX_KEY, {record.id: score_ms})
+                    await pipe.execute()
+                    return None
+                except WatchError:
+                    continue
+
+    async def ensure(self, record: JobRecord) -> JobRecord:
+        """Create the record if none exists (jobs enqueued by raw Redis producers); return current."""
+        key = record_key(record.id)
+        created = await self.redis.set(key, record.model_dump_json(), nx=True)
+        if created:
+            await self.redis.zadd(INDEX_KEY, {record.id: int(record.created_at.timestamp() * 1000)})
+            return record
+        current = await self.get(record.id)
+        return current if current is not None else record
+
+    async def update(self, job_id: str, change: Change) -> JobRecord | None:
+        """Apply `change` under WATCH. It returns the new record or None for no change.
+
+        Terminal records are passed to `change` too, but a terminal record is never replaced.
+        Returns the record as stored afterwards.
+        """
+        key = record_key(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        return None
+                    current = JobRecord.model_validate_json(raw)
+                    new = None if current.status.terminal else change(current)
+                    if new is None:
+                        await pipe.unwatch()
+                        return current
+                    pipe.multi()
+                    self._write(pipe, new)
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    continue
+
+    def _write(self, pipe: Redis, record: JobRecord) -> None:
+        if record.status.terminal:
+            pipe.set(record_key(record.id), record.model_dump_json(), ex=self.retention_s)
+        else:
+            pipe.set(record_key(record.id), record.model_dump_json())
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Queued or retrying: canceled now and dequeued. In progress: flagged for the worker."""
+
+        def change(record: JobRecord) -> JobRecord | None:
+            if record.status in (JobStatus.QUEUED, JobStatus.RETRYING):
+                return record.model_copy(
+                    update={
+                        "status": JobStatus.CANCELED,
+                        "finished_at": utcnow(),
+                        "next_attempt_at": None,
+                    }
+                )
+            return record.model_copy(update={"cancel_requested": True})
+
+        record = await self.update(job_id, change)
+        if record is not None and record.status is JobStatus.CANCELED:
+            # Free the queue slot; a worker that already picked it up sees `canceled` and stops.
+            await self.redis.zrem(self.queue_name, job_id)
+            await self.redis.delete(arq_job_key(job_id))
+        return record
+
+    async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
+        """Newest first. Index entries whose record has expired are pruned on the way."""
+        found: list[JobRecord] = []
+        offset, page = 0, 500
+        while len(found) < limit:
+            ids = await self.redis.zrevrange(INDEX_KEY, offset, offset + page - 1)
+            if not ids:
+                break
+            offset += page
+            raws = await self.redis.mget([record_key(i.decode()) for i in ids])
+            gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
+            if gone:
+                await self.redis.zrem(INDEX_KEY, *gone)
+                offset -= len(gone)
+            for raw in raws:
+                if raw is not None:
+                    record = JobRecord.model_validate_json(raw)
+                    if status is None or record.status is status:
+                        found.append(record)
+        return found[:limit]
