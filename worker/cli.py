@@ -112,7 +112,9 @@ def simulator(host: str, port: int, seed: int, api_key: str | None, latency_ms: 
                        hang_rate=hang_rate, drop_rate=drop_rate)
     click.echo(f"msgq simulator on http://{host}:{port} (a stand-in, not the Anthropic API)",
                err=True)
-    web.run_app(build_app(config), host=host, port=port, print=None, access_log=None)
+    # Held responses (hangs) must not delay shutdown: a real server would drop them too.
+    web.run_app(build_app(config), host=host, port=port, print=None, access_log=None,
+                shutdown_timeout=1.0)
 
 
 def _read_json(path: str) -> Any:

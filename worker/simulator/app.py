@@ -54,10 +54,18 @@ def _json(data: Any, *, status: int = 200, request_id: str | None = None) -> web
                         headers=headers)
 
 
+def api_key_of(request: web.Request) -> str:
+    """`x-api-key`, or `Authorization: Bearer` (what SDK 2.x sends)."""
+    bearer = request.headers.get("authorization", "")
+    if bearer.lower().startswith("bearer "):
+        return bearer[7:].strip()
+    return request.headers.get("x-api-key", "")
+
+
 async def _read_checked(request: web.Request, state: SimState, request_id: str
                         ) -> dict[str, Any] | web.Response:
     """Auth, version header and body checks every Messages route shares."""
-    key = request.headers.get("x-api-key", "")
+    key = api_key_of(request)
     if not key or (state.config.api_key is not None and key != state.config.api_key):
         return error_response(401, "invalid x-api-key", request_id=request_id)
     if not request.headers.get("anthropic-version"):
@@ -75,6 +83,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     request_id = "req_sim" + secrets.token_hex(12)
     entry = _log_request(state, request)
+    entry["request_id"] = request_id
     checked = await _read_checked(request, state, request_id)
     if isinstance(checked, dict):
         entry["body"] = checked
@@ -102,7 +111,7 @@ def _log_request(state: SimState, request: web.Request) -> dict[str, Any]:
 
 async def _answer(request: web.Request, state: SimState, body: dict[str, Any],
                   request_id: str, entry: dict[str, Any]) -> web.StreamResponse:
-    key = request.headers.get("x-api-key", "")
+    key = api_key_of(request)
     scripted = state.next_scripted(key) or state.roll_fault() or Scripted()
     if scripted.delay_s:
         await asyncio.sleep(scripted.delay_s)

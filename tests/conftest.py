@@ -1,0 +1,167 @@
+"""Fixtures: a real Redis (bundled binary, random port), the simulator over HTTP, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from redis.asyncio import Redis
+
+from worker.client import Client
+from worker.embedded_redis import EmbeddedRedis, free_port
+from worker.main import MsgqWorker, build_worker
+from worker.settings import Settings
+from worker.stack import msgq_command, wait_http
+
+TEST_API_KEY = "sk-ant-test-0123456789abcdefSECRET"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No setting leaks in from the developer's shell (httpx's habit)."""
+    for name in list(os.environ):
+        if name.startswith(("MSGQ_", "ANTHROPIC_")) or name == "REDIS_URL":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+class Sim:
+    """Steers and inspects the simulator through its /_sim routes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=10)
+
+    def reset(self) -> None:
+        self.http.post("/_sim/reset").raise_for_status()
+
+    def script(self, *responses: dict[str, Any], key: str | None = None) -> None:
+        self.http.post("/_sim/script", json={"responses": list(responses), "key": key}
+                       ).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.http.get("/_sim/stats").json())
+
+    def requests(self, limit: int = 1000) -> list[dict[str, Any]]:
+        return list(self.http.get("/_sim/requests", params={"limit": limit}).json()["requests"])
+
+    @property
+    def received(self) -> int:
+        return int(self.stats()["received"])
+
+
+@pytest.fixture(scope="session")
+def simulator_server() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(msgq_command("simulator", "--port", str(port)),
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/_sim/stats", process=process)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def sim(simulator_server: str) -> Iterator[Sim]:
+    s = Sim(simulator_server)
+    s.reset()
+    yield s
+    s.http.close()
+
+
+@pytest.fixture
+def settings(redis_url: str, simulator_server: str) -> Settings:
+    """Fast backoff and a short lock, so retry and crash tests take seconds."""
+    return Settings(
+        _env_file=None,
+        redis_url=redis_url,
+        anthropic_api_key=TEST_API_KEY,
+        anthropic_base_url=simulator_server,
+        backoff_base_s=0.05,
+        backoff_max_s=0.2,
+        request_timeout_s=5.0,
+        lock_s=2.0,
+        poll_delay_s=0.01,
+        shutdown_grace_s=5,
+    )
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    async with Client(Redis.from_url(settings.redis_url), settings) as c:
+        yield c
+
+
+StartWorker = Callable[..., Awaitable[MsgqWorker]]
+
+
+@pytest.fixture
+async def start_worker(settings: Settings) -> AsyncIterator[StartWorker]:
+    """Start in-process workers (arq Worker.async_run as a task); all closed at teardown."""
+    running: list[tuple[MsgqWorker, asyncio.Task[None]]] = []
+
+    async def start(custom: Settings | None = None, **overrides: Any) -> MsgqWorker:
+        w = build_worker(custom or settings, handle_signals=False, **overrides)
+        running.append((w, asyncio.create_task(w.async_run())))
+        return w
+
+    yield start
+    for w, task in running:
+        await w.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a `msgq worker` subprocess needs to match `settings`."""
+    assert settings.anthropic_api_key is not None
+    return {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "ANTHROPIC_API_KEY": settings.anthropic_api_key.get_secret_value(),
+        "ANTHROPIC_BASE_URL": settings.anthropic_base_url,
+        "MSGQ_LOCK_S": str(settings.lock_s),
+        "MSGQ_POLL_DELAY_S": str(settings.poll_delay_s),
+        "MSGQ_BACKOFF_BASE_S": str(settings.backoff_base_s),
+        "MSGQ_BACKOFF_MAX_S": str(settings.backoff_max_s),
+        "MSGQ_LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float = 15.0) -> None:
+    """Poll `check` until it is true, failing after a deadline (never a bare sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(0.02)
+
+
+SAMPLES = Path(__file__).parent.parent / "samples"

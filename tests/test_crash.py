@@ -1,0 +1,56 @@
+"""A worker killed mid-request: another worker completes the job, and the record ends once."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+from schemas import JobStatus
+from tests.conftest import Sim, eventually, worker_env
+from worker.client import Client
+from worker.settings import Settings
+from worker.stack import msgq_command
+
+BODY = {"model": "claude-haiku-4-5", "max_tokens": 20,
+        "messages": [{"role": "user", "content": "survive a crash"}]}
+
+
+def spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    return subprocess.Popen(msgq_command("worker"), env=worker_env(settings), stdout=out,
+                            stderr=out)
+
+
+async def test_sigkill_mid_request_is_recovered_by_another_worker(
+    settings: Settings, client: Client, sim: Sim, tmp_path: Path
+) -> None:
+    """SIGKILL during the call: within ~lock_s another worker re-runs and succeeds once."""
+    sim.script({"delay_s": 60})  # the first call is held until the worker is dead
+    first = spawn_worker(settings, tmp_path / "a.log")
+    try:
+        job = await client.submit(BODY)
+
+        async def held() -> bool:
+            return sim.received == 1
+
+        await eventually(held)
+        assert (await client.get(job.id)).status is JobStatus.IN_PROGRESS
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    second = spawn_worker(settings, tmp_path / "b.log")
+    try:
+        record = await client.wait(job.id, timeout=30)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=20) == 0
+    assert record.status is JobStatus.SUCCEEDED
+    assert record.attempts == 2 and sim.received == 2
+    events = [json.loads(line) for line in (tmp_path / "b.log").read_text().splitlines()
+              if line.startswith("{")]
+    finished = [e for e in events if e.get("event") == "job.finished"]
+    assert [e["status"] for e in finished] == ["succeeded"]

@@ -1,0 +1,62 @@
+"""End to end: client → Redis → worker → simulator over HTTP → stored record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from schemas import JobStatus
+from tests.conftest import SAMPLES, TEST_API_KEY, Sim, StartWorker
+from worker.client import Client
+from worker.pricing import cost_usd
+
+
+@pytest.mark.parametrize("name", ["text", "multi_turn", "prefill", "image_base64"])
+async def test_seed_request_succeeds_with_usage_and_cost(
+    name: str, client: Client, sim: Sim, start_worker: StartWorker
+) -> None:
+    """Each seed request kind succeeds; the stored result is what the simulator sent."""
+    body = json.loads((SAMPLES / "requests" / f"{name}.json").read_text())
+    await start_worker()
+    job = await client.submit(body, metadata={"kind": name})
+    record = await client.wait(job.id, timeout=20)
+
+    assert record.status is JobStatus.SUCCEEDED, record.error
+    (seen,) = sim.requests()
+    assert seen["body"] == body
+    assert seen["headers"]["anthropic-version"] == "2023-06-01"
+    assert record.result == seen["response"]
+    assert record.upstream_request_id and record.upstream_request_id.startswith("req_sim")
+    usage = seen["response"]["usage"]
+    assert record.usage is not None
+    assert record.usage.input_tokens == usage["input_tokens"] > 0
+    assert record.usage.output_tokens == usage["output_tokens"] > 0
+    assert record.cost_usd == cost_usd(body["model"], usage) and record.cost_usd > 0
+    assert record.attempts == 1 and record.metadata == {"kind": name}
+    assert record.started_at and record.finished_at and record.finished_at >= record.started_at
+    assert TEST_API_KEY not in json.dumps(seen["headers"])
+
+
+async def test_prefill_continues_and_honours_max_tokens(
+    client: Client, sim: Sim, start_worker: StartWorker
+) -> None:
+    """The prefill request with max_tokens 1 stops on max_tokens with a continuation."""
+    body = json.loads((SAMPLES / "requests" / "prefill.json").read_text())
+    await start_worker()
+    record = await client.wait((await client.submit(body)).id, timeout=20)
+    assert record.result is not None
+    assert record.result["stop_reason"] == "max_tokens"
+    assert record.result["usage"]["output_tokens"] == 1
+
+
+async def test_image_description_comes_from_pixels(
+    client: Client, sim: Sim, start_worker: StartWorker
+) -> None:
+    """The simulator describes the image it received: size, format and colours."""
+    body = json.loads((SAMPLES / "requests" / "image_base64.json").read_text())
+    await start_worker()
+    record = await client.wait((await client.submit(body)).id, timeout=20)
+    assert record.result is not None
+    text = record.result["content"][0]["text"]
+    assert text.startswith("A 64x64 PNG image, mostly blue")
