@@ -31,7 +31,7 @@ class ImageTier(BaseModel):
 
 
 class Capabilities(BaseModel):
-    """What one model accepts. `known=False` means the model matched no row (permissive defaults)."""
+    """What one model accepts. `known=False`: no row matched, so permissive defaults apply."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -41,15 +41,19 @@ def sniff(raw: bytes) -> ImageFacts:
     """Identify an image from its own bytes (header only; nothing is decoded in full)."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning: size is checked by the caller
+            warnings.simplefilter(
+                "ignore"
+            )  # DecompressionBombWarning: size is checked by the caller
             with Image.open(io.BytesIO(raw)) as img:
-                return ImageFacts(MEDIA_TYPES.get(img.format or ""), img.width, img.height, len(raw))
+                return ImageFacts(
+                    MEDIA_TYPES.get(img.format or ""), img.width, img.height, len(raw)
+                )
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
         return ImageFacts(None, 0, 0, len(raw))
 
 
 def check_base64_image(media_type: str, data: str, *, max_bytes: int) -> ImageFacts:
-    """Refuse what the API would refuse: bad base64, wrong magic bytes, too big, too large a side."""
+    """Refuse what the API would: bad base64, wrong magic bytes, too many bytes, too wide."""
     raw = decode_base64(data)
     if not raw:
         msg = "image data is empty"

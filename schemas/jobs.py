@@ -48,7 +48,7 @@ class JobUsage(BaseModel):
 
 
 class JobError(BaseModel):
-    """Why the last attempt (or the job) failed. `errors` lists field errors for validation_error."""
+    """Why the last attempt (or the job) failed; `errors` holds a validation_error's fields."""
 
     type: str
     message: str

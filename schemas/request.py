@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -143,7 +143,9 @@ class MessageRequest(BaseModel):
 
 def _refuse(field: str, message: str) -> None:
     # The field travels in the error's context so field_errors() can report it as the location.
-    raise PydanticCustomError("model_rule", "{message}", {"field": field, "message": message})
+    template = "{message}"
+    context = {"field": field, "message": message}
+    raise PydanticCustomError("model_rule", template, context)  # noqa: EM101  # an error code, not a message
 
 
 def _check_prefill(request: MessageRequest, caps: Capabilities) -> None:
@@ -192,7 +194,8 @@ def _check_images(request: MessageRequest, caps: Capabilities) -> None:
     if len(images) > caps.max_images:
         _refuse(
             "messages",
-            f"{len(images)} images in one request; {request.model} allows at most {caps.max_images}",
+            f"{len(images)} images in one request; "
+            f"{request.model} allows at most {caps.max_images}",
         )
     if len(images) <= MANY_IMAGES:
         return
@@ -245,11 +248,10 @@ _BRANCH_TYPES: dict[str, type] = {"str": str, "list": list, "dict": dict}
 def _clean_loc(loc: tuple[int | str, ...], data: Any) -> tuple[list[str], bool]:
     node, path, wrong_branch = data, [], False
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-            path.append(str(part))
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            node = cast(Any, node)[part]  # a dict key or an in-range list index, checked above
             path.append(str(part))
         elif isinstance(part, str):
             expected = _BRANCH_TYPES.get(part.split("[", 1)[0])

@@ -36,4 +36,6 @@ class Message(Lenient):
 
     def text(self) -> str:
         """The concatenated text blocks: what a caption or a plain answer is."""
-        return "".join(str(getattr(block, "text", "")) for block in self.content if block.type == "text")
+        return "".join(
+            str(getattr(block, "text", "")) for block in self.content if block.type == "text"
+        )

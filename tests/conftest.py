@@ -60,8 +60,9 @@ class Sim:
         self.http.post("/_sim/reset").raise_for_status()
 
     def script(self, *responses: dict[str, Any], key: str | None = None) -> None:
-        self.http.post("/_sim/script", json={"responses": list(responses), "key": key}
-                       ).raise_for_status()
+        self.http.post(
+            "/_sim/script", json={"responses": list(responses), "key": key}
+        ).raise_for_status()
 
     def stats(self) -> dict[str, Any]:
         return dict(self.http.get("/_sim/stats").json())
@@ -77,8 +78,9 @@ class Sim:
 @pytest.fixture(scope="session")
 def simulator_server() -> Iterator[str]:
     port = free_port()
-    process = subprocess.Popen(msgq_command("simulator", "--port", str(port)),
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        msgq_command("simulator", "--port", str(port)), stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/_sim/stats", process=process)
     yield url

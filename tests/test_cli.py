@@ -13,15 +13,18 @@ from worker.settings import Settings
 from worker.stack import msgq_command
 
 
-def msgq(settings: Settings, *args: str, stdin: str | None = None
-         ) -> subprocess.CompletedProcess[str]:
+def msgq(
+    settings: Settings, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {"REDIS_URL": settings.redis_url, "PATH": "/usr/bin:/bin"}
-    return subprocess.run(msgq_command(*args), input=stdin, capture_output=True, text=True,
-                          env=env, timeout=60)
+    return subprocess.run(
+        msgq_command(*args), input=stdin, capture_output=True, text=True, env=env, timeout=60
+    )
 
 
-async def amsgq(settings: Settings, *args: str, stdin: str | None = None
-                ) -> subprocess.CompletedProcess[str]:
+async def amsgq(
+    settings: Settings, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """The CLI from an async test: in a thread, so the in-process worker keeps running."""
     return await asyncio.to_thread(msgq, settings, *args, stdin=stdin)
 
@@ -31,8 +34,16 @@ async def test_submit_wait_status_result_jobs(
 ) -> None:
     """submit --wait prints the record; status, result and jobs read it back."""
     await start_worker()
-    done = await amsgq(settings, "submit", str(SAMPLES / "requests" / "text.json"), "--id", "cli-1",
-                "--wait", "--timeout", "30")
+    done = await amsgq(
+        settings,
+        "submit",
+        str(SAMPLES / "requests" / "text.json"),
+        "--id",
+        "cli-1",
+        "--wait",
+        "--timeout",
+        "30",
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "succeeded"
     status = await amsgq(settings, "status", "cli-1")
@@ -59,8 +70,11 @@ def test_usage_and_validation_errors_exit_2(settings: Settings, tmp_path: Path) 
     """Bad JSON, an invalid request, an unknown job: exit 2, one line, no traceback."""
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{nope")
-    prefill = {**BODY, "model": "claude-opus-4-7",
-               "messages": [*BODY["messages"], {"role": "assistant", "content": "Sure"}]}
+    prefill = {
+        **BODY,
+        "model": "claude-opus-4-7",
+        "messages": [*BODY["messages"], {"role": "assistant", "content": "Sure"}],
+    }
     cases = [
         msgq(settings, "submit", str(bad_json)),
         msgq(settings, "submit", "-", stdin=json.dumps(prefill)),

@@ -13,14 +13,18 @@ from worker.client import Client
 from worker.settings import Settings
 from worker.stack import msgq_command
 
-BODY = {"model": "claude-haiku-4-5", "max_tokens": 20,
-        "messages": [{"role": "user", "content": "survive a crash"}]}
+BODY = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 20,
+    "messages": [{"role": "user", "content": "survive a crash"}],
+}
 
 
 def spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     out = log.open("wb")
-    return subprocess.Popen(msgq_command("worker"), env=worker_env(settings), stdout=out,
-                            stderr=out)
+    return subprocess.Popen(
+        msgq_command("worker"), env=worker_env(settings), stdout=out, stderr=out
+    )
 
 
 async def test_sigkill_mid_request_is_recovered_by_another_worker(
@@ -50,7 +54,10 @@ async def test_sigkill_mid_request_is_recovered_by_another_worker(
         assert second.wait(timeout=20) == 0
     assert record.status is JobStatus.SUCCEEDED
     assert record.attempts == 2 and sim.received == 2
-    events = [json.loads(line) for line in (tmp_path / "b.log").read_text().splitlines()
-              if line.startswith("{")]
+    events = [
+        json.loads(line)
+        for line in (tmp_path / "b.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
     finished = [e for e in events if e.get("event") == "job.finished"]
     assert [e["status"] for e in finished] == ["succeeded"]

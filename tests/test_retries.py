@@ -11,19 +11,27 @@ from tests.conftest import Sim, StartWorker, eventually
 from worker.client import Client
 from worker.settings import Settings
 
-BODY = {"model": "claude-haiku-4-5", "max_tokens": 20,
-        "messages": [{"role": "user", "content": "retry me"}]}
+BODY = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 20,
+    "messages": [{"role": "user", "content": "retry me"}],
+}
 
 
 @pytest.mark.parametrize(
     "fault",
-    [{"status": 529}, {"status": 500}, {"status": 503}, {"drop": True}, {"drop_mid_body": True},
-     {"delay_s": 3}],
+    [
+        {"status": 529},
+        {"status": 500},
+        {"status": 503},
+        {"drop": True},
+        {"drop_mid_body": True},
+        {"delay_s": 3},
+    ],
     ids=["529", "500", "503", "dropped-connection", "dropped-mid-body", "timeout"],
 )
 async def test_transient_fault_then_success(
-    fault: dict[str, Any], settings: Settings, client: Client, sim: Sim,
-    start_worker: StartWorker
+    fault: dict[str, Any], settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """A retryable fault is retried and the job succeeds on the second call."""
     sim.script(fault)
@@ -70,15 +78,27 @@ async def test_retrying_record_shows_next_attempt_and_last_error(
         ({"status": 401, "message": "bad key"}, "authentication_error"),
         ({"status": 403, "message": "no access"}, "permission_error"),
         ({"status": 413, "message": "too big"}, "request_too_large"),
-        ({"status": 429, "message": "cap", "error_code": "enforced_spend_limit_reached"},
-         "spend_limit"),
-        ({"status": 400, "message": "You have reached your specified API usage limits."},
-         "spend_limit"),
+        (
+            {"status": 429, "message": "cap", "error_code": "enforced_spend_limit_reached"},
+            "spend_limit",
+        ),
+        (
+            {"status": 400, "message": "You have reached your specified API usage limits."},
+            "spend_limit",
+        ),
         ({"status": 200, "body": {"hello": "world"}}, "invalid_response"),
         ({"status": 200, "malformed": True}, "invalid_response"),
     ],
-    ids=["400", "401", "403", "413", "spend-limit-429", "spend-limit-400", "not-a-message",
-         "malformed"],
+    ids=[
+        "400",
+        "401",
+        "403",
+        "413",
+        "spend-limit-429",
+        "spend-limit-400",
+        "not-a-message",
+        "malformed",
+    ],
 )
 async def test_final_errors_fail_after_one_call(
     fault: dict[str, Any], error_type: str, client: Client, sim: Sim, start_worker: StartWorker

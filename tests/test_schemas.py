@@ -47,7 +47,9 @@ def test_prefill_refused_on_models_that_reject_it(model: str) -> None:
 
 def test_prefill_allowed_on_haiku_and_same_role_turns_legal() -> None:
     """Prefill works on Haiku 4.5; consecutive user turns are legal (the API merges them)."""
-    validate_request(request(messages=[user("a"), user("b"), {"role": "assistant", "content": "x"}]))
+    validate_request(
+        request(messages=[user("a"), user("b"), {"role": "assistant", "content": "x"}])
+    )
 
 
 def test_sampling_and_budget_thinking_refused_on_opus_4_7() -> None:
@@ -90,8 +92,9 @@ def test_invalid_base64_and_oversize_refused() -> None:
     assert "not valid base64" in errors_of(request(messages=[user([bad])]))[0]["msg"]
     big = image_bytes("PNG", (64, 64)) + b"\0" * (5 * 1024 * 1024)
     assert "per-image limit" in errors_of(request(messages=[user([image_block(big)])]))[0]["msg"]
-    small_limit = errors_of(request(messages=[user([image_block(image_bytes())])]),
-                            max_image_bytes=100)
+    small_limit = errors_of(
+        request(messages=[user([image_block(image_bytes())])]), max_image_bytes=100
+    )
     assert "limit is 100 bytes" in small_limit[0]["msg"]
 
 
@@ -111,8 +114,18 @@ def test_field_errors_list_every_problem_without_input() -> None:
     errors = errors_of(body)
     assert {e["loc"] for e in errors} == {"model", "max_tokens", "messages.0.content.0"}
     data = b64(image_bytes("JPEG"))
-    body = request(messages=[user([{"type": "image", "source": {
-        "type": "base64", "media_type": "image/png", "data": data}}])])
+    body = request(
+        messages=[
+            user(
+                [
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": data},
+                    }
+                ]
+            )
+        ]
+    )
     assert all(data not in json.dumps(e) for e in errors_of(body))
 
 
@@ -124,9 +137,15 @@ def test_max_tokens_zero_refused_only_in_batches() -> None:
 
 def test_response_model_keeps_unknown_fields() -> None:
     """New block types and usage fields survive parsing."""
-    body = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
-            "content": [{"type": "hologram", "beam": 1}], "stop_reason": "end_turn",
-            "usage": {"input_tokens": 1, "output_tokens": 2, "brand_new": 3}}
+    body = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [{"type": "hologram", "beam": 1}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 1, "output_tokens": 2, "brand_new": 3},
+    }
     parsed = Message.model_validate(body)
     assert parsed.model_dump(exclude_none=True)["content"] == [{"type": "hologram", "beam": 1}]
     assert parsed.usage.model_extra == {"brand_new": 3}

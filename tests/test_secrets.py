@@ -13,8 +13,11 @@ from tests.conftest import TEST_API_KEY, Sim, StartWorker
 from worker.client import Client
 from worker.logs import configure_logging, register_secret, scrub_secrets
 
-BODY = {"model": "claude-haiku-4-5", "max_tokens": 20,
-        "messages": [{"role": "user", "content": "keep it secret"}]}
+BODY = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 20,
+    "messages": [{"role": "user", "content": "keep it secret"}],
+}
 
 
 @pytest.fixture(autouse=True)
@@ -24,14 +27,20 @@ def _restore_logging() -> Any:
 
 
 async def test_key_absent_from_logs_records_errors_and_redis(
-    client: Client, sim: Sim, start_worker: StartWorker, caplog: pytest.LogCaptureFixture,
+    client: Client,
+    sim: Sim,
+    start_worker: StartWorker,
+    caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Success, retry and failure paths: the key appears nowhere msgq writes."""
     caplog.set_level(logging.DEBUG)
     configure_logging(fmt="json", level="debug")
-    sim.script({"status": 529}, {"status": 200},
-               {"status": 401, "message": f"invalid x-api-key {TEST_API_KEY[:6]}"})
+    sim.script(
+        {"status": 529},
+        {"status": 200},
+        {"status": 401, "message": f"invalid x-api-key {TEST_API_KEY[:6]}"},
+    )
     await start_worker()
     ok = await client.wait((await client.submit(BODY)).id, timeout=20)
     bad = await client.wait((await client.submit(BODY)).id, timeout=20)
@@ -44,8 +53,14 @@ async def test_key_absent_from_logs_records_errors_and_redis(
             dumped.append(await client.redis.get(key) or b"")
         dumped.append(await client.redis.dump(key) or b"")
     captured = capsys.readouterr()
-    haystacks = [captured.out, captured.err, caplog.text, ok.model_dump_json(),
-                 bad.model_dump_json(), *(d.decode("latin-1") for d in dumped)]
+    haystacks = [
+        captured.out,
+        captured.err,
+        caplog.text,
+        ok.model_dump_json(),
+        bad.model_dump_json(),
+        *(d.decode("latin-1") for d in dumped),
+    ]
     assert all(TEST_API_KEY not in text for text in haystacks)
     assert '"event": "job.finished"' in captured.err  # the logs were really captured
 

@@ -14,27 +14,32 @@ HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
 
 
 def body(**extra: object) -> dict[str, object]:
-    return {"model": "claude-haiku-4-5", "max_tokens": 200,
-            "messages": [{"role": "user", "content": "Say something long enough to stop."}],
-            **extra}
+    return {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 200,
+        "messages": [{"role": "user", "content": "Say something long enough to stop."}],
+        **extra,
+    }
 
 
 async def test_official_sdk_parses_messages_and_errors(sim: Sim) -> None:
     """AsyncAnthropic(base_url=simulator) gets a typed Message, and typed errors."""
     async with anthropic.AsyncAnthropic(base_url=sim.url, api_key=KEY, max_retries=0) as sdk:
         message = await sdk.messages.create(
-            model="claude-haiku-4-5", max_tokens=50,
-            messages=[{"role": "user", "content": "Hello"}])
+            model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "Hello"}]
+        )
         assert message.type == "message" and message.stop_reason == "end_turn"
         assert message.content[0].type == "text" and message.usage.output_tokens > 0
         assert message._request_id and message._request_id.startswith("req_sim")
         sim.script({"status": 529, "message": "busy"})
         with pytest.raises(anthropic.InternalServerError) as info:
-            await sdk.messages.create(model="claude-haiku-4-5", max_tokens=5,
-                                      messages=[{"role": "user", "content": "x"}])
+            await sdk.messages.create(
+                model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+            )
         assert info.value.status_code == 529 and info.value.request_id
         counted = await sdk.messages.count_tokens(
-            model="claude-haiku-4-5", messages=[{"role": "user", "content": "x" * 40}])
+            model="claude-haiku-4-5", messages=[{"role": "user", "content": "x" * 40}]
+        )
         assert counted.input_tokens == 10
     assert sim.stats()["by_status"] == {"200": 1, "529": 1}
 
@@ -45,8 +50,9 @@ def test_answers_are_deterministic_and_honour_stop_sequences(sim: Sim) -> None:
     second = httpx.post(f"{sim.url}/v1/messages", json=body(), headers=HEADERS).json()
     assert first["content"] == second["content"] and first["usage"] == second["usage"]
     text = first["content"][0]["text"]
-    cut = httpx.post(f"{sim.url}/v1/messages", json=body(stop_sequences=["Also"]),
-                     headers=HEADERS).json()
+    cut = httpx.post(
+        f"{sim.url}/v1/messages", json=body(stop_sequences=["Also"]), headers=HEADERS
+    ).json()
     assert cut["stop_reason"] == "stop_sequence" and cut["stop_sequence"] == "Also"
     assert cut["content"][0]["text"] == text[: text.index("Also")]
     short = httpx.post(f"{sim.url}/v1/messages", json=body(max_tokens=3), headers=HEADERS).json()
@@ -57,8 +63,12 @@ def test_image_tokens_follow_the_tier_resize(sim: Sim) -> None:
     """Usage counts ceil(w/28)*ceil(h/28) after resize; the text describes the pixels."""
     raw = image_bytes("JPEG", (3000, 2000), (40, 80, 200))
     content = [image_block(raw, "image/jpeg")]
-    answer = httpx.post(f"{sim.url}/v1/messages", headers=HEADERS, timeout=30, json=body(
-        messages=[{"role": "user", "content": content}])).json()
+    answer = httpx.post(
+        f"{sim.url}/v1/messages",
+        headers=HEADERS,
+        timeout=30,
+        json=body(messages=[{"role": "user", "content": content}]),
+    ).json()
     assert answer["content"][0]["text"] == "A 3000x2000 JPEG image, mostly blue."
     assert 1500 <= answer["usage"]["input_tokens"] <= 1568
 
@@ -95,6 +105,9 @@ def test_scripts_are_per_key(sim: Sim) -> None:
     """A script queued for one key does not hit another key's requests."""
     sim.script({"status": 503}, key="sk-ant-other-key-0000")
     ok = httpx.post(f"{sim.url}/v1/messages", json=body(), headers=HEADERS)
-    other = httpx.post(f"{sim.url}/v1/messages", json=body(),
-                       headers={**HEADERS, "x-api-key": "sk-ant-other-key-0000"})
+    other = httpx.post(
+        f"{sim.url}/v1/messages",
+        json=body(),
+        headers={**HEADERS, "x-api-key": "sk-ant-other-key-0000"},
+    )
     assert (ok.status_code, other.status_code) == (200, 503)

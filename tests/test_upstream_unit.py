@@ -23,8 +23,11 @@ from worker.upstream import classify, parse_message, parse_retry_after
 
 def response(status: int, body: Any = None, **headers: str) -> httpx.Response:
     if body is None:
-        body = {"type": "error", "error": {"type": "x", "message": f"m{status}"},
-                "request_id": "req_body"}
+        body = {
+            "type": "error",
+            "error": {"type": "x", "message": f"m{status}"},
+            "request_id": "req_body",
+        }
     content = body if isinstance(body, bytes) else httpx.Response(200, json=body).content
     return httpx.Response(status, content=content, headers=headers)
 
@@ -32,11 +35,20 @@ def response(status: int, body: Any = None, **headers: str) -> httpx.Response:
 @pytest.mark.parametrize(
     ("status", "cls"),
     [
-        (408, UnavailableError), (409, UnavailableError), (429, RateLimitError),
-        (500, UnavailableError), (502, UnavailableError), (503, UnavailableError),
-        (504, UnavailableError), (529, OverloadedError), (400, RejectedError),
-        (401, RejectedError), (402, RejectedError), (403, RejectedError),
-        (404, RejectedError), (413, RejectedError),
+        (408, UnavailableError),
+        (409, UnavailableError),
+        (429, RateLimitError),
+        (500, UnavailableError),
+        (502, UnavailableError),
+        (503, UnavailableError),
+        (504, UnavailableError),
+        (529, OverloadedError),
+        (400, RejectedError),
+        (401, RejectedError),
+        (402, RejectedError),
+        (403, RejectedError),
+        (404, RejectedError),
+        (413, RejectedError),
     ],
 )
 def test_status_classification(status: int, cls: type) -> None:
@@ -55,10 +67,21 @@ def test_x_should_retry_wins_over_status() -> None:
 
 def test_spend_limit_signals_are_final() -> None:
     """The spend-cap 429 and the usage-limit 400 are spend_limit errors, never retried."""
-    cap = {"type": "error", "error": {"type": "rate_limit_error", "message": "cap",
-                                      "details": {"error_code": "enforced_spend_limit_reached"}}}
-    usage_400 = {"type": "error", "error": {"type": "invalid_request_error", "message":
-                 "You have reached your specified API usage limits. Try later."}}
+    cap = {
+        "type": "error",
+        "error": {
+            "type": "rate_limit_error",
+            "message": "cap",
+            "details": {"error_code": "enforced_spend_limit_reached"},
+        },
+    }
+    usage_400 = {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "You have reached your specified API usage limits. Try later.",
+        },
+    }
     for error in (classify(response(429, cap)), classify(response(400, usage_400))):
         assert isinstance(error, SpendLimitError)
         assert error.retryable is False and error.error_type == "spend_limit"
@@ -102,9 +125,13 @@ def test_cost_uses_price_table_and_cache_split() -> None:
     """Cost sums input, output, cache writes (5m and 1h) and reads; batch halves it."""
     usage = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
     assert cost_usd("claude-haiku-4-5", usage) == pytest.approx(6.0)
-    cached = {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 3_000_000,
-              "cache_creation": {"ephemeral_1h_input_tokens": 1_000_000},
-              "cache_read_input_tokens": 1_000_000}
+    cached = {
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_creation_input_tokens": 3_000_000,
+        "cache_creation": {"ephemeral_1h_input_tokens": 1_000_000},
+        "cache_read_input_tokens": 1_000_000,
+    }
     assert cost_usd("claude-sonnet-4-5", cached) == pytest.approx(2 * 3.75 + 6.0 + 0.3)
     assert cost_usd("claude-haiku-4-5", {**usage, "service_tier": "batch"}) == pytest.approx(3.0)
     assert cost_usd("claude-unknown", usage) is None

@@ -7,6 +7,7 @@ Errors are one line on stderr; `msgq --debug ...` shows the traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import sys
@@ -77,7 +78,8 @@ def worker(burst: bool) -> None:
     s = Settings()
     configure_logging(fmt=s.log_format, level=s.log_level)
     if s.anthropic_api_key is None:
-        raise click.UsageError("ANTHROPIC_API_KEY is not set (use `msgq dev` for the simulator)")
+        msg = "ANTHROPIC_API_KEY is not set (use `msgq dev` for the simulator)"
+        raise click.UsageError(msg)
     build_worker(s, burst=burst).run()
 
 
@@ -88,13 +90,26 @@ def worker(burst: bool) -> None:
 @click.option("--api-key", envvar="MSGQ_SIM_API_KEY", help="Accept only this key (default: any).")
 @click.option("--latency-ms", default=0.0, envvar="MSGQ_SIM_LATENCY_MS", type=float)
 @click.option("--ms-per-token", default=0.0, envvar="MSGQ_SIM_MS_PER_TOKEN", type=float)
-@click.option("--fault", "faults", multiple=True, envvar="MSGQ_SIM_FAULTS",
-              help="STATUS=RATE, e.g. --fault 529=0.05 --fault 500=0.01")
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    envvar="MSGQ_SIM_FAULTS",
+    help="STATUS=RATE, e.g. --fault 529=0.05 --fault 500=0.01",
+)
 @click.option("--hang-rate", default=0.0, type=float, help="Share of requests that never answer.")
 @click.option("--drop-rate", default=0.0, type=float, help="Share of connections dropped.")
-def simulator(host: str, port: int, seed: int, api_key: str | None, latency_ms: float,
-              ms_per_token: float, faults: tuple[str, ...], hang_rate: float,
-              drop_rate: float) -> None:
+def simulator(
+    host: str,
+    port: int,
+    seed: int,
+    api_key: str | None,
+    latency_ms: float,
+    ms_per_token: float,
+    faults: tuple[str, ...],
+    hang_rate: float,
+    drop_rate: float,
+) -> None:
     """Run the local Messages API stand-in (no real API is called)."""
     from aiohttp import web
 
@@ -105,27 +120,38 @@ def simulator(host: str, port: int, seed: int, api_key: str | None, latency_ms: 
     for item in faults:
         match = re.fullmatch(r"(\d{3})=([0-9.]+)", item.strip())
         if not match:
-            raise click.BadParameter(f"{item!r} is not STATUS=RATE", param_hint="--fault")
+            msg = f"{item!r} is not STATUS=RATE"
+            raise click.BadParameter(msg, param_hint="--fault")
         rates[int(match[1])] = float(match[2])
-    config = SimConfig(seed=seed, api_key=api_key, latency_ms=latency_ms,
-                       ms_per_output_token=ms_per_token, fault_rates=rates,
-                       hang_rate=hang_rate, drop_rate=drop_rate)
-    click.echo(f"msgq simulator on http://{host}:{port} (a stand-in, not the Anthropic API)",
-               err=True)
+    config = SimConfig(
+        seed=seed,
+        api_key=api_key,
+        latency_ms=latency_ms,
+        ms_per_output_token=ms_per_token,
+        fault_rates=rates,
+        hang_rate=hang_rate,
+        drop_rate=drop_rate,
+    )
+    click.echo(
+        f"msgq simulator on http://{host}:{port} (a stand-in, not the Anthropic API)", err=True
+    )
     # Held responses (hangs) must not delay shutdown: a real server would drop them too.
-    web.run_app(build_app(config), host=host, port=port, print=None, access_log=None,
-                shutdown_timeout=1.0)
+    web.run_app(
+        build_app(config), host=host, port=port, print=None, access_log=None, shutdown_timeout=1.0
+    )
 
 
 def _read_json(path: str) -> Any:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise click.UsageError(f"cannot read {path}: {exc.strerror}") from None
+        msg = f"cannot read {path}: {exc.strerror}"
+        raise click.UsageError(msg) from None
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise click.UsageError(f"{path} is not valid JSON: {exc}") from None
+        msg = f"{path} is not valid JSON: {exc}"
+        raise click.UsageError(msg) from None
 
 
 @cli.command()
@@ -147,7 +173,8 @@ def submit(file: str, job_id: str | None, wait: bool, timeout: float) -> None:
         return
     _dump(outcome.model_dump(mode="json"))
     if outcome.status in FAILED_STATUSES:
-        raise JobFailedError(f"job {outcome.id} {outcome.status.value}")
+        msg = f"job {outcome.id} {outcome.status.value}"
+        raise JobFailedError(msg)
 
 
 @cli.command()
@@ -164,7 +191,8 @@ def result(job_id: str) -> None:
     record = _with_client(lambda c: c.get(job_id))
     if record.status is not JobStatus.SUCCEEDED or record.result is None:
         why = f": {record.error.message}" if record.error else ""
-        raise JobFailedError(f"job {job_id} is {record.status.value}, no result{why}")
+        msg = f"job {job_id} is {record.status.value}, no result{why}"
+        raise JobFailedError(msg)
     _dump(record.result)
 
 
@@ -188,8 +216,10 @@ def jobs(status_: str | None, limit: int, as_json: bool) -> None:
             click.echo(r.model_dump_json())
         else:
             error = r.error.type if r.error else ""
-            click.echo(f"{r.id}  {r.status.value:<11} attempts={r.attempts}  {r.model or ''}  "
-                       f"{error}".rstrip())
+            click.echo(
+                f"{r.id}  {r.status.value:<11} attempts={r.attempts}  {r.model or ''}  "
+                f"{error}".rstrip()
+            )
 
 
 @cli.command()
@@ -203,14 +233,14 @@ def dev(data_dir: Path, workers: int) -> None:
     with Stack(data_dir.resolve(), use_simulator=use_simulator, workers=workers) as stack:
         click.echo(f"REDIS_URL={stack.redis.url}  (data in {data_dir}/redis, append-only on)")
         if use_simulator:
-            click.echo(f"ANTHROPIC_API_KEY is not set: the simulator at {stack.simulator_url} "
-                       "answers instead of the Anthropic API.")
+            click.echo(
+                f"ANTHROPIC_API_KEY is not set: the simulator at {stack.simulator_url} "
+                "answers instead of the Anthropic API."
+            )
         click.echo("Ctrl-C stops everything.")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
-        except KeyboardInterrupt:
-            pass
 
 
 def main() -> None:
@@ -236,7 +266,9 @@ def _fail(exc: BaseException, code: int, debug: bool) -> None:
     if isinstance(exc, InvalidJobError) and exc.errors:
         message = "invalid request: " + "; ".join(f"{e['loc']}: {e['msg']}" for e in exc.errors)
     if isinstance(exc, RedisError):
-        message = f"cannot reach Redis ({type(exc).__name__}: {re.sub(r'//[^@/]*@', '//', message)})"
+        message = (
+            f"cannot reach Redis ({type(exc).__name__}: {re.sub(r'//[^@/]*@', '//', message)})"
+        )
     click.echo(f"msgq: {message}", err=True)
     sys.exit(code)
 

@@ -64,7 +64,10 @@ class Client:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -90,7 +93,8 @@ class Client:
         except ValidationError as exc:
             errors = field_errors(exc, body)
             summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:3])
-            raise InvalidJobError(f"invalid request: {summary}", errors) from None
+            msg = f"invalid request: {summary}"
+            raise InvalidJobError(msg, errors) from None
         if job_id is not None and not _JOB_ID.match(job_id):
             msg = "job id must be 1-128 characters of A-Z a-z 0-9 _ . : -"
             raise InvalidJobError(msg, [{"loc": "id", "msg": msg, "type": "value_error"}])
@@ -121,7 +125,7 @@ class Client:
             raise JobNotFoundError(msg)
         return record
 
-    async def wait(self, job_id: str, *, timeout: float = 60.0) -> JobRecord:
+    async def wait(self, job_id: str, *, timeout: float = 60.0) -> JobRecord:  # noqa: ASYNC109  # SPEC §2.1 fixes this signature
         """Poll until the job is terminal; raises TimeoutError with the job still running."""
         deadline = time.monotonic() + timeout
         delay = 0.02

@@ -33,7 +33,7 @@ class JobNotFoundError(ServiceError):
 
 
 class UpstreamError(ServiceError):
-    error_type: ClassVar[str] = "api_error"
+    error_type: str = "api_error"  # a class default that one instance may override
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ def redis_settings(settings: Settings) -> RedisSettings:
     return rs
 
 
-class MsgqWorker(Worker):  # type: ignore[misc]  # arq ships no type information
+class MsgqWorker(Worker):
     """arq's Worker with a short in-progress lock; tasks.heartbeat keeps it alive while jobs run."""
 
     def __init__(self, *args: Any, lock_s: float, **kwargs: Any) -> None:

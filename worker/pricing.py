@@ -1,4 +1,4 @@
-"""Cost in USD of one Message's usage, from the prices in the capabilities table (or an override)."""
+"""Cost in USD of one Message's usage, from the capabilities table's prices or an override."""
 
 from __future__ import annotations
 

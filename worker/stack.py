@@ -20,8 +20,9 @@ def msgq_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "worker.cli", *args]
 
 
-def wait_http(url: str, *, timeout_s: float = 15.0, process: subprocess.Popen[bytes] | None = None
-              ) -> None:
+def wait_http(
+    url: str, *, timeout_s: float = 15.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -58,8 +59,9 @@ class Stack:
         self.env = {**os.environ, **(extra_env or {})}
 
     def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(msgq_command(*args), env=self.env, stdout=self.log,
-                                   stderr=self.log)
+        process = subprocess.Popen(
+            msgq_command(*args), env=self.env, stdout=self.log, stderr=self.log
+        )
         self.processes.append(process)
         return process
 
@@ -98,6 +100,9 @@ class Stack:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()

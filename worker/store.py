@@ -35,7 +35,7 @@ Change = Callable[[JobRecord], JobRecord | None]
 
 
 class JobStore:
-    """All record reads and writes. A terminal record is never overwritten (late duplicates lose)."""
+    """All record reads and writes. A terminal record is never overwritten: late duplicates lose."""
 
     def __init__(self, redis: Redis, *, queue_name: str, retention_s: int) -> None:
         self.redis = redis
@@ -46,19 +46,24 @@ class JobStore:
         raw = await self.redis.get(record_key(job_id))
         return None if raw is None else JobRecord.model_validate_json(raw)
 
-    async def create(self, record: JobRecord, job_payload: bytes, score_ms: int) -> JobRecord | None:
-        """Store the record and enqueue the arq job atomically; an existing ID returns its record."""
+    async def create(
+        self, record: JobRecord, job_payload: bytes, score_ms: int
+    ) -> JobRecord | None:
+        """Store the record and enqueue its arq job in one transaction; an existing ID wins."""
         key = record_key(record.id)
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(key, arq_job_key(record.id))
-                    existing, queued = await pipe.get(key), await pipe.exists(arq_job_key(record.id))
+                    existing, queued = (
+                        await pipe.get(key),
+                        await pipe.exists(arq_job_key(record.id)),
+                    )
                     if existing is not None:
                         return JobRecord.model_validate_json(existing)
                     if queued:
                         return await self.ensure(record)
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                     pipe.set(key, record.model_dump_json())
                     pipe.set(arq_job_key(record.id), job_payload)
                     pipe.zadd(self.queue_name, {record.id: score_ms}, nx=True)
@@ -69,7 +74,7 @@ class JobStore:
                     continue
 
     async def ensure(self, record: JobRecord) -> JobRecord:
-        """Create the record if none exists (jobs enqueued by raw Redis producers); return current."""
+        """Create the record if missing (jobs from raw Redis producers); return the current one."""
         key = record_key(record.id)
         created = await self.redis.set(key, record.model_dump_json(), nx=True)
         if created:
@@ -95,9 +100,9 @@ class JobStore:
                     current = JobRecord.model_validate_json(raw)
                     new = None if current.status.terminal else change(current)
                     if new is None:
-                        await pipe.unwatch()
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]  # as above
                         return current
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                     self._write(pipe, new)
                     await pipe.execute()
                     return new

@@ -1,4 +1,4 @@
-"""The arq task: validate → wait for the limiter → call upstream → store → log. And its lifecycle."""
+"""The arq task: validate → call upstream → store → log; and the worker's start-up/shutdown."""
 
 from __future__ import annotations
 
@@ -16,7 +16,15 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, field_errors, validate_request
+from schemas import (
+    JobError,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    JobUsage,
+    field_errors,
+    validate_request,
+)
 from worker import transitions
 from worker.backoff import retry_delay_s
 from worker.errors import UnavailableError, UpstreamError

@@ -51,7 +51,9 @@ async def begin_attempt(store: JobStore, job_id: str) -> JobRecord | None:
     return await store.update(job_id, change)
 
 
-async def finish(store: JobStore, job_id: str, status: JobStatus, **fields: Any) -> JobRecord | None:
+async def finish(
+    store: JobStore, job_id: str, status: JobStatus, **fields: Any
+) -> JobRecord | None:
     """Write the terminal record once. A record that is already terminal stays as it is."""
     written: list[JobRecord] = []
 
@@ -65,7 +67,9 @@ async def finish(store: JobStore, job_id: str, status: JobStatus, **fields: Any)
     if written:
         _log_finished(stored)
     else:
-        log.warning("job.duplicate_discarded", status=status.value, stored_status=stored.status.value)
+        log.warning(
+            "job.duplicate_discarded", status=status.value, stored_status=stored.status.value
+        )
     return stored
 
 
@@ -94,7 +98,7 @@ def _log_finished(record: JobRecord) -> None:
 async def schedule_retry(
     store: JobStore, job_id: str, *, delay_s: float, error: JobError
 ) -> JobRecord | None:
-    """in_progress → retrying with next_attempt_at; expired instead when the deadline falls first."""
+    """in_progress → retrying with next_attempt_at; `expired` if the deadline comes first."""
     next_at = utcnow() + timedelta(seconds=delay_s)
 
     def change(record: JobRecord) -> JobRecord:

@@ -35,23 +35,36 @@ ERROR_TYPES = {
 }
 
 
-def error_response(status: int, message: str, *, error_type: str | None = None,
-                   request_id: str, headers: dict[str, str] | None = None,
-                   error_code: str | None = None) -> web.Response:
+def error_response(
+    status: int,
+    message: str,
+    *,
+    error_type: str | None = None,
+    request_id: str,
+    headers: dict[str, str] | None = None,
+    error_code: str | None = None,
+) -> web.Response:
     """The API's exact error shape, with a request-id header."""
-    error: dict[str, Any] = {"type": error_type or ERROR_TYPES.get(status, "api_error"),
-                             "message": message}
+    error: dict[str, Any] = {
+        "type": error_type or ERROR_TYPES.get(status, "api_error"),
+        "message": message,
+    }
     if error_code:
         error["details"] = {"error_code": error_code}
     body = {"type": "error", "error": error, "request_id": request_id}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
-                        headers={"request-id": request_id, **(headers or {})})
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers={"request-id": request_id, **(headers or {})},
+    )
 
 
 def _json(data: Any, *, status: int = 200, request_id: str | None = None) -> web.Response:
     headers = {"request-id": request_id} if request_id else {}
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json",
-                        headers=headers)
+    return web.Response(
+        status=status, body=orjson.dumps(data), content_type="application/json", headers=headers
+    )
 
 
 def api_key_of(request: web.Request) -> str:
@@ -62,8 +75,9 @@ def api_key_of(request: web.Request) -> str:
     return request.headers.get("x-api-key", "")
 
 
-async def _read_checked(request: web.Request, state: SimState, request_id: str
-                        ) -> dict[str, Any] | web.Response:
+async def _read_checked(
+    request: web.Request, state: SimState, request_id: str
+) -> dict[str, Any] | web.Response:
     """Auth, version header and body checks every Messages route shares."""
     key = api_key_of(request)
     if not key or (state.config.api_key is not None and key != state.config.api_key):
@@ -103,37 +117,60 @@ def _log_request(state: SimState, request: web.Request) -> dict[str, Any]:
         headers["x-api-key"] = mask_key(headers["x-api-key"])
     if "authorization" in headers:
         headers["authorization"] = "Bearer " + mask_key(headers["authorization"][7:])
-    entry: dict[str, Any] = {"time": time.time(), "path": request.path, "headers": headers,
-                             "body": None, "status": None, "response": None}
+    entry: dict[str, Any] = {
+        "time": time.time(),
+        "path": request.path,
+        "headers": headers,
+        "body": None,
+        "status": None,
+        "response": None,
+    }
     state.log.append(entry)
     return entry
 
 
-async def _answer(request: web.Request, state: SimState, body: dict[str, Any],
-                  request_id: str, entry: dict[str, Any]) -> web.StreamResponse:
+async def _answer(
+    request: web.Request,
+    state: SimState,
+    body: dict[str, Any],
+    request_id: str,
+    entry: dict[str, Any],
+) -> web.StreamResponse:
     key = api_key_of(request)
     scripted = state.next_scripted(key) or state.roll_fault() or Scripted()
     if scripted.delay_s:
         await asyncio.sleep(scripted.delay_s)
     if scripted.drop:
         request.transport.close()  # type: ignore[union-attr]
-        raise ConnectionResetError("simulator dropped the connection on purpose")
+        msg = "simulator dropped the connection on purpose"
+        raise ConnectionResetError(msg)
     if scripted.status != 200:
         message = scripted.message or f"simulated {scripted.status}"
-        return error_response(scripted.status, message, error_type=scripted.error_type,
-                              request_id=request_id, headers=scripted.headers,
-                              error_code=scripted.error_code)
+        return error_response(
+            scripted.status,
+            message,
+            error_type=scripted.error_type,
+            request_id=request_id,
+            headers=scripted.headers,
+            error_code=scripted.error_code,
+        )
     try:
         validate_request(body)
     except ValidationError as exc:
         errors = field_errors(exc, body)
         message = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:3])
         return error_response(400, message, request_id=request_id)
-    message_body = scripted.body if scripted.body is not None else build_message(
-        body, seed=state.config.seed, request_id=request_id)
+    message_body = (
+        scripted.body
+        if scripted.body is not None
+        else build_message(body, seed=state.config.seed, request_id=request_id)
+    )
     entry["response"] = message_body
-    output_tokens = int((message_body.get("usage") or {}).get("output_tokens", 0)) \
-        if isinstance(message_body, dict) else 0
+    output_tokens = (
+        int((message_body.get("usage") or {}).get("output_tokens", 0))
+        if isinstance(message_body, dict)
+        else 0
+    )
     delay_ms = state.config.latency_ms + state.config.ms_per_output_token * output_tokens
     if delay_ms:
         await asyncio.sleep(delay_ms / 1000)
@@ -142,19 +179,26 @@ async def _answer(request: web.Request, state: SimState, body: dict[str, Any],
         payload = payload[: len(payload) // 2]
     if scripted.drop_mid_body:
         return await _drop_mid_body(request, payload, request_id)
-    return web.Response(status=200, body=payload, content_type="application/json",
-                        headers={"request-id": request_id, **scripted.headers})
+    return web.Response(
+        status=200,
+        body=payload,
+        content_type="application/json",
+        headers={"request-id": request_id, **scripted.headers},
+    )
 
 
-async def _drop_mid_body(request: web.Request, payload: bytes, request_id: str
-                         ) -> web.StreamResponse:
-    response = web.StreamResponse(status=200, headers={"request-id": request_id,
-                                                        "content-type": "application/json"})
+async def _drop_mid_body(
+    request: web.Request, payload: bytes, request_id: str
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        status=200, headers={"request-id": request_id, "content-type": "application/json"}
+    )
     response.content_length = len(payload)
     await response.prepare(request)
     await response.write(payload[: len(payload) // 2])
     request.transport.close()  # type: ignore[union-attr]
-    raise ConnectionResetError("simulator dropped the connection mid-body on purpose")
+    msg = "simulator dropped the connection mid-body on purpose"
+    raise ConnectionResetError(msg)
 
 
 async def count_tokens(request: web.Request) -> web.Response:

@@ -10,10 +10,37 @@ import orjson
 
 from worker.simulator.vision import UNFETCHED_SIZE_PX, image_tokens, look_at
 
-WORDS = (
-    "the queue hums along while patient workers carry each request to the model and back "
-    "with results stored safely under their job ids for anyone holding them to read"
-).split()
+WORDS = [
+    "the",
+    "queue",
+    "hums",
+    "along",
+    "while",
+    "patient",
+    "workers",
+    "carry",
+    "each",
+    "request",
+    "to",
+    "the",
+    "model",
+    "and",
+    "back",
+    "with",
+    "results",
+    "stored",
+    "safely",
+    "under",
+    "their",
+    "job",
+    "ids",
+    "for",
+    "anyone",
+    "holding",
+    "them",
+    "to",
+    "read",
+]
 
 
 def text_tokens(text: str) -> int:

@@ -71,8 +71,9 @@ def look_at(data_b64: str) -> Seen | None:
     except (OSError, ValueError, binascii.Error, Image.DecompressionBombError):
         return None
     counts: dict[str, int] = {}
-    for pixel in thumb.getdata():
-        name = _nearest(pixel)
+    raw = thumb.tobytes()
+    for offset in range(0, len(raw), 3):
+        name = _nearest((raw[offset], raw[offset + 1], raw[offset + 2]))
         counts[name] = counts.get(name, 0) + 1
     ranked = sorted(counts, key=lambda n: (-counts[n], n))
     colours = tuple(n for n in ranked[:2] if counts[n] >= 16)
@@ -80,4 +81,6 @@ def look_at(data_b64: str) -> Seen | None:
 
 
 def _nearest(pixel: tuple[int, int, int]) -> str:
-    return min(PALETTE, key=lambda n: sum((a - b) ** 2 for a, b in zip(pixel, PALETTE[n], strict=True)))
+    return min(
+        PALETTE, key=lambda n: sum((a - b) ** 2 for a, b in zip(pixel, PALETTE[n], strict=True))
+    )
