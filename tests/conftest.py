@@ -34,19 +34,23 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The bundled server on a random port; REDIS_URL instead, if set (its DB is flushed!)."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False)
     server.start()
-    yield server
+    yield server.url
     server.stop()
 
 
 @pytest.fixture
-def redis_url(redis_server: EmbeddedRedis) -> str:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
+def redis_url(redis_server: str) -> str:
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
     client.close()
-    return redis_server.url
+    return redis_server
 
 
 class Sim:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import sys
@@ -229,9 +230,14 @@ def dev(data_dir: Path, workers: int) -> None:
     """Embedded Redis + simulator (unless ANTHROPIC_API_KEY is set) + worker; Ctrl-C stops all."""
     from worker.stack import Stack
 
-    use_simulator = Settings().anthropic_api_key is None
-    with Stack(data_dir.resolve(), use_simulator=use_simulator, workers=workers) as stack:
-        click.echo(f"REDIS_URL={stack.redis.url}  (data in {data_dir}/redis, append-only on)")
+    settings = Settings()
+    use_simulator = settings.anthropic_api_key is None
+    external = os.environ.get("REDIS_URL") or os.environ.get("MSGQ_REDIS_URL")
+    with Stack(
+        data_dir.resolve(), use_simulator=use_simulator, workers=workers, redis_url=external
+    ) as stack:
+        where = "your Redis" if external else f"embedded, data in {data_dir}/redis, append-only"
+        click.echo(f"REDIS_URL={stack.redis_url}  ({where})")
         if use_simulator:
             click.echo(
                 f"ANTHROPIC_API_KEY is not set: the simulator at {stack.simulator_url} "

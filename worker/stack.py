@@ -48,12 +48,15 @@ class Stack:
         workers: int = 1,
         log: IO[bytes] | None = None,
         extra_env: dict[str, str] | None = None,
+        redis_url: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.use_simulator = use_simulator
         self.workers = workers
         self.log = log
-        self.redis = EmbeddedRedis(data_dir / "redis")
+        # An explicit REDIS_URL wins: then no embedded server is started.
+        self.redis: EmbeddedRedis | None = None if redis_url else EmbeddedRedis(data_dir / "redis")
+        self.redis_url = redis_url or (self.redis.url if self.redis else "")
         self.simulator_url: str | None = None
         self.processes: list[subprocess.Popen[bytes]] = []
         self.env = {**os.environ, **(extra_env or {})}
@@ -66,8 +69,9 @@ class Stack:
         return process
 
     def start(self) -> None:
-        self.redis.start()
-        self.env["REDIS_URL"] = self.redis.url
+        if self.redis is not None:
+            self.redis.start()
+        self.env["REDIS_URL"] = self.redis_url
         if self.use_simulator:
             port = free_port()
             process = self._spawn("simulator", "--port", str(port))
@@ -89,7 +93,8 @@ class Stack:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        self.redis.stop()
+        if self.redis is not None:
+            self.redis.stop()
 
     def __enter__(self) -> Self:
         try:

@@ -1,0 +1,115 @@
+"""`make demo`: start a local msgq, run the sample requests through it, print results, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from schemas import JobRecord
+from worker.client import Client
+from worker.settings import Settings
+from worker.stack import Stack
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+KINDS = {
+    "text": "text.json",
+    "multi-turn": "multi_turn.json",
+    "prefill": "prefill.json",
+    "image": "image_base64.json",
+}
+MEDIA = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif"}
+
+
+def sample_requests() -> dict[str, dict[str, Any]]:
+    """The four seed kinds, plus one caption request per bundled sample image."""
+    requests = {k: orjson.loads((SAMPLES / "requests" / f).read_bytes()) for k, f in KINDS.items()}
+    for path in sorted((SAMPLES / "images").iterdir()):
+        if path.suffix in MEDIA:
+            data = base64.b64encode(path.read_bytes()).decode()
+            requests[f"caption {path.name}"] = {
+                "model": "claude-haiku-4-5",
+                "max_tokens": 200,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image",
+                                "source": {
+                                    "type": "base64",
+                                    "media_type": MEDIA[path.suffix],
+                                    "data": data,
+                                },
+                            },
+                            {"type": "text", "text": "Describe this image in one sentence."},
+                        ],
+                    }
+                ],
+            }
+    return requests
+
+
+async def run_jobs(redis_url: str) -> list[tuple[str, JobRecord]]:
+    async with Client.from_url(redis_url, Settings()) as client:
+        jobs = {
+            kind: await client.submit(body, metadata={"demo": kind})
+            for kind, body in sample_requests().items()
+        }
+        return [(kind, await client.wait(job.id, timeout=120)) for kind, job in jobs.items()]
+
+
+def show(console: Console, results: list[tuple[str, JobRecord]]) -> None:
+    table = Table(title="msgq demo")
+    for column in ("kind", "status", "reply", "in", "out", "cost USD"):
+        table.add_column(column, overflow="fold")
+    for kind, record in results:
+        reply = "".join(b.get("text", "") for b in (record.result or {}).get("content", []))
+        table.add_row(
+            kind,
+            record.status.value,
+            reply or (record.error.message if record.error else ""),
+            str(record.usage.input_tokens if record.usage else "-"),
+            str(record.usage.output_tokens if record.usage else "-"),
+            f"{record.cost_usd:.6f}" if record.cost_usd is not None else "-",
+        )
+    console.print(table)
+    total = sum(r.cost_usd or 0 for _, r in results)
+    console.print(f"{len(results)} jobs, total cost ${total:.6f}")
+
+
+def main() -> None:
+    console = Console()
+    use_simulator = Settings().anthropic_api_key is None
+    data_dir = ROOT / ".msgq" / "demo"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    if use_simulator:
+        console.print(
+            "[bold]ANTHROPIC_API_KEY is not set: the local simulator answers, "
+            "not the Anthropic API.[/bold] Replies and costs are simulated."
+        )
+    else:
+        console.print(
+            "[bold]ANTHROPIC_API_KEY is set: these jobs call the real Anthropic API "
+            "and cost real money.[/bold]"
+        )
+    with (
+        (data_dir / "services.log").open("wb") as log,
+        Stack(data_dir, use_simulator=use_simulator, log=log) as stack,
+    ):
+        console.print(f"embedded Redis at {stack.redis_url}; one worker; logs in {log.name}")
+        results = asyncio.run(run_jobs(stack.redis_url))
+    show(console, results)
+    console.print("Stopped Redis, the worker" + (" and the simulator." if use_simulator else "."))
+
+
+if __name__ == "__main__":
+    main()
