@@ -80,3 +80,6 @@ class JobRecord(BaseModel):
     error: JobError | None = None
     upstream_request_id: str | None = None
     cancel_requested: bool = False
+    tenant: str | None = None
+    batch_id: str | None = None
+    custom_id: str | None = None

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from worker.client import Client
@@ -171,3 +172,45 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float =
 
 
 SAMPLES = Path(__file__).parent.parent / "samples"
+
+
+KEY_A, KEY_B = "key-a-0123456789", "key-b-0123456789"
+
+
+@pytest.fixture
+def api_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"api_keys": SecretStr(f"tenant-a:{KEY_A},tenant-b:{KEY_B}")})
+
+
+@pytest.fixture
+async def api(api_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in-process (lifespan run), as tenant A by default."""
+    from worker.api import create_app
+
+    app = create_app(api_settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://msgq.test", headers={"x-api-key": KEY_A}
+        ) as http:
+            yield http
+
+
+@pytest.fixture
+async def api_server(api_settings: Settings) -> AsyncIterator[str]:
+    """The API served by uvicorn on a loopback port, in this event loop (real HTTP)."""
+    import uvicorn
+
+    from worker.api import create_app
+
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(api_settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110  # uvicorn exposes a flag, not an event
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task

@@ -13,7 +13,8 @@ def test_compose_file_parses_and_keeps_redis_durable() -> None:
     """docker-compose.yml: redis with append-only on, worker and simulator built from one image."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"redis", "worker", "simulator"} <= set(services)
+    assert {"redis", "worker", "api", "simulator"} <= set(services)
+    assert services["api"]["command"][0] == "api"
     assert "--appendonly" in services["redis"]["command"]
     assert (
         services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1]

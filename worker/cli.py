@@ -142,6 +142,28 @@ def simulator(
     )
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def api(host: str, port: int) -> None:
+    """Run the HTTP API (jobs, Message Batches, /healthz, /metrics)."""
+    import uvicorn
+
+    from worker.api import create_app
+    from worker.auth import KeyConfigError, load_keys
+
+    s = Settings()
+    configure_logging(fmt=s.log_format, level=s.log_level)
+    try:
+        keys = load_keys(s)
+    except KeyConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not keys:
+        msg = "no API keys: set MSGQ_API_KEYS=tenant:key,... or MSGQ_API_KEYS_FILE"
+        raise click.UsageError(msg)
+    uvicorn.run(create_app(s), host=host, port=port, log_level="warning", access_log=False)
+
+
 def _read_json(path: str) -> Any:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
@@ -238,6 +260,7 @@ def dev(data_dir: Path, workers: int) -> None:
     ) as stack:
         where = "your Redis" if external else f"embedded, data in {data_dir}/redis, append-only"
         click.echo(f"REDIS_URL={stack.redis_url}  ({where})")
+        click.echo(f"HTTP API at {stack.api_url}  (x-api-key: {stack.api_key_hint})")
         if use_simulator:
             click.echo(
                 f"ANTHROPIC_API_KEY is not set: the simulator at {stack.simulator_url} "

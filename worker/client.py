@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
+import orjson
 from arq.constants import abort_jobs_ss
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
@@ -40,9 +41,16 @@ def new_job_id() -> str:
 
 
 def enqueue_payload(spec: JobSpec, enqueued_ms: int) -> bytes:
-    """The arq job as JSON: the exact bytes a non-Python producer writes (see README)."""
+    """The arq job as JSON: the exact bytes a non-Python producer writes (see README).
+
+    Raises InvalidJobError for what JSON cannot carry portably (integers beyond 64 bits).
+    """
     kwargs = spec.model_dump(mode="json", exclude_none=True)
-    return serialize({"t": 1, "f": TASK_NAME, "a": [], "k": kwargs, "et": enqueued_ms})
+    try:
+        return serialize({"t": 1, "f": TASK_NAME, "a": [], "k": kwargs, "et": enqueued_ms})
+    except orjson.JSONEncodeError as exc:
+        msg = f"request cannot be queued as JSON: {exc}"
+        raise InvalidJobError(msg, [{"loc": "request", "msg": str(exc), "type": "json"}]) from None
 
 
 class Client:
@@ -82,12 +90,34 @@ class Client:
         metadata: dict[str, Any] | None = None,
         deadline: datetime | None = None,
         max_attempts: int | None = None,
+        tenant: str | None = None,
     ) -> Submitted:
         """Validate, then enqueue. Raises InvalidJobError (nothing enqueued) for a bad request."""
+        if job_id is not None and not _JOB_ID.match(job_id):
+            msg = "job id must be 1-128 characters of A-Z a-z 0-9 _ . : -"
+            raise InvalidJobError(msg, [{"loc": "id", "msg": msg, "type": "value_error"}])
         body = self._request_dict(request)
+        spec = self.spec(body, metadata=metadata, deadline=deadline, max_attempts=max_attempts)
+        internal_id = f"{tenant}:{job_id or new_job_id()}" if tenant else job_id or new_job_id()
+        now_ms = int(time.time() * 1000)
+        record = self.new_record(internal_id, spec, now_ms=now_ms, tenant=tenant)
+        existing = await self.store.create(record, enqueue_payload(spec, now_ms), now_ms)
+        return Submitted(internal_id, existing is None, existing or record)
+
+    def spec(
+        self,
+        body: dict[str, Any],
+        *,
+        metadata: dict[str, Any] | None = None,
+        deadline: datetime | None = None,
+        max_attempts: int | None = None,
+        validate: bool = True,
+    ) -> JobSpec:
+        """The job spec for a request; validated unless the caller defers that to the worker."""
         try:
-            validate_request(body, max_image_bytes=self.settings.max_image_bytes)
-            spec = JobSpec(
+            if validate:
+                validate_request(body, max_image_bytes=self.settings.max_image_bytes)
+            return JobSpec(
                 request=body, metadata=metadata or {}, deadline=deadline, max_attempts=max_attempts
             )
         except ValidationError as exc:
@@ -95,19 +125,17 @@ class Client:
             summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:3])
             msg = f"invalid request: {summary}"
             raise InvalidJobError(msg, errors) from None
-        if job_id is not None and not _JOB_ID.match(job_id):
-            msg = "job id must be 1-128 characters of A-Z a-z 0-9 _ . : -"
-            raise InvalidJobError(msg, [{"loc": "id", "msg": msg, "type": "value_error"}])
-        job_id = job_id or new_job_id()
-        now_ms = int(time.time() * 1000)
+
+    def new_record(
+        self, job_id: str, spec: JobSpec, *, now_ms: int, tenant: str | None = None
+    ) -> JobRecord:
         record = new_record(
             job_id,
             spec,
             created_at=datetime.fromtimestamp(now_ms / 1000, UTC),
             default_max_attempts=self.settings.max_attempts,
         )
-        existing = await self.store.create(record, enqueue_payload(spec, now_ms), now_ms)
-        return Submitted(job_id, existing is None, existing or record)
+        return record.model_copy(update={"tenant": tenant})
 
     @staticmethod
     def _request_dict(request: dict[str, Any] | BaseModel) -> dict[str, Any]:

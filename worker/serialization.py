@@ -19,6 +19,7 @@ def _default(value: Any) -> Any:
 
 
 def serialize(obj: Any) -> bytes:
+    """Raises orjson.JSONEncodeError for integers beyond 64 bits (callers refuse those jobs)."""
     return orjson.dumps(obj, default=_default)
 
 

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     retention_s: int = Field(default=7 * 24 * 3600, description="keep records after a job ends")
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     prices_file: Path | None = Field(default=None, description="TOML overriding model prices")
+    api_keys: SecretStr | None = Field(
+        default=None, description='HTTP API keys: "tenant-a:key1,tenant-b:key2"'
+    )
+    api_keys_file: Path | None = Field(default=None, description="one tenant:key a line")
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, description="HTTP API body limit")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -58,6 +59,8 @@ class Stack:
         self.redis: EmbeddedRedis | None = None if redis_url else EmbeddedRedis(data_dir / "redis")
         self.redis_url = redis_url or (self.redis.url if self.redis else "")
         self.simulator_url: str | None = None
+        self.api_url: str | None = None
+        self.api_key_hint = "from MSGQ_API_KEYS"
         self.processes: list[subprocess.Popen[bytes]] = []
         self.env = {**os.environ, **(extra_env or {})}
 
@@ -82,6 +85,18 @@ class Stack:
             self.env["ANTHROPIC_API_KEY"] = "sk-ant-simulator-local"
         for _ in range(self.workers):
             self._spawn("worker")
+        self._start_api()
+
+    def _start_api(self) -> None:
+        if not (self.env.get("MSGQ_API_KEYS") or self.env.get("MSGQ_API_KEYS_FILE")):
+            # A key made for this run only: a laptop API is still not an open one.
+            key = "msgq-dev-" + secrets.token_hex(8)
+            self.env["MSGQ_API_KEYS"] = f"dev:{key}"
+            self.api_key_hint = key
+        port = free_port()
+        process = self._spawn("api", "--port", str(port))
+        self.api_url = f"http://127.0.0.1:{port}"
+        wait_http(f"{self.api_url}/healthz", process=process)
 
     def stop(self) -> None:
         for process in reversed(self.processes):

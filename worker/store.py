@@ -13,10 +13,31 @@ from schemas import JobRecord, JobStatus
 
 KEY_PREFIX = "msgq:"
 INDEX_KEY = KEY_PREFIX + "jobs"  # ZSET id -> created ms, for listing
+DONE_CHANNEL = KEY_PREFIX + "done"  # pub/sub: a job ID each time a record turns terminal
 
 
 def record_key(job_id: str) -> str:
     return f"{KEY_PREFIX}job:{job_id}"
+
+
+def tenant_jobs_key(tenant: str) -> str:
+    return f"{KEY_PREFIX}tenant:{tenant}:jobs"
+
+
+def batch_key(batch_id: str) -> str:
+    return f"{KEY_PREFIX}batch:{batch_id}"
+
+
+def batch_ids_key(batch_id: str) -> str:
+    return f"{KEY_PREFIX}batch:{batch_id}:ids"
+
+
+def tenant_batches_key(tenant: str) -> str:
+    return f"{KEY_PREFIX}tenant:{tenant}:batches"
+
+
+def batch_counts_key(batch_id: str) -> str:
+    return f"{KEY_PREFIX}batch:{batch_id}:counts"
 
 
 def arq_job_key(job_id: str) -> str:
@@ -64,14 +85,27 @@ class JobStore:
                     if queued:
                         return await self.ensure(record)
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-                    pipe.set(key, record.model_dump_json())
-                    pipe.set(arq_job_key(record.id), job_payload)
-                    pipe.zadd(self.queue_name, {record.id: score_ms}, nx=True)
-                    pipe.zadd(INDEX_KEY, {record.id: score_ms})
+                    self._enqueue(pipe, record, job_payload, score_ms)
                     await pipe.execute()
                     return None
                 except WatchError:
                     continue
+
+    def _enqueue(self, pipe: Redis, record: JobRecord, job_payload: bytes, score_ms: int) -> None:
+        pipe.set(record_key(record.id), record.model_dump_json())
+        pipe.set(arq_job_key(record.id), job_payload)
+        pipe.zadd(self.queue_name, {record.id: score_ms}, nx=True)
+        pipe.zadd(INDEX_KEY, {record.id: score_ms})
+        if record.tenant:
+            pipe.zadd(tenant_jobs_key(record.tenant), {record.id: score_ms})
+
+    async def create_many(self, jobs: list[tuple[JobRecord, bytes]], score_ms: int) -> None:
+        """Bulk enqueue of fresh IDs (a batch's): pipelined, no existence checks."""
+        for start in range(0, len(jobs), 1000):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for record, payload in jobs[start : start + 1000]:
+                    self._enqueue(pipe, record, payload, score_ms)
+                await pipe.execute()
 
     async def ensure(self, record: JobRecord) -> JobRecord:
         """Create the record if missing (jobs from raw Redis producers); return the current one."""
@@ -110,10 +144,16 @@ class JobStore:
                     continue
 
     def _write(self, pipe: Redis, record: JobRecord) -> None:
-        if record.status.terminal:
-            pipe.set(record_key(record.id), record.model_dump_json(), ex=self.retention_s)
-        else:
+        if not record.status.terminal:
             pipe.set(record_key(record.id), record.model_dump_json())
+            return
+        pipe.set(record_key(record.id), record.model_dump_json(), ex=self.retention_s)
+        if record.batch_id:
+            # In the same transaction as the write-once terminal record, so counts are exact.
+            counts = batch_counts_key(record.batch_id)
+            pipe.hincrby(counts, record.status.value, 1)
+            pipe.hset(counts, "last_at", (record.finished_at or utcnow()).isoformat())
+        pipe.publish(DONE_CHANNEL, record.id)
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         """Queued or retrying: canceled now and dequeued. In progress: flagged for the worker."""
@@ -136,23 +176,39 @@ class JobStore:
             await self.redis.delete(arq_job_key(job_id))
         return record
 
-    async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
-        """Newest first. Index entries whose record has expired are pruned on the way."""
+    async def page(
+        self,
+        *,
+        tenant: str | None = None,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        after_id: str | None = None,
+    ) -> tuple[list[JobRecord], bool]:
+        """Newest first, `limit` records after `after_id`; True when more follow.
+
+        Index entries whose record has expired are pruned on the way.
+        """
+        index = tenant_jobs_key(tenant) if tenant else INDEX_KEY
+        offset = 0
+        if after_id is not None:
+            rank = await self.redis.zrevrank(index, after_id)
+            offset = 0 if rank is None else rank + 1
         found: list[JobRecord] = []
-        offset, page = 0, 500
-        while len(found) < limit:
-            ids = await self.redis.zrevrange(INDEX_KEY, offset, offset + page - 1)
+        while len(found) <= limit:
+            ids = await self.redis.zrevrange(index, offset, offset + 499)
             if not ids:
                 break
-            offset += page
             raws = await self.redis.mget([record_key(i.decode()) for i in ids])
+            offset += len(ids)
             gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
             if gone:
-                await self.redis.zrem(INDEX_KEY, *gone)
+                await self.redis.zrem(index, *gone)
                 offset -= len(gone)
-            for raw in raws:
-                if raw is not None:
-                    record = JobRecord.model_validate_json(raw)
-                    if status is None or record.status is status:
-                        found.append(record)
-        return found[:limit]
+            records = (JobRecord.model_validate_json(raw) for raw in raws if raw is not None)
+            found += [r for r in records if status is None or r.status is status]
+        return found[:limit], len(found) > limit
+
+    async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
+        """Newest first, across tenants."""
+        records, _ = await self.page(status=status, limit=limit)
+        return records

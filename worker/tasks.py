@@ -129,7 +129,11 @@ async def _ended_before_sending(deps: Deps, record: JobRecord, spec: JobSpec) ->
         await transitions.finish(store, job_id, JobStatus.EXPIRED)
         return True
     try:
-        request = validate_request(spec.request, max_image_bytes=deps.settings.max_image_bytes)
+        request = validate_request(
+            spec.request,
+            max_image_bytes=deps.settings.max_image_bytes,
+            in_batch=record.batch_id is not None,
+        )
     except ValidationError as exc:
         errors = field_errors(exc, spec.request)
         message = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5])

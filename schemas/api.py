@@ -1,0 +1,41 @@
+"""Bodies of msgq's own HTTP API (`/v1/jobs`) and its error shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from schemas.jobs import JOB_ID_PATTERN, JobRecord
+
+
+class JobCreate(BaseModel):
+    """`POST /v1/jobs`: a Messages request plus what msgq needs to run it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: dict[str, Any] = Field(description="a Messages API request body")
+    id: str | None = Field(default=None, pattern=JOB_ID_PATTERN, description="idempotency key")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    deadline: AwareDatetime | None = None
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+
+
+class JobPage(BaseModel):
+    data: list[JobRecord]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    errors: list[dict[str, str]] | None = None
+
+
+class ErrorBody(BaseModel):
+    """The Anthropic API's error shape, which msgq's API answers in too."""
+
+    type: str = "error"
+    error: ErrorDetail
