@@ -80,22 +80,42 @@ class Sim:
         return int(self.stats()["received"])
 
 
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it lingers: a test run never leaves a server behind."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+SimProcess = tuple[str, "subprocess.Popen[bytes]", Path]
+
+
 @pytest.fixture(scope="session")
-def simulator_server() -> Iterator[str]:
+def simulator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
     port = free_port()
-    process = subprocess.Popen(
-        msgq_command("simulator", "--port", str(port)), stderr=subprocess.DEVNULL
-    )
+    log = tmp_path_factory.mktemp("simulator") / "simulator.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(msgq_command("simulator", "--port", str(port)), stderr=out)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/_sim/stats", process=process)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    yield url, process, log
+    stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def simulator_server(simulator_process: SimProcess) -> str:
+    return simulator_process[0]
 
 
 @pytest.fixture
-def sim(simulator_server: str) -> Iterator[Sim]:
-    s = Sim(simulator_server)
+def sim(simulator_process: SimProcess) -> Iterator[Sim]:
+    url, process, log = simulator_process
+    if process.poll() is not None:  # its port may now belong to another server: stop here
+        pytest.fail(f"the session simulator exited ({process.returncode}); see {log}")
+    s = Sim(url)
     s.reset()
     yield s
     s.http.close()
@@ -115,6 +135,7 @@ def settings(redis_url: str, simulator_server: str) -> Settings:
         lock_s=2.0,
         poll_delay_s=0.01,
         shutdown_grace_s=5,
+        pause_recheck_s=0.2,
     )
 
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.generation import GenerationMode
 
-from tests.conftest import KEY_A, worker_env
+from tests.conftest import KEY_A, stop_process, worker_env
 from worker.embedded_redis import free_port
 from worker.settings import Settings
 from worker.stack import msgq_command, wait_http
@@ -35,8 +35,7 @@ def api_process(api_settings: Settings) -> Iterator[str]:
         wait_http(f"{url}/healthz", process=process)
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_process(process)
 
 
 def test_api_subprocess_serves_openapi_and_jobs(api_process: str) -> None:

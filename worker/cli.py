@@ -100,6 +100,9 @@ def worker(burst: bool) -> None:
 )
 @click.option("--hang-rate", default=0.0, type=float, help="Share of requests that never answer.")
 @click.option("--drop-rate", default=0.0, type=float, help="Share of connections dropped.")
+@click.option("--rpm", default=0, envvar="MSGQ_SIM_RPM", help="Requests/min limit (0: none).")
+@click.option("--itpm", default=0, envvar="MSGQ_SIM_ITPM", help="Input tokens/min limit.")
+@click.option("--otpm", default=0, envvar="MSGQ_SIM_OTPM", help="Output tokens/min limit.")
 def simulator(
     host: str,
     port: int,
@@ -110,6 +113,9 @@ def simulator(
     faults: tuple[str, ...],
     hang_rate: float,
     drop_rate: float,
+    rpm: int,
+    itpm: int,
+    otpm: int,
 ) -> None:
     """Run the local Messages API stand-in (no real API is called)."""
     from aiohttp import web
@@ -132,6 +138,9 @@ def simulator(
         fault_rates=rates,
         hang_rate=hang_rate,
         drop_rate=drop_rate,
+        rpm=rpm,
+        itpm=itpm,
+        otpm=otpm,
     )
     click.echo(
         f"msgq simulator on http://{host}:{port} (a stand-in, not the Anthropic API)", err=True
@@ -243,6 +252,22 @@ def jobs(status_: str | None, limit: int, as_json: bool) -> None:
                 f"{r.id}  {r.status.value:<11} attempts={r.attempts}  {r.model or ''}  "
                 f"{error}".rstrip()
             )
+
+
+@cli.command()
+def resume() -> None:
+    """Lift a spend-limit pause so the fleet sends again."""
+
+    async def run(client: Client) -> str | None:
+        from worker.ratelimit import RateLimiter
+
+        limiter = RateLimiter(client.redis, {})
+        reason = await limiter.paused()
+        await limiter.resume()
+        return reason
+
+    reason = _with_client(run)
+    click.echo(f"resumed (was paused: {reason})" if reason else "the fleet was not paused")
 
 
 @cli.command()

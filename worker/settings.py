@@ -48,6 +48,19 @@ class Settings(BaseSettings):
     retention_s: int = Field(default=7 * 24 * 3600, description="keep records after a job ends")
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     prices_file: Path | None = Field(default=None, description="TOML overriding model prices")
+    rate_limits: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description='per model class, JSON: {"haiku": {"rpm": 1000, "itpm": 2000000, "otpm": '
+        '400000}, "default": {...}}; learned from response headers when absent',
+    )
+    max_limiter_wait_s: float = Field(
+        default=2.0, description="longer rate-limit waits free the slot (arq deferral)"
+    )
+    spend_pause_s: int | None = Field(
+        default=3600, description="spend-limit pause length; unset: until `msgq resume`"
+    )
+    pause_recheck_s: float = Field(default=30.0, description="how often paused jobs look again")
+    metrics_port: int | None = Field(default=None, description="worker /metrics port")
     api_keys: SecretStr | None = Field(
         default=None, description='HTTP API keys: "tenant-a:key1,tenant-b:key2"'
     )

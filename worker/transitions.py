@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 
 from schemas import JobError, JobRecord, JobSpec, JobStatus
+from worker import metrics
 from worker.store import JobStore, utcnow
 
 log = structlog.get_logger("msgq.job")
@@ -80,6 +81,7 @@ def _ended(record: JobRecord, status: JobStatus, **fields: Any) -> JobRecord:
 
 
 def _log_finished(record: JobRecord) -> None:
+    metrics.JOBS_FINISHED.labels(record.status.value).inc()
     error = record.error
     log.info(
         "job.finished",
@@ -122,6 +124,21 @@ async def schedule_retry(
             request_id=error.request_id,
         )
     return stored
+
+
+async def requeue(store: JobStore, job_id: str, *, error: JobError) -> JobRecord | None:
+    """Back to queued with the reason shown, and the attempt not charged (fleet paused)."""
+
+    def change(record: JobRecord) -> JobRecord:
+        return record.model_copy(
+            update={
+                "status": JobStatus.QUEUED,
+                "attempts": max(0, record.attempts - 1),
+                "error": error,
+            }
+        )
+
+    return await store.update(job_id, change)
 
 
 async def release_after_shutdown(store: JobStore, job_id: str) -> None:

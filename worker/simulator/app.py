@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from collections import deque
@@ -160,6 +161,11 @@ async def _answer(
         errors = field_errors(exc, body)
         message = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:3])
         return error_response(400, message, request_id=request_id)
+    wait_s = state.limits.admit(count_input_tokens(body))
+    if wait_s > 0:
+        headers = {**state.limits.headers(), "retry-after": str(max(1, math.ceil(wait_s)))}
+        message = "Number of requests or tokens has exceeded your rate limit"
+        return error_response(429, message, request_id=request_id, headers=headers)
     message_body = (
         scripted.body
         if scripted.body is not None
@@ -171,6 +177,7 @@ async def _answer(
         if isinstance(message_body, dict)
         else 0
     )
+    state.limits.produced(output_tokens)
     delay_ms = state.config.latency_ms + state.config.ms_per_output_token * output_tokens
     if delay_ms:
         await asyncio.sleep(delay_ms / 1000)
@@ -183,7 +190,7 @@ async def _answer(
         status=200,
         body=payload,
         content_type="application/json",
-        headers={"request-id": request_id, **scripted.headers},
+        headers={"request-id": request_id, **state.limits.headers(), **scripted.headers},
     )
 
 

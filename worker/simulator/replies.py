@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Any
 
 import orjson
 
-from worker.simulator.vision import UNFETCHED_SIZE_PX, image_tokens, look_at
+from schemas.tokens import image_tokens, text_tokens
+from worker.simulator.vision import UNFETCHED_SIZE_PX, look_at
 
 WORDS = [
     "the",
@@ -41,11 +41,6 @@ WORDS = [
     "to",
     "read",
 ]
-
-
-def text_tokens(text: str) -> int:
-    """About one token per four characters, as the API's rule of thumb says."""
-    return math.ceil(len(text) / 4)
 
 
 def _texts(content: Any) -> list[str]:

@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.simulator.limits import Limits
+
 
 class Scripted(BaseModel):
     """One scripted answer. With no status it is an ordinary 200 (after `delay_s`)."""
@@ -38,6 +40,9 @@ class SimConfig:
     hang_rate: float = 0.0
     drop_rate: float = 0.0
     log_size: int = 1000
+    rpm: int = 0  # 0: unlimited
+    itpm: int = 0
+    otpm: int = 0
 
 
 @dataclass
@@ -50,10 +55,16 @@ class SimState:
     by_status: Counter[int] = field(default_factory=Counter)
     started_at: float = field(default_factory=time.time)
     rng: random.Random = field(default_factory=random.Random)
+    limits: Limits = field(init=False)
 
     def __post_init__(self) -> None:
         self.rng.seed(self.config.seed)
         self.log = deque(maxlen=self.config.log_size)
+        self.limits = self._new_limits()
+
+    def _new_limits(self) -> Limits:
+        c = self.config
+        return Limits(rpm=c.rpm, itpm=c.itpm, otpm=c.otpm)
 
     def reset(self) -> None:
         self.scripts.clear()
@@ -62,6 +73,7 @@ class SimState:
         self.by_model.clear()
         self.by_status.clear()
         self.rng.seed(self.config.seed)
+        self.limits = self._new_limits()
 
     def next_scripted(self, api_key: str) -> Scripted | None:
         """A key's own script first, then the shared one ("*")."""

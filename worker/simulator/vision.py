@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 import warnings
 from dataclasses import dataclass
 
 from PIL import Image
 
-from schemas import tier_limits
+from schemas.tokens import image_tokens, resized_size
+
+__all__ = ["Seen", "image_tokens", "look_at", "resized_size"]
 
 PALETTE = {
     "black": (0, 0, 0),
@@ -41,22 +42,6 @@ class Seen:
     def describe(self) -> str:
         colours = " and ".join(self.colours) if self.colours else "indistinct colours"
         return f"A {self.width}x{self.height} {self.format} image, mostly {colours}."
-
-
-def resized_size(width: int, height: int, model: str) -> tuple[int, int]:
-    """The API's downscale: long edge and 28x28 patch count within the model tier's limits."""
-    tier = tier_limits(model)
-    scale = min(1.0, tier.max_side_px / max(width, height, 1))
-    w, h = max(1, int(width * scale)), max(1, int(height * scale))
-    while math.ceil(w / 28) * math.ceil(h / 28) > tier.max_tokens:
-        scale *= 0.99
-        w, h = max(1, int(width * scale)), max(1, int(height * scale))
-    return w, h
-
-
-def image_tokens(width: int, height: int, model: str) -> int:
-    w, h = resized_size(width, height, model)
-    return math.ceil(w / 28) * math.ceil(h / 28)
 
 
 def look_at(data_b64: str) -> Seen | None:

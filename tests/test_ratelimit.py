@@ -1,0 +1,192 @@
+"""The fleet-wide limiter, cool-downs, spend-limit pause and adaptive concurrency."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from schemas import JobStatus
+from tests.conftest import Sim, StartWorker, eventually, stop_process
+from worker.client import Client
+from worker.concurrency import AdaptiveConcurrency
+from worker.embedded_redis import free_port
+from worker.ratelimit import Limits, RateLimiter
+from worker.settings import Settings
+from worker.stack import msgq_command, wait_http
+
+BODY = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 20,
+    "messages": [{"role": "user", "content": "limit me"}],
+}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def test_lua_limiter_never_over_admits_across_processes(redis_url: str) -> None:
+    """Four processes racing for a 100-RPM bucket admit at most its capacity plus refill."""
+    start_at = time.time() + 1.0
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.limiter_hammer", redis_url, "300", "100", str(start_at)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    admitted = sum(int(p.communicate(timeout=60)[0]) for p in procs)
+    elapsed = time.time() - start_at
+    assert 100 <= admitted <= 100 + int(elapsed * 100 / 60) + 1
+
+
+async def test_cooldown_from_one_worker_holds_back_another(redis_url: str) -> None:
+    """A 429 cool-down set through one connection blocks acquisitions on another."""
+    async with Redis.from_url(redis_url) as one, Redis.from_url(redis_url) as two:
+        a, b = RateLimiter(one, {}), RateLimiter(two, {})
+        assert (
+            await b.acquire("claude-haiku-4-5", input_tokens=1, output_tokens=1, now_ms=now_ms())
+        ).admitted
+        await a.cool_down("claude-haiku-4-5-20251001", 2.0)
+        held = await b.acquire("claude-haiku-4-5", input_tokens=1, output_tokens=1, now_ms=now_ms())
+        assert held.reason == "cooldown" and 1.5 < held.wait_s <= 2.0
+        other = await b.acquire(
+            "claude-sonnet-4-5", input_tokens=1, output_tokens=1, now_ms=now_ms()
+        )
+        assert other.admitted  # cool-downs are per model class, as the API's limits are
+
+
+async def test_limits_learned_and_corrected_from_headers(redis_url: str) -> None:
+    """No (or wrong) configured limits: response headers set capacity and remaining."""
+    async with Redis.from_url(redis_url) as redis:
+        limiter = RateLimiter(redis, {"haiku": Limits(rpm=100_000)})
+        model = "claude-haiku-4-5"
+        assert (
+            await limiter.acquire(model, input_tokens=1, output_tokens=1, now_ms=now_ms())
+        ).admitted
+        headers = {
+            "anthropic-ratelimit-requests-limit": "60",
+            "anthropic-ratelimit-requests-remaining": "0",
+            "anthropic-ratelimit-output-tokens-limit": "1000",
+            "anthropic-ratelimit-output-tokens-remaining": "1000",
+        }
+        await limiter.settle(model, input_delta=0, output_delta=0, headers=headers)
+        held = await limiter.acquire(model, input_tokens=1, output_tokens=1, now_ms=now_ms())
+        assert held.reason == "r" and 0.5 < held.wait_s <= 1.0  # one request at 60 RPM
+        big = await limiter.acquire(
+            model, input_tokens=1, output_tokens=5000, now_ms=now_ms() + 2000
+        )
+        assert big.admitted  # a reservation above capacity is clamped, never stuck forever
+
+
+def test_adaptive_concurrency_shrinks_and_grows_back() -> None:
+    """Multiplicative decrease on overload (once per interval), additive increase when clean."""
+    import asyncio
+
+    gate = AdaptiveConcurrency(16, cut_interval_s=0.0)
+    gate.overloaded()
+    gate.overloaded()
+    assert gate.limit == 4
+    for _ in range(4 + 5 + 6):
+        asyncio.run(gate.succeeded())
+    assert gate.limit == 7
+    for _ in range(10):
+        gate.overloaded()
+    assert gate.limit == 1
+    slow = AdaptiveConcurrency(16, cut_interval_s=60)
+    slow.overloaded()
+    slow.overloaded()
+    assert slow.limit == 8  # a burst of 429s from calls already in flight counts once
+
+
+async def test_429_cools_down_the_fleet(
+    client: Client, sim: Sim, start_worker: StartWorker
+) -> None:
+    """After one worker's 429 (retry-after 2), no worker sends before 2 s have passed."""
+    sim.script({"status": 429, "headers": {"retry-after": "2"}})
+    await start_worker()
+    await start_worker()
+    first = await client.submit(BODY)
+
+    async def limited() -> bool:
+        return sim.received >= 1
+
+    await eventually(limited)
+    second = await client.submit(BODY)
+    for job in (first, second):
+        assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
+    refused, *rest = sim.requests()
+    assert refused["status"] == 429
+    assert all(r["time"] - refused["time"] >= 2.0 for r in rest) and len(rest) == 2
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 429, "message": "cap", "error_code": "enforced_spend_limit_reached"},
+        {"status": 400, "message": "You have reached your specified API usage limits."},
+    ],
+    ids=["spend-cap-429", "usage-limit-400"],
+)
+async def test_spend_limit_pauses_the_fleet_until_resumed(
+    fault: dict[str, object], client: Client, sim: Sim, start_worker: StartWorker
+) -> None:
+    """A spend-limit answer pauses sending: jobs stay queued (not failed) until resume."""
+    sim.script(fault)
+    await start_worker()
+    first = await client.submit(BODY)
+
+    async def paused() -> bool:
+        return await RateLimiter(client.redis, {}).paused() is not None
+
+    await eventually(paused)
+    second = await client.submit(BODY)
+    record = await client.get(first.id)
+    assert record.status is JobStatus.QUEUED and record.attempts == 0
+    assert record.error is not None and record.error.type == "spend_limit"
+    assert sim.received == 1
+    assert (await client.get(second.id)).status is JobStatus.QUEUED
+    await RateLimiter(client.redis, {}).resume()
+    for job in (first, second):
+        assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
+    assert sim.received == 3
+
+
+@pytest.fixture
+def limited_simulator() -> Iterator[str]:
+    """A simulator limited to 120 RPM (2 per second, a minute's burst)."""
+    port = free_port()
+    process = subprocess.Popen(
+        msgq_command("simulator", "--port", str(port), "--rpm", "120"), stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/_sim/stats", process=process)
+    yield url
+    stop_process(process)
+
+
+async def test_fleet_learns_the_limit_and_avoids_429s(
+    settings: Settings, client: Client, limited_simulator: str, start_worker: StartWorker
+) -> None:
+    """With no configured limits, two workers learn 120 RPM from headers: 130 jobs, no 429."""
+    import httpx
+
+    custom = settings.model_copy(update={"anthropic_base_url": limited_simulator})
+    await start_worker(custom)
+    await start_worker(custom)
+    started = time.monotonic()
+    jobs = [await client.submit(BODY) for _ in range(130)]
+    for job in jobs:
+        assert (await client.wait(job.id, timeout=60)).status is JobStatus.SUCCEEDED
+    elapsed = time.monotonic() - started
+    async with httpx.AsyncClient() as http:
+        stats = (await http.get(f"{limited_simulator}/_sim/stats")).json()
+    assert stats["by_status"].get("429", 0) == 0
+    assert stats["by_status"]["200"] == 130
+    assert elapsed >= 3.5  # the last 10 needed the bucket to refill at 2/s

@@ -1,0 +1,180 @@
+"""One attempt: wait for fleet capacity, call the API, settle the limiter, record the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+from arq import Retry
+
+from schemas import JobError, JobRecord, JobStatus, JobUsage, MessageRequest
+from worker import metrics, transitions
+from worker.backoff import retry_delay_s
+from worker.deps import Deps
+from worker.errors import RateLimitError, SpendLimitError, UnavailableError, UpstreamError
+from worker.estimate import estimate_input_tokens
+from worker.pricing import cost_usd
+from worker.upstream import UpstreamReply, send_message
+
+log = structlog.get_logger("msgq.job")
+
+
+async def wait_for_capacity(deps: Deps, request: MessageRequest, input_tokens: int) -> None:
+    """Block briefly for the fleet's buckets; a long wait or a pause frees the slot instead."""
+    started = time.monotonic()
+    while True:
+        admission = await deps.limiter.acquire(
+            request.model,
+            input_tokens=input_tokens,
+            output_tokens=request.max_tokens,
+            now_ms=int(time.time() * 1000),
+        )
+        if admission.admitted:
+            metrics.LIMITER_WAIT.observe(time.monotonic() - started)
+            return
+        if admission.reason == "paused":
+            metrics.PAUSED.set(1)
+            log.info("job.deferred", reason="fleet_paused")
+            raise Retry(defer=min(admission.wait_s, deps.settings.pause_recheck_s))
+        if admission.wait_s > deps.settings.max_limiter_wait_s:
+            log.debug("job.deferred", reason=admission.reason, wait_s=admission.wait_s)
+            raise Retry(defer=admission.wait_s)
+        await asyncio.sleep(admission.wait_s)
+
+
+async def attempt(
+    deps: Deps, record: JobRecord, request: MessageRequest, body: dict[str, Any]
+) -> None:
+    """Capacity, then one call. Raises Retry for a retryable failure or a rate-limit wait."""
+    estimate = estimate_input_tokens(request)
+    async with deps.concurrency.slot():
+        metrics.IN_FLIGHT.inc()
+        try:
+            await wait_for_capacity(deps, request, estimate)
+            started = await transitions.begin_attempt(deps.store, record.id)
+            if started is None or started.status is not JobStatus.IN_PROGRESS:
+                await deps.limiter.settle(
+                    request.model, input_delta=estimate, output_delta=request.max_tokens
+                )
+                return
+            _observe_start(started)
+            await _call(deps, started, request, body, estimate)
+        finally:
+            metrics.IN_FLIGHT.dec()
+            metrics.CONCURRENCY.set(deps.concurrency.limit)
+
+
+def _observe_start(record: JobRecord) -> None:
+    metrics.ATTEMPTS.inc()
+    if record.attempts == 1 and record.started_at is not None:
+        metrics.QUEUE_WAIT.observe((record.started_at - record.created_at).total_seconds())
+    log.info("job.started", attempt=record.attempts, model=record.model)
+
+
+async def _call(
+    deps: Deps, record: JobRecord, request: MessageRequest, body: dict[str, Any], estimate: int
+) -> None:
+    try:
+        async with asyncio.timeout(deps.settings.job_timeout_s):
+            reply = await send_message(deps.http, body)
+    except TimeoutError:
+        await _failed(deps, record, request, UnavailableError("attempt exceeded job_timeout_s"))
+    except UpstreamError as exc:
+        await _failed(deps, record, request, exc)
+    else:
+        metrics.UPSTREAM.labels("200").inc()
+        metrics.UPSTREAM_LATENCY.observe(reply.latency_ms / 1000)
+        await _succeeded(deps, record, request, reply, estimate)
+
+
+async def _failed(
+    deps: Deps, record: JobRecord, request: MessageRequest, exc: UpstreamError
+) -> None:
+    metrics.UPSTREAM.labels(str(exc.status_code or exc.error_type)).inc()
+    # Nothing was produced: refund the output reservation; a refused request costs no input.
+    refused = exc.status_code in (429, 529)
+    await deps.limiter.settle(
+        request.model, input_delta=0, output_delta=request.max_tokens, headers=exc.headers
+    )
+    if refused:
+        deps.concurrency.overloaded()
+    if isinstance(exc, RateLimitError):
+        await deps.limiter.cool_down(request.model, exc.retry_after_s or 1.0)
+    if isinstance(exc, SpendLimitError):
+        await _pause_fleet(deps, record, exc)
+        return
+    await handle_failure(deps, record, exc)
+
+
+async def _pause_fleet(deps: Deps, record: JobRecord, exc: SpendLimitError) -> None:
+    """The org hit its spend limit: stop the fleet, keep this job queued (attempt refunded)."""
+    await deps.limiter.pause(exc.message[:200], deps.settings.spend_pause_s)
+    metrics.PAUSED.set(1)
+    log.error(
+        "fleet.paused",
+        reason="spend_limit",
+        status_code=exc.status_code,
+        request_id=exc.request_id,
+        pause_s=deps.settings.spend_pause_s,
+    )
+    error = JobError.model_validate(exc.as_record_error())
+    await transitions.requeue(deps.store, record.id, error=error)
+    raise Retry(defer=deps.settings.pause_recheck_s)
+
+
+async def handle_failure(deps: Deps, record: JobRecord, exc: UpstreamError) -> None:
+    error = JobError.model_validate(exc.as_record_error())
+    if not exc.retryable or record.attempts >= record.max_attempts:
+        await transitions.finish(deps.store, record.id, JobStatus.FAILED, error=error)
+        return
+    s = deps.settings
+    delay_s = retry_delay_s(
+        record.attempts,
+        exc.retry_after_s,
+        base_s=s.backoff_base_s,
+        factor=s.backoff_factor,
+        max_s=s.backoff_max_s,
+    )
+    stored = await transitions.schedule_retry(deps.store, record.id, delay_s=delay_s, error=error)
+    if stored is not None and stored.status is JobStatus.RETRYING:
+        metrics.RETRIES.labels(error.type).inc()
+        # arq re-queues the job `delay_s` from now; no worker slot is held while it waits.
+        raise Retry(defer=delay_s)
+
+
+async def _succeeded(
+    deps: Deps, record: JobRecord, request: MessageRequest, reply: UpstreamReply, estimate: int
+) -> None:
+    structlog.contextvars.bind_contextvars(latency_ms=round(reply.latency_ms, 1))
+    usage: dict[str, Any] = reply.message.get("usage") or {}
+    job_usage = JobUsage(
+        input_tokens=int(usage.get("input_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        cache_creation_input_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+        cache_read_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
+    )
+    # Cache reads do not count toward ITPM; correct the estimate with what really counted.
+    counted = job_usage.input_tokens + job_usage.cache_creation_input_tokens
+    await deps.limiter.settle(
+        request.model,
+        input_delta=estimate - counted,
+        output_delta=request.max_tokens - job_usage.output_tokens,
+        headers=reply.headers,
+    )
+    await deps.concurrency.succeeded()
+    cost = cost_usd(record.model or request.model, usage, deps.settings.prices_file)
+    for kind, value in job_usage.model_dump().items():
+        metrics.TOKENS.labels(kind).inc(value)
+    metrics.COST.inc(cost or 0)
+    await transitions.finish(
+        deps.store,
+        record.id,
+        JobStatus.SUCCEEDED,
+        result=reply.message,
+        usage=job_usage,
+        cost_usd=cost,
+        upstream_request_id=reply.request_id,
+        error=None,
+    )
