@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test lint format typecheck all clean
+.PHONY: help setup demo test lint format typecheck all clean bench
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -40,3 +40,6 @@ all: lint test
 
 clean:  ## remove the venv, caches and local data
 	rm -rf $(VENV) .msgq .pytest_cache .mypy_cache .ruff_cache
+
+bench: $(STAMP)  ## benchmarks against baselines in the same run; writes BENCHMARKS.md (~8 min)
+	$(BIN)/python -m bench.run

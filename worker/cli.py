@@ -255,6 +255,61 @@ def jobs(status_: str | None, limit: int, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--prompt", help="Prompt template: {name} {stem} {directory} {width} {height}.")
+@click.option("--prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", default="claude-haiku-4-5", show_default=True)
+@click.option("--max-tokens", default=200, show_default=True)
+@click.option(
+    "--out",
+    default="captions.jsonl",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+)
+@click.option("--sidecar", is_flag=True, help="Also write name.txt beside name.jpg.")
+@click.option("--sidecar-ext", default=".txt", show_default=True, help="e.g. .caption")
+@click.option("--window", type=int, help="Most jobs in Redis at once [4 x MSGQ_MAX_JOBS].")
+@click.option("--max-side", type=int, help="Downscale so the long side is at most this.")
+@click.option("--dry-run", is_flag=True, help="Count and estimate tokens and cost; spend nothing.")
+def caption(
+    inputs: tuple[str, ...],
+    prompt: str | None,
+    prompt_file: Path | None,
+    model: str,
+    max_tokens: int,
+    out: Path,
+    sidecar: bool,
+    sidecar_ext: str,
+    window: int | None,
+    max_side: int | None,
+    dry_run: bool,
+) -> None:
+    """Caption images (files, folders, manifests of paths or URLs) into JSONL and sidecars."""
+    from worker.caption_cli import run_caption
+
+    if prompt_file is not None:
+        prompt = prompt_file.read_text(encoding="utf-8").strip()
+    if not prompt:
+        msg = "give --prompt or --prompt-file"
+        raise click.UsageError(msg)
+    failed = run_caption(
+        list(inputs),
+        prompt=prompt,
+        model=model,
+        max_tokens=max_tokens,
+        out=out,
+        sidecar=sidecar,
+        sidecar_ext=sidecar_ext,
+        window=window,
+        max_side=max_side,
+        dry_run=dry_run,
+    )
+    if failed:
+        msg = f"{failed} image(s) failed; see {out}"
+        raise JobFailedError(msg)
+
+
+@cli.command()
 def resume() -> None:
     """Lift a spend-limit pause so the fleet sends again."""
 
@@ -311,9 +366,11 @@ def main() -> None:
         _fail(exc, 2, debug)
     except (RedisError, OSError, TimeoutError) as exc:
         _fail(exc, 1, debug)
+    except Exception as exc:  # a bug of ours: still one line, the traceback only with --debug
+        _fail(exc, 1, debug, prefix="internal error: ")
 
 
-def _fail(exc: BaseException, code: int, debug: bool) -> None:
+def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "") -> None:
     if debug:
         traceback.print_exception(exc)
     message = str(exc) or type(exc).__name__
@@ -323,7 +380,7 @@ def _fail(exc: BaseException, code: int, debug: bool) -> None:
         message = (
             f"cannot reach Redis ({type(exc).__name__}: {re.sub(r'//[^@/]*@', '//', message)})"
         )
-    click.echo(f"msgq: {message}", err=True)
+    click.echo(f"msgq: {prefix}{message}", err=True)
     sys.exit(code)
 
 

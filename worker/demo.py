@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas import JobRecord
+from worker.caption_output import CaptionLog
+from worker.captions import CaptionOptions, CaptionRun
 from worker.client import Client
 from worker.settings import Settings
 from worker.stack import Stack
@@ -25,45 +26,39 @@ KINDS = {
     "prefill": "prefill.json",
     "image": "image_base64.json",
 }
-MEDIA = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif"}
 
 
 def sample_requests() -> dict[str, dict[str, Any]]:
-    """The four seed kinds, plus one caption request per bundled sample image."""
-    requests = {k: orjson.loads((SAMPLES / "requests" / f).read_bytes()) for k, f in KINDS.items()}
-    for path in sorted((SAMPLES / "images").iterdir()):
-        if path.suffix in MEDIA:
-            data = base64.b64encode(path.read_bytes()).decode()
-            requests[f"caption {path.name}"] = {
-                "model": "claude-haiku-4-5",
-                "max_tokens": 200,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {
-                                "type": "image",
-                                "source": {
-                                    "type": "base64",
-                                    "media_type": MEDIA[path.suffix],
-                                    "data": data,
-                                },
-                            },
-                            {"type": "text", "text": "Describe this image in one sentence."},
-                        ],
-                    }
-                ],
-            }
-    return requests
+    """The four seed kinds: text, multi-turn, prefill, image."""
+    return {k: orjson.loads((SAMPLES / "requests" / f).read_bytes()) for k, f in KINDS.items()}
 
 
-async def run_jobs(redis_url: str) -> list[tuple[str, JobRecord]]:
+async def caption_samples(client: Client, out: Path) -> list[tuple[str, JobRecord]]:
+    """`msgq caption samples/images`, in-process: one row per bundled image."""
+    options = CaptionOptions(
+        inputs=[str(SAMPLES / "images")], out=out, prompt="Describe this image in one sentence."
+    )
+    log = CaptionLog(out)
+    try:
+        await CaptionRun(client, options, log).run()
+    finally:
+        log.close()
+    results = []
+    for line in (await asyncio.to_thread(out.read_bytes)).splitlines():
+        row = orjson.loads(line)
+        if row["job_id"]:
+            results.append((f"caption {Path(row['path']).name}", await client.get(row["job_id"])))
+    return results
+
+
+async def run_jobs(redis_url: str, out: Path) -> list[tuple[str, JobRecord]]:
     async with Client.from_url(redis_url, Settings()) as client:
         jobs = {
             kind: await client.submit(body, metadata={"demo": kind})
             for kind, body in sample_requests().items()
         }
-        return [(kind, await client.wait(job.id, timeout=120)) for kind, job in jobs.items()]
+        results = [(kind, await client.wait(job.id, timeout=120)) for kind, job in jobs.items()]
+        return results + await caption_samples(client, out)
 
 
 def show(console: Console, results: list[tuple[str, JobRecord]]) -> None:
@@ -106,7 +101,7 @@ def main() -> None:
         Stack(data_dir, use_simulator=use_simulator, log=log) as stack,
     ):
         console.print(f"embedded Redis at {stack.redis_url}; one worker; logs in {log.name}")
-        results = asyncio.run(run_jobs(stack.redis_url))
+        results = asyncio.run(run_jobs(stack.redis_url, data_dir / "captions.jsonl"))
     show(console, results)
     console.print("Stopped Redis, the worker" + (" and the simulator." if use_simulator else "."))
 

@@ -5,7 +5,7 @@ ServiceError
 ├── JobNotFoundError         no record under that ID (client and CLI)
 └── UpstreamError            .status_code, .retry_after_s, .request_id, .error_type
     ├── RejectedError        final: 400/401/402/403/404/413/422, x-should-retry: false
-    ├── SpendLimitError      final for this job: the org's spend limit was reached
+    ├── SpendLimitError      the org's spend limit: pauses the fleet, the job stays queued
     ├── InvalidResponseError final: a 200 whose body is not a Message
     └── TransientError       retryable
         ├── RateLimitError   429
