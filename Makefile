@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test lint format typecheck all clean bench
+.PHONY: help setup demo test lint format typecheck all clean bench chaos
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -43,3 +43,6 @@ clean:  ## remove the venv, caches and local data
 
 bench: $(STAMP)  ## benchmarks against baselines in the same run; writes BENCHMARKS.md (~8 min)
 	$(BIN)/python -m bench.run
+
+chaos: $(STAMP)  ## the long fault runs: 2,000-job crash run, Redis restart, 10,000 fuzz cases each
+	MSGQ_CHAOS=1 $(BIN)/pytest -s tests/test_reliability.py tests/test_fuzz.py

@@ -6,6 +6,7 @@ Prints tables and writes BENCHMARKS.md. Long: about 8 minutes on a 2-core machin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -33,6 +34,7 @@ from bench.harness import (
 from bench.noop import arq_noop_jobs_per_s
 from worker.client import Client
 from worker.settings import Settings
+from worker.stack import msgq_command
 
 RPM = 1200
 OUT_TOKENS = 60  # max_tokens; the simulator's replies to PROMPT stop near 35
@@ -184,6 +186,55 @@ async def memory(tmp: Path, n: int = 5000) -> list[list[Any]]:
     return rows
 
 
+async def captioning(tmp: Path, n: int = 2000) -> list[list[Any]]:
+    """2,000 small photos through `msgq caption` at the default window, 2 workers."""
+    from PIL import Image
+
+    photos = tmp / "photos"
+    photos.mkdir()
+    for i in range(n):
+        # Distinct pixels per image: identical images would be deduplicated into one job.
+        Image.new("RGB", (320, 240), (i % 256, i // 256 * 16, 90)).save(photos / f"{i:05}.png")
+    env = {**os.environ}
+    with (
+        simulator("--latency-ms", "150") as sim,
+        redis_server(tmp / "caption") as redis,
+        workers(2, redis.url, sim),
+    ):
+        async with Redis.from_url(redis.url) as r:
+            base = (await r.info("memory"))["used_memory"]
+            peak = base
+            proc = await asyncio.create_subprocess_exec(
+                *msgq_command(
+                    "caption",
+                    str(photos),
+                    "--prompt",
+                    "Describe it.",
+                    "--out",
+                    str(tmp / "captions.jsonl"),
+                ),
+                env={**env, "REDIS_URL": redis.url},
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            started = time.perf_counter()
+            while proc.returncode is None:
+                peak = max(peak, (await r.info("memory"))["used_memory"])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 0.05)
+            elapsed = time.perf_counter() - started
+    return [
+        [
+            n,
+            "64 (default)",
+            round(elapsed, 1),
+            round(n / elapsed, 1),
+            f"{(peak - base) / 1024:.0f} KiB",
+            proc.returncode,
+        ]
+    ]
+
+
 async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="msgq-bench-"))
     report.append(
@@ -226,6 +277,12 @@ async def main() -> None:
     )
     console.rule("4. memory")
     table("Redis memory", ["what", "count", "bytes each"], await memory(tmp))
+    console.rule("6. captioning")
+    table(
+        "Captioning 2,000 distinct small images (320x240 PNG), 2 workers, 150 ms latency",
+        ["images", "window", "wall_s", "images/s", "Redis peak above idle", "exit"],
+        await captioning(tmp),
+    )
     console.rule("5. scale-out")
     rows = [await utilisation(tmp, 1500, w) for w in (1, 2, 4, 8)]
     table(

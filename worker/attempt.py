@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from arq import Retry
 
-from schemas import JobError, JobRecord, JobStatus, JobUsage, MessageRequest
+from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, MessageRequest
 from worker import metrics, transitions
 from worker.backoff import retry_delay_s
 from worker.deps import Deps
@@ -44,9 +44,7 @@ async def wait_for_capacity(deps: Deps, request: MessageRequest, input_tokens: i
         await asyncio.sleep(admission.wait_s)
 
 
-async def attempt(
-    deps: Deps, record: JobRecord, request: MessageRequest, body: dict[str, Any]
-) -> None:
+async def attempt(deps: Deps, record: JobRecord, request: MessageRequest, spec: JobSpec) -> None:
     """Capacity, then one call. Raises Retry for a retryable failure or a rate-limit wait."""
     estimate = estimate_input_tokens(request)
     async with deps.concurrency.slot():
@@ -60,7 +58,7 @@ async def attempt(
                 )
                 return
             _observe_start(started)
-            await _call(deps, started, request, body, estimate)
+            await _call(deps, started, request, spec, estimate)
         finally:
             metrics.IN_FLIGHT.dec()
             metrics.CONCURRENCY.set(deps.concurrency.limit)
@@ -74,15 +72,16 @@ def _observe_start(record: JobRecord) -> None:
 
 
 async def _call(
-    deps: Deps, record: JobRecord, request: MessageRequest, body: dict[str, Any], estimate: int
+    deps: Deps, record: JobRecord, request: MessageRequest, spec: JobSpec, estimate: int
 ) -> None:
     try:
         async with asyncio.timeout(deps.settings.job_timeout_s):
-            reply = await send_message(deps.http, body)
+            reply = await send_message(deps.http, spec.request)
     except TimeoutError:
-        await _failed(deps, record, request, UnavailableError("attempt exceeded job_timeout_s"))
+        error = UnavailableError("attempt exceeded job_timeout_s")
+        await _failed(deps, record, request, spec, error)
     except UpstreamError as exc:
-        await _failed(deps, record, request, exc)
+        await _failed(deps, record, request, spec, exc)
     else:
         metrics.UPSTREAM.labels("200").inc()
         metrics.UPSTREAM_LATENCY.observe(reply.latency_ms / 1000)
@@ -90,7 +89,7 @@ async def _call(
 
 
 async def _failed(
-    deps: Deps, record: JobRecord, request: MessageRequest, exc: UpstreamError
+    deps: Deps, record: JobRecord, request: MessageRequest, spec: JobSpec, exc: UpstreamError
 ) -> None:
     metrics.UPSTREAM.labels(str(exc.status_code or exc.error_type)).inc()
     # Nothing was produced: refund the output reservation; a refused request costs no input.
@@ -105,7 +104,7 @@ async def _failed(
     if isinstance(exc, SpendLimitError):
         await _pause_fleet(deps, record, exc)
         return
-    await handle_failure(deps, record, exc)
+    await handle_failure(deps, record, exc, spec)
 
 
 async def _pause_fleet(deps: Deps, record: JobRecord, exc: SpendLimitError) -> None:
@@ -124,10 +123,13 @@ async def _pause_fleet(deps: Deps, record: JobRecord, exc: SpendLimitError) -> N
     raise Retry(defer=deps.settings.pause_recheck_s)
 
 
-async def handle_failure(deps: Deps, record: JobRecord, exc: UpstreamError) -> None:
+async def handle_failure(deps: Deps, record: JobRecord, exc: UpstreamError, spec: JobSpec) -> None:
     error = JobError.model_validate(exc.as_record_error())
     if not exc.retryable or record.attempts >= record.max_attempts:
         await transitions.finish(deps.store, record.id, JobStatus.FAILED, error=error)
+        # Kept so an operator can `msgq retry` it once the cause (a key, a quota) is fixed.
+        kept = spec.model_dump(mode="json", exclude_none=True, exclude={"deadline"})
+        await deps.store.keep_spec(record.id, kept)
         return
     s = deps.settings
     delay_s = retry_delay_s(

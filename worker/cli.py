@@ -310,6 +310,31 @@ def caption(
 
 
 @cli.command()
+@click.argument("job_ids", nargs=-1)
+@click.option("--all-failed", is_flag=True, help="Every failed job still within retention.")
+def retry(job_ids: tuple[str, ...], all_failed: bool) -> None:
+    """Re-run failed jobs with their original request (attempts start again)."""
+    if not job_ids and not all_failed:
+        msg = "give job IDs or --all-failed"
+        raise click.UsageError(msg)
+
+    async def run(client: Client) -> list[tuple[str, bool]]:
+        ids = list(job_ids)
+        if all_failed:
+            ids += [r.id for r in await client.list(status=JobStatus.FAILED, limit=100_000)]
+        return [(i, await client.retry(i) is not None) for i in ids]
+
+    outcomes = _with_client(run)
+    for job_id, requeued in outcomes:
+        click.echo(
+            f"{job_id}  {'requeued' if requeued else 'not retried (not failed, or no spec)'}"
+        )
+    if job_ids and not all(ok for _, ok in outcomes):
+        msg = "some jobs could not be retried"
+        raise JobFailedError(msg)
+
+
+@cli.command()
 def resume() -> None:
     """Lift a spend-limit pause so the fleet sends again."""
 

@@ -177,5 +177,13 @@ class Client:
             await self.redis.zadd(abort_jobs_ss, {job_id: int(time.time() * 1000)})
         return record
 
+    async def retry(self, job_id: str) -> JobRecord | None:
+        """Re-run a failed job with its original request (None: not failed, or not retryable)."""
+
+        def payload(kwargs: dict[str, Any]) -> bytes:
+            return enqueue_payload(JobSpec.model_validate(kwargs), int(time.time() * 1000))
+
+        return await self.store.reopen(job_id, payload)
+
     async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
         return await self.store.list(status=status, limit=limit)

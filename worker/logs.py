@@ -34,14 +34,23 @@ def configure_logging(*, fmt: str = "auto", level: str = "info") -> None:
     """Call once per entry point. `fmt` is auto (JSON unless stderr is a TTY), json or console."""
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+        )
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks if as_json else structlog.dev.set_exc_info,
+            # Tracebacks without local variables: locals can hold image bytes or the key.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+            if as_json
+            else structlog.dev.set_exc_info,
             scrub_secrets,
             renderer,
         ],

@@ -23,12 +23,14 @@ def serialize(obj: Any) -> bytes:
     return orjson.dumps(obj, default=_default)
 
 
-def deserialize(data: bytes) -> dict[str, Any]:
+def deserialize(data: bytes, *, max_bytes: int = 64 * 1024 * 1024) -> dict[str, Any]:
     """Never raises: a payload that is not a JSON job becomes a job that the task fails cleanly.
 
     arq would otherwise fail such a job without our record ever being written, and a poller
     would wait forever on `queued`.
     """
+    if len(data) > max_bytes:
+        return _undecodable(f"job payload is {len(data)} bytes; the limit is {max_bytes}")
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: int = Field(default=60, description="SIGTERM: wait this long for jobs")
     retention_s: int = Field(default=7 * 24 * 3600, description="keep records after a job ends")
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_job_bytes: int = Field(
+        default=64 * 1024 * 1024, description="largest job payload a worker will decode"
+    )
     prices_file: Path | None = Field(default=None, description="TOML overriding model prices")
     rate_limits: dict[str, dict[str, int]] = Field(
         default_factory=dict,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
@@ -18,6 +20,10 @@ DONE_CHANNEL = KEY_PREFIX + "done"  # pub/sub: a job ID each time a record turns
 
 def record_key(job_id: str) -> str:
     return f"{KEY_PREFIX}job:{job_id}"
+
+
+def spec_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}spec:{job_id}"
 
 
 def tenant_jobs_key(tenant: str) -> str:
@@ -154,6 +160,55 @@ class JobStore:
             pipe.hincrby(counts, record.status.value, 1)
             pipe.hset(counts, "last_at", (record.finished_at or utcnow()).isoformat())
         pipe.publish(DONE_CHANNEL, record.id)
+
+    async def keep_spec(self, job_id: str, spec: dict[str, Any]) -> None:
+        """A failed job's spec, kept as long as its record, so `msgq retry` can re-run it."""
+        await self.redis.set(spec_key(job_id), orjson.dumps(spec), ex=self.retention_s)
+
+    async def reopen(
+        self, job_id: str, job_payload: Callable[[dict[str, Any]], bytes]
+    ) -> JobRecord | None:
+        """failed → queued with attempts reset, re-enqueued from the kept spec, atomically.
+
+        The one deliberate exception to write-once: an operator asked for a new run. Returns
+        None when there is nothing to re-run (not failed, no spec, or part of a batch).
+        """
+        key = record_key(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key, spec_key(job_id))
+                    raw, spec = await pipe.get(key), await pipe.get(spec_key(job_id))
+                    record = None if raw is None else JobRecord.model_validate_json(raw)
+                    if (
+                        record is None
+                        or spec is None
+                        or record.status is not JobStatus.FAILED
+                        or record.batch_id
+                    ):
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]  # untyped
+                        return None
+                    fresh = record.model_copy(
+                        update={
+                            "status": JobStatus.QUEUED,
+                            "attempts": 0,
+                            "started_at": None,
+                            "finished_at": None,
+                            "next_attempt_at": None,
+                            "error": None,
+                            "cancel_requested": False,
+                        }
+                    )
+                    now_ms = int(utcnow().timestamp() * 1000)
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    pipe.set(key, fresh.model_dump_json())
+                    pipe.set(arq_job_key(job_id), job_payload(orjson.loads(spec)))
+                    pipe.zadd(self.queue_name, {job_id: now_ms})
+                    pipe.delete(spec_key(job_id))
+                    await pipe.execute()
+                    return fresh
+                except WatchError:
+                    continue
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         """Queued or retrying: canceled now and dequeued. In progress: flagged for the worker."""

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+import orjson
 import structlog
+from arq import Retry
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -25,6 +28,7 @@ from schemas import (
 )
 from worker import metrics, transitions
 from worker.attempt import attempt
+from worker.backoff import retry_delay_s
 from worker.concurrency import AdaptiveConcurrency
 from worker.deps import Deps
 from worker.logs import register_secret
@@ -80,6 +84,14 @@ async def run_message(ctx: dict[str, Any], **kwargs: Any) -> None:
     try:
         async with heartbeat(deps.redis, job_id, deps.settings.lock_s):
             await _run(deps, job_id, kwargs, enqueued_at=ctx["enqueue_time"])
+    except Retry:
+        raise
+    except RedisError as exc:
+        # Redis went away mid-job: re-queue rather than let arq finish (and delete) the job.
+        log.warning("job.redis_unavailable", error=type(exc).__name__)
+        raise Retry(defer=2.0) from None
+    except Exception as exc:  # a bug in task code (a "poison" job): never crash the worker
+        await _crashed(deps, job_id, exc, kwargs)
     except asyncio.CancelledError:
         # Either an operator's cancel (arq abort) or a worker shutting down mid-attempt.
         await asyncio.shield(transitions.release_after_shutdown(deps.store, job_id))
@@ -103,7 +115,46 @@ async def _run(deps: Deps, job_id: str, kwargs: dict[str, Any], *, enqueued_at: 
         return
     request = await _ready_to_send(deps, record, spec)
     if request is not None:
-        await attempt(deps, record, request, spec.request)
+        await attempt(deps, record, request, spec)
+
+
+async def record_refused(deps: Deps, job_id: str, result_data: bytes | None) -> None:
+    """A failed record for a job arq refused before running it; its reason, never its bytes."""
+    reason = "job payload is missing or empty"
+    with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError):
+        result = orjson.loads(result_data or b"{}").get("r") or {}
+        if result.get("message") and result["message"] != "job expired":
+            reason = f"refused by arq: {result['message']}"[:500]
+    record = transitions.new_record(
+        job_id, None, created_at=utcnow(), default_max_attempts=deps.settings.max_attempts
+    )
+    await deps.store.ensure(record)
+    error = JobError(type="validation_error", message=reason)
+    await transitions.finish(deps.store, job_id, JobStatus.FAILED, error=error)
+
+
+async def _crashed(deps: Deps, job_id: str, exc: Exception, kwargs: dict[str, Any]) -> None:
+    """Retry with backoff like a transient failure; after max_attempts, `failed` with the
+    exception's type and message."""
+    log.error("job.crashed", error=f"{type(exc).__name__}: {exc}"[:500], exc_info=exc)
+    error = JobError(type="internal_error", message=f"{type(exc).__name__}: {exc}"[:2000])
+    s = deps.settings
+    stored = await transitions.record_crash(
+        deps.store,
+        job_id,
+        error=error,
+        backoff=functools.partial(
+            retry_delay_s,
+            retry_after_s=None,
+            base_s=s.backoff_base_s,
+            factor=s.backoff_factor,
+            max_s=s.backoff_max_s,
+        ),
+    )
+    if stored is not None and stored.status is JobStatus.FAILED and "request" in kwargs:
+        await deps.store.keep_spec(job_id, {k: v for k, v in kwargs.items() if k != "deadline"})
+    if stored is not None and stored.status is JobStatus.RETRYING and stored.next_attempt_at:
+        raise Retry(defer=max(0.0, (stored.next_attempt_at - utcnow()).total_seconds()))
 
 
 def _parse_spec(kwargs: dict[str, Any]) -> tuple[JobSpec | None, JobError | None]:

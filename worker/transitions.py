@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -139,6 +140,33 @@ async def requeue(store: JobStore, job_id: str, *, error: JobError) -> JobRecord
         )
 
     return await store.update(job_id, change)
+
+
+async def record_crash(
+    store: JobStore, job_id: str, *, error: JobError, backoff: Callable[[int], float]
+) -> JobRecord | None:
+    """Task code raised: that counts as an attempt (once); retrying, or failed when spent."""
+
+    def change(record: JobRecord) -> JobRecord:
+        attempts = (
+            record.attempts if record.status is JobStatus.IN_PROGRESS else record.attempts + 1
+        )
+        if attempts >= record.max_attempts:
+            return _ended(record, JobStatus.FAILED, attempts=attempts, error=error)
+        next_at = utcnow() + timedelta(seconds=backoff(attempts))
+        return record.model_copy(
+            update={
+                "status": JobStatus.RETRYING,
+                "attempts": attempts,
+                "next_attempt_at": next_at,
+                "error": error,
+            }
+        )
+
+    stored = await store.update(job_id, change)
+    if stored is not None and stored.status is JobStatus.FAILED:
+        _log_finished(stored)
+    return stored
 
 
 async def release_after_shutdown(store: JobStore, job_id: str) -> None:

@@ -1,0 +1,228 @@
+"""Nothing lost under worker crashes, Redis restarts, shutdowns and bugs in task code.
+
+`make chaos` runs the long versions (MSGQ_CHAOS=1): 2,000 jobs instead of 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from schemas import JobStatus
+from tests.conftest import Sim, StartWorker, eventually, stop_process, worker_env
+from worker.client import Client
+from worker.embedded_redis import EmbeddedRedis, free_port
+from worker.settings import Settings
+from worker.stack import msgq_command, wait_http
+
+CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
+BODY = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 20,
+    "messages": [{"role": "user", "content": "do not lose me"}],
+}
+
+
+@pytest.fixture
+def slow_simulator() -> Iterator[str]:
+    """A simulator answering in 100 ms, so jobs are really in flight when a worker dies."""
+    port = free_port()
+    process = subprocess.Popen(
+        msgq_command("simulator", "--port", str(port), "--latency-ms", "100"),
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/_sim/stats", process=process)
+    yield url
+    stop_process(process)
+
+
+def spawn(settings: Settings, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    return subprocess.Popen(
+        msgq_command("worker"), env=worker_env(settings, **env), stdout=out, stderr=out
+    )
+
+
+def events(*logs: Path) -> list[dict[str, Any]]:
+    found = []
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                found.append(json.loads(line))
+    return found
+
+
+async def statuses(client: Client, ids: list[str]) -> Counter[str]:
+    raws = await client.redis.mget([f"msgq:job:{i}" for i in ids])
+    return Counter(json.loads(r)["status"] if r else "missing" for r in raws)
+
+
+async def test_worker_sigkills_lose_nothing(
+    settings: Settings, client: Client, slow_simulator: str, tmp_path: Path
+) -> None:
+    """SIGKILL a worker several times mid-run: every job ends once; few calls duplicated."""
+    n, kills = (2000, 6) if CHAOS else (500, 3)
+    custom = settings.model_copy(update={"anthropic_base_url": slow_simulator, "max_jobs": 8})
+    steady = spawn(custom, tmp_path / "steady.log", MSGQ_MAX_JOBS="8")
+    victim = spawn(custom, tmp_path / "victim.log", MSGQ_MAX_JOBS="8")
+    ids = [(await client.submit(BODY)).id for _ in range(n)]
+    recoveries: list[float] = []
+    try:
+        for k in range(kills):
+
+            async def progressed(target: int = n * (k + 1) // (kills + 2)) -> bool:
+                return (await statuses(client, ids))["succeeded"] >= target
+
+            await eventually(progressed, timeout_s=60)
+            raws = await client.redis.mget([f"msgq:job:{i}" for i in ids])
+            in_flight = [
+                i
+                for i, r in zip(ids, raws, strict=True)
+                if r and json.loads(r)["status"] == "in_progress"
+            ]
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            killed_at = time.monotonic()
+            victim = spawn(custom, tmp_path / "victim.log", MSGQ_MAX_JOBS="8")
+
+            async def recovered(watch: list[str] = in_flight) -> bool:
+                return all(s in ("succeeded",) for s in (await statuses(client, watch)).elements())
+
+            await eventually(recovered, timeout_s=60)
+            recoveries.append(time.monotonic() - killed_at)
+
+        async def all_done() -> bool:
+            return (await statuses(client, ids))["succeeded"] == n
+
+        await eventually(all_done, timeout_s=120)
+    finally:
+        for p in (steady, victim):
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=30)
+    async with httpx.AsyncClient() as http:
+        received = (await http.get(f"{slow_simulator}/_sim/stats")).json()["received"]
+    finished = Counter(
+        e["job_id"]
+        for e in events(tmp_path / "steady.log", tmp_path / "victim.log")
+        if e.get("event") == "job.finished"
+    )
+    assert set(finished) == set(ids) and max(finished.values()) == 1  # each written once
+    duplicates = received - n
+    assert 0 <= duplicates <= kills * custom.max_jobs  # at most what was in flight per kill
+    print(
+        f"\ncrash run: {n} jobs, {kills} SIGKILLs, {duplicates} duplicated calls, "
+        f"recovery max {max(recoveries):.1f}s mean {sum(recoveries) / len(recoveries):.1f}s"
+    )
+
+
+async def test_redis_restart_loses_no_acknowledged_job(
+    settings: Settings, slow_simulator: str, tmp_path: Path
+) -> None:
+    """Redis (AOF everysec) restarts mid-run: workers reconnect, every submitted job ends."""
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=True)
+    server.start()
+    custom = settings.model_copy(
+        update={"redis_url": server.url, "anthropic_base_url": slow_simulator}
+    )
+    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+    workers = [spawn(custom, log) for log in logs]
+    n = 1000 if CHAOS else 300
+    try:
+        async with Client(Redis.from_url(server.url), custom) as client:
+            ids = [(await client.submit(BODY)).id for _ in range(n)]
+
+            async def started() -> bool:
+                return (await statuses(client, ids))["succeeded"] >= n // 5
+
+            await eventually(started)
+            await asyncio.to_thread(server.stop)  # SIGTERM: the AOF is flushed
+            await asyncio.sleep(1.0)  # an outage the workers must ride out, not a sync point
+            await asyncio.to_thread(server.start)
+
+            async def all_done() -> bool:
+                return (await statuses(client, ids))["succeeded"] == n
+
+            await eventually(all_done, timeout_s=120)
+        assert all(w.poll() is None for w in workers)  # they rode it out
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+            w.wait(timeout=30)
+        server.stop()
+    names = {e.get("event") for e in events(*logs)}
+    assert {"worker.redis_unavailable", "worker.redis_reconnected"} <= names
+
+
+async def test_sigterm_finishes_in_flight_jobs_and_exits_0(
+    settings: Settings, client: Client, sim: Sim, tmp_path: Path
+) -> None:
+    """SIGTERM: no new jobs are taken, in-flight ones finish, exit 0, nothing in_progress."""
+    sim.script(*[{"delay_s": 1.5}] * 3)
+    worker = spawn(settings, tmp_path / "w.log", MSGQ_MAX_JOBS="3", MSGQ_SHUTDOWN_GRACE_S="20")
+    ids = [(await client.submit(BODY)).id for _ in range(6)]
+
+    async def three_in_flight() -> bool:
+        return sim.received == 3
+
+    await eventually(three_in_flight)
+    worker.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(worker.wait, 30) == 0
+    final = await statuses(client, ids)
+    assert final == Counter({"succeeded": 3, "queued": 3})
+    assert sim.received == 3
+
+
+async def test_poison_job_fails_after_its_attempts_and_worker_serves_on(
+    monkeypatch: pytest.MonkeyPatch, client: Client, sim: Sim, start_worker: StartWorker
+) -> None:
+    """A bug in task code (not the API) ends `failed` with its type and message; others run."""
+    from worker import attempt
+
+    real = attempt.estimate_input_tokens
+
+    def buggy(request: Any) -> int:
+        if request.model == "claude-poison-1":
+            return 1 // 0
+        return real(request)
+
+    monkeypatch.setattr(attempt, "estimate_input_tokens", buggy)
+    await start_worker()
+    poison = await client.submit({**BODY, "model": "claude-poison-1"}, max_attempts=3)
+    fine = await client.submit(BODY)
+    bad = await client.wait(poison.id, timeout=20)
+    assert bad.status is JobStatus.FAILED and bad.attempts == 3
+    assert bad.error is not None and bad.error.type == "internal_error"
+    assert bad.error.message == "ZeroDivisionError: integer division or modulo by zero"
+    assert (await client.wait(fine.id, timeout=20)).status is JobStatus.SUCCEEDED
+    assert sim.received == 1
+
+
+async def test_failed_jobs_can_be_retried_with_their_request(
+    client: Client, sim: Sim, start_worker: StartWorker
+) -> None:
+    """A job failed by a 401 re-runs with its original request once the cause is fixed."""
+    sim.script({"status": 401, "message": "bad key"})
+    await start_worker()
+    job = await client.submit(BODY, metadata={"order": 7})
+    assert (await client.wait(job.id, timeout=20)).status is JobStatus.FAILED
+    assert [r.id for r in await client.list(status=JobStatus.FAILED)] == [job.id]
+    reopened = await client.retry(job.id)
+    assert reopened is not None and reopened.status is JobStatus.QUEUED
+    again = await client.wait(job.id, timeout=20)
+    assert again.status is JobStatus.SUCCEEDED and again.attempts == 1
+    assert again.metadata == {"order": 7}
+    assert sim.requests()[1]["body"] == BODY
+    assert await client.retry(job.id) is None  # succeeded jobs are not re-run
