@@ -292,7 +292,28 @@ async def main() -> None:
     )
 
 
+NOTES = """### How to read these
+
+- **Utilisation** compares the wall time with the best any client could do against the same
+  token bucket: spend the full bucket (a minute's worth) at once, then exactly the refill rate.
+  `wall/(N/limit)` is below 1 for everyone because the bucket starts full. The SDK baseline
+  looks "faster" only because it gives up: after its two default retries it drops the request
+  (`lost`), and more than half of its calls were answered 429.
+- **Ceiling**: msgq's per-job cost is several Redis round trips (record create/ensure, begin,
+  finish, limiter acquire and settle, heartbeat, arq's own pickup and finish) on the same two
+  cores as Redis, the simulator and the load generator. 0.57 is below the 0.6 target; see the
+  issue note for where the time goes.
+- **Latency** is arq's poll delay plus one Redis round trip: `MSGQ_POLL_DELAY_S` (10 ms default,
+  arq's is 500 ms) trades idle Redis load (100 polls/s per idle worker) for latency.
+- **Memory**: the caption payload is a 1568 px JPEG of random noise, the worst case; a real photo
+  at that size is typically 200-400 KB. Records keep the Message, not the request or image.
+- **Scale-out**: one worker is limited by its own concurrency (16 x latency), not the limiter;
+  from two workers on, utilisation stays flat as workers are added, with no 429s.
+"""
+
+
 if __name__ == "__main__":
     asyncio.run(main())
+    report.append(NOTES)
     Path("BENCHMARKS.md").write_text("\n".join(report) + "\n", encoding="utf-8")
     console.print("wrote BENCHMARKS.md")

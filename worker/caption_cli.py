@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -16,36 +15,12 @@ from worker.client import Client
 from worker.settings import Settings
 
 
-def run_caption(
-    inputs: list[str],
-    *,
-    prompt: str,
-    model: str,
-    max_tokens: int,
-    out: Path,
-    sidecar: bool,
-    sidecar_ext: str,
-    window: int | None,
-    max_side: int | None,
-    dry_run: bool,
-) -> int:
+def run_caption(options: CaptionOptions, settings: Settings, *, dry_run: bool) -> int:
     """Returns how many images failed (the CLI exits 1 when any did)."""
     try:
-        check_template(prompt)
+        check_template(options.prompt)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    settings = Settings()
-    options = CaptionOptions(
-        inputs=inputs,
-        prompt=prompt,
-        model=model,
-        max_tokens=max_tokens,
-        out=out,
-        sidecar=sidecar,
-        sidecar_ext=sidecar_ext,
-        window=window or 4 * settings.max_jobs,
-        max_side_px=max_side,
-    )
     console = Console()
     if dry_run:
         for key, value in estimate(options, settings.max_image_bytes).items():

@@ -286,24 +286,26 @@ def caption(
 ) -> None:
     """Caption images (files, folders, manifests of paths or URLs) into JSONL and sidecars."""
     from worker.caption_cli import run_caption
+    from worker.captions import CaptionOptions
 
     if prompt_file is not None:
         prompt = prompt_file.read_text(encoding="utf-8").strip()
     if not prompt:
         msg = "give --prompt or --prompt-file"
         raise click.UsageError(msg)
-    failed = run_caption(
-        list(inputs),
+    settings = Settings()
+    options = CaptionOptions(
+        inputs=list(inputs),
         prompt=prompt,
         model=model,
         max_tokens=max_tokens,
         out=out,
         sidecar=sidecar,
         sidecar_ext=sidecar_ext,
-        window=window,
-        max_side=max_side,
-        dry_run=dry_run,
+        window=window or 4 * settings.max_jobs,
+        max_side_px=max_side,
     )
+    failed = run_caption(options, settings, dry_run=dry_run)
     if failed:
         msg = f"{failed} image(s) failed; see {out}"
         raise JobFailedError(msg)

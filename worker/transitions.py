@@ -60,8 +60,9 @@ async def finish(
     written: list[JobRecord] = []
 
     def change(record: JobRecord) -> JobRecord:
+        # Re-run after a WATCH conflict: always build from the latest record.
         written.append(_ended(record, status, **fields))
-        return written[0]
+        return written[-1]
 
     stored = await store.update(job_id, change)
     if stored is None:
