@@ -138,7 +138,7 @@ async def test_redis_restart_loses_no_acknowledged_job(
         update={"redis_url": server.url, "anthropic_base_url": slow_simulator}
     )
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
-    workers = [spawn(custom, log) for log in logs]
+    workers = [spawn(custom, log, MSGQ_SHUTDOWN_GRACE_S="10") for log in logs]
     n = 1000 if CHAOS else 300
     try:
         async with Client(Redis.from_url(server.url), custom) as client:

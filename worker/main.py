@@ -51,7 +51,9 @@ class MsgqWorker(Worker):
         except (RedisError, OSError) as exc:
             # redis-py reconnects on the next command; wait with backoff, then poll again.
             self._outage_s = min(max(self._outage_s * 2, 0.1), 5.0)
-            await self.pool.connection_pool.disconnect()  # drop every stale connection at once
+            # Drop the idle (stale) connections at once; in-use ones belong to running jobs, and
+            # closing them underneath a pending read could leave it waiting forever.
+            await self.pool.connection_pool.disconnect(inuse_connections=False)
             log.warning(
                 "worker.redis_unavailable",
                 error=type(exc).__name__,
