@@ -116,6 +116,9 @@ class JobStore:
     async def ensure(self, record: JobRecord) -> JobRecord:
         """Create the record if missing (jobs from raw Redis producers); return the current one."""
         key = record_key(record.id)
+        raw = await self.redis.get(key)  # the usual case: the producer already wrote it
+        if raw is not None:
+            return JobRecord.model_validate_json(raw)
         created = await self.redis.set(key, record.model_dump_json(), nx=True)
         if created:
             await self.redis.zadd(INDEX_KEY, {record.id: int(record.created_at.timestamp() * 1000)})
