@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -88,6 +89,23 @@ def stop_process(process: subprocess.Popen[Any]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def stop_workers(*processes: subprocess.Popen[Any], timeout_s: float = 30) -> list[int | None]:
+    """SIGTERM all, wait; any still running after `timeout_s` is SIGKILLed (never leaked into
+    later tests, where it could take their jobs) and reported as None."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    codes: list[int | None] = []
+    for process in processes:
+        try:
+            codes.append(process.wait(timeout=timeout_s))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            codes.append(None)
+    return codes
 
 
 SimProcess = tuple[str, "subprocess.Popen[bytes]", Path]

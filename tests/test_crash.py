@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from schemas import JobStatus
-from tests.conftest import Sim, eventually, worker_env
+from tests.conftest import Sim, eventually, stop_workers, worker_env
 from worker.client import Client
 from worker.settings import Settings
 from worker.stack import msgq_command
@@ -50,8 +50,8 @@ async def test_sigkill_mid_request_is_recovered_by_another_worker(
     try:
         record = await client.wait(job.id, timeout=30)
     finally:
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(timeout=20) == 0
+        codes = stop_workers(second)
+    assert codes == [0]
     assert record.status is JobStatus.SUCCEEDED
     assert record.attempts == 2 and sim.received == 2
     events = [

@@ -21,7 +21,7 @@ import pytest
 from redis.asyncio import Redis
 
 from schemas import JobStatus
-from tests.conftest import Sim, StartWorker, eventually, stop_process, worker_env
+from tests.conftest import Sim, StartWorker, eventually, stop_process, stop_workers, worker_env
 from worker.client import Client
 from worker.embedded_redis import EmbeddedRedis, free_port
 from worker.settings import Settings
@@ -109,9 +109,10 @@ async def test_worker_sigkills_lose_nothing(
 
         await eventually(all_done, timeout_s=120)
     finally:
-        for p in (steady, victim):
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout=30)
+        codes = stop_workers(steady, victim)
+    # The last respawned victim may still be importing when SIGTERM comes (-15: it had taken
+    # nothing yet); None would mean it had to be SIGKILLed, a hung shutdown.
+    assert codes[0] == 0 and codes[1] in (0, -signal.SIGTERM)
     async with httpx.AsyncClient() as http:
         received = (await http.get(f"{slow_simulator}/_sim/stats")).json()["received"]
     finished = Counter(
@@ -158,10 +159,9 @@ async def test_redis_restart_loses_no_acknowledged_job(
             await eventually(all_done, timeout_s=120)
         assert all(w.poll() is None for w in workers)  # they rode it out
     finally:
-        for w in workers:
-            w.send_signal(signal.SIGTERM)
-            w.wait(timeout=30)
+        codes = stop_workers(*workers)
         server.stop()
+    assert codes == [0, 0]
     names = {e.get("event") for e in events(*logs)}
     assert {"worker.redis_unavailable", "worker.redis_reconnected"} <= names
 
@@ -178,8 +178,7 @@ async def test_sigterm_finishes_in_flight_jobs_and_exits_0(
         return sim.received == 3
 
     await eventually(three_in_flight)
-    worker.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(worker.wait, 30) == 0
+    assert await asyncio.to_thread(stop_workers, worker) == [0]
     final = await statuses(client, ids)
     assert final == Counter({"succeeded": 3, "queued": 3})
     assert sim.received == 3

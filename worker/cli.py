@@ -363,7 +363,11 @@ def dev(data_dir: Path, workers: int) -> None:
     use_simulator = settings.anthropic_api_key is None
     external = os.environ.get("REDIS_URL") or os.environ.get("MSGQ_REDIS_URL")
     with Stack(
-        data_dir.resolve(), use_simulator=use_simulator, workers=workers, redis_url=external
+        data_dir.resolve(),
+        use_simulator=use_simulator,
+        workers=workers,
+        redis_url=external,
+        default_ports=True,
     ) as stack:
         where = "your Redis" if external else f"embedded, data in {data_dir}/redis, append-only"
         click.echo(f"REDIS_URL={stack.redis_url}  ({where})")

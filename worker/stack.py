@@ -50,13 +50,19 @@ class Stack:
         log: IO[bytes] | None = None,
         extra_env: dict[str, str] | None = None,
         redis_url: str | None = None,
+        default_ports: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.use_simulator = use_simulator
         self.workers = workers
         self.log = log
         # An explicit REDIS_URL wins: then no embedded server is started.
-        self.redis: EmbeddedRedis | None = None if redis_url else EmbeddedRedis(data_dir / "redis")
+        # `msgq dev` takes the usual ports when free, so REDIS_URL's default and :8000 just work.
+        self.default_ports = default_ports
+        redis_port = free_port(6379) if default_ports else None
+        self.redis: EmbeddedRedis | None = (
+            None if redis_url else EmbeddedRedis(data_dir / "redis", port=redis_port)
+        )
         self.redis_url = redis_url or (self.redis.url if self.redis else "")
         self.simulator_url: str | None = None
         self.api_url: str | None = None
@@ -93,7 +99,7 @@ class Stack:
             key = "msgq-dev-" + secrets.token_hex(8)
             self.env["MSGQ_API_KEYS"] = f"dev:{key}"
             self.api_key_hint = key
-        port = free_port()
+        port = free_port(8000) if self.default_ports else free_port()
         process = self._spawn("api", "--port", str(port))
         self.api_url = f"http://127.0.0.1:{port}"
         wait_http(f"{self.api_url}/healthz", process=process)
