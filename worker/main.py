@@ -66,6 +66,15 @@ class MsgqWorker(Worker):
             log.info("worker.redis_reconnected")
             self._outage_s = 0.0
 
+    async def run_job(self, job_id: str, score: int) -> None:
+        """arq's bookkeeping around a job (pick-up, finish) can hit a Redis outage. Left as a
+        task exception it would be re-raised later, once per poll and again at shutdown; the
+        job itself is safe: still queued, its lock lapses, and the rerun sees its record."""
+        try:
+            await super().run_job(job_id, score)
+        except (RedisError, OSError) as exc:
+            log.warning("job.bookkeeping_failed", job_id=job_id, error=type(exc).__name__)
+
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq failed a job before our task ran (empty payload, "expired", max tries): record
         it too, or a poller would wait on `queued` forever."""
