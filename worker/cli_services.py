@@ -1,0 +1,149 @@
+"""The long-running `msgq` verbs: worker, api, simulator, and dev (all of them together)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from worker.logs import configure_logging
+from worker.settings import Settings
+
+
+@click.command()
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+def worker(burst: bool) -> None:
+    """Run one worker process (arq). SIGTERM stops taking jobs and lets in-flight ones finish."""
+    from worker.main import build_worker
+
+    s = Settings()
+    configure_logging(fmt=s.log_format, level=s.log_level)
+    if s.anthropic_api_key is None:
+        msg = "ANTHROPIC_API_KEY is not set (use `msgq dev` for the simulator)"
+        raise click.UsageError(msg)
+    build_worker(s, burst=burst).run()
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8787, show_default=True, type=int)
+@click.option("--seed", default=0, envvar="MSGQ_SIM_SEED", type=int, show_default=True)
+@click.option("--api-key", envvar="MSGQ_SIM_API_KEY", help="Accept only this key (default: any).")
+@click.option("--latency-ms", default=0.0, envvar="MSGQ_SIM_LATENCY_MS", type=float)
+@click.option("--ms-per-token", default=0.0, envvar="MSGQ_SIM_MS_PER_TOKEN", type=float)
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    envvar="MSGQ_SIM_FAULTS",
+    help="STATUS=RATE, e.g. --fault 529=0.05 --fault 500=0.01",
+)
+@click.option("--hang-rate", default=0.0, type=float, help="Share of requests that never answer.")
+@click.option("--drop-rate", default=0.0, type=float, help="Share of connections dropped.")
+@click.option("--rpm", default=0, envvar="MSGQ_SIM_RPM", help="Requests/min limit (0: none).")
+@click.option("--itpm", default=0, envvar="MSGQ_SIM_ITPM", help="Input tokens/min limit.")
+@click.option("--otpm", default=0, envvar="MSGQ_SIM_OTPM", help="Output tokens/min limit.")
+def simulator(
+    host: str,
+    port: int,
+    seed: int,
+    api_key: str | None,
+    latency_ms: float,
+    ms_per_token: float,
+    faults: tuple[str, ...],
+    hang_rate: float,
+    drop_rate: float,
+    rpm: int,
+    itpm: int,
+    otpm: int,
+) -> None:
+    """Run the local Messages API stand-in (no real API is called)."""
+    from aiohttp import web
+
+    from worker.simulator.app import build_app
+    from worker.simulator.state import SimConfig
+
+    rates: dict[int, float] = {}
+    for item in faults:
+        match = re.fullmatch(r"(\d{3})=([0-9.]+)", item.strip())
+        if not match:
+            msg = f"{item!r} is not STATUS=RATE"
+            raise click.BadParameter(msg, param_hint="--fault")
+        rates[int(match[1])] = float(match[2])
+    config = SimConfig(
+        seed=seed,
+        api_key=api_key,
+        latency_ms=latency_ms,
+        ms_per_output_token=ms_per_token,
+        fault_rates=rates,
+        hang_rate=hang_rate,
+        drop_rate=drop_rate,
+        rpm=rpm,
+        itpm=itpm,
+        otpm=otpm,
+    )
+    click.echo(
+        f"msgq simulator on http://{host}:{port} (a stand-in, not the Anthropic API)", err=True
+    )
+    # Held responses (hangs) must not delay shutdown: a real server would drop them too.
+    web.run_app(
+        build_app(config), host=host, port=port, print=None, access_log=None, shutdown_timeout=1.0
+    )
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def api(host: str, port: int) -> None:
+    """Run the HTTP API (jobs, Message Batches, /healthz, /metrics)."""
+    import uvicorn
+
+    from worker.api import create_app
+    from worker.auth import KeyConfigError, load_keys
+
+    s = Settings()
+    configure_logging(fmt=s.log_format, level=s.log_level)
+    try:
+        keys = load_keys(s)
+    except KeyConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not keys:
+        msg = "no API keys: set MSGQ_API_KEYS=tenant:key,... or MSGQ_API_KEYS_FILE"
+        raise click.UsageError(msg)
+    uvicorn.run(create_app(s), host=host, port=port, log_level="warning", access_log=False)
+
+
+@click.command()
+@click.option("--data-dir", default=".msgq", show_default=True, type=click.Path(path_type=Path))
+@click.option("--workers", default=1, show_default=True)
+def dev(data_dir: Path, workers: int) -> None:
+    """Embedded Redis + simulator (unless ANTHROPIC_API_KEY is set) + worker; Ctrl-C stops all."""
+    from worker.stack import Stack
+
+    settings = Settings()
+    use_simulator = settings.anthropic_api_key is None
+    external = os.environ.get("REDIS_URL") or os.environ.get("MSGQ_REDIS_URL")
+    with Stack(
+        data_dir.resolve(),
+        use_simulator=use_simulator,
+        workers=workers,
+        redis_url=external,
+        default_ports=True,
+    ) as stack:
+        where = "your Redis" if external else f"embedded, data in {data_dir}/redis, append-only"
+        click.echo(f"REDIS_URL={stack.redis_url}  ({where})")
+        click.echo(f"HTTP API at {stack.api_url}  (x-api-key: {stack.api_key_hint})")
+        if use_simulator:
+            click.echo(
+                f"ANTHROPIC_API_KEY is not set: the simulator at {stack.simulator_url} "
+                "answers instead of the Anthropic API."
+            )
+        click.echo("Ctrl-C stops everything.")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
