@@ -133,6 +133,7 @@ class RateLimiter:
         self._acquire = redis.register_script(ACQUIRE)
         self._adjust = redis.register_script(ADJUST)
         self._cool = redis.register_script(COOL_DOWN)
+        self._learned = False  # this process has seen anthropic-ratelimit-* headers
 
     def _limits_for(self, model_cls: str) -> Limits:
         return self.limits.get(model_cls) or self.limits.get("default") or Limits()
@@ -157,6 +158,10 @@ class RateLimiter:
         headers: dict[str, str] | None = None,
     ) -> None:
         """Refund (positive) or charge (negative) the estimate's error; adopt header limits."""
+        lim = self._limits_for(model_class(model))
+        self._learned = self._learned or headers_say_limits(headers)
+        if not (self._learned or lim.rpm or lim.itpm or lim.otpm):
+            return  # nothing configured or ever learned in this process: no bucket to adjust
         learned: list[Any] = []
         for name in BUCKETS:
             prefix = f"anthropic-ratelimit-{name}"
@@ -184,6 +189,10 @@ class RateLimiter:
     async def paused(self) -> str | None:
         value = await self.redis.get(PAUSE_KEY)
         return None if value is None else value.decode()
+
+
+def headers_say_limits(headers: dict[str, str] | None) -> bool:
+    return any(name.startswith("anthropic-ratelimit-") for name in headers or {})
 
 
 def _int_header(headers: dict[str, str] | None, name: str) -> str:

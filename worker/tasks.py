@@ -204,11 +204,12 @@ async def heartbeat(redis: Redis, job_id: str, lock_s: float) -> AsyncIterator[N
     async def beat() -> None:
         key = in_progress_key(job_id)
         while True:
+            # arq set this lock (lock_s) at pick-up: the first extension is due a third later.
+            await asyncio.sleep(lock_s / 3)
             try:
                 await redis.pexpire(key, int(lock_s * 1000))
             except RedisError as exc:
                 log.warning("job.heartbeat_failed", error=type(exc).__name__)
-            await asyncio.sleep(lock_s / 3)
 
     task = asyncio.create_task(beat())
     try:
