@@ -92,7 +92,8 @@ async def _failed(
     deps: Deps, record: JobRecord, request: MessageRequest, spec: JobSpec, exc: UpstreamError
 ) -> None:
     metrics.UPSTREAM.labels(str(exc.status_code or exc.error_type)).inc()
-    # Nothing was produced: refund the output reservation; a refused request costs no input.
+    # Nothing was produced: refund the output reservation. The request and its input stay
+    # charged: the API may have counted them, and after a 429 sending less is the safe error.
     refused = exc.status_code in (429, 529)
     await deps.limiter.settle(
         request.model, input_delta=0, output_delta=request.max_tokens, headers=exc.headers
