@@ -299,10 +299,10 @@ NOTES = """### How to read these
   `wall/(N/limit)` is below 1 for everyone because the bucket starts full. The SDK baseline
   looks "faster" only because it gives up: after its two default retries it drops the request
   (`lost`), and more than half of its calls were answered 429.
-- **Ceiling**: msgq's per-job cost is several Redis round trips (record create/ensure, begin,
-  finish, limiter acquire and settle, heartbeat, arq's own pickup and finish) on the same two
-  cores as Redis, the simulator and the load generator. 0.57 is below the 0.6 target; see the
-  issue note for where the time goes.
+- **Ceiling**: msgq's per-job cost is about a dozen Redis round trips (record ensure, begin,
+  finish, limiter acquire, arq's own pickup and finish) plus httpx, on the same two cores as
+  Redis, the simulator and the load generator. A profile put httpx at ~35% of worker CPU and
+  Redis round trips at ~40%. Dropping two redundant round trips took it from 0.57 to 0.63.
 - **Latency** is arq's poll delay plus one Redis round trip: `MSGQ_POLL_DELAY_S` (10 ms default,
   arq's is 500 ms) trades idle Redis load (100 polls/s per idle worker) for latency.
 - **Memory**: the caption payload is a 1568 px JPEG of random noise, the worst case; a real photo
