@@ -63,7 +63,8 @@ def settings() -> None:
         alias = field.validation_alias
         if alias is not None and hasattr(alias, "choices"):
             env = " / ".join(str(c) for c in alias.choices)
-        default = "(unset)" if field.default is None else field.default
+        value = field.get_default(call_default_factory=True)
+        default = "(unset)" if value is None else value
         click.echo(f"{env:<44} {default!s:<28} {field.description or ''}".rstrip())
 
 
