@@ -111,3 +111,24 @@ def test_scripts_are_per_key(sim: Sim) -> None:
         headers={**HEADERS, "x-api-key": "sk-ant-other-key-0000"},
     )
     assert (ok.status_code, other.status_code) == (200, 503)
+
+
+async def test_reset_forgets_requests_still_held(sim: Sim) -> None:
+    """A held request finishing after a reset does not count in the new test's stats."""
+    import asyncio
+
+    from tests.conftest import eventually
+
+    sim.script({"delay_s": 1.0})
+    async with httpx.AsyncClient(timeout=10) as http:
+        held = asyncio.create_task(
+            http.post(f"{sim.url}/v1/messages", json=body(), headers=HEADERS)
+        )
+
+        async def arrived() -> bool:
+            return sim.received == 1
+
+        await eventually(arrived)
+        sim.reset()
+        assert (await held).status_code == 200
+    assert sim.stats()["by_status"] == {}

@@ -107,7 +107,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     else:
         response = checked
     entry["status"] = response.status
-    state.by_status[response.status] += 1
+    if entry["generation"] == state.generation:
+        state.by_status[response.status] += 1
     return response
 
 
@@ -124,6 +125,7 @@ def _log_request(state: SimState, request: web.Request) -> dict[str, Any]:
         "headers": headers,
         "body": None,
         "status": None,
+        "generation": state.generation,
         "response": None,
     }
     state.log.append(entry)

@@ -56,6 +56,7 @@ class SimState:
     started_at: float = field(default_factory=time.time)
     rng: random.Random = field(default_factory=random.Random)
     limits: Limits = field(init=False)
+    generation: int = 0
 
     def __post_init__(self) -> None:
         self.rng.seed(self.config.seed)
@@ -67,6 +68,8 @@ class SimState:
         return Limits(rpm=c.rpm, itpm=c.itpm, otpm=c.otpm)
 
     def reset(self) -> None:
+        # Requests still held from before (delay_s) must not count in the new generation.
+        self.generation += 1
         self.scripts.clear()
         self.log.clear()
         self.received = 0
