@@ -11,7 +11,7 @@ from schemas.jobs import (
     JobStatus,
     JobUsage,
 )
-from schemas.request import MessageRequest, field_errors, validate_request
+from schemas.request import MessageRequest, field_errors, summarize, validate_request
 from schemas.response import Message, Usage
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Usage",
     "capabilities_for",
     "field_errors",
+    "summarize",
     "tier_limits",
     "validate_request",
 ]

@@ -242,6 +242,11 @@ def field_errors(exc: ValidationError, data: Any = None) -> list[dict[str, str]]
     return [{k: v for k, v in row.items() if k != "_wrong_branch"} for row in kept]
 
 
+def summarize(errors: list[dict[str, str]], limit: int | None = None) -> str:
+    """Field errors as one line, `loc: msg; loc: msg`, for messages and logs."""
+    return "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:limit])
+
+
 _BRANCH_TYPES: dict[str, type] = {"str": str, "list": list, "dict": dict}
 
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -146,9 +146,7 @@ def _internal(tenant: str, job_id: str) -> str:
     return f"{tenant}:{job_id}"
 
 
-def _jobs_router() -> Any:
-    from fastapi import APIRouter
-
+def _jobs_router() -> APIRouter:
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
     @router.post("", status_code=202, summary="Enqueue a Messages request")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections import Counter
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from schemas.tokens import text_tokens
+from schemas.tokens import image_tokens, text_tokens
 from worker.caption_inputs import iter_items, render_prompt
 from worker.captions import CaptionOptions, Tally
 from worker.images import ImagePrepError, prepare
@@ -42,7 +41,7 @@ def estimate(options: CaptionOptions, max_bytes: int) -> dict[str, Any]:
         formats[prepared.source_format] += 1
         if prepared.converted:
             converting[prepared.source_format] += 1
-        tokens = math.ceil(prepared.width / 28) * math.ceil(prepared.height / 28)
+        tokens = image_tokens(prepared.width, prepared.height, options.model)
         prompt = render_prompt(options.prompt, item, prepared.width, prepared.height)
         input_tokens += tokens + text_tokens(prompt)
     prices = prices_for(options.model)

@@ -18,7 +18,7 @@ import click
 import orjson
 from redis.exceptions import RedisError
 
-from schemas import JobRecord, JobStatus
+from schemas import JobRecord, JobStatus, summarize
 from worker import cli_services as services  # registered below
 from worker.client import Client
 from worker.errors import InvalidJobError, JobNotFoundError
@@ -274,7 +274,7 @@ def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "") -> None:
         traceback.print_exception(exc)
     message = str(exc) or type(exc).__name__
     if isinstance(exc, InvalidJobError) and exc.errors:
-        message = "invalid request: " + "; ".join(f"{e['loc']}: {e['msg']}" for e in exc.errors)
+        message = "invalid request: " + summarize(exc.errors)
     if isinstance(exc, RedisError):
         message = (
             f"cannot reach Redis ({type(exc).__name__}: {re.sub(r'//[^@/]*@', '//', message)})"

@@ -16,7 +16,15 @@ from arq.constants import abort_jobs_ss
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
-from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus, field_errors, validate_request
+from schemas import (
+    JOB_ID_PATTERN,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    field_errors,
+    summarize,
+    validate_request,
+)
 from worker.errors import InvalidJobError, JobNotFoundError
 from worker.serialization import TASK_NAME, serialize
 from worker.settings import Settings
@@ -122,7 +130,7 @@ class Client:
             )
         except ValidationError as exc:
             errors = field_errors(exc, body)
-            summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:3])
+            summary = summarize(errors, 3)
             msg = f"invalid request: {summary}"
             raise InvalidJobError(msg, errors) from None
 

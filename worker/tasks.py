@@ -24,6 +24,7 @@ from schemas import (
     JobStatus,
     MessageRequest,
     field_errors,
+    summarize,
     validate_request,
 )
 from worker import metrics, transitions
@@ -183,7 +184,7 @@ async def _ready_to_send(deps: Deps, record: JobRecord, spec: JobSpec) -> Messag
         )
     except ValidationError as exc:
         errors = field_errors(exc, spec.request)
-        message = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5])
+        message = summarize(errors, 5)
         error = JobError(type="validation_error", message=message, errors=errors)
         await transitions.finish(store, job_id, JobStatus.FAILED, error=error)
         return None

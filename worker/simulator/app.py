@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from schemas import field_errors, validate_request
+from schemas import field_errors, summarize, validate_request
 from worker.simulator.replies import build_message, count_input_tokens
 from worker.simulator.state import Scripted, SimConfig, SimState, mask_key
 
@@ -161,7 +161,7 @@ async def _answer(
         validate_request(body)
     except ValidationError as exc:
         errors = field_errors(exc, body)
-        message = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:3])
+        message = summarize(errors, 3)
         return error_response(400, message, request_id=request_id)
     wait_s = state.limits.admit(count_input_tokens(body))
     if wait_s > 0:
