@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)  ## create .venv and install msgq with its dev tools
 
 demo: $(STAMP)  ## start Redis + simulator + worker, run the four sample jobs and a caption run, stop
-	$(BIN)/python -m worker.demo
+	$(BIN)/python -m worker.dev.demo
 
 test: $(STAMP)  ## the whole suite: starts its own Redis and simulator
 	$(BIN)/pytest

@@ -16,9 +16,9 @@ import orjson
 from redis.asyncio import Redis
 
 from worker.client import Client
-from worker.embedded_redis import EmbeddedRedis, free_port
+from worker.dev.embedded_redis import EmbeddedRedis, free_port
+from worker.dev.stack import msgq_command, wait_http
 from worker.settings import Settings
-from worker.stack import msgq_command, wait_http
 from worker.store import DONE_CHANNEL
 
 KEY = "sk-ant-bench-local-key-000000"

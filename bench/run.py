@@ -33,8 +33,8 @@ from bench.harness import (
 )
 from bench.noop import arq_noop_jobs_per_s
 from worker.client import Client
+from worker.dev.stack import msgq_command
 from worker.settings import Settings
-from worker.stack import msgq_command
 
 RPM = 1200
 OUT_TOKENS = 60  # max_tokens; the simulator's replies to PROMPT stop near 35

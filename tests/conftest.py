@@ -19,10 +19,10 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from worker.client import Client
-from worker.embedded_redis import EmbeddedRedis, free_port
-from worker.main import MsgqWorker, build_worker
+from worker.dev.embedded_redis import EmbeddedRedis, free_port
+from worker.dev.stack import msgq_command, wait_http
+from worker.runtime.worker import MsgqWorker, build_worker
 from worker.settings import Settings
-from worker.stack import msgq_command, wait_http
 
 TEST_API_KEY = "sk-ant-test-0123456789abcdefSECRET"
 
@@ -229,7 +229,7 @@ def api_settings(settings: Settings) -> Settings:
 @pytest.fixture
 async def api(api_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The API in-process (lifespan run), as tenant A by default."""
-    from worker.api import create_app
+    from worker.http.app import create_app
 
     app = create_app(api_settings)
     async with app.router.lifespan_context(app):
@@ -245,7 +245,7 @@ async def api_server(api_settings: Settings) -> AsyncIterator[str]:
     """The API served by uvicorn on a loopback port, in this event loop (real HTTP)."""
     import uvicorn
 
-    from worker.api import create_app
+    from worker.http.app import create_app
 
     port = free_port()
     config = uvicorn.Config(

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from schemathesis.generation import GenerationMode
 
 from tests.conftest import KEY_A, stop_process, worker_env
-from worker.embedded_redis import free_port
+from worker.dev.embedded_redis import free_port
+from worker.dev.stack import msgq_command, wait_http
 from worker.settings import Settings
-from worker.stack import msgq_command, wait_http
 
 EXAMPLES_PER_OPERATION = 25
 

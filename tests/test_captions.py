@@ -15,12 +15,12 @@ import pytest
 from PIL import Image
 
 from tests.conftest import Sim, StartWorker, eventually
-from worker.caption_output import CaptionLog
-from worker.caption_report import estimate
-from worker.captions import CaptionOptions, CaptionRun, Tally
+from worker.caption.output import CaptionLog
+from worker.caption.report import estimate
+from worker.caption.run import CaptionOptions, CaptionRun, Tally
 from worker.client import Client
+from worker.dev.stack import msgq_command
 from worker.settings import Settings
-from worker.stack import msgq_command
 
 PROMPT = "Describe {name} in one sentence."
 

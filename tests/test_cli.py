@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tests.conftest import SAMPLES, Sim, StartWorker
 from tests.test_crash import BODY
+from worker.dev.stack import msgq_command
 from worker.settings import Settings
-from worker.stack import msgq_command
 
 
 def msgq(

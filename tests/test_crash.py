@@ -10,8 +10,8 @@ from pathlib import Path
 from schemas import JobStatus
 from tests.conftest import Sim, eventually, stop_workers, worker_env
 from worker.client import Client
+from worker.dev.stack import msgq_command
 from worker.settings import Settings
-from worker.stack import msgq_command
 
 BODY = {
     "model": "claude-haiku-4-5",

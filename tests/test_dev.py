@@ -15,7 +15,7 @@ import redis
 from schemas import JobStatus
 from tests.conftest import SAMPLES
 from worker.client import Client
-from worker.stack import msgq_command
+from worker.dev.stack import msgq_command
 
 
 async def test_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:

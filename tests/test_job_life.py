@@ -13,9 +13,9 @@ import pytest
 
 from schemas import JobStatus
 from tests.conftest import Sim, StartWorker, eventually
-from worker import transitions
 from worker.client import Client
 from worker.errors import InvalidJobError
+from worker.runtime import transitions
 from worker.settings import Settings
 from worker.store import arq_job_key
 

@@ -13,11 +13,11 @@ from redis.asyncio import Redis
 from schemas import JobStatus
 from tests.conftest import Sim, StartWorker, eventually, stop_process
 from worker.client import Client
-from worker.concurrency import AdaptiveConcurrency
-from worker.embedded_redis import free_port
-from worker.ratelimit import Limits, RateLimiter
+from worker.dev.embedded_redis import free_port
+from worker.dev.stack import msgq_command, wait_http
+from worker.runtime.concurrency import AdaptiveConcurrency
+from worker.runtime.ratelimit import Limits, RateLimiter
 from worker.settings import Settings
-from worker.stack import msgq_command, wait_http
 
 BODY = {
     "model": "claude-haiku-4-5",

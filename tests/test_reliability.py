@@ -23,9 +23,9 @@ from redis.asyncio import Redis
 from schemas import JobStatus
 from tests.conftest import Sim, StartWorker, eventually, stop_process, stop_workers, worker_env
 from worker.client import Client
-from worker.embedded_redis import EmbeddedRedis, free_port
+from worker.dev.embedded_redis import EmbeddedRedis, free_port
+from worker.dev.stack import msgq_command, wait_http
 from worker.settings import Settings
-from worker.stack import msgq_command, wait_http
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
 BODY = {
@@ -188,7 +188,7 @@ async def test_poison_job_fails_after_its_attempts_and_worker_serves_on(
     monkeypatch: pytest.MonkeyPatch, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """A bug in task code (not the API) ends `failed` with its type and message; others run."""
-    from worker import attempt
+    from worker.runtime import attempt
 
     real = attempt.estimate_input_tokens
 

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from schemas import JobStatus
 from tests.conftest import TEST_API_KEY, Sim, StartWorker, eventually
 from worker.client import Client
-from worker.embedded_redis import EmbeddedRedis
+from worker.dev.embedded_redis import EmbeddedRedis
 from worker.settings import Settings
 from worker.store import arq_job_key
 

@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.backoff import backoff_delay_s, retry_delay_s
 from worker.errors import (
     InvalidResponseError,
     OverloadedError,
@@ -18,7 +17,8 @@ from worker.errors import (
     UnavailableError,
 )
 from worker.pricing import cost_usd
-from worker.upstream import classify, parse_message, parse_retry_after
+from worker.runtime.backoff import backoff_delay_s, retry_delay_s
+from worker.runtime.upstream import classify, parse_message, parse_retry_after
 
 
 def response(status: int, body: Any = None, **headers: str) -> httpx.Response:

@@ -26,10 +26,10 @@ from schemas import (
     validate_request,
 )
 from worker.errors import InvalidJobError, JobNotFoundError
+from worker.runtime.transitions import new_record
 from worker.serialization import TASK_NAME, serialize
 from worker.settings import Settings
 from worker.store import JobStore
-from worker.transitions import new_record
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 

@@ -7,10 +7,10 @@ import asyncio
 import click
 from rich.console import Console
 
-from worker.caption_inputs import check_template
-from worker.caption_output import CaptionLog
-from worker.caption_report import Display, estimate, summary
-from worker.captions import CaptionOptions, CaptionRun
+from worker.caption.inputs import check_template
+from worker.caption.output import CaptionLog
+from worker.caption.report import Display, estimate, summary
+from worker.caption.run import CaptionOptions, CaptionRun
 from worker.client import Client
 from worker.settings import Settings
 

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from schemas.batches import BatchCreate, BatchPage, DeletedBatch, MessageBatch
-from worker.api_deps import ApiError, require_tenant, state_of
 from worker.batches import Batches, BatchMeta
 from worker.errors import InvalidJobError
+from worker.http.deps import ApiError, require_tenant, state_of
 
 router = APIRouter(prefix="/v1/messages/batches", tags=["batches"])
 Tenant = Annotated[str, Depends(require_tenant)]

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import httpx
 from redis.asyncio import Redis
 
-from worker.concurrency import AdaptiveConcurrency
-from worker.ratelimit import RateLimiter
+from worker.runtime.concurrency import AdaptiveConcurrency
+from worker.runtime.ratelimit import RateLimiter
 from worker.settings import Settings
 from worker.store import JobStore
 

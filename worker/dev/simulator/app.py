@@ -14,8 +14,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from schemas import field_errors, summarize, validate_request
-from worker.simulator.replies import build_message, count_input_tokens
-from worker.simulator.state import Scripted, SimConfig, SimState, mask_key
+from worker.dev.simulator.replies import build_message, count_input_tokens
+from worker.dev.simulator.state import Scripted, SimConfig, SimState, mask_key
 
 STATE = web.AppKey("state", SimState)
 ERROR_TYPES = {

@@ -13,12 +13,12 @@ from typing import IO, Self
 
 import httpx
 
-from worker.embedded_redis import EmbeddedRedis, free_port
+from worker.dev.embedded_redis import EmbeddedRedis, free_port
 
 
 def msgq_command(*args: str) -> list[str]:
     """`msgq ARGS` run with this interpreter, so it works before the console script is on PATH."""
-    return [sys.executable, "-m", "worker.cli", *args]
+    return [sys.executable, "-m", "worker.cli.main", *args]
 
 
 def wait_http(

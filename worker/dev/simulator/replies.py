@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from schemas.tokens import image_tokens, text_tokens
-from worker.simulator.vision import UNFETCHED_SIZE_PX, look_at
+from worker.dev.simulator.vision import UNFETCHED_SIZE_PX, look_at
 
 WORDS = [
     "the",

@@ -12,9 +12,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from schemas.tokens import image_tokens, text_tokens
-from worker.caption_inputs import iter_items, render_prompt
-from worker.captions import CaptionOptions, Tally
-from worker.images import ImagePrepError, prepare
+from worker.caption.images import ImagePrepError, prepare
+from worker.caption.inputs import iter_items, render_prompt
+from worker.caption.run import CaptionOptions, Tally
 from worker.pricing import prices_for
 
 

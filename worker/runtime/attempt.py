@@ -10,13 +10,13 @@ import structlog
 from arq import Retry
 
 from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, MessageRequest
-from worker import metrics, transitions
-from worker.backoff import retry_delay_s
-from worker.deps import Deps
 from worker.errors import RateLimitError, SpendLimitError, UnavailableError, UpstreamError
 from worker.estimate import estimate_input_tokens
 from worker.pricing import cost_usd
-from worker.upstream import UpstreamReply, send_message
+from worker.runtime import metrics, transitions
+from worker.runtime.backoff import retry_delay_s
+from worker.runtime.deps import Deps
+from worker.runtime.upstream import UpstreamReply, send_message
 
 log = structlog.get_logger("msgq.job")
 

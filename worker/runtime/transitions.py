@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 
 from schemas import JobError, JobRecord, JobSpec, JobStatus
-from worker import metrics
+from worker.runtime import metrics
 from worker.store import JobStore, utcnow
 
 log = structlog.get_logger("msgq.job")

@@ -19,7 +19,7 @@ from worker.settings import Settings
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
 def worker(burst: bool) -> None:
     """Run one worker process (arq). SIGTERM stops taking jobs and lets in-flight ones finish."""
-    from worker.main import build_worker
+    from worker.runtime.worker import build_worker
 
     s = Settings()
     configure_logging(fmt=s.log_format, level=s.log_level)
@@ -65,8 +65,8 @@ def simulator(
     """Run the local Messages API stand-in (no real API is called)."""
     from aiohttp import web
 
-    from worker.simulator.app import build_app
-    from worker.simulator.state import SimConfig
+    from worker.dev.simulator.app import build_app
+    from worker.dev.simulator.state import SimConfig
 
     rates: dict[int, float] = {}
     for item in faults:
@@ -103,8 +103,8 @@ def api(host: str, port: int) -> None:
     """Run the HTTP API (jobs, Message Batches, /healthz, /metrics)."""
     import uvicorn
 
-    from worker.api import create_app
-    from worker.auth import KeyConfigError, load_keys
+    from worker.http.app import create_app
+    from worker.http.auth import KeyConfigError, load_keys
 
     s = Settings()
     configure_logging(fmt=s.log_format, level=s.log_level)
@@ -123,7 +123,7 @@ def api(host: str, port: int) -> None:
 @click.option("--workers", default=1, show_default=True)
 def dev(data_dir: Path, workers: int) -> None:
     """Embedded Redis + simulator (unless ANTHROPIC_API_KEY is set) + worker; Ctrl-C stops all."""
-    from worker.stack import Stack
+    from worker.dev.stack import Stack
 
     settings = Settings()
     use_simulator = settings.anthropic_api_key is None

@@ -16,7 +16,12 @@ from redis.exceptions import RedisError
 
 from schemas import JOB_ID_PATTERN, JobRecord, JobStatus
 from schemas.api import ErrorBody, JobCreate, JobPage
-from worker.api_deps import (
+from worker.client import Client
+from worker.errors import InvalidJobError, JobNotFoundError
+from worker.http.auth import load_keys
+from worker.http.batch_routes import router as batch_router
+from worker.http.body_limit import BodyLimit
+from worker.http.deps import (
     ApiError,
     AppState,
     DoneNotifier,
@@ -26,11 +31,6 @@ from worker.api_deps import (
     require_tenant,
     state_of,
 )
-from worker.auth import load_keys
-from worker.batch_routes import router as batch_router
-from worker.body_limit import BodyLimit
-from worker.client import Client
-from worker.errors import InvalidJobError, JobNotFoundError
 from worker.logs import register_secret
 from worker.settings import Settings
 

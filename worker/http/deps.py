@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from schemas import JobRecord
-from worker.auth import tenant_for
 from worker.client import Client
+from worker.http.auth import tenant_for
 from worker.settings import Settings
 from worker.store import DONE_CHANNEL
 

@@ -14,11 +14,11 @@ from typing import Any
 import orjson
 
 from schemas import JobRecord, JobStatus
-from worker.caption_inputs import Item, iter_items, render_prompt
-from worker.caption_output import CaptionLog, sidecar_path, write_atomically
+from worker.caption.images import ImagePrepError, Prepared, prepare
+from worker.caption.inputs import Item, iter_items, render_prompt
+from worker.caption.output import CaptionLog, sidecar_path, write_atomically
 from worker.client import Client
 from worker.errors import InvalidJobError
-from worker.images import ImagePrepError, Prepared, prepare
 from worker.store import DONE_CHANNEL, arq_job_key, record_key
 
 

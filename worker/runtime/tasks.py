@@ -27,17 +27,17 @@ from schemas import (
     summarize,
     validate_request,
 )
-from worker import metrics, transitions
-from worker.attempt import attempt
-from worker.backoff import retry_delay_s
-from worker.concurrency import AdaptiveConcurrency
-from worker.deps import Deps
 from worker.logs import register_secret
-from worker.ratelimit import Limits, RateLimiter
+from worker.runtime import metrics, transitions
+from worker.runtime.attempt import attempt
+from worker.runtime.backoff import retry_delay_s
+from worker.runtime.concurrency import AdaptiveConcurrency
+from worker.runtime.deps import Deps
+from worker.runtime.ratelimit import Limits, RateLimiter
+from worker.runtime.upstream import build_client
 from worker.serialization import UNDECODABLE_KEY
 from worker.settings import Settings
 from worker.store import JobStore, in_progress_key, utcnow
-from worker.upstream import build_client
 
 log = structlog.get_logger("msgq.job")
 

@@ -19,7 +19,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from schemas import JobRecord, JobStatus, summarize
-from worker import cli_services as services  # registered below
+from worker.cli import services  # registered below
 from worker.client import Client
 from worker.errors import InvalidJobError, JobNotFoundError
 from worker.settings import Settings
@@ -180,8 +180,8 @@ def caption(
     dry_run: bool,
 ) -> None:
     """Caption images (files, folders, manifests of paths or URLs) into JSONL and sidecars."""
-    from worker.caption_cli import run_caption
-    from worker.captions import CaptionOptions
+    from worker.caption.cli import run_caption
+    from worker.caption.run import CaptionOptions
 
     if prompt_file is not None:
         prompt = prompt_file.read_text(encoding="utf-8").strip()
@@ -236,7 +236,7 @@ def resume() -> None:
     """Lift a spend-limit pause so the fleet sends again."""
 
     async def run(client: Client) -> str | None:
-        from worker.ratelimit import RateLimiter
+        from worker.runtime.ratelimit import RateLimiter
 
         limiter = RateLimiter(client.redis, {})
         reason = await limiter.paused()

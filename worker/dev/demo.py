@@ -12,11 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas import JobRecord
-from worker.caption_output import CaptionLog
-from worker.captions import CaptionOptions, CaptionRun
+from worker.caption.output import CaptionLog
+from worker.caption.run import CaptionOptions, CaptionRun
 from worker.client import Client
+from worker.dev.stack import Stack
 from worker.settings import Settings
-from worker.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"

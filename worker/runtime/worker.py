@@ -14,7 +14,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from worker import tasks
+from worker.runtime import tasks
 from worker.serialization import TASK_NAME, deserialize, serialize
 from worker.settings import Settings
 

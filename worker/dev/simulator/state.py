@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.simulator.limits import Limits
+from worker.dev.simulator.limits import Limits
 
 
 class Scripted(BaseModel):
