@@ -28,7 +28,7 @@ async def arq_noop_jobs_per_s(redis_url: str, n: int, concurrency: int) -> float
         keep_result=0,
     )
     started = time.perf_counter()
-    await worker.runtime.worker()
+    await worker.main()
     elapsed = time.perf_counter() - started
     await pool.aclose()
     return n / elapsed

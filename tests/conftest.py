@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
+import redis as redis_sync
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -23,6 +23,7 @@ from worker.dev.embedded_redis import EmbeddedRedis, free_port
 from worker.dev.stack import msgq_command, wait_http
 from worker.runtime.worker import MsgqWorker, build_worker
 from worker.settings import Settings
+from worker.store import JobStore
 
 TEST_API_KEY = "sk-ant-test-0123456789abcdefSECRET"
 
@@ -49,7 +50,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def redis_url(redis_server: str) -> str:
-    client = redis.Redis.from_url(redis_server)
+    client = redis_sync.Redis.from_url(redis_server)
     client.flushdb()
     client.close()
     return redis_server
@@ -161,6 +162,18 @@ def settings(redis_url: str, simulator_server: str) -> Settings:
 async def client(settings: Settings) -> AsyncIterator[Client]:
     async with Client(Redis.from_url(settings.redis_url), settings) as c:
         yield c
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    """A plain connection, for what a test checks in Redis itself."""
+    async with Redis.from_url(settings.redis_url) as r:
+        yield r
+
+
+@pytest.fixture
+def store(redis: Redis, settings: Settings) -> JobStore:
+    return JobStore(redis, queue_name=settings.queue_name, retention_s=settings.retention_s)
 
 
 StartWorker = Callable[..., Awaitable[MsgqWorker]]

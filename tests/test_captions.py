@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from PIL import Image
+from redis.asyncio import Redis
 
 from tests.conftest import Sim, StartWorker, eventually
 from worker.caption.output import CaptionLog
@@ -40,13 +41,15 @@ def rows(out: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in out.read_bytes().splitlines()]
 
 
-async def caption(client: Client, inputs: list[Path | str], out: Path, **kw: Any) -> Tally:
+async def caption(settings: Settings, inputs: list[Path | str], out: Path, **kw: Any) -> Tally:
     options = CaptionOptions(inputs=[str(i) for i in inputs], prompt=PROMPT, out=out, **kw)
     log = CaptionLog(out)
+    redis = Redis.from_url(settings.redis_url)
     try:
-        return await CaptionRun(client, options, log).run()
+        return await CaptionRun(redis, settings, options, log).run()
     finally:
         log.close()
+        await redis.aclose()
 
 
 def seen_media(sim: Sim) -> list[str]:
@@ -54,7 +57,7 @@ def seen_media(sim: Sim) -> list[str]:
 
 
 async def test_every_format_is_captioned_and_refused_ones_converted(
-    tmp_path: Path, client: Client, sim: Sim, start_worker: StartWorker
+    settings: Settings, tmp_path: Path, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """JPEG, PNG with alpha, GIF, WebP, BMP and TIFF all succeed; BMP and TIFF are converted."""
     folder = tmp_path / "photos"
@@ -67,7 +70,7 @@ async def test_every_format_is_captioned_and_refused_ones_converted(
     save(folder / "nested" / "f.tiff")
     (folder / "notes.txt").write_text("not an image, and not walked into")
     await start_worker()
-    tally = await caption(client, [folder], tmp_path / "out.jsonl", sidecar=True)
+    tally = await caption(settings, [folder], tmp_path / "out.jsonl", sidecar=True)
     assert (tally.done, tally.failed) == (6, 0)
     assert sorted(seen_media(sim)) == sorted(
         ["image/jpeg", "image/png", "image/gif", "image/webp", "image/jpeg", "image/jpeg"]
@@ -79,20 +82,20 @@ async def test_every_format_is_captioned_and_refused_ones_converted(
 
 
 async def test_exif_orientation_is_applied(
-    tmp_path: Path, client: Client, sim: Sim, start_worker: StartWorker
+    settings: Settings, tmp_path: Path, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """A portrait phone photo (stored 400x200, EXIF orientation 6) arrives upright, 200x400."""
     exif = Image.Exif()
     exif[0x0112] = 6
     photo = save(tmp_path / "phone.jpg", size=(400, 200), exif=exif.tobytes())
     await start_worker()
-    await caption(client, [photo], tmp_path / "out.jsonl")
+    await caption(settings, [photo], tmp_path / "out.jsonl")
     (row,) = rows(tmp_path / "out.jsonl")
     assert row["caption"].startswith("A 200x400 JPEG image")
 
 
 async def test_large_images_are_downscaled_and_fit_the_byte_limit(
-    tmp_path: Path, client: Client, sim: Sim, start_worker: StartWorker
+    settings: Settings, tmp_path: Path, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """6000x4000 arrives within 1568 px; a noisy PNG over 5 MB is re-encoded to fit."""
     big = save(tmp_path / "big.jpg", size=(6000, 4000), colour=(40, 80, 200))
@@ -100,7 +103,7 @@ async def test_large_images_are_downscaled_and_fit_the_byte_limit(
     Image.frombytes("RGB", (1500, 1500), os.urandom(1500 * 1500 * 3)).save(noisy)
     assert noisy.stat().st_size > 5 * 1024 * 1024
     await start_worker()
-    await caption(client, [big, noisy], tmp_path / "out.jsonl")
+    await caption(settings, [big, noisy], tmp_path / "out.jsonl")
     for request in sim.requests():
         source = request["body"]["messages"][0]["content"][0]["source"]
         import base64
@@ -113,7 +116,7 @@ async def test_large_images_are_downscaled_and_fit_the_byte_limit(
 
 
 async def test_corrupt_and_empty_files_fail_with_reasons(
-    tmp_path: Path, client: Client, sim: Sim, start_worker: StartWorker
+    settings: Settings, tmp_path: Path, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """Corrupt and zero-byte files become failed rows with the reason; the others succeed."""
     good = save(tmp_path / "good.png")
@@ -122,7 +125,7 @@ async def test_corrupt_and_empty_files_fail_with_reasons(
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     await start_worker()
-    tally = await caption(client, [tmp_path], tmp_path / "out.jsonl")
+    tally = await caption(settings, [tmp_path], tmp_path / "out.jsonl")
     assert (tally.done, tally.failed) == (1, 2)
     errors = {Path(r["path"]).name: r["error"] for r in rows(tmp_path / "out.jsonl")}
     assert errors["good.png"] is None
@@ -132,21 +135,31 @@ async def test_corrupt_and_empty_files_fail_with_reasons(
 
 
 async def test_dry_run_estimate_is_within_ten_percent(
-    tmp_path: Path, client: Client, sim: Sim, start_worker: StartWorker
+    settings: Settings,
+    redis: Redis,
+    tmp_path: Path,
+    client: Client,
+    sim: Sim,
+    start_worker: StartWorker,
 ) -> None:
     """The dry run's input-token estimate is within 10% of what the simulator reports."""
     for i, size in enumerate([(640, 480), (1920, 1080), (300, 300), (4000, 3000)]):
         save(tmp_path / f"p{i}.jpg", size=size)
     options = CaptionOptions(inputs=[str(tmp_path)], prompt=PROMPT, out=tmp_path / "o.jsonl")
     guess = estimate(options, 5 * 1024 * 1024)
-    assert guess["images"] == 4 and sim.received == 0 and await client.redis.dbsize() == 0
+    assert guess["images"] == 4 and sim.received == 0 and await redis.dbsize() == 0
     await start_worker()
-    tally = await caption(client, [tmp_path], tmp_path / "o.jsonl")
+    tally = await caption(settings, [tmp_path], tmp_path / "o.jsonl")
     assert abs(guess["input_tokens"] - tally.input_tokens) <= 0.1 * tally.input_tokens
 
 
 async def test_window_bounds_what_redis_holds(
-    tmp_path: Path, settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
+    redis: Redis,
+    tmp_path: Path,
+    settings: Settings,
+    client: Client,
+    sim: Sim,
+    start_worker: StartWorker,
 ) -> None:
     """2,000 tiny images with a window of 50: the queue never holds more than 50 jobs."""
     for i in range(2000):
@@ -158,11 +171,11 @@ async def test_window_bounds_what_redis_holds(
     async def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, await client.redis.zcard(settings.queue_name))
+            peak = max(peak, await redis.zcard(settings.queue_name))
             await asyncio.sleep(0.01)
 
     sampler = asyncio.create_task(sample())
-    tally = await caption(client, [tmp_path], tmp_path / "out.jsonl", window=50)
+    tally = await caption(settings, [tmp_path], tmp_path / "out.jsonl", window=50)
     done.set()
     await sampler
     assert tally.done == 2000 and 0 < peak <= 50
@@ -203,14 +216,21 @@ async def test_resume_after_kill_captions_each_image_once(
 
 @pytest.mark.parametrize("ext", [".txt", ".caption"])
 async def test_manifest_and_sidecar_extension(
-    ext: str, tmp_path: Path, client: Client, sim: Sim, start_worker: StartWorker
+    settings: Settings,
+    ext: str,
+    tmp_path: Path,
+    client: Client,
+    sim: Sim,
+    start_worker: StartWorker,
 ) -> None:
     """A CSV manifest with a path column and a URL; --sidecar-ext picks the extension."""
     image = save(tmp_path / "one.png")
     manifest = tmp_path / "list.csv"
     manifest.write_text("path,label\none.png,x\nhttps://example.com/cat.jpg,y\n")
     await start_worker()
-    tally = await caption(client, [manifest], tmp_path / "out.jsonl", sidecar=True, sidecar_ext=ext)
+    tally = await caption(
+        settings, [manifest], tmp_path / "out.jsonl", sidecar=True, sidecar_ext=ext
+    )
     assert tally.done == 2
     sources = sorted(
         r["body"]["messages"][0]["content"][0]["source"]["type"] for r in sim.requests()

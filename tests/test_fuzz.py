@@ -13,17 +13,18 @@ import time
 from typing import Any
 
 import orjson
-import redis
+import redis as redis_sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from schemas import field_errors, validate_request
 from tests.conftest import StartWorker, eventually
 from tests.images import image_bytes
 from worker.client import Client
+from worker.keys import arq_job_key
 from worker.settings import Settings
-from worker.store import arq_job_key
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
 CASES = 10_000 if CHAOS else 300
@@ -143,11 +144,11 @@ payloads = st.one_of(
 
 
 async def test_raw_jobs_from_hostile_producers_all_end_recorded(
-    settings: Settings, client: Client, start_worker: StartWorker
+    redis: Redis, settings: Settings, client: Client, start_worker: StartWorker
 ) -> None:
     """Garbage, wrong types, deep nesting, bad base64, mislabelled images, NUL bytes written
     straight into Redis: the worker survives and every job ends as a stored record."""
-    sync = redis.Redis.from_url(settings.redis_url)
+    sync = redis_sync.Redis.from_url(settings.redis_url)
     ids: list[str] = []
     counter = itertools.count()
 
@@ -164,11 +165,11 @@ async def test_raw_jobs_from_hostile_producers_all_end_recorded(
     await start_worker(settings.model_copy(update={"max_jobs": 32}))
 
     async def all_recorded() -> bool:
-        raws = await client.redis.mget([f"msgq:job:{i}" for i in ids])
+        raws = await redis.mget([f"msgq:job:{i}" for i in ids])
         return all(r and orjson.loads(r)["status"] in ("succeeded", "failed") for r in raws)
 
     await eventually(all_recorded, timeout_s=600)
-    records = [orjson.loads(r) for r in await client.redis.mget([f"msgq:job:{i}" for i in ids])]
+    records = [orjson.loads(r) for r in await redis.mget([f"msgq:job:{i}" for i in ids])]
     assert len(records) == len(ids) >= RAW_CASES // 2
     assert all(r["error"]["message"] for r in records if r["status"] == "failed")
 

@@ -10,14 +10,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from schemas import JobStatus
 from tests.conftest import Sim, StartWorker, eventually
 from worker.client import Client
 from worker.errors import InvalidJobError
+from worker.keys import arq_job_key
 from worker.runtime import transitions
 from worker.settings import Settings
-from worker.store import arq_job_key
+from worker.store import JobStore
 
 BODY = {
     "model": "claude-haiku-4-5",
@@ -43,7 +45,7 @@ def raw_payload(kwargs: object) -> str:
 
 
 async def test_job_enqueued_with_plain_redis_commands_succeeds(
-    settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
+    store: JobStore, settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """The README's raw format (SET + ZADD via valkey-cli) runs and gets a record."""
     now_ms = str(int(time.time() * 1000))
@@ -55,18 +57,23 @@ async def test_job_enqueued_with_plain_redis_commands_succeeds(
     )
     valkey_cli(settings.redis_url, "ZADD", settings.queue_name, now_ms, "raw-1")
     await start_worker()
-    await eventually(lambda: _exists(client, "raw-1"))
+    await eventually(lambda: _exists(store, "raw-1"))
     record = await client.wait("raw-1", timeout=20)
     assert record.status is JobStatus.SUCCEEDED
     assert record.metadata == {"from": "bash"} and sim.received == 1
 
 
-async def _exists(client: Client, job_id: str) -> bool:
-    return await client.store.get(job_id) is not None
+async def _exists(store: JobStore, job_id: str) -> bool:
+    return await store.get(job_id) is not None
 
 
 async def test_invalid_raw_job_fails_validation_without_calling_api(
-    settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
+    store: JobStore,
+    redis: Redis,
+    settings: Settings,
+    client: Client,
+    sim: Sim,
+    start_worker: StartWorker,
 ) -> None:
     """A bad request enqueued raw ends `failed` with validation_error and field paths."""
     bad = {
@@ -74,11 +81,10 @@ async def test_invalid_raw_job_fails_validation_without_calling_api(
         "max_tokens": -5,
         "messages": [{"role": "user", "content": [{"type": "txt"}]}],
     }
-    redis = client.redis
     await redis.set(arq_job_key("raw-bad"), raw_payload({"request": bad}))
     await redis.zadd(settings.queue_name, {"raw-bad": time.time() * 1000})
     await start_worker()
-    await eventually(lambda: _exists(client, "raw-bad"))
+    await eventually(lambda: _exists(store, "raw-bad"))
     record = await client.wait("raw-bad", timeout=20)
     assert record.status is JobStatus.FAILED and record.error is not None
     assert record.error.type == "validation_error" and record.error.retryable is False
@@ -100,13 +106,19 @@ async def test_invalid_raw_job_fails_validation_without_calling_api(
     ids=["garbage", "pickle", "other-function", "not-an-object", "wrong-types"],
 )
 async def test_hostile_payloads_end_as_failed_records(
-    payload: bytes, settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
+    redis: Redis,
+    store: JobStore,
+    payload: bytes,
+    settings: Settings,
+    client: Client,
+    sim: Sim,
+    start_worker: StartWorker,
 ) -> None:
     """Garbage, pickle and foreign payloads are refused, recorded `failed`, never executed."""
-    await client.redis.set(arq_job_key("hostile"), payload)
-    await client.redis.zadd(settings.queue_name, {"hostile": time.time() * 1000})
+    await redis.set(arq_job_key("hostile"), payload)
+    await redis.zadd(settings.queue_name, {"hostile": time.time() * 1000})
     await start_worker()
-    await eventually(lambda: _exists(client, "hostile"))
+    await eventually(lambda: _exists(store, "hostile"))
     record = await client.wait("hostile", timeout=20)
     assert record.status is JobStatus.FAILED and record.error is not None
     assert record.error.type == "validation_error"
@@ -129,7 +141,9 @@ async def test_same_job_id_twice_calls_api_once(
     assert sim.received == 1
 
 
-async def test_submit_refuses_bad_requests_and_ids(client: Client, settings: Settings) -> None:
+async def test_submit_refuses_bad_requests_and_ids(
+    redis: Redis, client: Client, settings: Settings
+) -> None:
     """An invalid request or job ID raises a clear error and enqueues nothing."""
     with pytest.raises(InvalidJobError, match="prefill"):
         await client.submit(
@@ -144,8 +158,8 @@ async def test_submit_refuses_bad_requests_and_ids(client: Client, settings: Set
         )
     with pytest.raises(InvalidJobError, match="job id"):
         await client.submit(BODY, job_id="../etc/passwd")
-    assert await client.redis.zcard(settings.queue_name) == 0
-    assert await client.redis.dbsize() == 0
+    assert await redis.zcard(settings.queue_name) == 0
+    assert await redis.dbsize() == 0
 
 
 async def test_generated_ids_are_unguessable(client: Client) -> None:
@@ -156,13 +170,13 @@ async def test_generated_ids_are_unguessable(client: Client) -> None:
 
 
 async def test_cancel_queued_job_is_never_sent(
-    settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
+    redis: Redis, settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """A canceled queued job ends `canceled`, leaves the queue, and never reaches the API."""
     job = await client.submit(BODY)
     record = await client.cancel(job.id)
     assert record.status is JobStatus.CANCELED and record.finished_at is not None
-    assert await client.redis.zcard(settings.queue_name) == 0
+    assert await redis.zcard(settings.queue_name) == 0
     marker = await client.submit(BODY)
     await start_worker()
     await client.wait(marker.id, timeout=20)
@@ -197,22 +211,26 @@ async def test_job_past_deadline_expires_unsent(
     assert record.status is JobStatus.EXPIRED and sim.received == 0
 
 
-async def test_terminal_record_is_written_once(client: Client) -> None:
+async def test_terminal_record_is_written_once(
+    redis: Redis, store: JobStore, client: Client
+) -> None:
     """A late duplicate completion never overwrites a terminal record."""
     job = await client.submit(BODY)
-    first = await transitions.finish(client.store, job.id, JobStatus.SUCCEEDED)
-    late = await transitions.finish(client.store, job.id, JobStatus.FAILED)
+    first = await transitions.finish(store, job.id, JobStatus.SUCCEEDED)
+    late = await transitions.finish(store, job.id, JobStatus.FAILED)
     assert first is not None and late is not None
     assert late.status is JobStatus.SUCCEEDED and late.finished_at == first.finished_at
-    ttl = await client.redis.ttl(f"msgq:job:{job.id}")
+    ttl = await redis.ttl(f"msgq:job:{job.id}")
     assert 0 < ttl <= client.settings.retention_s
 
 
-async def test_queued_job_has_no_arq_expiry(settings: Settings, client: Client) -> None:
+async def test_queued_job_has_no_arq_expiry(
+    redis: Redis, settings: Settings, client: Client
+) -> None:
     """A waiting job never silently expires: arq's one-day job expiry does not apply."""
     job = await client.submit(BODY)
-    assert await client.redis.ttl(arq_job_key(job.id)) == -1
-    assert await client.redis.ttl(f"msgq:job:{job.id}") == -1
+    assert await redis.ttl(arq_job_key(job.id)) == -1
+    assert await redis.ttl(f"msgq:job:{job.id}") == -1
 
 
 async def test_listing_by_status(client: Client, sim: Sim, start_worker: StartWorker) -> None:

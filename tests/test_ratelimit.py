@@ -135,7 +135,7 @@ async def test_429_cools_down_the_fleet(
     ids=["spend-cap-429", "usage-limit-400"],
 )
 async def test_spend_limit_pauses_the_fleet_until_resumed(
-    fault: dict[str, object], client: Client, sim: Sim, start_worker: StartWorker
+    redis: Redis, fault: dict[str, object], client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """A spend-limit answer pauses sending: jobs stay queued (not failed) until resume."""
     sim.script(fault)
@@ -143,7 +143,7 @@ async def test_spend_limit_pauses_the_fleet_until_resumed(
     first = await client.submit(BODY)
 
     async def paused() -> bool:
-        return await RateLimiter(client.redis, {}).paused() is not None
+        return await RateLimiter(redis, {}).paused() is not None
 
     await eventually(paused)
     second = await client.submit(BODY)
@@ -152,7 +152,7 @@ async def test_spend_limit_pauses_the_fleet_until_resumed(
     assert record.error is not None and record.error.type == "spend_limit"
     assert sim.received == 1
     assert (await client.get(second.id)).status is JobStatus.QUEUED
-    await RateLimiter(client.redis, {}).resume()
+    await RateLimiter(redis, {}).resume()
     for job in (first, second):
         assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
     assert sim.received == 3

@@ -65,13 +65,13 @@ def events(*logs: Path) -> list[dict[str, Any]]:
     return found
 
 
-async def statuses(client: Client, ids: list[str]) -> Counter[str]:
-    raws = await client.redis.mget([f"msgq:job:{i}" for i in ids])
+async def statuses(redis: Redis, ids: list[str]) -> Counter[str]:
+    raws = await redis.mget([f"msgq:job:{i}" for i in ids])
     return Counter(json.loads(r)["status"] if r else "missing" for r in raws)
 
 
 async def test_worker_sigkills_lose_nothing(
-    settings: Settings, client: Client, slow_simulator: str, tmp_path: Path
+    redis: Redis, settings: Settings, client: Client, slow_simulator: str, tmp_path: Path
 ) -> None:
     """SIGKILL a worker several times mid-run: every job ends once; few calls duplicated."""
     n, kills = (2000, 6) if CHAOS else (500, 3)
@@ -84,10 +84,10 @@ async def test_worker_sigkills_lose_nothing(
         for k in range(kills):
 
             async def progressed(target: int = n * (k + 1) // (kills + 2)) -> bool:
-                return (await statuses(client, ids))["succeeded"] >= target
+                return (await statuses(redis, ids))["succeeded"] >= target
 
             await eventually(progressed, timeout_s=60)
-            raws = await client.redis.mget([f"msgq:job:{i}" for i in ids])
+            raws = await redis.mget([f"msgq:job:{i}" for i in ids])
             in_flight = [
                 i
                 for i, r in zip(ids, raws, strict=True)
@@ -99,13 +99,13 @@ async def test_worker_sigkills_lose_nothing(
             victim = spawn(custom, tmp_path / "victim.log", MSGQ_MAX_JOBS="8")
 
             async def recovered(watch: list[str] = in_flight) -> bool:
-                return all(s in ("succeeded",) for s in (await statuses(client, watch)).elements())
+                return all(s in ("succeeded",) for s in (await statuses(redis, watch)).elements())
 
             await eventually(recovered, timeout_s=60)
             recoveries.append(time.monotonic() - killed_at)
 
         async def all_done() -> bool:
-            return (await statuses(client, ids))["succeeded"] == n
+            return (await statuses(redis, ids))["succeeded"] == n
 
         await eventually(all_done, timeout_s=120)
     finally:
@@ -142,11 +142,14 @@ async def test_redis_restart_loses_no_acknowledged_job(
     workers = [spawn(custom, log, MSGQ_SHUTDOWN_GRACE_S="10") for log in logs]
     n = 1000 if CHAOS else 300
     try:
-        async with Client(Redis.from_url(server.url), custom) as client:
+        async with (
+            Client(Redis.from_url(server.url), custom) as client,
+            Redis.from_url(server.url) as redis,
+        ):
             ids = [(await client.submit(BODY)).id for _ in range(n)]
 
             async def started() -> bool:
-                return (await statuses(client, ids))["succeeded"] >= n // 5
+                return (await statuses(redis, ids))["succeeded"] >= n // 5
 
             await eventually(started)
             await asyncio.to_thread(server.stop)  # SIGTERM: the AOF is flushed
@@ -154,7 +157,7 @@ async def test_redis_restart_loses_no_acknowledged_job(
             await asyncio.to_thread(server.start)
 
             async def all_done() -> bool:
-                return (await statuses(client, ids))["succeeded"] == n
+                return (await statuses(redis, ids))["succeeded"] == n
 
             await eventually(all_done, timeout_s=120)
         assert all(w.poll() is None for w in workers)  # they rode it out
@@ -167,7 +170,7 @@ async def test_redis_restart_loses_no_acknowledged_job(
 
 
 async def test_sigterm_finishes_in_flight_jobs_and_exits_0(
-    settings: Settings, client: Client, sim: Sim, tmp_path: Path
+    redis: Redis, settings: Settings, client: Client, sim: Sim, tmp_path: Path
 ) -> None:
     """SIGTERM: no new jobs are taken, in-flight ones finish, exit 0, nothing in_progress."""
     sim.script(*[{"delay_s": 1.5}] * 3)
@@ -179,7 +182,7 @@ async def test_sigterm_finishes_in_flight_jobs_and_exits_0(
 
     await eventually(three_in_flight)
     assert await asyncio.to_thread(stop_workers, worker) == [0]
-    final = await statuses(client, ids)
+    final = await statuses(redis, ids)
     assert final == Counter({"succeeded": 3, "queued": 3})
     assert sim.received == 3
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import structlog
+from redis.asyncio import Redis
 
 from schemas import JobStatus
 from tests.conftest import TEST_API_KEY, Sim, StartWorker
@@ -27,6 +28,7 @@ def _restore_logging() -> Any:
 
 
 async def test_key_absent_from_logs_records_errors_and_redis(
+    redis: Redis,
     client: Client,
     sim: Sim,
     start_worker: StartWorker,
@@ -47,11 +49,11 @@ async def test_key_absent_from_logs_records_errors_and_redis(
     assert ok.status is JobStatus.SUCCEEDED and bad.status is JobStatus.FAILED
 
     dumped: list[bytes] = []
-    async for key in client.redis.scan_iter("*"):
-        kind = (await client.redis.type(key)).decode()
+    async for key in redis.scan_iter("*"):
+        kind = (await redis.type(key)).decode()
         if kind == "string":
-            dumped.append(await client.redis.get(key) or b"")
-        dumped.append(await client.redis.dump(key) or b"")
+            dumped.append(await redis.get(key) or b"")
+        dumped.append(await redis.dump(key) or b"")
     captured = capsys.readouterr()
     haystacks = [
         captured.out,

@@ -16,8 +16,9 @@ from schemas import JobStatus
 from tests.conftest import TEST_API_KEY, Sim, StartWorker, eventually
 from worker.client import Client
 from worker.dev.embedded_redis import EmbeddedRedis
+from worker.keys import arq_job_key
 from worker.settings import Settings
-from worker.store import arq_job_key
+from worker.store import JobStore
 
 BODY = {
     "model": "claude-haiku-4-5",
@@ -37,16 +38,22 @@ class Exploit:
 
 
 async def test_pickled_payload_is_refused_not_executed(
-    tmp_path: Path, settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
+    redis: Redis,
+    store: JobStore,
+    tmp_path: Path,
+    settings: Settings,
+    client: Client,
+    sim: Sim,
+    start_worker: StartWorker,
 ) -> None:
     """A pickle that would run a command is stored as a failed job; the command never runs."""
     marker = tmp_path / "pwned"
-    await client.redis.set(arq_job_key("evil"), pickle.dumps(Exploit(marker)))
-    await client.redis.zadd(settings.queue_name, {"evil": time.time() * 1000})
+    await redis.set(arq_job_key("evil"), pickle.dumps(Exploit(marker)))
+    await redis.zadd(settings.queue_name, {"evil": time.time() * 1000})
     await start_worker()
 
     async def recorded() -> bool:
-        return await client.store.get("evil") is not None
+        return await store.get("evil") is not None
 
     await eventually(recorded)
     record = await client.wait("evil", timeout=20)
@@ -82,7 +89,7 @@ async def test_password_protected_redis_works_from_redis_url(
 
 
 async def test_api_key_absent_from_a_redis_save_and_worker_metrics(
-    client: Client, sim: Sim, start_worker: StartWorker
+    redis: Redis, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """SAVE the keyspace to disk after jobs ran: the key is not in the file, nor in metrics."""
     from prometheus_client import REGISTRY, generate_latest
@@ -91,9 +98,9 @@ async def test_api_key_absent_from_a_redis_save_and_worker_metrics(
     await start_worker()
     for _ in range(2):
         await client.wait((await client.submit(BODY)).id, timeout=20)
-    await client.redis.save()
-    directory = (await client.redis.config_get("dir"))["dir"]
-    dump = Path(directory, (await client.redis.config_get("dbfilename"))["dbfilename"])
+    await redis.save()
+    directory = (await redis.config_get("dir"))["dir"]
+    dump = Path(directory, (await redis.config_get("dbfilename"))["dbfilename"])
     saved = await asyncio.to_thread(dump.read_bytes)
     assert len(saved) > 0 and b"msgq:job:" in saved
     assert TEST_API_KEY.encode() not in saved

@@ -11,17 +11,21 @@ from typing import Any, cast
 
 import orjson
 from pydantic import BaseModel
+from redis.asyncio import Redis
 
 from schemas import JobRecord, JobStatus
 from schemas.batches import BatchCreate, BatchPage, MessageBatch, RequestCounts
-from worker.client import Client, enqueue_payload
-from worker.store import (
+from worker.client import enqueue_payload
+from worker.keys import (
     batch_counts_key,
     batch_ids_key,
     batch_key,
     record_key,
     tenant_batches_key,
 )
+from worker.records import build_spec, new_record
+from worker.settings import Settings
+from worker.store import JobStore
 
 BATCH_TTL = timedelta(hours=24)  # as the API's: requests not done by then expire
 RESULT_TYPES = {
@@ -60,9 +64,10 @@ def job_id_for(tenant: str, batch_id: str, custom_id: str) -> str:
 class Batches:
     """Create, read, cancel, list and delete a tenant's batches."""
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.redis = client.redis
+    def __init__(self, redis: Redis, store: JobStore, settings: Settings) -> None:
+        self.redis = redis
+        self.store = store
+        self.settings = settings
 
     async def create(self, tenant: str, body: BatchCreate) -> BatchMeta:
         """Enqueue every request as a job; params are validated by the worker, as the API does
@@ -78,18 +83,23 @@ class Batches:
         )
         jobs = []
         for item in body.requests:
-            spec = self.client.spec(item.params, deadline=meta.expires_at, validate=False)
-            record = self.client.new_record(
-                job_id_for(tenant, meta.id, item.custom_id), spec, now_ms=now_ms, tenant=tenant
+            spec = build_spec(item.params, deadline=meta.expires_at, validate=False)
+            record = new_record(
+                job_id_for(tenant, meta.id, item.custom_id),
+                spec,
+                created_at=created,
+                default_max_attempts=self.settings.max_attempts,
+                tenant=tenant,
+                batch_id=meta.id,
+                custom_id=item.custom_id,
             )
-            record = record.model_copy(update={"batch_id": meta.id, "custom_id": item.custom_id})
             jobs.append((record, enqueue_payload(spec, now_ms)))
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(batch_key(meta.id), meta.model_dump_json())
             pipe.rpush(batch_ids_key(meta.id), *(item.custom_id for item in body.requests))
             pipe.zadd(tenant_batches_key(tenant), {meta.id: now_ms})
             await pipe.execute()
-        await self.client.store.create_many(jobs, now_ms)
+        await self.store.create_many(jobs, now_ms)
         return meta
 
     async def get(self, tenant: str, batch_id: str) -> BatchMeta | None:
@@ -136,7 +146,7 @@ class Batches:
         for start in range(0, meta.count, 500):
             custom_ids = await _lrange(self.redis, batch_ids_key(meta.id), start, start + 499)
             await asyncio.gather(
-                *(self.client.cancel(job_id_for(meta.tenant, meta.id, c)) for c in custom_ids)
+                *(self.store.cancel(job_id_for(meta.tenant, meta.id, c)) for c in custom_ids)
             )
         return meta
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 import time
@@ -12,22 +11,14 @@ from types import TracebackType
 from typing import Any, Self
 
 import orjson
-from arq.constants import abort_jobs_ss
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from schemas import (
-    JOB_ID_PATTERN,
-    JobRecord,
-    JobSpec,
-    JobStatus,
-    field_errors,
-    summarize,
-    validate_request,
-)
+from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus
+from worker import arq_adapter
+from worker.endings import Endings
 from worker.errors import InvalidJobError, JobNotFoundError
-from worker.runtime.transitions import new_record
-from worker.serialization import TASK_NAME, serialize
+from worker.records import build_spec, new_record
 from worker.settings import Settings
 from worker.store import JobStore
 
@@ -55,7 +46,8 @@ def enqueue_payload(spec: JobSpec, enqueued_ms: int) -> bytes:
     """
     kwargs = spec.model_dump(mode="json", exclude_none=True)
     try:
-        return serialize({"t": 1, "f": TASK_NAME, "a": [], "k": kwargs, "et": enqueued_ms})
+        payload: bytes = arq_adapter.job_payload(kwargs, enqueued_ms)
+        return payload
     except orjson.JSONEncodeError as exc:
         msg = f"request cannot be queued as JSON: {exc}"
         raise InvalidJobError(msg, [{"loc": "request", "msg": str(exc), "type": "json"}]) from None
@@ -66,10 +58,11 @@ class Client:
 
     def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self.redis = redis
-        self.store = JobStore(
+        self._redis = redis
+        self._store = JobStore(
             redis, queue_name=self.settings.queue_name, retention_s=self.settings.retention_s
         )
+        self._endings: Endings | None = None
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Self:
@@ -88,7 +81,9 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        if self._endings is not None:
+            await self._endings.stop()
+        await self._redis.aclose()
 
     async def submit(
         self,
@@ -105,45 +100,24 @@ class Client:
             msg = "job id must be 1-128 characters of A-Z a-z 0-9 _ . : -"
             raise InvalidJobError(msg, [{"loc": "id", "msg": msg, "type": "value_error"}])
         body = self._request_dict(request)
-        spec = self.spec(body, metadata=metadata, deadline=deadline, max_attempts=max_attempts)
+        spec = build_spec(
+            body,
+            metadata=metadata,
+            deadline=deadline,
+            max_attempts=max_attempts,
+            max_image_bytes=self.settings.max_image_bytes,
+        )
         internal_id = f"{tenant}:{job_id or new_job_id()}" if tenant else job_id or new_job_id()
         now_ms = int(time.time() * 1000)
-        record = self.new_record(internal_id, spec, now_ms=now_ms, tenant=tenant)
-        existing = await self.store.create(record, enqueue_payload(spec, now_ms), now_ms)
-        return Submitted(internal_id, existing is None, existing or record)
-
-    def spec(
-        self,
-        body: dict[str, Any],
-        *,
-        metadata: dict[str, Any] | None = None,
-        deadline: datetime | None = None,
-        max_attempts: int | None = None,
-        validate: bool = True,
-    ) -> JobSpec:
-        """The job spec for a request; validated unless the caller defers that to the worker."""
-        try:
-            if validate:
-                validate_request(body, max_image_bytes=self.settings.max_image_bytes)
-            return JobSpec(
-                request=body, metadata=metadata or {}, deadline=deadline, max_attempts=max_attempts
-            )
-        except ValidationError as exc:
-            errors = field_errors(exc, body)
-            summary = summarize(errors, 3)
-            msg = f"invalid request: {summary}"
-            raise InvalidJobError(msg, errors) from None
-
-    def new_record(
-        self, job_id: str, spec: JobSpec, *, now_ms: int, tenant: str | None = None
-    ) -> JobRecord:
         record = new_record(
-            job_id,
+            internal_id,
             spec,
             created_at=datetime.fromtimestamp(now_ms / 1000, UTC),
             default_max_attempts=self.settings.max_attempts,
+            tenant=tenant,
         )
-        return record.model_copy(update={"tenant": tenant})
+        existing = await self._store.create(record, enqueue_payload(spec, now_ms), now_ms)
+        return Submitted(internal_id, existing is None, existing or record)
 
     @staticmethod
     def _request_dict(request: dict[str, Any] | BaseModel) -> dict[str, Any]:
@@ -155,34 +129,32 @@ class Client:
         return request
 
     async def get(self, job_id: str) -> JobRecord:
-        record = await self.store.get(job_id)
+        record = await self._store.get(job_id)
         if record is None:
             msg = f"no job {job_id!r} (unknown, or past its retention)"
             raise JobNotFoundError(msg)
         return record
 
     async def wait(self, job_id: str, *, timeout: float = 60.0) -> JobRecord:  # noqa: ASYNC109  # SPEC §2.1 fixes this signature
-        """Poll until the job is terminal; raises TimeoutError with the job still running."""
-        deadline = time.monotonic() + timeout
-        delay = 0.02
-        while True:
-            record = await self.get(job_id)
-            if record.status.terminal:
-                return record
-            if time.monotonic() >= deadline:
-                msg = f"job {job_id} still {record.status.value} after {timeout:g}s"
-                raise TimeoutError(msg)
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 0.5)
+        """Wait on the done channel until the job is terminal; raises TimeoutError with the job
+        still running."""
+        if self._endings is None:
+            self._endings = Endings(self._redis, self._store)
+        record = await self._endings.wait(job_id, timeout)
+        if record is None:
+            msg = f"no job {job_id!r} (unknown, or past its retention)"
+            raise JobNotFoundError(msg)
+        if not record.status.terminal:
+            msg = f"job {job_id} still {record.status.value} after {timeout:g}s"
+            raise TimeoutError(msg)
+        return record
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Queued/retrying: canceled at once. In progress: the worker aborts the call."""
-        record = await self.store.cancel(job_id)
+        record = await self._store.cancel(job_id)
         if record is None:
             msg = f"no job {job_id!r}"
             raise JobNotFoundError(msg)
-        if record.status is JobStatus.IN_PROGRESS and record.cancel_requested:
-            await self.redis.zadd(abort_jobs_ss, {job_id: int(time.time() * 1000)})
         return record
 
     async def retry(self, job_id: str) -> JobRecord | None:
@@ -191,7 +163,7 @@ class Client:
         def payload(kwargs: dict[str, Any]) -> bytes:
             return enqueue_payload(JobSpec.model_validate(kwargs), int(time.time() * 1000))
 
-        return await self.store.reopen(job_id, payload)
+        return await self._store.reopen(job_id, payload)
 
     async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
-        return await self.store.list(status=status, limit=limit)
+        return await self._store.list(status=status, limit=limit)

@@ -1,62 +1,26 @@
-"""Redis keys and the job records: created once, updated under WATCH, written terminal only once."""
+"""The job records in Redis: created once, updated under WATCH, written terminal only once."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from schemas import JobRecord, JobStatus
-
-KEY_PREFIX = "msgq:"
-INDEX_KEY = KEY_PREFIX + "jobs"  # ZSET id -> created ms, for listing
-DONE_CHANNEL = KEY_PREFIX + "done"  # pub/sub: a job ID each time a record turns terminal
-
-
-def record_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}job:{job_id}"
-
-
-def spec_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}spec:{job_id}"
-
-
-def tenant_jobs_key(tenant: str) -> str:
-    return f"{KEY_PREFIX}tenant:{tenant}:jobs"
-
-
-def batch_key(batch_id: str) -> str:
-    return f"{KEY_PREFIX}batch:{batch_id}"
-
-
-def batch_ids_key(batch_id: str) -> str:
-    return f"{KEY_PREFIX}batch:{batch_id}:ids"
-
-
-def tenant_batches_key(tenant: str) -> str:
-    return f"{KEY_PREFIX}tenant:{tenant}:batches"
-
-
-def batch_counts_key(batch_id: str) -> str:
-    return f"{KEY_PREFIX}batch:{batch_id}:counts"
-
-
-def arq_job_key(job_id: str) -> str:
-    return job_key_prefix + job_id
-
-
-def in_progress_key(job_id: str) -> str:
-    return in_progress_key_prefix + job_id
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
+from worker import arq_adapter, records
+from worker.keys import (
+    DONE_CHANNEL,
+    INDEX_KEY,
+    arq_job_key,
+    batch_counts_key,
+    record_key,
+    spec_key,
+    tenant_jobs_key,
+)
+from worker.records import utcnow
 
 Change = Callable[[JobRecord], JobRecord | None]
 
@@ -183,25 +147,10 @@ class JobStore:
                     await pipe.watch(key, spec_key(job_id))
                     raw, spec = await pipe.get(key), await pipe.get(spec_key(job_id))
                     record = None if raw is None else JobRecord.model_validate_json(raw)
-                    if (
-                        record is None
-                        or spec is None
-                        or record.status is not JobStatus.FAILED
-                        or record.batch_id
-                    ):
+                    fresh = None if record is None or spec is None else records.reopened(record)
+                    if fresh is None:
                         await pipe.unwatch()  # type: ignore[no-untyped-call]  # untyped
                         return None
-                    fresh = record.model_copy(
-                        update={
-                            "status": JobStatus.QUEUED,
-                            "attempts": 0,
-                            "started_at": None,
-                            "finished_at": None,
-                            "next_attempt_at": None,
-                            "error": None,
-                            "cancel_requested": False,
-                        }
-                    )
                     now_ms = int(utcnow().timestamp() * 1000)
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                     pipe.set(key, fresh.model_dump_json())
@@ -214,25 +163,31 @@ class JobStore:
                     continue
 
     async def cancel(self, job_id: str) -> JobRecord | None:
-        """Queued or retrying: canceled now and dequeued. In progress: flagged for the worker."""
-
-        def change(record: JobRecord) -> JobRecord | None:
-            if record.status in (JobStatus.QUEUED, JobStatus.RETRYING):
-                return record.model_copy(
-                    update={
-                        "status": JobStatus.CANCELED,
-                        "finished_at": utcnow(),
-                        "next_attempt_at": None,
-                    }
-                )
-            return record.model_copy(update={"cancel_requested": True})
-
-        record = await self.update(job_id, change)
+        """Queued or retrying: canceled now and dequeued. In progress: flagged, and the worker
+        running it is asked to abort the call."""
+        record = await self.update(job_id, records.cancel_asked)
         if record is not None and record.status is JobStatus.CANCELED:
             # Free the queue slot; a worker that already picked it up sees `canceled` and stops.
             await self.redis.zrem(self.queue_name, job_id)
             await self.redis.delete(arq_job_key(job_id))
+        elif record is not None and record.cancel_requested and not record.status.terminal:
+            key, mapping = arq_adapter.abort_request(job_id)
+            await self.redis.zadd(key, mapping)
         return record
+
+    async def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """Records in the order asked; None where there is none."""
+        if not job_ids:
+            return []
+        raws = await self.redis.mget([record_key(i) for i in job_ids])
+        return [None if raw is None else JobRecord.model_validate_json(raw) for raw in raws]
+
+    async def payloads_present(self, job_ids: list[str]) -> list[bool]:
+        """Whether each job's queued payload still exists (the queue has not yet let go)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(arq_job_key(job_id))
+            return [bool(n) for n in await pipe.execute()]
 
     async def page(
         self,

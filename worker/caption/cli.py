@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import click
+from redis.asyncio import Redis
 from rich.console import Console
 
 from worker.caption.inputs import check_template
 from worker.caption.output import CaptionLog
 from worker.caption.report import Display, estimate, summary
 from worker.caption.run import CaptionOptions, CaptionRun
-from worker.client import Client
 from worker.settings import Settings
 
 
@@ -32,9 +32,12 @@ def run_caption(options: CaptionOptions, settings: Settings, *, dry_run: bool) -
 async def _run(options: CaptionOptions, settings: Settings, console: Console) -> int:
     log = CaptionLog(options.out)
     try:
-        async with Client.from_url(settings.redis_url, settings) as client:
+        redis = Redis.from_url(settings.redis_url)
+        try:
             with Display(total=None) as display:
-                tally = await CaptionRun(client, options, log, display.update).run()
+                tally = await CaptionRun(redis, settings, options, log, display.update).run()
+        finally:
+            await redis.aclose()
     finally:
         log.close()
     summary(tally, console)

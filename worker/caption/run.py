@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -12,14 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from redis.asyncio import Redis
 
 from schemas import JobRecord, JobStatus
+from schemas.response import Message
 from worker.caption.images import ImagePrepError, Prepared, prepare
 from worker.caption.inputs import Item, iter_items, render_prompt
 from worker.caption.output import CaptionLog, sidecar_path, write_atomically
 from worker.client import Client
+from worker.endings import Endings
 from worker.errors import InvalidJobError
-from worker.store import DONE_CHANNEL, arq_job_key, record_key
+from worker.settings import Settings
+from worker.store import JobStore
 
 
 @dataclass
@@ -109,9 +114,7 @@ def build_work(item: Item, options: CaptionOptions, max_bytes: int) -> Work:
 def row_for(item: Item, record: JobRecord | None, error: str | None = None) -> dict[str, Any]:
     caption = None
     if record is not None and record.result is not None:
-        caption = "".join(
-            b.get("text", "") for b in record.result.get("content", []) if b.get("type") == "text"
-        ).strip()
+        caption = Message.model_validate(record.result).text().strip()
     return {
         "path": item.source,
         "job_id": record.id if record else None,
@@ -128,40 +131,54 @@ class CaptionRun:
 
     def __init__(
         self,
-        client: Client,
+        redis: Redis,
+        settings: Settings,
         options: CaptionOptions,
         log: CaptionLog,
         on_change: Callable[[Tally], None] = lambda _: None,
     ) -> None:
-        self.client, self.options, self.log, self.on_change = client, options, log, on_change
+        self.settings, self.options, self.log, self.on_change = settings, options, log, on_change
+        self.client = Client(redis, settings)  # submit: validation and the enqueue transaction
+        self.store = JobStore(
+            redis, queue_name=settings.queue_name, retention_s=settings.retention_s
+        )
+        self.endings = Endings(redis, self.store)
         self.tally = Tally()
         self.pending: dict[str, list[Item]] = {}
         # Ended, but arq has not yet deleted the job's payload: still counts toward the window.
         self.draining: set[str] = set()
 
     async def run(self) -> Tally:
-        async with self.client.redis.pubsub() as pubsub:
-            await pubsub.subscribe(DONE_CHANNEL)  # before submitting: no ending is missed
-            items = iter_items(self.options.inputs)
-            exhausted = False
-            last_sweep = time.monotonic()
-            while True:
-                await self._drain()
-                while not exhausted and self._in_redis() < self.options.window:
-                    item = next(items, None)
-                    if item is None:
-                        exhausted = True
-                    else:
-                        await self._start(item)
-                if not self.pending and exhausted:
-                    return self.tally
-                wait_s = 0.02 if self.draining else 1.0
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait_s)
-                if message is not None and message["data"].decode() in self.pending:
-                    await self._finish(message["data"].decode())
-                if time.monotonic() - last_sweep >= 1.0:
-                    await self._sweep()
-                    last_sweep = time.monotonic()
+        await self.endings.start()  # before submitting: no ending is missed
+        ended = self.endings.listen()
+        try:
+            return await self._loop(ended)
+        finally:
+            self.endings.unlisten(ended)
+            await self.endings.stop()
+
+    async def _loop(self, ended: asyncio.Queue[str]) -> Tally:
+        items = iter_items(self.options.inputs)
+        exhausted = False
+        last_sweep = time.monotonic()
+        while True:
+            await self._drain()
+            while not exhausted and self._in_redis() < self.options.window:
+                item = next(items, None)
+                if item is None:
+                    exhausted = True
+                else:
+                    await self._start(item)
+            if not self.pending and exhausted:
+                return self.tally
+            wait_s = 0.02 if self.draining else 1.0
+            with contextlib.suppress(TimeoutError):
+                job_id = await asyncio.wait_for(ended.get(), wait_s)
+                if job_id in self.pending:
+                    await self._finish(job_id)
+            if time.monotonic() - last_sweep >= 1.0:
+                await self._sweep()
+                last_sweep = time.monotonic()
 
     def _in_redis(self) -> int:
         return len(self.pending) + len(self.draining)
@@ -170,10 +187,7 @@ class CaptionRun:
         if not self.draining:
             return
         ids = list(self.draining)
-        async with self.client.redis.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.exists(arq_job_key(job_id))
-            present = await pipe.execute()
+        present = await self.store.payloads_present(ids)
         self.draining -= {job_id for job_id, left in zip(ids, present, strict=True) if not left}
 
     async def _start(self, item: Item) -> None:
@@ -182,7 +196,7 @@ class CaptionRun:
             return
         try:
             work = await asyncio.to_thread(
-                build_work, item, self.options, self.client.settings.max_image_bytes
+                build_work, item, self.options, self.settings.max_image_bytes
             )
         except ImagePrepError as exc:
             self._write(row_for(item, None, str(exc)))
@@ -206,7 +220,7 @@ class CaptionRun:
             await self._finish(work.job_id)
 
     async def _finish(self, job_id: str) -> None:
-        record = await self.client.store.get(job_id)
+        record = await self.store.get(job_id)
         self.draining.add(job_id)
         for item in self.pending.pop(job_id, []):
             row = row_for(item, record)
@@ -218,14 +232,7 @@ class CaptionRun:
     async def _sweep(self) -> None:
         """Catch endings a dropped subscription missed, and count the jobs now retrying."""
         ids = list(self.pending)
-        records = (
-            [
-                JobRecord.model_validate_json(r) if r else None
-                for r in await self.client.redis.mget([record_key(i) for i in ids])
-            ]
-            if ids
-            else []
-        )
+        records = await self.store.get_many(ids)
         self.tally.retrying = sum(1 for r in records if r and r.status is JobStatus.RETRYING)
         for job_id, record in zip(ids, records, strict=True):
             if record is not None and record.status.terminal:

@@ -235,15 +235,18 @@ def retry(job_ids: tuple[str, ...], all_failed: bool) -> None:
 def resume() -> None:
     """Lift a spend-limit pause so the fleet sends again."""
 
-    async def run(client: Client) -> str | None:
+    async def run() -> str | None:
+        from redis.asyncio import Redis
+
         from worker.runtime.ratelimit import RateLimiter
 
-        limiter = RateLimiter(client.redis, {})
-        reason = await limiter.paused()
-        await limiter.resume()
-        return reason
+        async with Redis.from_url(Settings().redis_url) as redis:
+            limiter = RateLimiter(redis, {})
+            reason = await limiter.paused()
+            await limiter.resume()
+            return reason
 
-    reason = _with_client(run)
+    reason = asyncio.run(run())
     click.echo(f"resumed (was paused: {reason})" if reason else "the fleet was not paused")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
@@ -33,16 +34,18 @@ def sample_requests() -> dict[str, dict[str, Any]]:
     return {k: orjson.loads((SAMPLES / "requests" / f).read_bytes()) for k, f in KINDS.items()}
 
 
-async def caption_samples(client: Client, out: Path) -> list[tuple[str, JobRecord]]:
+async def caption_samples(client: Client, redis_url: str, out: Path) -> list[tuple[str, JobRecord]]:
     """`msgq caption samples/images`, in-process: one row per bundled image."""
     options = CaptionOptions(
         inputs=[str(SAMPLES / "images")], out=out, prompt="Describe this image in one sentence."
     )
     log = CaptionLog(out)
+    redis = Redis.from_url(redis_url)
     try:
-        await CaptionRun(client, options, log).run()
+        await CaptionRun(redis, Settings(), options, log).run()
     finally:
         log.close()
+        await redis.aclose()
     results = []
     for line in (await asyncio.to_thread(out.read_bytes)).splitlines():
         row = orjson.loads(line)
@@ -58,7 +61,7 @@ async def run_jobs(redis_url: str, out: Path) -> list[tuple[str, JobRecord]]:
             for kind, body in sample_requests().items()
         }
         results = [(kind, await client.wait(job.id, timeout=120)) for kind, job in jobs.items()]
-        return results + await caption_samples(client, out)
+        return results + await caption_samples(client, redis_url, out)
 
 
 def show(console: Console, results: list[tuple[str, JobRecord]]) -> None:

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from schemas.batches import BatchCreate, BatchPage, DeletedBatch, MessageBatch
 from worker.batches import Batches, BatchMeta
-from worker.errors import InvalidJobError
-from worker.http.deps import ApiError, require_tenant, state_of
+from worker.http.deps import Tenant, state_of
+from worker.http.errors import ApiError
 
 router = APIRouter(prefix="/v1/messages/batches", tags=["batches"])
-Tenant = Annotated[str, Depends(require_tenant)]
 
 
 def _batches(request: Request) -> Batches:
-    return Batches(state_of(request).client)
+    return state_of(request).batches
 
 
 def _base_url(request: Request) -> str:
@@ -27,7 +26,7 @@ def _base_url(request: Request) -> str:
 async def _owned(request: Request, tenant: str, batch_id: str) -> BatchMeta:
     meta = await _batches(request).get(tenant, batch_id)
     if meta is None:
-        raise ApiError(404, "not_found_error", f"no message batch {batch_id!r}")
+        raise ApiError(404, f"no message batch {batch_id!r}")
     return meta
 
 
@@ -37,15 +36,10 @@ async def create_batch(body: BatchCreate, tenant: Tenant, request: Request) -> M
     seen: set[str] = set()
     for item in body.requests:
         if item.custom_id in seen:
-            raise ApiError(
-                400, "invalid_request_error", f"custom_id {item.custom_id!r} is used more than once"
-            )
+            raise ApiError(400, f"custom_id {item.custom_id!r} is used more than once")
         seen.add(item.custom_id)
     batches = _batches(request)
-    try:
-        meta = await batches.create(tenant, body)
-    except InvalidJobError as exc:
-        raise ApiError(422, "invalid_request_error", str(exc), exc.errors) from None
+    meta = await batches.create(tenant, body)
     return await batches.view(meta, base_url=_base_url(request))
 
 
@@ -77,7 +71,7 @@ async def batch_results(batch_id: str, tenant: Tenant, request: Request) -> Stre
     batches = _batches(request)
     meta = await _owned(request, tenant, batch_id)
     if (await batches.view(meta, base_url="")).processing_status != "ended":
-        raise ApiError(400, "invalid_request_error", "the batch has not ended yet")
+        raise ApiError(400, "the batch has not ended yet")
     return StreamingResponse(batches.results(meta), media_type="application/x-jsonl")
 
 
@@ -93,10 +87,6 @@ async def delete_batch(batch_id: str, tenant: Tenant, request: Request) -> Delet
     batches = _batches(request)
     meta = await _owned(request, tenant, batch_id)
     if (await batches.view(meta, base_url="")).processing_status != "ended":
-        raise ApiError(
-            400,
-            "invalid_request_error",
-            "a batch can be deleted once it has ended; cancel it first",
-        )
+        raise ApiError(400, "a batch can be deleted once it has ended; cancel it first")
     await batches.delete(meta)
     return DeletedBatch(id=batch_id)

@@ -7,9 +7,9 @@ import time
 from typing import Any
 
 import structlog
-from arq import Retry
 
 from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, MessageRequest
+from worker.arq_adapter import Defer
 from worker.errors import RateLimitError, SpendLimitError, UnavailableError, UpstreamError
 from worker.estimate import estimate_input_tokens
 from worker.pricing import cost_usd
@@ -37,10 +37,10 @@ async def wait_for_capacity(deps: Deps, request: MessageRequest, input_tokens: i
         if admission.reason == "paused":
             metrics.PAUSED.set(1)
             log.info("job.deferred", reason="fleet_paused")
-            raise Retry(defer=min(admission.wait_s, deps.settings.pause_recheck_s))
+            raise Defer(defer=min(admission.wait_s, deps.settings.pause_recheck_s))
         if admission.wait_s > deps.settings.max_limiter_wait_s:
             log.debug("job.deferred", reason=admission.reason, wait_s=admission.wait_s)
-            raise Retry(defer=admission.wait_s)
+            raise Defer(defer=admission.wait_s)
         await asyncio.sleep(admission.wait_s)
 
 
@@ -121,7 +121,7 @@ async def _pause_fleet(deps: Deps, record: JobRecord, exc: SpendLimitError) -> N
     )
     error = JobError.model_validate(exc.as_record_error())
     await transitions.requeue(deps.store, record.id, error=error)
-    raise Retry(defer=deps.settings.pause_recheck_s)
+    raise Defer(defer=deps.settings.pause_recheck_s)
 
 
 async def handle_failure(deps: Deps, record: JobRecord, exc: UpstreamError, spec: JobSpec) -> None:
@@ -144,7 +144,7 @@ async def handle_failure(deps: Deps, record: JobRecord, exc: UpstreamError, spec
     if stored is not None and stored.status is JobStatus.RETRYING:
         metrics.RETRIES.labels(error.type).inc()
         # arq re-queues the job `delay_s` from now; no worker slot is held while it waits.
-        raise Retry(defer=delay_s)
+        raise Defer(defer=delay_s)
 
 
 async def _succeeded(

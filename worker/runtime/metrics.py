@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from worker.fleet_metrics import PAUSED as PAUSED  # the worker sets the fleet gauges too
+from worker.fleet_metrics import QUEUE_DEPTH as QUEUE_DEPTH
+
 JOBS_FINISHED = Counter("msgq_jobs_finished_total", "jobs reaching a final status", ["status"])
 ATTEMPTS = Counter("msgq_attempts_total", "calls made to the Messages API")
 RETRIES = Counter("msgq_retries_total", "retries scheduled, by cause", ["cause"])
@@ -30,5 +33,3 @@ TOKENS = Counter("msgq_tokens_total", "tokens reported by the API", ["kind"])
 COST = Counter("msgq_cost_usd_total", "cost of succeeded jobs in USD")
 CONCURRENCY = Gauge("msgq_concurrency_limit", "adaptive concurrency limit of this worker")
 IN_FLIGHT = Gauge("msgq_in_flight", "API calls in flight in this worker")
-PAUSED = Gauge("msgq_fleet_paused", "1 while a spend-limit pause holds the fleet")
-QUEUE_DEPTH = Gauge("msgq_queue_depth", "jobs waiting or deferred in the queue")

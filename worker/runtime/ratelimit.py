@@ -14,9 +14,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from worker.store import KEY_PREFIX
+from worker.keys import PAUSE_KEY, bucket_key, cooldown_key
 
-PAUSE_KEY = KEY_PREFIX + "paused"
 BUCKETS = ("requests", "input-tokens", "output-tokens")
 
 # KEYS: bucket hash, cooldown, pause. ARGV: now_ms, cost r/i/o, configured caps r/i/o (0 = none).
@@ -114,14 +113,6 @@ def model_class(model: str) -> str:
         if family in model:
             return family
     return model or "default"
-
-
-def bucket_key(model_cls: str) -> str:
-    return f"{KEY_PREFIX}ratelimit:{model_cls}"
-
-
-def cooldown_key(model_cls: str) -> str:
-    return f"{KEY_PREFIX}ratelimit:{model_cls}:cooldown"
 
 
 class RateLimiter:

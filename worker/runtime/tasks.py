@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 import structlog
-from arq import Retry
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -27,7 +26,10 @@ from schemas import (
     summarize,
     validate_request,
 )
+from worker.arq_adapter import UNDECODABLE_KEY, Defer
+from worker.keys import in_progress_key
 from worker.logs import register_secret
+from worker.records import utcnow
 from worker.runtime import metrics, transitions
 from worker.runtime.attempt import attempt
 from worker.runtime.backoff import retry_delay_s
@@ -35,9 +37,8 @@ from worker.runtime.concurrency import AdaptiveConcurrency
 from worker.runtime.deps import Deps
 from worker.runtime.ratelimit import Limits, RateLimiter
 from worker.runtime.upstream import build_client
-from worker.serialization import UNDECODABLE_KEY
 from worker.settings import Settings
-from worker.store import JobStore, in_progress_key, utcnow
+from worker.store import JobStore
 
 log = structlog.get_logger("msgq.job")
 
@@ -85,12 +86,12 @@ async def run_message(ctx: dict[str, Any], **kwargs: Any) -> None:
     try:
         async with heartbeat(deps.redis, job_id, deps.settings.lock_s):
             await _run(deps, job_id, kwargs, enqueued_at=ctx["enqueue_time"])
-    except Retry:
+    except Defer:
         raise
     except RedisError as exc:
         # Redis went away mid-job: re-queue rather than let arq finish (and delete) the job.
         log.warning("job.redis_unavailable", error=type(exc).__name__)
-        raise Retry(defer=2.0) from None
+        raise Defer(defer=2.0) from None
     except Exception as exc:  # a bug in task code (a "poison" job): never crash the worker
         await _crashed(deps, job_id, exc, kwargs)
     except asyncio.CancelledError:
@@ -117,6 +118,13 @@ async def _run(deps: Deps, job_id: str, kwargs: dict[str, Any], *, enqueued_at: 
     request = await _ready_to_send(deps, record, spec)
     if request is not None:
         await attempt(deps, record, request, spec)
+
+
+async def on_refused(ctx: dict[str, Any], job_id: str, result_data: bytes | None) -> None:
+    """The queue refused a job before our task ran: record why."""
+    deps: Deps | None = ctx.get("msgq")
+    if deps is not None:
+        await record_refused(deps, job_id, result_data)
 
 
 async def record_refused(deps: Deps, job_id: str, result_data: bytes | None) -> None:
@@ -155,7 +163,7 @@ async def _crashed(deps: Deps, job_id: str, exc: Exception, kwargs: dict[str, An
     if stored is not None and stored.status is JobStatus.FAILED and "request" in kwargs:
         await deps.store.keep_spec(job_id, {k: v for k, v in kwargs.items() if k != "deadline"})
     if stored is not None and stored.status is JobStatus.RETRYING and stored.next_attempt_at:
-        raise Retry(defer=max(0.0, (stored.next_attempt_at - utcnow()).total_seconds()))
+        raise Defer(defer=max(0.0, (stored.next_attempt_at - utcnow()).total_seconds()))
 
 
 def _parse_spec(kwargs: dict[str, Any]) -> tuple[JobSpec | None, JobError | None]:

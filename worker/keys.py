@@ -1,0 +1,74 @@
+"""Every Redis key name msgq reads or writes, in one place.
+
+msgq's own keys live under `msgq:`; the queue's keys (the job payloads, in-progress locks,
+abort requests, health check) are named by the queue library, and `worker.arq_adapter` says
+what they are, so a different queue library changes those names in that one module.
+"""
+
+from __future__ import annotations
+
+from worker import arq_adapter
+
+KEY_PREFIX = "msgq:"
+INDEX_KEY = KEY_PREFIX + "jobs"  # ZSET id -> created ms, for listing
+DONE_CHANNEL = KEY_PREFIX + "done"  # pub/sub: a job ID each time a record turns terminal
+PAUSE_KEY = KEY_PREFIX + "paused"  # the fleet's spend-limit pause (value: the reason)
+RECONCILER_LOCK = KEY_PREFIX + "reconciler:lock"  # one fleet-wide reconciler at a time
+
+
+def record_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}job:{job_id}"
+
+
+def spec_key(job_id: str) -> str:
+    """A failed job's spec, kept so `msgq retry` can re-run it."""
+    return f"{KEY_PREFIX}spec:{job_id}"
+
+
+def tenant_jobs_key(tenant: str) -> str:
+    return f"{KEY_PREFIX}tenant:{tenant}:jobs"
+
+
+def batch_key(batch_id: str) -> str:
+    return f"{KEY_PREFIX}batch:{batch_id}"
+
+
+def batch_ids_key(batch_id: str) -> str:
+    return f"{KEY_PREFIX}batch:{batch_id}:ids"
+
+
+def batch_counts_key(batch_id: str) -> str:
+    return f"{KEY_PREFIX}batch:{batch_id}:counts"
+
+
+def tenant_batches_key(tenant: str) -> str:
+    return f"{KEY_PREFIX}tenant:{tenant}:batches"
+
+
+def bucket_key(model_cls: str) -> str:
+    """The rate-limit buckets (requests, input, output tokens) of one model class."""
+    return f"{KEY_PREFIX}ratelimit:{model_cls}"
+
+
+def cooldown_key(model_cls: str) -> str:
+    return f"{KEY_PREFIX}ratelimit:{model_cls}:cooldown"
+
+
+def arq_job_key(job_id: str) -> str:
+    """The queued job's payload (the queue library's key)."""
+    return arq_adapter.JOB_KEY_PREFIX + job_id
+
+
+def in_progress_key(job_id: str) -> str:
+    """The lock a worker holds while it runs the job (the queue library's key)."""
+    return arq_adapter.IN_PROGRESS_KEY_PREFIX + job_id
+
+
+def abort_key() -> str:
+    """The set of job IDs whose running attempt should be aborted."""
+    return arq_adapter.ABORT_KEY
+
+
+def health_check_key(queue_name: str) -> str:
+    """Written by every live worker at its health-check interval."""
+    return queue_name + arq_adapter.HEALTH_CHECK_SUFFIX
