@@ -126,7 +126,7 @@ class MessageRequest(BaseModel):
         _check_thinking(self, caps)
         _check_images(self, caps)
         if info.context and info.context.get("in_batch") and self.max_tokens == 0:
-            _refuse("max_tokens", "max_tokens: 0 is not allowed inside a batch")
+            _refuse("max_tokens", "0 is not allowed inside a batch")
         return self
 
     def images(self) -> Iterator[ImageBlock]:
@@ -228,6 +228,9 @@ def field_errors(exc: ValidationError, data: Any = None) -> list[dict[str, str]]
     rows: list[dict[str, str]] = []
     for err in exc.errors(include_url=False, include_input=False):
         path, wrong_branch = _clean_loc(err["loc"], data)
+        if err["type"] == "missing" and err["loc"] and isinstance(err["loc"][-1], str):
+            # The absent field is not in the input, so the walk dropped it: it is the point.
+            path.append(err["loc"][-1])
         if err["type"] == "model_rule" and not path:
             path = [str(err.get("ctx", {}).get("field", ""))]
         rows.append(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from schemas import Message, capabilities_for, field_errors, validate_request
+from schemas import Message, capabilities_for, field_errors, summarize, validate_request
 from tests.conftest import SAMPLES
 from tests.images import b64, image_block, image_bytes
 
@@ -133,6 +133,22 @@ def test_max_tokens_zero_refused_only_in_batches() -> None:
     """max_tokens 0 (cache pre-warm) is legal for a job and illegal inside a batch."""
     validate_request(request(max_tokens=0))
     assert errors_of(request(max_tokens=0), in_batch=True)[0]["loc"] == "max_tokens"
+
+
+def test_missing_fields_are_named() -> None:
+    """A missing field's error names it (`max_token` typed for `max_tokens`), however deep."""
+    body = {"model": "claude-haiku-4-5", "max_token": 5, "messages": [{"content": "x"}]}
+    assert {e["loc"] for e in errors_of(body)} == {"max_tokens", "messages.0.role"}
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png"}}
+    assert [e["loc"] for e in errors_of(request(messages=[user([image])]))] == [
+        "messages.0.content.0.source.data"
+    ]
+
+
+def test_summary_names_each_field_once() -> None:
+    """A model rule's message does not repeat the field the summary already puts first."""
+    summary = summarize(errors_of(request(max_tokens=0), in_batch=True))
+    assert summary == "max_tokens: 0 is not allowed inside a batch"
 
 
 def test_response_model_keeps_unknown_fields() -> None:
