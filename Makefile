@@ -5,18 +5,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test lint format typecheck all clean bench chaos
+.PHONY: help setup demo test lint format typecheck all clean bench chaos lock
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(STAMP): pyproject.toml
+# The versions the suite passed with: requirements.lock (every extra + the test tools).
+$(STAMP): pyproject.toml requirements.lock
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install msgq with its dev tools
+setup: $(STAMP)  ## create .venv and install msgq[all] + test tools from requirements.lock
+
+lock:  ## re-resolve requirements.lock from pyproject.toml (then run make test before committing)
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra all --extra test --universal \
+		--python-version 3.11 --upgrade -o requirements.lock
 
 demo: $(STAMP)  ## start Redis + simulator + worker, run the four sample jobs and a caption run, stop
 	$(BIN)/python -m worker.dev.demo
@@ -24,10 +32,11 @@ demo: $(STAMP)  ## start Redis + simulator + worker, run the four sample jobs an
 test: $(STAMP)  ## the whole suite: starts its own Redis and simulator
 	$(BIN)/pytest
 
-lint: $(STAMP)  ## ruff + mypy, check only
+lint: $(STAMP)  ## ruff + mypy + the layering contracts (import-linter), check only
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

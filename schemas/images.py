@@ -8,8 +8,6 @@ import io
 import warnings
 from typing import NamedTuple
 
-from PIL import Image
-
 DEFAULT_MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
 MAX_SIDE_PX = 8000
@@ -39,6 +37,8 @@ def decode_base64(data: str) -> bytes:
 
 def sniff(raw: bytes) -> ImageFacts:
     """Identify an image from its own bytes (header only; nothing is decoded in full)."""
+    from PIL import Image  # only requests with images pay for loading Pillow
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter(

@@ -7,6 +7,9 @@ import math
 from schemas.capabilities import tier_limits
 
 PATCH_PX = 28
+# URL and Files API images are fetched by the API, not by msgq: their size is unknown up front
+# and counted as this (the worker's estimate, the caption dry run and the simulator agree).
+UNFETCHED_SIZE_PX = (1000, 1000)
 
 
 def text_tokens(text: str) -> int:

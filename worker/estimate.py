@@ -6,9 +6,7 @@ import orjson
 
 from schemas import MessageRequest
 from schemas.blocks import Base64ImageSource, ImageBlock
-from schemas.tokens import image_tokens, text_tokens
-
-UNFETCHED_SIZE_PX = (1000, 1000)  # URL/file images: sizes unknown until the API fetches them
+from schemas.tokens import UNFETCHED_SIZE_PX, image_tokens, text_tokens
 
 
 def estimate_input_tokens(request: MessageRequest) -> int:

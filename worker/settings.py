@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import DEFAULT_MAX_IMAGE_BYTES
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+UNTIL_RESUME = frozenset({"0", "until-resume", "none"})
 
 
 class Settings(BaseSettings):
@@ -18,8 +22,18 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         default="redis://localhost:6379/0",
         validation_alias=AliasChoices("MSGQ_REDIS_URL", "REDIS_URL"),
-        description="Redis DSN; rediss:// and passwords work",
+        description="Redis DSN: redis://, rediss://, unix:// or redis+sentinel://; passwords work",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis_scheme(cls, value: str) -> str:
+        # Caught here, a typo is one line at start-up instead of a connection error much later.
+        if not value.startswith(REDIS_SCHEMES):
+            msg = "must start with " + ", ".join(REDIS_SCHEMES)
+            raise ValueError(msg)
+        return value
+
     anthropic_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("MSGQ_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
@@ -62,8 +76,26 @@ class Settings(BaseSettings):
         default=2.0, description="longer rate-limit waits free the slot (arq deferral)"
     )
     spend_pause_s: int | None = Field(
-        default=3600, description="spend-limit pause length; unset: until `msgq resume`"
+        default=3600,
+        ge=1,
+        description="spend-limit pause length; 0 or until-resume: until `msgq resume`",
     )
+
+    @field_validator("spend_pause_s", mode="before")
+    @classmethod
+    def _pause_spelling(cls, value: Any) -> Any:
+        """Empty means the default; `0` and `until-resume` mean no expiry (an operator lifts it).
+
+        Redis refuses an expiry of 0, so "until resume" must become no expiry at all.
+        """
+        if isinstance(value, str) and not value.strip():
+            return 3600
+        if isinstance(value, str) and value.strip().lower() in UNTIL_RESUME:
+            return None
+        if value == 0:
+            return None
+        return value
+
     pause_recheck_s: float = Field(default=30.0, description="how often paused jobs look again")
     metrics_port: int | None = Field(default=None, description="worker /metrics port")
     api_keys: SecretStr | None = Field(
@@ -73,8 +105,3 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, description="HTTP API body limit")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"
-
-    @property
-    def using_simulator_default(self) -> bool:
-        """True when no key is configured: `msgq dev` and `make demo` then start the simulator."""
-        return self.anthropic_api_key is None

@@ -30,7 +30,6 @@ class Prepared:
     height: int
     source_format: str
     converted: bool  # re-encoded into another format (BMP, TIFF, ... → PNG/JPEG)
-    changed: bool  # any re-encoding at all (rotation, resize, conversion, size)
 
 
 def open_image(raw: bytes) -> Image.Image:
@@ -78,7 +77,6 @@ def prepare(
             img.height,
             source_format,
             converted=False,
-            changed=False,
         )
     out = upright.resize(target, Image.Resampling.LANCZOS) if resized else upright
     keep = source_format if source_format in ("JPEG", "PNG", "WEBP") else None
@@ -90,7 +88,6 @@ def prepare(
         out.height,
         source_format,
         converted=not accepted,
-        changed=True,
     )
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from schemas.tokens import image_tokens, text_tokens
+from schemas.tokens import UNFETCHED_SIZE_PX, image_tokens, text_tokens
 from worker.caption.images import ImagePrepError, prepare
 from worker.caption.inputs import iter_items, render_prompt
 from worker.caption.run import CaptionOptions, Tally
@@ -27,7 +27,9 @@ def estimate(options: CaptionOptions, max_bytes: int) -> dict[str, Any]:
         if item.is_url:
             formats["url"] += 1
             images += 1
-            input_tokens += 1296 + text_tokens(render_prompt(options.prompt, item, None, None))
+            input_tokens += image_tokens(*UNFETCHED_SIZE_PX, options.model) + text_tokens(
+                render_prompt(options.prompt, item, None, None)
+            )
             continue
         try:
             raw = item.path.read_bytes()

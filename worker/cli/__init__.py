@@ -1,0 +1,1 @@
+"""The `msgq` command: job verbs here, long-running services in `services`."""

@@ -22,6 +22,7 @@ from schemas import JobRecord, JobStatus, summarize
 from worker.cli import services  # registered below
 from worker.client import Client
 from worker.errors import InvalidJobError, JobNotFoundError
+from worker.extras import MissingExtraError
 from worker.settings import Settings
 
 T = TypeVar("T")
@@ -264,7 +265,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.Abort:
         sys.exit(130)
-    except (InvalidJobError, JobNotFoundError) as exc:
+    except (InvalidJobError, JobNotFoundError, MissingExtraError) as exc:
         _fail(exc, 2, debug)
     except (RedisError, OSError, TimeoutError) as exc:
         _fail(exc, 1, debug)

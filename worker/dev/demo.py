@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from schemas import JobRecord
+from schemas import JobRecord, Message
 from worker.caption.output import CaptionLog
 from worker.caption.run import CaptionOptions, CaptionRun
 from worker.client import Client
@@ -69,7 +69,7 @@ def show(console: Console, results: list[tuple[str, JobRecord]]) -> None:
     for column in ("kind", "status", "reply", "in", "out", "cost USD"):
         table.add_column(column, overflow="fold")
     for kind, record in results:
-        reply = "".join(b.get("text", "") for b in (record.result or {}).get("content", []))
+        reply = Message.model_validate(record.result).text() if record.result else ""
         table.add_row(
             kind,
             record.status.value,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import subprocess
 import time
@@ -94,13 +93,6 @@ class EmbeddedRedis:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.wait()
-
-    def kill(self) -> None:
-        """SIGKILL: what a crash looks like (used by the reliability tests)."""
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
             self.process.wait()
 
     def __enter__(self) -> Self:

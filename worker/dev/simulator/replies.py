@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from schemas.tokens import image_tokens, text_tokens
-from worker.dev.simulator.vision import UNFETCHED_SIZE_PX, look_at
+from schemas.tokens import UNFETCHED_SIZE_PX, image_tokens, text_tokens
+from worker.dev.simulator.vision import look_at
 
 WORDS = [
     "the",

@@ -28,8 +28,6 @@ PALETTE = {
     "pink": (240, 150, 190),
     "brown": (120, 80, 40),
 }
-# URL and Files API images are not fetched: counted as a 1000x1000 px image.
-UNFETCHED_SIZE_PX = (1000, 1000)
 
 
 @dataclass(frozen=True)
