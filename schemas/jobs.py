@@ -83,3 +83,5 @@ class JobRecord(BaseModel):
     tenant: str | None = None
     batch_id: str | None = None
     custom_id: str | None = None
+    # sha256 of the canonical request JSON: a resubmission under this ID must match it.
+    request_sha256: str | None = None

@@ -122,6 +122,44 @@ async def test_bad_input_enqueues_nothing(api: httpx.AsyncClient, settings: Sett
     assert await queue_length(api, settings) == 0
 
 
+async def test_reusing_an_id_for_another_request_is_a_conflict(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    """The same id and request is idempotent (200); another request under it answers 409."""
+    assert (await api.post("/v1/jobs", json={"request": BODY, "id": "o1"})).status_code == 202
+    reordered = dict(reversed(list(BODY.items())))
+    same = await api.post("/v1/jobs", json={"request": reordered, "id": "o1"})
+    assert same.status_code == 200  # key order is not a difference
+    other = await api.post("/v1/jobs", json={"request": {**BODY, "max_tokens": 7}, "id": "o1"})
+    assert other.status_code == 409
+    assert other.json()["error"]["type"] == "conflict_error"
+    assert "'o1'" in other.json()["error"]["message"]
+    assert await queue_length(api, settings) == 1
+
+
+async def test_cancel_tells_an_ended_job_apart(
+    api: httpx.AsyncClient, sim: Sim, start_worker: StartWorker
+) -> None:
+    """DELETE of a queued job says canceled; of a finished one, already-ended (both 200)."""
+    await api.post("/v1/jobs", json={"request": BODY, "id": "q1"})
+    queued = await api.delete("/v1/jobs/q1")
+    assert queued.status_code == 200 and queued.headers["msgq-cancel"] == "canceled"
+    await api.post("/v1/jobs", json={"request": BODY, "id": "d1"})
+    await start_worker()
+    await api.get("/v1/jobs/d1", params={"wait": 30})
+    ended = await api.delete("/v1/jobs/d1")
+    assert ended.status_code == 200 and ended.json()["status"] == "succeeded"
+    assert ended.headers["msgq-cancel"] == "already-ended"
+
+
+async def test_a_missing_field_is_named(api: httpx.AsyncClient) -> None:
+    """`max_token` typed for `max_tokens`: the 422 names max_tokens, not the whole request."""
+    body = {k: v for k, v in BODY.items() if k != "max_tokens"} | {"max_token": 5}
+    answer = await api.post("/v1/jobs", json={"request": body})
+    assert answer.status_code == 422
+    assert [e["loc"] for e in answer.json()["error"]["errors"]] == ["max_tokens"]
+
+
 async def test_health_and_metrics_need_no_key(
     api: httpx.AsyncClient, start_worker: StartWorker
 ) -> None:
@@ -191,4 +229,6 @@ async def test_batch_with_invalid_params_errors_that_request_only(
     results = {r["custom_id"]: r["result"] for r in map(json.loads, lines)}
     assert results["ok"]["type"] == "succeeded"
     assert results["bad"]["error"]["error"]["type"] == "invalid_request_error"
+    message = results["bad"]["error"]["error"]["message"]
+    assert "max_tokens: 0 is not allowed" in message and "max_tokens: max_tokens" not in message
     assert sim.received == 1

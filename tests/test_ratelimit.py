@@ -15,6 +15,7 @@ from tests.conftest import Sim, StartWorker, eventually, stop_process
 from worker.client import Client
 from worker.dev.embedded_redis import free_port
 from worker.dev.stack import msgq_command, wait_http
+from worker.keys import PAUSE_KEY
 from worker.runtime.concurrency import AdaptiveConcurrency
 from worker.runtime.ratelimit import Limits, RateLimiter
 from worker.settings import Settings
@@ -156,6 +157,37 @@ async def test_spend_limit_pauses_the_fleet_until_resumed(
     for job in (first, second):
         assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
     assert sim.received == 3
+
+
+@pytest.mark.parametrize("spelling", ["0", "until-resume"])
+async def test_spend_pause_until_resume_has_a_working_spelling(
+    redis: Redis,
+    settings: Settings,
+    client: Client,
+    sim: Sim,
+    start_worker: StartWorker,
+    monkeypatch: pytest.MonkeyPatch,
+    spelling: str,
+) -> None:
+    """MSGQ_SPEND_PAUSE_S=0 (or until-resume) pauses with no expiry until `msgq resume`."""
+    monkeypatch.setenv("MSGQ_SPEND_PAUSE_S", spelling)
+    pause_s = Settings(_env_file=None).spend_pause_s
+    monkeypatch.setenv("MSGQ_SPEND_PAUSE_S", "")
+    assert Settings(_env_file=None).spend_pause_s == 3600  # empty: the default
+    sim.script({"status": 429, "message": "cap", "error_code": "enforced_spend_limit_reached"})
+    await start_worker(settings.model_copy(update={"spend_pause_s": pause_s}))
+    job = await client.submit(BODY)
+
+    async def paused() -> bool:
+        return await RateLimiter(redis, {}).paused() is not None
+
+    await eventually(paused)
+    assert await redis.ttl(PAUSE_KEY) == -1  # no expiry: only an operator lifts it
+    record = await client.get(job.id)
+    assert record.status is JobStatus.QUEUED and record.attempts == 0
+    assert sim.received == 1
+    await RateLimiter(redis, {}).resume()
+    assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
 
 
 @pytest.fixture

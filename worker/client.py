@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import time
@@ -17,7 +18,7 @@ from redis.asyncio import Redis
 from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus
 from worker import arq_adapter
 from worker.endings import Endings
-from worker.errors import InvalidJobError, JobNotFoundError
+from worker.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from worker.records import build_spec, new_record
 from worker.settings import Settings
 from worker.store import JobStore
@@ -37,6 +38,11 @@ class Submitted:
 def new_job_id() -> str:
     """128 random bits: unguessable, so a job ID can double as a capability to read the result."""
     return "job_" + secrets.token_hex(16)
+
+
+def request_sha256(request: dict[str, Any]) -> str:
+    """The request's fingerprint: canonical JSON (sorted keys), so key order does not matter."""
+    return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def enqueue_payload(spec: JobSpec, enqueued_ms: int) -> bytes:
@@ -95,7 +101,8 @@ class Client:
         max_attempts: int | None = None,
         tenant: str | None = None,
     ) -> Submitted:
-        """Validate, then enqueue. Raises InvalidJobError (nothing enqueued) for a bad request."""
+        """Validate, then enqueue. Raises InvalidJobError (nothing enqueued) for a bad request,
+        JobConflictError when `job_id` already holds a different request."""
         if job_id is not None and not _JOB_ID.match(job_id):
             msg = "job id must be 1-128 characters of A-Z a-z 0-9 _ . : -"
             raise InvalidJobError(msg, [{"loc": "id", "msg": msg, "type": "value_error"}])
@@ -109,14 +116,19 @@ class Client:
         )
         internal_id = f"{tenant}:{job_id or new_job_id()}" if tenant else job_id or new_job_id()
         now_ms = int(time.time() * 1000)
+        payload = enqueue_payload(spec, now_ms)  # first: it refuses what JSON cannot carry
         record = new_record(
             internal_id,
             spec,
             created_at=datetime.fromtimestamp(now_ms / 1000, UTC),
             default_max_attempts=self.settings.max_attempts,
             tenant=tenant,
-        )
-        existing = await self._store.create(record, enqueue_payload(spec, now_ms), now_ms)
+        ).model_copy(update={"request_sha256": request_sha256(spec.request)})
+        existing = await self._store.create(record, payload, now_ms)
+        if existing is not None and existing.request_sha256 not in (None, record.request_sha256):
+            # Records from before this field, or from raw-Redis producers, carry no hash.
+            msg = f"job {job_id!r} already exists with a different request"
+            raise JobConflictError(msg)
         return Submitted(internal_id, existing is None, existing or record)
 
     @staticmethod

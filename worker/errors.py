@@ -3,6 +3,7 @@
 ServiceError
 ├── InvalidJobError          payload failed schema validation: never sent, never retried
 ├── JobNotFoundError         no record under that ID (client and CLI)
+├── JobConflictError         a caller-chosen ID reused with a different request
 └── UpstreamError            .status_code, .retry_after_s, .request_id, .error_type
     ├── RejectedError        final: 400/401/402/403/404/413/422, x-should-retry: false
     ├── SpendLimitError      the org's spend limit: pauses the fleet, the job stays queued
@@ -30,6 +31,11 @@ class InvalidJobError(ServiceError):
 
 class JobNotFoundError(ServiceError):
     pass
+
+
+class JobConflictError(ServiceError):
+    """Idempotency protects a retried submission; the same ID for another request is a bug in
+    the caller, and answering with the old job would hide it."""
 
 
 class UpstreamError(ServiceError):

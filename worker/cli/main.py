@@ -1,6 +1,7 @@
 """The `msgq` command: thin verbs over the client, the worker, the simulator and the dev stack.
 
-Exit codes: 0 success, 1 the job failed (or could not be reached), 2 usage or validation error.
+Exit codes: 0 success; 1 the job failed, or Redis could not be reached; 2 usage, validation,
+bad configuration, unknown job or ID conflict; 130 interrupted (Ctrl-C).
 Errors are one line on stderr; `msgq --debug ...` shows the traceback.
 """
 
@@ -16,12 +17,13 @@ from typing import Any, TypeVar
 
 import click
 import orjson
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from schemas import JobRecord, JobStatus, summarize
 from worker.cli import services  # registered below
 from worker.client import Client
-from worker.errors import InvalidJobError, JobNotFoundError
+from worker.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from worker.extras import MissingExtraError
 from worker.settings import Settings
 
@@ -58,27 +60,24 @@ def cli(debug: bool) -> None:
 
 @cli.command()
 def settings() -> None:
-    """List every setting, its environment variable and its default."""
-    for name, field in Settings.model_fields.items():
-        env = f"MSGQ_{name.upper()}"
-        alias = field.validation_alias
-        if alias is not None and hasattr(alias, "choices"):
-            env = " / ".join(str(c) for c in alias.choices)
-        value = field.get_default(call_default_factory=True)
-        default = "(unset)" if value is None else value
-        click.echo(f"{env:<44} {default!s:<28} {field.description or ''}".rstrip())
+    """List every setting: its variable, the value in effect and where it came from."""
+    from worker.cli.config import settings_rows
+
+    for env, value, source, description in settings_rows(Settings()):
+        click.echo(f"{env:<44} {value:<28} {source:<8} {description}".rstrip())
 
 
 def _read_json(path: str) -> Any:
+    # Bytes, not text: a photo given by mistake is "not JSON", not a UTF-8 decoding crash.
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         msg = f"cannot read {path}: {exc.strerror}"
         raise click.UsageError(msg) from None
     try:
-        return orjson.loads(text)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        msg = f"{path} is not valid JSON: {exc}"
+        msg = f"{path} is not JSON (a Messages request as a JSON object is expected): {exc}"
         raise click.UsageError(msg) from None
 
 
@@ -105,18 +104,29 @@ def submit(file: str, job_id: str | None, wait: bool, timeout: float) -> None:
         raise JobFailedError(msg)
 
 
+TENANT = click.option(
+    "--tenant", help="The HTTP API tenant that submitted the job (its ID is stored tenant:id)."
+)
+
+
+def _stored_id(job_id: str, tenant: str | None) -> str:
+    return f"{tenant}:{job_id}" if tenant else job_id
+
+
 @cli.command()
 @click.argument("job_id")
-def status(job_id: str) -> None:
+@TENANT
+def status(job_id: str, tenant: str | None) -> None:
     """Print a job's record as JSON."""
-    _dump(_with_client(lambda c: c.get(job_id)).model_dump(mode="json"))
+    _dump(_with_client(lambda c: c.get(_stored_id(job_id, tenant))).model_dump(mode="json"))
 
 
 @cli.command()
 @click.argument("job_id")
-def result(job_id: str) -> None:
+@TENANT
+def result(job_id: str, tenant: str | None) -> None:
     """Print a succeeded job's Message as JSON (exit 1 if it has none)."""
-    record = _with_client(lambda c: c.get(job_id))
+    record = _with_client(lambda c: c.get(_stored_id(job_id, tenant)))
     if record.status is not JobStatus.SUCCEEDED or record.result is None:
         why = f": {record.error.message}" if record.error else ""
         msg = f"job {job_id} is {record.status.value}, no result{why}"
@@ -126,9 +136,17 @@ def result(job_id: str) -> None:
 
 @cli.command()
 @click.argument("job_id")
-def cancel(job_id: str) -> None:
+@TENANT
+def cancel(job_id: str, tenant: str | None) -> None:
     """Cancel a queued or retrying job (an in-progress one is aborted)."""
-    _dump(_with_client(lambda c: c.cancel(job_id)).model_dump(mode="json"))
+    record = _with_client(lambda c: c.cancel(_stored_id(job_id, tenant)))
+    _dump(record.model_dump(mode="json"))
+    if record.status.terminal and record.status is not JobStatus.CANCELED:
+        # Still exit 0 (the job is not running, which is what cancel wants), but say so.
+        click.echo(
+            f"msgq: job {job_id} had already ended ({record.status.value}); nothing canceled",
+            err=True,
+        )
 
 
 @cli.command()
@@ -217,6 +235,8 @@ def retry(job_ids: tuple[str, ...], all_failed: bool) -> None:
         raise click.UsageError(msg)
 
     async def run(client: Client) -> list[tuple[str, bool]]:
+        for job_id in job_ids:
+            await client.get(job_id)  # JobNotFoundError (exit 2) before anything is requeued
         ids = list(job_ids)
         if all_failed:
             ids += [r.id for r in await client.list(status=JobStatus.FAILED, limit=100_000)]
@@ -228,8 +248,8 @@ def retry(job_ids: tuple[str, ...], all_failed: bool) -> None:
             f"{job_id}  {'requeued' if requeued else 'not retried (not failed, or no spec)'}"
         )
     if job_ids and not all(ok for _, ok in outcomes):
-        msg = "some jobs could not be retried"
-        raise JobFailedError(msg)
+        msg = "some jobs could not be retried (only failed jobs can be)"
+        raise click.UsageError(msg)
 
 
 @cli.command()
@@ -265,18 +285,26 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.Abort:
         sys.exit(130)
-    except (InvalidJobError, JobNotFoundError, MissingExtraError) as exc:
+    except (InvalidJobError, JobNotFoundError, JobConflictError, MissingExtraError) as exc:
         _fail(exc, 2, debug)
     except (RedisError, OSError, TimeoutError) as exc:
         _fail(exc, 1, debug)
+    except ValidationError as exc:  # this far up, a bad environment variable: Settings()
+        if exc.title != Settings.__name__:
+            _fail(exc, 1, debug, prefix="internal error: ")
+        from worker.cli.config import describe_settings_error
+
+        _fail(exc, 2, debug, message=describe_settings_error(exc))
     except Exception as exc:  # a bug of ours: still one line, the traceback only with --debug
         _fail(exc, 1, debug, prefix="internal error: ")
 
 
-def _fail(exc: BaseException, code: int, debug: bool, prefix: str = "") -> None:
+def _fail(
+    exc: BaseException, code: int, debug: bool, prefix: str = "", message: str | None = None
+) -> None:
     if debug:
         traceback.print_exception(exc)
-    message = str(exc) or type(exc).__name__
+    message = message or str(exc) or type(exc).__name__
     if isinstance(exc, InvalidJobError) and exc.errors:
         message = "invalid request: " + summarize(exc.errors)
     if isinstance(exc, RedisError):

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.api import ErrorBody, ErrorDetail
-from worker.errors import InvalidJobError, JobNotFoundError
+from worker.errors import InvalidJobError, JobConflictError, JobNotFoundError
 
 # The Anthropic API's error type for each status msgq answers with.
 ERROR_TYPES = {
@@ -78,6 +78,10 @@ def register(app: FastAPI) -> None:
     @app.exception_handler(JobNotFoundError)
     async def not_found(_: Request, exc: JobNotFoundError) -> JSONResponse:
         return error_response(ApiError(404, str(exc)))
+
+    @app.exception_handler(JobConflictError)
+    async def conflict(_: Request, exc: JobConflictError) -> JSONResponse:
+        return error_response(ApiError(409, str(exc)))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

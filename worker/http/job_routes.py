@@ -84,4 +84,9 @@ async def get_job(
 async def cancel_job(job_id: str, tenant: Tenant, state: State) -> JSONResponse:
     internal = _internal(tenant, job_id)
     _owned(await state.store.get(internal), tenant, job_id)
-    return JSONResponse(public_record(await state.client.cancel(internal)))
+    record = await state.client.cancel(internal)
+    # 200 either way; the header tells a cancel apart from a job that had already ended.
+    outcome = "canceled" if record.status is JobStatus.CANCELED else "cancel-requested"
+    if record.status.terminal and record.status is not JobStatus.CANCELED:
+        outcome = "already-ended"
+    return JSONResponse(public_record(record), headers={"msgq-cancel": outcome})

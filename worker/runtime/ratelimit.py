@@ -171,8 +171,8 @@ class RateLimiter:
         )
 
     async def pause(self, reason: str, seconds: int | None) -> None:
-        """Stop the fleet sending (spend limit). None: until `msgq resume`."""
-        await self.redis.set(PAUSE_KEY, reason, ex=seconds)
+        """Stop the fleet sending (spend limit). None or 0: until `msgq resume`."""
+        await self.redis.set(PAUSE_KEY, reason, ex=seconds or None)  # Redis refuses ex=0
 
     async def resume(self) -> bool:
         return bool(await self.redis.delete(PAUSE_KEY))
