@@ -2,25 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    ValidationInfo,
+    model_validator,
+)
 
 from schemas.images import DEFAULT_MAX_IMAGE_BYTES, ImageDataError, check_base64_image
 
 
 class Strict(BaseModel):
-    """What we accept: unknown fields inside blocks are typos until the API says otherwise."""
+    """Request settings msgq models completely (tool_choice, thinking): unknown fields are typos."""
 
     model_config = ConfigDict(extra="forbid")
 
 
-class CacheControl(Strict):
+class Known(BaseModel):
+    """A block or source whose fields msgq knows: those are typed, new ones pass through.
+
+    The SDK adds block fields faster than we follow (`tool_use.caller`, `image.transformations`);
+    refusing them would refuse what the API accepts, so they are kept, sent and logged by name.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Opaque(BaseModel):
+    """A block type the API documents whose shape msgq leaves to the API."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class CacheControl(Known):
     type: Literal["ephemeral"]
     ttl: Literal["5m", "1h"] | None = None
 
 
-class Base64ImageSource(Strict):
+class Base64ImageSource(Known):
     type: Literal["base64"]
     media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
     data: str = Field(repr=False)
@@ -44,12 +69,12 @@ class Base64ImageSource(Strict):
         return self._width, self._height
 
 
-class URLImageSource(Strict):
+class URLImageSource(Known):
     type: Literal["url"]
     url: str = Field(pattern=r"^https?://\S+$")
 
 
-class FileImageSource(Strict):
+class FileImageSource(Known):
     type: Literal["file"]
     file_id: str = Field(min_length=1)
 
@@ -59,42 +84,42 @@ ImageSource = Annotated[
 ]
 
 
-class TextBlock(Strict):
+class TextBlock(Known):
     type: Literal["text"]
     text: str
     cache_control: CacheControl | None = None
     citations: list[dict[str, Any]] | None = None
 
 
-class ImageBlock(Strict):
+class ImageBlock(Known):
     type: Literal["image"]
     source: ImageSource
     cache_control: CacheControl | None = None
 
 
-class Base64PDFSource(Strict):
+class Base64PDFSource(Known):
     type: Literal["base64"]
     media_type: Literal["application/pdf"]
     data: str = Field(repr=False, min_length=1)
 
 
-class PlainTextSource(Strict):
+class PlainTextSource(Known):
     type: Literal["text"]
     media_type: Literal["text/plain"]
     data: str
 
 
-class ContentSource(Strict):
+class ContentSource(Known):
     type: Literal["content"]
     content: str | list[TextBlock | ImageBlock]
 
 
-class URLDocumentSource(Strict):
+class URLDocumentSource(Known):
     type: Literal["url"]
     url: str = Field(pattern=r"^https?://\S+$")
 
 
-class FileDocumentSource(Strict):
+class FileDocumentSource(Known):
     type: Literal["file"]
     file_id: str = Field(min_length=1)
 
@@ -105,7 +130,7 @@ DocumentSource = Annotated[
 ]
 
 
-class DocumentBlock(Strict):
+class DocumentBlock(Known):
     type: Literal["document"]
     source: DocumentSource
     title: str | None = None
@@ -114,7 +139,7 @@ class DocumentBlock(Strict):
     cache_control: CacheControl | None = None
 
 
-class ToolUseBlock(Strict):
+class ToolUseBlock(Known):
     type: Literal["tool_use"]
     id: str = Field(min_length=1)
     name: str = Field(min_length=1)
@@ -122,32 +147,37 @@ class ToolUseBlock(Strict):
     cache_control: CacheControl | None = None
 
 
-ToolResultContent = Annotated[TextBlock | ImageBlock | DocumentBlock, Field(discriminator="type")]
+class ToolResultExtraBlock(Opaque):
+    type: Literal["search_result", "tool_reference", "browser_state"]
 
 
-class ToolResultBlock(Strict):
+ToolResultContent = Annotated[
+    TextBlock | ImageBlock | DocumentBlock | ToolResultExtraBlock, Field(discriminator="type")
+]
+
+
+class ToolResultBlock(Known):
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1)
     content: str | list[ToolResultContent] | None = None
-    is_error: bool | None = None
+    is_error: StrictBool | None = None
     cache_control: CacheControl | None = None
 
 
-class ThinkingBlock(Strict):
+class ThinkingBlock(Known):
     type: Literal["thinking"]
     thinking: str
     signature: str
 
 
-class RedactedThinkingBlock(Strict):
+class RedactedThinkingBlock(Known):
     type: Literal["redacted_thinking"]
     data: str
 
 
-class ServerBlock(BaseModel):
-    """Block types the API documents whose shapes msgq leaves to the API (server tools, search)."""
+class ServerBlock(Opaque):
+    """Server-tool, search and newer blocks."""
 
-    model_config = ConfigDict(extra="allow")
     type: Literal[
         "search_result",
         "server_tool_use",
@@ -173,3 +203,25 @@ ContentBlock = Annotated[
     | ServerBlock,
     Field(discriminator="type"),
 ]
+
+
+def unknown_fields(blocks: Iterable[BaseModel]) -> Iterator[str]:
+    """`type.field` for each field a known block (or its source) carries that msgq does not model.
+
+    Nested objects are named by their path, e.g. `image.source.detail`; opaque blocks are skipped,
+    since every field of theirs is one we leave to the API.
+    """
+    for block in blocks:
+        yield from _unknown(block, str(getattr(block, "type", "")))
+
+
+def _unknown(node: BaseModel, label: str) -> Iterator[str]:
+    if isinstance(node, Opaque):
+        return
+    yield from (f"{label}.{name}" for name in node.model_extra or {})
+    for name in type(node).model_fields:
+        value = getattr(node, name)
+        if isinstance(value, BaseModel):
+            yield from _unknown(value, f"{label}.{name}")
+        elif isinstance(value, list):
+            yield from unknown_fields(item for item in value if isinstance(item, BaseModel))

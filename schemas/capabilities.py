@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from functools import cache
 from importlib import resources
@@ -39,6 +40,7 @@ class Capabilities(BaseModel):
     known: bool
     prefill: bool
     sampling: bool
+    temperature_with_top_p: bool
     budget_thinking: bool
     max_images: int
     image_tier: Literal["standard", "high"]
@@ -52,12 +54,28 @@ def _table() -> dict[str, Any]:
     return tomllib.loads(text)
 
 
+# A snapshot date: `-20250514` (API) or `@20250514` (Vertex AI).
+_SNAPSHOT_DATE = re.compile(r"[-@]\d{8}$")
+
+
+def model_family(model: str) -> str:
+    """The table id a model id belongs to: snapshot date dropped, family aliases applied.
+
+    `claude-sonnet-4-20250514` -> `claude-sonnet-4-0`, `claude-3-5-haiku-20241022` ->
+    `claude-3-5-haiku`; ids without a date come back unchanged.
+    """
+    undated = _SNAPSHOT_DATE.sub("", model)
+    aliases: dict[str, str] = _table()["aliases"]
+    return aliases.get(undated, undated)
+
+
 @cache
 def capabilities_for(model: str) -> Capabilities:
-    """Look a model up by the longest matching id prefix; unknown models get the defaults."""
+    """Look a model up by the longest id prefix of its family; unknown models get the defaults."""
     table = _table()
     rows: dict[str, dict[str, Any]] = table["models"]
-    matches = [prefix for prefix in rows if model.startswith(prefix)]
+    family = model_family(model)
+    matches = [prefix for prefix in rows if family.startswith(prefix)]
     row: dict[str, Any] = {}
     if matches:
         row = rows[max(matches, key=len)]

@@ -9,6 +9,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     model_validator,
@@ -22,6 +23,7 @@ from schemas.blocks import (
     Strict,
     TextBlock,
     ToolResultBlock,
+    unknown_fields,
 )
 from schemas.capabilities import Capabilities, capabilities_for
 from schemas.images import DEFAULT_MAX_IMAGE_BYTES
@@ -53,18 +55,18 @@ class Tool(BaseModel):
 
 class ToolChoiceAuto(Strict):
     type: Literal["auto"]
-    disable_parallel_tool_use: bool | None = None
+    disable_parallel_tool_use: StrictBool | None = None
 
 
 class ToolChoiceAny(Strict):
     type: Literal["any"]
-    disable_parallel_tool_use: bool | None = None
+    disable_parallel_tool_use: StrictBool | None = None
 
 
 class ToolChoiceTool(Strict):
     type: Literal["tool"]
     name: str = Field(min_length=1)
-    disable_parallel_tool_use: bool | None = None
+    disable_parallel_tool_use: StrictBool | None = None
 
 
 class ToolChoiceNone(Strict):
@@ -78,7 +80,7 @@ ToolChoice = Annotated[
 
 class ThinkingEnabled(Strict):
     type: Literal["enabled"]
-    budget_tokens: int = Field(ge=MIN_THINKING_BUDGET)
+    budget_tokens: int = Field(ge=MIN_THINKING_BUDGET, strict=True)
     display: Literal["summarized", "omitted"] | None = None
 
 
@@ -91,8 +93,13 @@ class ThinkingDisabled(Strict):
     type: Literal["disabled"]
 
 
+class ThinkingBetweenTools(Strict):
+    type: Literal["between_tools"]
+
+
 Thinking = Annotated[
-    ThinkingEnabled | ThinkingAdaptive | ThinkingDisabled, Field(discriminator="type")
+    ThinkingEnabled | ThinkingAdaptive | ThinkingDisabled | ThinkingBetweenTools,
+    Field(discriminator="type"),
 ]
 
 
@@ -102,12 +109,14 @@ class MessageRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=256)
-    max_tokens: int = Field(ge=0)
+    # Strict numbers: the body is sent as given, so "100" must not pass as 100. Ints are still
+    # floats (JSON has one number type).
+    max_tokens: int = Field(ge=0, strict=True)
     messages: list[InputMessage] = Field(min_length=1, max_length=100_000)
     system: str | list[TextBlock] | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0, strict=True)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0, strict=True)
+    top_k: int | None = Field(default=None, ge=0, strict=True)
     stop_sequences: list[str] | None = None
     metadata: RequestMetadata | None = None
     tools: list[Tool] | None = None
@@ -140,6 +149,14 @@ class MessageRequest(BaseModel):
                 elif isinstance(block, ToolResultBlock) and isinstance(block.content, list):
                     yield from (b for b in block.content if isinstance(b, ImageBlock))
 
+    def unknown_fields(self) -> set[str]:
+        """`type.field` names of fields on known blocks that msgq does not model (kept, sent)."""
+        blocks: list[BaseModel] = [] if isinstance(self.system, str) else list(self.system or [])
+        for message in self.messages:
+            if not isinstance(message.content, str):
+                blocks.extend(message.content)
+        return set(unknown_fields(blocks))
+
 
 def _refuse(field: str, message: str) -> None:
     # The field travels in the error's context so field_errors() can report it as the location.
@@ -159,8 +176,11 @@ def _check_prefill(request: MessageRequest, caps: Capabilities) -> None:
 
 def _check_sampling(request: MessageRequest, caps: Capabilities) -> None:
     if caps.sampling:
-        if request.temperature is not None and request.top_p is not None and caps.known:
-            _refuse("temperature", "temperature and top_p cannot both be specified")
+        both = request.temperature is not None and request.top_p is not None
+        if both and not caps.temperature_with_top_p:
+            _refuse(
+                "temperature", f"temperature and top_p cannot both be specified for {request.model}"
+            )
         return
     nondefault = [
         name

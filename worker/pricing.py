@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import Prices, capabilities_for
+from schemas.capabilities import model_family
 
 
 @cache
@@ -19,11 +20,16 @@ def _overrides(path: Path | None) -> dict[str, Prices]:
 
 
 def prices_for(model: str, prices_file: Path | None = None) -> Prices | None:
-    """An override file (`[prices.<model-prefix>]` rows) beats the bundled table."""
+    """An override file (`[prices.<model-prefix>]` rows) beats the bundled table.
+
+    Override rows match the model id as sent, then its family (`claude-sonnet-4-20250514` is
+    also `claude-sonnet-4-0`), like the bundled table.
+    """
     overrides = _overrides(prices_file)
-    matches = [prefix for prefix in overrides if model.startswith(prefix)]
-    if matches:
-        return overrides[max(matches, key=len)]
+    for name in (model, model_family(model)):
+        matches = [prefix for prefix in overrides if name.startswith(prefix)]
+        if matches:
+            return overrides[max(matches, key=len)]
     return capabilities_for(model).prices
 
 

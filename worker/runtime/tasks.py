@@ -203,6 +203,8 @@ async def _ready_to_send(deps: Deps, record: JobRecord, spec: JobSpec) -> Messag
         return None
     if request.model_extra:
         log.info("request.unknown_parameters", names=sorted(request.model_extra))
+    if unknown_fields := request.unknown_fields():
+        log.info("request.unknown_block_fields", names=sorted(unknown_fields))
     return request
 
 
