@@ -222,3 +222,56 @@ async def test_fleet_learns_the_limit_and_avoids_429s(
     assert stats["by_status"].get("429", 0) == 0
     assert stats["by_status"]["200"] == 130
     assert elapsed >= 3.5  # the last 10 needed the bucket to refill at 2/s
+
+
+async def test_configured_limit_is_a_cap_learned_limits_only_lower_it_and_age_out(
+    redis: Redis,
+) -> None:
+    """Two fleets on one org: a configured 10 RPM share survives headers saying 1,000; a
+    learned 5 lowers it while fresh; once the headers stop coming, the 10 holds again."""
+    await redis.flushall()
+    limiter = RateLimiter(redis, {"haiku": Limits(rpm=10)}, learned_ttl_s=60)
+    model = "claude-haiku-4-5"
+    t0 = now_ms()
+
+    async def admitted(n: int, at: int) -> int:
+        ok = 0
+        for _ in range(n):
+            a = await limiter.acquire(model, input_tokens=0, output_tokens=0, now_ms=at)
+            ok += a.admitted
+        return ok
+
+    high = {"anthropic-ratelimit-requests-limit": "1000"}
+    await limiter.settle(model, input_delta=0, output_delta=0, headers=high)
+    assert await admitted(20, t0) == 10  # the configured cap, not the learned 1,000
+    low = {"anthropic-ratelimit-requests-limit": "5", "anthropic-ratelimit-requests-remaining": "5"}
+    await limiter.settle(model, input_delta=0, output_delta=0, headers=low)
+    refilled = t0 + 60_000  # a minute later the bucket is full again
+    assert await admitted(20, refilled) == 5  # learned lower limit applies while fresh
+    aged = refilled + 2 * 60_000  # no headers for two minutes: the learned limit lapsed
+    assert await admitted(20, aged) == 10
+
+
+async def test_large_request_holds_a_reservation_and_is_not_starved(redis: Redis) -> None:
+    """A request needing the whole OTPM bucket, behind a stream of small ones, is served within
+    two refill periods (simulated clock); without the hold it would wait forever."""
+    await redis.flushall()
+    limiter = RateLimiter(redis, {"haiku": Limits(otpm=1000)})
+    model, start = "claude-haiku-4-5", now_ms()
+    served_at = None
+    small = 0
+    for second in range(0, 600):
+        at = start + second * 1000
+        for k in range(5):  # a steady stream of small requests from other jobs
+            a = await limiter.acquire(
+                model, input_tokens=0, output_tokens=100, now_ms=at, holder=f"s{second}-{k}"
+            )
+            small += a.admitted
+        big = await limiter.acquire(
+            model, input_tokens=0, output_tokens=5000, now_ms=at, holder="large"
+        )
+        if big.admitted:
+            served_at = second
+            break
+    assert served_at is not None and served_at <= 120, served_at
+    assert small >= 5  # small work flowed until the large request had to wait

@@ -19,6 +19,23 @@ def _overrides(path: Path | None) -> dict[str, Prices]:
     return {model: Prices(**row) for model, row in data.get("prices", {}).items()}
 
 
+def check_prices_file(path: Path) -> None:
+    """Read and check an override file at start-up; raises ValueError saying what is wrong.
+
+    Checked once, up front, so a bad file stops the process with one line instead of failing
+    the cost of every answer later (the answers themselves are always kept).
+    """
+    try:
+        _overrides(path)
+    except OSError as exc:
+        msg = f"cannot read {path}: {exc.strerror}"
+        raise ValueError(msg) from None
+    except (tomllib.TOMLDecodeError, TypeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = f"{path} is not a valid prices file ([prices.<model>] input/output/... rows): {first}"
+        raise ValueError(msg) from None
+
+
 def prices_for(model: str, prices_file: Path | None = None) -> Prices | None:
     """An override file (`[prices.<model-prefix>]` rows) beats the bundled table.
 

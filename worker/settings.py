@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import DEFAULT_MAX_IMAGE_BYTES
+from worker.pricing import check_prices_file
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 UNTIL_RESUME = frozenset({"0", "until-resume", "none"})
@@ -75,11 +76,35 @@ class Settings(BaseSettings):
     max_limiter_wait_s: float = Field(
         default=2.0, description="longer rate-limit waits free the slot (arq deferral)"
     )
+    max_slot_wait_s: float = Field(
+        default=30.0, description="longest wait for a worker slot before the job is handed back"
+    )
+    slot_retry_s: float = Field(default=1.0, description="when a handed-back job is tried again")
+    reconcile_interval_s: float = Field(
+        default=30.0, description="how often one worker looks for orphaned jobs and batches"
+    )
     spend_pause_s: int | None = Field(
         default=3600,
         ge=1,
         description="spend-limit pause length; 0 or until-resume: until `msgq resume`",
     )
+
+    @field_validator("prices_file")
+    @classmethod
+    def _readable_prices(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            check_prices_file(value)
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _known_limit_names(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        for model_class, limits in value.items():
+            unknown = set(limits) - {"rpm", "itpm", "otpm"}
+            if unknown:
+                msg = f"{model_class}: unknown limit {sorted(unknown)}; use rpm, itpm, otpm"
+                raise ValueError(msg)
+        return value
 
     @field_validator("spend_pause_s", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import structlog
+from redis.exceptions import RedisError
 
 from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, MessageRequest
 from worker.arq_adapter import Defer
@@ -21,8 +22,14 @@ from worker.runtime.upstream import UpstreamReply, send_message
 log = structlog.get_logger("msgq.job")
 
 
-async def wait_for_capacity(deps: Deps, request: MessageRequest, input_tokens: int) -> None:
-    """Block briefly for the fleet's buckets; a long wait or a pause frees the slot instead."""
+async def wait_for_capacity(
+    deps: Deps, request: MessageRequest, input_tokens: int, *, job_id: str = ""
+) -> None:
+    """Block briefly for the fleet's buckets; a long wait or a pause frees the slot instead.
+
+    The whole wait is bounded by `max_limiter_wait_s` (not each sleep): past it the job is
+    deferred through the queue, so no task ever waits long enough to meet a queue timeout.
+    """
     started = time.monotonic()
     while True:
         admission = await deps.limiter.acquire(
@@ -30,6 +37,7 @@ async def wait_for_capacity(deps: Deps, request: MessageRequest, input_tokens: i
             input_tokens=input_tokens,
             output_tokens=request.max_tokens,
             now_ms=int(time.time() * 1000),
+            holder=job_id,
         )
         if admission.admitted:
             metrics.LIMITER_WAIT.observe(time.monotonic() - started)
@@ -38,7 +46,8 @@ async def wait_for_capacity(deps: Deps, request: MessageRequest, input_tokens: i
             metrics.PAUSED.set(1)
             log.info("job.deferred", reason="fleet_paused")
             raise Defer(defer=min(admission.wait_s, deps.settings.pause_recheck_s))
-        if admission.wait_s > deps.settings.max_limiter_wait_s:
+        waited = time.monotonic() - started
+        if waited + admission.wait_s > deps.settings.max_limiter_wait_s:
             log.debug("job.deferred", reason=admission.reason, wait_s=admission.wait_s)
             raise Defer(defer=admission.wait_s)
         await asyncio.sleep(admission.wait_s)
@@ -47,10 +56,17 @@ async def wait_for_capacity(deps: Deps, request: MessageRequest, input_tokens: i
 async def attempt(deps: Deps, record: JobRecord, request: MessageRequest, spec: JobSpec) -> None:
     """Capacity, then one call. Raises Retry for a retryable failure or a rate-limit wait."""
     estimate = estimate_input_tokens(request)
-    async with deps.concurrency.slot():
+    try:
+        slot = await deps.concurrency.acquire(timeout_s=deps.settings.max_slot_wait_s)
+    except TimeoutError:
+        # This worker is saturated (its adaptive limit fell): hand the job back to the queue,
+        # where another worker, or this one later, takes it. The record is untouched.
+        log.debug("job.deferred", reason="no_slot")
+        raise Defer(defer=deps.settings.slot_retry_s) from None
+    async with slot:
         metrics.IN_FLIGHT.inc()
         try:
-            await wait_for_capacity(deps, request, estimate)
+            await wait_for_capacity(deps, request, estimate, job_id=record.id)
             started = await transitions.begin_attempt(deps.store, record.id)
             if started is None or started.status is not JobStatus.IN_PROGRESS:
                 await deps.limiter.settle(
@@ -158,20 +174,10 @@ async def _succeeded(
         cache_creation_input_tokens=int(usage.get("cache_creation_input_tokens") or 0),
         cache_read_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
     )
-    # Cache reads do not count toward ITPM; correct the estimate with what really counted.
-    counted = job_usage.input_tokens + job_usage.cache_creation_input_tokens
-    await deps.limiter.settle(
-        request.model,
-        input_delta=estimate - counted,
-        output_delta=request.max_tokens - job_usage.output_tokens,
-        headers=reply.headers,
-    )
-    await deps.concurrency.succeeded()
-    cost = cost_usd(record.model or request.model, usage, deps.settings.prices_file)
-    for kind, value in job_usage.model_dump().items():
-        metrics.TOKENS.labels(kind).inc(value)
-    metrics.COST.inc(cost or 0)
-    await transitions.finish(
+    cost = _cost_or_none(record.model or request.model, usage, deps)
+    # The Message is stored first: it was paid for. Everything after is bookkeeping that may
+    # fail (Redis blips, a bad prices file) without the answer being thrown away and re-sent.
+    await transitions.finish_durably(
         deps.store,
         record.id,
         JobStatus.SUCCEEDED,
@@ -181,3 +187,27 @@ async def _succeeded(
         upstream_request_id=reply.request_id,
         error=None,
     )
+    for kind, value in job_usage.model_dump().items():
+        metrics.TOKENS.labels(kind).inc(value)
+    metrics.COST.inc(cost or 0)
+    await deps.concurrency.succeeded()
+    # Cache reads do not count toward ITPM; correct the estimate with what really counted.
+    counted = job_usage.input_tokens + job_usage.cache_creation_input_tokens
+    try:
+        await deps.limiter.settle(
+            request.model,
+            input_delta=estimate - counted,
+            output_delta=request.max_tokens - job_usage.output_tokens,
+            headers=reply.headers,
+        )
+    except RedisError as exc:  # the bucket heals as it refills; the job is done
+        log.warning("limiter.settle_failed", error=type(exc).__name__)
+
+
+def _cost_or_none(model: str, usage: dict[str, Any], deps: Deps) -> float | None:
+    """Best effort: an unknown or unreadable price gives `cost_usd: null`, never a lost answer."""
+    try:
+        return cost_usd(model, usage, deps.settings.prices_file)
+    except Exception as exc:  # a prices file that broke after start-up
+        log.error("job.cost_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+        return None

@@ -24,17 +24,29 @@ class AdaptiveConcurrency:
         self._last_cut = 0.0
         self._changed = asyncio.Condition()
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        async with self._changed:
+    async def acquire(
+        self, *, timeout_s: float | None = None
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Take a slot, waiting at most `timeout_s` (TimeoutError); release it with `async with`."""
+        async with asyncio.timeout(timeout_s), self._changed:
             await self._changed.wait_for(lambda: self.in_flight < self.limit)
             self.in_flight += 1
+        return self._held()
+
+    @contextlib.asynccontextmanager
+    async def _held(self) -> AsyncIterator[None]:
         try:
             yield
         finally:
             async with self._changed:
                 self.in_flight -= 1
                 self._changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Wait as long as it takes for a slot (tests and benchmarks)."""
+        async with await self.acquire():
+            yield
 
     def overloaded(self) -> None:
         now = time.monotonic()

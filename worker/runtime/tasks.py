@@ -27,11 +27,12 @@ from schemas import (
     validate_request,
 )
 from worker.arq_adapter import UNDECODABLE_KEY, Defer
+from worker.errors import UnavailableError
 from worker.keys import in_progress_key
 from worker.logs import register_secret
 from worker.records import utcnow
 from worker.runtime import metrics, transitions
-from worker.runtime.attempt import attempt
+from worker.runtime.attempt import attempt, handle_failure
 from worker.runtime.backoff import retry_delay_s
 from worker.runtime.concurrency import AdaptiveConcurrency
 from worker.runtime.deps import Deps
@@ -84,10 +85,15 @@ async def run_message(ctx: dict[str, Any], **kwargs: Any) -> None:
     job_id: str = ctx["job_id"]
     structlog.contextvars.bind_contextvars(job_id=job_id)
     try:
-        async with heartbeat(deps.redis, job_id, deps.settings.lock_s):
+        async with (
+            heartbeat(deps.redis, job_id, deps.settings.lock_s),
+            asyncio.timeout(ceiling_s(deps.settings)),
+        ):
             await _run(deps, job_id, kwargs, enqueued_at=ctx["enqueue_time"])
     except Defer:
         raise
+    except TimeoutError:
+        await _timed_out(deps, job_id, kwargs)
     except RedisError as exc:
         # Redis went away mid-job: re-queue rather than let arq finish (and delete) the job.
         log.warning("job.redis_unavailable", error=type(exc).__name__)
@@ -100,6 +106,25 @@ async def run_message(ctx: dict[str, Any], **kwargs: Any) -> None:
         raise
     finally:
         structlog.contextvars.unbind_contextvars("job_id", "latency_ms")
+
+
+def ceiling_s(settings: Settings) -> float:
+    """The most one run of the task may take: every wait in it is bounded, and this bounds their
+    sum. The queue's own timeout is set beyond reach (arq_adapter), because arq's timeout deletes
+    the job without msgq's record ever being finished."""
+    return settings.job_timeout_s + settings.max_slot_wait_s + settings.max_limiter_wait_s + 60
+
+
+async def _timed_out(deps: Deps, job_id: str, kwargs: dict[str, Any]) -> None:
+    """The task hit its ceiling: a retryable failure if a call was under way, else a hand-back
+    to the queue. Either way the record says what happens next; nothing is left stranded."""
+    log.warning("job.ceiling_reached", ceiling_s=ceiling_s(deps.settings))
+    record = await deps.store.get(job_id)
+    spec, _ = _parse_spec(kwargs)
+    if record is None or spec is None or record.status is not JobStatus.IN_PROGRESS:
+        raise Defer(defer=deps.settings.slot_retry_s)
+    error = UnavailableError("attempt exceeded its time ceiling (job_timeout_s and waits)")
+    await handle_failure(deps, record, error, spec)
 
 
 async def _run(deps: Deps, job_id: str, kwargs: dict[str, Any], *, enqueued_at: datetime) -> None:
@@ -137,7 +162,11 @@ async def record_refused(deps: Deps, job_id: str, result_data: bytes | None) -> 
     record = transitions.new_record(
         job_id, None, created_at=utcnow(), default_max_attempts=deps.settings.max_attempts
     )
-    await deps.store.ensure(record)
+    current = await deps.store.ensure(record)
+    if current.cancel_requested:
+        # arq refuses a job it was asked to abort before it started: that is a cancel.
+        await transitions.finish(deps.store, job_id, JobStatus.CANCELED)
+        return
     error = JobError(type="validation_error", message=reason)
     await transitions.finish(deps.store, job_id, JobStatus.FAILED, error=error)
 

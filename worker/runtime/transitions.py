@@ -3,11 +3,13 @@ JobStore.update, plus the log line and metric each state change owes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import structlog
+from redis.exceptions import RedisError
 
 from schemas import JobError, JobRecord, JobStatus
 from worker import records
@@ -18,6 +20,7 @@ from worker.store import JobStore
 __all__ = [
     "begin_attempt",
     "finish",
+    "finish_durably",
     "new_record",
     "record_crash",
     "release_after_shutdown",
@@ -57,6 +60,22 @@ async def finish(
             "job.duplicate_discarded", status=status.value, stored_status=stored.status.value
         )
     return stored
+
+
+async def finish_durably(
+    store: JobStore, job_id: str, status: JobStatus, **fields: Any
+) -> JobRecord | None:
+    """`finish` for an answer that was paid for: a Redis blip is retried (about 15 s in all)
+    before giving up, because giving up means the job runs, and is billed, again."""
+    delay = 0.25
+    for _ in range(6):
+        try:
+            return await finish(store, job_id, status, **fields)
+        except RedisError as exc:
+            log.warning("job.store_retry", error=type(exc).__name__, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+    return await finish(store, job_id, status, **fields)
 
 
 def _log_finished(record: JobRecord) -> None:
