@@ -237,3 +237,140 @@ async def test_manifest_and_sidecar_extension(
     )
     assert sources == ["base64", "url"]
     assert image.with_suffix(ext).read_text().startswith("A 120x80 PNG image")
+
+
+async def test_sidecars_never_replace_a_users_file_nor_collide(
+    settings: Settings, tmp_path: Path, client: Client, sim: Sim, start_worker: StartWorker
+) -> None:
+    """cat.jpg and cat.png get cat.jpg.txt and cat.png.txt; a user's notes.txt beside notes.png
+    is left alone (a failed row says why, nothing is sent) until --force-sidecar."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    save(photos / "cat.jpg")
+    save(photos / "cat.png", colour=(0, 0, 200))
+    save(photos / "dog.jpg", colour=(0, 200, 0))
+    save(photos / "notes.png", colour=(90, 90, 90))
+    (photos / "notes.txt").write_text("my own notes")
+    out = tmp_path / "out.jsonl"
+    await start_worker()
+    tally = await caption(settings, [photos], out, sidecar=True)
+    assert (tally.done, tally.failed) == (3, 1) and sim.received == 3
+    assert (photos / "cat.jpg.txt").read_text().startswith("A 120x80 JPEG image")
+    assert (photos / "cat.png.txt").read_text().startswith("A 120x80 PNG image")
+    assert (photos / "dog.txt").exists() and not (photos / "cat.txt").exists()
+    assert (photos / "notes.txt").read_text() == "my own notes"
+    refused = next(r for r in rows(out) if r["path"].endswith("notes.png"))
+    assert "--force-sidecar" in refused["error"]
+    # msgq may rewrite its own sidecars (a new prompt); the user's file still needs --force.
+    again = await caption(settings, [photos], out, sidecar=True, retry_failed=True, max_tokens=150)
+    assert (again.done, again.failed) == (3, 1)  # dog.txt and both cats rewritten
+    assert (photos / "notes.txt").read_text() == "my own notes"
+    forced = await caption(
+        settings, [photos], out, sidecar=True, force_sidecar=True, retry_failed=True
+    )
+    assert forced.done == 1 and (photos / "notes.txt").read_text().startswith("A 120x80 PNG")
+
+
+async def test_rerun_reports_earlier_failures_until_retried(
+    settings: Settings, tmp_path: Path, client: Client, sim: Sim, start_worker: StartWorker
+) -> None:
+    """A rerun counts earlier failed rows as failures (exit 1, says --retry-failed), not as
+    done; --retry-failed re-runs them and the run ends clean."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    save(photos / "a.png")
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = tmp_path / "out.jsonl"
+    sim.script({"status": 400, "message": "no"})
+    await start_worker()
+    first = await caption(settings, [photos], out)
+    assert (first.done, first.failed) == (0, 2)
+    env = {**os.environ, "REDIS_URL": settings.redis_url}
+    args = msgq_command("caption", str(photos), "--prompt", PROMPT, "--out", str(out))
+    rerun = await asyncio.to_thread(subprocess.run, args, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 1 and "2 failed in an earlier run" in rerun.stderr
+    assert "--retry-failed" in rerun.stderr and sim.received == 1
+    retried = await asyncio.to_thread(
+        subprocess.run, [*args, "--retry-failed"], env=env, capture_output=True, text=True
+    )
+    assert retried.returncode == 1  # broken.png is still broken
+    assert "1 image(s) failed in this run" in retried.stderr
+    assert [r["status"] for r in rows(out) if r["path"].endswith("a.png")][-1] == "succeeded"
+    assert sim.received == 2
+
+
+async def test_ctrl_c_summarises_and_says_how_to_cancel(
+    tmp_path: Path, settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
+) -> None:
+    """SIGINT mid-run: exit 130 with the summary, the jobs left in the fleet and the command
+    that cancels them; that command cancels them. No --prompt: the documented default."""
+    from worker.caption.work import DEFAULT_PROMPT
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(12):
+        save(photos / f"p{i:02}.png", colour=(i * 20, 0, 0))
+    sim.script(*[{"delay_s": 0.3}] * 12)
+    await start_worker(settings.model_copy(update={"max_jobs": 1}))
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "REDIS_URL": settings.redis_url}
+    args = msgq_command("caption", str(photos), "--out", str(out), "--window", "6")
+    proc = await asyncio.create_subprocess_exec(
+        *args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+    async def a_row() -> bool:
+        return out.exists() and len(out.read_bytes().splitlines()) >= 1
+
+    await eventually(a_row, timeout_s=30)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130, stderr
+    assert "msgq caption" in stdout.decode()  # the summary table
+    message = stderr.decode()
+    assert "still queued or running" in message
+    assert f"msgq caption --cancel --out {out}" in message
+    left = (tmp_path / "out.jsonl.pending").read_text().split()
+    assert left
+    cancel = await asyncio.to_thread(
+        subprocess.run,
+        msgq_command("caption", "--cancel", "--out", str(out)),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert cancel.returncode == 0, cancel.stderr
+    records = [await client.get(job_id) for job_id in left]
+    assert any(r.status.value == "canceled" for r in records)
+    assert all(r.status.terminal or r.cancel_requested for r in records)
+    assert sim.requests()[0]["body"]["messages"][0]["content"][1]["text"] == DEFAULT_PROMPT
+
+
+def test_plain_progress_has_a_total_and_eta_on_one_line(tmp_path: Path) -> None:
+    """Off a terminal: the total is counted ahead (no image read) and each update is one
+    unwrapped line with done/total and an ETA."""
+    from worker.caption.inputs import count_items
+    from worker.caption.report import Display
+
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(b"not even an image")
+    (tmp_path / "list.txt").write_text("a.png\n# comment\nhttps://example.com/b.jpg\n")
+    total = count_items([str(tmp_path), str(tmp_path / "list.txt")])
+    assert total == 5
+    stream = io.StringIO()
+    with Display(total=40, stream=stream, interval_s=0) as display:
+        display.update(Tally(done=5, failed=1, input_tokens=123_456, started=0.0))
+    lines = stream.getvalue().splitlines()
+    assert lines and all(line.startswith("captions 6/40:") for line in lines)
+    assert all("eta " in line and "eta ?" not in line for line in lines)
+    assert len(lines[0]) > 80  # not wrapped at a console width
+
+
+def test_dry_run_names_unreadable_files(tmp_path: Path) -> None:
+    """The dry run lists which files it could not read, with the reason."""
+    save(tmp_path / "ok.png")
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    options = CaptionOptions(inputs=[str(tmp_path)], prompt=PROMPT, out=tmp_path / "o.jsonl")
+    guess = estimate(options, 5 * 1024 * 1024)
+    assert guess["unreadable"] == 1
+    assert guess["unreadable_files"][0].startswith(str(tmp_path / "bad.jpg"))

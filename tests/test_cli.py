@@ -9,16 +9,27 @@ from pathlib import Path
 
 from tests.conftest import SAMPLES, Sim, StartWorker
 from tests.test_crash import BODY
+from worker.client import Client
 from worker.dev.stack import msgq_command
 from worker.settings import Settings
 
 
 def msgq(
-    settings: Settings, *args: str, stdin: str | None = None
+    settings: Settings,
+    *args: str,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    env = {"REDIS_URL": settings.redis_url, "PATH": "/usr/bin:/bin"}
+    environ = {"REDIS_URL": settings.redis_url, "PATH": "/usr/bin:/bin", **(env or {})}
     return subprocess.run(
-        msgq_command(*args), input=stdin, capture_output=True, text=True, env=env, timeout=60
+        msgq_command(*args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=cwd,
+        timeout=60,
     )
 
 
@@ -95,3 +106,59 @@ def test_unreachable_redis_is_one_line(settings: Settings) -> None:
     assert done.returncode == 1
     assert "cannot reach Redis" in done.stderr and "hunter2" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_first_hour_mistakes_are_one_line_exit_2(settings: Settings, tmp_path: Path) -> None:
+    """A photo given to submit, a typo'd field, an unknown job to retry, a missing caption
+    folder, bad settings: each is exit 2 and one line that names the culprit."""
+    photo = tmp_path / "some.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\xff\xfe")
+    typo = {k: v for k, v in BODY.items() if k != "max_tokens"} | {"max_token": 5}
+    cases = {
+        "not JSON": msgq(settings, "submit", str(photo)),
+        "max_tokens": msgq(settings, "submit", "-", stdin=json.dumps(typo)),
+        "'nope'": msgq(settings, "retry", "nope"),
+        "nosuchdir": msgq(settings, "caption", str(tmp_path / "nosuchdir"), "--dry-run"),
+        "MSGQ_MAX_JOBS": msgq(settings, "status", "x", env={"MSGQ_MAX_JOBS": "abc"}),
+        "REDIS_URL": msgq(settings, "status", "x", env={"REDIS_URL": "notaurl"}),
+    }
+    for needle, done in cases.items():
+        assert done.returncode == 2, (needle, done.stderr)
+        assert needle in done.stderr, done.stderr
+        assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_settings_show_the_value_in_effect_and_its_source(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`msgq settings`: environment, .env and default each named; secrets masked."""
+    (tmp_path / ".env").write_text("MSGQ_LOG_LEVEL=debug\n")
+    env = {"MSGQ_MAX_JOBS": "7", "ANTHROPIC_API_KEY": "sk-ant-hush-0123456789"}
+    done = msgq(settings, "settings", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()}
+    assert lines["MSGQ_MAX_JOBS"][:2] == ["7", "env"]
+    assert lines["MSGQ_LOG_LEVEL"][:2] == ["debug", ".env"]
+    assert lines["MSGQ_QUEUE_NAME"][:2] == ["msgq:queue", "default"]
+    assert "hush" not in done.stdout and "sk-ant" not in done.stdout
+
+
+async def test_conflicts_tenants_and_ended_cancels_are_visible(
+    settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
+) -> None:
+    """A reused --id with another request exits 2; --tenant reads an HTTP job; cancelling a
+    finished job exits 0 but says it had already ended."""
+    first = await amsgq(settings, "submit", "-", "--id", "same", stdin=json.dumps(BODY))
+    assert first.returncode == 0, first.stderr
+    other = {**BODY, "max_tokens": BODY["max_tokens"] + 1}
+    clash = await amsgq(settings, "submit", "-", "--id", "same", stdin=json.dumps(other))
+    assert clash.returncode == 2 and "different request" in clash.stderr
+    await client.submit(BODY, job_id="order-1", tenant="acme")
+    await start_worker()
+    await client.wait("acme:order-1", timeout=30)
+    status = await amsgq(settings, "status", "order-1", "--tenant", "acme")
+    assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded"
+    cancel = await amsgq(settings, "cancel", "order-1", "--tenant", "acme")
+    assert cancel.returncode == 0
+    assert "had already ended (succeeded)" in cancel.stderr

@@ -67,6 +67,21 @@ def iter_items(inputs: list[str]) -> Iterator[Item]:
             yield Item(str(path))  # a missing or odd file becomes a failed row, with the reason
 
 
+def count_items(inputs: list[str]) -> int:
+    """How many items `iter_items` will yield: a directory walk and manifest lines, no image
+    read, so even a large folder is counted in seconds (the progress bar's total and ETA)."""
+    return sum(1 for _ in iter_items(inputs))
+
+
+def missing_inputs(inputs: list[str]) -> list[str]:
+    """Paths named on the command line that do not exist (URLs are the API's to fetch)."""
+    return [
+        raw
+        for raw in inputs
+        if not raw.startswith(("http://", "https://")) and not Path(raw).exists()
+    ]
+
+
 def _manifest(path: Path) -> Iterator[Item]:
     base = path.parent
     with path.open(newline="", encoding="utf-8") as handle:

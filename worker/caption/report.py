@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -22,7 +22,8 @@ def estimate(options: CaptionOptions, max_bytes: int) -> dict[str, Any]:
     """Count, check and estimate without spending anything (nothing is enqueued)."""
     formats: Counter[str] = Counter()
     converting: Counter[str] = Counter()
-    images = failed = input_tokens = 0
+    images = input_tokens = 0
+    unreadable: list[str] = []
     for item in iter_items(options.inputs):
         if item.is_url:
             formats["url"] += 1
@@ -36,8 +37,11 @@ def estimate(options: CaptionOptions, max_bytes: int) -> dict[str, Any]:
             prepared = prepare(
                 raw, model=options.model, max_side_px=options.max_side_px, max_bytes=max_bytes
             )
-        except (OSError, ImagePrepError):
-            failed += 1
+        except OSError as exc:
+            unreadable.append(f"{item.source} ({exc.strerror})")
+            continue
+        except ImagePrepError as exc:
+            unreadable.append(f"{item.source} ({exc})")
             continue
         images += 1
         formats[prepared.source_format] += 1
@@ -49,7 +53,9 @@ def estimate(options: CaptionOptions, max_bytes: int) -> dict[str, Any]:
     prices = prices_for(options.model)
     return {
         "images": images,
-        "unreadable": failed,
+        "unreadable": len(unreadable),
+        # Named, so a typo or a broken file can be found; the first few are enough to act on.
+        **({"unreadable_files": unreadable[:10]} if unreadable else {}),
         "formats": dict(formats),
         "to_convert": dict(converting),
         "input_tokens": input_tokens,
@@ -64,12 +70,24 @@ def estimate(options: CaptionOptions, max_bytes: int) -> dict[str, Any]:
 
 
 class Display:
-    """A rich progress bar on a terminal; a plain line every 5 s elsewhere (CI logs, files)."""
+    """A rich progress bar on a terminal; elsewhere (CI logs, files) one plain, unwrapped line
+    per `interval_s`, and a last one at the end."""
 
-    def __init__(self, total: int | None, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        console: Console | None = None,
+        *,
+        stream: TextIO | None = None,
+        interval_s: float = 5.0,
+    ) -> None:
         self.console = console or Console(stderr=True)
-        self.tty = sys.stderr.isatty()
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.total = total
+        self.interval_s = interval_s
         self.last_line = 0.0
+        self.latest: Tally | None = None
         self.progress = Progress(
             TextColumn("[bold]captions"),
             BarColumn(),
@@ -88,8 +106,11 @@ class Display:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(None, None, None)
+        if not self.tty and self.latest is not None:
+            self._line(self.latest)
 
     def update(self, t: Tally) -> None:
+        self.latest = t
         elapsed = max(time.monotonic() - t.started, 1e-9)
         finished = t.done + t.failed
         detail = (
@@ -97,10 +118,30 @@ class Display:
             f"tokens {t.input_tokens + t.output_tokens:,} ${t.cost_usd:.4f} "
             f"{finished / elapsed:.1f}/s"
         )
-        self.progress.update(self.task, completed=finished + t.skipped, detail=detail)
-        if not self.tty and time.monotonic() - self.last_line >= 5:
-            self.last_line = time.monotonic()
-            self.console.print(f"captions: {finished + t.skipped} done; {detail}")
+        self.progress.update(self.task, completed=_handled(t), detail=detail)
+        if not self.tty and time.monotonic() - self.last_line >= self.interval_s:
+            self._line(t)
+
+    def _line(self, t: Tally) -> None:
+        """One line, never wrapped (a log reader greps it), with the total and an ETA."""
+        self.last_line = time.monotonic()
+        handled, finished = _handled(t), t.done + t.failed
+        rate = finished / max(time.monotonic() - t.started, 1e-9)  # this run's, not skips
+        of = f"/{self.total}" if self.total is not None else ""
+        eta = "?"
+        if self.total is not None and rate > 0:
+            eta = f"{max(self.total - handled, 0) / rate:.0f}s"
+        self.stream.write(
+            f"captions {handled}{of}: ok {t.done} failed {t.failed} retrying {t.retrying} "
+            f"skipped {t.skipped} failed-before {t.failed_before} "
+            f"tokens {t.input_tokens + t.output_tokens} cost ${t.cost_usd:.4f} "
+            f"rate {rate:.1f}/s eta {eta}\n"
+        )
+        self.stream.flush()
+
+
+def _handled(t: Tally) -> int:
+    return t.done + t.failed + t.skipped + t.failed_before
 
 
 def summary(t: Tally, console: Console) -> None:
@@ -109,6 +150,7 @@ def summary(t: Tally, console: Console) -> None:
         "succeeded",
         "failed",
         "skipped (done before)",
+        "failed before (not retried)",
         "input tokens",
         "output tokens",
         "cost USD",
@@ -119,6 +161,7 @@ def summary(t: Tally, console: Console) -> None:
         str(t.done),
         str(t.failed),
         str(t.skipped),
+        str(t.failed_before),
         f"{t.input_tokens:,}",
         f"{t.output_tokens:,}",
         f"{t.cost_usd:.4f}",

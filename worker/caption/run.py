@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 
-from schemas import JobRecord, JobStatus
-from schemas.response import Message
-from worker.caption.images import ImagePrepError, Prepared, prepare
-from worker.caption.inputs import Item, iter_items, render_prompt
-from worker.caption.output import CaptionLog, sidecar_path, write_atomically
+from schemas import JobStatus
+from worker.caption.images import ImagePrepError
+from worker.caption.inputs import Item, iter_items
+from worker.caption.output import CaptionLog, Sidecars
+from worker.caption.work import CaptionOptions, build_work, row_for
 from worker.client import Client
 from worker.endings import Endings
 from worker.errors import InvalidJobError
@@ -28,102 +24,18 @@ from worker.store import JobStore
 
 
 @dataclass
-class CaptionOptions:
-    inputs: list[str]
-    prompt: str
-    model: str = "claude-haiku-4-5"
-    max_tokens: int = 200
-    out: Path = Path("captions.jsonl")
-    sidecar: bool = False
-    sidecar_ext: str = ".txt"
-    window: int = 64
-    max_side_px: int | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # extra request fields (temperature…)
-
-
-@dataclass
 class Tally:
     """Running totals for the progress bar and the summary."""
 
     done: int = 0
     failed: int = 0
-    skipped: int = 0
+    skipped: int = 0  # succeeded in an earlier run
+    failed_before: int = 0  # failed in an earlier run and not retried (--retry-failed)
     retrying: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
     started: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class Work:
-    """One image ready to submit: its request and deterministic job ID."""
-
-    item: Item
-    job_id: str
-    request: dict[str, Any]
-
-
-def job_id_for(content: bytes, prompt: str, options: CaptionOptions) -> str:
-    """Same image bytes, prompt, model and parameters → same job: reruns never pay twice."""
-    digest = hashlib.sha256(content)
-    digest.update(
-        orjson.dumps(
-            [prompt, options.model, options.max_tokens, options.params], option=orjson.OPT_SORT_KEYS
-        )
-    )
-    return "cap_" + digest.hexdigest()[:40]
-
-
-def build_work(item: Item, options: CaptionOptions, max_bytes: int) -> Work:
-    """Read and prepare one image (CPU-bound: run in a thread). Raises ImagePrepError."""
-    if item.is_url:
-        source: dict[str, Any] = {"type": "url", "url": item.source}
-        prompt = render_prompt(options.prompt, item, None, None)
-        content = item.source.encode()
-    else:
-        try:
-            raw = item.path.read_bytes()
-        except OSError as exc:
-            msg = f"cannot read file: {exc.strerror}"
-            raise ImagePrepError(msg) from None
-        prepared: Prepared = prepare(
-            raw, model=options.model, max_side_px=options.max_side_px, max_bytes=max_bytes
-        )
-        source = {
-            "type": "base64",
-            "media_type": prepared.media_type,
-            "data": base64.b64encode(prepared.data).decode(),
-        }
-        prompt = render_prompt(options.prompt, item, prepared.width, prepared.height)
-        content = prepared.data
-    request = {
-        **options.params,
-        "model": options.model,
-        "max_tokens": options.max_tokens,
-        "messages": [
-            {
-                "role": "user",
-                "content": [{"type": "image", "source": source}, {"type": "text", "text": prompt}],
-            }
-        ],
-    }
-    return Work(item, job_id_for(content, prompt, options), request)
-
-
-def row_for(item: Item, record: JobRecord | None, error: str | None = None) -> dict[str, Any]:
-    caption = None
-    if record is not None and record.result is not None:
-        caption = Message.model_validate(record.result).text().strip()
-    return {
-        "path": item.source,
-        "job_id": record.id if record else None,
-        "status": record.status.value if record else "failed",
-        "caption": caption,
-        "usage": record.usage.model_dump() if record and record.usage else None,
-        "cost_usd": record.cost_usd if record else None,
-        "error": error or (record.error.message if record and record.error else None),
-    }
 
 
 class CaptionRun:
@@ -139,11 +51,14 @@ class CaptionRun:
     ) -> None:
         self.settings, self.options, self.log, self.on_change = settings, options, log, on_change
         self.client = Client(redis, settings)  # submit: validation and the enqueue transaction
-        self.store = JobStore(
-            redis, queue_name=settings.queue_name, retention_s=settings.retention_s
-        )
+        self.store = JobStore.from_settings(redis, settings)
         self.endings = Endings(redis, self.store)
         self.tally = Tally()
+        self.sidecars = (
+            Sidecars(options.out, options.sidecar_ext, force=options.force_sidecar)
+            if options.sidecar
+            else None
+        )
         self.pending: dict[str, list[Item]] = {}
         # Ended, but arq has not yet deleted the job's payload: still counts toward the window.
         self.draining: set[str] = set()
@@ -191,8 +106,13 @@ class CaptionRun:
         self.draining -= {job_id for job_id, left in zip(ids, present, strict=True) if not left}
 
     async def _start(self, item: Item) -> None:
-        if not item.is_url and item.source in self.log.failed_paths:
-            self.tally.skipped += 1
+        retry = self.options.retry_failed
+        if not item.is_url and item.source in self.log.failed_paths and not retry:
+            self._count_earlier(failed=True)
+            return
+        refusal = self.sidecars.refusal(item.path) if self.sidecars and not item.is_url else None
+        if refusal:  # refused before anything is spent
+            self._write(row_for(item, None, refusal))
             return
         try:
             work = await asyncio.to_thread(
@@ -202,9 +122,15 @@ class CaptionRun:
             self._write(row_for(item, None, str(exc)))
             return
         if work.job_id in self.log.done:
-            self.tally.skipped += 1
-            self.on_change(self.tally)
+            self._count_earlier(failed=False)
             return
+        if work.job_id in self.log.failed_ids and work.job_id not in self.pending:
+            if not retry:
+                self._count_earlier(failed=True)
+                return
+            # failed → queued again from its kept request; anything else (canceled, or past
+            # retention) is left to submit below, which returns it or starts it afresh.
+            await self.client.retry(work.job_id)
         if work.job_id in self.pending:  # the same image twice: one job, two rows
             self.pending[work.job_id].append(item)
             return
@@ -219,15 +145,28 @@ class CaptionRun:
         if job.record.status.terminal:
             await self._finish(work.job_id)
 
+    def _count_earlier(self, *, failed: bool) -> None:
+        if failed:
+            self.tally.failed_before += 1
+        else:
+            self.tally.skipped += 1
+        self.on_change(self.tally)
+
+    async def still_running(self) -> list[str]:
+        """Job IDs this run submitted that have not ended (after Ctrl-C: still in the fleet)."""
+        ids = list(self.pending)
+        records = await self.store.get_many(ids)
+        return [i for i, r in zip(ids, records, strict=True) if r and not r.status.terminal]
+
     async def _finish(self, job_id: str) -> None:
         record = await self.store.get(job_id)
         self.draining.add(job_id)
         for item in self.pending.pop(job_id, []):
             row = row_for(item, record)
             self._write(row)
-            if self.options.sidecar and row["status"] == "succeeded" and not item.is_url:
-                path = sidecar_path(item.path, self.options.sidecar_ext)
-                await asyncio.to_thread(write_atomically, path, (row["caption"] or "") + "\n")
+            if self.sidecars and row["status"] == "succeeded" and not item.is_url:
+                caption = (row["caption"] or "") + "\n"
+                await asyncio.to_thread(self.sidecars.write, item.path, caption)
 
     async def _sweep(self) -> None:
         """Catch endings a dropped subscription missed, and count the jobs now retrying."""

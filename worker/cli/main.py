@@ -169,8 +169,12 @@ def jobs(status_: str | None, limit: int, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True)
-@click.option("--prompt", help="Prompt template: {name} {stem} {directory} {width} {height}.")
+@click.argument("inputs", nargs=-1)
+@click.option(
+    "--prompt",
+    help="Prompt template: {name} {stem} {directory} {width} {height}. "
+    'Default: "Describe this image in one sentence."',
+)
 @click.option("--prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", default="claude-haiku-4-5", show_default=True)
 @click.option("--max-tokens", default=200, show_default=True)
@@ -180,8 +184,15 @@ def jobs(status_: str | None, limit: int, as_json: bool) -> None:
     show_default=True,
     type=click.Path(dir_okay=False, path_type=Path),
 )
-@click.option("--sidecar", is_flag=True, help="Also write name.txt beside name.jpg.")
+@click.option(
+    "--sidecar",
+    is_flag=True,
+    help="Also write name.txt beside name.jpg (name.jpg.txt where two images share a name).",
+)
 @click.option("--sidecar-ext", default=".txt", show_default=True, help="e.g. .caption")
+@click.option("--force-sidecar", is_flag=True, help="Replace sidecars msgq did not write.")
+@click.option("--retry-failed", is_flag=True, help="Re-run images that failed in earlier runs.")
+@click.option("--cancel", is_flag=True, help="Cancel the jobs an interrupted run left running.")
 @click.option("--window", type=int, help="Most jobs in Redis at once [4 x MSGQ_MAX_JOBS].")
 @click.option("--max-side", type=int, help="Downscale so the long side is at most this.")
 @click.option("--dry-run", is_flag=True, help="Count and estimate tokens and cost; spend nothing.")
@@ -194,23 +205,29 @@ def caption(
     out: Path,
     sidecar: bool,
     sidecar_ext: str,
+    force_sidecar: bool,
+    retry_failed: bool,
+    cancel: bool,
     window: int | None,
     max_side: int | None,
     dry_run: bool,
 ) -> None:
     """Caption images (files, folders, manifests of paths or URLs) into JSONL and sidecars."""
-    from worker.caption.cli import run_caption
-    from worker.caption.run import CaptionOptions
+    from worker.caption.cli import cancel_pending, run_caption
+    from worker.caption.work import DEFAULT_PROMPT, CaptionOptions
 
+    settings = Settings()
+    if cancel:
+        cancel_pending(out, settings)
+        return
+    if not inputs:
+        msg = "give images, folders or manifests to caption"
+        raise click.UsageError(msg)
     if prompt_file is not None:
         prompt = prompt_file.read_text(encoding="utf-8").strip()
-    if not prompt:
-        msg = "give --prompt or --prompt-file"
-        raise click.UsageError(msg)
-    settings = Settings()
     options = CaptionOptions(
         inputs=list(inputs),
-        prompt=prompt,
+        prompt=prompt or DEFAULT_PROMPT,
         model=model,
         max_tokens=max_tokens,
         out=out,
@@ -218,11 +235,10 @@ def caption(
         sidecar_ext=sidecar_ext,
         window=window or 4 * settings.max_jobs,
         max_side_px=max_side,
+        retry_failed=retry_failed,
+        force_sidecar=force_sidecar,
     )
-    failed = run_caption(options, settings, dry_run=dry_run)
-    if failed:
-        msg = f"{failed} image(s) failed; see {out}"
-        raise JobFailedError(msg)
+    run_caption(options, settings, dry_run=dry_run)
 
 
 @cli.command()
