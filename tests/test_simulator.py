@@ -132,3 +132,34 @@ async def test_reset_forgets_requests_still_held(sim: Sim) -> None:
         sim.reset()
         assert (await held).status_code == 200
     assert sim.stats()["by_status"] == {}
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "error_type", "message"),
+    [
+        (body(model="gpt-4o"), 404, "not_found_error", "model: gpt-4o"),
+        (body(temprature=0.5), 400, "invalid_request_error", "temprature: Extra inputs"),
+        (
+            {k: v for k, v in body().items() if k != "max_tokens"},
+            400,
+            "invalid_request_error",
+            "max_tokens: Field required",
+        ),
+        (body(model="claude-future-9"), 200, None, None),
+    ],
+    ids=["unknown-model", "unknown-parameter", "missing-field", "newer-claude"],
+)
+def test_refuses_what_the_api_refuses(
+    sim: Sim, payload: dict[str, object], status: int, error_type: str | None, message: str | None
+) -> None:
+    """An unknown model is 404, an unknown parameter 400, each named as the API names it; a
+    claude- id newer than the capabilities table is served. msgq itself passes unknown
+    parameters through (the API is their judge)."""
+    from schemas import validate_request
+
+    response = httpx.post(f"{sim.url}/v1/messages", json=payload, headers=HEADERS)
+    assert response.status_code == status
+    if error_type is not None:
+        assert response.json()["error"]["type"] == error_type
+        assert str(message) in response.json()["error"]["message"]
+    validate_request(body(temprature=0.5))

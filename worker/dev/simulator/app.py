@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from schemas import field_errors, summarize, validate_request
+from worker.dev.simulator.checks import refusal
 from worker.dev.simulator.replies import build_message, count_input_tokens
 from worker.dev.simulator.state import Scripted, SimConfig, SimState, mask_key
 
@@ -157,12 +158,9 @@ async def _answer(
             headers=scripted.headers,
             error_code=scripted.error_code,
         )
-    try:
-        validate_request(body)
-    except ValidationError as exc:
-        errors = field_errors(exc, body)
-        message = summarize(errors, 3)
-        return error_response(400, message, request_id=request_id)
+    invalid = _invalid(body, request_id)
+    if invalid is not None:
+        return invalid
     wait_s = state.limits.admit(count_input_tokens(body))
     if wait_s > 0:
         headers = {**state.limits.headers(), "retry-after": str(max(1, math.ceil(wait_s)))}
@@ -196,6 +194,19 @@ async def _answer(
     )
 
 
+def _invalid(body: dict[str, Any], request_id: str) -> web.Response | None:
+    """The API's refusal of a body it will not run: unknown parameter or model, bad fields."""
+    refused = refusal(body)
+    if refused is not None:
+        return error_response(refused[0], refused[1], request_id=request_id)
+    try:
+        validate_request(body)
+    except ValidationError as exc:
+        message = summarize(field_errors(exc, body), 3)
+        return error_response(400, message, request_id=request_id)
+    return None
+
+
 async def _drop_mid_body(
     request: web.Request, payload: bytes, request_id: str
 ) -> web.StreamResponse:
@@ -216,6 +227,9 @@ async def count_tokens(request: web.Request) -> web.Response:
     checked = await _read_checked(request, state, request_id)
     if not isinstance(checked, dict):
         return checked
+    refused = refusal(checked)
+    if refused is not None:
+        return error_response(refused[0], refused[1], request_id=request_id)
     return _json({"input_tokens": count_input_tokens(checked)}, request_id=request_id)
 
 
