@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -20,11 +21,12 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from schemas import JobStatus
+from schemas import JobRecord, JobStatus
 from tests.conftest import Sim, StartWorker, eventually, stop_process, stop_workers, worker_env
 from worker.client import Client
 from worker.dev.embedded_redis import EmbeddedRedis, free_port
 from worker.dev.stack import msgq_command, wait_http
+from worker.keys import DONE_CHANNEL, record_key
 from worker.settings import Settings
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
@@ -70,12 +72,33 @@ async def statuses(redis: Redis, ids: list[str]) -> Counter[str]:
     return Counter(json.loads(r)["status"] if r else "missing" for r in raws)
 
 
+async def _count_endings(redis: Redis, endings: Counter[str]) -> asyncio.Task[None]:
+    """Count each job ID published on the done channel (once per terminal write)."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(DONE_CHANNEL)
+
+    async def listen() -> None:
+        try:
+            async for message in pubsub.listen():
+                if message["type"] == "message":
+                    endings[message["data"].decode()] += 1
+        finally:
+            await pubsub.aclose()
+
+    return asyncio.create_task(listen())
+
+
 async def test_worker_sigkills_lose_nothing(
     redis: Redis, settings: Settings, client: Client, slow_simulator: str, tmp_path: Path
 ) -> None:
-    """SIGKILL a worker several times mid-run: every job ends once; few calls duplicated."""
+    """SIGKILL a worker several times mid-run: every job ends once; few calls duplicated.
+
+    Judged by what Redis holds (records, and the done channel the store publishes on in the
+    same transaction as each terminal write), not by log lines a SIGKILL may cut short."""
     n, kills = (2000, 6) if CHAOS else (500, 3)
     custom = settings.model_copy(update={"anthropic_base_url": slow_simulator, "max_jobs": 8})
+    endings: Counter[str] = Counter()
+    listener = await _count_endings(redis, endings)
     steady = spawn(custom, tmp_path / "steady.log", MSGQ_MAX_JOBS="8")
     victim = spawn(custom, tmp_path / "victim.log", MSGQ_MAX_JOBS="8")
     ids = [(await client.submit(BODY)).id for _ in range(n)]
@@ -108,19 +131,29 @@ async def test_worker_sigkills_lose_nothing(
             return (await statuses(redis, ids))["succeeded"] == n
 
         await eventually(all_done, timeout_s=120)
+
+        async def all_published() -> bool:
+            return len(endings) >= n
+
+        await eventually(all_published)
     finally:
         codes = stop_workers(steady, victim)
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
     # The last respawned victim may still be importing when SIGTERM comes (-15: it had taken
     # nothing yet); None would mean it had to be SIGKILLed, a hung shutdown.
     assert codes[0] == 0 and codes[1] in (0, -signal.SIGTERM)
     async with httpx.AsyncClient() as http:
         received = (await http.get(f"{slow_simulator}/_sim/stats")).json()["received"]
-    finished = Counter(
-        e["job_id"]
-        for e in events(tmp_path / "steady.log", tmp_path / "victim.log")
-        if e.get("event") == "job.finished"
-    )
-    assert set(finished) == set(ids) and max(finished.values()) == 1  # each written once
+    records = [
+        JobRecord.model_validate_json(r)
+        for r in await redis.mget([record_key(i) for i in ids])
+        if r
+    ]
+    assert len(records) == n
+    assert all(r.status is JobStatus.SUCCEEDED and r.result and r.finished_at for r in records)
+    assert set(endings) == set(ids) and max(endings.values()) == 1  # each written once
     duplicates = received - n
     assert 0 <= duplicates <= kills * custom.max_jobs  # at most what was in flight per kill
     print(
