@@ -173,7 +173,7 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def store(redis: Redis, settings: Settings) -> JobStore:
-    return JobStore(redis, queue_name=settings.queue_name, retention_s=settings.retention_s)
+    return JobStore.from_settings(redis, settings)
 
 
 StartWorker = Callable[..., Awaitable[MsgqWorker]]

@@ -17,6 +17,7 @@ from schemas import JobRecord, JobStatus
 from schemas.batches import BatchCreate, BatchPage, MessageBatch, RequestCounts
 from worker.client import enqueue_payload
 from worker.keys import (
+    BATCHES_KEY,
     batch_counts_key,
     batch_ids_key,
     batch_key,
@@ -94,12 +95,19 @@ class Batches:
                 custom_id=item.custom_id,
             )
             jobs.append((record, enqueue_payload(spec, now_ms)))
+        # One transaction: the batch and every job exist together or not at all, so a crash
+        # mid-create never leaves a batch that cannot end, nor jobs a resubmit would run twice.
+        ttl = int((meta.expires_at - created).total_seconds()) + self.store.batch_retention_s
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(batch_key(meta.id), meta.model_dump_json())
+            pipe.set(batch_key(meta.id), meta.model_dump_json(), ex=ttl)
             pipe.rpush(batch_ids_key(meta.id), *(item.custom_id for item in body.requests))
+            pipe.expire(batch_ids_key(meta.id), ttl)
+            pipe.hset(batch_counts_key(meta.id), "created_at", created.isoformat())
+            pipe.expire(batch_counts_key(meta.id), ttl)
             pipe.zadd(tenant_batches_key(tenant), {meta.id: now_ms})
+            pipe.zadd(BATCHES_KEY, {meta.id: int(meta.expires_at.timestamp() * 1000)})
+            self.store.enqueue_fresh(pipe, jobs, now_ms)
             await pipe.execute()
-        await self.store.create_many(jobs, now_ms)
         return meta
 
     async def get(self, tenant: str, batch_id: str) -> BatchMeta | None:
@@ -188,6 +196,30 @@ class Batches:
             batch_key(meta.id), batch_ids_key(meta.id), batch_counts_key(meta.id)
         )
         await self.redis.zrem(tenant_batches_key(meta.tenant), meta.id)
+        await self.redis.zrem(BATCHES_KEY, meta.id)
+
+    async def overdue(self, now: datetime) -> list[str]:
+        """Batches past `expires_at` that the reconciler has not yet closed."""
+        ids = await self.redis.zrangebyscore(BATCHES_KEY, 0, int(now.timestamp() * 1000))
+        return [i.decode() for i in ids]
+
+    async def expire(self, batch_id: str) -> int:
+        """Close an overdue batch as the API does: requests not yet ended become `expired`.
+        Returns how many were expired."""
+        raw = await self.redis.get(batch_key(batch_id))
+        if raw is None:
+            await self.redis.zrem(BATCHES_KEY, batch_id)
+            return 0
+        meta = BatchMeta.model_validate_json(raw)
+        expired = 0
+        for start in range(0, meta.count, 500):
+            custom_ids = await _lrange(self.redis, batch_ids_key(meta.id), start, start + 499)
+            for custom_id in custom_ids:
+                job_id = job_id_for(meta.tenant, meta.id, custom_id)
+                if await self.store.expire_job(job_id):
+                    expired += 1
+        await self.redis.zrem(BATCHES_KEY, batch_id)
+        return expired
 
 
 def result_of(record: JobRecord | None) -> dict[str, Any]:

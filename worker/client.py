@@ -65,9 +65,7 @@ class Client:
     def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self._redis = redis
-        self._store = JobStore(
-            redis, queue_name=self.settings.queue_name, retention_s=self.settings.retention_s
-        )
+        self._store = JobStore.from_settings(redis, self.settings)
         self._endings: Endings | None = None
 
     @classmethod

@@ -11,6 +11,8 @@ from worker import arq_adapter
 
 KEY_PREFIX = "msgq:"
 INDEX_KEY = KEY_PREFIX + "jobs"  # ZSET id -> created ms, for listing
+ACTIVE_KEY = KEY_PREFIX + "active"  # ZSET id -> created ms of every job not yet terminal
+BATCHES_KEY = KEY_PREFIX + "batches"  # ZSET batch id -> expires_at ms, until the batch expires
 DONE_CHANNEL = KEY_PREFIX + "done"  # pub/sub: a job ID each time a record turns terminal
 PAUSE_KEY = KEY_PREFIX + "paused"  # the fleet's spend-limit pause (value: the reason)
 RECONCILER_LOCK = KEY_PREFIX + "reconciler:lock"  # one fleet-wide reconciler at a time

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: int = Field(default=60, description="SIGTERM: wait this long for jobs")
     retention_s: int = Field(default=7 * 24 * 3600, description="keep records after a job ends")
+    batch_retention_s: int = Field(
+        default=29 * 24 * 3600, description="keep a batch and its results (as the Batches API)"
+    )
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_job_bytes: int = Field(
         default=64 * 1024 * 1024, description="largest job payload a worker will decode"

@@ -12,6 +12,7 @@ from redis.exceptions import WatchError
 from schemas import JobRecord, JobStatus
 from worker import arq_adapter, records
 from worker.keys import (
+    ACTIVE_KEY,
     DONE_CHANNEL,
     INDEX_KEY,
     arq_job_key,
@@ -21,6 +22,9 @@ from worker.keys import (
     tenant_jobs_key,
 )
 from worker.records import utcnow
+from worker.settings import Settings
+
+BATCH_RETENTION_S = 29 * 24 * 3600  # the Batches API keeps results 29 days after creation
 
 Change = Callable[[JobRecord], JobRecord | None]
 
@@ -28,10 +32,27 @@ Change = Callable[[JobRecord], JobRecord | None]
 class JobStore:
     """All record reads and writes. A terminal record is never overwritten: late duplicates lose."""
 
-    def __init__(self, redis: Redis, *, queue_name: str, retention_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        queue_name: str,
+        retention_s: int,
+        batch_retention_s: int = BATCH_RETENTION_S,
+    ) -> None:
         self.redis = redis
         self.queue_name = queue_name
         self.retention_s = retention_s
+        self.batch_retention_s = batch_retention_s
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> JobStore:
+        return cls(
+            redis,
+            queue_name=settings.queue_name,
+            retention_s=settings.retention_s,
+            batch_retention_s=settings.batch_retention_s,
+        )
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw = await self.redis.get(record_key(job_id))
@@ -66,16 +87,16 @@ class JobStore:
         pipe.set(arq_job_key(record.id), job_payload)
         pipe.zadd(self.queue_name, {record.id: score_ms}, nx=True)
         pipe.zadd(INDEX_KEY, {record.id: score_ms})
+        pipe.zadd(ACTIVE_KEY, {record.id: score_ms})
         if record.tenant:
             pipe.zadd(tenant_jobs_key(record.tenant), {record.id: score_ms})
 
-    async def create_many(self, jobs: list[tuple[JobRecord, bytes]], score_ms: int) -> None:
-        """Bulk enqueue of fresh IDs (a batch's): pipelined, no existence checks."""
-        for start in range(0, len(jobs), 1000):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for record, payload in jobs[start : start + 1000]:
-                    self._enqueue(pipe, record, payload, score_ms)
-                await pipe.execute()
+    def enqueue_fresh(
+        self, pipe: Redis, jobs: list[tuple[JobRecord, bytes]], score_ms: int
+    ) -> None:
+        """Queue fresh IDs (a batch's) on `pipe`, in the caller's transaction: no checks."""
+        for record, payload in jobs:
+            self._enqueue(pipe, record, payload, score_ms)
 
     async def ensure(self, record: JobRecord) -> JobRecord:
         """Create the record if missing (jobs from raw Redis producers); return the current one."""
@@ -85,7 +106,11 @@ class JobStore:
             return JobRecord.model_validate_json(raw)
         created = await self.redis.set(key, record.model_dump_json(), nx=True)
         if created:
-            await self.redis.zadd(INDEX_KEY, {record.id: int(record.created_at.timestamp() * 1000)})
+            score = int(record.created_at.timestamp() * 1000)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(INDEX_KEY, {record.id: score})
+                pipe.zadd(ACTIVE_KEY, {record.id: score})
+                await pipe.execute()
             return record
         current = await self.get(record.id)
         return current if current is not None else record
@@ -120,7 +145,10 @@ class JobStore:
         if not record.status.terminal:
             pipe.set(record_key(record.id), record.model_dump_json())
             return
-        pipe.set(record_key(record.id), record.model_dump_json(), ex=self.retention_s)
+        # A batch's results are kept as long as the batch (the API keeps them 29 days).
+        ttl = self.batch_retention_s if record.batch_id else self.retention_s
+        pipe.set(record_key(record.id), record.model_dump_json(), ex=ttl)
+        pipe.zrem(ACTIVE_KEY, record.id)
         if record.batch_id:
             # In the same transaction as the write-once terminal record, so counts are exact.
             counts = batch_counts_key(record.batch_id)
@@ -154,6 +182,7 @@ class JobStore:
                     now_ms = int(utcnow().timestamp() * 1000)
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                     pipe.set(key, fresh.model_dump_json())
+                    pipe.zadd(ACTIVE_KEY, {job_id: now_ms})
                     pipe.set(arq_job_key(job_id), job_payload(orjson.loads(spec)))
                     pipe.zadd(self.queue_name, {job_id: now_ms})
                     pipe.delete(spec_key(job_id))
@@ -174,6 +203,16 @@ class JobStore:
             key, mapping = arq_adapter.abort_request(job_id)
             await self.redis.zadd(key, mapping)
         return record
+
+    async def expire_job(self, job_id: str) -> bool:
+        """End a job `expired` (its batch or deadline passed) and drop it from the queue; an
+        attempt in flight may still answer, but its late result is discarded (write-once)."""
+        record = await self.update(job_id, lambda r: records.ended(r, JobStatus.EXPIRED))
+        if record is None or record.status is not JobStatus.EXPIRED:
+            return False
+        await self.redis.zrem(self.queue_name, job_id)
+        await self.redis.delete(arq_job_key(job_id))
+        return True
 
     async def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
         """Records in the order asked; None where there is none."""

@@ -287,6 +287,33 @@ def resume() -> None:
     click.echo(f"resumed (was paused: {reason})" if reason else "the fleet was not paused")
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+def audit(as_json: bool) -> None:
+    """Check the queue's invariants (every job can end; counts, locks, TTLs); exit 1 if broken."""
+    from redis.asyncio import Redis
+
+    from worker.audit import AuditReport
+    from worker.audit import audit as run_audit
+
+    async def run() -> AuditReport:
+        async with Redis.from_url(Settings().redis_url) as redis:
+            return await run_audit(redis)
+
+    report = asyncio.run(run())
+    if as_json:
+        _dump(report.as_dict())
+    else:
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.by_status.items())) or "none"
+        click.echo(f"records: {report.records} ({statuses}); batches: {report.batches}")
+        for finding in report.findings.values():
+            click.echo(f"VIOLATION {finding.check}: {finding.count}  e.g. {finding.examples}")
+        click.echo("audit: clean" if report.clean else "audit: violations found")
+    if not report.clean:
+        msg = f"{sum(f.count for f in report.findings.values())} violation(s)"
+        raise JobFailedError(msg)
+
+
 for _command in (services.worker, services.api, services.simulator, services.dev):
     cli.add_command(_command)
 

@@ -34,7 +34,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.redis_url)
-        store = JobStore(redis, queue_name=settings.queue_name, retention_s=settings.retention_s)
+        store = JobStore.from_settings(redis, settings)
         client = Client(redis, settings)
         endings = Endings(redis, store)
         await endings.start()

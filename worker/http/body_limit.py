@@ -6,6 +6,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.batches import MAX_BATCH_BYTES
+from worker.http.errors import error_body
 
 BATCH_PREFIX = "/v1/messages/batches"
 
@@ -31,18 +32,26 @@ class BodyLimit:
             await _too_large(send, limit)
             return
         seen = 0
-        started = False
+        exceeded = started = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
+                exceeded = True
                 raise BodyTooLargeError
             return message
 
         async def tracking_send(message: Message) -> None:
+            # A chunked body over the limit surfaces inside the app's body parsing, which answers
+            # its own 400; replace whatever the app says with the 413 the client is owed.
             nonlocal started
+            if exceeded:
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _too_large(send, limit)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -50,19 +59,12 @@ class BodyLimit:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLargeError:
             if not started:
+                started = True
                 await _too_large(send, limit)
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = orjson.dumps(
-        {
-            "type": "error",
-            "error": {
-                "type": "request_too_large",
-                "message": f"request body exceeds {limit} bytes",
-            },
-        }
-    )
+    body = orjson.dumps(error_body("request_too_large", f"request body exceeds {limit} bytes"))
     await send(
         {
             "type": "http.response.start",

@@ -37,6 +37,7 @@ from worker.runtime.backoff import retry_delay_s
 from worker.runtime.concurrency import AdaptiveConcurrency
 from worker.runtime.deps import Deps
 from worker.runtime.ratelimit import Limits, RateLimiter
+from worker.runtime.reconciler import Reconciler
 from worker.runtime.upstream import build_client
 from worker.settings import Settings
 from worker.store import JobStore
@@ -49,21 +50,23 @@ async def startup(ctx: dict[str, Any]) -> None:
     if settings.anthropic_api_key is not None:
         register_secret(settings.anthropic_api_key.get_secret_value())
     redis: Redis = ctx["redis"]
-    store = JobStore(redis, queue_name=settings.queue_name, retention_s=settings.retention_s)
+    store = JobStore.from_settings(redis, settings)
     limits = {cls: Limits(**values) for cls, values in settings.rate_limits.items()}
     concurrency = AdaptiveConcurrency(settings.max_jobs)
     ctx["msgq"] = Deps(
         settings, store, build_client(settings), redis, RateLimiter(redis, limits), concurrency
     )
     ctx["gauges"] = asyncio.create_task(_update_gauges(ctx["msgq"]))
+    ctx["reconciler"] = asyncio.create_task(Reconciler(redis, store, settings).run_forever())
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
     log.info("worker.started", base_url=settings.anthropic_base_url, max_jobs=settings.max_jobs)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    if "gauges" in ctx:
-        ctx["gauges"].cancel()
+    for name in ("gauges", "reconciler"):
+        if name in ctx:
+            ctx[name].cancel()
     deps: Deps | None = ctx.get("msgq")
     if deps is not None:
         await deps.http.aclose()

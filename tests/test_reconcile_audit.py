@@ -1,0 +1,194 @@
+"""The reconciler, `msgq audit`, batch retention/expiry/atomic creation, and the body limit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+
+from schemas import JobStatus
+from tests.conftest import KEY_A, SAMPLES, Sim, StartWorker, eventually, stop_process
+from worker.audit import audit
+from worker.batches import BatchMeta
+from worker.client import Client
+from worker.dev.embedded_redis import free_port
+from worker.dev.stack import msgq_command, wait_http
+from worker.keys import BATCHES_KEY, arq_job_key, batch_key, record_key
+from worker.runtime.reconciler import Reconciler
+from worker.settings import Settings
+from worker.store import JobStore
+
+BODY = json.loads((SAMPLES / "requests" / "text.json").read_text())
+
+
+def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    return subprocess.Popen(command, env=env, stdout=out, stderr=out)
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": settings.redis_url}
+    return subprocess.run(
+        msgq_command(*args), env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+async def test_lost_payload_is_found_by_audit_and_ended_truthfully(
+    settings: Settings, client: Client, redis: Redis, store: JobStore
+) -> None:
+    """A queued job whose payload vanished: audit exits 1 naming it; the reconciler (two passes,
+    under its lock) ends it `failed`/`lost`; audit is clean again."""
+    await redis.flushall()
+    job = await client.submit(BODY)
+    await redis.delete(arq_job_key(job.id))  # what a lost write or an operator's DEL does
+    found = cli(settings, "audit")
+    assert found.returncode == 1 and job.id in found.stdout, found.stdout + found.stderr
+    reconciler = Reconciler(redis, store, settings)
+    assert await reconciler.take_lock()
+    first = await reconciler.run_once()
+    assert first.lost == []  # a suspect must look the same on two passes
+    second = await reconciler.run_once()
+    assert second.lost == [job.id]
+    record = await client.get(job.id)
+    assert record.status is JobStatus.FAILED and record.error and record.error.type == "lost"
+    assert (await audit(redis)).clean
+    assert cli(settings, "audit").returncode == 0
+
+
+async def test_reconciler_lock_lets_one_worker_run_it(
+    settings: Settings, redis: Redis, store: JobStore
+) -> None:
+    await redis.flushall()
+    one, two = Reconciler(redis, store, settings), Reconciler(redis, store, settings)
+    assert await one.take_lock() and not await two.take_lock()
+    assert await one.take_lock()  # the holder renews
+
+
+async def test_payload_missing_from_the_queue_is_requeued_and_runs(
+    settings: Settings, client: Client, redis: Redis, store: JobStore, start_worker: StartWorker
+) -> None:
+    await redis.flushall()
+    job = await client.submit(BODY)
+    await redis.zrem(settings.queue_name, job.id)  # the payload is there, the queue entry not
+    reconciler = Reconciler(redis, store, settings)
+    await reconciler.run_once()
+    assert (await reconciler.run_once()).requeued == [job.id]
+    await start_worker()
+    assert (await client.wait(job.id, timeout=15)).status is JobStatus.SUCCEEDED
+
+
+async def test_batch_past_expiry_ends_with_the_rest_expired_and_keys_have_ttls(
+    settings: Settings,
+    api: httpx.AsyncClient,
+    redis: Redis,
+    store: JobStore,
+    start_worker: StartWorker,
+    sim: Sim,
+) -> None:
+    """As the API's: at expires_at the batch ends, requests not done are `expired`. Finished
+    requests keep the batch's 29-day retention, and every batch key has a TTL."""
+    await redis.flushall()
+    requests = [{"custom_id": f"r{i}", "params": BODY} for i in range(3)]
+    created = (await api.post("/v1/messages/batches", json={"requests": requests})).json()
+    batch_id = created["id"]
+    raw = await redis.get(batch_key(batch_id))
+    meta = BatchMeta.model_validate_json(raw or b"")
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    await redis.set(
+        batch_key(batch_id),
+        meta.model_copy(update={"expires_at": past}).model_dump_json(),
+        keepttl=True,
+    )
+    await redis.zadd(BATCHES_KEY, {batch_id: int(past.timestamp() * 1000)})
+    done = await Reconciler(redis, store, settings).run_once()
+    assert done.expired_batches == [batch_id] and done.expired_jobs == 3
+    view = (await api.get(f"/v1/messages/batches/{batch_id}")).json()
+    assert view["processing_status"] == "ended"
+    assert view["request_counts"]["expired"] == 3
+    lines = (await api.get(f"/v1/messages/batches/{batch_id}/results")).text.splitlines()
+    assert [json.loads(line)["result"]["type"] for line in lines] == ["expired"] * 3
+    ttl = await redis.ttl(record_key(f"tenant-a:{batch_id}:r0"))
+    assert ttl > settings.retention_s  # the batch's retention, not a single job's
+    assert (await audit(redis)).clean
+    assert sim.received == 0
+
+
+async def test_batch_creation_is_all_or_nothing_under_sigkill(
+    api_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    """SIGKILL the API while it creates a 20,000-request batch: Redis holds either nothing
+    of it, or the batch with every job (never a batch that cannot end)."""
+    await redis.flushall()
+    port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "REDIS_URL": api_settings.redis_url,
+        "MSGQ_API_KEYS": f"tenant-a:{KEY_A}",
+    }
+    api = spawn(msgq_command("api", "--port", str(port)), env, tmp_path / "api.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        body = {"requests": [{"custom_id": f"r{i}", "params": BODY} for i in range(20_000)]}
+
+        def post() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # the server dies mid-request
+                httpx.post(
+                    f"http://127.0.0.1:{port}/v1/messages/batches",
+                    json=body,
+                    headers={"x-api-key": KEY_A},
+                    timeout=60,
+                )
+
+        posting = threading.Thread(target=post, daemon=True)
+        posting.start()
+
+        async def writing() -> bool:
+            return bool(await redis.dbsize())
+
+        await eventually(writing, timeout_s=30)
+        api.send_signal(signal.SIGKILL)
+        api.wait(timeout=10)
+    finally:
+        stop_process(api)
+    await asyncio.sleep(0)  # nothing to wait for: the server is dead
+    metas = [k async for k in redis.scan_iter(match="msgq:batch:msgbatch_*") if k.count(b":") == 2]
+    jobs = [k async for k in redis.scan_iter(match="msgq:job:*", count=5000)]
+    if metas:
+        assert len(jobs) == 20_000
+    else:
+        assert jobs == []
+    assert (await audit(redis)).clean
+
+
+async def test_chunked_body_over_the_limit_is_413_in_the_api_shape(
+    api_settings: Settings,
+) -> None:
+    """No Content-Length (chunked): still 413 request_too_large, not a body-parsing 400."""
+    from worker.http.app import create_app
+
+    small = api_settings.model_copy(update={"max_body_bytes": 1000})
+    app = create_app(small)
+
+    async def chunks() -> Any:
+        for _ in range(20):
+            yield b" " * 200
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            answer = await http.post(
+                "/v1/jobs",
+                content=chunks(),
+                headers={"x-api-key": KEY_A, "content-type": "application/json"},
+            )
+    assert answer.status_code == 413
+    assert answer.json()["error"]["type"] == "request_too_large"

@@ -1,0 +1,149 @@
+"""The fleet's safety net: one worker at a time (a Redis lock) looks for jobs that can no longer
+end on their own, and for batches past their expiry, and ends them truthfully.
+
+An orphan is a record that is not terminal and has neither its queued job nor a live in-progress
+lock: nothing will ever run it. Every known cause is fixed, so the expected count is zero; this
+exists for the unknown ones (a failover that lost writes, an operator's DEL). A candidate must
+look the same on two passes in a row before anything is done, so a record caught between two
+steps of a normal transition is never touched.
+- job payload present but missing from the queue ZSET: put back in the queue (re-enqueued);
+- payload gone: `failed` with `error.type = "lost"` (msgq keeps no copy of the request to
+  re-send, and says so rather than pretend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from schemas import JobError, JobRecord, JobStatus
+from worker.batches import Batches
+from worker.keys import ACTIVE_KEY, RECONCILER_LOCK, arq_job_key, in_progress_key, record_key
+from worker.records import utcnow
+from worker.runtime import transitions
+from worker.settings import Settings
+from worker.store import JobStore
+
+log = structlog.get_logger("msgq.reconciler")
+
+# Renew our lock, or take it if free. KEYS: lock. ARGV: token, ttl ms. 1 when we hold it.
+TAKE_LOCK = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass
+class Pass:
+    """What one pass found and did (also what tests and RELIABILITY.md report)."""
+
+    scanned: int = 0
+    requeued: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    expired_batches: list[str] = field(default_factory=list)
+    expired_jobs: int = 0
+
+
+class Reconciler:
+    def __init__(self, redis: Redis, store: JobStore, settings: Settings) -> None:
+        self.redis, self.store, self.settings = redis, store, settings
+        self.batches = Batches(redis, store, settings)
+        self.token = secrets.token_hex(8)
+        self._take = redis.register_script(TAKE_LOCK)
+        self._suspects: dict[str, bytes] = {}  # job ID -> raw record seen on the last pass
+
+    async def run_forever(self) -> None:
+        interval = self.settings.reconcile_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if await self.take_lock():
+                    await self.run_once()
+            except RedisError as exc:
+                log.warning("reconciler.redis_unavailable", error=type(exc).__name__)
+
+    async def take_lock(self) -> bool:
+        ttl_ms = int(self.settings.reconcile_interval_s * 3 * 1000)
+        return bool(await self._take(keys=[RECONCILER_LOCK], args=[self.token, ttl_ms]))
+
+    async def run_once(self) -> Pass:
+        done = Pass()
+        suspects: dict[str, bytes] = {}
+        cursor = 0
+        while True:
+            cursor, members = await self.redis.zscan(ACTIVE_KEY, cursor, count=500)
+            ids = [m.decode() for m, _ in members]
+            done.scanned += len(ids)
+            suspects |= await self._suspects_in(ids)
+            if cursor == 0:
+                break
+        for job_id, raw in suspects.items():
+            if self._suspects.get(job_id) == raw:
+                await self._settle(job_id, done)
+        self._suspects = {k: v for k, v in suspects.items() if k not in done.lost}
+        await self._expire_batches(done)
+        if done.requeued or done.lost or done.expired_batches:
+            log.warning(
+                "reconciler.acted",
+                requeued=len(done.requeued),
+                lost=len(done.lost),
+                expired_batches=len(done.expired_batches),
+                expired_jobs=done.expired_jobs,
+            )
+        return done
+
+    async def _suspects_in(self, ids: list[str]) -> dict[str, bytes]:
+        if not ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.get(record_key(job_id))
+                pipe.exists(arq_job_key(job_id))
+                pipe.exists(in_progress_key(job_id))
+                pipe.zscore(self.settings.queue_name, job_id)
+            values = await pipe.execute()
+        found: dict[str, bytes] = {}
+        stale: list[str] = []
+        for n, job_id in enumerate(ids):
+            raw, queued, locked, score = values[4 * n : 4 * n + 4]
+            if raw is None or JobRecord.model_validate_json(raw).status.terminal:
+                stale.append(job_id)  # ended (or gone): only the index entry is left over
+            elif not locked and (not queued or score is None):
+                found[job_id] = raw
+        if stale:
+            await self.redis.zrem(ACTIVE_KEY, *stale)
+        return found
+
+    async def _settle(self, job_id: str, done: Pass) -> None:
+        if await self.redis.exists(in_progress_key(job_id)):
+            return
+        if await self.redis.exists(arq_job_key(job_id)):
+            await self.redis.zadd(
+                self.settings.queue_name, {job_id: int(utcnow().timestamp() * 1000)}
+            )
+            done.requeued.append(job_id)
+            log.warning("reconciler.requeued", job_id=job_id)
+            return
+        error = JobError(
+            type="lost",
+            message="the job's queued payload is gone (deleted outside msgq, or lost with a "
+            "Redis primary); msgq keeps no copy of the request, so it cannot be sent again",
+        )
+        stored = await transitions.finish(self.store, job_id, JobStatus.FAILED, error=error)
+        if stored is not None and stored.status is JobStatus.FAILED and stored.error == error:
+            done.lost.append(job_id)
+            log.error("reconciler.lost", job_id=job_id, attempts=stored.attempts)
+
+    async def _expire_batches(self, done: Pass) -> None:
+        for batch_id in await self.batches.overdue(utcnow()):
+            done.expired_jobs += await self.batches.expire(batch_id)
+            done.expired_batches.append(batch_id)
