@@ -92,7 +92,9 @@ for n = 1, 3 do
 end
 redis.call('HSET', KEYS[1], 't', tostring(now))
 if wait == 0 then
-  if holding and h.hold == holder then redis.call('HDEL', KEYS[1], 'hold', 'hr', 'hi', 'ho', 'hu') end
+  if holding and h.hold == holder then
+    redis.call('HDEL', KEYS[1], 'hold', 'hr', 'hi', 'ho', 'hu')
+  end
   return {0, ''}
 end
 if big and (not holding or h.hold == holder) then
