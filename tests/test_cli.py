@@ -7,10 +7,13 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.conftest import SAMPLES, Sim, StartWorker
+from redis.asyncio import Redis
+
+from tests.conftest import SAMPLES, Sim, StartWorker, eventually
 from tests.test_crash import BODY
 from worker.client import Client
 from worker.dev.stack import msgq_command
+from worker.keys import health_check_key
 from worker.settings import Settings
 
 
@@ -162,3 +165,20 @@ async def test_conflicts_tenants_and_ended_cancels_are_visible(
     cancel = await amsgq(settings, "cancel", "order-1", "--tenant", "acme")
     assert cancel.returncode == 0
     assert "had already ended (succeeded)" in cancel.stderr
+
+
+async def test_worker_check_is_a_health_check(
+    settings: Settings, redis: Redis, sim: Sim, start_worker: StartWorker
+) -> None:
+    """`msgq worker --check` exits 1 with no live worker (or no Redis), 0 once one runs."""
+    assert (await amsgq(settings, "worker", "--check")).returncode == 1
+    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    assert (await amsgq(down, "worker", "--check")).returncode == 1
+    await start_worker()
+
+    async def reported() -> bool:
+        return bool(await redis.exists(health_check_key(settings.queue_name)))
+
+    await eventually(reported)
+    healthy = await amsgq(settings, "worker", "--check")
+    assert healthy.returncode == 0, healthy.stderr

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import yaml
+
+from tests.conftest import Sim
 
 ROOT = Path(__file__).parent.parent
 
@@ -23,6 +26,33 @@ def test_compose_file_parses_and_keeps_redis_durable() -> None:
     assert services["worker"]["build"] == services["simulator"]["build"] == "."
     assert services["worker"]["command"] == ["worker"]
     assert services["worker"]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_simulator_profile_health_checks_and_key_scope(sim: Sim) -> None:
+    """The simulator profile's worker talks to the simulator with a key it accepts; Redis
+    restarts; workers have a health check; the API is never given the Anthropic key."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    sim_worker = services["worker-sim"]
+    assert sim_worker["profiles"] == ["simulator"] == services["simulator"]["profiles"]
+    assert sim_worker["command"] == ["worker"]
+    env = sim_worker["environment"]
+    assert env["ANTHROPIC_BASE_URL"] == "http://simulator:8787"
+    assert "simulator" in sim_worker["depends_on"]
+    answer = httpx.post(
+        f"{sim.url}/v1/messages",
+        headers={"x-api-key": env["ANTHROPIC_API_KEY"], "anthropic-version": "2023-06-01"},
+        json={
+            "model": "claude-haiku-4-5",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
+    assert answer.status_code == 200  # the placeholder key is one the simulator accepts
+    assert services["redis"]["restart"] == "unless-stopped"
+    for name in ("worker", "worker-sim"):
+        assert services[name]["healthcheck"]["test"] == ["CMD", "msgq", "worker", "--check"]
+    api = services["api"]
+    assert "env_file" not in api and "ANTHROPIC_API_KEY" not in api["environment"]
 
 
 def test_ci_runs_make_test() -> None:

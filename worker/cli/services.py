@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -17,16 +18,41 @@ from worker.settings import Settings
 
 @click.command()
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
-def worker(burst: bool) -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Health check: exit 0 if Redis answers and a worker on the queue is alive, else 1.",
+)
+def worker(burst: bool, check: bool) -> None:
     """Run one worker process (arq). SIGTERM stops taking jobs and lets in-flight ones finish."""
     from worker.runtime.worker import build_worker
 
     s = Settings()
+    if check:
+        sys.exit(asyncio.run(_check_worker(s)))
     configure_logging(fmt=s.log_format, level=s.log_level)
     if s.anthropic_api_key is None:
         msg = "ANTHROPIC_API_KEY is not set (use `msgq dev` for the simulator)"
         raise click.UsageError(msg)
     build_worker(s, burst=burst).run()
+
+
+async def _check_worker(settings: Settings) -> int:
+    """arq's own `--check`: every live worker refreshes the queue's health-check key (TTL about
+    11 s), so its presence says a worker is taking jobs, and reading it says Redis answers."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    from worker.keys import health_check_key
+
+    try:
+        async with Redis.from_url(settings.redis_url, socket_connect_timeout=3) as redis:
+            alive = bool(await redis.exists(health_check_key(settings.queue_name)))
+    except (RedisError, OSError) as exc:
+        click.echo(f"unhealthy: cannot reach Redis ({type(exc).__name__})", err=True)
+        return 1
+    click.echo("healthy" if alive else "unhealthy: no worker health check in the last 11 s")
+    return 0 if alive else 1
 
 
 @click.command()
