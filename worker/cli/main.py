@@ -54,7 +54,7 @@ def cli(debug: bool) -> None:
     """msgq: a job queue for the Anthropic Messages API.
 
     Configuration comes from the environment (REDIS_URL, ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL,
-    MSGQ_*); `msgq settings` lists every setting with its default.
+    MSGQ_*); `msgq settings` lists every setting, its value and where it came from.
     """
 
 
