@@ -7,8 +7,11 @@ import signal
 import subprocess
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from schemas import JobStatus
 from tests.conftest import Sim, eventually, stop_workers, worker_env
+from worker.audit import audit
 from worker.client import Client
 from worker.dev.stack import msgq_command
 from worker.settings import Settings
@@ -54,6 +57,8 @@ async def test_sigkill_mid_request_is_recovered_by_another_worker(
     assert codes == [0]
     assert record.status is JobStatus.SUCCEEDED
     assert record.attempts == 2 and sim.received == 2
+    async with Redis.from_url(settings.redis_url) as redis:
+        assert (await audit(redis)).clean
     events = [
         json.loads(line)
         for line in (tmp_path / "b.log").read_text().splitlines()

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from schemas import JobRecord, JobStatus
 from tests.conftest import Sim, StartWorker, eventually, stop_process, stop_workers, worker_env
+from worker.audit import audit
 from worker.client import Client
 from worker.dev.embedded_redis import EmbeddedRedis, free_port
 from worker.dev.stack import msgq_command, wait_http
@@ -153,6 +154,7 @@ async def test_worker_sigkills_lose_nothing(
     ]
     assert len(records) == n
     assert all(r.status is JobStatus.SUCCEEDED and r.result and r.finished_at for r in records)
+    assert (await audit(redis)).clean
     assert set(endings) == set(ids) and max(endings.values()) == 1  # each written once
     duplicates = received - n
     assert 0 <= duplicates <= kills * custom.max_jobs  # at most what was in flight per kill
@@ -193,6 +195,7 @@ async def test_redis_restart_loses_no_acknowledged_job(
                 return (await statuses(redis, ids))["succeeded"] == n
 
             await eventually(all_done, timeout_s=120)
+            assert (await audit(redis)).clean
         assert all(w.poll() is None for w in workers)  # they rode it out
     finally:
         codes = stop_workers(*workers)
@@ -259,5 +262,5 @@ async def test_failed_jobs_can_be_retried_with_their_request(
     again = await client.wait(job.id, timeout=20)
     assert again.status is JobStatus.SUCCEEDED and again.attempts == 1
     assert again.metadata == {"order": 7}
-    assert sim.requests()[1]["body"] == BODY
+    assert sim.requests()[1]["body"] == {**BODY, "stream": True}
     assert await client.retry(job.id) is None  # succeeded jobs are not re-run
