@@ -80,6 +80,7 @@ class JobRecord(BaseModel):
     error: JobError | None = None
     upstream_request_id: str | None = None
     cancel_requested: bool = False
+    progress: int | None = None  # output tokens so far, while a streamed attempt runs
     tenant: str | None = None
     batch_id: str | None = None
     custom_id: str | None = None

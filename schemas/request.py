@@ -123,8 +123,8 @@ class MessageRequest(BaseModel):
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
     service_tier: Literal["auto", "standard_only"] | None = None
-    stream: Literal[False] | None = Field(
-        default=None, description="msgq stores whole Messages; streaming is not offered"
+    stream: bool | None = Field(
+        default=None, description="either way msgq streams from the API and stores the Message"
     )
 
     @model_validator(mode="after")

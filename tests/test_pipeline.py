@@ -24,7 +24,7 @@ async def test_seed_request_succeeds_with_usage_and_cost(
 
     assert record.status is JobStatus.SUCCEEDED, record.error
     (seen,) = sim.requests()
-    assert seen["body"] == body
+    assert seen["body"] == {**body, "stream": True}  # msgq always streams
     assert seen["headers"]["anthropic-version"] == "2023-06-01"
     assert record.result == seen["response"]
     assert record.upstream_request_id and record.upstream_request_id.startswith("req_sim")

@@ -22,6 +22,11 @@ def record_key(job_id: str) -> str:
     return f"{KEY_PREFIX}job:{job_id}"
 
 
+def progress_channel(job_id: str) -> str:
+    """Pub/sub: a running job's text as it streams, for live watchers (nothing is stored)."""
+    return f"{KEY_PREFIX}progress:{job_id}"
+
+
 def spec_key(job_id: str) -> str:
     """A failed job's spec, kept so `msgq retry` can re-run it."""
     return f"{KEY_PREFIX}spec:{job_id}"

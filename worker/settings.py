@@ -52,9 +52,19 @@ class Settings(BaseSettings):
     backoff_base_s: float = 1.0
     backoff_factor: float = 2.0
     backoff_max_s: float = 60.0
-    request_timeout_s: float = Field(default=600.0, description="read timeout of one API call")
+    request_timeout_s: float = Field(
+        default=600.0, description="wait for the API to start answering (unstreamed: to finish)"
+    )
     connect_timeout_s: float = 5.0
-    job_timeout_s: float = Field(default=900.0, description="longest one attempt may run")
+    stream_idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="longest gap between streamed events (the API pings)"
+    )
+    stream_min_max_tokens: int = Field(
+        default=0, ge=0, description="stream calls with max_tokens at least this (0: all)"
+    )
+    job_timeout_s: float = Field(
+        default=3600.0, description="ceiling on one attempt, however long it keeps streaming"
+    )
     lock_s: float = Field(
         default=15.0, description="in-progress lock; a heartbeat extends it while the job runs"
     )

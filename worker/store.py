@@ -264,3 +264,14 @@ class JobStore:
         """Newest first, across tenants."""
         records, _ = await self.page(status=status, limit=limit)
         return records
+
+    async def set_progress(self, job_id: str, tokens: int | None) -> None:
+        """A running job's output tokens so far (None clears them). Only an in-progress record
+        is touched: a terminal or re-queued one never is (the update's WATCH sees to races)."""
+
+        def change(record: JobRecord) -> JobRecord | None:
+            if record.status is not JobStatus.IN_PROGRESS or record.progress == tokens:
+                return None
+            return record.model_copy(update={"progress": tokens})
+
+        await self.update(job_id, change)

@@ -74,6 +74,19 @@ async def _check_worker(settings: Settings) -> int:
 @click.option("--rpm", default=0, envvar="MSGQ_SIM_RPM", help="Requests/min limit (0: none).")
 @click.option("--itpm", default=0, envvar="MSGQ_SIM_ITPM", help="Input tokens/min limit.")
 @click.option("--otpm", default=0, envvar="MSGQ_SIM_OTPM", help="Output tokens/min limit.")
+@click.option(
+    "--output-tokens",
+    type=int,
+    envvar="MSGQ_SIM_OUTPUT_TOKENS",
+    help="Replies of min(N, max_tokens) tokens.",
+)
+@click.option(
+    "--stream-fault",
+    "stream_faults",
+    multiple=True,
+    envvar="MSGQ_SIM_STREAM_FAULTS",
+    help="KIND=RATE mid-stream, KIND error|cut|stall",
+)
 def simulator(
     host: str,
     port: int,
@@ -87,12 +100,14 @@ def simulator(
     rpm: int,
     itpm: int,
     otpm: int,
+    output_tokens: int | None,
+    stream_faults: tuple[str, ...],
 ) -> None:
     """Run the local Messages API stand-in (no real API is called)."""
     from aiohttp import web
 
     from worker.dev.simulator.app import build_app
-    from worker.dev.simulator.state import SimConfig
+    from worker.dev.simulator.state import SimConfig, parse_stream_faults
 
     rates: dict[int, float] = {}
     for item in faults:
@@ -112,6 +127,8 @@ def simulator(
         rpm=rpm,
         itpm=itpm,
         otpm=otpm,
+        output_tokens=output_tokens,
+        stream_faults=parse_stream_faults(stream_faults),
     )
     click.echo(
         f"msgq simulator on http://{host}:{port} (a stand-in, not the Anthropic API)", err=True

@@ -17,7 +17,8 @@ from worker.pricing import cost_usd
 from worker.runtime import metrics, transitions
 from worker.runtime.backoff import retry_delay_s
 from worker.runtime.deps import Deps
-from worker.runtime.upstream import UpstreamReply, send_message
+from worker.runtime.progress import send_with_progress
+from worker.runtime.upstream import UpstreamReply
 
 log = structlog.get_logger("msgq.job")
 
@@ -91,10 +92,9 @@ async def _call(
     deps: Deps, record: JobRecord, request: MessageRequest, spec: JobSpec, estimate: int
 ) -> None:
     try:
-        async with asyncio.timeout(deps.settings.job_timeout_s):
-            reply = await send_message(deps.http, spec.request)
+        reply = await send_with_progress(deps, record, request, spec.request)
     except TimeoutError:
-        error = UnavailableError("attempt exceeded job_timeout_s")
+        error = UnavailableError("attempt exceeded job_timeout_s or the job's deadline")
         await _failed(deps, record, request, spec, error)
     except UpstreamError as exc:
         await _failed(deps, record, request, spec, exc)

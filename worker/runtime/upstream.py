@@ -1,33 +1,41 @@
-"""The one HTTP call to `POST /v1/messages`, and the only place that maps HTTP to meaning."""
+"""The one HTTP call to `POST /v1/messages`, streamed; `classify` says what its failures mean."""
 
 from __future__ import annotations
 
-import email.utils
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import orjson
+from httpx_sse import EventSource, ServerSentEvent, SSEError, aconnect_sse
 from pydantic import ValidationError
 
 from schemas import Message
-from worker.errors import (
-    InvalidResponseError,
-    OverloadedError,
-    RateLimitError,
-    RejectedError,
-    SpendLimitError,
-    TransientError,
-    UnavailableError,
-    UpstreamError,
+from worker.errors import UnavailableError
+from worker.runtime.classify import (
+    classify,
+    classify_error_event,
+    invalid_response,
+    parse_message,
+    parse_retry_after,
 )
+from worker.runtime.streaming import MessageAssembler, MidStreamError, StreamError
 from worker.settings import Settings
 
-RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
-SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
-SPEND_LIMIT_PHRASE = "reached your specified"
+__all__ = [
+    "UpstreamReply",
+    "build_client",
+    "classify",
+    "classify_error_event",
+    "parse_message",
+    "parse_retry_after",
+    "send_message",
+]
+
+OnProgress = Callable[[int, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -55,102 +63,131 @@ def build_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
-async def send_message(client: httpx.AsyncClient, body: dict[str, Any]) -> UpstreamReply:
-    """Call the API once. Raises an UpstreamError subclass for every failure."""
+async def send_message(
+    client: httpx.AsyncClient,
+    body: dict[str, Any],
+    *,
+    stream: bool = True,
+    idle_timeout_s: float = 60.0,
+    on_progress: OnProgress | None = None,
+) -> UpstreamReply:
+    """Call the API once. Raises an UpstreamError subclass for every failure.
+
+    It streams (`stream: true`) and assembles the Message a non-streaming call would return.
+    Why always: one code path for short and long jobs; a job runs as long as events keep
+    coming (an idle timeout between events, `idle_timeout_s`, replaces a total read timeout
+    that a long generation could never beat); progress can be watched; and the API (like its
+    SDK) wants streaming for any call that may run past 10 minutes. Until the answer starts,
+    the client's read timeout (`request_timeout_s`) applies. `on_progress(output_tokens, text)`
+    is awaited after each content delta. `stream=False` is the plain call, kept for comparison.
+    """
     started = time.perf_counter()
     try:
-        response = await client.post("/v1/messages", content=orjson.dumps(body))
+        if not stream:
+            whole = {k: v for k, v in body.items() if k != "stream"}
+            response = await client.post("/v1/messages", content=orjson.dumps(whole))
+        else:
+            return await _stream(client, body, started, idle_timeout_s, on_progress)
     except httpx.TimeoutException as exc:
         msg = f"request timed out ({type(exc).__name__})"
         raise UnavailableError(msg, error_type="timeout") from None
     except httpx.TransportError as exc:
         msg = f"connection failed ({type(exc).__name__})"
         raise UnavailableError(msg, error_type="connection_error") from None
-    latency_ms = (time.perf_counter() - started) * 1000
     if response.status_code != 200:
         raise classify(response)
+    return _reply(parse_message(response), response, started)
+
+
+def _reply(message: dict[str, Any], response: httpx.Response, started: float) -> UpstreamReply:
     return UpstreamReply(
-        message=parse_message(response),
+        message=message,
         request_id=response.headers.get("request-id"),
         headers=dict(response.headers),
-        latency_ms=latency_ms,
+        latency_ms=(time.perf_counter() - started) * 1000,
     )
 
 
-def parse_message(response: httpx.Response) -> dict[str, Any]:
-    """A 200 must carry a Message; anything else is a final `invalid_response`."""
-    request_id = response.headers.get("request-id")
+async def _stream(
+    client: httpx.AsyncClient,
+    body: dict[str, Any],
+    started: float,
+    idle_timeout_s: float,
+    on_progress: OnProgress | None,
+) -> UpstreamReply:
+    # httpx's own read timeout is off: asyncio bounds the wait for the answer to start, then
+    # each gap between events (a trickle of bytes that never completes an event is idle too).
+    timeout = httpx.Timeout(None, connect=client.timeout.connect, pool=client.timeout.pool)
+    streaming = False
     try:
-        body = orjson.loads(response.content)
-        Message.model_validate(body)
-    except (orjson.JSONDecodeError, ValidationError) as exc:
-        kind = "not JSON" if isinstance(exc, orjson.JSONDecodeError) else "not a Message"
-        msg = f"the API answered 200 with a body that is {kind}"
-        raise InvalidResponseError(msg, status_code=200, request_id=request_id) from None
-    return dict(body)
-
-
-def classify(response: httpx.Response) -> UpstreamError:
-    """Map a non-200 answer to an error, in the SDK's order: x-should-retry first, then status."""
-    status = response.status_code
-    error = _error_body(response)
-    kwargs: dict[str, Any] = {
-        "status_code": status,
-        "retry_after_s": parse_retry_after(response.headers),
-        "request_id": response.headers.get("request-id") or error.get("request_id"),
-        "error_type": error.get("type"),
-        "headers": dict(response.headers),
-    }
-    message = str(error.get("message") or f"HTTP {status}")
-    if _is_spend_limit(status, error):
-        return SpendLimitError(message, **{**kwargs, "error_type": None})
-    should_retry = response.headers.get("x-should-retry", "").lower()
-    if should_retry == "false":
-        return RejectedError(message, **kwargs)
-    if should_retry == "true" or status in RETRYABLE_STATUS or status > 500:
-        cls: type[TransientError] = {429: RateLimitError, 529: OverloadedError}.get(
-            status, UnavailableError
+        async with (
+            asyncio.timeout(client.timeout.read) as timer,
+            aconnect_sse(
+                client,
+                "POST",
+                "/v1/messages",
+                content=orjson.dumps({**body, "stream": True}),
+                timeout=timeout,
+            ) as source,
+        ):
+            response = source.response
+            if response.status_code != 200:
+                await response.aread()
+                raise classify(response)
+            streaming = True
+            assembler = await _consume(source, timer, idle_timeout_s, on_progress)
+    except TimeoutError:
+        msg = (
+            f"no event for {idle_timeout_s:g} s mid-stream (idle timeout)"
+            if streaming
+            else "request timed out (no answer within request_timeout_s)"
         )
-        return cls(message, **kwargs)
-    return RejectedError(message, **kwargs)
-
-
-def _error_body(response: httpx.Response) -> dict[str, Any]:
-    """The API's `{"type":"error","error":{...},"request_id":...}`; {} when not JSON (413s)."""
+        raise UnavailableError(msg, error_type="timeout") from None
+    except SSEError:  # before TransportError, which it subclasses
+        raise invalid_response(response, "not an event stream") from None
+    except httpx.TransportError as exc:
+        if not streaming:
+            raise
+        msg = f"connection lost mid-stream ({type(exc).__name__})"
+        raise UnavailableError(msg, error_type="connection_error") from None
+    if not assembler.done:
+        msg = "the stream ended before message_stop"
+        raise UnavailableError(msg, error_type="connection_error")
+    message = assembler.message()
     try:
-        body = orjson.loads(response.content)
+        Message.model_validate(message)
+    except ValidationError:
+        raise invalid_response(response, "not a Message") from None
+    return _reply(message, response, started)
+
+
+async def _consume(
+    source: EventSource,
+    timer: asyncio.Timeout,
+    idle_timeout_s: float,
+    on_progress: OnProgress | None,
+) -> MessageAssembler:
+    """Read events until message_stop, each within `idle_timeout_s` of the one before."""
+    loop = asyncio.get_running_loop()
+    timer.reschedule(loop.time() + idle_timeout_s)
+    assembler = MessageAssembler()
+    async for event in source.aiter_sse():
+        timer.reschedule(loop.time() + idle_timeout_s)
+        text = _feed(assembler, event, source.response)
+        if on_progress is not None and event.event == "content_block_delta":
+            await on_progress(assembler.output_tokens, text)
+        if assembler.done:
+            break
+    return assembler
+
+
+def _feed(assembler: MessageAssembler, event: ServerSentEvent, response: httpx.Response) -> str:
+    """One event into the assembler; protocol breaks are final, `error` events classified."""
+    try:
+        return assembler.feed(event.event, orjson.loads(event.data) if event.data else {})
     except orjson.JSONDecodeError:
-        return {}
-    if not isinstance(body, dict) or not isinstance(body.get("error"), dict):
-        return {}
-    return {**body["error"], "request_id": body.get("request_id")}
-
-
-def _is_spend_limit(status: int, error: dict[str, Any]) -> bool:
-    details = error.get("details")
-    code = details.get("error_code") if isinstance(details, dict) else None
-    if status == 429 and code == SPEND_LIMIT_CODE:
-        return True
-    return status == 400 and SPEND_LIMIT_PHRASE in str(error.get("message", "")).lower()
-
-
-def parse_retry_after(headers: httpx.Headers) -> float | None:
-    """`retry-after-ms` beats `retry-after` (seconds, or an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        raise invalid_response(response, "an event that is not JSON") from None
+    except StreamError as exc:
+        raise invalid_response(response, f"a broken event stream ({exc})") from None
+    except MidStreamError as exc:
+        raise classify_error_event(response, exc.error) from None

@@ -15,8 +15,13 @@ from pydantic import ValidationError
 
 from schemas import field_errors, summarize, validate_request
 from worker.dev.simulator.checks import refusal
-from worker.dev.simulator.replies import build_message, count_input_tokens
+from worker.dev.simulator.replies import (
+    build_message,
+    count_input_tokens,
+    reported_output_tokens,
+)
 from worker.dev.simulator.state import Scripted, SimConfig, SimState, mask_key
+from worker.dev.simulator.streaming import stream_answer
 
 STATE = web.AppKey("state", SimState)
 ERROR_TYPES = {
@@ -169,16 +174,19 @@ async def _answer(
     message_body = (
         scripted.body
         if scripted.body is not None
-        else build_message(body, seed=state.config.seed, request_id=request_id)
+        else build_message(
+            body,
+            seed=state.config.seed,
+            request_id=request_id,
+            output_tokens=state.output_tokens(scripted),
+        )
     )
     entry["response"] = message_body
-    output_tokens = (
-        int((message_body.get("usage") or {}).get("output_tokens", 0))
-        if isinstance(message_body, dict)
-        else 0
-    )
+    output_tokens = reported_output_tokens(message_body)
     state.limits.produced(output_tokens)
-    delay_ms = state.config.latency_ms + state.config.ms_per_output_token * output_tokens
+    if body.get("stream") is True:
+        return await stream_answer(request, state, scripted, message_body, request_id)
+    delay_ms = state.config.latency_ms + state.ms_per_token(scripted) * output_tokens
     if delay_ms:
         await asyncio.sleep(delay_ms / 1000)
     payload = orjson.dumps(message_body)

@@ -92,7 +92,8 @@ def _image_size(block: dict[str, Any]) -> tuple[int, int]:
 def _full_reply(body: dict[str, Any], seed: int) -> str:
     """What the model 'would say' with no limits: image descriptions, else an echo plus filler."""
     last = body["messages"][-1]
-    digest = hashlib.sha256(orjson.dumps([seed, body], option=orjson.OPT_SORT_KEYS)).digest()
+    asked = {k: v for k, v in body.items() if k != "stream"}  # streamed or not: the same answer
+    digest = hashlib.sha256(orjson.dumps([seed, asked], option=orjson.OPT_SORT_KEYS)).digest()
     filler = " ".join(WORDS[(digest[i] + i) % len(WORDS)] for i in range(12))
     if last.get("role") == "assistant":
         return f" {digest[0] % 90 + 10}, and {filler}."
@@ -107,8 +108,21 @@ def _full_reply(body: dict[str, Any], seed: int) -> str:
     return f"Simulated reply to: {prompt[:80]!r}. Also, {filler}."
 
 
-def build_message(body: dict[str, Any], *, seed: int, request_id: str) -> dict[str, Any]:
-    """A Message as the API would send it, honouring max_tokens and stop_sequences."""
+def long_text(tokens: int, seed: int) -> str:
+    """Exactly `tokens` tokens (4 characters each) of deterministic filler."""
+    start = seed % len(WORDS)
+    sentence = " ".join(WORDS[start:] + WORDS[:start]) + ". "
+    return (sentence * (tokens * 4 // len(sentence) + 1))[: tokens * 4]
+
+
+def build_message(
+    body: dict[str, Any], *, seed: int, request_id: str, output_tokens: int | None = None
+) -> dict[str, Any]:
+    """A Message as the API would send it, honouring max_tokens and stop_sequences.
+
+    With `output_tokens` N the reply is min(N, max_tokens) tokens of filler: `end_turn` when N
+    is below max_tokens, else `max_tokens` (long generations on demand).
+    """
     text, stop_reason, stop_sequence = _full_reply(body, seed), "end_turn", None
     for sequence in body.get("stop_sequences") or []:
         index = text.find(sequence)
@@ -116,7 +130,12 @@ def build_message(body: dict[str, Any], *, seed: int, request_id: str) -> dict[s
             text, stop_reason, stop_sequence = text[:index], "stop_sequence", sequence
             break
     max_tokens = int(body["max_tokens"])
-    if text_tokens(text) > max_tokens:
+    if output_tokens is not None:
+        text = long_text(min(output_tokens, max_tokens), seed)
+        stop_reason, stop_sequence = "end_turn", None
+        if output_tokens >= max_tokens:
+            stop_reason = "max_tokens"
+    elif text_tokens(text) > max_tokens:
         text, stop_reason, stop_sequence = text[: max_tokens * 4], "max_tokens", None
     digest = hashlib.sha256(request_id.encode()).hexdigest()[:24]
     return {
@@ -135,3 +154,10 @@ def build_message(body: dict[str, Any], *, seed: int, request_id: str) -> dict[s
             "service_tier": "standard",
         },
     }
+
+
+def reported_output_tokens(message: Any) -> int:
+    """The output tokens a (possibly scripted, possibly bogus) answer claims."""
+    if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
+        return 0
+    return int(message["usage"].get("output_tokens", 0))

@@ -8,6 +8,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import click
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.dev.simulator.limits import Limits
@@ -28,6 +29,13 @@ class Scripted(BaseModel):
     drop: bool = False
     drop_mid_body: bool = False
     malformed: bool = False
+    output_tokens: int | None = Field(default=None, ge=0, le=1_000_000)  # min(N, max_tokens)
+    ms_per_token: float | None = Field(default=None, ge=0, le=1000)  # this answer's pace
+    # Streamed answers only, halfway through the content: an `error` event of this type
+    # (overloaded_error, api_error, ...), a cut connection, or silence (not even a ping).
+    stream_error: str | None = None
+    stream_cut: bool = False
+    stream_stall_s: float = Field(default=0.0, ge=0, le=3600)
 
 
 @dataclass
@@ -43,6 +51,8 @@ class SimConfig:
     rpm: int = 0  # 0: unlimited
     itpm: int = 0
     otpm: int = 0
+    output_tokens: int | None = None  # every reply min(N, max_tokens) tokens long
+    stream_faults: dict[str, float] = field(default_factory=dict)  # error|cut|stall -> rate
 
 
 @dataclass
@@ -101,6 +111,24 @@ class SimState:
             return Scripted(drop=True)
         return None
 
+    def roll_stream_fault(self) -> str | None:
+        """A mid-stream fault kind at the configured rates (seeded), or None."""
+        roll = self.rng.random() if self.config.stream_faults else 1.0
+        for kind, rate in sorted(self.config.stream_faults.items()):
+            if roll < rate:
+                return kind
+            roll -= rate
+        return None
+
+    def output_tokens(self, scripted: Scripted) -> int | None:
+        return (
+            self.config.output_tokens if scripted.output_tokens is None else scripted.output_tokens
+        )
+
+    def ms_per_token(self, scripted: Scripted) -> float:
+        pace = scripted.ms_per_token
+        return self.config.ms_per_output_token if pace is None else pace
+
     def stats(self) -> dict[str, Any]:
         return {
             "received": self.received,
@@ -113,3 +141,22 @@ class SimState:
 def mask_key(value: str) -> str:
     """Show enough of a key to tell two apart, never enough to use it."""
     return value[:4] + "…" + value[-2:] if len(value) > 8 else "…"
+
+
+STREAM_FAULT_KINDS = ("error", "cut", "stall")
+
+
+def parse_stream_faults(items: tuple[str, ...]) -> dict[str, float]:
+    """`--stream-fault error=0.05 --stream-fault cut=0.01 --stream-fault stall=0.01`."""
+    rates: dict[str, float] = {}
+    for item in items:
+        kind, _, rate = item.strip().partition("=")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = -1.0
+        if kind not in STREAM_FAULT_KINDS or not 0 <= value <= 1:
+            msg = f"{item!r} is not KIND=RATE with KIND one of {', '.join(STREAM_FAULT_KINDS)}"
+            raise click.BadParameter(msg, param_hint="--stream-fault")
+        rates[kind] = value
+    return rates
