@@ -154,7 +154,7 @@ async def test_conflicts_tenants_and_ended_cancels_are_visible(
     finished job exits 0 but says it had already ended."""
     first = await amsgq(settings, "submit", "-", "--id", "same", stdin=json.dumps(BODY))
     assert first.returncode == 0, first.stderr
-    other = {**BODY, "max_tokens": BODY["max_tokens"] + 1}
+    other = {**BODY, "max_tokens": 7}
     clash = await amsgq(settings, "submit", "-", "--id", "same", stdin=json.dumps(other))
     assert clash.returncode == 2 and "different request" in clash.stderr
     await client.submit(BODY, job_id="order-1", tenant="acme")

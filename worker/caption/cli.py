@@ -15,7 +15,8 @@ from schemas import JobStatus
 from worker.caption.inputs import check_template, count_items, missing_inputs
 from worker.caption.output import CaptionLog
 from worker.caption.report import Display, estimate, summary
-from worker.caption.run import CaptionOptions, CaptionRun, Tally
+from worker.caption.run import CaptionRun, Tally
+from worker.caption.work import CaptionOptions
 from worker.client import Client
 from worker.errors import JobNotFoundError
 from worker.settings import Settings

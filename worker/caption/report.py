@@ -14,7 +14,8 @@ from rich.table import Table
 from schemas.tokens import UNFETCHED_SIZE_PX, image_tokens, text_tokens
 from worker.caption.images import ImagePrepError, prepare
 from worker.caption.inputs import iter_items, render_prompt
-from worker.caption.run import CaptionOptions, Tally
+from worker.caption.run import Tally
+from worker.caption.work import CaptionOptions
 from worker.pricing import prices_for
 
 

@@ -22,6 +22,9 @@ from worker.errors import InvalidJobError
 from worker.settings import Settings
 from worker.store import JobStore
 
+# CaptionOptions lives in work.py; it is re-exported here, where callers start a run.
+__all__ = ["CaptionOptions", "CaptionRun", "Tally"]
+
 
 @dataclass
 class Tally:
