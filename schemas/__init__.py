@@ -10,6 +10,9 @@ from schemas.jobs import (
     JobSpec,
     JobStatus,
     JobUsage,
+    Lane,
+    Priority,
+    WebhookState,
 )
 from schemas.request import MessageRequest, field_errors, summarize, validate_request
 from schemas.response import Message, Usage
@@ -24,10 +27,13 @@ __all__ = [
     "JobSpec",
     "JobStatus",
     "JobUsage",
+    "Lane",
     "Message",
     "MessageRequest",
     "Prices",
+    "Priority",
     "Usage",
+    "WebhookState",
     "capabilities_for",
     "field_errors",
     "summarize",

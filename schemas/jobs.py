@@ -29,6 +29,33 @@ class JobStatus(StrEnum):
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED})
 
 
+class Lane(StrEnum):
+    """How a job reaches the API: `realtime` (POST /v1/messages), `batch` (pooled into the
+    Message Batches API at half price), or `auto` (batch when the deadline leaves room)."""
+
+    REALTIME = "realtime"
+    BATCH = "batch"
+    AUTO = "auto"
+
+
+class Priority(StrEnum):
+    """Admission order under the organisation's limit: interactive before default before bulk
+    (bulk keeps a floor share, so nothing starves)."""
+
+    INTERACTIVE = "interactive"
+    DEFAULT = "default"
+    BULK = "bulk"
+
+
+class WebhookState(BaseModel):
+    """Delivery of the final record to `callback_url` (Standard Webhooks, at least once)."""
+
+    status: str = "pending"  # pending | delivered | failed
+    attempts: int = 0
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+
+
 class JobSpec(BaseModel):
     """The arq job's keyword arguments: the raw request is validated by the worker, not here."""
 
@@ -38,6 +65,10 @@ class JobSpec(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     deadline: AwareDatetime | None = None
     max_attempts: int | None = Field(default=None, ge=1, le=100)
+    lane: Lane | None = None  # None: realtime
+    priority: Priority | None = None  # None: the tenant's default, else `default`
+    tenant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    callback_url: str | None = Field(default=None, max_length=2048)
 
 
 class JobUsage(BaseModel):
@@ -81,6 +112,13 @@ class JobRecord(BaseModel):
     upstream_request_id: str | None = None
     cancel_requested: bool = False
     progress: int | None = None  # output tokens so far, while a streamed attempt runs
+    lane: Lane = Lane.REALTIME
+    priority: Priority = Priority.DEFAULT
+    served_by: Lane | None = None  # realtime or batch: how the answer was obtained
+    upstream_batch_id: str | None = None  # the Message Batch this job rides in, while it does
+    waiting_reason: str | None = None  # e.g. "budget": why a queued job is not being sent
+    callback_url: str | None = None
+    webhook: WebhookState | None = None
     tenant: str | None = None
     batch_id: str | None = None
     custom_id: str | None = None

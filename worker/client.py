@@ -15,7 +15,7 @@ import orjson
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus
+from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus, Lane, Priority
 from worker import arq_adapter
 from worker.endings import Endings
 from worker.errors import InvalidJobError, JobConflictError, JobNotFoundError
@@ -98,6 +98,9 @@ class Client:
         deadline: datetime | None = None,
         max_attempts: int | None = None,
         tenant: str | None = None,
+        lane: Lane | str | None = None,
+        priority: Priority | str | None = None,
+        callback_url: str | None = None,
     ) -> Submitted:
         """Validate, then enqueue. Raises InvalidJobError (nothing enqueued) for a bad request,
         JobConflictError when `job_id` already holds a different request."""
@@ -111,6 +114,10 @@ class Client:
             deadline=deadline,
             max_attempts=max_attempts,
             max_image_bytes=self.settings.max_image_bytes,
+            lane=lane,
+            priority=priority,
+            tenant=tenant,
+            callback_url=callback_url,
         )
         internal_id = f"{tenant}:{job_id or new_job_id()}" if tenant else job_id or new_job_id()
         now_ms = int(time.time() * 1000)

@@ -19,6 +19,8 @@ from schemas import (
     JobRecord,
     JobSpec,
     JobStatus,
+    Lane,
+    Priority,
     field_errors,
     summarize,
 )
@@ -38,20 +40,37 @@ def build_spec(
     max_attempts: int | None = None,
     validate: bool = True,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    lane: Lane | str | None = None,
+    priority: Priority | str | None = None,
+    tenant: str | None = None,
+    callback_url: str | None = None,
 ) -> JobSpec:
     """The job spec for a request, validated unless the worker is to do that (batches).
 
     Raises InvalidJobError with every field error; nothing is enqueued then.
     """
-    try:
-        if validate:
+    if validate:
+        try:
             _validate_request(body, max_image_bytes=max_image_bytes)
-        return JobSpec(
-            request=body, metadata=metadata or {}, deadline=deadline, max_attempts=max_attempts
-        )
+        except ValidationError as exc:
+            errors = field_errors(exc, body)
+            msg = f"invalid request: {summarize(errors, 3)}"
+            raise InvalidJobError(msg, errors) from None
+    fields = {
+        "request": body,
+        "metadata": metadata or {},
+        "deadline": deadline,
+        "max_attempts": max_attempts,
+        "lane": lane,
+        "priority": priority,
+        "tenant": tenant,
+        "callback_url": callback_url,
+    }
+    try:
+        return JobSpec.model_validate(fields)
     except ValidationError as exc:
-        errors = field_errors(exc, body)
-        msg = f"invalid request: {summarize(errors, 3)}"
+        errors = field_errors(exc, fields)
+        msg = f"invalid job: {summarize(errors, 3)}"
         raise InvalidJobError(msg, errors) from None
 
 
@@ -74,7 +93,10 @@ def new_record(
         deadline=spec.deadline if spec else None,
         model=_model_of(spec),
         metadata=spec.metadata if spec else {},
-        tenant=tenant,
+        lane=spec.lane if spec and spec.lane else Lane.REALTIME,
+        priority=spec.priority if spec and spec.priority else Priority.DEFAULT,
+        callback_url=spec.callback_url if spec else None,
+        tenant=tenant or (spec.tenant if spec else None),
         batch_id=batch_id,
         custom_id=custom_id,
     )
