@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import DEFAULT_MAX_IMAGE_BYTES
 from worker.pricing import check_prices_file
+from worker.tenants import load_tenants
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 UNTIL_RESUME = frozenset({"0", "until-resume", "none"})
@@ -81,6 +82,10 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, description="largest job payload a worker will decode"
     )
     prices_file: Path | None = Field(default=None, description="TOML overriding model prices")
+    tenants_file: Path | None = Field(
+        default=None,
+        description="TOML: per-tenant weight, priority, caps, budgets, lane, webhook (README)",
+    )
     rate_limits: dict[str, dict[str, int]] = Field(
         default_factory=dict,
         description='per model class, JSON: {"haiku": {"rpm": 1000, "itpm": 2000000, "otpm": '
@@ -107,6 +112,13 @@ class Settings(BaseSettings):
     def _readable_prices(cls, value: Path | None) -> Path | None:
         if value is not None:
             check_prices_file(value)
+        return value
+
+    @field_validator("tenants_file")
+    @classmethod
+    def _readable_tenants(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            load_tenants(value)  # raises TenantsFileError (a ValueError) with one clear line
         return value
 
     @field_validator("rate_limits")

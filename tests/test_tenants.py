@@ -1,0 +1,55 @@
+"""The tenants file: parsed and validated at start-up with one clear line per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from schemas import Lane, Priority
+from worker.settings import Settings
+from worker.tenants import TenantsFileError, parse_tenants
+
+GOOD = """
+[tenants.acme]
+weight = 2
+default_priority = "interactive"
+budget_usd_day = 1.5
+on_budget = "fail"
+batches_lane = "batch"
+otpm_share = 0.5
+"""
+
+
+def test_a_good_file_and_defaults_for_unlisted_tenants() -> None:
+    tenants = parse_tenants(GOOD)
+    acme = tenants.get("acme")
+    assert (acme.weight, acme.default_priority, acme.on_budget) == (2, Priority.INTERACTIVE, "fail")
+    assert acme.batches_lane is Lane.BATCH and acme.has_budget and acme.otpm_share == 0.5
+    other = tenants.get("someone-else")
+    assert other.weight == 1 and not other.has_budget and other.default_priority is Priority.DEFAULT
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[tenants.acme]\nweight = -1\n", "tenants.acme.weight"),
+        ('[tenants.acme]\non_budget = "later"\n', "tenants.acme.on_budget"),
+        ("[tenants.acme]\nwieght = 2\n", "tenants.acme.wieght"),
+        ('[tenants."bad name"]\nweight = 1\n', "tenant name"),
+        ("[acme]\nweight = 1\n", "unknown table"),
+        ("[tenants.acme\n", "not valid TOML"),
+    ],
+)
+def test_bad_files_name_the_tenant_and_field(text: str, says: str) -> None:
+    with pytest.raises(TenantsFileError, match="MSGQ_TENANTS_FILE") as caught:
+        parse_tenants(text)
+    assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_settings_refuse_a_bad_tenants_file_at_start_up(tmp_path: Path) -> None:
+    bad = tmp_path / "tenants.toml"
+    bad.write_text("[tenants.acme]\nweight = 0\n")
+    with pytest.raises(ValidationError, match="tenants.acme.weight"):
+        Settings(_env_file=None, tenants_file=bad)  # type: ignore[call-arg]
