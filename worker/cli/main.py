@@ -116,8 +116,18 @@ def _stored_id(job_id: str, tenant: str | None) -> str:
 @cli.command()
 @click.argument("job_id")
 @TENANT
-def status(job_id: str, tenant: str | None) -> None:
-    """Print a job's record as JSON."""
+@click.option("--follow", "-f", is_flag=True, help="Print the text as it streams, then the record.")
+def status(job_id: str, tenant: str | None, follow: bool) -> None:
+    """Print a job's record as JSON (--follow: its text first, like tail -f)."""
+    if follow:
+        from worker.cli.follow import follow_to_terminal
+
+        record = follow_to_terminal(Settings(), _stored_id(job_id, tenant))
+        _dump(record.model_dump(mode="json"))
+        if record.status in FAILED_STATUSES:
+            msg = f"job {job_id} {record.status.value}"
+            raise JobFailedError(msg)
+        return
     _dump(_with_client(lambda c: c.get(_stored_id(job_id, tenant))).model_dump(mode="json"))
 
 

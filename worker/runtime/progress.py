@@ -84,9 +84,9 @@ class Progress:
 
     async def _record(self) -> None:
         try:
+            await self._hold(min(self.tokens, self.reserved))
             await self.deps.store.set_progress(self.job_id, self.tokens)
             self.recorded = True
-            await self._hold(min(self.tokens, self.reserved))
         except RedisError as exc:
             log.warning("job.progress_unrecorded", error=type(exc).__name__)
 
