@@ -89,6 +89,16 @@ class JobError(BaseModel):
     errors: list[dict[str, str]] | None = None
 
 
+class AttemptError(BaseModel):
+    """One failed attempt, for the record's timeline (`attempt_errors`, the last 20)."""
+
+    attempt: int
+    at: datetime
+    type: str
+    message: str
+    status_code: int | None = None
+
+
 class JobRecord(BaseModel):
     """The record a poller reads. `result` is the Message exactly as the API sent it."""
 
@@ -124,3 +134,4 @@ class JobRecord(BaseModel):
     custom_id: str | None = None
     # sha256 of the canonical request JSON: a resubmission under this ID must match it.
     request_sha256: str | None = None
+    attempt_errors: list[AttemptError] = Field(default_factory=list)  # oldest first

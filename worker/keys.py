@@ -22,6 +22,27 @@ def record_key(job_id: str) -> str:
     return f"{KEY_PREFIX}job:{job_id}"
 
 
+def status_jobs_key(status: str) -> str:
+    """ZSET id -> created ms of the jobs in one status (worker.job_index keeps it)."""
+    return f"{KEY_PREFIX}status:{status}:jobs"
+
+
+def model_jobs_key(model: str) -> str:
+    """ZSET id -> created ms of the jobs asking for one model (worker.job_index keeps it)."""
+    return f"{KEY_PREFIX}model:{model}:jobs"
+
+
+def minute_key(kind: str, minute: int, tenant: str | None = None) -> str:
+    """Per-minute counter (succeeded, failed, 429, ...), fleet-wide or one tenant's; 2 h TTL."""
+    scope = f"tenant:{tenant}:" if tenant else ""
+    return f"{KEY_PREFIX}minute:{scope}{kind}:{minute}"
+
+
+def ui_session_key(session_hash: str) -> str:
+    """A dashboard session (JSON: role, tenant, CSRF token), under the SHA-256 of its cookie."""
+    return f"{KEY_PREFIX}ui:session:{session_hash}"
+
+
 def progress_channel(job_id: str) -> str:
     """Pub/sub: a running job's text as it streams, for live watchers (nothing is stored)."""
     return f"{KEY_PREFIX}progress:{job_id}"

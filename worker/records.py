@@ -25,6 +25,7 @@ from schemas import (
     summarize,
 )
 from schemas import validate_request as _validate_request
+from schemas.jobs import AttemptError
 from worker.errors import InvalidJobError
 
 
@@ -107,8 +108,25 @@ def _model_of(spec: JobSpec | None) -> str | None:
     return model[:256] if isinstance(model, str) else None
 
 
+MAX_ATTEMPT_ERRORS = 20
+
+
+def logged(record: JobRecord, error: JobError, attempt: int | None = None) -> list[AttemptError]:
+    """The record's attempt timeline with `error` added (the newest 20 kept)."""
+    entry = AttemptError(
+        attempt=record.attempts if attempt is None else attempt,
+        at=utcnow(),
+        type=error.type,
+        message=error.message[:500],
+        status_code=error.status_code,
+    )
+    return [*record.attempt_errors, entry][-MAX_ATTEMPT_ERRORS:]
+
+
 def ended(record: JobRecord, status: JobStatus, **fields: Any) -> JobRecord:
-    """Terminal: `finished_at` now, nothing scheduled."""
+    """Terminal: `finished_at` now, nothing scheduled; an error joins the attempt timeline."""
+    if isinstance(fields.get("error"), JobError):
+        fields["attempt_errors"] = logged(record, fields["error"], fields.get("attempts"))
     return record.model_copy(
         update={"status": status, "finished_at": utcnow(), "next_attempt_at": None, **fields}
     )
@@ -135,7 +153,12 @@ def retry_scheduled(record: JobRecord, *, next_at: datetime, error: JobError) ->
     if record.deadline is not None and next_at >= record.deadline:
         return ended(record, JobStatus.EXPIRED, error=error)
     return record.model_copy(
-        update={"status": JobStatus.RETRYING, "next_attempt_at": next_at, "error": error}
+        update={
+            "status": JobStatus.RETRYING,
+            "next_attempt_at": next_at,
+            "error": error,
+            "attempt_errors": logged(record, error),
+        }
     )
 
 
@@ -166,6 +189,7 @@ def crashed(record: JobRecord, *, error: JobError, backoff: Callable[[int], floa
             "attempts": attempts,
             "next_attempt_at": utcnow() + timedelta(seconds=backoff(attempts)),
             "error": error,
+            "attempt_errors": logged(record, error, attempts),
         }
     )
 

@@ -152,6 +152,9 @@ class Settings(BaseSettings):
         default=None, description='HTTP API keys: "tenant-a:key1,tenant-b:key2"'
     )
     api_keys_file: Path | None = Field(default=None, description="one tenant:key a line")
+    admin_keys: SecretStr | None = Field(
+        default=None, description="dashboard (/ui) admin keys, comma-separated: all tenants"
+    )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, description="HTTP API body limit")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"

@@ -11,6 +11,8 @@ from redis.exceptions import WatchError
 
 from schemas import JobRecord, JobStatus
 from worker import arq_adapter, records
+from worker.fleet_stats import record_minute
+from worker.job_index import index_new, index_status
 from worker.keys import (
     ACTIVE_KEY,
     DONE_CHANNEL,
@@ -87,6 +89,7 @@ class JobStore:
         pipe.set(arq_job_key(record.id), job_payload)
         pipe.zadd(self.queue_name, {record.id: score_ms}, nx=True)
         pipe.zadd(INDEX_KEY, {record.id: score_ms})
+        index_new(pipe, record, score_ms)
         pipe.zadd(ACTIVE_KEY, {record.id: score_ms})
         if record.tenant:
             pipe.zadd(tenant_jobs_key(record.tenant), {record.id: score_ms})
@@ -109,6 +112,7 @@ class JobStore:
             score = int(record.created_at.timestamp() * 1000)
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zadd(INDEX_KEY, {record.id: score})
+                index_new(pipe, record, score)
                 pipe.zadd(ACTIVE_KEY, {record.id: score})
                 await pipe.execute()
             return record
@@ -142,6 +146,7 @@ class JobStore:
                     continue
 
     def _write(self, pipe: Redis, record: JobRecord) -> None:
+        index_status(pipe, record)
         if not record.status.terminal:
             pipe.set(record_key(record.id), record.model_dump_json())
             return
@@ -154,6 +159,7 @@ class JobStore:
             counts = batch_counts_key(record.batch_id)
             pipe.hincrby(counts, record.status.value, 1)
             pipe.hset(counts, "last_at", (record.finished_at or utcnow()).isoformat())
+        record_minute(pipe, record.status.value, tenant=record.tenant)
         pipe.publish(DONE_CHANNEL, record.id)
 
     async def keep_spec(self, job_id: str, spec: dict[str, Any]) -> None:
@@ -182,6 +188,7 @@ class JobStore:
                     now_ms = int(utcnow().timestamp() * 1000)
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                     pipe.set(key, fresh.model_dump_json())
+                    index_status(pipe, fresh)
                     pipe.zadd(ACTIVE_KEY, {job_id: now_ms})
                     pipe.set(arq_job_key(job_id), job_payload(orjson.loads(spec)))
                     pipe.zadd(self.queue_name, {job_id: now_ms})

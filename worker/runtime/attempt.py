@@ -13,6 +13,7 @@ from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, MessageRe
 from worker.arq_adapter import Defer
 from worker.errors import RateLimitError, SpendLimitError, UnavailableError, UpstreamError
 from worker.estimate import estimate_input_tokens
+from worker.fleet_stats import count_minute
 from worker.pricing import cost_usd
 from worker.runtime import metrics, transitions
 from worker.runtime.backoff import retry_delay_s
@@ -116,6 +117,7 @@ async def _failed(
     )
     if refused:
         deps.concurrency.overloaded()
+        await count_minute(deps.redis, str(exc.status_code))  # the dashboard's 429/529 chart
     if isinstance(exc, RateLimitError):
         await deps.limiter.cool_down(request.model, exc.retry_after_s or 1.0)
     if isinstance(exc, SpendLimitError):
