@@ -169,10 +169,16 @@ async def _consume(
 ) -> MessageAssembler:
     """Read events until message_stop, each within `idle_timeout_s` of the one before."""
     loop = asyncio.get_running_loop()
-    timer.reschedule(loop.time() + idle_timeout_s)
+    # Moving the timer costs more than parsing an event: move it at most every `step`, which
+    # keeps the idle timeout exact to within `step` (a tenth of it, at most a second).
+    step = min(1.0, idle_timeout_s / 10)
+    moved = loop.time()
+    timer.reschedule(moved + idle_timeout_s)
     assembler = MessageAssembler()
     async for event in source.aiter_sse():
-        timer.reschedule(loop.time() + idle_timeout_s)
+        if (now := loop.time()) - moved >= step:
+            moved = now
+            timer.reschedule(now + idle_timeout_s)
         text = _feed(assembler, event, source.response)
         if on_progress is not None and event.event == "content_block_delta":
             await on_progress(assembler.output_tokens, text)
