@@ -19,6 +19,11 @@ class JobCreate(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     deadline: AwareDatetime | None = None
     max_attempts: int | None = Field(default=None, ge=1, le=100)
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="POSTed the final record when the job ends (Standard Webhooks, signed)",
+    )
 
 
 class JobPage(BaseModel):

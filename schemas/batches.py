@@ -22,6 +22,8 @@ class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     requests: list[BatchRequest] = Field(min_length=1, max_length=MAX_BATCH_REQUESTS)
+    # msgq extension (the SDK sends it with extra_body): POSTed the batch when it ends.
+    callback_url: str | None = Field(default=None, max_length=2048)
 
 
 class RequestCounts(BaseModel):

@@ -6,7 +6,8 @@ Checked:
 - every record is terminal, or has its queued job or a live in-progress lock (else: orphan);
 - no `in_progress` record is without its lock;
 - every batch's counts equal its records' statuses;
-- every key that is due a TTL has one (terminal records, kept specs, batches, locks).
+- every key that is due a TTL has one (terminal records, kept specs, batches, locks);
+- every webhook outbox entry has its job or batch, is due, and is within its 24 h window.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from worker.keys import (
     in_progress_key,
     record_key,
 )
+from worker.webhooks.outbox import audit_findings
 
 SAMPLE = 10  # IDs shown per violation
 
@@ -75,6 +77,8 @@ async def audit(redis: Redis) -> AuditReport:
     await _records(redis, report)
     await _batches(redis, report)
     await _other_ttls(redis, report)
+    for check, example in await audit_findings(redis):
+        report.violation(check, example)
     return report
 
 

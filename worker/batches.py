@@ -27,6 +27,7 @@ from worker.keys import (
 from worker.records import build_spec, new_record
 from worker.settings import Settings
 from worker.store import JobStore
+from worker.webhooks.targets import callback_for
 
 BATCH_TTL = timedelta(hours=24)  # as the API's: requests not done by then expire
 RESULT_TYPES = {
@@ -50,6 +51,7 @@ class BatchMeta(BaseModel):
     created_at: datetime
     expires_at: datetime
     cancel_initiated_at: datetime | None = None
+    callback_url: str | None = None  # the webhook owed when the batch ends (outbox, Lua)
 
 
 async def _lrange(redis: Any, key: str, start: int, stop: int) -> list[str]:
@@ -73,6 +75,7 @@ class Batches:
     async def create(self, tenant: str, body: BatchCreate) -> BatchMeta:
         """Enqueue every request as a job; params are validated by the worker, as the API does
         asynchronously (an invalid one ends `errored`, the others run)."""
+        callback_url = await callback_for(body.callback_url, tenant=tenant, settings=self.settings)
         now_ms = int(time.time() * 1000)
         created = datetime.fromtimestamp(now_ms / 1000, UTC)
         meta = BatchMeta(
@@ -81,6 +84,7 @@ class Batches:
             count=len(body.requests),
             created_at=created,
             expires_at=created + BATCH_TTL,
+            callback_url=callback_url,
         )
         jobs = []
         for item in body.requests:

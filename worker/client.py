@@ -22,6 +22,7 @@ from worker.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from worker.records import build_spec, new_record
 from worker.settings import Settings
 from worker.store import JobStore
+from worker.webhooks.targets import callback_for
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
@@ -108,6 +109,7 @@ class Client:
             msg = "job id must be 1-128 characters of A-Z a-z 0-9 _ . : -"
             raise InvalidJobError(msg, [{"loc": "id", "msg": msg, "type": "value_error"}])
         body = self._request_dict(request)
+        callback_url = await callback_for(callback_url, tenant=tenant, settings=self.settings)
         spec = build_spec(
             body,
             metadata=metadata,

@@ -16,6 +16,8 @@ BATCHES_KEY = KEY_PREFIX + "batches"  # ZSET batch id -> expires_at ms, until th
 DONE_CHANNEL = KEY_PREFIX + "done"  # pub/sub: a job ID each time a record turns terminal
 PAUSE_KEY = KEY_PREFIX + "paused"  # the fleet's spend-limit pause (value: the reason)
 RECONCILER_LOCK = KEY_PREFIX + "reconciler:lock"  # one fleet-wide reconciler at a time
+WEBHOOKS_KEY = KEY_PREFIX + "webhooks"  # HASH webhook outbox: "job:<id>"/"batch:<id>" -> JSON
+WEBHOOKS_DUE_KEY = KEY_PREFIX + "webhooks:due"  # ZSET entry -> ms when due (or its lease ends)
 
 
 def record_key(job_id: str) -> str:

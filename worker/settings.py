@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas import DEFAULT_MAX_IMAGE_BYTES
 from worker.pricing import check_prices_file
 from worker.tenants import load_tenants
+from worker.webhooks.signing import secret_key
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 UNTIL_RESUME = frozenset({"0", "until-resume", "none"})
@@ -158,3 +159,29 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, description="HTTP API body limit")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="webhook signing secret (whsec_ + base64, Standard Webhooks); a tenant's wins",
+    )
+    webhook_allow: str | None = Field(
+        default=None,
+        description="webhook targets exempt from the SSRF policy: CIDRs and/or hostnames",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="one webhook delivery attempt (its lease: this + 5 s)"
+    )
+    webhook_backoff_base_s: float = Field(default=5.0, gt=0, description="first webhook retry")
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0, description="longest retry gap")
+    webhook_max_age_s: float = Field(
+        default=24 * 3600.0, gt=0, description="keep retrying a webhook this long, then `failed`"
+    )
+    webhook_poll_s: float = Field(
+        default=1.0, gt=0, description="how often each worker looks for webhooks due"
+    )
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_format(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret_key(value.get_secret_value())  # a ValueError naming what is wrong
+        return value

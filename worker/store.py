@@ -25,6 +25,7 @@ from worker.keys import (
 )
 from worker.records import utcnow
 from worker.settings import Settings
+from worker.webhooks import outbox
 
 BATCH_RETENTION_S = 29 * 24 * 3600  # the Batches API keeps results 29 days after creation
 
@@ -152,6 +153,7 @@ class JobStore:
             return
         # A batch's results are kept as long as the batch (the API keeps them 29 days).
         ttl = self.batch_retention_s if record.batch_id else self.retention_s
+        record = outbox.pending(record)  # webhook state `pending` when it has a callback_url
         pipe.set(record_key(record.id), record.model_dump_json(), ex=ttl)
         pipe.zrem(ACTIVE_KEY, record.id)
         if record.batch_id:
@@ -160,6 +162,7 @@ class JobStore:
             pipe.hincrby(counts, record.status.value, 1)
             pipe.hset(counts, "last_at", (record.finished_at or utcnow()).isoformat())
         record_minute(pipe, record.status.value, tenant=record.tenant)
+        outbox.schedule(pipe, record)  # the webhook owed, durable with the record itself
         pipe.publish(DONE_CHANNEL, record.id)
 
     async def keep_spec(self, job_id: str, spec: dict[str, Any]) -> None:

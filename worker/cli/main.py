@@ -86,12 +86,15 @@ def _read_json(path: str) -> Any:
 @click.option("--id", "job_id", help="Caller-chosen job ID: submitting it again is a no-op.")
 @click.option("--wait", is_flag=True, help="Wait for the job to end and print its record.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to --wait.")
-def submit(file: str, job_id: str | None, wait: bool, timeout: float) -> None:
+@click.option("--callback-url", help="POST the final record here, signed (Standard Webhooks).")
+def submit(
+    file: str, job_id: str | None, wait: bool, timeout: float, callback_url: str | None
+) -> None:
     """Enqueue one Messages request from FILE (`-` for stdin); prints the job ID."""
     request = _read_json(file)
 
     async def run(client: Client) -> JobRecord | str:
-        job = await client.submit(request, job_id=job_id)
+        job = await client.submit(request, job_id=job_id, callback_url=callback_url)
         return await client.wait(job.id, timeout=timeout) if wait else job.id
 
     outcome = _with_client(run)

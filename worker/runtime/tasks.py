@@ -39,6 +39,7 @@ from worker.runtime.deps import Deps
 from worker.runtime.ratelimit import Limits, RateLimiter
 from worker.runtime.reconciler import Reconciler
 from worker.runtime.upstream import build_client
+from worker.runtime.webhook_dispatcher import WebhookDispatcher
 from worker.settings import Settings
 from worker.store import JobStore
 
@@ -58,6 +59,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     ctx["gauges"] = asyncio.create_task(_update_gauges(ctx["msgq"]))
     ctx["reconciler"] = asyncio.create_task(Reconciler(redis, store, settings).run_forever())
+    ctx["webhooks"] = asyncio.create_task(WebhookDispatcher(redis, store, settings).run_forever())
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
     log.info("worker.started", base_url=settings.anthropic_base_url, max_jobs=settings.max_jobs)
@@ -70,6 +72,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     deps: Deps | None = ctx.get("msgq")
     if deps is not None:
         await deps.http.aclose()
+    if "webhooks" in ctx:
+        ctx["webhooks"].cancel()  # an attempt cut short is delivered again when its lease ends
     log.info("worker.stopped")
 
 
