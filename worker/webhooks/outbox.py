@@ -166,7 +166,7 @@ class Outbox:
 
     async def set_state(self, job_id: str, state: WebhookState) -> None:
         """Write `webhook` on a terminal record and nothing else: the one field write-once
-        leaves open. The record's other fields are kept byte for byte (edited as raw JSON, under
+        leaves open. The record's other fields are kept as stored (edited as raw JSON, under
         WATCH); a record that is not terminal (re-opened meanwhile) is left alone."""
         key = record_key(job_id)
         async with self.redis.pipeline(transaction=True) as pipe:
