@@ -87,6 +87,29 @@ async def _check_worker(settings: Settings) -> int:
     envvar="MSGQ_SIM_STREAM_FAULTS",
     help="KIND=RATE mid-stream, KIND error|cut|stall",
 )
+@click.option(
+    "--batch-processing-s",
+    default=2.0,
+    envvar="MSGQ_SIM_BATCH_PROCESSING_S",
+    show_default=True,
+    help="How long a Message Batch takes to end (the API: up to 24 h).",
+)
+@click.option(
+    "--batch-expiry-s",
+    default=24 * 3600.0,
+    envvar="MSGQ_SIM_BATCH_EXPIRY_S",
+    help="A batch's 24 h expiry on a short clock; requests not done by then expire.",
+)
+@click.option("--batch-errored-rate", default=0.0, help="Share of batch requests that error.")
+@click.option("--batch-error-type", default="overloaded_error", help="What those errors are.")
+@click.option("--batch-expired-rate", default=0.0, help="Share of batch requests that expire.")
+@click.option(
+    "--batch-fault",
+    "batch_faults",
+    multiple=True,
+    envvar="MSGQ_SIM_BATCH_FAULTS",
+    help="STATUS=RATE on the Batches endpoints, e.g. --batch-fault 429=0.1",
+)
 def simulator(
     host: str,
     port: int,
@@ -102,20 +125,21 @@ def simulator(
     otpm: int,
     output_tokens: int | None,
     stream_faults: tuple[str, ...],
+    batch_processing_s: float,
+    batch_expiry_s: float,
+    batch_errored_rate: float,
+    batch_error_type: str,
+    batch_expired_rate: float,
+    batch_faults: tuple[str, ...],
 ) -> None:
     """Run the local Messages API stand-in (no real API is called)."""
     from aiohttp import web
 
     from worker.dev.simulator.app import build_app
+    from worker.dev.simulator.batch_engine import BatchConfig
     from worker.dev.simulator.state import SimConfig, parse_stream_faults
 
-    rates: dict[int, float] = {}
-    for item in faults:
-        match = re.fullmatch(r"(\d{3})=([0-9.]+)", item.strip())
-        if not match:
-            msg = f"{item!r} is not STATUS=RATE"
-            raise click.BadParameter(msg, param_hint="--fault")
-        rates[int(match[1])] = float(match[2])
+    rates = _status_rates(faults, "--fault")
     config = SimConfig(
         seed=seed,
         api_key=api_key,
@@ -130,13 +154,38 @@ def simulator(
         output_tokens=output_tokens,
         stream_faults=parse_stream_faults(stream_faults),
     )
+    batch_config = BatchConfig(
+        processing_s=batch_processing_s,
+        expiry_s=batch_expiry_s,
+        errored_rate=batch_errored_rate,
+        error_type=batch_error_type,
+        expired_rate=batch_expired_rate,
+        fault_rates=_status_rates(batch_faults, "--batch-fault"),
+    )
     click.echo(
         f"msgq simulator on http://{host}:{port} (a stand-in, not the Anthropic API)", err=True
     )
     # Held responses (hangs) must not delay shutdown: a real server would drop them too.
     web.run_app(
-        build_app(config), host=host, port=port, print=None, access_log=None, shutdown_timeout=1.0
+        build_app(config, batch_config),
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=1.0,
     )
+
+
+def _status_rates(items: tuple[str, ...], hint: str) -> dict[int, float]:
+    """`STATUS=RATE` items, e.g. ("529=0.05", "500=0.01")."""
+    rates: dict[int, float] = {}
+    for item in items:
+        match = re.fullmatch(r"(\d{3})=([0-9.]+)", item.strip())
+        if not match:
+            msg = f"{item!r} is not STATUS=RATE"
+            raise click.BadParameter(msg, param_hint=hint)
+        rates[int(match[1])] = float(match[2])
+    return rates
 
 
 @click.command()

@@ -14,6 +14,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from schemas import field_errors, summarize, validate_request
+from worker.dev.simulator.batch_engine import BatchConfig
+from worker.dev.simulator.batches import BATCHES, add_batch_routes
 from worker.dev.simulator.checks import refusal
 from worker.dev.simulator.replies import (
     build_message,
@@ -242,7 +244,8 @@ async def count_tokens(request: web.Request) -> web.Response:
 
 
 async def sim_stats(request: web.Request) -> web.Response:
-    return _json(request.app[STATE].stats())
+    # `received` counts /v1/messages only; the Batches endpoints are counted under "batches".
+    return _json({**request.app[STATE].stats(), "batches": request.app[BATCHES].stats()})
 
 
 async def sim_requests(request: web.Request) -> web.Response:
@@ -266,12 +269,16 @@ async def sim_script(request: web.Request) -> web.Response:
 
 async def sim_reset(request: web.Request) -> web.Response:
     request.app[STATE].reset()
+    request.app[BATCHES].reset()
     return _json({"reset": True})
 
 
-def build_app(config: SimConfig | None = None) -> web.Application:
+def build_app(
+    config: SimConfig | None = None, batch_config: BatchConfig | None = None
+) -> web.Application:
     app = web.Application(client_max_size=32 * 1024 * 1024)
     app[STATE] = SimState(config or SimConfig())
+    add_batch_routes(app, app[STATE], batch_config or BatchConfig())
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/_sim/stats", sim_stats)
