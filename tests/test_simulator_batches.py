@@ -3,11 +3,13 @@ a compressed clock, and faults on the batch endpoints and per request."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 import anthropic
 import httpx
+import pytest
 
 from tests.conftest import SAMPLES, TEST_API_KEY, Sim, eventually
 
@@ -50,7 +52,8 @@ async def test_sdk_runs_a_batch_with_the_realtime_answers_at_the_batch_tier(sim:
         assert batch.request_counts.processing == 3 and batch.results_url is None
         done = await ended(sdk, batch.id)
         assert done.request_counts.succeeded == 2 and done.request_counts.errored == 1
-        results = {r.custom_id: r.result async for r in await sdk.messages.batches.results(batch.id)}
+        rows = [r async for r in await sdk.messages.batches.results(batch.id)]
+        results = {r.custom_id: r.result for r in rows}
         page = await sdk.messages.batches.list(limit=10)
         assert [b.id for b in page.data] == [batch.id]
         deleted = await sdk.messages.batches.delete(batch.id)
@@ -72,11 +75,9 @@ async def test_faults_errored_expired_cancel_and_429(sim: Sim) -> None:
         base_url=sim.url, api_key=TEST_API_KEY, max_retries=0
     ) as sdk:
         sim.script({"status": 429, "headers": {"retry-after": "3"}}, key="batches:create")
-        try:
+        with pytest.raises(anthropic.RateLimitError) as refused:
             await sdk.messages.batches.create(requests=[{"custom_id": "a", "params": TEXT}])
-            raise AssertionError("expected a 429")
-        except anthropic.RateLimitError as exc:
-            assert exc.response.headers["retry-after"] == "3"
+        assert refused.value.response.headers["retry-after"] == "3"
         assert sim.http.get("/_sim/batches").json()["data"] == []
 
         configure(sim, processing_s=0.2, errored_rate=1.0, error_type="overloaded_error")
@@ -106,14 +107,13 @@ async def test_results_download_streams_and_can_stall_halfway(sim: Sim) -> None:
     configure(sim, processing_s=0.0)
     headers = {"x-api-key": TEST_API_KEY, "anthropic-version": "2023-06-01"}
     body = {"requests": [{"custom_id": f"r{i}", "params": TEXT} for i in range(1000)]}
-    with httpx.Client(base_url=sim.url, headers=headers, timeout=10) as http:
-        batch = http.post("/v1/messages/batches", json=body).json()
+    async with httpx.AsyncClient(base_url=sim.url, headers=headers, timeout=10) as http:
+        batch = (await http.post("/v1/messages/batches", json=body)).json()
         sim.script({"stream_stall_s": 30}, key="batches:results")
         lines = 0
-        try:
-            with http.stream("GET", f"/v1/messages/batches/{batch['id']}/results", timeout=1) as r:
-                for _ in r.iter_lines():
+        url = f"/v1/messages/batches/{batch['id']}/results"
+        with contextlib.suppress(httpx.ReadTimeout):
+            async with http.stream("GET", url, timeout=1) as r:
+                async for _ in r.aiter_lines():
                     lines += 1
-        except httpx.ReadTimeout:
-            pass
     assert lines == 500
