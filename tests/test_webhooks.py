@@ -36,8 +36,9 @@ from worker.client import Client
 from worker.dev.embedded_redis import free_port
 from worker.dev.stack import msgq_command
 from worker.errors import InvalidJobError
-from worker.keys import INDEX_KEY, WEBHOOKS_DUE_KEY, WEBHOOKS_KEY
+from worker.keys import BATCHES_KEY, INDEX_KEY, WEBHOOKS_DUE_KEY, WEBHOOKS_KEY
 from worker.settings import Settings
+from worker.tenants import TenantsFileError, parse_tenants
 from worker.webhooks.outbox import Entry
 from worker.webhooks.targets import Allow, refusal
 
@@ -330,7 +331,8 @@ async def test_refused_targets_are_refused_at_submission(
 async def test_refused_target_answers_422_over_http_and_exit_2_in_the_cli(
     api: httpx.AsyncClient, settings: Settings, redis: Redis
 ) -> None:
-    """POST /v1/jobs answers 422 naming callback_url; `msgq submit --callback-url` exits 2."""
+    """POST /v1/jobs answers 422 naming callback_url; `msgq submit --callback-url` exits 2; a
+    batch's callback_url is refused with 400, as the Batches API refuses a bad field."""
     answer = await api.post(
         "/v1/jobs", json={"request": BODY, "callback_url": "http://10.0.0.5/hook"}
     )
@@ -345,7 +347,18 @@ async def test_refused_target_answers_422_over_http_and_exit_2_in_the_cli(
         "http://169.254.169.254/",
     )
     assert done.returncode == 2 and "callback_url" in done.stderr and "metadata" in done.stderr
-    assert await redis.zcard(INDEX_KEY) == 0
+    batch = await api.post(
+        "/v1/messages/batches",
+        json={"requests": [{"custom_id": "a", "params": BODY}], "callback_url": "http://[::1]/"},
+    )
+    assert batch.status_code == 400 and "callback_url" in batch.json()["error"]["message"]
+    assert await redis.zcard(INDEX_KEY) == 0 and await redis.zcard(BATCHES_KEY) == 0
+
+
+def test_tenant_webhook_secret_is_checked_at_start_up() -> None:
+    """A tenant's webhook_secret that is not whsec_ + base64 is one line naming the field."""
+    with pytest.raises(TenantsFileError, match=r"tenants\.acme\.webhook_secret: .*whsec_"):
+        parse_tenants('[tenants.acme]\nwebhook_secret = "hunter2"\n')
 
 
 async def test_delivery_rechecks_the_target(

@@ -2,7 +2,8 @@
 
 core (this folder): settings, errors, keys (every Redis key name), arq_adapter (every use of
 arq), records (pure record transitions), store, endings (waiting for a job to end), client
-(the producer), batches, pricing, estimate, logs, fleet_metrics.
+(the producer), batches, pricing, estimate, logs, fleet_metrics; webhooks/ (Standard Webhooks
+signing, the SSRF policy for targets, the outbox written with terminal records).
 runtime/  the worker: arq task, attempt, transitions, upstream call, rate limiter, concurrency.
 http/     `msgq api`: FastAPI app, job and batch routes, auth, body limit, error mapping.
 caption/  `msgq caption`: inputs, image preparation, the windowed run, output, report.

@@ -24,9 +24,10 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from schemas import Lane, Priority
+from worker.webhooks.signing import secret_key
 
 TENANT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -45,6 +46,13 @@ class TenantConfig(BaseModel):
     batches_lane: Lane | None = None
     callback_url: str | None = None
     webhook_secret: SecretStr | None = None
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_format(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret_key(value.get_secret_value())  # at start-up, not at the first delivery
+        return value
 
     @property
     def has_budget(self) -> bool:
