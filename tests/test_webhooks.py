@@ -460,3 +460,21 @@ def test_allowlist_parses_cidrs_and_hostnames() -> None:
     assert allow.admits(ipaddress.ip_address("127.0.0.1"))
     assert not allow.admits(ipaddress.ip_address("127.0.0.2"))
     assert allow.hosts == frozenset({"hooks.internal"})
+
+
+async def test_a_corrupt_outbox_entry_is_dropped_and_others_still_go(
+    client: Client, redis: Redis, receiver: Receiver, sim: Sim, start_worker: StartWorker
+) -> None:
+    """An entry msgq did not write (not its JSON) is dropped, not retried forever, and the
+    webhooks claimed with it are delivered."""
+    await cast(Awaitable[int], redis.hset(WEBHOOKS_KEY, "job:junk", b"not json"))
+    await redis.zadd(WEBHOOKS_DUE_KEY, {"job:junk": 0})
+    await start_worker()
+    job = await client.submit(BODY, callback_url=receiver.url)
+    await eventually(lambda: _count_is(receiver, 1))
+    await eventually(lambda: _outbox_empty(redis))
+    assert verified(receiver.requests[0])["id"] == job.id
+
+
+async def _outbox_empty(redis: Redis) -> bool:
+    return await outbox_size(redis) == 0

@@ -72,6 +72,9 @@ class WebhookDispatcher:
                 except RedisError as exc:
                     log.warning("webhooks.redis_unavailable", error=type(exc).__name__)
                     claimed = 0
+                except Exception as exc:  # a bug or a corrupt entry must not stop deliveries
+                    log.error("webhooks.pass_failed", error=f"{type(exc).__name__}: {exc}"[:500])
+                    claimed = 0
                 if claimed < CLAIM_LIMIT:
                     await asyncio.sleep(self.settings.webhook_poll_s)
         finally:

@@ -14,12 +14,15 @@ import time
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel
+import structlog
+from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from schemas import TERMINAL, JobRecord, WebhookState
 from worker.keys import WEBHOOKS_DUE_KEY, WEBHOOKS_KEY, batch_counts_key, batch_key, record_key
+
+log = structlog.get_logger("msgq.webhooks")
 
 MAX_AGE_S = 24 * 3600  # the default delivery window; then the webhook is `failed`
 # Past the window, an entry lives one more attempt (a lease) and a poll; older, nobody delivers it.
@@ -148,7 +151,15 @@ class Outbox:
         now_ms = int(time.time() * 1000)
         args = [now_ms, now_ms + int(lease_s * 1000), limit]
         flat: list[Any] = await self._claim(keys=[WEBHOOKS_DUE_KEY, WEBHOOKS_KEY], args=args)
-        return [(Entry.model_validate_json(raw), raw) for raw in flat[1::2]]
+        claimed: list[tuple[Entry, bytes]] = []
+        for key, raw in zip(flat[::2], flat[1::2], strict=True):
+            try:
+                claimed.append((Entry.model_validate_json(raw), raw))
+            except ValidationError:  # not msgq's writing: drop it rather than retry it forever
+                log.error("webhook.entry_corrupt", entry=key.decode(errors="replace"))
+                settle = [key, raw, "", 0]
+                await self._settle(keys=[WEBHOOKS_DUE_KEY, WEBHOOKS_KEY], args=settle)
+        return claimed
 
     async def remove(self, entry: Entry, claimed: bytes) -> bool:
         """Delivered or given up; False when the entry changed meanwhile (a newer ending)."""
