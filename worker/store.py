@@ -277,11 +277,25 @@ class JobStore:
 
     async def set_progress(self, job_id: str, tokens: int | None) -> None:
         """A running job's output tokens so far (None clears them). Only an in-progress record
-        is touched: a terminal or re-queued one never is (the update's WATCH sees to races)."""
-
-        def change(record: JobRecord) -> JobRecord | None:
-            if record.status is not JobStatus.IN_PROGRESS or record.progress == tokens:
-                return None
-            return record.model_copy(update={"progress": tokens})
-
-        await self.update(job_id, change)
+        is touched: a terminal or re-queued one never is (WATCH sees to races). Nothing but
+        `progress` changes, so unlike `update` it leaves the status indexes alone."""
+        key = record_key(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    record = None if raw is None else JobRecord.model_validate_json(raw)
+                    if (
+                        record is None
+                        or record.status is not JobStatus.IN_PROGRESS
+                        or record.progress == tokens
+                    ):
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]  # untyped
+                        return
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    pipe.set(key, record.model_copy(update={"progress": tokens}).model_dump_json())
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue

@@ -2,7 +2,8 @@
 
 - the record's `progress` (output tokens so far): at most once a second, from the second second;
 - the text, published on the job's progress channel for live watchers: up to ten times a
-  second while someone listens, once a second while nobody does (PUBLISH says how many heard);
+  second while someone listens, once a second while nobody does (PUBLISH says how many heard),
+  and not at all for a stream shorter than a tenth of a second (its record has it all);
 - the limiter's output reservation, settled to what has been produced at each record write:
   the API counts OTPM as tokens are made, so a long job must not hold its whole `max_tokens`.
 
@@ -13,7 +14,6 @@ All of it is best effort: a Redis blip costs a watcher some text, never the paid
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -46,9 +46,9 @@ class Progress:
         self.tokens = 0
         self.offset = 0  # characters of this attempt's text published so far
         self.pending: list[str] = []
-        self.recorded_at = time.monotonic()
-        self.published_at = -math.inf
+        self.recorded_at = self.published_at = time.monotonic()
         self.listened = True  # until a publish reaches nobody
+        self.published = False
         self.recorded = False
 
     async def __call__(self, tokens: int, text: str) -> None:
@@ -72,7 +72,7 @@ class Progress:
             "output_tokens": self.tokens,
         }
         self.offset += len(text)
-        self.published_at = now
+        self.published_at, self.published = now, True
         try:
             heard = await self.deps.redis.publish(
                 progress_channel(self.job_id), orjson.dumps(payload)
@@ -102,7 +102,7 @@ class Progress:
         """Flush the text, clear `progress`, and hold `max_tokens` again, so the attempt's own
         final settlement (max_tokens less the usage) stays exact."""
         try:
-            if self.pending and self.listened:
+            if self.pending and self.listened and self.published:
                 await self._publish(time.monotonic())
             if self.recorded:
                 await self.deps.store.set_progress(self.job_id, None)

@@ -119,6 +119,7 @@ async def _stream(
     # each gap between events (a trickle of bytes that never completes an event is idle too).
     timeout = httpx.Timeout(None, connect=client.timeout.connect, pool=client.timeout.pool)
     streaming = False
+    assembler = MessageAssembler()
     try:
         async with (
             asyncio.timeout(client.timeout.read) as timer,
@@ -135,14 +136,15 @@ async def _stream(
                 await response.aread()
                 raise classify(response)
             streaming = True
-            assembler = await _consume(source, timer, idle_timeout_s, on_progress)
+            await _consume(source, assembler, timer, idle_timeout_s, on_progress)
     except TimeoutError:
-        msg = (
-            f"no event for {idle_timeout_s:g} s mid-stream (idle timeout)"
-            if streaming
-            else "request timed out (no answer within request_timeout_s)"
-        )
-        raise UnavailableError(msg, error_type="timeout") from None
+        if not assembler.done:  # done: the server held the connection open after message_stop
+            msg = (
+                f"no event for {idle_timeout_s:g} s mid-stream (idle timeout)"
+                if streaming
+                else "request timed out (no answer within request_timeout_s)"
+            )
+            raise UnavailableError(msg, error_type="timeout") from None
     except SSEError:  # before TransportError, which it subclasses
         raise invalid_response(response, "not an event stream") from None
     except httpx.TransportError as exc:
@@ -163,19 +165,22 @@ async def _stream(
 
 async def _consume(
     source: EventSource,
+    assembler: MessageAssembler,
     timer: asyncio.Timeout,
     idle_timeout_s: float,
     on_progress: OnProgress | None,
-) -> MessageAssembler:
-    """Read events until message_stop, each within `idle_timeout_s` of the one before."""
+) -> None:
+    """Read events until message_stop, each within `idle_timeout_s` of the one before, then
+    the end of the body (briefly), so that the connection goes back to the pool."""
     loop = asyncio.get_running_loop()
     # Moving the timer costs more than parsing an event: move it at most every `step`, which
     # keeps the idle timeout exact to within `step` (a tenth of it, at most a second).
     step = min(1.0, idle_timeout_s / 10)
     moved = loop.time()
     timer.reschedule(moved + idle_timeout_s)
-    assembler = MessageAssembler()
     async for event in source.aiter_sse():
+        if assembler.done:
+            continue
         if (now := loop.time()) - moved >= step:
             moved = now
             timer.reschedule(now + idle_timeout_s)
@@ -183,8 +188,7 @@ async def _consume(
         if on_progress is not None and event.event == "content_block_delta":
             await on_progress(assembler.output_tokens, text)
         if assembler.done:
-            break
-    return assembler
+            timer.reschedule(loop.time() + step)
 
 
 def _feed(assembler: MessageAssembler, event: ServerSentEvent, response: httpx.Response) -> str:
