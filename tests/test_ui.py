@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
+import pytest
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from schemas import JobError, JobStatus
+from tests.conftest import KEY_A, KEY_B, Sim, StartWorker
 from worker import records
 from worker.client import Client
 from worker.fleet_stats import last_hour
-from worker.keys import model_jobs_key, spec_key, status_jobs_key
+from worker.http.app import create_app
+from worker.http.ui.queries import JobFilter, find_jobs
+from worker.keys import PAUSE_KEY, model_jobs_key, record_key, spec_key, status_jobs_key
+from worker.settings import Settings
 from worker.store import JobStore
 
 
@@ -71,3 +80,234 @@ async def test_attempt_errors_keep_each_failed_attempt(client: Client, store: Jo
     record = await client.get(job.id)
     timeline = [(e.attempt, e.status_code, e.message) for e in record.attempt_errors]
     assert timeline == [(1, 529, "busy 0"), (2, 529, "busy 1"), (3, 400, "no")]
+
+
+# ---------------------------------------------------------------- the dashboard over HTTP
+
+ADMIN_KEY = "admin-key-0123456789"
+
+
+@pytest.fixture
+def ui_settings(api_settings: Settings) -> Settings:
+    return api_settings.model_copy(update={"admin_keys": SecretStr(ADMIN_KEY)})
+
+
+@pytest.fixture
+async def ui(ui_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process over https (so the cookie is Secure), signed in as nobody yet."""
+    app = create_app(ui_settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://msgq.test") as http:
+            yield http
+
+
+def field(page: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]+)"', page)
+    assert found, f"no {name} field"
+    return found.group(1)
+
+
+async def sign_in(http: httpx.AsyncClient, key: str) -> str:
+    """Sign in through the form; returns the CSRF token of the session."""
+    form = await http.get("/ui/login")
+    response = await http.post(
+        "/ui/login", data={"login_token": field(form.text, "login_token"), "api_key": key}
+    )
+    assert response.status_code == 303, response.text
+    overview = await http.get("/ui")
+    assert overview.status_code == 200
+    return field(overview.text, "csrf_token")
+
+
+async def test_sign_in_sets_a_strict_http_only_session_kept_in_redis(
+    ui: httpx.AsyncClient, redis: Redis, client: Client
+) -> None:
+    """The cookie is HttpOnly, SameSite=Strict, Secure over https; the session has a TTL; no
+    page carries the key."""
+    form = await ui.get("/ui/login")
+    response = await ui.post(
+        "/ui/login", data={"login_token": field(form.text, "login_token"), "api_key": KEY_A}
+    )
+    assert response.status_code == 303 and response.headers["location"] == "/ui"
+    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("msgq_ui="))
+    flags = {part.strip().lower() for part in cookie.split(";")}
+    assert {"httponly", "samesite=strict", "secure", "path=/ui"} <= flags
+    keys = [k async for k in redis.scan_iter("msgq:ui:session:*")]
+    assert len(keys) == 1 and 0 < await redis.ttl(keys[0]) <= 8 * 3600
+    session_id = cookie.split(";")[0].split("=", 1)[1]
+    assert session_id not in keys[0].decode()  # stored under its hash
+    job = await client.submit(text_request(), tenant="tenant-a")
+    for path in ("/ui", "/ui/jobs", f"/ui/jobs/{job.id}", "/ui/failures", "/ui/batches"):
+        page = await ui.get(path)
+        assert page.status_code == 200 and KEY_A not in page.text and "tenant tenant-a" in page.text
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+async def test_wrong_key_or_stale_form_gets_no_session(ui: httpx.AsyncClient, redis: Redis) -> None:
+    """A wrong key gets the form again (401); a post without the form's token is refused."""
+    form = await ui.get("/ui/login")
+    token = field(form.text, "login_token")
+    wrong = await ui.post("/ui/login", data={"login_token": token, "api_key": "nope-nope-nope"})
+    assert wrong.status_code == 401 and "not accepted" in wrong.text
+    forged = await ui.post("/ui/login", data={"login_token": "forged", "api_key": KEY_A})
+    assert forged.status_code == 403
+    assert [k async for k in redis.scan_iter("msgq:ui:session:*")] == []
+    assert (await ui.get("/ui")).status_code == 303
+
+
+async def test_pages_need_a_session(ui: httpx.AsyncClient) -> None:
+    """Pages redirect to sign-in; a polled fragment answers 401 and tells htmx where to go."""
+    page = await ui.get("/ui/jobs")
+    assert page.status_code == 303 and page.headers["location"] == "/ui/login"
+    part = await ui.get("/ui/part/overview", headers={"hx-request": "true"})
+    assert part.status_code == 401 and part.headers["hx-redirect"] == "/ui/login"
+
+
+async def test_actions_without_the_csrf_token_are_refused(
+    ui: httpx.AsyncClient, client: Client
+) -> None:
+    """A POST without the session's token (or with another) is 403 and changes nothing."""
+    csrf = await sign_in(ui, KEY_A)
+    job = await client.submit(text_request(), tenant="tenant-a")
+    for data in ({}, {"csrf_token": "not-the-token"}):
+        refused = await ui.post(f"/ui/jobs/{job.id}/cancel", data=data)
+        assert refused.status_code == 403
+    assert (await client.get(job.id)).status == JobStatus.QUEUED
+    done = await ui.post(f"/ui/jobs/{job.id}/cancel", headers={"x-csrf-token": csrf})
+    assert done.status_code == 303
+    assert (await client.get(job.id)).status == JobStatus.CANCELED
+
+
+async def test_a_tenant_sees_only_its_own_jobs(ui: httpx.AsyncClient, client: Client) -> None:
+    """Another tenant's job is absent from lists and answers 404 to its page and actions."""
+    theirs = await client.submit(text_request("theirs"), job_id="shared-name", tenant="tenant-a")
+    mine = await client.submit(text_request("mine"), job_id="shared-name", tenant="tenant-b")
+    csrf = await sign_in(ui, KEY_B)
+    listing = (await ui.get("/ui/jobs")).text
+    assert mine.id in listing and theirs.id not in listing
+    assert (await ui.get(f"/ui/jobs/{theirs.id}")).status_code == 404
+    assert (await ui.get(f"/ui/part/job/{theirs.id}")).status_code == 404
+    cancel = await ui.post(f"/ui/jobs/{theirs.id}/cancel", headers={"x-csrf-token": csrf})
+    assert cancel.status_code == 404
+    assert (await client.get(theirs.id)).status == JobStatus.QUEUED
+    forced = (await ui.get("/ui/jobs", params={"tenant": "tenant-a"})).text
+    assert theirs.id not in forced  # the tenant filter is the session's, whatever is asked
+
+
+async def test_resume_and_group_retry_need_an_admin(ui: httpx.AsyncClient, redis: Redis) -> None:
+    """A tenant may not lift the fleet's pause; an admin may, from the overview."""
+    await redis.set(PAUSE_KEY, "spend limit reached")
+    csrf = await sign_in(ui, KEY_A)
+    assert "Resume sending" not in (await ui.get("/ui")).text
+    refused = await ui.post("/ui/resume", headers={"x-csrf-token": csrf})
+    assert refused.status_code == 403 and await redis.exists(PAUSE_KEY)
+    group = await ui.post("/ui/failures/retry", headers={"x-csrf-token": csrf})
+    assert group.status_code == 403
+    ui.cookies.clear()
+    csrf = await sign_in(ui, ADMIN_KEY)
+    page = (await ui.get("/ui")).text
+    assert "Sending is paused" in page and "spend limit reached" in page
+    assert (await ui.post("/ui/resume", headers={"x-csrf-token": csrf})).status_code == 303
+    assert not await redis.exists(PAUSE_KEY)
+
+
+PAYLOAD = "<script>alert('{}')</script>"
+
+
+async def test_script_payloads_are_escaped_in_prompt_result_and_metadata(
+    ui: httpx.AsyncClient, client: Client, sim: Sim, start_worker: StartWorker
+) -> None:
+    """A prompt, a result and metadata holding <script> show as text, never as markup."""
+    await sign_in(ui, ADMIN_KEY)
+    metadata = {"note": PAYLOAD.format("metadata")}
+    job = await client.submit(text_request(PAYLOAD.format("prompt")), metadata=metadata)
+    page = (await ui.get(f"/ui/jobs/{job.id}")).text
+    assert "&lt;script&gt;alert(&#39;prompt&#39;)&lt;/script&gt;" in page
+    message = {
+        "id": "msg_x",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-haiku-4-5",
+        "content": [{"type": "text", "text": PAYLOAD.format("result")}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 3, "output_tokens": 5},
+    }
+    sim.script({"body": message})
+    await start_worker()
+    assert (await client.wait(job.id, timeout=15)).status == JobStatus.SUCCEEDED
+    page = (await ui.get(f"/ui/jobs/{job.id}")).text
+    listing = (await ui.get("/ui/jobs")).text
+    for where in ("result", "metadata"):
+        assert f"&lt;script&gt;alert(&#39;{where}&#39;)" in page
+    for html in (page, listing):
+        assert "<script>alert" not in html
+
+
+async def _jobs(
+    client: Client,
+    store: JobStore,
+    n: int,
+    *,
+    model: str = "claude-haiku-4-5",
+    tenant: str = "tenant-a",
+    status: JobStatus | None = None,
+    error: JobError | None = None,
+) -> list[str]:
+    """`n` jobs moved straight to a state (the worker is not what these tests are about)."""
+    ids = []
+    for _ in range(n):
+        job = await client.submit(text_request(model=model), tenant=tenant)
+        if status is not None:
+            end = functools.partial(records.ended, status=status, error=error)
+            await store.update(job.id, end)
+        ids.append(job.id)
+    return ids
+
+
+async def test_job_filters_read_the_smallest_index_and_page(
+    ui: httpx.AsyncClient, client: Client, store: JobStore
+) -> None:
+    """Each filter is answered from its index; pages of 50 cover every match exactly once."""
+    overloaded = JobError(type="overloaded_error", message="busy", status_code=529)
+    bad = JobError(type="invalid_request_error", message="bad", status_code=400)
+    api_error = JobError(type="api_error", message="boom", status_code=500)
+    oldest = await _jobs(client, store, 1, status=JobStatus.FAILED, error=api_error)
+    queued = await _jobs(client, store, 60)
+    sonnet = await _jobs(client, store, 3, model="claude-sonnet-4-5")
+    busy = await _jobs(client, store, 4, status=JobStatus.FAILED, error=overloaded)
+    refused = await _jobs(client, store, 2, status=JobStatus.FAILED, error=bad, tenant="tenant-b")
+    flt = JobFilter(status=JobStatus.FAILED, error_type="overloaded_error")
+    page = await find_jobs(store.redis, flt)
+    assert {r.id for r in page.records} == set(busy) and page.index.endswith("status:failed:jobs")
+    page = await find_jobs(store.redis, JobFilter(model="claude-sonnet-4-5"))
+    assert [r.id for r in page.records] == sonnet[::-1] and page.index_size == 3
+    page = await find_jobs(store.redis, JobFilter(tenant="tenant-b"))
+    assert {r.id for r in page.records} == set(refused)
+    first = await find_jobs(store.redis, JobFilter(status=JobStatus.QUEUED))
+    assert len(first.records) == 50 and first.next_cursor is not None
+    rest = await find_jobs(
+        store.redis, JobFilter(status=JobStatus.QUEUED), cursor=first.next_cursor
+    )
+    assert len(rest.records) == 13 and rest.next_cursor is None
+    assert {r.id for r in first.records + rest.records} == set(queued + sonnet)
+    rare = JobFilter(error_type="api_error")
+    few = await find_jobs(store.redis, rare, budget=30)
+    assert few.records == [] and few.partial and few.next_cursor == 30  # bounded, resumable
+    more = await find_jobs(store.redis, rare, cursor=30, budget=100)
+    assert [r.id for r in more.records] == oldest and not more.partial
+    await sign_in(ui, ADMIN_KEY)
+    html = (await ui.get("/ui/jobs", params={"status": "failed", "tenant": "tenant-b"})).text
+    assert all(i in html for i in refused) and not any(i in html for i in busy)
+
+
+async def test_expired_records_are_pruned_from_the_index(
+    client: Client, store: JobStore, redis: Redis
+) -> None:
+    """An index entry whose record is gone is skipped and removed on the way."""
+    ids = await _jobs(client, store, 3)
+    await redis.delete(record_key(ids[1]))
+    page = await find_jobs(redis, JobFilter(status=JobStatus.QUEUED))
+    assert [r.id for r in page.records] == [ids[2], ids[0]]
+    assert await redis.zscore(status_jobs_key("queued"), ids[1]) is None
