@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +123,8 @@ async def redis_commands(tmp: Path, n: int = 32) -> list[list[Any]]:
     return rows
 
 
-async def main() -> None:
-    from bench.run import console, table
-
-    tmp = Path(tempfile.mkdtemp(prefix="msgq-bench-stream-"))
-    console.rule("7. streaming")
+async def report(tmp: Path, table: Callable[[str, list[str], list[list[Any]]], None]) -> None:
+    """Both tables, through `bench.run.table` (printed, and added to BENCHMARKS.md)."""
     table(
         "Streaming vs not: 1 worker, 16 concurrent jobs, zero-latency simulator, best of 3 "
         "alternating waves of 1,000 jobs",
@@ -147,6 +145,13 @@ async def main() -> None:
         ["mode", "commands/job", "writes/job", *SHOWN],
         await redis_commands(tmp),
     )
+
+
+async def main() -> None:
+    from bench.run import console, table
+
+    console.rule("7. streaming")
+    await report(Path(tempfile.mkdtemp(prefix="msgq-bench-stream-")), table)
 
 
 if __name__ == "__main__":
