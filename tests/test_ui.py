@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+import base64
 import functools
+import io
 import re
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from PIL import Image
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from schemas import JobError, JobStatus
-from tests.conftest import KEY_A, KEY_B, Sim, StartWorker
+from tests.conftest import KEY_A, KEY_B, Sim, StartWorker, eventually
+from tests.images import image_block, image_bytes
 from worker import records
 from worker.client import Client
 from worker.fleet_stats import last_hour
 from worker.http.app import create_app
 from worker.http.ui.queries import JobFilter, find_jobs
 from worker.keys import PAUSE_KEY, model_jobs_key, record_key, spec_key, status_jobs_key
+from worker.runtime.ratelimit import Limits, RateLimiter
 from worker.settings import Settings
 from worker.store import JobStore
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def text_request(text: str = "Hello", model: str = "claude-haiku-4-5") -> dict[str, Any]:
@@ -282,7 +293,7 @@ async def test_job_filters_read_the_smallest_index_and_page(
     page = await find_jobs(store.redis, flt)
     assert {r.id for r in page.records} == set(busy) and page.index.endswith("status:failed:jobs")
     page = await find_jobs(store.redis, JobFilter(model="claude-sonnet-4-5"))
-    assert [r.id for r in page.records] == sonnet[::-1] and page.index_size == 3
+    assert {r.id for r in page.records} == set(sonnet) and page.index_size == 3
     page = await find_jobs(store.redis, JobFilter(tenant="tenant-b"))
     assert {r.id for r in page.records} == set(refused)
     first = await find_jobs(store.redis, JobFilter(status=JobStatus.QUEUED))
@@ -309,5 +320,135 @@ async def test_expired_records_are_pruned_from_the_index(
     ids = await _jobs(client, store, 3)
     await redis.delete(record_key(ids[1]))
     page = await find_jobs(redis, JobFilter(status=JobStatus.QUEUED))
-    assert [r.id for r in page.records] == [ids[2], ids[0]]
+    assert {r.id for r in page.records} == {ids[2], ids[0]}
     assert await redis.zscore(status_jobs_key("queued"), ids[1]) is None
+
+
+async def test_failures_grouped_and_a_group_retried(
+    ui: httpx.AsyncClient, client: Client, store: JobStore
+) -> None:
+    """Failed jobs group by type and message; retrying a group requeues exactly its jobs."""
+    busy = JobError(type="overloaded_error", message="Overloaded", status_code=529)
+    bad = JobError(type="invalid_request_error", message="max_tokens: too large", status_code=400)
+    group = await _jobs(client, store, 3, status=JobStatus.FAILED, error=busy)
+    other = await _jobs(client, store, 2, status=JobStatus.FAILED, error=bad, tenant="tenant-b")
+    for job_id in group + other:
+        await store.keep_spec(job_id, {"request": text_request()})
+    csrf = await sign_in(ui, ADMIN_KEY)
+    page = (await ui.get("/ui/failures")).text
+    assert "Overloaded" in page and "max_tokens: too large" in page
+    key = re.search(r'name="group" value="([0-9a-f]+)"', page)
+    assert key is not None  # the largest group comes first
+    response = await ui.post("/ui/failures/retry", data={"csrf_token": csrf, "group": key.group(1)})
+    assert response.status_code == 303 and "retried=3" in response.headers["location"]
+    assert {(await client.get(i)).status for i in group} == {JobStatus.QUEUED}
+    assert {(await client.get(i)).status for i in other} == {JobStatus.FAILED}
+    ui.cookies.clear()
+    await sign_in(ui, KEY_B)
+    mine = (await ui.get("/ui/failures")).text
+    assert "max_tokens: too large" in mine and "Overloaded" not in mine
+
+
+async def test_overview_counts_chart_and_headroom(
+    ui_settings: Settings, client: Client, store: JobStore, redis: Redis
+) -> None:
+    """Exact active counts (the tenant's own), the hour's per-minute totals and each bucket's
+    level against its cap."""
+    settings = ui_settings.model_copy(update={"rate_limits": {"haiku": {"rpm": 100}}})
+    limiter = RateLimiter(redis, {"haiku": Limits(rpm=100)})
+    for _ in range(4):
+        await limiter.acquire("claude-haiku-4-5", input_tokens=1, output_tokens=1, now_ms=now_ms())
+    await _jobs(client, store, 2)
+    await _jobs(client, store, 1, tenant="tenant-b")
+    await _jobs(client, store, 5, status=JobStatus.SUCCEEDED)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://msgq.test") as http:
+            await sign_in(http, ADMIN_KEY)
+            page = (await http.get("/ui/part/overview")).text
+            http.cookies.clear()
+            await sign_in(http, KEY_B)
+            theirs = (await http.get("/ui/part/overview")).text
+    assert re.search(r'id="count-queued">3<', page) and re.search(r'id="count-queued">1<', theirs)
+    assert "succeeded: 5 in the hour, 5 this minute" in page
+    assert "succeeded: 0 in the hour" in theirs  # the tenant's own throughput
+    row = re.search(r"haiku.*?<td>requests</td><td>(\d+)</td><td>100</td>", page, re.S)
+    assert row is not None and 95 <= int(row.group(1)) <= 97
+
+
+async def test_job_page_shows_thumbnails_and_the_attempt_timeline(
+    ui: httpx.AsyncClient, client: Client, store: JobStore
+) -> None:
+    """Base64 images appear as small thumbnails on the job page only; each failed attempt is
+    in the timeline."""
+    big = image_bytes(size=(1200, 800))
+    content = [image_block(big), {"type": "text", "text": "What is it?"}]
+    request = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 20,
+        "messages": [{"role": "user", "content": content}],
+    }
+    job = await client.submit(request, tenant="tenant-a")
+    await store.update(job.id, records.begun)
+    error = JobError(type="overloaded_error", message="Overloaded", status_code=529)
+    later = records.utcnow() + timedelta(seconds=30)
+    await store.update(
+        job.id, functools.partial(records.retry_scheduled, next_at=later, error=error)
+    )
+    await sign_in(ui, KEY_A)
+    page = (await ui.get(f"/ui/jobs/{job.id}")).text
+    thumbs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(thumbs) == 1
+    with Image.open(io.BytesIO(base64.b64decode(thumbs[0]))) as thumb:
+        assert max(thumb.size) <= 160
+    assert "attempt 1 failed: overloaded_error 529" in page and "next attempt" in page
+    assert "data:image" not in (await ui.get("/ui/jobs")).text
+
+
+async def test_batches_listed_with_progress_and_results_downloaded(
+    ui: httpx.AsyncClient, client: Client, start_worker: StartWorker
+) -> None:
+    """A batch shows its progress from the counts; its results download once it has ended."""
+    items = [{"custom_id": f"r{n}", "params": text_request(f"item {n}")} for n in range(3)]
+    created = await ui.post(
+        "/v1/messages/batches", json={"requests": items}, headers={"x-api-key": KEY_A}
+    )
+    batch_id = created.json()["id"]
+    await sign_in(ui, KEY_A)
+    listing = (await ui.get("/ui/batches")).text
+    assert batch_id in listing and 'max="3" value="0"' in listing
+    await start_worker()
+
+    async def ended() -> bool:
+        return "Download results" in (await ui.get(f"/ui/batches/{batch_id}")).text
+
+    await eventually(ended)
+    assert 'max="3" value="3"' in (await ui.get("/ui/batches")).text
+    results = await ui.get(f"/ui/batches/{batch_id}/results")
+    assert "attachment" in results.headers["content-disposition"]
+    lines = [orjson.loads(line) for line in results.text.splitlines()]
+    assert sorted(x["custom_id"] for x in lines) == ["r0", "r1", "r2"]
+    assert {x["result"]["type"] for x in lines} == {"succeeded"}
+    jobs = (await ui.get("/ui/jobs", params={"batch": batch_id})).text
+    assert jobs.count('data-status="succeeded"') == 3
+    ui.cookies.clear()
+    await sign_in(ui, KEY_B)
+    assert (await ui.get(f"/ui/batches/{batch_id}")).status_code == 404
+    assert (await ui.get(f"/ui/batches/{batch_id}/results")).status_code == 404
+
+
+async def test_upstream_429s_and_529s_are_counted_per_minute(
+    client: Client, redis: Redis, sim: Sim, start_worker: StartWorker
+) -> None:
+    """Each 429 or 529 the API answers adds to this minute's counter for the chart."""
+    sim.script(
+        {"status": 429, "headers": {"retry-after": "0"}},
+        {"status": 529},
+        {"status": 529},
+    )
+    job = await client.submit(text_request())
+    await start_worker()
+    assert (await client.wait(job.id, timeout=20)).status == JobStatus.SUCCEEDED
+    counts = await last_hour(redis, ["429", "529", "succeeded"])
+    assert (sum(counts["429"]), sum(counts["529"]), sum(counts["succeeded"])) == (1, 2, 1)
