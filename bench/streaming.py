@@ -18,8 +18,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench.harness import redis_server, run_wave, simulator, text_request, workers
+from worker.dev.simulator.events import message_events
 from worker.dev.simulator.replies import build_message
-from worker.dev.simulator.streaming import message_events
 
 PLAIN = {"MSGQ_STREAM_MIN_MAX_TOKENS": str(10**9)}  # no job reaches it: never streamed
 WRITES = {

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anthropic
+import click
 import httpx
 import orjson
 import pytest
@@ -17,7 +18,7 @@ from httpx_sse import aconnect_sse
 from schemas import JobStatus
 from tests.conftest import KEY_A, KEY_B, TEST_API_KEY, Sim, StartWorker, eventually, worker_env
 from worker.client import Client
-from worker.dev.simulator.streaming import message_events
+from worker.dev.simulator.events import message_events
 from worker.dev.stack import msgq_command
 from worker.errors import OverloadedError, RateLimitError, RejectedError, UnavailableError
 from worker.runtime.classify import classify_error_event
@@ -344,3 +345,36 @@ async def test_status_follow_prints_text_incrementally(
     answer = stored.result["content"][0]["text"]
     assert text.endswith("\n") and answer.endswith(text[:-1])  # from where it joined, once
     assert orjson.loads("{" + record)["status"] == "succeeded"
+
+
+async def test_simulator_flags_long_replies_and_stream_faults() -> None:
+    """`--output-tokens` and `--stream-fault` (as SimConfig): a plain reply is min(N,
+    max_tokens) tokens with the right stop_reason; a streamed one gets its error event."""
+    from aiohttp import web
+
+    from worker.dev.embedded_redis import free_port
+    from worker.dev.simulator.app import build_app
+    from worker.dev.simulator.state import SimConfig, parse_stream_faults
+
+    faults = parse_stream_faults(("error=1",))
+    with pytest.raises(click.BadParameter):
+        parse_stream_faults(("melt=0.5",))
+    runner = web.AppRunner(build_app(SimConfig(output_tokens=120, stream_faults=faults)))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    headers = {"x-api-key": TEST_API_KEY, "anthropic-version": "2023-06-01"}
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as http:
+            short = (await http.post("/v1/messages", json={**BODY, "max_tokens": 50})).json()
+            long = (await http.post("/v1/messages", json={**BODY, "max_tokens": 500})).json()
+            async with aconnect_sse(
+                http, "POST", "/v1/messages", json={**BODY, "stream": True}
+            ) as source:
+                names = [sse.event async for sse in source.aiter_sse()]
+    finally:
+        await runner.cleanup()
+    assert (short["usage"]["output_tokens"], short["stop_reason"]) == (50, "max_tokens")
+    assert (long["usage"]["output_tokens"], long["stop_reason"]) == (120, "end_turn")
+    assert names[:2] == ["message_start", "ping"] and names[-1] == "error"
+    assert "content_block_delta" in names and "message_stop" not in names
