@@ -295,7 +295,10 @@ async def test_sse_client_sees_deltas_before_the_job_ends(
     sim.script({"output_tokens": 1500, "ms_per_token": 2})
     await start_worker()
     async with httpx.AsyncClient(base_url=api_server, headers={"x-api-key": KEY_A}) as http:
-        job = (await http.post("/v1/jobs", json={"request": BODY, "id": "watched"})).json()
+        asks_stream = {"request": {**BODY, "stream": True}, "id": "watched"}  # no longer refused
+        created = await http.post("/v1/jobs", json=asks_stream)
+        assert created.status_code == 202, created.text
+        job = created.json()
         other = await http.get("/v1/jobs/watched/events", headers={"x-api-key": KEY_B})
         assert other.status_code == 404
         events: list[tuple[str, dict[str, Any]]] = []
