@@ -24,7 +24,6 @@ from worker.keys import batch_key
 
 router = ui_router()
 STATIC = {"htmx.min.js": "text/javascript", "ui.css": "text/css"}
-STOP_POLLING = 286  # htmx: swap this answer, then stop polling
 
 
 @router.get("/static/{name}")
@@ -147,12 +146,16 @@ async def job_page(request: Request, session: Viewer, job_id: str) -> Response:
 
 @router.get("/part/job/{job_id}")
 async def job_part(request: Request, session: Viewer, job_id: str) -> Response:
+    """The job's status and timeline; once it has ended, htmx reloads the whole page (result,
+    usage) and so stops polling."""
     record = await owned_record(request, session, job_id)
     if record is None:
         return not_found(request, session, "job")
-    status = STOP_POLLING if record.status.terminal else 200
-    context = {"record": record, "timeline": job_view.timeline(record)}
-    return html(request, "_job_live.html", session, status_code=status, **context)
+    timeline = job_view.timeline(record)
+    response = html(request, "_job_live.html", session, record=record, timeline=timeline)
+    if record.status.terminal:
+        response.headers["hx-refresh"] = "true"
+    return response
 
 
 def _pretty(value: object) -> str:
