@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from schemas.jobs import JOB_ID_PATTERN, JobRecord
+from schemas.jobs import JOB_ID_PATTERN, JobRecord, Lane
 
 
 class JobCreate(BaseModel):
@@ -19,6 +19,11 @@ class JobCreate(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     deadline: AwareDatetime | None = None
     max_attempts: int | None = Field(default=None, ge=1, le=100)
+    lane: Lane | None = Field(
+        default=None,
+        description="realtime (default), batch (Message Batches, half price, ends within 24 h) "
+        "or auto (batch when the deadline leaves room for it)",
+    )
     callback_url: str | None = Field(
         default=None,
         max_length=2048,

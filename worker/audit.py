@@ -3,8 +3,9 @@
 Read-only; safe on a live fleet, though a fleet that is busy will show the moments between a
 lock lapsing and the job being picked up again. Run it on a quiet fleet (or twice) to be sure.
 Checked:
-- every record is terminal, or has its queued job or a live in-progress lock (else: orphan);
-- no `in_progress` record is without its lock;
+- every record is terminal, or has its queued job or a live in-progress lock, or sits in the
+  batch lane (pooled, or in an upstream batch msgq tracks) (else: orphan);
+- no `in_progress` record is without its lock (or its upstream batch);
 - every batch's counts equal its records' statuses;
 - every key that is due a TTL has one (terminal records, kept specs, batches, locks);
 - every webhook outbox entry has its job or batch, is due, and is within its 24 h window.
@@ -19,6 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from schemas import JobRecord, JobStatus
+from worker import lanes
 from worker.batches import COUNT_FIELDS, BatchMeta, job_id_for
 from worker.keys import (
     KEY_PREFIX,
@@ -99,6 +101,7 @@ async def _records(redis: Redis, report: AuditReport) -> None:
                 pipe.exists(arq_job_key(job_id))
                 pipe.exists(in_progress_key(job_id))
             values = await pipe.execute()
+        placed = await lanes.locations(redis, [key[prefix_len:] for key in chunk])
         for n in range(len(chunk)):
             raw, ttl, queued, locked = values[4 * n : 4 * n + 4]
             if raw is None:
@@ -106,12 +109,19 @@ async def _records(redis: Redis, report: AuditReport) -> None:
             record = JobRecord.model_validate_json(raw)
             report.records += 1
             report.by_status[record.status.value] += 1
-            _check_record(report, record, ttl=ttl, queued=bool(queued), locked=bool(locked))
+            _check_record(
+                report,
+                record,
+                ttl=ttl,
+                queued=bool(queued),
+                locked=bool(locked) or placed[n] is not None,
+            )
 
 
 def _check_record(
     report: AuditReport, record: JobRecord, *, ttl: int, queued: bool, locked: bool
 ) -> None:
+    """`locked`: a worker holds the job, or the batch lane does (pool or upstream batch)."""
     if record.status.terminal:
         if ttl < 0:
             report.violation("terminal record without a TTL", record.id)

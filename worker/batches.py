@@ -27,6 +27,7 @@ from worker.keys import (
 from worker.records import build_spec, new_record
 from worker.settings import Settings
 from worker.store import JobStore
+from worker.tenants import load_tenants
 from worker.webhooks.targets import callback_for
 
 BATCH_TTL = timedelta(hours=24)  # as the API's: requests not done by then expire
@@ -87,8 +88,12 @@ class Batches:
             callback_url=callback_url,
         )
         jobs = []
+        # The lane its requests take: the tenant's batches_lane, else MSGQ_BATCHES_LANE
+        # (realtime by default, so a batch ends in minutes; batch: half price, within 24 h).
+        lane = load_tenants(self.settings.tenants_file).get(tenant).batches_lane
+        lane = lane or self.settings.batches_lane
         for item in body.requests:
-            spec = build_spec(item.params, deadline=meta.expires_at, validate=False)
+            spec = build_spec(item.params, deadline=meta.expires_at, validate=False, lane=lane)
             record = new_record(
                 job_id_for(tenant, meta.id, item.custom_id),
                 spec,

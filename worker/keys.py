@@ -102,3 +102,32 @@ def abort_key() -> str:
 def health_check_key(queue_name: str) -> str:
     """Written by every live worker at its health-check interval."""
     return queue_name + arq_adapter.HEALTH_CHECK_SUFFIX
+
+
+# The batch lane (worker.lanes, worker.runtime.batcher, worker.runtime.batch_poller).
+LANE_POOL = KEY_PREFIX + "lane:pool"  # ZSET job id -> ms pooled: batch-lane jobs not yet sent
+LANE_POOL_BYTES = KEY_PREFIX + "lane:pool:bytes"  # the pooled specs' total size
+LANE_WHERE = KEY_PREFIX + "lane:where"  # HASH job id -> "pool" or the msgq upstream-batch handle
+LANE_BATCHES = KEY_PREFIX + "lane:batches"  # ZSET upstream-batch handle -> ms when next due
+LANE_ADOPTED = KEY_PREFIX + "lane:adopted"  # ZSET upstream msgbatch id -> created ms (claimed)
+LANE_LOCK = KEY_PREFIX + "lane:lock"  # one batch-lane manager (batcher + poller) fleet-wide
+
+
+def lane_spec_key(job_id: str) -> str:
+    """A batch-lane job's spec while it is pooled or upstream (arq's payload is gone by then)."""
+    return f"{KEY_PREFIX}lane:spec:{job_id}"
+
+
+def upstream_key(handle: str) -> str:
+    """One upstream batch as msgq sees it (JSON: state, upstream id, counts, timing)."""
+    return f"{KEY_PREFIX}lane:ub:{handle}"
+
+
+def upstream_members_key(handle: str) -> str:
+    """HASH custom_id -> job id of the requests in one upstream batch."""
+    return f"{KEY_PREFIX}lane:ub:{handle}:members"
+
+
+def upstream_order_key(handle: str) -> str:
+    """LIST of custom_ids in the order they are sent (the create body streams from it)."""
+    return f"{KEY_PREFIX}lane:ub:{handle}:order"

@@ -50,8 +50,14 @@ def prices_for(model: str, prices_file: Path | None = None) -> Prices | None:
     return capabilities_for(model).prices
 
 
-def cost_usd(model: str, usage: dict[str, Any], prices_file: Path | None = None) -> float | None:
-    """None for a model without a known price: an unknown cost is not a zero cost."""
+def cost_usd(
+    model: str, usage: dict[str, Any], prices_file: Path | None = None, *, batch: bool = False
+) -> float | None:
+    """None for a model without a known price: an unknown cost is not a zero cost.
+
+    Message Batches cost half of every price, cache writes and reads included (the discount
+    stacks with the cache multipliers): `batch=True`, or the usage's `service_tier: "batch"`.
+    """
     prices = prices_for(model, prices_file)
     if prices is None:
         return None
@@ -66,6 +72,6 @@ def cost_usd(model: str, usage: dict[str, Any], prices_file: Path | None = None)
         + int(usage.get("cache_read_input_tokens") or 0) * prices.cache_read
         + int(usage.get("output_tokens") or 0) * prices.output
     ) / 1_000_000
-    if usage.get("service_tier") == "batch":
+    if batch or usage.get("service_tier") == "batch":
         total /= 2
     return round(total, 8)

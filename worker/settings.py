@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas import DEFAULT_MAX_IMAGE_BYTES
+from schemas import DEFAULT_MAX_IMAGE_BYTES, Lane
 from worker.pricing import check_prices_file
 from worker.tenants import load_tenants
 from worker.webhooks.signing import secret_key
@@ -148,6 +148,38 @@ class Settings(BaseSettings):
         return value
 
     pause_recheck_s: float = Field(default=30.0, description="how often paused jobs look again")
+    batch_sla_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="lane auto: batch only when the deadline is at least this far away",
+    )
+    batches_lane: Lane = Field(
+        default=Lane.REALTIME,
+        description="lane of /v1/messages/batches requests (a tenant's batches_lane wins)",
+    )
+    batch_max_requests: int = Field(
+        default=100_000, ge=1, le=100_000, description="flush an upstream batch at this many"
+    )
+    batch_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="flush an upstream batch at this size (the API's limit: 256 MB)",
+    )
+    batch_max_wait_s: float = Field(
+        default=60.0, gt=0, description="flush an upstream batch this long after its first job"
+    )
+    batch_poll_s: float = Field(
+        default=10.0, gt=0, description="first poll of an upstream batch; doubles while it runs"
+    )
+    batch_poll_max_s: float = Field(
+        default=300.0, gt=0, description="longest gap between polls of an upstream batch"
+    )
+    batch_create_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="a batch create unanswered this long is looked up (adopted) or re-sent",
+    )
     metrics_port: int | None = Field(default=None, description="worker /metrics port")
     api_keys: SecretStr | None = Field(
         default=None, description='HTTP API keys: "tenant-a:key1,tenant-b:key2"'

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from schemas import Lane
 from schemas.tokens import UNFETCHED_SIZE_PX, image_tokens, text_tokens
 from worker.caption.images import ImagePrepError, prepare
 from worker.caption.inputs import iter_items, render_prompt
@@ -67,6 +68,25 @@ def estimate(options: CaptionOptions, max_bytes: int) -> dict[str, Any]:
         )
         if prices
         else None,
+        **_by_lane(input_tokens, images * options.max_tokens, options),
+    }
+
+
+def _by_lane(input_tokens: int, max_output: int, options: CaptionOptions) -> dict[str, str]:
+    """Both lanes side by side: Message Batches cost half (--lane batch or auto)."""
+    prices = prices_for(options.model)
+    if prices is None:
+        return {}
+    low = input_tokens * prices.input / 1e6
+    high = low + max_output * prices.output / 1e6
+    chosen = {Lane.REALTIME: "realtime", Lane.BATCH: "batch", Lane.AUTO: "batch"}[options.lane]
+    rows = {
+        "realtime": f"${low:.4f} input, up to ${high:.4f}",
+        "batch": f"${low / 2:.4f} input, up to ${high / 2:.4f} (half price; ends within 24 h)",
+    }
+    return {
+        f"cost_{lane}": row + ("  <- this run" if lane == chosen else "")
+        for lane, row in rows.items()
     }
 
 

@@ -139,7 +139,10 @@ class CaptionRun:
             return
         try:
             job = await self.client.submit(
-                work.request, job_id=work.job_id, metadata={"path": item.source[-512:]}
+                work.request,
+                job_id=work.job_id,
+                metadata={"path": item.source[-512:]},
+                lane=self.options.lane,
             )
         except InvalidJobError as exc:
             self._write(row_for(item, None, str(exc)))

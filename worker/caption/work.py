@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from schemas import JobRecord
+from schemas import JobRecord, Lane
 from schemas.response import Message
 from worker.caption.images import ImagePrepError, Prepared, prepare
 from worker.caption.inputs import Item, render_prompt
@@ -33,6 +33,9 @@ class CaptionOptions:
     params: dict[str, Any] = field(default_factory=dict)  # extra request fields (temperature…)
     retry_failed: bool = False  # re-run images whose earlier row failed
     force_sidecar: bool = False  # replace sidecars msgq did not write
+    # realtime, batch (Message Batches: half price, ends within 24 h) or auto. Not part of the
+    # job ID: the same image, prompt and model give the same caption in either lane.
+    lane: Lane = Lane.REALTIME
 
 
 @dataclass

@@ -20,7 +20,7 @@ import orjson
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from schemas import JobRecord, JobStatus, summarize
+from schemas import JobRecord, JobStatus, Lane, summarize
 from worker.cli import services  # registered below
 from worker.client import Client
 from worker.errors import InvalidJobError, JobConflictError, JobNotFoundError
@@ -87,14 +87,25 @@ def _read_json(path: str) -> Any:
 @click.option("--wait", is_flag=True, help="Wait for the job to end and print its record.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to --wait.")
 @click.option("--callback-url", help="POST the final record here, signed (Standard Webhooks).")
+@click.option(
+    "--lane",
+    type=click.Choice([lane.value for lane in Lane]),
+    help="realtime (default); batch: Message Batches at half price, ends within 24 h; "
+    "auto: batch when the deadline leaves room.",
+)
 def submit(
-    file: str, job_id: str | None, wait: bool, timeout: float, callback_url: str | None
+    file: str,
+    job_id: str | None,
+    wait: bool,
+    timeout: float,
+    callback_url: str | None,
+    lane: str | None,
 ) -> None:
     """Enqueue one Messages request from FILE (`-` for stdin); prints the job ID."""
     request = _read_json(file)
 
     async def run(client: Client) -> JobRecord | str:
-        job = await client.submit(request, job_id=job_id, callback_url=callback_url)
+        job = await client.submit(request, job_id=job_id, callback_url=callback_url, lane=lane)
         return await client.wait(job.id, timeout=timeout) if wait else job.id
 
     outcome = _with_client(run)
@@ -206,9 +217,24 @@ def jobs(status_: str | None, limit: int, as_json: bool) -> None:
 @click.option("--force-sidecar", is_flag=True, help="Replace sidecars msgq did not write.")
 @click.option("--retry-failed", is_flag=True, help="Re-run images that failed in earlier runs.")
 @click.option("--cancel", is_flag=True, help="Cancel the jobs an interrupted run left running.")
-@click.option("--window", type=int, help="Most jobs in Redis at once [4 x MSGQ_MAX_JOBS].")
+@click.option(
+    "--window",
+    type=int,
+    help="Most jobs in Redis at once [4 x MSGQ_MAX_JOBS; batch/auto lane: 5,000].",
+)
 @click.option("--max-side", type=int, help="Downscale so the long side is at most this.")
-@click.option("--dry-run", is_flag=True, help="Count and estimate tokens and cost; spend nothing.")
+@click.option(
+    "--lane",
+    type=click.Choice([lane.value for lane in Lane]),
+    default="realtime",
+    show_default=True,
+    help="batch: Message Batches at half price, ends within 24 h; auto: batch (no deadline).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Count and estimate tokens and cost (both lanes); spend nothing.",
+)
 def caption(
     inputs: tuple[str, ...],
     prompt: str | None,
@@ -223,6 +249,7 @@ def caption(
     cancel: bool,
     window: int | None,
     max_side: int | None,
+    lane: str,
     dry_run: bool,
 ) -> None:
     """Caption images (files, folders, manifests of paths or URLs) into JSONL and sidecars."""
@@ -246,12 +273,21 @@ def caption(
         out=out,
         sidecar=sidecar,
         sidecar_ext=sidecar_ext,
-        window=window or 4 * settings.max_jobs,
+        window=window or _default_window(Lane(lane), settings),
         max_side_px=max_side,
         retry_failed=retry_failed,
         force_sidecar=force_sidecar,
+        lane=Lane(lane),
     )
     run_caption(options, settings, dry_run=dry_run)
+
+
+def _default_window(lane: Lane, settings: Settings) -> int:
+    """Realtime: enough to keep the workers busy. Batch: pooling is the point, so many more
+    (Redis then holds up to this many prepared images until their upstream batch ends)."""
+    if lane is Lane.REALTIME:
+        return 4 * settings.max_jobs
+    return min(settings.batch_max_requests, 5000)
 
 
 @cli.command()

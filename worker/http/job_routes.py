@@ -40,6 +40,7 @@ async def create_job(body: JobCreate, tenant: Tenant, state: State) -> JSONRespo
         deadline=body.deadline,
         max_attempts=body.max_attempts,
         tenant=tenant,
+        lane=body.lane,
         callback_url=body.callback_url,
     )
     return JSONResponse(public_record(job.record), status_code=202 if job.created else 200)

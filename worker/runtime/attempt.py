@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 
-from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, MessageRequest
+from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, Lane, MessageRequest
 from worker.arq_adapter import Defer
 from worker.errors import RateLimitError, SpendLimitError, UnavailableError, UpstreamError
 from worker.estimate import estimate_input_tokens
@@ -188,6 +188,7 @@ async def _succeeded(
         cost_usd=cost,
         upstream_request_id=reply.request_id,
         error=None,
+        served_by=Lane.REALTIME,
     )
     for kind, value in job_usage.model_dump().items():
         metrics.TOKENS.labels(kind).inc(value)

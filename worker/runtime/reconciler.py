@@ -8,7 +8,9 @@ look the same on two passes in a row before anything is done, so a record caught
 steps of a normal transition is never touched.
 - job payload present but missing from the queue ZSET: put back in the queue (re-enqueued);
 - payload gone: `failed` with `error.type = "lost"` (msgq keeps no copy of the request to
-  re-send, and says so rather than pretend).
+  re-send, and says so rather than pretend);
+- a batch-lane job (pooled or upstream: no payload and no lock by design) is an orphan only
+  when its pool entry or upstream batch vanished: it is pooled again from its kept spec.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from schemas import JobError, JobRecord, JobStatus
+from worker import lanes
 from worker.batches import Batches
 from worker.keys import ACTIVE_KEY, RECONCILER_LOCK, arq_job_key, in_progress_key, record_key
 from worker.records import utcnow
-from worker.runtime import transitions
+from worker.runtime import batch_lane, transitions
 from worker.settings import Settings
 from worker.store import JobStore
 
@@ -119,6 +122,9 @@ class Reconciler:
                 stale.append(job_id)  # ended (or gone): only the index entry is left over
             elif not locked and (not queued or score is None):
                 found[job_id] = raw
+        if found:  # pooled and upstream batch-lane jobs have neither a payload nor a lock
+            placed = await lanes.locations(self.redis, list(found))
+            found = {k: v for (k, v), at in zip(found.items(), placed, strict=True) if at is None}
         if stale:
             await self.redis.zrem(ACTIVE_KEY, *stale)
         return found
@@ -126,12 +132,17 @@ class Reconciler:
     async def _settle(self, job_id: str, done: Pass) -> None:
         if await self.redis.exists(in_progress_key(job_id)):
             return
+        if (await lanes.locations(self.redis, [job_id]))[0] is not None:
+            return  # the batch lane holds it (its pool, or an upstream batch)
         if await self.redis.exists(arq_job_key(job_id)):
             await self.redis.zadd(
                 self.settings.queue_name, {job_id: int(utcnow().timestamp() * 1000)}
             )
             done.requeued.append(job_id)
             log.warning("reconciler.requeued", job_id=job_id)
+            return
+        if await batch_lane.recover_orphan(self.store, self.redis, job_id):
+            done.requeued.append(job_id)  # a batch-lane job with its spec: pooled again
             return
         error = JobError(
             type="lost",

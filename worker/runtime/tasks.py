@@ -31,7 +31,7 @@ from worker.errors import UnavailableError
 from worker.keys import in_progress_key
 from worker.logs import register_secret
 from worker.records import utcnow
-from worker.runtime import metrics, transitions
+from worker.runtime import batch_lane, metrics, transitions
 from worker.runtime.attempt import attempt, handle_failure
 from worker.runtime.backoff import retry_delay_s
 from worker.runtime.concurrency import AdaptiveConcurrency
@@ -59,6 +59,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     ctx["gauges"] = asyncio.create_task(_update_gauges(ctx["msgq"]))
     ctx["reconciler"] = asyncio.create_task(Reconciler(redis, store, settings).run_forever())
+    ctx["batch_lane"] = asyncio.create_task(batch_lane.BatchLane(ctx["msgq"]).run_forever())
     ctx["webhooks"] = asyncio.create_task(WebhookDispatcher(redis, store, settings).run_forever())
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
@@ -66,7 +67,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    for name in ("gauges", "reconciler"):
+    for name in ("gauges", "reconciler", "batch_lane"):
         if name in ctx:
             ctx[name].cancel()
     deps: Deps | None = ctx.get("msgq")
@@ -148,7 +149,7 @@ async def _run(deps: Deps, job_id: str, kwargs: dict[str, Any], *, enqueued_at: 
         await transitions.finish(deps.store, job_id, JobStatus.FAILED, error=problem)
         return
     request = await _ready_to_send(deps, record, spec)
-    if request is not None:
+    if request is not None and not await batch_lane.route(deps, record, spec):
         await attempt(deps, record, request, spec)
 
 
