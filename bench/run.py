@@ -33,6 +33,7 @@ from bench.harness import (
 )
 from bench.noop import arq_noop_jobs_per_s
 from bench.streaming import report as streaming_report
+from bench.ui import page_times as ui_page_times
 from worker.client import Client
 from worker.dev.stack import msgq_command
 from worker.settings import Settings
@@ -296,6 +297,12 @@ async def main() -> None:
     )
     console.rule("7. streaming")
     await streaming_report(tmp, table)
+    console.rule("8. dashboard")
+    table(
+        "Dashboard page times at 100,000 records (admin session, real HTTP, 40 requests each)",
+        ["page", "path", "p50 ms", "p99 ms"],
+        await ui_page_times(),
+    )
 
 
 NOTES = """### How to read these
