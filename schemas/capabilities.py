@@ -91,3 +91,11 @@ def capabilities_for(model: str) -> Capabilities:
 def tier_limits(model: str) -> ImageTier:
     """The resize limits the API applies to images for this model."""
     return capabilities_for(model).tier
+
+
+def rate_limit_class(model: str) -> str:
+    """The API's rate-limit groups: all Opus 4.x share a bucket, as do Sonnet and Haiku."""
+    for family in ("opus", "sonnet", "haiku", "mythos", "fable"):
+        if family in model:
+            return family
+    return model or "default"

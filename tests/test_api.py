@@ -14,10 +14,13 @@ BODY = json.loads((SAMPLES / "requests" / "text.json").read_text())
 
 
 async def queue_length(http: httpx.AsyncClient, settings: Settings) -> int:
+    """Jobs waiting anywhere: arq's queue, or the fair-share scheduler's queues."""
     from redis.asyncio import Redis
 
+    from worker.keys import SCHED_WHERE
+
     async with Redis.from_url(settings.redis_url) as redis:
-        return int(await redis.zcard(settings.queue_name))
+        return int(await redis.zcard(settings.queue_name)) + int(await redis.hlen(SCHED_WHERE))
 
 
 async def test_create_poll_and_long_poll(

@@ -77,7 +77,9 @@ async def test_payload_missing_from_the_queue_is_requeued_and_runs(
     settings: Settings, client: Client, redis: Redis, store: JobStore, start_worker: StartWorker
 ) -> None:
     await redis.flushall()
-    job = await client.submit(BODY)
+    fifo = settings.model_copy(update={"scheduler": False})  # straight into arq's queue
+    async with Client(Redis.from_url(settings.redis_url), fifo) as plain:
+        job = await plain.submit(BODY)
     await redis.zrem(settings.queue_name, job.id)  # the payload is there, the queue entry not
     reconciler = Reconciler(redis, store, settings)
     await reconciler.run_once()

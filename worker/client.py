@@ -19,9 +19,11 @@ from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus, Lane, Priorit
 from worker import arq_adapter
 from worker.endings import Endings
 from worker.errors import InvalidJobError, JobConflictError, JobNotFoundError
-from worker.records import build_spec, new_record
+from worker.records import build_spec, new_record, validated
+from worker.scheduling import placement, uses_scheduler
 from worker.settings import Settings
 from worker.store import JobStore
+from worker.tenants import load_tenants
 from worker.webhooks.targets import callback_for
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -68,6 +70,7 @@ class Client:
         self._redis = redis
         self._store = JobStore.from_settings(redis, self.settings)
         self._endings: Endings | None = None
+        self._tenants = load_tenants(self.settings.tenants_file)
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Self:
@@ -109,13 +112,16 @@ class Client:
             msg = "job id must be 1-128 characters of A-Z a-z 0-9 _ . : -"
             raise InvalidJobError(msg, [{"loc": "id", "msg": msg, "type": "value_error"}])
         body = self._request_dict(request)
+        checked = validated(body, max_image_bytes=self.settings.max_image_bytes)
+        if priority is None and tenant is not None:
+            priority = self._tenants.get(tenant).default_priority
         callback_url = await callback_for(callback_url, tenant=tenant, settings=self.settings)
         spec = build_spec(
             body,
             metadata=metadata,
             deadline=deadline,
             max_attempts=max_attempts,
-            max_image_bytes=self.settings.max_image_bytes,
+            validate=False,
             lane=lane,
             priority=priority,
             tenant=tenant,
@@ -131,7 +137,12 @@ class Client:
             default_max_attempts=self.settings.max_attempts,
             tenant=tenant,
         ).model_copy(update={"request_sha256": request_sha256(spec.request)})
-        existing = await self._store.create(record, payload, now_ms)
+        placed = (
+            placement(checked, record.priority, tenant, self.settings)
+            if uses_scheduler(self.settings, spec.lane)
+            else None
+        )
+        existing = await self._store.create(record, payload, now_ms, placed)
         if existing is not None and existing.request_sha256 not in (None, record.request_sha256):
             # Records from before this field, or from raw-Redis producers, carry no hash.
             msg = f"job {job_id!r} already exists with a different request"

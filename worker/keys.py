@@ -20,6 +20,37 @@ WEBHOOKS_KEY = KEY_PREFIX + "webhooks"  # HASH webhook outbox: "job:<id>"/"batch
 WEBHOOKS_DUE_KEY = KEY_PREFIX + "webhooks:due"  # ZSET entry -> ms when due (or its lease ends)
 
 
+# The fair-share scheduler (worker.scheduling, worker.runtime.dispatcher).
+SCHED_BACKLOG = KEY_PREFIX + "sched:backlog"  # SET of scheduler queue keys that may hold jobs
+SCHED_WHERE = KEY_PREFIX + "sched:where"  # HASH job id -> the scheduler queue key holding it
+SCHED_EST = KEY_PREFIX + "sched:est"  # HASH job id -> JSON admission estimate
+SCHED_INBOX = KEY_PREFIX + "sched:inbox"  # ZSET: raw producers' jobs for the dispatcher
+SCHED_WAKE = KEY_PREFIX + "sched:wake"  # pub/sub: a job was scheduled
+DISPATCHER_LOCK = KEY_PREFIX + "dispatcher:lock"  # one dispatcher fleet-wide
+SPEND_TENANTS = KEY_PREFIX + "spend:tenants"  # SET of tenants with spend recorded
+
+
+def sched_queue_key(model_cls: str, priority: str, tenant: str | None) -> str:
+    """FIFO (ZSET by submission ms) of one tenant's jobs at one priority for one model class."""
+    return f"{KEY_PREFIX}sched:q:{model_cls}:{priority}:{tenant or '_'}"
+
+
+def admitted_key(job_id: str) -> str:
+    """Set by the dispatcher when it admitted the job under the rate limits and budget: the
+    worker then sends at once, and settles against this estimate."""
+    return f"{KEY_PREFIX}admitted:{job_id}"
+
+
+def spend_key(tenant: str, period: str) -> str:
+    """USD reserved + spent by a tenant in a period (`d20261125` or `m202611`)."""
+    return f"{KEY_PREFIX}spend:{tenant}:{period}"
+
+
+def spend_models_key(tenant: str, day: str) -> str:
+    """HASH model -> USD actually spent that day (for usage reports and the dashboard)."""
+    return f"{KEY_PREFIX}spend:{tenant}:{day}:models"
+
+
 def record_key(job_id: str) -> str:
     return f"{KEY_PREFIX}job:{job_id}"
 

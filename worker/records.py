@@ -20,6 +20,7 @@ from schemas import (
     JobSpec,
     JobStatus,
     Lane,
+    MessageRequest,
     Priority,
     field_errors,
     summarize,
@@ -51,12 +52,7 @@ def build_spec(
     Raises InvalidJobError with every field error; nothing is enqueued then.
     """
     if validate:
-        try:
-            _validate_request(body, max_image_bytes=max_image_bytes)
-        except ValidationError as exc:
-            errors = field_errors(exc, body)
-            msg = f"invalid request: {summarize(errors, 3)}"
-            raise InvalidJobError(msg, errors) from None
+        validated(body, max_image_bytes=max_image_bytes)
     fields = {
         "request": body,
         "metadata": metadata or {},
@@ -72,6 +68,16 @@ def build_spec(
     except ValidationError as exc:
         errors = field_errors(exc, fields)
         msg = f"invalid job: {summarize(errors, 3)}"
+        raise InvalidJobError(msg, errors) from None
+
+
+def validated(body: dict[str, Any], *, max_image_bytes: int) -> MessageRequest:
+    """The request as the API would check it; InvalidJobError with every field error."""
+    try:
+        return _validate_request(body, max_image_bytes=max_image_bytes)
+    except ValidationError as exc:
+        errors = field_errors(exc, body)
+        msg = f"invalid request: {summarize(errors, 3)}"
         raise InvalidJobError(msg, errors) from None
 
 
@@ -142,6 +148,7 @@ def begun(record: JobRecord) -> JobRecord:
             "attempts": record.attempts + 1,
             "started_at": record.started_at or utcnow(),
             "next_attempt_at": None,
+            "waiting_reason": None,
         }
     )
 

@@ -83,6 +83,22 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, description="largest job payload a worker will decode"
     )
     prices_file: Path | None = Field(default=None, description="TOML overriding model prices")
+    scheduler: bool = Field(
+        default=True,
+        description="fair-share admission (priorities, tenant weights, budgets); off: plain FIFO",
+    )
+    bulk_floor_share: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="share of tokens default and bulk keep while higher priorities are backlogged",
+    )
+    dispatch_window: int = Field(
+        default=64,
+        ge=1,
+        description="jobs the dispatcher keeps ready in arq's queue when no "
+        "rate limit is known (with limits it admits exactly what fits)",
+    )
     tenants_file: Path | None = Field(
         default=None,
         description="TOML: per-tenant weight, priority, caps, budgets, lane, webhook (README)",

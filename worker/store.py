@@ -17,6 +17,8 @@ from worker.keys import (
     ACTIVE_KEY,
     DONE_CHANNEL,
     INDEX_KEY,
+    SCHED_EST,
+    SCHED_WHERE,
     arq_job_key,
     batch_counts_key,
     record_key,
@@ -24,6 +26,7 @@ from worker.keys import (
     tenant_jobs_key,
 )
 from worker.records import utcnow
+from worker.scheduling import Placement
 from worker.settings import Settings
 from worker.webhooks import outbox
 
@@ -62,7 +65,11 @@ class JobStore:
         return None if raw is None else JobRecord.model_validate_json(raw)
 
     async def create(
-        self, record: JobRecord, job_payload: bytes, score_ms: int
+        self,
+        record: JobRecord,
+        job_payload: bytes,
+        score_ms: int,
+        placement: Placement | None = None,
     ) -> JobRecord | None:
         """Store the record and enqueue its arq job in one transaction; an existing ID wins."""
         key = record_key(record.id)
@@ -79,16 +86,27 @@ class JobStore:
                     if queued:
                         return await self.ensure(record)
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-                    self._enqueue(pipe, record, job_payload, score_ms)
+                    self._enqueue(pipe, record, job_payload, score_ms, placement)
                     await pipe.execute()
                     return None
                 except WatchError:
                     continue
 
-    def _enqueue(self, pipe: Redis, record: JobRecord, job_payload: bytes, score_ms: int) -> None:
+    def _enqueue(
+        self,
+        pipe: Redis,
+        record: JobRecord,
+        job_payload: bytes,
+        score_ms: int,
+        placement: Placement | None = None,
+    ) -> None:
+        """Record, payload and a queue entry: arq's queue, or the scheduler's when placed."""
         pipe.set(record_key(record.id), record.model_dump_json())
         pipe.set(arq_job_key(record.id), job_payload)
-        pipe.zadd(self.queue_name, {record.id: score_ms}, nx=True)
+        if placement is None:
+            pipe.zadd(self.queue_name, {record.id: score_ms}, nx=True)
+        else:
+            placement.write(pipe, record.id, score_ms)
         pipe.zadd(INDEX_KEY, {record.id: score_ms})
         index_new(pipe, record, score_ms)
         pipe.zadd(ACTIVE_KEY, {record.id: score_ms})
@@ -161,8 +179,8 @@ class JobStore:
             counts = batch_counts_key(record.batch_id)
             pipe.hincrby(counts, record.status.value, 1)
             pipe.hset(counts, "last_at", (record.finished_at or utcnow()).isoformat())
-        record_minute(pipe, record.status.value, tenant=record.tenant)
         outbox.schedule(pipe, record)  # the webhook owed, durable with the record itself
+        record_minute(pipe, record.status.value, tenant=record.tenant)
         pipe.publish(DONE_CHANNEL, record.id)
 
     async def keep_spec(self, job_id: str, spec: dict[str, Any]) -> None:
@@ -207,12 +225,23 @@ class JobStore:
         record = await self.update(job_id, records.cancel_asked)
         if record is not None and record.status is JobStatus.CANCELED:
             # Free the queue slot; a worker that already picked it up sees `canceled` and stops.
-            await self.redis.zrem(self.queue_name, job_id)
-            await self.redis.delete(arq_job_key(job_id))
+            await self.unqueue(job_id)
         elif record is not None and record.cancel_requested and not record.status.terminal:
             key, mapping = arq_adapter.abort_request(job_id)
             await self.redis.zadd(key, mapping)
         return record
+
+    async def unqueue(self, job_id: str) -> None:
+        """Take an ended job out of whichever queue holds it (arq's or the scheduler's)."""
+        where = await self.redis.hget(SCHED_WHERE, job_id)  # type: ignore[misc]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.queue_name, job_id)
+            pipe.delete(arq_job_key(job_id))
+            if where is not None:
+                pipe.zrem(where.decode(), job_id)
+                pipe.hdel(SCHED_WHERE, job_id)
+                pipe.hdel(SCHED_EST, job_id)
+            await pipe.execute()
 
     async def expire_job(self, job_id: str) -> bool:
         """End a job `expired` (its batch or deadline passed) and drop it from the queue; an
@@ -220,8 +249,7 @@ class JobStore:
         record = await self.update(job_id, lambda r: records.ended(r, JobStatus.EXPIRED))
         if record is None or record.status is not JobStatus.EXPIRED:
             return False
-        await self.redis.zrem(self.queue_name, job_id)
-        await self.redis.delete(arq_job_key(job_id))
+        await self.unqueue(job_id)
         return True
 
     async def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:

@@ -15,7 +15,7 @@ from worker.errors import RateLimitError, SpendLimitError, UnavailableError, Ups
 from worker.estimate import estimate_input_tokens
 from worker.fleet_stats import count_minute
 from worker.pricing import cost_usd
-from worker.runtime import metrics, transitions
+from worker.runtime import admission, metrics, transitions
 from worker.runtime.backoff import retry_delay_s
 from worker.runtime.deps import Deps
 from worker.runtime.progress import send_with_progress
@@ -68,18 +68,33 @@ async def attempt(deps: Deps, record: JobRecord, request: MessageRequest, spec: 
     async with slot:
         metrics.IN_FLIGHT.inc()
         try:
-            await wait_for_capacity(deps, request, estimate, job_id=record.id)
+            ticket = await admission.take_ticket(deps, record.id)
+            if ticket is None or not ticket.limited:
+                # No capacity reserved at dispatch: the fleet's buckets, cool-down and pause
+                # are checked here (without limits this is one cheap script call).
+                await wait_for_capacity(deps, request, estimate, job_id=record.id)
+            admission.RESERVATION.set(ticket.reservation if ticket else None)
+            if ticket is None and not await admission.reserve_budget(
+                deps, record, request, estimate
+            ):
+                await _refund_capacity(deps, request, estimate)
+                return
             started = await transitions.begin_attempt(deps.store, record.id)
             if started is None or started.status is not JobStatus.IN_PROGRESS:
-                await deps.limiter.settle(
-                    request.model, input_delta=estimate, output_delta=request.max_tokens
-                )
+                await _refund_capacity(deps, request, estimate)
+                await admission.settle_budget(deps, record, 0.0)
                 return
             _observe_start(started)
             await _call(deps, started, request, spec, estimate)
         finally:
             metrics.IN_FLIGHT.dec()
             metrics.CONCURRENCY.set(deps.concurrency.limit)
+
+
+async def _refund_capacity(deps: Deps, request: MessageRequest, estimate: int) -> None:
+    await deps.limiter.settle(
+        request.model, input_delta=estimate, output_delta=request.max_tokens, requests=1
+    )
 
 
 def _observe_start(record: JobRecord) -> None:
@@ -109,6 +124,7 @@ async def _failed(
     deps: Deps, record: JobRecord, request: MessageRequest, spec: JobSpec, exc: UpstreamError
 ) -> None:
     metrics.UPSTREAM.labels(str(exc.status_code or exc.error_type)).inc()
+    await admission.settle_budget(deps, record, 0.0)  # nothing was produced, nothing billed
     # Nothing was produced: refund the output reservation. The request and its input stay
     # charged: the API may have counted them, and after a 429 sending less is the safe error.
     refused = exc.status_code in (429, 529)
@@ -194,6 +210,10 @@ async def _succeeded(
         metrics.TOKENS.labels(kind).inc(value)
     metrics.COST.inc(cost or 0)
     await deps.concurrency.succeeded()
+    try:
+        await admission.settle_budget(deps, record, cost)
+    except RedisError as exc:
+        log.warning("budget.settle_failed", error=type(exc).__name__)
     # Cache reads do not count toward ITPM; correct the estimate with what really counted.
     counted = job_usage.input_tokens + job_usage.cache_creation_input_tokens
     try:

@@ -17,6 +17,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from schemas.capabilities import rate_limit_class
 from worker.keys import PAUSE_KEY, bucket_key, cooldown_key
 
 BUCKETS = ("requests", "input-tokens", "output-tokens")
@@ -122,13 +123,18 @@ local h = load(KEYS[1])
 local caps = caps_of(h, now, {ARGV[10], ARGV[11], ARGV[12]}, tonumber(ARGV[14]))
 for n = 1, 3 do
   local t = tonumber(h[names[n]])
-  if t then
+  local remaining = ARGV[3 + 2 * n]
+  if not t and remaining ~= '' then
+    -- First word from the API about this bucket: start from what it says is left, not from
+    -- a full bucket (calls sent before the limit was known have already used some).
+    t = tonumber(remaining)
+    if not h.t then redis.call('HSET', KEYS[1], 't', tostring(now)) end
+  elseif t then
     t = t + tonumber(ARGV[n])
     if caps[n] > 0 then t = math.min(t, caps[n]) end
-    local remaining = ARGV[3 + 2 * n]
     if remaining ~= '' then t = math.min(t, tonumber(remaining)) end
-    redis.call('HSET', KEYS[1], names[n], tostring(t))
   end
+  if t then redis.call('HSET', KEYS[1], names[n], tostring(t)) end
 end
 return 1
 """
@@ -162,12 +168,7 @@ class Admission:
         return self.wait_s <= 0
 
 
-def model_class(model: str) -> str:
-    """The API's rate-limit groups: all Opus 4.x share a bucket, as do Sonnet and Haiku."""
-    for family in ("opus", "sonnet", "haiku", "mythos", "fable"):
-        if family in model:
-            return family
-    return model or "default"
+model_class = rate_limit_class  # the name this module has always used
 
 
 class RateLimiter:
@@ -181,8 +182,11 @@ class RateLimiter:
         learned_ttl_s: float = 600.0,
         hold_slack_s: float = 5.0,
         large_fraction: float = 0.5,
+        scope: str | None = None,
     ) -> None:
+        """`scope` gives this limiter buckets of its own (a tenant's share caps)."""
         self.redis = redis
+        self.scope = scope
         self.limits = limits
         self.learned_ttl_ms = int(learned_ttl_s * 1000)
         self.hold_slack_ms = int(hold_slack_s * 1000)
@@ -191,6 +195,9 @@ class RateLimiter:
         self._adjust = redis.register_script(ADJUST)
         self._cool = redis.register_script(COOL_DOWN)
         self._learned = False  # this process has seen anthropic-ratelimit-* headers
+
+    def _bucket(self, model_cls: str) -> str:
+        return bucket_key(f"{model_cls}:{self.scope}" if self.scope else model_cls)
 
     def _limits_for(self, model_cls: str) -> Limits:
         return self.limits.get(model_cls) or self.limits.get("default") or Limits()
@@ -202,7 +209,7 @@ class RateLimiter:
         cls = model_class(model)
         lim = self._limits_for(cls)
         wait_ms, why = await self._acquire(
-            keys=[bucket_key(cls), cooldown_key(cls), PAUSE_KEY],
+            keys=[self._bucket(cls), cooldown_key(cls), PAUSE_KEY],
             args=[
                 now_ms,
                 1,
@@ -226,8 +233,10 @@ class RateLimiter:
         input_delta: int,
         output_delta: int,
         headers: dict[str, str] | None = None,
+        requests: int = 0,
     ) -> None:
-        """Refund (positive) or charge (negative) the estimate's error; adopt header limits."""
+        """Refund (positive) or charge (negative) the estimate's error; adopt header limits.
+        `requests=1` also refunds the request itself (an admission that was not used)."""
         lim = self._limits_for(model_class(model))
         self._learned = self._learned or headers_say_limits(headers)
         if not (self._learned or lim.rpm or lim.itpm or lim.otpm):
@@ -240,9 +249,9 @@ class RateLimiter:
                 _int_header(headers, f"{prefix}-remaining"),
             ]
         await self._adjust(
-            keys=[bucket_key(model_class(model))],
+            keys=[self._bucket(model_class(model))],
             args=[
-                0,
+                requests,
                 input_delta,
                 output_delta,
                 *learned,

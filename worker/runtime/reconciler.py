@@ -26,7 +26,14 @@ from redis.exceptions import RedisError
 from schemas import JobError, JobRecord, JobStatus
 from worker import lanes
 from worker.batches import Batches
-from worker.keys import ACTIVE_KEY, RECONCILER_LOCK, arq_job_key, in_progress_key, record_key
+from worker.keys import (
+    ACTIVE_KEY,
+    RECONCILER_LOCK,
+    SCHED_WHERE,
+    arq_job_key,
+    in_progress_key,
+    record_key,
+)
 from worker.records import utcnow
 from worker.runtime import batch_lane, transitions
 from worker.settings import Settings
@@ -113,14 +120,15 @@ class Reconciler:
                 pipe.exists(arq_job_key(job_id))
                 pipe.exists(in_progress_key(job_id))
                 pipe.zscore(self.settings.queue_name, job_id)
+                pipe.hexists(SCHED_WHERE, job_id)
             values = await pipe.execute()
         found: dict[str, bytes] = {}
         stale: list[str] = []
         for n, job_id in enumerate(ids):
-            raw, queued, locked, score = values[4 * n : 4 * n + 4]
+            raw, queued, locked, score, scheduled = values[5 * n : 5 * n + 5]
             if raw is None or JobRecord.model_validate_json(raw).status.terminal:
                 stale.append(job_id)  # ended (or gone): only the index entry is left over
-            elif not locked and (not queued or score is None):
+            elif not locked and (not queued or (score is None and not scheduled)):
                 found[job_id] = raw
         if found:  # pooled and upstream batch-lane jobs have neither a payload nor a lock
             placed = await lanes.locations(self.redis, list(found))
@@ -134,7 +142,10 @@ class Reconciler:
             return
         if (await lanes.locations(self.redis, [job_id]))[0] is not None:
             return  # the batch lane holds it (its pool, or an upstream batch)
-        if await self.redis.exists(arq_job_key(job_id)):
+        payload = await self.redis.exists(arq_job_key(job_id))
+        if payload and await self.redis.hexists(SCHED_WHERE, job_id):  # type: ignore[misc]
+            return  # waiting in the scheduler: the dispatcher will move it
+        if payload:
             await self.redis.zadd(
                 self.settings.queue_name, {job_id: int(utcnow().timestamp() * 1000)}
             )
@@ -150,6 +161,7 @@ class Reconciler:
             "Redis primary); msgq keeps no copy of the request, so it cannot be sent again",
         )
         stored = await transitions.finish(self.store, job_id, JobStatus.FAILED, error=error)
+        await self.store.unqueue(job_id)
         if stored is not None and stored.status is JobStatus.FAILED and stored.error == error:
             done.lost.append(job_id)
             log.error("reconciler.lost", job_id=job_id, attempts=stored.attempts)

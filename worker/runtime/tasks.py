@@ -36,6 +36,7 @@ from worker.runtime.attempt import attempt, handle_failure
 from worker.runtime.backoff import retry_delay_s
 from worker.runtime.concurrency import AdaptiveConcurrency
 from worker.runtime.deps import Deps
+from worker.runtime.dispatcher import Dispatcher
 from worker.runtime.ratelimit import Limits, RateLimiter
 from worker.runtime.reconciler import Reconciler
 from worker.runtime.upstream import build_client
@@ -60,6 +61,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["gauges"] = asyncio.create_task(_update_gauges(ctx["msgq"]))
     ctx["reconciler"] = asyncio.create_task(Reconciler(redis, store, settings).run_forever())
     ctx["batch_lane"] = asyncio.create_task(batch_lane.BatchLane(ctx["msgq"]).run_forever())
+    if settings.scheduler:
+        dispatcher = Dispatcher(redis, store, settings, ctx["msgq"].limiter)
+        ctx["dispatcher"] = asyncio.create_task(dispatcher.run_forever())
     ctx["webhooks"] = asyncio.create_task(WebhookDispatcher(redis, store, settings).run_forever())
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
@@ -67,7 +71,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    for name in ("gauges", "reconciler", "batch_lane"):
+    for name in ("gauges", "reconciler", "dispatcher", "batch_lane"):
         if name in ctx:
             ctx[name].cancel()
     deps: Deps | None = ctx.get("msgq")

@@ -1,0 +1,89 @@
+"""Admission for one attempt: the dispatcher's ticket, or the worker's own limiter and budget.
+
+A job the dispatcher admitted carries a ticket (`msgq:admitted:<id>`): its rate-limit capacity
+and budget were reserved at dispatch, so the worker sends at once. Jobs without one (retries,
+raw producers, the scheduler switched off) wait for the fleet limiter here, and a tenant with a
+budget reserves it here; either way the reservation is settled from the answer's cost.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import orjson
+
+from schemas import JobError, JobRecord, JobStatus, MessageRequest
+from worker.arq_adapter import Defer
+from worker.budgets import Budgets, Reservation, reserve_usd
+from worker.keys import admitted_key
+from worker.pricing import prices_for
+from worker.runtime import transitions
+from worker.runtime.deps import Deps
+from worker.tenants import load_tenants
+
+# The budget reservation of the attempt running in this task (each arq job is its own task).
+RESERVATION: ContextVar[Reservation | None] = ContextVar("msgq_reservation", default=None)
+BUDGET_RECHECK_S = 60.0
+
+
+@dataclass(frozen=True)
+class Ticket:
+    limited: bool  # capacity was reserved in the fleet's buckets at dispatch
+    reservation: Reservation | None
+
+
+async def take_ticket(deps: Deps, job_id: str) -> Ticket | None:
+    raw = await deps.redis.getdel(admitted_key(job_id))
+    if raw is None:
+        return None
+    data = orjson.loads(raw)
+    reservation = None
+    if "micro_usd" in data:
+        reservation = Reservation(data["tenant"], data["day"], data["month"], data["micro_usd"])
+    return Ticket(bool(data.get("limited")), reservation)
+
+
+async def reserve_budget(
+    deps: Deps, record: JobRecord, request: MessageRequest, input_tokens: int
+) -> bool:
+    """For an attempt without a ticket: reserve the tenant's budget. False: the job must not be
+    sent now (it failed `budget_exceeded`, or it is deferred until the budget allows)."""
+    config = load_tenants(deps.settings.tenants_file).get(record.tenant)
+    if record.tenant is None or not config.has_budget:
+        return True
+    usd = reserve_usd(
+        prices_for(request.model, deps.settings.prices_file), input_tokens, request.max_tokens
+    )
+    outcome = await Budgets(deps.redis).reserve(record.tenant, config, usd)
+    if isinstance(outcome, Reservation):
+        RESERVATION.set(outcome)
+        return True
+    if config.on_budget == "fail":
+        error = JobError(
+            type="budget_exceeded",
+            message=f"tenant {record.tenant!r} has reached its {outcome} budget",
+        )
+        await transitions.finish(deps.store, record.id, JobStatus.FAILED, error=error)
+        return False
+    await deps.store.update(
+        record.id,
+        lambda r: (
+            None
+            if r.waiting_reason == "budget"
+            else r.model_copy(update={"waiting_reason": "budget"})
+        ),
+    )
+    raise Defer(defer=BUDGET_RECHECK_S)
+
+
+async def settle_budget(deps: Deps, record: JobRecord, cost_usd: float | None) -> None:
+    """Replace the attempt's reservation with what it cost; count spend for usage reports."""
+    reservation = RESERVATION.get()
+    RESERVATION.set(None)
+    model = record.model or "unknown"
+    budgets = Budgets(deps.redis)
+    if reservation is not None:
+        await budgets.settle(reservation, cost_usd or 0.0, model)
+    elif record.tenant and cost_usd:
+        await budgets.record(record.tenant, cost_usd, model)
