@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from schemas import JobError, JobStatus
 from tests.conftest import KEY_A, KEY_B, Sim, StartWorker, eventually
 from tests.images import image_block, image_bytes
 from worker import records
+from worker.budgets import Budgets
 from worker.client import Client
 from worker.fleet_stats import last_hour
 from worker.http.app import create_app
@@ -452,3 +454,32 @@ async def test_upstream_429s_and_529s_are_counted_per_minute(
     assert (await client.wait(job.id, timeout=20)).status == JobStatus.SUCCEEDED
     counts = await last_hour(redis, ["429", "529", "succeeded"])
     assert (sum(counts["429"]), sum(counts["529"]), sum(counts["succeeded"])) == (1, 2, 1)
+
+
+async def test_overview_shows_spend_today_against_budgets(
+    ui_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    """Spend today per tenant and model, against the tenant's daily budget; a tenant sees only
+    its own."""
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text("[tenants.tenant-a]\nbudget_usd_day = 2.0\n", encoding="utf-8")
+    settings = ui_settings.model_copy(update={"tenants_file": tenants})
+    budgets = Budgets(redis)
+    await budgets.record("tenant-a", 0.5, "claude-haiku-4-5")
+    await budgets.record("tenant-a", 0.25, "claude-sonnet-4-5")
+    await budgets.record("tenant-b", 1.5, "claude-haiku-4-5")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://msgq.test") as http:
+            await sign_in(http, ADMIN_KEY)
+            everyone = (await http.get("/ui/part/overview")).text
+            http.cookies.clear()
+            await sign_in(http, KEY_A)
+            mine = (await http.get("/ui/part/overview")).text
+    row = re.search(r"<th scope=\"row\">tenant-a</th>(.*?)</tr>", everyone, re.S)
+    assert row is not None
+    assert "$0.7500" in row.group(1) and "claude-sonnet-4-5 $0.2500" in row.group(1)
+    assert "$2.00" in row.group(1) and 'value="38"' in row.group(1)  # 0.75 of 2.00
+    assert "$1.50" in everyone and "tenant-b" in everyone
+    assert "tenant-a" in mine and "tenant-b" not in mine
