@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from schemas.jobs import JOB_ID_PATTERN, JobRecord, Lane
+from schemas.jobs import JOB_ID_PATTERN, JobRecord, Lane, Priority
 
 
 class JobCreate(BaseModel):
@@ -28,6 +28,10 @@ class JobCreate(BaseModel):
         default=None,
         max_length=2048,
         description="POSTed the final record when the job ends (Standard Webhooks, signed)",
+    )
+    priority: Priority | None = Field(
+        default=None,
+        description="interactive, default or bulk; the tenant's default when absent",
     )
 
 

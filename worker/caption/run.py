@@ -143,6 +143,7 @@ class CaptionRun:
                 job_id=work.job_id,
                 metadata={"path": item.source[-512:]},
                 lane=self.options.lane,
+                priority=self.options.priority,
             )
         except InvalidJobError as exc:
             self._write(row_for(item, None, str(exc)))

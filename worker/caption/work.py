@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from schemas import JobRecord, Lane
+from schemas import JobRecord, Lane, Priority
 from schemas.response import Message
 from worker.caption.images import ImagePrepError, Prepared, prepare
 from worker.caption.inputs import Item, render_prompt
@@ -36,6 +36,7 @@ class CaptionOptions:
     # realtime, batch (Message Batches: half price, ends within 24 h) or auto. Not part of the
     # job ID: the same image, prompt and model give the same caption in either lane.
     lane: Lane = Lane.REALTIME
+    priority: Priority = Priority.BULK  # a caption run must not hold up interactive work
 
 
 @dataclass

@@ -20,7 +20,7 @@ import orjson
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from schemas import JobRecord, JobStatus, Lane, summarize
+from schemas import JobRecord, JobStatus, Lane, Priority, summarize
 from worker.cli import services  # registered below
 from worker.client import Client
 from worker.errors import InvalidJobError, JobConflictError, JobNotFoundError
@@ -93,6 +93,12 @@ def _read_json(path: str) -> Any:
     help="realtime (default); batch: Message Batches at half price, ends within 24 h; "
     "auto: batch when the deadline leaves room.",
 )
+@click.option(
+    "--priority",
+    type=click.Choice([p.value for p in Priority]),
+    help="interactive, default or bulk (default: the tenant's, else default).",
+)
+@click.option("--tenant", "submit_tenant", help="Submit for this tenant (its ID is tenant:id).")
 def submit(
     file: str,
     job_id: str | None,
@@ -100,12 +106,21 @@ def submit(
     timeout: float,
     callback_url: str | None,
     lane: str | None,
+    priority: str | None,
+    submit_tenant: str | None,
 ) -> None:
     """Enqueue one Messages request from FILE (`-` for stdin); prints the job ID."""
     request = _read_json(file)
 
     async def run(client: Client) -> JobRecord | str:
-        job = await client.submit(request, job_id=job_id, callback_url=callback_url, lane=lane)
+        job = await client.submit(
+            request,
+            job_id=job_id,
+            callback_url=callback_url,
+            lane=lane,
+            priority=priority,
+            tenant=submit_tenant,
+        )
         return await client.wait(job.id, timeout=timeout) if wait else job.id
 
     outcome = _with_client(run)
@@ -334,6 +349,40 @@ def resume() -> None:
 
     reason = asyncio.run(run())
     click.echo(f"resumed (was paused: {reason})" if reason else "the fleet was not paused")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per tenant.")
+def usage(as_json: bool) -> None:
+    """Spend per tenant today and this month, against budgets (operators)."""
+    from redis.asyncio import Redis
+
+    from worker.budgets import Budgets
+    from worker.tenants import load_tenants
+
+    settings = Settings()
+    tenants = load_tenants(settings.tenants_file)
+
+    async def run() -> list[dict[str, Any]]:
+        async with Redis.from_url(settings.redis_url) as redis:
+            budgets = Budgets(redis)
+            names = sorted(set(tenants.names()) | set(await budgets.tenants()))
+            return [await budgets.usage(t, tenants.get(t)) for t in names]
+
+    rows = asyncio.run(run())
+    for row in rows:
+        if as_json:
+            click.echo(orjson.dumps(row).decode())
+            continue
+        day = _budgeted(row["spent_today_usd"], row["budget_usd_day"])
+        month = _budgeted(row["spent_month_usd"], row["budget_usd_month"])
+        click.echo(f"{row['tenant']:<24} today {day:<24} month {month}")
+    if not rows and not as_json:
+        click.echo("no tenant has spent anything yet")
+
+
+def _budgeted(spent: float, budget: float | None) -> str:
+    return f"${spent:.4f}" + ("" if budget is None else f" of ${budget:.2f}")
 
 
 @cli.command()

@@ -15,7 +15,15 @@ from worker.batches import Batches
 from worker.client import Client
 from worker.endings import Endings
 from worker.fleet_metrics import API_REQUESTS
-from worker.http import batch_routes, errors, events_routes, job_routes, ops_routes, ui
+from worker.http import (
+    batch_routes,
+    errors,
+    events_routes,
+    job_routes,
+    ops_routes,
+    ui,
+    usage_routes,
+)
 from worker.http.auth import load_keys
 from worker.http.body_limit import BodyLimit
 from worker.http.deps import AppState
@@ -73,5 +81,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(job_routes.router)
     app.include_router(events_routes.router)
     app.include_router(batch_routes.router)
+    app.include_router(usage_routes.router)
     app.include_router(ui.router)  # the dashboard, /ui
     return app

@@ -42,6 +42,7 @@ async def create_job(body: JobCreate, tenant: Tenant, state: State) -> JSONRespo
         tenant=tenant,
         lane=body.lane,
         callback_url=body.callback_url,
+        priority=body.priority,
     )
     return JSONResponse(public_record(job.record), status_code=202 if job.created else 200)
 

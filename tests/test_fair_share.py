@@ -1,0 +1,200 @@
+"""Issue 14: interactive before bulk, tenants by weight, floor share, budgets never overshot.
+
+The dispatcher is driven directly (one `tick`) against a real Redis: with a configured RPM limit
+it admits exactly what fits, so what it chose is what landed in arq's queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from schemas import JobStatus
+from tests.conftest import Sim, eventually, stop_workers, worker_env
+from tests.test_reconcile_audit import spawn
+from worker.audit import audit
+from worker.budgets import Budgets, Reservation
+from worker.client import Client
+from worker.dev.stack import msgq_command
+from worker.runtime.dispatcher import Dispatcher
+from worker.runtime.ratelimit import Limits, RateLimiter
+from worker.settings import Settings
+from worker.store import JobStore
+from worker.tenants import parse_tenants
+
+BODY = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 100,
+    "messages": [{"role": "user", "content": "share the limit fairly please"}],
+}
+
+
+def tenants_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tenants.toml"
+    path.write_text(text)
+    return path
+
+
+async def admitted(redis: Redis, settings: Settings) -> list[str]:
+    return [i.decode() for i in await redis.zrange(settings.queue_name, 0, -1)]
+
+
+async def dispatcher_for(redis: Redis, settings: Settings, rpm: int) -> Dispatcher:
+    await redis.delete("msgq:ratelimit:haiku")
+    limiter = RateLimiter(redis, {"haiku": Limits(rpm=rpm)})
+    return Dispatcher(redis, JobStore.from_settings(redis, settings), settings, limiter)
+
+
+async def test_interactive_jobs_are_admitted_before_queued_bulk(
+    settings: Settings, client: Client, redis: Redis
+) -> None:
+    bulk = [(await client.submit(BODY, priority="bulk")).id for _ in range(20)]
+    interactive = [(await client.submit(BODY, priority="interactive")).id for _ in range(3)]
+    assert await redis.zcard(settings.queue_name) == 0  # waiting in the scheduler
+    dispatcher = await dispatcher_for(redis, settings, rpm=5)
+    await dispatcher.tick()
+    first = await admitted(redis, settings)
+    assert len(first) == 5 and set(interactive) <= set(first)
+    assert len(set(first) & set(bulk)) == 2
+
+
+async def test_backlogged_tenants_share_tokens_by_weight(
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    custom = settings.model_copy(
+        update={"tenants_file": tenants_file(tmp_path, "[tenants.c]\nweight = 2\n")}
+    )
+    async with Client(Redis.from_url(settings.redis_url), custom) as client:
+        owner = {}
+        for tenant in ("a", "b", "c"):
+            for _ in range(60):
+                owner[(await client.submit(BODY, tenant=tenant)).id] = tenant
+    dispatcher = await dispatcher_for(redis, custom, rpm=40)
+    await dispatcher.tick()
+    share = Counter(owner[i] for i in await admitted(redis, custom))
+    assert sum(share.values()) == 40
+    assert abs(share["a"] - 10) <= 1 and abs(share["b"] - 10) <= 1 and abs(share["c"] - 20) <= 1
+
+
+async def test_bulk_keeps_its_floor_share_while_interactive_is_backlogged(
+    settings: Settings, client: Client, redis: Redis
+) -> None:
+    bulk = {(await client.submit(BODY, priority="bulk")).id for _ in range(100)}
+    for _ in range(100):
+        await client.submit(BODY, priority="interactive")
+    dispatcher = await dispatcher_for(redis, settings, rpm=60)
+    await dispatcher.tick()
+    got = await admitted(redis, settings)
+    served_bulk = len(set(got) & bulk)
+    assert len(got) == 60 and 4 <= served_bulk <= 8  # 10% of the tokens, give or take a job
+
+
+async def test_an_idle_tenant_banks_no_credit(
+    settings: Settings, client: Client, redis: Redis
+) -> None:
+    """a is served alone for a while; when b arrives, they alternate rather than b taking
+    everything to catch up."""
+    dispatcher = await dispatcher_for(redis, settings, rpm=1000)
+    for _ in range(30):
+        await client.submit(BODY, tenant="a")
+    await dispatcher.tick()
+    await redis.delete(settings.queue_name)
+    owner = {}
+    for tenant in ("a", "b"):
+        for _ in range(40):
+            owner[(await client.submit(BODY, tenant=tenant)).id] = tenant
+    await redis.hset("msgq:ratelimit:haiku", "r", "20")  # room for 20 more now
+    await dispatcher.tick()
+    share = Counter(owner[i] for i in await admitted(redis, settings))
+    assert 20 <= sum(share.values()) <= 22  # the bucket refills a little while the test runs
+    assert abs(share["a"] - share["b"]) <= 1
+
+
+async def test_ten_racers_never_take_a_tenant_past_its_budget(
+    redis: Redis, settings: Settings
+) -> None:
+    """Ten connections race to reserve $0.15 each against a $1 budget: six win, spend ≤ $1."""
+    await redis.flushall()
+    config = parse_tenants("[tenants.t]\nbudget_usd_day = 1.0\n").get("t")
+    racers = [Redis.from_url(settings.redis_url) for _ in range(10)]
+    try:
+        outcomes = await asyncio.gather(
+            *(Budgets(r).reserve("t", config, 0.15) for r in racers for _ in range(2))
+        )
+    finally:
+        for r in racers:
+            await r.aclose()
+    won = [o for o in outcomes if isinstance(o, Reservation)]
+    assert len(won) == 6 and outcomes.count("day") == 14
+    usage = await Budgets(redis).usage("t", config)
+    assert usage["spent_today_usd"] == 0.9 and usage["remaining_today_usd"] == 0.1
+
+
+async def test_at_the_budget_jobs_wait_or_fail_per_config(
+    settings: Settings, redis: Redis, sim: Sim, start_worker: object, tmp_path: Path
+) -> None:
+    """`fail`: jobs past the budget end failed/budget_exceeded and are never sent. `wait`: they
+    stay queued with waiting_reason budget. Spend never passes the budget."""
+    text = (
+        '[tenants.frugal]\nbudget_usd_day = 0.0015\non_budget = "fail"\n'
+        '[tenants.patient]\nbudget_usd_day = 0.0015\non_budget = "wait"\n'
+    )
+    custom = settings.model_copy(update={"tenants_file": tenants_file(tmp_path, text)})
+    await start_worker(custom)  # type: ignore[operator]
+    async with Client(Redis.from_url(settings.redis_url), custom) as client:
+        frugal = [(await client.submit(BODY, tenant="frugal")).id for _ in range(6)]
+        patient = [(await client.submit(BODY, tenant="patient")).id for _ in range(6)]
+        ended = [await client.wait(i, timeout=20) for i in frugal]
+
+        async def waiting() -> bool:
+            records = [await client.get(i) for i in patient]
+            return all(
+                r.status is JobStatus.SUCCEEDED or r.waiting_reason == "budget" for r in records
+            ) and any(r.waiting_reason == "budget" for r in records)
+
+        await eventually(waiting)
+        records = [await client.get(i) for i in patient]
+    statuses = Counter(r.status for r in ended)
+    assert statuses[JobStatus.SUCCEEDED] >= 1 and statuses[JobStatus.FAILED] >= 1
+    assert all(
+        r.error and r.error.type == "budget_exceeded" for r in ended if r.status is JobStatus.FAILED
+    )
+    assert all(r.status is JobStatus.QUEUED for r in records if r.waiting_reason == "budget")
+    budgets = Budgets(redis)
+    for tenant in ("frugal", "patient"):
+        config = parse_tenants(text).get(tenant)
+        assert (await budgets.usage(tenant, config))["spent_today_usd"] <= 0.0015
+    sent = sum(1 for r in sim.requests() if r["body"]["messages"] == BODY["messages"])
+    assert sent == statuses[JobStatus.SUCCEEDED] + sum(
+        1 for r in records if r.status is JobStatus.SUCCEEDED
+    )
+
+
+async def test_sigkill_mid_dispatch_loses_nothing_and_runs_nothing_twice(
+    settings: Settings, client: Client, redis: Redis, sim: Sim, tmp_path: Path
+) -> None:
+    """A worker (holding the dispatcher lock) is killed while admitting under a tight RPM
+    limit; another takes over: every job ends once, the audit is clean."""
+    limited = settings.model_copy(update={"rate_limits": {"haiku": {"rpm": 600}}})
+    env = {"MSGQ_RATE_LIMITS": '{"haiku": {"rpm": 600}}'}
+    first = spawn(msgq_command("worker"), worker_env(limited, **env), tmp_path / "a.log")
+    ids = [(await client.submit(BODY, priority="bulk")).id for _ in range(150)]
+
+    async def dispatching() -> bool:
+        return await redis.zcard(settings.queue_name) > 0 or sim.received > 10
+
+    await eventually(dispatching)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    second = spawn(msgq_command("worker"), worker_env(limited, **env), tmp_path / "b.log")
+    try:
+        records = [await client.wait(i, timeout=60) for i in ids]
+    finally:
+        stop_workers(second)
+    assert {r.status for r in records} == {JobStatus.SUCCEEDED}
+    assert sim.received - len(ids) <= 16  # only calls in flight at the kill can repeat
+    assert (await audit(redis)).clean
