@@ -483,3 +483,18 @@ async def test_overview_shows_spend_today_against_budgets(
     assert "$2.00" in row.group(1) and 'value="38"' in row.group(1)  # 0.75 of 2.00
     assert "$1.50" in everyone and "tenant-b" in everyone
     assert "tenant-a" in mine and "tenant-b" not in mine
+
+
+async def test_ended_status_indexes_are_trimmed_to_the_retention(
+    client: Client, store: JobStore, redis: Redis
+) -> None:
+    """An ended job's index entry is scored by its end; entries older than the longest retention
+    are trimmed by later writes, so the index does not grow for ever."""
+    old = await _jobs(client, store, 1, status=JobStatus.SUCCEEDED)
+    key = status_jobs_key("succeeded")
+    ended_ms = (await redis.zscore(key, old[0])) or 0
+    assert abs(ended_ms - now_ms()) < 5000
+    keep_s = max(store.retention_s, store.batch_retention_s)
+    await redis.zadd(key, {old[0]: now_ms() - keep_s * 1000 - 1000})  # as if ended long ago
+    new = await _jobs(client, store, 1, status=JobStatus.SUCCEEDED)
+    assert await _members(redis, key) == set(new)
