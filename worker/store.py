@@ -109,7 +109,6 @@ class JobStore:
             placement.write(pipe, record.id, score_ms)
         pipe.zadd(INDEX_KEY, {record.id: score_ms})
         index_new(pipe, record, score_ms)
-        index_new(pipe, record, score_ms)
         pipe.zadd(ACTIVE_KEY, {record.id: score_ms})
         if record.tenant:
             pipe.zadd(tenant_jobs_key(record.tenant), {record.id: score_ms})
@@ -132,7 +131,6 @@ class JobStore:
             score = int(record.created_at.timestamp() * 1000)
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zadd(INDEX_KEY, {record.id: score})
-                index_new(pipe, record, score)
                 index_new(pipe, record, score)
                 pipe.zadd(ACTIVE_KEY, {record.id: score})
                 await pipe.execute()
@@ -183,7 +181,6 @@ class JobStore:
             pipe.hset(counts, "last_at", (record.finished_at or utcnow()).isoformat())
         outbox.schedule(pipe, record)  # the webhook owed, durable with the record itself
         record_minute(pipe, record.status.value, tenant=record.tenant)
-        record_minute(pipe, record.status.value, tenant=record.tenant)
         pipe.publish(DONE_CHANNEL, record.id)
 
     async def keep_spec(self, job_id: str, spec: dict[str, Any]) -> None:
@@ -212,7 +209,6 @@ class JobStore:
                     now_ms = int(utcnow().timestamp() * 1000)
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                     pipe.set(key, fresh.model_dump_json())
-                    index_status(pipe, fresh)
                     index_status(pipe, fresh)
                     pipe.zadd(ACTIVE_KEY, {job_id: now_ms})
                     pipe.set(arq_job_key(job_id), job_payload(orjson.loads(spec)))
