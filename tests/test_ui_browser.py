@@ -126,9 +126,16 @@ class Page:
         self.driver.get(self.url + path)
 
     def until(self, check: Callable[[Any], Any], timeout_s: float = WAIT_S) -> Any:
+        from selenium.common.exceptions import (
+            NoSuchElementException,
+            StaleElementReferenceException,
+        )
         from selenium.webdriver.support.ui import WebDriverWait
 
-        return WebDriverWait(self.driver, timeout_s, poll_frequency=0.05).until(check)
+        # htmx swaps fragments under the test: an element found may be replaced a moment later.
+        ignored = (NoSuchElementException, StaleElementReferenceException)
+        wait = WebDriverWait(self.driver, timeout_s, 0.05, ignored_exceptions=ignored)
+        return wait.until(check)
 
     def css(self, selector: str) -> Any:
         from selenium.webdriver.common.by import By
