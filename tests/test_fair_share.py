@@ -65,19 +65,34 @@ async def test_interactive_jobs_are_admitted_before_queued_bulk(
 async def test_backlogged_tenants_share_tokens_by_weight(
     settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
+    """Weights 1:1:2, jobs of 100 / 400 / 200 output tokens, more than one read of each queue:
+    the output tokens admitted under a binding OTPM limit split 25 / 25 / 50 (within 10%)."""
     custom = settings.model_copy(
-        update={"tenants_file": tenants_file(tmp_path, "[tenants.c]\nweight = 2\n")}
+        update={
+            "tenants_file": tenants_file(tmp_path, "[tenants.c]\nweight = 2\n"),
+            "dispatch_window": 10_000,  # no worker drains arq's queue here
+        }
     )
+    sizes = {"a": 100, "b": 400, "c": 200}
     async with Client(Redis.from_url(settings.redis_url), custom) as client:
         owner = {}
-        for tenant in ("a", "b", "c"):
-            for _ in range(60):
-                owner[(await client.submit(BODY, tenant=tenant)).id] = tenant
-    dispatcher = await dispatcher_for(redis, custom, rpm=40)
-    await dispatcher.tick()
-    share = Counter(owner[i] for i in await admitted(redis, custom))
-    assert sum(share.values()) == 40
-    assert abs(share["a"] - 10) <= 1 and abs(share["b"] - 10) <= 1 and abs(share["c"] - 20) <= 1
+        for tenant, size in sizes.items():
+            for _ in range(150):
+                job = await client.submit({**BODY, "max_tokens": size}, tenant=tenant)
+                owner[job.id] = tenant
+    await redis.delete("msgq:ratelimit:haiku")
+    limiter = RateLimiter(redis, {"haiku": Limits(otpm=40_000)})
+    dispatcher = Dispatcher(redis, JobStore.from_settings(redis, custom), custom, limiter)
+    for _ in range(10):
+        await dispatcher.tick()
+    tokens = Counter()
+    for job_id in await admitted(redis, custom):
+        tokens[owner[job_id]] += sizes[owner[job_id]]
+    total = sum(tokens.values())
+    assert total >= 36_000  # the bucket, spent
+    shares = {t: tokens[t] / total for t in sizes}
+    assert abs(shares["a"] - 0.25) <= 0.025 and abs(shares["b"] - 0.25) <= 0.025, shares
+    assert abs(shares["c"] - 0.50) <= 0.05, shares
 
 
 async def test_bulk_keeps_its_floor_share_while_interactive_is_backlogged(

@@ -30,6 +30,19 @@ from worker.scheduling import Placement
 from worker.settings import Settings
 from worker.webhooks import outbox
 
+# KEYS: the record. ARGV: the JSON the caller expects it to hold, a command count, then each
+# command as its argument count followed by its arguments. Runs them all only if the record is
+# unchanged; returns 1 when it did, 0 when the record had moved on (nothing is written).
+COMPARE_AND_SET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local i = 3
+for _ = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
 BATCH_RETENTION_S = 29 * 24 * 3600  # the Batches API keeps results 29 days after creation
 
 Change = Callable[[JobRecord], JobRecord | None]
@@ -50,6 +63,7 @@ class JobStore:
         self.queue_name = queue_name
         self.retention_s = retention_s
         self.batch_retention_s = batch_retention_s
+        self._cas = redis.register_script(COMPARE_AND_SET)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> JobStore:
@@ -122,10 +136,18 @@ class JobStore:
 
     async def ensure(self, record: JobRecord) -> JobRecord:
         """Create the record if missing (jobs from raw Redis producers); return the current one."""
+        return (await self.ensure_raw(record))[0]
+
+    async def ensure_raw(self, record: JobRecord) -> tuple[JobRecord, bytes | None]:
+        """`ensure`, with the record's JSON as read (for a later compare-and-set), if it was."""
         key = record_key(record.id)
         raw = await self.redis.get(key)  # the usual case: the producer already wrote it
         if raw is not None:
-            return JobRecord.model_validate_json(raw)
+            return JobRecord.model_validate_json(raw), raw
+        return await self._create_missing(record), None
+
+    async def _create_missing(self, record: JobRecord) -> JobRecord:
+        key = record_key(record.id)
         created = await self.redis.set(key, record.model_dump_json(), nx=True)
         if created:
             score = int(record.created_at.timestamp() * 1000)
@@ -138,12 +160,23 @@ class JobStore:
         current = await self.get(record.id)
         return current if current is not None else record
 
-    async def update(self, job_id: str, change: Change) -> JobRecord | None:
+    async def update(
+        self, job_id: str, change: Change, *, expected: bytes | None = None
+    ) -> JobRecord | None:
         """Apply `change` under WATCH. It returns the new record or None for no change.
 
         Terminal records are passed to `change` too, but a terminal record is never replaced.
         Returns the record as stored afterwards.
+
+        `expected`: the record's JSON as the caller last saw it (the worker's hot path). The
+        change is then applied from it and written by one compare-and-set script, with every
+        side effect of `_write` in the same atomic step: one round trip instead of three.
+        Anything else (the record moved on meanwhile) falls back to WATCH.
         """
+        if expected is not None:
+            done = await self._compare_and_set(job_id, change, expected)
+            if done is not None:
+                return done
         key = record_key(job_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
@@ -163,6 +196,23 @@ class JobStore:
                     return new
                 except WatchError:
                     continue
+
+    async def _compare_and_set(
+        self, job_id: str, change: Change, expected: bytes
+    ) -> JobRecord | None:
+        current = JobRecord.model_validate_json(expected)
+        new = None if current.status.terminal else change(current)
+        if new is None:
+            return None
+        queued = self.redis.pipeline(transaction=False)
+        self._write(queued, new)  # only queued on the pipeline, never sent: the script runs it
+        commands = [args for args, _ in queued.command_stack]
+        await queued.reset()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        flat: list[Any] = [expected, len(commands)]
+        for args in commands:
+            flat += [len(args), *args]
+        written = await self._cas(keys=[record_key(job_id)], args=flat)
+        return new if int(written) == 1 else None
 
     def _write(self, pipe: Redis, record: JobRecord) -> None:
         index_status(pipe, record, max(self.retention_s, self.batch_retention_s))

@@ -55,8 +55,17 @@ async def wait_for_capacity(
         await asyncio.sleep(admission.wait_s)
 
 
-async def attempt(deps: Deps, record: JobRecord, request: MessageRequest, spec: JobSpec) -> None:
-    """Capacity, then one call. Raises Retry for a retryable failure or a rate-limit wait."""
+async def attempt(
+    deps: Deps,
+    record: JobRecord,
+    request: MessageRequest,
+    spec: JobSpec,
+    *,
+    expected: bytes | None = None,
+) -> None:
+    """Capacity, then one call. Raises Retry for a retryable failure or a rate-limit wait.
+    `expected`: the record's JSON as read at pick-up, so the record writes that follow take
+    one round trip each while nothing else has touched it."""
     estimate = estimate_input_tokens(request)
     try:
         slot = await deps.concurrency.acquire(timeout_s=deps.settings.max_slot_wait_s)
@@ -79,7 +88,7 @@ async def attempt(deps: Deps, record: JobRecord, request: MessageRequest, spec: 
             ):
                 await _refund_capacity(deps, request, estimate)
                 return
-            started = await transitions.begin_attempt(deps.store, record.id)
+            started = await transitions.begin_attempt(deps.store, record.id, expected=expected)
             if started is None or started.status is not JobStatus.IN_PROGRESS:
                 await _refund_capacity(deps, request, estimate)
                 await admission.settle_budget(deps, record, 0.0)
@@ -199,6 +208,7 @@ async def _succeeded(
         deps.store,
         record.id,
         JobStatus.SUCCEEDED,
+        expected=record.model_dump_json().encode(),  # as begin_attempt wrote it
         result=reply.message,
         usage=job_usage,
         cost_usd=cost,

@@ -101,7 +101,7 @@ class Head:
     tenant: str
     job_id: str
     estimate: Estimate
-    backlog: int
+    backlog: int  # how many jobs were read from its queue (HEADS_PER_QUEUE: maybe more wait)
 
     @property
     def tokens(self) -> int:
@@ -223,6 +223,7 @@ class Dispatcher:
             return {}
         raws = await self.redis.hmget(SCHED_EST, [job_id for _, job_id in pairs])  # type: ignore[misc]
         found: dict[str, dict[str, deque[Head]]] = defaultdict(dict)
+        read = {queue: len(ids) for queue, ids in zip(queues, values, strict=True)}
         for (queue, job_id), raw in zip(pairs, raws, strict=True):
             match = QUEUE.match(queue)
             if match is None or raw is None:
@@ -235,7 +236,7 @@ class Dispatcher:
                 match["tenant"],
                 job_id,
                 Estimate.loads(raw),
-                0,
+                read[queue],
             )
             found[head.cls].setdefault(queue, deque()).append(head)
         return found
@@ -310,7 +311,9 @@ class Dispatcher:
             if outcome:
                 room -= 1
                 self.served(head)
-            _advance(queues, head, blocked=self._blocked.get(head.tenant, 0) > time.monotonic())
+            blocked = self._blocked.get(head.tenant, 0) > time.monotonic()
+            if _advance(queues, head, blocked=blocked):
+                return 0.0  # a queue may hold more than was read: read again, stay fair
         return 0.0  # re-read the queues: more may be waiting behind the heads read
 
     async def _room(self) -> int:
@@ -439,14 +442,18 @@ class Dispatcher:
         log.info("dispatcher.budget_wait", tenant=head.tenant, period=period)
 
 
-def _advance(queues: dict[str, deque[Head]], head: Head, *, blocked: bool) -> None:
+def _advance(queues: dict[str, deque[Head]], head: Head, *, blocked: bool) -> bool:
     """Move past a head that was dispatched or had left; a blocked tenant's head stays (the
-    policy skips the tenant until it is unblocked)."""
+    policy skips the tenant until it is unblocked). True when the heads read from a queue ran
+    out while it may hold more: the tick must re-read, or that tenant would drop out of the
+    comparison while it is still backlogged."""
     if blocked:
-        return
+        return False
     queues[head.queue].popleft()
-    if not queues[head.queue]:
-        del queues[head.queue]
+    if queues[head.queue]:
+        return False
+    del queues[head.queue]
+    return head.backlog >= HEADS_PER_QUEUE
 
 
 def _tenant_of(queue: str) -> str | None:

@@ -141,7 +141,7 @@ async def _timed_out(deps: Deps, job_id: str, kwargs: dict[str, Any]) -> None:
 
 async def _run(deps: Deps, job_id: str, kwargs: dict[str, Any], *, enqueued_at: datetime) -> None:
     spec, problem = _parse_spec(kwargs)
-    record = await deps.store.ensure(
+    record, raw = await deps.store.ensure_raw(
         transitions.new_record(
             job_id, spec, created_at=enqueued_at, default_max_attempts=deps.settings.max_attempts
         )
@@ -154,7 +154,7 @@ async def _run(deps: Deps, job_id: str, kwargs: dict[str, Any], *, enqueued_at: 
         return
     request = await _ready_to_send(deps, record, spec)
     if request is not None and not await batch_lane.route(deps, record, spec):
-        await attempt(deps, record, request, spec)
+        await attempt(deps, record, request, spec, expected=raw)
 
 
 async def on_refused(ctx: dict[str, Any], job_id: str, result_data: bytes | None) -> None:

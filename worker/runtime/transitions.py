@@ -31,16 +31,24 @@ __all__ = [
 log = structlog.get_logger("msgq.job")
 
 
-async def begin_attempt(store: JobStore, job_id: str) -> JobRecord | None:
-    """queued/retrying/in_progress → in_progress with one more attempt; honours a cancel request."""
-    stored = await store.update(job_id, records.begun)
+async def begin_attempt(
+    store: JobStore, job_id: str, *, expected: bytes | None = None
+) -> JobRecord | None:
+    """queued/retrying/in_progress → in_progress with one more attempt; honours a cancel request.
+    `expected`: the record's JSON as last read, for the one-round-trip write."""
+    stored = await store.update(job_id, records.begun, expected=expected)
     if stored is not None and stored.status is JobStatus.CANCELED:
         _log_finished(stored)
     return stored
 
 
 async def finish(
-    store: JobStore, job_id: str, status: JobStatus, **fields: Any
+    store: JobStore,
+    job_id: str,
+    status: JobStatus,
+    *,
+    expected: bytes | None = None,
+    **fields: Any,
 ) -> JobRecord | None:
     """Write the terminal record once. A record that is already terminal stays as it is."""
     written: list[JobRecord] = []
@@ -50,10 +58,10 @@ async def finish(
         written.append(records.ended(record, status, **fields))
         return written[-1]
 
-    stored = await store.update(job_id, change)
+    stored = await store.update(job_id, change, expected=expected)
     if stored is None:
         return None
-    if written:
+    if written and stored is written[-1]:  # ours was the write that stuck
         _log_finished(stored)
     else:
         log.warning(
@@ -63,14 +71,19 @@ async def finish(
 
 
 async def finish_durably(
-    store: JobStore, job_id: str, status: JobStatus, **fields: Any
+    store: JobStore,
+    job_id: str,
+    status: JobStatus,
+    *,
+    expected: bytes | None = None,
+    **fields: Any,
 ) -> JobRecord | None:
     """`finish` for an answer that was paid for: a Redis blip is retried (about 15 s in all)
     before giving up, because giving up means the job runs, and is billed, again."""
     delay = 0.25
     for _ in range(6):
         try:
-            return await finish(store, job_id, status, **fields)
+            return await finish(store, job_id, status, expected=expected, **fields)
         except RedisError as exc:
             log.warning("job.store_retry", error=type(exc).__name__, retry_in_s=delay)
             await asyncio.sleep(delay)

@@ -1,0 +1,149 @@
+"""Issue 16's ceiling, measured the way the issue states it, with Redis's cost per job.
+
+Pre-enqueued jobs (no worker running while they are submitted); then one `msgq worker` at the
+default concurrency drains them against a zero-latency simulator. Throughput is taken from the
+records: first `started_at` to last `finished_at`. The reference is a bare httpx loop at
+concurrency 16 against the same simulator, in the same run. Redis's own counters give, per job,
+the commands it executed, the socket reads it served (one per client round trip, near enough)
+and its CPU time, as deltas over the drain only.
+
+`python -m bench.ceiling` runs just this; `make bench` runs it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from bench.baseline import raw_httpx_run
+from bench.harness import KEY, redis_server, simulator, text_request, workers
+from schemas import JobRecord
+from worker.client import Client
+from worker.settings import Settings
+
+Table = Callable[[str, list[str], list[list[Any]]], None]
+
+
+async def redis_counters(redis: Redis) -> dict[str, float]:
+    cpu = await redis.info("cpu")
+    stats = await redis.info("stats")
+    commands = await redis.info("commandstats")
+    return {
+        "cpu_s": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
+        "reads": float(stats.get("total_reads_processed", 0)),
+        "commands": float(sum(v["calls"] for v in commands.values())),
+    }
+
+
+async def drain(tmp: Path, sim: str, n: int, env: dict[str, str], label: str) -> dict[str, Any]:
+    with redis_server(tmp / f"ceiling-{label}") as server:
+        settings = Settings(_env_file=None, redis_url=server.url)  # type: ignore[call-arg]
+        async with (
+            Client(Redis.from_url(server.url), settings) as client,
+            Redis.from_url(server.url) as redis,
+        ):
+            ids: list[str] = []
+            for start in range(0, n, 250):
+                jobs = await asyncio.gather(
+                    *(client.submit(text_request()) for _ in range(min(250, n - start)))
+                )
+                ids += [j.id for j in jobs]
+            before = await redis_counters(redis)
+            wall = time.perf_counter()
+            with workers(1, server.url, sim, MSGQ_MAX_JOBS="16", **env):
+                while True:
+                    raws = await redis.mget([f"msgq:job:{i}" for i in ids[-200:]])
+                    if all(r and JobRecord.model_validate_json(r).status.terminal for r in raws):
+                        done = [JobRecord.model_validate_json(r) for r in await _all(redis, ids)]
+                        if all(r.status.terminal for r in done):
+                            break
+                    await asyncio.sleep(0.2)  # polling for the end of the drain, not timing it
+                after = await redis_counters(redis)
+            wall = time.perf_counter() - wall
+    first = min(r.started_at for r in done if r.started_at)
+    last = max(r.finished_at for r in done if r.finished_at)
+    span = (last - first).total_seconds()
+    return {
+        "label": label,
+        "jobs_per_s": n / span,
+        "succeeded": sum(r.status.value == "succeeded" for r in done),
+        "commands": (after["commands"] - before["commands"]) / n,
+        "reads": (after["reads"] - before["reads"]) / n,
+        "cpu_us": (after["cpu_s"] - before["cpu_s"]) * 1e6 / n,
+        "wall": wall,
+    }
+
+
+async def _all(redis: Redis, ids: list[str]) -> list[bytes]:
+    out: list[bytes] = []
+    for start in range(0, len(ids), 1000):
+        out += [r for r in await redis.mget([f"msgq:job:{i}" for i in ids[start : start + 1000]])]
+    return out
+
+
+async def measure(
+    tmp: Path, n: int = 3000, variants: dict[str, dict[str, str]] | None = None
+) -> list[list[Any]]:
+    variants = variants or {"msgq, 1 worker": {}}
+    rows: list[list[Any]] = []
+    with simulator() as sim:
+        raw_s = await raw_httpx_run(sim, KEY, [text_request()] * n, concurrency=16)
+        raw = n / raw_s
+        rows.append(["raw httpx loop, concurrency 16", round(raw), "1.00", "-", "-", "-"])
+        for label, env in variants.items():
+            got = await drain(tmp, sim, n, env, label.replace(" ", "-").replace(",", ""))
+            rows.append(
+                [
+                    label,
+                    round(got["jobs_per_s"]),
+                    f"{got['jobs_per_s'] / raw:.2f}",
+                    round(got["commands"], 1),
+                    round(got["reads"], 1),
+                    round(got["cpu_us"]),
+                ]
+            )
+    return rows
+
+
+COLUMNS = [
+    "run",
+    "jobs/s (first start → last finish)",
+    "÷ raw",
+    "Redis commands/job",
+    "Redis reads/job (≈ round trips)",
+    "Redis CPU µs/job",
+]
+
+
+async def report(
+    tmp: Path, table: Table, variants: dict[str, dict[str, str]] | None = None
+) -> None:
+    table(
+        "Ceiling, the issue's method: 3,000 pre-enqueued jobs, one worker (concurrency 16), "
+        "zero-latency simulator, vs a bare httpx loop in the same run",
+        COLUMNS,
+        await measure(tmp, variants=variants),
+    )
+
+
+if __name__ == "__main__":
+    import sys
+    import tempfile
+
+    from bench.run import report as collected
+    from bench.run import table
+
+    extra = {"msgq, 1 worker, uvloop": {"MSGQ_UVLOOP": "true"}} if "--uvloop" in sys.argv else {}
+    asyncio.run(
+        report(
+            Path(tempfile.mkdtemp(prefix="msgq-bench-ceiling-")),
+            table,
+            {"msgq, 1 worker": {"MSGQ_UVLOOP": "false"}, **extra},
+        )
+    )
+    print("\n".join(collected))
