@@ -191,7 +191,7 @@ class JobStore:
                         await pipe.unwatch()  # type: ignore[no-untyped-call]  # as above
                         return current
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-                    self._write(pipe, new)
+                    self._write(pipe, new, current.status)
                     await pipe.execute()
                     return new
                 except WatchError:
@@ -205,7 +205,7 @@ class JobStore:
         if new is None:
             return None
         queued = self.redis.pipeline(transaction=False)
-        self._write(queued, new)  # only queued on the pipeline, never sent: the script runs it
+        self._write(queued, new, current.status)  # queued on the pipeline, never sent
         commands = [args for args, _ in queued.command_stack]
         await queued.reset()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         flat: list[Any] = [expected, len(commands)]
@@ -214,8 +214,9 @@ class JobStore:
         written = await self._cas(keys=[record_key(job_id)], args=flat)
         return new if int(written) == 1 else None
 
-    def _write(self, pipe: Redis, record: JobRecord) -> None:
-        index_status(pipe, record, max(self.retention_s, self.batch_retention_s))
+    def _write(self, pipe: Redis, record: JobRecord, previous: JobStatus | None = None) -> None:
+        keep_s = max(self.retention_s, self.batch_retention_s)
+        index_status(pipe, record, keep_s, previous=previous)
         if not record.status.terminal:
             pipe.set(record_key(record.id), record.model_dump_json())
             return
@@ -259,7 +260,7 @@ class JobStore:
                     now_ms = int(utcnow().timestamp() * 1000)
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                     pipe.set(key, fresh.model_dump_json())
-                    index_status(pipe, fresh)
+                    index_status(pipe, fresh, previous=JobStatus.FAILED)
                     pipe.zadd(ACTIVE_KEY, {job_id: now_ms})
                     pipe.set(arq_job_key(job_id), job_payload(orjson.loads(spec)))
                     pipe.zadd(self.queue_name, {job_id: now_ms})
