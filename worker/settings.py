@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, description="largest job payload a worker will decode"
     )
     prices_file: Path | None = Field(default=None, description="TOML overriding model prices")
+    uvloop: str = Field(
+        default="auto",
+        pattern="^(auto|true|false)$",
+        description="the worker's event loop: uvloop when installed (auto), always, or never",
+    )
     scheduler: bool = Field(
         default=True,
         description="fair-share admission (priorities, tenant weights, budgets); off: plain FIFO",

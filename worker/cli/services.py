@@ -34,7 +34,22 @@ def worker(burst: bool, check: bool) -> None:
     if s.anthropic_api_key is None:
         msg = "ANTHROPIC_API_KEY is not set (use `msgq dev` for the simulator)"
         raise click.UsageError(msg)
+    _event_loop(s.uvloop)
     build_worker(s, burst=burst).run()
+
+
+def _event_loop(choice: str) -> None:
+    """uvloop when asked for (`true`) or, with `auto`, when installed (`msgq[speed]`)."""
+    if choice == "false":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "true":
+            msg = "MSGQ_UVLOOP=true but uvloop is not installed: pip install 'msgq[speed]'"
+            raise click.UsageError(msg) from None
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 async def _check_worker(settings: Settings) -> int:
