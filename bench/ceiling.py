@@ -42,7 +42,8 @@ async def redis_counters(redis: Redis) -> dict[str, float]:
 
 async def drain(tmp: Path, sim: str, n: int, env: dict[str, str], label: str) -> dict[str, Any]:
     with redis_server(tmp / f"ceiling-{label}") as server:
-        settings = Settings(_env_file=None, redis_url=server.url)  # type: ignore[call-arg]
+        scheduler = env.get("MSGQ_SCHEDULER", "true") == "true"
+        settings = Settings(_env_file=None, redis_url=server.url, scheduler=scheduler)  # type: ignore[call-arg]
         async with (
             Client(Redis.from_url(server.url), settings) as client,
             Redis.from_url(server.url) as redis,

@@ -209,6 +209,7 @@ async def budget_race(tmp: Path, n: int = 300) -> list[Any]:
             ]
             records = [await client.wait(i, timeout=300) for i in ids]
             usage = await Budgets(redis).usage("t", load_tenants(settings.tenants_file).get("t"))
+        calls = sim_stats(sim)["received"]
     statuses = Counter(r.status.value + ("/" + r.error.type if r.error else "") for r in records)
     spent = sum(r.cost_usd or 0 for r in records)
     return [
@@ -217,7 +218,7 @@ async def budget_race(tmp: Path, n: int = 300) -> list[Any]:
         f"${spent:.4f}",
         f"${usage['spent_today_usd']:.4f}",
         f"${max(0.0, spent - 1.0):.2f}",
-        sim_stats(sim)["received"],
+        calls,
     ]
 
 

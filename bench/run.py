@@ -21,8 +21,9 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from bench import batch_lane
+from bench import batch_lane, fair_share
 from bench.baseline import raw_httpx_run, sdk_semaphore_run
+from bench.ceiling import report as ceiling_report
 from bench.harness import (
     KEY,
     redis_server,
@@ -305,6 +306,18 @@ async def main() -> None:
         "Dashboard page times at 100,000 records (admin session, real HTTP, 40 requests each)",
         ["page", "path", "p50 ms", "p99 ms"],
         await ui_page_times(),
+    )
+    console.rule("9. fair share")
+    await fair_share.report(tmp, table)
+    console.rule("10. ceiling, the issue's method, with Redis per job")
+    await ceiling_report(
+        tmp,
+        table,
+        {
+            "msgq, 1 worker (asyncio loop)": {"MSGQ_UVLOOP": "false"},
+            "msgq, 1 worker (uvloop)": {"MSGQ_UVLOOP": "true"},
+            "msgq, 1 worker, scheduler off": {"MSGQ_UVLOOP": "true", "MSGQ_SCHEDULER": "false"},
+        },
     )
 
 
