@@ -341,3 +341,38 @@ async def test_results_are_read_with_flat_memory(sim: Sim) -> None:
             tracemalloc.stop()
     assert lines == 20_000 and size > 7_500_000
     assert peak < 2_000_000, f"peak {peak} bytes for a {size}-byte file"
+
+
+async def test_a_tenants_budget_holds_in_the_batch_lane(
+    lane_settings: Settings, client: Client, sim: Sim, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """A budget is reserved when the job is pooled and settled to the batch-priced cost when it
+    ends (spend = the record's cost); a budget the job cannot fit fails it before it is sent."""
+    from worker.budgets import Budgets
+    from worker.keys import LANE_BUDGETS
+    from worker.tenants import parse_tenants
+
+    text = (
+        "[tenants.acme]\nbudget_usd_day = 1.0\n"
+        '[tenants.frugal]\nbudget_usd_day = 0.000001\non_budget = "fail"\n'
+    )
+    (tmp_path / "tenants.toml").write_text(text)
+    custom = lane_settings.model_copy(update={"tenants_file": tmp_path / "tenants.toml"})
+    configure(sim, processing_s=0.2)
+    await start_worker(custom)
+    paid = await client.submit(TEXT, lane="batch", tenant="acme")
+    refused = await client.submit(TEXT, lane="batch", tenant="frugal")
+    record = await client.wait(paid.id, timeout=30)
+    assert record.served_by is Lane.BATCH and record.cost_usd
+    failed = await client.wait(refused.id, timeout=30)
+    assert failed.status is JobStatus.FAILED and failed.error is not None
+    assert failed.error.type == "budget_exceeded"
+    async with Redis.from_url(custom.redis_url) as redis:
+
+        async def settled() -> bool:
+            return not await redis.hlen(LANE_BUDGETS)
+
+        await eventually(settled)
+        usage = await Budgets(redis).usage("acme", parse_tenants(text).get("acme"))
+    assert usage["spent_today_usd"] == pytest.approx(record.cost_usd, abs=1e-6)
+    assert sim.stats()["batches"]["requests"] == 1  # the refused job was never sent

@@ -142,6 +142,7 @@ LANE_WHERE = KEY_PREFIX + "lane:where"  # HASH job id -> "pool" or the msgq upst
 LANE_BATCHES = KEY_PREFIX + "lane:batches"  # ZSET upstream-batch handle -> ms when next due
 LANE_ADOPTED = KEY_PREFIX + "lane:adopted"  # ZSET upstream msgbatch id -> created ms (claimed)
 LANE_LOCK = KEY_PREFIX + "lane:lock"  # one batch-lane manager (batcher + poller) fleet-wide
+LANE_BUDGETS = KEY_PREFIX + "lane:budgets"  # HASH job id -> its budget reservation (JSON)
 
 
 def lane_spec_key(job_id: str) -> str:

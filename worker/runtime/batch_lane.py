@@ -19,11 +19,11 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from schemas import JobError, JobRecord, JobSpec, JobStatus, Lane
+from schemas import JobError, JobRecord, JobSpec, JobStatus, Lane, MessageRequest
 from worker import lanes
 from worker.keys import LANE_BATCHES, LANE_LOCK, LANE_WHERE, lane_spec_key
 from worker.records import utcnow
-from worker.runtime import batch_records, transitions
+from worker.runtime import batch_budget, batch_records, transitions
 from worker.runtime.batch_api import BatchApi
 from worker.runtime.batch_poller import Poller
 from worker.runtime.batcher import Batcher, now_ms
@@ -43,9 +43,10 @@ return 0
 """
 
 
-async def route(deps: Deps, record: JobRecord, spec: JobSpec) -> bool:
+async def route(deps: Deps, record: JobRecord, spec: JobSpec, request: MessageRequest) -> bool:
     """True when the job is the batch lane's (pooled now, or already there): the task is done
-    with it. False: send it realtime."""
+    with it. False: send it realtime. A tenant's budget is reserved before it is pooled (it
+    may fail the job, or defer it in arq's queue, as for a realtime attempt)."""
     lane = lanes.resolve_lane(
         spec.lane, deadline=record.deadline, now=utcnow(), sla_s=deps.settings.batch_sla_s
     )
@@ -62,8 +63,11 @@ async def route(deps: Deps, record: JobRecord, spec: JobSpec) -> bool:
         return True
     if await deps.redis.hexists(LANE_WHERE, record.id):  # type: ignore[misc]  # redis-py stubs
         return True  # a re-run after a crash: it is pooled or upstream already
+    if not await batch_budget.reserve(deps, record, request):
+        return True
     stored = await deps.store.update(record.id, batch_records.pooled)
     if stored is None or stored.status.terminal:
+        await batch_budget.settle(deps.redis, record.id, tenant=None, cost_usd=None, model=None)
         return True
     payload = orjson.dumps(spec.model_dump(mode="json", exclude_none=True))
     add = deps.redis.register_script(lanes.POOL_ADD)
@@ -147,10 +151,10 @@ async def recover_orphan(store: JobStore, redis: Redis, job_id: str) -> bool:
         job_id,
         lambda r: batch_records.sent_again(r, error=None, refund=False, to_pool=True),
     )
-    keys = lanes.lane_keys(job_id)
     if stored is None or stored.status.terminal:
-        await redis.register_script(lanes.LEAVE)(keys=keys, args=[job_id, ""])
+        await batch_budget.leave_lane(redis, job_id, "", record=stored)
         return stored is not None
-    await redis.register_script(lanes.REPOOL)(keys=keys, args=[job_id, "", now_ms()])
+    repool = redis.register_script(lanes.REPOOL)
+    await repool(keys=lanes.lane_keys(job_id), args=[job_id, "", now_ms()])
     log.warning("batch.orphan_repooled", job_id=job_id)
     return True

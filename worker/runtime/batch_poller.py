@@ -31,6 +31,7 @@ from worker.records import utcnow
 from worker.runtime import batch_records, metrics, transitions
 from worker.runtime.backoff import retry_delay_s
 from worker.runtime.batch_api import BatchApi
+from worker.runtime.batch_budget import leave_lane, settle
 from worker.runtime.batcher import Batcher, now_ms
 from worker.runtime.classify import ERROR_STATUS, RETRYABLE_STATUS
 from worker.runtime.deps import Deps
@@ -54,7 +55,6 @@ class Poller:
     def __init__(self, deps: Deps, api: BatchApi, batcher: Batcher) -> None:
         self.deps, self.api, self.batcher, self.redis = deps, api, batcher, deps.redis
         self.settings = deps.settings
-        self._leave = self.redis.register_script(lanes.LEAVE)
         self._repool = self.redis.register_script(lanes.REPOOL)
         self._to_realtime = self.redis.register_script(TO_REALTIME)
 
@@ -151,10 +151,12 @@ class Poller:
         if await self.redis.hget(LANE_WHERE, job_id) != batch.handle.encode():  # type: ignore[misc]
             return  # applied before this read (a crash, a re-read), or moved on
         record = await self.deps.store.get(job_id)
-        if record is None or record.status.terminal:
-            await self._leave(keys=lanes.lane_keys(job_id), args=[job_id, batch.handle])
-            return
         kind = result.get("type")
+        if record is None or record.status.terminal:  # ended meanwhile (its msgq batch expired)
+            message = result.get("message") if kind == "succeeded" else None
+            cost = self._cost(record, message) if record and message else None  # still billed
+            await leave_lane(self.redis, job_id, batch.handle, record=record, cost_usd=cost)
+            return
         if kind == "succeeded":
             await self._succeeded(batch, record, result.get("message") or {})
         elif kind == "errored":
@@ -173,11 +175,7 @@ class Poller:
         self, batch: UpstreamBatch, record: JobRecord, message: dict[str, Any]
     ) -> None:
         usage: dict[str, Any] = message.get("usage") or {}
-        try:
-            cost = cost_usd(record.model or "", usage, self.settings.prices_file, batch=True)
-        except Exception as exc:  # a prices file that broke after start-up: keep the answer
-            log.error("job.cost_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
-            cost = None
+        cost = self._cost(record, message)
         counts = {k: int(usage.get(k) or 0) for k in JobUsage.model_fields}
         fields: dict[str, Any] = {"usage": JobUsage.model_validate(counts), "cost_usd": cost}
         metrics.COST.inc(cost or 0)
@@ -185,6 +183,16 @@ class Poller:
             await self._end(batch, record, JobStatus.CANCELED, **fields)
             return
         await self._end(batch, record, JobStatus.SUCCEEDED, result=message, error=None, **fields)
+
+    def _cost(self, record: JobRecord, message: dict[str, Any]) -> float | None:
+        """At batch prices (half of everything, cache multipliers included); None when no
+        price is known or the prices file broke after start-up (the answer is kept)."""
+        usage: dict[str, Any] = message.get("usage") or {}
+        try:
+            return cost_usd(record.model or "", usage, self.settings.prices_file, batch=True)
+        except Exception as exc:
+            log.error("job.cost_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+            return None
 
     async def _errored(self, batch: UpstreamBatch, record: JobRecord, body: dict[str, Any]) -> None:
         nested = body.get("error")
@@ -219,7 +227,8 @@ class Poller:
             upstream_batch_id=batch.upstream_id,
             **fields,
         )
-        await self._leave(keys=lanes.lane_keys(record.id), args=[record.id, batch.handle])
+        cost = fields.get("cost_usd")
+        await leave_lane(self.redis, record.id, batch.handle, record=record, cost_usd=cost)
 
     async def send_again(
         self, handle: str, record: JobRecord, error: JobError | None, *, refund: bool
@@ -233,7 +242,7 @@ class Poller:
             lambda r: batch_records.sent_again(r, error=error, refund=refund, to_pool=to_pool),
         )
         if stored is None or stored.status.terminal:
-            await self._leave(keys=lanes.lane_keys(record.id), args=[record.id, handle])
+            await leave_lane(self.redis, record.id, handle, record=record)
             return
         if to_pool:
             await self._repool(keys=lanes.lane_keys(record.id), args=[record.id, handle, now_ms()])
@@ -248,7 +257,9 @@ class Poller:
         spec = JobSpec.model_validate({**orjson.loads(raw), "lane": Lane.REALTIME.value})
         keys = [*lanes.lane_keys(job_id), arq_job_key(job_id), self.settings.queue_name]
         payload = enqueue_payload(spec, now_ms())
-        await self._to_realtime(keys=keys, args=[job_id, handle, payload, now_ms()])
+        if await self._to_realtime(keys=keys, args=[job_id, handle, payload, now_ms()]):
+            # The realtime attempt reserves the budget again, as any worker attempt does.
+            await settle(self.redis, job_id, tenant=None, cost_usd=None, model=None)
         log.info("batch.sent_realtime", job_id=job_id, reason="deadline")
 
     async def _sweep(self, batch: UpstreamBatch) -> None:
@@ -259,4 +270,4 @@ class Poller:
                 if record is not None and not record.status.terminal:
                     await self.send_again(batch.handle, record, None, refund=True)
                 elif still:
-                    await self._leave(keys=lanes.lane_keys(job_id), args=[job_id, batch.handle])
+                    await leave_lane(self.redis, job_id, batch.handle, record=record)

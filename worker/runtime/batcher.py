@@ -3,12 +3,8 @@
 A flush moves jobs from the pool into a new upstream batch (one Lua script: each job is in
 exactly one place), marks their records `in_progress`, and records the batch (`creating`)
 before the create call; the answer's `msgbatch_` ID is recorded after it (`submitted`).
-The one window the API leaves open: a create that was sent but whose answer never arrived
-(the worker died, the connection broke). Such a batch is looked up once
-`batch_create_timeout_s` has passed since the send: the workspace's batches created within
-[sent - 60 s, sent + timeout + 60 s] with the same request count, and not already claimed by
-msgq, are candidates; the oldest is adopted. None: the create never took effect, and it is sent
-again with the same custom_ids.
+The one window the API leaves open, a create sent whose answer never arrived, is resolved by
+`batch_adopt` once `batch_create_timeout_s` has passed: adopt the batch it made, or send again.
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -27,7 +23,6 @@ from schemas import JobError, JobRecord, JobStatus
 from worker import lanes
 from worker.errors import UpstreamError
 from worker.keys import (
-    LANE_ADOPTED,
     LANE_BATCHES,
     LANE_POOL,
     LANE_POOL_BYTES,
@@ -39,13 +34,13 @@ from worker.keys import (
 )
 from worker.lanes import UpstreamBatch, custom_id_for
 from worker.records import utcnow
-from worker.runtime import batch_records, transitions
+from worker.runtime import batch_adopt, batch_records, transitions
 from worker.runtime.backoff import retry_delay_s
 from worker.runtime.batch_api import BatchApi
+from worker.runtime.batch_budget import leave_lane
 from worker.runtime.deps import Deps
 
 log = structlog.get_logger("msgq.batch")
-SKEW_S = 60.0  # clock difference allowed between msgq and the API when matching created_at
 ITEM_OVERHEAD = 100  # bytes per request around its params in the create body
 
 # KEYS: pool, bytes, where, members, order, meta, batches, then one spec key per job.
@@ -79,7 +74,6 @@ class Batcher:
         self.deps, self.api, self.redis = deps, api, deps.redis
         self.settings = deps.settings
         self._move = self.redis.register_script(MOVE)
-        self._leave = self.redis.register_script(lanes.LEAVE)
         self.cool_until = 0.0  # monotonic: the batch endpoints said 429 until then
 
     async def due(self) -> bool:
@@ -148,7 +142,7 @@ class Batcher:
             if record.deadline is None or utcnow() < record.deadline:
                 return True
             await transitions.finish(self.deps.store, job_id, JobStatus.EXPIRED)
-        await self._leave(keys=lanes.lane_keys(job_id), args=[job_id, lanes.POOL])
+        await leave_lane(self.redis, job_id, lanes.POOL, record=record)
         return False
 
     async def advance(self, batch: UpstreamBatch) -> None:
@@ -164,7 +158,9 @@ class Batcher:
         if utcnow() < batch.sent_at + window:
             await self._later(batch, (batch.sent_at + window - utcnow()).total_seconds())
             return
-        found = await self._find_orphan(batch)
+        found = await batch_adopt.find_orphan(
+            self.redis, self.api, batch, create_timeout_s=self.settings.batch_create_timeout_s
+        )
         if found is not None:
             log.warning("batch.adopted", handle=batch.handle, upstream_id=found["id"])
             await self._record(batch, found)
@@ -182,7 +178,7 @@ class Batcher:
             )
             for (_, job_id), record in zip(here, stored, strict=True):
                 if record is None or record.status.terminal:
-                    await self._leave(keys=lanes.lane_keys(job_id), args=[job_id, batch.handle])
+                    await leave_lane(self.redis, job_id, batch.handle, record=record)
                 else:
                     count += 1
                     size += int(await self.redis.strlen(lane_spec_key(job_id)))
@@ -234,7 +230,7 @@ class Batcher:
             for _, job_id, still in chunk:
                 if still:
                     await transitions.finish(self.deps.store, job_id, JobStatus.FAILED, error=error)
-                    await self._leave(keys=lanes.lane_keys(job_id), args=[job_id, batch.handle])
+                    await leave_lane(self.redis, job_id, batch.handle)
         await lanes.drop_batch(self.redis, batch.handle)
 
     async def _later(self, batch: UpstreamBatch, delay_s: float) -> None:
@@ -259,8 +255,7 @@ class Batcher:
         """The upstream ID, stored, then shown on every member's record."""
         upstream_id = str(created["id"])
         batch.state, batch.upstream_id, batch.last_error = "submitted", upstream_id, None
-        created_ms = int(_parse_time(created.get("created_at")).timestamp() * 1000)
-        await self.redis.zadd(LANE_ADOPTED, {upstream_id: created_ms})
+        await batch_adopt.claim(self.redis, created)
         await lanes.save_batch(
             self.redis, batch, due_ms=now_ms() + int(self.settings.batch_poll_s * 1000)
         )
@@ -276,41 +271,8 @@ class Batcher:
                 )
             )
 
-    async def _find_orphan(self, batch: UpstreamBatch) -> dict[str, Any] | None:
-        """The upstream batch an unanswered create made, if any (see the module docstring)."""
-        assert batch.sent_at is not None
-        earliest = batch.sent_at - timedelta(seconds=SKEW_S)
-        latest = batch.sent_at + timedelta(seconds=self.settings.batch_create_timeout_s + SKEW_S)
-        await self.redis.zremrangebyscore(LANE_ADOPTED, 0, now_ms() - 30 * 24 * 3600 * 1000)
-        candidates: list[dict[str, Any]] = []
-        after: str | None = None
-        while True:
-            page = await self.api.page(after_id=after)
-            for item in page.get("data", []):
-                created = _parse_time(item.get("created_at"))
-                if created < earliest:
-                    return await self._unclaimed(candidates)
-                total = sum(int(v) for v in (item.get("request_counts") or {}).values())
-                if created <= latest and total == batch.count:
-                    candidates.append(item)
-            if not page.get("has_more") or not page.get("data"):
-                return await self._unclaimed(candidates)
-            after = page.get("last_id")
-
-    async def _unclaimed(self, candidates: list[dict[str, Any]]) -> dict[str, Any] | None:
-        for item in sorted(candidates, key=lambda i: str(i.get("created_at"))):
-            if await self.redis.zscore(LANE_ADOPTED, str(item["id"])) is None:
-                return item
-        return None
-
 
 def _sent_as(custom_id: str) -> Callable[[JobRecord], JobRecord | None]:
     """The record change for a member sent as `custom_id` (its attempt is the suffix)."""
     attempt = int(custom_id.rsplit("-", 1)[1])
     return lambda record: batch_records.sent_upstream(record, attempt)
-
-
-def _parse_time(value: Any) -> datetime:
-    if not isinstance(value, str):
-        return utcnow()
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -153,7 +153,7 @@ async def _run(deps: Deps, job_id: str, kwargs: dict[str, Any], *, enqueued_at: 
         await transitions.finish(deps.store, job_id, JobStatus.FAILED, error=problem)
         return
     request = await _ready_to_send(deps, record, spec)
-    if request is not None and not await batch_lane.route(deps, record, spec):
+    if request is not None and not await batch_lane.route(deps, record, spec, request):
         await attempt(deps, record, request, spec, expected=raw)
 
 
