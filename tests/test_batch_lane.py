@@ -376,3 +376,24 @@ async def test_a_tenants_budget_holds_in_the_batch_lane(
         usage = await Budgets(redis).usage("acme", parse_tenants(text).get("acme"))
     assert usage["spent_today_usd"] == pytest.approx(record.cost_usd, abs=1e-6)
     assert sim.stats()["batches"]["requests"] == 1  # the refused job was never sent
+
+
+def test_caption_dry_run_prices_both_lanes(tmp_path: Path) -> None:
+    """`msgq caption --dry-run --lane batch` shows realtime and batch side by side, the batch
+    figures half the realtime ones, and marks the lane the run would take."""
+    (tmp_path / "photos").mkdir()
+    for i in range(3):
+        (tmp_path / "photos" / f"{i}.png").write_bytes(image_bytes(colour=(i * 80, 10, 10)))
+    out = subprocess.run(
+        msgq_command("caption", str(tmp_path / "photos"), "--dry-run", "--lane", "batch"),
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    rows = {line.split(":")[0].strip(): line for line in out.splitlines() if "cost_" in line}
+    realtime, batch = rows["cost_realtime"], rows["cost_batch"]
+    assert "this run" in batch and "this run" not in realtime
+    dollars = [float(word.strip("$,")) for word in (realtime + batch).split() if word[0] == "$"]
+    assert dollars[2:] == pytest.approx([d / 2 for d in dollars[:2]], abs=1e-4)
