@@ -152,12 +152,14 @@ async def test_each_per_request_outcome(
 ) -> None:
     """errored+retryable → pooled again (a second batch, attempt 2); final error → failed with
     the API's error; expired → pooled again, attempt refunded; retryable with the deadline
-    near → realtime. A 429 with retry-after on create is obeyed."""
+    near → realtime. A 429 with retry-after on create is obeyed, a 503 and a 429 on retrieve
+    are ridden out."""
     from datetime import timedelta
 
     from worker.records import utcnow
 
     sim.script({"status": 429, "headers": {"retry-after": "1"}}, key="batches:create")
+    sim.script({"status": 503}, {"status": 429}, key="batches:retrieve")
     configure(sim, processing_s=0.2, errored_rate=1.0, error_type="overloaded_error")
     near = utcnow() + timedelta(hours=2)  # nearer than batch_sla_s (24 h)
     jobs = [await client.submit(TEXT, lane="batch") for _ in range(2)]
@@ -175,6 +177,7 @@ async def test_each_per_request_outcome(
     assert sim.received == 1  # only the hurried job went to /v1/messages
     calls = sim.stats()["batches"]["calls"]
     assert calls["create"] == 3  # refused once (429), then the first batch, then the second
+    assert {"429", "503"} <= set(sim.stats()["batches"]["by_status"])  # both ridden out
 
     configure(sim, errored_rate=1.0, error_type="invalid_request_error")
     final = await client.wait((await client.submit(TEXT, lane="batch")).id, timeout=30)

@@ -55,13 +55,13 @@ def _event_loop(choice: str) -> None:
 async def _check_worker(settings: Settings) -> int:
     """arq's own `--check`: every live worker refreshes the queue's health-check key (TTL about
     11 s), so its presence says a worker is taking jobs, and reading it says Redis answers."""
-    from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
+    from worker.connections import connect
     from worker.keys import health_check_key
 
     try:
-        async with Redis.from_url(settings.redis_url, socket_connect_timeout=3) as redis:
+        async with connect(settings, socket_connect_timeout=3, failover_wait_s=3) as redis:
             alive = bool(await redis.exists(health_check_key(settings.queue_name)))
     except (RedisError, OSError) as exc:
         click.echo(f"unhealthy: cannot reach Redis ({type(exc).__name__})", err=True)
@@ -115,9 +115,24 @@ async def _check_worker(settings: Settings) -> int:
     envvar="MSGQ_SIM_BATCH_EXPIRY_S",
     help="A batch's 24 h expiry on a short clock; requests not done by then expire.",
 )
-@click.option("--batch-errored-rate", default=0.0, help="Share of batch requests that error.")
-@click.option("--batch-error-type", default="overloaded_error", help="What those errors are.")
-@click.option("--batch-expired-rate", default=0.0, help="Share of batch requests that expire.")
+@click.option(
+    "--batch-errored-rate",
+    default=0.0,
+    envvar="MSGQ_SIM_BATCH_ERRORED_RATE",
+    help="Share of batch requests that error.",
+)
+@click.option(
+    "--batch-error-type",
+    default="overloaded_error",
+    envvar="MSGQ_SIM_BATCH_ERROR_TYPE",
+    help="What those errors are.",
+)
+@click.option(
+    "--batch-expired-rate",
+    default=0.0,
+    envvar="MSGQ_SIM_BATCH_EXPIRED_RATE",
+    help="Share of batch requests that expire.",
+)
 @click.option(
     "--batch-fault",
     "batch_faults",
