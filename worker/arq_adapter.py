@@ -22,13 +22,15 @@ from typing import Any
 import orjson
 import structlog
 from arq import Retry, Worker, func
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 from arq.constants import abort_jobs_ss, health_check_key_suffix, in_progress_key_prefix
 from arq.constants import job_key_prefix as _job_key_prefix
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+
+from worker import connections
 
 log = structlog.get_logger("msgq.worker")
 
@@ -113,12 +115,40 @@ def abort_request(job_id: str) -> tuple[str, dict[str, int]]:
 
 
 def redis_settings(redis_url: str) -> RedisSettings:
+    """arq's connection settings for a msgq Redis URL, `redis+sentinel://` included."""
+    if connections.is_sentinel(redis_url):
+        target = connections.parse_sentinel_url(redis_url)
+        return RedisSettings(
+            host=list(target.sentinels),
+            sentinel=True,
+            sentinel_master=target.service,
+            database=target.db,
+            username=target.username,
+            password=target.password,
+            ssl=target.ssl,
+            conn_retries=30,
+        )
     rs = RedisSettings.from_dsn(redis_url)
     rs.conn_retries = 30  # reconnect with backoff across a Redis restart rather than exit
     # After a restart every pooled connection is dead: retry a command on a fresh one.
     rs.retry_on_error = [RedisConnectionError]
     rs.retry = RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
     return rs
+
+
+def sentinel_pool(
+    redis_url: str, *, queue_name: str, max_job_bytes: int, failover_wait_s: float
+) -> ArqRedis | None:
+    """For a Sentinel URL, the worker's pool, made by msgq rather than arq: arq's own Sentinel
+    pool passes no retry settings, so a failover would fail commands in flight."""
+    if not connections.is_sentinel(redis_url):
+        return None
+    pool = connections.connect(redis_url, redis_class=ArqRedis, failover_wait_s=failover_wait_s)
+    pool.job_serializer = serialize
+    pool.job_deserializer = functools.partial(deserialize, max_bytes=max_job_bytes)
+    pool.default_queue_name = queue_name
+    pool.expires_extra_ms = NO_EXPIRY_MS
+    return pool
 
 
 Refused = Callable[[dict[str, Any], str, bytes | None], Awaitable[None]]
@@ -185,6 +215,7 @@ def build_worker(
     poll_delay_s: float,
     shutdown_grace_s: int,
     max_job_bytes: int,
+    redis_failover_wait_s: float = connections.DEFAULT_FAILOVER_WAIT_S,
     burst: bool = False,
     handle_signals: bool = True,
     **overrides: Any,
@@ -195,6 +226,12 @@ def build_worker(
         "functions": [func(task, name=TASK_NAME, max_tries=ARQ_MAX_TRIES, keep_result=0)],  # type: ignore[arg-type]  # arq types its coroutine protocol narrowly
         "queue_name": queue_name,
         "redis_settings": redis_settings(redis_url),
+        "redis_pool": sentinel_pool(
+            redis_url,
+            queue_name=queue_name,
+            max_job_bytes=max_job_bytes,
+            failover_wait_s=redis_failover_wait_s,
+        ),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "ctx": ctx,

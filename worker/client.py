@@ -17,9 +17,11 @@ from redis.asyncio import Redis
 
 from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus, Lane, Priority
 from worker import arq_adapter
+from worker.connections import connect
 from worker.endings import Endings
 from worker.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from worker.records import build_spec, new_record, validated
+from worker.replicas import confirm_replicated
 from worker.scheduling import placement, uses_scheduler
 from worker.settings import Settings
 from worker.store import JobStore
@@ -75,7 +77,7 @@ class Client:
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Self:
         settings = (settings or Settings()).model_copy(update={"redis_url": url})
-        return cls(Redis.from_url(url), settings)
+        return cls(connect(settings), settings)
 
     async def __aenter__(self) -> Self:
         return self
@@ -147,6 +149,13 @@ class Client:
             # Records from before this field, or from raw-Redis producers, carry no hash.
             msg = f"job {job_id!r} already exists with a different request"
             raise JobConflictError(msg)
+        if self.settings.submit_min_replicas:  # acknowledged only once replicas hold it
+            await confirm_replicated(
+                self._redis,
+                internal_id,
+                replicas=self.settings.submit_min_replicas,
+                timeout_ms=self.settings.submit_replica_timeout_ms,
+            )
         return Submitted(internal_id, existing is None, existing or record)
 
     @staticmethod

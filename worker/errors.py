@@ -4,6 +4,7 @@ ServiceError
 ├── InvalidJobError          payload failed schema validation: never sent, never retried
 ├── JobNotFoundError         no record under that ID (client and CLI)
 ├── JobConflictError         a caller-chosen ID reused with a different request
+├── NotReplicatedError       submit: fewer replicas than MSGQ_SUBMIT_MIN_REPLICAS acknowledged
 └── UpstreamError            .status_code, .retry_after_s, .request_id, .error_type
     ├── RejectedError        final: 400/401/402/403/404/413/422, x-should-retry: false
     ├── SpendLimitError      the org's spend limit: pauses the fleet, the job stays queued
@@ -36,6 +37,19 @@ class JobNotFoundError(ServiceError):
 class JobConflictError(ServiceError):
     """Idempotency protects a retried submission; the same ID for another request is a bug in
     the caller, and answering with the old job would hide it."""
+
+
+class NotReplicatedError(ServiceError, TimeoutError):
+    """The job was written to the primary but too few replicas confirmed it in time: it may
+    exist, and may be lost with the primary. Submitting again with the same job ID is safe."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, job_id: str, replicas: int, wanted: int) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.replicas = replicas
+        self.wanted = wanted
 
 
 class UpstreamError(ServiceError):

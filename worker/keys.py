@@ -14,6 +14,7 @@ INDEX_KEY = KEY_PREFIX + "jobs"  # ZSET id -> created ms, for listing
 ACTIVE_KEY = KEY_PREFIX + "active"  # ZSET id -> created ms of every job not yet terminal
 BATCHES_KEY = KEY_PREFIX + "batches"  # ZSET batch id -> expires_at ms, until the batch expires
 DONE_CHANNEL = KEY_PREFIX + "done"  # pub/sub: a job ID each time a record turns terminal
+REPLICATION_PROBE = KEY_PREFIX + "replicated"  # pub/sub: a write for WAIT to count from
 PAUSE_KEY = KEY_PREFIX + "paused"  # the fleet's spend-limit pause (value: the reason)
 RECONCILER_LOCK = KEY_PREFIX + "reconciler:lock"  # one fleet-wide reconciler at a time
 WEBHOOKS_KEY = KEY_PREFIX + "webhooks"  # HASH webhook outbox: "job:<id>"/"batch:<id>" -> JSON

@@ -9,11 +9,12 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import DEFAULT_MAX_IMAGE_BYTES, Lane
+from worker.connections import SENTINEL_SCHEMES, is_sentinel, parse_sentinel_url
 from worker.pricing import check_prices_file
 from worker.tenants import load_tenants
 from worker.webhooks.signing import secret_key
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
 UNTIL_RESUME = frozenset({"0", "until-resume", "none"})
 
 
@@ -27,6 +28,17 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MSGQ_REDIS_URL", "REDIS_URL"),
         description="Redis DSN: redis://, rediss://, unix:// or redis+sentinel://; passwords work",
     )
+    redis_failover_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="redis+sentinel://: how long a command retries across a failover, then fails",
+    )
+    submit_min_replicas: int = Field(
+        default=0, ge=0, description="submit acknowledges once this many replicas hold the job"
+    )
+    submit_replica_timeout_ms: int = Field(
+        default=1000, ge=1, description="longest wait for those replicas; then submit raises"
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -35,6 +47,8 @@ class Settings(BaseSettings):
         if not value.startswith(REDIS_SCHEMES):
             msg = "must start with " + ", ".join(REDIS_SCHEMES)
             raise ValueError(msg)
+        if is_sentinel(value):
+            parse_sentinel_url(value)  # a ValueError naming what is wrong
         return value
 
     anthropic_api_key: SecretStr | None = Field(

@@ -8,7 +8,6 @@ import signal
 from pathlib import Path
 
 import click
-from redis.asyncio import Redis
 from rich.console import Console
 
 from schemas import JobStatus
@@ -18,6 +17,7 @@ from worker.caption.report import Display, estimate, summary
 from worker.caption.run import CaptionRun, Tally
 from worker.caption.work import CaptionOptions
 from worker.client import Client
+from worker.connections import connect
 from worker.errors import JobNotFoundError
 from worker.settings import Settings
 
@@ -70,7 +70,7 @@ async def _run(
     job IDs still in the fleet. A second Ctrl-C is Python's own: it exits at once."""
     total = await asyncio.to_thread(count_items, options.inputs)  # names only, no image read
     log = CaptionLog(options.out)
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings)
     try:
         with Display(total=total) as display:
             run = CaptionRun(redis, settings, options, log, display.update)
@@ -129,7 +129,7 @@ def cancel_pending(out: Path, settings: Settings) -> None:
 
     async def cancel_all() -> int:
         canceled = 0
-        async with Client(Redis.from_url(settings.redis_url), settings) as client:
+        async with Client(connect(settings), settings) as client:
             for job_id in ids:
                 with contextlib.suppress(JobNotFoundError):  # past retention: nothing to stop
                     record = await client.cancel(job_id)

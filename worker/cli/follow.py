@@ -14,10 +14,10 @@ from typing import Any
 
 import click
 import orjson
-from redis.asyncio import Redis
 
 from schemas import JobRecord, JobStatus
 from worker.client import Client
+from worker.connections import connect
 from worker.keys import progress_channel
 from worker.settings import Settings
 
@@ -75,7 +75,7 @@ async def follow(
     printer = _Printer(write, note)
     async with (
         Client.from_url(settings.redis_url, settings) as client,
-        Redis.from_url(settings.redis_url) as redis,
+        connect(settings) as redis,
         redis.pubsub() as pubsub,
     ):
         await pubsub.subscribe(progress_channel(job_id))

@@ -337,11 +337,10 @@ def resume() -> None:
     """Lift a spend-limit pause so the fleet sends again."""
 
     async def run() -> str | None:
-        from redis.asyncio import Redis
-
+        from worker.connections import connect
         from worker.runtime.ratelimit import RateLimiter
 
-        async with Redis.from_url(Settings().redis_url) as redis:
+        async with connect(Settings()) as redis:
             limiter = RateLimiter(redis, {})
             reason = await limiter.paused()
             await limiter.resume()
@@ -355,16 +354,15 @@ def resume() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per tenant.")
 def usage(as_json: bool) -> None:
     """Spend per tenant today and this month, against budgets (operators)."""
-    from redis.asyncio import Redis
-
     from worker.budgets import Budgets
+    from worker.connections import connect
     from worker.tenants import load_tenants
 
     settings = Settings()
     tenants = load_tenants(settings.tenants_file)
 
     async def run() -> list[dict[str, Any]]:
-        async with Redis.from_url(settings.redis_url) as redis:
+        async with connect(settings) as redis:
             budgets = Budgets(redis)
             names = sorted(set(tenants.names()) | set(await budgets.tenants()))
             return [await budgets.usage(t, tenants.get(t)) for t in names]
@@ -389,13 +387,12 @@ def _budgeted(spent: float, budget: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
 def audit(as_json: bool) -> None:
     """Check the queue's invariants (every job can end; counts, locks, TTLs); exit 1 if broken."""
-    from redis.asyncio import Redis
-
     from worker.audit import AuditReport
     from worker.audit import audit as run_audit
+    from worker.connections import connect
 
     async def run() -> AuditReport:
-        async with Redis.from_url(Settings().redis_url) as redis:
+        async with connect(Settings()) as redis:
             return await run_audit(redis)
 
     report = asyncio.run(run())

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
@@ -16,6 +15,7 @@ from schemas import JobRecord, Message
 from worker.caption.output import CaptionLog
 from worker.caption.run import CaptionOptions, CaptionRun
 from worker.client import Client
+from worker.connections import connect
 from worker.dev.stack import Stack
 from worker.settings import Settings
 
@@ -40,7 +40,7 @@ async def caption_samples(client: Client, redis_url: str, out: Path) -> list[tup
         inputs=[str(SAMPLES / "images")], out=out, prompt="Describe this image in one sentence."
     )
     log = CaptionLog(out)
-    redis = Redis.from_url(redis_url)
+    redis = connect(redis_url)
     try:
         await CaptionRun(redis, Settings(), options, log).run()
     finally:

@@ -8,11 +8,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from redis.asyncio import Redis
 
 from schemas.api import ErrorBody
 from worker.batches import Batches
 from worker.client import Client
+from worker.connections import connect
 from worker.endings import Endings
 from worker.fleet_metrics import API_REQUESTS
 from worker.http import (
@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect(settings)
         store = JobStore.from_settings(redis, settings)
         client = Client(redis, settings)
         endings = Endings(redis, store)

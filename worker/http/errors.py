@@ -12,7 +12,12 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.api import ErrorBody, ErrorDetail
-from worker.errors import InvalidJobError, JobConflictError, JobNotFoundError
+from worker.errors import (
+    InvalidJobError,
+    JobConflictError,
+    JobNotFoundError,
+    NotReplicatedError,
+)
 
 # The Anthropic API's error type for each status msgq answers with.
 ERROR_TYPES = {
@@ -82,6 +87,11 @@ def register(app: FastAPI) -> None:
     @app.exception_handler(JobConflictError)
     async def conflict(_: Request, exc: JobConflictError) -> JSONResponse:
         return error_response(ApiError(409, str(exc)))
+
+    @app.exception_handler(NotReplicatedError)
+    async def not_replicated(_: Request, exc: NotReplicatedError) -> JSONResponse:
+        # The job may exist: the message says so, and a resubmit with its ID is safe.
+        return error_response(ApiError(503, str(exc)))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

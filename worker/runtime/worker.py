@@ -28,6 +28,7 @@ def build_worker(
         poll_delay_s=settings.poll_delay_s,
         shutdown_grace_s=settings.shutdown_grace_s,
         max_job_bytes=settings.max_job_bytes,
+        redis_failover_wait_s=settings.redis_failover_wait_s,
         burst=burst,
         handle_signals=handle_signals,
         **overrides,
