@@ -188,13 +188,13 @@ async def test_long_generation_outlives_the_request_timeout_in_one_attempt(
 
 
 async def test_sdk_stream_gives_the_message_msgq_stores(
-    client: Client, sim: Sim, start_worker: StartWorker
+    settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """The official SDK's stream(...).get_final_message() and msgq's stored Message agree,
     field by field: every block kind, and the simulator's own long replies."""
     request = {**BODY, "max_tokens": 500}
     sim.script({"body": RICH}, {"body": RICH}, {"output_tokens": 300}, {"output_tokens": 300})
-    await start_worker()
+    await start_worker(settings.model_copy(update={"stream_min_max_tokens": 0}))
     async with anthropic.AsyncAnthropic(
         base_url=sim.url, api_key=TEST_API_KEY, max_retries=0
     ) as sdk:

@@ -76,7 +76,10 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="longest gap between streamed events (the API pings)"
     )
     stream_min_max_tokens: int = Field(
-        default=0, ge=0, description="stream calls with max_tokens at least this (0: all)"
+        default=1024,
+        ge=0,
+        description="stream calls with max_tokens at least this (0: all); shorter calls end "
+        "well within request_timeout_s, and a plain call costs the worker less",
     )
     job_timeout_s: float = Field(
         default=3600.0, description="ceiling on one attempt, however long it keeps streaming"

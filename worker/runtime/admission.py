@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import orjson
 
 from schemas import JobError, JobRecord, JobStatus, MessageRequest
+from schemas.capabilities import rate_limit_class
 from worker.arq_adapter import Defer
 from worker.budgets import Budgets, Reservation, reserve_usd
-from worker.keys import admitted_key
+from worker.keys import PAUSE_KEY, admitted_key, cooldown_key, record_key
 from worker.pricing import prices_for
 from worker.runtime import transitions
 from worker.runtime.deps import Deps
+from worker.scheduling import Estimate
 from worker.tenants import load_tenants
 
 # The budget reservation of the attempt running in this task (each arq job is its own task).
@@ -31,17 +33,63 @@ BUDGET_RECHECK_S = 60.0
 class Ticket:
     limited: bool  # capacity was reserved in the fleet's buckets at dispatch
     reservation: Reservation | None
+    estimate: Estimate | None = None
 
 
-async def take_ticket(deps: Deps, job_id: str) -> Ticket | None:
-    raw = await deps.redis.getdel(admitted_key(job_id))
+def parse_ticket(raw: bytes | None) -> Ticket | None:
     if raw is None:
         return None
     data = orjson.loads(raw)
     reservation = None
     if "micro_usd" in data:
         reservation = Reservation(data["tenant"], data["day"], data["month"], data["micro_usd"])
-    return Ticket(bool(data.get("limited")), reservation)
+    estimate = Estimate.loads(data["estimate"]) if "estimate" in data else None
+    return Ticket(bool(data.get("limited")), reservation, estimate)
+
+
+async def take_ticket(deps: Deps, job_id: str) -> Ticket | None:
+    return parse_ticket(await deps.redis.getdel(admitted_key(job_id)))
+
+
+@dataclass(frozen=True)
+class Pickup:
+    """What the task reads before it decides anything, in one round trip: the record, the
+    dispatcher's ticket, and whether the fleet is paused or cooling down for this model."""
+
+    record: JobRecord
+    raw: bytes | None  # the record's JSON as read (for the compare-and-set writes that follow)
+    ticket: Ticket | None
+    gate_clear: bool
+
+
+async def pick_up(deps: Deps, template: JobRecord, model: str) -> Pickup:
+    async with deps.redis.pipeline(transaction=False) as pipe:
+        pipe.get(record_key(template.id))
+        pipe.getdel(admitted_key(template.id))
+        pipe.exists(PAUSE_KEY)
+        pipe.pttl(cooldown_key(rate_limit_class(model)))
+        raw, ticket_raw, paused, cooling_ms = await pipe.execute()
+    if raw is None:
+        record, raw = await deps.store.ensure_raw(template)
+    else:
+        record = JobRecord.model_validate_json(raw)
+    clear = not paused and int(cooling_ms) <= 0
+    return Pickup(record, raw, parse_ticket(ticket_raw), clear)
+
+
+async def return_ticket(deps: Deps, ticket: Ticket | None) -> None:
+    """The job was not sent after all (it had ended, expired or failed validation): give back
+    what admission reserved for it."""
+    if ticket is None:
+        return
+    if ticket.limited and ticket.estimate is not None:
+        est = ticket.estimate
+        await deps.limiter.settle(
+            est.model, input_delta=est.input_tokens, output_delta=est.output_tokens, requests=1
+        )
+    if ticket.reservation is not None:
+        model = ticket.estimate.model if ticket.estimate else "unknown"
+        await Budgets(deps.redis).settle(ticket.reservation, 0.0, model)
 
 
 async def reserve_budget(

@@ -61,11 +61,12 @@ async def attempt(
     request: MessageRequest,
     spec: JobSpec,
     *,
-    expected: bytes | None = None,
+    pickup: admission.Pickup | None = None,
 ) -> None:
     """Capacity, then one call. Raises Retry for a retryable failure or a rate-limit wait.
-    `expected`: the record's JSON as read at pick-up, so the record writes that follow take
-    one round trip each while nothing else has touched it."""
+    `pickup`: what the task read in its first round trip (the record's JSON, so the record
+    writes that follow take one round trip each; the dispatcher's ticket; the fleet's gate)."""
+    expected = pickup.raw if pickup else None
     estimate = estimate_input_tokens(request)
     try:
         slot = await deps.concurrency.acquire(timeout_s=deps.settings.max_slot_wait_s)
@@ -77,10 +78,14 @@ async def attempt(
     async with slot:
         metrics.IN_FLIGHT.inc()
         try:
-            ticket = await admission.take_ticket(deps, record.id)
-            if ticket is None or not ticket.limited:
+            ticket = pickup.ticket if pickup else await admission.take_ticket(deps, record.id)
+            unmetered = (
+                pickup is not None and pickup.gate_clear and deps.limiter.unmetered(request.model)
+            )
+            if (ticket is None or not ticket.limited) and not unmetered:
                 # No capacity reserved at dispatch: the fleet's buckets, cool-down and pause
-                # are checked here (without limits this is one cheap script call).
+                # are checked here. Skipped when no limit is configured or known and the
+                # pick-up read showed no pause or cool-down: there is nothing to wait for.
                 await wait_for_capacity(deps, request, estimate, job_id=record.id)
             admission.RESERVATION.set(ticket.reservation if ticket else None)
             if ticket is None and not await admission.reserve_budget(

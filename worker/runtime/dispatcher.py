@@ -30,6 +30,7 @@ import secrets
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import structlog
@@ -93,6 +94,21 @@ return 1
 """
 
 
+# KEYS: arq queue, where, est. ARGV: score ms, then (job id, its scheduler queue, its payload
+# key) for each job. Each moves only if it is still in its scheduler queue and has a payload.
+MOVE_MANY = """
+for i = 2, #ARGV, 3 do
+  local id, queue, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('ZREM', queue, id) == 1 then
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    if redis.call('EXISTS', payload) == 1 then redis.call('ZADD', KEYS[1], ARGV[1], id) end
+  end
+end
+return 1
+"""
+
+
 @dataclass
 class Head:
     queue: str
@@ -118,6 +134,7 @@ class Dispatcher:
         self.token = secrets.token_hex(8)
         self._take = redis.register_script(TAKE_LOCK)
         self._move = redis.register_script(MOVE)
+        self._move_many = redis.register_script(MOVE_MANY)
         self.vtc: dict[tuple[str, Priority], dict[str, float]] = defaultdict(dict)
         self.credit: dict[tuple[str, Priority], float] = defaultdict(float)
         self._tenant_limiters: dict[str, RateLimiter] = {}
@@ -297,24 +314,47 @@ class Dispatcher:
         self.forget_idle_credit(cls, firsts)
         limited = self._limited(cls)
         room = 0
-        while queues:
-            if room <= 0:
-                room = await self._room()
+        plain: list[Head] = []  # admitted in policy order, moved together (no ticket needed)
+        try:
+            while queues:
                 if room <= 0:
-                    return 0.02  # arq's queue holds enough ready work; look again shortly
-            head = self.choose(cls, [q[0] for q in queues.values()])
-            if head is None:
-                return 1.0
-            outcome = await self._admit(head, limited)
-            if isinstance(outcome, float):
-                return outcome  # the class waits for capacity (the head holds its place)
-            if outcome:
-                room -= 1
-                self.served(head)
-            blocked = self._blocked.get(head.tenant, 0) > time.monotonic()
-            if _advance(queues, head, blocked=blocked):
-                return 0.0  # a queue may hold more than was read: read again, stay fair
-        return 0.0  # re-read the queues: more may be waiting behind the heads read
+                    await self._move_plain(plain)
+                    room = await self._room()
+                    if room <= 0:
+                        return 0.02  # arq's queue holds enough ready work; look again shortly
+                head = self.choose(cls, [q[0] for q in queues.values()])
+                if head is None:
+                    return 1.0
+                if not limited and not self._needs_ticket(head):
+                    plain.append(head)
+                    outcome: bool | float = True
+                else:
+                    outcome = await self._admit(head, limited)
+                if isinstance(outcome, float):
+                    return outcome  # the class waits for capacity (the head holds its place)
+                if outcome:
+                    room -= 1
+                    self.served(head)
+                blocked = self._blocked.get(head.tenant, 0) > time.monotonic()
+                if _advance(queues, head, blocked=blocked):
+                    return 0.0  # a queue may hold more than was read: read again, stay fair
+            return 0.0  # re-read the queues: more may be waiting behind the heads read
+        finally:
+            await self._move_plain(plain)
+
+    def _needs_ticket(self, head: Head) -> bool:
+        config = self.tenants.get(head.tenant)
+        return config.has_budget or bool(config.rpm_share or config.itpm_share or config.otpm_share)
+
+    async def _move_plain(self, heads: list[Head]) -> None:
+        """Move jobs that need no reservation into arq's queue, many in one script call."""
+        if not heads:
+            return
+        args: list[Any] = [int(time.time() * 1000)]
+        for head in heads:
+            args += [head.job_id, head.queue, arq_job_key(head.job_id)]
+        await self._move_many(keys=[self.settings.queue_name, SCHED_WHERE, SCHED_EST], args=args)
+        heads.clear()
 
     async def _room(self) -> int:
         """How many more jobs arq's queue may take: `dispatch_window` minus those ready now.

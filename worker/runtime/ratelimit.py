@@ -196,6 +196,12 @@ class RateLimiter:
         self._cool = redis.register_script(COOL_DOWN)
         self._learned = False  # this process has seen anthropic-ratelimit-* headers
 
+    def unmetered(self, model: str) -> bool:
+        """No limit configured for this model's class, and none learned by this process: an
+        acquire would only check the pause and the cool-down."""
+        lim = self._limits_for(model_class(model))
+        return not (self._learned or lim.rpm or lim.itpm or lim.otpm)
+
     def _bucket(self, model_cls: str) -> str:
         return bucket_key(f"{model_cls}:{self.scope}" if self.scope else model_cls)
 

@@ -31,7 +31,7 @@ from worker.errors import UnavailableError
 from worker.keys import in_progress_key
 from worker.logs import register_secret
 from worker.records import utcnow
-from worker.runtime import batch_lane, metrics, transitions
+from worker.runtime import admission, batch_lane, metrics, transitions
 from worker.runtime.attempt import attempt, handle_failure
 from worker.runtime.backoff import retry_delay_s
 from worker.runtime.concurrency import AdaptiveConcurrency
@@ -141,20 +141,24 @@ async def _timed_out(deps: Deps, job_id: str, kwargs: dict[str, Any]) -> None:
 
 async def _run(deps: Deps, job_id: str, kwargs: dict[str, Any], *, enqueued_at: datetime) -> None:
     spec, problem = _parse_spec(kwargs)
-    record, raw = await deps.store.ensure_raw(
-        transitions.new_record(
-            job_id, spec, created_at=enqueued_at, default_max_attempts=deps.settings.max_attempts
-        )
+    template = transitions.new_record(
+        job_id, spec, created_at=enqueued_at, default_max_attempts=deps.settings.max_attempts
     )
+    pickup = await admission.pick_up(deps, template, template.model or "")
+    record = pickup.record
     if record.status.terminal:
         log.info("job.duplicate_skipped", status=record.status.value)
+        await admission.return_ticket(deps, pickup.ticket)
         return
     if spec is None or problem is not None:
         await transitions.finish(deps.store, job_id, JobStatus.FAILED, error=problem)
+        await admission.return_ticket(deps, pickup.ticket)
         return
     request = await _ready_to_send(deps, record, spec)
-    if request is not None and not await batch_lane.route(deps, record, spec, request):
-        await attempt(deps, record, request, spec, expected=raw)
+    if request is None or await batch_lane.route(deps, record, spec, request):
+        await admission.return_ticket(deps, pickup.ticket)
+        return
+    await attempt(deps, record, request, spec, pickup=pickup)
 
 
 async def on_refused(ctx: dict[str, Any], job_id: str, result_data: bytes | None) -> None:
