@@ -181,6 +181,43 @@ async def _post_job(settings: Settings, job_id: str) -> httpx.Response:
         return await http.post("/v1/jobs", json={"request": BODY, "id": job_id})
 
 
+async def test_the_loss_window_without_min_replicas(
+    cluster: SentinelCluster, settings: Settings
+) -> None:
+    """What MSGQ_SUBMIT_MIN_REPLICAS closes: with the replica's link down, a plain submit is
+    acknowledged and then lost with the primary; a durable one is refused instead."""
+    plain = settings.model_copy(update={"redis_url": cluster.url})
+    durable = plain.model_copy(update={"submit_min_replicas": 1, "submit_replica_timeout_ms": 200})
+    old_port = cluster.primary_port
+    primary = Redis(port=old_port, password=PASSWORD)
+    replica = Redis(port=cluster.replica_port, password=PASSWORD)
+    async with (
+        primary,
+        replica,
+        Client(connect(plain), plain) as client,
+        Client(connect(durable), durable) as durable_client,
+        connect(plain) as redis,
+    ):
+        replicated = await durable_client.submit(BODY, job_id="replicated")
+        # Cut the link and keep it cut (a wrong password on reconnect): the replica falls behind.
+        await replica.config_set("masterauth", "wrong")
+        await primary.client_kill_filter(_type="slave")
+
+        async def link_down() -> bool:
+            return bool((await primary.info("replication"))["connected_slaves"] == 0)
+
+        await eventually(link_down)
+        with pytest.raises(NotReplicatedError):
+            await durable_client.submit(BODY, job_id="refused")  # never acknowledged
+        acknowledged = await client.submit(BODY, job_id="acknowledged")
+        assert acknowledged.created
+        await asyncio.to_thread(cluster.kill, old_port)
+        await replica.config_set("masterauth", PASSWORD)
+        await asyncio.to_thread(cluster.wait_for_primary, other_than=old_port)
+        ids = [replicated.id, "refused", "acknowledged"]
+        assert [await redis.exists(record_key(i)) for i in ids] == [1, 0, 0]
+
+
 # ------------------------------------------------------------------ the failover run
 
 
