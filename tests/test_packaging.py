@@ -55,6 +55,37 @@ def test_compose_simulator_profile_health_checks_and_key_scope(sim: Sim) -> None
     assert "env_file" not in api and "ANTHROPIC_API_KEY" not in api["environment"]
 
 
+def test_compose_ha_profile_has_the_tested_topology() -> None:
+    """Profile `ha`: a primary, its replica and three Sentinels (quorum 2) watching it, and a
+    worker and an API whose REDIS_URL names those Sentinels and the service they monitor; the
+    API acknowledges a job only once the replica holds it."""
+    from worker.connections import parse_sentinel_url
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    sentinels = ["sentinel-1", "sentinel-2", "sentinel-3"]
+    ha = ["redis-primary", "redis-replica", *sentinels, "worker-ha", "api-ha"]
+    assert all(services[name]["profiles"] == ["ha"] for name in ha)
+    replica = services["redis-replica"]["command"]
+    assert replica[replica.index("--replicaof") + 1 :][:2] == ["redis-primary", "6379"]
+    for name in ("redis-primary", "redis-replica"):
+        assert "--appendonly" in services[name]["command"]
+    for name in sentinels:
+        script = services[name]["command"][-1]
+        assert "sentinel monitor mymaster redis-primary 6379 2" in script
+        assert "--sentinel" in script
+    for name in ("worker-ha", "api-ha"):
+        target = parse_sentinel_url(services[name]["environment"]["REDIS_URL"])
+        assert target.sentinels == tuple((s, 26379) for s in sentinels)
+        assert target.service == "mymaster"
+        assert set(sentinels) <= set(services[name]["depends_on"])
+        assert "redis" not in services[name]["depends_on"]  # not the single-Redis service
+    assert services["worker-ha"]["command"] == ["worker"]
+    assert services["worker-ha"]["healthcheck"]["test"] == ["CMD", "msgq", "worker", "--check"]
+    api = services["api-ha"]
+    assert api["environment"]["MSGQ_SUBMIT_MIN_REPLICAS"] == "1"
+    assert "env_file" not in api and "ANTHROPIC_API_KEY" not in api["environment"]
+
+
 def test_ci_runs_make_test() -> None:
     """.ci/run calls `make test`, the README's test command."""
     assert "make test" in (ROOT / ".ci" / "run").read_text()
