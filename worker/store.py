@@ -43,6 +43,25 @@ for _ = 1, tonumber(ARGV[2]) do
 end
 return 1
 """
+# What `_write` may issue that a script can run too (a script cannot call EVALSHA).
+SCRIPT_SAFE = frozenset(
+    {
+        "SET",
+        "DEL",
+        "EXPIRE",
+        "INCR",
+        "INCRBY",
+        "HSET",
+        "HDEL",
+        "HINCRBY",
+        "SADD",
+        "SREM",
+        "ZADD",
+        "ZREM",
+        "ZREMRANGEBYSCORE",
+        "PUBLISH",
+    }
+)
 BATCH_RETENTION_S = 29 * 24 * 3600  # the Batches API keeps results 29 days after creation
 
 Change = Callable[[JobRecord], JobRecord | None]
@@ -208,6 +227,8 @@ class JobStore:
         self._write(queued, new, current.status)  # queued on the pipeline, never sent
         commands = [args for args, _ in queued.command_stack]
         await queued.reset()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        if any(str(args[0]).upper() not in SCRIPT_SAFE for args in commands):
+            return None  # e.g. a script of its own (a batch's webhook): WATCH/MULTI instead
         flat: list[Any] = [expected, len(commands)]
         for args in commands:
             flat += [len(args), *args]
