@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from schemas import JobStatus
-from tests.conftest import StartWorker, eventually, stop_workers, worker_env
+from tests.conftest import Sim, StartWorker, eventually, stop_workers, worker_env
 from worker.arq_adapter import redis_settings
 from worker.audit import audit
 from worker.client import Client
@@ -255,6 +255,15 @@ def _spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(msgq_command("worker"), env=env, stdout=out, stderr=out)
 
 
+async def _show_stuck(redis: Redis, ids: list[str]) -> None:
+    """Print what a job that never ended holds in Redis, for the failure report."""
+    for job_id in ids:
+        raw = await redis.get(record_key(job_id))
+        if raw is not None and json.loads(raw)["status"] not in ("succeeded", "missing"):
+            keys = sorted(k.decode() for k in await redis.keys(f"*{job_id}*"))
+            print(f"stuck {job_id}: {raw.decode()[:300]} keys={keys}")
+
+
 def _events(*logs: Path) -> list[dict[str, Any]]:
     return [
         json.loads(line)
@@ -266,7 +275,7 @@ def _events(*logs: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("min_replicas", [1, 0])
 async def test_primary_sigkill_mid_run(
-    min_replicas: int, cluster: SentinelCluster, settings: Settings, tmp_path: Path
+    min_replicas: int, cluster: SentinelCluster, settings: Settings, sim: Sim, tmp_path: Path
 ) -> None:
     """SIGKILL the primary while jobs are being submitted and run: Sentinel promotes the
     replica, both workers and the producer resume on it within a bound, every job ends and
@@ -278,6 +287,9 @@ async def test_primary_sigkill_mid_run(
             "redis_url": cluster.url,
             "submit_min_replicas": min_replicas,
             "redis_failover_wait_s": 20.0,
+            # Longer than the failover (~2.5 s), as the default 15 s is longer than a production
+            # one: a running job's lock must outlast it, or another worker runs the job again.
+            "lock_s": 5.0,
         }
     )
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
@@ -309,7 +321,11 @@ async def test_primary_sigkill_mid_run(
             async def all_ended() -> bool:
                 return set(await _statuses(redis, ids)) <= {"succeeded", "missing"}
 
-            await eventually(all_ended, timeout_s=60)
+            try:
+                await eventually(all_ended, timeout_s=60)
+            except BaseException:
+                await _show_stuck(redis, ids)
+                raise
             final = await _statuses(redis, ids)
             report = await audit(redis)
         assert all(w.poll() is None for w in workers)  # they rode it out
@@ -323,13 +339,16 @@ async def test_primary_sigkill_mid_run(
     resumed_s = [datetime.fromisoformat(e["timestamp"]).timestamp() - killed_at for e in failovers]
     # The first job sent after the kill, acknowledged: with min replicas, once a replica is back.
     first_ack_s = min(acked for _, sent, acked in producer.acked if sent > killed_at) - killed_at
+    duplicates = sim.received - n  # calls made again for a job already called
     print(
         f"\nfailover, min replicas {min_replicas}: {n} jobs; primary SIGKILLed after "
         f"{n // 3} acknowledged; Sentinel promoted the replica in {promoted_s:.1f}s; workers "
         f"resumed in {', '.join(f'{s:.1f}s' for s in sorted(resumed_s))}; the first job sent "
         f"after the kill acknowledged at {first_ack_s:.1f}s; producer retries "
-        f"{dict(producer.failures)}; acknowledged jobs lost: {final['missing']}"
+        f"{dict(producer.failures)}; acknowledged jobs lost: {final['missing']}; duplicated "
+        f"upstream calls: {duplicates}"
     )
+    assert 0 <= duplicates <= 2 * custom.max_jobs  # at most the calls in flight at the kill
     assert all(e["old_primary"] == f"127.0.0.1:{old_port}" for e in failovers)
     assert max(resumed_s) < 15  # the bound: ~1 s detection + election + promotion
     if min_replicas:
