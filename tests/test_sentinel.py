@@ -31,6 +31,7 @@ from worker.arq_adapter import redis_settings
 from worker.audit import audit
 from worker.client import Client
 from worker.connections import SentinelTarget, connect, parse_sentinel_url
+from worker.dev.embedded_redis import EmbeddedRedis
 from worker.dev.sentinel_cluster import SentinelCluster
 from worker.dev.stack import msgq_command
 from worker.errors import NotReplicatedError
@@ -216,6 +217,37 @@ async def test_the_loss_window_without_min_replicas(
         await asyncio.to_thread(cluster.wait_for_primary, other_than=old_port)
         ids = [replicated.id, "refused", "acknowledged"]
         assert [await redis.exists(record_key(i)) for i in ids] == [1, 0, 0]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A server of the test's own, stopped after the workers that use it."""
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_a_redis_failure_mid_pickup_gives_the_worker_slot_back(
+    own_redis: EmbeddedRedis, settings: Settings, start_worker: StartWorker
+) -> None:
+    """Redis failing while arq starts a job (as a failover did, about once a run) costs the
+    worker no slot; arq alone keeps one taken for good each time, until it takes no jobs."""
+    worker = await start_worker(settings.model_copy(update={"redis_url": own_redis.url}))
+
+    async def started() -> bool:
+        return "msgq" in worker.ctx
+
+    await eventually(started)
+    free = worker.sem._value
+    await asyncio.to_thread(own_redis.stop)
+    try:
+        with pytest.raises((RedisError, OSError)):
+            await worker.start_jobs([b"picked-as-redis-fails"])
+    finally:
+        await asyncio.to_thread(own_redis.start)  # so the worker closes cleanly at teardown
+    assert worker.job_counter == 0
+    assert worker.sem._value == free  # every slot free again
 
 
 # ------------------------------------------------------------------ the failover run

@@ -185,6 +185,17 @@ class MsgqWorker(Worker):
             log.info("worker.redis_reconnected")
             self._outage_s = 0.0
 
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq takes a slot (its semaphore and counter) for the job it is starting and, when
+        Redis fails before that job's task exists, never gives it back: every outage or failover
+        that lands mid-pick-up would leave one slot fewer, until the worker took nothing."""
+        try:
+            await super().start_jobs(job_ids)
+        except (RedisError, OSError):
+            self.job_counter -= 1
+            self.sem.release()
+            raise
+
     async def run_job(self, job_id: str, score: int) -> None:
         """arq's bookkeeping around a job (pick-up, finish) can hit a Redis outage. Left as a
         task exception it would be re-raised later, once per poll and again at shutdown; the
