@@ -50,3 +50,11 @@ async def test_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
     with pytest.raises(redis.ConnectionError):
         probe.ping()  # the embedded Redis is gone too
     probe.close()
+
+
+def test_demo_finds_its_samples() -> None:
+    """`make demo` reads the bundled requests and images from the checkout."""
+    from worker.dev.demo import SAMPLES, sample_requests
+
+    assert set(sample_requests()) >= {"text", "prefill"}
+    assert any((SAMPLES / "images").iterdir())

@@ -19,7 +19,7 @@ from worker.connections import connect
 from worker.dev.stack import Stack
 from worker.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # worker/dev/demo.py → the checkout
 SAMPLES = ROOT / "samples"
 KINDS = {
     "text": "text.json",
