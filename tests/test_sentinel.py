@@ -131,9 +131,13 @@ async def test_every_entry_point_works_through_sentinel(
     out = tmp_path / "captions.jsonl"
     caption = msgq_command("caption", str(SAMPLES / "images"), "--out", str(out))
     for args in (caption, msgq_command("status", job.id), msgq_command("audit")):
-        done = await asyncio.to_thread(
-            subprocess.run, args, env=env, capture_output=True, timeout=60
-        )
+        try:
+            done = await asyncio.to_thread(
+                subprocess.run, args, env=env, capture_output=True, timeout=60
+            )
+        except subprocess.TimeoutExpired:
+            await _show_stuck(ha_redis)
+            raise
         assert done.returncode == 0, (args, done.stderr)
     assert len(out.read_bytes().splitlines()) == 3  # the three sample images, captioned
 
@@ -287,8 +291,11 @@ def _spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(msgq_command("worker"), env=env, stdout=out, stderr=out)
 
 
-async def _show_stuck(redis: Redis, ids: list[str]) -> None:
+async def _show_stuck(redis: Redis, ids: list[str] | None = None) -> None:
     """Print what a job that never ended holds in Redis, for the failure report."""
+    if ids is None:
+        prefix = record_key("")
+        ids = [k.decode()[len(prefix) :] async for k in redis.scan_iter(match=prefix + "*")]
     for job_id in ids:
         raw = await redis.get(record_key(job_id))
         if raw is not None and json.loads(raw)["status"] not in ("succeeded", "missing"):
