@@ -312,7 +312,15 @@ def _events(*logs: Path) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize("min_replicas", [1, 0])
+@pytest.mark.parametrize(
+    "min_replicas",
+    [
+        1,
+        # Without replica waits nothing is lost on loopback either (the loss window has its own
+        # deterministic test above); the long run stays in `make chaos` (see the closing note).
+        pytest.param(0, marks=pytest.mark.skipif(not CHAOS, reason="make chaos runs this one")),
+    ],
+)
 async def test_primary_sigkill_mid_run(
     min_replicas: int, cluster: SentinelCluster, settings: Settings, sim: Sim, tmp_path: Path
 ) -> None:
