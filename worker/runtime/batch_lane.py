@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 
 import orjson
 import structlog
@@ -28,19 +27,10 @@ from worker.runtime.batch_api import BatchApi
 from worker.runtime.batch_poller import Poller
 from worker.runtime.batcher import Batcher, now_ms
 from worker.runtime.deps import Deps
+from worker.runtime.fleet_lock import FleetLock
 from worker.store import JobStore
 
 log = structlog.get_logger("msgq.batch")
-
-# Renew our lock, or take it if free. KEYS: lock. ARGV: token, ttl ms. 1 when we hold it.
-TAKE_LOCK = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
 
 
 async def route(deps: Deps, record: JobRecord, spec: JobSpec, request: MessageRequest) -> bool:
@@ -84,8 +74,7 @@ class BatchLane:
         self.api = BatchApi(deps.http)
         self.batcher = Batcher(deps, self.api)
         self.poller = Poller(deps, self.api, self.batcher)
-        self.token = secrets.token_hex(8)
-        self._take = deps.redis.register_script(TAKE_LOCK)
+        self.lock = FleetLock(deps.redis, LANE_LOCK)
         self.holding = False
         self.tick_s = min(1.0, deps.settings.batch_poll_s / 2, deps.settings.batch_max_wait_s / 4)
 
@@ -116,9 +105,7 @@ class BatchLane:
         create upload or results read does not let it lapse."""
         while True:
             try:
-                self.holding = bool(
-                    await self._take(keys=[LANE_LOCK], args=[self.token, self.lock_ttl_ms])
-                )
+                self.holding = await self.lock.hold(self.lock_ttl_ms)
             except RedisError:
                 self.holding = False
             await asyncio.sleep(self.lock_ttl_ms / 3000)

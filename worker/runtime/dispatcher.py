@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import secrets
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from worker.keys import (
     arq_job_key,
 )
 from worker.runtime import transitions
+from worker.runtime.fleet_lock import FleetLock
 from worker.runtime.ratelimit import Limits, RateLimiter
 from worker.scheduling import (
     Estimate,
@@ -70,15 +70,6 @@ ORDER = (Priority.INTERACTIVE, Priority.DEFAULT, Priority.BULK)
 QUEUE = re.compile(r"^msgq:sched:q:(?P<cls>[^:]+):(?P<prio>[^:]+):(?P<tenant>.+)$")
 ADMITTED_TTL_S = 3600
 HEADS_PER_QUEUE = 64
-
-TAKE_LOCK = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
 
 # KEYS: scheduler queue, arq queue, where, est, admitted marker, arq job payload.
 # ARGV: job id, score ms, admitted value, admitted ttl s. 1 when moved; 0 when the job had left
@@ -131,8 +122,7 @@ class Dispatcher:
         self.redis, self.store, self.settings, self.limiter = redis, store, settings, limiter
         self.tenants: Tenants = load_tenants(settings.tenants_file)
         self.budgets = Budgets(redis)
-        self.token = secrets.token_hex(8)
-        self._take = redis.register_script(TAKE_LOCK)
+        self.lock = FleetLock(redis, DISPATCHER_LOCK)
         self._move = redis.register_script(MOVE)
         self._move_many = redis.register_script(MOVE_MANY)
         self.vtc: dict[tuple[str, Priority], dict[str, float]] = defaultdict(dict)
@@ -174,7 +164,7 @@ class Dispatcher:
                 await asyncio.sleep(1.0)
 
     async def take_lock(self) -> bool:
-        return bool(await self._take(keys=[DISPATCHER_LOCK], args=[self.token, 10_000]))
+        return await self.lock.hold(10_000)
 
     async def tick(self) -> float:
         """Dispatch what can be admitted now; returns how long to wait before looking again."""

@@ -16,7 +16,6 @@ steps of a normal transition is never touched.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from dataclasses import dataclass, field
 
 import structlog
@@ -36,20 +35,11 @@ from worker.keys import (
 )
 from worker.records import utcnow
 from worker.runtime import batch_lane, transitions
+from worker.runtime.fleet_lock import FleetLock
 from worker.settings import Settings
 from worker.store import JobStore
 
 log = structlog.get_logger("msgq.reconciler")
-
-# Renew our lock, or take it if free. KEYS: lock. ARGV: token, ttl ms. 1 when we hold it.
-TAKE_LOCK = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
 
 
 @dataclass
@@ -67,8 +57,7 @@ class Reconciler:
     def __init__(self, redis: Redis, store: JobStore, settings: Settings) -> None:
         self.redis, self.store, self.settings = redis, store, settings
         self.batches = Batches(redis, store, settings)
-        self.token = secrets.token_hex(8)
-        self._take = redis.register_script(TAKE_LOCK)
+        self.lock = FleetLock(redis, RECONCILER_LOCK)
         self._suspects: dict[str, bytes] = {}  # job ID -> raw record seen on the last pass
 
     async def run_forever(self) -> None:
@@ -83,7 +72,7 @@ class Reconciler:
 
     async def take_lock(self) -> bool:
         ttl_ms = int(self.settings.reconcile_interval_s * 3 * 1000)
-        return bool(await self._take(keys=[RECONCILER_LOCK], args=[self.token, ttl_ms]))
+        return await self.lock.hold(ttl_ms)
 
     async def run_once(self) -> Pass:
         done = Pass()
