@@ -346,7 +346,8 @@ NOTES = """### How to read these
   arq's is 500 ms) trades idle Redis load (100 polls/s per idle worker) for latency.
 - **Memory**: the caption payload is a 1568 px JPEG of random noise, the worst case; a real photo
   at that size is typically 200-400 KB. Records keep the Message, not the request or image.
-- **Streaming**: every call streams. At zero latency the cost is per event (parsing SSE in
+- **Streaming**: the table forces streaming on and off (msgq streams from `max_tokens`
+  1,024 by default). At zero latency the cost is per event (parsing SSE in
   Python): short replies cost the ceiling little; 500-token replies at full speed show the
   per-event CPU. The real API paces events (tens per second per stream), far below what one
   worker parses. Redis: a long job adds its progress writes (about one a second), a few
