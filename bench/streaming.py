@@ -22,6 +22,7 @@ from worker.dev.simulator.events import message_events
 from worker.dev.simulator.replies import build_message
 
 PLAIN = {"MSGQ_STREAM_MIN_MAX_TOKENS": str(10**9)}  # no job reaches it: never streamed
+STREAMED = {"MSGQ_STREAM_MIN_MAX_TOKENS": "0"}  # every job streams (the default starts at 1,024)
 WRITES = {
     "set",
     "publish",
@@ -76,7 +77,7 @@ async def throughput(tmp: Path, n: int = 1000, rounds: int = 3) -> list[list[Any
         cpu_ms = {"non-streaming": 1e9, "streaming": 1e9}  # the worker's CPU per job
         with simulator(*flags) as sim:
             for turn in range(rounds):
-                for mode, env in (("non-streaming", PLAIN), ("streaming", {})):
+                for mode, env in (("non-streaming", PLAIN), ("streaming", STREAMED)):
                     with (
                         redis_server(tmp / f"t-{max_tokens}-{mode}-{turn}") as redis,
                         workers(1, redis.url, sim, MSGQ_MAX_JOBS="16", **env),
@@ -104,7 +105,7 @@ async def redis_commands(tmp: Path, n: int = 32) -> list[list[Any]]:
     rows: list[list[Any]] = []
     flags = ["--output-tokens", "3000", "--ms-per-token", "1", "--otpm", "100000000"]
     with simulator(*flags) as sim:
-        for mode, env in (("non-streaming", PLAIN), ("streaming", {})):
+        for mode, env in (("non-streaming", PLAIN), ("streaming", STREAMED)):
             with (
                 redis_server(tmp / f"w-{mode}") as redis,
                 workers(1, redis.url, sim, MSGQ_MAX_JOBS="16", **env),
