@@ -151,6 +151,16 @@ def sentinel_pool(
     return pool
 
 
+# KEYS: the job's in-progress lock, the queue. ARGV: job id, now ms, lock ms. The job's score
+# when this worker now holds it; nil when another does, or it is gone or not yet due.
+CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return nil end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return nil end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+return score
+"""
+
 Refused = Callable[[dict[str, Any], str, bytes | None], Awaitable[None]]
 
 
@@ -163,6 +173,7 @@ class MsgqWorker(Worker):
         self.in_progress_timeout_s = lock_s
         self._outage_s = 0.0
         self._on_refused = on_refused
+        self._claim: Any = None  # registered on the pool once arq has made it
 
     async def _poll_iteration(self) -> None:
         try:
@@ -186,15 +197,37 @@ class MsgqWorker(Worker):
             self._outage_s = 0.0
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq takes a slot (its semaphore and counter) for the job it is starting and, when
-        Redis fails before that job's task exists, never gives it back: every outage or failover
-        that lands mid-pick-up would leave one slot fewer, until the worker took nothing."""
-        try:
-            await super().start_jobs(job_ids)
-        except (RedisError, OSError):
-            self.job_counter -= 1
-            self.sem.release()
-            raise
+        """arq's pick-up, with its four round trips (WATCH, EXISTS, ZSCORE, MULTI/EXEC) made one
+        script that claims the job only if no one holds it and it is due. The slot (arq's
+        semaphore and counter) is given back whenever the job is not started, Redis failing
+        mid-pick-up included: arq's own loop kept it for good then, one slot fewer per outage."""
+        for job_id_b in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = job_id_b.decode()
+            if self._claim is None:
+                self._claim = self.pool.register_script(CLAIM)
+            try:
+                score = await self._claim(
+                    keys=[IN_PROGRESS_KEY_PREFIX + job_id, self.queue_name],
+                    args=[job_id, int(time.time() * 1000), int(self.in_progress_timeout_s * 1000)],
+                )
+            except (RedisError, OSError):
+                self._give_back_slot()
+                raise
+            if score is None:  # running elsewhere, finished, or re-deferred by another worker
+                self._give_back_slot()
+                continue
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    def _give_back_slot(self) -> None:
+        self.job_counter -= 1
+        self.sem.release()
 
     async def run_job(self, job_id: str, score: int) -> None:
         """arq's bookkeeping around a job (pick-up, finish) can hit a Redis outage. Left as a
