@@ -336,12 +336,14 @@ NOTES = """### How to read these
   (≈ round trips) and 450 µs of Redis CPU per job**. The levers taken: one compare-and-set
   script per record transition whose prior state is known (begin and finish: 1 round trip each
   instead of 3); one pipelined read at pick-up (record, dispatcher ticket, pause, cool-down)
-  instead of three calls, and no limiter script when no limit is configured or known; status
-  indexes cleared only for the status a record had (not all seven); the dispatcher moving
-  unreserved jobs many per script; calls under 1,024 `max_tokens` not streamed; uvloop when
-  installed. The target, 0.85, is **not** reached: httpx is ~40% of the worker's CPU (the raw
-  loop pays it too), arq's own pick-up and finish are ~5 round trips a job, and Redis, the
-  simulator and the worker share two cores.
+  instead of three calls, and no limiter script when no limit is configured or known; arq's
+  pick-up (WATCH, EXISTS, ZSCORE, MULTI/EXEC) as one claim script; status indexes cleared only
+  for the status a record had (not all seven); the dispatcher moving unreserved jobs many per
+  script; calls under 1,024 `max_tokens` not streamed; uvloop when installed. After them: 0.73
+  (asyncio), 0.77 (uvloop), 0.83 with the scheduler off, at 7.0 round trips, 40 commands and
+  ~310 µs of Redis CPU a job. The target, 0.85, is **not** reached with the scheduler on: httpx
+  is ~40% of the worker's CPU (the raw loop pays it too), the dispatcher adds ~6 commands and a
+  little worker CPU a job, and Redis, the simulator and the worker share two cores.
 - **Latency** is arq's poll delay plus one Redis round trip: `MSGQ_POLL_DELAY_S` (10 ms default,
   arq's is 500 ms) trades idle Redis load (100 polls/s per idle worker) for latency.
 - **Memory**: the caption payload is a 1568 px JPEG of random noise, the worst case; a real photo
