@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 import redis as redis_sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -143,6 +144,7 @@ payloads = st.one_of(
 )
 
 
+@pytest.mark.timeout(900 if CHAOS else 120)  # 10,000 hypothesis examples take minutes to write
 async def test_raw_jobs_from_hostile_producers_all_end_recorded(
     redis: Redis, settings: Settings, client: Client, start_worker: StartWorker
 ) -> None:
