@@ -61,7 +61,7 @@ class Endings:
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             self._ended(message["data"].decode())
-            except RedisError as exc:
+            except (RedisError, OSError) as exc:
                 log.warning("endings.reconnecting", error=type(exc).__name__, delay_s=delay)
                 self._wake_all()  # let waiters re-read rather than miss an ending
                 await asyncio.sleep(delay)

@@ -106,7 +106,8 @@ class BatchLane:
         while True:
             try:
                 self.holding = await self.lock.hold(self.lock_ttl_ms)
-            except RedisError:
+            except Exception as exc:  # Redis away (or anything else): not holding, try again
+                log.warning("batch.lock_unavailable", error=type(exc).__name__)
                 self.holding = False
             await asyncio.sleep(self.lock_ttl_ms / 3000)
 

@@ -146,6 +146,9 @@ class Dispatcher:
                 except RedisError as exc:
                     log.warning("dispatcher.redis_unavailable", error=type(exc).__name__)
                     wait_s = 1.0
+                except Exception as exc:  # the fleet's only dispatcher must never stop
+                    log.error("dispatcher.tick_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+                    wait_s = 1.0
                 if wait_s > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), wait_s)
@@ -160,7 +163,8 @@ class Dispatcher:
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             self.wake.set()
-            except RedisError:
+            except Exception as exc:  # without wake-ups the dispatcher still polls each second
+                log.warning("dispatcher.wake_unavailable", error=type(exc).__name__)
                 await asyncio.sleep(1.0)
 
     async def take_lock(self) -> bool:

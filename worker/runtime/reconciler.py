@@ -69,6 +69,8 @@ class Reconciler:
                     await self.run_once()
             except RedisError as exc:
                 log.warning("reconciler.redis_unavailable", error=type(exc).__name__)
+            except Exception as exc:  # a bug must not stop the safety net for good
+                log.error("reconciler.pass_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
     async def take_lock(self) -> bool:
         ttl_ms = int(self.settings.reconcile_interval_s * 3 * 1000)
