@@ -6,10 +6,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import redis
+
+from worker.dev.managed import Managed
 
 
 def server_binary() -> str:
@@ -28,7 +28,7 @@ def free_port(preferred: int = 0) -> int:
         return int(sock.getsockname()[1])
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(Managed):
     """`with EmbeddedRedis(data_dir) as r: r.url` — started on loopback, stopped on exit."""
 
     def __init__(
@@ -94,15 +94,3 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

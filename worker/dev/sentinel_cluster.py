@@ -9,17 +9,16 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import redis
 
 from worker.dev.embedded_redis import free_port, server_binary
+from worker.dev.managed import Managed
 
 SERVICE = "mymaster"
 
 
-class SentinelCluster:
+class SentinelCluster(Managed):
     """`with SentinelCluster(tmp) as c: c.url` — `redis+sentinel://` for the three Sentinels.
 
     Fast detection for tests: the primary is judged down after `down_after_ms` (Redis' default
@@ -198,19 +197,3 @@ class SentinelCluster:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -8,12 +8,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 import httpx
 
 from worker.dev.embedded_redis import EmbeddedRedis, free_port
+from worker.dev.managed import Managed
 
 
 def msgq_command(*args: str) -> list[str]:
@@ -38,7 +38,7 @@ def wait_http(
             time.sleep(0.05)
 
 
-class Stack:
+class Stack(Managed):
     """Everything `msgq dev` and `make demo` need, on loopback, stopped in reverse order."""
 
     def __init__(
@@ -116,19 +116,3 @@ class Stack:
                 process.wait()
         if self.redis is not None:
             self.redis.stop()
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
