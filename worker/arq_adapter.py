@@ -16,15 +16,26 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import structlog
 from arq import Retry, Worker, func
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import abort_jobs_ss, health_check_key_suffix, in_progress_key_prefix
+from arq.constants import (
+    abort_job_max_age,
+    abort_jobs_ss,
+    health_check_key_suffix,
+    in_progress_key_prefix,
+    retry_key_prefix,
+)
 from arq.constants import job_key_prefix as _job_key_prefix
+from arq.jobs import SerializationError, deserialize_job_raw, serialize_result
+from arq.utils import ms_to_datetime, timestamp_ms
+from arq.worker import JobExecutionFailed, RetryJob
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -151,33 +162,109 @@ def sentinel_pool(
     return pool
 
 
-# KEYS: the job's in-progress lock, the queue. ARGV: job id, now ms, lock ms. The job's score
-# when this worker now holds it; nil when another does, or it is gone or not yet due.
+# KEYS: the job's in-progress lock, the queue, the job's payload, arq's try counter, the abort
+# ZSET, then the caller's prefetch keys. ARGV: job id, now ms, lock ms, then the read for each
+# prefetch key (GET, GETDEL or EXISTS). nil when another worker holds the job, or it is gone or
+# not yet due; else {score, payload (nil when gone), try, aborted (0/1), prefetched...}.
 CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return nil end
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return nil end
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
 redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-return score
+local try = redis.call('INCR', KEYS[4])
+redis.call('EXPIRE', KEYS[4], 88400)
+local out = {score, redis.call('GET', KEYS[3]), try, redis.call('ZREM', KEYS[5], ARGV[1])}
+for i = 6, #KEYS do
+  out[#out + 1] = redis.call(ARGV[i - 2], KEYS[i])
+end
+return out
 """
+PREFETCH_READS = frozenset({"GET", "GETDEL", "EXISTS"})
+PREFETCHED = "prefetched"  # the job ctx's entry: the prefetch reads' results, in order
+RETRY_KEY_PREFIX: str = retry_key_prefix
 
 Refused = Callable[[dict[str, Any], str, bytes | None], Awaitable[None]]
+Prefetch = Callable[[str], Sequence[tuple[str, str]]]
+
+
+@dataclass
+class RunningJob:
+    """The job a task runs. A terminal record written by that task can end the job in the queue
+    in the same atomic step (`finish_commands`); `queue_done` then spares the worker arq's own
+    finishing round trip."""
+
+    job_id: str
+    queue_name: str
+    queue_done: bool = False
+
+    def finish_commands(self) -> list[tuple[str, ...]]:
+        """What arq's finish does for a finished job: lock, try counter and payload deleted, out
+        of the queue and the abort set."""
+        job_id = self.job_id
+        return [
+            (
+                "DEL",
+                IN_PROGRESS_KEY_PREFIX + job_id,
+                RETRY_KEY_PREFIX + job_id,
+                JOB_KEY_PREFIX + job_id,
+            ),
+            ("ZREM", ABORT_KEY, job_id),
+            ("ZREM", self.queue_name, job_id),
+        ]
+
+
+RUNNING: ContextVar[RunningJob | None] = ContextVar("msgq_running_job", default=None)
+
+
+def running_job(job_id: str) -> RunningJob | None:
+    """The queue handle of `job_id` when the calling task is the one running it."""
+    job = RUNNING.get()
+    return job if job is not None and job.job_id == job_id else None
+
+
+@dataclass(frozen=True)
+class Claim:
+    score: int
+    payload: bytes | None
+    job_try: int
+    aborted: bool
+    prefetched: list[Any]
 
 
 class MsgqWorker(Worker):
-    """arq's Worker with a short in-progress lock (the task's heartbeat keeps it alive while a
-    job runs) and a poll loop that rides out a Redis outage instead of exiting."""
+    """arq's Worker, with its per-job Redis work cut to what a job needs.
 
-    def __init__(self, *args: Any, lock_s: float, on_refused: Refused, **kwargs: Any) -> None:
+    - Pick-up is one script: claim (only if no one holds the job and it is due), read the
+      payload, count the try, clear a stale abort, and read the caller's prefetch keys (msgq's
+      record and admission ticket), where arq takes six round trips.
+    - A job whose terminal record already ended it in the queue (`RunningJob.queue_done`) skips
+      arq's finishing transaction.
+    - One heartbeat for all running jobs keeps their short in-progress locks alive.
+    - One round trip per poll (due jobs and abort requests together), and a poll loop that
+      rides out a Redis outage instead of exiting.
+    arq's job timeout and result keeping are not implemented here: msgq sets neither
+    (`UNREACHABLE_TIMEOUT_S`, `keep_result=0`); its task bounds itself and its records hold results.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        lock_s: float,
+        on_refused: Refused,
+        prefetch: Prefetch | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.in_progress_timeout_s = lock_s
         self._outage_s = 0.0
         self._on_refused = on_refused
+        self._prefetch = prefetch
         self._claim: Any = None  # registered on the pool once arq has made it
+        self._beat: asyncio.Task[None] | None = None
 
     async def _poll_iteration(self) -> None:
         try:
-            await super()._poll_iteration()
+            await self._poll_once()
         except (RedisError, OSError) as exc:
             # redis-py reconnects on the next command; wait with backoff, then poll again.
             self._outage_s = min(max(self._outage_s * 2, 0.1), 5.0)
@@ -196,11 +283,50 @@ class MsgqWorker(Worker):
             log.info("worker.redis_reconnected")
             self._outage_s = 0.0
 
+    async def _poll_once(self) -> None:
+        """arq's poll iteration, with its two reads (due jobs, abort requests) in one round trip."""
+        count = self.queue_read_limit
+        if self.burst and self.max_burst_jobs >= 0:
+            count = min(count, self.max_burst_jobs - self._jobs_started())
+            if count < 1:
+                return
+        picking = self.allow_pick_jobs and self.job_counter < self.max_jobs
+        now = timestamp_ms()
+        async with self.pool.pipeline(transaction=False) as pipe:
+            if picking:
+                pipe.zrangebyscore(
+                    self.queue_name, min="-inf", max=now, start=self._queue_read_offset, num=count
+                )
+            pipe.zrange(ABORT_KEY, 0, -1)
+            pipe.zremrangebyscore(ABORT_KEY, min=now + abort_job_max_age, max="+inf")
+            replies = await pipe.execute()
+        if picking:
+            await self.start_jobs(replies[0])
+        await self._abort(replies[-2])
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # run_job's own errors surface here, as in arq
+        await self.heart_beat()
+
+    async def _abort(self, requested: list[bytes]) -> None:
+        """Cancel the running tasks of jobs whose abort was asked for (arq's semantics)."""
+        aborted = set()
+        for job_id_b in requested:
+            task = self.job_tasks.get(job_id_b.decode())
+            if task is not None:
+                aborted.add(job_id_b.decode())
+                task.cancel()
+        if aborted:
+            self.aborting_tasks.update(aborted)
+            await self.pool.zrem(ABORT_KEY, *aborted)
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's pick-up, with its four round trips (WATCH, EXISTS, ZSCORE, MULTI/EXEC) made one
-        script that claims the job only if no one holds it and it is due. The slot (arq's
-        semaphore and counter) is given back whenever the job is not started, Redis failing
-        mid-pick-up included: arq's own loop kept it for good then, one slot fewer per outage."""
+        """Claim and start each due job. The slot (arq's semaphore and counter) is given back
+        whenever the job is not started, Redis failing mid-pick-up included: arq's own loop
+        kept it for good then, one slot fewer per outage."""
+        if self._beat is None:
+            self._beat = self.loop.create_task(self._heartbeat())
         for job_id_b in job_ids:
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
@@ -208,41 +334,181 @@ class MsgqWorker(Worker):
                 return
             self.job_counter += 1
             job_id = job_id_b.decode()
-            if self._claim is None:
-                self._claim = self.pool.register_script(CLAIM)
             try:
-                score = await self._claim(
-                    keys=[IN_PROGRESS_KEY_PREFIX + job_id, self.queue_name],
-                    args=[job_id, int(time.time() * 1000), int(self.in_progress_timeout_s * 1000)],
-                )
+                claim = await self._claim_job(job_id)
             except (RedisError, OSError):
                 self._give_back_slot()
                 raise
-            if score is None:  # running elsewhere, finished, or re-deferred by another worker
+            if claim is None:  # running elsewhere, finished, or re-deferred by another worker
                 self._give_back_slot()
                 continue
-            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task = self.loop.create_task(self.run_job(job_id, claim))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def _claim_job(self, job_id: str) -> Claim | None:
+        if self._claim is None:
+            self._claim = self.pool.register_script(CLAIM)
+        reads = list(self._prefetch(job_id)) if self._prefetch else []
+        if any(op not in PREFETCH_READS for op, _ in reads):
+            msg = f"prefetch reads must be one of {sorted(PREFETCH_READS)}"
+            raise ValueError(msg)
+        keys = [
+            IN_PROGRESS_KEY_PREFIX + job_id,
+            self.queue_name,
+            JOB_KEY_PREFIX + job_id,
+            RETRY_KEY_PREFIX + job_id,
+            ABORT_KEY,
+            *(key for _, key in reads),
+        ]
+        args = [job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)]
+        reply = await self._claim(keys=keys, args=[*args, *(op for op, _ in reads)])
+        if reply is None:
+            return None
+        score, payload, job_try, aborted, *prefetched = reply
+        return Claim(int(float(score)), payload, int(job_try), bool(aborted), prefetched)
 
     def _give_back_slot(self) -> None:
         self.job_counter -= 1
         self.sem.release()
 
-    async def run_job(self, job_id: str, score: int) -> None:
+    async def run_job(self, job_id: str, claim: Claim) -> None:  # type: ignore[override]
         """arq's bookkeeping around a job (pick-up, finish) can hit a Redis outage. Left as a
         task exception it would be re-raised later, once per poll and again at shutdown; the
         job itself is safe: still queued, its lock lapses, and the rerun sees its record."""
         try:
-            await super().run_job(job_id, score)
+            await self._run_claimed(job_id, claim)
         except (RedisError, OSError) as exc:
             log.warning("job.bookkeeping_failed", job_id=job_id, error=type(exc).__name__)
 
-    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        """arq failed a job before our task ran (empty payload, "expired", max tries): record
-        it too, or a poller would wait on `queued` forever."""
+    async def _run_claimed(self, job_id: str, claim: Claim) -> None:
+        """arq's run_job from the claim onwards, for msgq's one task."""
+        ctx = {**self.ctx, PREFETCHED: claim.prefetched}
+        if claim.payload is None:
+            return await self._refuse(ctx, job_id, claim, JobExecutionFailed("job expired"))
+        try:
+            name, args, kwargs, enqueued_try, enqueued_ms = deserialize_job_raw(
+                claim.payload, deserializer=self.job_deserializer
+            )
+        except SerializationError as exc:
+            return await self._refuse(ctx, job_id, claim, exc)
+        if claim.aborted:
+            return await self._refuse(
+                ctx, job_id, claim, asyncio.CancelledError(), name, enqueued_ms
+            )
+        function = self.functions.get(name)
+        if function is None:
+            failure = JobExecutionFailed(f"function {name!r} not found")
+            return await self._refuse(ctx, job_id, claim, failure, name, enqueued_ms)
+        job_try = claim.job_try
+        if enqueued_try and enqueued_try > job_try:
+            job_try = enqueued_try
+            await self.pool.setex(RETRY_KEY_PREFIX + job_id, 88400, str(job_try))
+        ctx.update(
+            job_id=job_id,
+            job_try=job_try,
+            enqueue_time=ms_to_datetime(enqueued_ms),
+            score=claim.score,
+        )
+        running = RunningJob(job_id, self.queue_name)
+        RUNNING.set(running)  # this task's context: the job's own task inherits it
+        finish, incr_score = await self._run_task(job_id, claim.score, function, ctx, args, kwargs)
+        if running.queue_done:
+            return  # its terminal record's write ended it in the queue too
+        await asyncio.shield(self.finish_job(job_id, finish, None, 0, False, incr_score, None))
+
+    async def _run_task(
+        self,
+        job_id: str,
+        score: int,
+        function: Any,
+        ctx: dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[bool, int | None]:
+        """Run the task; (finished, re-queue delay in ms) as arq's finish wants them."""
+        task = self.loop.create_task(function.coroutine(ctx, *args, **kwargs))
+        self.job_tasks[job_id] = task
+        try:
+            await task
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, Retry):
+                self.jobs_retried += 1
+                defer = exc.defer_score
+                return False, (defer + timestamp_ms() - score) if defer else None
+            if job_id in self.aborting_tasks and isinstance(exc, asyncio.CancelledError):
+                self.aborting_tasks.remove(job_id)
+                self.jobs_failed += 1
+                return True, None
+            if isinstance(exc, asyncio.CancelledError | RetryJob):
+                self.jobs_retried += 1  # a shutdown: the job runs again elsewhere
+                return False, None
+            log.error("job.task_raised", job_id=job_id, error=type(exc).__name__, exc_info=exc)
+            self.jobs_failed += 1
+            return True, None
+        finally:
+            del self.job_tasks[job_id]
+        self.jobs_complete += 1
+        return True, None
+
+    async def _refuse(
+        self,
+        ctx: dict[str, Any],
+        job_id: str,
+        claim: Claim,
+        failure: BaseException,
+        name: str = "<unknown>",
+        enqueued_ms: int = 0,
+    ) -> None:
+        """A job that cannot run (payload gone or unreadable, aborted before it started): arq's
+        failed-job bookkeeping, then msgq records why."""
+        self.jobs_failed += 1
+        result = serialize_result(
+            function=name,
+            args=(),
+            kwargs={},
+            job_try=claim.job_try,
+            enqueue_time_ms=enqueued_ms,
+            success=False,
+            result=failure,
+            start_ms=timestamp_ms(),
+            finished_ms=timestamp_ms(),
+            ref=f"{job_id}:{name}",
+            serializer=self.job_serializer,
+            queue_name=self.queue_name,
+            job_id=job_id,
+        )
+        await asyncio.shield(self.finish_failed_job(job_id, result, ctx))
+
+    async def finish_failed_job(
+        self, job_id: str, result_data: bytes | None, ctx: dict[str, Any] | None = None
+    ) -> None:
+        """arq failed a job before our task ran (empty payload, "expired", aborted): record it
+        too, or a poller would wait on `queued` forever."""
         await super().finish_failed_job(job_id, result_data)
-        await self._on_refused(self.ctx, job_id, result_data)
+        await self._on_refused(ctx or self.ctx, job_id, result_data)
+
+    async def _heartbeat(self) -> None:
+        """Every running job's in-progress lock extended in one round trip, a third of the lock's
+        length apart: a killed worker's jobs are free again within `lock_s`."""
+        lock_ms = int(self.in_progress_timeout_s * 1000)
+        while True:
+            await asyncio.sleep(self.in_progress_timeout_s / 3)
+            running = list(self.job_tasks)
+            if not running:
+                continue
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in running:
+                        pipe.pexpire(IN_PROGRESS_KEY_PREFIX + job_id, lock_ms)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("worker.heartbeat_failed", jobs=len(running), error=type(exc).__name__)
+
+    async def close(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+        await super().close()
 
 
 def build_worker(
@@ -260,6 +526,7 @@ def build_worker(
     shutdown_grace_s: int,
     max_job_bytes: int,
     redis_failover_wait_s: float = connections.DEFAULT_FAILOVER_WAIT_S,
+    prefetch: Prefetch | None = None,
     burst: bool = False,
     handle_signals: bool = True,
     **overrides: Any,
@@ -295,4 +562,4 @@ def build_worker(
         "health_check_interval": 10,
     }
     options.update(overrides)
-    return MsgqWorker(lock_s=lock_s, on_refused=on_refused, **options)
+    return MsgqWorker(lock_s=lock_s, on_refused=on_refused, prefetch=prefetch, **options)

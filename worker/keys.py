@@ -116,6 +116,11 @@ def cooldown_key(model_cls: str) -> str:
     return f"{KEY_PREFIX}ratelimit:{model_cls}:cooldown"
 
 
+# Exists while any model class cools down (as long as the longest): the worker's pick-up reads it
+# with the job, without knowing the job's model yet, to know whether the limiter can be skipped.
+COOLING_KEY = KEY_PREFIX + "ratelimit:cooling"
+
+
 def arq_job_key(job_id: str) -> str:
     """The queued job's payload (the queue library's key)."""
     return arq_adapter.JOB_KEY_PREFIX + job_id

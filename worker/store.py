@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -180,7 +180,12 @@ class JobStore:
         return current if current is not None else record
 
     async def update(
-        self, job_id: str, change: Change, *, expected: bytes | None = None
+        self,
+        job_id: str,
+        change: Change,
+        *,
+        expected: bytes | None = None,
+        also: Sequence[tuple[str, ...]] = (),
     ) -> JobRecord | None:
         """Apply `change` under WATCH. It returns the new record or None for no change.
 
@@ -191,9 +196,12 @@ class JobStore:
         change is then applied from it and written by one compare-and-set script, with every
         side effect of `_write` in the same atomic step: one round trip instead of three.
         Anything else (the record moved on meanwhile) falls back to WATCH.
+
+        `also`: commands (SCRIPT_SAFE ones) written in the same atomic step, only when the
+        change is (e.g. ending the job in the queue with its terminal record).
         """
         if expected is not None:
-            done = await self._compare_and_set(job_id, change, expected)
+            done = await self._compare_and_set(job_id, change, expected, also)
             if done is not None:
                 return done
         key = record_key(job_id)
@@ -211,13 +219,15 @@ class JobStore:
                         return current
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                     self._write(pipe, new, current.status)
+                    for command in also:
+                        pipe.execute_command(*command)
                     await pipe.execute()
                     return new
                 except WatchError:
                     continue
 
     async def _compare_and_set(
-        self, job_id: str, change: Change, expected: bytes
+        self, job_id: str, change: Change, expected: bytes, also: Sequence[tuple[str, ...]] = ()
     ) -> JobRecord | None:
         current = JobRecord.model_validate_json(expected)
         new = None if current.status.terminal else change(current)
@@ -225,7 +235,7 @@ class JobStore:
             return None
         queued = self.redis.pipeline(transaction=False)
         self._write(queued, new, current.status)  # queued on the pipeline, never sent
-        commands = [args for args, _ in queued.command_stack]
+        commands = [args for args, _ in queued.command_stack] + list(also)
         await queued.reset()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         if any(str(args[0]).upper() not in SCRIPT_SAFE for args in commands):
             return None  # e.g. a script of its own (a batch's webhook): WATCH/MULTI instead

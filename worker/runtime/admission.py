@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from schemas import JobError, JobRecord, JobStatus, MessageRequest
-from schemas.capabilities import rate_limit_class
 from worker.arq_adapter import Defer
 from worker.budgets import Budgets, Reservation, reserve_usd
-from worker.keys import PAUSE_KEY, admitted_key, cooldown_key, record_key
+from worker.keys import COOLING_KEY, PAUSE_KEY, admitted_key, record_key
 from worker.pricing import prices_for
 from worker.runtime import transitions
 from worker.runtime.deps import Deps
@@ -54,7 +54,7 @@ async def take_ticket(deps: Deps, job_id: str) -> Ticket | None:
 @dataclass(frozen=True)
 class Pickup:
     """What the task reads before it decides anything, in one round trip: the record, the
-    dispatcher's ticket, and whether the fleet is paused or cooling down for this model."""
+    dispatcher's ticket, and whether the fleet is paused or any model class cools down."""
 
     record: JobRecord
     raw: bytes | None  # the record's JSON as read (for the compare-and-set writes that follow)
@@ -62,19 +62,31 @@ class Pickup:
     gate_clear: bool
 
 
-async def pick_up(deps: Deps, template: JobRecord, model: str) -> Pickup:
-    async with deps.redis.pipeline(transaction=False) as pipe:
-        pipe.get(record_key(template.id))
-        pipe.getdel(admitted_key(template.id))
-        pipe.exists(PAUSE_KEY)
-        pipe.pttl(cooldown_key(rate_limit_class(model)))
-        raw, ticket_raw, paused, cooling_ms = await pipe.execute()
+def prefetch_reads(job_id: str) -> list[tuple[str, str]]:
+    """What the worker reads with the job itself, in its claiming script: the record, the
+    dispatcher's ticket (taken), and whether the fleet is paused or any class cools down."""
+    return [
+        ("GET", record_key(job_id)),
+        ("GETDEL", admitted_key(job_id)),
+        ("EXISTS", PAUSE_KEY),
+        ("EXISTS", COOLING_KEY),
+    ]
+
+
+async def pick_up(deps: Deps, template: JobRecord, prefetched: list[Any] | None = None) -> Pickup:
+    """`prefetched`: the results of `prefetch_reads`, when the worker read them with the job;
+    else they are read here (one round trip)."""
+    if prefetched is None or len(prefetched) != len(prefetch_reads("")):
+        async with deps.redis.pipeline(transaction=False) as pipe:
+            for op, key in prefetch_reads(template.id):
+                pipe.execute_command(op, key)
+            prefetched = await pipe.execute()
+    raw, ticket_raw, paused, cooling = prefetched
     if raw is None:
         record, raw = await deps.store.ensure_raw(template)
     else:
         record = JobRecord.model_validate_json(raw)
-    clear = not paused and int(cooling_ms) <= 0
-    return Pickup(record, raw, parse_ticket(ticket_raw), clear)
+    return Pickup(record, raw, parse_ticket(ticket_raw), gate_clear=not paused and not cooling)
 
 
 async def return_ticket(deps: Deps, ticket: Ticket | None) -> None:

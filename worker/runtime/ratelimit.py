@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from schemas.capabilities import rate_limit_class
-from worker.keys import PAUSE_KEY, bucket_key, cooldown_key
+from worker.keys import COOLING_KEY, PAUSE_KEY, bucket_key, cooldown_key
 
 BUCKETS = ("requests", "input-tokens", "output-tokens")
 
@@ -140,10 +140,13 @@ return 1
 """
 )
 
-# KEYS: cooldown. ARGV: ms. Only ever lengthens the cool-down.
+# KEYS: the class's cooldown, the fleet's "any class cooling" marker. ARGV: ms. Only ever
+# lengthens either.
 COOL_DOWN = """
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+for _, key in ipairs(KEYS) do
+  if redis.call('PTTL', key) < tonumber(ARGV[1]) then
+    redis.call('SET', key, '1', 'PX', ARGV[1])
+  end
 end
 return 1
 """
@@ -272,7 +275,7 @@ class RateLimiter:
     async def cool_down(self, model: str, seconds: float) -> None:
         """Hold the whole fleet back for this model class (a 429's retry-after)."""
         await self._cool(
-            keys=[cooldown_key(model_class(model))], args=[max(1, int(seconds * 1000))]
+            keys=[cooldown_key(model_class(model)), COOLING_KEY], args=[max(1, int(seconds * 1000))]
         )
 
     async def pause(self, reason: str, seconds: int | None) -> None:

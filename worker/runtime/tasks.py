@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -26,9 +25,8 @@ from schemas import (
     summarize,
     validate_request,
 )
-from worker.arq_adapter import UNDECODABLE_KEY, Defer
+from worker.arq_adapter import PREFETCHED, UNDECODABLE_KEY, Defer
 from worker.errors import UnavailableError
-from worker.keys import in_progress_key
 from worker.logs import register_secret
 from worker.records import utcnow
 from worker.runtime import admission, batch_lane, metrics, transitions
@@ -97,11 +95,15 @@ async def run_message(ctx: dict[str, Any], **kwargs: Any) -> None:
     job_id: str = ctx["job_id"]
     structlog.contextvars.bind_contextvars(job_id=job_id)
     try:
-        async with (
-            heartbeat(deps.redis, job_id, deps.settings.lock_s),
-            asyncio.timeout(ceiling_s(deps.settings)),
-        ):
-            await _run(deps, job_id, kwargs, enqueued_at=ctx["enqueue_time"])
+        async with asyncio.timeout(ceiling_s(deps.settings)):
+            # The worker's one heartbeat keeps this job's in-progress lock alive meanwhile.
+            await _run(
+                deps,
+                job_id,
+                kwargs,
+                enqueued_at=ctx["enqueue_time"],
+                prefetched=ctx.get(PREFETCHED),
+            )
     except Defer:
         raise
     except TimeoutError:
@@ -139,12 +141,19 @@ async def _timed_out(deps: Deps, job_id: str, kwargs: dict[str, Any]) -> None:
     await handle_failure(deps, record, error, spec)
 
 
-async def _run(deps: Deps, job_id: str, kwargs: dict[str, Any], *, enqueued_at: datetime) -> None:
+async def _run(
+    deps: Deps,
+    job_id: str,
+    kwargs: dict[str, Any],
+    *,
+    enqueued_at: datetime,
+    prefetched: list[Any] | None = None,
+) -> None:
     spec, problem = _parse_spec(kwargs)
     template = transitions.new_record(
         job_id, spec, created_at=enqueued_at, default_max_attempts=deps.settings.max_attempts
     )
-    pickup = await admission.pick_up(deps, template, template.model or "")
+    pickup = await admission.pick_up(deps, template, prefetched)
     record = pickup.record
     if record.status.terminal:
         log.info("job.duplicate_skipped", status=record.status.value)
@@ -166,6 +175,9 @@ async def on_refused(ctx: dict[str, Any], job_id: str, result_data: bytes | None
     deps: Deps | None = ctx.get("msgq")
     if deps is not None:
         await record_refused(deps, job_id, result_data)
+        prefetched = ctx.get(PREFETCHED)
+        if prefetched:  # the claim took the dispatcher's ticket with the job: give it back
+            await admission.return_ticket(deps, admission.parse_ticket(prefetched[1]))
 
 
 async def record_refused(deps: Deps, job_id: str, result_data: bytes | None) -> None:
@@ -251,26 +263,3 @@ async def _ready_to_send(deps: Deps, record: JobRecord, spec: JobSpec) -> Messag
     if unknown_fields := request.unknown_fields():
         log.info("request.unknown_block_fields", names=sorted(unknown_fields))
     return request
-
-
-@contextlib.asynccontextmanager
-async def heartbeat(redis: Redis, job_id: str, lock_s: float) -> AsyncIterator[None]:
-    """Keep arq's in-progress lock short and alive: a killed worker's job is free in ~lock_s."""
-
-    async def beat() -> None:
-        key = in_progress_key(job_id)
-        while True:
-            # arq set this lock (lock_s) at pick-up: the first extension is due a third later.
-            await asyncio.sleep(lock_s / 3)
-            try:
-                await redis.pexpire(key, int(lock_s * 1000))
-            except RedisError as exc:
-                log.warning("job.heartbeat_failed", error=type(exc).__name__)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -12,7 +12,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from schemas import JobError, JobRecord, JobStatus
-from worker import records
+from worker import arq_adapter, records
 from worker.records import new_record, utcnow
 from worker.runtime import metrics
 from worker.store import JobStore
@@ -50,18 +50,25 @@ async def finish(
     expected: bytes | None = None,
     **fields: Any,
 ) -> JobRecord | None:
-    """Write the terminal record once. A record that is already terminal stays as it is."""
+    """Write the terminal record once. A record that is already terminal stays as it is.
+
+    Run by the task that runs the job, the same write also ends the job in the queue (arq's
+    finish, one round trip fewer); the worker then skips its own."""
     written: list[JobRecord] = []
+    running = arq_adapter.running_job(job_id)
 
     def change(record: JobRecord) -> JobRecord:
         # Re-run after a WATCH conflict: always build from the latest record.
         written.append(records.ended(record, status, **fields))
         return written[-1]
 
-    stored = await store.update(job_id, change, expected=expected)
+    also = running.finish_commands() if running else ()
+    stored = await store.update(job_id, change, expected=expected, also=also)
     if stored is None:
         return None
     if written and stored is written[-1]:  # ours was the write that stuck
+        if running is not None:
+            running.queue_done = True
         _log_finished(stored)
     else:
         log.warning(

@@ -6,7 +6,7 @@ from typing import Any
 
 from worker.arq_adapter import MsgqWorker
 from worker.arq_adapter import build_worker as _build
-from worker.runtime import tasks
+from worker.runtime import admission, tasks
 from worker.settings import Settings
 
 __all__ = ["MsgqWorker", "build_worker"]
@@ -29,6 +29,7 @@ def build_worker(
         shutdown_grace_s=settings.shutdown_grace_s,
         max_job_bytes=settings.max_job_bytes,
         redis_failover_wait_s=settings.redis_failover_wait_s,
+        prefetch=admission.prefetch_reads,
         burst=burst,
         handle_signals=handle_signals,
         **overrides,
