@@ -162,20 +162,33 @@ def sentinel_pool(
     return pool
 
 
-# KEYS: the job's in-progress lock, the queue, the job's payload, arq's try counter, the abort
-# ZSET, then the caller's prefetch keys. ARGV: job id, now ms, lock ms, then the read for each
-# prefetch key (GET, GETDEL or EXISTS). nil when another worker holds the job, or it is gone or
-# not yet due; else {score, payload (nil when gone), try, aborted (0/1), prefetched...}.
+# Claims several jobs in one round trip. KEYS: the queue, the abort ZSET, then for each job its
+# in-progress lock, payload and try counter followed by the caller's prefetch keys. ARGV: now ms,
+# lock ms, the number of prefetch reads per job and each read (GET, GETDEL or EXISTS), then the
+# job IDs. One reply per job: nil when another worker holds it, or it is gone or not yet due;
+# else {score, payload (nil when gone), try, aborted (0/1), prefetched...}.
 CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-local try = redis.call('INCR', KEYS[4])
-redis.call('EXPIRE', KEYS[4], 88400)
-local out = {score, redis.call('GET', KEYS[3]), try, redis.call('ZREM', KEYS[5], ARGV[1])}
-for i = 6, #KEYS do
-  out[#out + 1] = redis.call(ARGV[i - 2], KEYS[i])
+local reads = tonumber(ARGV[3])
+local per_job = 3 + reads
+local first_id = 4 + reads
+local out = {}
+for j = first_id, #ARGV do
+  local id = ARGV[j]
+  local base = 2 + (j - first_id) * per_job
+  local claimed = false
+  if redis.call('EXISTS', KEYS[base + 1]) == 0 then
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    if score and tonumber(score) <= tonumber(ARGV[1]) then
+      redis.call('PSETEX', KEYS[base + 1], ARGV[2], '1')
+      local try = redis.call('INCR', KEYS[base + 3])
+      redis.call('EXPIRE', KEYS[base + 3], 88400)
+      claimed = {score, redis.call('GET', KEYS[base + 2]), try, redis.call('ZREM', KEYS[2], id)}
+      for r = 1, reads do
+        claimed[#claimed + 1] = redis.call(ARGV[3 + r], KEYS[base + 3 + r])
+      end
+    end
+  end
+  out[#out + 1] = claimed
 end
 return out
 """
@@ -231,6 +244,11 @@ class Claim:
     prefetched: list[Any]
 
 
+def _claim(reply: list[Any]) -> Claim:
+    score, payload, job_try, aborted, *prefetched = reply
+    return Claim(int(float(score)), payload, int(job_try), bool(aborted), prefetched)
+
+
 class MsgqWorker(Worker):
     """arq's Worker, with its per-job Redis work cut to what a job needs.
 
@@ -261,10 +279,12 @@ class MsgqWorker(Worker):
         self._prefetch = prefetch
         self._claim: Any = None  # registered on the pool once arq has made it
         self._beat: asyncio.Task[None] | None = None
+        self._claimed = 0  # jobs this worker has claimed and started
 
     async def _poll_iteration(self) -> None:
         try:
-            await self._poll_once()
+            while await self._poll_once():
+                pass  # it started jobs, so more may be due: look again now, not a poll delay later
         except (RedisError, OSError) as exc:
             # redis-py reconnects on the next command; wait with backoff, then poll again.
             self._outage_s = min(max(self._outage_s * 2, 0.1), 5.0)
@@ -283,13 +303,14 @@ class MsgqWorker(Worker):
             log.info("worker.redis_reconnected")
             self._outage_s = 0.0
 
-    async def _poll_once(self) -> None:
-        """arq's poll iteration, with its two reads (due jobs, abort requests) in one round trip."""
+    async def _poll_once(self) -> bool:
+        """arq's poll iteration, with its two reads (due jobs, abort requests) in one round trip.
+        True when it started a job."""
         count = self.queue_read_limit
         if self.burst and self.max_burst_jobs >= 0:
             count = min(count, self.max_burst_jobs - self._jobs_started())
             if count < 1:
-                return
+                return False
         picking = self.allow_pick_jobs and self.job_counter < self.max_jobs
         now = timestamp_ms()
         async with self.pool.pipeline(transaction=False) as pipe:
@@ -300,6 +321,7 @@ class MsgqWorker(Worker):
             pipe.zrange(ABORT_KEY, 0, -1)
             pipe.zremrangebyscore(ABORT_KEY, min=now + abort_job_max_age, max="+inf")
             replies = await pipe.execute()
+        started = self._claimed
         if picking:
             await self.start_jobs(replies[0])
         await self._abort(replies[-2])
@@ -308,6 +330,7 @@ class MsgqWorker(Worker):
                 del self.tasks[job_id]
                 task.result()  # run_job's own errors surface here, as in arq
         await self.heart_beat()
+        return self._claimed > started
 
     async def _abort(self, requested: list[bytes]) -> None:
         """Cancel the running tasks of jobs whose abort was asked for (arq's semantics)."""
@@ -327,46 +350,54 @@ class MsgqWorker(Worker):
         kept it for good then, one slot fewer per outage."""
         if self._beat is None:
             self._beat = self.loop.create_task(self._heartbeat())
-        for job_id_b in job_ids:
+        # A job stays in the queue until it ends: the ones running here need no claim.
+        pending = [i.decode() for i in job_ids if i.decode() not in self.tasks]
+        while pending:
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
                 self.sem.release()
                 return
-            self.job_counter += 1
-            job_id = job_id_b.decode()
+            # Every slot free right now is filled by one claim: claiming one job per round trip
+            # kept a busy worker at a few jobs in flight, whatever its concurrency.
+            slots = 1
+            while slots < len(pending) and self.job_counter + slots < self.max_jobs:
+                if self.sem.locked():
+                    break
+                await self.sem.acquire()  # free: returns at once
+                slots += 1
+            self.job_counter += slots
+            batch, pending = pending[:slots], pending[slots:]
             try:
-                claim = await self._claim_job(job_id)
+                claims = await self._claim_jobs(batch)
             except (RedisError, OSError):
-                self._give_back_slot()
+                for _ in batch:
+                    self._give_back_slot()
                 raise
-            if claim is None:  # running elsewhere, finished, or re-deferred by another worker
-                self._give_back_slot()
-                continue
-            task = self.loop.create_task(self.run_job(job_id, claim))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+            for job_id, claim in zip(batch, claims, strict=True):
+                if claim is None:  # running elsewhere, finished, or re-deferred elsewhere
+                    self._give_back_slot()
+                    continue
+                self._claimed += 1
+                task = self.loop.create_task(self.run_job(job_id, claim))
+                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = task
 
-    async def _claim_job(self, job_id: str) -> Claim | None:
+    async def _claim_jobs(self, job_ids: list[str]) -> list[Claim | None]:
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM)
-        reads = list(self._prefetch(job_id)) if self._prefetch else []
-        if any(op not in PREFETCH_READS for op, _ in reads):
-            msg = f"prefetch reads must be one of {sorted(PREFETCH_READS)}"
-            raise ValueError(msg)
-        keys = [
-            IN_PROGRESS_KEY_PREFIX + job_id,
-            self.queue_name,
-            JOB_KEY_PREFIX + job_id,
-            RETRY_KEY_PREFIX + job_id,
-            ABORT_KEY,
-            *(key for _, key in reads),
-        ]
-        args = [job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)]
-        reply = await self._claim(keys=keys, args=[*args, *(op for op, _ in reads)])
-        if reply is None:
-            return None
-        score, payload, job_try, aborted, *prefetched = reply
-        return Claim(int(float(score)), payload, int(job_try), bool(aborted), prefetched)
+        keys: list[str] = [self.queue_name, ABORT_KEY]
+        ops: list[str] = []
+        for job_id in job_ids:
+            reads = list(self._prefetch(job_id)) if self._prefetch else []
+            if any(op not in PREFETCH_READS for op, _ in reads):
+                msg = f"prefetch reads must be one of {sorted(PREFETCH_READS)}"
+                raise ValueError(msg)
+            ops = [op for op, _ in reads]
+            keys += [IN_PROGRESS_KEY_PREFIX + job_id, JOB_KEY_PREFIX + job_id]
+            keys += [RETRY_KEY_PREFIX + job_id, *(key for _, key in reads)]
+        args = [timestamp_ms(), int(self.in_progress_timeout_s * 1000), len(ops), *ops, *job_ids]
+        replies = await self._claim(keys=keys, args=args)
+        return [None if reply is None else _claim(reply) for reply in replies]
 
     def _give_back_slot(self) -> None:
         self.job_counter -= 1

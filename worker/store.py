@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
+from redis.commands.core import CoreCommands
 from redis.exceptions import WatchError
 
 from schemas import JobRecord, JobStatus
@@ -30,19 +31,41 @@ from worker.scheduling import Placement
 from worker.settings import Settings
 from worker.webhooks import outbox
 
-# KEYS: the record. ARGV: the JSON the caller expects it to hold, a command count, then each
-# command as its argument count followed by its arguments. Runs them all only if the record is
-# unchanged; returns 1 when it did, 0 when the record had moved on (nothing is written).
-COMPARE_AND_SET = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local i = 3
-for _ = 1, tonumber(ARGV[2]) do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
+# Runs the commands flattened into ARGV from index `i`: a count, then each command as its
+# argument count followed by its arguments.
+_RUN_COMMANDS = """
+local function run(i)
+  for _ = 1, tonumber(ARGV[i]) do
+    local n = tonumber(ARGV[i + 1])
+    redis.call(unpack(ARGV, i + 2, i + 1 + n))
+    i = i + n + 1
+  end
 end
+"""
+# KEYS: the record. ARGV: the JSON the caller expects it to hold, then the commands. Runs them
+# all only if the record is unchanged; returns 1 when it did, 0 when the record had moved on
+# (nothing is written).
+COMPARE_AND_SET = (
+    _RUN_COMMANDS
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+run(2)
 return 1
 """
+)
+# KEYS: the record, the job's payload. ARGV: the commands that create the job. Runs them only
+# when neither exists (returns nil); else the existing record's JSON, or '' when only the
+# payload exists (a raw producer's job whose record the worker has not written yet).
+CREATE = (
+    _RUN_COMMANDS
+    + """
+local existing = redis.call('GET', KEYS[1])
+if existing then return existing end
+if redis.call('EXISTS', KEYS[2]) == 1 then return '' end
+run(1)
+return false
+"""
+)
 # What `_write` may issue that a script can run too (a script cannot call EVALSHA).
 SCRIPT_SAFE = frozenset(
     {
@@ -67,6 +90,28 @@ BATCH_RETENTION_S = 29 * 24 * 3600  # the Batches API keeps results 29 days afte
 Change = Callable[[JobRecord], JobRecord | None]
 
 
+def _flatten(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Commands as the scripts' ARGV carries them (see `_RUN_COMMANDS`)."""
+    flat: list[Any] = [len(commands)]
+    for args in commands:
+        flat += [len(args), *args]
+    return flat
+
+
+class _Recorder(CoreCommands):
+    """Collects the commands `_write` issues, exactly as redis-py would send them, for the
+    compare-and-set script to run: a pipeline's machinery costs more than the write itself."""
+
+    connection_pool: Any = None  # never connects
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> _Recorder:
+        self.commands.append(args)
+        return self
+
+
 class JobStore:
     """All record reads and writes. A terminal record is never overwritten: late duplicates lose."""
 
@@ -83,6 +128,7 @@ class JobStore:
         self.retention_s = retention_s
         self.batch_retention_s = batch_retention_s
         self._cas = redis.register_script(COMPARE_AND_SET)
+        self._create = redis.register_script(CREATE)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> JobStore:
@@ -104,26 +150,20 @@ class JobStore:
         score_ms: int,
         placement: Placement | None = None,
     ) -> JobRecord | None:
-        """Store the record and enqueue its arq job in one transaction; an existing ID wins."""
-        key = record_key(record.id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key, arq_job_key(record.id))
-                    existing, queued = (
-                        await pipe.get(key),
-                        await pipe.exists(arq_job_key(record.id)),
-                    )
-                    if existing is not None:
-                        return JobRecord.model_validate_json(existing)
-                    if queued:
-                        return await self.ensure(record)
-                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-                    self._enqueue(pipe, record, job_payload, score_ms, placement)
-                    await pipe.execute()
-                    return None
-                except WatchError:
-                    continue
+        """Store the record and enqueue its arq job in one atomic step (one script, one round
+        trip); an existing ID wins. Returns the existing record, or None when this one was
+        stored."""
+        recorder = _Recorder()
+        self._enqueue(cast(Redis, recorder), record, job_payload, score_ms, placement)
+        existing = await self._create(
+            keys=[record_key(record.id), arq_job_key(record.id)],
+            args=_flatten(recorder.commands),  # plain commands only: a script runs them all
+        )
+        if existing is None:
+            return None
+        if existing == b"":
+            return await self.ensure(record)
+        return JobRecord.model_validate_json(existing)
 
     def _enqueue(
         self,
@@ -185,6 +225,7 @@ class JobStore:
         change: Change,
         *,
         expected: bytes | None = None,
+        current: JobRecord | None = None,
         also: Sequence[tuple[str, ...]] = (),
     ) -> JobRecord | None:
         """Apply `change` under WATCH. It returns the new record or None for no change.
@@ -195,13 +236,14 @@ class JobStore:
         `expected`: the record's JSON as the caller last saw it (the worker's hot path). The
         change is then applied from it and written by one compare-and-set script, with every
         side effect of `_write` in the same atomic step: one round trip instead of three.
-        Anything else (the record moved on meanwhile) falls back to WATCH.
+        Anything else (the record moved on meanwhile) falls back to WATCH. `current`: the
+        record `expected` parses to, when the caller has it (spares parsing it again).
 
         `also`: commands (SCRIPT_SAFE ones) written in the same atomic step, only when the
         change is (e.g. ending the job in the queue with its terminal record).
         """
         if expected is not None:
-            done = await self._compare_and_set(job_id, change, expected, also)
+            done = await self._compare_and_set(job_id, change, expected, current, also)
             if done is not None:
                 return done
         key = record_key(job_id)
@@ -227,22 +269,24 @@ class JobStore:
                     continue
 
     async def _compare_and_set(
-        self, job_id: str, change: Change, expected: bytes, also: Sequence[tuple[str, ...]] = ()
+        self,
+        job_id: str,
+        change: Change,
+        expected: bytes,
+        current: JobRecord | None,
+        also: Sequence[tuple[str, ...]],
     ) -> JobRecord | None:
-        current = JobRecord.model_validate_json(expected)
+        if current is None:
+            current = JobRecord.model_validate_json(expected)
         new = None if current.status.terminal else change(current)
         if new is None:
             return None
-        queued = self.redis.pipeline(transaction=False)
-        self._write(queued, new, current.status)  # queued on the pipeline, never sent
-        commands = [args for args, _ in queued.command_stack] + list(also)
-        await queued.reset()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        recorder = _Recorder()
+        self._write(cast(Redis, recorder), new, current.status)  # recorded, never sent
+        commands = [*recorder.commands, *also]
         if any(str(args[0]).upper() not in SCRIPT_SAFE for args in commands):
             return None  # e.g. a script of its own (a batch's webhook): WATCH/MULTI instead
-        flat: list[Any] = [expected, len(commands)]
-        for args in commands:
-            flat += [len(args), *args]
-        written = await self._cas(keys=[record_key(job_id)], args=flat)
+        written = await self._cas(keys=[record_key(job_id)], args=[expected, *_flatten(commands)])
         return new if int(written) == 1 else None
 
     def _write(self, pipe: Redis, record: JobRecord, previous: JobStatus | None = None) -> None:

@@ -93,7 +93,9 @@ async def attempt(
             ):
                 await _refund_capacity(deps, request, estimate)
                 return
-            started = await transitions.begin_attempt(deps.store, record.id, expected=expected)
+            started = await transitions.begin_attempt(
+                deps.store, record.id, expected=expected, current=record if expected else None
+            )
             if started is None or started.status is not JobStatus.IN_PROGRESS:
                 await _refund_capacity(deps, request, estimate)
                 await admission.settle_budget(deps, record, 0.0)
@@ -214,6 +216,7 @@ async def _succeeded(
         record.id,
         JobStatus.SUCCEEDED,
         expected=record.model_dump_json().encode(),  # as begin_attempt wrote it
+        current=record,
         result=reply.message,
         usage=job_usage,
         cost_usd=cost,

@@ -32,11 +32,16 @@ log = structlog.get_logger("msgq.job")
 
 
 async def begin_attempt(
-    store: JobStore, job_id: str, *, expected: bytes | None = None
+    store: JobStore,
+    job_id: str,
+    *,
+    expected: bytes | None = None,
+    current: JobRecord | None = None,
 ) -> JobRecord | None:
     """queued/retrying/in_progress → in_progress with one more attempt; honours a cancel request.
-    `expected`: the record's JSON as last read, for the one-round-trip write."""
-    stored = await store.update(job_id, records.begun, expected=expected)
+    `expected`: the record's JSON as last read (`current`, parsed), for the one-round-trip
+    write."""
+    stored = await store.update(job_id, records.begun, expected=expected, current=current)
     if stored is not None and stored.status is JobStatus.CANCELED:
         _log_finished(stored)
     return stored
@@ -48,6 +53,7 @@ async def finish(
     status: JobStatus,
     *,
     expected: bytes | None = None,
+    current: JobRecord | None = None,
     **fields: Any,
 ) -> JobRecord | None:
     """Write the terminal record once. A record that is already terminal stays as it is.
@@ -63,7 +69,7 @@ async def finish(
         return written[-1]
 
     also = running.finish_commands() if running else ()
-    stored = await store.update(job_id, change, expected=expected, also=also)
+    stored = await store.update(job_id, change, expected=expected, current=current, also=also)
     if stored is None:
         return None
     if written and stored is written[-1]:  # ours was the write that stuck
@@ -83,6 +89,7 @@ async def finish_durably(
     status: JobStatus,
     *,
     expected: bytes | None = None,
+    current: JobRecord | None = None,
     **fields: Any,
 ) -> JobRecord | None:
     """`finish` for an answer that was paid for: a Redis blip is retried (about 15 s in all)
@@ -90,7 +97,7 @@ async def finish_durably(
     delay = 0.25
     for _ in range(6):
         try:
-            return await finish(store, job_id, status, expected=expected, **fields)
+            return await finish(store, job_id, status, expected=expected, current=current, **fields)
         except RedisError as exc:
             log.warning("job.store_retry", error=type(exc).__name__, retry_in_s=delay)
             await asyncio.sleep(delay)
