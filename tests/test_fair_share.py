@@ -10,6 +10,7 @@ import asyncio
 import signal
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -106,6 +107,31 @@ async def test_bulk_keeps_its_floor_share_while_interactive_is_backlogged(
     got = await admitted(redis, settings)
     served_bulk = len(set(got) & bulk)
     assert len(got) == 60 and 4 <= served_bulk <= 8  # 10% of the tokens, give or take a job
+
+
+async def test_a_job_placed_while_its_empty_queue_is_unlisted_is_still_dispatched(
+    settings: Settings, client: Client, redis: Redis
+) -> None:
+    """The dispatcher reads a scheduler queue empty and drops it from the backlog; a job placed
+    between that read and the drop must keep its queue listed, or no dispatcher reads it again
+    and the job stays `queued` for good (seen as a caption job stuck in about one full Sentinel
+    run in eight: the three images are submitted while the dispatcher re-reads)."""
+    first = await client.submit(BODY, priority="bulk")
+    dispatcher = await dispatcher_for(redis, settings, rpm=1000)
+    await dispatcher.tick()  # admits it: its queue is now empty, and still listed
+    assert await admitted(redis, settings) == [first.id]
+    prune = dispatcher._prune
+    late: list[str] = []
+
+    async def placed_in_the_window(**kwargs: Any) -> Any:
+        if not late:  # after the read that found the queue empty, before the drop
+            late.append((await client.submit(BODY, priority="bulk")).id)
+        return await prune(**kwargs)
+
+    dispatcher._prune = placed_in_the_window  # type: ignore[method-assign]
+    await dispatcher.tick()
+    await dispatcher.tick()
+    assert late and await admitted(redis, settings) == [first.id, late[0]]
 
 
 async def test_an_idle_tenant_banks_no_credit(

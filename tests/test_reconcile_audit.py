@@ -22,7 +22,14 @@ from worker.batches import BatchMeta
 from worker.client import Client
 from worker.dev.embedded_redis import free_port
 from worker.dev.stack import msgq_command, wait_http
-from worker.keys import BATCHES_KEY, arq_job_key, batch_key, record_key
+from worker.keys import (
+    BATCHES_KEY,
+    SCHED_BACKLOG,
+    SCHED_WHERE,
+    arq_job_key,
+    batch_key,
+    record_key,
+)
 from worker.runtime.reconciler import Reconciler
 from worker.settings import Settings
 from worker.store import JobStore
@@ -86,6 +93,26 @@ async def test_payload_missing_from_the_queue_is_requeued_and_runs(
     assert (await reconciler.run_once()).requeued == [job.id]
     await start_worker()
     assert (await client.wait(job.id, timeout=15)).status is JobStatus.SUCCEEDED
+
+
+async def test_a_waiting_job_in_an_unlisted_scheduler_queue_is_found_and_listed_again(
+    settings: Settings, client: Client, redis: Redis, store: JobStore
+) -> None:
+    """The dispatcher reads only the scheduler queues the backlog lists: a job waiting in an
+    unlisted one is never admitted (a race in the dispatcher's pruning once did this). Audit
+    names it; one reconciler pass lists the queue again, and audit is clean."""
+    await redis.flushall()
+    job = await client.submit(BODY)
+    queue = await redis.hget(SCHED_WHERE, job.id)  # type: ignore[misc]
+    assert queue is not None  # waiting in the scheduler
+    await redis.srem(SCHED_BACKLOG, queue)  # type: ignore[misc]
+    found = (await audit(redis)).findings
+    assert found["waiting in a scheduler queue no dispatcher reads"].examples == [job.id]
+    done = await Reconciler(redis, store, settings).run_once()
+    assert done.relisted == [job.id]
+    assert await redis.sismember(SCHED_BACKLOG, queue)  # type: ignore[misc]
+    assert (await audit(redis)).clean
+    assert (await Reconciler(redis, store, settings).run_once()).relisted == []
 
 
 async def test_batch_past_expiry_ends_with_the_rest_expired_and_keys_have_ttls(

@@ -6,6 +6,8 @@ Checked:
 - every record is terminal, or has its queued job or a live in-progress lock, or sits in the
   batch lane (pooled, or in an upstream batch msgq tracks) (else: orphan);
 - no `in_progress` record is without its lock (or its upstream batch);
+- every job waiting in a scheduler queue has that queue listed in the backlog the dispatcher
+  reads (else it is never admitted);
 - every batch's counts equal its records' statuses;
 - every key that is due a TTL has one (terminal records, kept specs, batches, locks);
 - every webhook outbox entry has its job or batch, is due, and is within its 24 h window.
@@ -24,6 +26,8 @@ from worker import lanes
 from worker.batches import COUNT_FIELDS, BatchMeta, job_id_for
 from worker.keys import (
     KEY_PREFIX,
+    SCHED_BACKLOG,
+    SCHED_WHERE,
     arq_job_key,
     batch_counts_key,
     batch_ids_key,
@@ -100,13 +104,17 @@ async def _records(redis: Redis, report: AuditReport) -> None:
                 pipe.ttl(key)
                 pipe.exists(arq_job_key(job_id))
                 pipe.exists(in_progress_key(job_id))
+                pipe.hget(SCHED_WHERE, job_id)
             values = await pipe.execute()
         placed = await lanes.locations(redis, [key[prefix_len:] for key in chunk])
+        waiting: list[tuple[str, str]] = []
         for n in range(len(chunk)):
-            raw, ttl, queued, locked = values[4 * n : 4 * n + 4]
+            raw, ttl, queued, locked, where = values[5 * n : 5 * n + 5]
             if raw is None:
                 continue  # expired between the scan and the read
             record = JobRecord.model_validate_json(raw)
+            if where is not None and not record.status.terminal:
+                waiting.append((record.id, where.decode()))
             report.records += 1
             report.by_status[record.status.value] += 1
             _check_record(
@@ -116,6 +124,22 @@ async def _records(redis: Redis, report: AuditReport) -> None:
                 queued=bool(queued),
                 locked=bool(locked) or placed[n] is not None,
             )
+        await _check_backlog(redis, report, waiting)
+
+
+async def _check_backlog(redis: Redis, report: AuditReport, waiting: list[tuple[str, str]]) -> None:
+    """A job in a scheduler queue that the backlog does not list is never admitted."""
+    if not waiting:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id, queue in waiting:
+            pipe.zscore(queue, job_id)
+            pipe.sismember(SCHED_BACKLOG, queue)
+        values = await pipe.execute()
+    for n, (job_id, _) in enumerate(waiting):
+        score, listed = values[2 * n : 2 * n + 2]
+        if score is not None and not listed:
+            report.violation("waiting in a scheduler queue no dispatcher reads", job_id)
 
 
 def _check_record(

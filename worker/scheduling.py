@@ -23,6 +23,37 @@ from worker.pricing import prices_for
 from worker.settings import Settings
 from worker.tenants import Tenants, load_tenants
 
+# The backlog invariant: every scheduler queue that holds a job is listed in SCHED_BACKLOG, the
+# only queues the dispatcher reads; a job in an unlisted queue is never admitted and never ends.
+# Placement lists its queue in the transaction that queues the job, and the dispatcher unlists
+# a queue only atomically with seeing it empty (PRUNE_BACKLOG). The reconciler lists again any
+# queue found holding a job while unlisted (RELIST_BACKLOG), whatever the cause.
+
+# KEYS: the backlog, then scheduler queues the dispatcher read empty. Each is unlisted only if
+# it is still empty now. A plain SREM after the read could unlist a queue that a job was placed
+# in meanwhile (its SADD a no-op, the queue still being listed): a caption job stayed `queued`
+# for good that way in about one full Sentinel test run in eight.
+PRUNE_BACKLOG = """
+for i = 2, #KEYS do
+  if redis.call('ZCARD', KEYS[i]) == 0 then redis.call('SREM', KEYS[1], KEYS[i]) end
+end
+return 1
+"""
+
+# KEYS: the backlog. ARGV: (job id, its scheduler queue) pairs, from SCHED_WHERE. Lists again
+# each queue that holds its job but is unlisted; returns the IDs of the jobs that needed it.
+RELIST_BACKLOG = """
+local relisted = {}
+for i = 1, #ARGV, 2 do
+  local id, queue = ARGV[i], ARGV[i + 1]
+  if redis.call('ZSCORE', queue, id) and redis.call('SISMEMBER', KEYS[1], queue) == 0 then
+    redis.call('SADD', KEYS[1], queue)
+    relisted[#relisted + 1] = id
+  end
+end
+return relisted
+"""
+
 
 @dataclass(frozen=True)
 class Estimate:

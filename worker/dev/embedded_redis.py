@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -26,6 +27,18 @@ def free_port(preferred: int = 0) -> int:
         except OSError:
             sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports. Asked for one at a time, the kernel may hand out the same
+    port twice (each probe socket is closed before the next): a Sentinel cluster once got its
+    replica's port for a Sentinel, which then could not start. Held open together, they differ.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 class EmbeddedRedis(Managed):

@@ -12,10 +12,15 @@ from pathlib import Path
 
 import redis
 
-from worker.dev.embedded_redis import free_port, server_binary
+from worker.dev.embedded_redis import free_ports, server_binary
 from worker.dev.managed import Managed
 
 SERVICE = "mymaster"
+START_ATTEMPTS = 3  # a port taken by another process between choosing it and binding it
+
+
+class ServerExitedError(RuntimeError):
+    """A server exited while starting (its port taken since it was chosen, as a rule)."""
 
 
 class SentinelCluster(Managed):
@@ -36,9 +41,11 @@ class SentinelCluster(Managed):
         self.password = password
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
-        self.primary_port, self.replica_port = free_port(), free_port()
-        self.sentinel_ports = [free_port() for _ in range(3)]
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self._choose_ports()
+
+    def _choose_ports(self) -> None:
+        self.primary_port, self.replica_port, *self.sentinel_ports = free_ports(5)
 
     @property
     def url(self) -> str:
@@ -47,9 +54,25 @@ class SentinelCluster(Managed):
         return f"redis+sentinel://{auth}{hosts}/{SERVICE}/0"
 
     def start(self, *, timeout_s: float = 30.0) -> None:
+        """Start the five servers; on fresh ports again if one could not bind its port."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_all(timeout_s)
+                return
+            except ServerExitedError:
+                if attempt == START_ATTEMPTS:
+                    raise
+                self.stop()
+                self.processes.clear()
+                self._choose_ports()
+
+    def _start_all(self, timeout_s: float) -> None:
         self.start_server(self.primary_port)
         self.start_server(self.replica_port, replica_of=self.primary_port)
+        # Linked before the Sentinels start: their first INFO of the primary then lists the
+        # replica; one they miss is found only at the next INFO, 10 s later.
+        self.wait_for_replica(self.replica_port, timeout_s=timeout_s)
         for port in self.sentinel_ports:
             self._start_sentinel(port)
         self._wait(self._ready, timeout_s, "the primary, its replica and three Sentinels")
@@ -64,6 +87,9 @@ class SentinelCluster(Managed):
             "--dbfilename", f"dump-{port}.rdb",
             "--save", "",
             "--appendonly", "no",
+            # A primary otherwise waits 5 s for more replicas before a first full sync: every
+            # start, and every rejoin after a failover, spent 5 s on it.
+            "--repl-diskless-sync-delay", "0",
             "--logfile", str(self.data_dir / f"redis-{port}.log"),
         ]  # fmt: skip
         if self.password:
@@ -107,7 +133,7 @@ class SentinelCluster(Managed):
 
     def kill(self, port: int) -> None:
         """SIGKILL a node: no shutdown, nothing flushed, connections reset."""
-        process = self.processes[port]
+        process = self.processes.pop(port)  # processes: the servers meant to be running
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
 
@@ -180,8 +206,15 @@ class SentinelCluster(Managed):
             return False
 
     def _wait(self, check: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Poll `check` until it holds; fails at once when a server this waits on has exited
+        (a port taken: its log says so) rather than at the deadline."""
         deadline = time.monotonic() + timeout_s
         while not check():
+            exited = [port for port, proc in self.processes.items() if proc.poll() is not None]
+            if exited:
+                msg = f"the server on port {exited[0]} exited (waiting for {what}; logs: "
+                msg += f"{self.data_dir})"
+                raise ServerExitedError(msg)
             if time.monotonic() > deadline:
                 msg = f"timed out after {timeout_s:g}s waiting for {what} (logs: {self.data_dir})"
                 raise TimeoutError(msg)

@@ -54,6 +54,7 @@ from worker.runtime import transitions
 from worker.runtime.fleet_lock import FleetLock
 from worker.runtime.ratelimit import Limits, RateLimiter
 from worker.scheduling import (
+    PRUNE_BACKLOG,
     Estimate,
     Placement,
     placement,
@@ -125,6 +126,7 @@ class Dispatcher:
         self.lock = FleetLock(redis, DISPATCHER_LOCK)
         self._move = redis.register_script(MOVE)
         self._move_many = redis.register_script(MOVE_MANY)
+        self._prune = redis.register_script(PRUNE_BACKLOG)
         self.vtc: dict[tuple[str, Priority], dict[str, float]] = defaultdict(dict)
         self.credit: dict[tuple[str, Priority], float] = defaultdict(float)
         self._tenant_limiters: dict[str, RateLimiter] = {}
@@ -223,8 +225,8 @@ class Dispatcher:
                 pipe.zrange(queue, 0, HEADS_PER_QUEUE - 1)
             values = await pipe.execute()
         empty = [q for q, ids in zip(queues, values, strict=True) if not ids]
-        if empty:
-            await self.redis.srem(SCHED_BACKLOG, *empty)  # type: ignore[misc]
+        if empty:  # unlisted only if still empty: a job may have been placed since the read
+            await self._prune(keys=[SCHED_BACKLOG, *empty])
         pairs = [
             (queue, raw_id.decode())
             for queue, ids in zip(queues, values, strict=True)

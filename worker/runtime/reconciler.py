@@ -7,6 +7,8 @@ exists for the unknown ones (a failover that lost writes, an operator's DEL). A 
 look the same on two passes in a row before anything is done, so a record caught between two
 steps of a normal transition is never touched.
 - job payload present but missing from the queue ZSET: put back in the queue (re-enqueued);
+- waiting in a scheduler queue that the backlog does not list (so no dispatcher reads it): the
+  queue is listed again at once (worker.scheduling's backlog invariant; listing is always safe);
 - payload gone: `failed` with `error.type = "lost"` (msgq keeps no copy of the request to
   re-send, and says so rather than pretend);
 - a batch-lane job (pooled or upstream: no payload and no lock by design) is an orphan only
@@ -28,6 +30,7 @@ from worker.batches import Batches
 from worker.keys import (
     ACTIVE_KEY,
     RECONCILER_LOCK,
+    SCHED_BACKLOG,
     SCHED_WHERE,
     arq_job_key,
     in_progress_key,
@@ -36,6 +39,7 @@ from worker.keys import (
 from worker.records import utcnow
 from worker.runtime import batch_lane, transitions
 from worker.runtime.fleet_lock import FleetLock
+from worker.scheduling import RELIST_BACKLOG
 from worker.settings import Settings
 from worker.store import JobStore
 
@@ -48,6 +52,7 @@ class Pass:
 
     scanned: int = 0
     requeued: list[str] = field(default_factory=list)
+    relisted: list[str] = field(default_factory=list)  # their scheduler queue listed again
     lost: list[str] = field(default_factory=list)
     expired_batches: list[str] = field(default_factory=list)
     expired_jobs: int = 0
@@ -58,6 +63,7 @@ class Reconciler:
         self.redis, self.store, self.settings = redis, store, settings
         self.batches = Batches(redis, store, settings)
         self.lock = FleetLock(redis, RECONCILER_LOCK)
+        self._relist_backlog = redis.register_script(RELIST_BACKLOG)
         self._suspects: dict[str, bytes] = {}  # job ID -> raw record seen on the last pass
 
     async def run_forever(self) -> None:
@@ -84,7 +90,7 @@ class Reconciler:
             cursor, members = await self.redis.zscan(ACTIVE_KEY, cursor, count=500)
             ids = [m.decode() for m, _ in members]
             done.scanned += len(ids)
-            suspects |= await self._suspects_in(ids)
+            suspects |= await self._suspects_in(ids, done)
             if cursor == 0:
                 break
         for job_id, raw in suspects.items():
@@ -92,17 +98,18 @@ class Reconciler:
                 await self._settle(job_id, done)
         self._suspects = {k: v for k, v in suspects.items() if k not in done.lost}
         await self._expire_batches(done)
-        if done.requeued or done.lost or done.expired_batches:
+        if done.requeued or done.relisted or done.lost or done.expired_batches:
             log.warning(
                 "reconciler.acted",
                 requeued=len(done.requeued),
+                relisted=len(done.relisted),
                 lost=len(done.lost),
                 expired_batches=len(done.expired_batches),
                 expired_jobs=done.expired_jobs,
             )
         return done
 
-    async def _suspects_in(self, ids: list[str]) -> dict[str, bytes]:
+    async def _suspects_in(self, ids: list[str], done: Pass) -> dict[str, bytes]:
         if not ids:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -111,22 +118,35 @@ class Reconciler:
                 pipe.exists(arq_job_key(job_id))
                 pipe.exists(in_progress_key(job_id))
                 pipe.zscore(self.settings.queue_name, job_id)
-                pipe.hexists(SCHED_WHERE, job_id)
+                pipe.hget(SCHED_WHERE, job_id)
             values = await pipe.execute()
         found: dict[str, bytes] = {}
         stale: list[str] = []
+        waiting: list[bytes | str] = []  # (job ID, scheduler queue) pairs, flattened
         for n, job_id in enumerate(ids):
             raw, queued, locked, score, scheduled = values[5 * n : 5 * n + 5]
             if raw is None or JobRecord.model_validate_json(raw).status.terminal:
                 stale.append(job_id)  # ended (or gone): only the index entry is left over
-            elif not locked and (not queued or (score is None and not scheduled)):
+                continue
+            if scheduled is not None:
+                waiting += [job_id, scheduled]
+            if not locked and (not queued or (score is None and scheduled is None)):
                 found[job_id] = raw
+        if waiting:
+            await self._relist(waiting, done)
         if found:  # pooled and upstream batch-lane jobs have neither a payload nor a lock
             placed = await lanes.locations(self.redis, list(found))
             found = {k: v for (k, v), at in zip(found.items(), placed, strict=True) if at is None}
         if stale:
             await self.redis.zrem(ACTIVE_KEY, *stale)
         return found
+
+    async def _relist(self, waiting: list[bytes | str], done: Pass) -> None:
+        """List again the scheduler queues that hold a job but that no dispatcher reads."""
+        relisted = await self._relist_backlog(keys=[SCHED_BACKLOG], args=waiting)
+        for raw_id in relisted:
+            done.relisted.append(raw_id.decode())
+            log.warning("reconciler.relisted", job_id=raw_id.decode())
 
     async def _settle(self, job_id: str, done: Pass) -> None:
         if await self.redis.exists(in_progress_key(job_id)):
