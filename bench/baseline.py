@@ -31,21 +31,33 @@ async def sdk_semaphore_run(
 
 
 async def raw_httpx_run(
-    base_url: str, key: str, requests: list[dict[str, Any]], *, concurrency: int
+    base_url: str,
+    key: str,
+    requests: list[dict[str, Any]],
+    *,
+    concurrency: int,
+    clients: int = 1,
 ) -> float:
-    """The ceiling: a bare httpx loop at a fixed concurrency, no queue at all."""
+    """The ceiling: a bare httpx loop at a fixed concurrency, no queue at all. `clients` > 1
+    spreads the calls over that many clients in turn, as msgq's worker does (httpcore's pool
+    costs more per call the more calls it holds)."""
     import httpx
 
     gate = asyncio.Semaphore(concurrency)
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    limits = httpx.Limits(max_connections=concurrency)
+    pool = [
+        httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits) for _ in range(clients)
+    ]
 
-    async def one(http: httpx.AsyncClient, body: dict[str, Any]) -> None:
+    async def one(i: int, body: dict[str, Any]) -> None:
         async with gate:
-            (await http.post("/v1/messages", json=body)).raise_for_status()
+            (await pool[i % clients].post("/v1/messages", json=body)).raise_for_status()
 
     started = time.perf_counter()
-    async with httpx.AsyncClient(
-        base_url=base_url, headers=headers, limits=httpx.Limits(max_connections=concurrency)
-    ) as http:
-        await asyncio.gather(*(one(http, body) for body in requests))
+    try:
+        await asyncio.gather(*(one(i, body) for i, body in enumerate(requests)))
+    finally:
+        for http in pool:
+            await http.aclose()
     return time.perf_counter() - started

@@ -147,14 +147,23 @@ def redis_settings(redis_url: str) -> RedisSettings:
     return rs
 
 
-def sentinel_pool(
+def worker_pool(
     redis_url: str, *, queue_name: str, max_job_bytes: int, failover_wait_s: float
-) -> ArqRedis | None:
-    """For a Sentinel URL, the worker's pool, made by msgq rather than arq: arq's own Sentinel
-    pool passes no retry settings, so a failover would fail commands in flight."""
-    if not connections.is_sentinel(redis_url):
-        return None
-    pool = connections.connect(redis_url, redis_class=ArqRedis, failover_wait_s=failover_wait_s)
+) -> ArqRedis:
+    """The worker's client, made by msgq rather than arq: arq's own Sentinel pool passes no
+    retry settings, so a failover would fail commands in flight, and both of arq's pools take
+    redis-py's pool-wide lock on every command (`connections.NoLockOnCheckout`)."""
+    if connections.is_sentinel(redis_url):
+        pool = connections.connect(redis_url, redis_class=ArqRedis, failover_wait_s=failover_wait_s)
+    else:
+        rs = redis_settings(redis_url)
+        pool = connections.connect(
+            redis_url,
+            redis_class=ArqRedis,
+            socket_connect_timeout=rs.conn_timeout,
+            retry=rs.retry,
+            retry_on_error=rs.retry_on_error,
+        )
     pool.job_serializer = serialize
     pool.job_deserializer = functools.partial(deserialize, max_bytes=max_job_bytes)
     pool.default_queue_name = queue_name
@@ -536,6 +545,28 @@ class MsgqWorker(Worker):
             except (RedisError, OSError) as exc:
                 log.warning("worker.heartbeat_failed", jobs=len(running), error=type(exc).__name__)
 
+    async def main(self) -> None:
+        await self._wait_for_redis()
+        await super().main()
+
+    async def _wait_for_redis(self, tries: int = 30, delay_s: float = 1.0) -> None:
+        """What arq's own pool did at start: a Redis still starting is waited for (about
+        `tries` x `delay_s`) rather than failing the worker at once."""
+        for attempt in range(1, tries + 1):
+            try:
+                await self.pool.ping()
+                return
+            except (RedisError, OSError) as exc:
+                if attempt == tries:
+                    raise
+                log.warning(
+                    "worker.redis_unavailable",
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                    retry_in_s=delay_s,
+                )
+                await asyncio.sleep(delay_s)
+
     async def close(self) -> None:
         if self._beat is not None:
             self._beat.cancel()
@@ -568,7 +599,7 @@ def build_worker(
         "functions": [func(task, name=TASK_NAME, max_tries=ARQ_MAX_TRIES, keep_result=0)],  # type: ignore[arg-type]  # arq types its coroutine protocol narrowly
         "queue_name": queue_name,
         "redis_settings": redis_settings(redis_url),
-        "redis_pool": sentinel_pool(
+        "redis_pool": worker_pool(
             redis_url,
             queue_name=queue_name,
             max_job_bytes=max_job_bytes,

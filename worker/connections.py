@@ -10,6 +10,8 @@ fails on a lost connection (or on a primary demoted to a replica, which answers 
 sent again on a fresh one, with backoff, until `failover_wait_s` has passed: commands in flight
 during a failover land on the new primary instead of failing. `redis.failover` is logged once
 per client when it resumes on a new primary.
+
+Every pool hands out connections without redis-py 5.3's pool-wide lock (see `NoLockOnCheckout`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import unquote
 
 import structlog
-from redis.asyncio import Redis, SSLConnection
+from redis.asyncio import ConnectionPool, Redis, SSLConnection
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
     MasterNotFoundError,
@@ -134,7 +137,9 @@ def connect(
     """
     url = target if isinstance(target, str) else target.redis_url
     if not is_sentinel(url):
-        client: Redis = redis_class.from_url(url, **options)
+        # What `Redis.from_url` does, with the pool below.
+        client: Redis = redis_class(connection_pool=FastConnectionPool.from_url(url, **options))
+        client.auto_close_connection_pool = True
         return client
     if failover_wait_s is None:
         failover_wait_s = (
@@ -217,11 +222,33 @@ class FailoverRetry(Retry):
                 await asyncio.sleep(min(self._backoff.compute(failures), left))
 
 
+class NoLockOnCheckout:
+    """redis-py 5.3 holds one asyncio.Lock per pool while it takes a connection *and* checks it
+    (a socket read), so every command of a busy process queues behind that lock: in a worker
+    with 16 jobs, most of them were waiting there rather than on Redis (redis-py #3692; fixed
+    upstream after 5.x, which arq pins). Taking a connection is synchronous and needs no lock;
+    the check runs outside it, as redis-py itself now does."""
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        pool: ConnectionPool = self  # type: ignore[assignment]  # a mixin for ConnectionPools
+        connection: AbstractConnection = pool.get_available_connection()  # type: ignore[no-untyped-call]  # untyped upstream
+        try:
+            await pool.ensure_connection(connection)
+        except BaseException:
+            await pool.release(connection)
+            raise
+        return connection
+
+
+class FastConnectionPool(NoLockOnCheckout, ConnectionPool):
+    """A plain Redis URL's pool."""
+
+
 def _address(address: tuple[Any, Any] | None) -> str | None:
     return None if address is None else f"{address[0]}:{address[1]}"
 
 
-class FailoverPool(SentinelConnectionPool):
+class FailoverPool(NoLockOnCheckout, SentinelConnectionPool):
     """Remembers the primary it last reached, so it can say when (and how long) it lost it and
     where it resumed: one line each, however many connections notice."""
 

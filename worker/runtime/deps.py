@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from worker.runtime.concurrency import AdaptiveConcurrency
 from worker.runtime.ratelimit import RateLimiter
+from worker.runtime.upstream import UpstreamClients
 from worker.settings import Settings
 from worker.store import JobStore
 
@@ -17,7 +18,12 @@ from worker.store import JobStore
 class Deps:
     settings: Settings
     store: JobStore
-    http: httpx.AsyncClient
+    upstream: UpstreamClients  # the Messages calls: `upstream.pick()` per call
     redis: Redis
     limiter: RateLimiter
     concurrency: AdaptiveConcurrency
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """A client for the occasional call (the Batches API): the first of `upstream`'s."""
+        return self.upstream.clients[0]

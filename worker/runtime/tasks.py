@@ -37,7 +37,7 @@ from worker.runtime.deps import Deps
 from worker.runtime.dispatcher import Dispatcher
 from worker.runtime.ratelimit import Limits, RateLimiter
 from worker.runtime.reconciler import Reconciler
-from worker.runtime.upstream import build_client
+from worker.runtime.upstream import UpstreamClients
 from worker.runtime.webhook_dispatcher import WebhookDispatcher
 from worker.settings import Settings
 from worker.store import JobStore
@@ -54,7 +54,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     limits = {cls: Limits(**values) for cls, values in settings.rate_limits.items()}
     concurrency = AdaptiveConcurrency(settings.max_jobs)
     ctx["msgq"] = Deps(
-        settings, store, build_client(settings), redis, RateLimiter(redis, limits), concurrency
+        settings, store, UpstreamClients(settings), redis, RateLimiter(redis, limits), concurrency
     )
     ctx["gauges"] = asyncio.create_task(_update_gauges(ctx["msgq"]))
     ctx["reconciler"] = asyncio.create_task(Reconciler(redis, store, settings).run_forever())
@@ -74,7 +74,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
             ctx[name].cancel()
     deps: Deps | None = ctx.get("msgq")
     if deps is not None:
-        await deps.http.aclose()
+        await deps.upstream.aclose()
     if "webhooks" in ctx:
         ctx["webhooks"].cancel()  # an attempt cut short is delivered again when its lease ends
     log.info("worker.stopped")

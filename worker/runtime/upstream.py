@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from worker.runtime.streaming import MessageAssembler, MidStreamError, StreamErr
 from worker.settings import Settings
 
 __all__ = [
+    "UpstreamClients",
     "UpstreamReply",
     "build_client",
     "classify",
@@ -48,8 +51,10 @@ class UpstreamReply:
     latency_ms: float
 
 
-def build_client(settings: Settings) -> httpx.AsyncClient:
-    """One pooled client per worker process, created at start-up and closed at shutdown."""
+def build_client(
+    settings: Settings, *, verify: ssl.SSLContext | bool = True, keepalive: int = 100
+) -> httpx.AsyncClient:
+    """A pooled client for the API, created at start-up and closed at shutdown."""
     headers = {"anthropic-version": settings.anthropic_version, "content-type": "application/json"}
     if settings.anthropic_api_key is not None:
         headers["x-api-key"] = settings.anthropic_api_key.get_secret_value()
@@ -59,8 +64,41 @@ def build_client(settings: Settings) -> httpx.AsyncClient:
         base_url=settings.anthropic_base_url,
         headers=headers,
         timeout=httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s),
-        limits=httpx.Limits(max_connections=settings.max_jobs * 2, max_keepalive_connections=100),
+        limits=httpx.Limits(
+            max_connections=settings.max_jobs * 2, max_keepalive_connections=keepalive
+        ),
+        verify=verify,
     )
+
+
+class UpstreamClients:
+    """The worker's API clients: several httpx clients with small pools, handed out in turn.
+
+    Why not one: httpcore's pool walks all of its connections and waiting requests on every
+    request and every release (encode/httpcore#1035), so its cost per call grows with the calls
+    in flight. On this machine one client at 16 concurrent calls ran 615 calls/s at 1.6 ms of
+    CPU each; the same 16 calls over eight clients ran 1,568/s at 0.64 ms. Each client carries
+    about `CALLS_PER_CLIENT` of the worker's calls; they share one TLS context.
+    """
+
+    CALLS_PER_CLIENT = 2
+
+    def __init__(self, settings: Settings) -> None:
+        count = max(1, -(-settings.max_jobs // self.CALLS_PER_CLIENT))
+        tls = httpx.create_ssl_context()
+        keepalive = max(4, 100 // count)
+        self.clients = [
+            build_client(settings, verify=tls, keepalive=keepalive) for _ in range(count)
+        ]
+        self._turn = itertools.cycle(self.clients)
+
+    def pick(self) -> httpx.AsyncClient:
+        """The next client in turn: calls spread evenly, so each pool stays small."""
+        return next(self._turn)
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
 
 
 async def send_message(
