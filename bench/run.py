@@ -345,22 +345,29 @@ NOTES = """### How to read these
   `wall/(N/limit)` is below 1 for everyone because the bucket starts full. The SDK baseline
   looks "faster" only because it gives up: after its two default retries it drops the request
   (`lost`), and more than half of its calls were answered 429.
-- **Ceiling**: two measurements. The first table's is the old one (submit and wait in one
-  wave); "the issue's method" pre-enqueues the jobs and times the records from the first
-  `started_at` to the last `finished_at`, against a bare httpx loop at concurrency 16 in the same
-  run. Before this stop's changes the issue's method measured, on this machine, **0.51** with
-  asyncio (337 jobs/s vs 662) and 0.60 with uvloop, at **46.9 Redis commands, 12.8 socket reads
-  (≈ round trips) and 450 µs of Redis CPU per job**. The levers taken: one compare-and-set
-  script per record transition whose prior state is known (begin and finish: 1 round trip each
-  instead of 3); one pipelined read at pick-up (record, dispatcher ticket, pause, cool-down)
-  instead of three calls, and no limiter script when no limit is configured or known; arq's
-  pick-up (WATCH, EXISTS, ZSCORE, MULTI/EXEC) as one claim script; status indexes cleared only
-  for the status a record had (not all seven); the dispatcher moving unreserved jobs many per
-  script; calls under 1,024 `max_tokens` not streamed; uvloop when installed. After them: 0.73
-  (asyncio), 0.77 (uvloop), 0.83 with the scheduler off, at 7.0 round trips, 40 commands and
-  ~310 µs of Redis CPU a job. The target, 0.85, is **not** reached with the scheduler on: httpx
-  is ~40% of the worker's CPU (the raw loop pays it too), the dispatcher adds ~6 commands and a
-  little worker CPU a job, and Redis, the simulator and the worker share two cores.
+- **Ceiling**: two measurements, each in 3 interleaved rounds (raw loop, then msgq) with
+  medians, because a single run on this shared 2-core machine swings by ±15%. "Ceiling end to
+  end" submits and awaits 2,000 jobs in one wave, so the producer's own CPU shares the cores
+  with the worker, Redis and the simulator. "Ceiling" (the issue's method) pre-enqueues 3,000
+  jobs and times the records from the first `started_at` to the last `finished_at`, against a
+  bare httpx loop at concurrency 16. History on this machine, same method: **0.51** (asyncio) /
+  0.60 (uvloop) at the start of the work, with 46.9 Redis commands, 12.8 socket reads (≈ round
+  trips) and 450 µs of Redis CPU per job; 0.73 / 0.77 after the first levers (one
+  compare-and-set script per record transition, one pipelined pick-up read, arq's pick-up as one
+  script, fewer index writes, the dispatcher moving many jobs per script, short calls not
+  streamed), at 7.0 round trips and ~310 µs. The rest of the way: (1) arq's per-job path
+  replaced in `MsgqWorker` (one script claims every free slot's job and reads the payload, the
+  try counter, the abort flag and msgq's record, ticket and pause flags with it; the terminal
+  record's write also ends the job in arq's queue; one heartbeat per worker; one round trip
+  per poll), 2.6 round trips a job; (2) redis-py 5.3's pool-wide lock around every connection
+  checkout bypassed (redis-py #3692, fixed upstream after the 5.x line arq pins): it queued
+  the worker's jobs behind each other; (3) the API calls spread over 8 small httpx clients:
+  httpcore's pool walks every connection and waiting request on each call and each release, so
+  one client at 16 calls in flight costs ~1.6 ms of CPU a call and runs ~600 calls/s, where 8
+  clients run ~1,550/s. That last lever is why msgq now runs *faster* than the issue's raw
+  loop; the second raw row splits the raw loop the same way, as the honest upper bound of a
+  zero-latency client on this machine: against it msgq's own work (3 record/queue round trips,
+  validation, the record's JSON) shows.
 - **Latency** is arq's poll delay plus one Redis round trip: `MSGQ_POLL_DELAY_S` (10 ms default,
   arq's is 500 ms) trades idle Redis load (100 polls/s per idle worker) for latency.
 - **Memory**: the caption payload is a 1568 px JPEG of random noise, the worst case; a real photo
