@@ -115,7 +115,14 @@ async def measure(
                 got = await drain(tmp, sim, n, env, name)
                 runs[label].append({**got, "ratio": got["jobs_per_s"] / raw})
     rows: list[list[Any]] = [
-        [f"raw httpx loop, concurrency 16 ({rounds} runs)", round(median(raws)), "1.00"] + ["-"] * 4
+        [f"raw httpx loop, concurrency 16 ({rounds} runs)", round(median(raws)), "1.00"]
+        + ["-"] * 4,
+        [
+            "raw httpx loop, concurrency 16 over 8 clients (msgq's split; reference)",
+            round(median(split)),
+            f"{median(s / r for s, r in zip(split, raws, strict=True)):.2f}",
+        ]
+        + ["-"] * 4,
     ]
     for label, results in runs.items():
         rows.append(

@@ -102,8 +102,9 @@ async def test_invalid_raw_job_fails_validation_without_calling_api(
         json.dumps(
             {"t": 1, "f": "run_message", "a": [], "k": {"request": "nope"}, "et": 0}
         ).encode(),
+        b'{"t": "1", "f": "run_message", "a": [], "k": {}, "et": "x"}',
     ],
-    ids=["garbage", "pickle", "other-function", "not-an-object", "wrong-types"],
+    ids=["garbage", "pickle", "other-function", "not-an-object", "wrong-types", "text-times"],
 )
 async def test_hostile_payloads_end_as_failed_records(
     redis: Redis,

@@ -3,11 +3,13 @@ terminal record that ends the job in the queue in the same write."""
 
 from __future__ import annotations
 
+import time
+
 from redis.asyncio import Redis
 
 from schemas import JobStatus
-from tests.conftest import Sim, StartWorker
-from worker.arq_adapter import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, RETRY_KEY_PREFIX
+from tests.conftest import Sim, StartWorker, eventually
+from worker.arq_adapter import ABORT_KEY, IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, RETRY_KEY_PREFIX
 from worker.client import Client
 from worker.keys import COOLING_KEY, cooldown_key
 from worker.runtime.ratelimit import RateLimiter, model_class
@@ -63,3 +65,82 @@ async def test_a_cool_down_closes_the_fleet_gate_for_as_long_as_the_longest(
     assert await redis.pttl(cooldown_key(model_class("claude-sonnet-4-5"))) <= 1000
     await limiter.cool_down("claude-sonnet-4-5", 20.0)
     assert await redis.pttl(COOLING_KEY) > 19000
+
+
+async def test_a_job_with_an_unreadable_key_is_refused_and_holds_up_no_other(
+    client: Client, redis: Redis, settings: Settings, start_worker: StartWorker
+) -> None:
+    """One claim script serves several jobs; a job whose payload key has the wrong type makes
+    its own claim fail (failed, with why) instead of failing the whole batch every poll, which
+    would stop pick-up for the fleet."""
+    plain = settings.model_copy(update={"scheduler": False})
+    async with Client(Redis.from_url(settings.redis_url), plain) as producer:
+        bad = await producer.submit(BODY)
+        good = await producer.submit(BODY)
+        await redis.delete(JOB_KEY_PREFIX + bad.id)
+        await redis.hset(JOB_KEY_PREFIX + bad.id, "not", "a string")  # type: ignore[misc]
+        await start_worker(plain)
+        assert (await producer.wait(good.id, timeout=20)).status is JobStatus.SUCCEEDED
+        failed = await producer.wait(bad.id, timeout=20)
+    assert failed.status is JobStatus.FAILED
+    assert failed.error is not None and "WRONGTYPE" in failed.error.message
+
+
+async def test_a_claim_resent_after_its_reply_was_lost_gets_the_job_again(
+    redis: Redis, settings: Settings
+) -> None:
+    """redis-py re-sends a command whose reply a dropped connection lost. The first claim ran:
+    the job is locked with this worker's token. The re-sent claim hands the job over again
+    (try counted once) instead of leaving it locked for `lock_s`; another worker still cannot
+    take it."""
+    from worker.runtime.worker import build_worker
+
+    await redis.set(JOB_KEY_PREFIX + "resent", b'{"t":1,"f":"run_message","a":[],"k":{},"et":1}')
+    await redis.zadd(settings.queue_name, {"resent": 1})
+    worker = build_worker(settings, handle_signals=False)
+    other = build_worker(settings, handle_signals=False)
+    try:
+        first = await worker._claim_jobs(["resent"])
+        again = await worker._claim_jobs(["resent"])
+        assert first[0] is not None and again[0] is not None
+        assert (first[0].job_try, again[0].job_try) == (1, 1)
+        assert again[0].payload == first[0].payload
+        assert await other._claim_jobs(["resent"]) == [None]
+    finally:
+        await worker.pool.aclose()
+        await other.pool.aclose()
+
+
+async def test_a_deferred_job_no_longer_queued_is_not_queued_again(
+    redis: Redis, settings: Settings
+) -> None:
+    """arq's finish re-scores a deferred job with ZINCRBY, which adds it back if its terminal
+    record already took it out of the queue (an entry with no payload). Only a queued job is
+    re-scored."""
+    from worker.runtime.worker import build_worker
+
+    worker = build_worker(settings, handle_signals=False)
+    try:
+        await worker.finish_job("gone", False, None, 0, False, 2000, None)
+        assert await redis.zscore(settings.queue_name, "gone") is None
+        await redis.zadd(settings.queue_name, {"here": 1000})
+        await worker.finish_job("here", False, None, 0, False, 2000, None)
+        assert await redis.zscore(settings.queue_name, "here") == 3000
+    finally:
+        await worker.pool.aclose()
+
+
+async def test_old_abort_requests_are_pruned(
+    redis: Redis, settings: Settings, start_worker: StartWorker
+) -> None:
+    """Abort requests are read every poll; one older than a minute (its job long gone) is
+    dropped, a fresh one kept (arq's own prune never removed anything)."""
+    now_ms = int(time.time() * 1000)
+    await redis.zadd(ABORT_KEY, {"stale": now_ms - 120_000, "fresh": now_ms})
+    await start_worker()
+
+    async def pruned() -> bool:
+        return await redis.zscore(ABORT_KEY, "stale") is None
+
+    await eventually(pruned)
+    assert await redis.zscore(ABORT_KEY, "fresh") is not None

@@ -14,8 +14,10 @@ arq is maintenance-only upstream (arq #510) and pins redis-py < 6; see the READM
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -99,7 +101,13 @@ def deserialize(data: bytes, *, max_bytes: int = 64 * 1024 * 1024) -> dict[str, 
         return _undecodable(f"unknown job function {str(obj.get('f'))[:64]!r}")
     if not isinstance(obj.get("k", {}), dict) or not isinstance(obj.get("a", []), list):
         return _undecodable("job payload: 'a' must be a list and 'k' an object")
+    if "r" not in obj and not (_is_number(obj.get("t", 1)) and _is_number(obj.get("et", 0))):
+        return _undecodable("job payload: 't' and 'et' must be numbers")
     return obj
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _undecodable(reason: str) -> dict[str, Any]:
@@ -173,29 +181,40 @@ def worker_pool(
 
 # Claims several jobs in one round trip. KEYS: the queue, the abort ZSET, then for each job its
 # in-progress lock, payload and try counter followed by the caller's prefetch keys. ARGV: now ms,
-# lock ms, the number of prefetch reads per job and each read (GET, GETDEL or EXISTS), then the
-# job IDs. One reply per job: nil when another worker holds it, or it is gone or not yet due;
-# else {score, payload (nil when gone), try, aborted (0/1), prefetched...}.
+# lock ms, this worker's token, the number of prefetch reads per job and each read (GET, GETDEL
+# or EXISTS), then the job IDs. One reply per job: nil when another worker holds it, or it is
+# gone or not yet due; {false, error} when a key of the job could not be read (e.g. WRONGTYPE:
+# that job is refused, the rest of the batch is not held up); else {score, payload (nil when
+# gone), try, aborted (0/1), prefetched...}. A lock already holding this worker's token is a
+# re-sent claim whose reply was lost: the job is handed over again, its try not counted twice.
 CLAIM = """
-local reads = tonumber(ARGV[3])
+local reads = tonumber(ARGV[4])
 local per_job = 3 + reads
-local first_id = 4 + reads
+local first_id = 5 + reads
+local function claim(id, base)
+  local lock = redis.call('GET', KEYS[base + 1])
+  if lock and lock ~= ARGV[3] then return false end
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if not score or tonumber(score) > tonumber(ARGV[1]) then return false end
+  redis.call('SET', KEYS[base + 1], ARGV[3], 'PX', ARGV[2])
+  local try
+  if lock then
+    try = tonumber(redis.call('GET', KEYS[base + 3]) or '1')
+  else
+    try = redis.call('INCR', KEYS[base + 3])
+  end
+  redis.call('EXPIRE', KEYS[base + 3], 88400)
+  local out = {score, redis.call('GET', KEYS[base + 2]), try, redis.call('ZREM', KEYS[2], id)}
+  for r = 1, reads do
+    out[#out + 1] = redis.call(ARGV[4 + r], KEYS[base + 3 + r])
+  end
+  return out
+end
 local out = {}
 for j = first_id, #ARGV do
-  local id = ARGV[j]
-  local base = 2 + (j - first_id) * per_job
-  local claimed = false
-  if redis.call('EXISTS', KEYS[base + 1]) == 0 then
-    local score = redis.call('ZSCORE', KEYS[1], id)
-    if score and tonumber(score) <= tonumber(ARGV[1]) then
-      redis.call('PSETEX', KEYS[base + 1], ARGV[2], '1')
-      local try = redis.call('INCR', KEYS[base + 3])
-      redis.call('EXPIRE', KEYS[base + 3], 88400)
-      claimed = {score, redis.call('GET', KEYS[base + 2]), try, redis.call('ZREM', KEYS[2], id)}
-      for r = 1, reads do
-        claimed[#claimed + 1] = redis.call(ARGV[3 + r], KEYS[base + 3 + r])
-      end
-    end
+  local ok, claimed = pcall(claim, ARGV[j], 2 + (j - first_id) * per_job)
+  if not ok then
+    claimed = {false, type(claimed) == 'table' and claimed.err or tostring(claimed)}
   end
   out[#out + 1] = claimed
 end
@@ -251,9 +270,13 @@ class Claim:
     job_try: int
     aborted: bool
     prefetched: list[Any]
+    error: str | None = None  # a key of the job could not be read: the job is refused
 
 
 def _claim(reply: list[Any]) -> Claim:
+    if reply[0] is None:
+        error = reply[1].decode(errors="replace") if isinstance(reply[1], bytes) else reply[1]
+        return Claim(0, None, 0, False, [], error=str(error)[:300])
     score, payload, job_try, aborted, *prefetched = reply
     return Claim(int(float(score)), payload, int(job_try), bool(aborted), prefetched)
 
@@ -261,9 +284,10 @@ def _claim(reply: list[Any]) -> Claim:
 class MsgqWorker(Worker):
     """arq's Worker, with its per-job Redis work cut to what a job needs.
 
-    - Pick-up is one script: claim (only if no one holds the job and it is due), read the
-      payload, count the try, clear a stale abort, and read the caller's prefetch keys (msgq's
-      record and admission ticket), where arq takes six round trips.
+    - Pick-up is one script for every free slot: claim (only if no one holds the job and it is
+      due), read the payload, count the try, take a pending abort (the job is then refused,
+      as arq does), and read the caller's prefetch keys (msgq's record and admission ticket),
+      where arq takes six round trips a job.
     - A job whose terminal record already ended it in the queue (`RunningJob.queue_done`) skips
       arq's finishing transaction.
     - One heartbeat for all running jobs keeps their short in-progress locks alive.
@@ -286,6 +310,14 @@ class MsgqWorker(Worker):
         self._outage_s = 0.0
         self._on_refused = on_refused
         self._prefetch = prefetch
+        # The reads are the same for every job (the claim script relies on it): checked once.
+        self._prefetch_ops = [op for op, _ in prefetch("")] if prefetch else []
+        if any(op not in PREFETCH_READS for op in self._prefetch_ops):
+            msg = f"prefetch reads must be one of {sorted(PREFETCH_READS)}"
+            raise ValueError(msg)
+        # The value of this worker's in-progress locks: a claim re-sent after its reply was lost
+        # finds its own lock and gets the job again instead of leaving it locked for `lock_s`.
+        self._token = uuid.uuid4().hex
         self._claim: Any = None  # registered on the pool once arq has made it
         self._beat: asyncio.Task[None] | None = None
         self._claimed = 0  # jobs this worker has claimed and started
@@ -328,7 +360,9 @@ class MsgqWorker(Worker):
                     self.queue_name, min="-inf", max=now, start=self._queue_read_offset, num=count
                 )
             pipe.zrange(ABORT_KEY, 0, -1)
-            pipe.zremrangebyscore(ABORT_KEY, min=now + abort_job_max_age, max="+inf")
+            # Abort requests older than a minute (arq's own prune compares seconds with ms and
+            # removes nothing, so the set it reads every poll only grew).
+            pipe.zremrangebyscore(ABORT_KEY, min="-inf", max=now - abort_job_max_age * 1000)
             replies = await pipe.execute()
         started = self._claimed
         if picking:
@@ -378,7 +412,7 @@ class MsgqWorker(Worker):
             batch, pending = pending[:slots], pending[slots:]
             try:
                 claims = await self._claim_jobs(batch)
-            except (RedisError, OSError):
+            except BaseException:  # Redis failing, or the worker stopping, mid-claim
                 for _ in batch:
                     self._give_back_slot()
                 raise
@@ -395,16 +429,13 @@ class MsgqWorker(Worker):
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM)
         keys: list[str] = [self.queue_name, ABORT_KEY]
-        ops: list[str] = []
         for job_id in job_ids:
-            reads = list(self._prefetch(job_id)) if self._prefetch else []
-            if any(op not in PREFETCH_READS for op, _ in reads):
-                msg = f"prefetch reads must be one of {sorted(PREFETCH_READS)}"
-                raise ValueError(msg)
-            ops = [op for op, _ in reads]
+            reads = self._prefetch(job_id) if self._prefetch else []
             keys += [IN_PROGRESS_KEY_PREFIX + job_id, JOB_KEY_PREFIX + job_id]
             keys += [RETRY_KEY_PREFIX + job_id, *(key for _, key in reads)]
-        args = [timestamp_ms(), int(self.in_progress_timeout_s * 1000), len(ops), *ops, *job_ids]
+        lock_ms = int(self.in_progress_timeout_s * 1000)
+        ops = self._prefetch_ops
+        args = [timestamp_ms(), lock_ms, self._token, len(ops), *ops, *job_ids]
         replies = await self._claim(keys=keys, args=args)
         return [None if reply is None else _claim(reply) for reply in replies]
 
@@ -420,10 +451,15 @@ class MsgqWorker(Worker):
             await self._run_claimed(job_id, claim)
         except (RedisError, OSError) as exc:
             log.warning("job.bookkeeping_failed", job_id=job_id, error=type(exc).__name__)
+        except Exception as exc:  # never the worker's end: its lock lapses, the job is retried
+            log.error("job.bookkeeping_crashed", job_id=job_id, error=repr(exc)[:300])
 
     async def _run_claimed(self, job_id: str, claim: Claim) -> None:
         """arq's run_job from the claim onwards, for msgq's one task."""
         ctx = {**self.ctx, PREFETCHED: claim.prefetched}
+        if claim.error is not None:
+            failure = JobExecutionFailed(f"the job's keys could not be read: {claim.error}")
+            return await self._refuse(ctx, job_id, claim, failure)
         if claim.payload is None:
             return await self._refuse(ctx, job_id, claim, JobExecutionFailed("job expired"))
         try:
@@ -528,9 +564,40 @@ class MsgqWorker(Worker):
         await super().finish_failed_job(job_id, result_data)
         await self._on_refused(ctx or self.ctx, job_id, result_data)
 
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's finish, but a deferred job is re-scored only if it is still queued: arq's
+        ZINCRBY re-adds a job whose terminal record already took it out of the queue (a reply
+        lost after that write), leaving an entry without a payload."""
+        if finish or not incr_score:
+            await super().finish_job(
+                job_id,
+                finish,
+                result_data,
+                result_timeout_s,
+                keep_result_forever,
+                incr_score,
+                keep_in_progress,
+            )
+            return
+        async with self.pool.pipeline(transaction=True) as tr:
+            tr.zadd(self.queue_name, {job_id: incr_score}, xx=True, incr=True)
+            tr.delete(IN_PROGRESS_KEY_PREFIX + job_id)
+            await tr.execute()
+
     async def _heartbeat(self) -> None:
         """Every running job's in-progress lock extended in one round trip, a third of the lock's
-        length apart: a killed worker's jobs are free again within `lock_s`."""
+        length apart: a killed worker's jobs are free again within `lock_s`. It must not stop
+        while the worker runs (other workers would start its jobs again): every error is logged
+        and the next beat tried."""
         lock_ms = int(self.in_progress_timeout_s * 1000)
         while True:
             await asyncio.sleep(self.in_progress_timeout_s / 3)
@@ -542,7 +609,7 @@ class MsgqWorker(Worker):
                     for job_id in running:
                         pipe.pexpire(IN_PROGRESS_KEY_PREFIX + job_id, lock_ms)
                     await pipe.execute()
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
                 log.warning("worker.heartbeat_failed", jobs=len(running), error=type(exc).__name__)
 
     async def main(self) -> None:
@@ -550,8 +617,9 @@ class MsgqWorker(Worker):
         await super().main()
 
     async def _wait_for_redis(self, tries: int = 30, delay_s: float = 1.0) -> None:
-        """What arq's own pool did at start: a Redis still starting is waited for (about
-        `tries` x `delay_s`) rather than failing the worker at once."""
+        """What arq's own pool did at start: a Redis still starting is waited for (`tries` pings
+        `delay_s` apart; through Sentinel each ping may itself wait out a failover) rather than
+        failing the worker at once."""
         for attempt in range(1, tries + 1):
             try:
                 await self.pool.ping()
@@ -570,6 +638,8 @@ class MsgqWorker(Worker):
     async def close(self) -> None:
         if self._beat is not None:
             self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
         await super().close()
 
 

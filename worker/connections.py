@@ -132,8 +132,10 @@ def connect(
 ) -> Redis:
     """A client for `target` (Settings or a URL); `options` go to redis-py as they are.
 
-    Plain URLs behave exactly as `Redis.from_url`. For a Sentinel URL, `failover_wait_s` (else
-    the setting `redis_failover_wait_s`) bounds how long one command waits out a failover.
+    Plain URLs behave as `Redis.from_url` (with the pool below; its client-only options,
+    `single_connection_client` and `auto_close_connection_pool`, are not taken). For a Sentinel
+    URL, `failover_wait_s` (else the setting `redis_failover_wait_s`) bounds how long one command
+    waits out a failover.
     """
     url = target if isinstance(target, str) else target.redis_url
     if not is_sentinel(url):

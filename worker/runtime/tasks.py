@@ -174,10 +174,12 @@ async def on_refused(ctx: dict[str, Any], job_id: str, result_data: bytes | None
     """The queue refused a job before our task ran: record why."""
     deps: Deps | None = ctx.get("msgq")
     if deps is not None:
-        await record_refused(deps, job_id, result_data)
-        prefetched = ctx.get(PREFETCHED)
-        if prefetched:  # the claim took the dispatcher's ticket with the job: give it back
-            await admission.return_ticket(deps, admission.parse_ticket(prefetched[1]))
+        try:
+            await record_refused(deps, job_id, result_data)
+        finally:
+            prefetched = ctx.get(PREFETCHED)
+            if prefetched:  # the claim took the dispatcher's ticket with the job: give it back
+                await admission.return_ticket(deps, admission.parse_ticket(prefetched[1]))
 
 
 async def record_refused(deps: Deps, job_id: str, result_data: bytes | None) -> None:
