@@ -27,7 +27,7 @@ lock:  ## re-resolve requirements.lock from pyproject.toml (then run make test b
 		--python-version 3.11 --upgrade -o requirements.lock
 
 demo: $(STAMP)  ## start Redis + simulator + worker, run the four sample jobs and a caption run, stop
-	$(BIN)/python -m worker.dev.demo
+	$(BIN)/python -m msgq.dev.demo
 
 test: $(STAMP)  ## the whole suite: starts its own Redis and simulator
 	$(BIN)/pytest

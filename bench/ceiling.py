@@ -23,9 +23,9 @@ from redis.asyncio import Redis
 
 from bench.baseline import raw_httpx_run
 from bench.harness import KEY, redis_server, simulator, text_request, workers
+from msgq.client import Client
+from msgq.settings import Settings
 from schemas import JobRecord
-from worker.client import Client
-from worker.settings import Settings
 
 Table = Callable[[str, list[str], list[list[Any]]], None]
 

@@ -23,14 +23,16 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench.harness import redis_server, sim_stats, simulator, text_request, workers
+from msgq.client import Client
+from msgq.jobs.store import JobStore
+from msgq.settings import Settings
+from msgq.tenancy.budgets import Budgets
+from msgq.tenancy.tenants import load_tenants
 from schemas import JobRecord
-from worker.budgets import Budgets
-from worker.client import Client
-from worker.runtime.dispatcher import Dispatcher, Head
-from worker.runtime.ratelimit import Limits, RateLimiter
-from worker.settings import Settings
-from worker.store import JobStore
-from worker.tenants import load_tenants
+from worker.dispatch_queues import Head
+from worker.dispatcher import Dispatcher
+from worker.fair_share import FairShare
+from worker.ratelimit import Limits, RateLimiter
 
 Table = Callable[[str, list[str], list[list[Any]]], None]
 
@@ -100,8 +102,8 @@ async def interactive_wait(tmp: Path, scheduler: bool, seconds: int = 40) -> lis
     ]
 
 
-class Recorder(Dispatcher):
-    """A dispatcher that notes whom it served, in order (the bench reads the shares)."""
+class Recorder(FairShare):
+    """The fair-share policy, noting whom it served, in order (the bench reads the shares)."""
 
     log: list[Head]
 
@@ -131,17 +133,21 @@ async def weighted_shares(tmp: Path, weights: dict[str, float]) -> dict[str, flo
                         )
                     )
             limiter = RateLimiter(redis, {"haiku": Limits(rpm=10**9)})
-            dispatcher = Recorder(redis, JobStore.from_settings(redis, settings), settings, limiter)
-            dispatcher.log = []
+            dispatcher = Dispatcher(
+                redis, JobStore.from_settings(redis, settings), settings, limiter
+            )
+            recorder = Recorder(dispatcher.tenants, settings.bulk_floor_share)
+            recorder.log = []
+            dispatcher.policy = recorder
             left = {t: n for t, (n, _) in backlog.items()}
             while all(v > 0 for v in left.values()):
-                before = len(dispatcher.log)
+                before = len(recorder.log)
                 await dispatcher.tick()
-                for head in dispatcher.log[before:]:
+                for head in recorder.log[before:]:
                     left[head.tenant] -= 1
     tokens: Counter[str] = Counter()
     left = {t: n for t, (n, _) in backlog.items()}
-    for head in dispatcher.log:
+    for head in recorder.log:
         if not all(v > 0 for v in left.values()):
             break
         tokens[head.tenant] += head.tokens

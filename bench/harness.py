@@ -15,11 +15,11 @@ import httpx
 import orjson
 from redis.asyncio import Redis
 
-from worker.client import Client
-from worker.dev.embedded_redis import EmbeddedRedis, free_port
-from worker.dev.stack import msgq_command, wait_http
-from worker.keys import DONE_CHANNEL
-from worker.settings import Settings
+from msgq.client import Client
+from msgq.dev.embedded_redis import EmbeddedRedis, free_port
+from msgq.dev.stack import msgq_command, wait_http
+from msgq.keys import DONE_CHANNEL
+from msgq.settings import Settings
 
 KEY = "sk-ant-bench-local-key-000000"
 PROMPT = "Summarise the following note in one line. " + "The queue hums along. " * 70

@@ -36,9 +36,9 @@ from bench.harness import (
 from bench.noop import arq_noop_jobs_per_s
 from bench.streaming import report as streaming_report
 from bench.ui import page_times as ui_page_times
-from worker.client import Client
-from worker.dev.stack import msgq_command
-from worker.settings import Settings
+from msgq.client import Client
+from msgq.dev.stack import msgq_command
+from msgq.settings import Settings
 
 RPM = 1200
 OUT_TOKENS = 60  # max_tokens; the simulator's replies to PROMPT stop near 35

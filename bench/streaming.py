@@ -18,8 +18,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench.harness import redis_server, run_wave, simulator, text_request, workers
-from worker.dev.simulator.events import message_events
-from worker.dev.simulator.replies import build_message
+from msgq.dev.simulator.events import message_events
+from msgq.dev.simulator.replies import build_message
 
 PLAIN = {"MSGQ_STREAM_MIN_MAX_TOKENS": str(10**9)}  # no job reaches it: never streamed
 STREAMED = {"MSGQ_STREAM_MIN_MAX_TOKENS": "0"}  # every job streams (the default starts at 1,024)
@@ -51,7 +51,7 @@ def workers_cpu_s() -> float:
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = stat.read_text().rsplit(")", 1)[1].split()
             cmdline = (stat.parent / "cmdline").read_bytes()
-            if int(fields[1]) == os.getpid() and cmdline.endswith(b"worker.cli.main\0worker\0"):
+            if int(fields[1]) == os.getpid() and cmdline.endswith(b"msgq.cli.main\0worker\0"):
                 total += (int(fields[11]) + int(fields[12])) / tick
     return total
 

@@ -23,15 +23,15 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from bench.harness import redis_server
+from msgq.batches import Batches
+from msgq.client import enqueue_payload
+from msgq.dev.embedded_redis import free_port
+from msgq.http.app import create_app
+from msgq.jobs.records import build_spec, new_record
+from msgq.jobs.store import JobStore
+from msgq.settings import Settings
 from schemas import JobError, JobStatus, JobUsage
 from schemas.batches import BatchCreate
-from worker.batches import Batches
-from worker.client import enqueue_payload
-from worker.dev.embedded_redis import free_port
-from worker.http.app import create_app
-from worker.records import build_spec, new_record
-from worker.settings import Settings
-from worker.store import JobStore
 
 ADMIN = "bench-admin-key-0123456789"
 TENANTS = ("acme", "globex", "initech")

@@ -5,13 +5,14 @@
         job = await q.submit({"model": ..., "max_tokens": ..., "messages": [...]})
         record = await q.wait(job.id, timeout=60)
 
-This package is a thin facade: the code lives in `worker/` (the service) and `schemas/` (the
-contract). Importing it needs only the base install (redis, pydantic, orjson, arq).
+`msgq` is the product: this module is its public surface (`__all__`); the core sits beside it,
+the HTTP API, captioning, the CLI and the dev stack in subpackages. `worker/` is the arq worker
+alone and `schemas/` the contract. Importing this needs only the base install (redis, pydantic,
+orjson, arq).
 """
 
-from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, Message, MessageRequest
-from worker.client import Client, Submitted
-from worker.errors import (
+from msgq.client import Client, Submitted
+from msgq.errors import (
     InvalidJobError,
     InvalidResponseError,
     JobNotFoundError,
@@ -24,7 +25,8 @@ from worker.errors import (
     UnavailableError,
     UpstreamError,
 )
-from worker.settings import Settings
+from msgq.settings import Settings
+from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, Message, MessageRequest
 
 __all__ = [
     "Client",

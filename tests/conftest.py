@@ -18,12 +18,12 @@ import redis as redis_sync
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from worker.client import Client
-from worker.dev.embedded_redis import EmbeddedRedis, free_port
-from worker.dev.stack import msgq_command, wait_http
-from worker.runtime.worker import MsgqWorker, build_worker
-from worker.settings import Settings
-from worker.store import JobStore
+from msgq.client import Client
+from msgq.dev.embedded_redis import EmbeddedRedis, free_port
+from msgq.dev.stack import msgq_command, wait_http
+from msgq.jobs.store import JobStore
+from msgq.settings import Settings
+from worker.process import MsgqWorker, build_worker
 
 TEST_API_KEY = "sk-ant-test-0123456789abcdefSECRET"
 
@@ -242,7 +242,7 @@ def api_settings(settings: Settings) -> Settings:
 @pytest.fixture
 async def api(api_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The API in-process (lifespan run), as tenant A by default."""
-    from worker.http.app import create_app
+    from msgq.http.app import create_app
 
     app = create_app(api_settings)
     async with app.router.lifespan_context(app):
@@ -258,7 +258,7 @@ async def api_server(api_settings: Settings) -> AsyncIterator[str]:
     """The API served by uvicorn on a loopback port, in this event loop (real HTTP)."""
     import uvicorn
 
-    from worker.http.app import create_app
+    from msgq.http.app import create_app
 
     port = free_port()
     config = uvicorn.Config(

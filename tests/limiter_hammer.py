@@ -8,7 +8,7 @@ import time
 
 from redis.asyncio import Redis
 
-from worker.runtime.ratelimit import Limits, RateLimiter
+from worker.ratelimit import Limits, RateLimiter
 
 
 async def hammer(url: str, tries: int, rpm: int, start_at: float) -> int:

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
+from msgq.settings import Settings
 from tests.conftest import KEY_B, SAMPLES, Sim, StartWorker, eventually
-from worker.settings import Settings
 
 BODY = json.loads((SAMPLES / "requests" / "text.json").read_text())
 
@@ -17,7 +17,7 @@ async def queue_length(http: httpx.AsyncClient, settings: Settings) -> int:
     """Jobs waiting anywhere: arq's queue, or the fair-share scheduler's queues."""
     from redis.asyncio import Redis
 
-    from worker.keys import SCHED_WHERE
+    from msgq.keys import SCHED_WHERE
 
     async with Redis.from_url(settings.redis_url) as redis:
         return int(await redis.zcard(settings.queue_name)) + int(await redis.hlen(SCHED_WHERE))

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.generation import GenerationMode
 
+from msgq.dev.embedded_redis import free_port
+from msgq.dev.stack import msgq_command, wait_http
+from msgq.settings import Settings
 from tests.conftest import KEY_A, stop_process, worker_env
-from worker.dev.embedded_redis import free_port
-from worker.dev.stack import msgq_command, wait_http
-from worker.settings import Settings
 
 EXAMPLES_PER_OPERATION = 25
 

@@ -14,19 +14,19 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from msgq.audit import audit
+from msgq.caption.output import CaptionLog
+from msgq.caption.run import CaptionOptions, CaptionRun
+from msgq.client import Client
+from msgq.dev.stack import msgq_command
+from msgq.jobs.store import JobStore
+from msgq.keys import LANE_POOL, LANE_WHERE
+from msgq.settings import Settings
 from schemas import JobRecord, JobStatus, Lane
 from tests.conftest import SAMPLES, TEST_API_KEY, Sim, StartWorker, eventually
 from tests.images import image_bytes
-from worker.audit import audit
-from worker.caption.output import CaptionLog
-from worker.caption.run import CaptionOptions, CaptionRun
-from worker.client import Client
-from worker.dev.stack import msgq_command
-from worker.keys import LANE_POOL, LANE_WHERE
-from worker.runtime.batch_api import BatchApi
-from worker.runtime.reconciler import Reconciler
-from worker.settings import Settings
-from worker.store import JobStore
+from worker.batch_api import BatchApi
+from worker.reconciler import Reconciler
 
 TEXT = json.loads((SAMPLES / "requests" / "text.json").read_text())
 N = 60  # the issue's 500 runs in `make bench` (2,000 images)
@@ -128,7 +128,7 @@ async def test_auto_follows_the_deadline_and_batch_rules_are_checked_first(
     refuses: `batch` fails naming the rule (nothing sent), `auto` runs realtime."""
     from datetime import timedelta
 
-    from worker.records import utcnow
+    from msgq.jobs.records import utcnow
 
     configure(sim, processing_s=0.2)
     await start_worker(lane_settings)
@@ -156,7 +156,7 @@ async def test_each_per_request_outcome(
     are ridden out."""
     from datetime import timedelta
 
-    from worker.records import utcnow
+    from msgq.jobs.records import utcnow
 
     sim.script({"status": 429, "headers": {"retry-after": "1"}}, key="batches:create")
     sim.script({"status": 503}, {"status": 429}, key="batches:retrieve")
@@ -271,7 +271,7 @@ async def test_lane_from_every_interface(
     """`lane` from the HTTP jobs API, `msgq submit --lane`, raw Redis JSON (run by a worker in
     the batch lane), and the Batches API's default (MSGQ_BATCHES_LANE) with a tenant's
     batches_lane winning."""
-    from worker.http.app import create_app
+    from msgq.http.app import create_app
 
     tenants = tmp_path / "tenants.toml"
     tenants.write_text('[tenants.tenant-b]\nbatches_lane = "realtime"\n')
@@ -351,9 +351,9 @@ async def test_a_tenants_budget_holds_in_the_batch_lane(
 ) -> None:
     """A budget is reserved when the job is pooled and settled to the batch-priced cost when it
     ends (spend = the record's cost); a budget the job cannot fit fails it before it is sent."""
-    from worker.budgets import Budgets
-    from worker.keys import LANE_BUDGETS
-    from worker.tenants import parse_tenants
+    from msgq.keys import LANE_BUDGETS
+    from msgq.tenancy.budgets import Budgets
+    from msgq.tenancy.tenants import parse_tenants
 
     text = (
         "[tenants.acme]\nbudget_usd_day = 1.0\n"

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from msgq.audit import audit
+from msgq.client import Client
+from msgq.dev.stack import msgq_command
+from msgq.settings import Settings
 from schemas import JobStatus, Lane
 from tests.conftest import SAMPLES, Sim, eventually, stop_workers, worker_env
-from worker.audit import audit
-from worker.client import Client
-from worker.dev.stack import msgq_command
-from worker.settings import Settings
 
 TEXT = json.loads((SAMPLES / "requests" / "text.json").read_text())
 JOBS = 20

@@ -7,8 +7,8 @@ from typing import Any
 
 import anthropic
 
+from msgq.settings import Settings
 from tests.conftest import KEY_A, SAMPLES, Sim, StartWorker, eventually
-from worker.settings import Settings
 
 TEXT = json.loads((SAMPLES / "requests" / "text.json").read_text())
 IMAGE = json.loads((SAMPLES / "requests" / "image_base64.json").read_text())

@@ -15,14 +15,14 @@ import pytest
 from PIL import Image
 from redis.asyncio import Redis
 
+from msgq.caption.output import CaptionLog
+from msgq.caption.report import estimate
+from msgq.caption.run import CaptionOptions, CaptionRun, Tally
+from msgq.client import Client
+from msgq.dev.stack import msgq_command
+from msgq.keys import SCHED_WHERE
+from msgq.settings import Settings
 from tests.conftest import Sim, StartWorker, eventually
-from worker.caption.output import CaptionLog
-from worker.caption.report import estimate
-from worker.caption.run import CaptionOptions, CaptionRun, Tally
-from worker.client import Client
-from worker.dev.stack import msgq_command
-from worker.keys import SCHED_WHERE
-from worker.settings import Settings
 
 PROMPT = "Describe {name} in one sentence."
 
@@ -307,7 +307,7 @@ async def test_ctrl_c_summarises_and_says_how_to_cancel(
 ) -> None:
     """SIGINT mid-run: exit 130 with the summary, the jobs left in the fleet and the command
     that cancels them; that command cancels them. No --prompt: the documented default."""
-    from worker.caption.work import DEFAULT_PROMPT
+    from msgq.caption.work import DEFAULT_PROMPT
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -352,8 +352,8 @@ async def test_ctrl_c_summarises_and_says_how_to_cancel(
 def test_plain_progress_has_a_total_and_eta_on_one_line(tmp_path: Path) -> None:
     """Off a terminal: the total is counted ahead (no image read) and each update is one
     unwrapped line with done/total and an ETA."""
-    from worker.caption.inputs import count_items
-    from worker.caption.report import Display
+    from msgq.caption.inputs import count_items
+    from msgq.caption.report import Display
 
     for i in range(3):
         (tmp_path / f"{i}.jpg").write_bytes(b"not even an image")

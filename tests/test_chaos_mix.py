@@ -21,13 +21,13 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from msgq.audit import audit
+from msgq.client import Client
+from msgq.dev.embedded_redis import EmbeddedRedis, free_port
+from msgq.dev.stack import msgq_command, wait_http
+from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import eventually, stop_process, stop_workers, worker_env
-from worker.audit import audit
-from worker.client import Client
-from worker.dev.embedded_redis import EmbeddedRedis, free_port
-from worker.dev.stack import msgq_command, wait_http
-from worker.settings import Settings
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
 BODY = {

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from msgq.client import Client
+from msgq.dev.stack import msgq_command
+from msgq.keys import health_check_key
+from msgq.settings import Settings
 from tests.conftest import SAMPLES, Sim, StartWorker, eventually
 from tests.test_crash import BODY
-from worker.client import Client
-from worker.dev.stack import msgq_command
-from worker.keys import health_check_key
-from worker.settings import Settings
 
 
 def msgq(

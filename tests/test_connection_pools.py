@@ -8,9 +8,9 @@ from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 
-from worker.connections import FastConnectionPool, connect
-from worker.runtime.upstream import UpstreamClients
-from worker.settings import Settings
+from msgq.connections import FastConnectionPool, connect
+from msgq.settings import Settings
+from worker.upstream import UpstreamClients
 
 
 async def test_a_slow_connection_check_does_not_hold_up_other_commands(redis_url: str) -> None:

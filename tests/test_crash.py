@@ -9,12 +9,12 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from msgq.audit import audit
+from msgq.client import Client
+from msgq.dev.stack import msgq_command
+from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import Sim, eventually, stop_workers, worker_env
-from worker.audit import audit
-from worker.client import Client
-from worker.dev.stack import msgq_command
-from worker.settings import Settings
 
 BODY = {
     "model": "claude-haiku-4-5",

@@ -12,10 +12,10 @@ import orjson
 import pytest
 import redis
 
+from msgq.client import Client
+from msgq.dev.stack import msgq_command
 from schemas import JobStatus
 from tests.conftest import SAMPLES
-from worker.client import Client
-from worker.dev.stack import msgq_command
 
 
 async def test_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ async def test_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
 
 def test_demo_finds_its_samples() -> None:
     """`make demo` reads the bundled requests and images from the checkout."""
-    from worker.dev.demo import SAMPLES, sample_requests
+    from msgq.dev.demo import SAMPLES, sample_requests
 
     assert set(sample_requests()) >= {"text", "prefill"}
     assert any((SAMPLES / "images").iterdir())

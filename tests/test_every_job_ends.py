@@ -9,15 +9,15 @@ import pytest
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from msgq.arq_format import UNREACHABLE_TIMEOUT_S
+from msgq.client import Client
+from msgq.keys import arq_job_key
+from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import Sim, StartWorker, eventually
 from tests.test_crash import spawn_worker
-from worker.arq_adapter import UNREACHABLE_TIMEOUT_S
-from worker.client import Client
-from worker.keys import arq_job_key
-from worker.runtime.tasks import ceiling_s
-from worker.runtime.worker import build_worker
-from worker.settings import Settings
+from worker.process import build_worker
+from worker.tasks import ceiling_s
 
 BODY = {
     "model": "claude-haiku-4-5",

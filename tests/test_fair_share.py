@@ -14,18 +14,18 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from msgq.audit import audit
+from msgq.client import Client
+from msgq.dev.stack import msgq_command
+from msgq.jobs.store import JobStore
+from msgq.settings import Settings
+from msgq.tenancy.budgets import Budgets, Reservation
+from msgq.tenancy.tenants import parse_tenants
 from schemas import JobStatus
 from tests.conftest import Sim, eventually, stop_workers, worker_env
 from tests.test_reconcile_audit import spawn
-from worker.audit import audit
-from worker.budgets import Budgets, Reservation
-from worker.client import Client
-from worker.dev.stack import msgq_command
-from worker.runtime.dispatcher import Dispatcher
-from worker.runtime.ratelimit import Limits, RateLimiter
-from worker.settings import Settings
-from worker.store import JobStore
-from worker.tenants import parse_tenants
+from worker.dispatcher import Dispatcher
+from worker.ratelimit import Limits, RateLimiter
 
 BODY = {
     "model": "claude-haiku-4-5",

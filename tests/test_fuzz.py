@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from msgq.client import Client
+from msgq.keys import arq_job_key
+from msgq.settings import Settings
 from schemas import JobStatus, field_errors, validate_request
 from tests.conftest import StartWorker, eventually
 from tests.images import image_bytes
-from worker.client import Client
-from worker.keys import arq_job_key
-from worker.settings import Settings
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
 CASES = 10_000 if CHAOS else 300

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from msgq.client import Client
+from msgq.errors import InvalidJobError
+from msgq.jobs.store import JobStore
+from msgq.keys import arq_job_key
+from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import Sim, StartWorker, eventually
-from worker.client import Client
-from worker.errors import InvalidJobError
-from worker.keys import arq_job_key
-from worker.runtime import transitions
-from worker.settings import Settings
-from worker.store import JobStore
+from worker import transitions
 
 BODY = {
     "model": "claude-haiku-4-5",

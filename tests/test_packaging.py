@@ -59,7 +59,7 @@ def test_compose_ha_profile_has_the_tested_topology() -> None:
     """Profile `ha`: a primary, its replica and three Sentinels (quorum 2) watching it, and a
     worker and an API whose REDIS_URL names those Sentinels and the service they monitor; the
     API acknowledges a job only once the replica holds it."""
-    from worker.connections import parse_sentinel_url
+    from msgq.connections import parse_sentinel_url
 
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     sentinels = ["sentinel-1", "sentinel-2", "sentinel-3"]

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from msgq.client import Client
+from msgq.pricing import cost_usd
 from schemas import JobStatus
 from tests.conftest import SAMPLES, TEST_API_KEY, Sim, StartWorker
-from worker.client import Client
-from worker.pricing import cost_usd
 
 
 @pytest.mark.parametrize("name", ["text", "multi_turn", "prefill", "image_base64"])

@@ -10,15 +10,15 @@ from collections.abc import Iterator
 import pytest
 from redis.asyncio import Redis
 
+from msgq.client import Client
+from msgq.dev.embedded_redis import free_port
+from msgq.dev.stack import msgq_command, wait_http
+from msgq.keys import PAUSE_KEY
+from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import Sim, StartWorker, eventually, stop_process
-from worker.client import Client
-from worker.dev.embedded_redis import free_port
-from worker.dev.stack import msgq_command, wait_http
-from worker.keys import PAUSE_KEY
-from worker.runtime.concurrency import AdaptiveConcurrency
-from worker.runtime.ratelimit import Limits, RateLimiter
-from worker.settings import Settings
+from worker.concurrency import AdaptiveConcurrency
+from worker.ratelimit import Limits, RateLimiter
 
 BODY = {
     "model": "claude-haiku-4-5",

@@ -15,14 +15,13 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from schemas import JobStatus
-from tests.conftest import KEY_A, SAMPLES, Sim, StartWorker, eventually, stop_process
-from worker.audit import audit
-from worker.batches import BatchMeta
-from worker.client import Client
-from worker.dev.embedded_redis import free_port
-from worker.dev.stack import msgq_command, wait_http
-from worker.keys import (
+from msgq.audit import audit
+from msgq.batches import BatchMeta
+from msgq.client import Client
+from msgq.dev.embedded_redis import free_port
+from msgq.dev.stack import msgq_command, wait_http
+from msgq.jobs.store import JobStore
+from msgq.keys import (
     BATCHES_KEY,
     SCHED_BACKLOG,
     SCHED_WHERE,
@@ -30,9 +29,10 @@ from worker.keys import (
     batch_key,
     record_key,
 )
-from worker.runtime.reconciler import Reconciler
-from worker.settings import Settings
-from worker.store import JobStore
+from msgq.settings import Settings
+from schemas import JobStatus
+from tests.conftest import KEY_A, SAMPLES, Sim, StartWorker, eventually, stop_process
+from worker.reconciler import Reconciler
 
 BODY = json.loads((SAMPLES / "requests" / "text.json").read_text())
 
@@ -202,7 +202,7 @@ async def test_chunked_body_over_the_limit_is_413_in_the_api_shape(
     api_settings: Settings,
 ) -> None:
     """No Content-Length (chunked): still 413 request_too_large, not a body-parsing 400."""
-    from worker.http.app import create_app
+    from msgq.http.app import create_app
 
     small = api_settings.model_copy(update={"max_body_bytes": 1000})
     app = create_app(small)

@@ -1,4 +1,4 @@
-"""The pure record transitions (worker.records), without Redis: each rule on its own."""
+"""The pure record transitions (msgq.jobs.records), without Redis: each rule on its own."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from msgq.errors import InvalidJobError
+from msgq.extras import MissingExtraError, require
+from msgq.jobs import records
 from schemas import JobError, JobRecord, JobSpec, JobStatus
-from worker import records
-from worker.errors import InvalidJobError
-from worker.extras import MissingExtraError, require
 
 BODY = {
     "model": "claude-haiku-4-5",

@@ -21,14 +21,14 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from msgq.audit import audit
+from msgq.client import Client
+from msgq.dev.embedded_redis import EmbeddedRedis, free_port
+from msgq.dev.stack import msgq_command, wait_http
+from msgq.keys import DONE_CHANNEL, record_key
+from msgq.settings import Settings
 from schemas import JobRecord, JobStatus
 from tests.conftest import Sim, StartWorker, eventually, stop_process, stop_workers, worker_env
-from worker.audit import audit
-from worker.client import Client
-from worker.dev.embedded_redis import EmbeddedRedis, free_port
-from worker.dev.stack import msgq_command, wait_http
-from worker.keys import DONE_CHANNEL, record_key
-from worker.settings import Settings
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
 BODY = {
@@ -227,7 +227,7 @@ async def test_poison_job_fails_after_its_attempts_and_worker_serves_on(
     monkeypatch: pytest.MonkeyPatch, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """A bug in task code (not the API) ends `failed` with its type and message; others run."""
-    from worker.runtime import attempt
+    from worker import attempt
 
     real = attempt.estimate_input_tokens
 

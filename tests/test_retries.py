@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from msgq.client import Client
+from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import Sim, StartWorker, eventually
-from worker.client import Client
-from worker.settings import Settings
 
 BODY = {
     "model": "claude-haiku-4-5",

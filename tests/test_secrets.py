@@ -9,10 +9,10 @@ import pytest
 import structlog
 from redis.asyncio import Redis
 
+from msgq.client import Client
+from msgq.logs import configure_logging, register_secret, scrub_secrets
 from schemas import JobStatus
 from tests.conftest import TEST_API_KEY, Sim, StartWorker
-from worker.client import Client
-from worker.logs import configure_logging, register_secret, scrub_secrets
 
 BODY = {
     "model": "claude-haiku-4-5",

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from msgq.client import Client
+from msgq.dev.embedded_redis import EmbeddedRedis
+from msgq.jobs.store import JobStore
+from msgq.keys import arq_job_key
+from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import TEST_API_KEY, Sim, StartWorker, eventually
-from worker.client import Client
-from worker.dev.embedded_redis import EmbeddedRedis
-from worker.keys import arq_job_key
-from worker.settings import Settings
-from worker.store import JobStore
 
 BODY = {
     "model": "claude-haiku-4-5",

@@ -25,18 +25,18 @@ from pydantic import SecretStr, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from msgq.arq_format import redis_settings
+from msgq.audit import audit
+from msgq.client import Client
+from msgq.connections import SentinelTarget, connect, parse_sentinel_url
+from msgq.dev.embedded_redis import EmbeddedRedis
+from msgq.dev.sentinel_cluster import SentinelCluster
+from msgq.dev.stack import msgq_command
+from msgq.errors import NotReplicatedError
+from msgq.keys import record_key
+from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import Sim, StartWorker, eventually, stop_workers, worker_env
-from worker.arq_adapter import redis_settings
-from worker.audit import audit
-from worker.client import Client
-from worker.connections import SentinelTarget, connect, parse_sentinel_url
-from worker.dev.embedded_redis import EmbeddedRedis
-from worker.dev.sentinel_cluster import SentinelCluster
-from worker.dev.stack import msgq_command
-from worker.errors import NotReplicatedError
-from worker.keys import record_key
-from worker.settings import Settings
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
 PASSWORD = "s3cret-ha"
@@ -106,7 +106,7 @@ async def test_every_entry_point_works_through_sentinel(
     finally:
         await pool.aclose()
 
-    from worker.http.app import create_app
+    from msgq.http.app import create_app
 
     api_settings = ha_settings.model_copy(update={"api_keys": SecretStr("t:key-0123456789")})
     app = create_app(api_settings)
@@ -172,7 +172,7 @@ async def test_submit_waits_for_a_replica(
 
 
 async def _post_job(settings: Settings, job_id: str) -> httpx.Response:
-    from worker.http.app import create_app
+    from msgq.http.app import create_app
 
     app = create_app(settings.model_copy(update={"api_keys": SecretStr("t:key-0123456789")}))
     async with (

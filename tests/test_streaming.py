@@ -15,15 +15,15 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
+from msgq.client import Client
+from msgq.dev.simulator.events import message_events
+from msgq.dev.stack import msgq_command
+from msgq.errors import OverloadedError, RateLimitError, RejectedError, UnavailableError
+from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import KEY_A, KEY_B, TEST_API_KEY, Sim, StartWorker, eventually, worker_env
-from worker.client import Client
-from worker.dev.simulator.events import message_events
-from worker.dev.stack import msgq_command
-from worker.errors import OverloadedError, RateLimitError, RejectedError, UnavailableError
-from worker.runtime.classify import classify_error_event
-from worker.runtime.streaming import MessageAssembler, MidStreamError
-from worker.settings import Settings
+from worker.classify import classify_error_event
+from worker.streaming import MessageAssembler, MidStreamError
 
 BODY: dict[str, Any] = {
     "model": "claude-haiku-4-5",
@@ -355,9 +355,9 @@ async def test_simulator_flags_long_replies_and_stream_faults() -> None:
     max_tokens) tokens with the right stop_reason; a streamed one gets its error event."""
     from aiohttp import web
 
-    from worker.dev.embedded_redis import free_port
-    from worker.dev.simulator.app import build_app
-    from worker.dev.simulator.state import SimConfig, parse_stream_faults
+    from msgq.dev.embedded_redis import free_port
+    from msgq.dev.simulator.app import build_app
+    from msgq.dev.simulator.state import SimConfig, parse_stream_faults
 
     faults = parse_stream_faults(("error=1",))
     with pytest.raises(click.BadParameter):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from msgq.settings import Settings
+from msgq.tenancy.tenants import TenantsFileError, parse_tenants
 from schemas import Lane, Priority
-from worker.settings import Settings
-from worker.tenants import TenantsFileError, parse_tenants
 
 GOOD = """
 [tenants.acme]

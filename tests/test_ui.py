@@ -19,19 +19,19 @@ from PIL import Image
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from msgq.client import Client
+from msgq.fleet_stats import last_hour
+from msgq.http.app import create_app
+from msgq.http.ui.queries import JobFilter, find_jobs
+from msgq.jobs import records
+from msgq.jobs.store import JobStore
+from msgq.keys import PAUSE_KEY, model_jobs_key, record_key, spec_key, status_jobs_key
+from msgq.settings import Settings
+from msgq.tenancy.budgets import Budgets
 from schemas import JobError, JobStatus
 from tests.conftest import KEY_A, KEY_B, Sim, StartWorker, eventually
 from tests.images import image_block, image_bytes
-from worker import records
-from worker.budgets import Budgets
-from worker.client import Client
-from worker.fleet_stats import last_hour
-from worker.http.app import create_app
-from worker.http.ui.queries import JobFilter, find_jobs
-from worker.keys import PAUSE_KEY, model_jobs_key, record_key, spec_key, status_jobs_key
-from worker.runtime.ratelimit import Limits, RateLimiter
-from worker.settings import Settings
-from worker.store import JobStore
+from worker.ratelimit import Limits, RateLimiter
 
 
 def now_ms() -> int:

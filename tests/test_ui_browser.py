@@ -22,11 +22,11 @@ import orjson
 import pytest
 import redis as redis_sync
 
+from msgq.dev.embedded_redis import free_port
+from msgq.dev.stack import msgq_command, wait_http
+from msgq.keys import PAUSE_KEY, record_key
 from tests.conftest import KEY_A, KEY_B, TEST_API_KEY, Sim, stop_process
 from tests.images import image_block, image_bytes
-from worker.dev.embedded_redis import free_port
-from worker.dev.stack import msgq_command, wait_http
-from worker.keys import PAUSE_KEY, record_key
 
 REQUIRED = os.environ.get("MSGQ_REQUIRE_BROWSER") == "1"  # read at import: fixtures clear MSGQ_*
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

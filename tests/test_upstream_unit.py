@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.errors import (
+from msgq.errors import (
     InvalidResponseError,
     OverloadedError,
     RateLimitError,
@@ -16,9 +16,9 @@ from worker.errors import (
     SpendLimitError,
     UnavailableError,
 )
-from worker.pricing import cost_usd
-from worker.runtime.backoff import backoff_delay_s, retry_delay_s
-from worker.runtime.upstream import classify, parse_message, parse_retry_after
+from msgq.pricing import cost_usd
+from worker.backoff import backoff_delay_s, retry_delay_s
+from worker.upstream import classify, parse_message, parse_retry_after
 
 
 def response(status: int, body: Any = None, **headers: str) -> httpx.Response:

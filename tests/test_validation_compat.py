@@ -10,12 +10,12 @@ import pytest
 import structlog
 from pydantic import ValidationError
 
+from msgq.jobs.records import new_record
+from msgq.pricing import cost_usd
 from schemas import capabilities_for, field_errors, validate_request
 from schemas.jobs import JobSpec
 from tests.images import image_block, image_bytes
-from worker.pricing import cost_usd
-from worker.records import new_record
-from worker.runtime.tasks import _ready_to_send
+from worker.tasks import _ready_to_send
 
 
 def user(content: Any) -> dict[str, Any]:

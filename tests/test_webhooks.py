@@ -27,20 +27,20 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from msgq.audit import audit
+from msgq.client import Client
+from msgq.dev.embedded_redis import free_port
+from msgq.dev.stack import msgq_command
+from msgq.errors import InvalidJobError
+from msgq.keys import BATCHES_KEY, INDEX_KEY, WEBHOOKS_DUE_KEY, WEBHOOKS_KEY
+from msgq.settings import Settings
+from msgq.tenancy.tenants import TenantsFileError, parse_tenants
+from msgq.webhooks.outbox import Entry
+from msgq.webhooks.targets import Allow, refusal
 from schemas import JobStatus
 from tests.conftest import KEY_A, SAMPLES, Sim, StartWorker, eventually, stop_workers, worker_env
 from tests.test_cli import msgq
 from tests.test_crash import BODY
-from worker.audit import audit
-from worker.client import Client
-from worker.dev.embedded_redis import free_port
-from worker.dev.stack import msgq_command
-from worker.errors import InvalidJobError
-from worker.keys import BATCHES_KEY, INDEX_KEY, WEBHOOKS_DUE_KEY, WEBHOOKS_KEY
-from worker.settings import Settings
-from worker.tenants import TenantsFileError, parse_tenants
-from worker.webhooks.outbox import Entry
-from worker.webhooks.targets import Allow, refusal
 
 SECRET = "whsec_" + base64.b64encode(b"msgq-test-webhook-key-0123456789").decode()
 TENANT_SECRET = "whsec_" + base64.b64encode(b"tenant-a-own-webhook-key-abcdefg").decode()
@@ -263,7 +263,7 @@ async def test_sigkill_mid_delivery_is_delivered_after_restart(
 
 
 def _app_client(settings: Settings) -> Any:
-    from worker.http.app import create_app
+    from msgq.http.app import create_app
 
     return create_app(settings)
 

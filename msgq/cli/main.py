@@ -1,0 +1,341 @@
+"""The `msgq` command: thin verbs over the client, the worker, the simulator and the dev stack.
+
+Exit codes: 0 success; 1 the job failed, or Redis could not be reached; 2 usage, validation,
+bad configuration, unknown job or ID conflict; 130 interrupted (Ctrl-C).
+Errors are one line on stderr; `msgq --debug ...` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from msgq.cli import operations, services  # registered below
+from msgq.cli.common import FAILED_STATUSES, JobFailedError, dump, with_client
+from msgq.client import Client
+from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
+from msgq.extras import MissingExtraError
+from msgq.settings import Settings
+from schemas import JobRecord, JobStatus, Lane, Priority, summarize
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """msgq: a job queue for the Anthropic Messages API.
+
+    Configuration comes from the environment (REDIS_URL, ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL,
+    MSGQ_*); `msgq settings` lists every setting, its value and where it came from.
+    """
+
+
+@cli.command()
+def settings() -> None:
+    """List every setting: its variable, the value in effect and where it came from."""
+    from msgq.cli.config import settings_rows
+
+    for env, value, source, description in settings_rows(Settings()):
+        click.echo(f"{env:<44} {value:<28} {source:<8} {description}".rstrip())
+
+
+def _read_json(path: str) -> Any:
+    # Bytes, not text: a photo given by mistake is "not JSON", not a UTF-8 decoding crash.
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        msg = f"cannot read {path}: {exc.strerror}"
+        raise click.UsageError(msg) from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        msg = f"{path} is not JSON (a Messages request as a JSON object is expected): {exc}"
+        raise click.UsageError(msg) from None
+
+
+@cli.command()
+@click.argument("file")
+@click.option("--id", "job_id", help="Caller-chosen job ID: submitting it again is a no-op.")
+@click.option("--wait", is_flag=True, help="Wait for the job to end and print its record.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to --wait.")
+@click.option("--callback-url", help="POST the final record here, signed (Standard Webhooks).")
+@click.option(
+    "--lane",
+    type=click.Choice([lane.value for lane in Lane]),
+    help="realtime (default); batch: Message Batches at half price, ends within 24 h; "
+    "auto: batch when the deadline leaves room.",
+)
+@click.option(
+    "--priority",
+    type=click.Choice([p.value for p in Priority]),
+    help="interactive, default or bulk (default: the tenant's, else default).",
+)
+@click.option("--tenant", "submit_tenant", help="Submit for this tenant (its ID is tenant:id).")
+def submit(
+    file: str,
+    job_id: str | None,
+    wait: bool,
+    timeout: float,
+    callback_url: str | None,
+    lane: str | None,
+    priority: str | None,
+    submit_tenant: str | None,
+) -> None:
+    """Enqueue one Messages request from FILE (`-` for stdin); prints the job ID."""
+    request = _read_json(file)
+
+    async def run(client: Client) -> JobRecord | str:
+        job = await client.submit(
+            request,
+            job_id=job_id,
+            callback_url=callback_url,
+            lane=lane,
+            priority=priority,
+            tenant=submit_tenant,
+        )
+        return await client.wait(job.id, timeout=timeout) if wait else job.id
+
+    outcome = with_client(run)
+    if isinstance(outcome, str):
+        click.echo(outcome)
+        return
+    dump(outcome.model_dump(mode="json"))
+    if outcome.status in FAILED_STATUSES:
+        msg = f"job {outcome.id} {outcome.status.value}"
+        raise JobFailedError(msg)
+
+
+TENANT = click.option(
+    "--tenant", help="The HTTP API tenant that submitted the job (its ID is stored tenant:id)."
+)
+
+
+def _stored_id(job_id: str, tenant: str | None) -> str:
+    return f"{tenant}:{job_id}" if tenant else job_id
+
+
+@cli.command()
+@click.argument("job_id")
+@TENANT
+@click.option("--follow", "-f", is_flag=True, help="Print the text as it streams, then the record.")
+def status(job_id: str, tenant: str | None, follow: bool) -> None:
+    """Print a job's record as JSON (--follow: its text first, like tail -f)."""
+    if follow:
+        from msgq.cli.follow import follow_to_terminal
+
+        record = follow_to_terminal(Settings(), _stored_id(job_id, tenant))
+        dump(record.model_dump(mode="json"))
+        if record.status in FAILED_STATUSES:
+            msg = f"job {job_id} {record.status.value}"
+            raise JobFailedError(msg)
+        return
+    dump(with_client(lambda c: c.get(_stored_id(job_id, tenant))).model_dump(mode="json"))
+
+
+@cli.command()
+@click.argument("job_id")
+@TENANT
+def result(job_id: str, tenant: str | None) -> None:
+    """Print a succeeded job's Message as JSON (exit 1 if it has none)."""
+    record = with_client(lambda c: c.get(_stored_id(job_id, tenant)))
+    if record.status is not JobStatus.SUCCEEDED or record.result is None:
+        why = f": {record.error.message}" if record.error else ""
+        msg = f"job {job_id} is {record.status.value}, no result{why}"
+        raise JobFailedError(msg)
+    dump(record.result)
+
+
+@cli.command()
+@click.argument("job_id")
+@TENANT
+def cancel(job_id: str, tenant: str | None) -> None:
+    """Cancel a queued or retrying job (an in-progress one is aborted)."""
+    record = with_client(lambda c: c.cancel(_stored_id(job_id, tenant)))
+    dump(record.model_dump(mode="json"))
+    if record.status.terminal and record.status is not JobStatus.CANCELED:
+        # Still exit 0 (the job is not running, which is what cancel wants), but say so.
+        click.echo(
+            f"msgq: job {job_id} had already ended ({record.status.value}); nothing canceled",
+            err=True,
+        )
+
+
+@cli.command()
+@click.option("--status", "status_", type=click.Choice([s.value for s in JobStatus]))
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
+def jobs(status_: str | None, limit: int, as_json: bool) -> None:
+    """List recent jobs, newest first."""
+    wanted = JobStatus(status_) if status_ else None
+    records = with_client(lambda c: c.list(status=wanted, limit=limit))
+    for r in records:
+        if as_json:
+            click.echo(r.model_dump_json())
+        else:
+            error = r.error.type if r.error else ""
+            click.echo(
+                f"{r.id}  {r.status.value:<11} attempts={r.attempts}  {r.model or ''}  "
+                f"{error}".rstrip()
+            )
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1)
+@click.option(
+    "--prompt",
+    help="Prompt template: {name} {stem} {directory} {width} {height}. "
+    'Default: "Describe this image in one sentence."',
+)
+@click.option("--prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", default="claude-haiku-4-5", show_default=True)
+@click.option("--max-tokens", default=200, show_default=True)
+@click.option(
+    "--out",
+    default="captions.jsonl",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+)
+@click.option(
+    "--sidecar",
+    is_flag=True,
+    help="Also write name.txt beside name.jpg (name.jpg.txt where two images share a name).",
+)
+@click.option("--sidecar-ext", default=".txt", show_default=True, help="e.g. .caption")
+@click.option("--force-sidecar", is_flag=True, help="Replace sidecars msgq did not write.")
+@click.option("--retry-failed", is_flag=True, help="Re-run images that failed in earlier runs.")
+@click.option("--cancel", is_flag=True, help="Cancel the jobs an interrupted run left running.")
+@click.option(
+    "--window",
+    type=int,
+    help="Most jobs in Redis at once [4 x MSGQ_MAX_JOBS; batch/auto lane: 5,000].",
+)
+@click.option("--max-side", type=int, help="Downscale so the long side is at most this.")
+@click.option(
+    "--lane",
+    type=click.Choice([lane.value for lane in Lane]),
+    default="realtime",
+    show_default=True,
+    help="batch: Message Batches at half price, ends within 24 h; auto: batch (no deadline).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Count and estimate tokens and cost (both lanes); spend nothing.",
+)
+def caption(
+    inputs: tuple[str, ...],
+    prompt: str | None,
+    prompt_file: Path | None,
+    model: str,
+    max_tokens: int,
+    out: Path,
+    sidecar: bool,
+    sidecar_ext: str,
+    force_sidecar: bool,
+    retry_failed: bool,
+    cancel: bool,
+    window: int | None,
+    max_side: int | None,
+    lane: str,
+    dry_run: bool,
+) -> None:
+    """Caption images (files, folders, manifests of paths or URLs) into JSONL and sidecars."""
+    from msgq.caption.cli import cancel_pending, run_caption
+    from msgq.caption.work import DEFAULT_PROMPT, CaptionOptions
+
+    settings = Settings()
+    if cancel:
+        cancel_pending(out, settings)
+        return
+    if not inputs:
+        msg = "give images, folders or manifests to caption"
+        raise click.UsageError(msg)
+    if prompt_file is not None:
+        prompt = prompt_file.read_text(encoding="utf-8").strip()
+    options = CaptionOptions(
+        inputs=list(inputs),
+        prompt=prompt or DEFAULT_PROMPT,
+        model=model,
+        max_tokens=max_tokens,
+        out=out,
+        sidecar=sidecar,
+        sidecar_ext=sidecar_ext,
+        window=window or _default_window(Lane(lane), settings),
+        max_side_px=max_side,
+        retry_failed=retry_failed,
+        force_sidecar=force_sidecar,
+        lane=Lane(lane),
+    )
+    run_caption(options, settings, dry_run=dry_run)
+
+
+def _default_window(lane: Lane, settings: Settings) -> int:
+    """Realtime: enough to keep the workers busy. Batch: pooling is the point, so many more
+    (Redis then holds up to this many prepared images until their upstream batch ends)."""
+    if lane is Lane.REALTIME:
+        return 4 * settings.max_jobs
+    return min(settings.batch_max_requests, 5000)
+
+
+for _command in (
+    operations.retry,
+    operations.resume,
+    operations.usage,
+    operations.audit,
+    services.worker,
+    services.api,
+    services.simulator,
+    services.dev,
+):
+    cli.add_command(_command)
+
+
+def main() -> None:
+    """Entry point: click's parsing, with msgq's exit codes and one-line errors."""
+    debug = "--debug" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except click.ClickException as exc:
+        click.echo(f"msgq: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    except (InvalidJobError, JobNotFoundError, JobConflictError, MissingExtraError) as exc:
+        _fail(exc, 2, debug)
+    except (RedisError, OSError, TimeoutError) as exc:
+        _fail(exc, 1, debug)
+    except ValidationError as exc:  # this far up, a bad environment variable: Settings()
+        if exc.title != Settings.__name__:
+            _fail(exc, 1, debug, prefix="internal error: ")
+        from msgq.cli.config import describe_settings_error
+
+        _fail(exc, 2, debug, message=describe_settings_error(exc))
+    except Exception as exc:  # a bug of ours: still one line, the traceback only with --debug
+        _fail(exc, 1, debug, prefix="internal error: ")
+
+
+def _fail(
+    exc: BaseException, code: int, debug: bool, prefix: str = "", message: str | None = None
+) -> None:
+    if debug:
+        traceback.print_exception(exc)
+    message = message or str(exc) or type(exc).__name__
+    if isinstance(exc, InvalidJobError) and exc.errors:
+        message = "invalid request: " + summarize(exc.errors)
+    if isinstance(exc, RedisError):
+        message = (
+            f"cannot reach Redis ({type(exc).__name__}: {re.sub(r'//[^@/]*@', '//', message)})"
+        )
+    click.echo(f"msgq: {prefix}{message}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The operators' verbs: retry failed jobs, lift a spend-limit pause, spend per tenant, audit."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import click
+import orjson
+
+from msgq.cli.common import JobFailedError, dump, with_client
+from msgq.client import Client
+from msgq.settings import Settings
+from schemas import JobStatus
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1)
+@click.option("--all-failed", is_flag=True, help="Every failed job still within retention.")
+def retry(job_ids: tuple[str, ...], all_failed: bool) -> None:
+    """Re-run failed jobs with their original request (attempts start again)."""
+    if not job_ids and not all_failed:
+        msg = "give job IDs or --all-failed"
+        raise click.UsageError(msg)
+
+    async def run(client: Client) -> list[tuple[str, bool]]:
+        for job_id in job_ids:
+            await client.get(job_id)  # JobNotFoundError (exit 2) before anything is requeued
+        ids = list(job_ids)
+        if all_failed:
+            ids += [r.id for r in await client.list(status=JobStatus.FAILED, limit=100_000)]
+        return [(i, await client.retry(i) is not None) for i in ids]
+
+    outcomes = with_client(run)
+    for job_id, requeued in outcomes:
+        click.echo(
+            f"{job_id}  {'requeued' if requeued else 'not retried (not failed, or no spec)'}"
+        )
+    if job_ids and not all(ok for _, ok in outcomes):
+        msg = "some jobs could not be retried (only failed jobs can be)"
+        raise click.UsageError(msg)
+
+
+@click.command()
+def resume() -> None:
+    """Lift a spend-limit pause so the fleet sends again."""
+
+    async def run() -> str | None:
+        from msgq.connections import connect
+        from worker.ratelimit import RateLimiter
+
+        async with connect(Settings()) as redis:
+            limiter = RateLimiter(redis, {})
+            reason = await limiter.paused()
+            await limiter.resume()
+            return reason
+
+    reason = asyncio.run(run())
+    click.echo(f"resumed (was paused: {reason})" if reason else "the fleet was not paused")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per tenant.")
+def usage(as_json: bool) -> None:
+    """Spend per tenant today and this month, against budgets (operators)."""
+    from msgq.connections import connect
+    from msgq.tenancy.budgets import Budgets
+    from msgq.tenancy.tenants import load_tenants
+
+    settings = Settings()
+    tenants = load_tenants(settings.tenants_file)
+
+    async def run() -> list[dict[str, Any]]:
+        async with connect(settings) as redis:
+            budgets = Budgets(redis)
+            names = sorted(set(tenants.names()) | set(await budgets.tenants()))
+            return [await budgets.usage(t, tenants.get(t)) for t in names]
+
+    rows = asyncio.run(run())
+    for row in rows:
+        if as_json:
+            click.echo(orjson.dumps(row).decode())
+            continue
+        day = _budgeted(row["spent_today_usd"], row["budget_usd_day"])
+        month = _budgeted(row["spent_month_usd"], row["budget_usd_month"])
+        click.echo(f"{row['tenant']:<24} today {day:<24} month {month}")
+    if not rows and not as_json:
+        click.echo("no tenant has spent anything yet")
+
+
+def _budgeted(spent: float, budget: float | None) -> str:
+    return f"${spent:.4f}" + ("" if budget is None else f" of ${budget:.2f}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+def audit(as_json: bool) -> None:
+    """Check the queue's invariants (every job can end; counts, locks, TTLs); exit 1 if broken."""
+    from msgq.audit import AuditReport
+    from msgq.audit import audit as run_audit
+    from msgq.connections import connect
+
+    async def run() -> AuditReport:
+        async with connect(Settings()) as redis:
+            return await run_audit(redis)
+
+    report = asyncio.run(run())
+    if as_json:
+        dump(report.as_dict())
+    else:
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.by_status.items())) or "none"
+        click.echo(f"records: {report.records} ({statuses}); batches: {report.batches}")
+        for finding in report.findings.values():
+            click.echo(f"VIOLATION {finding.check}: {finding.count}  e.g. {finding.examples}")
+        click.echo("audit: clean" if report.clean else "audit: violations found")
+    if not report.clean:
+        msg = f"{sum(f.count for f in report.findings.values())} violation(s)"
+        raise JobFailedError(msg)

@@ -1,0 +1,271 @@
+"""The long-running `msgq` verbs: worker, api, simulator, and dev (all of them together)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from msgq.logs import configure_logging
+from msgq.settings import Settings
+
+
+@click.command()
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Health check: exit 0 if Redis answers and a worker on the queue is alive, else 1.",
+)
+def worker(burst: bool, check: bool) -> None:
+    """Run one worker process (arq). SIGTERM stops taking jobs and lets in-flight ones finish."""
+    from worker.process import build_worker
+
+    s = Settings()
+    if check:
+        sys.exit(asyncio.run(_check_worker(s)))
+    configure_logging(fmt=s.log_format, level=s.log_level)
+    if s.anthropic_api_key is None:
+        msg = "ANTHROPIC_API_KEY is not set (use `msgq dev` for the simulator)"
+        raise click.UsageError(msg)
+    _event_loop(s.uvloop)
+    build_worker(s, burst=burst).run()
+
+
+def _event_loop(choice: str) -> None:
+    """uvloop when asked for (`true`) or, with `auto`, when installed (`msgq[speed]`)."""
+    if choice == "false":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "true":
+            msg = "MSGQ_UVLOOP=true but uvloop is not installed: pip install 'msgq[speed]'"
+            raise click.UsageError(msg) from None
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _check_worker(settings: Settings) -> int:
+    """arq's own `--check`: every live worker refreshes the queue's health-check key (TTL about
+    11 s), so its presence says a worker is taking jobs, and reading it says Redis answers."""
+    from redis.exceptions import RedisError
+
+    from msgq.connections import connect
+    from msgq.keys import health_check_key
+
+    try:
+        async with connect(settings, socket_connect_timeout=3, failover_wait_s=3) as redis:
+            alive = bool(await redis.exists(health_check_key(settings.queue_name)))
+    except (RedisError, OSError) as exc:
+        click.echo(f"unhealthy: cannot reach Redis ({type(exc).__name__})", err=True)
+        return 1
+    click.echo("healthy" if alive else "unhealthy: no worker health check in the last 11 s")
+    return 0 if alive else 1
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8787, show_default=True, type=int)
+@click.option("--seed", default=0, envvar="MSGQ_SIM_SEED", type=int, show_default=True)
+@click.option("--api-key", envvar="MSGQ_SIM_API_KEY", help="Accept only this key (default: any).")
+@click.option("--latency-ms", default=0.0, envvar="MSGQ_SIM_LATENCY_MS", type=float)
+@click.option("--ms-per-token", default=0.0, envvar="MSGQ_SIM_MS_PER_TOKEN", type=float)
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    envvar="MSGQ_SIM_FAULTS",
+    help="STATUS=RATE, e.g. --fault 529=0.05 --fault 500=0.01",
+)
+@click.option("--hang-rate", default=0.0, type=float, help="Share of requests that never answer.")
+@click.option("--drop-rate", default=0.0, type=float, help="Share of connections dropped.")
+@click.option("--rpm", default=0, envvar="MSGQ_SIM_RPM", help="Requests/min limit (0: none).")
+@click.option("--itpm", default=0, envvar="MSGQ_SIM_ITPM", help="Input tokens/min limit.")
+@click.option("--otpm", default=0, envvar="MSGQ_SIM_OTPM", help="Output tokens/min limit.")
+@click.option(
+    "--output-tokens",
+    type=int,
+    envvar="MSGQ_SIM_OUTPUT_TOKENS",
+    help="Replies of min(N, max_tokens) tokens.",
+)
+@click.option(
+    "--stream-fault",
+    "stream_faults",
+    multiple=True,
+    envvar="MSGQ_SIM_STREAM_FAULTS",
+    help="KIND=RATE mid-stream, KIND error|cut|stall",
+)
+@click.option(
+    "--batch-processing-s",
+    default=2.0,
+    envvar="MSGQ_SIM_BATCH_PROCESSING_S",
+    show_default=True,
+    help="How long a Message Batch takes to end (the API: up to 24 h).",
+)
+@click.option(
+    "--batch-expiry-s",
+    default=24 * 3600.0,
+    envvar="MSGQ_SIM_BATCH_EXPIRY_S",
+    help="A batch's 24 h expiry on a short clock; requests not done by then expire.",
+)
+@click.option(
+    "--batch-errored-rate",
+    default=0.0,
+    envvar="MSGQ_SIM_BATCH_ERRORED_RATE",
+    help="Share of batch requests that error.",
+)
+@click.option(
+    "--batch-error-type",
+    default="overloaded_error",
+    envvar="MSGQ_SIM_BATCH_ERROR_TYPE",
+    help="What those errors are.",
+)
+@click.option(
+    "--batch-expired-rate",
+    default=0.0,
+    envvar="MSGQ_SIM_BATCH_EXPIRED_RATE",
+    help="Share of batch requests that expire.",
+)
+@click.option(
+    "--batch-fault",
+    "batch_faults",
+    multiple=True,
+    envvar="MSGQ_SIM_BATCH_FAULTS",
+    help="STATUS=RATE on the Batches endpoints, e.g. --batch-fault 429=0.1",
+)
+def simulator(
+    host: str,
+    port: int,
+    seed: int,
+    api_key: str | None,
+    latency_ms: float,
+    ms_per_token: float,
+    faults: tuple[str, ...],
+    hang_rate: float,
+    drop_rate: float,
+    rpm: int,
+    itpm: int,
+    otpm: int,
+    output_tokens: int | None,
+    stream_faults: tuple[str, ...],
+    batch_processing_s: float,
+    batch_expiry_s: float,
+    batch_errored_rate: float,
+    batch_error_type: str,
+    batch_expired_rate: float,
+    batch_faults: tuple[str, ...],
+) -> None:
+    """Run the local Messages API stand-in (no real API is called)."""
+    from aiohttp import web
+
+    from msgq.dev.simulator.app import build_app
+    from msgq.dev.simulator.batch_engine import BatchConfig
+    from msgq.dev.simulator.state import SimConfig, parse_stream_faults
+
+    rates = _status_rates(faults, "--fault")
+    config = SimConfig(
+        seed=seed,
+        api_key=api_key,
+        latency_ms=latency_ms,
+        ms_per_output_token=ms_per_token,
+        fault_rates=rates,
+        hang_rate=hang_rate,
+        drop_rate=drop_rate,
+        rpm=rpm,
+        itpm=itpm,
+        otpm=otpm,
+        output_tokens=output_tokens,
+        stream_faults=parse_stream_faults(stream_faults),
+    )
+    batch_config = BatchConfig(
+        processing_s=batch_processing_s,
+        expiry_s=batch_expiry_s,
+        errored_rate=batch_errored_rate,
+        error_type=batch_error_type,
+        expired_rate=batch_expired_rate,
+        fault_rates=_status_rates(batch_faults, "--batch-fault"),
+    )
+    click.echo(
+        f"msgq simulator on http://{host}:{port} (a stand-in, not the Anthropic API)", err=True
+    )
+    # Held responses (hangs) must not delay shutdown: a real server would drop them too.
+    web.run_app(
+        build_app(config, batch_config),
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=1.0,
+    )
+
+
+def _status_rates(items: tuple[str, ...], hint: str) -> dict[int, float]:
+    """`STATUS=RATE` items, e.g. ("529=0.05", "500=0.01")."""
+    rates: dict[int, float] = {}
+    for item in items:
+        match = re.fullmatch(r"(\d{3})=([0-9.]+)", item.strip())
+        if not match:
+            msg = f"{item!r} is not STATUS=RATE"
+            raise click.BadParameter(msg, param_hint=hint)
+        rates[int(match[1])] = float(match[2])
+    return rates
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def api(host: str, port: int) -> None:
+    """Run the HTTP API (jobs, Message Batches, /healthz, /metrics)."""
+    import uvicorn
+
+    from msgq.http.app import create_app
+    from msgq.http.auth import KeyConfigError, load_keys
+
+    s = Settings()
+    configure_logging(fmt=s.log_format, level=s.log_level)
+    try:
+        keys = load_keys(s)
+    except KeyConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not keys:
+        msg = "no API keys: set MSGQ_API_KEYS=tenant:key,... or MSGQ_API_KEYS_FILE"
+        raise click.UsageError(msg)
+    uvicorn.run(create_app(s), host=host, port=port, log_level="warning", access_log=False)
+
+
+@click.command()
+@click.option("--data-dir", default=".msgq", show_default=True, type=click.Path(path_type=Path))
+@click.option("--workers", default=1, show_default=True)
+def dev(data_dir: Path, workers: int) -> None:
+    """Embedded Redis + simulator (unless ANTHROPIC_API_KEY is set) + worker; Ctrl-C stops all."""
+    from msgq.dev.stack import Stack
+
+    settings = Settings()
+    use_simulator = settings.anthropic_api_key is None
+    external = os.environ.get("REDIS_URL") or os.environ.get("MSGQ_REDIS_URL")
+    with Stack(
+        data_dir.resolve(),
+        use_simulator=use_simulator,
+        workers=workers,
+        redis_url=external,
+        default_ports=True,
+    ) as stack:
+        where = "your Redis" if external else f"embedded, data in {data_dir}/redis, append-only"
+        click.echo(f"REDIS_URL={stack.redis_url}  ({where})")
+        click.echo(f"HTTP API at {stack.api_url}  (x-api-key: {stack.api_key_hint})")
+        if use_simulator:
+            click.echo(
+                f"ANTHROPIC_API_KEY is not set: the simulator at {stack.simulator_url} "
+                "answers instead of the Anthropic API."
+            )
+        click.echo("Ctrl-C stops everything.")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()

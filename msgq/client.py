@@ -1,0 +1,208 @@
+"""The producer client: validate, then enqueue atomically; get, wait and cancel by job ID."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from msgq import arq_format
+from msgq.connections import connect
+from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
+from msgq.jobs.endings import Endings
+from msgq.jobs.records import build_spec, new_record, validated
+from msgq.jobs.store import JobStore
+from msgq.replicas import confirm_replicated
+from msgq.settings import Settings
+from msgq.tenancy.scheduling import placement, uses_scheduler
+from msgq.tenancy.tenants import load_tenants
+from msgq.webhooks.targets import callback_for
+from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus, Lane, Priority
+
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What submit() returns: `created` is False when the ID already existed (idempotent retry)."""
+
+    id: str
+    created: bool
+    record: JobRecord
+
+
+def new_job_id() -> str:
+    """128 random bits: unguessable, so a job ID can double as a capability to read the result."""
+    return "job_" + secrets.token_hex(16)
+
+
+def request_sha256(request: dict[str, Any]) -> str:
+    """The request's fingerprint: canonical JSON (sorted keys), so key order does not matter."""
+    return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def enqueue_payload(spec: JobSpec, enqueued_ms: int) -> bytes:
+    """The arq job as JSON: the exact bytes a non-Python producer writes (see README).
+
+    Raises InvalidJobError for what JSON cannot carry portably (integers beyond 64 bits).
+    """
+    kwargs = spec.model_dump(mode="json", exclude_none=True)
+    try:
+        payload: bytes = arq_format.job_payload(kwargs, enqueued_ms)
+        return payload
+    except orjson.JSONEncodeError as exc:
+        msg = f"request cannot be queued as JSON: {exc}"
+        raise InvalidJobError(msg, [{"loc": "request", "msg": str(exc), "type": "json"}]) from None
+
+
+class Client:
+    """`async with Client.from_url(url) as q: job = await q.submit(request)`."""
+
+    def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self._redis = redis
+        self._store = JobStore.from_settings(redis, self.settings)
+        self._endings: Endings | None = None
+        self._tenants = load_tenants(self.settings.tenants_file)
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings | None = None) -> Self:
+        settings = (settings or Settings()).model_copy(update={"redis_url": url})
+        return cls(connect(settings), settings)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._endings is not None:
+            await self._endings.stop()
+        await self._redis.aclose()
+
+    async def submit(
+        self,
+        request: dict[str, Any] | BaseModel,
+        *,
+        job_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        deadline: datetime | None = None,
+        max_attempts: int | None = None,
+        tenant: str | None = None,
+        lane: Lane | str | None = None,
+        priority: Priority | str | None = None,
+        callback_url: str | None = None,
+    ) -> Submitted:
+        """Validate, then enqueue. Raises InvalidJobError (nothing enqueued) for a bad request,
+        JobConflictError when `job_id` already holds a different request."""
+        if job_id is not None and not _JOB_ID.match(job_id):
+            msg = "job id must be 1-128 characters of A-Z a-z 0-9 _ . : -"
+            raise InvalidJobError(msg, [{"loc": "id", "msg": msg, "type": "value_error"}])
+        body = self._request_dict(request)
+        checked = validated(body, max_image_bytes=self.settings.max_image_bytes)
+        if priority is None and tenant is not None:
+            priority = self._tenants.get(tenant).default_priority
+        callback_url = await callback_for(callback_url, tenant=tenant, settings=self.settings)
+        spec = build_spec(
+            body,
+            metadata=metadata,
+            deadline=deadline,
+            max_attempts=max_attempts,
+            validate=False,
+            lane=lane,
+            priority=priority,
+            tenant=tenant,
+            callback_url=callback_url,
+        )
+        internal_id = f"{tenant}:{job_id or new_job_id()}" if tenant else job_id or new_job_id()
+        now_ms = int(time.time() * 1000)
+        payload = enqueue_payload(spec, now_ms)  # first: it refuses what JSON cannot carry
+        record = new_record(
+            internal_id,
+            spec,
+            created_at=datetime.fromtimestamp(now_ms / 1000, UTC),
+            default_max_attempts=self.settings.max_attempts,
+            tenant=tenant,
+        ).model_copy(update={"request_sha256": request_sha256(spec.request)})
+        placed = (
+            placement(checked, record.priority, tenant, self.settings)
+            if uses_scheduler(self.settings, spec.lane)
+            else None
+        )
+        existing = await self._store.create(record, payload, now_ms, placed)
+        if existing is not None and existing.request_sha256 not in (None, record.request_sha256):
+            # Records from before this field, or from raw-Redis producers, carry no hash.
+            msg = f"job {job_id!r} already exists with a different request"
+            raise JobConflictError(msg)
+        if self.settings.submit_min_replicas:  # acknowledged only once replicas hold it
+            await confirm_replicated(
+                self._redis,
+                internal_id,
+                replicas=self.settings.submit_min_replicas,
+                timeout_ms=self.settings.submit_replica_timeout_ms,
+            )
+        return Submitted(internal_id, existing is None, existing or record)
+
+    @staticmethod
+    def _request_dict(request: dict[str, Any] | BaseModel) -> dict[str, Any]:
+        if isinstance(request, BaseModel):
+            return request.model_dump(mode="json", exclude_unset=True)
+        if not isinstance(request, dict):
+            msg = "request must be a JSON object"
+            raise InvalidJobError(msg, [{"loc": "request", "msg": msg, "type": "dict_type"}])
+        return request
+
+    async def get(self, job_id: str) -> JobRecord:
+        record = await self._store.get(job_id)
+        if record is None:
+            msg = f"no job {job_id!r} (unknown, or past its retention)"
+            raise JobNotFoundError(msg)
+        return record
+
+    async def wait(self, job_id: str, *, timeout: float = 60.0) -> JobRecord:  # noqa: ASYNC109  # SPEC §2.1 fixes this signature
+        """Wait on the done channel until the job is terminal; raises TimeoutError with the job
+        still running."""
+        if self._endings is None:
+            self._endings = Endings(self._redis, self._store)
+        record = await self._endings.wait(job_id, timeout)
+        if record is None:
+            msg = f"no job {job_id!r} (unknown, or past its retention)"
+            raise JobNotFoundError(msg)
+        if not record.status.terminal:
+            msg = f"job {job_id} still {record.status.value} after {timeout:g}s"
+            raise TimeoutError(msg)
+        return record
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Queued/retrying: canceled at once. In progress: the worker aborts the call."""
+        record = await self._store.cancel(job_id)
+        if record is None:
+            msg = f"no job {job_id!r}"
+            raise JobNotFoundError(msg)
+        return record
+
+    async def retry(self, job_id: str) -> JobRecord | None:
+        """Re-run a failed job with its original request (None: not failed, or not retryable)."""
+
+        def payload(kwargs: dict[str, Any]) -> bytes:
+            return enqueue_payload(JobSpec.model_validate(kwargs), int(time.time() * 1000))
+
+        return await self._store.reopen(job_id, payload)
+
+    async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
+        return await self._store.list(status=status, limit=limit)

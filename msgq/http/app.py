@@ -1,0 +1,86 @@
+"""The HTTP API app: jobs, Message Batches, health and metrics. FastAPI + uvicorn."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from msgq.batches import Batches
+from msgq.client import Client
+from msgq.connections import connect
+from msgq.fleet_metrics import API_REQUESTS
+from msgq.http import (
+    batch_routes,
+    errors,
+    events_routes,
+    job_routes,
+    ops_routes,
+    ui,
+    usage_routes,
+)
+from msgq.http.auth import load_keys
+from msgq.http.body_limit import BodyLimit
+from msgq.http.deps import AppState
+from msgq.jobs.endings import Endings
+from msgq.jobs.store import JobStore
+from msgq.logs import register_secret
+from msgq.settings import Settings
+from schemas.api import ErrorBody
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422)
+}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app; Redis is connected in the lifespan, so importing this module is free."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = connect(settings)
+        store = JobStore.from_settings(redis, settings)
+        client = Client(redis, settings)
+        endings = Endings(redis, store)
+        await endings.start()
+        app.state.msgq = AppState(
+            settings=settings,
+            keys=load_keys(settings),
+            redis=redis,
+            client=client,
+            store=store,
+            batches=Batches(redis, store, settings),
+            endings=endings,
+        )
+        for key in app.state.msgq.keys:
+            register_secret(key)
+        yield
+        await endings.stop()
+        await client.close()
+
+    app = FastAPI(
+        title="msgq",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses=ERRORS,
+        description="A job queue for the Anthropic Messages API.",
+    )
+    app.add_middleware(BodyLimit, default_bytes=settings.max_body_bytes)
+    errors.register(app)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        API_REQUESTS.labels(request.method, str(response.status_code)).inc()
+        return response
+
+    app.include_router(ops_routes.router)
+    app.include_router(job_routes.router)
+    app.include_router(events_routes.router)
+    app.include_router(batch_routes.router)
+    app.include_router(usage_routes.router)
+    app.include_router(ui.router)  # the dashboard, /ui
+    return app

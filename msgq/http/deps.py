@@ -1,0 +1,65 @@
+"""What the HTTP routes share: the app's services, tenant auth, and public record views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+
+from msgq.batches import Batches
+from msgq.client import Client
+from msgq.http.auth import tenant_for
+from msgq.http.errors import ApiError
+from msgq.jobs.endings import Endings
+from msgq.jobs.store import JobStore
+from msgq.settings import Settings
+from schemas import JobRecord
+
+
+@dataclass
+class AppState:
+    """Built once in the app's lifespan: each route takes the service it needs."""
+
+    settings: Settings
+    keys: dict[str, str]
+    redis: Redis
+    client: Client  # submit and cancel: validation and the enqueue transaction
+    store: JobStore  # reads and listing
+    batches: Batches
+    endings: Endings  # long poll
+
+
+def state_of(request: Request) -> AppState:
+    state: AppState = request.app.state.msgq
+    return state
+
+
+def require_tenant(request: Request) -> str:
+    """x-api-key or Authorization: Bearer → tenant; 401 in the API's shape otherwise."""
+    presented = request.headers.get("x-api-key")
+    bearer = request.headers.get("authorization", "")
+    if not presented and bearer.lower().startswith("bearer "):
+        presented = bearer[7:].strip()
+    tenant = tenant_for(state_of(request).keys, presented)
+    if tenant is None:
+        message = "missing API key" if not presented else "invalid API key"
+        raise ApiError(401, message)
+    return tenant
+
+
+Tenant = Annotated[str, Depends(require_tenant)]
+State = Annotated[AppState, Depends(state_of)]
+
+
+def public_id(record: JobRecord) -> str:
+    """The ID the tenant chose or was given: internal IDs carry a `tenant:` prefix."""
+    prefix = f"{record.tenant}:" if record.tenant else ""
+    return record.id[len(prefix) :] if prefix and record.id.startswith(prefix) else record.id
+
+
+def public_record(record: JobRecord) -> dict[str, Any]:
+    data = record.model_dump(mode="json", exclude={"tenant"})
+    data["id"] = public_id(record)
+    return data

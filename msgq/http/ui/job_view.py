@@ -1,0 +1,144 @@
+"""The job page's content: the request summary (with image thumbnails), the result text, and the
+attempt timeline.
+
+msgq keeps a job's request only while it may still be sent (the queued payload, until the job
+ends) and for a failed job (its kept spec, for `msgq retry`); a succeeded, canceled or expired
+job's request is gone, and the page says so. Thumbnails are made here, at most 160 px, only for
+this page, and go out as data: URIs; URL images are named, never fetched.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from PIL import Image
+from redis.asyncio import Redis
+
+from msgq.keys import arq_job_key, spec_key
+from schemas import JobRecord
+
+THUMB_PX = 160
+MAX_THUMBS = 12
+MAX_TEXT = 4000
+MAX_PIXELS = 50_000_000  # larger images are not decoded for a preview
+
+
+@dataclass
+class Block:
+    kind: str  # text | image | other
+    text: str = ""
+    thumb: str | None = None  # data: URI
+
+
+@dataclass
+class RequestSummary:
+    source: str  # "queued payload" | "kept for retry"
+    params: dict[str, Any]
+    system: str
+    messages: list[tuple[str, list[Block]]] = field(default_factory=list)
+
+
+async def stored_request(redis: Redis, job_id: str) -> tuple[dict[str, Any], str] | None:
+    """The request as msgq still holds it, and where from; None when it is no longer kept."""
+    payload, spec = await redis.mget([arq_job_key(job_id), spec_key(job_id)])
+    for raw, source, pick in ((payload, "queued payload", "k"), (spec, "kept for retry", None)):
+        if raw is None:
+            continue
+        try:
+            data = orjson.loads(raw)
+            data = data[pick] if pick else data
+            request = data["request"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        if isinstance(request, dict):
+            return request, source
+    return None
+
+
+def thumbnail(data_b64: str) -> str | None:
+    """A PNG data: URI at most THUMB_PX on a side; None when the bytes are not an image."""
+    try:
+        raw = base64.b64decode(data_b64, validate=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw))
+            if image.width * image.height > MAX_PIXELS:
+                return None
+            image.draft("RGB", (THUMB_PX, THUMB_PX))  # JPEG: decode at reduced size
+            image.thumbnail((THUMB_PX, THUMB_PX))
+            out = io.BytesIO()
+            image.convert("RGBA" if "A" in image.getbands() else "RGB").save(out, "PNG")
+    except (binascii.Error, ValueError, OSError, Image.DecompressionBombWarning):
+        return None
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+def _blocks(content: Any, budget: list[int]) -> list[Block]:
+    if isinstance(content, str):
+        return [Block("text", content[:MAX_TEXT])]
+    blocks = []
+    for item in content if isinstance(content, list) else []:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "text":
+            blocks.append(Block("text", str(item.get("text", ""))[:MAX_TEXT]))
+        elif kind == "image":
+            blocks.append(_image(item.get("source") or {}, budget))
+        else:
+            blocks.append(Block("other", orjson.dumps(item).decode()[:300]))
+    return blocks
+
+
+def _image(source: dict[str, Any], budget: list[int]) -> Block:
+    if source.get("type") == "base64" and budget[0] > 0:
+        budget[0] -= 1
+        media = str(source.get("media_type", "image"))
+        return Block("image", media, thumbnail(str(source.get("data", ""))))
+    if source.get("type") == "url":
+        return Block("image", f"URL image (not fetched): {source.get('url', '')}"[:500])
+    return Block("image", f"{source.get('type', 'image')} image (no preview)")
+
+
+def summarize(request: dict[str, Any], source: str) -> RequestSummary:
+    system = request.get("system")
+    if isinstance(system, list):
+        system = " ".join(str(b.get("text", "")) for b in system if isinstance(b, dict))
+    params = {k: v for k, v in request.items() if k not in ("messages", "system")}
+    summary = RequestSummary(source, params, str(system or "")[:MAX_TEXT])
+    budget = [MAX_THUMBS]
+    for message in request.get("messages") or []:
+        if isinstance(message, dict):
+            role = str(message.get("role", "?"))
+            summary.messages.append((role, _blocks(message.get("content"), budget)))
+    return summary
+
+
+def result_blocks(record: JobRecord) -> list[Block]:
+    """The Message's content as text (tool calls and other blocks as their JSON)."""
+    return _blocks((record.result or {}).get("content"), [0])
+
+
+def _event(at: datetime, what: str, detail: str = "", *, error: bool = False) -> dict[str, Any]:
+    return {"at": at, "what": what, "detail": detail, "error": error}
+
+
+def timeline(record: JobRecord) -> list[dict[str, Any]]:
+    """What happened, in order: created, first start, each failed attempt, the next try, end."""
+    events = [_event(record.created_at, "created")]
+    if record.started_at:
+        events.append(_event(record.started_at, "first attempt started"))
+    for e in record.attempt_errors:
+        code = f" {e.status_code}" if e.status_code else ""
+        what = f"attempt {e.attempt} failed: {e.type}{code}"
+        events.append(_event(e.at, what, e.message, error=True))
+    if record.next_attempt_at and not record.status.terminal:
+        events.append(_event(record.next_attempt_at, "next attempt"))
+    if record.finished_at:
+        events.append(_event(record.finished_at, record.status.value))
+    return sorted(events, key=lambda e: e["at"])

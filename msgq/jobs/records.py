@@ -1,0 +1,236 @@
+"""Job records and their transitions as pure functions: record in, new record (or None) out.
+
+The store applies them under WATCH (re-running one on a conflict, so each must build from the
+record it is given); the runtime adds logging and metrics. Keeping them pure lets every rule be
+unit-tested without Redis. A transition never sees a terminal record: the store keeps those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from msgq.errors import InvalidJobError
+from schemas import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    JobError,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    Lane,
+    MessageRequest,
+    Priority,
+    field_errors,
+    summarize,
+)
+from schemas import validate_request as _validate_request
+from schemas.jobs import AttemptError
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_spec(
+    body: dict[str, Any],
+    *,
+    metadata: dict[str, Any] | None = None,
+    deadline: datetime | None = None,
+    max_attempts: int | None = None,
+    validate: bool = True,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    lane: Lane | str | None = None,
+    priority: Priority | str | None = None,
+    tenant: str | None = None,
+    callback_url: str | None = None,
+) -> JobSpec:
+    """The job spec for a request, validated unless the worker is to do that (batches).
+
+    Raises InvalidJobError with every field error; nothing is enqueued then.
+    """
+    if validate:
+        validated(body, max_image_bytes=max_image_bytes)
+    fields = {
+        "request": body,
+        "metadata": metadata or {},
+        "deadline": deadline,
+        "max_attempts": max_attempts,
+        "lane": lane,
+        "priority": priority,
+        "tenant": tenant,
+        "callback_url": callback_url,
+    }
+    try:
+        return JobSpec.model_validate(fields)
+    except ValidationError as exc:
+        errors = field_errors(exc, fields)
+        msg = f"invalid job: {summarize(errors, 3)}"
+        raise InvalidJobError(msg, errors) from None
+
+
+def validated(body: dict[str, Any], *, max_image_bytes: int) -> MessageRequest:
+    """The request as the API would check it; InvalidJobError with every field error."""
+    try:
+        return _validate_request(body, max_image_bytes=max_image_bytes)
+    except ValidationError as exc:
+        errors = field_errors(exc, body)
+        msg = f"invalid request: {summarize(errors, 3)}"
+        raise InvalidJobError(msg, errors) from None
+
+
+def new_record(
+    job_id: str,
+    spec: JobSpec | None,
+    *,
+    created_at: datetime,
+    default_max_attempts: int,
+    tenant: str | None = None,
+    batch_id: str | None = None,
+    custom_id: str | None = None,
+) -> JobRecord:
+    """The record a job starts with (also made by the worker for raw-Redis producers)."""
+    return JobRecord(
+        id=job_id,
+        status=JobStatus.QUEUED,
+        max_attempts=(spec.max_attempts if spec and spec.max_attempts else default_max_attempts),
+        created_at=created_at,
+        deadline=spec.deadline if spec else None,
+        model=_model_of(spec),
+        metadata=spec.metadata if spec else {},
+        lane=spec.lane if spec and spec.lane else Lane.REALTIME,
+        priority=spec.priority if spec and spec.priority else Priority.DEFAULT,
+        callback_url=spec.callback_url if spec else None,
+        tenant=tenant or (spec.tenant if spec else None),
+        batch_id=batch_id,
+        custom_id=custom_id,
+    )
+
+
+def _model_of(spec: JobSpec | None) -> str | None:
+    model = spec.request.get("model") if spec else None
+    return model[:256] if isinstance(model, str) else None
+
+
+MAX_ATTEMPT_ERRORS = 20
+
+
+def logged(record: JobRecord, error: JobError, attempt: int | None = None) -> list[AttemptError]:
+    """The record's attempt timeline with `error` added (the newest 20 kept)."""
+    entry = AttemptError(
+        attempt=record.attempts if attempt is None else attempt,
+        at=utcnow(),
+        type=error.type,
+        message=error.message[:500],
+        status_code=error.status_code,
+    )
+    return [*record.attempt_errors, entry][-MAX_ATTEMPT_ERRORS:]
+
+
+def ended(record: JobRecord, status: JobStatus, **fields: Any) -> JobRecord:
+    """Terminal: `finished_at` now, nothing scheduled; an error joins the attempt timeline."""
+    if isinstance(fields.get("error"), JobError):
+        fields["attempt_errors"] = logged(record, fields["error"], fields.get("attempts"))
+    return record.model_copy(
+        update={"status": status, "finished_at": utcnow(), "next_attempt_at": None, **fields}
+    )
+
+
+def begun(record: JobRecord) -> JobRecord:
+    """queued/retrying/in_progress → in_progress with one more attempt; a cancel request wins."""
+    if record.cancel_requested:
+        return ended(record, JobStatus.CANCELED)
+    return record.model_copy(
+        update={
+            "status": JobStatus.IN_PROGRESS,
+            "attempts": record.attempts + 1,
+            "started_at": record.started_at or utcnow(),
+            "next_attempt_at": None,
+            "waiting_reason": None,
+        }
+    )
+
+
+def retry_scheduled(record: JobRecord, *, next_at: datetime, error: JobError) -> JobRecord:
+    """→ retrying at `next_at`; `expired` when the deadline comes first, `canceled` if asked."""
+    if record.cancel_requested:
+        return ended(record, JobStatus.CANCELED, error=error)
+    if record.deadline is not None and next_at >= record.deadline:
+        return ended(record, JobStatus.EXPIRED, error=error)
+    return record.model_copy(
+        update={
+            "status": JobStatus.RETRYING,
+            "next_attempt_at": next_at,
+            "error": error,
+            "attempt_errors": logged(record, error),
+        }
+    )
+
+
+def requeued(record: JobRecord, *, error: JobError | None) -> JobRecord:
+    """Back to queued, the attempt not charged (fleet paused, or a wait handed back)."""
+    if record.cancel_requested:
+        return ended(record, JobStatus.CANCELED)
+    refund = 1 if record.status is JobStatus.IN_PROGRESS else 0
+    return record.model_copy(
+        update={
+            "status": JobStatus.QUEUED,
+            "attempts": max(0, record.attempts - refund),
+            "error": error if error is not None else record.error,
+        }
+    )
+
+
+def crashed(record: JobRecord, *, error: JobError, backoff: Callable[[int], float]) -> JobRecord:
+    """Task code raised: that counts as an attempt (once); retrying, or failed when spent."""
+    attempts = record.attempts if record.status is JobStatus.IN_PROGRESS else record.attempts + 1
+    if record.cancel_requested:
+        return ended(record, JobStatus.CANCELED, attempts=attempts, error=error)
+    if attempts >= record.max_attempts:
+        return ended(record, JobStatus.FAILED, attempts=attempts, error=error)
+    return record.model_copy(
+        update={
+            "status": JobStatus.RETRYING,
+            "attempts": attempts,
+            "next_attempt_at": utcnow() + timedelta(seconds=backoff(attempts)),
+            "error": error,
+            "attempt_errors": logged(record, error, attempts),
+        }
+    )
+
+
+def released(record: JobRecord) -> JobRecord | None:
+    """A worker stopped mid-attempt: back to queued, and the attempt is not charged."""
+    if record.cancel_requested:
+        return ended(record, JobStatus.CANCELED)
+    if record.status is not JobStatus.IN_PROGRESS:
+        return None
+    return record.model_copy(
+        update={"status": JobStatus.QUEUED, "attempts": max(0, record.attempts - 1)}
+    )
+
+
+def cancel_asked(record: JobRecord) -> JobRecord:
+    """Queued or retrying: canceled now. In progress: flagged for the worker to honour."""
+    if record.status in (JobStatus.QUEUED, JobStatus.RETRYING):
+        return ended(record, JobStatus.CANCELED)
+    return record.model_copy(update={"cancel_requested": True})
+
+
+def reopened(record: JobRecord) -> JobRecord | None:
+    """failed → queued with attempts reset (`msgq retry`); None when it cannot be re-run."""
+    if record.status is not JobStatus.FAILED or record.batch_id:
+        return None
+    return record.model_copy(
+        update={
+            "status": JobStatus.QUEUED,
+            "attempts": 0,
+            "started_at": None,
+            "finished_at": None,
+            "next_attempt_at": None,
+            "error": None,
+            "cancel_requested": False,
+        }
+    )

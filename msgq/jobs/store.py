@@ -1,0 +1,380 @@
+"""The job records in Redis: created once, updated under WATCH, written terminal only once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from msgq import arq_format
+from msgq.fleet_stats import record_minute
+from msgq.jobs import records
+from msgq.jobs.indexes import index_new, index_status
+from msgq.jobs.records import utcnow
+from msgq.jobs.store_scripts import COMPARE_AND_SET, CREATE, SCRIPT_SAFE, Recorder, flatten
+from msgq.keys import (
+    ACTIVE_KEY,
+    DONE_CHANNEL,
+    INDEX_KEY,
+    SCHED_EST,
+    SCHED_WHERE,
+    arq_job_key,
+    batch_counts_key,
+    record_key,
+    spec_key,
+    tenant_jobs_key,
+)
+from msgq.settings import Settings
+from msgq.tenancy.scheduling import Placement
+from msgq.webhooks import outbox
+from schemas import JobRecord, JobStatus
+
+BATCH_RETENTION_S = 29 * 24 * 3600  # the Batches API keeps results 29 days after creation
+
+Change = Callable[[JobRecord], JobRecord | None]
+
+
+class JobStore:
+    """All record reads and writes. A terminal record is never overwritten: late duplicates lose."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        queue_name: str,
+        retention_s: int,
+        batch_retention_s: int = BATCH_RETENTION_S,
+    ) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self.retention_s = retention_s
+        self.batch_retention_s = batch_retention_s
+        self._cas = redis.register_script(COMPARE_AND_SET)
+        self._create = redis.register_script(CREATE)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> JobStore:
+        return cls(
+            redis,
+            queue_name=settings.queue_name,
+            retention_s=settings.retention_s,
+            batch_retention_s=settings.batch_retention_s,
+        )
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        raw = await self.redis.get(record_key(job_id))
+        return None if raw is None else JobRecord.model_validate_json(raw)
+
+    async def create(
+        self,
+        record: JobRecord,
+        job_payload: bytes,
+        score_ms: int,
+        placement: Placement | None = None,
+    ) -> JobRecord | None:
+        """Store the record and enqueue its arq job in one atomic step (one script, one round
+        trip); an existing ID wins. Returns the existing record, or None when this one was
+        stored."""
+        recorder = Recorder()
+        self._enqueue(cast(Redis, recorder), record, job_payload, score_ms, placement)
+        existing = await self._create(
+            keys=[record_key(record.id), arq_job_key(record.id)],
+            args=flatten(recorder.commands),  # plain commands only: a script runs them all
+        )
+        if existing is None:
+            return None
+        if existing == b"":
+            return await self.ensure(record)
+        return JobRecord.model_validate_json(existing)
+
+    def _enqueue(
+        self,
+        pipe: Redis,
+        record: JobRecord,
+        job_payload: bytes,
+        score_ms: int,
+        placement: Placement | None = None,
+    ) -> None:
+        """Record, payload and a queue entry: arq's queue, or the scheduler's when placed."""
+        pipe.set(record_key(record.id), record.model_dump_json())
+        pipe.set(arq_job_key(record.id), job_payload)
+        if placement is None:
+            pipe.zadd(self.queue_name, {record.id: score_ms}, nx=True)
+        else:
+            placement.write(pipe, record.id, score_ms)
+        pipe.zadd(INDEX_KEY, {record.id: score_ms})
+        index_new(pipe, record, score_ms)
+        pipe.zadd(ACTIVE_KEY, {record.id: score_ms})
+        if record.tenant:
+            pipe.zadd(tenant_jobs_key(record.tenant), {record.id: score_ms})
+
+    def enqueue_fresh(
+        self, pipe: Redis, jobs: list[tuple[JobRecord, bytes]], score_ms: int
+    ) -> None:
+        """Queue fresh IDs (a batch's) on `pipe`, in the caller's transaction: no checks."""
+        for record, payload in jobs:
+            self._enqueue(pipe, record, payload, score_ms)
+
+    async def ensure(self, record: JobRecord) -> JobRecord:
+        """Create the record if missing (jobs from raw Redis producers); return the current one."""
+        return (await self.ensure_raw(record))[0]
+
+    async def ensure_raw(self, record: JobRecord) -> tuple[JobRecord, bytes | None]:
+        """`ensure`, with the record's JSON as read (for a later compare-and-set), if it was."""
+        key = record_key(record.id)
+        raw = await self.redis.get(key)  # the usual case: the producer already wrote it
+        if raw is not None:
+            return JobRecord.model_validate_json(raw), raw
+        return await self._create_missing(record), None
+
+    async def _create_missing(self, record: JobRecord) -> JobRecord:
+        key = record_key(record.id)
+        created = await self.redis.set(key, record.model_dump_json(), nx=True)
+        if created:
+            score = int(record.created_at.timestamp() * 1000)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(INDEX_KEY, {record.id: score})
+                index_new(pipe, record, score)
+                pipe.zadd(ACTIVE_KEY, {record.id: score})
+                await pipe.execute()
+            return record
+        current = await self.get(record.id)
+        return current if current is not None else record
+
+    async def update(
+        self,
+        job_id: str,
+        change: Change,
+        *,
+        expected: bytes | None = None,
+        current: JobRecord | None = None,
+        also: Sequence[tuple[str, ...]] = (),
+    ) -> JobRecord | None:
+        """Apply `change` under WATCH. It returns the new record or None for no change.
+
+        Terminal records are passed to `change` too, but a terminal record is never replaced.
+        Returns the record as stored afterwards.
+
+        `expected`: the record's JSON as the caller last saw it (the worker's hot path). The
+        change is then applied from it and written by one compare-and-set script, with every
+        side effect of `_write` in the same atomic step: one round trip instead of three.
+        Anything else (the record moved on meanwhile) falls back to WATCH. `current`: the
+        record `expected` parses to, when the caller has it (spares parsing it again).
+
+        `also`: commands (SCRIPT_SAFE ones) written in the same atomic step, only when the
+        change is (e.g. ending the job in the queue with its terminal record).
+        """
+        if expected is not None:
+            done = await self._compare_and_set(job_id, change, expected, current, also)
+            if done is not None:
+                return done
+        key = record_key(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        return None
+                    current = JobRecord.model_validate_json(raw)
+                    new = None if current.status.terminal else change(current)
+                    if new is None:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]  # as above
+                        return current
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    self._write(pipe, new, current.status)
+                    for command in also:
+                        pipe.execute_command(*command)
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    continue
+
+    async def _compare_and_set(
+        self,
+        job_id: str,
+        change: Change,
+        expected: bytes,
+        current: JobRecord | None,
+        also: Sequence[tuple[str, ...]],
+    ) -> JobRecord | None:
+        if current is None:
+            current = JobRecord.model_validate_json(expected)
+        new = None if current.status.terminal else change(current)
+        if new is None:
+            return None
+        recorder = Recorder()
+        self._write(cast(Redis, recorder), new, current.status)  # recorded, never sent
+        commands = [*recorder.commands, *also]
+        if any(str(args[0]).upper() not in SCRIPT_SAFE for args in commands):
+            return None  # e.g. a script of its own (a batch's webhook): WATCH/MULTI instead
+        written = await self._cas(keys=[record_key(job_id)], args=[expected, *flatten(commands)])
+        return new if int(written) == 1 else None
+
+    def _write(self, pipe: Redis, record: JobRecord, previous: JobStatus | None = None) -> None:
+        keep_s = max(self.retention_s, self.batch_retention_s)
+        index_status(pipe, record, keep_s, previous=previous)
+        if not record.status.terminal:
+            pipe.set(record_key(record.id), record.model_dump_json())
+            return
+        # A batch's results are kept as long as the batch (the API keeps them 29 days).
+        ttl = self.batch_retention_s if record.batch_id else self.retention_s
+        record = outbox.pending(record)  # webhook state `pending` when it has a callback_url
+        pipe.set(record_key(record.id), record.model_dump_json(), ex=ttl)
+        pipe.zrem(ACTIVE_KEY, record.id)
+        if record.batch_id:
+            # In the same transaction as the write-once terminal record, so counts are exact.
+            counts = batch_counts_key(record.batch_id)
+            pipe.hincrby(counts, record.status.value, 1)
+            pipe.hset(counts, "last_at", (record.finished_at or utcnow()).isoformat())
+        outbox.schedule(pipe, record)  # the webhook owed, durable with the record itself
+        record_minute(pipe, record.status.value, tenant=record.tenant)
+        pipe.publish(DONE_CHANNEL, record.id)
+
+    async def keep_spec(self, job_id: str, spec: dict[str, Any]) -> None:
+        """A failed job's spec, kept as long as its record, so `msgq retry` can re-run it."""
+        await self.redis.set(spec_key(job_id), orjson.dumps(spec), ex=self.retention_s)
+
+    async def reopen(
+        self, job_id: str, job_payload: Callable[[dict[str, Any]], bytes]
+    ) -> JobRecord | None:
+        """failed → queued with attempts reset, re-enqueued from the kept spec, atomically.
+
+        The one deliberate exception to write-once: an operator asked for a new run. Returns
+        None when there is nothing to re-run (not failed, no spec, or part of a batch).
+        """
+        key = record_key(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key, spec_key(job_id))
+                    raw, spec = await pipe.get(key), await pipe.get(spec_key(job_id))
+                    record = None if raw is None else JobRecord.model_validate_json(raw)
+                    fresh = None if record is None or spec is None else records.reopened(record)
+                    if fresh is None:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]  # untyped
+                        return None
+                    now_ms = int(utcnow().timestamp() * 1000)
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    pipe.set(key, fresh.model_dump_json())
+                    index_status(pipe, fresh, previous=JobStatus.FAILED)
+                    pipe.zadd(ACTIVE_KEY, {job_id: now_ms})
+                    pipe.set(arq_job_key(job_id), job_payload(orjson.loads(spec)))
+                    pipe.zadd(self.queue_name, {job_id: now_ms})
+                    pipe.delete(spec_key(job_id))
+                    await pipe.execute()
+                    return fresh
+                except WatchError:
+                    continue
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Queued or retrying: canceled now and dequeued. In progress: flagged, and the worker
+        running it is asked to abort the call."""
+        record = await self.update(job_id, records.cancel_asked)
+        if record is not None and record.status is JobStatus.CANCELED:
+            # Free the queue slot; a worker that already picked it up sees `canceled` and stops.
+            await self.unqueue(job_id)
+        elif record is not None and record.cancel_requested and not record.status.terminal:
+            key, mapping = arq_format.abort_request(job_id)
+            await self.redis.zadd(key, mapping)
+        return record
+
+    async def unqueue(self, job_id: str) -> None:
+        """Take an ended job out of whichever queue holds it (arq's or the scheduler's)."""
+        where = await self.redis.hget(SCHED_WHERE, job_id)  # type: ignore[misc]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.queue_name, job_id)
+            pipe.delete(arq_job_key(job_id))
+            if where is not None:
+                pipe.zrem(where.decode(), job_id)
+                pipe.hdel(SCHED_WHERE, job_id)
+                pipe.hdel(SCHED_EST, job_id)
+            await pipe.execute()
+
+    async def expire_job(self, job_id: str) -> bool:
+        """End a job `expired` (its batch or deadline passed) and drop it from the queue; an
+        attempt in flight may still answer, but its late result is discarded (write-once)."""
+        record = await self.update(job_id, lambda r: records.ended(r, JobStatus.EXPIRED))
+        if record is None or record.status is not JobStatus.EXPIRED:
+            return False
+        await self.unqueue(job_id)
+        return True
+
+    async def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """Records in the order asked; None where there is none."""
+        if not job_ids:
+            return []
+        raws = await self.redis.mget([record_key(i) for i in job_ids])
+        return [None if raw is None else JobRecord.model_validate_json(raw) for raw in raws]
+
+    async def payloads_present(self, job_ids: list[str]) -> list[bool]:
+        """Whether each job's queued payload still exists (the queue has not yet let go)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(arq_job_key(job_id))
+            return [bool(n) for n in await pipe.execute()]
+
+    async def page(
+        self,
+        *,
+        tenant: str | None = None,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        after_id: str | None = None,
+    ) -> tuple[list[JobRecord], bool]:
+        """Newest first, `limit` records after `after_id`; True when more follow.
+
+        Index entries whose record has expired are pruned on the way.
+        """
+        index = tenant_jobs_key(tenant) if tenant else INDEX_KEY
+        offset = 0
+        if after_id is not None:
+            rank = await self.redis.zrevrank(index, after_id)
+            offset = 0 if rank is None else rank + 1
+        found: list[JobRecord] = []
+        while len(found) <= limit:
+            ids = await self.redis.zrevrange(index, offset, offset + 499)
+            if not ids:
+                break
+            raws = await self.redis.mget([record_key(i.decode()) for i in ids])
+            offset += len(ids)
+            gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
+            if gone:
+                await self.redis.zrem(index, *gone)
+                offset -= len(gone)
+            records = (JobRecord.model_validate_json(raw) for raw in raws if raw is not None)
+            found += [r for r in records if status is None or r.status is status]
+        return found[:limit], len(found) > limit
+
+    async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
+        """Newest first, across tenants."""
+        records, _ = await self.page(status=status, limit=limit)
+        return records
+
+    async def set_progress(self, job_id: str, tokens: int | None) -> None:
+        """A running job's output tokens so far (None clears them). Only an in-progress record
+        is touched: a terminal or re-queued one never is (WATCH sees to races). Nothing but
+        `progress` changes, so unlike `update` it leaves the status indexes alone."""
+        key = record_key(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    record = None if raw is None else JobRecord.model_validate_json(raw)
+                    if (
+                        record is None
+                        or record.status is not JobStatus.IN_PROGRESS
+                        or record.progress == tokens
+                    ):
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]  # untyped
+                        return
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    pipe.set(key, record.model_copy(update={"progress": tokens}).model_dump_json())
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue

@@ -1,0 +1,214 @@
+"""The batch lane's shared vocabulary: which lane a job takes, where a batch-lane job is
+(the pool, or an upstream batch), and the atomic moves between those places.
+
+A batch-lane job leaves arq once pooled: from then on its spec lives under `lane_spec_key`,
+and `LANE_WHERE` says where it is ("pool", or the msgq handle of the upstream batch holding
+it). Each move is one Lua script, so a job is always in exactly one place. The audit and the
+reconciler read `locations` to tell a pooled or upstream job from an orphan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from msgq.keys import (
+    LANE_BATCHES,
+    LANE_POOL,
+    LANE_POOL_BYTES,
+    LANE_WHERE,
+    lane_spec_key,
+    upstream_key,
+    upstream_members_key,
+    upstream_order_key,
+)
+from schemas import Lane
+
+POOL = "pool"
+WAITING_POOL = "batch_pool"  # record.waiting_reason of a pooled job
+# The Batches API refuses these inside a batch (reference §6.3); max_tokens 0 is refused by
+# the schema's in-batch rule.
+BATCH_REFUSED = ("stream", "speed")
+
+# KEYS: where, spec, pool, bytes. ARGV: job id, spec JSON, now ms. 1 pooled, 0 already placed.
+POOL_ADD = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], 'pool') == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[1])
+redis.call('INCRBY', KEYS[4], string.len(ARGV[2]))
+return 1
+"""
+
+# Back to the pool from `expected` (an upstream handle; '' = from nowhere, the reconciler).
+# KEYS: where, spec, pool, bytes. ARGV: job id, expected, now ms. 1 moved, 0 not there, -1 no spec.
+REPOOL = """
+local at = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' and at ~= ARGV[2] then return 0 end
+local size = redis.call('STRLEN', KEYS[2])
+if size == 0 then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], 'pool')
+if redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[1]) == 1 then
+  redis.call('INCRBY', KEYS[4], size)
+end
+return 1
+"""
+
+# The job leaves the lane (it ended, or goes realtime): forget where it was and its spec.
+# KEYS: where, spec, pool, bytes. ARGV: job id, expected ('' = wherever it is). 1 left.
+LEAVE = """
+local at = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' and at ~= ARGV[2] then return 0 end
+local size = redis.call('STRLEN', KEYS[2])
+if redis.call('ZREM', KEYS[3], ARGV[1]) == 1 then redis.call('DECRBY', KEYS[4], size) end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+State = Literal["creating", "submitted", "reading"]
+
+
+class UpstreamBatch(BaseModel):
+    """One upstream Message Batch as msgq tracks it, under a handle msgq chooses before the
+    create call (the API's `msgbatch_` ID is only known once it answers)."""
+
+    handle: str
+    state: State = "creating"
+    upstream_id: str | None = None
+    count: int = 0  # requests in the create body
+    size_bytes: int = 0
+    sent_at: datetime | None = None  # a create may be in flight since then (None: not sent)
+    attempts: int = 0  # create calls made
+    polls: int = 0
+    cancel_sent: bool = False
+    last_error: str | None = None
+
+
+def resolve_lane(
+    lane: Lane | None, *, deadline: datetime | None, now: datetime, sla_s: float
+) -> Lane:
+    """`auto` → batch when the deadline leaves room for the batch SLA (or there is none)."""
+    if lane is None or lane is Lane.REALTIME:
+        return Lane.REALTIME
+    if lane is Lane.BATCH:
+        return Lane.BATCH
+    if deadline is None or deadline - now >= timedelta(seconds=sla_s):
+        return Lane.BATCH
+    return Lane.REALTIME
+
+
+def batch_refusal(request: dict[str, Any]) -> str | None:
+    """Why the Batches API would refuse this request (None: it would take it)."""
+    if request.get("stream") is True:
+        return "stream: true is not allowed inside a batch"
+    if "speed" in request:
+        return "speed is not allowed inside a batch"
+    if request.get("max_tokens") == 0:
+        return "max_tokens: 0 is not allowed inside a batch"
+    return None
+
+
+def custom_id_for(job_id: str, attempt: int) -> str:
+    """`^[a-zA-Z0-9_-]{1,64}$` as the API wants; the attempt makes each send of a job distinct,
+    so "no custom_id in two upstream batches" means "no send repeated by msgq's own doing"."""
+    return f"j{hashlib.sha256(job_id.encode()).hexdigest()[:40]}-{attempt}"
+
+
+def lane_keys(job_id: str) -> list[str]:
+    return [LANE_WHERE, lane_spec_key(job_id), LANE_POOL, LANE_POOL_BYTES]
+
+
+async def locations(redis: Redis, job_ids: list[str]) -> list[str | None]:
+    """Where each job is in the batch lane, if that place still exists: "pool" (and it is in
+    the pool), an upstream handle (whose record exists), else None."""
+    if not job_ids:
+        return []
+    raw = await redis.hmget(LANE_WHERE, job_ids)  # type: ignore[misc]  # redis-py's stubs
+    where = [None if w is None else w.decode() for w in raw]
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id, at in zip(job_ids, where, strict=True):
+            if at == POOL:
+                pipe.zscore(LANE_POOL, job_id)
+            else:
+                pipe.exists(upstream_key(at or "-"))
+        alive = await pipe.execute()
+    return [
+        at if at is not None and found not in (None, 0) else None
+        for at, found in zip(where, alive, strict=True)
+    ]
+
+
+async def load_batch(redis: Redis, handle: str) -> UpstreamBatch | None:
+    raw = await redis.get(upstream_key(handle))
+    return None if raw is None else UpstreamBatch.model_validate_json(raw)
+
+
+async def save_batch(redis: Redis, batch: UpstreamBatch, *, due_ms: int) -> None:
+    """Store the batch's state and when the manager should look at it next."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(upstream_key(batch.handle), batch.model_dump_json())
+        pipe.zadd(LANE_BATCHES, {batch.handle: due_ms})
+        await pipe.execute()
+
+
+async def drop_batch(redis: Redis, handle: str) -> None:
+    """Every member has left: forget the batch."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(upstream_key(handle), upstream_members_key(handle), upstream_order_key(handle))
+        pipe.zrem(LANE_BATCHES, handle)
+        await pipe.execute()
+
+
+async def member_chunks(
+    redis: Redis, handle: str, size: int = 500
+) -> AsyncIterator[list[tuple[str, str, bool]]]:
+    """(custom_id, job id, still here) for each member, in sending order, `size` at a time;
+    "still here" is False for a member that has since left the batch (ended or moved)."""
+    start = 0
+    while True:
+        order = upstream_order_key(handle)
+        raw = await redis.lrange(order, start, start + size - 1)  # type: ignore[misc]  # stubs
+        cids = [c.decode() for c in raw]
+        if not cids:
+            return
+        start += len(cids)
+        ids = await redis.hmget(upstream_members_key(handle), cids)  # type: ignore[misc]
+        job_ids = [i.decode() if i else "" for i in ids]
+        where = await redis.hmget(LANE_WHERE, job_ids)  # type: ignore[misc]
+        yield [
+            (cid, job_id, at is not None and at.decode() == handle)
+            for cid, job_id, at in zip(cids, job_ids, where, strict=True)
+            if job_id
+        ]
+
+
+async def claim_send(redis: Redis, batch: UpstreamBatch, *, due_ms: int) -> bool:
+    """Store `batch` (about to be sent) only if the stored one is still `creating` with the
+    attempts `batch` was built from: a second manager (a lock that lapsed under a stalled
+    holder) can never send the same batch again after the first recorded or re-sent it."""
+    key = upstream_key(batch.handle)
+    async with redis.pipeline(transaction=True) as pipe:
+        try:
+            await pipe.watch(key)
+            raw = await pipe.get(key)
+            stored = None if raw is None else UpstreamBatch.model_validate_json(raw)
+            if (
+                stored is None
+                or stored.state != "creating"
+                or stored.attempts + 1 != batch.attempts
+            ):
+                await pipe.unwatch()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                return False
+            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            pipe.set(key, batch.model_dump_json())
+            pipe.zadd(LANE_BATCHES, {batch.handle: due_ms})
+            await pipe.execute()
+            return True
+        except WatchError:
+            return False

@@ -1,0 +1,257 @@
+"""Settings: the only module that reads the environment (pydantic-settings, env first)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from msgq.connections import SENTINEL_SCHEMES, is_sentinel, parse_sentinel_url
+from msgq.pricing import check_prices_file
+from msgq.tenancy.tenants import load_tenants
+from msgq.webhooks.signing import secret_key
+from schemas import DEFAULT_MAX_IMAGE_BYTES, Lane
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
+UNTIL_RESUME = frozenset({"0", "until-resume", "none"})
+
+
+class Settings(BaseSettings):
+    """Every knob, with its default. `msgq --help` and the README list them."""
+
+    model_config = SettingsConfigDict(env_prefix="MSGQ_", env_file=".env", extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://localhost:6379/0",
+        validation_alias=AliasChoices("MSGQ_REDIS_URL", "REDIS_URL"),
+        description="Redis DSN: redis://, rediss://, unix:// or redis+sentinel://; passwords work",
+    )
+    redis_failover_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="redis+sentinel://: how long a command retries across a failover, then fails",
+    )
+    submit_min_replicas: int = Field(
+        default=0, ge=0, description="submit acknowledges once this many replicas hold the job"
+    )
+    submit_replica_timeout_ms: int = Field(
+        default=1000, ge=1, description="longest wait for those replicas; then submit raises"
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis_scheme(cls, value: str) -> str:
+        # Caught here, a typo is one line at start-up instead of a connection error much later.
+        if not value.startswith(REDIS_SCHEMES):
+            msg = "must start with " + ", ".join(REDIS_SCHEMES)
+            raise ValueError(msg)
+        if is_sentinel(value):
+            parse_sentinel_url(value)  # a ValueError naming what is wrong
+        return value
+
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MSGQ_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+        description="the organisation's API key; never logged or stored",
+    )
+    anthropic_base_url: str = Field(
+        default="https://api.anthropic.com",
+        validation_alias=AliasChoices("MSGQ_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"),
+    )
+    anthropic_version: str = "2023-06-01"
+    anthropic_beta: str | None = Field(default=None, description="comma-separated beta names")
+    queue_name: str = "msgq:queue"
+    max_jobs: int = Field(default=16, ge=1, description="concurrent jobs per worker process")
+    max_attempts: int = Field(default=8, ge=1, description="API calls per job before it fails")
+    backoff_base_s: float = 1.0
+    backoff_factor: float = 2.0
+    backoff_max_s: float = 60.0
+    request_timeout_s: float = Field(
+        default=600.0, description="wait for the API to start answering (unstreamed: to finish)"
+    )
+    connect_timeout_s: float = 5.0
+    stream_idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="longest gap between streamed events (the API pings)"
+    )
+    stream_min_max_tokens: int = Field(
+        default=1024,
+        ge=0,
+        description="stream calls with max_tokens at least this (0: all); shorter calls end "
+        "well within request_timeout_s, and a plain call costs the worker less",
+    )
+    job_timeout_s: float = Field(
+        default=3600.0, description="ceiling on one attempt, however long it keeps streaming"
+    )
+    lock_s: float = Field(
+        default=15.0, description="in-progress lock; a heartbeat extends it while the job runs"
+    )
+    poll_delay_s: float = Field(
+        default=0.01, description="idle poll interval: latency floor vs Redis load (arq: 0.5)"
+    )
+    shutdown_grace_s: int = Field(default=60, description="SIGTERM: wait this long for jobs")
+    retention_s: int = Field(default=7 * 24 * 3600, description="keep records after a job ends")
+    batch_retention_s: int = Field(
+        default=29 * 24 * 3600, description="keep a batch and its results (as the Batches API)"
+    )
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_job_bytes: int = Field(
+        default=64 * 1024 * 1024, description="largest job payload a worker will decode"
+    )
+    prices_file: Path | None = Field(default=None, description="TOML overriding model prices")
+    uvloop: str = Field(
+        default="auto",
+        pattern="^(auto|true|false)$",
+        description="the worker's event loop: uvloop when installed (auto), always, or never",
+    )
+    scheduler: bool = Field(
+        default=True,
+        description="fair-share admission (priorities, tenant weights, budgets); off: plain FIFO",
+    )
+    bulk_floor_share: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="share of tokens default and bulk keep while higher priorities are backlogged",
+    )
+    dispatch_window: int = Field(
+        default=64,
+        ge=1,
+        description="jobs the dispatcher keeps ready in arq's queue when no "
+        "rate limit is known (with limits it admits exactly what fits)",
+    )
+    tenants_file: Path | None = Field(
+        default=None,
+        description="TOML: per-tenant weight, priority, caps, budgets, lane, webhook (README)",
+    )
+    rate_limits: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description='per model class, JSON: {"haiku": {"rpm": 1000, "itpm": 2000000, "otpm": '
+        '400000}, "default": {...}}; learned from response headers when absent',
+    )
+    max_limiter_wait_s: float = Field(
+        default=2.0, description="longer rate-limit waits free the slot (arq deferral)"
+    )
+    max_slot_wait_s: float = Field(
+        default=30.0, description="longest wait for a worker slot before the job is handed back"
+    )
+    slot_retry_s: float = Field(default=1.0, description="when a handed-back job is tried again")
+    reconcile_interval_s: float = Field(
+        default=30.0, description="how often one worker looks for orphaned jobs and batches"
+    )
+    spend_pause_s: int | None = Field(
+        default=3600,
+        ge=1,
+        description="spend-limit pause length; 0 or until-resume: until `msgq resume`",
+    )
+
+    @field_validator("prices_file")
+    @classmethod
+    def _readable_prices(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            check_prices_file(value)
+        return value
+
+    @field_validator("tenants_file")
+    @classmethod
+    def _readable_tenants(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            load_tenants(value)  # raises TenantsFileError (a ValueError) with one clear line
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _known_limit_names(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        for model_class, limits in value.items():
+            unknown = set(limits) - {"rpm", "itpm", "otpm"}
+            if unknown:
+                msg = f"{model_class}: unknown limit {sorted(unknown)}; use rpm, itpm, otpm"
+                raise ValueError(msg)
+        return value
+
+    @field_validator("spend_pause_s", mode="before")
+    @classmethod
+    def _pause_spelling(cls, value: Any) -> Any:
+        """Empty means the default; `0` and `until-resume` mean no expiry (an operator lifts it).
+
+        Redis refuses an expiry of 0, so "until resume" must become no expiry at all.
+        """
+        if isinstance(value, str) and not value.strip():
+            return 3600
+        if isinstance(value, str) and value.strip().lower() in UNTIL_RESUME:
+            return None
+        if value == 0:
+            return None
+        return value
+
+    pause_recheck_s: float = Field(default=30.0, description="how often paused jobs look again")
+    batch_sla_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="lane auto: batch only when the deadline is at least this far away",
+    )
+    batches_lane: Lane = Field(
+        default=Lane.REALTIME,
+        description="lane of /v1/messages/batches requests (a tenant's batches_lane wins)",
+    )
+    batch_max_requests: int = Field(
+        default=100_000, ge=1, le=100_000, description="flush an upstream batch at this many"
+    )
+    batch_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="flush an upstream batch at this size (the API's limit: 256 MB)",
+    )
+    batch_max_wait_s: float = Field(
+        default=60.0, gt=0, description="flush an upstream batch this long after its first job"
+    )
+    batch_poll_s: float = Field(
+        default=10.0, gt=0, description="first poll of an upstream batch; doubles while it runs"
+    )
+    batch_poll_max_s: float = Field(
+        default=300.0, gt=0, description="longest gap between polls of an upstream batch"
+    )
+    batch_create_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="a batch create unanswered this long is looked up (adopted) or re-sent",
+    )
+    metrics_port: int | None = Field(default=None, description="worker /metrics port")
+    api_keys: SecretStr | None = Field(
+        default=None, description='HTTP API keys: "tenant-a:key1,tenant-b:key2"'
+    )
+    api_keys_file: Path | None = Field(default=None, description="one tenant:key a line")
+    admin_keys: SecretStr | None = Field(
+        default=None, description="dashboard (/ui) admin keys, comma-separated: all tenants"
+    )
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, description="HTTP API body limit")
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_level: str = "info"
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="webhook signing secret (whsec_ + base64, Standard Webhooks); a tenant's wins",
+    )
+    webhook_allow: str | None = Field(
+        default=None,
+        description="webhook targets exempt from the SSRF policy: CIDRs and/or hostnames",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="one webhook delivery attempt (its lease: this + 5 s)"
+    )
+    webhook_backoff_base_s: float = Field(default=5.0, gt=0, description="first webhook retry")
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0, description="longest retry gap")
+    webhook_max_age_s: float = Field(
+        default=24 * 3600.0, gt=0, description="keep retrying a webhook this long, then `failed`"
+    )
+    webhook_poll_s: float = Field(
+        default=1.0, gt=0, description="how often each worker looks for webhooks due"
+    )
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_format(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret_key(value.get_secret_value())  # a ValueError naming what is wrong
+        return value

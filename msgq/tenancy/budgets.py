@@ -1,0 +1,146 @@
+"""Per-tenant budgets in USD per day and per month: reserved at admission, settled from usage.
+
+The check and the reservation are one Lua script, so any number of workers racing for the last
+dollars of a budget can never take a tenant past it. Amounts are integer micro-dollars in Redis
+(no float drift). A reservation is deliberately conservative (input at twice its price, which
+covers cache writes, and the whole `max_tokens` of output); the settlement returns what was not
+spent. Periods are UTC days and months.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+
+from msgq.keys import SPEND_TENANTS, spend_key, spend_models_key
+from msgq.tenancy.tenants import TenantConfig
+from schemas import Prices
+
+MICRO = 1_000_000
+DAY_TTL_S = 40 * 24 * 3600
+MONTH_TTL_S = 400 * 24 * 3600
+
+# KEYS: day, month. ARGV: amount µUSD, day cap (-1: none), month cap, day ttl, month ttl.
+# Returns {1, ''} reserved, or {0, 'day'|'month'} when it would pass the cap (nothing taken).
+RESERVE = """
+local amount = tonumber(ARGV[1])
+local caps = {tonumber(ARGV[2]), tonumber(ARGV[3])}
+local names = {'day', 'month'}
+for n = 1, 2 do
+  local spent = tonumber(redis.call('GET', KEYS[n]) or '0')
+  if caps[n] >= 0 and spent + amount > caps[n] then return {0, names[n]} end
+end
+redis.call('INCRBY', KEYS[1], amount)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('INCRBY', KEYS[2], amount)
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return {1, ''}
+"""
+
+
+def periods(now: datetime | None = None) -> tuple[str, str]:
+    now = now or datetime.now(UTC)
+    return now.strftime("d%Y%m%d"), now.strftime("m%Y%m")
+
+
+def reserve_usd(prices: Prices | None, input_tokens: int, max_tokens: int) -> float:
+    """What admission reserves: never less than the call can cost (0 without a known price)."""
+    if prices is None:
+        return 0.0
+    return (input_tokens * 2 * prices.input + max_tokens * prices.output) / 1_000_000
+
+
+@dataclass(frozen=True)
+class Reservation:
+    tenant: str
+    day: str
+    month: str
+    micro_usd: int
+
+
+class Budgets:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._reserve = redis.register_script(RESERVE)
+
+    async def reserve(
+        self, tenant: str, config: TenantConfig, usd: float, now: datetime | None = None
+    ) -> Reservation | str:
+        """A Reservation, or the period ("day"/"month") whose budget it would pass."""
+        day, month = periods(now)
+        amount = round(usd * MICRO)
+        caps = [
+            -1 if limit is None else round(limit * MICRO)
+            for limit in (config.budget_usd_day, config.budget_usd_month)
+        ]
+        ok, period = await self._reserve(
+            keys=[spend_key(tenant, day), spend_key(tenant, month)],
+            args=[amount, *caps, DAY_TTL_S, MONTH_TTL_S],
+        )
+        if not int(ok):
+            return period.decode() if isinstance(period, bytes) else str(period)
+        await self.redis.sadd(SPEND_TENANTS, tenant)  # type: ignore[misc]
+        return Reservation(tenant, day, month, amount)
+
+    async def settle(self, reservation: Reservation, actual_usd: float, model: str) -> None:
+        """Replace the reservation by what the call cost (0 when nothing was produced)."""
+        actual = round(actual_usd * MICRO)
+        delta = actual - reservation.micro_usd
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incrby(spend_key(reservation.tenant, reservation.day), delta)
+            pipe.incrby(spend_key(reservation.tenant, reservation.month), delta)
+            if actual:
+                models = spend_models_key(reservation.tenant, reservation.day)
+                pipe.hincrby(models, model, actual)
+                pipe.expire(models, DAY_TTL_S)
+            await pipe.execute()
+
+    async def record(self, tenant: str, actual_usd: float, model: str) -> None:
+        """Spend without a reservation (a tenant with no budget): still counted for usage."""
+        day, month = periods()
+        actual = round(actual_usd * MICRO)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for key, ttl in (
+                (spend_key(tenant, day), DAY_TTL_S),
+                (spend_key(tenant, month), MONTH_TTL_S),
+            ):
+                pipe.incrby(key, actual)
+                pipe.expire(key, ttl)
+            pipe.hincrby(spend_models_key(tenant, day), model, actual)
+            pipe.expire(spend_models_key(tenant, day), DAY_TTL_S)
+            pipe.sadd(SPEND_TENANTS, tenant)
+            await pipe.execute()
+
+    async def usage(self, tenant: str, config: TenantConfig) -> dict[str, object]:
+        """Spend today and this month, the budgets and what remains (USD)."""
+        day, month = periods()
+        spent_day, spent_month = await self.redis.mget(
+            [spend_key(tenant, day), spend_key(tenant, month)]
+        )
+        models = await self.redis.hgetall(spend_models_key(tenant, day))  # type: ignore[misc]
+        today = int(spent_day or 0) / MICRO
+        this_month = int(spent_month or 0) / MICRO
+        return {
+            "tenant": tenant,
+            "day": day[1:],
+            "spent_today_usd": round(today, 6),
+            "spent_month_usd": round(this_month, 6),
+            "budget_usd_day": config.budget_usd_day,
+            "budget_usd_month": config.budget_usd_month,
+            "remaining_today_usd": None
+            if config.budget_usd_day is None
+            else round(max(0.0, config.budget_usd_day - today), 6),
+            "remaining_month_usd": None
+            if config.budget_usd_month is None
+            else round(max(0.0, config.budget_usd_month - this_month), 6),
+            "by_model_today_usd": {
+                k.decode(): round(int(v) / MICRO, 6) for k, v in sorted(models.items())
+            },
+            "on_budget": config.on_budget,
+        }
+
+    async def tenants(self) -> list[str]:
+        members = await self.redis.smembers(SPEND_TENANTS)  # type: ignore[misc]
+        return sorted(m.decode() for m in members)

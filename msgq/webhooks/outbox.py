@@ -1,0 +1,219 @@
+"""The webhook outbox in Redis: one entry per webhook owed, written in the same transaction as the
+terminal record (for a batch: as its last job ends), claimed under a lease, removed once
+delivered or given up. A crash anywhere between the job ending and the delivery loses nothing:
+the entry is there, and a dead dispatcher's lease lapses.
+
+Entries live in a HASH (`job:<id>` or `batch:<id>` -> JSON) and a ZSET of when each is due; a
+claim moves the due time to the end of the lease, so exactly one dispatcher holds it at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Literal
+
+import orjson
+import structlog
+from pydantic import BaseModel, ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from msgq.keys import WEBHOOKS_DUE_KEY, WEBHOOKS_KEY, batch_counts_key, batch_key, record_key
+from schemas import TERMINAL, JobRecord, WebhookState
+
+log = structlog.get_logger("msgq.webhooks")
+
+MAX_AGE_S = 24 * 3600  # the default delivery window; then the webhook is `failed`
+# Past the window, an entry lives one more attempt (a lease) and a poll; older, nobody delivers it.
+AUDIT_MARGIN_S = 300
+
+# A batch's webhook: owed once, when the last of its jobs has ended (counts = size). KEYS: batch,
+# counts, entries, due. ARGV: now ms, webhook-id. The entry's JSON is built here (cjson).
+BATCH_ENDED = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local meta = cjson.decode(raw)
+if type(meta.callback_url) ~= 'string' then return 0 end
+local n = 0
+for _, v in ipairs(redis.call('HMGET', KEYS[2], 'succeeded', 'failed', 'canceled', 'expired')) do
+  if v then n = n + tonumber(v) end
+end
+local key = 'batch:' .. meta.id
+if n ~= tonumber(meta.count) or redis.call('HEXISTS', KEYS[3], key) == 1 then return 0 end
+redis.call('HSET', KEYS[3], key, cjson.encode({kind = 'batch', ref = meta.id,
+  url = meta.callback_url, tenant = meta.tenant, webhook_id = ARGV[2], created_ms = ARGV[1]}))
+redis.call('ZADD', KEYS[4], ARGV[1], key)
+return 1
+"""
+
+# KEYS: due, entries. ARGV: now ms, lease end ms, limit. Returns key, entry, key, entry, ...
+CLAIM = """
+local out = {}
+for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
+  local raw = redis.call('HGET', KEYS[2], key)
+  if raw then
+    redis.call('ZADD', KEYS[1], ARGV[2], key)
+    table.insert(out, key)
+    table.insert(out, raw)
+  else
+    redis.call('ZREM', KEYS[1], key)
+  end
+end
+return out
+"""
+
+# Remove (ARGV[3] empty) or rewrite and reschedule an entry, only if it is still the one claimed.
+# KEYS: due, entries. ARGV: key, entry as claimed, new entry, due ms.
+SETTLE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+end
+return 1
+"""
+
+
+class Entry(BaseModel):
+    """One webhook owed. `webhook_id` is the same on every attempt, so receivers can dedupe."""
+
+    kind: Literal["job", "batch"]
+    ref: str  # the job's stored ID, or the batch's ID
+    url: str
+    webhook_id: str
+    tenant: str | None = None
+    created_ms: int
+    attempts: int = 0
+    last_error: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.ref}"
+
+
+def webhook_id(kind: str, ref: str, ending: str = "") -> str:
+    """Stable for one ending of one job (a job re-run by `msgq retry` ends anew: a new ID)."""
+    return "msg_" + hashlib.sha256(f"{kind}:{ref}:{ending}".encode()).hexdigest()[:32]
+
+
+def pending(record: JobRecord) -> JobRecord:
+    """The terminal record as written: webhook `pending` when it has somewhere to go."""
+    if record.callback_url and record.status.terminal:
+        return record.model_copy(update={"webhook": WebhookState()})
+    return record
+
+
+def schedule(pipe: Redis, record: JobRecord) -> None:
+    """Owe the terminal record's webhook (and its batch's, if it was the last), on `pipe`: the
+    caller's transaction, the one that writes the terminal record."""
+    now_ms = int(time.time() * 1000)
+    if record.callback_url:
+        ending = record.finished_at.isoformat() if record.finished_at else ""
+        entry = Entry(
+            kind="job",
+            ref=record.id,
+            url=record.callback_url,
+            webhook_id=webhook_id("job", record.id, ending),
+            tenant=record.tenant,
+            created_ms=now_ms,
+        )
+        pipe.hset(WEBHOOKS_KEY, entry.key, entry.model_dump_json())
+        pipe.zadd(WEBHOOKS_DUE_KEY, {entry.key: now_ms})
+    if record.batch_id:
+        keys = (batch_key(record.batch_id), batch_counts_key(record.batch_id))
+        args = (str(now_ms), webhook_id("batch", record.batch_id))
+        pipe.eval(BATCH_ENDED, 4, *keys, WEBHOOKS_KEY, WEBHOOKS_DUE_KEY, *args)
+
+
+def public_body(record: JobRecord) -> bytes:
+    """The record as the HTTP API shows it (its plain ID, no tenant), without the delivery
+    state, which changes between attempts while the body must not."""
+    data = record.model_dump(mode="json", exclude={"tenant", "webhook"})
+    prefix = f"{record.tenant}:" if record.tenant else ""
+    if prefix and record.id.startswith(prefix):
+        data["id"] = record.id[len(prefix) :]
+    return orjson.dumps(data)
+
+
+class Outbox:
+    """The dispatcher's side: claim under a lease, settle, and mirror the state on the record."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._claim = redis.register_script(CLAIM)
+        self._settle = redis.register_script(SETTLE)
+
+    async def claim(self, *, lease_s: float, limit: int) -> list[tuple[Entry, bytes]]:
+        now_ms = int(time.time() * 1000)
+        args = [now_ms, now_ms + int(lease_s * 1000), limit]
+        flat: list[Any] = await self._claim(keys=[WEBHOOKS_DUE_KEY, WEBHOOKS_KEY], args=args)
+        claimed: list[tuple[Entry, bytes]] = []
+        for key, raw in zip(flat[::2], flat[1::2], strict=True):
+            try:
+                claimed.append((Entry.model_validate_json(raw), raw))
+            except ValidationError:  # not msgq's writing: drop it rather than retry it forever
+                log.error("webhook.entry_corrupt", entry=key.decode(errors="replace"))
+                settle = [key, raw, "", 0]
+                await self._settle(keys=[WEBHOOKS_DUE_KEY, WEBHOOKS_KEY], args=settle)
+        return claimed
+
+    async def remove(self, entry: Entry, claimed: bytes) -> bool:
+        """Delivered or given up; False when the entry changed meanwhile (a newer ending)."""
+        args: list[str | bytes | int] = [entry.key, claimed, "", 0]
+        return bool(await self._settle(keys=[WEBHOOKS_DUE_KEY, WEBHOOKS_KEY], args=args))
+
+    async def reschedule(self, entry: Entry, claimed: bytes, *, due_s: float) -> bool:
+        args: list[str | bytes | int] = [
+            entry.key,
+            claimed,
+            entry.model_dump_json(),
+            int(due_s * 1000),
+        ]
+        return bool(await self._settle(keys=[WEBHOOKS_DUE_KEY, WEBHOOKS_KEY], args=args))
+
+    async def set_state(self, job_id: str, state: WebhookState) -> None:
+        """Write `webhook` on a terminal record and nothing else: the one field write-once
+        leaves open. The record's other fields are kept as stored (edited as raw JSON, under
+        WATCH); a record that is not terminal (re-opened meanwhile) is left alone."""
+        key = record_key(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    data = None if raw is None else orjson.loads(raw)
+                    if data is None or data.get("status") not in TERMINAL:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]  # redis-py: untyped
+                        return
+                    data["webhook"] = state.model_dump(mode="json")
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    pipe.set(key, orjson.dumps(data), keepttl=True)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
+
+async def audit_findings(redis: Redis, *, now_s: float | None = None) -> list[tuple[str, str]]:
+    """For `msgq audit`: (violation, example) for entries whose job or batch is gone, entries
+    pending past the delivery window, and entries and due times that do not pair up."""
+    now_s = time.time() if now_s is None else now_s
+    found: list[tuple[str, str]] = []
+    entries = {
+        k.decode(): Entry.model_validate_json(v) async for k, v in redis.hscan_iter(WEBHOOKS_KEY)
+    }
+    due = {k.decode() async for k, _ in redis.zscan_iter(WEBHOOKS_DUE_KEY)}
+    for key, entry in entries.items():
+        owner = record_key(entry.ref) if entry.kind == "job" else batch_key(entry.ref)
+        if not await redis.exists(owner):
+            found.append(("webhook entry without its job or batch", key))
+        if now_s * 1000 - entry.created_ms > (MAX_AGE_S + AUDIT_MARGIN_S) * 1000:
+            found.append(("webhook pending longer than its 24 h window", key))
+        if key not in due:
+            found.append(("webhook entry never due (not in the due set)", key))
+    found += [("webhook due without its entry", key) for key in due - set(entries)]
+    return found

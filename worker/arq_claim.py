@@ -1,0 +1,116 @@
+"""The claim script (every free slot's job in one round trip) and the handle of the job a task
+runs, so a terminal record can end the job in arq's queue in the same write."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from msgq.arq_format import (
+    ABORT_KEY,
+    IN_PROGRESS_KEY_PREFIX,
+    JOB_KEY_PREFIX,
+    RETRY_KEY_PREFIX,
+)
+
+# Claims several jobs in one round trip. KEYS: the queue, the abort ZSET, then for each job its
+# in-progress lock, payload and try counter followed by the caller's prefetch keys. ARGV: now ms,
+# lock ms, this worker's token, the number of prefetch reads per job and each read (GET, GETDEL
+# or EXISTS), then the job IDs. One reply per job: nil when another worker holds it, or it is
+# gone or not yet due; {false, error} when a key of the job could not be read (e.g. WRONGTYPE:
+# that job is refused, the rest of the batch is not held up); else {score, payload (nil when
+# gone), try, aborted (0/1), prefetched...}. A lock already holding this worker's token is a
+# re-sent claim whose reply was lost: the job is handed over again, its try not counted twice.
+CLAIM = """
+local reads = tonumber(ARGV[4])
+local per_job = 3 + reads
+local first_id = 5 + reads
+local function claim(id, base)
+  local lock = redis.call('GET', KEYS[base + 1])
+  if lock and lock ~= ARGV[3] then return false end
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if not score or tonumber(score) > tonumber(ARGV[1]) then return false end
+  redis.call('SET', KEYS[base + 1], ARGV[3], 'PX', ARGV[2])
+  local try
+  if lock then
+    try = tonumber(redis.call('GET', KEYS[base + 3]) or '1')
+  else
+    try = redis.call('INCR', KEYS[base + 3])
+  end
+  redis.call('EXPIRE', KEYS[base + 3], 88400)
+  local out = {score, redis.call('GET', KEYS[base + 2]), try, redis.call('ZREM', KEYS[2], id)}
+  for r = 1, reads do
+    out[#out + 1] = redis.call(ARGV[4 + r], KEYS[base + 3 + r])
+  end
+  return out
+end
+local out = {}
+for j = first_id, #ARGV do
+  local ok, claimed = pcall(claim, ARGV[j], 2 + (j - first_id) * per_job)
+  if not ok then
+    claimed = {false, type(claimed) == 'table' and claimed.err or tostring(claimed)}
+  end
+  out[#out + 1] = claimed
+end
+return out
+"""
+PREFETCH_READS = frozenset({"GET", "GETDEL", "EXISTS"})
+PREFETCHED = "prefetched"  # the job ctx's entry: the prefetch reads' results, in order
+
+Refused = Callable[[dict[str, Any], str, bytes | None], Awaitable[None]]
+Prefetch = Callable[[str], Sequence[tuple[str, str]]]
+
+
+@dataclass
+class RunningJob:
+    """The job a task runs. A terminal record written by that task can end the job in the queue
+    in the same atomic step (`finish_commands`); `queue_done` then spares the worker arq's own
+    finishing round trip."""
+
+    job_id: str
+    queue_name: str
+    queue_done: bool = False
+
+    def finish_commands(self) -> list[tuple[str, ...]]:
+        """What arq's finish does for a finished job: lock, try counter and payload deleted, out
+        of the queue and the abort set."""
+        job_id = self.job_id
+        return [
+            (
+                "DEL",
+                IN_PROGRESS_KEY_PREFIX + job_id,
+                RETRY_KEY_PREFIX + job_id,
+                JOB_KEY_PREFIX + job_id,
+            ),
+            ("ZREM", ABORT_KEY, job_id),
+            ("ZREM", self.queue_name, job_id),
+        ]
+
+
+RUNNING: ContextVar[RunningJob | None] = ContextVar("msgq_running_job", default=None)
+
+
+def running_job(job_id: str) -> RunningJob | None:
+    """The queue handle of `job_id` when the calling task is the one running it."""
+    job = RUNNING.get()
+    return job if job is not None and job.job_id == job_id else None
+
+
+@dataclass(frozen=True)
+class Claim:
+    score: int
+    payload: bytes | None
+    job_try: int
+    aborted: bool
+    prefetched: list[Any]
+    error: str | None = None  # a key of the job could not be read: the job is refused
+
+
+def _claim(reply: list[Any]) -> Claim:
+    if reply[0] is None:
+        error = reply[1].decode(errors="replace") if isinstance(reply[1], bytes) else reply[1]
+        return Claim(0, None, 0, False, [], error=str(error)[:300])
+    score, payload, job_try, aborted, *prefetched = reply
+    return Claim(int(float(score)), payload, int(job_try), bool(aborted), prefetched)

@@ -1,0 +1,400 @@
+"""`MsgqWorker`: arq's worker loop with its per-job Redis work cut to what a job needs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+import structlog
+from arq import Retry, Worker
+from arq.constants import (
+    abort_job_max_age,
+)
+from arq.jobs import SerializationError, deserialize_job_raw, serialize_result
+from arq.utils import ms_to_datetime, timestamp_ms
+from arq.worker import JobExecutionFailed, RetryJob
+from redis.exceptions import RedisError
+
+from msgq.arq_format import (
+    ABORT_KEY,
+    IN_PROGRESS_KEY_PREFIX,
+    JOB_KEY_PREFIX,
+    RETRY_KEY_PREFIX,
+)
+from worker.arq_claim import (
+    CLAIM,
+    PREFETCH_READS,
+    PREFETCHED,
+    RUNNING,
+    Claim,
+    Prefetch,
+    Refused,
+    RunningJob,
+    _claim,
+)
+
+log = structlog.get_logger("msgq.worker")
+
+
+class MsgqWorker(Worker):
+    """arq's Worker, with its per-job Redis work cut to what a job needs.
+
+    - Pick-up is one script for every free slot: claim (only if no one holds the job and it is
+      due), read the payload, count the try, take a pending abort (the job is then refused,
+      as arq does), and read the caller's prefetch keys (msgq's record and admission ticket),
+      where arq takes six round trips a job.
+    - A job whose terminal record already ended it in the queue (`RunningJob.queue_done`) skips
+      arq's finishing transaction.
+    - One heartbeat for all running jobs keeps their short in-progress locks alive.
+    - One round trip per poll (due jobs and abort requests together), and a poll loop that
+      rides out a Redis outage instead of exiting.
+    arq's job timeout and result keeping are not implemented here: msgq sets neither
+    (`UNREACHABLE_TIMEOUT_S`, `keep_result=0`); its task bounds itself and its records hold results.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        lock_s: float,
+        on_refused: Refused,
+        prefetch: Prefetch | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_progress_timeout_s = lock_s
+        self._outage_s = 0.0
+        self._on_refused = on_refused
+        self._prefetch = prefetch
+        # The reads are the same for every job (the claim script relies on it): checked once.
+        self._prefetch_ops = [op for op, _ in prefetch("")] if prefetch else []
+        if any(op not in PREFETCH_READS for op in self._prefetch_ops):
+            msg = f"prefetch reads must be one of {sorted(PREFETCH_READS)}"
+            raise ValueError(msg)
+        # The value of this worker's in-progress locks: a claim re-sent after its reply was lost
+        # finds its own lock and gets the job again instead of leaving it locked for `lock_s`.
+        self._token = uuid.uuid4().hex
+        self._claim: Any = None  # registered on the pool once arq has made it
+        self._beat: asyncio.Task[None] | None = None
+        self._claimed = 0  # jobs this worker has claimed and started
+
+    async def _poll_iteration(self) -> None:
+        try:
+            while await self._poll_once():
+                pass  # it started jobs, so more may be due: look again now, not a poll delay later
+        except (RedisError, OSError) as exc:
+            # redis-py reconnects on the next command; wait with backoff, then poll again.
+            self._outage_s = min(max(self._outage_s * 2, 0.1), 5.0)
+            # Drop the idle (stale) connections at once; in-use ones belong to running jobs, and
+            # closing them underneath a pending read could leave it waiting forever.
+            await self.pool.connection_pool.disconnect(inuse_connections=False)
+            log.warning(
+                "worker.redis_unavailable",
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+                retry_in_s=self._outage_s,
+            )
+            await asyncio.sleep(self._outage_s)
+            return
+        if self._outage_s:
+            log.info("worker.redis_reconnected")
+            self._outage_s = 0.0
+
+    async def _poll_once(self) -> bool:
+        """arq's poll iteration, with its two reads (due jobs, abort requests) in one round trip.
+        True when it started a job."""
+        count = self.queue_read_limit
+        if self.burst and self.max_burst_jobs >= 0:
+            count = min(count, self.max_burst_jobs - self._jobs_started())
+            if count < 1:
+                return False
+        picking = self.allow_pick_jobs and self.job_counter < self.max_jobs
+        now = timestamp_ms()
+        async with self.pool.pipeline(transaction=False) as pipe:
+            if picking:
+                pipe.zrangebyscore(
+                    self.queue_name, min="-inf", max=now, start=self._queue_read_offset, num=count
+                )
+            pipe.zrange(ABORT_KEY, 0, -1)
+            # Abort requests older than a minute (arq's own prune compares seconds with ms and
+            # removes nothing, so the set it reads every poll only grew).
+            pipe.zremrangebyscore(ABORT_KEY, min="-inf", max=now - abort_job_max_age * 1000)
+            replies = await pipe.execute()
+        started = self._claimed
+        if picking:
+            await self.start_jobs(replies[0])
+        await self._abort(replies[-2])
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # run_job's own errors surface here, as in arq
+        await self.heart_beat()
+        return self._claimed > started
+
+    async def _abort(self, requested: list[bytes]) -> None:
+        """Cancel the running tasks of jobs whose abort was asked for (arq's semantics)."""
+        aborted = set()
+        for job_id_b in requested:
+            task = self.job_tasks.get(job_id_b.decode())
+            if task is not None:
+                aborted.add(job_id_b.decode())
+                task.cancel()
+        if aborted:
+            self.aborting_tasks.update(aborted)
+            await self.pool.zrem(ABORT_KEY, *aborted)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Claim and start each due job. The slot (arq's semaphore and counter) is given back
+        whenever the job is not started, Redis failing mid-pick-up included: arq's own loop
+        kept it for good then, one slot fewer per outage."""
+        if self._beat is None:
+            self._beat = self.loop.create_task(self._heartbeat())
+        # A job stays in the queue until it ends: the ones running here need no claim.
+        pending = [i.decode() for i in job_ids if i.decode() not in self.tasks]
+        while pending:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            # Every slot free right now is filled by one claim: claiming one job per round trip
+            # kept a busy worker at a few jobs in flight, whatever its concurrency.
+            slots = 1
+            while slots < len(pending) and self.job_counter + slots < self.max_jobs:
+                if self.sem.locked():
+                    break
+                await self.sem.acquire()  # free: returns at once
+                slots += 1
+            self.job_counter += slots
+            batch, pending = pending[:slots], pending[slots:]
+            try:
+                claims = await self._claim_jobs(batch)
+            except BaseException:  # Redis failing, or the worker stopping, mid-claim
+                for _ in batch:
+                    self._give_back_slot()
+                raise
+            for job_id, claim in zip(batch, claims, strict=True):
+                if claim is None:  # running elsewhere, finished, or re-deferred elsewhere
+                    self._give_back_slot()
+                    continue
+                self._claimed += 1
+                task = self.loop.create_task(self.run_job(job_id, claim))
+                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = task
+
+    async def _claim_jobs(self, job_ids: list[str]) -> list[Claim | None]:
+        if self._claim is None:
+            self._claim = self.pool.register_script(CLAIM)
+        keys: list[str] = [self.queue_name, ABORT_KEY]
+        for job_id in job_ids:
+            reads = self._prefetch(job_id) if self._prefetch else []
+            keys += [IN_PROGRESS_KEY_PREFIX + job_id, JOB_KEY_PREFIX + job_id]
+            keys += [RETRY_KEY_PREFIX + job_id, *(key for _, key in reads)]
+        lock_ms = int(self.in_progress_timeout_s * 1000)
+        ops = self._prefetch_ops
+        args = [timestamp_ms(), lock_ms, self._token, len(ops), *ops, *job_ids]
+        replies = await self._claim(keys=keys, args=args)
+        return [None if reply is None else _claim(reply) for reply in replies]
+
+    def _give_back_slot(self) -> None:
+        self.job_counter -= 1
+        self.sem.release()
+
+    async def run_job(self, job_id: str, claim: Claim) -> None:  # type: ignore[override]
+        """arq's bookkeeping around a job (pick-up, finish) can hit a Redis outage. Left as a
+        task exception it would be re-raised later, once per poll and again at shutdown; the
+        job itself is safe: still queued, its lock lapses, and the rerun sees its record."""
+        try:
+            await self._run_claimed(job_id, claim)
+        except (RedisError, OSError) as exc:
+            log.warning("job.bookkeeping_failed", job_id=job_id, error=type(exc).__name__)
+        except Exception as exc:  # never the worker's end: its lock lapses, the job is retried
+            log.error("job.bookkeeping_crashed", job_id=job_id, error=repr(exc)[:300])
+
+    async def _run_claimed(self, job_id: str, claim: Claim) -> None:
+        """arq's run_job from the claim onwards, for msgq's one task."""
+        ctx = {**self.ctx, PREFETCHED: claim.prefetched}
+        if claim.error is not None:
+            failure = JobExecutionFailed(f"the job's keys could not be read: {claim.error}")
+            return await self._refuse(ctx, job_id, claim, failure)
+        if claim.payload is None:
+            return await self._refuse(ctx, job_id, claim, JobExecutionFailed("job expired"))
+        try:
+            name, args, kwargs, enqueued_try, enqueued_ms = deserialize_job_raw(
+                claim.payload, deserializer=self.job_deserializer
+            )
+        except SerializationError as exc:
+            return await self._refuse(ctx, job_id, claim, exc)
+        if claim.aborted:
+            return await self._refuse(
+                ctx, job_id, claim, asyncio.CancelledError(), name, enqueued_ms
+            )
+        function = self.functions.get(name)
+        if function is None:
+            failure = JobExecutionFailed(f"function {name!r} not found")
+            return await self._refuse(ctx, job_id, claim, failure, name, enqueued_ms)
+        job_try = claim.job_try
+        if enqueued_try and enqueued_try > job_try:
+            job_try = enqueued_try
+            await self.pool.setex(RETRY_KEY_PREFIX + job_id, 88400, str(job_try))
+        ctx.update(
+            job_id=job_id,
+            job_try=job_try,
+            enqueue_time=ms_to_datetime(enqueued_ms),
+            score=claim.score,
+        )
+        running = RunningJob(job_id, self.queue_name)
+        RUNNING.set(running)  # this task's context: the job's own task inherits it
+        finish, incr_score = await self._run_task(job_id, claim.score, function, ctx, args, kwargs)
+        if running.queue_done:
+            return  # its terminal record's write ended it in the queue too
+        await asyncio.shield(self.finish_job(job_id, finish, None, 0, False, incr_score, None))
+
+    async def _run_task(
+        self,
+        job_id: str,
+        score: int,
+        function: Any,
+        ctx: dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[bool, int | None]:
+        """Run the task; (finished, re-queue delay in ms) as arq's finish wants them."""
+        task = self.loop.create_task(function.coroutine(ctx, *args, **kwargs))
+        self.job_tasks[job_id] = task
+        try:
+            await task
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, Retry):
+                self.jobs_retried += 1
+                defer = exc.defer_score
+                return False, (defer + timestamp_ms() - score) if defer else None
+            if job_id in self.aborting_tasks and isinstance(exc, asyncio.CancelledError):
+                self.aborting_tasks.remove(job_id)
+                self.jobs_failed += 1
+                return True, None
+            if isinstance(exc, asyncio.CancelledError | RetryJob):
+                self.jobs_retried += 1  # a shutdown: the job runs again elsewhere
+                return False, None
+            log.error("job.task_raised", job_id=job_id, error=type(exc).__name__, exc_info=exc)
+            self.jobs_failed += 1
+            return True, None
+        finally:
+            del self.job_tasks[job_id]
+        self.jobs_complete += 1
+        return True, None
+
+    async def _refuse(
+        self,
+        ctx: dict[str, Any],
+        job_id: str,
+        claim: Claim,
+        failure: BaseException,
+        name: str = "<unknown>",
+        enqueued_ms: int = 0,
+    ) -> None:
+        """A job that cannot run (payload gone or unreadable, aborted before it started): arq's
+        failed-job bookkeeping, then msgq records why."""
+        self.jobs_failed += 1
+        result = serialize_result(
+            function=name,
+            args=(),
+            kwargs={},
+            job_try=claim.job_try,
+            enqueue_time_ms=enqueued_ms,
+            success=False,
+            result=failure,
+            start_ms=timestamp_ms(),
+            finished_ms=timestamp_ms(),
+            ref=f"{job_id}:{name}",
+            serializer=self.job_serializer,
+            queue_name=self.queue_name,
+            job_id=job_id,
+        )
+        await asyncio.shield(self.finish_failed_job(job_id, result, ctx))
+
+    async def finish_failed_job(
+        self, job_id: str, result_data: bytes | None, ctx: dict[str, Any] | None = None
+    ) -> None:
+        """arq failed a job before our task ran (empty payload, "expired", aborted): record it
+        too, or a poller would wait on `queued` forever."""
+        await super().finish_failed_job(job_id, result_data)
+        await self._on_refused(ctx or self.ctx, job_id, result_data)
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's finish, but a deferred job is re-scored only if it is still queued: arq's
+        ZINCRBY re-adds a job whose terminal record already took it out of the queue (a reply
+        lost after that write), leaving an entry without a payload."""
+        if finish or not incr_score:
+            await super().finish_job(
+                job_id,
+                finish,
+                result_data,
+                result_timeout_s,
+                keep_result_forever,
+                incr_score,
+                keep_in_progress,
+            )
+            return
+        async with self.pool.pipeline(transaction=True) as tr:
+            tr.zadd(self.queue_name, {job_id: incr_score}, xx=True, incr=True)
+            tr.delete(IN_PROGRESS_KEY_PREFIX + job_id)
+            await tr.execute()
+
+    async def _heartbeat(self) -> None:
+        """Every running job's in-progress lock extended in one round trip, a third of the lock's
+        length apart: a killed worker's jobs are free again within `lock_s`. It must not stop
+        while the worker runs (other workers would start its jobs again): every error is logged
+        and the next beat tried."""
+        lock_ms = int(self.in_progress_timeout_s * 1000)
+        while True:
+            await asyncio.sleep(self.in_progress_timeout_s / 3)
+            running = list(self.job_tasks)
+            if not running:
+                continue
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in running:
+                        pipe.pexpire(IN_PROGRESS_KEY_PREFIX + job_id, lock_ms)
+                    await pipe.execute()
+            except Exception as exc:
+                log.warning("worker.heartbeat_failed", jobs=len(running), error=type(exc).__name__)
+
+    async def main(self) -> None:
+        await self._wait_for_redis()
+        await super().main()
+
+    async def _wait_for_redis(self, tries: int = 30, delay_s: float = 1.0) -> None:
+        """What arq's own pool did at start: a Redis still starting is waited for (`tries` pings
+        `delay_s` apart; through Sentinel each ping may itself wait out a failover) rather than
+        failing the worker at once."""
+        for attempt in range(1, tries + 1):
+            try:
+                await self.pool.ping()
+                return
+            except (RedisError, OSError) as exc:
+                if attempt == tries:
+                    raise
+                log.warning(
+                    "worker.redis_unavailable",
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                    retry_in_s=delay_s,
+                )
+                await asyncio.sleep(delay_s)
+
+    async def close(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+        await super().close()

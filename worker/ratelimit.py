@@ -1,0 +1,299 @@
+"""The fleet-wide rate limiter: token buckets in Redis, shared by every worker process.
+
+One hash per model class holds three buckets (requests, input tokens, output tokens per minute),
+refilled continuously to a minute's worth, as the API's are. Every change is one Lua script, so
+concurrent workers never over-admit. Capacities come from configuration; the API's
+`anthropic-ratelimit-*` headers may only lower them (a configured limit is a cap: two fleets can
+share one organisation), supply them when none is configured, and age out when they stop coming.
+A large request that must wait holds a reservation, so small ones cannot starve it. A 429 cools the
+whole fleet down for its retry-after; a spend-limit answer pauses sending until lifted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from msgq.keys import COOLING_KEY, PAUSE_KEY, bucket_key, cooldown_key
+from schemas.capabilities import rate_limit_class
+
+BUCKETS = ("requests", "input-tokens", "output-tokens")
+
+# The effective capacity of one bucket: the configured limit is a cap; a limit learned from the
+# API's headers may only lower it, and counts only while fresh (headers keep refreshing it).
+CAPS = """
+local function caps_of(h, now, conf, learned_ttl)
+  local caps, fresh = {}, (tonumber(h.L) or -1e18) + learned_ttl > now
+  for n, f in ipairs({'R', 'I', 'O'}) do
+    local c, l = tonumber(conf[n]) or 0, fresh and tonumber(h[f]) or nil
+    if c > 0 and l then caps[n] = math.min(c, l) else caps[n] = (c > 0 and c) or l or 0 end
+  end
+  return caps
+end
+local function load(key)
+  local flat, h = redis.call('HGETALL', key), {}
+  for k = 1, #flat, 2 do h[flat[k]] = flat[k + 1] end
+  return h
+end
+"""
+
+# KEYS: bucket hash, cooldown, pause. ARGV: now_ms, cost r/i/o, configured caps r/i/o (0 = none),
+# holder (the job asking), learned_ttl_ms, hold_slack_ms, large_fraction.
+# Returns {0, ''} when admitted, {wait_ms, why} otherwise; nothing is taken unless all three fit.
+# A large request (a need of at least large_fraction of a bucket) that must wait holds a
+# reservation: until it is served (or its hold lapses), others may take only what leaves its
+# need in the bucket, so small requests cannot keep the level below it forever.
+ACQUIRE = (
+    CAPS
+    + """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local ttl = redis.call('PTTL', KEYS[3])
+  return {ttl > 0 and ttl or 60000, 'paused'}
+end
+local cool = redis.call('PTTL', KEYS[2])
+if cool > 0 then return {cool, 'cooldown'} end
+local now, holder = tonumber(ARGV[1]), ARGV[8]
+local large = tonumber(ARGV[11])
+local h = load(KEYS[1])
+local caps = caps_of(h, now, {ARGV[5], ARGV[6], ARGV[7]}, tonumber(ARGV[9]))
+local names, held_f = {'r', 'i', 'o'}, {'hr', 'hi', 'ho'}
+local last = tonumber(h.t) or now
+local holding = h.hold and h.hold ~= '' and now < (tonumber(h.hu) or 0)
+local other = holding and h.hold ~= holder
+local tokens, needs, wait, why, big = {}, {}, 0, '', false
+for n = 1, 3 do
+  local cap = caps[n]
+  if cap > 0 then
+    local t = math.min(cap, (tonumber(h[names[n]]) or cap) + (now - last) * cap / 60000)
+    tokens[n] = t
+    local need = math.min(tonumber(ARGV[n + 1]), cap)
+    needs[n] = need
+    if n > 1 and need >= cap * large then big = true end
+    local level = need
+    if other then
+      local held = tonumber(h[held_f[n]]) or 0
+      level = need + held
+      if level > cap then level = math.max(held, cap) + 1 end
+    end
+    if t < level then
+      local w = math.ceil((level - t) * 60000 / cap)
+      if other and level > cap then w = math.max(50, math.min(w, (tonumber(h.hu) or now) - now)) end
+      if w > wait then wait, why = w, names[n] end
+    end
+  end
+end
+for n = 1, 3 do
+  if caps[n] > 0 then
+    if wait == 0 then tokens[n] = tokens[n] - needs[n] end
+    redis.call('HSET', KEYS[1], names[n], tostring(tokens[n]))
+  end
+end
+redis.call('HSET', KEYS[1], 't', tostring(now))
+if wait == 0 then
+  if holding and h.hold == holder then
+    redis.call('HDEL', KEYS[1], 'hold', 'hr', 'hi', 'ho', 'hu')
+  end
+  return {0, ''}
+end
+if big and (not holding or h.hold == holder) then
+  redis.call('HSET', KEYS[1], 'hold', holder, 'hr', tostring(needs[1] or 0),
+    'hi', tostring(needs[2] or 0), 'ho', tostring(needs[3] or 0),
+    'hu', tostring(now + wait + tonumber(ARGV[10])))
+end
+return {wait, why}
+"""
+)
+
+# KEYS: bucket hash. ARGV: deltas r/i/o (positive refunds), then for each bucket the learned
+# limit and remaining from headers ('' when absent), then configured caps r/i/o, now_ms,
+# learned_ttl_ms. Refunds never exceed the effective cap; `remaining` only ever lowers.
+ADJUST = (
+    CAPS
+    + """
+local names, learned_f = {'r', 'i', 'o'}, {'R', 'I', 'O'}
+local now = tonumber(ARGV[13])
+for n = 1, 3 do
+  local limit = ARGV[3 + 2 * n - 1]
+  if limit ~= '' then redis.call('HSET', KEYS[1], learned_f[n], limit, 'L', tostring(now)) end
+end
+local h = load(KEYS[1])
+local caps = caps_of(h, now, {ARGV[10], ARGV[11], ARGV[12]}, tonumber(ARGV[14]))
+for n = 1, 3 do
+  local t = tonumber(h[names[n]])
+  local remaining = ARGV[3 + 2 * n]
+  if not t and remaining ~= '' then
+    -- First word from the API about this bucket: start from what it says is left, not from
+    -- a full bucket (calls sent before the limit was known have already used some).
+    t = tonumber(remaining)
+    if not h.t then redis.call('HSET', KEYS[1], 't', tostring(now)) end
+  elseif t then
+    t = t + tonumber(ARGV[n])
+    if caps[n] > 0 then t = math.min(t, caps[n]) end
+    if remaining ~= '' then t = math.min(t, tonumber(remaining)) end
+  end
+  if t then redis.call('HSET', KEYS[1], names[n], tostring(t)) end
+end
+return 1
+"""
+)
+
+# KEYS: the class's cooldown, the fleet's "any class cooling" marker. ARGV: ms. Only ever
+# lengthens either.
+COOL_DOWN = """
+for _, key in ipairs(KEYS) do
+  if redis.call('PTTL', key) < tonumber(ARGV[1]) then
+    redis.call('SET', key, '1', 'PX', ARGV[1])
+  end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-minute limits for one model class; 0 means not configured (learn from headers)."""
+
+    rpm: int = 0
+    itpm: int = 0
+    otpm: int = 0
+
+
+@dataclass(frozen=True)
+class Admission:
+    wait_s: float
+    reason: str  # "" when admitted; else "r", "i", "o", "cooldown" or "paused"
+
+    @property
+    def admitted(self) -> bool:
+        return self.wait_s <= 0
+
+
+model_class = rate_limit_class  # the name this module has always used
+
+
+class RateLimiter:
+    """Acquire before each call, then report what really happened (usage, headers, 429s)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        limits: dict[str, Limits],
+        *,
+        learned_ttl_s: float = 600.0,
+        hold_slack_s: float = 5.0,
+        large_fraction: float = 0.5,
+        scope: str | None = None,
+    ) -> None:
+        """`scope` gives this limiter buckets of its own (a tenant's share caps)."""
+        self.redis = redis
+        self.scope = scope
+        self.limits = limits
+        self.learned_ttl_ms = int(learned_ttl_s * 1000)
+        self.hold_slack_ms = int(hold_slack_s * 1000)
+        self.large_fraction = large_fraction
+        self._acquire = redis.register_script(ACQUIRE)
+        self._adjust = redis.register_script(ADJUST)
+        self._cool = redis.register_script(COOL_DOWN)
+        self._learned = False  # this process has seen anthropic-ratelimit-* headers
+
+    def unmetered(self, model: str) -> bool:
+        """No limit configured for this model's class, and none learned by this process: an
+        acquire would only check the pause and the cool-down."""
+        lim = self._limits_for(model_class(model))
+        return not (self._learned or lim.rpm or lim.itpm or lim.otpm)
+
+    def _bucket(self, model_cls: str) -> str:
+        return bucket_key(f"{model_cls}:{self.scope}" if self.scope else model_cls)
+
+    def _limits_for(self, model_cls: str) -> Limits:
+        return self.limits.get(model_cls) or self.limits.get("default") or Limits()
+
+    async def acquire(
+        self, model: str, *, input_tokens: int, output_tokens: int, now_ms: int, holder: str = ""
+    ) -> Admission:
+        """`holder` names the asker (a job ID), so a large request can hold a reservation."""
+        cls = model_class(model)
+        lim = self._limits_for(cls)
+        wait_ms, why = await self._acquire(
+            keys=[self._bucket(cls), cooldown_key(cls), PAUSE_KEY],
+            args=[
+                now_ms,
+                1,
+                input_tokens,
+                output_tokens,
+                lim.rpm,
+                lim.itpm,
+                lim.otpm,
+                holder or "-",
+                self.learned_ttl_ms,
+                self.hold_slack_ms,
+                self.large_fraction,
+            ],
+        )
+        return Admission(int(wait_ms) / 1000, why.decode() if isinstance(why, bytes) else why)
+
+    async def settle(
+        self,
+        model: str,
+        *,
+        input_delta: int,
+        output_delta: int,
+        headers: dict[str, str] | None = None,
+        requests: int = 0,
+    ) -> None:
+        """Refund (positive) or charge (negative) the estimate's error; adopt header limits.
+        `requests=1` also refunds the request itself (an admission that was not used)."""
+        lim = self._limits_for(model_class(model))
+        self._learned = self._learned or headers_say_limits(headers)
+        if not (self._learned or lim.rpm or lim.itpm or lim.otpm):
+            return  # nothing configured or ever learned in this process: no bucket to adjust
+        learned: list[Any] = []
+        for name in BUCKETS:
+            prefix = f"anthropic-ratelimit-{name}"
+            learned += [
+                _int_header(headers, f"{prefix}-limit"),
+                _int_header(headers, f"{prefix}-remaining"),
+            ]
+        await self._adjust(
+            keys=[self._bucket(model_class(model))],
+            args=[
+                requests,
+                input_delta,
+                output_delta,
+                *learned,
+                lim.rpm,
+                lim.itpm,
+                lim.otpm,
+                int(time.time() * 1000),
+                self.learned_ttl_ms,
+            ],
+        )
+
+    async def cool_down(self, model: str, seconds: float) -> None:
+        """Hold the whole fleet back for this model class (a 429's retry-after)."""
+        await self._cool(
+            keys=[cooldown_key(model_class(model)), COOLING_KEY], args=[max(1, int(seconds * 1000))]
+        )
+
+    async def pause(self, reason: str, seconds: int | None) -> None:
+        """Stop the fleet sending (spend limit). None or 0: until `msgq resume`."""
+        await self.redis.set(PAUSE_KEY, reason, ex=seconds or None)  # Redis refuses ex=0
+
+    async def resume(self) -> bool:
+        return bool(await self.redis.delete(PAUSE_KEY))
+
+    async def paused(self) -> str | None:
+        value = await self.redis.get(PAUSE_KEY)
+        return None if value is None else value.decode()
+
+
+def headers_say_limits(headers: dict[str, str] | None) -> bool:
+    return any(name.startswith("anthropic-ratelimit-") for name in headers or {})
+
+
+def _int_header(headers: dict[str, str] | None, name: str) -> str:
+    value = (headers or {}).get(name, "")
+    return value if value.isdigit() else ""

@@ -1,0 +1,268 @@
+"""The arq task: validate → wait for capacity → call upstream → store → log; and start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from datetime import datetime
+from typing import Any
+
+import orjson
+import structlog
+from prometheus_client import start_http_server
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from msgq.arq_format import UNDECODABLE_KEY, Defer
+from msgq.errors import UnavailableError
+from msgq.jobs.records import utcnow
+from msgq.jobs.store import JobStore
+from msgq.logs import register_secret
+from msgq.settings import Settings
+from schemas import (
+    JobError,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    MessageRequest,
+    field_errors,
+    summarize,
+    validate_request,
+)
+from worker import admission, batch_lane, metrics, transitions
+from worker.arq_claim import PREFETCHED
+from worker.attempt import attempt, handle_failure
+from worker.backoff import retry_delay_s
+from worker.concurrency import AdaptiveConcurrency
+from worker.deps import Deps
+from worker.dispatcher import Dispatcher
+from worker.ratelimit import Limits, RateLimiter
+from worker.reconciler import Reconciler
+from worker.upstream import UpstreamClients
+from worker.webhook_dispatcher import WebhookDispatcher
+
+log = structlog.get_logger("msgq.job")
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    if settings.anthropic_api_key is not None:
+        register_secret(settings.anthropic_api_key.get_secret_value())
+    redis: Redis = ctx["redis"]
+    store = JobStore.from_settings(redis, settings)
+    limits = {cls: Limits(**values) for cls, values in settings.rate_limits.items()}
+    concurrency = AdaptiveConcurrency(settings.max_jobs)
+    ctx["msgq"] = Deps(
+        settings, store, UpstreamClients(settings), redis, RateLimiter(redis, limits), concurrency
+    )
+    ctx["gauges"] = asyncio.create_task(_update_gauges(ctx["msgq"]))
+    ctx["reconciler"] = asyncio.create_task(Reconciler(redis, store, settings).run_forever())
+    ctx["batch_lane"] = asyncio.create_task(batch_lane.BatchLane(ctx["msgq"]).run_forever())
+    if settings.scheduler:
+        dispatcher = Dispatcher(redis, store, settings, ctx["msgq"].limiter)
+        ctx["dispatcher"] = asyncio.create_task(dispatcher.run_forever())
+    ctx["webhooks"] = asyncio.create_task(WebhookDispatcher(redis, store, settings).run_forever())
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
+    log.info("worker.started", base_url=settings.anthropic_base_url, max_jobs=settings.max_jobs)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    for name in ("gauges", "reconciler", "dispatcher", "batch_lane"):
+        if name in ctx:
+            ctx[name].cancel()
+    deps: Deps | None = ctx.get("msgq")
+    if deps is not None:
+        await deps.upstream.aclose()
+    if "webhooks" in ctx:
+        ctx["webhooks"].cancel()  # an attempt cut short is delivered again when its lease ends
+    log.info("worker.stopped")
+
+
+async def _update_gauges(deps: Deps) -> None:
+    while True:
+        with contextlib.suppress(RedisError):
+            metrics.QUEUE_DEPTH.set(await deps.redis.zcard(deps.settings.queue_name))
+            metrics.PAUSED.set(1 if await deps.limiter.paused() else 0)
+            metrics.CONCURRENCY.set(deps.concurrency.limit)
+        await asyncio.sleep(5)
+
+
+async def run_message(ctx: dict[str, Any], **kwargs: Any) -> None:
+    """The arq task. Returns nothing: the job's outcome lives in its record, not in arq's result."""
+    deps: Deps = ctx["msgq"]
+    job_id: str = ctx["job_id"]
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    try:
+        async with asyncio.timeout(ceiling_s(deps.settings)):
+            # The worker's one heartbeat keeps this job's in-progress lock alive meanwhile.
+            await _run(
+                deps,
+                job_id,
+                kwargs,
+                enqueued_at=ctx["enqueue_time"],
+                prefetched=ctx.get(PREFETCHED),
+            )
+    except Defer:
+        raise
+    except TimeoutError:
+        await _timed_out(deps, job_id, kwargs)
+    except RedisError as exc:
+        # Redis went away mid-job: re-queue rather than let arq finish (and delete) the job.
+        log.warning("job.redis_unavailable", error=type(exc).__name__)
+        raise Defer(defer=2.0) from None
+    except Exception as exc:  # a bug in task code (a "poison" job): never crash the worker
+        await _crashed(deps, job_id, exc, kwargs)
+    except asyncio.CancelledError:
+        # Either an operator's cancel (arq abort) or a worker shutting down mid-attempt.
+        await asyncio.shield(transitions.release_after_shutdown(deps.store, job_id))
+        raise
+    finally:
+        structlog.contextvars.unbind_contextvars("job_id", "latency_ms")
+
+
+def ceiling_s(settings: Settings) -> float:
+    """The most one run of the task may take: every wait in it is bounded, and this bounds their
+    sum. The queue's own timeout is set beyond reach (arq_adapter), because arq's timeout deletes
+    the job without msgq's record ever being finished."""
+    return settings.job_timeout_s + settings.max_slot_wait_s + settings.max_limiter_wait_s + 60
+
+
+async def _timed_out(deps: Deps, job_id: str, kwargs: dict[str, Any]) -> None:
+    """The task hit its ceiling: a retryable failure if a call was under way, else a hand-back
+    to the queue. Either way the record says what happens next; nothing is left stranded."""
+    log.warning("job.ceiling_reached", ceiling_s=ceiling_s(deps.settings))
+    record = await deps.store.get(job_id)
+    spec, _ = _parse_spec(kwargs)
+    if record is None or spec is None or record.status is not JobStatus.IN_PROGRESS:
+        raise Defer(defer=deps.settings.slot_retry_s)
+    error = UnavailableError("attempt exceeded its time ceiling (job_timeout_s and waits)")
+    await handle_failure(deps, record, error, spec)
+
+
+async def _run(
+    deps: Deps,
+    job_id: str,
+    kwargs: dict[str, Any],
+    *,
+    enqueued_at: datetime,
+    prefetched: list[Any] | None = None,
+) -> None:
+    spec, problem = _parse_spec(kwargs)
+    template = transitions.new_record(
+        job_id, spec, created_at=enqueued_at, default_max_attempts=deps.settings.max_attempts
+    )
+    pickup = await admission.pick_up(deps, template, prefetched)
+    record = pickup.record
+    if record.status.terminal:
+        log.info("job.duplicate_skipped", status=record.status.value)
+        await admission.return_ticket(deps, pickup.ticket)
+        return
+    if spec is None or problem is not None:
+        await transitions.finish(deps.store, job_id, JobStatus.FAILED, error=problem)
+        await admission.return_ticket(deps, pickup.ticket)
+        return
+    request = await _ready_to_send(deps, record, spec)
+    if request is None or await batch_lane.route(deps, record, spec, request):
+        await admission.return_ticket(deps, pickup.ticket)
+        return
+    await attempt(deps, record, request, spec, pickup=pickup)
+
+
+async def on_refused(ctx: dict[str, Any], job_id: str, result_data: bytes | None) -> None:
+    """The queue refused a job before our task ran: record why."""
+    deps: Deps | None = ctx.get("msgq")
+    if deps is not None:
+        try:
+            await record_refused(deps, job_id, result_data)
+        finally:
+            prefetched = ctx.get(PREFETCHED)
+            if prefetched:  # the claim took the dispatcher's ticket with the job: give it back
+                await admission.return_ticket(deps, admission.parse_ticket(prefetched[1]))
+
+
+async def record_refused(deps: Deps, job_id: str, result_data: bytes | None) -> None:
+    """A failed record for a job arq refused before running it; its reason, never its bytes."""
+    reason = "job payload is missing or empty"
+    with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError):
+        result = orjson.loads(result_data or b"{}").get("r") or {}
+        if result.get("message") and result["message"] != "job expired":
+            reason = f"refused by arq: {result['message']}"[:500]
+    record = transitions.new_record(
+        job_id, None, created_at=utcnow(), default_max_attempts=deps.settings.max_attempts
+    )
+    current = await deps.store.ensure(record)
+    if current.cancel_requested:
+        # arq refuses a job it was asked to abort before it started: that is a cancel.
+        await transitions.finish(deps.store, job_id, JobStatus.CANCELED)
+        return
+    error = JobError(type="validation_error", message=reason)
+    await transitions.finish(deps.store, job_id, JobStatus.FAILED, error=error)
+
+
+async def _crashed(deps: Deps, job_id: str, exc: Exception, kwargs: dict[str, Any]) -> None:
+    """Retry with backoff like a transient failure; after max_attempts, `failed` with the
+    exception's type and message."""
+    log.error("job.crashed", error=f"{type(exc).__name__}: {exc}"[:500], exc_info=exc)
+    error = JobError(type="internal_error", message=f"{type(exc).__name__}: {exc}"[:2000])
+    s = deps.settings
+    stored = await transitions.record_crash(
+        deps.store,
+        job_id,
+        error=error,
+        backoff=functools.partial(
+            retry_delay_s,
+            retry_after_s=None,
+            base_s=s.backoff_base_s,
+            factor=s.backoff_factor,
+            max_s=s.backoff_max_s,
+        ),
+    )
+    if stored is not None and stored.status is JobStatus.FAILED and "request" in kwargs:
+        await deps.store.keep_spec(job_id, {k: v for k, v in kwargs.items() if k != "deadline"})
+    if stored is not None and stored.status is JobStatus.RETRYING and stored.next_attempt_at:
+        raise Defer(defer=max(0.0, (stored.next_attempt_at - utcnow()).total_seconds()))
+
+
+def _parse_spec(kwargs: dict[str, Any]) -> tuple[JobSpec | None, JobError | None]:
+    if UNDECODABLE_KEY in kwargs:
+        return None, JobError(type="validation_error", message=str(kwargs[UNDECODABLE_KEY]))
+    try:
+        return JobSpec.model_validate(kwargs), None
+    except ValidationError as exc:
+        message = "job payload does not match the msgq job format"
+        return None, JobError(
+            type="validation_error", message=message, errors=field_errors(exc, kwargs)
+        )
+
+
+async def _ready_to_send(deps: Deps, record: JobRecord, spec: JobSpec) -> MessageRequest | None:
+    """Deadline, validation and spent attempts end a job without calling the API (None)."""
+    store, job_id = deps.store, record.id
+    if record.deadline is not None and utcnow() >= record.deadline:
+        await transitions.finish(store, job_id, JobStatus.EXPIRED)
+        return None
+    try:
+        request = validate_request(
+            spec.request,
+            max_image_bytes=deps.settings.max_image_bytes,
+            in_batch=record.batch_id is not None,
+        )
+    except ValidationError as exc:
+        errors = field_errors(exc, spec.request)
+        message = summarize(errors, 5)
+        error = JobError(type="validation_error", message=message, errors=errors)
+        await transitions.finish(store, job_id, JobStatus.FAILED, error=error)
+        return None
+    if record.attempts >= record.max_attempts:
+        # A worker died during the last allowed call: do not make one more.
+        error = record.error or JobError(type="attempts_exhausted", message="no attempts left")
+        await transitions.finish(store, job_id, JobStatus.FAILED, error=error)
+        return None
+    if request.model_extra:
+        log.info("request.unknown_parameters", names=sorted(request.model_extra))
+    if unknown_fields := request.unknown_fields():
+        log.info("request.unknown_block_fields", names=sorted(unknown_fields))
+    return request

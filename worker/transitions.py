@@ -1,0 +1,170 @@
+"""The task's record transitions: a pure change from `msgq.jobs.records`, applied through
+JobStore.update, plus the log line and metric each state change owes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError
+
+from msgq.jobs import records
+from msgq.jobs.records import new_record, utcnow
+from msgq.jobs.store import JobStore
+from schemas import JobError, JobRecord, JobStatus
+from worker import arq_claim, metrics
+
+__all__ = [
+    "begin_attempt",
+    "finish",
+    "finish_durably",
+    "new_record",
+    "record_crash",
+    "release_after_shutdown",
+    "requeue",
+    "schedule_retry",
+]
+
+log = structlog.get_logger("msgq.job")
+
+
+async def begin_attempt(
+    store: JobStore,
+    job_id: str,
+    *,
+    expected: bytes | None = None,
+    current: JobRecord | None = None,
+) -> JobRecord | None:
+    """queued/retrying/in_progress → in_progress with one more attempt; honours a cancel request.
+    `expected`: the record's JSON as last read (`current`, parsed), for the one-round-trip
+    write."""
+    stored = await store.update(job_id, records.begun, expected=expected, current=current)
+    if stored is not None and stored.status is JobStatus.CANCELED:
+        _log_finished(stored)
+    return stored
+
+
+async def finish(
+    store: JobStore,
+    job_id: str,
+    status: JobStatus,
+    *,
+    expected: bytes | None = None,
+    current: JobRecord | None = None,
+    **fields: Any,
+) -> JobRecord | None:
+    """Write the terminal record once. A record that is already terminal stays as it is.
+
+    Run by the task that runs the job, the same write also ends the job in the queue (arq's
+    finish, one round trip fewer); the worker then skips its own."""
+    written: list[JobRecord] = []
+    running = arq_claim.running_job(job_id)
+
+    def change(record: JobRecord) -> JobRecord:
+        # Re-run after a WATCH conflict: always build from the latest record.
+        written.append(records.ended(record, status, **fields))
+        return written[-1]
+
+    also = running.finish_commands() if running else ()
+    stored = await store.update(job_id, change, expected=expected, current=current, also=also)
+    if stored is None:
+        return None
+    if written and stored is written[-1]:  # ours was the write that stuck
+        if running is not None:
+            running.queue_done = True
+        _log_finished(stored)
+    else:
+        log.warning(
+            "job.duplicate_discarded", status=status.value, stored_status=stored.status.value
+        )
+    return stored
+
+
+async def finish_durably(
+    store: JobStore,
+    job_id: str,
+    status: JobStatus,
+    *,
+    expected: bytes | None = None,
+    current: JobRecord | None = None,
+    **fields: Any,
+) -> JobRecord | None:
+    """`finish` for an answer that was paid for: a Redis blip is retried (about 15 s in all)
+    before giving up, because giving up means the job runs, and is billed, again."""
+    delay = 0.25
+    for _ in range(6):
+        try:
+            return await finish(store, job_id, status, expected=expected, current=current, **fields)
+        except RedisError as exc:
+            log.warning("job.store_retry", error=type(exc).__name__, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+    return await finish(store, job_id, status, **fields)
+
+
+def _log_finished(record: JobRecord) -> None:
+    metrics.JOBS_FINISHED.labels(record.status.value).inc()
+    error = record.error
+    log.info(
+        "job.finished",
+        status=record.status.value,
+        attempt=record.attempts,
+        model=record.model,
+        input_tokens=record.usage.input_tokens if record.usage else None,
+        output_tokens=record.usage.output_tokens if record.usage else None,
+        cost_usd=record.cost_usd,
+        request_id=record.upstream_request_id or (error.request_id if error else None),
+        status_code=error.status_code if error else None,
+        error_type=error.type if error else None,
+    )
+
+
+async def schedule_retry(
+    store: JobStore, job_id: str, *, delay_s: float, error: JobError
+) -> JobRecord | None:
+    """in_progress → retrying with next_attempt_at; `expired` if the deadline comes first."""
+    next_at = utcnow() + timedelta(seconds=delay_s)
+    stored = await store.update(
+        job_id, lambda r: records.retry_scheduled(r, next_at=next_at, error=error)
+    )
+    if stored is not None and stored.status.terminal:
+        _log_finished(stored)
+    elif stored is not None:
+        log.info(
+            "job.retry_scheduled",
+            attempt=stored.attempts,
+            model=stored.model,
+            delay_s=round(delay_s, 3),
+            cause=error.type,
+            status_code=error.status_code,
+            request_id=error.request_id,
+        )
+    return stored
+
+
+async def requeue(store: JobStore, job_id: str, *, error: JobError | None) -> JobRecord | None:
+    """Back to queued with the reason shown, and the attempt not charged."""
+    stored = await store.update(job_id, lambda r: records.requeued(r, error=error))
+    if stored is not None and stored.status.terminal:
+        _log_finished(stored)
+    return stored
+
+
+async def record_crash(
+    store: JobStore, job_id: str, *, error: JobError, backoff: Callable[[int], float]
+) -> JobRecord | None:
+    """Task code raised: that counts as an attempt (once); retrying, or failed when spent."""
+    stored = await store.update(job_id, lambda r: records.crashed(r, error=error, backoff=backoff))
+    if stored is not None and stored.status.terminal:
+        _log_finished(stored)
+    return stored
+
+
+async def release_after_shutdown(store: JobStore, job_id: str) -> None:
+    """A worker stopped mid-attempt: back to queued, and the attempt is not charged to the job."""
+    stored = await store.update(job_id, records.released)
+    if stored is not None:
+        log.info("job.released", status=stored.status.value, attempt=stored.attempts)
