@@ -59,7 +59,9 @@ def simulator(*flags: str) -> Iterator[str]:
 
 
 @contextmanager
-def workers(count: int, redis_url: str, sim_url: str, **env: str) -> Iterator[None]:
+def workers(
+    count: int, redis_url: str, sim_url: str, **env: str
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     environment = {
         **os.environ,
         "REDIS_URL": redis_url,
@@ -80,7 +82,7 @@ def workers(count: int, redis_url: str, sim_url: str, **env: str) -> Iterator[No
     ]
     try:
         time.sleep(1.0)  # let them connect before the clock starts (start-up is not throughput)
-        yield
+        yield procs
     finally:
         for p in procs:
             p.terminate()

@@ -23,8 +23,8 @@ from msgq.jobs.records import build_spec, new_record, validated
 from msgq.jobs.store import JobStore
 from msgq.replicas import confirm_replicated
 from msgq.settings import Settings
+from msgq.tenancy.policy import PolicyReader
 from msgq.tenancy.scheduling import placement, uses_scheduler
-from msgq.tenancy.tenants import load_tenants
 from msgq.webhooks.targets import callback_for
 from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus, Lane, Priority
 
@@ -72,7 +72,7 @@ class Client:
         self._redis = redis
         self._store = JobStore.from_settings(redis, self.settings)
         self._endings: Endings | None = None
-        self._tenants = load_tenants(self.settings.tenants_file)
+        self._policy = PolicyReader(redis, self.settings)
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Self:
@@ -115,9 +115,12 @@ class Client:
             raise InvalidJobError(msg, [{"loc": "id", "msg": msg, "type": "value_error"}])
         body = self._request_dict(request)
         checked = validated(body, max_image_bytes=self.settings.max_image_bytes)
+        policy = await self._policy.get()  # the fleet's, not this process's environment
         if priority is None and tenant is not None:
-            priority = self._tenants.get(tenant).default_priority
-        callback_url = await callback_for(callback_url, tenant=tenant, settings=self.settings)
+            priority = policy.tenants.get(tenant).default_priority
+        callback_url = await callback_for(
+            callback_url, tenant=tenant, settings=self.settings, tenants=policy.tenants
+        )
         spec = build_spec(
             body,
             metadata=metadata,
@@ -140,8 +143,8 @@ class Client:
             tenant=tenant,
         ).model_copy(update={"request_sha256": request_sha256(spec.request)})
         placed = (
-            placement(checked, record.priority, tenant, self.settings)
-            if uses_scheduler(self.settings, spec.lane)
+            placement(checked, record.priority, tenant, self.settings, spec.deadline)
+            if policy.scheduler and uses_scheduler(self.settings, spec.lane)
             else None
         )
         existing = await self._store.create(record, payload, now_ms, placed)

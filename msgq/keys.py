@@ -7,6 +7,10 @@ what they are, so a different queue library changes those names in that one modu
 
 from __future__ import annotations
 
+import hashlib
+
+import orjson
+
 from msgq import arq_format
 
 KEY_PREFIX = "msgq:"
@@ -27,13 +31,22 @@ SCHED_WHERE = KEY_PREFIX + "sched:where"  # HASH job id -> the scheduler queue k
 SCHED_EST = KEY_PREFIX + "sched:est"  # HASH job id -> JSON admission estimate
 SCHED_INBOX = KEY_PREFIX + "sched:inbox"  # ZSET: raw producers' jobs for the dispatcher
 SCHED_WAKE = KEY_PREFIX + "sched:wake"  # pub/sub: a job was scheduled
+SCHED_DEADLINES = KEY_PREFIX + "sched:deadlines"  # ZSET job id -> deadline ms, while it waits
+TICKETS_KEY = KEY_PREFIX + "tickets"  # ZSET job id -> ms admitted, while its ticket is held
+FLEET_WORKERS = KEY_PREFIX + "fleet:workers"  # HASH worker id -> JSON slots and last-seen ms
+FLEET_POLICY = KEY_PREFIX + "fleet:policy"  # JSON: the fleet's scheduler switch and tenants
 DISPATCHER_LOCK = KEY_PREFIX + "dispatcher:lock"  # one dispatcher fleet-wide
 SPEND_TENANTS = KEY_PREFIX + "spend:tenants"  # SET of tenants with spend recorded
 
 
 def sched_queue_key(model_cls: str, priority: str, tenant: str | None) -> str:
-    """FIFO (ZSET by submission ms) of one tenant's jobs at one priority for one model class."""
-    return f"{KEY_PREFIX}sched:q:{model_cls}:{priority}:{tenant or '_'}"
+    """FIFO (ZSET by submission ms) of one tenant's jobs at one priority for one model class.
+
+    Named by a digest of the three, never by the strings themselves: a model name or tenant is
+    caller input, and a key that embeds it could be parsed back as another queue. The queue's
+    identity travels with each job as data (`msgq.tenancy.scheduling.Waiting`)."""
+    digest = hashlib.sha256(orjson.dumps([model_cls, priority, tenant])).hexdigest()[:32]
+    return f"{KEY_PREFIX}sched:q:{digest}"
 
 
 def admitted_key(job_id: str) -> str:

@@ -63,7 +63,18 @@ class Settings(BaseSettings):
     anthropic_version: str = "2023-06-01"
     anthropic_beta: str | None = Field(default=None, description="comma-separated beta names")
     queue_name: str = "msgq:queue"
-    max_jobs: int = Field(default=16, ge=1, description="concurrent jobs per worker process")
+    max_jobs: int = Field(
+        default=256,
+        ge=1,
+        description="calls in flight per worker process: a call waits seconds on the network, "
+        "so size it by Little's law (README: sizing a fleet)",
+    )
+    max_inflight_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1,
+        description="the job payload bytes one worker holds in flight; it takes no new job "
+        "beyond this (vision jobs carry megabytes), whatever max_jobs allows",
+    )
     max_attempts: int = Field(default=8, ge=1, description="API calls per job before it fails")
     backoff_base_s: float = 1.0
     backoff_factor: float = 2.0
@@ -116,10 +127,16 @@ class Settings(BaseSettings):
         description="share of tokens default and bulk keep while higher priorities are backlogged",
     )
     dispatch_window: int = Field(
-        default=64,
+        default=16,
+        ge=0,
+        description="jobs the dispatcher admits beyond the fleet's free worker slots, so a "
+        "freed slot finds its next job at once",
+    )
+    admit_initial_window: int = Field(
+        default=32,
         ge=1,
-        description="jobs the dispatcher keeps ready in arq's queue when no "
-        "rate limit is known (with limits it admits exactly what fits)",
+        description="calls in flight the fleet starts with before any rate limit is known "
+        "(configured or learned from headers); grows per answer, halves on a 429",
     )
     tenants_file: Path | None = Field(
         default=None,

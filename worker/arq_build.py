@@ -67,6 +67,7 @@ def build_worker(
     max_job_bytes: int,
     redis_failover_wait_s: float = connections.DEFAULT_FAILOVER_WAIT_S,
     prefetch: Prefetch | None = None,
+    max_inflight_bytes: int = 2**62,
     burst: bool = False,
     handle_signals: bool = True,
     **overrides: Any,
@@ -102,4 +103,10 @@ def build_worker(
         "health_check_interval": 10,
     }
     options.update(overrides)
-    return MsgqWorker(lock_s=lock_s, on_refused=on_refused, prefetch=prefetch, **options)
+    return MsgqWorker(
+        lock_s=lock_s,
+        on_refused=on_refused,
+        prefetch=prefetch,
+        max_inflight_bytes=max_inflight_bytes,
+        **options,
+    )

@@ -56,6 +56,30 @@ for j = first_id, #ARGV do
 end
 return out
 """
+
+# The due jobs no worker holds, oldest first. KEYS: the queue. ARGV: how many are wanted, how many
+# entries to look at at most, now ms, the in-progress lock key prefix. Running jobs stay in arq's
+# queue until they end (so a dead worker's job is found again), so the oldest entries are mostly
+# running ones on a busy fleet: they are skipped here, server-side, rather than filling the read.
+# The lock keys are built from the prefix (msgq runs on one Redis or a Sentinel-watched primary,
+# never a Cluster, so a script may touch keys it did not declare).
+DUE_UNHELD = """
+local want, limit, now, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local out, offset, chunk = {}, 0, 512
+while #out < want and offset < limit do
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', offset, chunk)
+  for _, id in ipairs(ids) do
+    if redis.call('EXISTS', prefix .. id) == 0 then
+      out[#out + 1] = id
+      if #out >= want then return out end
+    end
+  end
+  if #ids < chunk then break end
+  offset = offset + chunk
+end
+return out
+"""
+DUE_SCAN_LIMIT = 100_000  # entries one poll looks at, at most (running jobs are skipped)
 PREFETCH_READS = frozenset({"GET", "GETDEL", "EXISTS"})
 PREFETCHED = "prefetched"  # the job ctx's entry: the prefetch reads' results, in order
 

@@ -25,6 +25,8 @@ from msgq.arq_format import (
 )
 from worker.arq_claim import (
     CLAIM,
+    DUE_SCAN_LIMIT,
+    DUE_UNHELD,
     PREFETCH_READS,
     PREFETCHED,
     RUNNING,
@@ -34,6 +36,7 @@ from worker.arq_claim import (
     RunningJob,
     _claim,
 )
+from worker.arq_upkeep import keep_locks_alive, wait_for_redis
 
 log = structlog.get_logger("msgq.worker")
 
@@ -60,6 +63,7 @@ class MsgqWorker(Worker):
         lock_s: float,
         on_refused: Refused,
         prefetch: Prefetch | None = None,
+        max_inflight_bytes: int = 2**62,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -78,6 +82,10 @@ class MsgqWorker(Worker):
         self._claim: Any = None  # registered on the pool once arq has made it
         self._beat: asyncio.Task[None] | None = None
         self._claimed = 0  # jobs this worker has claimed and started
+        self._due: Any = None  # the due-scan script, registered on first use
+        self.max_bytes = max_inflight_bytes
+        self.inflight_bytes = 0  # payload bytes of the jobs running here
+        self.ctx["running_jobs"] = lambda: self.job_counter
 
     async def _poll_iteration(self) -> None:
         try:
@@ -103,18 +111,22 @@ class MsgqWorker(Worker):
 
     async def _poll_once(self) -> bool:
         """arq's poll iteration, with its two reads (due jobs, abort requests) in one round trip.
-        True when it started a job."""
-        count = self.queue_read_limit
+        True when it started a job. The due jobs read are only ones no worker holds, as many as
+        this worker has free slots: arq read its `queue_read_limit` oldest entries, running
+        ones included, so a fleet running that many jobs started no more."""
+        count = self.max_jobs - self.job_counter
         if self.burst and self.max_burst_jobs >= 0:
             count = min(count, self.max_burst_jobs - self._jobs_started())
-            if count < 1:
-                return False
-        picking = self.allow_pick_jobs and self.job_counter < self.max_jobs
+        picking = self.allow_pick_jobs and count > 0 and self.inflight_bytes < self.max_bytes
         now = timestamp_ms()
+        if self._due is None:
+            self._due = self.pool.register_script(DUE_UNHELD)
         async with self.pool.pipeline(transaction=False) as pipe:
             if picking:
-                pipe.zrangebyscore(
-                    self.queue_name, min="-inf", max=now, start=self._queue_read_offset, num=count
+                await self._due(
+                    keys=[self.queue_name],
+                    args=[count, DUE_SCAN_LIMIT, now, IN_PROGRESS_KEY_PREFIX],
+                    client=pipe,
                 )
             pipe.zrange(ABORT_KEY, 0, -1)
             # Abort requests older than a minute (arq's own prune compares seconds with ms and
@@ -204,12 +216,16 @@ class MsgqWorker(Worker):
         """arq's bookkeeping around a job (pick-up, finish) can hit a Redis outage. Left as a
         task exception it would be re-raised later, once per poll and again at shutdown; the
         job itself is safe: still queued, its lock lapses, and the rerun sees its record."""
+        size = len(claim.payload or b"")
+        self.inflight_bytes += size
         try:
             await self._run_claimed(job_id, claim)
         except (RedisError, OSError) as exc:
             log.warning("job.bookkeeping_failed", job_id=job_id, error=type(exc).__name__)
         except Exception as exc:  # never the worker's end: its lock lapses, the job is retried
             log.error("job.bookkeeping_crashed", job_id=job_id, error=repr(exc)[:300])
+        finally:
+            self.inflight_bytes -= size
 
     async def _run_claimed(self, job_id: str, claim: Claim) -> None:
         """arq's run_job from the claim onwards, for msgq's one task."""
@@ -351,46 +367,11 @@ class MsgqWorker(Worker):
             await tr.execute()
 
     async def _heartbeat(self) -> None:
-        """Every running job's in-progress lock extended in one round trip, a third of the lock's
-        length apart: a killed worker's jobs are free again within `lock_s`. It must not stop
-        while the worker runs (other workers would start its jobs again): every error is logged
-        and the next beat tried."""
-        lock_ms = int(self.in_progress_timeout_s * 1000)
-        while True:
-            await asyncio.sleep(self.in_progress_timeout_s / 3)
-            running = list(self.job_tasks)
-            if not running:
-                continue
-            try:
-                async with self.pool.pipeline(transaction=False) as pipe:
-                    for job_id in running:
-                        pipe.pexpire(IN_PROGRESS_KEY_PREFIX + job_id, lock_ms)
-                    await pipe.execute()
-            except Exception as exc:
-                log.warning("worker.heartbeat_failed", jobs=len(running), error=type(exc).__name__)
+        await keep_locks_alive(self.pool, self.job_tasks, self.in_progress_timeout_s)
 
     async def main(self) -> None:
-        await self._wait_for_redis()
+        await wait_for_redis(self.pool)
         await super().main()
-
-    async def _wait_for_redis(self, tries: int = 30, delay_s: float = 1.0) -> None:
-        """What arq's own pool did at start: a Redis still starting is waited for (`tries` pings
-        `delay_s` apart; through Sentinel each ping may itself wait out a failover) rather than
-        failing the worker at once."""
-        for attempt in range(1, tries + 1):
-            try:
-                await self.pool.ping()
-                return
-            except (RedisError, OSError) as exc:
-                if attempt == tries:
-                    raise
-                log.warning(
-                    "worker.redis_unavailable",
-                    error=type(exc).__name__,
-                    detail=str(exc)[:200],
-                    retry_in_s=delay_s,
-                )
-                await asyncio.sleep(delay_s)
 
     async def close(self) -> None:
         if self._beat is not None:

@@ -78,14 +78,22 @@ async def attempt(
     async with slot:
         metrics.IN_FLIGHT.inc()
         try:
-            ticket = pickup.ticket if pickup else await admission.take_ticket(deps, record.id)
-            unmetered = (
-                pickup is not None and pickup.gate_clear and deps.limiter.unmetered(request.model)
-            )
-            if (ticket is None or not ticket.limited) and not unmetered:
+            held = pickup.ticket if pickup else admission.HeldTicket(deps, record.id, None)
+            gate_clear = pickup is not None and pickup.gate_clear
+            if held.ticket is not None and not gate_clear:
+                # Admitted before a pause or a cool-down began: it waits like any other job
+                # (the ticket goes back when the task hands the job back).
+                await _wait_for_gate(deps, request.model)
+            unmetered = gate_clear and deps.limiter.unmetered(request.model)
+            if (held.ticket is None or not held.ticket.limited) and not unmetered:
                 # No capacity reserved at dispatch: the fleet's buckets, cool-down and pause
                 # are checked here. Skipped when no limit is configured or known and the
                 # pick-up read showed no pause or cool-down: there is nothing to wait for.
+                await wait_for_capacity(deps, request, estimate, job_id=record.id)
+            limited = held.ticket is not None and held.ticket.limited
+            ticket = await held.consume()
+            if limited and ticket is None and not unmetered:
+                # Another run of this job gave the ticket back first: reserve afresh.
                 await wait_for_capacity(deps, request, estimate, job_id=record.id)
             admission.RESERVATION.set(ticket.reservation if ticket else None)
             if ticket is None and not await admission.reserve_budget(
@@ -105,6 +113,14 @@ async def attempt(
         finally:
             metrics.IN_FLIGHT.dec()
             metrics.CONCURRENCY.set(deps.concurrency.limit)
+
+
+async def _wait_for_gate(deps: Deps, model: str) -> None:
+    """A pause or this model's cool-down: hand the job back until it ends."""
+    wait_s, reason = await deps.limiter.gate_wait(model)
+    if wait_s > 0:
+        log.info("job.deferred", reason=reason)
+        raise Defer(defer=min(wait_s, deps.settings.pause_recheck_s))
 
 
 async def _refund_capacity(deps: Deps, request: MessageRequest, estimate: int) -> None:

@@ -3,39 +3,42 @@ steps that move admitted jobs into arq's queue, each only if the job is still wa
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from dataclasses import dataclass
 
-from msgq.tenancy.scheduling import Estimate
+from msgq.tenancy.scheduling import Estimate, Waiting
 from schemas import Priority
 
-QUEUE = re.compile(r"^msgq:sched:q:(?P<cls>[^:]+):(?P<prio>[^:]+):(?P<tenant>.+)$")
 ADMITTED_TTL_S = 3600
 HEADS_PER_QUEUE = 64
 
-# KEYS: scheduler queue, arq queue, where, est, admitted marker, arq job payload.
+# KEYS: scheduler queue, arq queue, where, est, admitted marker, arq job payload, deadlines,
+# the tickets index.
 # ARGV: job id, score ms, admitted value, admitted ttl s. 1 when moved; 0 when the job had left
 # (canceled, expired) or its payload is gone, so nothing is admitted twice or for nothing.
 MOVE = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[1])
 if redis.call('EXISTS', KEYS[6]) == 0 then return 0 end
 redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[4])
+redis.call('ZADD', KEYS[8], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
 """
 
 
-# KEYS: arq queue, where, est. ARGV: score ms, then (job id, its scheduler queue, its payload
-# key) for each job. Each moves only if it is still in its scheduler queue and has a payload.
+# KEYS: arq queue, where, est, deadlines. ARGV: score ms, then (job id, its scheduler queue, its
+# payload key) for each job. Each moves only if it is still in its scheduler queue and has a
+# payload.
 MOVE_MANY = """
 for i = 2, #ARGV, 3 do
   local id, queue, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if redis.call('ZREM', queue, id) == 1 then
     redis.call('HDEL', KEYS[2], id)
     redis.call('HDEL', KEYS[3], id)
+    redis.call('ZREM', KEYS[4], id)
     if redis.call('EXISTS', payload) == 1 then redis.call('ZADD', KEYS[1], ARGV[1], id) end
   end
 end
@@ -45,13 +48,29 @@ return 1
 
 @dataclass
 class Head:
+    """One waiting job at the front of its scheduler queue. Its identity comes from the job's
+    own entry (`Waiting`), never from the queue's key."""
+
     queue: str
-    cls: str
-    priority: Priority
-    tenant: str
     job_id: str
-    estimate: Estimate
+    waiting: Waiting
     backlog: int  # how many jobs were read from its queue (HEADS_PER_QUEUE: maybe more wait)
+
+    @property
+    def cls(self) -> str:
+        return self.waiting.queue.cls
+
+    @property
+    def priority(self) -> Priority:
+        return self.waiting.queue.priority
+
+    @property
+    def tenant(self) -> str:
+        return self.waiting.queue.tenant or "_"
+
+    @property
+    def estimate(self) -> Estimate:
+        return self.waiting.estimate
 
     @property
     def tokens(self) -> int:

@@ -1,21 +1,23 @@
 """The fair-share dispatcher: moves admitted jobs from the scheduler's queues into arq's queue.
 
 One runs per fleet (a Redis lock, renewed by its holder and taken over if it dies). For each model
-class with waiting work it picks the next job by policy, reserves its rate-limit capacity and its
-tenant's budget, then moves it in one Lua step:
-- priority: interactive before default before bulk; a lower priority that is backlogged earns
-  `bulk_floor_share` of the tokens admitted above it as credit, and is served when its credit
-  covers its next job, so nothing starves;
-- tenants: within a priority, virtual token counters (VTC, arXiv 2401.00588): the backlogged
-  tenant with the least weighted service goes next, and a tenant that returns from idle starts at
-  the current minimum (no banked credit);
-- the head of the chosen queue waits for capacity (its reservation holds the bucket), so a large
-  request is never starved by small ones;
-- a tenant with share caps is admitted against its own scaled buckets as well; a tenant at its
-  budget waits (`waiting_reason: "budget"`) or its job fails (`budget_exceeded`), per its config.
-Without configured rate limits it admits in priority and VTC order but only keeps
-`dispatch_window` jobs ready in arq's queue, and the workers' limiter (which learns limits from
-the API's headers) paces the calls.
+class with waiting work it picks the next job by policy (`fair_share`), reserves its rate-limit
+capacity and its tenant's budget, then moves it in one Lua step with a ticket recording what it
+reserved (`worker.admission` settles or returns it exactly once).
+- Capacity: whenever a limit is known for the class, configured or learned from the API's
+  headers, each job is admitted against the fleet's buckets, so no worker slot ever holds a job
+  that only waits for rate-limit capacity, and a late interactive job is admitted as soon as
+  capacity allows, whatever the bulk backlog. Before any limit is known, `AdmissionWindow`'s slow
+  start bounds the calls in flight. Either way at most the fleet's slots (plus a small window
+  ahead) are due in arq's queue: no fixed count caps the fleet.
+- The pause and the 429 cool-down hold every admission, ticket or not.
+- A job's deadline ends it `expired` while it waits here, budget waits included.
+- Queue identity (class, priority, tenant) is data carried by each job, never parsed from a key,
+  and an entry or a class that cannot be handled is contained to itself.
+- A tenant at its budget waits (`waiting_reason: "budget"`) or its job fails (`budget_exceeded`),
+  per its config.
+With the scheduler switched off the dispatcher only drains jobs that a producer with it on placed
+in its queues, in arrival order, so no job is stranded by a producer's setting.
 
 Counters live in the dispatcher's memory: a failover restarts fairness from zero, never loses
 or repeats a job (a job leaves a scheduler queue only by the atomic move).
@@ -31,19 +33,18 @@ from typing import Any
 
 import orjson
 import structlog
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from msgq.arq_format import deserialize
 from msgq.jobs.store import JobStore
 from msgq.keys import (
     DISPATCHER_LOCK,
     SCHED_BACKLOG,
+    SCHED_DEADLINES,
     SCHED_EST,
-    SCHED_INBOX,
     SCHED_WAKE,
     SCHED_WHERE,
+    TICKETS_KEY,
     admitted_key,
     arq_job_key,
 )
@@ -52,20 +53,20 @@ from msgq.tenancy.budgets import Budgets, Reservation
 from msgq.tenancy.scheduling import (
     PRUNE_BACKLOG,
     Estimate,
-    Placement,
-    placement,
-    resolve_priority,
-    uses_scheduler,
+    QueueId,
+    Waiting,
 )
 from msgq.tenancy.tenants import Tenants, load_tenants
-from schemas import JobError, JobRecord, JobSpec, JobStatus, Priority, validate_request
+from schemas import JobError, JobRecord, JobStatus, Priority
 from worker import transitions
+from worker.admission import release_orphans
+from worker.admission_window import AdmissionWindow
+from worker.dispatch_intake import Intake
 from worker.dispatch_queues import (
     ADMITTED_TTL_S,
     HEADS_PER_QUEUE,
     MOVE,
     MOVE_MANY,
-    QUEUE,
     Head,
     advance,
 )
@@ -74,6 +75,11 @@ from worker.fleet_lock import FleetLock
 from worker.ratelimit import Limits, RateLimiter
 
 log = structlog.get_logger("msgq.dispatcher")
+
+ORPHAN_SWEEP_S = 5.0
+BUDGET_MARK_MAX = 500  # records marked `waiting_reason: budget` per blocked tenant and tick
+# A stand-in for an entry that could not be read: only its queue and job ID are used.
+_UNKNOWN = Waiting(QueueId("unknown", Priority.DEFAULT, None), Estimate("unknown", 0, 0, 0.0))
 
 
 class Dispatcher:
@@ -88,6 +94,11 @@ class Dispatcher:
         self._move_many = redis.register_script(MOVE_MANY)
         self._prune = redis.register_script(PRUNE_BACKLOG)
         self.policy = FairShare(self.tenants, settings.bulk_floor_share)
+        self.window = AdmissionWindow(redis, settings)
+        self.intake = Intake(redis, store, settings, self.tenants)
+        self._read_by_tenant: dict[str, list[str]] = defaultdict(list)
+        self._next_sweep = 0.0
+        self._budget_marked: dict[str, set[str]] = {}  # tenants waiting for budget
         self._tenant_limiters: dict[str, RateLimiter] = {}
         self.wake = asyncio.Event()
 
@@ -132,44 +143,34 @@ class Dispatcher:
 
     async def tick(self) -> float:
         """Dispatch what can be admitted now; returns how long to wait before looking again."""
-        await self.route_inbox()
+        await self.intake.route_inbox()
+        await self.intake.expire_due()
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + ORPHAN_SWEEP_S
+            await release_orphans(self.redis, self.limiter, self.settings.queue_name)
         by_class = await self._heads()
         if not by_class:
             return 1.0
-        waits = [await self._dispatch_class(cls, queues) for cls, queues in by_class.items()]
+        await self._mark_budget_waits()
+        if not self.settings.scheduler:
+            return await self._drain(by_class)
+        waits = []
+        for cls, queues in by_class.items():
+            try:
+                waits.append(await self._dispatch_class(cls, queues))
+            except RedisError:
+                raise
+            except Exception as exc:  # one class's failure must not hold up the others
+                log.error("dispatcher.class_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+                waits.append(1.0)
         return max(0.0, min(waits))
 
-    # ------------------------------------------------------------------ raw producers
-
-    async def route_inbox(self, limit: int = 500) -> int:
-        """Place jobs raw-Redis producers added to `msgq:sched:inbox` (payload under the usual
-        `arq:job:<id>`) into their scheduler queue; an unreadable one goes to arq's queue, where
-        the worker records why it failed."""
-        entries = await self.redis.zrange(SCHED_INBOX, 0, limit - 1, withscores=True)
-        for raw_id, score in entries:
-            job_id = raw_id.decode()
-            payload = await self.redis.get(arq_job_key(job_id))
-            placed = None if payload is None else self._placement_of(payload)
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(SCHED_INBOX, job_id)
-                if placed is not None:
-                    placed.write(pipe, job_id, int(score))
-                elif payload is not None:
-                    pipe.zadd(self.settings.queue_name, {job_id: int(score)})
-                await pipe.execute()
-        return len(entries)
-
-    def _placement_of(self, payload: bytes) -> Placement | None:
-        job = deserialize(payload, max_bytes=self.settings.max_job_bytes)
-        try:
-            spec = JobSpec.model_validate(job.get("k") or {})
-            request = validate_request(spec.request, max_image_bytes=self.settings.max_image_bytes)
-        except ValidationError:
-            return None
-        if not uses_scheduler(self.settings, spec.lane):
-            return None
-        priority = resolve_priority(spec.priority, spec.tenant, self.tenants)
-        return placement(request, priority, spec.tenant, self.settings)
+    async def _drain(self, by_class: dict[str, dict[str, deque[Head]]]) -> float:
+        """Scheduler off for this fleet: whatever a producer placed in the scheduler's queues
+        goes to arq's queue as it is, oldest first (the workers' limiter paces it)."""
+        heads = [h for queues in by_class.values() for q in queues.values() for h in q]
+        await self._move_plain(heads)
+        return 0.0 if any(h.backlog >= HEADS_PER_QUEUE for h in heads) else 1.0
 
     # ------------------------------------------------------------------ reading the queues
 
@@ -195,21 +196,22 @@ class Dispatcher:
         raws = await self.redis.hmget(SCHED_EST, [job_id for _, job_id in pairs])  # type: ignore[misc]
         found: dict[str, dict[str, deque[Head]]] = defaultdict(dict)
         read = {queue: len(ids) for queue, ids in zip(queues, values, strict=True)}
+        unreadable: list[Head] = []
+        self._read_by_tenant.clear()
         for (queue, job_id), raw in zip(pairs, raws, strict=True):
-            match = QUEUE.match(queue)
-            if match is None or raw is None:
-                await self.redis.zrem(queue, job_id)  # unreadable entry: the reconciler decides
+            try:
+                waiting = Waiting.loads(raw)
+            except (ValueError, KeyError, TypeError):
+                # No usable entry: the job goes to arq's queue as it is, where the worker
+                # validates it and records the outcome. It never blocks the queue it was in.
+                unreadable.append(Head(queue, job_id, _UNKNOWN, 0))
                 continue
-            head = Head(
-                queue,
-                match["cls"],
-                Priority(match["prio"]),
-                match["tenant"],
-                job_id,
-                Estimate.loads(raw),
-                read[queue],
-            )
+            head = Head(queue, job_id, waiting, read[queue])
             found[head.cls].setdefault(queue, deque()).append(head)
+            self._read_by_tenant[head.tenant].append(job_id)
+        if unreadable:
+            log.warning("dispatcher.unreadable_entries", jobs=[h.job_id for h in unreadable][:10])
+            await self._move_plain(unreadable)
         return found
 
     # ------------------------------------------------------------------ admission
@@ -217,14 +219,17 @@ class Dispatcher:
     async def _dispatch_class(self, cls: str, queues: dict[str, deque[Head]]) -> float:
         firsts = [q[0] for q in queues.values()]
         self.policy.forget_idle_credit(cls, firsts)
-        limited = self._limited(cls)
+        gate_s, _ = await self.limiter.gate_wait(firsts[0].estimate.model)
+        if gate_s > 0:
+            return min(gate_s, 1.0)  # paused or cooling down: nothing is admitted, ticket or not
+        limited = await self.limiter.known(cls)
         room = 0
         plain: list[Head] = []  # admitted in policy order, moved together (no ticket needed)
         try:
             while queues:
                 if room <= 0:
                     await self._move_plain(plain)
-                    room = await self._room()
+                    room = await self.window.room(limits_known=limited)
                     if room <= 0:
                         return 0.02  # arq's queue holds enough ready work; look again shortly
                 head = self.policy.choose(cls, [q[0] for q in queues.values()])
@@ -258,22 +263,10 @@ class Dispatcher:
         args: list[Any] = [int(time.time() * 1000)]
         for head in heads:
             args += [head.job_id, head.queue, arq_job_key(head.job_id)]
-        await self._move_many(keys=[self.settings.queue_name, SCHED_WHERE, SCHED_EST], args=args)
+        keys = [self.settings.queue_name, SCHED_WHERE, SCHED_EST, SCHED_DEADLINES]
+        await self._move_many(keys=keys, args=args)
+        self.window.admitted(len(heads))
         heads.clear()
-
-    async def _room(self) -> int:
-        """How many more jobs arq's queue may take: `dispatch_window` minus those ready now.
-        Admitted work is picked up at once by idle workers; the window only bounds how far
-        admission runs ahead of a saturated fleet (so a late interactive job is not behind it)."""
-        ready = await self.redis.zcount(self.settings.queue_name, "-inf", int(time.time() * 1000))
-        return self.settings.dispatch_window - int(ready)
-
-    def _limited(self, cls: str) -> bool:
-        """Admission happens here only for configured limits. Limits merely learned from
-        headers are unknown until the first answers, and a dispatcher admitting at full speed
-        would overrun them while it learns: those stay with the workers' limiter, as before."""
-        lim = self.limiter.limits.get(cls) or self.limiter.limits.get("default") or Limits()
-        return bool(lim.rpm or lim.itpm or lim.otpm)
 
     async def _admit(self, head: Head, limited: bool) -> bool | float:
         """True: moved. False: skipped (tenant blocked, or the job left). A float: wait."""
@@ -311,6 +304,8 @@ class Dispatcher:
                 SCHED_EST,
                 admitted_key(head.job_id),
                 arq_job_key(head.job_id),
+                SCHED_DEADLINES,
+                TICKETS_KEY,
             ],
             args=[head.job_id, now_ms, orjson.dumps(value), ADMITTED_TTL_S],
         )
@@ -320,6 +315,7 @@ class Dispatcher:
             if isinstance(reservation, Reservation):
                 await self.budgets.settle(reservation, 0.0, est.model)
             return False
+        self.window.admitted(1)
         return True
 
     async def _tenant_cap(self, head: Head, now_ms: int) -> float | None:
@@ -377,22 +373,29 @@ class Dispatcher:
             await self.store.unqueue(head.job_id)
 
     async def _wait_for_budget(self, head: Head, period: str) -> None:
-        """Until the period rolls over (checked again each minute): mark the tenant's jobs."""
+        """Until the period rolls over (checked again each minute)."""
         self.policy.blocked[head.tenant] = time.monotonic() + 60
-        members = await self.redis.smembers(SCHED_BACKLOG)  # type: ignore[misc]
-        queues = [q.decode() for q in members]
-        for queue in (q for q in queues if _tenant_of(q) == head.tenant):
-            for raw_id in await self.redis.zrange(queue, 0, -1):
-                await self.store.update(raw_id.decode(), _waiting_for_budget)
+        self._budget_marked.setdefault(head.tenant, set())
+        await self._mark_budget_waits()
         log.info("dispatcher.budget_wait", tenant=head.tenant, period=period)
 
-
-def _tenant_of(queue: str) -> str | None:
-    match = QUEUE.match(queue)
-    return None if match is None else match["tenant"]
+    async def _mark_budget_waits(self) -> None:
+        """Say `waiting_reason: budget` on the jobs of tenants waiting for budget: the ones at
+        the front of their queues, read each tick (bounded work however deep the backlog, where
+        rewriting every queued job took 25-40 s per 100,000; deadlines are watched by the
+        intake either way)."""
+        now = time.monotonic()
+        for tenant, marked in list(self._budget_marked.items()):
+            if self.policy.blocked.get(tenant, 0) <= now:
+                del self._budget_marked[tenant]
+                continue
+            for job_id in self._read_by_tenant.get(tenant, [])[:BUDGET_MARK_MAX]:
+                if job_id not in marked:
+                    await self.store.update(job_id, _waiting_for_budget)
+                    marked.add(job_id)
 
 
 def _waiting_for_budget(record: JobRecord) -> JobRecord | None:
-    if record.waiting_reason == "budget":
-        return None
+    if record.waiting_reason == "budget" or record.status is not JobStatus.QUEUED:
+        return None  # already said, or admitted meanwhile (its start clears the reason)
     return record.model_copy(update={"waiting_reason": "budget"})

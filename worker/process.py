@@ -30,6 +30,7 @@ def build_worker(
         max_job_bytes=settings.max_job_bytes,
         redis_failover_wait_s=settings.redis_failover_wait_s,
         prefetch=admission.prefetch_reads,
+        max_inflight_bytes=settings.max_inflight_bytes,
         burst=burst,
         handle_signals=handle_signals,
         **overrides,

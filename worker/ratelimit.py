@@ -272,6 +272,30 @@ class RateLimiter:
             ],
         )
 
+    async def gate_wait(self, model: str) -> tuple[float, str]:
+        """(seconds, why) until the fleet may send for this model: the pause, then the model
+        class's cool-down; (0, "") when clear. The same checks `acquire` starts with."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.pttl(PAUSE_KEY)
+            pipe.pttl(cooldown_key(model_class(model)))
+            pause_ms, cool_ms = await pipe.execute()
+        if pause_ms != -2:  # -1: paused without expiry (until `msgq resume`)
+            return (pause_ms / 1000 if pause_ms > 0 else 60.0), "paused"
+        if cool_ms > 0:
+            return cool_ms / 1000, "cooldown"
+        return 0.0, ""
+
+    async def known(self, model_cls: str) -> bool:
+        """A limit is configured for this class, or one learned from headers is still fresh:
+        admission can be sized by the buckets rather than by a slow-start window."""
+        lim = self._limits_for(model_cls)
+        if lim.rpm or lim.itpm or lim.otpm:
+            return True
+        learned_at = await self.redis.hget(self._bucket(model_cls), "L")  # type: ignore[misc]
+        if learned_at is None:
+            return False
+        return float(learned_at) + self.learned_ttl_ms > time.time() * 1000
+
     async def cool_down(self, model: str, seconds: float) -> None:
         """Hold the whole fleet back for this model class (a 429's retry-after)."""
         await self._cool(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -19,8 +21,10 @@ from msgq.arq_format import UNDECODABLE_KEY, Defer
 from msgq.errors import UnavailableError
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
+from msgq.keys import FLEET_WORKERS
 from msgq.logs import register_secret
 from msgq.settings import Settings
+from msgq.tenancy import policy
 from schemas import (
     JobError,
     JobRecord,
@@ -32,6 +36,7 @@ from schemas import (
     validate_request,
 )
 from worker import admission, batch_lane, metrics, transitions
+from worker.admission_window import announce
 from worker.arq_claim import PREFETCHED
 from worker.attempt import attempt, handle_failure
 from worker.backoff import retry_delay_s
@@ -44,6 +49,7 @@ from worker.upstream import UpstreamClients
 from worker.webhook_dispatcher import WebhookDispatcher
 
 log = structlog.get_logger("msgq.job")
+POLICY_EVERY_S = 60.0
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -60,9 +66,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["gauges"] = asyncio.create_task(_update_gauges(ctx["msgq"]))
     ctx["reconciler"] = asyncio.create_task(Reconciler(redis, store, settings).run_forever())
     ctx["batch_lane"] = asyncio.create_task(batch_lane.BatchLane(ctx["msgq"]).run_forever())
-    if settings.scheduler:
-        dispatcher = Dispatcher(redis, store, settings, ctx["msgq"].limiter)
-        ctx["dispatcher"] = asyncio.create_task(dispatcher.run_forever())
+    # Always one per fleet: with the scheduler off it only drains what producers placed there.
+    dispatcher = Dispatcher(redis, store, settings, ctx["msgq"].limiter)
+    ctx["dispatcher"] = asyncio.create_task(dispatcher.run_forever())
+    ctx["worker_id"] = uuid.uuid4().hex
+    ctx["announce"] = asyncio.create_task(_announce(ctx))
     ctx["webhooks"] = asyncio.create_task(WebhookDispatcher(redis, store, settings).run_forever())
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
@@ -70,15 +78,35 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    for name in ("gauges", "reconciler", "dispatcher", "batch_lane"):
+    for name in ("gauges", "reconciler", "dispatcher", "batch_lane", "announce"):
         if name in ctx:
             ctx[name].cancel()
+    if "worker_id" in ctx:
+        with contextlib.suppress(RedisError, OSError):
+            await ctx["redis"].hdel(FLEET_WORKERS, ctx["worker_id"])
     deps: Deps | None = ctx.get("msgq")
     if deps is not None:
         await deps.upstream.aclose()
     if "webhooks" in ctx:
         ctx["webhooks"].cancel()  # an attempt cut short is delivered again when its lease ends
     log.info("worker.stopped")
+
+
+async def _announce(ctx: dict[str, Any]) -> None:
+    """Every second: this worker's slots for the dispatcher's sizing, and (every minute) the
+    fleet policy for producers. Never stops on an error."""
+    deps: Deps = ctx["msgq"]
+    published_at = -POLICY_EVERY_S
+    while True:
+        try:
+            running = ctx.get("running_jobs", lambda: 0)()
+            await announce(deps.redis, ctx["worker_id"], deps.settings.max_jobs, running)
+            if time.monotonic() - published_at >= POLICY_EVERY_S:
+                await policy.publish(deps.redis, deps.settings)
+                published_at = time.monotonic()
+        except Exception as exc:
+            log.warning("worker.announce_failed", error=type(exc).__name__)
+        await asyncio.sleep(1.0)
 
 
 async def _update_gauges(deps: Deps) -> None:
@@ -155,18 +183,26 @@ async def _run(
         job_id, spec, created_at=enqueued_at, default_max_attempts=deps.settings.max_attempts
     )
     pickup = await admission.pick_up(deps, template, prefetched)
-    record = pickup.record
+    try:
+        await _decide(deps, pickup, spec, problem)
+    finally:
+        # Every way out that did not send (an end, a deferral, an error, a cancel, a shutdown)
+        # gives the dispatcher's reservation back; after a send this does nothing.
+        await asyncio.shield(pickup.ticket.release())
+
+
+async def _decide(
+    deps: Deps, pickup: admission.Pickup, spec: JobSpec | None, problem: JobError | None
+) -> None:
+    record, job_id = pickup.record, pickup.record.id
     if record.status.terminal:
         log.info("job.duplicate_skipped", status=record.status.value)
-        await admission.return_ticket(deps, pickup.ticket)
         return
     if spec is None or problem is not None:
         await transitions.finish(deps.store, job_id, JobStatus.FAILED, error=problem)
-        await admission.return_ticket(deps, pickup.ticket)
         return
     request = await _ready_to_send(deps, record, spec)
     if request is None or await batch_lane.route(deps, record, spec, request):
-        await admission.return_ticket(deps, pickup.ticket)
         return
     await attempt(deps, record, request, spec, pickup=pickup)
 
@@ -179,8 +215,9 @@ async def on_refused(ctx: dict[str, Any], job_id: str, result_data: bytes | None
             await record_refused(deps, job_id, result_data)
         finally:
             prefetched = ctx.get(PREFETCHED)
-            if prefetched:  # the claim took the dispatcher's ticket with the job: give it back
-                await admission.return_ticket(deps, admission.parse_ticket(prefetched[1]))
+            if prefetched:  # the claim read the dispatcher's ticket with the job: give it back
+                ticket = admission.parse_or_none(prefetched[1])
+                await admission.HeldTicket(deps, job_id, ticket).release()
 
 
 async def record_refused(deps: Deps, job_id: str, result_data: bytes | None) -> None:

@@ -19,6 +19,7 @@ from msgq.keys import (
     ACTIVE_KEY,
     DONE_CHANNEL,
     INDEX_KEY,
+    SCHED_DEADLINES,
     SCHED_EST,
     SCHED_WHERE,
     arq_job_key,
@@ -288,6 +289,7 @@ class JobStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self.queue_name, job_id)
             pipe.delete(arq_job_key(job_id))
+            pipe.zrem(SCHED_DEADLINES, job_id)
             if where is not None:
                 pipe.zrem(where.decode(), job_id)
                 pipe.hdel(SCHED_WHERE, job_id)

@@ -9,13 +9,22 @@ lane jobs, and raw-Redis jobs written straight to arq's queue, do not pass throu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
 from msgq.estimate import estimate_input_tokens
-from msgq.keys import SCHED_BACKLOG, SCHED_EST, SCHED_WAKE, SCHED_WHERE, sched_queue_key
+from msgq.keys import (
+    SCHED_BACKLOG,
+    SCHED_DEADLINES,
+    SCHED_EST,
+    SCHED_WAKE,
+    SCHED_WHERE,
+    sched_queue_key,
+)
 from msgq.pricing import prices_for
 from msgq.settings import Settings
 from msgq.tenancy.budgets import reserve_usd
@@ -69,7 +78,53 @@ class Estimate:
 
     @classmethod
     def loads(cls, raw: bytes | str) -> Estimate:
-        return cls(**orjson.loads(raw))
+        data = orjson.loads(raw)
+        return cls(data["model"], data["input_tokens"], data["output_tokens"], data["usd"])
+
+
+@dataclass(frozen=True)
+class QueueId:
+    """Which scheduler queue a job waits in, as data: the queue's key is a digest of it, so no
+    model name or tenant (any string a caller chose) is ever parsed back out of a key."""
+
+    cls: str
+    priority: Priority
+    tenant: str | None
+
+    @property
+    def key(self) -> str:
+        return sched_queue_key(self.cls, self.priority.value, self.tenant)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """One waiting job as the dispatcher reads it (`SCHED_EST`): its queue, what admission will
+    reserve for it, and its deadline (ms), so a job past it ends `expired` even while it waits."""
+
+    queue: QueueId
+    estimate: Estimate
+    deadline_ms: int | None = field(default=None)
+
+    def dumps(self) -> bytes:
+        data: dict[str, Any] = asdict(self.estimate)
+        data |= {"cls": self.queue.cls, "priority": self.queue.priority.value}
+        data |= {"tenant": self.queue.tenant, "deadline_ms": self.deadline_ms}
+        return orjson.dumps(data)
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> Waiting:
+        """Raises ValueError, KeyError or TypeError for an entry that is not one (the caller
+        contains it to that job). Entries written before queue identity was data carry none:
+        they get their model's class at the default priority, without a tenant."""
+        data = orjson.loads(raw)
+        estimate = Estimate.loads(raw)
+        queue = QueueId(
+            str(data.get("cls") or rate_limit_class(estimate.model)),
+            Priority(data.get("priority") or Priority.DEFAULT.value),
+            data.get("tenant"),
+        )
+        deadline = data.get("deadline_ms")
+        return cls(queue, estimate, None if deadline is None else int(deadline))
 
 
 def estimate(request: MessageRequest, settings: Settings) -> Estimate:
@@ -81,17 +136,26 @@ def estimate(request: MessageRequest, settings: Settings) -> Estimate:
 
 @dataclass(frozen=True)
 class Placement:
-    """A job's scheduler queue and its estimate."""
+    """A job's scheduler queue, its estimate and its deadline."""
 
-    queue: str
-    estimate: Estimate
+    waiting: Waiting
+
+    @property
+    def queue(self) -> str:
+        return self.waiting.queue.key
+
+    @property
+    def estimate(self) -> Estimate:
+        return self.waiting.estimate
 
     def write(self, pipe: Redis, job_id: str, score_ms: int) -> None:
         """Queue the job on `pipe`, in the caller's transaction with its record and payload."""
         pipe.zadd(self.queue, {job_id: score_ms}, nx=True)
         pipe.hset(SCHED_WHERE, job_id, self.queue)
-        pipe.hset(SCHED_EST, job_id, self.estimate.dumps().decode())
+        pipe.hset(SCHED_EST, job_id, self.waiting.dumps().decode())
         pipe.sadd(SCHED_BACKLOG, self.queue)
+        if self.waiting.deadline_ms is not None:
+            pipe.zadd(SCHED_DEADLINES, {job_id: self.waiting.deadline_ms})
         pipe.publish(SCHED_WAKE, job_id)
 
 
@@ -109,10 +173,15 @@ def resolve_priority(
 
 
 def placement(
-    request: MessageRequest, priority: Priority, tenant: str | None, settings: Settings
+    request: MessageRequest,
+    priority: Priority,
+    tenant: str | None,
+    settings: Settings,
+    deadline: datetime | None = None,
 ) -> Placement:
-    queue = sched_queue_key(rate_limit_class(request.model), priority.value, tenant)
-    return Placement(queue, estimate(request, settings))
+    queue = QueueId(rate_limit_class(request.model), priority, tenant)
+    deadline_ms = None if deadline is None else int(deadline.timestamp() * 1000)
+    return Placement(Waiting(queue, estimate(request, settings), deadline_ms))
 
 
 def tenants_of(settings: Settings) -> Tenants:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from msgq.errors import InvalidJobError
 from msgq.settings import Settings
-from msgq.tenancy.tenants import load_tenants
+from msgq.tenancy.tenants import Tenants, load_tenants
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -150,9 +150,12 @@ async def check_callback(url: str | None, allow: str | None, *, loc: str = "call
         raise InvalidJobError(msg, [{"loc": loc, "msg": str(exc), "type": "value_error"}]) from None
 
 
-async def callback_for(url: str | None, *, tenant: str | None, settings: Settings) -> str | None:
+async def callback_for(
+    url: str | None, *, tenant: str | None, settings: Settings, tenants: Tenants | None = None
+) -> str | None:
     """A job's callback URL: its own, else its tenant's default; checked as at delivery
     (InvalidJobError naming callback_url when refused)."""
-    chosen = url or load_tenants(settings.tenants_file).get(tenant).callback_url
+    tenants = tenants if tenants is not None else load_tenants(settings.tenants_file)
+    chosen = url or tenants.get(tenant).callback_url
     await check_callback(chosen, settings.webhook_allow)
     return chosen

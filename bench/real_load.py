@@ -1,0 +1,264 @@
+"""Admission in the user's world (issue 21): seconds of latency, limits learned from headers.
+
+Each figure has its baseline in the same run:
+1. one worker at 3 s a call against an aiohttp loop at the same concurrency on the same
+   simulator (non-streaming at 512 calls in flight; streaming at 256): jobs/s, the ratio, the
+   worker's CPU per job and its peak RSS per call in flight;
+2. a fleet of 4 workers against a 600 RPM simulator with nothing configured in msgq (the limit
+   is learned from headers): utilisation against the ideal (drain the minute's bucket, then the
+   rate) and the share of 429s;
+3. fair share with learned limits: interactive jobs arriving behind a bulk backlog, their wait
+   from submission to start (p50, p99).
+
+`python -m bench.real_load` runs these alone; `make bench` runs them with the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from bench.harness import KEY, redis_server, sim_stats, simulator, text_request, workers
+from msgq.client import Client
+from msgq.jobs.store import JobStore
+from msgq.keys import DONE_CHANNEL, PAUSE_KEY
+from msgq.settings import Settings
+from schemas import JobStatus
+
+Table = Callable[[str, list[str], list[list[Any]]], None]
+LATENCY_MS = 3000
+
+
+async def aiohttp_run(
+    base_url: str, requests: list[dict[str, Any]], *, concurrency: int, stream: bool
+) -> float:
+    """The baseline: one aiohttp session, a semaphore, every call read to its end."""
+    import aiohttp
+
+    gate = asyncio.Semaphore(concurrency)
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    headers["content-type"] = "application/json"
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(
+        base_url, connector=connector, headers=headers, timeout=timeout
+    ) as session:
+
+        async def one(body: dict[str, Any]) -> None:
+            async with gate, session.post("/v1/messages", data=orjson.dumps(body)) as resp:
+                resp.raise_for_status()
+                if stream:
+                    async for _line in resp.content:
+                        pass
+                else:
+                    await resp.read()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one({**b, "stream": stream} if stream else b) for b in requests))
+        return time.perf_counter() - started
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks (100/s)
+
+
+def _proc_peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def _submit_paused(redis_url: str, requests: list[dict[str, Any]], **kw: Any) -> list[str]:
+    """Jobs queued while the fleet is paused, so the clock measures draining, not submitting."""
+    async with Redis.from_url(redis_url) as redis:
+        await redis.set(PAUSE_KEY, "bench: filling the queue")
+        client = Client(redis, Settings(_env_file=None, redis_url=redis_url))
+        ids: list[str] = []
+        for chunk in range(0, len(requests), 500):
+            batch = requests[chunk : chunk + 500]
+            ids += [j.id for j in await asyncio.gather(*(client.submit(r, **kw) for r in batch))]
+        return ids
+
+
+async def _drain(redis_url: str, ids: list[str]) -> float:
+    """Lift the pause and wait for every job to end: seconds from the lift."""
+    async with Redis.from_url(redis_url) as redis, redis.pubsub() as pubsub:
+        await pubsub.subscribe(DONE_CHANNEL)
+        pending = set(ids)
+        started = time.perf_counter()
+        await redis.delete(PAUSE_KEY)
+        deadline = time.monotonic() + 1800
+        while pending and time.monotonic() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+            if message is not None:
+                pending.discard(message["data"].decode())
+        return time.perf_counter() - started
+
+
+async def one_worker(
+    tmp: Path, *, concurrency: int, n: int, stream: bool, rounds: int = 1
+) -> list[list[Any]]:
+    tokens = 150 if stream else 60
+    flags = ["--latency-ms", str(LATENCY_MS)]
+    if stream:  # 150 tokens at 100 tokens/s after the first byte's latency
+        flags += ["--ms-per-token", "10", "--output-tokens", str(tokens)]
+    requests = [
+        {**text_request(tokens), "messages": [{"role": "user", "content": f"call {i}"}]}
+        for i in range(n)
+    ]
+    env = {"MSGQ_MAX_JOBS": str(concurrency), "MSGQ_UVLOOP": "true"}
+    if not stream:
+        env["MSGQ_STREAM_MIN_MAX_TOKENS"] = str(10**9)  # plain calls, as the baseline makes
+    if stream:
+        env["MSGQ_STREAM_MIN_MAX_TOKENS"] = "0"  # every job streams, as the baseline does
+    rows: list[list[Any]] = []
+    with simulator(*flags) as sim:
+        for r in range(rounds):
+            base_s = await aiohttp_run(sim, requests, concurrency=concurrency, stream=stream)
+            with redis_server(tmp / f"one-{stream}-{r}") as server:
+                ids = await _submit_paused(server.url, requests)
+                with workers(1, server.url, sim, **env) as procs:
+                    pid = procs[0].pid
+                    cpu0 = _proc_cpu_s(pid)
+                    msgq_s = await _drain(server.url, ids)
+                    cpu_ms = (_proc_cpu_s(pid) - cpu0) * 1000 / n
+                    rss = _proc_peak_rss_kib(pid)
+            ideal = n * LATENCY_MS / 1000 / concurrency
+            rows.append(
+                [
+                    "stream" if stream else "plain",
+                    concurrency,
+                    n,
+                    round(n / base_s, 1),
+                    round(n / msgq_s, 1),
+                    f"{base_s / msgq_s:.2f}",
+                    round(n / ideal, 1),
+                    f"{cpu_ms:.2f}",
+                    f"{rss / concurrency:.0f} KiB",
+                ]
+            )
+    return rows
+
+
+async def fleet_learned(tmp: Path, n: int = 5000, rpm: int = 600) -> list[Any]:
+    """4 workers, nothing configured in msgq: the limit is learned from headers."""
+    flags = ["--rpm", str(rpm), "--latency-ms", "1500", "--ms-per-token", "5"]
+    requests = [
+        {**text_request(60), "messages": [{"role": "user", "content": f"job {i}"}]}
+        for i in range(n)
+    ]
+    with (
+        simulator(*flags) as sim,
+        redis_server(tmp / "fleet-learned") as server,
+    ):
+        ids = await _submit_paused(server.url, requests)
+        with workers(4, server.url, sim, MSGQ_UVLOOP="true"):
+            elapsed = await _drain(server.url, ids)
+        stats = sim_stats(sim)
+    ideal = max(0, n - rpm) / (rpm / 60)  # the full bucket at once, then the rate
+    calls = stats["received"]
+    throttled = stats["by_status"].get("429", 0)
+    return [
+        n,
+        rpm,
+        round(elapsed, 1),
+        round(ideal, 1),
+        f"{ideal / elapsed:.3f}",
+        throttled,
+        f"{throttled / max(calls, 1):.2%}",
+    ]
+
+
+async def fair_share_learned(
+    tmp: Path, bulk: int = 5000, interactive: int = 40, rpm: int = 600
+) -> list[Any]:
+    """Interactive jobs, one every 0.5 s, behind `bulk` queued bulk jobs; learned limits only."""
+    flags = ["--rpm", str(rpm), "--latency-ms", "1500", "--ms-per-token", "5"]
+    with simulator(*flags) as sim, redis_server(tmp / "fair-learned") as server:
+        ids = await _submit_paused(server.url, [text_request(60)] * bulk, priority="bulk")
+        with workers(2, server.url, sim, MSGQ_UVLOOP="true"):
+            async with Redis.from_url(server.url) as redis:
+                await redis.delete(PAUSE_KEY)
+                settings = Settings(_env_file=None, redis_url=server.url)
+                client = Client(redis, settings)
+                await asyncio.sleep(15)  # the limit is learned and the bulk backlog flows
+                urgent = []
+                for i in range(interactive):
+                    body = {**text_request(60), "messages": [{"role": "user", "content": f"u{i}"}]}
+                    urgent.append((await client.submit(body, priority="interactive")).id)
+                    await asyncio.sleep(0.5)
+                records = [await client.wait(i, timeout=120) for i in urgent]
+                left = sum(
+                    1
+                    for r in await JobStore.from_settings(redis, settings).get_many(ids[-500:])
+                    if r and r.status is JobStatus.QUEUED
+                )
+        stats = sim_stats(sim)
+    waits = sorted(
+        (r.started_at - r.created_at).total_seconds() for r in records if r.started_at is not None
+    )
+    return [
+        bulk,
+        interactive,
+        round(statistics.median(waits), 2),
+        round(waits[max(0, int(len(waits) * 0.99) - 1)], 2),
+        round(waits[-1], 2),
+        left,
+        stats["by_status"].get("429", 0),
+    ]
+
+
+async def report(tmp: Path, table: Table) -> None:
+    table(
+        f"One worker at {LATENCY_MS / 1000:g} s a call: msgq against an aiohttp loop at the same "
+        "concurrency on the same simulator (3,000 jobs; ideal = concurrency / latency)",
+        [
+            "calls",
+            "concurrency",
+            "jobs",
+            "aiohttp jobs/s",
+            "msgq jobs/s",
+            "msgq ÷ aiohttp",
+            "ideal jobs/s",
+            "worker CPU ms/job",
+            "peak RSS per call in flight",
+        ],
+        [
+            *(await one_worker(tmp, concurrency=512, n=3000, stream=False)),
+            *(await one_worker(tmp, concurrency=256, n=3000, stream=True)),
+        ],
+    )
+    table(
+        "A fleet against learned limits: 4 workers, 600 RPM simulator, nothing configured in "
+        "msgq (ideal = the minute's bucket at once, then the rate)",
+        ["jobs", "RPM", "wall_s", "ideal_s", "utilisation", "429s", "429 share"],
+        [await fleet_learned(tmp)],
+    )
+    table(
+        "Fair share with learned limits: interactive jobs (one per 0.5 s) behind a bulk backlog, "
+        "600 RPM, 2 workers, nothing configured: wait from submission to start",
+        ["bulk", "interactive", "p50 s", "p99 s", "max s", "bulk still queued (last 500)", "429s"],
+        [await fair_share_learned(tmp)],
+    )
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    print(f"\n### {title}\n\n| {' | '.join(columns)} |\n|{'---|' * len(columns)}")
+    for row in rows:
+        print(f"| {' | '.join(str(x) for x in row)} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    asyncio.run(report(Path(tempfile.mkdtemp(prefix="msgq-real-")), _print_table))

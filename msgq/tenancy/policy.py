@@ -1,0 +1,75 @@
+"""Fleet policy, decided by the fleet: whether jobs go through the scheduler, and each tenant's
+priority, weight, budget, lane and webhook.
+
+Workers publish their settings here at start-up (and again every minute); producers read them
+back instead of trusting their own environment. A producer started without the tenants file, or
+with another `MSGQ_SCHEDULER`, then still gives a tenant's job the fleet's priority and webhook
+and places it where the fleet takes jobs from. Before any worker has published, a producer falls
+back to its own settings (and the dispatcher drains the scheduler's queues even when switched
+off, so a job placed there by such a producer is never stranded).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import orjson
+from redis.asyncio import Redis
+
+from msgq.keys import FLEET_POLICY
+from msgq.settings import Settings
+from msgq.tenancy.tenants import Tenants, TenantsFileError, load_tenants, parse_tenants
+
+CACHE_S = 5.0
+
+
+@dataclass(frozen=True)
+class FleetPolicy:
+    scheduler: bool
+    tenants: Tenants
+    source: str  # "fleet" (published by the workers) or "local" (this process's settings)
+
+
+def local_policy(settings: Settings) -> FleetPolicy:
+    return FleetPolicy(settings.scheduler, load_tenants(settings.tenants_file), "local")
+
+
+async def publish(redis: Redis, settings: Settings) -> None:
+    """A worker states the fleet's policy: its own settings, which every worker shares."""
+    text = None
+    if settings.tenants_file is not None:
+        text = settings.tenants_file.read_text(encoding="utf-8")
+    value = {"scheduler": settings.scheduler, "tenants_toml": text}
+    await redis.set(FLEET_POLICY, orjson.dumps(value))
+
+
+class PolicyReader:
+    """A producer's view of the fleet policy, read at most every `CACHE_S`."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis, self.settings = redis, settings
+        self._policy: FleetPolicy | None = None
+        self._read_at = 0.0
+        self._raw: bytes | None = None
+
+    async def get(self) -> FleetPolicy:
+        now = time.monotonic()
+        if self._policy is not None and now - self._read_at < CACHE_S:
+            return self._policy
+        raw = await self.redis.get(FLEET_POLICY)
+        if self._policy is None or raw != self._raw:
+            self._policy, self._raw = self._parse(raw), raw
+        self._read_at = now
+        return self._policy
+
+    def _parse(self, raw: bytes | None) -> FleetPolicy:
+        if raw is None:
+            return local_policy(self.settings)
+        try:
+            data = orjson.loads(raw)
+            text = data.get("tenants_toml")
+            tenants = Tenants() if text is None else parse_tenants(text, "the fleet's tenants")
+            return FleetPolicy(bool(data["scheduler"]), tenants, "fleet")
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, TenantsFileError):
+            return local_policy(self.settings)

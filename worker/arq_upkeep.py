@@ -1,0 +1,55 @@
+"""The worker's upkeep beside its poll loop: one heartbeat for every running job's lock, and
+waiting for Redis at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from msgq.arq_format import IN_PROGRESS_KEY_PREFIX
+
+log = structlog.get_logger("msgq.worker")
+
+
+async def keep_locks_alive(pool: Redis, job_tasks: dict[str, Any], lock_s: float) -> None:
+    """Every running job's in-progress lock extended in one round trip, a third of the lock's
+    length apart: a killed worker's jobs are free again within `lock_s`. It must not stop
+    while the worker runs (other workers would start its jobs again): every error is logged
+    and the next beat tried."""
+    lock_ms = int(lock_s * 1000)
+    while True:
+        await asyncio.sleep(lock_s / 3)
+        running = list(job_tasks)
+        if not running:
+            continue
+        try:
+            async with pool.pipeline(transaction=False) as pipe:
+                for job_id in running:
+                    pipe.pexpire(IN_PROGRESS_KEY_PREFIX + job_id, lock_ms)
+                await pipe.execute()
+        except Exception as exc:
+            log.warning("worker.heartbeat_failed", jobs=len(running), error=type(exc).__name__)
+
+
+async def wait_for_redis(pool: Redis, tries: int = 30, delay_s: float = 1.0) -> None:
+    """What arq's own pool did at start: a Redis still starting is waited for (`tries` pings
+    `delay_s` apart; through Sentinel each ping may itself wait out a failover) rather than
+    failing the worker at once."""
+    for attempt in range(1, tries + 1):
+        try:
+            await pool.ping()
+            return
+        except (RedisError, OSError) as exc:
+            if attempt == tries:
+                raise
+            log.warning(
+                "worker.redis_unavailable",
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+                retry_in_s=delay_s,
+            )
+            await asyncio.sleep(delay_s)

@@ -1,0 +1,69 @@
+"""What reaches the dispatcher besides producers' placements: raw-Redis producers' jobs (the
+inbox, placed into their scheduler queue here) and deadlines (a waiting job whose deadline has
+passed ends `expired`, wherever in its queue it is)."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from msgq.arq_format import deserialize
+from msgq.jobs.store import JobStore
+from msgq.keys import SCHED_DEADLINES, SCHED_INBOX, SCHED_WHERE, arq_job_key
+from msgq.settings import Settings
+from msgq.tenancy.scheduling import Placement, placement, resolve_priority, uses_scheduler
+from msgq.tenancy.tenants import Tenants
+from schemas import JobSpec, validate_request
+
+log = structlog.get_logger("msgq.dispatcher")
+
+
+class Intake:
+    def __init__(self, redis: Redis, store: JobStore, settings: Settings, tenants: Tenants) -> None:
+        self.redis, self.store, self.settings, self.tenants = redis, store, settings, tenants
+
+    async def expire_due(self, limit: int = 500) -> int:
+        """End `expired` the waiting jobs whose deadline has passed (a job waiting for budget
+        or capacity included); entries of jobs that have left are dropped."""
+        now_ms = int(time.time() * 1000)
+        due = await self.redis.zrangebyscore(SCHED_DEADLINES, "-inf", now_ms, start=0, num=limit)
+        for raw_id in due:
+            job_id = raw_id.decode()
+            waiting = await self.redis.hexists(SCHED_WHERE, job_id)  # type: ignore[misc]
+            if waiting and await self.store.expire_job(job_id):
+                log.info("dispatcher.expired", job_id=job_id)
+            await self.redis.zrem(SCHED_DEADLINES, job_id)
+        return len(due)
+
+    async def route_inbox(self, limit: int = 500) -> int:
+        """Place jobs raw-Redis producers added to `msgq:sched:inbox` (payload under the usual
+        `arq:job:<id>`) into their scheduler queue; an unreadable one goes to arq's queue, where
+        the worker records why it failed."""
+        entries = await self.redis.zrange(SCHED_INBOX, 0, limit - 1, withscores=True)
+        for raw_id, score in entries:
+            job_id = raw_id.decode()
+            payload = await self.redis.get(arq_job_key(job_id))
+            placed = None if payload is None else self._placement_of(payload)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(SCHED_INBOX, job_id)
+                if placed is not None:
+                    placed.write(pipe, job_id, int(score))
+                elif payload is not None:
+                    pipe.zadd(self.settings.queue_name, {job_id: int(score)})
+                await pipe.execute()
+        return len(entries)
+
+    def _placement_of(self, payload: bytes) -> Placement | None:
+        job = deserialize(payload, max_bytes=self.settings.max_job_bytes)
+        try:
+            spec = JobSpec.model_validate(job.get("k") or {})
+            request = validate_request(spec.request, max_image_bytes=self.settings.max_image_bytes)
+        except ValidationError:
+            return None
+        if not uses_scheduler(self.settings, spec.lane):
+            return None
+        priority = resolve_priority(spec.priority, spec.tenant, self.tenants)
+        return placement(request, priority, spec.tenant, self.settings, spec.deadline)
