@@ -176,11 +176,6 @@ def input_usage(body: dict[str, Any], cache: CacheUse | None) -> dict[str, Any]:
         zero = {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
         return {"input_tokens": total, **zero}
     return {
-        "input_tokens": total,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
-    }
-    return {
         "input_tokens": max(0, total - cache.read - cache.write),
         "cache_creation_input_tokens": cache.write,
         "cache_read_input_tokens": cache.read,
