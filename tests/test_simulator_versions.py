@@ -9,6 +9,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import orjson
 import pytest
 from anthropic.types import ModelInfo
 from pydantic import BaseModel
@@ -234,3 +235,27 @@ def test_models_pages_and_shape_match_the_api(sim: Sim) -> None:
     missing = httpx.get(f"{url}/claude-nope-1", headers=V2023)
     assert_api_error(missing, 404, "not_found_error", "claude-nope-1")
     assert httpx.get(url, headers={"anthropic-version": "2023-06-01"}).status_code == 401
+
+
+def test_a_batch_created_under_2026_10_21_errors_the_requests_that_break_its_rules(
+    sim: Sim,
+) -> None:
+    """The create call's version applies to every request in the batch: the one carrying
+    temperature ends errored, naming it; the other succeeds. Under 2023-06-01 both succeed."""
+    sim.http.post("/_sim/batch-config", json={"processing_s": 0.0}).raise_for_status()
+    requests = [
+        {"custom_id": "sampled", "params": body(temperature=0.5)},
+        {"custom_id": "plain", "params": body()},
+    ]
+    outcomes = {}
+    for headers in (V2026, V2023):
+        with httpx.Client(base_url=sim.url, headers=headers, timeout=10) as http:
+            batch = http.post("/v1/messages/batches", json={"requests": requests}).json()
+            results = http.get(f"/v1/messages/batches/{batch['id']}/results").text
+        rows = [orjson.loads(line) for line in results.splitlines() if line]
+        outcomes[headers["anthropic-version"]] = {r["custom_id"]: r["result"] for r in rows}
+    new, old = outcomes["2026-10-21"], outcomes["2023-06-01"]
+    assert new["plain"]["type"] == "succeeded" and new["sampled"]["type"] == "errored"
+    error = new["sampled"]["error"]["error"]
+    assert error["type"] == "invalid_request_error" and "temperature" in error["message"]
+    assert {r["type"] for r in old.values()} == {"succeeded"}

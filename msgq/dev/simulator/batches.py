@@ -23,7 +23,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from msgq.dev.simulator.answers import api_key_of, error_response, gate
+from msgq.dev.simulator.answers import api_key_of, error_response
+from msgq.dev.simulator.answers import gate as check_key_and_version
 from msgq.dev.simulator.batch_engine import BatchConfig, SimBatch, new_batch_id
 from msgq.dev.simulator.state import STATE, Scripted, SimState
 
@@ -90,7 +91,9 @@ async def _gate(
     `hold=False`: a successful answer's `delay_s` is left to the caller (create)."""
     state, batches = request.app[STATE], request.app[BATCHES]
     batches.calls[op] += 1
-    refused = gate(request, state.config.api_key, "req_sim" + secrets.token_hex(12))
+    refused = check_key_and_version(
+        request, state.config.api_key, "req_sim" + secrets.token_hex(12)
+    )
     if refused is not None:
         return refused
     key = api_key_of(request)
@@ -138,6 +141,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         ),
         seed=state.config.seed,
         output_tokens=state.config.output_tokens,
+        version=request.headers.get("anthropic-version"),
     )
     batches.batches[batch.id] = batch
     batches.requests += len(batch.requests)
