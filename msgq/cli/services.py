@@ -78,6 +78,49 @@ async def _check_worker(settings: Settings) -> int:
 @click.option("--latency-ms", default=0.0, envvar="MSGQ_SIM_LATENCY_MS", type=float)
 @click.option("--ms-per-token", default=0.0, envvar="MSGQ_SIM_MS_PER_TOKEN", type=float)
 @click.option(
+    "--ttft-ms",
+    type=float,
+    envvar="MSGQ_SIM_TTFT_MS",
+    help="Median time to first token (default: --latency-ms).",
+)
+@click.option(
+    "--tokens-per-s",
+    type=float,
+    envvar="MSGQ_SIM_TOKENS_PER_S",
+    help="Median output pace (default: 1000 / --ms-per-token).",
+)
+@click.option(
+    "--latency-spread",
+    default=0.0,
+    envvar="MSGQ_SIM_LATENCY_SPREAD",
+    type=click.FloatRange(0, 2),
+    show_default=True,
+    help="Lognormal sigma on both, per request (seeded).",
+)
+@click.option(
+    "--accel-fraction",
+    default=0.0,
+    envvar="MSGQ_SIM_ACCEL_FRACTION",
+    type=click.FloatRange(0, 1),
+    show_default=True,
+    help="Acceleration limits: from idle, a window admits this share of --rpm/--itpm (0: off).",
+)
+@click.option(
+    "--accel-window-s",
+    default=5.0,
+    envvar="MSGQ_SIM_ACCEL_WINDOW_S",
+    type=click.FloatRange(min=0.1),
+    show_default=True,
+)
+@click.option(
+    "--accel-growth",
+    default=2.0,
+    envvar="MSGQ_SIM_ACCEL_GROWTH",
+    type=click.FloatRange(min=1),
+    show_default=True,
+    help="How much sustained traffic may grow per window.",
+)
+@click.option(
     "--fault",
     "faults",
     multiple=True,
@@ -147,6 +190,12 @@ def simulator(
     api_key: str | None,
     latency_ms: float,
     ms_per_token: float,
+    ttft_ms: float | None,
+    tokens_per_s: float | None,
+    latency_spread: float,
+    accel_fraction: float,
+    accel_window_s: float,
+    accel_growth: float,
     faults: tuple[str, ...],
     hang_rate: float,
     drop_rate: float,
@@ -165,6 +214,7 @@ def simulator(
     """Run the local Messages API stand-in (no real API is called)."""
     from aiohttp import web
 
+    from msgq.dev.simulator.accel import AccelConfig
     from msgq.dev.simulator.app import build_app
     from msgq.dev.simulator.batch_engine import BatchConfig
     from msgq.dev.simulator.state import SimConfig, parse_stream_faults
@@ -175,6 +225,10 @@ def simulator(
         api_key=api_key,
         latency_ms=latency_ms,
         ms_per_output_token=ms_per_token,
+        ttft_ms=ttft_ms,
+        tokens_per_s=tokens_per_s,
+        latency_spread=latency_spread,
+        accel=AccelConfig(fraction=accel_fraction, window_s=accel_window_s, growth=accel_growth),
         fault_rates=rates,
         hang_rate=hang_rate,
         drop_rate=drop_rate,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import secrets
 import time
 from collections import deque
 from typing import Any
@@ -13,86 +12,39 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from msgq.dev.simulator.answers import (
+    api_key_of,
+    error_response,
+    gate,
+    new_request_id,
+)
+from msgq.dev.simulator.answers import json_response as _json
 from msgq.dev.simulator.batch_engine import BatchConfig
 from msgq.dev.simulator.batches import BATCHES, add_batch_routes
+from msgq.dev.simulator.cache import CacheUse, segments
 from msgq.dev.simulator.checks import refusal
+from msgq.dev.simulator.models import add_model_routes, min_cache_tokens
 from msgq.dev.simulator.replies import (
     build_message,
     count_input_tokens,
+    item_tokens,
     reported_output_tokens,
 )
-from msgq.dev.simulator.state import Scripted, SimConfig, SimState, mask_key
+from msgq.dev.simulator.state import STATE, Scripted, SimConfig, SimState, mask_key
 from msgq.dev.simulator.streaming import stream_answer
+from msgq.dev.simulator.versions import version_refusal
 from schemas import field_errors, summarize, validate_request
 
-STATE = web.AppKey("state", SimState)
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    409: "conflict_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    502: "api_error",
-    503: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-
-
-def error_response(
-    status: int,
-    message: str,
-    *,
-    error_type: str | None = None,
-    request_id: str,
-    headers: dict[str, str] | None = None,
-    error_code: str | None = None,
-) -> web.Response:
-    """The API's exact error shape, with a request-id header."""
-    error: dict[str, Any] = {
-        "type": error_type or ERROR_TYPES.get(status, "api_error"),
-        "message": message,
-    }
-    if error_code:
-        error["details"] = {"error_code": error_code}
-    body = {"type": "error", "error": error, "request_id": request_id}
-    return web.Response(
-        status=status,
-        body=orjson.dumps(body),
-        content_type="application/json",
-        headers={"request-id": request_id, **(headers or {})},
-    )
-
-
-def _json(data: Any, *, status: int = 200, request_id: str | None = None) -> web.Response:
-    headers = {"request-id": request_id} if request_id else {}
-    return web.Response(
-        status=status, body=orjson.dumps(data), content_type="application/json", headers=headers
-    )
-
-
-def api_key_of(request: web.Request) -> str:
-    """`x-api-key`, or `Authorization: Bearer` (what SDK 2.x sends)."""
-    bearer = request.headers.get("authorization", "")
-    if bearer.lower().startswith("bearer "):
-        return bearer[7:].strip()
-    return request.headers.get("x-api-key", "")
+__all__ = ["api_key_of", "build_app", "error_response"]  # batches and older callers import these
 
 
 async def _read_checked(
     request: web.Request, state: SimState, request_id: str
 ) -> dict[str, Any] | web.Response:
     """Auth, version header and body checks every Messages route shares."""
-    key = api_key_of(request)
-    if not key or (state.config.api_key is not None and key != state.config.api_key):
-        return error_response(401, "invalid x-api-key", request_id=request_id)
-    if not request.headers.get("anthropic-version"):
-        return error_response(400, "anthropic-version: header is required", request_id=request_id)
+    refused = gate(request, state.config.api_key, request_id)
+    if refused is not None:
+        return refused
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
@@ -104,7 +56,7 @@ async def _read_checked(
 
 async def messages(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    request_id = "req_sim" + secrets.token_hex(12)
+    request_id = new_request_id()
     entry = _log_request(state, request)
     entry["request_id"] = request_id
     checked = await _read_checked(request, state, request_id)
@@ -126,11 +78,21 @@ def _log_request(state: SimState, request: web.Request) -> dict[str, Any]:
     if "x-api-key" in headers:
         headers["x-api-key"] = mask_key(headers["x-api-key"])
     if "authorization" in headers:
-        headers["authorization"] = "Bearer " + mask_key(headers["authorization"][7:])
+        scheme, _, credential = headers["authorization"].partition(" ")
+        headers["authorization"] = f"{scheme} {mask_key(credential.strip())}"
+    # The header may repeat (the Files API allows it) and each may list several, comma-separated.
+    betas = [
+        name.strip()
+        for value in request.headers.getall("anthropic-beta", [])
+        for name in value.split(",")
+        if name.strip()
+    ]
     entry: dict[str, Any] = {
         "time": time.time(),
         "path": request.path,
         "headers": headers,
+        "betas": betas,
+        "latency": None,
         "body": None,
         "status": None,
         "generation": state.generation,
@@ -165,14 +127,13 @@ async def _answer(
             headers=scripted.headers,
             error_code=scripted.error_code,
         )
-    invalid = _invalid(body, request_id)
+    invalid = _invalid(body, request_id, request.headers.get("anthropic-version"))
     if invalid is not None:
         return invalid
-    wait_s = state.limits.admit(count_input_tokens(body))
-    if wait_s > 0:
-        headers = {**state.limits.headers(), "retry-after": str(max(1, math.ceil(wait_s)))}
-        message = "Number of requests or tokens has exceeded your rate limit"
-        return error_response(429, message, request_id=request_id, headers=headers)
+    cache = _cache_plan(state, body)
+    refused = _admit(state, body, cache, request_id)
+    if refused is not None:
+        return refused
     message_body = (
         scripted.body
         if scripted.body is not None
@@ -181,14 +142,17 @@ async def _answer(
             seed=state.config.seed,
             request_id=request_id,
             output_tokens=state.output_tokens(scripted),
+            cache=cache,
         )
     )
     entry["response"] = message_body
     output_tokens = reported_output_tokens(message_body)
     state.limits.produced(output_tokens)
+    timing = state.timing(scripted)
+    entry["latency"] = timing.as_log(output_tokens)
     if body.get("stream") is True:
-        return await stream_answer(request, state, scripted, message_body, request_id)
-    delay_ms = state.config.latency_ms + state.ms_per_token(scripted) * output_tokens
+        return await stream_answer(request, state, scripted, message_body, request_id, timing)
+    delay_ms = timing.total_ms(output_tokens)
     if delay_ms:
         await asyncio.sleep(delay_ms / 1000)
     payload = orjson.dumps(message_body)
@@ -204,8 +168,37 @@ async def _answer(
     )
 
 
-def _invalid(body: dict[str, Any], request_id: str) -> web.Response | None:
-    """The API's refusal of a body it will not run: unknown parameter or model, bad fields."""
+def _cache_plan(state: SimState, body: dict[str, Any]) -> CacheUse:
+    model = str(body.get("model", ""))
+    parts = segments(body, lambda item, is_tool: item_tokens(item, model, is_tool))
+    return state.cache.plan(model, parts, min_tokens=min_cache_tokens(model), now=time.time())
+
+
+def _admit(
+    state: SimState, body: dict[str, Any], cache: CacheUse, request_id: str
+) -> web.Response | None:
+    """Take the request from the buckets (cache reads are free of ITPM), or answer the 429."""
+    uncached = max(0, count_input_tokens(body) - cache.read)
+    refused = state.limits.admit(uncached)
+    if refused is None:
+        state.cache.commit(cache, time.time())
+        return None
+    headers = {**state.limits.headers(), "retry-after": str(max(1, math.ceil(refused.wait_s)))}
+    message = "Number of requests or tokens has exceeded your rate limit"
+    if refused.reason == "acceleration":
+        message = (
+            "Your organization's traffic increased too sharply (acceleration limit); "
+            "ramp up gradually"
+        )
+    return error_response(429, message, request_id=request_id, headers=headers)
+
+
+def _invalid(body: dict[str, Any], request_id: str, version: str | None) -> web.Response | None:
+    """The API's refusal of a body it will not run: unknown parameter or model, a field this
+    API version removed, bad fields."""
+    removed = version_refusal(body, version)
+    if removed is not None:
+        return error_response(400, removed, request_id=request_id)
     refused = refusal(body)
     if refused is not None:
         return error_response(refused[0], refused[1], request_id=request_id)
@@ -233,10 +226,13 @@ async def _drop_mid_body(
 
 async def count_tokens(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    request_id = "req_sim" + secrets.token_hex(12)
+    request_id = new_request_id()
     checked = await _read_checked(request, state, request_id)
     if not isinstance(checked, dict):
         return checked
+    removed = version_refusal(checked, request.headers.get("anthropic-version"))
+    if removed is not None:
+        return error_response(400, removed, request_id=request_id)
     refused = refusal(checked)
     if refused is not None:
         return error_response(refused[0], refused[1], request_id=request_id)
@@ -279,6 +275,7 @@ def build_app(
     app = web.Application(client_max_size=32 * 1024 * 1024)
     app[STATE] = SimState(config or SimConfig())
     add_batch_routes(app, app[STATE], batch_config or BatchConfig())
+    add_model_routes(app)
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/_sim/stats", sim_stats)

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from msgq.dev.simulator.checks import refusal
 from msgq.dev.simulator.replies import build_message
+from msgq.dev.simulator.versions import version_refusal
 from schemas import field_errors, summarize, validate_request
 
 CANCEL_S = 0.2  # a cancelled batch is `canceling` this long before it has ended
@@ -45,6 +46,7 @@ class SimBatch:
     config: BatchConfig
     seed: int
     output_tokens: int | None
+    version: str | None = None  # the create call's anthropic-version: its body rules apply
     created_at: float = field(default_factory=time.time)
     cancel_at: float | None = None
     _outcomes: list[str] | None = None
@@ -67,7 +69,7 @@ class SimBatch:
             return "canceled"
         if done_at > self.created_at + self.config.expiry_s or self._roll(custom_id, "expired"):
             return "expired"
-        if self._roll(custom_id, "errored") or _invalid(params) is not None:
+        if self._roll(custom_id, "errored") or _invalid(params, self.version) is not None:
             return "errored"
         return "succeeded"
 
@@ -109,7 +111,7 @@ class SimBatch:
         custom_id, params = self.requests[index]
         kind = self.outcome(index)
         if kind == "errored":
-            invalid = _invalid(params)
+            invalid = _invalid(params, self.version)
             error_type = "invalid_request_error" if invalid else self.config.error_type
             error = {"type": error_type, "message": invalid or f"simulated {error_type}"}
             request_id = "req_sim" + hashlib.sha256(f"{self.id}{custom_id}".encode()).hexdigest()
@@ -131,8 +133,11 @@ def new_batch_id() -> str:
     return "msgbatch_sim" + secrets.token_hex(10)
 
 
-def _invalid(params: dict[str, Any]) -> str | None:
+def _invalid(params: dict[str, Any], version: str | None) -> str | None:
     """What the API would answer `invalid_request_error` for, inside a batch."""
+    removed = version_refusal(params, version)
+    if removed is not None:
+        return removed
     refused = refusal(params)
     if refused is not None:
         return refused[1]

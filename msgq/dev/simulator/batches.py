@@ -23,8 +23,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from msgq.dev.simulator.answers import api_key_of, error_response
+from msgq.dev.simulator.answers import gate as check_key_and_version
 from msgq.dev.simulator.batch_engine import BatchConfig, SimBatch, new_batch_id
-from msgq.dev.simulator.state import Scripted, SimState
+from msgq.dev.simulator.state import STATE, Scripted, SimState
 
 MAX_BODY_BYTES = 256 * 1024 * 1024
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -63,15 +65,12 @@ class BatchState:
         }
 
 
-STATE = web.AppKey("sim_state", SimState)
 BATCHES = web.AppKey("sim_batches", BatchState)
 
 
 def _answer(
     status: int, body: Any, *, scripted: Scripted | None = None, request_id: str = ""
 ) -> web.Response:
-    from msgq.dev.simulator.app import error_response
-
     rid = request_id or "req_sim" + secrets.token_hex(12)
     if status != 200:
         message = (scripted.message if scripted else None) or str(body)
@@ -90,15 +89,14 @@ async def _gate(
 ) -> tuple[str, Scripted] | web.Response:
     """Auth, version and the endpoint's fault for this call: (api key, scripted answer).
     `hold=False`: a successful answer's `delay_s` is left to the caller (create)."""
-    from msgq.dev.simulator.app import api_key_of
-
     state, batches = request.app[STATE], request.app[BATCHES]
     batches.calls[op] += 1
+    refused = check_key_and_version(
+        request, state.config.api_key, "req_sim" + secrets.token_hex(12)
+    )
+    if refused is not None:
+        return refused
     key = api_key_of(request)
-    if not key or (state.config.api_key is not None and key != state.config.api_key):
-        return _answer(401, "invalid x-api-key")
-    if not request.headers.get("anthropic-version"):
-        return _answer(400, "anthropic-version: header is required")
     queue = state.scripts.get(f"batches:{op}")
     scripted = queue.popleft() if queue else _roll(batches)
     if scripted.delay_s and (hold or scripted.status != 200 or scripted.drop):
@@ -143,6 +141,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         ),
         seed=state.config.seed,
         output_tokens=state.config.output_tokens,
+        version=request.headers.get("anthropic-version"),
     )
     batches.batches[batch.id] = batch
     batches.requests += len(batch.requests)

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from msgq.dev.simulator.cache import CacheUse
 from msgq.dev.simulator.vision import look_at
 from schemas.tokens import UNFETCHED_SIZE_PX, image_tokens, text_tokens
 
@@ -80,6 +81,15 @@ def count_input_tokens(body: dict[str, Any]) -> int:
     return max(1, total)
 
 
+def item_tokens(item: Any, model: str, is_tool: bool = False) -> int:
+    """One prompt item's tokens, counted as `count_input_tokens` counts the whole prompt."""
+    if is_tool:
+        return text_tokens(orjson.dumps(item).decode())
+    content = item if isinstance(item, str) else [item] if isinstance(item, dict) else []
+    tokens = sum(text_tokens(t) for t in _texts(content))
+    return tokens + sum(image_tokens(*_image_size(i), model) for i in _images(content))
+
+
 def _image_size(block: dict[str, Any]) -> tuple[int, int]:
     source = block.get("source", {})
     if source.get("type") == "base64":
@@ -116,7 +126,12 @@ def long_text(tokens: int, seed: int) -> str:
 
 
 def build_message(
-    body: dict[str, Any], *, seed: int, request_id: str, output_tokens: int | None = None
+    body: dict[str, Any],
+    *,
+    seed: int,
+    request_id: str,
+    output_tokens: int | None = None,
+    cache: CacheUse | None = None,
 ) -> dict[str, Any]:
     """A Message as the API would send it, honouring max_tokens and stop_sequences.
 
@@ -147,11 +162,26 @@ def build_message(
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
         "usage": {
-            "input_tokens": count_input_tokens(body),
+            **input_usage(body, cache),
             "output_tokens": max(1, text_tokens(text)) if max_tokens else 0,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
             "service_tier": "standard",
+        },
+    }
+
+
+def input_usage(body: dict[str, Any], cache: CacheUse | None) -> dict[str, Any]:
+    """The input side of `usage`: total = input + cache writes + cache reads."""
+    total = count_input_tokens(body)
+    if cache is None or not cache.keys:
+        zero = {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        return {"input_tokens": total, **zero}
+    return {
+        "input_tokens": max(0, total - cache.read - cache.write),
+        "cache_creation_input_tokens": cache.write,
+        "cache_read_input_tokens": cache.read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": cache.write - cache.write_1h,
+            "ephemeral_1h_input_tokens": cache.write_1h,
         },
     }
 

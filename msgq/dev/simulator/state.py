@@ -9,8 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from msgq.dev.simulator.accel import AccelConfig
+from msgq.dev.simulator.cache import PromptCache
+from msgq.dev.simulator.latency import LatencyModel, Timing
 from msgq.dev.simulator.limits import Limits
 
 
@@ -44,6 +48,10 @@ class SimConfig:
     api_key: str | None = None  # None: any non-empty key is accepted
     latency_ms: float = 0.0
     ms_per_output_token: float = 0.0
+    ttft_ms: float | None = None  # None: latency_ms (see latency.py)
+    tokens_per_s: float | None = None  # None: 1000 / ms_per_output_token
+    latency_spread: float = 0.0  # lognormal sigma; 0: every request the same
+    accel: AccelConfig = field(default_factory=AccelConfig)  # off unless fraction > 0
     fault_rates: dict[int, float] = field(default_factory=dict)  # status -> probability
     hang_rate: float = 0.0
     drop_rate: float = 0.0
@@ -65,17 +73,31 @@ class SimState:
     by_status: Counter[int] = field(default_factory=Counter)
     started_at: float = field(default_factory=time.time)
     rng: random.Random = field(default_factory=random.Random)
+    # Its own stream, so turning the latency spread on does not change which requests fault.
+    latency_rng: random.Random = field(default_factory=random.Random)
+    latency: LatencyModel = field(init=False)
     limits: Limits = field(init=False)
+    cache: PromptCache = field(default_factory=PromptCache)
     generation: int = 0
 
     def __post_init__(self) -> None:
-        self.rng.seed(self.config.seed)
-        self.log = deque(maxlen=self.config.log_size)
-        self.limits = self._new_limits()
-
-    def _new_limits(self) -> Limits:
         c = self.config
-        return Limits(rpm=c.rpm, itpm=c.itpm, otpm=c.otpm)
+        self.latency = LatencyModel.from_options(
+            latency_ms=c.latency_ms,
+            ms_per_token=c.ms_per_output_token,
+            ttft_ms=c.ttft_ms,
+            tokens_per_s=c.tokens_per_s,
+            spread=c.latency_spread,
+        )
+        self.log = deque(maxlen=self.config.log_size)
+        self._reseed()
+
+    def _reseed(self) -> None:
+        self.rng.seed(self.config.seed)
+        self.latency_rng.seed(f"latency:{self.config.seed}")
+        c = self.config
+        self.limits = Limits(rpm=c.rpm, itpm=c.itpm, otpm=c.otpm, accel=c.accel)
+        self.cache = PromptCache()
 
     def reset(self) -> None:
         # Requests still held from before (delay_s) must not count in the new generation.
@@ -85,8 +107,7 @@ class SimState:
         self.received = 0
         self.by_model.clear()
         self.by_status.clear()
-        self.rng.seed(self.config.seed)
-        self.limits = self._new_limits()
+        self._reseed()
 
     def next_scripted(self, api_key: str) -> Scripted | None:
         """A key's own script first, then the shared one ("*")."""
@@ -125,9 +146,9 @@ class SimState:
             self.config.output_tokens if scripted.output_tokens is None else scripted.output_tokens
         )
 
-    def ms_per_token(self, scripted: Scripted) -> float:
-        pace = scripted.ms_per_token
-        return self.config.ms_per_output_token if pace is None else pace
+    def timing(self, scripted: Scripted) -> Timing:
+        """This request's draw from the latency model (a scripted pace wins, unspread)."""
+        return self.latency.draw(self.latency_rng, ms_per_token=scripted.ms_per_token)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -136,6 +157,9 @@ class SimState:
             "by_status": {str(k): v for k, v in self.by_status.items()},
             "uptime_s": round(time.time() - self.started_at, 3),
         }
+
+
+STATE = web.AppKey("sim_state", SimState)
 
 
 def mask_key(value: str) -> str:

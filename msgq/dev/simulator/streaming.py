@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from msgq.dev.simulator.events import is_message, message_events
+from msgq.dev.simulator.latency import Timing
 from msgq.dev.simulator.state import Scripted, SimState
 
 PING_S = 5.0  # a ping after this long without an event, as the API keeps a stream alive
@@ -149,8 +150,9 @@ async def stream_answer(
     scripted: Scripted,
     body: Any,
     request_id: str,
+    timing: Timing,
 ) -> web.StreamResponse:
-    """The answer to a `stream: true` request that passed every check."""
+    """The answer to a `stream: true` request that passed every check, paced by `timing`."""
     headers = {"request-id": request_id, **state.limits.headers(), **scripted.headers}
     if not is_message(body):  # a scripted non-Message goes out as JSON: the client must cope
         return web.Response(
@@ -160,7 +162,7 @@ async def stream_answer(
         request,
         body,
         headers=headers,
-        latency_ms=state.config.latency_ms,
-        ms_per_token=state.ms_per_token(scripted),
+        latency_ms=timing.ttft_ms,
+        ms_per_token=timing.ms_per_token,
         fault=fault_of(scripted, state),
     )
