@@ -231,7 +231,8 @@ class Settings(BaseSettings):
     log_level: str = "info"
     webhook_secret: SecretStr | None = Field(
         default=None,
-        description="webhook signing secret (whsec_ + base64, Standard Webhooks); a tenant's wins",
+        description="webhook signing secret (whsec_ + base64, Standard Webhooks); each tenant "
+        "signs with its own webhook_secret, else a key derived from this (msgq webhook-secret)",
     )
     webhook_allow: str | None = Field(
         default=None,
