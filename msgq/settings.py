@@ -219,6 +219,10 @@ class Settings(BaseSettings):
         description="a batch create unanswered this long is looked up (adopted) or re-sent",
     )
     metrics_port: int | None = Field(default=None, description="worker /metrics port")
+    metrics_tenants: bool = Field(
+        default=False,
+        description="the API's /metrics (no key) also names each tenant with its spend and budget",
+    )
     api_keys: SecretStr | None = Field(
         default=None, description='HTTP API keys: "tenant-a:key1,tenant-b:key2"'
     )

@@ -12,7 +12,6 @@ from fastapi.responses import Response
 from msgq.batches import Batches
 from msgq.client import Client
 from msgq.connections import connect
-from msgq.fleet_metrics import API_REQUESTS
 from msgq.http import (
     batch_routes,
     errors,
@@ -25,6 +24,7 @@ from msgq.http import (
 from msgq.http.auth import load_keys
 from msgq.http.body_limit import BodyLimit
 from msgq.http.deps import AppState
+from msgq.http.metrics import API_REQUESTS
 from msgq.jobs.endings import Endings
 from msgq.jobs.store import JobStore
 from msgq.logs import register_secret

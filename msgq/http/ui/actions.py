@@ -8,7 +8,6 @@ from urllib.parse import quote
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from msgq.fleet_metrics import PAUSED
 from msgq.http.deps import state_of
 from msgq.http.ui import session as sessions
 from msgq.http.ui.common import not_found, owned_record, ui_router
@@ -91,5 +90,4 @@ async def resume(request: Request, session: Actor) -> Response:
     if refused is not None:
         return refused
     await state_of(request).redis.delete(PAUSE_KEY)
-    PAUSED.set(0)
     return RedirectResponse("/ui", status_code=303)
