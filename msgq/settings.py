@@ -230,6 +230,19 @@ class Settings(BaseSettings):
     admin_keys: SecretStr | None = Field(
         default=None, description="dashboard (/ui) admin keys, comma-separated: all tenants"
     )
+    ui_session_idle_s: int = Field(
+        default=8 * 3600, gt=0, description="dashboard session: ends after this long unused"
+    )
+    ui_session_max_s: int = Field(
+        default=24 * 3600, gt=0, description="dashboard session: ends this long after sign-in"
+    )
+    ui_key_recheck_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=60,
+        description="dashboard: how long a session's key is trusted before the key "
+        "configuration is read again (a revoked key's sessions end within this)",
+    )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, description="HTTP API body limit")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"
