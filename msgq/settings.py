@@ -243,6 +243,12 @@ class Settings(BaseSettings):
         description="dashboard: how long a session's key is trusted before the key "
         "configuration is read again (a revoked key's sessions end within this)",
     )
+    max_streams_per_tenant: int = Field(
+        default=100,
+        ge=1,
+        description="SSE streams (GET /v1/jobs/{id}/events) a tenant may hold open per API "
+        "process; beyond it 429",
+    )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, description="HTTP API body limit")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"
