@@ -122,5 +122,5 @@ def test_webhook_secret_cli_prints_the_key_in_effect(settings: Settings, tmp_pat
     missing = msgq(settings, "webhook-secret", "bob")
     assert missing.returncode == 2 and "MSGQ_WEBHOOK_SECRET" in missing.stderr
     shown = msgq(settings, "settings")
-    assert "HMAC-SHA256(MSGQ_WEBHOOK_SECRET's key, tenant name)" in shown.stdout
+    assert "HMAC-SHA256(MSGQ_WEBHOOK_SECRET's key, tenant name)" in shown.stderr
     assert SECRET not in shown.stdout
