@@ -64,6 +64,25 @@ def enqueue_payload(spec: JobSpec, enqueued_ms: int) -> bytes:
         raise InvalidJobError(msg, [{"loc": "request", "msg": str(exc), "type": "json"}]) from None
 
 
+def check_job_id(job_id: str, tenant: str | None) -> None:
+    """Refuse a caller-chosen ID that is malformed or lands in a tenant's namespace.
+
+    A tenant's jobs are stored as `tenant:id`, so an ID `acme:order-1` submitted without a tenant
+    (or for another tenant) would occupy, or collide with, acme's `order-1`: acme's idempotent
+    resubmit would then be answered with that job. Only `tenant` itself may use its prefix.
+    """
+    if not _JOB_ID.match(job_id):
+        msg = "job id must be 1-128 characters of A-Z a-z 0-9 _ . : -"
+        raise InvalidJobError(msg, [{"loc": "id", "msg": msg, "type": "value_error"}])
+    prefix, colon, _ = job_id.partition(":")
+    if colon and prefix != tenant:
+        msg = (
+            f"job id {job_id!r} is in tenant {prefix!r}'s namespace (IDs with ':' are "
+            f"tenant:id); submit it for tenant {prefix!r}, or choose an ID without ':'"
+        )
+        raise InvalidJobError(msg, [{"loc": "id", "msg": msg, "type": "value_error"}])
+
+
 class Client:
     """`async with Client.from_url(url) as q: job = await q.submit(request)`."""
 
@@ -110,9 +129,8 @@ class Client:
     ) -> Submitted:
         """Validate, then enqueue. Raises InvalidJobError (nothing enqueued) for a bad request,
         JobConflictError when `job_id` already holds a different request."""
-        if job_id is not None and not _JOB_ID.match(job_id):
-            msg = "job id must be 1-128 characters of A-Z a-z 0-9 _ . : -"
-            raise InvalidJobError(msg, [{"loc": "id", "msg": msg, "type": "value_error"}])
+        if job_id is not None:
+            check_job_id(job_id, tenant)
         body = self._request_dict(request)
         checked = validated(body, max_image_bytes=self.settings.max_image_bytes)
         policy = await self._policy.get()  # the fleet's, not this process's environment

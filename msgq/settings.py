@@ -236,6 +236,10 @@ class Settings(BaseSettings):
         description="a batch create unanswered this long is looked up (adopted) or re-sent",
     )
     metrics_port: int | None = Field(default=None, description="worker /metrics port")
+    metrics_tenants: bool = Field(
+        default=False,
+        description="the API's /metrics (no key) also names each tenant with its spend and budget",
+    )
     api_keys: SecretStr | None = Field(
         default=None, description='HTTP API keys: "tenant-a:key1,tenant-b:key2"'
     )
@@ -243,12 +247,32 @@ class Settings(BaseSettings):
     admin_keys: SecretStr | None = Field(
         default=None, description="dashboard (/ui) admin keys, comma-separated: all tenants"
     )
+    ui_session_idle_s: int = Field(
+        default=8 * 3600, gt=0, description="dashboard session: ends after this long unused"
+    )
+    ui_session_max_s: int = Field(
+        default=24 * 3600, gt=0, description="dashboard session: ends this long after sign-in"
+    )
+    ui_key_recheck_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=60,
+        description="dashboard: how long a session's key is trusted before the key "
+        "configuration is read again (a revoked key's sessions end within this)",
+    )
+    max_streams_per_tenant: int = Field(
+        default=100,
+        ge=1,
+        description="SSE streams (GET /v1/jobs/{id}/events) a tenant may hold open per API "
+        "process; beyond it 429",
+    )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, description="HTTP API body limit")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"
     webhook_secret: SecretStr | None = Field(
         default=None,
-        description="webhook signing secret (whsec_ + base64, Standard Webhooks); a tenant's wins",
+        description="webhook signing secret (whsec_ + base64, Standard Webhooks); each tenant "
+        "signs with its own webhook_secret, else a key derived from this (msgq webhook-secret)",
     )
     webhook_allow: str | None = Field(
         default=None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -42,8 +43,11 @@ async def test_create_poll_and_long_poll(
 async def test_long_poll_times_out_with_current_record(api: httpx.AsyncClient) -> None:
     """With no worker, ?wait=0.3 answers after the timeout with the queued record."""
     await api.post("/v1/jobs", json={"request": BODY, "id": "slow"})
+    started = time.monotonic()
     response = await api.get("/v1/jobs/slow", params={"wait": 0.3})
+    waited_s = time.monotonic() - started
     assert response.status_code == 200 and response.json()["status"] == "queued"
+    assert waited_s >= 0.3  # it waited: an ignored ?wait would answer at once
 
 
 async def test_cancel_and_list_with_paging(api: httpx.AsyncClient, settings: Settings) -> None:

@@ -36,6 +36,7 @@ from msgq.keys import BATCHES_KEY, INDEX_KEY, WEBHOOKS_DUE_KEY, WEBHOOKS_KEY
 from msgq.settings import Settings
 from msgq.tenancy.tenants import TenantsFileError, parse_tenants
 from msgq.webhooks.outbox import Entry
+from msgq.webhooks.signing import derived_secret
 from msgq.webhooks.targets import Allow, refusal
 from schemas import JobStatus
 from tests.conftest import KEY_A, SAMPLES, Sim, StartWorker, eventually, stop_workers, worker_env
@@ -297,7 +298,7 @@ async def test_http_tenant_default_target_and_own_secret(
         await eventually(lambda: _count_is(receiver, 1))
         shown = (await api.get("/v1/jobs/order-1")).json()
     body = verified(receiver.requests[0], TENANT_SECRET)
-    assert body["id"] == "order-1" and "tenant" not in body
+    assert body["id"] == "order-1" and body.pop("tenant") == "tenant-a"
     assert {k: v for k, v in body.items()} == {k: v for k, v in shown.items() if k != "webhook"}
     with pytest.raises(WebhookVerificationError):
         verified(receiver.requests[0], SECRET)
@@ -385,7 +386,8 @@ async def test_batch_callback_fires_once_when_the_batch_ends(
     api_server: str, redis: Redis, receiver: Receiver, sim: Sim, start_worker: StartWorker
 ) -> None:
     """The SDK passes callback_url in extra_body; the batch's 5 jobs end; one POST, the batch
-    object as the body (ended, 5 succeeded); no per-job webhooks."""
+    object and its tenant as the body (ended, 5 succeeded), signed with the tenant's derived
+    key; no per-job webhooks."""
     await start_worker()
     requests: list[Any] = [{"custom_id": f"r{i}", "params": BODY} for i in range(5)]
     async with anthropic.AsyncAnthropic(base_url=api_server, api_key=KEY_A) as sdk:
@@ -401,8 +403,9 @@ async def test_batch_callback_fires_once_when_the_batch_ends(
         await eventually(lambda: _count_is(receiver, 1))
     assert await outbox_size(redis) == 0  # delivered and removed: nothing more to send
     assert receiver.count() == 1
-    body = verified(receiver.requests[0])
+    body = verified(receiver.requests[0], derived_secret(SECRET, "tenant-a"))
     assert body["id"] == batch.id and body["type"] == "message_batch"
+    assert body["tenant"] == "tenant-a"
     assert body["processing_status"] == "ended" and body["request_counts"]["succeeded"] == 5
     assert body["results_url"] == f"/v1/messages/batches/{batch.id}/results"
 

@@ -1,14 +1,14 @@
 """Worker metrics (prometheus-client), served on MSGQ_METRICS_PORT when it is set.
 
-Process-wide, as Prometheus expects: one set per worker process, scraped per process.
+Process-wide, as Prometheus expects: one set per worker process, scraped per process. Fleet-wide
+gauges (queue depth, the spend-limit pause, tenants' spend) are exported by the HTTP API alone
+(msgq.http.metrics): exported by every worker too, a sum() across processes counted them again
+for each one.
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
-
-from msgq.fleet_metrics import PAUSED as PAUSED  # the worker sets the fleet gauges too
-from msgq.fleet_metrics import QUEUE_DEPTH as QUEUE_DEPTH
 
 JOBS_FINISHED = Counter("msgq_jobs_finished_total", "jobs reaching a final status", ["status"])
 ATTEMPTS = Counter("msgq_attempts_total", "calls made to the Messages API")
@@ -33,6 +33,10 @@ TOKENS = Counter("msgq_tokens_total", "tokens reported by the API", ["kind"])
 COST = Counter("msgq_cost_usd_total", "cost of succeeded jobs in USD")
 CONCURRENCY = Gauge("msgq_concurrency_limit", "adaptive concurrency limit of this worker")
 IN_FLIGHT = Gauge("msgq_in_flight", "API calls in flight in this worker")
+# Set on the admission path (attempt.py, tasks.py) but registered nowhere, so never exported:
+# the API reads the same facts from Redis at scrape time.
+PAUSED = Gauge("msgq_fleet_paused", "1 while a spend-limit pause holds the fleet", registry=None)
+QUEUE_DEPTH = Gauge("msgq_queue_depth", "jobs waiting in the queue (not exported)", registry=None)
 WEBHOOKS = Counter(
     "msgq_webhook_deliveries_total",
     "webhook delivery attempts by outcome: delivered, retried, refused, failed (gave up), gone",

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 import httpx
+import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -21,9 +22,9 @@ from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
 from msgq.keys import batch_key
 from msgq.settings import Settings
-from msgq.tenancy.tenants import load_tenants
 from msgq.webhooks import signing
 from msgq.webhooks.outbox import Entry, Outbox, public_body
+from msgq.webhooks.secrets import NoWebhookSecretError, webhook_secret
 from msgq.webhooks.targets import Allow, TargetRefusedError, resolve
 from schemas import WebhookState
 from worker.backoff import backoff_delay_s
@@ -50,7 +51,6 @@ class WebhookDispatcher:
         self.outbox = Outbox(redis)
         self.batches = Batches(redis, store, settings)
         self.allow = Allow.parse(settings.webhook_allow)
-        self.tenants = load_tenants(settings.tenants_file)
         # No keep-alive: connections go to checked IPs, and a pooled TLS connection opened for one
         # hostname (its SNI) must never carry a request for another host on the same address.
         self.http = httpx.AsyncClient(
@@ -153,15 +153,14 @@ class WebhookDispatcher:
         if raw is None:
             return None
         # The worker does not know the API's public address: results_url is a path on it.
-        view = await self.batches.view(BatchMeta.model_validate_json(raw), base_url="")
-        return view.model_dump_json().encode()
+        meta = BatchMeta.model_validate_json(raw)
+        view = await self.batches.view(meta, base_url="")
+        # The tenant is signed with the body, so a receiver can check whose batch it is.
+        return orjson.dumps({**view.model_dump(mode="json"), "tenant": meta.tenant})
 
     def _key(self, entry: Entry) -> bytes:
-        secret = self.tenants.get(entry.tenant).webhook_secret or self.settings.webhook_secret
-        if secret is None:
-            msg = "no webhook secret: set MSGQ_WEBHOOK_SECRET or the tenant's webhook_secret"
-            raise signing.SecretFormatError(msg)
-        return signing.secret_key(secret.get_secret_value())
+        secret, _ = webhook_secret(self.settings, entry.tenant)
+        return signing.secret_key(secret)
 
     async def _attempt(self, entry: Entry, body: bytes) -> Outcome:
         """One signed POST to the checked address (re-resolved now: DNS may have changed)."""
@@ -171,7 +170,7 @@ class WebhookDispatcher:
             return Outcome(f"refused: {exc}", refused=True)
         try:
             key = self._key(entry)
-        except signing.SecretFormatError as exc:
+        except (signing.SecretFormatError, NoWebhookSecretError) as exc:
             return Outcome(f"webhook secret: {exc}")
         url = httpx.URL(entry.url)
         headers = {

@@ -44,6 +44,13 @@ def settings() -> None:
 
     for env, value, source, description in settings_rows(Settings()):
         click.echo(f"{env:<44} {value:<28} {source:<8} {description}".rstrip())
+    # On stderr: a person reads it, while a script parsing the table on stdout is not thrown.
+    click.echo(
+        "Webhook keys: a tenant signs with its webhook_secret (MSGQ_TENANTS_FILE), else with "
+        "whsec_ + base64(HMAC-SHA256(MSGQ_WEBHOOK_SECRET's key, tenant name)); jobs without a "
+        "tenant use MSGQ_WEBHOOK_SECRET itself. `msgq webhook-secret TENANT` prints one.",
+        err=True,
+    )
 
 
 def _read_json(path: str) -> Any:
@@ -289,6 +296,7 @@ for _command in (
     operations.resume,
     operations.usage,
     operations.audit,
+    operations.webhook_secret,
     services.worker,
     services.api,
     services.simulator,

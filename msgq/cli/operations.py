@@ -1,8 +1,10 @@
-"""The operators' verbs: retry failed jobs, lift a spend-limit pause, spend per tenant, audit."""
+"""The operators' verbs: retry failed jobs, lift a spend-limit pause, spend per tenant, audit,
+and a tenant's webhook signing secret."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import click
@@ -116,3 +118,26 @@ def audit(as_json: bool) -> None:
     if not report.clean:
         msg = f"{sum(f.count for f in report.findings.values())} violation(s)"
         raise JobFailedError(msg)
+
+
+@click.command("webhook-secret")
+@click.argument("tenant")
+def webhook_secret(tenant: str) -> None:
+    """Print the secret TENANT's receivers verify webhooks with (admin use: it is a secret).
+
+    The tenant's webhook_secret from MSGQ_TENANTS_FILE, else derived from MSGQ_WEBHOOK_SECRET:
+    whsec_ + base64(HMAC-SHA256(its key, TENANT)). The source goes to stderr.
+    """
+    from msgq.tenancy.tenants import TENANT_PATTERN
+    from msgq.webhooks.secrets import NoWebhookSecretError
+    from msgq.webhooks.secrets import webhook_secret as secret_for
+
+    if not re.match(TENANT_PATTERN, tenant):
+        msg = f"tenant {tenant!r} must be 1-64 of A-Z a-z 0-9 _ -"
+        raise click.UsageError(msg)
+    try:
+        secret, source = secret_for(Settings(), tenant)
+    except NoWebhookSecretError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(secret)
+    click.echo(f"({source})", err=True)

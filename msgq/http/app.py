@@ -12,7 +12,6 @@ from fastapi.responses import Response
 from msgq.batches import Batches
 from msgq.client import Client
 from msgq.connections import connect
-from msgq.fleet_metrics import API_REQUESTS
 from msgq.http import (
     batch_routes,
     errors,
@@ -25,6 +24,8 @@ from msgq.http import (
 from msgq.http.auth import load_keys
 from msgq.http.body_limit import BodyLimit
 from msgq.http.deps import AppState
+from msgq.http.metrics import API_REQUESTS
+from msgq.http.streams import StreamLimit
 from msgq.jobs.endings import Endings
 from msgq.jobs.store import JobStore
 from msgq.logs import register_secret
@@ -32,7 +33,7 @@ from msgq.settings import Settings
 from schemas.api import ErrorBody
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 429)
 }
 
 
@@ -54,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
             store=store,
             batches=Batches(redis, store, settings),
             endings=endings,
+            streams=StreamLimit(settings.max_streams_per_tenant),
         )
         for key in app.state.msgq.keys:
             register_secret(key)

@@ -12,6 +12,7 @@ from msgq.batches import Batches
 from msgq.client import Client
 from msgq.http.auth import tenant_for
 from msgq.http.errors import ApiError
+from msgq.http.streams import StreamLimit
 from msgq.jobs.endings import Endings
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
@@ -28,7 +29,8 @@ class AppState:
     client: Client  # submit and cancel: validation and the enqueue transaction
     store: JobStore  # reads and listing
     batches: Batches
-    endings: Endings  # long poll
+    endings: Endings  # long poll, and SSE's shared subscription
+    streams: StreamLimit  # SSE streams open per tenant
 
 
 def state_of(request: Request) -> AppState:

@@ -29,6 +29,7 @@ ERROR_TYPES = {
     409: "conflict_error",
     413: "request_too_large",
     422: "invalid_request_error",
+    429: "rate_limit_error",
     503: "overloaded_error",
 }
 # The Batches-compatible routes answer validation errors as the API does (400), so the official

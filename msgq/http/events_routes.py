@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from msgq.http.deps import AppState, State, Tenant, public_record
 from msgq.http.job_routes import _internal, _owned
-from msgq.keys import progress_channel
+from msgq.http.streams import ClosingStream
 from schemas import JobRecord
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -40,10 +40,14 @@ def sse(event: str, data: Any) -> bytes:
     response_class=StreamingResponse,
 )
 async def job_events(job_id: str, tenant: Tenant, state: State) -> StreamingResponse:
+    """404 for another tenant's job, 429 when the tenant has MSGQ_MAX_STREAMS_PER_TENANT open
+    (in this process); each stream follows the process's one shared subscription."""
     internal = _internal(tenant, job_id)
     _owned(await state.store.get(internal), tenant, job_id)  # 404 before the stream starts
-    return StreamingResponse(
+    state.streams.acquire(tenant)
+    return ClosingStream(
         _events(state, internal),
+        on_close=lambda: state.streams.release(tenant),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
@@ -63,9 +67,8 @@ class _Watch:
         return changed
 
 
-async def _events(state: AppState, job_id: str) -> AsyncIterator[bytes]:
-    async with state.redis.pubsub() as pubsub:
-        await pubsub.subscribe(progress_channel(job_id))
+async def _events(state: AppState, job_id: str) -> AsyncGenerator[bytes, None]:
+    async with state.endings.follow(job_id) as follower:
         record = await state.store.get(job_id)  # after subscribing: no later delta is missed
         if record is None:
             return
@@ -75,26 +78,25 @@ async def _events(state: AppState, job_id: str) -> AsyncIterator[bytes]:
         watch = _Watch(record)
         ending = asyncio.create_task(state.endings.wait(job_id, MAX_STREAM_S))
         try:
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_S)
-                if message is None and ending.done():
+            # A follower that fell too far behind ends here: the client reconnects, state first.
+            while not follower.overflowed:
+                data = await follower.get(POLL_S)
+                if data is None and ending.done():
                     break  # deltas published before the ending have been read
-                for chunk in await _step(state, job_id, watch, message):
+                for chunk in await _step(state, job_id, watch, data):
                     yield chunk
         finally:
             ending.cancel()
-        final = ending.result() if not ending.cancelled() else None
+        final = ending.result() if ending.done() and not ending.cancelled() else None
         if final is not None:
             yield sse("status", public_record(final))
 
 
-async def _step(
-    state: AppState, job_id: str, watch: _Watch, message: dict[str, Any] | None
-) -> list[bytes]:
+async def _step(state: AppState, job_id: str, watch: _Watch, data: bytes | None) -> list[bytes]:
     """The events one loop turn sends: a delta, a status change, or a keep-alive comment."""
     out: list[bytes] = []
     now = time.monotonic()
-    delta = orjson.loads(message["data"]) if message is not None else None
+    delta: dict[str, Any] | None = orjson.loads(data) if data is not None else None
     stale = delta is not None and delta.get("attempt") != watch.seen[1]
     if stale or now - watch.checked >= RECHECK_S:
         watch.checked = now

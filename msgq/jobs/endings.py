@@ -4,6 +4,10 @@ its record turns terminal, and one subscription per process wakes every waiter.
 Used by `Client.wait`, the HTTP API's long poll and SSE, and captioning's window. A waiter also
 re-reads its record every few seconds, so a notification lost to a dropped connection costs a
 little latency, never a wait that outlives the job.
+
+The same connection carries the progress channels SSE streams follow (`follow`): a channel is
+subscribed while at least one stream follows it, so a process holds one pub/sub connection
+however many streams are open (one each, before: 300 streams were 300 Redis clients).
 """
 
 from __future__ import annotations
@@ -11,17 +15,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from msgq.jobs.store import JobStore
-from msgq.keys import DONE_CHANNEL
+from msgq.keys import DONE_CHANNEL, progress_channel
 from schemas import JobRecord
 
 log = structlog.get_logger("msgq.endings")
 RECHECK_S = 5.0
+SUBSCRIBE_WAIT_S = 5.0  # longest wait for Redis to confirm a new progress subscription
+FOLLOW_BUFFER = 10_000  # messages a slow follower may fall behind before its stream is ended
+
+
+class Follower:
+    """One stream's view of a job's progress channel: its messages in order, or `overflowed`
+    when it fell too far behind (a partial text would be wrong: the stream ends instead)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.overflowed = False
+
+    def put(self, data: bytes) -> None:
+        if self.queue.qsize() >= FOLLOW_BUFFER:
+            self.overflowed = True
+        elif not self.overflowed:
+            self.queue.put_nowait(data)
+
+    async def get(self, timeout_s: float) -> bytes | None:
+        """The next message, or None after `timeout_s` without one."""
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout_s)
+        except TimeoutError:
+            return None
 
 
 class Endings:
@@ -34,6 +65,9 @@ class Endings:
         self._listeners: set[asyncio.Queue[str]] = set()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._pubsub: PubSub | None = None
+        self._followers: dict[str, set[Follower]] = {}  # progress channel -> its followers
+        self._confirmed: dict[str, asyncio.Future[None]] = {}  # subscriptions not yet confirmed
 
     async def start(self) -> None:
         """Subscribe; returns once subscribed, so no ending after this call is missed."""
@@ -55,17 +89,72 @@ class Endings:
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(DONE_CHANNEL)
+                    # After a reconnect: every channel still followed, in the same command.
+                    await pubsub.subscribe(DONE_CHANNEL, *self._followers)
+                    self._pubsub = pubsub
                     self._ready.set()
                     delay = 0.1
                     async for message in pubsub.listen():
-                        if message["type"] == "message":
-                            self._ended(message["data"].decode())
+                        self._dispatch(message)
             except (RedisError, OSError) as exc:
+                self._pubsub = None
                 log.warning("endings.reconnecting", error=type(exc).__name__, delay_s=delay)
                 self._wake_all()  # let waiters re-read rather than miss an ending
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if message["type"] not in ("message", "subscribe"):
+            return  # unsubscribe confirmations, pongs
+        channel = message["channel"].decode()
+        if message["type"] == "subscribe":
+            confirmed = self._confirmed.pop(channel, None)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+        elif channel == DONE_CHANNEL:
+            self._ended(message["data"].decode())
+        else:
+            for follower in self._followers.get(channel, ()):
+                follower.put(message["data"])
+
+    @contextlib.asynccontextmanager
+    async def follow(self, job_id: str) -> AsyncIterator[Follower]:
+        """The job's progress messages from now on, over the shared subscription; returns once
+        Redis confirmed it (or after SUBSCRIBE_WAIT_S), so a record read next misses none."""
+        await self.start()
+        channel = progress_channel(job_id)
+        follower = Follower()
+        first = channel not in self._followers
+        self._followers.setdefault(channel, set()).add(follower)
+        try:
+            confirmed = self._confirmed.get(channel)
+            if first:
+                confirmed = asyncio.get_running_loop().create_future()
+                self._confirmed[channel] = confirmed
+                await self._send("subscribe", channel)
+            if confirmed is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_WAIT_S)
+            yield follower
+        finally:
+            followers = self._followers.get(channel, set())
+            followers.discard(follower)
+            if not followers:
+                self._followers.pop(channel, None)
+                self._confirmed.pop(channel, None)
+                await self._send("unsubscribe", channel)
+
+    async def _send(self, command: str, channel: str) -> None:
+        """(Un)subscribe on the shared connection; while it is down there is nothing to do: the
+        listener subscribes every followed channel when it reconnects."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            if command == "subscribe":
+                await pubsub.subscribe(channel)
+            else:
+                await pubsub.unsubscribe(channel)
 
     def _ended(self, job_id: str) -> None:
         for queue in self._listeners:

@@ -130,9 +130,10 @@ def schedule(pipe: Redis, record: JobRecord) -> None:
 
 
 def public_body(record: JobRecord) -> bytes:
-    """The record as the HTTP API shows it (its plain ID, no tenant), without the delivery
-    state, which changes between attempts while the body must not."""
-    data = record.model_dump(mode="json", exclude={"tenant", "webhook"})
+    """The record as the HTTP API shows it (its plain ID), plus its tenant, without the delivery
+    state, which changes between attempts while the body must not. The tenant is in the signed
+    body so a receiver can check whose job it is, not only that msgq signed it."""
+    data = record.model_dump(mode="json", exclude={"webhook"})
     prefix = f"{record.tenant}:" if record.tenant else ""
     if prefix and record.id.startswith(prefix):
         data["id"] = record.id[len(prefix) :]

@@ -2,6 +2,11 @@
 
 The signature is `v1,` + base64(HMAC-SHA256(key, f"{id}.{timestamp}.{body}")), where the key is
 the base64 part of a `whsec_...` secret (standardwebhooks.com; any receiver library verifies it).
+
+A tenant's webhooks are signed with a key of its own, so one tenant cannot make msgq sign a body
+another tenant's receiver accepts: the tenant's `webhook_secret` from the tenants file, else one
+derived from MSGQ_WEBHOOK_SECRET as `whsec_` + base64(HMAC-SHA256(global key, tenant name)).
+Only jobs with no tenant (Python client or raw Redis, no tenant given) use the global key itself.
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ def secret_key(secret: str) -> bytes:
         msg = f"the key must be at least {MIN_KEY_BYTES} bytes (it is {len(key)})"
         raise SecretFormatError(msg)
     return key
+
+
+def derived_secret(global_secret: str, tenant: str) -> str:
+    """The tenant's own `whsec_` secret, derived from the global one (HMAC-SHA256 keyed by the
+    global key, over the tenant's name as UTF-8): an admin can hand it to that tenant alone."""
+    digest = hmac.new(secret_key(global_secret), tenant.encode(), hashlib.sha256).digest()
+    return SECRET_PREFIX + base64.b64encode(digest).decode()
 
 
 def signature(key: bytes, webhook_id: str, timestamp_s: int, body: bytes) -> str:

@@ -2,6 +2,10 @@
 link-local, carrier-grade NAT, multicast, unspecified, reserved or cloud-metadata address unless
 `MSGQ_WEBHOOK_ALLOW` lists it (CIDRs and/or hostnames, comma-separated).
 
+An IPv6 address that carries an IPv4 one (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo)
+reaches that IPv4 host through a translator or tunnel, so the IPv4 inside is judged by the IPv4
+policy; the local-use NAT64 prefix (64:ff9b:1::/48, RFC 8215) is refused outright.
+
 Checked at submission (a clear error) and again at every delivery, whose connection goes to the
 address that was checked, so a DNS answer that changes in between (rebinding) cannot redirect it.
 """
@@ -27,6 +31,10 @@ METADATA = frozenset(
     for a in ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200")
 )
 CGNAT = ipaddress.ip_network("100.64.0.0/10")  # not `is_private` in Python 3.11
+# IPv6 forms that carry an IPv4 address in their low 32 bits. Python 3.11 calls all three global.
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: a site's own translators
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated (RFC 4291); :: and ::1 excepted
 RESOLVE_TIMEOUT_S = 5.0
 
 
@@ -70,10 +78,41 @@ class Target:
     address: str
 
 
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """(form, IPv4 address) for each IPv4 address `address` carries, so a translator or tunnel
+    cannot carry a request to a host the IPv4 policy refuses."""
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    found: list[tuple[str, ipaddress.IPv4Address]] = []
+    if address in NAT64:
+        found.append(("NAT64", low32))
+    if address in IPV4_COMPATIBLE and int(address) > 1:
+        found.append(("IPv4-compatible", low32))
+    if address.sixtofour is not None:
+        found.append(("6to4", address.sixtofour))
+    if address.teredo is not None:
+        server, client = address.teredo
+        found += [("Teredo server", server), ("Teredo client", client)]
+    return found
+
+
+def _ipv6_refusal(address: ipaddress.IPv6Address) -> str | None:
+    if address in NAT64_LOCAL:
+        return "local-use NAT64 (64:ff9b:1::/48, not globally routable)"
+    for form, ipv4 in embedded_ipv4(address):
+        why = refusal(ipv4)
+        if why is not None:
+            return f"{why} ({form} of {ipv4})"
+    return None
+
+
 def refusal(address: IPAddress) -> str | None:
     """Why an address is not a public destination, or None when it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return refusal(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # the same host as the IPv4 address, to a socket
+            return refusal(address.ipv4_mapped)
+        embedded = _ipv6_refusal(address)
+        if embedded is not None:
+            return embedded
     checks = (
         (address in METADATA, "a cloud metadata address"),
         (address.is_unspecified, "unspecified"),

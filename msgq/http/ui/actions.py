@@ -8,7 +8,6 @@ from urllib.parse import quote
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from msgq.fleet_metrics import PAUSED
 from msgq.http.deps import state_of
 from msgq.http.ui import session as sessions
 from msgq.http.ui.common import not_found, owned_record, ui_router
@@ -27,12 +26,13 @@ async def login(request: Request) -> Response:
     if not sessions.login_token_ok(request, form.get("login_token", "")):
         text = "The sign-in form expired. Load it again."
         return message(request, None, 403, "Refused", text)
-    session = sessions.role_for(request, form.get("api_key", ""))
+    key = form.get("api_key", "")
+    session = sessions.role_for(request, key)
     if session is None:
         token = form.get("login_token", "")
         return html(request, "login.html", None, status_code=401, login_token=token, failed=True)
     response = RedirectResponse("/ui", status_code=303)
-    await sessions.start(request, response, session)
+    await sessions.start(request, response, session, key)
     return response
 
 
@@ -91,5 +91,4 @@ async def resume(request: Request, session: Actor) -> Response:
     if refused is not None:
         return refused
     await state_of(request).redis.delete(PAUSE_KEY)
-    PAUSED.set(0)
     return RedirectResponse("/ui", status_code=303)

@@ -3,22 +3,31 @@ cookie, the session (tenant or admin, CSRF token) in Redis with a TTL, CSRF chec
 
 The key is read once, from the sign-in form's body, and never stored, echoed or put in a URL.
 Redis holds the session under the SHA-256 of its ID, so a Redis dump alone cannot replay one.
+
+A session lives no longer than its key: it keeps HMAC(session ID, key), and a request re-reads
+the configured keys (MSGQ_API_KEYS, the keys file, MSGQ_ADMIN_KEYS) to find that key still there
+with the same role, at most `MSGQ_UI_KEY_RECHECK_S` after the last check. The fingerprint is keyed
+by the session ID, which Redis never holds, so it gives a Redis reader nothing to guess keys
+against. A session also ends `MSGQ_UI_SESSION_MAX_S` after sign-in, however busy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import Depends, Request
 from fastapi.responses import Response
+from structlog import get_logger
 
-from msgq.http.auth import tenant_for
+from msgq.http.auth import KeyConfigError, load_keys, tenant_for
 from msgq.http.deps import state_of
 from msgq.keys import ui_session_key
 from msgq.logs import register_secret
@@ -28,9 +37,11 @@ COOKIE = "msgq_ui"
 LOGIN_COOKIE = "msgq_ui_login"  # double-submit token for the sign-in form (login CSRF)
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
-SESSION_TTL_S = 8 * 3600  # idle timeout: every request renews it
 MIN_KEY_CHARS = 8
 FORM_TYPE = "application/x-www-form-urlencoded"
+CHECKS_KEPT = 10_000  # sessions whose key check is remembered; past it, expired ones are dropped
+
+log = get_logger("msgq.ui")
 
 
 @dataclass(frozen=True)
@@ -94,11 +105,67 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-async def start(request: Request, response: Response, session: Session) -> None:
+def _fingerprint(session_id: str, key: str) -> str:
+    return hmac.new(session_id.encode(), key.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass
+class KeyChecks:
+    """When each session's key was last found still configured (monotonic deadlines), per app."""
+
+    until: dict[str, float] = field(default_factory=dict)
+
+    def fresh(self, session_hash: str) -> bool:
+        return self.until.get(session_hash, 0.0) > time.monotonic()
+
+    def remember(self, session_hash: str, for_s: float) -> None:
+        now = time.monotonic()
+        if len(self.until) >= CHECKS_KEPT:
+            self.until = {h: t for h, t in self.until.items() if t > now}
+        self.until[session_hash] = now + for_s
+
+
+def _checks(request: Request) -> KeyChecks:
+    state = request.app.state
+    if not hasattr(state, "ui_key_checks"):
+        state.ui_key_checks = KeyChecks()
+    checks: KeyChecks = state.ui_key_checks
+    return checks
+
+
+def _key_still_valid(settings: Settings, session_id: str, data: dict[str, object]) -> bool:
+    """Is the key this session signed in with still configured, for the same role and tenant?
+    Re-reads the configuration (the keys file too); an unreadable one fails closed."""
+    try:
+        if data["role"] == "admin":
+            candidates = admin_keys(settings)
+        else:
+            candidates = [k for k, t in load_keys(settings).items() if t == data["tenant"]]
+    except KeyConfigError as exc:
+        log.warning("ui.keys_unreadable", error=str(exc))
+        return False
+    stored = str(data.get("key", ""))
+    found = False
+    for key in candidates:  # every one compared in constant time
+        found |= hmac.compare_digest(_fingerprint(session_id, key), stored)
+    return found
+
+
+async def start(request: Request, response: Response, session: Session, key: str) -> None:
     """Store the session and set its cookie (a fresh ID at every sign-in: no fixation)."""
     session_id = secrets.token_urlsafe(32)
-    body = orjson.dumps({"role": session.role, "tenant": session.tenant, "csrf": session.csrf})
-    await state_of(request).redis.set(ui_session_key(_hashed(session_id)), body, ex=SESSION_TTL_S)
+    settings = state_of(request).settings
+    body = orjson.dumps(
+        {
+            "role": session.role,
+            "tenant": session.tenant,
+            "csrf": session.csrf,
+            "key": _fingerprint(session_id, key),
+            "created_s": time.time(),
+        }
+    )
+    ttl_s = min(settings.ui_session_idle_s, settings.ui_session_max_s)
+    await state_of(request).redis.set(ui_session_key(_hashed(session_id)), body, ex=ttl_s)
     response.set_cookie(
         COOKIE,
         session_id,
@@ -118,17 +185,29 @@ async def end(request: Request, response: Response) -> None:
 
 
 async def current(request: Request) -> Session:
-    """The request's session, its TTL renewed; SignInRequiredError when there is none."""
+    """The request's session, its idle TTL renewed (never past its absolute end), its key
+    re-checked; SignInRequiredError when there is none, it is too old, or its key is gone."""
     session_id = request.cookies.get(COOKIE)
     if not session_id:
         raise SignInRequiredError
-    key = ui_session_key(_hashed(session_id))
-    redis = state_of(request).redis
-    raw = await redis.get(key)
+    session_hash = _hashed(session_id)
+    key = ui_session_key(session_hash)
+    state = state_of(request)
+    raw = await state.redis.get(key)
     if raw is None:
         raise SignInRequiredError
-    await redis.expire(key, SESSION_TTL_S)
     data = orjson.loads(raw)
+    # Sessions from before the key check carry no fingerprint: they cannot be checked, so end.
+    left_s = state.settings.ui_session_max_s - (time.time() - float(data.get("created_s", 0)))
+    checks = _checks(request)
+    if left_s <= 0 or not (
+        checks.fresh(session_hash) or _key_still_valid(state.settings, session_id, data)
+    ):
+        await state.redis.delete(key)
+        raise SignInRequiredError
+    if not checks.fresh(session_hash):
+        checks.remember(session_hash, state.settings.ui_key_recheck_s)
+    await state.redis.expire(key, max(1, math.ceil(min(state.settings.ui_session_idle_s, left_s))))
     return Session(data["role"], data["tenant"], data["csrf"])
 
 
