@@ -139,6 +139,7 @@ async def weighted_shares(tmp: Path, weights: dict[str, float]) -> dict[str, flo
             recorder = Recorder(dispatcher.tenants, settings.bulk_floor_share)
             recorder.log = []
             dispatcher.policy = recorder
+            dispatcher.budget_gate.policy = recorder
             left = {t: n for t, (n, _) in backlog.items()}
             while all(v > 0 for v in left.values()):
                 before = len(recorder.log)

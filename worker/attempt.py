@@ -45,7 +45,6 @@ async def wait_for_capacity(
             metrics.LIMITER_WAIT.observe(time.monotonic() - started)
             return
         if admission.reason == "paused":
-            metrics.PAUSED.set(1)
             log.info("job.deferred", reason="fleet_paused")
             raise Defer(defer=min(admission.wait_s, deps.settings.pause_recheck_s))
         waited = time.monotonic() - started
@@ -177,7 +176,6 @@ async def _failed(
 async def _pause_fleet(deps: Deps, record: JobRecord, exc: SpendLimitError) -> None:
     """The org hit its spend limit: stop the fleet, keep this job queued (attempt refunded)."""
     await deps.limiter.pause(exc.message[:200], deps.settings.spend_pause_s)
-    metrics.PAUSED.set(1)
     log.error(
         "fleet.paused",
         reason="spend_limit",

@@ -57,10 +57,10 @@ from msgq.tenancy.scheduling import (
     Waiting,
 )
 from msgq.tenancy.tenants import Tenants, load_tenants
-from schemas import JobError, JobRecord, JobStatus, Priority
-from worker import transitions
+from schemas import Priority
 from worker.admission import release_orphans
 from worker.admission_window import AdmissionWindow
+from worker.dispatch_budget import BudgetGate
 from worker.dispatch_intake import Intake
 from worker.dispatch_queues import (
     ADMITTED_TTL_S,
@@ -77,7 +77,6 @@ from worker.ratelimit import Limits, RateLimiter
 log = structlog.get_logger("msgq.dispatcher")
 
 ORPHAN_SWEEP_S = 5.0
-BUDGET_MARK_MAX = 500  # records marked `waiting_reason: budget` per blocked tenant and tick
 # A stand-in for an entry that could not be read: only its queue and job ID are used.
 _UNKNOWN = Waiting(QueueId("unknown", Priority.DEFAULT, None), Estimate("unknown", 0, 0, 0.0))
 
@@ -98,7 +97,7 @@ class Dispatcher:
         self.intake = Intake(redis, store, settings, self.tenants)
         self._read_by_tenant: dict[str, list[str]] = defaultdict(list)
         self._next_sweep = 0.0
-        self._budget_marked: dict[str, set[str]] = {}  # tenants waiting for budget
+        self.budget_gate = BudgetGate(self.store, self.budgets, self.tenants, self.policy)
         self._tenant_limiters: dict[str, RateLimiter] = {}
         self.wake = asyncio.Event()
 
@@ -151,7 +150,7 @@ class Dispatcher:
         by_class = await self._heads()
         if not by_class:
             return 1.0
-        await self._mark_budget_waits()
+        await self.budget_gate.mark_waits(self._read_by_tenant)
         if not self.settings.scheduler:
             return await self._drain(by_class)
         waits = []
@@ -286,7 +285,7 @@ class Dispatcher:
                 await self._refund(head)
                 self.policy.blocked[head.tenant] = time.monotonic() + capped
                 return False
-        reservation = await self._reserve_budget(head)
+        reservation = await self.budget_gate.reserve(head)
         if reservation is False:
             if limited:
                 await self._refund(head)
@@ -348,54 +347,3 @@ class Dispatcher:
         await self.limiter.settle(
             est.model, input_delta=est.input_tokens, output_delta=est.output_tokens, requests=1
         )
-
-    async def _reserve_budget(self, head: Head) -> Reservation | bool | None:
-        """None: no budget. A Reservation. False: at the budget (waiting, or failed)."""
-        config = self.tenants.get(head.tenant)
-        if not config.has_budget:
-            return None
-        outcome = await self.budgets.reserve(head.tenant, config, head.estimate.usd)
-        if isinstance(outcome, Reservation):
-            return outcome
-        if config.on_budget == "fail":
-            await self._fail_over_budget(head, outcome)
-        else:
-            await self._wait_for_budget(head, outcome)
-        return False
-
-    async def _fail_over_budget(self, head: Head, period: str) -> None:
-        error = JobError(
-            type="budget_exceeded",
-            message=f"tenant {head.tenant!r} has reached its {period} budget",
-        )
-        stored = await transitions.finish(self.store, head.job_id, JobStatus.FAILED, error=error)
-        if stored is not None:
-            await self.store.unqueue(head.job_id)
-
-    async def _wait_for_budget(self, head: Head, period: str) -> None:
-        """Until the period rolls over (checked again each minute)."""
-        self.policy.blocked[head.tenant] = time.monotonic() + 60
-        self._budget_marked.setdefault(head.tenant, set())
-        await self._mark_budget_waits()
-        log.info("dispatcher.budget_wait", tenant=head.tenant, period=period)
-
-    async def _mark_budget_waits(self) -> None:
-        """Say `waiting_reason: budget` on the jobs of tenants waiting for budget: the ones at
-        the front of their queues, read each tick (bounded work however deep the backlog, where
-        rewriting every queued job took 25-40 s per 100,000; deadlines are watched by the
-        intake either way)."""
-        now = time.monotonic()
-        for tenant, marked in list(self._budget_marked.items()):
-            if self.policy.blocked.get(tenant, 0) <= now:
-                del self._budget_marked[tenant]
-                continue
-            for job_id in self._read_by_tenant.get(tenant, [])[:BUDGET_MARK_MAX]:
-                if job_id not in marked:
-                    await self.store.update(job_id, _waiting_for_budget)
-                    marked.add(job_id)
-
-
-def _waiting_for_budget(record: JobRecord) -> JobRecord | None:
-    if record.waiting_reason == "budget" or record.status is not JobStatus.QUEUED:
-        return None  # already said, or admitted meanwhile (its start clears the reason)
-    return record.model_copy(update={"waiting_reason": "budget"})

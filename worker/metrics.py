@@ -35,8 +35,6 @@ CONCURRENCY = Gauge("msgq_concurrency_limit", "adaptive concurrency limit of thi
 IN_FLIGHT = Gauge("msgq_in_flight", "API calls in flight in this worker")
 # Set on the admission path (attempt.py, tasks.py) but registered nowhere, so never exported:
 # the API reads the same facts from Redis at scrape time.
-PAUSED = Gauge("msgq_fleet_paused", "1 while a spend-limit pause holds the fleet", registry=None)
-QUEUE_DEPTH = Gauge("msgq_queue_depth", "jobs waiting in the queue (not exported)", registry=None)
 WEBHOOKS = Counter(
     "msgq_webhook_deliveries_total",
     "webhook delivery attempts by outcome: delivered, retried, refused, failed (gave up), gone",

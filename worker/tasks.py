@@ -110,11 +110,9 @@ async def _announce(ctx: dict[str, Any]) -> None:
 
 
 async def _update_gauges(deps: Deps) -> None:
+    """This worker's own gauges; the fleet's (queue depth, pause) are `msgq api`'s alone."""
     while True:
-        with contextlib.suppress(RedisError):
-            metrics.QUEUE_DEPTH.set(await deps.redis.zcard(deps.settings.queue_name))
-            metrics.PAUSED.set(1 if await deps.limiter.paused() else 0)
-            metrics.CONCURRENCY.set(deps.concurrency.limit)
+        metrics.CONCURRENCY.set(deps.concurrency.limit)
         await asyncio.sleep(5)
 
 
