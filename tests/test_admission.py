@@ -254,3 +254,70 @@ async def test_with_learned_limits_an_interactive_job_starts_within_seconds_behi
         records = [await producer.get(i) for i in bulk]
     queued = sum(1 for r in records if r.status is JobStatus.QUEUED)
     assert queued > 100  # the backlog was still there when the interactive job ran
+
+
+async def test_fleet_policy_is_the_fleets_not_the_producers_environment(
+    settings: Settings, redis: Redis, sim: Sim, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """Workers run with the tenants file and the scheduler off. A producer started without the
+    file and with the scheduler on still gives acme's job acme's priority and webhook, and its
+    job is not stranded in a scheduler queue no dispatcher admits from."""
+    text = (
+        '[tenants.acme]\ndefault_priority = "interactive"\n'
+        'callback_url = "http://127.0.0.1:9/hooks/acme"\n'
+    )
+    fleet = settings.model_copy(
+        update={
+            "tenants_file": tenants_file(tmp_path, text),
+            "scheduler": False,
+            "webhook_allow": "127.0.0.1/32",
+        }
+    )
+    await start_worker(fleet)
+
+    async def published() -> bool:
+        return await redis.exists("msgq:fleet:policy") == 1
+
+    await eventually(published)
+    producer_settings = fleet.model_copy(update={"scheduler": True, "tenants_file": None})
+    async with Client(Redis.from_url(settings.redis_url), producer_settings) as producer:
+        job = await producer.submit(body(), tenant="acme")
+        assert job.record.priority == "interactive"
+        assert job.record.callback_url == "http://127.0.0.1:9/hooks/acme"
+        record = await producer.wait(job.id, timeout=20)
+    assert record.status is JobStatus.SUCCEEDED
+
+
+async def test_a_job_a_producer_placed_in_the_scheduler_runs_on_a_fleet_without_it(
+    settings: Settings, client: Client, sim: Sim, start_worker: StartWorker
+) -> None:
+    """Before any worker published the fleet's policy, a producer with the scheduler on placed
+    a job in a scheduler queue; the fleet runs with the scheduler off. The job still runs."""
+    job = await client.submit(body())  # no policy yet: the producer's own setting (on)
+    await start_worker(client.settings.model_copy(update={"scheduler": False}))
+    assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("slow_simulator", [["--latency-ms", "300"]], indirect=True)
+async def test_in_flight_work_is_bounded_by_payload_bytes(
+    settings: Settings, redis: Redis, slow_simulator: str, start_worker: StartWorker
+) -> None:
+    """A worker with room for 64 jobs but a byte budget smaller than one payload runs one job
+    at a time (one always runs, whatever its size)."""
+    custom = settings.model_copy(
+        update={"anthropic_base_url": slow_simulator, "max_jobs": 64, "max_inflight_bytes": 100}
+    )
+    await start_worker(custom)
+    store = JobStore.from_settings(redis, custom)
+    async with Client(Redis.from_url(settings.redis_url), custom) as producer:
+        ids = [(await producer.submit(body(text=f"p{n}"))).id for n in range(6)]
+        peak = 0
+
+        async def all_done() -> bool:
+            nonlocal peak
+            records = await store.get_many(ids)
+            peak = max(peak, sum(1 for r in records if r and r.status is JobStatus.IN_PROGRESS))
+            return all(r is not None and r.status.terminal for r in records)
+
+        await eventually(all_done, timeout_s=30)
+    assert peak == 1

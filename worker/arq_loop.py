@@ -85,6 +85,7 @@ class MsgqWorker(Worker):
         self._due: Any = None  # the due-scan script, registered on first use
         self.max_bytes = max_inflight_bytes
         self.inflight_bytes = 0  # payload bytes of the jobs running here
+        self._seen_bytes = self._seen_jobs = 0  # all payloads so far: their mean sizes a claim
         self.ctx["running_jobs"] = lambda: self.job_counter
 
     async def _poll_iteration(self) -> None:
@@ -114,10 +115,10 @@ class MsgqWorker(Worker):
         True when it started a job. The due jobs read are only ones no worker holds, as many as
         this worker has free slots: arq read its `queue_read_limit` oldest entries, running
         ones included, so a fleet running that many jobs started no more."""
-        count = self.max_jobs - self.job_counter
+        count = min(self.max_jobs - self.job_counter, self._fits_in_bytes())
         if self.burst and self.max_burst_jobs >= 0:
             count = min(count, self.max_burst_jobs - self._jobs_started())
-        picking = self.allow_pick_jobs and count > 0 and self.inflight_bytes < self.max_bytes
+        picking = self.allow_pick_jobs and count > 0
         now = timestamp_ms()
         if self._due is None:
             self._due = self.pool.register_script(DUE_UNHELD)
@@ -143,6 +144,17 @@ class MsgqWorker(Worker):
                 task.result()  # run_job's own errors surface here, as in arq
         await self.heart_beat()
         return self._claimed > started
+
+    def _fits_in_bytes(self) -> int:
+        """How many more jobs the in-flight byte budget likely has room for, judged by the
+        payloads seen so far (one at a time until one is seen; one always runs)."""
+        if self.max_bytes >= 2**62:
+            return self.max_jobs
+        if self._seen_jobs == 0:
+            return 1 if self.job_counter == 0 else 0
+        mean = max(1, self._seen_bytes // self._seen_jobs)
+        room = (self.max_bytes - self.inflight_bytes) // mean
+        return max(room, 1) if self.job_counter == 0 else max(room, 0)
 
     async def _abort(self, requested: list[bytes]) -> None:
         """Cancel the running tasks of jobs whose abort was asked for (arq's semantics)."""
@@ -218,6 +230,8 @@ class MsgqWorker(Worker):
         job itself is safe: still queued, its lock lapses, and the rerun sees its record."""
         size = len(claim.payload or b"")
         self.inflight_bytes += size
+        self._seen_bytes += size
+        self._seen_jobs += 1
         try:
             await self._run_claimed(job_id, claim)
         except (RedisError, OSError) as exc:
