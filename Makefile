@@ -50,7 +50,7 @@ all: lint test
 clean:  ## remove the venv, caches and local data
 	rm -rf $(VENV) .msgq .pytest_cache .mypy_cache .ruff_cache
 
-bench: $(STAMP)  ## benchmarks against baselines in the same run; writes BENCHMARKS.md (~14 min)
+bench: $(STAMP)  ## benchmarks against baselines in the same run; writes BENCHMARKS.md (~30 min)
 	$(BIN)/python -m bench.run
 
 chaos: $(STAMP)  ## the long fault runs: 2,000-job crash run, Redis restart, mixed faults + audit, 10,000 fuzz cases, 1,000-job Sentinel failover

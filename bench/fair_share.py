@@ -112,12 +112,16 @@ class Recorder(FairShare):
         super().served(head)
 
 
-async def weighted_shares(tmp: Path, weights: dict[str, float]) -> dict[str, float]:
-    """Token shares while every tenant is still backlogged (admission order, no API calls)."""
+async def weighted_shares(
+    tmp: Path, weights: dict[str, float], *, learned: bool = False
+) -> dict[str, float]:
+    """Token shares while every tenant is still backlogged (admission order, no API calls).
+    `learned`: the limit is not configured but learned from the API's headers, as it mostly is."""
     backlog = {"a": (10_000, 100), "b": (1_000, 400), "c": (3_000, 200)}  # jobs, max_tokens
     text = "".join(f"[tenants.{t}]\nweight = {w}\n" for t, w in weights.items())
     (tmp / "tenants.toml").write_text(text)
-    with redis_server(tmp / f"ws-{'-'.join(map(str, weights.values()))}") as server:
+    name = f"ws-{'-'.join(map(str, weights.values()))}-{learned}"
+    with redis_server(tmp / name) as server:
         settings = _settings(server.url, tenants_file=tmp / "tenants.toml", dispatch_window=10**6)
         load_tenants.cache_clear()
         async with (
@@ -132,7 +136,17 @@ async def weighted_shares(tmp: Path, weights: dict[str, float]) -> dict[str, flo
                             for _ in range(min(500, count - start))
                         )
                     )
-            limiter = RateLimiter(redis, {"haiku": Limits(rpm=10**9)})
+            limiter = RateLimiter(redis, {} if learned else {"haiku": Limits(rpm=10**9)})
+            if learned:  # what an answer's headers say: a large limit, well out of the way
+                big = str(10**9)
+                headers = {
+                    f"anthropic-ratelimit-{b}-{f}": big
+                    for b in ("requests", "input-tokens", "output-tokens")
+                    for f in ("limit", "remaining")
+                }
+                await limiter.settle(
+                    "claude-haiku-4-5", input_delta=0, output_delta=0, headers=headers
+                )
             dispatcher = Dispatcher(
                 redis, JobStore.from_settings(redis, settings), settings, limiter
             )
@@ -261,12 +275,19 @@ async def report(tmp: Path, table: Table) -> None:
     )
     weighted = await weighted_shares(tmp, {"a": 1, "b": 1, "c": 2})
     equal = await weighted_shares(tmp, {"a": 1, "b": 1, "c": 1})
+    learned = await weighted_shares(tmp, {"a": 1, "b": 1, "c": 2}, learned=True)
     table(
         "Fair share 2: token shares while three tenants are backlogged (10,000 / 1,000 / 3,000 "
         "jobs of max_tokens 100 / 400 / 200)",
         ["weights", "a", "b", "c", "target", "Jain's index"],
         [
             ["1:1:2", *(f"{weighted[t]:.3f}" for t in "abc"), "0.25 / 0.25 / 0.50", "-"],
+            [
+                "1:1:2, limit learned",
+                *(f"{learned[t]:.3f}" for t in "abc"),
+                "0.25 / 0.25 / 0.50",
+                "-",
+            ],
             [
                 "1:1:1",
                 *(f"{equal[t]:.3f}" for t in "abc"),

@@ -1,6 +1,7 @@
 """`make bench`: five measurements, each against a baseline run in the same process.
 
-Prints tables and writes BENCHMARKS.md. Long: about 8 minutes on a 2-core machine.
+Prints tables and writes BENCHMARKS.md. Long: about 30 minutes on a 2-core machine (the
+user's-world section alone, `python -m bench.real_load`, about 15).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from bench import batch_lane, fair_share
+from bench import batch_lane, fair_share, real_load
 from bench.baseline import raw_httpx_run, sdk_semaphore_run
 from bench.ceiling import report as ceiling_report
 from bench.harness import (
@@ -266,6 +267,8 @@ async def main() -> None:
         f"on {time.strftime('%Y-%m-%d')}. Simulator latency 150 ms + 2 ms/output "
         "token; limits RPM 1,200 with ITPM and OTPM binding at the same rate.\n"
     )
+    console.rule("0. the user's world: seconds of latency, limits learned from headers")
+    await real_load.report(tmp, table)
     console.rule("1. utilisation: 3,000 jobs, 4 workers, limit 1,200 RPM")
     msgq_row = await utilisation(tmp, 3000, 4)
     base_row = await baseline_utilisation(3000)

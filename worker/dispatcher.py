@@ -77,6 +77,8 @@ from worker.ratelimit import Limits, RateLimiter
 log = structlog.get_logger("msgq.dispatcher")
 
 ORPHAN_SWEEP_S = 5.0
+EXPIRY_EVERY_S = 0.25  # deadlines of waiting jobs are checked this often
+FULL_RECHECK_S = 0.02
 # A stand-in for an entry that could not be read: only its queue and job ID are used.
 _UNKNOWN = Waiting(QueueId("unknown", Priority.DEFAULT, None), Estimate("unknown", 0, 0, 0.0))
 
@@ -96,7 +98,8 @@ class Dispatcher:
         self.window = AdmissionWindow(redis, settings)
         self.intake = Intake(redis, store, settings, self.tenants)
         self._read_by_tenant: dict[str, list[str]] = defaultdict(list)
-        self._next_sweep = 0.0
+        self._next_sweep = self._next_expiry = 0.0
+        self._known = False  # the last class dispatched had a known limit
         self.budget_gate = BudgetGate(self.store, self.budgets, self.tenants, self.policy)
         self._tenant_limiters: dict[str, RateLimiter] = {}
         self.wake = asyncio.Event()
@@ -143,10 +146,17 @@ class Dispatcher:
     async def tick(self) -> float:
         """Dispatch what can be admitted now; returns how long to wait before looking again."""
         await self.intake.route_inbox()
-        await self.intake.expire_due()
-        if time.monotonic() >= self._next_sweep:
-            self._next_sweep = time.monotonic() + ORPHAN_SWEEP_S
+        now = time.monotonic()
+        if now >= self._next_expiry:
+            self._next_expiry = now + EXPIRY_EVERY_S
+            await self.intake.expire_due()
+        if now >= self._next_sweep:
+            self._next_sweep = now + ORPHAN_SWEEP_S
             await release_orphans(self.redis, self.limiter, self.settings.queue_name)
+        if self.settings.scheduler and await self.window.room(limits_known=self._known) <= 0:
+            # The fleet's slots are full: look again shortly, without re-reading every queue
+            # (a full tick reads and parses each queue's first entries).
+            return FULL_RECHECK_S
         by_class = await self._heads()
         if not by_class:
             return 1.0
@@ -222,6 +232,7 @@ class Dispatcher:
         if gate_s > 0:
             return min(gate_s, 1.0)  # paused or cooling down: nothing is admitted, ticket or not
         limited = await self.limiter.known(cls)
+        self._known = limited
         room = 0
         plain: list[Head] = []  # admitted in policy order, moved together (no ticket needed)
         try:
@@ -230,7 +241,7 @@ class Dispatcher:
                     await self._move_plain(plain)
                     room = await self.window.room(limits_known=limited)
                     if room <= 0:
-                        return 0.02  # arq's queue holds enough ready work; look again shortly
+                        return FULL_RECHECK_S  # the fleet's slots are full
                 head = self.policy.choose(cls, [q[0] for q in queues.values()])
                 if head is None:
                     return 1.0
