@@ -26,6 +26,7 @@ from msgq.replicas import confirm_replicated
 from msgq.settings import Settings
 from msgq.tenancy.policy import PolicyReader
 from msgq.tenancy.scheduling import placement, uses_scheduler
+from msgq.token_count import count_tokens
 from msgq.webhooks.targets import callback_for
 from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus, Lane, Priority
 
@@ -93,7 +94,7 @@ class Client:
         self._store = JobStore.from_settings(redis, self.settings)
         self._endings: Endings | None = None
         self._policy = PolicyReader(redis, self.settings)
-        self._catalog = CatalogReader(redis)
+        self.catalog = CatalogReader(redis)
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Self:
@@ -142,7 +143,7 @@ class Client:
         if job_id is not None:
             check_job_id(job_id, tenant)
         body = self._request_dict(request)
-        models = await self._catalog.limits()
+        models = await self.catalog.limits()
         checked = validated(
             body,
             max_image_bytes=self.settings.max_image_bytes,
@@ -207,6 +208,20 @@ class Client:
             msg = "request must be a JSON object"
             raise InvalidJobError(msg, [{"loc": "request", "msg": msg, "type": "dict_type"}])
         return request
+
+    async def count_tokens(
+        self,
+        request: dict[str, Any] | BaseModel,
+        *,
+        anthropic_version: str | None = None,
+        betas: list[str] | None = None,
+    ) -> int:
+        """The API's count of the request's input tokens (`POST /v1/messages/count_tokens`):
+        free, with its own rate limits, so it takes nothing from the Messages buckets."""
+        body = self._request_dict(request)
+        return await count_tokens(
+            self.settings, body, anthropic_version=anthropic_version, betas=betas
+        )
 
     async def get(self, job_id: str) -> JobRecord:
         record = await self._store.get(job_id)

@@ -123,3 +123,8 @@ def rate_limit_class(model: str) -> str:
         if family in model:
             return family
     return model or "default"
+
+
+def table_models() -> list[str]:
+    """The model ids (or id prefixes) models.toml has a row for."""
+    return sorted(_table()["models"])
