@@ -19,7 +19,6 @@ from msgq.client import Client
 from msgq.errors import InvalidJobError, RejectedError
 from msgq.model_catalog import load_catalog
 from msgq.settings import Settings
-from schemas import JobStatus
 from tests.conftest import SAMPLES, Sim, StartWorker, eventually
 from worker import models_refresh
 
