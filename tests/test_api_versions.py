@@ -196,3 +196,28 @@ async def test_batch_lane_pools_only_jobs_with_the_same_version_and_betas(
     groups = {(v, tuple(b)) for v, b, _ in seen}
     assert groups == {(V2023, ()), (V2026, ("a-2025-01-01",)), (V2026, ("b-2025-01-01",))}
     assert sum(n for _, _, n in seen) == 6
+
+
+async def test_raw_redis_job_names_its_version_and_betas(
+    redis: Any, client: Client, settings: Settings, sim: Sim, start_worker: StartWorker
+) -> None:
+    """`k.anthropic_version` and `k.betas` in a job written with plain Redis commands are sent."""
+    import time
+
+    now = int(time.time() * 1000)
+    k = {"request": TEXT, "anthropic_version": V2026, "betas": ["raw-beta-2025-01-01"]}
+    job = {"t": 1, "f": "run_message", "a": [], "et": now, "k": k}
+    await redis.set("arq:job:raw-1", json.dumps(job))
+    await redis.zadd(settings.queue_name, {"raw-1": now})
+    await start_worker()
+
+    async def done() -> bool:
+        found = await client.list(limit=10)
+        return any(r.id == "raw-1" and r.status.terminal for r in found)
+
+    await eventually(done)
+    record = await client.get("raw-1")
+    assert record.status is JobStatus.SUCCEEDED and record.anthropic_version == V2026
+    [call] = sim.requests()
+    assert call["headers"]["anthropic-version"] == V2026
+    assert call["betas"] == ["raw-beta-2025-01-01"]
