@@ -73,9 +73,18 @@ class Batches:
         self.store = store
         self.settings = settings
 
-    async def create(self, tenant: str, body: BatchCreate) -> BatchMeta:
+    async def create(
+        self,
+        tenant: str,
+        body: BatchCreate,
+        *,
+        anthropic_version: str | None = None,
+        betas: list[str] | None = None,
+        workspace: str | None = None,
+    ) -> BatchMeta:
         """Enqueue every request as a job; params are validated by the worker, as the API does
-        asynchronously (an invalid one ends `errored`, the others run)."""
+        asynchronously (an invalid one ends `errored`, the others run). Every job carries the
+        create call's version and betas."""
         callback_url = await callback_for(body.callback_url, tenant=tenant, settings=self.settings)
         now_ms = int(time.time() * 1000)
         created = datetime.fromtimestamp(now_ms / 1000, UTC)
@@ -93,7 +102,15 @@ class Batches:
         lane = load_tenants(self.settings.tenants_file).get(tenant).batches_lane
         lane = lane or self.settings.batches_lane
         for item in body.requests:
-            spec = build_spec(item.params, deadline=meta.expires_at, validate=False, lane=lane)
+            spec = build_spec(
+                item.params,
+                deadline=meta.expires_at,
+                validate=False,
+                lane=lane,
+                anthropic_version=anthropic_version,
+                betas=betas,
+                workspace_id=workspace,
+            )
             record = new_record(
                 job_id_for(tenant, meta.id, item.custom_id),
                 spec,

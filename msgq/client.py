@@ -21,10 +21,12 @@ from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from msgq.jobs.endings import Endings
 from msgq.jobs.records import build_spec, new_record, validated
 from msgq.jobs.store import JobStore
+from msgq.model_catalog import CatalogReader, note_unknown_model
 from msgq.replicas import confirm_replicated
 from msgq.settings import Settings
 from msgq.tenancy.policy import PolicyReader
 from msgq.tenancy.scheduling import placement, uses_scheduler
+from msgq.token_count import count_tokens
 from msgq.webhooks.targets import callback_for
 from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus, Lane, Priority
 
@@ -92,6 +94,7 @@ class Client:
         self._store = JobStore.from_settings(redis, self.settings)
         self._endings: Endings | None = None
         self._policy = PolicyReader(redis, self.settings)
+        self.catalog = CatalogReader(redis)
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Self:
@@ -126,13 +129,28 @@ class Client:
         lane: Lane | str | None = None,
         priority: Priority | str | None = None,
         callback_url: str | None = None,
+        anthropic_version: str | None = None,
+        betas: list[str] | None = None,
+        workspace_id: str | None = None,
     ) -> Submitted:
         """Validate, then enqueue. Raises InvalidJobError (nothing enqueued) for a bad request,
-        JobConflictError when `job_id` already holds a different request."""
+        JobConflictError when `job_id` already holds a different request.
+
+        `anthropic_version` and `betas`: what the request was written for; every call made for
+        the job sends them (None: the fleet's MSGQ_ANTHROPIC_VERSION / MSGQ_ANTHROPIC_BETA).
+        The request is checked against that version's rules and the Models API's limits.
+        """
         if job_id is not None:
             check_job_id(job_id, tenant)
         body = self._request_dict(request)
-        checked = validated(body, max_image_bytes=self.settings.max_image_bytes)
+        models = await self.catalog.limits()
+        checked = validated(
+            body,
+            max_image_bytes=self.settings.max_image_bytes,
+            anthropic_version=anthropic_version or self.settings.anthropic_version,
+            models=models,
+        )
+        note_unknown_model(checked.model, models)
         policy = await self._policy.get()  # the fleet's, not this process's environment
         if priority is None and tenant is not None:
             priority = policy.tenants.get(tenant).default_priority
@@ -149,6 +167,9 @@ class Client:
             priority=priority,
             tenant=tenant,
             callback_url=callback_url,
+            anthropic_version=anthropic_version,
+            betas=betas,
+            workspace_id=workspace_id,
         )
         internal_id = f"{tenant}:{job_id or new_job_id()}" if tenant else job_id or new_job_id()
         now_ms = int(time.time() * 1000)
@@ -187,6 +208,20 @@ class Client:
             msg = "request must be a JSON object"
             raise InvalidJobError(msg, [{"loc": "request", "msg": msg, "type": "dict_type"}])
         return request
+
+    async def count_tokens(
+        self,
+        request: dict[str, Any] | BaseModel,
+        *,
+        anthropic_version: str | None = None,
+        betas: list[str] | None = None,
+    ) -> int:
+        """The API's count of the request's input tokens (`POST /v1/messages/count_tokens`):
+        free, with its own rate limits, so it takes nothing from the Messages buckets."""
+        body = self._request_dict(request)
+        return await count_tokens(
+            self.settings, body, anthropic_version=anthropic_version, betas=betas
+        )
 
     async def get(self, job_id: str) -> JobRecord:
         record = await self._store.get(job_id)

@@ -23,6 +23,7 @@ PAUSE_KEY = KEY_PREFIX + "paused"  # the fleet's spend-limit pause (value: the r
 RECONCILER_LOCK = KEY_PREFIX + "reconciler:lock"  # one fleet-wide reconciler at a time
 WEBHOOKS_KEY = KEY_PREFIX + "webhooks"  # HASH webhook outbox: "job:<id>"/"batch:<id>" -> JSON
 WEBHOOKS_DUE_KEY = KEY_PREFIX + "webhooks:due"  # ZSET entry -> ms when due (or its lease ends)
+MODELS_KEY = KEY_PREFIX + "models"  # JSON: GET /v1/models as a worker last read it (all pages)
 
 
 # The fair-share scheduler (msgq.tenancy.scheduling, worker.dispatcher).

@@ -88,6 +88,11 @@ class UpstreamBatch(BaseModel):
     polls: int = 0
     cancel_sent: bool = False
     last_error: str | None = None
+    # What the create call sends: the members' API version and betas (one set per batch,
+    # since betas apply to a whole Message Batch; the batcher pools only jobs that agree).
+    anthropic_version: str | None = None
+    betas: list[str] | None = None
+    workspace_id: str | None = None
 
 
 def resolve_lane(

@@ -7,8 +7,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from schemas import Prices, capabilities_for
 from schemas.capabilities import model_family
+
+log = structlog.get_logger("msgq.job")
 
 
 @cache
@@ -53,25 +57,51 @@ def prices_for(model: str, prices_file: Path | None = None) -> Prices | None:
 def cost_usd(
     model: str, usage: dict[str, Any], prices_file: Path | None = None, *, batch: bool = False
 ) -> float | None:
-    """None for a model without a known price: an unknown cost is not a zero cost.
+    """None for a model without a known price: an unknown cost is not a zero cost."""
+    return priced(model, usage, prices_file, batch=batch)[0]
 
-    Message Batches cost half of every price, cache writes and reads included (the discount
-    stacks with the cache multipliers): `batch=True`, or the usage's `service_tier: "batch"`.
+
+def priced(
+    model: str, usage: dict[str, Any], prices_file: Path | None = None, *, batch: bool = False
+) -> tuple[float | None, str | None]:
+    """(cost in USD, None), or (None, why there is no cost) for the record's `cost_note`.
+
+    The tier is chosen by the prompt's size, input + cache writes + cache reads (what the API
+    bills a long-context request by), and then prices every token of the request, cache
+    writes (5 minutes and 1 hour) and reads included. Message Batches cost half of every price
+    (the discount stacks with the cache multipliers): `batch=True`, or the usage's
+    `service_tier: "batch"`.
     """
     prices = prices_for(model, prices_file)
     if prices is None:
-        return None
+        return None, f"no price known for model {model!r} (add it to MSGQ_PRICES_FILE)"
     written = int(usage.get("cache_creation_input_tokens") or 0)
     split = usage.get("cache_creation") or {}
     written_1h = int(split.get("ephemeral_1h_input_tokens") or 0)
     written_5m = written - written_1h if split else written
+    uncached = int(usage.get("input_tokens") or 0)
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    tier = prices.tier_for(uncached + written + read)
     total = (
-        int(usage.get("input_tokens") or 0) * prices.input
-        + written_5m * prices.cache_write
-        + written_1h * prices.input * 2
-        + int(usage.get("cache_read_input_tokens") or 0) * prices.cache_read
-        + int(usage.get("output_tokens") or 0) * prices.output
+        uncached * tier.input
+        + written_5m * tier.cache_write
+        + written_1h * tier.write_1h
+        + read * tier.cache_read
+        + int(usage.get("output_tokens") or 0) * tier.output
     ) / 1_000_000
     if batch or usage.get("service_tier") == "batch":
         total /= 2
-    return round(total, 8)
+    return round(total, 8), None
+
+
+def cost_fields(
+    model: str, usage: dict[str, Any], prices_file: Path | None = None, *, batch: bool = False
+) -> dict[str, Any]:
+    """`cost_usd` and `cost_note` for a record, best effort: a prices file that broke after
+    start-up gives a null cost with the reason, never a lost answer."""
+    try:
+        cost, note = priced(model, usage, prices_file, batch=batch)
+    except Exception as exc:  # a prices file that broke after start-up
+        log.error("job.cost_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+        cost, note = None, f"prices unavailable: {type(exc).__name__}"
+    return {"cost_usd": cost, "cost_note": note}

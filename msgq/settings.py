@@ -60,8 +60,24 @@ class Settings(BaseSettings):
         default="https://api.anthropic.com",
         validation_alias=AliasChoices("MSGQ_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"),
     )
-    anthropic_version: str = "2023-06-01"
-    anthropic_beta: str | None = Field(default=None, description="comma-separated beta names")
+    anthropic_version: str = Field(
+        default="2023-06-01",
+        description="the API version sent for jobs that name none (a job's own wins)",
+    )
+    anthropic_beta: str | None = Field(
+        default=None,
+        description="comma-separated beta names sent for jobs that name none (a job's own win)",
+    )
+    http_anthropic_version_default: str | None = Field(
+        default=None,
+        description="msgq's HTTP API requires an anthropic-version header, as the API does; set "
+        "this to accept older clients that send none (their jobs get this version)",
+    )
+    models_refresh_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="how often a worker re-reads GET /v1/models into Redis (and at start)",
+    )
     queue_name: str = "msgq:queue"
     max_jobs: int = Field(
         default=256,

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from schemas.jobs import JOB_ID_PATTERN, JobRecord, Lane, Priority
+from schemas.jobs import (
+    BETA_PATTERN,
+    JOB_ID_PATTERN,
+    MAX_BETAS,
+    VERSION_PATTERN,
+    JobRecord,
+    Lane,
+    Priority,
+)
 
 
 class JobCreate(BaseModel):
@@ -32,6 +40,17 @@ class JobCreate(BaseModel):
     priority: Priority | None = Field(
         default=None,
         description="interactive, default or bulk; the tenant's default when absent",
+    )
+    anthropic_version: str | None = Field(
+        default=None,
+        pattern=VERSION_PATTERN,
+        description="the API version the request was written for (else the anthropic-version "
+        "header); its rules are checked and every call for the job sends it",
+    )
+    betas: list[Annotated[str, Field(pattern=BETA_PATTERN)]] | None = Field(
+        default=None,
+        max_length=MAX_BETAS,
+        description="beta names sent as anthropic-beta (else the anthropic-beta header)",
     )
 
 

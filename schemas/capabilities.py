@@ -11,15 +11,38 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 
-class Prices(BaseModel):
-    """USD per million tokens."""
+class PriceTier(BaseModel):
+    """USD per million tokens at one prompt size. `cache_write` is the 5-minute write;
+    `cache_write_1h` defaults to twice the input price (the API's multiplier)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     input: float
     output: float
     cache_write: float
     cache_read: float
+    cache_write_1h: float | None = None
+
+    @property
+    def write_1h(self) -> float:
+        return self.cache_write_1h if self.cache_write_1h is not None else self.input * 2
+
+
+class LongContextTier(PriceTier):
+    """The prices of a request whose prompt is above `above_input_tokens` (all of it)."""
+
+    above_input_tokens: int
+
+
+class Prices(PriceTier):
+    """A model's prices: the base tier, and the long-context tier where the API has one."""
+
+    long_context: LongContextTier | None = None
+
+    def tier_for(self, prompt_tokens: int) -> PriceTier:
+        """The tier a request of `prompt_tokens` (input + cache writes + reads) is billed at."""
+        tier = self.long_context
+        return tier if tier is not None and prompt_tokens > tier.above_input_tokens else self
 
 
 class ImageTier(BaseModel):
@@ -46,6 +69,7 @@ class Capabilities(BaseModel):
     image_tier: Literal["standard", "high"]
     tier: ImageTier
     prices: Prices | None = None
+    token_ratio: float = 1.0  # the newer tokenizer (4.7 on) counts ~1.3x the older one's tokens
 
 
 @cache
@@ -99,3 +123,8 @@ def rate_limit_class(model: str) -> str:
         if family in model:
             return family
     return model or "default"
+
+
+def table_models() -> list[str]:
+    """The model ids (or id prefixes) models.toml has a row for."""
+    return sorted(_table()["models"])

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 # Caller-supplied IDs are used in Redis keys and URLs: keep them to a safe alphabet.
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+# Header values: a date-shaped version; beta names as the API spells them (`files-api-2025-04-14`).
+VERSION_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+BETA_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
+MAX_BETAS = 32
 
 
 class JobStatus(StrEnum):
@@ -69,6 +73,13 @@ class JobSpec(BaseModel):
     priority: Priority | None = None  # None: the tenant's default, else `default`
     tenant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     callback_url: str | None = Field(default=None, max_length=2048)
+    # The API version and betas the request was written for; every call for the job sends
+    # them. None: the fleet's MSGQ_ANTHROPIC_VERSION / MSGQ_ANTHROPIC_BETA.
+    anthropic_version: str | None = Field(default=None, pattern=VERSION_PATTERN)
+    betas: list[Annotated[str, Field(pattern=BETA_PATTERN)]] | None = Field(
+        default=None, max_length=MAX_BETAS
+    )
+    workspace_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
 
 
 class JobUsage(BaseModel):
@@ -118,6 +129,7 @@ class JobRecord(BaseModel):
     result: dict[str, Any] | None = None
     usage: JobUsage | None = None
     cost_usd: float | None = None
+    cost_note: str | None = None  # why cost_usd is null (e.g. no price known for the model)
     error: JobError | None = None
     upstream_request_id: str | None = None
     cancel_requested: bool = False
@@ -135,3 +147,6 @@ class JobRecord(BaseModel):
     # sha256 of the canonical request JSON: a resubmission under this ID must match it.
     request_sha256: str | None = None
     attempt_errors: list[AttemptError] = Field(default_factory=list)  # oldest first
+    anthropic_version: str | None = None  # as the job named it; None: the fleet's default
+    betas: list[str] | None = None  # as the job named them; None: the fleet's default
+    workspace_id: str | None = None  # sent as anthropic-workspace-id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
@@ -14,7 +14,6 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from schemas.blocks import (
     Base64ImageSource,
@@ -27,6 +26,9 @@ from schemas.blocks import (
 )
 from schemas.capabilities import Capabilities, capabilities_for
 from schemas.images import DEFAULT_MAX_IMAGE_BYTES
+from schemas.model_info import ModelLimits
+from schemas.rules import check_limits, check_version, limits_for
+from schemas.rules import refuse as _refuse
 
 MANY_IMAGES = 20
 MANY_IMAGES_MAX_SIDE_PX = 2000
@@ -129,13 +131,18 @@ class MessageRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check_model_rules(self, info: ValidationInfo) -> MessageRequest:
+        context = info.context or {}
+        check_version(self, context.get("anthropic_version"))
         caps = capabilities_for(self.model)
+        limits = limits_for(self.model, context.get("models"))
         _check_prefill(self, caps)
         _check_sampling(self, caps)
         _check_thinking(self, caps)
-        _check_images(self, caps)
-        if info.context and info.context.get("in_batch") and self.max_tokens == 0:
+        _check_images(self, caps, limits)
+        if context.get("in_batch") and self.max_tokens == 0:
             _refuse("max_tokens", "0 is not allowed inside a batch")
+        if limits is not None:
+            check_limits(self, limits, in_batch=bool(context.get("in_batch")))
         return self
 
     def images(self) -> Iterator[ImageBlock]:
@@ -156,13 +163,6 @@ class MessageRequest(BaseModel):
             if not isinstance(message.content, str):
                 blocks.extend(message.content)
         return set(unknown_fields(blocks))
-
-
-def _refuse(field: str, message: str) -> None:
-    # The field travels in the error's context so field_errors() can report it as the location.
-    template = "{message}"
-    context = {"field": field, "message": message}
-    raise PydanticCustomError("model_rule", template, context)  # noqa: EM101  # an error code, not a message
 
 
 def _check_prefill(request: MessageRequest, caps: Capabilities) -> None:
@@ -209,13 +209,16 @@ def _check_thinking(request: MessageRequest, caps: Capabilities) -> None:
         _refuse("thinking", "thinking.budget_tokens must be less than max_tokens")
 
 
-def _check_images(request: MessageRequest, caps: Capabilities) -> None:
+def _check_images(request: MessageRequest, caps: Capabilities, limits: ModelLimits | None) -> None:
     images = list(request.images())
-    if len(images) > caps.max_images:
+    # The table's count where it knows the model; else the Models API's context size says it.
+    most = caps.max_images
+    if not caps.known and limits is not None and limits.max_images is not None:
+        most = limits.max_images
+    if len(images) > most:
         _refuse(
             "messages",
-            f"{len(images)} images in one request; "
-            f"{request.model} allows at most {caps.max_images}",
+            f"{len(images)} images in one request; {request.model} allows at most {most}",
         )
     if len(images) <= MANY_IMAGES:
         return
@@ -231,10 +234,24 @@ def _check_images(request: MessageRequest, caps: Capabilities) -> None:
 
 
 def validate_request(
-    data: Any, *, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, in_batch: bool = False
+    data: Any,
+    *,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    in_batch: bool = False,
+    anthropic_version: str | None = None,
+    models: Mapping[str, ModelLimits] | None = None,
 ) -> MessageRequest:
-    """Validate a Messages body; raises pydantic's ValidationError with every field error."""
-    context = {"max_image_bytes": max_image_bytes, "in_batch": in_batch}
+    """Validate a Messages body; raises pydantic's ValidationError with every field error.
+
+    `anthropic_version`: whose rules apply (None: 2023-06-01's). `models`: the Models API's
+    limits by model id (see `schemas.model_info.index_models`); None checks the table alone.
+    """
+    context = {
+        "max_image_bytes": max_image_bytes,
+        "in_batch": in_batch,
+        "anthropic_version": anthropic_version,
+        "models": models,
+    }
     return MessageRequest.model_validate(data, context=context)
 
 

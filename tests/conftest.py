@@ -236,7 +236,12 @@ KEY_A, KEY_B = "key-a-0123456789", "key-b-0123456789"
 
 @pytest.fixture
 def api_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"api_keys": SecretStr(f"tenant-a:{KEY_A},tenant-b:{KEY_B}")})
+    # The suite's plain httpx calls are "older clients" that send no anthropic-version: they
+    # get 2023-06-01, the documented default for them (tests of the requirement unset it).
+    keys = SecretStr(f"tenant-a:{KEY_A},tenant-b:{KEY_B}")
+    return settings.model_copy(
+        update={"api_keys": keys, "http_anthropic_version_default": "2023-06-01"}
+    )
 
 
 @pytest.fixture

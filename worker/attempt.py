@@ -13,7 +13,7 @@ from msgq.arq_format import Defer
 from msgq.errors import RateLimitError, SpendLimitError, UnavailableError, UpstreamError
 from msgq.estimate import estimate_input_tokens
 from msgq.fleet_stats import count_minute
-from msgq.pricing import cost_usd
+from msgq.pricing import cost_fields
 from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, Lane, MessageRequest
 from worker import admission, metrics, transitions
 from worker.backoff import retry_delay_s
@@ -222,7 +222,8 @@ async def _succeeded(
         cache_creation_input_tokens=int(usage.get("cache_creation_input_tokens") or 0),
         cache_read_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
     )
-    cost = _cost_or_none(record.model or request.model, usage, deps)
+    priced = cost_fields(record.model or request.model, usage, deps.settings.prices_file)
+    cost = priced["cost_usd"]
     # The Message is stored first: it was paid for. Everything after is bookkeeping that may
     # fail (Redis blips, a bad prices file) without the answer being thrown away and re-sent.
     await transitions.finish_durably(
@@ -233,7 +234,7 @@ async def _succeeded(
         current=record,
         result=reply.message,
         usage=job_usage,
-        cost_usd=cost,
+        **priced,
         upstream_request_id=reply.request_id,
         error=None,
         served_by=Lane.REALTIME,
@@ -257,12 +258,3 @@ async def _succeeded(
         )
     except RedisError as exc:  # the bucket heals as it refills; the job is done
         log.warning("limiter.settle_failed", error=type(exc).__name__)
-
-
-def _cost_or_none(model: str, usage: dict[str, Any], deps: Deps) -> float | None:
-    """Best effort: an unknown or unreadable price gives `cost_usd: null`, never a lost answer."""
-    try:
-        return cost_usd(model, usage, deps.settings.prices_file)
-    except Exception as exc:  # a prices file that broke after start-up
-        log.error("job.cost_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
-        return None

@@ -24,9 +24,12 @@ class BatchApi:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
 
-    async def create(self, body: AsyncIterator[bytes]) -> dict[str, Any]:
-        """POST the batch, its body streamed (chunked): up to 256 MB never sits in memory."""
-        return await self._call("POST", PATH, content=body)
+    async def create(
+        self, body: AsyncIterator[bytes], *, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """POST the batch, its body streamed (chunked): up to 256 MB never sits in memory.
+        `headers`: the members' version and betas (`call_headers`)."""
+        return await self._call("POST", PATH, content=body, headers=headers)
 
     async def retrieve(self, upstream_id: str) -> dict[str, Any]:
         return await self._call("GET", f"{PATH}/{upstream_id}")

@@ -26,7 +26,7 @@ from msgq.errors import UpstreamError
 from msgq.jobs.records import utcnow
 from msgq.keys import LANE_WHERE, arq_job_key, lane_spec_key, upstream_members_key
 from msgq.lanes import UpstreamBatch
-from msgq.pricing import cost_usd
+from msgq.pricing import cost_fields
 from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, Lane
 from worker import batch_records, metrics, transitions
 from worker.backoff import retry_delay_s
@@ -154,7 +154,9 @@ class Poller:
         kind = result.get("type")
         if record is None or record.status.terminal:  # ended meanwhile (its msgq batch expired)
             message = result.get("message") if kind == "succeeded" else None
-            cost = self._cost(record, message) if record and message else None  # still billed
+            cost = (  # still billed
+                self._cost(record, message)["cost_usd"] if record and message else None
+            )
             await leave_lane(self.redis, job_id, batch.handle, record=record, cost_usd=cost)
             return
         if kind == "succeeded":
@@ -175,24 +177,19 @@ class Poller:
         self, batch: UpstreamBatch, record: JobRecord, message: dict[str, Any]
     ) -> None:
         usage: dict[str, Any] = message.get("usage") or {}
-        cost = self._cost(record, message)
+        priced = self._cost(record, message)
         counts = {k: int(usage.get(k) or 0) for k in JobUsage.model_fields}
-        fields: dict[str, Any] = {"usage": JobUsage.model_validate(counts), "cost_usd": cost}
-        metrics.COST.inc(cost or 0)
+        fields: dict[str, Any] = {"usage": JobUsage.model_validate(counts), **priced}
+        metrics.COST.inc(priced["cost_usd"] or 0)
         if record.cancel_requested:  # billed, so reported; the Message stays out of the record
             await self._end(batch, record, JobStatus.CANCELED, **fields)
             return
         await self._end(batch, record, JobStatus.SUCCEEDED, result=message, error=None, **fields)
 
-    def _cost(self, record: JobRecord, message: dict[str, Any]) -> float | None:
-        """At batch prices (half of everything, cache multipliers included); None when no
-        price is known or the prices file broke after start-up (the answer is kept)."""
+    def _cost(self, record: JobRecord, message: dict[str, Any]) -> dict[str, Any]:
+        """At batch prices: half of everything, cache multipliers included."""
         usage: dict[str, Any] = message.get("usage") or {}
-        try:
-            return cost_usd(record.model or "", usage, self.settings.prices_file, batch=True)
-        except Exception as exc:
-            log.error("job.cost_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
-            return None
+        return cost_fields(record.model or "", usage, self.settings.prices_file, batch=True)
 
     async def _errored(self, batch: UpstreamBatch, record: JobRecord, body: dict[str, Any]) -> None:
         nested = body.get("error")

@@ -39,6 +39,7 @@ from worker.backoff import retry_delay_s
 from worker.batch_api import BatchApi
 from worker.batch_budget import leave_lane
 from worker.deps import Deps
+from worker.upstream import call_headers
 
 log = structlog.get_logger("msgq.batch")
 ITEM_OVERHEAD = 100  # bytes per request around its params in the create body
@@ -63,6 +64,15 @@ redis.call('SET', KEYS[6], ARGV[2])
 redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
 return moved
 """
+
+
+Group = tuple[str | None, tuple[str, ...] | None, str | None]
+
+
+def group_of(record: JobRecord) -> Group:
+    """What must agree within one upstream batch: version, betas (a set) and workspace."""
+    betas = tuple(sorted(set(record.betas))) if record.betas is not None else None
+    return record.anthropic_version, betas, record.workspace_id
 
 
 def now_ms() -> int:
@@ -94,11 +104,18 @@ class Batcher:
         )
 
     async def flush(self) -> UpstreamBatch | None:
-        """Move the oldest pooled jobs (up to the count and size limits) into a new batch."""
-        chosen = await self._choose()
+        """Move the oldest pooled jobs (up to the count and size limits) that share the oldest
+        one's API version, betas and workspace into a new batch; the others wait their turn."""
+        chosen, group = await self._choose()
         if not chosen:
             return None
-        batch = UpstreamBatch(handle="ub_" + secrets.token_hex(10))
+        version, betas, workspace = group or (None, None, None)
+        batch = UpstreamBatch(
+            handle="ub_" + secrets.token_hex(10),
+            anthropic_version=version,
+            betas=list(betas) if betas is not None else None,
+            workspace_id=workspace,
+        )
         keys = [LANE_POOL, LANE_POOL_BYTES, LANE_WHERE]
         keys += [upstream_members_key(batch.handle), upstream_order_key(batch.handle)]
         keys += [upstream_key(batch.handle), LANE_BATCHES]
@@ -110,11 +127,13 @@ class Batcher:
         log.info("batch.pooled_flushed", handle=batch.handle, jobs=moved)
         return batch if moved else None
 
-    async def _choose(self) -> list[tuple[str, str]]:
-        """(job id, custom id) of the oldest pooled jobs that fit; ended ones leave the pool."""
+    async def _choose(self) -> tuple[list[tuple[str, str]], Group | None]:
+        """(job id, custom id) of the oldest pooled jobs that fit and share the first one's
+        group; ended ones leave the pool."""
         s = self.settings
         budget = s.batch_max_bytes - 1024
         chosen: list[tuple[str, str]] = []
+        group: Group | None = None
         start = 0
         while len(chosen) < s.batch_max_requests and budget > 0:
             ids = [i.decode() for i in await self.redis.zrange(LANE_POOL, start, start + 999)]
@@ -129,13 +148,17 @@ class Batcher:
             for job_id, record, size in zip(ids, records, sizes, strict=True):
                 if not await self._still_wanted(job_id, record):
                     continue
+                assert record is not None
+                if group is None:
+                    group = group_of(record)
+                elif group_of(record) != group:
+                    continue  # another version or betas: a later batch of its own
                 cost = size + ITEM_OVERHEAD
                 if chosen and (cost > budget or len(chosen) >= s.batch_max_requests):
-                    return chosen
-                assert record is not None
+                    return chosen, group
                 chosen.append((job_id, custom_id_for(job_id, record.attempts + 1)))
                 budget -= cost
-        return chosen
+        return chosen, group
 
     async def _still_wanted(self, job_id: str, record: JobRecord | None) -> bool:
         if record is not None and not record.status.terminal:
@@ -198,7 +221,13 @@ class Batcher:
         log.info("batch.create_sent", handle=batch.handle, requests=batch.count)
         try:
             async with asyncio.timeout(timeout_s):
-                created = await self.api.create(self._body(batch))
+                headers = call_headers(
+                    self.settings,
+                    anthropic_version=batch.anthropic_version,
+                    betas=batch.betas,
+                    workspace_id=batch.workspace_id,
+                )
+                created = await self.api.create(self._body(batch), headers=headers)
         except TimeoutError:
             log.warning("batch.create_unanswered", handle=batch.handle, reason="timeout")
             return  # resolved by `advance` once the window has passed

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from redis.asyncio import Redis
 
 from msgq.jobs.store import JobStore
+from msgq.model_catalog import CatalogReader
 from msgq.settings import Settings
 from worker.concurrency import AdaptiveConcurrency
 from worker.ratelimit import RateLimiter
@@ -22,6 +23,10 @@ class Deps:
     redis: Redis
     limiter: RateLimiter
     concurrency: AdaptiveConcurrency
+    catalog: CatalogReader = field(init=False)  # the fleet's copy of GET /v1/models
+
+    def __post_init__(self) -> None:
+        self.catalog = CatalogReader(self.redis)
 
     @property
     def http(self) -> httpx.AsyncClient:

@@ -40,3 +40,8 @@ WEBHOOKS = Counter(
     "webhook delivery attempts by outcome: delivered, retried, refused, failed (gave up), gone",
     ["outcome"],
 )
+UNKNOWN_MODELS = Counter(
+    "msgq_unknown_model_jobs_total",
+    "jobs for a model neither models.toml nor the Models API knows (no price, permissive rules)",
+    ["model"],
+)

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from msgq.keys import progress_channel
 from schemas import JobRecord, MessageRequest
 from worker.deps import Deps
-from worker.upstream import UpstreamReply, send_message
+from worker.upstream import UpstreamReply, call_headers, send_message
 
 log = structlog.get_logger("msgq.job")
 RECORD_S = 1.0
@@ -132,6 +132,13 @@ async def send_with_progress(
                 stream=request.max_tokens >= s.stream_min_max_tokens,
                 idle_timeout_s=s.stream_idle_timeout_s,
                 on_progress=progress,
+                # The version and betas the job was written for (the record keeps them).
+                headers=call_headers(
+                    s,
+                    anthropic_version=record.anthropic_version,
+                    betas=record.betas,
+                    workspace_id=record.workspace_id,
+                ),
             )
     finally:
         await progress.close()

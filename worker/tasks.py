@@ -23,6 +23,7 @@ from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
 from msgq.keys import FLEET_WORKERS
 from msgq.logs import register_secret
+from msgq.model_catalog import note_unknown_model, unknown_label
 from msgq.settings import Settings
 from msgq.tenancy import policy
 from schemas import (
@@ -35,7 +36,7 @@ from schemas import (
     summarize,
     validate_request,
 )
-from worker import admission, batch_lane, metrics, transitions
+from worker import admission, batch_lane, metrics, models_refresh, transitions
 from worker.admission_window import announce
 from worker.arq_claim import PREFETCHED
 from worker.attempt import attempt, handle_failure
@@ -72,13 +73,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["worker_id"] = uuid.uuid4().hex
     ctx["announce"] = asyncio.create_task(_announce(ctx))
     ctx["webhooks"] = asyncio.create_task(WebhookDispatcher(redis, store, settings).run_forever())
+    ctx["models"] = asyncio.create_task(models_refresh.run_forever(ctx["msgq"]))
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
     log.info("worker.started", base_url=settings.anthropic_base_url, max_jobs=settings.max_jobs)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    for name in ("gauges", "reconciler", "dispatcher", "batch_lane", "announce"):
+    for name in ("gauges", "reconciler", "dispatcher", "batch_lane", "announce", "models"):
         if name in ctx:
             ctx[name].cancel()
     if "worker_id" in ctx:
@@ -279,11 +281,14 @@ async def _ready_to_send(deps: Deps, record: JobRecord, spec: JobSpec) -> Messag
     if record.deadline is not None and utcnow() >= record.deadline:
         await transitions.finish(store, job_id, JobStatus.EXPIRED)
         return None
+    models = await deps.catalog.limits()
     try:
         request = validate_request(
             spec.request,
             max_image_bytes=deps.settings.max_image_bytes,
             in_batch=record.batch_id is not None,
+            anthropic_version=spec.anthropic_version or deps.settings.anthropic_version,
+            models=models,
         )
     except ValidationError as exc:
         errors = field_errors(exc, spec.request)
@@ -296,6 +301,8 @@ async def _ready_to_send(deps: Deps, record: JobRecord, spec: JobSpec) -> Messag
         error = record.error or JobError(type="attempts_exhausted", message="no attempts left")
         await transitions.finish(store, job_id, JobStatus.FAILED, error=error)
         return None
+    if note_unknown_model(request.model, models):
+        metrics.UNKNOWN_MODELS.labels(unknown_label(request.model)).inc()
     if request.model_extra:
         log.info("request.unknown_parameters", names=sorted(request.model_extra))
     if unknown_fields := request.unknown_fields():

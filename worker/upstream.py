@@ -31,6 +31,7 @@ __all__ = [
     "UpstreamClients",
     "UpstreamReply",
     "build_client",
+    "call_headers",
     "classify",
     "classify_error_event",
     "parse_message",
@@ -54,12 +55,14 @@ class UpstreamReply:
 def build_client(
     settings: Settings, *, verify: ssl.SSLContext | bool = True, keepalive: int = 100
 ) -> httpx.AsyncClient:
-    """A pooled client for the API, created at start-up and closed at shutdown."""
+    """A pooled client for the API, created at start-up and closed at shutdown.
+
+    Betas are not among its defaults: each call sends its job's (`call_headers`), and a job
+    that names none must not be sent a fleet default it cannot remove.
+    """
     headers = {"anthropic-version": settings.anthropic_version, "content-type": "application/json"}
     if settings.anthropic_api_key is not None:
         headers["x-api-key"] = settings.anthropic_api_key.get_secret_value()
-    if settings.anthropic_beta:
-        headers["anthropic-beta"] = settings.anthropic_beta
     return httpx.AsyncClient(
         base_url=settings.anthropic_base_url,
         headers=headers,
@@ -69,6 +72,28 @@ def build_client(
         ),
         verify=verify,
     )
+
+
+def fleet_betas(settings: Settings) -> list[str]:
+    """MSGQ_ANTHROPIC_BETA as a list: the betas of jobs that name none."""
+    return [name.strip() for name in (settings.anthropic_beta or "").split(",") if name.strip()]
+
+
+def call_headers(
+    settings: Settings,
+    *,
+    anthropic_version: str | None,
+    betas: list[str] | None,
+    workspace_id: str | None = None,
+) -> dict[str, str]:
+    """The headers one call sends for a job: its version and betas, else the fleet's."""
+    headers = {"anthropic-version": anthropic_version or settings.anthropic_version}
+    names = betas if betas is not None else fleet_betas(settings)
+    if names:
+        headers["anthropic-beta"] = ",".join(names)
+    if workspace_id:
+        headers["anthropic-workspace-id"] = workspace_id
+    return headers
 
 
 class UpstreamClients:
@@ -109,6 +134,7 @@ async def send_message(
     stream: bool = True,
     idle_timeout_s: float = 60.0,
     on_progress: OnProgress | None = None,
+    headers: dict[str, str] | None = None,
 ) -> UpstreamReply:
     """Call the API once. Raises an UpstreamError subclass for every failure.
 
@@ -119,14 +145,17 @@ async def send_message(
     SDK) wants streaming for any call that may run past 10 minutes. Until the answer starts,
     the client's read timeout (`request_timeout_s`) applies. `on_progress(output_tokens, text)`
     is awaited after each content delta. `stream=False` is the plain call, kept for comparison.
+    `headers`: the job's own (`call_headers`), over the client's defaults.
     """
     started = time.perf_counter()
     try:
         if not stream:
             whole = {k: v for k, v in body.items() if k != "stream"}
-            response = await client.post("/v1/messages", content=orjson.dumps(whole))
+            response = await client.post(
+                "/v1/messages", content=orjson.dumps(whole), headers=headers
+            )
         else:
-            return await _stream(client, body, started, idle_timeout_s, on_progress)
+            return await _stream(client, body, started, idle_timeout_s, on_progress, headers)
     except httpx.TimeoutException as exc:
         msg = f"request timed out ({type(exc).__name__})"
         raise UnavailableError(msg, error_type="timeout") from None
@@ -153,6 +182,7 @@ async def _stream(
     started: float,
     idle_timeout_s: float,
     on_progress: OnProgress | None,
+    headers: dict[str, str] | None = None,
 ) -> UpstreamReply:
     # httpx's own read timeout is off: asyncio bounds the wait for the answer to start, then
     # each gap between events (a trickle of bytes that never completes an event is idle too).
@@ -168,6 +198,7 @@ async def _stream(
                 "/v1/messages",
                 content=orjson.dumps({**body, "stream": True}),
                 timeout=timeout,
+                headers=headers,
             ) as source,
         ):
             response = source.response

@@ -18,7 +18,7 @@ import orjson
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from msgq.cli import operations, services  # registered below
+from msgq.cli import api_info, operations, services  # registered below
 from msgq.cli.common import FAILED_STATUSES, JobFailedError, dump, with_client
 from msgq.client import Client
 from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
@@ -53,7 +53,7 @@ def settings() -> None:
     )
 
 
-def _read_json(path: str) -> Any:
+def read_json(path: str) -> Any:
     # Bytes, not text: a photo given by mistake is "not JSON", not a UTF-8 decoding crash.
     try:
         raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
@@ -85,6 +85,17 @@ def _read_json(path: str) -> Any:
     help="interactive, default or bulk (default: the tenant's, else default).",
 )
 @click.option("--tenant", "submit_tenant", help="Submit for this tenant (its ID is tenant:id).")
+@click.option(
+    "--anthropic-version",
+    help="The API version the request was written for (default: MSGQ_ANTHROPIC_VERSION).",
+)
+@click.option(
+    "--beta",
+    "betas",
+    multiple=True,
+    help="A beta the request needs, sent as anthropic-beta (repeatable; "
+    "default: MSGQ_ANTHROPIC_BETA).",
+)
 def submit(
     file: str,
     job_id: str | None,
@@ -94,9 +105,11 @@ def submit(
     lane: str | None,
     priority: str | None,
     submit_tenant: str | None,
+    anthropic_version: str | None,
+    betas: tuple[str, ...],
 ) -> None:
     """Enqueue one Messages request from FILE (`-` for stdin); prints the job ID."""
-    request = _read_json(file)
+    request = read_json(file)
 
     async def run(client: Client) -> JobRecord | str:
         job = await client.submit(
@@ -106,6 +119,8 @@ def submit(
             lane=lane,
             priority=priority,
             tenant=submit_tenant,
+            anthropic_version=anthropic_version,
+            betas=list(betas) or None,
         )
         return await client.wait(job.id, timeout=timeout) if wait else job.id
 
@@ -297,6 +312,8 @@ for _command in (
     operations.usage,
     operations.audit,
     operations.webhook_secret,
+    api_info.models,
+    api_info.count_tokens,
     services.worker,
     services.api,
     services.simulator,

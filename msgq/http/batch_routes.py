@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
@@ -10,7 +10,9 @@ from fastapi.responses import StreamingResponse
 from msgq.batches import Batches, BatchMeta
 from msgq.http.deps import Tenant, state_of
 from msgq.http.errors import ApiError
+from msgq.http.versions import Headers
 from schemas.batches import BatchCreate, BatchPage, DeletedBatch, MessageBatch
+from schemas.versions import version_violations
 
 router = APIRouter(prefix="/v1/messages/batches", tags=["batches"])
 
@@ -31,16 +33,36 @@ async def _owned(request: Request, tenant: str, batch_id: str) -> BatchMeta:
 
 
 @router.post("", summary="Create a Message Batch")
-async def create_batch(body: BatchCreate, tenant: Tenant, request: Request) -> MessageBatch:
-    """1-100,000 requests with unique custom_ids; each runs as an ordinary msgq job."""
+async def create_batch(
+    body: BatchCreate, tenant: Tenant, request: Request, headers: Headers
+) -> MessageBatch:
+    """1-100,000 requests with unique custom_ids; each runs as an ordinary msgq job, sent with
+    this call's anthropic-version and anthropic-beta (betas apply to a whole batch)."""
+    version = headers.required_version(request)
     seen: set[str] = set()
-    for item in body.requests:
+    for n, item in enumerate(body.requests):
         if item.custom_id in seen:
             raise ApiError(400, f"custom_id {item.custom_id!r} is used more than once")
         seen.add(item.custom_id)
+        _check_version_rules(n, item.params, version)
     batches = _batches(request)
-    meta = await batches.create(tenant, body)
+    meta = await batches.create(
+        tenant, body, anthropic_version=version, betas=headers.betas, workspace=headers.workspace_id
+    )
     return await batches.view(meta, base_url=_base_url(request))
+
+
+def _check_version_rules(n: int, params: dict[str, Any], version: str) -> None:
+    """The version's rules up front (a 400 naming the field); other problems of a request
+    end that request `errored`, as the API reports them."""
+    messages = params.get("messages")
+    turns = [
+        (str(m.get("role")), m.get("content"))
+        for m in (messages if isinstance(messages, list) else [])
+        if isinstance(m, dict)
+    ]
+    for field, message in version_violations(version, set(params), turns):
+        raise ApiError(400, f"requests.{n}.params.{field}: {message}")
 
 
 @router.get("", summary="List Message Batches, newest first")

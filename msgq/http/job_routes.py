@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from msgq.http.deps import State, Tenant, public_id, public_record
 from msgq.http.errors import ApiError
+from msgq.http.versions import Headers
 from schemas import JOB_ID_PATTERN, JobRecord, JobStatus
 from schemas.api import JobCreate, JobPage
 
@@ -31,8 +32,14 @@ def _internal(tenant: str, job_id: str) -> str:
 
 
 @router.post("", status_code=202, summary="Enqueue a Messages request")
-async def create_job(body: JobCreate, tenant: Tenant, state: State) -> JSONResponse:
-    """202 with the record; 200 with the existing record when `id` was seen before."""
+async def create_job(
+    body: JobCreate, tenant: Tenant, state: State, headers: Headers, request: Request
+) -> JSONResponse:
+    """202 with the record; 200 with the existing record when `id` was seen before.
+
+    The job's API version and betas: the JSON fields, else the `anthropic-version` and
+    `anthropic-beta` headers (a version is required, as the API requires it)."""
+    version = headers.required_version(request, body.anthropic_version)
     job = await state.client.submit(
         body.request,
         job_id=body.id,
@@ -43,6 +50,9 @@ async def create_job(body: JobCreate, tenant: Tenant, state: State) -> JSONRespo
         lane=body.lane,
         callback_url=body.callback_url,
         priority=body.priority,
+        anthropic_version=version,
+        betas=body.betas if body.betas is not None else headers.betas,
+        workspace_id=headers.workspace_id,
     )
     return JSONResponse(public_record(job.record), status_code=202 if job.created else 200)
 

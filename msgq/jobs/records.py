@@ -7,7 +7,7 @@ unit-tested without Redis. A transition never sees a terminal record: the store 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +28,8 @@ from schemas import (
 )
 from schemas import validate_request as _validate_request
 from schemas.jobs import AttemptError
+from schemas.model_info import ModelLimits
+from schemas.versions import version_problem
 
 
 def utcnow() -> datetime:
@@ -46,13 +48,16 @@ def build_spec(
     priority: Priority | str | None = None,
     tenant: str | None = None,
     callback_url: str | None = None,
+    anthropic_version: str | None = None,
+    betas: list[str] | None = None,
+    workspace_id: str | None = None,
 ) -> JobSpec:
     """The job spec for a request, validated unless the worker is to do that (batches).
 
     Raises InvalidJobError with every field error; nothing is enqueued then.
     """
     if validate:
-        validated(body, max_image_bytes=max_image_bytes)
+        validated(body, max_image_bytes=max_image_bytes, anthropic_version=anthropic_version)
     fields = {
         "request": body,
         "metadata": metadata or {},
@@ -62,6 +67,9 @@ def build_spec(
         "priority": priority,
         "tenant": tenant,
         "callback_url": callback_url,
+        "anthropic_version": anthropic_version,
+        "betas": betas,
+        "workspace_id": workspace_id,
     }
     try:
         return JobSpec.model_validate(fields)
@@ -71,10 +79,28 @@ def build_spec(
         raise InvalidJobError(msg, errors) from None
 
 
-def validated(body: dict[str, Any], *, max_image_bytes: int) -> MessageRequest:
-    """The request as the API would check it; InvalidJobError with every field error."""
+def validated(
+    body: dict[str, Any],
+    *,
+    max_image_bytes: int,
+    anthropic_version: str | None = None,
+    models: Mapping[str, ModelLimits] | None = None,
+    in_batch: bool = False,
+) -> MessageRequest:
+    """The request as the API would check it under `anthropic_version` (None: 2023-06-01),
+    with the Models API's limits where known; InvalidJobError with every field error."""
+    problem = version_problem(anthropic_version) if anthropic_version is not None else None
+    if problem is not None:
+        row = {"loc": "anthropic_version", "msg": problem, "type": "value_error"}
+        raise InvalidJobError(problem, [row])
     try:
-        return _validate_request(body, max_image_bytes=max_image_bytes)
+        return _validate_request(
+            body,
+            max_image_bytes=max_image_bytes,
+            anthropic_version=anthropic_version,
+            models=models,
+            in_batch=in_batch,
+        )
     except ValidationError as exc:
         errors = field_errors(exc, body)
         msg = f"invalid request: {summarize(errors, 3)}"
@@ -106,6 +132,9 @@ def new_record(
         tenant=tenant or (spec.tenant if spec else None),
         batch_id=batch_id,
         custom_id=custom_id,
+        anthropic_version=spec.anthropic_version if spec else None,
+        betas=spec.betas if spec else None,
+        workspace_id=spec.workspace_id if spec else None,
     )
 
 

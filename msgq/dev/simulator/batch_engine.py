@@ -47,6 +47,7 @@ class SimBatch:
     seed: int
     output_tokens: int | None
     version: str | None = None  # the create call's anthropic-version: its body rules apply
+    betas: list[str] = field(default_factory=list)  # the create call's anthropic-beta names
     created_at: float = field(default_factory=time.time)
     cancel_at: float | None = None
     _outcomes: list[str] | None = None

@@ -142,6 +142,12 @@ async def create(request: web.Request) -> web.StreamResponse:
         seed=state.config.seed,
         output_tokens=state.config.output_tokens,
         version=request.headers.get("anthropic-version"),
+        betas=[
+            name.strip()
+            for value in request.headers.getall("anthropic-beta", [])
+            for name in value.split(",")
+            if name.strip()
+        ],
     )
     batches.batches[batch.id] = batch
     batches.requests += len(batch.requests)
@@ -305,6 +311,8 @@ async def sim_batches(request: web.Request) -> web.Response:
             "created_at": b.created_at,
             "ended": b.ended(now),
             "custom_ids": [cid for cid, _ in b.requests],
+            "anthropic_version": b.version,
+            "betas": b.betas,
         }
         for b in request.app[BATCHES].batches.values()
     ]

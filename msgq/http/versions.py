@@ -1,0 +1,51 @@
+"""The API's request headers a job carries: `anthropic-version`, `anthropic-beta` (repeatable,
+comma-separated, merged) and `anthropic-workspace-id`, read as the official SDKs send them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from msgq.http.deps import state_of
+from msgq.http.errors import ApiError
+from schemas.versions import version_problem
+
+
+@dataclass(frozen=True)
+class ApiHeaders:
+    """What the request's headers say the job was written for (None: not sent)."""
+
+    anthropic_version: str | None
+    betas: list[str] | None
+    workspace_id: str | None
+
+    def required_version(self, request: Request, named: str | None = None) -> str:
+        """The job's version: `named` (a JSON field), the header, or the configured default
+        for older clients; a 400 in the API's shape when there is none or msgq does not
+        know it (its rules could not be checked)."""
+        version = named or self.anthropic_version
+        version = version or state_of(request).settings.http_anthropic_version_default
+        problem = version_problem(version)
+        if problem is not None or version is None:
+            raise ApiError(400, problem or "anthropic-version: header is required")
+        return version
+
+
+def read_api_headers(request: Request) -> ApiHeaders:
+    # The header may repeat (the Files API allows it) and each may list several, comma-separated.
+    names = [
+        name.strip()
+        for value in request.headers.getlist("anthropic-beta")
+        for name in value.split(",")
+        if name.strip()
+    ]
+    return ApiHeaders(
+        anthropic_version=request.headers.get("anthropic-version") or None,
+        betas=list(dict.fromkeys(names)) or None,
+        workspace_id=request.headers.get("anthropic-workspace-id") or None,
+    )
+
+
+Headers = Annotated[ApiHeaders, Depends(read_api_headers)]
