@@ -49,7 +49,7 @@ from msgq.keys import (
     arq_job_key,
 )
 from msgq.settings import Settings
-from msgq.tenancy.budgets import Budgets, Reservation
+from msgq.tenancy.budgets import Budgets, Reservation, budget_message
 from msgq.tenancy.scheduling import (
     PRUNE_BACKLOG,
     Estimate,
@@ -366,7 +366,7 @@ class Dispatcher:
     async def _fail_over_budget(self, head: Head, period: str) -> None:
         error = JobError(
             type="budget_exceeded",
-            message=f"tenant {head.tenant!r} has reached its {period} budget",
+            message=budget_message(head.tenant, period),
         )
         stored = await transitions.finish(self.store, head.job_id, JobStatus.FAILED, error=error)
         if stored is not None:
