@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from msgq.client import Client
+from msgq.http.app import create_app
 from msgq.jobs.records import ended
 from msgq.jobs.retry_policy import retry_verdict
 from msgq.jobs.store import JobStore
@@ -17,10 +20,21 @@ from msgq.settings import Settings
 from schemas import JobError, JobStatus
 from tests.conftest import KEY_A, Sim, StartWorker
 from tests.test_cli import amsgq
-from tests.test_ui import sign_in, ui, ui_settings  # noqa: F401  # fixtures
 from tests.test_fair_share import tenants_file
+from tests.test_ui import sign_in
 from worker.dispatcher import Dispatcher
 from worker.ratelimit import RateLimiter
+
+
+@pytest.fixture
+async def ui(api_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process over https (the session cookie is Secure)."""
+    app = create_app(api_settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://msgq.test") as http:
+            yield http
+
 
 BODY: dict[str, Any] = {
     "model": "claude-haiku-4-5",
@@ -50,7 +64,10 @@ async def test_a_budget_failure_keeps_its_request_and_a_retry_runs_it(
         failed = await producer.get(job.id)
         assert failed.status is JobStatus.FAILED and failed.error is not None
         assert failed.error.type == "budget_exceeded"
-        assert "reserves $" in failed.error.message and "left of its day budget" in failed.error.message
+        assert (
+            "reserves $" in failed.error.message
+            and "left of its day budget" in failed.error.message
+        )
         assert await redis.exists(spec_key(job.id))
         assert retry_verdict(failed).allowed
     roomy = settings.model_copy(
