@@ -22,6 +22,7 @@ from msgq.jobs.endings import Endings
 from msgq.jobs.records import build_spec, new_record, validated
 from msgq.jobs.retry_policy import retry_verdict
 from msgq.jobs.store import JobStore
+from msgq.liveness import live_workers
 from msgq.replicas import confirm_replicated
 from msgq.settings import Settings
 from msgq.tenancy.policy import PolicyReader
@@ -236,6 +237,10 @@ class Client:
         if not verdict.allowed:
             return None, verdict.reason
         return None, "its request is no longer kept (a job that ended before this version)"
+
+    async def live_workers(self) -> int:
+        """Workers seen on this Redis lately (0: a submitted job would wait for one)."""
+        return await live_workers(self._redis, self.settings.queue_name)
 
     async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
         return await self._store.list(status=status, limit=limit)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 import sys
 import traceback
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -19,22 +20,37 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from msgq.cli import operations, services  # registered below
-from msgq.cli.common import FAILED_STATUSES, JobFailedError, dump, with_client
+from msgq.cli.common import (
+    FAILED_STATUSES,
+    JobFailedError,
+    dump,
+    mask_url,
+    use_dev_env,
+    with_client,
+)
 from msgq.client import Client
 from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from msgq.extras import MissingExtraError
+from msgq.liveness import SEEN_WITHIN_S
 from msgq.settings import Settings
 from schemas import JobRecord, JobStatus, Lane, Priority, summarize
+
+T = TypeVar("T")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-def cli(debug: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """msgq: a job queue for the Anthropic Messages API.
 
     Configuration comes from the environment (REDIS_URL, ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL,
-    MSGQ_*); `msgq settings` lists every setting, its value and where it came from.
+    MSGQ_*); `msgq settings` lists every setting, its value and where it came from. With
+    REDIS_URL unset, commands use the Redis of a `msgq dev` running from this directory
+    (./.msgq/dev.env).
     """
+    if ctx.invoked_subcommand != "dev":  # dev writes the file; it must not read an old one
+        use_dev_env()
 
 
 @cli.command()
@@ -107,6 +123,8 @@ def submit(
             priority=priority,
             tenant=submit_tenant,
         )
+        if not await client.live_workers():
+            _warn_no_worker(client.settings)
         return await client.wait(job.id, timeout=timeout) if wait else job.id
 
     outcome = with_client(run)
@@ -119,6 +137,16 @@ def submit(
         raise JobFailedError(msg)
 
 
+def _warn_no_worker(settings: Settings) -> None:
+    """On stderr, so the job ID on stdout still pipes: the job is stored, but nothing runs it."""
+    click.echo(
+        f"msgq: warning: no worker has been seen on {mask_url(settings.redis_url)} in the last "
+        f"{SEEN_WITHIN_S:g} s; the job waits until one starts (`msgq worker` or `msgq dev`, "
+        "with this REDIS_URL)",
+        err=True,
+    )
+
+
 TENANT = click.option(
     "--tenant", help="The HTTP API tenant that submitted the job (its ID is stored tenant:id)."
 )
@@ -126,6 +154,20 @@ TENANT = click.option(
 
 def _stored_id(job_id: str, tenant: str | None) -> str:
     return f"{tenant}:{job_id}" if tenant else job_id
+
+
+def _by_id(job_id: str, tenant: str | None, fn: Callable[[Client, str], Awaitable[T]]) -> T:
+    """`fn(client, stored ID)`; a miss without --tenant says how HTTP jobs are stored."""
+    try:
+        return with_client(lambda c: fn(c, _stored_id(job_id, tenant)))
+    except JobNotFoundError as exc:
+        if tenant is None and ":" not in job_id:
+            msg = (
+                f"{exc}; a job sent over the HTTP API is stored under its tenant: "
+                f"add --tenant TENANT (the tenant of the API key that sent it)"
+            )
+            raise JobNotFoundError(msg) from None
+        raise
 
 
 @cli.command()
@@ -143,7 +185,7 @@ def status(job_id: str, tenant: str | None, follow: bool) -> None:
             msg = f"job {job_id} {record.status.value}"
             raise JobFailedError(msg)
         return
-    dump(with_client(lambda c: c.get(_stored_id(job_id, tenant))).model_dump(mode="json"))
+    dump(_by_id(job_id, tenant, Client.get).model_dump(mode="json"))
 
 
 @cli.command()
@@ -151,7 +193,7 @@ def status(job_id: str, tenant: str | None, follow: bool) -> None:
 @TENANT
 def result(job_id: str, tenant: str | None) -> None:
     """Print a succeeded job's Message as JSON (exit 1 if it has none)."""
-    record = with_client(lambda c: c.get(_stored_id(job_id, tenant)))
+    record = _by_id(job_id, tenant, Client.get)
     if record.status is not JobStatus.SUCCEEDED or record.result is None:
         why = f": {record.error.message}" if record.error else ""
         msg = f"job {job_id} is {record.status.value}, no result{why}"
@@ -164,7 +206,7 @@ def result(job_id: str, tenant: str | None) -> None:
 @TENANT
 def cancel(job_id: str, tenant: str | None) -> None:
     """Cancel a queued or retrying job (an in-progress one is aborted)."""
-    record = with_client(lambda c: c.cancel(_stored_id(job_id, tenant)))
+    record = _by_id(job_id, tenant, Client.cancel)
     dump(record.model_dump(mode="json"))
     if record.status.terminal and record.status is not JobStatus.CANCELED:
         # Still exit 0 (the job is not running, which is what cancel wants), but say so.

@@ -110,8 +110,9 @@ def audit(as_json: bool) -> None:
     from msgq.connections import connect
 
     async def run() -> AuditReport:
-        async with connect(Settings()) as redis:
-            return await run_audit(redis)
+        settings = Settings()
+        async with connect(settings) as redis:
+            return await run_audit(redis, queue_name=settings.queue_name)
 
     report = asyncio.run(run())
     if as_json:
