@@ -130,10 +130,17 @@ class MessageRequest(BaseModel):
     @model_validator(mode="after")
     def _check_model_rules(self, info: ValidationInfo) -> MessageRequest:
         caps = capabilities_for(self.model)
-        _check_prefill(self, caps)
-        _check_sampling(self, caps)
-        _check_thinking(self, caps)
-        _check_images(self, caps)
+        # Every rule is checked, so a request with two problems reports both in one round.
+        problems: list[dict[str, str]] = []
+        for check in (_check_prefill, _check_sampling, _check_thinking, _check_images):
+            try:
+                check(self, caps)
+            except PydanticCustomError as exc:
+                problems.append({k: str(v) for k, v in (exc.context or {}).items()})
+        if problems:
+            message = "; ".join(p["message"] for p in problems)
+            context = {"field": problems[0]["field"], "message": message, "problems": problems}
+            raise PydanticCustomError("model_rule", "{message}", context)  # noqa: EM101  # an error code
         if info.context and info.context.get("in_batch") and self.max_tokens == 0:
             _refuse("max_tokens", "0 is not allowed inside a batch")
         return self
@@ -251,6 +258,13 @@ def field_errors(exc: ValidationError, data: Any = None) -> list[dict[str, str]]
         if err["type"] == "missing" and err["loc"] and isinstance(err["loc"][-1], str):
             # The absent field is not in the input, so the walk dropped it: it is the point.
             path.append(err["loc"][-1])
+        problems = err.get("ctx", {}).get("problems") if err["type"] == "model_rule" else None
+        if problems and not path:  # one row per broken rule, each at its own field
+            rows.extend(
+                {"loc": p["field"], "msg": p["message"], "type": "model_rule", "_wrong_branch": ""}
+                for p in problems
+            )
+            continue
         if err["type"] == "model_rule" and not path:
             path = [str(err.get("ctx", {}).get("field", ""))]
         rows.append(
