@@ -135,9 +135,9 @@ def ended(record: JobRecord, status: JobStatus, **fields: Any) -> JobRecord:
     """Terminal: `finished_at` now, nothing scheduled; an error joins the attempt timeline."""
     if isinstance(fields.get("error"), JobError):
         fields["attempt_errors"] = logged(record, fields["error"], fields.get("attempts"))
-    return record.model_copy(
-        update={"status": status, "finished_at": utcnow(), "next_attempt_at": None, **fields}
-    )
+    # An ended job waits for nothing: a stale reason (`batch_pool`, `budget`) would mislead.
+    update = {"finished_at": utcnow(), "next_attempt_at": None, "waiting_reason": None}
+    return record.model_copy(update={"status": status, **update, **fields})
 
 
 def begun(record: JobRecord) -> JobRecord:
