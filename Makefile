@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test lint format typecheck all clean bench chaos lock
+.PHONY: help setup demo test lint format typecheck all clean bench chaos lock docs
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,6 +32,9 @@ demo: $(STAMP)  ## start Redis + simulator + worker, run the four sample jobs an
 test: $(STAMP)  ## the whole suite: starts its own Redis and simulator
 	$(BIN)/pytest
 
+docs: $(STAMP)  ## build the docs site into site/ (reference pages generated from the code; strict)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 lint: $(STAMP)  ## ruff + mypy + the layering contracts (import-linter), check only
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -48,7 +51,7 @@ typecheck: $(STAMP)
 all: lint test
 
 clean:  ## remove the venv, caches and local data
-	rm -rf $(VENV) .msgq .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .msgq .pytest_cache .mypy_cache .ruff_cache site
 
 bench: $(STAMP)  ## benchmarks against baselines in the same run; writes BENCHMARKS.md (~30 min)
 	$(BIN)/python -m bench.run

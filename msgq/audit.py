@@ -34,6 +34,7 @@ from msgq.keys import (
     in_progress_key,
     record_key,
 )
+from msgq.liveness import live_workers
 from msgq.webhooks.outbox import audit_findings
 from schemas import JobRecord, JobStatus
 
@@ -78,14 +79,27 @@ class AuditReport:
         }
 
 
-async def audit(redis: Redis) -> AuditReport:
+async def audit(redis: Redis, *, queue_name: str | None = None) -> AuditReport:
+    """Every check; with `queue_name`, also that a worker is alive to serve waiting jobs."""
     report = AuditReport()
     await _records(redis, report)
+    if queue_name is not None:
+        await _check_workers(redis, report, queue_name)
     await _batches(redis, report)
     await _other_ttls(redis, report)
     for check, example in await audit_findings(redis):
         report.violation(check, example)
     return report
+
+
+async def _check_workers(redis: Redis, report: AuditReport, queue_name: str) -> None:
+    """Jobs waiting while no worker has been seen: nothing errors, and nothing happens."""
+    waiting = sum(report.by_status[s.value] for s in JobStatus if not s.terminal)
+    if waiting and not await live_workers(redis, queue_name):
+        report.violation(
+            "jobs waiting on a queue with no live worker",
+            f"{waiting} job(s) on {queue_name}; start `msgq worker` (or `msgq dev`) on this Redis",
+        )
 
 
 async def _scan(redis: Redis, pattern: str) -> list[str]:

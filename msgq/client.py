@@ -20,7 +20,9 @@ from msgq.connections import connect
 from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from msgq.jobs.endings import Endings
 from msgq.jobs.records import build_spec, new_record, validated
+from msgq.jobs.retry_policy import retry_verdict
 from msgq.jobs.store import JobStore
+from msgq.liveness import live_workers
 from msgq.model_catalog import CatalogReader, note_unknown_model
 from msgq.replicas import confirm_replicated
 from msgq.settings import Settings
@@ -259,6 +261,21 @@ class Client:
             return enqueue_payload(JobSpec.model_validate(kwargs), int(time.time() * 1000))
 
         return await self._store.reopen(job_id, payload)
+
+    async def retry_explained(self, job_id: str) -> tuple[JobRecord | None, str]:
+        """`retry`, and when nothing was requeued, why not, in a sentence (JobNotFoundError
+        when there is no such job)."""
+        fresh = await self.retry(job_id)
+        if fresh is not None:
+            return fresh, ""
+        verdict = retry_verdict(await self.get(job_id))
+        if not verdict.allowed:
+            return None, verdict.reason
+        return None, "its request is no longer kept (a job that ended before this version)"
+
+    async def live_workers(self) -> int:
+        """Workers seen on this Redis lately (0: a submitted job would wait for one)."""
+        return await live_workers(self._redis, self.settings.queue_name)
 
     async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
         return await self._store.list(status=status, limit=limit)

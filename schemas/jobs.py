@@ -108,6 +108,7 @@ class AttemptError(BaseModel):
     type: str
     message: str
     status_code: int | None = None
+    request_id: str | None = None  # the API's, for a support ticket about this attempt
 
 
 class JobRecord(BaseModel):

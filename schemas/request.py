@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
@@ -14,6 +14,7 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from schemas.blocks import (
     Base64ImageSource,
@@ -135,10 +136,23 @@ class MessageRequest(BaseModel):
         check_version(self, context.get("anthropic_version"))
         caps = capabilities_for(self.model)
         limits = limits_for(self.model, context.get("models"))
-        _check_prefill(self, caps)
-        _check_sampling(self, caps)
-        _check_thinking(self, caps)
-        _check_images(self, caps, limits)
+        # Every rule is checked, so a request with two problems reports both in one round.
+        problems: list[dict[str, str]] = []
+        checks: tuple[Callable[[], None], ...] = (
+            lambda: _check_prefill(self, caps),
+            lambda: _check_sampling(self, caps),
+            lambda: _check_thinking(self, caps),
+            lambda: _check_images(self, caps, limits),
+        )
+        for check in checks:
+            try:
+                check()
+            except PydanticCustomError as exc:
+                problems.append({k: str(v) for k, v in (exc.context or {}).items()})
+        if problems:
+            message = "; ".join(p["message"] for p in problems)
+            found = {"field": problems[0]["field"], "message": message, "problems": problems}
+            raise PydanticCustomError("model_rule", "{message}", found)  # noqa: EM101  # an error code
         if context.get("in_batch") and self.max_tokens == 0:
             _refuse("max_tokens", "0 is not allowed inside a batch")
         if limits is not None:
@@ -268,6 +282,13 @@ def field_errors(exc: ValidationError, data: Any = None) -> list[dict[str, str]]
         if err["type"] == "missing" and err["loc"] and isinstance(err["loc"][-1], str):
             # The absent field is not in the input, so the walk dropped it: it is the point.
             path.append(err["loc"][-1])
+        problems = err.get("ctx", {}).get("problems") if err["type"] == "model_rule" else None
+        if problems and not path:  # one row per broken rule, each at its own field
+            rows.extend(
+                {"loc": p["field"], "msg": p["message"], "type": "model_rule", "_wrong_branch": ""}
+                for p in problems
+            )
+            continue
         if err["type"] == "model_rule" and not path:
             path = [str(err.get("ctx", {}).get("field", ""))]
         rows.append(

@@ -284,7 +284,8 @@ async def test_rerun_reports_earlier_failures_until_retried(
     save(photos / "a.png")
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     out = tmp_path / "out.jsonl"
-    sim.script({"status": 400, "message": "no"})
+    # 401: fixed by a new key, so a retry can help (a 400 is permanent: not retried)
+    sim.script({"status": 401, "message": "no"})
     await start_worker()
     first = await caption(settings, [photos], out)
     assert (first.done, first.failed) == (0, 2)
@@ -347,6 +348,15 @@ async def test_ctrl_c_summarises_and_says_how_to_cancel(
     assert any(r.status.value == "canceled" for r in records)
     assert all(r.status.terminal or r.cancel_requested for r in records)
     assert sim.requests()[0]["body"]["messages"][0]["content"][1]["text"] == DEFAULT_PROMPT
+
+    async def all_ended() -> bool:
+        return all([(await client.get(job_id)).status.terminal for job_id in left])
+
+    await eventually(all_ended, timeout_s=30)
+    rerun = await asyncio.to_thread(subprocess.run, args, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr  # the canceled images were sent again
+    latest = {r["path"]: r["status"] for r in rows(out)}
+    assert len(latest) == 12 and set(latest.values()) == {"succeeded"}
 
 
 def test_plain_progress_has_a_total_and_eta_on_one_line(tmp_path: Path) -> None:

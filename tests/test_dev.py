@@ -6,24 +6,32 @@ import asyncio
 import os
 import re
 import signal
+import socket
+import subprocess
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 import redis
 
 from msgq.client import Client
+from msgq.dev.embedded_redis import EmbeddedRedis, free_ports
 from msgq.dev.stack import msgq_command
+from msgq.http.ui.session import COOKIE
 from schemas import JobStatus
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, eventually
 
 
-async def test_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    """Without a key the simulator answers; SIGINT stops every process it started."""
+async def start_dev(tmp_path: Path, **extra_env: str) -> tuple[asyncio.subprocess.Process, str]:
+    """`msgq dev` in `tmp_path` on three free ports; returns it and its banner."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
+    ports = [str(p) for p in free_ports(3)]
+    args = ["--redis-port", ports[0], "--api-port", ports[1], "--sim-port", ports[2]]
     proc = await asyncio.create_subprocess_exec(
-        *msgq_command("dev", "--data-dir", str(tmp_path / "msgq")),
-        env=env,
+        *msgq_command("dev", *args),
+        env={**env, **extra_env},
+        cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -31,13 +39,25 @@ async def test_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
     lines: list[str] = []
     async with asyncio.timeout(30):
         while not lines or "Ctrl-C" not in lines[-1]:
-            lines.append((await proc.stdout.readline()).decode())
-    text = "".join(lines)
+            line = (await proc.stdout.readline()).decode()
+            assert line, "msgq dev ended before its banner"
+            lines.append(line)
+    return proc, "".join(lines)
+
+
+async def test_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """Without a key the simulator answers; one banner names Redis, the API, /ui, an admin key
+    and how to stop; SIGINT stops every process it started and removes dev.env."""
+    proc, text = await start_dev(tmp_path)
     assert "simulator" in text and "ANTHROPIC_API_KEY is not set" in text
     match = re.search(r"REDIS_URL=(\S+)", text)
     assert match is not None
     url = match[1]
-    assert (tmp_path / "msgq" / "redis" / "appendonlydir").is_dir()
+    assert re.search(
+        r"dashboard  http://127.0.0.1:\d+/ui  \(sign in with msgq-dev-\w+: an admin", text
+    )
+    assert (tmp_path / ".msgq" / "redis" / "appendonlydir").is_dir()
+    assert f"REDIS_URL={url}" in (tmp_path / ".msgq" / "dev.env").read_text()
 
     async with Client.from_url(url) as client:
         job = await client.submit(orjson.loads((SAMPLES / "requests" / "text.json").read_bytes()))
@@ -50,6 +70,85 @@ async def test_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
     with pytest.raises(redis.ConnectionError):
         probe.ping()  # the embedded Redis is gone too
     probe.close()
+    assert not (tmp_path / ".msgq" / "dev.env").exists()
+
+
+async def test_the_cli_finds_msgq_dev_and_the_dashboard_shows_its_jobs(tmp_path: Path) -> None:
+    """With REDIS_URL unset, `msgq submit` run beside `msgq dev` uses its Redis (dev.env), and
+    the key in the banner signs in to /ui as an admin who sees that job."""
+    proc, text = await start_dev(tmp_path)
+    try:
+        key = re.search(r"x-api-key: (\S+)\)", text)
+        api = re.search(r"HTTP API   (\S+)", text)
+        assert key is not None and api is not None
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
+        sample = str(SAMPLES / "requests" / "text.json")
+        submitted = await asyncio.to_thread(
+            subprocess.run,
+            msgq_command("submit", sample, "--wait", "--timeout", "30"),
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        assert "no worker" not in submitted.stderr
+        job_id = orjson.loads(submitted.stdout)["id"]
+        async with httpx.AsyncClient(base_url=api[1]) as http:
+            form = await http.get("/ui/login")
+            token = re.search(r'name="login_token" value="([^"]+)"', form.text)
+            assert token is not None
+            login = await http.post("/ui/login", data={"login_token": token[1], "api_key": key[1]})
+            cookie = login.cookies.get(COOKIE)
+            assert login.status_code == 303 and cookie
+            page = await http.get("/ui/jobs", headers={"cookie": f"{COOKIE}={cookie}"})
+        assert page.status_code == 200 and job_id in page.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            await proc.wait()
+
+
+async def test_ctrl_c_lets_workers_release_in_flight_jobs_before_the_simulator_stops(
+    tmp_path: Path,
+) -> None:
+    """A call in flight at Ctrl-C: the worker (1 s grace) puts the job back to `queued` with
+    the attempt refunded, before the simulator and Redis stop (the data survives on disk)."""
+    proc, text = await start_dev(tmp_path, MSGQ_SIM_LATENCY_MS="20000", MSGQ_SHUTDOWN_GRACE_S="1")
+    match = re.search(r"REDIS_URL=(\S+)", text)
+    assert match is not None
+    async with Client.from_url(match[1]) as client:
+        job = await client.submit(orjson.loads((SAMPLES / "requests" / "text.json").read_bytes()))
+
+        async def in_flight() -> bool:
+            return (await client.get(job.id)).status is JobStatus.IN_PROGRESS
+
+        await eventually(in_flight)
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(40):
+        assert await proc.wait() == 0
+    with EmbeddedRedis(tmp_path / ".msgq" / "redis") as again:
+        async with Client.from_url(again.url) as client:
+            record = await client.get(job.id)
+    assert (record.status, record.attempts, record.error) == (JobStatus.QUEUED, 0, None)
+
+
+async def test_dev_fails_clearly_when_its_port_is_taken(tmp_path: Path) -> None:
+    """A taken port is an error naming it and the option to change it, never a quiet move."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            msgq_command("dev", "--redis-port", str(port)),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert f"port {port} (Redis) is in use" in done.stderr and "--redis-port" in done.stderr
 
 
 def test_demo_finds_its_samples() -> None:

@@ -54,7 +54,7 @@ async def test_status_and_model_indexes_follow_the_record(
     assert job.id in await _members(redis, status_jobs_key("queued"))
     assert job.id in await _members(redis, model_jobs_key("claude-haiku-4-5"))
     await store.update(job.id, records.begun)
-    error = JobError(type="invalid_request_error", message="bad", status_code=400)
+    error = JobError(type="api_error", message="bad", status_code=500)
     await store.update(job.id, lambda r: records.ended(r, JobStatus.FAILED, error=error))
     where = {s.value for s in JobStatus if job.id in await _members(redis, status_jobs_key(s))}
     assert where == {"failed"}

@@ -263,8 +263,9 @@ def test_cancel_a_queued_job(page: Page) -> None:
 
 
 def test_failed_jobs_retried_as_a_group(page: Page) -> None:
-    """Three jobs the API refuses fail; "retry all" on their group runs them again."""
-    refusal = {"status": 400, "message": "simulated refusal for the group"}
+    """Three jobs the API refuses (401: a key to fix, so a retry can help) fail; the Retry on
+    their group runs them again."""
+    refusal = {"status": 401, "message": "simulated refusal for the group"}
     page.sim.script(refusal, refusal, refusal)
     ids = [page.submit(KEY_A, text_request(f"group {n}")) for n in range(3)]
     page.until(lambda d: all(page.status(i) == "failed" for i in ids))

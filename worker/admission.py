@@ -26,7 +26,7 @@ from msgq.arq_format import Defer
 from msgq.jobs.records import utcnow
 from msgq.keys import COOLING_KEY, PAUSE_KEY, TICKETS_KEY, admitted_key, record_key
 from msgq.pricing import prices_for
-from msgq.tenancy.budgets import Budgets, Reservation, reserve_usd
+from msgq.tenancy.budgets import Budgets, Reservation, budget_message, reserve_usd
 from msgq.tenancy.scheduling import Estimate
 from msgq.tenancy.tenants import load_tenants
 from schemas import JobError, JobRecord, JobStatus, MessageRequest
@@ -191,7 +191,7 @@ async def reserve_budget(
     if config.on_budget == "fail":
         error = JobError(
             type="budget_exceeded",
-            message=f"tenant {record.tenant!r} has reached its {outcome} budget",
+            message=budget_message(record.tenant, outcome),
         )
         await transitions.finish(deps.store, record.id, JobStatus.FAILED, error=error)
         return False

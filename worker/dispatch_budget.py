@@ -8,7 +8,7 @@ import time
 import structlog
 
 from msgq.jobs.store import JobStore
-from msgq.tenancy.budgets import Budgets, Reservation
+from msgq.tenancy.budgets import Budgets, Reservation, budget_message
 from msgq.tenancy.tenants import Tenants
 from schemas import JobError, JobRecord, JobStatus
 from worker import transitions
@@ -45,7 +45,7 @@ class BudgetGate:
     async def _fail(self, head: Head, period: str) -> None:
         error = JobError(
             type="budget_exceeded",
-            message=f"tenant {head.tenant!r} has reached its {period} budget",
+            message=budget_message(head.tenant, period),
         )
         stored = await transitions.finish(self.store, head.job_id, JobStatus.FAILED, error=error)
         if stored is not None:

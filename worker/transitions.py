@@ -12,7 +12,9 @@ import structlog
 from redis.exceptions import RedisError
 
 from msgq.jobs import records
+from msgq.jobs.kept import keep_spec_from_queue
 from msgq.jobs.records import new_record, utcnow
+from msgq.jobs.retry_policy import keeps_request
 from msgq.jobs.store import JobStore
 from schemas import JobError, JobRecord, JobStatus
 from worker import arq_claim, metrics
@@ -62,6 +64,11 @@ async def finish(
     finish, one round trip fewer); the worker then skips its own."""
     written: list[JobRecord] = []
     running = arq_claim.running_job(job_id)
+    error = fields.get("error")
+    if keeps_request(status, error.type if isinstance(error, JobError) else None):
+        # Before the write, which may take the queued payload with it: budget and deadline
+        # endings happen before any attempt, so nothing else keeps the request for a retry.
+        await keep_spec_from_queue(store.redis, job_id, ttl_s=store.retention_s)
 
     def change(record: JobRecord) -> JobRecord:
         # Re-run after a WATCH conflict: always build from the latest record.

@@ -113,8 +113,11 @@ def _report_interrupt(out: Path, left: list[str]) -> None:
         return
     click.echo(
         f"msgq: interrupted; {len(left)} caption job(s) are still queued or running in the "
-        f"fleet (IDs in {pending_file(out)}). Rerun the same command to collect them (nothing "
-        f"is paid twice), or cancel them: msgq caption --cancel --out {out}",
+        f"fleet (IDs in {pending_file(out)}).\n"
+        "  Keep them: they run on; rerun the same command to collect their captions "
+        "(nothing is paid twice).\n"
+        f"  Stop them: msgq caption --cancel --out {out} (nothing more is spent; a later rerun "
+        "sends the canceled images again).",
         err=True,
     )
 

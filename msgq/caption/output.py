@@ -30,6 +30,11 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+# Rows of jobs that ended without an answer because someone or something stopped them (a
+# `--cancel`, a deadline): no verdict on the image, so a rerun resubmits them.
+NOT_RUN = frozenset({"canceled", "expired"})
+
+
 class CaptionLog:
     """The JSONL output. On open, a torn last line (a crash mid-write) is cut off, and what the
     rows say is remembered, the latest row winning: a rerun skips what succeeded and reports
@@ -63,6 +68,9 @@ class CaptionLog:
             self.failed_paths.add(path)
         elif row.get("status") == "succeeded":
             self.done.add(job_id)
+            self.failed_ids.discard(job_id)
+            self.failed_paths.discard(path)
+        elif row.get("status") in NOT_RUN:  # stopped, not failed: a rerun sends it again
             self.failed_ids.discard(job_id)
             self.failed_paths.discard(path)
         else:

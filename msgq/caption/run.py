@@ -13,14 +13,16 @@ from redis.asyncio import Redis
 
 from msgq.caption.images import ImagePrepError
 from msgq.caption.inputs import Item, iter_items
-from msgq.caption.output import CaptionLog, Sidecars
-from msgq.caption.work import CaptionOptions, build_work, row_for
-from msgq.client import Client
+from msgq.caption.output import NOT_RUN, CaptionLog, Sidecars
+from msgq.caption.work import CaptionOptions, Work, build_work, row_for
+from msgq.client import Client, Submitted
 from msgq.errors import InvalidJobError
 from msgq.jobs.endings import Endings
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from schemas import JobStatus
+
+RERUNS_MAX = 20  # reruns of one canceled image before its last ID is reported as is
 
 # CaptionOptions lives in work.py; it is re-exported here, where callers start a run.
 __all__ = ["CaptionOptions", "CaptionRun", "Tally"]
@@ -127,30 +129,54 @@ class CaptionRun:
         if work.job_id in self.log.done:
             self._count_earlier(failed=False)
             return
-        if work.job_id in self.log.failed_ids and work.job_id not in self.pending:
-            if not retry:
-                self._count_earlier(failed=True)
-                return
-            # failed → queued again from its kept request; anything else (canceled, or past
-            # retention) is left to submit below, which returns it or starts it afresh.
-            await self.client.retry(work.job_id)
+        if await self._failed_before(work):
+            return
         if work.job_id in self.pending:  # the same image twice: one job, two rows
             self.pending[work.job_id].append(item)
             return
         try:
+            job = await self._submit(work, item)
+        except InvalidJobError as exc:
+            self._write(row_for(item, None, str(exc)))
+            return
+        if job is None:  # done under a rerun ID in an earlier run
+            self._count_earlier(failed=False)
+            return
+        self.pending[job.id] = [item]
+        if job.record.status.terminal:
+            await self._finish(job.id)
+
+    async def _failed_before(self, work: Work) -> bool:
+        """True (counted) when an earlier run failed it and --retry-failed is not given."""
+        if work.job_id not in self.log.failed_ids or work.job_id in self.pending:
+            return False
+        if not self.options.retry_failed:
+            self._count_earlier(failed=True)
+            return True
+        # failed → queued again from its kept request; anything else (canceled, or past
+        # retention) is left to `_submit`, which returns it or starts it afresh.
+        await self.client.retry(work.job_id)
+        return False
+
+    async def _submit(self, work: Work, item: Item) -> Submitted | None:
+        """Submit under the image's ID; one that was canceled or expired is sent again under
+        `ID.rN`, the first N not canceled or expired, so reruns stay idempotent (a retry of
+        the old ID cannot bring back a canceled job: its request was not kept)."""
+        job_id = work.job_id
+        for rerun in range(1, RERUNS_MAX + 1):
             job = await self.client.submit(
                 work.request,
-                job_id=work.job_id,
+                job_id=job_id,
                 metadata={"path": item.source[-512:]},
                 lane=self.options.lane,
                 priority=self.options.priority,
             )
-        except InvalidJobError as exc:
-            self._write(row_for(item, None, str(exc)))
-            return
-        self.pending[work.job_id] = [item]
-        if job.record.status.terminal:
-            await self._finish(work.job_id)
+            if job.record.status.value not in NOT_RUN:
+                break
+            job_id = f"{work.job_id}.r{rerun}"
+            if job_id in self.log.done:
+                return None
+        return job
 
     def _count_earlier(self, *, failed: bool) -> None:
         if failed:

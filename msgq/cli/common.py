@@ -4,11 +4,15 @@ exit code."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import orjson
+from dotenv import dotenv_values
 
 from msgq.client import Client
 from msgq.settings import Settings
@@ -20,6 +24,29 @@ FAILED_STATUSES = {JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED}
 
 class JobFailedError(click.ClickException):
     exit_code = 1
+
+
+DEV_ENV_PATH = Path(".msgq") / "dev.env"
+REDIS_VARIABLES = ("REDIS_URL", "MSGQ_REDIS_URL")
+
+
+def use_dev_env(path: Path = DEV_ENV_PATH) -> str | None:
+    """Point this command at the Redis a running `msgq dev` serves (its dev.env), when neither
+    the environment nor .env names one; returns the URL taken. Without this, a `msgq dev`
+    on another port left `msgq submit` writing to a Redis no worker reads."""
+    if any(os.environ.get(name) for name in REDIS_VARIABLES) or not path.is_file():
+        return None
+    dotenv = {k.upper() for k in dotenv_values(".env")} if Path(".env").is_file() else set()
+    if dotenv & set(REDIS_VARIABLES):
+        return None
+    url = dotenv_values(path).get("REDIS_URL")
+    if url:
+        os.environ["REDIS_URL"] = url
+    return url
+
+
+def mask_url(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def dump(data: Any) -> None:

@@ -10,31 +10,47 @@ from __future__ import annotations
 import re
 import sys
 import traceback
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import orjson
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from msgq.cli import api_info, operations, services  # registered below
-from msgq.cli.common import FAILED_STATUSES, JobFailedError, dump, with_client
+from msgq.cli import api_info, caption_command, operations, services  # registered below
+from msgq.cli.common import (
+    FAILED_STATUSES,
+    JobFailedError,
+    dump,
+    mask_url,
+    use_dev_env,
+    with_client,
+)
 from msgq.client import Client
 from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from msgq.extras import MissingExtraError
+from msgq.liveness import SEEN_WITHIN_S
 from msgq.settings import Settings
 from schemas import JobRecord, JobStatus, Lane, Priority, summarize
+
+T = TypeVar("T")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-def cli(debug: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """msgq: a job queue for the Anthropic Messages API.
 
     Configuration comes from the environment (REDIS_URL, ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL,
-    MSGQ_*); `msgq settings` lists every setting, its value and where it came from.
+    MSGQ_*); `msgq settings` lists every setting, its value and where it came from. With
+    REDIS_URL unset, commands use the Redis of a `msgq dev` running from this directory
+    (./.msgq/dev.env).
     """
+    if ctx.invoked_subcommand != "dev":  # dev writes the file; it must not read an old one
+        use_dev_env()
 
 
 @cli.command()
@@ -122,6 +138,8 @@ def submit(
             anthropic_version=anthropic_version,
             betas=list(betas) or None,
         )
+        if not await client.live_workers():
+            _warn_no_worker(client.settings)
         return await client.wait(job.id, timeout=timeout) if wait else job.id
 
     outcome = with_client(run)
@@ -134,6 +152,16 @@ def submit(
         raise JobFailedError(msg)
 
 
+def _warn_no_worker(settings: Settings) -> None:
+    """On stderr, so the job ID on stdout still pipes: the job is stored, but nothing runs it."""
+    click.echo(
+        f"msgq: warning: no worker has been seen on {mask_url(settings.redis_url)} in the last "
+        f"{SEEN_WITHIN_S:g} s; the job waits until one starts (`msgq worker` or `msgq dev`, "
+        "with this REDIS_URL)",
+        err=True,
+    )
+
+
 TENANT = click.option(
     "--tenant", help="The HTTP API tenant that submitted the job (its ID is stored tenant:id)."
 )
@@ -141,6 +169,20 @@ TENANT = click.option(
 
 def _stored_id(job_id: str, tenant: str | None) -> str:
     return f"{tenant}:{job_id}" if tenant else job_id
+
+
+def _by_id(job_id: str, tenant: str | None, fn: Callable[[Client, str], Awaitable[T]]) -> T:
+    """`fn(client, stored ID)`; a miss without --tenant says how HTTP jobs are stored."""
+    try:
+        return with_client(lambda c: fn(c, _stored_id(job_id, tenant)))
+    except JobNotFoundError as exc:
+        if tenant is None and ":" not in job_id:
+            msg = (
+                f"{exc}; a job sent over the HTTP API is stored under its tenant: "
+                f"add --tenant TENANT (the tenant of the API key that sent it)"
+            )
+            raise JobNotFoundError(msg) from None
+        raise
 
 
 @cli.command()
@@ -158,7 +200,7 @@ def status(job_id: str, tenant: str | None, follow: bool) -> None:
             msg = f"job {job_id} {record.status.value}"
             raise JobFailedError(msg)
         return
-    dump(with_client(lambda c: c.get(_stored_id(job_id, tenant))).model_dump(mode="json"))
+    dump(_by_id(job_id, tenant, Client.get).model_dump(mode="json"))
 
 
 @cli.command()
@@ -166,7 +208,7 @@ def status(job_id: str, tenant: str | None, follow: bool) -> None:
 @TENANT
 def result(job_id: str, tenant: str | None) -> None:
     """Print a succeeded job's Message as JSON (exit 1 if it has none)."""
-    record = with_client(lambda c: c.get(_stored_id(job_id, tenant)))
+    record = _by_id(job_id, tenant, Client.get)
     if record.status is not JobStatus.SUCCEEDED or record.result is None:
         why = f": {record.error.message}" if record.error else ""
         msg = f"job {job_id} is {record.status.value}, no result{why}"
@@ -179,7 +221,7 @@ def result(job_id: str, tenant: str | None) -> None:
 @TENANT
 def cancel(job_id: str, tenant: str | None) -> None:
     """Cancel a queued or retrying job (an in-progress one is aborted)."""
-    record = with_client(lambda c: c.cancel(_stored_id(job_id, tenant)))
+    record = _by_id(job_id, tenant, Client.cancel)
     dump(record.model_dump(mode="json"))
     if record.status.terminal and record.status is not JobStatus.CANCELED:
         # Still exit 0 (the job is not running, which is what cancel wants), but say so.
@@ -208,105 +250,8 @@ def jobs(status_: str | None, limit: int, as_json: bool) -> None:
             )
 
 
-@cli.command()
-@click.argument("inputs", nargs=-1)
-@click.option(
-    "--prompt",
-    help="Prompt template: {name} {stem} {directory} {width} {height}. "
-    'Default: "Describe this image in one sentence."',
-)
-@click.option("--prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--model", default="claude-haiku-4-5", show_default=True)
-@click.option("--max-tokens", default=200, show_default=True)
-@click.option(
-    "--out",
-    default="captions.jsonl",
-    show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-)
-@click.option(
-    "--sidecar",
-    is_flag=True,
-    help="Also write name.txt beside name.jpg (name.jpg.txt where two images share a name).",
-)
-@click.option("--sidecar-ext", default=".txt", show_default=True, help="e.g. .caption")
-@click.option("--force-sidecar", is_flag=True, help="Replace sidecars msgq did not write.")
-@click.option("--retry-failed", is_flag=True, help="Re-run images that failed in earlier runs.")
-@click.option("--cancel", is_flag=True, help="Cancel the jobs an interrupted run left running.")
-@click.option(
-    "--window",
-    type=int,
-    help="Most jobs in Redis at once [4 x MSGQ_MAX_JOBS; batch/auto lane: 5,000].",
-)
-@click.option("--max-side", type=int, help="Downscale so the long side is at most this.")
-@click.option(
-    "--lane",
-    type=click.Choice([lane.value for lane in Lane]),
-    default="realtime",
-    show_default=True,
-    help="batch: Message Batches at half price, ends within 24 h; auto: batch (no deadline).",
-)
-@click.option(
-    "--dry-run",
-    is_flag=True,
-    help="Count and estimate tokens and cost (both lanes); spend nothing.",
-)
-def caption(
-    inputs: tuple[str, ...],
-    prompt: str | None,
-    prompt_file: Path | None,
-    model: str,
-    max_tokens: int,
-    out: Path,
-    sidecar: bool,
-    sidecar_ext: str,
-    force_sidecar: bool,
-    retry_failed: bool,
-    cancel: bool,
-    window: int | None,
-    max_side: int | None,
-    lane: str,
-    dry_run: bool,
-) -> None:
-    """Caption images (files, folders, manifests of paths or URLs) into JSONL and sidecars."""
-    from msgq.caption.cli import cancel_pending, run_caption
-    from msgq.caption.work import DEFAULT_PROMPT, CaptionOptions
-
-    settings = Settings()
-    if cancel:
-        cancel_pending(out, settings)
-        return
-    if not inputs:
-        msg = "give images, folders or manifests to caption"
-        raise click.UsageError(msg)
-    if prompt_file is not None:
-        prompt = prompt_file.read_text(encoding="utf-8").strip()
-    options = CaptionOptions(
-        inputs=list(inputs),
-        prompt=prompt or DEFAULT_PROMPT,
-        model=model,
-        max_tokens=max_tokens,
-        out=out,
-        sidecar=sidecar,
-        sidecar_ext=sidecar_ext,
-        window=window or _default_window(Lane(lane), settings),
-        max_side_px=max_side,
-        retry_failed=retry_failed,
-        force_sidecar=force_sidecar,
-        lane=Lane(lane),
-    )
-    run_caption(options, settings, dry_run=dry_run)
-
-
-def _default_window(lane: Lane, settings: Settings) -> int:
-    """Realtime: enough to keep the workers busy. Batch: pooling is the point, so many more
-    (Redis then holds up to this many prepared images until their upstream batch ends)."""
-    if lane is Lane.REALTIME:
-        return 4 * settings.max_jobs
-    return min(settings.batch_max_requests, 5000)
-
-
 for _command in (
+    caption_command.caption,
     operations.retry,
     operations.resume,
     operations.usage,

@@ -19,27 +19,34 @@ from schemas import JobStatus
 @click.command()
 @click.argument("job_ids", nargs=-1)
 @click.option("--all-failed", is_flag=True, help="Every failed job still within retention.")
-def retry(job_ids: tuple[str, ...], all_failed: bool) -> None:
-    """Re-run failed jobs with their original request (attempts start again)."""
+@click.option(
+    "--tenant", help="The HTTP API tenant that submitted the jobs (their IDs are tenant:id)."
+)
+def retry(job_ids: tuple[str, ...], all_failed: bool, tenant: str | None) -> None:
+    """Re-run failed or expired jobs with their original request (attempts start again).
+
+    Only where a retry can change the outcome: not for a permanent error (invalid_request_error,
+    not_found_error, validation_error), whose request would fail the same way again.
+    """
     if not job_ids and not all_failed:
         msg = "give job IDs or --all-failed"
         raise click.UsageError(msg)
+    stored = [f"{tenant}:{i}" if tenant else i for i in job_ids]
 
-    async def run(client: Client) -> list[tuple[str, bool]]:
-        for job_id in job_ids:
+    async def run(client: Client) -> list[tuple[str, str]]:
+        for job_id in stored:
             await client.get(job_id)  # JobNotFoundError (exit 2) before anything is requeued
-        ids = list(job_ids)
+        ids = list(stored)
         if all_failed:
-            ids += [r.id for r in await client.list(status=JobStatus.FAILED, limit=100_000)]
-        return [(i, await client.retry(i) is not None) for i in ids]
+            failed = await client.list(status=JobStatus.FAILED, limit=100_000)
+            ids += [r.id for r in failed if tenant is None or r.tenant == tenant]
+        return [(i, (await client.retry_explained(i))[1]) for i in ids]
 
     outcomes = with_client(run)
-    for job_id, requeued in outcomes:
-        click.echo(
-            f"{job_id}  {'requeued' if requeued else 'not retried (not failed, or no spec)'}"
-        )
-    if job_ids and not all(ok for _, ok in outcomes):
-        msg = "some jobs could not be retried (only failed jobs can be)"
+    for job_id, why_not in outcomes:
+        click.echo(f"{job_id}  {'requeued' if not why_not else 'not retried: ' + why_not}")
+    if job_ids and any(why_not for _, why_not in outcomes):
+        msg = "some jobs were not retried (the reason is on each line)"
         raise click.UsageError(msg)
 
 
@@ -103,8 +110,9 @@ def audit(as_json: bool) -> None:
     from msgq.connections import connect
 
     async def run() -> AuditReport:
-        async with connect(Settings()) as redis:
-            return await run_audit(redis)
+        settings = Settings()
+        async with connect(settings) as redis:
+            return await run_audit(redis, queue_name=settings.queue_name)
 
     report = asyncio.run(run())
     if as_json:

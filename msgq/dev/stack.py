@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -38,8 +40,55 @@ def wait_http(
             time.sleep(0.05)
 
 
+class PortInUseError(RuntimeError):
+    """A fixed port of `msgq dev` is taken: fail, rather than move where nothing looks."""
+
+
+DEV_ENV = "dev.env"  # under the data dir: what `msgq dev` serves, read by the CLI
+
+
+def port_is_free(port: int) -> bool:
+    """Free as the servers will bind it (SO_REUSEADDR), so a port left in TIME_WAIT by the
+    previous run counts as free; only a live listener makes it taken."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def claim_port(port: int, what: str, option: str) -> int:
+    """`port` when free (0: any free port), else PortInUseError naming who to stop."""
+    if port == 0:
+        return free_port()
+    if not port_is_free(port):
+        msg = (
+            f"port {port} ({what}) is in use: another `msgq dev` or server is running there. "
+            f"Stop it, or choose another port with {option}"
+        )
+        raise PortInUseError(msg)
+    return port
+
+
+@dataclass(frozen=True)
+class DevPorts:
+    """`msgq dev`'s fixed ports: the defaults every other command assumes."""
+
+    redis: int = 6379
+    api: int = 8000
+    simulator: int = 8787
+
+
 class Stack(Managed):
-    """Everything `msgq dev` and `make demo` need, on loopback, stopped in reverse order."""
+    """Everything `msgq dev` and `make demo` need, on loopback.
+
+    Children run in their own sessions, so a Ctrl-C in the terminal reaches only this process,
+    which then stops them in dependency order: the API (no new work), the workers (with their
+    grace: an interrupted call goes back to `queued`, its attempt refunded), the simulator
+    they were calling, and Redis last.
+    """
 
     def __init__(
         self,
@@ -50,16 +99,20 @@ class Stack(Managed):
         log: IO[bytes] | None = None,
         extra_env: dict[str, str] | None = None,
         redis_url: str | None = None,
-        default_ports: bool = False,
+        ports: DevPorts | None = None,
+        worker_grace_s: float = 30.0,
     ) -> None:
         self.data_dir = data_dir
         self.use_simulator = use_simulator
         self.workers = workers
         self.log = log
+        self.worker_grace_s = worker_grace_s
+        # None: any free ports (make demo, tests). Given: those ports or PortInUseError.
+        self.ports = ports
+        redis_port = None
+        if ports is not None and not redis_url:
+            redis_port = claim_port(ports.redis, "Redis", "--redis-port")
         # An explicit REDIS_URL wins: then no embedded server is started.
-        # `msgq dev` takes the usual ports when free, so REDIS_URL's default and :8000 just work.
-        self.default_ports = default_ports
-        redis_port = free_port(6379) if default_ports else None
         self.redis: EmbeddedRedis | None = (
             None if redis_url else EmbeddedRedis(data_dir / "redis", port=redis_port)
         )
@@ -67,52 +120,99 @@ class Stack(Managed):
         self.simulator_url: str | None = None
         self.api_url: str | None = None
         self.api_key_hint = "from MSGQ_API_KEYS"
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.admin_key: str | None = None
+        self.api: subprocess.Popen[bytes] | None = None
+        self.worker_processes: list[subprocess.Popen[bytes]] = []
+        self.simulator: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, **(extra_env or {})}
 
+    @property
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        """Every child, in the order they stop."""
+        children = [self.api, *self.worker_processes, self.simulator]
+        return [p for p in children if p is not None]
+
+    @property
+    def dev_env_path(self) -> Path:
+        return self.data_dir / DEV_ENV
+
     def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            msgq_command(*args), env=self.env, stdout=self.log, stderr=self.log
+        # start_new_session: the terminal's SIGINT goes to `msgq dev` alone, which stops
+        # the children in order; otherwise all die at once and in-flight calls are lost.
+        return subprocess.Popen(
+            msgq_command(*args),
+            env=self.env,
+            stdout=self.log,
+            stderr=self.log,
+            start_new_session=True,
         )
-        self.processes.append(process)
-        return process
+
+    def _port(self, which: str, what: str, option: str) -> int:
+        if self.ports is None:
+            return free_port()
+        return claim_port(getattr(self.ports, which), what, option)
 
     def start(self) -> None:
         if self.redis is not None:
             self.redis.start()
         self.env["REDIS_URL"] = self.redis_url
         if self.use_simulator:
-            port = free_port()
-            process = self._spawn("simulator", "--port", str(port))
+            port = self._port("simulator", "the simulator", "--sim-port")
+            self.simulator = self._spawn("simulator", "--port", str(port))
             self.simulator_url = f"http://127.0.0.1:{port}"
-            wait_http(f"{self.simulator_url}/_sim/stats", process=process)
+            wait_http(f"{self.simulator_url}/_sim/stats", process=self.simulator)
             self.env["ANTHROPIC_BASE_URL"] = self.simulator_url
             # The simulator accepts any key; this one exists only on this machine.
             self.env["ANTHROPIC_API_KEY"] = "sk-ant-simulator-local"
+        self.env.setdefault("MSGQ_SHUTDOWN_GRACE_S", str(int(self.worker_grace_s)))
         for _ in range(self.workers):
-            self._spawn("worker")
+            self.worker_processes.append(self._spawn("worker"))
         self._start_api()
+        self._write_dev_env()
 
     def _start_api(self) -> None:
         if not (self.env.get("MSGQ_API_KEYS") or self.env.get("MSGQ_API_KEYS_FILE")):
-            # A key made for this run only: a laptop API is still not an open one.
+            # A key made for this run only: a laptop API is still not an open one. It is
+            # also an admin key, so /ui shows every job, the CLI's (no tenant) included.
             key = "msgq-dev-" + secrets.token_hex(8)
             self.env["MSGQ_API_KEYS"] = f"dev:{key}"
+            self.env.setdefault("MSGQ_ADMIN_KEYS", key)
             self.api_key_hint = key
-        port = free_port(8000) if self.default_ports else free_port()
-        process = self._spawn("api", "--port", str(port))
+            self.admin_key = key if self.env["MSGQ_ADMIN_KEYS"] == key else None
+        port = self._port("api", "the HTTP API", "--api-port")
+        self.api = self._spawn("api", "--port", str(port))
         self.api_url = f"http://127.0.0.1:{port}"
-        wait_http(f"{self.api_url}/healthz", process=process)
+        wait_http(f"{self.api_url}/healthz", process=self.api)
+
+    def _write_dev_env(self) -> None:
+        """Where this stack serves, for the CLI run from this directory (REDIS_URL unset)."""
+        lines = [
+            "# Written by `msgq dev` while it runs; removed when it stops.",
+            f"REDIS_URL={self.redis_url}",
+            f"MSGQ_API_URL={self.api_url}",
+        ]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.dev_env_path.write_text("\n".join(lines) + "\n")
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()
-        for process in reversed(self.processes):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        self.dev_env_path.unlink(missing_ok=True)
+        _stop([self.api] if self.api else [], timeout_s=10)
+        grace_s = float(self.env.get("MSGQ_SHUTDOWN_GRACE_S", self.worker_grace_s))
+        _stop(self.worker_processes, timeout_s=grace_s + 5)
+        _stop([self.simulator] if self.simulator else [], timeout_s=5)
         if self.redis is not None:
             self.redis.stop()
+
+
+def _stop(processes: list[subprocess.Popen[bytes]], *, timeout_s: float) -> None:
+    """SIGTERM these together, wait for them (then SIGKILL), before the next group is told."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

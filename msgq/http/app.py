@@ -18,6 +18,7 @@ from msgq.http import (
     events_routes,
     job_routes,
     ops_routes,
+    retry_routes,
     ui,
     usage_routes,
 )
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(ops_routes.router)
     app.include_router(job_routes.router)
+    app.include_router(retry_routes.router)
     app.include_router(events_routes.router)
     app.include_router(batch_routes.router)
     app.include_router(usage_routes.router)

@@ -70,6 +70,26 @@ def _validation_status(request: Request) -> int:
     return 400 if request.url.path.startswith(API_COMPATIBLE_PREFIX) else 422
 
 
+def _bare_messages_body(request: Request, errors: list[Any]) -> bool:
+    """A Messages body POSTed to /v1/jobs as is: `request` missing, `model` and `messages`
+    present (the first mistake of someone who read the Anthropic docs first)."""
+    if request.method != "POST" or request.url.path.rstrip("/") != "/v1/jobs":
+        return False
+    # pydantic reports the missing field with the object it is missing from as `input`.
+    missing = [e for e in errors if tuple(e.get("loc", ())) == ("body", "request")]
+    body = missing[0].get("input") if missing else None
+    return isinstance(body, dict) and {"model", "messages"} <= body.keys()
+
+
+def _hint(request: Request, errors: list[Any]) -> str:
+    if not _bare_messages_body(request, errors):
+        return ""
+    return (
+        "this looks like a bare Messages request: /v1/jobs takes it wrapped, "
+        '{"request": {"model": ..., "messages": ...}} (or POST it to /v1/messages); '
+    )
+
+
 def register(app: FastAPI) -> None:
     """The one mapping from what can go wrong to what the client sees."""
 
@@ -107,7 +127,7 @@ def register(app: FastAPI) -> None:
             }
             for e in errors
         ]
-        summary = "; ".join(f"{r['loc']}: {r['msg']}" for r in rows[:3])
+        summary = _hint(request, errors) + "; ".join(f"{r['loc']}: {r['msg']}" for r in rows[:3])
         return error_response(ApiError(_validation_status(request), summary, errors=rows))
 
     @app.exception_handler(StarletteHTTPException)

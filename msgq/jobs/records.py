@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from msgq.errors import InvalidJobError
+from msgq.jobs.retry_policy import retry_verdict
 from schemas import (
     DEFAULT_MAX_IMAGE_BYTES,
     JobError,
@@ -154,6 +155,7 @@ def logged(record: JobRecord, error: JobError, attempt: int | None = None) -> li
         type=error.type,
         message=error.message[:500],
         status_code=error.status_code,
+        request_id=error.request_id,
     )
     return [*record.attempt_errors, entry][-MAX_ATTEMPT_ERRORS:]
 
@@ -162,9 +164,9 @@ def ended(record: JobRecord, status: JobStatus, **fields: Any) -> JobRecord:
     """Terminal: `finished_at` now, nothing scheduled; an error joins the attempt timeline."""
     if isinstance(fields.get("error"), JobError):
         fields["attempt_errors"] = logged(record, fields["error"], fields.get("attempts"))
-    return record.model_copy(
-        update={"status": status, "finished_at": utcnow(), "next_attempt_at": None, **fields}
-    )
+    # An ended job waits for nothing: a stale reason (`batch_pool`, `budget`) would mislead.
+    update = {"finished_at": utcnow(), "next_attempt_at": None, "waiting_reason": None}
+    return record.model_copy(update={"status": status, **update, **fields})
 
 
 def begun(record: JobRecord) -> JobRecord:
@@ -249,8 +251,9 @@ def cancel_asked(record: JobRecord) -> JobRecord:
 
 
 def reopened(record: JobRecord) -> JobRecord | None:
-    """failed → queued with attempts reset (`msgq retry`); None when it cannot be re-run."""
-    if record.status is not JobStatus.FAILED or record.batch_id:
+    """failed/expired → queued with attempts reset (`msgq retry`); None when a retry could not
+    change the outcome (see `retry_policy`). The deadline that passed is dropped with it."""
+    if not retry_verdict(record).allowed:
         return None
     return record.model_copy(
         update={
@@ -261,5 +264,7 @@ def reopened(record: JobRecord) -> JobRecord | None:
             "next_attempt_at": None,
             "error": None,
             "cancel_requested": False,
+            "deadline": None,
+            "waiting_reason": None,
         }
     )

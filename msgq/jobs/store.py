@@ -13,6 +13,7 @@ from msgq import arq_format
 from msgq.fleet_stats import record_minute
 from msgq.jobs import records
 from msgq.jobs.indexes import index_new, index_status
+from msgq.jobs.kept import keep_spec_from_queue
 from msgq.jobs.records import utcnow
 from msgq.jobs.store_scripts import COMPARE_AND_SET, CREATE, SCRIPT_SAFE, Recorder, flatten
 from msgq.keys import (
@@ -242,10 +243,10 @@ class JobStore:
     async def reopen(
         self, job_id: str, job_payload: Callable[[dict[str, Any]], bytes]
     ) -> JobRecord | None:
-        """failed → queued with attempts reset, re-enqueued from the kept spec, atomically.
+        """failed/expired → queued with attempts reset, re-enqueued from the kept spec, atomically.
 
         The one deliberate exception to write-once: an operator asked for a new run. Returns
-        None when there is nothing to re-run (not failed, no spec, or part of a batch).
+        None when there is nothing to re-run (`retry_policy.retry_verdict` says why, or no spec).
         """
         key = record_key(job_id)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -261,7 +262,7 @@ class JobStore:
                     now_ms = int(utcnow().timestamp() * 1000)
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                     pipe.set(key, fresh.model_dump_json())
-                    index_status(pipe, fresh, previous=JobStatus.FAILED)
+                    index_status(pipe, fresh, previous=record.status if record else None)
                     pipe.zadd(ACTIVE_KEY, {job_id: now_ms})
                     pipe.set(arq_job_key(job_id), job_payload(orjson.loads(spec)))
                     pipe.zadd(self.queue_name, {job_id: now_ms})
@@ -299,6 +300,7 @@ class JobStore:
     async def expire_job(self, job_id: str) -> bool:
         """End a job `expired` (its batch or deadline passed) and drop it from the queue; an
         attempt in flight may still answer, but its late result is discarded (write-once)."""
+        await keep_spec_from_queue(self.redis, job_id, ttl_s=self.retention_s)  # for a retry
         record = await self.update(job_id, lambda r: records.ended(r, JobStatus.EXPIRED))
         if record is None or record.status is not JobStatus.EXPIRED:
             return False

@@ -23,14 +23,15 @@ DAY_TTL_S = 40 * 24 * 3600
 MONTH_TTL_S = 400 * 24 * 3600
 
 # KEYS: day, month. ARGV: amount µUSD, day cap (-1: none), month cap, day ttl, month ttl.
-# Returns {1, ''} reserved, or {0, 'day'|'month'} when it would pass the cap (nothing taken).
+# Returns {1, ''} reserved, or {0, 'day'|'month', spent, cap} when it would pass the cap
+# (nothing taken).
 RESERVE = """
 local amount = tonumber(ARGV[1])
 local caps = {tonumber(ARGV[2]), tonumber(ARGV[3])}
 local names = {'day', 'month'}
 for n = 1, 2 do
   local spent = tonumber(redis.call('GET', KEYS[n]) or '0')
-  if caps[n] >= 0 and spent + amount > caps[n] then return {0, names[n]} end
+  if caps[n] >= 0 and spent + amount > caps[n] then return {0, names[n], spent, caps[n]} end
 end
 redis.call('INCRBY', KEYS[1], amount)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -52,6 +53,40 @@ def reserve_usd(prices: Prices | None, input_tokens: int, max_tokens: int) -> fl
     return (input_tokens * 2 * prices.input + max_tokens * prices.output) / 1_000_000
 
 
+class BudgetRefusal(str):
+    """The period ("day"/"month") whose budget a reservation would pass, carrying the figures.
+
+    A str, so callers that name the period keep working; `budget_message` says what did not
+    fit. Without the figures, "has reached its day budget" read as false while money was left:
+    it is the reservation (all of `max_tokens`) that did not fit what remained.
+    """
+
+    reservation_usd: float
+    spent_usd: float
+    budget_usd: float
+
+    def __new__(
+        cls, period: str, *, reservation_usd: float, spent_usd: float, budget_usd: float
+    ) -> BudgetRefusal:
+        refusal = super().__new__(cls, period)
+        refusal.reservation_usd = reservation_usd
+        refusal.spent_usd = spent_usd
+        refusal.budget_usd = budget_usd
+        return refusal
+
+
+def budget_message(tenant: str | None, period: str) -> str:
+    """The budget_exceeded error: reservation, remaining and budget when known."""
+    if not isinstance(period, BudgetRefusal):
+        return f"tenant {tenant!r} has reached its {period} budget"
+    remaining = max(0.0, period.budget_usd - period.spent_usd)
+    return (
+        f"tenant {tenant!r}: this job reserves ${period.reservation_usd:.6f} (input at twice its "
+        f"price plus all of max_tokens as output), more than the ${remaining:.6f} left of its "
+        f"{period} budget of ${period.budget_usd:.2f}; a smaller max_tokens may fit"
+    )
+
+
 @dataclass(frozen=True)
 class Reservation:
     tenant: str
@@ -67,7 +102,7 @@ class Budgets:
 
     async def reserve(
         self, tenant: str, config: TenantConfig, usd: float, now: datetime | None = None
-    ) -> Reservation | str:
+    ) -> Reservation | BudgetRefusal:
         """A Reservation, or the period ("day"/"month") whose budget it would pass."""
         day, month = periods(now)
         amount = round(usd * MICRO)
@@ -75,12 +110,18 @@ class Budgets:
             -1 if limit is None else round(limit * MICRO)
             for limit in (config.budget_usd_day, config.budget_usd_month)
         ]
-        ok, period = await self._reserve(
+        ok, period, *figures = await self._reserve(
             keys=[spend_key(tenant, day), spend_key(tenant, month)],
             args=[amount, *caps, DAY_TTL_S, MONTH_TTL_S],
         )
         if not int(ok):
-            return period.decode() if isinstance(period, bytes) else str(period)
+            spent, cap = (int(f) for f in figures)
+            return BudgetRefusal(
+                period.decode() if isinstance(period, bytes) else str(period),
+                reservation_usd=amount / MICRO,
+                spent_usd=spent / MICRO,
+                budget_usd=cap / MICRO,
+            )
         await self.redis.sadd(SPEND_TENANTS, tenant)  # type: ignore[misc]
         return Reservation(tenant, day, month, amount)
 

@@ -60,9 +60,9 @@ async def retry(request: Request, session: Actor, job_id: str) -> Response:
     """Re-run a failed job with its kept request, as `msgq retry` does."""
     if await owned_record(request, session, job_id) is None:
         return not_found(request, session, "job")
-    if await state_of(request).client.retry(job_id) is None:
-        text = "Only a failed job whose request was kept (not part of a batch) can be retried."
-        return message(request, session, 409, "Not retried", text)
+    _, why_not = await state_of(request).client.retry_explained(job_id)
+    if why_not:
+        return message(request, session, 409, "Not retried", f"Not retried: {why_not}.")
     return _back_to(job_id)
 
 

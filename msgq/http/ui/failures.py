@@ -15,7 +15,8 @@ from redis.asyncio import Redis
 
 from msgq.client import Client
 from msgq.http.ui.queries import SCAN_BUDGET, JobFilter, walk_for
-from schemas import JobStatus
+from msgq.jobs.retry_policy import retry_verdict
+from schemas import JobRecord, JobStatus
 
 SAMPLE_IDS = 5
 RETRY_READ = 1_000_000  # a retry reads the whole failed index
@@ -36,7 +37,8 @@ class FailureGroup:
     job_ids: list[str] = field(default_factory=list)
     models: set[str] = field(default_factory=set)
     tenants: set[str] = field(default_factory=set)
-    retryable: int = 0  # not part of a batch: `retry` can re-run them
+    retryable: int = 0  # where a retry can change the outcome (`retry_policy`)
+    why_not: str = ""  # why the others cannot be retried, for the page
     last_at: datetime | None = None
 
     def add(self, data: dict[str, Any]) -> None:
@@ -47,7 +49,9 @@ class FailureGroup:
             self.models.add(str(data["model"]))
         if data.get("tenant"):
             self.tenants.add(str(data["tenant"]))
-        self.retryable += 0 if data.get("batch_id") else 1
+        verdict = retry_verdict(JobRecord.model_validate(data))
+        self.retryable += verdict.allowed
+        self.why_not = self.why_not or verdict.reason
         finished = data.get("finished_at")
         at = datetime.fromisoformat(finished) if finished else None
         if at is not None and (self.last_at is None or at > self.last_at):
@@ -58,7 +62,9 @@ class FailureGroup:
 class Failures:
     groups: list[FailureGroup]
     scanned: int
-    total: int  # entries in the index walked (the failed jobs, or the tenant's jobs)
+    # How many failed jobs there are (of the tenant, when one is given); None when the read
+    # stopped before the end of a tenant's jobs, where the index size would count all tenants.
+    total: int | None
 
 
 def _failed(tenant: str | None) -> JobFilter:
@@ -81,6 +87,8 @@ async def failure_groups(
             groups[key] = FailureGroup(key, kind, text)
         groups[key].add(data)
     ordered = sorted(groups.values(), key=lambda g: (-g.count, g.type, g.message))
+    if tenant is not None:
+        return Failures(ordered, scanned, scanned if walk.exhausted else None)
     return Failures(ordered, scanned, size)
 
 

@@ -39,16 +39,21 @@ class Block:
 
 @dataclass
 class RequestSummary:
-    source: str  # "queued payload" | "kept for retry"
+    source: str  # a sentence: where msgq holds this request
     params: dict[str, Any]
     system: str
     messages: list[tuple[str, list[Block]]] = field(default_factory=list)
 
 
+QUEUED_SOURCE = "From the queued job, as it will be sent."
+KEPT_SOURCE = "Kept so that the job can be retried."
+
+
 async def stored_request(redis: Redis, job_id: str) -> tuple[dict[str, Any], str] | None:
     """The request as msgq still holds it, and where from; None when it is no longer kept."""
     payload, spec = await redis.mget([arq_job_key(job_id), spec_key(job_id)])
-    for raw, source, pick in ((payload, "queued payload", "k"), (spec, "kept for retry", None)):
+    sources = ((payload, QUEUED_SOURCE, "k"), (spec, KEPT_SOURCE, None))
+    for raw, source, pick in sources:
         if raw is None:
             continue
         try:
@@ -135,10 +140,14 @@ def timeline(record: JobRecord) -> list[dict[str, Any]]:
         events.append(_event(record.started_at, "first attempt started"))
     for e in record.attempt_errors:
         code = f" {e.status_code}" if e.status_code else ""
-        what = f"attempt {e.attempt} failed: {e.type}{code}"
-        events.append(_event(e.at, what, e.message, error=True))
+        # Attempt 0: ended before any call (a budget, a deadline), so no attempt failed.
+        lead = f"attempt {e.attempt} failed" if e.attempt else "ended before any attempt"
+        detail = f"{e.message} (request_id {e.request_id})" if e.request_id else e.message
+        events.append(_event(e.at, f"{lead}: {e.type}{code}", detail, error=True))
     if record.next_attempt_at and not record.status.terminal:
         events.append(_event(record.next_attempt_at, "next attempt"))
     if record.finished_at:
-        events.append(_event(record.finished_at, record.status.value))
+        rid = record.upstream_request_id
+        detail = f"request_id {rid}" if rid else ""
+        events.append(_event(record.finished_at, record.status.value, detail))
     return sorted(events, key=lambda e: e["at"])

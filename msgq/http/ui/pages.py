@@ -19,6 +19,7 @@ from msgq.http.ui.queries import JobFilter, find_jobs
 from msgq.http.ui.render import html, message
 from msgq.http.ui.session import Viewer, set_login_token
 from msgq.http.ui.spend import spend_today
+from msgq.jobs.retry_policy import retry_verdict
 from msgq.keys import batch_key
 from schemas import JobStatus
 
@@ -141,6 +142,7 @@ async def job_page(request: Request, session: Viewer, job_id: str) -> Response:
         result=job_view.result_blocks(record),
         timeline=job_view.timeline(record),
         metadata=_pretty(record.metadata),
+        retry=retry_verdict(record),
     )
 
 
