@@ -43,6 +43,8 @@ HEALTH_CHECK_SUFFIX: str = health_check_key_suffix
 RETRY_KEY_PREFIX: str = retry_key_prefix
 TASK_NAME = "run_message"
 UNDECODABLE_KEY = "_undecodable"
+MAX_TRY = 10**9
+MAX_ENQUEUED_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z, the last time datetime holds
 
 # arq fails a job on its own after max_tries pickups; msgq counts API calls in the record instead,
 # so a restart or deploy never uses up a job's attempts.
@@ -93,6 +95,14 @@ def deserialize(data: bytes, *, max_bytes: int = 64 * 1024 * 1024) -> dict[str, 
         return _undecodable("job payload: 'a' must be a list and 'k' an object")
     if "r" not in obj and not (_is_number(obj.get("t", 1)) and _is_number(obj.get("et", 0))):
         return _undecodable("job payload: 't' and 'et' must be numbers")
+    if "r" not in obj and not (
+        0 <= obj.get("t", 1) <= MAX_TRY and 0 <= obj.get("et", 0) <= MAX_ENQUEUED_MS
+    ):
+        # Out of range, the time cannot be converted (datetime ends at year 9999): converting it
+        # outside the task failed the job's bookkeeping on every pick-up, and it never ended.
+        return _undecodable(
+            f"job payload: 't' must be 0-{MAX_TRY} and 'et' 0-{MAX_ENQUEUED_MS} (ms since 1970)"
+        )
     return obj
 
 

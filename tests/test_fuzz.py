@@ -128,6 +128,13 @@ payloads = st.one_of(
             json_values,
         ),
     ),
+    st.builds(  # any try count and enqueue time, in range or not (9e15 ms is past year 9999)
+        lambda t, et: orjson.dumps(
+            {"t": t, "f": "run_message", "a": [], "k": {"request": VALID}, "et": et}
+        ),
+        st.one_of(st.integers(-(2**40), 2**40), st.floats(allow_nan=False, allow_infinity=False)),
+        st.one_of(st.integers(-(2**60), 2**60), st.floats(allow_nan=False, allow_infinity=False)),
+    ),
     mutations.map(
         lambda m: orjson.dumps(
             {"t": 1, "f": "run_message", "a": [], "k": {"request": {**VALID, **m}}, "et": 0}

@@ -103,8 +103,26 @@ async def test_invalid_raw_job_fails_validation_without_calling_api(
             {"t": 1, "f": "run_message", "a": [], "k": {"request": "nope"}, "et": 0}
         ).encode(),
         b'{"t": "1", "f": "run_message", "a": [], "k": {}, "et": "x"}',
+        *(
+            json.dumps(
+                {"t": t, "f": "run_message", "a": [], "k": {"request": BODY}, "et": et}
+            ).encode()
+            for t, et in ((1, 1e20), (1, 9e15), (1, -5), (-1, 0), (1e12, 0))
+        ),
     ],
-    ids=["garbage", "pickle", "other-function", "not-an-object", "wrong-types", "text-times"],
+    ids=[
+        "garbage",
+        "pickle",
+        "other-function",
+        "not-an-object",
+        "wrong-types",
+        "text-times",
+        "et-1e20",
+        "et-9e15",
+        "et-negative",
+        "t-negative",
+        "t-huge",
+    ],
 )
 async def test_hostile_payloads_end_as_failed_records(
     redis: Redis,

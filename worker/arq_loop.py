@@ -36,7 +36,7 @@ from worker.arq_claim import (
     RunningJob,
     _claim,
 )
-from worker.arq_upkeep import keep_locks_alive, wait_for_redis
+from worker.arq_upkeep import ByteBudget, keep_locks_alive, wait_for_redis
 
 log = structlog.get_logger("msgq.worker")
 
@@ -83,9 +83,7 @@ class MsgqWorker(Worker):
         self._beat: asyncio.Task[None] | None = None
         self._claimed = 0  # jobs this worker has claimed and started
         self._due: Any = None  # the due-scan script, registered on first use
-        self.max_bytes = max_inflight_bytes
-        self.inflight_bytes = 0  # payload bytes of the jobs running here
-        self._seen_bytes = self._seen_jobs = 0  # all payloads so far: their mean sizes a claim
+        self.bytes = ByteBudget(max_inflight_bytes, self.max_jobs)
         self.ctx["running_jobs"] = lambda: self.job_counter
 
     async def _poll_iteration(self) -> None:
@@ -115,7 +113,7 @@ class MsgqWorker(Worker):
         True when it started a job. The due jobs read are only ones no worker holds, as many as
         this worker has free slots: arq read its `queue_read_limit` oldest entries, running
         ones included, so a fleet running that many jobs started no more."""
-        count = min(self.max_jobs - self.job_counter, self._fits_in_bytes())
+        count = min(self.max_jobs - self.job_counter, self.bytes.room(self.job_counter))
         if self.burst and self.max_burst_jobs >= 0:
             count = min(count, self.max_burst_jobs - self._jobs_started())
         picking = self.allow_pick_jobs and count > 0
@@ -144,17 +142,6 @@ class MsgqWorker(Worker):
                 task.result()  # run_job's own errors surface here, as in arq
         await self.heart_beat()
         return self._claimed > started
-
-    def _fits_in_bytes(self) -> int:
-        """How many more jobs the in-flight byte budget likely has room for, judged by the
-        payloads seen so far (one at a time until one is seen; one always runs)."""
-        if self.max_bytes >= 2**62:
-            return self.max_jobs
-        if self._seen_jobs == 0:
-            return 1 if self.job_counter == 0 else 0
-        mean = max(1, self._seen_bytes // self._seen_jobs)
-        room = (self.max_bytes - self.inflight_bytes) // mean
-        return max(room, 1) if self.job_counter == 0 else max(room, 0)
 
     async def _abort(self, requested: list[bytes]) -> None:
         """Cancel the running tasks of jobs whose abort was asked for (arq's semantics)."""
@@ -229,17 +216,21 @@ class MsgqWorker(Worker):
         task exception it would be re-raised later, once per poll and again at shutdown; the
         job itself is safe: still queued, its lock lapses, and the rerun sees its record."""
         size = len(claim.payload or b"")
-        self.inflight_bytes += size
-        self._seen_bytes += size
-        self._seen_jobs += 1
+        self.bytes.add(size)
         try:
             await self._run_claimed(job_id, claim)
         except (RedisError, OSError) as exc:
             log.warning("job.bookkeeping_failed", job_id=job_id, error=type(exc).__name__)
-        except Exception as exc:  # never the worker's end: its lock lapses, the job is retried
+        except Exception as exc:  # never the worker's end, and the job must still end
             log.error("job.bookkeeping_crashed", job_id=job_id, error=repr(exc)[:300])
+            # Left locked, the claim would hand it straight back here, failing again for good:
+            # the job ends `failed` (validation_error, the reason) and its keys are released.
+            failure = JobExecutionFailed(f"the job could not be started: {exc!r}"[:300])
+            ctx = {**self.ctx, PREFETCHED: claim.prefetched}
+            with contextlib.suppress(Exception):
+                await self._refuse(ctx, job_id, claim, failure)
         finally:
-            self.inflight_bytes -= size
+            self.bytes.remove(size)
 
     async def _run_claimed(self, job_id: str, claim: Claim) -> None:
         """arq's run_job from the claim onwards, for msgq's one task."""

@@ -1,5 +1,5 @@
-"""The worker's upkeep beside its poll loop: one heartbeat for every running job's lock, and
-waiting for Redis at start-up."""
+"""The worker's upkeep beside its poll loop: one heartbeat for every running job's lock,
+waiting for Redis at start-up, and the in-flight byte budget that sizes each claim."""
 
 from __future__ import annotations
 
@@ -53,3 +53,32 @@ async def wait_for_redis(pool: Redis, tries: int = 30, delay_s: float = 1.0) -> 
                 retry_in_s=delay_s,
             )
             await asyncio.sleep(delay_s)
+
+
+class ByteBudget:
+    """The payload bytes of the jobs a worker runs, against `MSGQ_MAX_INFLIGHT_BYTES`: a vision
+    job carries megabytes, so a count of jobs alone does not bound a worker's memory."""
+
+    def __init__(self, max_bytes: int, max_jobs: int) -> None:
+        self.max_bytes, self.max_jobs = max_bytes, max_jobs
+        self.inflight = 0
+        self._seen_bytes = self._seen_jobs = 0  # every payload so far: their mean sizes a claim
+
+    def add(self, size: int) -> None:
+        self.inflight += size
+        self._seen_bytes += size
+        self._seen_jobs += 1
+
+    def remove(self, size: int) -> None:
+        self.inflight -= size
+
+    def room(self, running: int) -> int:
+        """How many more jobs likely fit, judged by the payloads seen so far (one at a time
+        until one is seen; one always runs, whatever its size)."""
+        if self.max_bytes >= 2**62:
+            return self.max_jobs
+        if self._seen_jobs == 0:
+            return 1 if running == 0 else 0
+        mean = max(1, self._seen_bytes // self._seen_jobs)
+        room = (self.max_bytes - self.inflight) // mean
+        return max(room, 1) if running == 0 else max(room, 0)

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from msgq import arq_format
 from msgq.arq_format import UNDECODABLE_KEY, Defer
 from msgq.errors import UnavailableError
 from msgq.jobs.records import utcnow
@@ -179,6 +180,9 @@ async def _run(
     prefetched: list[Any] | None = None,
 ) -> None:
     spec, problem = _parse_spec(kwargs)
+    if spec is not None and spec.tenant and not job_id.startswith(f"{spec.tenant}:"):
+        await _rehome(deps, job_id, spec.tenant, kwargs, enqueued_at, prefetched)
+        return
     template = transitions.new_record(
         job_id, spec, created_at=enqueued_at, default_max_attempts=deps.settings.max_attempts
     )
@@ -205,6 +209,26 @@ async def _decide(
     if request is None or await batch_lane.route(deps, record, spec, request):
         return
     await attempt(deps, record, request, spec, pickup=pickup)
+
+
+async def _rehome(
+    deps: Deps,
+    job_id: str,
+    tenant: str,
+    kwargs: dict[str, Any],
+    enqueued_at: datetime,
+    prefetched: list[Any] | None,
+) -> None:
+    """A raw producer's job that names a tenant is that tenant's job, stored as `tenant:id` as
+    every other producer's is (else it was scheduled and billed as the tenant but unreachable
+    through the tenant's API). It is queued again under that ID; this entry ends with no record."""
+    new_id = f"{tenant}:{job_id}"
+    payload = arq_format.job_payload(kwargs, int(enqueued_at.timestamp() * 1000))
+    moved = await deps.store.rehome(job_id, new_id, payload)
+    log.info("job.rehomed", to=new_id, moved=moved)
+    if prefetched:  # a ticket taken for the old ID is given back; the new one is admitted anew
+        ticket = admission.parse_or_none(prefetched[1])
+        await admission.HeldTicket(deps, job_id, ticket).release()
 
 
 async def on_refused(ctx: dict[str, Any], job_id: str, result_data: bytes | None) -> None:
