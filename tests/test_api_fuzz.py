@@ -51,7 +51,11 @@ def test_api_subprocess_serves_openapi_and_jobs(api_process: str) -> None:
         },
         "id": "sub-1",
     }
-    created = httpx.post(f"{api_process}/v1/jobs", json=body, headers={"x-api-key": KEY_A})
+    created = httpx.post(
+        f"{api_process}/v1/jobs",
+        json=body,
+        headers={"x-api-key": KEY_A, "anthropic-version": "2023-06-01"},
+    )
     assert created.status_code == 202 and created.json()["id"] == "sub-1"
 
 
@@ -73,7 +77,11 @@ def test_no_operation_answers_500(api_process: str) -> None:
     )
     @given(case=st.one_of(strategies))
     def check(case: Any) -> None:
-        response = case.call(base_url=api_process, headers={"x-api-key": KEY_A}, timeout=30)
+        response = case.call(
+            base_url=api_process,
+            headers={"x-api-key": KEY_A, "anthropic-version": "2023-06-01"},
+            timeout=30,
+        )
         seen.append(response.status_code)
         assert response.status_code < 500, (case.method, case.formatted_path, response.text)
 

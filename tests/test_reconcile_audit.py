@@ -173,7 +173,7 @@ async def test_batch_creation_is_all_or_nothing_under_sigkill(
                 httpx.post(
                     f"http://127.0.0.1:{port}/v1/messages/batches",
                     json=body,
-                    headers={"x-api-key": KEY_A},
+                    headers={"x-api-key": KEY_A, "anthropic-version": "2023-06-01"},
                     timeout=60,
                 )
 
@@ -217,7 +217,11 @@ async def test_chunked_body_over_the_limit_is_413_in_the_api_shape(
             answer = await http.post(
                 "/v1/jobs",
                 content=chunks(),
-                headers={"x-api-key": KEY_A, "content-type": "application/json"},
+                headers={
+                    "x-api-key": KEY_A,
+                    "anthropic-version": "2023-06-01",
+                    "content-type": "application/json",
+                },
             )
     assert answer.status_code == 413
     assert answer.json()["error"]["type"] == "request_too_large"

@@ -115,7 +115,7 @@ async def test_every_entry_point_works_through_sentinel(
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://msgq.test",
-            headers={"x-api-key": "key-0123456789"},
+            headers={"x-api-key": "key-0123456789", "anthropic-version": "2023-06-01"},
         ) as http,
     ):
         created = await http.post("/v1/jobs", json={"request": BODY})
@@ -180,7 +180,7 @@ async def _post_job(settings: Settings, job_id: str) -> httpx.Response:
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://msgq.test",
-            headers={"x-api-key": "key-0123456789"},
+            headers={"x-api-key": "key-0123456789", "anthropic-version": "2023-06-01"},
         ) as http,
     ):
         return await http.post("/v1/jobs", json={"request": BODY, "id": job_id})

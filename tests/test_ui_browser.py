@@ -165,7 +165,9 @@ class Page:
     def submit(self, key: str, request: dict[str, Any], **extra: Any) -> str:
         """POST /v1/jobs as a tenant; the internal ID (tenant:id) the dashboard links by."""
         response = httpx.post(
-            f"{self.url}/v1/jobs", json={"request": request, **extra}, headers={"x-api-key": key}
+            f"{self.url}/v1/jobs",
+            json={"request": request, **extra},
+            headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
         )
         response.raise_for_status()
         tenant = "tenant-a" if key == KEY_A else "tenant-b"
@@ -305,7 +307,9 @@ def test_batches_and_results_download(page: Page) -> None:
     """A batch's page shows its progress; the results link downloads its JSONL."""
     items = [{"custom_id": f"b{n}", "params": text_request(f"batch {n}")} for n in range(3)]
     created = httpx.post(
-        f"{page.url}/v1/messages/batches", json={"requests": items}, headers={"x-api-key": KEY_A}
+        f"{page.url}/v1/messages/batches",
+        json={"requests": items},
+        headers={"x-api-key": KEY_A, "anthropic-version": "2023-06-01"},
     )
     batch_id = created.json()["id"]
     page.sign_in(KEY_A)

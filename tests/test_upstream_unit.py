@@ -128,10 +128,10 @@ def test_cost_uses_price_table_and_cache_split() -> None:
     cached = {
         "input_tokens": 0,
         "output_tokens": 0,
-        "cache_creation_input_tokens": 3_000_000,
-        "cache_creation": {"ephemeral_1h_input_tokens": 1_000_000},
-        "cache_read_input_tokens": 1_000_000,
-    }
-    assert cost_usd("claude-sonnet-4-5", cached) == pytest.approx(2 * 3.75 + 6.0 + 0.3)
+        "cache_creation_input_tokens": 30_000,
+        "cache_creation": {"ephemeral_1h_input_tokens": 10_000},
+        "cache_read_input_tokens": 10_000,
+    }  # 40,000 prompt tokens: under Sonnet's 200k long-context tier
+    assert cost_usd("claude-sonnet-4-5", cached) == pytest.approx((2 * 3.75 + 6.0 + 0.3) / 100)
     assert cost_usd("claude-haiku-4-5", {**usage, "service_tier": "batch"}) == pytest.approx(3.0)
     assert cost_usd("claude-unknown", usage) is None

@@ -41,10 +41,14 @@ async def tenants_api(settings: Settings) -> AsyncIterator[dict[str, httpx.Async
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=transport, base_url="http://t", headers={"x-api-key": ACME_KEY}
+            transport=transport,
+            base_url="http://t",
+            headers={"x-api-key": ACME_KEY, "anthropic-version": "2023-06-01"},
         ) as acme,
         httpx.AsyncClient(
-            transport=transport, base_url="http://t", headers={"x-api-key": MALLORY_KEY}
+            transport=transport,
+            base_url="http://t",
+            headers={"x-api-key": MALLORY_KEY, "anthropic-version": "2023-06-01"},
         ) as mallory,
     ):
         yield {"acme": acme, "mallory": mallory}

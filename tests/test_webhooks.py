@@ -289,7 +289,7 @@ async def test_http_tenant_default_target_and_own_secret(
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://msgq.test",
-            headers={"x-api-key": KEY_A},
+            headers={"x-api-key": KEY_A, "anthropic-version": "2023-06-01"},
         ) as api,
     ):
         created = await api.post("/v1/jobs", json={"request": BODY, "id": "order-1"})
