@@ -25,6 +25,7 @@ from msgq.replicas import confirm_replicated
 from msgq.settings import Settings
 from msgq.tenancy.policy import PolicyReader
 from msgq.tenancy.scheduling import placement, uses_scheduler
+from msgq.tracing import trace_fields
 from msgq.webhooks.targets import callback_for
 from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus, Lane, Priority
 
@@ -126,9 +127,12 @@ class Client:
         lane: Lane | str | None = None,
         priority: Priority | str | None = None,
         callback_url: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> Submitted:
         """Validate, then enqueue. Raises InvalidJobError (nothing enqueued) for a bad request,
-        JobConflictError when `job_id` already holds a different request."""
+        JobConflictError when `job_id` already holds a different request. The job joins the
+        trace of `traceparent` if given and valid, else of the active OpenTelemetry span."""
         if job_id is not None:
             check_job_id(job_id, tenant)
         body = self._request_dict(request)
@@ -149,6 +153,7 @@ class Client:
             priority=priority,
             tenant=tenant,
             callback_url=callback_url,
+            trace=trace_fields(traceparent, tracestate),
         )
         internal_id = f"{tenant}:{job_id or new_job_id()}" if tenant else job_id or new_job_id()
         now_ms = int(time.time() * 1000)

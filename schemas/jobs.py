@@ -69,6 +69,10 @@ class JobSpec(BaseModel):
     priority: Priority | None = None  # None: the tenant's default, else `default`
     tenant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     callback_url: str | None = Field(default=None, max_length=2048)
+    # W3C trace context of the producer's span: the worker continues that trace. Checked by
+    # the worker, which ignores a malformed one (tracing never fails a job).
+    traceparent: str | None = Field(default=None, max_length=64)
+    tracestate: str | None = Field(default=None, max_length=512)
 
 
 class JobUsage(BaseModel):
@@ -135,3 +139,5 @@ class JobRecord(BaseModel):
     # sha256 of the canonical request JSON: a resubmission under this ID must match it.
     request_sha256: str | None = None
     attempt_errors: list[AttemptError] = Field(default_factory=list)  # oldest first
+    trace_id: str | None = None  # the producer's trace, for a link to the tracing backend
+    traceparent: str | None = None  # its span, which later spans (batch results) continue

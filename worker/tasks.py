@@ -35,7 +35,7 @@ from schemas import (
     summarize,
     validate_request,
 )
-from worker import admission, batch_lane, metrics, transitions
+from worker import admission, batch_lane, metrics, tracing, transitions
 from worker.admission_window import announce
 from worker.arq_claim import PREFETCHED
 from worker.attempt import attempt, handle_failure
@@ -74,6 +74,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["webhooks"] = asyncio.create_task(WebhookDispatcher(redis, store, settings).run_forever())
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
+    tracing.configure(settings)  # only if the OTEL_* variables ask for it
     log.info("worker.started", base_url=settings.anthropic_base_url, max_jobs=settings.max_jobs)
 
 
@@ -89,6 +90,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await deps.upstream.aclose()
     if "webhooks" in ctx:
         ctx["webhooks"].cancel()  # an attempt cut short is delivered again when its lease ends
+    tracing.shutdown()
     log.info("worker.stopped")
 
 

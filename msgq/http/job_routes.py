@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from msgq.http.deps import State, Tenant, public_id, public_record
@@ -31,8 +31,11 @@ def _internal(tenant: str, job_id: str) -> str:
 
 
 @router.post("", status_code=202, summary="Enqueue a Messages request")
-async def create_job(body: JobCreate, tenant: Tenant, state: State) -> JSONResponse:
-    """202 with the record; 200 with the existing record when `id` was seen before."""
+async def create_job(
+    body: JobCreate, tenant: Tenant, state: State, request: Request
+) -> JSONResponse:
+    """202 with the record; 200 with the existing record when `id` was seen before. A W3C
+    `traceparent` header puts the job in the caller's trace."""
     job = await state.client.submit(
         body.request,
         job_id=body.id,
@@ -43,6 +46,8 @@ async def create_job(body: JobCreate, tenant: Tenant, state: State) -> JSONRespo
         lane=body.lane,
         callback_url=body.callback_url,
         priority=body.priority,
+        traceparent=request.headers.get("traceparent"),
+        tracestate=request.headers.get("tracestate"),
     )
     return JSONResponse(public_record(job.record), status_code=202 if job.created else 200)
 

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from msgq.errors import InvalidJobError
+from msgq.tracing import trace_id_of, valid_traceparent
 from schemas import (
     DEFAULT_MAX_IMAGE_BYTES,
     JobError,
@@ -46,6 +47,7 @@ def build_spec(
     priority: Priority | str | None = None,
     tenant: str | None = None,
     callback_url: str | None = None,
+    trace: dict[str, str] | None = None,
 ) -> JobSpec:
     """The job spec for a request, validated unless the worker is to do that (batches).
 
@@ -62,6 +64,7 @@ def build_spec(
         "priority": priority,
         "tenant": tenant,
         "callback_url": callback_url,
+        **(trace or {}),
     }
     try:
         return JobSpec.model_validate(fields)
@@ -106,6 +109,8 @@ def new_record(
         tenant=tenant or (spec.tenant if spec else None),
         batch_id=batch_id,
         custom_id=custom_id,
+        trace_id=trace_id_of(spec.traceparent) if spec else None,
+        traceparent=valid_traceparent(spec.traceparent) if spec else None,
     )
 
 

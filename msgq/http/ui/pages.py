@@ -141,6 +141,7 @@ async def job_page(request: Request, session: Viewer, job_id: str) -> Response:
         result=job_view.result_blocks(record),
         timeline=job_view.timeline(record),
         metadata=_pretty(record.metadata),
+        trace_url=job_view.trace_url(state_of(request).settings, record),
     )
 
 
