@@ -262,7 +262,7 @@ class Settings(BaseSettings):
     )
     trace_url_template: str | None = Field(
         default=None,
-        pattern=r"^https?://.*\{trace_id\}",
+        pattern=r"^(https?://.*\{trace_id\}.*)?$",  # empty: no link
         description="dashboard: a job's trace in the tracing backend, e.g. "
         "http://jaeger:16686/trace/{trace_id}",
     )
