@@ -13,8 +13,11 @@ and its CPU time, as deltas over the drain only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -28,6 +31,30 @@ from msgq.settings import Settings
 from schemas import JobRecord
 
 Table = Callable[[str, list[str], list[list[Any]]], None]
+
+
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[dict[str, str]]:
+    """A loopback OTLP/HTTP endpoint that accepts and drops every export: the worker pays the
+    whole cost of tracing (spans, metrics, protobuf, HTTP) and no collector's. Yields the
+    OTEL_* variables that point a worker at it."""
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}"}
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 async def redis_counters(redis: Redis) -> dict[str, float]:
@@ -204,11 +231,14 @@ if __name__ == "__main__":
     from bench.run import table
 
     extra = {"msgq, 1 worker, uvloop": {"MSGQ_UVLOOP": "true"}} if "--uvloop" in sys.argv else {}
-    asyncio.run(
-        report(
-            Path(tempfile.mkdtemp(prefix="msgq-bench-ceiling-")),
-            table,
-            {"msgq, 1 worker": {"MSGQ_UVLOOP": "false"}, **extra},
+    with otlp_sink() as sink:
+        if "--tracing" in sys.argv:
+            extra["msgq, 1 worker, tracing on"] = {"MSGQ_UVLOOP": "false", **sink}
+        asyncio.run(
+            report(
+                Path(tempfile.mkdtemp(prefix="msgq-bench-ceiling-")),
+                table,
+                {"msgq, 1 worker": {"MSGQ_UVLOOP": "false"}, **extra},
+            )
         )
-    )
     print("\n".join(collected))

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from bench import batch_lane, fair_share, real_load
 from bench.baseline import raw_httpx_run, sdk_semaphore_run
+from bench.ceiling import otlp_sink
 from bench.ceiling import report as ceiling_report
 from bench.harness import (
     KEY,
@@ -330,15 +331,17 @@ async def main() -> None:
     console.rule("9. fair share")
     await fair_share.report(tmp, table)
     console.rule("10. ceiling, the issue's method, with Redis per job")
-    await ceiling_report(
-        tmp,
-        table,
-        {
-            "msgq, 1 worker (asyncio loop)": {"MSGQ_UVLOOP": "false"},
-            "msgq, 1 worker (uvloop)": {"MSGQ_UVLOOP": "true"},
-            "msgq, 1 worker, scheduler off": {"MSGQ_UVLOOP": "true", "MSGQ_SCHEDULER": "false"},
-        },
-    )
+    with otlp_sink() as sink:  # tracing on: every span exported over OTLP/HTTP to loopback
+        await ceiling_report(
+            tmp,
+            table,
+            {
+                "msgq, 1 worker (asyncio loop)": {"MSGQ_UVLOOP": "false"},
+                "msgq, 1 worker (uvloop)": {"MSGQ_UVLOOP": "true"},
+                "msgq, 1 worker, scheduler off": {"MSGQ_UVLOOP": "true", "MSGQ_SCHEDULER": "false"},
+                "msgq, 1 worker (uvloop), tracing on": {"MSGQ_UVLOOP": "true", **sink},
+            },
+        )
 
 
 NOTES = """### How to read these

@@ -29,6 +29,7 @@ from msgq.settings import Settings
 from msgq.tenancy.policy import PolicyReader
 from msgq.tenancy.scheduling import placement, uses_scheduler
 from msgq.token_count import count_tokens
+from msgq.tracing import trace_fields
 from msgq.webhooks.targets import callback_for
 from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus, Lane, Priority
 
@@ -134,6 +135,8 @@ class Client:
         anthropic_version: str | None = None,
         betas: list[str] | None = None,
         workspace_id: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> Submitted:
         """Validate, then enqueue. Raises InvalidJobError (nothing enqueued) for a bad request,
         JobConflictError when `job_id` already holds a different request.
@@ -141,6 +144,8 @@ class Client:
         `anthropic_version` and `betas`: what the request was written for; every call made for
         the job sends them (None: the fleet's MSGQ_ANTHROPIC_VERSION / MSGQ_ANTHROPIC_BETA).
         The request is checked against that version's rules and the Models API's limits.
+        The job joins the trace of `traceparent` if given and valid, else of the active
+        OpenTelemetry span.
         """
         if job_id is not None:
             check_job_id(job_id, tenant)
@@ -172,6 +177,7 @@ class Client:
             anthropic_version=anthropic_version,
             betas=betas,
             workspace_id=workspace_id,
+            trace=trace_fields(traceparent, tracestate),
         )
         internal_id = f"{tenant}:{job_id or new_job_id()}" if tenant else job_id or new_job_id()
         now_ms = int(time.time() * 1000)

@@ -276,6 +276,12 @@ class Settings(BaseSettings):
         description="dashboard: how long a session's key is trusted before the key "
         "configuration is read again (a revoked key's sessions end within this)",
     )
+    trace_url_template: str | None = Field(
+        default=None,
+        pattern=r"^(https?://.*\{trace_id\}.*)?$",  # empty: no link
+        description="dashboard: a job's trace in the tracing backend, e.g. "
+        "http://jaeger:16686/trace/{trace_id}",
+    )
     max_streams_per_tenant: int = Field(
         default=100,
         ge=1,

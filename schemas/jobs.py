@@ -80,6 +80,10 @@ class JobSpec(BaseModel):
         default=None, max_length=MAX_BETAS
     )
     workspace_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    # W3C trace context of the producer's span: the worker continues that trace. Checked by
+    # the worker, which ignores a malformed one (tracing never fails a job).
+    traceparent: str | None = Field(default=None, max_length=64)
+    tracestate: str | None = Field(default=None, max_length=512)
 
 
 class JobUsage(BaseModel):
@@ -151,3 +155,5 @@ class JobRecord(BaseModel):
     anthropic_version: str | None = None  # as the job named it; None: the fleet's default
     betas: list[str] | None = None  # as the job named them; None: the fleet's default
     workspace_id: str | None = None  # sent as anthropic-workspace-id
+    trace_id: str | None = None  # the producer's trace, for a link to the tracing backend
+    traceparent: str | None = None  # its span, which later spans (batch results) continue

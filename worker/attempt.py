@@ -15,7 +15,7 @@ from msgq.estimate import estimate_input_tokens
 from msgq.fleet_stats import count_minute
 from msgq.pricing import cost_fields
 from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, Lane, MessageRequest
-from worker import admission, metrics, transitions
+from worker import admission, metrics, tracing, transitions
 from worker.backoff import retry_delay_s
 from worker.deps import Deps
 from worker.progress import send_with_progress
@@ -132,23 +132,36 @@ def _observe_start(record: JobRecord) -> None:
     metrics.ATTEMPTS.inc()
     if record.attempts == 1 and record.started_at is not None:
         metrics.QUEUE_WAIT.observe((record.started_at - record.created_at).total_seconds())
+        tracing.queued(record)
     log.info("job.started", attempt=record.attempts, model=record.model)
 
 
 async def _call(
     deps: Deps, record: JobRecord, request: MessageRequest, spec: JobSpec, estimate: int
 ) -> None:
-    try:
-        reply = await send_with_progress(deps, record, request, spec.request)
-    except TimeoutError:
-        error = UnavailableError("attempt exceeded job_timeout_s or the job's deadline")
-        await _failed(deps, record, request, spec, error)
-    except UpstreamError as exc:
-        await _failed(deps, record, request, spec, exc)
-    else:
-        metrics.UPSTREAM.labels("200").inc()
-        metrics.UPSTREAM_LATENCY.observe(reply.latency_ms / 1000)
-        await _succeeded(deps, record, request, reply, estimate)
+    stream = request.max_tokens >= deps.settings.stream_min_max_tokens  # as send_message does
+    with tracing.call_span(
+        record,
+        request,
+        spec.request,
+        stream=stream,
+        traceparent=spec.traceparent,
+        tracestate=spec.tracestate,
+    ) as span:
+        try:
+            reply = await send_with_progress(deps, record, request, spec.request)
+        except TimeoutError:
+            error = UnavailableError("attempt exceeded job_timeout_s or the job's deadline")
+            span.failed(error.error_type, error.message)
+            await _failed(deps, record, request, spec, error)
+        except UpstreamError as exc:
+            span.failed(exc.error_type, exc.message)
+            await _failed(deps, record, request, spec, exc)
+        else:
+            span.succeeded(reply)
+            metrics.UPSTREAM.labels("200").inc()
+            metrics.UPSTREAM_LATENCY.observe(reply.latency_ms / 1000)
+            await _succeeded(deps, record, request, reply, estimate)
 
 
 async def _failed(

@@ -23,7 +23,7 @@ from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
 from msgq.keys import LANE_BATCHES, LANE_LOCK, LANE_WHERE, lane_spec_key
 from schemas import JobError, JobRecord, JobSpec, JobStatus, Lane, MessageRequest
-from worker import batch_budget, batch_records, transitions
+from worker import batch_budget, batch_records, tracing, transitions
 from worker.batch_api import BatchApi
 from worker.batch_poller import Poller
 from worker.batcher import Batcher, now_ms
@@ -63,6 +63,7 @@ async def route(deps: Deps, record: JobRecord, spec: JobSpec, request: MessageRe
     add = deps.redis.register_script(lanes.POOL_ADD)
     await add(keys=lanes.lane_keys(record.id), args=[record.id, payload, now_ms()])
     log.info("job.pooled", lane="batch", model=record.model)
+    tracing.queued(stored, until=utcnow())
     return True
 
 

@@ -28,7 +28,7 @@ from msgq.keys import LANE_WHERE, arq_job_key, lane_spec_key, upstream_members_k
 from msgq.lanes import UpstreamBatch
 from msgq.pricing import cost_fields
 from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, Lane
-from worker import batch_records, metrics, transitions
+from worker import batch_records, metrics, tracing, transitions
 from worker.backoff import retry_delay_s
 from worker.batch_api import BatchApi
 from worker.batch_budget import leave_lane, settle
@@ -74,7 +74,8 @@ class Poller:
                 return
             batch.state = "reading"
             await self._later(batch, self.settings.batch_poll_s)  # if this read dies mid-way
-            await self._read(batch, found)
+            with tracing.upstream_batch(batch):
+                await self._read(batch, found)
         except UpstreamError as exc:
             await self._failed_call(batch, exc)
             return
@@ -159,6 +160,7 @@ class Poller:
             )
             await leave_lane(self.redis, job_id, batch.handle, record=record, cost_usd=cost)
             return
+        tracing.batch_result(record, result)
         if kind == "succeeded":
             await self._succeeded(batch, record, result.get("message") or {})
         elif kind == "errored":

@@ -37,7 +37,7 @@ from schemas import (
     summarize,
     validate_request,
 )
-from worker import admission, batch_lane, metrics, models_refresh, transitions
+from worker import admission, batch_lane, metrics, models_refresh, tracing, transitions
 from worker.admission_window import announce
 from worker.arq_claim import PREFETCHED
 from worker.attempt import attempt, handle_failure
@@ -77,6 +77,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["models"] = asyncio.create_task(models_refresh.run_forever(ctx["msgq"]))
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
+    tracing.configure(settings)  # only if the OTEL_* variables ask for it
     log.info("worker.started", base_url=settings.anthropic_base_url, max_jobs=settings.max_jobs)
 
 
@@ -92,6 +93,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await deps.upstream.aclose()
     if "webhooks" in ctx:
         ctx["webhooks"].cancel()  # an attempt cut short is delivered again when its lease ends
+    tracing.shutdown()
     log.info("worker.stopped")
 
 

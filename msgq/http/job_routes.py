@@ -38,7 +38,8 @@ async def create_job(
     """202 with the record; 200 with the existing record when `id` was seen before.
 
     The job's API version and betas: the JSON fields, else the `anthropic-version` and
-    `anthropic-beta` headers (a version is required, as the API requires it)."""
+    `anthropic-beta` headers (a version is required, as the API requires it). A W3C
+    `traceparent` header puts the job in the caller's trace."""
     version = headers.required_version(request, body.anthropic_version)
     job = await state.client.submit(
         body.request,
@@ -53,6 +54,8 @@ async def create_job(
         anthropic_version=version,
         betas=body.betas if body.betas is not None else headers.betas,
         workspace_id=headers.workspace_id,
+        traceparent=request.headers.get("traceparent"),
+        tracestate=request.headers.get("tracestate"),
     )
     return JSONResponse(public_record(job.record), status_code=202 if job.created else 200)
 

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from msgq.errors import InvalidJobError
 from msgq.jobs.retry_policy import retry_verdict
+from msgq.tracing import trace_id_of, valid_traceparent
 from schemas import (
     DEFAULT_MAX_IMAGE_BYTES,
     JobError,
@@ -52,6 +53,7 @@ def build_spec(
     anthropic_version: str | None = None,
     betas: list[str] | None = None,
     workspace_id: str | None = None,
+    trace: dict[str, str] | None = None,
 ) -> JobSpec:
     """The job spec for a request, validated unless the worker is to do that (batches).
 
@@ -71,6 +73,7 @@ def build_spec(
         "anthropic_version": anthropic_version,
         "betas": betas,
         "workspace_id": workspace_id,
+        **(trace or {}),
     }
     try:
         return JobSpec.model_validate(fields)
@@ -136,6 +139,8 @@ def new_record(
         anthropic_version=spec.anthropic_version if spec else None,
         betas=spec.betas if spec else None,
         workspace_id=spec.workspace_id if spec else None,
+        trace_id=trace_id_of(spec.traceparent) if spec else None,
+        traceparent=valid_traceparent(spec.traceparent) if spec else None,
     )
 
 

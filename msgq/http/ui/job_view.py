@@ -22,6 +22,7 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from msgq.keys import arq_job_key, spec_key
+from msgq.settings import Settings
 from schemas import JobRecord
 
 THUMB_PX = 160
@@ -151,3 +152,11 @@ def timeline(record: JobRecord) -> list[dict[str, Any]]:
         detail = f"request_id {rid}" if rid else ""
         events.append(_event(record.finished_at, record.status.value, detail))
     return sorted(events, key=lambda e: e["at"])
+
+
+def trace_url(settings: Settings, record: JobRecord) -> str | None:
+    """The job's trace in the operator's tracing backend (MSGQ_TRACE_URL_TEMPLATE)."""
+    if not settings.trace_url_template or not record.trace_id:
+        return None
+    # A trace ID is 32 hex digits (msgq.tracing checks it), so it needs no escaping here.
+    return settings.trace_url_template.replace("{trace_id}", record.trace_id)

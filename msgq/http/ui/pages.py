@@ -143,6 +143,7 @@ async def job_page(request: Request, session: Viewer, job_id: str) -> Response:
         timeline=job_view.timeline(record),
         metadata=_pretty(record.metadata),
         retry=retry_verdict(record),
+        trace_url=job_view.trace_url(state_of(request).settings, record),
     )
 
 
