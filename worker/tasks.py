@@ -21,6 +21,7 @@ from msgq import arq_format
 from msgq.arq_format import UNDECODABLE_KEY, Defer
 from msgq.errors import UnavailableError
 from msgq.jobs.records import utcnow
+from msgq.jobs.rehome import rehome
 from msgq.jobs.store import JobStore
 from msgq.keys import FLEET_WORKERS
 from msgq.logs import register_secret
@@ -226,7 +227,7 @@ async def _rehome(
     through the tenant's API). It is queued again under that ID; this entry ends with no record."""
     new_id = f"{tenant}:{job_id}"
     payload = arq_format.job_payload(kwargs, int(enqueued_at.timestamp() * 1000))
-    moved = await deps.store.rehome(job_id, new_id, payload)
+    moved = await rehome(deps.store, job_id, new_id, payload)
     log.info("job.rehomed", to=new_id, moved=moved)
     if prefetched:  # a ticket taken for the old ID is given back; the new one is admitted anew
         ticket = admission.parse_or_none(prefetched[1])

@@ -297,23 +297,6 @@ class JobStore:
                 pipe.hdel(SCHED_EST, job_id)
             await pipe.execute()
 
-    async def rehome(self, old_id: str, new_id: str, payload: bytes) -> bool:
-        """Queue `payload` as `new_id` (due now) unless that job exists; drop `old_id`'s entry
-        and payload. True when the job was queued under the new ID."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(arq_job_key(new_id), payload, nx=True)
-            pipe.exists(record_key(new_id))
-            created, existing = (await pipe.execute())[:2]
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if created and not existing:
-                pipe.zadd(self.queue_name, {new_id: int(utcnow().timestamp() * 1000)}, nx=True)
-            elif created:  # that job already ended: nothing to queue
-                pipe.delete(arq_job_key(new_id))
-            pipe.zrem(self.queue_name, old_id)
-            pipe.delete(arq_job_key(old_id))
-            await pipe.execute()
-        return bool(created and not existing)
-
     async def expire_job(self, job_id: str) -> bool:
         """End a job `expired` (its batch or deadline passed) and drop it from the queue; an
         attempt in flight may still answer, but its late result is discarded (write-once)."""
