@@ -47,7 +47,8 @@ async def raw_httpx_run(
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
     limits = httpx.Limits(max_connections=concurrency)
     pool = [
-        httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits) for _ in range(clients)
+        httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=60)
+        for _ in range(clients)
     ]
 
     async def one(i: int, body: dict[str, Any]) -> None:

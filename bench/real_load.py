@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from bench.baseline import raw_httpx_run
 from bench.harness import KEY, redis_server, sim_stats, simulator, text_request, workers
 from msgq.client import Client
 from msgq.jobs.store import JobStore
@@ -155,6 +156,37 @@ async def one_worker(tmp: Path, *, concurrency: int, n: int, stream: bool, warm:
     ]
 
 
+async def transport(n: int = 3000, concurrency: int = 512) -> list[list[Any]]:
+    """The upstream client's cost per call as calls in flight grow: one aiohttp session, one
+    httpx client, and httpx spread over small clients as msgq's worker does (`UpstreamClients`,
+    two calls a client). Same simulator, same calls; process CPU per call beside the rate."""
+    requests = [
+        {**text_request(60), "messages": [{"role": "user", "content": f"call {i}"}]}
+        for i in range(n)
+    ]
+    rows: list[list[Any]] = []
+    with simulator("--latency-ms", str(LATENCY_MS)) as sim:
+        runs: list[tuple[str, Callable[[], Any]]] = [
+            (
+                "aiohttp, 1 session",
+                lambda: aiohttp_run(sim, requests, concurrency=concurrency, stream=False),
+            ),
+            ("httpx, 1 client", lambda: raw_httpx_run(sim, KEY, requests, concurrency=concurrency)),
+            (
+                f"httpx, {concurrency // 2} clients (msgq's spread)",
+                lambda: raw_httpx_run(
+                    sim, KEY, requests, concurrency=concurrency, clients=concurrency // 2
+                ),
+            ),
+        ]
+        for name, run in runs:
+            cpu0 = time.process_time()
+            seconds = await run()
+            cpu_ms = (time.process_time() - cpu0) * 1000 / n
+            rows.append([name, concurrency, round(n / seconds, 1), f"{cpu_ms:.2f}"])
+    return rows
+
+
 async def fleet_learned(tmp: Path, n: int = 5000, rpm: int = 600) -> list[Any]:
     """4 workers, nothing configured in msgq: the limit is learned from headers."""
     flags = ["--rpm", str(rpm), "--latency-ms", "1500", "--ms-per-token", "5"]
@@ -243,6 +275,12 @@ async def report(tmp: Path, table: Table) -> None:
             await one_worker(tmp, concurrency=512, n=3000, stream=False, warm=False),
             await one_worker(tmp, concurrency=256, n=3000, stream=True, warm=True),
         ],
+    )
+    table(
+        f"Upstream transport at {LATENCY_MS / 1000:g} s a call: calls/s and client CPU per call "
+        "(3,000 calls; ideal 171/s)",
+        ["client", "concurrency", "calls/s", "CPU ms/call"],
+        await transport(),
     )
     table(
         "A fleet against learned limits: 4 workers, 600 RPM simulator, nothing configured in "

@@ -86,9 +86,14 @@ async def test_hostile_model_names_end_their_own_job_and_stop_no_one_else(
         payload["k"] = {"request": body(model), "tenant": "bulk", "priority": "bulk"}
         await redis.set(f"arq:job:{raw_id}", json.dumps(payload))
         await redis.zadd(SCHED_INBOX, {raw_id: int(time.time() * 1000)})
-        hostile.append(raw_id)
+        hostile.append(f"bulk:{raw_id}")  # a raw job naming a tenant is stored as tenant:id
     good = await client.submit(body(), tenant="acme")
     assert (await client.wait(good.id, timeout=20)).status is JobStatus.SUCCEEDED
+
+    async def all_recorded() -> bool:  # raw jobs get their record when a worker takes them
+        return all([await redis.exists(f"msgq:job:{i}") for i in hostile])
+
+    await eventually(all_recorded, timeout_s=30)
     ended = await _all_ended(client, hostile)
     assert all(r.status.terminal for r in ended)
     evil = [r for r in ended if r.model == "evil:interactive" and r.tenant == "bulk"]
