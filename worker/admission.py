@@ -85,7 +85,7 @@ class HeldTicket:
 
 async def take(redis: Redis, job_id: str) -> bool:
     """Delete the job's ticket; True only for the one caller that deleted it."""
-    async with redis.pipeline(transaction=True) as pipe:
+    async with redis.pipeline(transaction=False) as pipe:  # DEL alone decides who took it
         pipe.delete(admitted_key(job_id))
         pipe.zrem(TICKETS_KEY, job_id)
         deleted, _ = await pipe.execute()

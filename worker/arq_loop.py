@@ -15,7 +15,7 @@ from arq.constants import (
 from arq.jobs import SerializationError, deserialize_job_raw, serialize_result
 from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import JobExecutionFailed, RetryJob
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from msgq.arq_format import (
     ABORT_KEY,
@@ -82,7 +82,7 @@ class MsgqWorker(Worker):
         self._claim: Any = None  # registered on the pool once arq has made it
         self._beat: asyncio.Task[None] | None = None
         self._claimed = 0  # jobs this worker has claimed and started
-        self._due: Any = None  # the due-scan script, registered on first use
+        self._due: str | None = None  # the due-scan script's SHA, loaded on first use
         self.bytes = ByteBudget(max_inflight_bytes, self.max_jobs)
         self.ctx["running_jobs"] = lambda: self.job_counter
 
@@ -118,20 +118,24 @@ class MsgqWorker(Worker):
             count = min(count, self.max_burst_jobs - self._jobs_started())
         picking = self.allow_pick_jobs and count > 0
         now = timestamp_ms()
-        if self._due is None:
-            self._due = self.pool.register_script(DUE_UNHELD)
+        due = self._due
+        if picking and due is None:
+            due = self._due = await self.pool.script_load(DUE_UNHELD)
         async with self.pool.pipeline(transaction=False) as pipe:
             if picking:
-                await self._due(
-                    keys=[self.queue_name],
-                    args=[count, DUE_SCAN_LIMIT, now, IN_PROGRESS_KEY_PREFIX],
-                    client=pipe,
-                )
+                # By its SHA, loaded once: a script object in a pipeline costs a SCRIPT EXISTS
+                # round trip on every poll. Redis restarted (scripts gone): loaded again below.
+                args = [str(count), str(DUE_SCAN_LIMIT), str(now), IN_PROGRESS_KEY_PREFIX]
+                pipe.evalsha(str(due), 1, self.queue_name, *args)
             pipe.zrange(ABORT_KEY, 0, -1)
             # Abort requests older than a minute (arq's own prune compares seconds with ms and
             # removes nothing, so the set it reads every poll only grew).
             pipe.zremrangebyscore(ABORT_KEY, min="-inf", max=now - abort_job_max_age * 1000)
-            replies = await pipe.execute()
+            try:
+                replies = await pipe.execute()
+            except NoScriptError:
+                self._due = None
+                return True  # poll again at once, with the script loaded again
         started = self._claimed
         if picking:
             await self.start_jobs(replies[0])
