@@ -149,7 +149,7 @@ async def test_no_page_shows_a_redis_key_name(
     batch_id = created.json()["id"]
     await redis.set(PAUSE_KEY, "spend limit reached")
     await redis.set(cooldown_key("haiku"), "1", px=60_000)
-    await announce(redis, WORKER_ID, 8, 2, 4)
+    await announce(redis, WORKER_ID, 8, 2)
     paths = [
         "/ui",
         "/ui/part/overview",

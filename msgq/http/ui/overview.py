@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from msgq import waits
 from msgq.fleet_stats import last_hour
-from msgq.http.ui import waits
 from msgq.keys import (
     ACTIVE_KEY,
     PAUSE_KEY,
@@ -46,7 +46,7 @@ class Active:
     sampled: int
     total: int
     breakdown: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)
-    # The sampled records of jobs that wait (queued, retrying), for msgq.http.ui.waits.
+    # The sampled records of jobs that wait (queued, retrying), for msgq.waits.
     waiting: list[dict[str, Any]] = field(default_factory=list)
 
     def rows(self, dimension: str) -> list[tuple[str, list[int]]]:

@@ -10,9 +10,10 @@ import orjson
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from msgq import waits
 from msgq.batches import BatchMeta
 from msgq.http.deps import state_of
-from msgq.http.ui import job_view, overview, waits
+from msgq.http.ui import job_view, overview
 from msgq.http.ui.common import display_id, not_found, owned_record, query_of, ui_router
 from msgq.http.ui.failures import failure_groups
 from msgq.http.ui.queries import JobFilter, find_jobs
@@ -135,7 +136,8 @@ async def job_page(request: Request, session: Viewer, job_id: str) -> Response:
     record = await owned_record(request, session, job_id)
     if record is None:
         return not_found(request, session, "job")
-    stored = await job_view.stored_request(state_of(request).redis, record.id)
+    state = state_of(request)
+    stored = await job_view.stored_request(state.redis, record.id)
     return html(
         request,
         "job.html",
@@ -145,10 +147,10 @@ async def job_page(request: Request, session: Viewer, job_id: str) -> Response:
         request_summary=job_view.summarize(*stored) if stored else None,
         result=job_view.result_blocks(record),
         timeline=job_view.timeline(record),
-        waiting=await waits.job_reason(state_of(request).redis, state_of(request).settings, record),
+        waiting=await waits.job_reason(state.redis, state.settings, record),
         metadata=_pretty(record.metadata),
         retry=retry_verdict(record),
-        trace_url=job_view.trace_url(state_of(request).settings, record),
+        trace_url=job_view.trace_url(state.settings, record),
     )
 
 

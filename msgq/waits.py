@@ -2,9 +2,10 @@
 
 Read only from what the fleet writes anyway: the workers' announcements (slots, slots in use,
 adaptive limit), the spend-limit pause, the 429 cool-downs, the scheduler's backlog and the
-records' own `waiting_reason`. Never from a worker's memory: msgq.http does not import the
-worker. A queue beside 90-100% rate-limit headroom is otherwise a mystery: the answer is often
-that the workers' adaptive limits were cut by 529s, or that no worker reads this Redis at all.
+records' own `waiting_reason`. Never from a worker's memory: the dashboard and `msgq status
+--follow`, which say it, do not import the worker. A queue beside 90-100% rate-limit headroom
+is otherwise a mystery: the answer is often that the workers' adaptive limits were cut by 529s,
+or that no worker reads this Redis at all.
 
 A job is given the first reason that holds it, in the order they block: with no worker nothing
 moves; a pooled batch-lane job waits for its upstream batch whatever else holds; the pause holds
@@ -37,7 +38,7 @@ from msgq.settings import Settings
 from schemas import JobRecord, JobStatus
 from schemas.capabilities import rate_limit_class
 
-# The limiter's model classes, as msgq.http.ui.overview lists them (read-only here).
+# The limiter's model classes (worker.ratelimit.model_class), read-only here.
 CLASSES = ("opus", "sonnet", "haiku", "mythos", "fable", "default")
 WAITING = (JobStatus.QUEUED.value, JobStatus.RETRYING.value)
 CHUNK = 1000
