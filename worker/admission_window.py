@@ -91,7 +91,12 @@ class AdmissionWindow:
         return self._slots
 
 
-async def announce(redis: Redis, worker_id: str, slots: int, running: int) -> None:
-    """A worker says it is alive and how many slots it has (the dispatcher sums them)."""
+async def announce(
+    redis: Redis, worker_id: str, slots: int, running: int, limit: int | None = None
+) -> None:
+    """A worker says it is alive and how many slots it has (the dispatcher sums them), and its
+    adaptive concurrency limit, so the dashboard can say when overload answers cut it."""
     value = {"slots": slots, "running": running, "seen_ms": int(time.time() * 1000)}
+    if limit is not None:
+        value["limit"] = limit
     await redis.hset(FLEET_WORKERS, worker_id, orjson.dumps(value).decode())  # type: ignore[misc]

@@ -99,14 +99,15 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def _announce(ctx: dict[str, Any]) -> None:
-    """Every second: this worker's slots for the dispatcher's sizing, and (every minute) the
-    fleet policy for producers. Never stops on an error."""
+    """Every second: this worker's slots for the dispatcher's sizing (and its adaptive limit, for
+    the dashboard), and (every minute) the fleet policy for producers. Never stops on an error."""
     deps: Deps = ctx["msgq"]
     published_at = -POLICY_EVERY_S
     while True:
         try:
             running = ctx.get("running_jobs", lambda: 0)()
-            await announce(deps.redis, ctx["worker_id"], deps.settings.max_jobs, running)
+            slots, limit = deps.settings.max_jobs, deps.concurrency.limit
+            await announce(deps.redis, ctx["worker_id"], slots, running, limit)
             if time.monotonic() - published_at >= POLICY_EVERY_S:
                 await policy.publish(deps.redis, deps.settings)
                 published_at = time.monotonic()

@@ -8,11 +8,12 @@ import signal
 from pathlib import Path
 
 import click
+import orjson
 from rich.console import Console
 
 from msgq.caption.inputs import check_template, count_items, missing_inputs
 from msgq.caption.output import CaptionLog
-from msgq.caption.report import Display, estimate, summary
+from msgq.caption.report import Display, estimate, estimate_lines, summary
 from msgq.caption.run import CaptionRun, Tally
 from msgq.caption.work import CaptionOptions
 from msgq.client import Client
@@ -31,9 +32,12 @@ def pending_file(out: Path) -> Path:
     return out.with_name(out.name + ".pending")
 
 
-def run_caption(options: CaptionOptions, settings: Settings, *, dry_run: bool) -> None:
+def run_caption(
+    options: CaptionOptions, settings: Settings, *, dry_run: bool, as_json: bool = False
+) -> None:
     """Raises CaptionFailedError (exit 1) when images failed, in this run or an earlier one
-    that was not retried, and click.Abort (exit 130) after a Ctrl-C summary."""
+    that was not retried, and click.Abort (exit 130) after a Ctrl-C summary. `as_json`: the
+    dry run and the summary as one JSON object on stdout, progress as JSON Lines on stderr."""
     missing = missing_inputs(options.inputs)
     if missing:
         msg = "no such file or folder: " + ", ".join(missing)
@@ -44,11 +48,14 @@ def run_caption(options: CaptionOptions, settings: Settings, *, dry_run: bool) -
         raise click.UsageError(str(exc)) from None
     console = Console()
     if dry_run:
-        for key, value in estimate(options, settings.max_image_bytes).items():
-            console.print(f"{key:>18}: {value}", soft_wrap=True)
+        guess = estimate(options, settings.max_image_bytes)
+        if as_json:
+            click.echo(orjson.dumps(guess).decode())
+        else:
+            click.echo("\n".join(estimate_lines(guess)))
         return
-    tally, left = asyncio.run(_run(options, settings, console))
-    summary(tally, console)
+    tally, left = asyncio.run(_run(options, settings, as_json=as_json))
+    summary(tally, console, as_json=as_json)
     if left is not None:
         _report_interrupt(options.out, left)
         raise click.Abort
@@ -64,7 +71,7 @@ def run_caption(options: CaptionOptions, settings: Settings, *, dry_run: bool) -
 
 
 async def _run(
-    options: CaptionOptions, settings: Settings, console: Console
+    options: CaptionOptions, settings: Settings, *, as_json: bool
 ) -> tuple[Tally, list[str] | None]:
     """The run, with Ctrl-C turned into a summary. Returns the tally and, if interrupted, the
     job IDs still in the fleet. A second Ctrl-C is Python's own: it exits at once."""
@@ -72,7 +79,7 @@ async def _run(
     log = CaptionLog(options.out)
     redis = connect(settings)
     try:
-        with Display(total=total) as display:
+        with Display(total=total, as_json=as_json) as display:
             run = CaptionRun(redis, settings, options, log, display.update)
             task = asyncio.create_task(run.run())
             interrupted = await _until_done_or_ctrl_c(task)

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from typing import Any, TextIO
 
+import orjson
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -92,7 +93,7 @@ def _by_lane(input_tokens: int, max_output: int, options: CaptionOptions) -> dic
 
 class Display:
     """A rich progress bar on a terminal; elsewhere (CI logs, files) one plain, unwrapped line
-    per `interval_s`, and a last one at the end."""
+    per `interval_s`, and a last one at the end (`as_json`: one JSON object per line)."""
 
     def __init__(
         self,
@@ -101,10 +102,12 @@ class Display:
         *,
         stream: TextIO | None = None,
         interval_s: float = 5.0,
+        as_json: bool = False,
     ) -> None:
         self.console = console or Console(stderr=True)
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
+        self.tty = self.stream.isatty() and not as_json
+        self.as_json = as_json
         self.total = total
         self.interval_s = interval_s
         self.last_line = 0.0
@@ -135,7 +138,8 @@ class Display:
         elapsed = max(time.monotonic() - t.started, 1e-9)
         finished = t.done + t.failed
         detail = (
-            f"ok {t.done} failed {t.failed} retrying {t.retrying} skipped {t.skipped} "
+            f"in flight {t.in_flight} (running {t.running}) ok {t.done} failed {t.failed} "
+            f"retrying {t.retrying} skipped {t.skipped} "
             f"tokens {t.input_tokens + t.output_tokens:,} ${t.cost_usd:.4f} "
             f"{finished / elapsed:.1f}/s"
         )
@@ -148,12 +152,20 @@ class Display:
         self.last_line = time.monotonic()
         handled, finished = _handled(t), t.done + t.failed
         rate = finished / max(time.monotonic() - t.started, 1e-9)  # this run's, not skips
-        of = f"/{self.total}" if self.total is not None else ""
-        eta = "?"
+        eta_s = None
         if self.total is not None and rate > 0:
-            eta = f"{max(self.total - handled, 0) / rate:.0f}s"
+            eta_s = round(max(self.total - handled, 0) / rate)
+        if self.as_json:
+            fields = {"handled": handled, "total": self.total, **tally_fields(t)}
+            fields |= {"rate_per_s": round(rate, 2), "eta_s": eta_s}
+            self.stream.write(orjson.dumps({"event": "progress", **fields}).decode() + "\n")
+            self.stream.flush()
+            return
+        of = f"/{self.total}" if self.total is not None else ""
+        eta = "?" if eta_s is None else f"{eta_s}s"
         self.stream.write(
-            f"captions {handled}{of}: ok {t.done} failed {t.failed} retrying {t.retrying} "
+            f"captions {handled}{of}: in flight {t.in_flight} (running {t.running}) "
+            f"ok {t.done} failed {t.failed} retrying {t.retrying} "
             f"skipped {t.skipped} failed-before {t.failed_before} "
             f"tokens {t.input_tokens + t.output_tokens} cost ${t.cost_usd:.4f} "
             f"rate {rate:.1f}/s eta {eta}\n"
@@ -165,27 +177,75 @@ def _handled(t: Tally) -> int:
     return t.done + t.failed + t.skipped + t.failed_before
 
 
-def summary(t: Tally, console: Console) -> None:
+def tally_fields(t: Tally) -> dict[str, Any]:
+    """The run's totals by name: the --json summary, and each --json progress line."""
+    return {
+        "succeeded": t.done,
+        "failed": t.failed,
+        "skipped": t.skipped,
+        "failed_before": t.failed_before,
+        "retrying": t.retrying,
+        "in_flight": t.in_flight,
+        "running": t.running,
+        "input_tokens": t.input_tokens,
+        "output_tokens": t.output_tokens,
+        "cost_usd": round(t.cost_usd, 6),
+        "wall_time_s": round(time.monotonic() - t.started, 1),
+    }
+
+
+SUMMARY = (
+    ("succeeded", "succeeded"),
+    ("failed", "failed"),
+    ("skipped", "skipped (done before)"),
+    ("failed_before", "failed before (not retried)"),
+    ("input_tokens", "input tokens"),
+    ("output_tokens", "output tokens"),
+    ("cost_usd", "cost USD"),
+    ("wall_time_s", "wall time"),
+)
+
+
+def summary(t: Tally, console: Console, *, as_json: bool = False) -> None:
+    """On a terminal a table; elsewhere one complete line (never wrapped to 80 columns, as a
+    table is when piped), or with `as_json` one JSON object."""
+    fields = tally_fields(t)
+    if as_json:
+        sys.stdout.write(orjson.dumps({"event": "summary", **fields}).decode() + "\n")
+        sys.stdout.flush()
+        return
+    shown = {key: _shown(key, fields[key]) for key, _ in SUMMARY}
+    if not console.is_terminal:
+        parts = ", ".join(f"{label} {shown[key]}" for key, label in SUMMARY)
+        sys.stdout.write(f"msgq caption: {parts}\n")
+        sys.stdout.flush()
+        return
     table = Table(title="msgq caption")
-    for column in (
-        "succeeded",
-        "failed",
-        "skipped (done before)",
-        "failed before (not retried)",
-        "input tokens",
-        "output tokens",
-        "cost USD",
-        "wall time",
-    ):
-        table.add_column(column)
-    table.add_row(
-        str(t.done),
-        str(t.failed),
-        str(t.skipped),
-        str(t.failed_before),
-        f"{t.input_tokens:,}",
-        f"{t.output_tokens:,}",
-        f"{t.cost_usd:.4f}",
-        f"{time.monotonic() - t.started:.1f}s",
-    )
+    for _, label in SUMMARY:
+        table.add_column(label)
+    table.add_row(*shown.values())
     console.print(table)
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "cost_usd":
+        return f"{value:.4f}"
+    if key == "wall_time_s":
+        return f"{value:.1f}s"
+    return f"{value:,}" if key.endswith("tokens") else str(value)
+
+
+def estimate_lines(guess: dict[str, Any]) -> list[str]:
+    """The dry run as `name: value` lines a person reads: counts by format as `png 3, jpeg 1`
+    (not a Python dict), the unreadable files one per line."""
+    lines: list[str] = []
+    for key, value in guess.items():
+        if key == "unreadable_files":
+            lines.extend(f"{'unreadable file':>18}: {name}" for name in value)
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+        elif value is None:
+            value = "unknown (no price for this model)"
+        lines.append(f"{key:>18}: {value}")
+    return lines

@@ -37,6 +37,8 @@ class Tally:
     skipped: int = 0  # succeeded in an earlier run
     failed_before: int = 0  # failed in an earlier run and not retried (--retry-failed)
     retrying: int = 0
+    in_flight: int = 0  # submitted by this run and not yet ended (queued, running, retrying)
+    running: int = 0  # of those, in progress at the last look
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
@@ -143,8 +145,13 @@ class CaptionRun:
             self._count_earlier(failed=False)
             return
         self.pending[job.id] = [item]
+        self._changed()  # in flight now: a run's first minutes are not "0 done" and silent
         if job.record.status.terminal:
             await self._finish(job.id)
+
+    def _changed(self) -> None:
+        self.tally.in_flight = len(self.pending)
+        self.on_change(self.tally)
 
     async def _failed_before(self, work: Work) -> bool:
         """True (counted) when an earlier run failed it and --retry-failed is not given."""
@@ -183,7 +190,7 @@ class CaptionRun:
             self.tally.failed_before += 1
         else:
             self.tally.skipped += 1
-        self.on_change(self.tally)
+        self._changed()
 
     async def still_running(self) -> list[str]:
         """Job IDs this run submitted that have not ended (after Ctrl-C: still in the fleet)."""
@@ -206,10 +213,11 @@ class CaptionRun:
         ids = list(self.pending)
         records = await self.store.get_many(ids)
         self.tally.retrying = sum(1 for r in records if r and r.status is JobStatus.RETRYING)
+        self.tally.running = sum(1 for r in records if r and r.status is JobStatus.IN_PROGRESS)
         for job_id, record in zip(ids, records, strict=True):
             if record is not None and record.status.terminal:
                 await self._finish(job_id)
-        self.on_change(self.tally)
+        self._changed()
 
     def _write(self, row: dict[str, Any]) -> None:
         self.log.append(row)
@@ -222,4 +230,4 @@ class CaptionRun:
         t.input_tokens += usage.get("input_tokens", 0)
         t.output_tokens += usage.get("output_tokens", 0)
         t.cost_usd += row["cost_usd"] or 0.0
-        self.on_change(t)
+        self._changed()

@@ -55,6 +55,13 @@ REALTIME_WINDOW_MAX = 256  # images in Redis at once by default, in the realtime
     is_flag=True,
     help="Count and estimate tokens and cost (both lanes); spend nothing.",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="The dry run's estimate, or the run's summary, as one JSON object on stdout; "
+    "progress as JSON Lines on stderr.",
+)
 def caption(
     inputs: tuple[str, ...],
     prompt: str | None,
@@ -71,6 +78,7 @@ def caption(
     max_side: int | None,
     lane: str,
     dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Caption images (files, folders, manifests of paths or URLs) into JSONL and sidecars."""
     from msgq.caption.cli import cancel_pending, run_caption
@@ -99,7 +107,7 @@ def caption(
         force_sidecar=force_sidecar,
         lane=Lane(lane),
     )
-    run_caption(options, settings, dry_run=dry_run)
+    run_caption(options, settings, dry_run=dry_run, as_json=as_json)
 
 
 def _default_window(lane: Lane, settings: Settings) -> int:

@@ -188,19 +188,34 @@ def _by_id(job_id: str, tenant: str | None, fn: Callable[[Client, str], Awaitabl
 @cli.command()
 @click.argument("job_id")
 @TENANT
-@click.option("--follow", "-f", is_flag=True, help="Print the text as it streams, then the record.")
-def status(job_id: str, tenant: str | None, follow: bool) -> None:
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Say while it waits and why, print the text as it streams, then the record.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per line (with --follow: status, attempt and text events, then the "
+    "record).",
+)
+def status(job_id: str, tenant: str | None, follow: bool, as_json: bool) -> None:
     """Print a job's record as JSON (--follow: its text first, like tail -f)."""
     if follow:
         from msgq.cli.follow import follow_to_terminal
 
-        record = follow_to_terminal(Settings(), _stored_id(job_id, tenant))
-        dump(record.model_dump(mode="json"))
+        record = follow_to_terminal(Settings(), _stored_id(job_id, tenant), as_json=as_json)
         if record.status in FAILED_STATUSES:
             msg = f"job {job_id} {record.status.value}"
             raise JobFailedError(msg)
         return
-    dump(_by_id(job_id, tenant, Client.get).model_dump(mode="json"))
+    record = _by_id(job_id, tenant, Client.get)
+    if as_json:
+        click.echo(record.model_dump_json())
+        return
+    dump(record.model_dump(mode="json"))
 
 
 @cli.command()

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from msgq import waits
 from msgq.fleet_stats import last_hour
 from msgq.keys import (
     ACTIVE_KEY,
@@ -28,7 +29,7 @@ ACTIVE = (JobStatus.QUEUED, JobStatus.IN_PROGRESS, JobStatus.RETRYING)
 ACTIVE_SAMPLE = 5000  # records read for the breakdown; the counts themselves are exact
 # The limiter's model classes (worker.ratelimit.model_class), read-only here: the HTTP
 # API does not import the worker runtime.
-CLASSES = ("opus", "sonnet", "haiku", "mythos", "fable", "default")
+CLASSES = waits.CLASSES
 LEARNED_TTL_MS = 600_000  # a learned limit counts this long after the header that said it
 # (label, level field, learned-limit field, configured name) of the limiter's three buckets
 BUCKETS = (
@@ -45,6 +46,8 @@ class Active:
     sampled: int
     total: int
     breakdown: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)
+    # The sampled records of jobs that wait (queued, retrying), for msgq.waits.
+    waiting: list[dict[str, Any]] = field(default_factory=list)
 
     def rows(self, dimension: str) -> list[tuple[str, list[int]]]:
         """(value, count per active status) for a table, values sorted."""
@@ -74,6 +77,8 @@ async def active_jobs(redis: Redis, tenant: str | None) -> Active:
             if now not in result.breakdown["lane"]:
                 continue  # ended since the index was read
             result.sampled += 1
+            if now in (JobStatus.QUEUED.value, JobStatus.RETRYING.value):
+                result.waiting.append(data)
             for dimension in DIMENSIONS:
                 value = str(data.get(dimension) or "-")
                 result.breakdown[dimension][now][value] += 1

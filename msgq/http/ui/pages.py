@@ -10,6 +10,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from msgq import waits
 from msgq.batches import BatchMeta
 from msgq.http.deps import state_of
 from msgq.http.ui import job_view, overview
@@ -48,8 +49,12 @@ async def login_form(request: Request) -> HTMLResponse:
 async def _overview(request: Request, session: Viewer) -> dict[str, Any]:
     state = state_of(request)
     series = await overview.last_hour_series(state.redis, session.scope)
+    active = await overview.active_jobs(state.redis, session.scope)
+    fleet = await waits.fleet_state(state.redis, state.settings)
     return {
-        "active": await overview.active_jobs(state.redis, session.scope),
+        "active": active,
+        "fleet": fleet,
+        "waits": await waits.count_reasons(state.redis, fleet, active.waiting),
         "chart": overview.chart(series),
         "headroom": await overview.headroom(state.redis, state.settings),
         "pause": await overview.pause_state(state.redis),
@@ -131,7 +136,8 @@ async def job_page(request: Request, session: Viewer, job_id: str) -> Response:
     record = await owned_record(request, session, job_id)
     if record is None:
         return not_found(request, session, "job")
-    stored = await job_view.stored_request(state_of(request).redis, record.id)
+    state = state_of(request)
+    stored = await job_view.stored_request(state.redis, record.id)
     return html(
         request,
         "job.html",
@@ -141,9 +147,10 @@ async def job_page(request: Request, session: Viewer, job_id: str) -> Response:
         request_summary=job_view.summarize(*stored) if stored else None,
         result=job_view.result_blocks(record),
         timeline=job_view.timeline(record),
+        waiting=await waits.job_reason(state.redis, state.settings, record),
         metadata=_pretty(record.metadata),
         retry=retry_verdict(record),
-        trace_url=job_view.trace_url(state_of(request).settings, record),
+        trace_url=job_view.trace_url(state.settings, record),
     )
 
 
@@ -154,8 +161,12 @@ async def job_part(request: Request, session: Viewer, job_id: str) -> Response:
     record = await owned_record(request, session, job_id)
     if record is None:
         return not_found(request, session, "job")
+    state = state_of(request)
+    waiting = await waits.job_reason(state.redis, state.settings, record)
     timeline = job_view.timeline(record)
-    response = html(request, "_job_live.html", session, record=record, timeline=timeline)
+    response = html(
+        request, "_job_live.html", session, record=record, timeline=timeline, waiting=waiting
+    )
     if record.status.terminal:
         response.headers["hx-refresh"] = "true"
     return response

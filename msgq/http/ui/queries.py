@@ -65,6 +65,18 @@ class JobFilter:
             found.append(("zset", tenant_jobs_key(self.tenant)))
         return found or [("zset", INDEX_KEY)]
 
+    def label(self, key: str) -> str:
+        """The index `key` in words: a page never shows a Redis key name."""
+        if self.batch and key == batch_ids_key(self.batch):
+            return f"jobs of batch {self.batch}"
+        if self.status and key == status_jobs_key(self.status.value):
+            return f"{self.status.value} jobs"
+        if self.model and key == model_jobs_key(self.model):
+            return f"jobs of model {self.model}"
+        if self.tenant and key == tenant_jobs_key(self.tenant):
+            return f"jobs of tenant {self.tenant}"
+        return "all jobs"
+
 
 @dataclass
 class JobSlice:
@@ -72,6 +84,7 @@ class JobSlice:
     next_cursor: int | None = None  # where the walk goes on (a position in the index)
     scanned: int = 0
     index: str = ""
+    index_label: str = ""  # the index in words, for the page
     index_size: int = 0
     partial: bool = False  # the read budget ran out before the page filled: go on from next
 
@@ -139,7 +152,7 @@ async def find_jobs(
 ) -> JobSlice:
     """One page of matching records, newest first, from the smallest index the filters name."""
     walk, size = await walk_for(redis, flt)
-    page = JobSlice(index=walk.key, index_size=size)
+    page = JobSlice(index=walk.key, index_label=flt.label(walk.key), index_size=size)
     async for after, data in walk.rows(cursor, budget):
         page.records.append(JobRecord.model_validate(data))
         if len(page.records) == limit:
