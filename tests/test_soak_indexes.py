@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from msgq.client import Client
@@ -99,6 +100,7 @@ def report(title: str, counts: dict[str, tuple[int, int]]) -> int:
     return int(worst * 1000)
 
 
+@pytest.mark.timeout(1800 if CHAOS else 120)  # 100,000 jobs through one worker: minutes
 async def test_indexes_and_memory_stay_with_the_live_records(
     redis: Redis, settings: Settings, client: Client, sim: Sim, tmp_path: Path
 ) -> None:
@@ -125,6 +127,9 @@ async def test_indexes_and_memory_stay_with_the_live_records(
                 )
             )
             await asyncio.gather(*(client.cancel(j.id) for j in jobs[::50]))
+            if CHAOS and (start + CHUNK) % 10_000 == 0:
+                held, took = await redis.zcard(INDEX_KEY), time.monotonic() - started
+                print(f"{start + CHUNK} submitted, {took:.0f} s, {held} indexed")
 
         async def drained() -> bool:
             return await redis.zcard(ACTIVE_KEY) == 0
