@@ -56,5 +56,5 @@ clean:  ## remove the venv, caches and local data
 bench: $(STAMP)  ## benchmarks against baselines in the same run; writes BENCHMARKS.md (~30 min)
 	$(BIN)/python -m bench.run
 
-chaos: $(STAMP)  ## the long fault runs: 2,000-job crash run, Redis restart, mixed faults + audit, 10,000 fuzz cases, 1,000-job Sentinel failover
-	MSGQ_CHAOS=1 $(BIN)/pytest -s tests/test_reliability.py tests/test_chaos_mix.py tests/test_fuzz.py tests/test_sentinel.py
+chaos: $(STAMP)  ## the long fault runs: 2,000-job crash run, Redis restart, mixed faults + audit, 10,000 fuzz cases, 1,000-job Sentinel failover, 100,000-job index soak
+	MSGQ_CHAOS=1 $(BIN)/pytest -s tests/test_reliability.py tests/test_chaos_mix.py tests/test_fuzz.py tests/test_sentinel.py tests/test_soak_indexes.py

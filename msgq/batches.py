@@ -131,6 +131,8 @@ class Batches:
             pipe.hset(batch_counts_key(meta.id), "created_at", created.isoformat())
             pipe.expire(batch_counts_key(meta.id), ttl)
             pipe.zadd(tenant_batches_key(tenant), {meta.id: now_ms})
+            # Every batch's keys expire `ttl` after creation: older entries name nothing.
+            pipe.zremrangebyscore(tenant_batches_key(tenant), "-inf", now_ms - ttl * 1000)
             pipe.zadd(BATCHES_KEY, {meta.id: int(meta.expires_at.timestamp() * 1000)})
             self.store.enqueue_fresh(pipe, jobs, now_ms)
             await pipe.execute()

@@ -24,6 +24,9 @@ RECONCILER_LOCK = KEY_PREFIX + "reconciler:lock"  # one fleet-wide reconciler at
 WEBHOOKS_KEY = KEY_PREFIX + "webhooks"  # HASH webhook outbox: "job:<id>"/"batch:<id>" -> JSON
 WEBHOOKS_DUE_KEY = KEY_PREFIX + "webhooks:due"  # ZSET entry -> ms when due (or its lease ends)
 MODELS_KEY = KEY_PREFIX + "models"  # JSON: GET /v1/models as a worker last read it (all pages)
+# ZSET JSON [id, tenant, model, status] -> ms when that terminal record's TTL ends: what the
+# reconciler takes out of the job indexes then (msgq.jobs.indexes.prune_expired).
+EXPIRING_KEY = KEY_PREFIX + "expiring"
 
 
 # The fair-share scheduler (msgq.tenancy.scheduling, worker.dispatcher).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import signal
@@ -154,8 +153,14 @@ async def test_batch_past_expiry_ends_with_the_rest_expired_and_keys_have_ttls(
 async def test_batch_creation_is_all_or_nothing_under_sigkill(
     api_settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
-    """SIGKILL the API while it creates a 20,000-request batch: Redis holds either nothing
-    of it, or the batch with every job (never a batch that cannot end)."""
+    """SIGKILL the API mid-write of a 20,000-request batch: nothing of it is left in Redis.
+
+    The kill has to land inside the write, which is one transaction that commits in
+    milliseconds: the moment Redis shows it open (CLIENT LIST: `multi=`, the commands queued so
+    far, fewer than the batch needs) or shows anything written (a writer that is not atomic),
+    writes are paused (CLIENT PAUSE WRITE: nothing can commit), the API is SIGKILLed, writes
+    resume. Chunked or unguarded writes would leave part of the batch here; the old version of
+    this test killed only once something appeared, i.e. after the whole batch was written."""
     await redis.flushall()
     port = free_port()
     env = {
@@ -164,8 +169,10 @@ async def test_batch_creation_is_all_or_nothing_under_sigkill(
         "MSGQ_API_KEYS": f"tenant-a:{KEY_A}",
     }
     api = spawn(msgq_command("api", "--port", str(port)), env, tmp_path / "api.log")
+    seen: list[int] = []
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
+        before = await redis.dbsize()
         body = {"requests": [{"custom_id": f"r{i}", "params": BODY} for i in range(20_000)]}
 
         def post() -> None:
@@ -180,21 +187,27 @@ async def test_batch_creation_is_all_or_nothing_under_sigkill(
         posting = threading.Thread(target=post, daemon=True)
         posting.start()
 
-        async def writing() -> bool:
-            return bool(await redis.dbsize())
+        async def mid_write() -> bool:
+            queued = [int(c.get("multi", -1)) for c in await redis.client_list()]
+            written = await redis.dbsize() > before
+            if max(queued) > 0 or written:
+                await redis.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
+                seen.extend([max(queued), int(written)])
+                return True
+            return False
 
-        await eventually(writing, timeout_s=30)
+        await eventually(mid_write, timeout_s=30)
         api.send_signal(signal.SIGKILL)
         api.wait(timeout=10)
     finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
         stop_process(api)
-    await asyncio.sleep(0)  # nothing to wait for: the server is dead
-    metas = [k async for k in redis.scan_iter(match="msgq:batch:msgbatch_*") if k.count(b":") == 2]
+    print(f"killed with {seen[0]} commands of the transaction queued")
+    metas = [k async for k in redis.scan_iter(match="msgq:batch:*")]
     jobs = [k async for k in redis.scan_iter(match="msgq:job:*", count=5000)]
-    if metas:
-        assert len(jobs) == 20_000
-    else:
-        assert jobs == []
+    assert (len(metas), len(jobs)) == (0, 0)
+    assert await redis.dbsize() == before
+    assert 0 < seen[0] < 20_000 * 4  # inside the write: each job takes more commands than 4
     assert (await audit(redis)).clean
 
 

@@ -223,6 +223,32 @@ async def test_sigterm_finishes_in_flight_jobs_and_exits_0(
     assert sim.received == 3
 
 
+async def test_sigterm_past_the_grace_period_refunds_the_cut_attempt(
+    redis: Redis, settings: Settings, client: Client, sim: Sim, tmp_path: Path
+) -> None:
+    """The grace period (1 s) runs out mid-call (the answer takes 30 s): exit 0, the job back to
+    `queued` with its attempt refunded, and a later worker runs it to success in one attempt.
+    (The test above never cuts a call: its calls end inside the grace period.)"""
+    sim.script({"delay_s": 30})
+    first = spawn(settings, tmp_path / "a.log", MSGQ_SHUTDOWN_GRACE_S="1")
+    job = await client.submit(BODY)
+
+    async def in_flight() -> bool:
+        return sim.received == 1 and (await client.get(job.id)).attempts == 1
+
+    await eventually(in_flight)
+    assert await asyncio.to_thread(stop_workers, first, timeout_s=15) == [0]
+    cut = await client.get(job.id)
+    assert cut.status is JobStatus.QUEUED and cut.attempts == 0
+    second = spawn(settings, tmp_path / "b.log")
+    try:
+        done = await client.wait(job.id, timeout=20)
+    finally:
+        assert await asyncio.to_thread(stop_workers, second) == [0]
+    assert done.status is JobStatus.SUCCEEDED and done.attempts == 1
+    assert sim.received == 2  # the cut call, then the one that answered
+
+
 async def test_poison_job_fails_after_its_attempts_and_worker_serves_on(
     monkeypatch: pytest.MonkeyPatch, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:

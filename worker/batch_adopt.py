@@ -37,8 +37,6 @@ async def find_orphan(
     assert batch.sent_at is not None
     earliest = batch.sent_at - timedelta(seconds=SKEW_S)
     latest = batch.sent_at + timedelta(seconds=create_timeout_s + SKEW_S)
-    old_ms = int((time.time() - CLAIM_DAYS * 24 * 3600) * 1000)
-    await redis.zremrangebyscore(LANE_ADOPTED, 0, old_ms)
     candidates: list[dict[str, Any]] = []
     after: str | None = None
     while True:
@@ -56,9 +54,15 @@ async def find_orphan(
 
 
 async def claim(redis: Redis, created: dict[str, Any]) -> None:
-    """Mark an upstream batch as msgq's, so no other unanswered create adopts it."""
+    """Mark an upstream batch as msgq's, so no other unanswered create adopts it. Claims past
+    `CLAIM_DAYS` are trimmed on this write: every batch msgq creates is claimed, and trimming
+    only where an unanswered create was resolved (rare) let the set grow for good."""
     created_ms = int(parse_time(created.get("created_at")).timestamp() * 1000)
-    await redis.zadd(LANE_ADOPTED, {str(created["id"]): created_ms})
+    old_ms = int((time.time() - CLAIM_DAYS * 24 * 3600) * 1000)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zadd(LANE_ADOPTED, {str(created["id"]): created_ms})
+        pipe.zremrangebyscore(LANE_ADOPTED, "-inf", old_ms)
+        await pipe.execute()
 
 
 async def _unclaimed(redis: Redis, candidates: list[dict[str, Any]]) -> dict[str, Any] | None:

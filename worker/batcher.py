@@ -5,6 +5,7 @@ exactly one place), marks their records `in_progress`, and records the batch (`c
 before the create call; the answer's `msgbatch_` ID is recorded after it (`submitted`).
 The one window the API leaves open, a create sent whose answer never arrived, is resolved by
 `batch_adopt` once `batch_create_timeout_s` has passed: adopt the batch it made, or send again.
+An answer that does not say whether the API took the create counts as none (`AMBIGUOUS`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ from worker.upstream import call_headers
 
 log = structlog.get_logger("msgq.batch")
 ITEM_OVERHEAD = 100  # bytes per request around its params in the create body
+# Statuses a gateway answers whatever became of the request behind it (408 a proxy's timeout,
+# 502 a lost upstream answer, 504 a proxy giving up on a call still running): the batch may
+# exist and bill, so these go through adoption like no answer at all. A 200 whose body is not a
+# batch too. The API's own errors (429, 500, 503, 529, 4xx) mean nothing was created.
+AMBIGUOUS = frozenset({200, 408, 502, 504})
 
 # KEYS: pool, bytes, where, members, order, meta, batches, then one spec key per job.
 # ARGV: handle, meta JSON, due ms, then (job id, custom id) pairs. Returns how many moved.
@@ -239,8 +245,11 @@ class Batcher:
     async def _create_failed(self, batch: UpstreamBatch, exc: UpstreamError) -> None:
         error = JobError.model_validate(exc.as_record_error())
         log.warning("batch.create_failed", handle=batch.handle, status_code=exc.status_code)
-        if exc.status_code is None:
-            return  # no answer: it may have been created; `advance` looks it up later
+        if exc.status_code is None or exc.status_code in AMBIGUOUS:
+            # It may have been created: `advance` lists and adopts once the window has passed,
+            # and sends again only if nothing matches (re-sending now could run and bill twice).
+            log.warning("batch.create_unanswered", handle=batch.handle, reason=error.message)
+            return
         if exc.status_code == 429:
             self.cool_until = time.monotonic() + (exc.retry_after_s or 1.0)
         if exc.retryable:

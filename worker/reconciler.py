@@ -14,6 +14,9 @@ steps of a normal transition is never touched.
   re-send, and says so rather than pretend);
 - a batch-lane job (pooled or upstream: no payload and no lock by design) is an orphan only
   when its pool entry or upstream batch vanished: it is pooled again from its kept spec.
+
+Each pass also takes expired records out of the job indexes (`msgq.jobs.indexes.prune_expired`):
+Redis expires a record without telling the indexes that name it, which otherwise only grew.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from redis.exceptions import RedisError
 
 from msgq import lanes
 from msgq.batches import Batches
+from msgq.jobs.indexes import prune_expired
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
 from msgq.keys import (
@@ -57,6 +61,7 @@ class Pass:
     lost: list[str] = field(default_factory=list)
     expired_batches: list[str] = field(default_factory=list)
     expired_jobs: int = 0
+    pruned: int = 0  # expired records taken out of the job indexes
 
 
 class Reconciler:
@@ -99,6 +104,7 @@ class Reconciler:
                 await self._settle(job_id, done)
         self._suspects = {k: v for k, v in suspects.items() if k not in done.lost}
         await self._expire_batches(done)
+        done.pruned = await prune_expired(self.redis)
         if done.requeued or done.relisted or done.lost or done.expired_batches:
             log.warning(
                 "reconciler.acted",

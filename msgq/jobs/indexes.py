@@ -2,21 +2,56 @@
 transactions as the records, so listings and the dashboard read an index instead of scanning
 every key. Active statuses and models are scored by creation time, ended statuses by end time.
 
-Records expire after their retention and the indexes are not told: readers prune entries whose
-record is gone, and each write trims entries older than `keep_s` (the longest retention), so an
-index holds at most that window however long the fleet runs.
+Records expire after their retention (a Redis TTL), and Redis does not tell the indexes. So each
+terminal write also notes when its record will expire (`EXPIRING_KEY`, with the indexes that
+name it), and the reconciler takes those entries out once that time has passed
+(`prune_expired`): every index then holds what the live records need, within one reconciler
+interval, however long the fleet runs. Listings still drop an entry whose record they find gone,
+and the status and model indexes still trim by score past the longest retention (entries
+written before the expiry notes existed).
 """
 
 from __future__ import annotations
 
 import time
 
+import orjson
 from redis.asyncio import Redis
 
-from msgq.keys import model_jobs_key, status_jobs_key
+from msgq.keys import (
+    EXPIRING_KEY,
+    INDEX_KEY,
+    model_jobs_key,
+    record_key,
+    status_jobs_key,
+    tenant_jobs_key,
+)
 from schemas import JobRecord, JobStatus
 
 DEFAULT_KEEP_S = 29 * 24 * 3600  # the longest retention (a batch's results)
+PRUNE_CHUNK = 500  # expired entries per round trip
+PRUNE_MAX = 100_000  # per reconciler pass: a pass stays bounded; the rest go on the next one
+
+# One expired note. KEYS: the notes, the record, then the indexes naming it. ARGV: the note, the
+# job ID, now (ms). The record gone: out of every index, note dropped (returns 1). The record
+# still there with a TTL (the clocks differ, or it ended again): the note moves to its new end.
+# The record there for good (re-opened by `msgq retry`): note dropped, its next ending writes
+# another. One script, so a job re-submitted under the same ID between the check and the
+# removal cannot lose its new entries.
+PRUNE = """
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl == -2 then
+  for i = 3, #KEYS do redis.call('ZREM', KEYS[i], ARGV[2]) end
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+if ttl == -1 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[3]) + ttl, ARGV[1])
+end
+return 0
+"""
 
 
 def created_ms(record: JobRecord) -> int:
@@ -62,3 +97,44 @@ def index_status(
         _trim(pipe, key, keep_s)
     else:
         pipe.zadd(key, {record.id: created_ms(record)})
+
+
+def index_expiry(pipe: Redis, record: JobRecord, ttl_s: int) -> None:
+    """Note when a terminal record written now with `ttl_s` will be gone, and which indexes
+    name it (its tenant, model and status), for `prune_expired`."""
+    note = orjson.dumps([record.id, record.tenant, record.model, record.status.value])
+    pipe.zadd(EXPIRING_KEY, {note: int((time.time() + ttl_s) * 1000)})
+
+
+def _indexes_of(note: bytes) -> tuple[str, list[str]]:
+    job_id, tenant, model, status = orjson.loads(note)
+    keys = [INDEX_KEY, status_jobs_key(status)]
+    if tenant:
+        keys.append(tenant_jobs_key(tenant))
+    if model:
+        keys.append(model_jobs_key(model))
+    return str(job_id), keys
+
+
+async def prune_expired(redis: Redis, *, limit: int = PRUNE_MAX) -> int:
+    """Take the records that expired out of every index (the reconciler's pass, under its lock).
+    Returns how many records' entries were removed."""
+    prune = redis.register_script(PRUNE)
+    removed = seen = 0
+    while seen < limit:
+        now_ms = int(time.time() * 1000)
+        notes = await redis.zrangebyscore(EXPIRING_KEY, "-inf", now_ms, start=0, num=PRUNE_CHUNK)
+        if not notes:
+            break
+        async with redis.pipeline(transaction=False) as pipe:
+            for note in notes:
+                try:
+                    job_id, indexes = _indexes_of(note)
+                except (orjson.JSONDecodeError, TypeError, ValueError):
+                    pipe.zrem(EXPIRING_KEY, note)  # not one of msgq's: never due again
+                    continue
+                keys = [EXPIRING_KEY, record_key(job_id), *indexes]
+                await prune(keys=keys, args=[note, job_id, now_ms], client=pipe)
+            removed += sum(int(n) for n in await pipe.execute())
+        seen += len(notes)
+    return removed

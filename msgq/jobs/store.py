@@ -12,7 +12,7 @@ from redis.exceptions import WatchError
 from msgq import arq_format
 from msgq.fleet_stats import record_minute
 from msgq.jobs import records
-from msgq.jobs.indexes import index_new, index_status
+from msgq.jobs.indexes import index_expiry, index_new, index_status
 from msgq.jobs.kept import keep_spec_from_queue
 from msgq.jobs.records import utcnow
 from msgq.jobs.store_scripts import COMPARE_AND_SET, CREATE, SCRIPT_SAFE, Recorder, flatten
@@ -226,6 +226,7 @@ class JobStore:
         ttl = self.batch_retention_s if record.batch_id else self.retention_s
         record = outbox.pending(record)  # webhook state `pending` when it has a callback_url
         pipe.set(record_key(record.id), record.model_dump_json(), ex=ttl)
+        index_expiry(pipe, record, ttl)  # so the reconciler unindexes it when it expires
         pipe.zrem(ACTIVE_KEY, record.id)
         if record.batch_id:
             # In the same transaction as the write-once terminal record, so counts are exact.

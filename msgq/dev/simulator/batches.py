@@ -4,7 +4,8 @@ as a streamed JSONL download from `results_url`; plus /_sim/batch-config and /_s
 Faults on the batch endpoints: `--batch-fault 429=0.1` (rates), or scripts under the keys
 `batches:create`, `batches:retrieve`, `batches:list`, `batches:cancel`, `batches:results`
 (`POST /_sim/script {"key": "batches:create", "responses": [...]}`). For create, an error
-status or `drop` means the batch was not created; otherwise it is created first, then
+status or `drop` means the batch was not created, unless `create_first` (created, then the
+error answered: a gateway's 502/504 after the API took it); otherwise it is created first, then
 `delay_s` holds the answer and `drop_mid_body` loses it (created, answer never seen). For
 results, `stream_stall_s` / `stream_cut` act halfway through the file.
 """
@@ -99,13 +100,14 @@ async def _gate(
     key = api_key_of(request)
     queue = state.scripts.get(f"batches:{op}")
     scripted = queue.popleft() if queue else _roll(batches)
-    if scripted.delay_s and (hold or scripted.status != 200 or scripted.drop):
+    refuse = scripted.status != 200 and not (op == "create" and scripted.create_first)
+    if scripted.delay_s and (hold or refuse or scripted.drop):
         await asyncio.sleep(scripted.delay_s)
     if scripted.drop:
         request.transport.close()  # type: ignore[union-attr]
         msg = "simulator dropped the connection on purpose"
         raise ConnectionResetError(msg)
-    if scripted.status != 200:
+    if refuse:
         return _answer(scripted.status, f"simulated {scripted.status}", scripted=scripted)
     return key, scripted
 
@@ -157,6 +159,9 @@ async def create(request: web.Request) -> web.StreamResponse:
         request.transport.close()  # type: ignore[union-attr]
         msg = "simulator lost the create answer on purpose (the batch exists)"
         raise ConnectionResetError(msg)
+    if scripted.status != 200:  # create_first: the batch exists, the answer says otherwise
+        message = f"simulated {scripted.status} (the batch was created)"
+        return _counted(request, _answer(scripted.status, message, scripted=scripted))
     return _counted(request, _answer(200, batch.view(_base_url(request), time.time())))
 
 

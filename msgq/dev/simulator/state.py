@@ -40,6 +40,9 @@ class Scripted(BaseModel):
     stream_error: str | None = None
     stream_cut: bool = False
     stream_stall_s: float = Field(default=0.0, ge=0, le=3600)
+    # `batches:create` only: the batch is created, then the error status is answered (a
+    # gateway's 408/502/504 after the API took the request).
+    create_first: bool = False
 
 
 @dataclass
