@@ -224,10 +224,12 @@ async def fair_share_learned(
     with simulator(*flags) as sim, redis_server(tmp / "fair-learned") as server:
         ids = await _submit_paused(server.url, [text_request(60)] * bulk, priority="bulk")
         with workers(2, server.url, sim, MSGQ_UVLOOP="true"):
-            async with Redis.from_url(server.url) as redis:
+            settings = Settings(_env_file=None, redis_url=server.url)
+            async with (
+                Client.from_url(server.url, settings) as client,
+                Redis.from_url(server.url) as redis,
+            ):
                 await redis.delete(PAUSE_KEY)
-                settings = Settings(_env_file=None, redis_url=server.url)
-                client = Client(redis, settings)
                 await asyncio.sleep(15)  # the limit is learned and the bulk backlog flows
                 urgent = []
                 for i in range(interactive):
