@@ -158,8 +158,9 @@ async def one_worker(tmp: Path, *, concurrency: int, n: int, stream: bool, warm:
 
 async def transport(n: int = 3000, concurrency: int = 512) -> list[list[Any]]:
     """The upstream client's cost per call as calls in flight grow: one aiohttp session, one
-    httpx client, and httpx spread over small clients as msgq's worker does (`UpstreamClients`,
-    two calls a client). Same simulator, same calls; process CPU per call beside the rate."""
+    httpx client, and httpx spread over small clients as msgq's worker did before it moved
+    to one aiohttp session (`UpstreamClients`, two calls a client). Same simulator, same calls;
+    process CPU per call beside the rate."""
     requests = [
         {**text_request(60), "messages": [{"role": "user", "content": f"call {i}"}]}
         for i in range(n)

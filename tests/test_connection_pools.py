@@ -1,16 +1,21 @@
 """The two pools on the worker's hot path: Redis connections handed out without a pool-wide
-lock, and the API calls spread over several small httpx pools."""
+lock, and the API calls over one aiohttp session that may open `max_jobs * 2` connections."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
+import pytest
+from aiohttp import web
 from redis.asyncio.connection import AbstractConnection
 
 from msgq.connections import FastConnectionPool, connect
+from msgq.dev.embedded_redis import free_port
+from msgq.errors import InvalidResponseError
 from msgq.settings import Settings
-from worker.upstream import UpstreamClients
+from worker.upstream import Upstream, send_message
 
 
 async def test_a_slow_connection_check_does_not_hold_up_other_commands(redis_url: str) -> None:
@@ -50,15 +55,60 @@ async def test_every_client_msgq_makes_uses_the_lock_free_pool(redis_url: str) -
         assert await redis.ping()
 
 
-async def test_api_calls_are_spread_over_small_pools(settings: Settings) -> None:
-    """Sixteen concurrent jobs get eight clients in turn (two calls each), sharing one TLS
-    context; the Batches API calls use the first."""
-    upstream = UpstreamClients(settings.model_copy(update={"max_jobs": 16}))
+async def test_api_calls_share_one_session_of_twice_max_jobs_connections(
+    settings: Settings,
+) -> None:
+    """Forty calls at once with max_jobs 16: the server sees exactly 32 open at the peak (the
+    session's limit, 2 x max_jobs), and the last eight go out as the first ones end."""
+    open_now = peak = 0
+    release = asyncio.Event()
+
+    async def hold(request: web.Request) -> web.Response:
+        nonlocal open_now, peak
+        open_now += 1
+        peak = max(peak, open_now)
+        await release.wait()
+        open_now -= 1
+        return web.json_response({"not": "a Message"})
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", hold)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    upstream = Upstream(
+        settings.model_copy(
+            update={"max_jobs": 16, "anthropic_base_url": f"http://127.0.0.1:{port}"}
+        )
+    )
     try:
-        picked = [upstream.pick() for _ in range(16)]
-        assert len(upstream.clients) == 8
-        assert all(picked.count(client) == 2 for client in upstream.clients)
-        contexts = {id(c._transport._pool._ssl_context) for c in upstream.clients}  # type: ignore[attr-defined]
-        assert len(contexts) == 1
+        calls = [
+            asyncio.create_task(send_message(upstream, {"model": "m"}, stream=False))
+            for _ in range(40)
+        ]
+        for _ in range(100):
+            if open_now >= 32:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # room for any call beyond the limit to arrive
+        assert (open_now, peak) == (32, 32)
+        release.set()
+        for call in calls:
+            with pytest.raises(InvalidResponseError):
+                await call
+        assert peak == 32
+    finally:
+        release.set()
+        await upstream.aclose()
+        await runner.cleanup()
+
+
+async def test_the_session_verifies_tls_by_default(settings: Settings) -> None:
+    upstream = Upstream(settings)
+    try:
+        tls = upstream.session.connector._ssl  # type: ignore[union-attr]
+        assert isinstance(tls, ssl.SSLContext)
+        assert tls.verify_mode is ssl.CERT_REQUIRED and tls.check_hostname
     finally:
         await upstream.aclose()

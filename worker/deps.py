@@ -12,14 +12,15 @@ from msgq.model_catalog import CatalogReader
 from msgq.settings import Settings
 from worker.concurrency import AdaptiveConcurrency
 from worker.ratelimit import RateLimiter
-from worker.upstream import UpstreamClients
+from worker.upstream import Upstream
 
 
 @dataclass
 class Deps:
     settings: Settings
     store: JobStore
-    upstream: UpstreamClients  # the Messages calls: `upstream.pick()` per call
+    upstream: Upstream  # the Messages calls: one aiohttp session (see worker.upstream)
+    http: httpx.AsyncClient  # the occasional call (Batches and Models APIs)
     redis: Redis
     limiter: RateLimiter
     concurrency: AdaptiveConcurrency
@@ -27,8 +28,3 @@ class Deps:
 
     def __post_init__(self) -> None:
         self.catalog = CatalogReader(self.redis)
-
-    @property
-    def http(self) -> httpx.AsyncClient:
-        """A client for the occasional call (the Batches API): the first of `upstream`'s."""
-        return self.upstream.clients[0]

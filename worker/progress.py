@@ -127,7 +127,7 @@ async def send_with_progress(
     try:
         async with asyncio.timeout(budget_s):
             return await send_message(
-                deps.upstream.pick(),
+                deps.upstream,
                 body,
                 stream=request.max_tokens >= s.stream_min_max_tokens,
                 idle_timeout_s=s.stream_idle_timeout_s,

@@ -48,7 +48,7 @@ from worker.deps import Deps
 from worker.dispatcher import Dispatcher
 from worker.ratelimit import Limits, RateLimiter
 from worker.reconciler import Reconciler
-from worker.upstream import UpstreamClients
+from worker.upstream import Upstream, build_client
 from worker.webhook_dispatcher import WebhookDispatcher
 
 log = structlog.get_logger("msgq.job")
@@ -64,7 +64,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     limits = {cls: Limits(**values) for cls, values in settings.rate_limits.items()}
     concurrency = AdaptiveConcurrency(settings.max_jobs)
     ctx["msgq"] = Deps(
-        settings, store, UpstreamClients(settings), redis, RateLimiter(redis, limits), concurrency
+        settings,
+        store,
+        Upstream(settings),  # here, in the running loop, as aiohttp requires
+        build_client(settings),
+        redis,
+        RateLimiter(redis, limits),
+        concurrency,
     )
     ctx["gauges"] = asyncio.create_task(_update_gauges(ctx["msgq"]))
     ctx["reconciler"] = asyncio.create_task(Reconciler(redis, store, settings).run_forever())
@@ -92,6 +98,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     deps: Deps | None = ctx.get("msgq")
     if deps is not None:
         await deps.upstream.aclose()
+        await deps.http.aclose()
     if "webhooks" in ctx:
         ctx["webhooks"].cancel()  # an attempt cut short is delivered again when its lease ends
     tracing.shutdown()

@@ -1,18 +1,35 @@
-"""The one HTTP call to `POST /v1/messages`, streamed; `classify` says what its failures mean."""
+"""The one HTTP call to `POST /v1/messages`, streamed; `classify` says what its failures mean.
+
+Why aiohttp for this call (and httpx for the rest): the worker is CPU-bound, and the transport
+was most of its CPU. Measured with `bench.real_load.transport` (3,000 calls, 512 in flight, a
+simulator answering after 3 s): one aiohttp session ran 156 calls/s at 0.37 ms of client CPU a
+call; one httpx client 27 calls/s at 23.9 ms (httpcore's pool walks every connection and waiting
+request on each request and release, encode/httpcore#1035); httpx spread over 256 small clients,
+which the worker did until now, 141 calls/s at 3.26 ms. So the Messages calls share one aiohttp
+session per worker process (`Upstream`), and the occasional Batches and Models API calls keep a
+plain httpx client (`build_client`, `Deps.http`). The worker as a whole (`one_worker`, 3,000
+plain calls at 512 in flight, warm): with the 256 httpx clients 137.2 jobs/s (0.92 of the aiohttp
+baseline) at 3.16 ms of worker CPU a job; with this session 136.9 jobs/s (0.87) at 2.61 ms. The
+CPU per job fell by a sixth; the rate at 512 in flight did not move, so at that load something
+other than the worker's transport CPU sets it.
+
+An aiohttp answer is handed to `worker.classify` as the `httpx.Response` it has always read
+(`_response`: built in memory, no I/O), so every status, body and header means what it did.
+Error messages name exception types only: an exception's text can carry URLs or headers.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
-from httpx_sse import EventSource, ServerSentEvent, SSEError, aconnect_sse
 from pydantic import ValidationError
 
 from msgq.errors import UnavailableError
@@ -25,10 +42,11 @@ from worker.classify import (
     parse_message,
     parse_retry_after,
 )
+from worker.sse import ServerSentEvent, SSEDecoder
 from worker.streaming import MessageAssembler, MidStreamError, StreamError
 
 __all__ = [
-    "UpstreamClients",
+    "Upstream",
     "UpstreamReply",
     "build_client",
     "call_headers",
@@ -40,6 +58,11 @@ __all__ = [
 ]
 
 OnProgress = Callable[[int, str], Awaitable[None]]
+# What fails a call before or during its answer. TimeoutError (aiohttp's connect and read
+# timeouts subclass it) is caught before these, as it is an OSError too.
+CONNECTION_ERRORS = (aiohttp.ClientError, OSError)
+# What httpx-sse's aconnect_sse sent with every streamed call, over the job's own headers.
+STREAM_HEADERS = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
 
 
 @dataclass(frozen=True)
@@ -52,20 +75,23 @@ class UpstreamReply:
     latency_ms: float
 
 
-def build_client(
-    settings: Settings, *, verify: ssl.SSLContext | bool = True, keepalive: int = 100
-) -> httpx.AsyncClient:
-    """A pooled client for the API, created at start-up and closed at shutdown.
-
-    Betas are not among its defaults: each call sends its job's (`call_headers`), and a job
-    that names none must not be sent a fleet default it cannot remove.
-    """
+def default_headers(settings: Settings) -> dict[str, str]:
+    """Every call's headers, under the job's own (`call_headers`). Betas are not among them: a
+    job that names none must not be sent a fleet default it cannot remove."""
     headers = {"anthropic-version": settings.anthropic_version, "content-type": "application/json"}
     if settings.anthropic_api_key is not None:
         headers["x-api-key"] = settings.anthropic_api_key.get_secret_value()
+    return headers
+
+
+def build_client(
+    settings: Settings, *, verify: ssl.SSLContext | bool = True, keepalive: int = 100
+) -> httpx.AsyncClient:
+    """A pooled httpx client for the occasional call (Batches and Models APIs), created at
+    start-up and closed at shutdown."""
     return httpx.AsyncClient(
         base_url=settings.anthropic_base_url,
-        headers=headers,
+        headers=default_headers(settings),
         timeout=httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s),
         limits=httpx.Limits(
             max_connections=settings.max_jobs * 2, max_keepalive_connections=keepalive
@@ -96,39 +122,44 @@ def call_headers(
     return headers
 
 
-class UpstreamClients:
-    """The worker's API clients: several httpx clients with small pools, handed out in turn.
+class Upstream:
+    """The worker's Messages calls: one aiohttp session, made inside the running loop at
+    start-up (`worker.tasks.startup`) and closed at shutdown.
 
-    Why not one: httpcore's pool walks all of its connections and waiting requests on every
-    request and every release (encode/httpcore#1035), so its cost per call grows with the calls
-    in flight. On this machine one client at 16 concurrent calls ran 615 calls/s at 1.6 ms of
-    CPU each; the same 16 calls over eight clients ran 1,568/s at 0.64 ms. Calls are spread as
-    they start (round robin, not by load), so each client carries about `CALLS_PER_CLIENT` of
-    the worker's calls; each may still open up to `max_jobs * 2` connections, so a skewed spread
-    waits for nothing. They share one TLS context.
+    Its pool may open `max_jobs * 2` connections, as the httpx clients could, so a call never
+    waits for one. `verify` as httpx's: True verifies against the same trust roots as the httpx
+    clients (`httpx.create_ssl_context()`: certifi, or SSL_CERT_FILE/SSL_CERT_DIR), False does
+    not verify, or a context of your own. `trust_env`: HTTPS_PROXY and NO_PROXY apply, as they
+    do to httpx. Timeouts: `connect_timeout_s` to connect (TLS included); a plain call's answer
+    within `request_timeout_s` of each read (httpx's read timeout); a streamed call's bounded by
+    `send_message` itself.
     """
 
-    CALLS_PER_CLIENT = 2
-
-    def __init__(self, settings: Settings) -> None:
-        count = max(1, -(-settings.max_jobs // self.CALLS_PER_CLIENT))
-        tls = httpx.create_ssl_context()
-        keepalive = max(4, 100 // count)
-        self.clients = [
-            build_client(settings, verify=tls, keepalive=keepalive) for _ in range(count)
-        ]
-        self._turn = itertools.cycle(self.clients)
-
-    def pick(self) -> httpx.AsyncClient:
-        """The next client in turn: calls spread evenly, so each pool stays small."""
-        return next(self._turn)
+    def __init__(self, settings: Settings, *, verify: ssl.SSLContext | bool = True) -> None:
+        self.url = settings.anthropic_base_url.rstrip("/") + "/v1/messages"
+        self.request_timeout_s = settings.request_timeout_s
+        self.plain_timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=settings.connect_timeout_s,
+            sock_read=settings.request_timeout_s,
+        )
+        self.stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout_s
+        )
+        tls = httpx.create_ssl_context() if verify is True else verify
+        self.session = aiohttp.ClientSession(
+            headers=default_headers(settings),
+            connector=aiohttp.TCPConnector(limit=settings.max_jobs * 2, ssl=tls),
+            timeout=self.plain_timeout,
+            trust_env=True,
+        )
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(client.aclose() for client in self.clients), return_exceptions=True)
+        await self.session.close()
 
 
 async def send_message(
-    client: httpx.AsyncClient,
+    upstream: Upstream,
     body: dict[str, Any],
     *,
     stream: bool = True,
@@ -143,28 +174,40 @@ async def send_message(
     coming (an idle timeout between events, `idle_timeout_s`, replaces a total read timeout
     that a long generation could never beat); progress can be watched; and the API (like its
     SDK) wants streaming for any call that may run past 10 minutes. Until the answer starts,
-    the client's read timeout (`request_timeout_s`) applies. `on_progress(output_tokens, text)`
-    is awaited after each content delta. `stream=False` is the plain call, kept for comparison.
-    `headers`: the job's own (`call_headers`), over the client's defaults.
+    `request_timeout_s` applies. `on_progress(output_tokens, text)` is awaited after each
+    content delta. `stream=False` is the plain call, for short jobs (`stream_min_max_tokens`).
+    `headers`: the job's own (`call_headers`), over the session's defaults.
     """
     started = time.perf_counter()
     try:
-        if not stream:
-            whole = {k: v for k, v in body.items() if k != "stream"}
-            response = await client.post(
-                "/v1/messages", content=orjson.dumps(whole), headers=headers
-            )
-        else:
-            return await _stream(client, body, started, idle_timeout_s, on_progress, headers)
-    except httpx.TimeoutException as exc:
+        if stream:
+            return await _stream(upstream, body, started, idle_timeout_s, on_progress, headers)
+        whole = {k: v for k, v in body.items() if k != "stream"}
+        async with upstream.session.post(
+            upstream.url,
+            data=orjson.dumps(whole),
+            headers=headers,
+            timeout=upstream.plain_timeout,
+        ) as answer:
+            response = _response(answer, await answer.read())
+    except TimeoutError as exc:
         msg = f"request timed out ({type(exc).__name__})"
         raise UnavailableError(msg, error_type="timeout") from None
-    except httpx.TransportError as exc:
+    except CONNECTION_ERRORS as exc:
         msg = f"connection failed ({type(exc).__name__})"
         raise UnavailableError(msg, error_type="connection_error") from None
     if response.status_code != 200:
         raise classify(response)
     return _reply(parse_message(response), response, started)
+
+
+def _response(answer: aiohttp.ClientResponse, body: bytes = b"") -> httpx.Response:
+    """The answer as the httpx.Response `worker.classify` reads, built in memory. Its headers
+    are set after the body: given first, a content-encoding would make httpx decode again the
+    body aiohttp has already decompressed."""
+    response = httpx.Response(answer.status, content=body)
+    response.headers = httpx.Headers(answer.raw_headers)
+    return response
 
 
 def _reply(message: dict[str, Any], response: httpx.Response, started: float) -> UpstreamReply:
@@ -177,36 +220,38 @@ def _reply(message: dict[str, Any], response: httpx.Response, started: float) ->
 
 
 async def _stream(
-    client: httpx.AsyncClient,
+    upstream: Upstream,
     body: dict[str, Any],
     started: float,
     idle_timeout_s: float,
     on_progress: OnProgress | None,
     headers: dict[str, str] | None = None,
 ) -> UpstreamReply:
-    # httpx's own read timeout is off: asyncio bounds the wait for the answer to start, then
-    # each gap between events (a trickle of bytes that never completes an event is idle too).
-    timeout = httpx.Timeout(None, connect=client.timeout.connect, pool=client.timeout.pool)
+    # No read timeout in aiohttp: asyncio bounds the wait for the answer to start, then each
+    # gap between events (a trickle of bytes that never completes an event is idle too).
     streaming = False
     assembler = MessageAssembler()
+    response: httpx.Response | None = None
     try:
         async with (
-            asyncio.timeout(client.timeout.read) as timer,
-            aconnect_sse(
-                client,
-                "POST",
-                "/v1/messages",
-                content=orjson.dumps({**body, "stream": True}),
-                timeout=timeout,
-                headers=headers,
-            ) as source,
+            asyncio.timeout(upstream.request_timeout_s) as timer,
+            upstream.session.post(
+                upstream.url,
+                data=orjson.dumps({**body, "stream": True}),
+                headers={**(headers or {}), **STREAM_HEADERS},
+                timeout=upstream.stream_timeout,
+            ) as answer,
         ):
-            response = source.response
-            if response.status_code != 200:
-                await response.aread()
-                raise classify(response)
+            if answer.status != 200:
+                raise classify(_response(answer, await answer.read()))
+            response = _response(answer)
+            kind = answer.headers.get("content-type", "").partition(";")[0]
+            if "text/event-stream" not in kind:
+                raise invalid_response(response, "not an event stream")
             streaming = True
-            await _consume(source, assembler, timer, idle_timeout_s, on_progress)
+            await _consume(answer.content, response, assembler, timer, idle_timeout_s, on_progress)
+    except aiohttp.ServerTimeoutError:
+        raise  # the connect timeout: send_message names it, as for a plain call
     except TimeoutError:
         if not assembler.done:  # done: the server held the connection open after message_stop
             msg = (
@@ -215,9 +260,7 @@ async def _stream(
                 else "request timed out (no answer within request_timeout_s)"
             )
             raise UnavailableError(msg, error_type="timeout") from None
-    except SSEError:  # before TransportError, which it subclasses
-        raise invalid_response(response, "not an event stream") from None
-    except httpx.TransportError as exc:
+    except CONNECTION_ERRORS as exc:
         if not streaming:
             raise
         msg = f"connection lost mid-stream ({type(exc).__name__})"
@@ -225,6 +268,7 @@ async def _stream(
     if not assembler.done:
         msg = "the stream ended before message_stop"
         raise UnavailableError(msg, error_type="connection_error")
+    assert response is not None  # done: it streamed
     message = assembler.message()
     try:
         Message.model_validate(message)
@@ -234,7 +278,8 @@ async def _stream(
 
 
 async def _consume(
-    source: EventSource,
+    content: aiohttp.StreamReader,
+    response: httpx.Response,
     assembler: MessageAssembler,
     timer: asyncio.Timeout,
     idle_timeout_s: float,
@@ -248,17 +293,19 @@ async def _consume(
     step = min(1.0, idle_timeout_s / 10)
     moved = loop.time()
     timer.reschedule(moved + idle_timeout_s)
-    async for event in source.aiter_sse():
-        if assembler.done:
-            continue
-        if (now := loop.time()) - moved >= step:
-            moved = now
-            timer.reschedule(now + idle_timeout_s)
-        text = _feed(assembler, event, source.response)
-        if on_progress is not None and event.event == "content_block_delta":
-            await on_progress(assembler.output_tokens, text)
-        if assembler.done:
-            timer.reschedule(loop.time() + step)
+    decoder = SSEDecoder()
+    async for chunk in content.iter_any():
+        for event in decoder.feed(chunk):
+            if assembler.done:
+                continue
+            if (now := loop.time()) - moved >= step:
+                moved = now
+                timer.reschedule(now + idle_timeout_s)
+            text = _feed(assembler, event, response)
+            if on_progress is not None and event.event == "content_block_delta":
+                await on_progress(assembler.output_tokens, text)
+            if assembler.done:
+                timer.reschedule(loop.time() + step)
 
 
 def _feed(assembler: MessageAssembler, event: ServerSentEvent, response: httpx.Response) -> str:

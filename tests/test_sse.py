@@ -1,0 +1,58 @@
+"""The worker's SSE parser (worker/sse.py) against the rules of the spec, chunked every way."""
+
+from __future__ import annotations
+
+from worker.sse import ServerSentEvent, SSEDecoder
+
+STREAM = (
+    b"\xef\xbb\xbf: a comment\r\n"
+    b"event: message_start\r\n"
+    b'data: {"a":\r\n'
+    b"data:1}\r\n"
+    b"id: 7\r\n"
+    b"\r\n"
+    b"event: ping\n"
+    b"data: {}\n"
+    b"retry: 1500\n"
+    b"\n"
+    b"unknown: field\r"
+    b"data: caf\xc3\xa9\r"
+    b"id: bad\x00id\r"
+    b"retry: soon\r"
+    b"\r"
+    b"data: never dispatched"
+)
+EXPECTED = [
+    ServerSentEvent("message_start", '{"a":\n1}', "7", None),
+    ServerSentEvent("ping", "{}", "7", 1500),
+    ServerSentEvent("", "café", "7", None),
+]
+
+
+def decode(chunks: list[bytes]) -> list[ServerSentEvent]:
+    decoder = SSEDecoder()
+    return [event for chunk in chunks for event in decoder.feed(chunk)]
+
+
+def test_fields_multiline_data_comments_and_line_ends() -> None:
+    """CRLF, LF and CR line ends; a BOM and comments skipped; data lines joined by LF; a bad id
+    or retry ignored; the last event ID carried over; an unterminated event dropped."""
+    assert decode([STREAM]) == EXPECTED
+
+
+def test_any_chunking_gives_the_same_events() -> None:
+    """Byte by byte, and split at every offset (a CRLF across two chunks is one line end)."""
+    assert decode([STREAM[i : i + 1] for i in range(len(STREAM))]) == EXPECTED
+    for cut in range(len(STREAM) + 1):
+        assert decode([STREAM[:cut], b"", STREAM[cut:]]) == EXPECTED, cut
+
+
+def test_a_name_without_data_still_dispatches() -> None:
+    """As httpx-sse did (the spec would drop it): `event: message_stop` alone ends a stream."""
+    assert decode([b"event: message_stop\n\n\n"]) == [ServerSentEvent("message_stop", "", "", None)]
+
+
+def test_value_and_space_rules() -> None:
+    """One leading space is stripped, no more; a line with no colon is a field with value ""."""
+    events = decode([b"data:  two\ndata\n\n"])
+    assert events == [ServerSentEvent("", " two\n", "", None)]
