@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 OnProgress = Callable[[int, str], Awaitable[None]]
+OnEvent = Callable[[str, str], Awaitable[None]]  # (event name, its raw data), as received
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ async def send_message(
     idle_timeout_s: float = 60.0,
     on_progress: OnProgress | None = None,
     headers: dict[str, str] | None = None,
+    on_event: OnEvent | None = None,
 ) -> UpstreamReply:
     """Call the API once. Raises an UpstreamError subclass for every failure.
 
@@ -145,7 +147,8 @@ async def send_message(
     SDK) wants streaming for any call that may run past 10 minutes. Until the answer starts,
     the client's read timeout (`request_timeout_s`) applies. `on_progress(output_tokens, text)`
     is awaited after each content delta. `stream=False` is the plain call, kept for comparison.
-    `headers`: the job's own (`call_headers`), over the client's defaults.
+    `headers`: the job's own (`call_headers`), over the client's defaults. `on_event(name,
+    data)` is awaited with each event before it is applied (the drop-in relay).
     """
     started = time.perf_counter()
     try:
@@ -155,7 +158,9 @@ async def send_message(
                 "/v1/messages", content=orjson.dumps(whole), headers=headers
             )
         else:
-            return await _stream(client, body, started, idle_timeout_s, on_progress, headers)
+            return await _stream(
+                client, body, started, idle_timeout_s, (on_progress, on_event), headers
+            )
     except httpx.TimeoutException as exc:
         msg = f"request timed out ({type(exc).__name__})"
         raise UnavailableError(msg, error_type="timeout") from None
@@ -181,7 +186,7 @@ async def _stream(
     body: dict[str, Any],
     started: float,
     idle_timeout_s: float,
-    on_progress: OnProgress | None,
+    hooks: tuple[OnProgress | None, OnEvent | None],
     headers: dict[str, str] | None = None,
 ) -> UpstreamReply:
     # httpx's own read timeout is off: asyncio bounds the wait for the answer to start, then
@@ -206,7 +211,7 @@ async def _stream(
                 await response.aread()
                 raise classify(response)
             streaming = True
-            await _consume(source, assembler, timer, idle_timeout_s, on_progress)
+            await _consume(source, assembler, timer, idle_timeout_s, hooks)
     except TimeoutError:
         if not assembler.done:  # done: the server held the connection open after message_stop
             msg = (
@@ -238,10 +243,11 @@ async def _consume(
     assembler: MessageAssembler,
     timer: asyncio.Timeout,
     idle_timeout_s: float,
-    on_progress: OnProgress | None,
+    hooks: tuple[OnProgress | None, OnEvent | None],
 ) -> None:
     """Read events until message_stop, each within `idle_timeout_s` of the one before, then
     the end of the body (briefly), so that the connection goes back to the pool."""
+    on_progress, on_event = hooks
     loop = asyncio.get_running_loop()
     # Moving the timer costs more than parsing an event: move it at most every `step`, which
     # keeps the idle timeout exact to within `step` (a tenth of it, at most a second).
@@ -254,6 +260,8 @@ async def _consume(
         if (now := loop.time()) - moved >= step:
             moved = now
             timer.reschedule(now + idle_timeout_s)
+        if on_event is not None:
+            await on_event(event.event, event.data)
         text = _feed(assembler, event, source.response)
         if on_progress is not None and event.event == "content_block_delta":
             await on_progress(assembler.output_tokens, text)
