@@ -35,6 +35,7 @@ from bench.harness import (
     workers,
 )
 from bench.noop import arq_noop_jobs_per_s
+from bench.dropin import report as dropin_report
 from bench.streaming import report as streaming_report
 from bench.ui import page_times as ui_page_times
 from msgq.client import Client
@@ -321,6 +322,8 @@ async def main() -> None:
     )
     console.rule("7. streaming")
     await streaming_report(tmp, table)
+    console.rule("7b. drop-in added latency")
+    await dropin_report(tmp, table)
     console.rule("8. dashboard")
     table(
         "Dashboard page times at 100,000 records (admin session, real HTTP, 40 requests each)",
