@@ -25,6 +25,7 @@ from rich.table import Table
 from bench import batch_lane, fair_share, real_load
 from bench.baseline import raw_httpx_run, sdk_semaphore_run
 from bench.ceiling import report as ceiling_report
+from bench.dropin import report as dropin_report
 from bench.harness import (
     KEY,
     redis_server,
@@ -35,7 +36,6 @@ from bench.harness import (
     workers,
 )
 from bench.noop import arq_noop_jobs_per_s
-from bench.dropin import report as dropin_report
 from bench.streaming import report as streaming_report
 from bench.ui import page_times as ui_page_times
 from msgq.client import Client
