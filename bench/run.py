@@ -26,6 +26,7 @@ from bench import batch_lane, fair_share, real_load
 from bench.baseline import raw_httpx_run, sdk_semaphore_run
 from bench.ceiling import otlp_sink
 from bench.ceiling import report as ceiling_report
+from bench.dropin import report as dropin_report
 from bench.harness import (
     KEY,
     redis_server,
@@ -322,6 +323,8 @@ async def main() -> None:
     )
     console.rule("7. streaming")
     await streaming_report(tmp, table)
+    console.rule("7b. drop-in added latency")
+    await dropin_report(tmp, table)
     console.rule("8. dashboard")
     table(
         "Dashboard page times at 100,000 records (admin session, real HTTP, 40 requests each)",

@@ -99,6 +99,15 @@ def progress_channel(job_id: str) -> str:
     return f"{KEY_PREFIX}progress:{job_id}"
 
 
+RELAY_FAILED = "msgq_failed"  # a relayed attempt failed after its first event (never an API event)
+
+
+def relay_channel(job_id: str) -> str:
+    """Pub/sub: a drop-in stream's events as the worker receives them from the API (see
+    worker.progress.Relay); only published while the API process that asked for them listens."""
+    return f"{KEY_PREFIX}relay:{job_id}"
+
+
 def spec_key(job_id: str) -> str:
     """A failed job's spec, kept so `msgq retry` can re-run it."""
     return f"{KEY_PREFIX}spec:{job_id}"

@@ -288,6 +288,12 @@ class Settings(BaseSettings):
         description="SSE streams (GET /v1/jobs/{id}/events) a tenant may hold open per API "
         "process; beyond it 429",
     )
+    dropin_ping_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="drop-in streams (POST /v1/messages, stream: true): a ping after this long "
+        "without an event; until the first, an error can still be answered with its status",
+    )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, description="HTTP API body limit")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"

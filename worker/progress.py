@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from msgq.keys import progress_channel
 from schemas import JobRecord, MessageRequest
 from worker.deps import Deps
+from worker.relay import Relay
 from worker.upstream import UpstreamReply, call_headers, send_message
 
 log = structlog.get_logger("msgq.job")
@@ -124,12 +125,16 @@ async def send_with_progress(
     if record.deadline is not None:
         budget_s = min(budget_s, max(0.0, (record.deadline - datetime.now(UTC)).total_seconds()))
     progress = Progress(deps, record, request)
+    # A caller that asked for a stream (the drop-in API) hears the events as they come.
+    relay = Relay(deps.redis, record.id, record.attempts) if request.stream else None
+    failure: BaseException | None = None
     try:
         async with asyncio.timeout(budget_s):
             return await send_message(
                 deps.upstream,
                 body,
-                stream=request.max_tokens >= s.stream_min_max_tokens,
+                stream=bool(request.stream) or request.max_tokens >= s.stream_min_max_tokens,
+                on_event=relay,
                 idle_timeout_s=s.stream_idle_timeout_s,
                 on_progress=progress,
                 # The version and betas the job was written for (the record keeps them).
@@ -140,5 +145,10 @@ async def send_with_progress(
                     workspace_id=record.workspace_id,
                 ),
             )
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         await progress.close()
+        if relay is not None:
+            await relay.close(failure)

@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 OnProgress = Callable[[int, str], Awaitable[None]]
+OnEvent = Callable[[str, str], Awaitable[None]]  # (event name, its raw data), as received
+Hooks = tuple[OnProgress | None, OnEvent | None]
 # What fails a call before or during its answer. TimeoutError (aiohttp's connect and read
 # timeouts subclass it) is caught before these, as it is an OSError too.
 CONNECTION_ERRORS = (aiohttp.ClientError, OSError)
@@ -166,6 +168,7 @@ async def send_message(
     idle_timeout_s: float = 60.0,
     on_progress: OnProgress | None = None,
     headers: dict[str, str] | None = None,
+    on_event: OnEvent | None = None,
 ) -> UpstreamReply:
     """Call the API once. Raises an UpstreamError subclass for every failure.
 
@@ -176,12 +179,14 @@ async def send_message(
     SDK) wants streaming for any call that may run past 10 minutes. Until the answer starts,
     `request_timeout_s` applies. `on_progress(output_tokens, text)` is awaited after each
     content delta. `stream=False` is the plain call, for short jobs (`stream_min_max_tokens`).
-    `headers`: the job's own (`call_headers`), over the session's defaults.
+    `headers`: the job's own (`call_headers`), over the session's defaults. `on_event(name,
+    data)` is awaited with each event before it is applied (the drop-in relay).
     """
     started = time.perf_counter()
     try:
         if stream:
-            return await _stream(upstream, body, started, idle_timeout_s, on_progress, headers)
+            hooks = (on_progress, on_event)
+            return await _stream(upstream, body, started, idle_timeout_s, hooks, headers)
         whole = {k: v for k, v in body.items() if k != "stream"}
         async with upstream.session.post(
             upstream.url,
@@ -224,7 +229,7 @@ async def _stream(
     body: dict[str, Any],
     started: float,
     idle_timeout_s: float,
-    on_progress: OnProgress | None,
+    hooks: Hooks,
     headers: dict[str, str] | None = None,
 ) -> UpstreamReply:
     # No read timeout in aiohttp: asyncio bounds the wait for the answer to start, then each
@@ -249,7 +254,7 @@ async def _stream(
             if "text/event-stream" not in kind:
                 raise invalid_response(response, "not an event stream")
             streaming = True
-            await _consume(answer.content, response, assembler, timer, idle_timeout_s, on_progress)
+            await _consume(answer.content, response, assembler, timer, idle_timeout_s, hooks)
     except aiohttp.ServerTimeoutError:
         raise  # the connect timeout: send_message names it, as for a plain call
     except TimeoutError:
@@ -283,10 +288,11 @@ async def _consume(
     assembler: MessageAssembler,
     timer: asyncio.Timeout,
     idle_timeout_s: float,
-    on_progress: OnProgress | None,
+    hooks: Hooks,
 ) -> None:
     """Read events until message_stop, each within `idle_timeout_s` of the one before, then
     the end of the body (briefly), so that the connection goes back to the pool."""
+    on_progress, on_event = hooks
     loop = asyncio.get_running_loop()
     # Moving the timer costs more than parsing an event: move it at most every `step`, which
     # keeps the idle timeout exact to within `step` (a tenth of it, at most a second).
@@ -301,6 +307,8 @@ async def _consume(
             if (now := loop.time()) - moved >= step:
                 moved = now
                 timer.reschedule(now + idle_timeout_s)
+            if on_event is not None:
+                await on_event(event.event, event.data)
             text = _feed(assembler, event, response)
             if on_progress is not None and event.event == "content_block_delta":
                 await on_progress(assembler.output_tokens, text)

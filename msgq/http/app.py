@@ -17,7 +17,9 @@ from msgq.http import (
     errors,
     events_routes,
     job_routes,
+    messages_routes,
     ops_routes,
+    passthrough_routes,
     retry_routes,
     ui,
     usage_routes,
@@ -26,6 +28,7 @@ from msgq.http.auth import load_keys
 from msgq.http.body_limit import BodyLimit
 from msgq.http.deps import AppState
 from msgq.http.metrics import API_REQUESTS
+from msgq.http.request_ids import RequestIds
 from msgq.http.streams import StreamLimit
 from msgq.jobs.endings import Endings
 from msgq.jobs.store import JobStore
@@ -60,7 +63,9 @@ def create_app(settings: Settings) -> FastAPI:
         )
         for key in app.state.msgq.keys:
             register_secret(key)
+        app.state.passthrough = passthrough_routes.Passthrough(settings)
         yield
+        await app.state.passthrough.aclose()
         await endings.stop()
         await client.close()
 
@@ -72,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
         description="A job queue for the Anthropic Messages API.",
     )
     app.add_middleware(BodyLimit, default_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIds)  # outermost: error answers get one too
     errors.register(app)
 
     @app.middleware("http")
@@ -85,6 +91,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(retry_routes.router)
     app.include_router(events_routes.router)
     app.include_router(batch_routes.router)
+    app.include_router(messages_routes.router)  # drop-in: POST /v1/messages
+    app.include_router(passthrough_routes.router)
     app.include_router(usage_routes.router)
     app.include_router(ui.router)  # the dashboard, /ui
     return app

@@ -118,11 +118,12 @@ class Endings:
                 follower.put(message["data"])
 
     @contextlib.asynccontextmanager
-    async def follow(self, job_id: str) -> AsyncIterator[Follower]:
-        """The job's progress messages from now on, over the shared subscription; returns once
-        Redis confirmed it (or after SUBSCRIBE_WAIT_S), so a record read next misses none."""
+    async def follow(self, job_id: str, *, channel: str | None = None) -> AsyncIterator[Follower]:
+        """The job's progress messages (or `channel`'s) from now on, over the shared
+        subscription; returns once Redis confirmed it (or after SUBSCRIBE_WAIT_S), so a record
+        read next misses none."""
         await self.start()
-        channel = progress_channel(job_id)
+        channel = channel or progress_channel(job_id)
         follower = Follower()
         first = channel not in self._followers
         self._followers.setdefault(channel, set()).add(follower)
