@@ -148,6 +148,11 @@ async def test_spend_limit_pauses_the_fleet_until_resumed(
 
     await eventually(paused)
     second = await client.submit(BODY)
+
+    async def handed_back() -> bool:  # the pause is set first, so no other call goes out
+        return (await client.get(first.id)).status is JobStatus.QUEUED
+
+    await eventually(handed_back)
     record = await client.get(first.id)
     assert record.status is JobStatus.QUEUED and record.attempts == 0
     assert record.error is not None and record.error.type == "spend_limit"

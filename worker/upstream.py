@@ -21,6 +21,7 @@ Error messages name exception types only: an exception's text can carry URLs or 
 from __future__ import annotations
 
 import asyncio
+import io
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -60,6 +61,7 @@ __all__ = [
 OnProgress = Callable[[int, str], Awaitable[None]]
 OnEvent = Callable[[str, str], Awaitable[None]]  # (event name, its raw data), as received
 Hooks = tuple[OnProgress | None, OnEvent | None]
+LARGE_BODY_BYTES = 1024 * 1024  # aiohttp warns about raw bytes bodies above this
 # What fails a call before or during its answer. TimeoutError (aiohttp's connect and read
 # timeouts subclass it) is caught before these, as it is an OSError too.
 CONNECTION_ERRORS = (aiohttp.ClientError, OSError)
@@ -160,6 +162,12 @@ class Upstream:
         await self.session.close()
 
 
+def _body(raw: bytes) -> bytes | io.BytesIO:
+    """aiohttp writes a large bytes body in one go and warns that it may block the loop; a file
+    object it sends in chunks (a vision job's body is megabytes)."""
+    return io.BytesIO(raw) if len(raw) > LARGE_BODY_BYTES else raw
+
+
 async def send_message(
     upstream: Upstream,
     body: dict[str, Any],
@@ -190,7 +198,7 @@ async def send_message(
         whole = {k: v for k, v in body.items() if k != "stream"}
         async with upstream.session.post(
             upstream.url,
-            data=orjson.dumps(whole),
+            data=_body(orjson.dumps(whole)),
             headers=headers,
             timeout=upstream.plain_timeout,
         ) as answer:
@@ -242,7 +250,7 @@ async def _stream(
             asyncio.timeout(upstream.request_timeout_s) as timer,
             upstream.session.post(
                 upstream.url,
-                data=orjson.dumps({**body, "stream": True}),
+                data=_body(orjson.dumps({**body, "stream": True})),
                 headers={**(headers or {}), **STREAM_HEADERS},
                 timeout=upstream.stream_timeout,
             ) as answer,

@@ -24,6 +24,7 @@ from msgq.http.versions import Headers
 from msgq.model_catalog import load_catalog
 from msgq.settings import Settings
 
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 router = APIRouter(prefix="/v1", tags=["drop-in"])
 SNAPSHOT_DATE = re.compile(r"-\d{8}$")  # claude-haiku-4-5-20251001 answers to claude-haiku-4-5
 
@@ -113,6 +114,8 @@ async def list_models(
 async def get_model(
     model_id: str, request: Request, _tenant: Tenant, state: State, headers: Headers
 ) -> Response:
+    if not MODEL_ID.fullmatch(model_id):  # never forwarded: no model is named like that
+        raise ApiError(404, f"model: {model_id[:128]!r}")
     catalog = await load_catalog(state.redis)
     if catalog is None:
         api = passthrough(request)
