@@ -28,6 +28,9 @@ TENANT_KEY = "bench-key-0123456789"
 HEADERS = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
 
 
+API_PIDS: list[int] = []  # the running `msgq api` processes, for their CPU time
+
+
 @contextmanager
 def api(redis_url: str, sim_url: str) -> Iterator[str]:
     port = free_port()
@@ -46,10 +49,12 @@ def api(redis_url: str, sim_url: str) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
+    API_PIDS.append(process.pid)
     try:
         wait_http(f"{url}/healthz", process=process)
         yield url
     finally:
+        API_PIDS.remove(process.pid)
         process.terminate()
         process.wait(timeout=30)
 
@@ -137,8 +142,53 @@ TITLE = (
 )
 
 
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks
+
+
+async def _one_stream(http: httpx.AsyncClient, url: str) -> bool:
+    """One drop-in stream read to its end: True when it ended with message_stop."""
+    body = {**text_request(100), "stream": True}
+    async with http.stream(
+        "POST", f"{url}/v1/messages", json=body, headers={**HEADERS, "x-api-key": TENANT_KEY}
+    ) as response:
+        if response.status_code != 200:
+            return False
+        return any(["event: message_stop" in line async for line in response.aiter_lines()])
+
+
+async def many_streams(tmp: Path, streams: int = 200) -> list[Any]:
+    """`streams` drop-in streams at once through one `msgq api` and one worker; each reply is
+    100 tokens at 10 ms a token after 500 ms: every stream must end, and the API's CPU a call."""
+    flags = ("--latency-ms", "500", "--ms-per-token", "10", "--output-tokens", "100")
+    limits = httpx.Limits(max_connections=streams)
+    with (
+        simulator(*flags) as sim,
+        redis_server(tmp / "dropin-many") as redis,
+        workers(1, redis.url, sim),
+        api(redis.url, sim) as msgq,
+    ):
+        pid = API_PIDS[-1]
+        async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+            await _one_stream(http, msgq)  # warm: the model catalog, code paths
+            cpu0, started = _cpu_s(pid), time.perf_counter()
+            ended = await asyncio.gather(
+                *(_one_stream(http, msgq) for _ in range(streams)), return_exceptions=True
+            )
+            wall_s, cpu_ms = time.perf_counter() - started, (_cpu_s(pid) - cpu0) * 1000 / streams
+    completed = sum(1 for e in ended if e is True)
+    return [streams, completed, round(wall_s, 1), f"{cpu_ms:.2f}"]
+
+
 async def report(tmp: Path, table: Callable[[str, list[str], list[list[Any]]], None]) -> None:
     table(TITLE, COLUMNS, await measure(tmp))
+    table(
+        "Drop-in streams at once: one msgq api, one worker; replies of 100 tokens at 10 ms a "
+        "token after 500 ms",
+        ["streams", "ended with message_stop", "wall s", "API CPU ms per stream"],
+        [await many_streams(tmp)],
+    )
 
 
 if __name__ == "__main__":
