@@ -299,7 +299,8 @@ async def test_a_job_a_producer_placed_in_the_scheduler_runs_on_a_fleet_without_
     """Before any worker published the fleet's policy, a producer with the scheduler on placed
     a job in a scheduler queue; the fleet runs with the scheduler off. The job still runs."""
     job = await client.submit(body())  # no policy yet: the producer's own setting (on)
-    await start_worker(client.settings.model_copy(update={"scheduler": False}))
+    fleet = client.settings.model_copy(update={"scheduler": False})
+    await start_worker(fleet)
     assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
 
 

@@ -139,7 +139,7 @@ def submit(
             betas=list(betas) or None,
         )
         if not await client.live_workers():
-            _warn_no_worker(client.settings)
+            _warn_no_worker(settings=client.settings)
         return await client.wait(job.id, timeout=timeout) if wait else job.id
 
     outcome = with_client(run)
