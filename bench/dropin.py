@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from bench.harness import KEY, redis_server, simulator, text_request, workers
+from bench.harness import KEY, process_cpu_s, redis_server, simulator, text_request, workers
 from msgq.dev.embedded_redis import free_port
 from msgq.dev.stack import msgq_command, wait_http
 
@@ -142,11 +142,6 @@ TITLE = (
 )
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks
-
-
 async def _one_stream(http: httpx.AsyncClient, url: str) -> bool:
     """One drop-in stream read to its end: True when it ended with message_stop."""
     body = {**text_request(100), "stream": True}
@@ -172,11 +167,14 @@ async def many_streams(tmp: Path, streams: int = 200) -> list[Any]:
         pid = API_PIDS[-1]
         async with httpx.AsyncClient(timeout=120, limits=limits) as http:
             await _one_stream(http, msgq)  # warm: the model catalog, code paths
-            cpu0, started = _cpu_s(pid), time.perf_counter()
+            cpu0, started = process_cpu_s(pid), time.perf_counter()
             ended = await asyncio.gather(
                 *(_one_stream(http, msgq) for _ in range(streams)), return_exceptions=True
             )
-            wall_s, cpu_ms = time.perf_counter() - started, (_cpu_s(pid) - cpu0) * 1000 / streams
+            wall_s, cpu_ms = (
+                time.perf_counter() - started,
+                (process_cpu_s(pid) - cpu0) * 1000 / streams,
+            )
     completed = sum(1 for e in ended if e is True)
     return [streams, completed, round(wall_s, 1), f"{cpu_ms:.2f}"]
 

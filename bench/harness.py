@@ -16,8 +16,8 @@ import orjson
 from redis.asyncio import Redis
 
 from msgq.client import Client
-from msgq.dev.embedded_redis import EmbeddedRedis, free_port
-from msgq.dev.stack import msgq_command, wait_http
+from msgq.dev.embedded_redis import EmbeddedRedis
+from msgq.dev.stack import msgq_command, simulator_on_free_port
 from msgq.keys import DONE_CHANNEL
 from msgq.settings import Settings
 
@@ -43,19 +43,7 @@ def redis_server(tmp: Path) -> Iterator[EmbeddedRedis]:
         server.stop()
 
 
-@contextmanager
-def simulator(*flags: str) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        msgq_command("simulator", "--port", str(port), *flags), stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/_sim/stats", process=process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+simulator = simulator_on_free_port  # the benchmarks' own simulators, with their flags
 
 
 @contextmanager
@@ -88,6 +76,20 @@ def workers(
             p.terminate()
         for p in procs:
             p.wait(timeout=60)
+
+
+def process_cpu_s(pid: int) -> float:
+    """A process's user + system CPU seconds so far (/proc, clock ticks of 1/100 s)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100
+
+
+def peak_rss_kib(pid: int) -> int:
+    """A process's peak resident set (VmHWM), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 def sim_stats(url: str) -> dict[str, Any]:

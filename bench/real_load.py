@@ -28,7 +28,16 @@ import orjson
 from redis.asyncio import Redis
 
 from bench.baseline import raw_httpx_run
-from bench.harness import KEY, redis_server, sim_stats, simulator, text_request, workers
+from bench.harness import (
+    KEY,
+    peak_rss_kib,
+    process_cpu_s,
+    redis_server,
+    sim_stats,
+    simulator,
+    text_request,
+    workers,
+)
 from msgq.client import Client
 from msgq.jobs.store import JobStore
 from msgq.keys import DONE_CHANNEL, PAUSE_KEY
@@ -66,18 +75,6 @@ async def aiohttp_run(
         started = time.perf_counter()
         await asyncio.gather(*(one({**b, "stream": stream} if stream else b) for b in requests))
         return time.perf_counter() - started
-
-
-def _proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks (100/s)
-
-
-def _proc_peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def _submit_paused(redis_url: str, requests: list[dict[str, Any]], **kw: Any) -> list[str]:
@@ -138,10 +135,10 @@ async def one_worker(tmp: Path, *, concurrency: int, n: int, stream: bool, warm:
                 await _drain(server.url, await _submit_paused(server.url, requests[:8]))
             ids = await _submit_paused(server.url, requests)
             pid = procs[0].pid
-            cpu0 = _proc_cpu_s(pid)
+            cpu0 = process_cpu_s(pid)
             msgq_s = await _drain(server.url, ids)
-            cpu_ms = (_proc_cpu_s(pid) - cpu0) * 1000 / n
-            rss = _proc_peak_rss_kib(pid)
+            cpu_ms = (process_cpu_s(pid) - cpu0) * 1000 / n
+            rss = peak_rss_kib(pid)
     ideal = n * LATENCY_MS / 1000 / concurrency
     return [
         ("stream" if stream else "plain") + (", warm" if warm else ", cold start"),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,15 +18,14 @@ import pytest
 from redis.asyncio import Redis
 
 from msgq.client import Client
-from msgq.dev.embedded_redis import free_port
-from msgq.dev.stack import msgq_command, wait_http
+from msgq.dev.stack import simulator_on_free_port
 from msgq.jobs.store import JobStore
 from msgq.keys import SCHED_INBOX, TICKETS_KEY, admitted_key
 from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets
 from msgq.tenancy.tenants import parse_tenants
 from schemas import JobRecord, JobStatus
-from tests.conftest import Sim, StartWorker, eventually, stop_process
+from tests.conftest import Sim, StartWorker, eventually
 from tests.test_fair_share import tenants_file
 from worker.dispatcher import Dispatcher
 from worker.ratelimit import Limits, RateLimiter
@@ -47,15 +45,8 @@ def body(model: str = "claude-haiku-4-5", text: str = "Hello") -> dict[str, Any]
 @pytest.fixture
 def slow_simulator(request: pytest.FixtureRequest) -> Iterator[str]:
     """A simulator of its own: `request.param` is its extra arguments (latency, limits)."""
-    port = free_port()
-    args = list(getattr(request, "param", []))
-    process = subprocess.Popen(
-        msgq_command("simulator", "--port", str(port), *args), stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/_sim/stats", process=process)
-    yield url
-    stop_process(process)
+    with simulator_on_free_port(*getattr(request, "param", [])) as url:
+        yield url
 
 
 async def _all_ended(client: Client, ids: list[str]) -> list[JobRecord]:

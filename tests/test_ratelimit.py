@@ -11,12 +11,11 @@ import pytest
 from redis.asyncio import Redis
 
 from msgq.client import Client
-from msgq.dev.embedded_redis import free_port
-from msgq.dev.stack import msgq_command, wait_http
+from msgq.dev.stack import simulator_on_free_port
 from msgq.keys import PAUSE_KEY
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import Sim, StartWorker, eventually, stop_process
+from tests.conftest import Sim, StartWorker, eventually
 from worker.concurrency import AdaptiveConcurrency
 from worker.ratelimit import Limits, RateLimiter
 
@@ -198,14 +197,8 @@ async def test_spend_pause_until_resume_has_a_working_spelling(
 @pytest.fixture
 def limited_simulator() -> Iterator[str]:
     """A simulator limited to 120 RPM (2 per second, a minute's burst)."""
-    port = free_port()
-    process = subprocess.Popen(
-        msgq_command("simulator", "--port", str(port), "--rpm", "120"), stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/_sim/stats", process=process)
-    yield url
-    stop_process(process)
+    with simulator_on_free_port("--rpm", "120") as url:
+        yield url
 
 
 async def test_fleet_learns_the_limit_and_avoids_429s(

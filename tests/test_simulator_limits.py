@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,12 +14,11 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from msgq.dev.embedded_redis import free_port
 from msgq.dev.simulator.accel import AccelConfig, Acceleration, Ramp
 from msgq.dev.simulator.latency import LatencyModel
 from msgq.dev.simulator.limits import round_tokens
-from msgq.dev.stack import msgq_command, wait_http
-from tests.conftest import Sim, stop_process
+from msgq.dev.stack import simulator_on_free_port
+from tests.conftest import Sim
 
 KEY = "sk-ant-limits-test-key-123456"
 HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
@@ -30,18 +28,10 @@ RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 @contextmanager
 def simulator(*flags: str) -> Iterator[Sim]:
     """A simulator of its own, started with these flags (the session one has no limits)."""
-    port = free_port()
-    process = subprocess.Popen(
-        msgq_command("simulator", "--port", str(port), *flags), stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/_sim/stats", process=process)
+    with simulator_on_free_port(*flags) as url:
         sim = Sim(url)
         yield sim
         sim.http.close()
-    finally:
-        stop_process(process)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -38,6 +40,28 @@ def wait_http(
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+@contextmanager
+def simulator_on_free_port(*flags: str) -> Iterator[str]:
+    """A simulator of its own (its URL), started with `flags` on a free loopback port and
+    stopped on exit, SIGKILLed if it lingers: what tests and benchmarks start beside the
+    session's or the stack's."""
+    port = free_port()
+    process = subprocess.Popen(
+        msgq_command("simulator", "--port", str(port), *flags), stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/_sim/stats", process=process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class PortInUseError(RuntimeError):
