@@ -42,6 +42,7 @@ from msgq.client import Client
 from msgq.jobs.store import JobStore
 from msgq.keys import DONE_CHANNEL, PAUSE_KEY
 from msgq.settings import Settings
+from msgq.tenancy.scheduling import resume_fleet
 from schemas import JobStatus
 
 Table = Callable[[str, list[str], list[list[Any]]], None]
@@ -95,7 +96,7 @@ async def _drain(redis_url: str, ids: list[str]) -> float:
         await pubsub.subscribe(DONE_CHANNEL)
         pending = set(ids)
         started = time.perf_counter()
-        await redis.delete(PAUSE_KEY)
+        await resume_fleet(redis)  # as `msgq resume` does: the dispatcher is woken
         deadline = time.monotonic() + 1800
         while pending and time.monotonic() < deadline:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
@@ -227,7 +228,7 @@ async def fair_share_learned(
                 Client.from_url(server.url, settings) as client,
                 Redis.from_url(server.url) as redis,
             ):
-                await redis.delete(PAUSE_KEY)
+                await resume_fleet(redis)
                 await asyncio.sleep(15)  # the limit is learned and the bulk backlog flows
                 urgent = []
                 for i in range(interactive):

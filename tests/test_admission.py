@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from msgq.client import Client
 from msgq.dev.stack import simulator_on_free_port
 from msgq.jobs.store import JobStore
-from msgq.keys import SCHED_INBOX, TICKETS_KEY, admitted_key
+from msgq.keys import SCHED_INBOX, SCHED_WAKE, TICKETS_KEY, admitted_key
 from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets
 from msgq.tenancy.tenants import parse_tenants
@@ -160,6 +160,28 @@ async def test_paused_or_cooling_fleet_sends_nothing_ticket_or_not(
     await limiter.resume()
     ended = await _all_ended(client, admitted + later)
     assert all(r.status is JobStatus.SUCCEEDED for r in ended)
+
+
+async def test_resuming_wakes_the_dispatcher_at_once(settings: Settings, redis: Redis) -> None:
+    """A paused dispatcher looks again only each second; the resume itself wakes it, so a
+    fleet's hundreds of slots do not sit idle for that second."""
+    limiter = RateLimiter(redis, {})
+    dispatcher = Dispatcher(redis, JobStore.from_settings(redis, settings), settings, limiter)
+    listener = asyncio.create_task(dispatcher._listen())
+    try:
+
+        async def subscribed() -> bool:
+            counts = await redis.pubsub_numsub(SCHED_WAKE)
+            return bool(counts and counts[0][1])
+
+        await eventually(subscribed)
+        await limiter.pause("spend limit (test)", None)
+        assert not dispatcher.wake.is_set()
+        assert await limiter.resume() is True
+        await asyncio.wait_for(dispatcher.wake.wait(), 5)
+        assert await limiter.paused() is None
+    finally:
+        listener.cancel()
 
 
 async def test_a_job_waiting_for_budget_in_the_scheduler_expires_at_its_deadline(

@@ -13,7 +13,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from msgq.connections import FastConnectionPool, connect
 from msgq.dev.embedded_redis import free_port
-from msgq.errors import InvalidResponseError
+from msgq.errors import InvalidResponseError, UnavailableError
 from msgq.settings import Settings
 from worker.upstream import Upstream, send_message
 
@@ -112,3 +112,53 @@ async def test_the_session_verifies_tls_by_default(settings: Settings) -> None:
         assert tls.verify_mode is ssl.CERT_REQUIRED and tls.check_hostname
     finally:
         await upstream.aclose()
+
+
+async def test_calls_go_through_the_proxy_the_environment_names(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base URL's host does not exist; the call still succeeds because it went to the
+    HTTP_PROXY, which saw the whole target URL (proxy form) and answered. NO_PROXY naming the
+    host turns the proxy off again, and the call then fails to connect."""
+    seen: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        seen.append(str(request.url))
+        message = {
+            "id": "msg_proxy",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "via the proxy"}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 3, "output_tokens": 3},
+        }
+        return web.json_response(message)
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    remote = settings.model_copy(update={"anthropic_base_url": "http://api.msgq-test.invalid"})
+    upstream = Upstream(remote)
+    try:
+        reply = await send_message(upstream, {"model": "m"}, stream=False)
+        assert reply.message["id"] == "msg_proxy"
+        assert seen and seen[0].startswith("http://api.msgq-test.invalid")
+    finally:
+        await upstream.aclose()
+    monkeypatch.setenv("NO_PROXY", "api.msgq-test.invalid")
+    direct = Upstream(remote)
+    try:
+        with pytest.raises(UnavailableError):
+            await send_message(direct, {"model": "m"}, stream=False)
+        assert len(seen) == 1
+    finally:
+        await direct.aclose()
+        await runner.cleanup()

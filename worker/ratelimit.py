@@ -18,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from msgq.keys import COOLING_KEY, PAUSE_KEY, bucket_key, cooldown_key
+from msgq.tenancy.scheduling import resume_fleet
 from schemas.capabilities import rate_limit_class
 
 BUCKETS = ("requests", "input-tokens", "output-tokens")
@@ -307,7 +308,7 @@ class RateLimiter:
         await self.redis.set(PAUSE_KEY, reason, ex=seconds or None)  # Redis refuses ex=0
 
     async def resume(self) -> bool:
-        return bool(await self.redis.delete(PAUSE_KEY))
+        return await resume_fleet(self.redis)
 
     async def paused(self) -> str | None:
         value = await self.redis.get(PAUSE_KEY)

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from msgq.estimate import estimate_input_tokens
 from msgq.keys import (
+    PAUSE_KEY,
     SCHED_BACKLOG,
     SCHED_DEADLINES,
     SCHED_EST,
@@ -157,6 +158,17 @@ class Placement:
         if self.waiting.deadline_ms is not None:
             pipe.zadd(SCHED_DEADLINES, {job_id: self.waiting.deadline_ms})
         pipe.publish(SCHED_WAKE, job_id)
+
+
+async def resume_fleet(redis: Redis) -> bool:
+    """Lift the spend-limit pause and wake the dispatcher in the same step. Without the wake
+    admission restarted only at the dispatcher's next look, up to a second later, and a fleet
+    of hundreds of slots sat idle for it. True when the fleet was paused."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(PAUSE_KEY)
+        pipe.publish(SCHED_WAKE, "resume")
+        deleted, _ = await pipe.execute()
+    return bool(deleted)
 
 
 def uses_scheduler(settings: Settings, lane: Lane | None) -> bool:

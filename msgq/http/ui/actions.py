@@ -14,7 +14,7 @@ from msgq.http.ui.common import not_found, owned_record, ui_router
 from msgq.http.ui.failures import retry_group
 from msgq.http.ui.render import html, message
 from msgq.http.ui.session import Actor
-from msgq.keys import PAUSE_KEY
+from msgq.tenancy.scheduling import resume_fleet
 
 router = ui_router()
 
@@ -90,5 +90,5 @@ async def resume(request: Request, session: Actor) -> Response:
     refused = _admins_only(request, session)
     if refused is not None:
         return refused
-    await state_of(request).redis.delete(PAUSE_KEY)
+    await resume_fleet(state_of(request).redis)
     return RedirectResponse("/ui", status_code=303)
