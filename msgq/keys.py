@@ -35,6 +35,7 @@ SCHED_WHERE = KEY_PREFIX + "sched:where"  # HASH job id -> the scheduler queue k
 SCHED_EST = KEY_PREFIX + "sched:est"  # HASH job id -> JSON admission estimate
 SCHED_INBOX = KEY_PREFIX + "sched:inbox"  # ZSET: raw producers' jobs for the dispatcher
 SCHED_WAKE = KEY_PREFIX + "sched:wake"  # pub/sub: a job was scheduled
+QUEUE_WAKE = KEY_PREFIX + "queue:wake"  # pub/sub: the dispatcher made jobs ready in arq's queue
 SCHED_DEADLINES = KEY_PREFIX + "sched:deadlines"  # ZSET job id -> deadline ms, while it waits
 TICKETS_KEY = KEY_PREFIX + "tickets"  # ZSET job id -> ms admitted, while its ticket is held
 FLEET_WORKERS = KEY_PREFIX + "fleet:workers"  # HASH worker id -> JSON slots and last-seen ms

@@ -37,6 +37,7 @@ from worker.arq_claim import (
     _claim,
 )
 from worker.arq_upkeep import ByteBudget, keep_locks_alive, wait_for_redis
+from worker.arq_wake import QueueWake
 
 log = structlog.get_logger("msgq.worker")
 
@@ -85,11 +86,17 @@ class MsgqWorker(Worker):
         self._due: str | None = None  # the due-scan script's SHA, loaded on first use
         self.bytes = ByteBudget(max_inflight_bytes, self.max_jobs)
         self.ctx["running_jobs"] = lambda: self.job_counter
+        # arq sleeps `poll_delay_s` between polls; here the wait is `idle`, which a wake ends.
+        self._idle_s, self.poll_delay_s = self.poll_delay_s, 0.0
+        self._wake: QueueWake | None = None
 
     async def _poll_iteration(self) -> None:
+        if self._wake is None:
+            self._wake = QueueWake(self.pool, lambda: self.job_counter < self.max_jobs)
         try:
-            while await self._poll_once():
-                pass  # it started jobs, so more may be due: look again now, not a poll delay later
+            self._wake.before_poll()
+            while await self._poll_once():  # it started jobs, so more may be due: look again
+                self._wake.before_poll()
         except (RedisError, OSError) as exc:
             # redis-py reconnects on the next command; wait with backoff, then poll again.
             self._outage_s = min(max(self._outage_s * 2, 0.1), 5.0)
@@ -107,6 +114,7 @@ class MsgqWorker(Worker):
         if self._outage_s:
             log.info("worker.redis_reconnected")
             self._outage_s = 0.0
+        await self._wake.idle(self._idle_s)
 
     async def _poll_once(self) -> bool:
         """arq's poll iteration, with its two reads (due jobs, abort requests) in one round trip.
@@ -383,6 +391,8 @@ class MsgqWorker(Worker):
         await super().main()
 
     async def close(self) -> None:
+        if self._wake is not None:
+            await self._wake.aclose()
         if self._beat is not None:
             self._beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -14,8 +14,9 @@ HEADS_PER_QUEUE = 64
 
 # KEYS: scheduler queue, arq queue, where, est, admitted marker, arq job payload, deadlines,
 # the tickets index.
-# ARGV: job id, score ms, admitted value, admitted ttl s. 1 when moved; 0 when the job had left
-# (canceled, expired) or its payload is gone, so nothing is admitted twice or for nothing.
+# ARGV: job id, score ms, admitted value, admitted ttl s, the workers' wake channel. 1 when
+# moved (and the idle workers are woken); 0 when the job had left (canceled, expired) or its
+# payload is gone, so nothing is admitted twice or for nothing.
 MOVE = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[3], ARGV[1])
@@ -25,24 +26,30 @@ if redis.call('EXISTS', KEYS[6]) == 0 then return 0 end
 redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[4])
 redis.call('ZADD', KEYS[8], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('PUBLISH', ARGV[5], 1)
 return 1
 """
 
 
-# KEYS: arq queue, where, est, deadlines. ARGV: score ms, then (job id, its scheduler queue, its
-# payload key) for each job. Each moves only if it is still in its scheduler queue and has a
-# payload.
+# KEYS: arq queue, where, est, deadlines. ARGV: score ms, the workers' wake channel, then (job id,
+# its scheduler queue, its payload key) for each job. Each moves only if it is still in its
+# scheduler queue and has a payload. The idle workers are woken when any moved.
 MOVE_MANY = """
-for i = 2, #ARGV, 3 do
+local moved = 0
+for i = 3, #ARGV, 3 do
   local id, queue, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if redis.call('ZREM', queue, id) == 1 then
     redis.call('HDEL', KEYS[2], id)
     redis.call('HDEL', KEYS[3], id)
     redis.call('ZREM', KEYS[4], id)
-    if redis.call('EXISTS', payload) == 1 then redis.call('ZADD', KEYS[1], ARGV[1], id) end
+    if redis.call('EXISTS', payload) == 1 then
+      redis.call('ZADD', KEYS[1], ARGV[1], id)
+      moved = moved + 1
+    end
   end
 end
-return 1
+if moved > 0 then redis.call('PUBLISH', ARGV[2], moved) end
+return moved
 """
 
 

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 from msgq.jobs.store import JobStore
 from msgq.keys import (
     DISPATCHER_LOCK,
+    QUEUE_WAKE,
     SCHED_BACKLOG,
     SCHED_DEADLINES,
     SCHED_EST,
@@ -60,6 +61,7 @@ from msgq.tenancy.tenants import Tenants, load_tenants
 from schemas import Priority
 from worker.admission import release_orphans
 from worker.admission_window import AdmissionWindow
+from worker.dispatch_admit import AdmitRun
 from worker.dispatch_budget import BudgetGate
 from worker.dispatch_intake import Intake
 from worker.dispatch_queues import (
@@ -95,6 +97,7 @@ class Dispatcher:
         self._move_many = redis.register_script(MOVE_MANY)
         self._prune = redis.register_script(PRUNE_BACKLOG)
         self.policy = FairShare(self.tenants, settings.bulk_floor_share)
+        self._run = AdmitRun(redis, limiter, self.policy, settings.queue_name)
         self.window = AdmissionWindow(redis, settings)
         self.intake = Intake(redis, store, settings, self.tenants)
         self._read_by_tenant: dict[str, list[str]] = defaultdict(list)
@@ -233,23 +236,27 @@ class Dispatcher:
             return min(gate_s, 1.0)  # paused or cooling down: nothing is admitted, ticket or not
         limited = await self.limiter.known(cls)
         self._known = limited
+        return await self._admit_in_order(cls, queues, limited)
+
+    async def _admit_in_order(
+        self, cls: str, queues: dict[str, deque[Head]], limited: bool
+    ) -> float:
+        """Admit by policy until the slots are full, capacity runs out or the heads read do."""
         room = 0
         plain: list[Head] = []  # admitted in policy order, moved together (no ticket needed)
+        run = self._run  # needing only capacity: admitted together, in one step (dispatch_admit)
         try:
             while queues:
-                if room <= 0:
-                    await self._move_plain(plain)
+                if room <= 0 or run.full():
+                    if (wait := await self._flush(plain)) is not None:
+                        return wait
                     room = await self.window.room(limits_known=limited)
                     if room <= 0:
                         return FULL_RECHECK_S  # the fleet's slots are full
                 head = self.policy.choose(cls, [q[0] for q in queues.values()])
                 if head is None:
-                    return 1.0
-                if not limited and not self._needs_ticket(head):
-                    plain.append(head)
-                    outcome: bool | float = True
-                else:
-                    outcome = await self._admit(head, limited)
+                    return await self._flush(plain) or 1.0
+                outcome = await self._take(head, limited, plain)
                 if isinstance(outcome, float):
                     return outcome  # the class waits for capacity (the head holds its place)
                 if outcome:
@@ -257,10 +264,28 @@ class Dispatcher:
                     self.policy.served(head)
                 blocked = self.policy.blocked.get(head.tenant, 0) > time.monotonic()
                 if advance(queues, head, blocked=blocked):
-                    return 0.0  # a queue may hold more than was read: read again, stay fair
-            return 0.0  # re-read the queues: more may be waiting behind the heads read
+                    return await self._flush(plain) or 0.0  # re-read: more may wait, stay fair
+            return await self._flush(plain) or 0.0  # re-read: more may wait behind the heads
         finally:
+            run.heads.clear()  # a run not flushed (an error): its jobs stay queued
             await self._move_plain(plain)
+
+    async def _take(self, head: Head, limited: bool, plain: list[Head]) -> bool | float:
+        """Admit one head, or add it to the run (or the plain move) to be admitted with others.
+        True: taken. False: skipped (its tenant blocked, or it had left). A float: wait."""
+        if not self._needs_ticket(head):  # charged now; a run's job not admitted is given back
+            (self._run.heads if limited else plain).append(head)
+            return True
+        if (wait := await self._flush(plain)) is not None:
+            return wait  # admitted in order: the run before this head came first
+        return await self._admit(head, limited)
+
+    async def _flush(self, plain: list[Head]) -> float | None:
+        """Admit the run collected so far, then move the plain jobs; the run's wait, if any."""
+        moved, wait = await self._run.flush(int(time.time() * 1000))
+        self.window.admitted(moved)
+        await self._move_plain(plain)
+        return wait
 
     def _needs_ticket(self, head: Head) -> bool:
         config = self.tenants.get(head.tenant)
@@ -270,7 +295,7 @@ class Dispatcher:
         """Move jobs that need no reservation into arq's queue, many in one script call."""
         if not heads:
             return
-        args: list[Any] = [int(time.time() * 1000)]
+        args: list[Any] = [int(time.time() * 1000), QUEUE_WAKE]
         for head in heads:
             args += [head.job_id, head.queue, arq_job_key(head.job_id)]
         keys = [self.settings.queue_name, SCHED_WHERE, SCHED_EST, SCHED_DEADLINES]
@@ -317,7 +342,7 @@ class Dispatcher:
                 SCHED_DEADLINES,
                 TICKETS_KEY,
             ],
-            args=[head.job_id, now_ms, orjson.dumps(value), ADMITTED_TTL_S],
+            args=[head.job_id, now_ms, orjson.dumps(value), ADMITTED_TTL_S, QUEUE_WAKE],
         )
         if not int(moved):
             if limited:

@@ -70,6 +70,20 @@ class FairShare:
                 0.0, self.credit[(head.cls, head.priority)] - head.tokens
             )
 
+    def unserve(self, head: Head) -> None:
+        """Take back `served(head)`: the job was charged when chosen but was not admitted."""
+        weight = self.tenants.get(head.tenant).weight
+        counters = self.vtc[(head.cls, head.priority)]
+        if head.tenant in counters:
+            counters[head.tenant] = max(0.0, counters[head.tenant] - head.tokens / weight)
+        rank = ORDER.index(head.priority)
+        share = self.bulk_floor_share
+        for lower in ORDER[rank + 1 :]:
+            credit = self.credit[(head.cls, lower)] - head.tokens * share / (1 - share)
+            self.credit[(head.cls, lower)] = max(0.0, credit)
+        if rank > 0:
+            self.credit[(head.cls, head.priority)] += head.tokens
+
     def forget_idle_credit(self, cls: str, heads: list[Head]) -> None:
         present = {h.priority for h in heads}
         for priority in ORDER[1:]:

@@ -41,25 +41,27 @@ local function load(key)
 end
 """
 
-# KEYS: bucket hash, cooldown, pause. ARGV: now_ms, cost r/i/o, configured caps r/i/o (0 = none),
-# holder (the job asking), learned_ttl_ms, hold_slack_ms, large_fraction.
-# Returns {0, ''} when admitted, {wait_ms, why} otherwise; nothing is taken unless all three fit.
+# `acquire(bucket, cooldown, pause, a)`: a = {now_ms, cost r/i/o, configured caps r/i/o (0 =
+# none), holder (the job asking), learned_ttl_ms, hold_slack_ms, large_fraction}. Returns
+# {0, ''} when admitted, {wait_ms, why} otherwise; nothing is taken unless all three fit.
 # A large request (a need of at least large_fraction of a bucket) that must wait holds a
 # reservation: until it is served (or its hold lapses), others may take only what leaves its
-# need in the bucket, so small requests cannot keep the level below it forever.
-ACQUIRE = (
+# need in the bucket, so small requests cannot keep the level below it forever. A function, so
+# the dispatcher's batched admission (worker.dispatch_admit) runs exactly this step per job.
+ACQUIRE_STEP = (
     CAPS
     + """
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  local ttl = redis.call('PTTL', KEYS[3])
+local function acquire(bucket, cooldown, pause, a)
+if redis.call('EXISTS', pause) == 1 then
+  local ttl = redis.call('PTTL', pause)
   return {ttl > 0 and ttl or 60000, 'paused'}
 end
-local cool = redis.call('PTTL', KEYS[2])
+local cool = redis.call('PTTL', cooldown)
 if cool > 0 then return {cool, 'cooldown'} end
-local now, holder = tonumber(ARGV[1]), ARGV[8]
-local large = tonumber(ARGV[11])
-local h = load(KEYS[1])
-local caps = caps_of(h, now, {ARGV[5], ARGV[6], ARGV[7]}, tonumber(ARGV[9]))
+local now, holder = tonumber(a[1]), a[8]
+local large = tonumber(a[11])
+local h = load(bucket)
+local caps = caps_of(h, now, {a[5], a[6], a[7]}, tonumber(a[9]))
 local names, held_f = {'r', 'i', 'o'}, {'hr', 'hi', 'ho'}
 local last = tonumber(h.t) or now
 local holding = h.hold and h.hold ~= '' and now < (tonumber(h.hu) or 0)
@@ -70,7 +72,7 @@ for n = 1, 3 do
   if cap > 0 then
     local t = math.min(cap, (tonumber(h[names[n]]) or cap) + (now - last) * cap / 60000)
     tokens[n] = t
-    local need = math.min(tonumber(ARGV[n + 1]), cap)
+    local need = math.min(tonumber(a[n + 1]), cap)
     needs[n] = need
     if n > 1 and need >= cap * large then big = true end
     local level = need
@@ -89,24 +91,28 @@ end
 for n = 1, 3 do
   if caps[n] > 0 then
     if wait == 0 then tokens[n] = tokens[n] - needs[n] end
-    redis.call('HSET', KEYS[1], names[n], tostring(tokens[n]))
+    redis.call('HSET', bucket, names[n], tostring(tokens[n]))
   end
 end
-redis.call('HSET', KEYS[1], 't', tostring(now))
+redis.call('HSET', bucket, 't', tostring(now))
 if wait == 0 then
   if holding and h.hold == holder then
-    redis.call('HDEL', KEYS[1], 'hold', 'hr', 'hi', 'ho', 'hu')
+    redis.call('HDEL', bucket, 'hold', 'hr', 'hi', 'ho', 'hu')
   end
   return {0, ''}
 end
 if big and (not holding or h.hold == holder) then
-  redis.call('HSET', KEYS[1], 'hold', holder, 'hr', tostring(needs[1] or 0),
+  redis.call('HSET', bucket, 'hold', holder, 'hr', tostring(needs[1] or 0),
     'hi', tostring(needs[2] or 0), 'ho', tostring(needs[3] or 0),
-    'hu', tostring(now + wait + tonumber(ARGV[10])))
+    'hu', tostring(now + wait + tonumber(a[10])))
 end
 return {wait, why}
+end
 """
 )
+
+# KEYS: bucket hash, cooldown, pause. ARGV: as `acquire`'s a.
+ACQUIRE = ACQUIRE_STEP + "return acquire(KEYS[1], KEYS[2], KEYS[3], ARGV)\n"
 
 # KEYS: bucket hash. ARGV: deltas r/i/o (positive refunds), then for each bucket the learned
 # limit and remaining from headers ('' when absent), then configured caps r/i/o, now_ms,
@@ -212,28 +218,37 @@ class RateLimiter:
     def _limits_for(self, model_cls: str) -> Limits:
         return self.limits.get(model_cls) or self.limits.get("default") or Limits()
 
+    def gate_keys(self, model: str) -> list[str]:
+        """The keys `acquire` reads for this model: its class's bucket, cool-down, the pause."""
+        cls = model_class(model)
+        return [self._bucket(cls), cooldown_key(cls), PAUSE_KEY]
+
+    def step_args(
+        self, model: str, *, now_ms: int, cost: tuple[int, int], holder: str
+    ) -> list[Any]:
+        """The Lua `acquire` step's arguments for one request of (input, output) tokens."""
+        lim = self._limits_for(model_class(model))
+        return [
+            now_ms,
+            1,
+            *cost,
+            lim.rpm,
+            lim.itpm,
+            lim.otpm,
+            holder or "-",
+            self.learned_ttl_ms,
+            self.hold_slack_ms,
+            self.large_fraction,
+        ]
+
     async def acquire(
         self, model: str, *, input_tokens: int, output_tokens: int, now_ms: int, holder: str = ""
     ) -> Admission:
         """`holder` names the asker (a job ID), so a large request can hold a reservation."""
-        cls = model_class(model)
-        lim = self._limits_for(cls)
-        wait_ms, why = await self._acquire(
-            keys=[self._bucket(cls), cooldown_key(cls), PAUSE_KEY],
-            args=[
-                now_ms,
-                1,
-                input_tokens,
-                output_tokens,
-                lim.rpm,
-                lim.itpm,
-                lim.otpm,
-                holder or "-",
-                self.learned_ttl_ms,
-                self.hold_slack_ms,
-                self.large_fraction,
-            ],
+        args = self.step_args(
+            model, now_ms=now_ms, cost=(input_tokens, output_tokens), holder=holder
         )
+        wait_ms, why = await self._acquire(keys=self.gate_keys(model), args=args)
         return Admission(int(wait_ms) / 1000, why.decode() if isinstance(why, bytes) else why)
 
     async def settle(

@@ -1,0 +1,73 @@
+"""Admission of a run of jobs in one step (worker.dispatch_admit) and the wake that tells idle
+workers about them (worker.arq_wake): the two hops between a job's admission and its call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from msgq.client import Client
+from msgq.jobs.store import JobStore
+from msgq.keys import SCHED_WHERE, TICKETS_KEY, arq_job_key
+from msgq.settings import Settings
+from schemas import JobStatus, Priority
+from tests.conftest import StartWorker
+from worker.dispatcher import Dispatcher
+from worker.ratelimit import Limits, RateLimiter
+
+BODY = {"model": "claude-haiku-4-5", "max_tokens": 64, "messages": []}
+
+
+def body(i: int) -> dict[str, Any]:
+    return {**BODY, "messages": [{"role": "user", "content": f"job {i}"}]}
+
+
+async def _script_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("eval", "evalsha")
+    )
+
+
+async def test_a_run_is_admitted_in_one_step_until_capacity_runs_out(
+    settings: Settings, client: Client, redis: Redis
+) -> None:
+    """40 jobs waiting, capacity for 30 (rpm 30): one tick admits exactly 30, each with its
+    ticket, in a handful of script calls (one acquire and one move each would be 60); the 10
+    left keep their places, and fair share is charged for the 30 alone. A job whose payload
+    vanished before the tick is dropped from the scheduler, not admitted, and costs nothing."""
+    custom = settings.model_copy(update={"rate_limits": {"haiku": {"rpm": 30}}})
+    limiter = RateLimiter(redis, {"haiku": Limits(rpm=30)})
+    dispatcher = Dispatcher(redis, JobStore.from_settings(redis, custom), custom, limiter)
+    ids = [(await client.submit(body(i))).id for i in range(41)]
+    gone = ids.pop(3)
+    await redis.delete(arq_job_key(gone))
+    calls = await _script_calls(redis)
+    wait_s = await dispatcher.tick()
+    assert 0 < wait_s <= 1.0  # the class waits for capacity
+    assert await _script_calls(redis) - calls <= 4
+    admitted = {i.decode() for i in await redis.zrange(TICKETS_KEY, 0, -1)}
+    assert admitted == set(ids[:30])
+    waiting = {i.decode() for i in await redis.hkeys(SCHED_WHERE)}  # type: ignore[misc]
+    assert waiting == set(ids[30:])
+    counters = dispatcher.policy.vtc[("haiku", Priority.DEFAULT)]
+    assert not dispatcher._run.heads  # nothing left collected after the tick
+    head_tokens = counters["_"] / 30
+    assert head_tokens > 0
+    await dispatcher.tick()  # no capacity yet: nothing more, and nothing charged
+    assert counters["_"] / 30 == head_tokens
+    assert await redis.zcard(TICKETS_KEY) == 30
+
+
+async def test_an_idle_worker_is_woken_when_a_job_is_made_ready(
+    settings: Settings, client: Client, start_worker: StartWorker
+) -> None:
+    """The worker polls only every 30 s here. The first job may be found by a poll; once it
+    has run the worker idles, and the second job starts because the dispatcher's move woke
+    the worker, long before the next poll."""
+    await start_worker(settings.model_copy(update={"poll_delay_s": 30.0}))
+    first = await client.submit(body(1))
+    assert (await client.wait(first.id, timeout=40)).status is JobStatus.SUCCEEDED
+    second = await client.submit(body(2))
+    assert (await client.wait(second.id, timeout=10)).status is JobStatus.SUCCEEDED
