@@ -288,6 +288,12 @@ class Settings(BaseSettings):
         description="SSE streams (GET /v1/jobs/{id}/events) a tenant may hold open per API "
         "process; beyond it 429",
     )
+    max_dropin_calls_per_tenant: int = Field(
+        default=1000,
+        ge=1,
+        description="drop-in calls (POST /v1/messages, streamed or not) a tenant may hold open "
+        "per API process; beyond it 429",
+    )
     dropin_ping_s: float = Field(
         default=5.0,
         gt=0,

@@ -65,14 +65,17 @@ async def test_create_answers_the_stored_message_with_both_ids(
 async def test_stream_relays_the_events_and_its_final_message_is_the_record(
     api_server: str, store: JobStore, sim: Sim, start_worker: StartWorker
 ) -> None:
-    """messages.stream: text arrives as deltas; get_final_message() equals the stored result."""
+    """messages.stream: text arrives as deltas; get_final_message() equals the stored result;
+    the stream's `request-id` is the API's (the stream started with the API's content)."""
     sim.script({"output_tokens": 40, "ms_per_token": 2})
     await start_worker()
     async with sdk(api_server) as client, client.messages.stream(**TEXT) as stream:
         deltas = [text async for text in stream.text_stream]
         final = await stream.get_final_message()
         job_id = stream.response.headers["msgq-job-id"]
+        request_id = stream.response.headers["request-id"]
     record = await ended(store, job_id)
+    assert request_id == record.upstream_request_id is not None
     assert len(deltas) > 1 and "".join(deltas) == final.content[0].text  # type: ignore[union-attr]
     assert final.model_dump() == stored(record)
     assert sim.requests()[-1]["body"]["stream"] is True

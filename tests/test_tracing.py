@@ -115,6 +115,23 @@ async def test_http_traceparent_header_puts_the_job_in_that_trace(
     assert call.context is not None and call.context.trace_state.get("vendor") == "x"
 
 
+async def test_a_drop_in_call_joins_the_callers_trace(
+    api: httpx.AsyncClient, client: Client, start_worker: StartWorker, traced: Traced
+) -> None:
+    """POST /v1/messages (the drop-in) with a traceparent: the worker's call span is a child
+    of the caller's span, as for POST /v1/jobs."""
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    await start_worker()
+    answer = await api.post(
+        "/v1/messages", json=TEXT, headers={"traceparent": f"00-{trace_id}-{parent_id}-01"}
+    )
+    assert answer.status_code == 200, answer.text
+    job_id = "tenant-a:" + answer.headers["msgq-job-id"]
+    (call,) = traced.calls(job_id)
+    assert hex_trace(call) == trace_id
+    assert call.parent is not None and f"{call.parent.span_id:016x}" == parent_id
+
+
 async def test_raw_payload_trace_fields_are_continued(
     redis: Redis, settings: Settings, client: Client, start_worker: StartWorker, traced: Traced
 ) -> None:

@@ -135,6 +135,7 @@ async def send_with_progress(
                 body,
                 stream=bool(request.stream) or request.max_tokens >= s.stream_min_max_tokens,
                 on_event=relay,
+                on_open=None if relay is None else relay.opened,
                 idle_timeout_s=s.stream_idle_timeout_s,
                 on_progress=progress,
                 # The version and betas the job was written for (the record keeps them).

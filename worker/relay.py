@@ -2,9 +2,11 @@
 
 `POST /v1/messages` with `stream: true` subscribes to the job's relay channel before it submits
 the job, so the API process hears every event of every attempt. Each message is
-`attempt\\nevent name\\nraw data` (bytes, no re-encoding: what the API sent is what the caller
-gets). An attempt that fails after its first event ends with a `msgq_failed` marker carrying
-the error, so the API process can tell a retry from a slow answer without reading the record.
+`attempt[ request-id]\\nevent name\\nraw data` (bytes, no re-encoding: what the API sent is what
+the caller gets); the API's request ID rides along so the caller's `request-id` header can be
+the API's, as it would have been without msgq. An attempt that fails after its first event ends
+with a `msgq_failed` marker carrying the error, so the API process can tell a retry from a slow
+answer without reading the record.
 
 Best effort and cheap when nobody listens: the first PUBLISH that reaches no subscriber (the
 caller hung up, or the job was submitted some other way) turns the relay off for the attempt.
@@ -30,10 +32,19 @@ class Relay:
     def __init__(self, redis: Redis, job_id: str, attempt: int) -> None:
         self.redis = redis
         self.channel = relay_channel(job_id)
+        self.attempt = attempt
         self.prefix = f"{attempt}\n".encode()
         self.on = True
         self.started = False
         self.finished = False
+
+    def opened(self, request_id: str | None) -> None:
+        """The attempt's answer has started: its events carry the API's request ID (a plain
+        token only: it is put in the caller's headers)."""
+        if request_id and len(request_id) <= 200 and request_id.isascii():
+            if not request_id.isprintable() or " " in request_id:
+                return
+            self.prefix = f"{self.attempt} {request_id}\n".encode()
 
     async def __call__(self, name: str, data: str) -> None:
         if not self.on or name in ("ping", "error"):

@@ -62,7 +62,8 @@ __all__ = [
 
 OnProgress = Callable[[int, str], Awaitable[None]]
 OnEvent = Callable[[str, str], Awaitable[None]]  # (event name, its raw data), as received
-Hooks = tuple[OnProgress | None, OnEvent | None]
+OnOpen = Callable[[str | None], None]  # the answer's `request-id`, once it has started
+Hooks = tuple[OnProgress | None, OnEvent | None, OnOpen | None]
 LARGE_BODY_BYTES = 1024 * 1024  # aiohttp warns about raw bytes bodies above this
 # What fails a call before or during its answer. TimeoutError (aiohttp's connect and read
 # timeouts subclass it) is caught before these, as it is an OSError too.
@@ -194,6 +195,7 @@ async def send_message(
     on_progress: OnProgress | None = None,
     headers: dict[str, str] | None = None,
     on_event: OnEvent | None = None,
+    on_open: OnOpen | None = None,
 ) -> UpstreamReply:
     """Call the API once. Raises an UpstreamError subclass for every failure.
 
@@ -205,12 +207,13 @@ async def send_message(
     `request_timeout_s` applies. `on_progress(output_tokens, text)` is awaited after each
     content delta. `stream=False` is the plain call, for short jobs (`stream_min_max_tokens`).
     `headers`: the job's own (`call_headers`), over the session's defaults. `on_event(name,
-    data)` is awaited with each event before it is applied (the drop-in relay).
+    data)` is awaited with each event before it is applied, and `on_open(request_id)` called
+    once the event stream has started (the drop-in relay).
     """
     started = time.perf_counter()
     try:
         if stream:
-            hooks = (on_progress, on_event)
+            hooks = (on_progress, on_event, on_open)
             return await _stream(upstream, body, started, idle_timeout_s, hooks, headers)
         whole = {k: v for k, v in body.items() if k != "stream"}
         async with upstream.session.post(
@@ -321,7 +324,9 @@ async def _consume(
 ) -> None:
     """Read events until message_stop, each within `idle_timeout_s` of the one before, then
     the end of the body (briefly), so that the connection goes back to the pool."""
-    on_progress, on_event = hooks
+    on_progress, on_event, on_open = hooks
+    if on_open is not None:
+        on_open(response.headers.get("request-id"))
     loop = asyncio.get_running_loop()
     # Moving the timer costs more than parsing an event: move it at most every `step`, which
     # keeps the idle timeout exact to within `step` (a tenth of it, at most a second).

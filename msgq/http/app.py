@@ -29,7 +29,7 @@ from msgq.http.body_limit import BodyLimit
 from msgq.http.deps import AppState
 from msgq.http.metrics import API_REQUESTS
 from msgq.http.request_ids import RequestIds
-from msgq.http.streams import StreamLimit
+from msgq.http.streams import DROPIN_CALLS, StreamLimit
 from msgq.jobs.endings import Endings
 from msgq.jobs.store import JobStore
 from msgq.logs import register_secret
@@ -60,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
             batches=Batches(redis, store, settings),
             endings=endings,
             streams=StreamLimit(settings.max_streams_per_tenant),
+            dropin_calls=StreamLimit(settings.max_dropin_calls_per_tenant, DROPIN_CALLS),
         )
         for key in app.state.msgq.keys:
             register_secret(key)

@@ -31,6 +31,7 @@ class AppState:
     batches: Batches
     endings: Endings  # long poll, and SSE's shared subscription
     streams: StreamLimit  # SSE streams open per tenant
+    dropin_calls: StreamLimit  # drop-in calls (POST /v1/messages) waiting per tenant
 
 
 def state_of(request: Request) -> AppState:

@@ -77,11 +77,14 @@ def json_answer(call: DropinCall, error: DropinError) -> Response:
 
 
 class JobAnswer(Response):
-    """Runs `produce(send)` while listening for a disconnect; cleans up after either."""
+    """Runs `produce(send)` while listening for a disconnect; cleans up after either. `stack`
+    holds what the call owns until it ends (its slot in the tenant's cap; a stream's relay
+    subscription): closed once the answer is done."""
 
-    def __init__(self, call: DropinCall) -> None:
+    def __init__(self, call: DropinCall, stack: contextlib.AsyncExitStack) -> None:
         super().__init__(status_code=200)
         self.call = call
+        self.stack = stack
         self.gone = asyncio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -107,7 +110,9 @@ class JobAnswer(Response):
         await response(self.scope, _nothing, send)
 
     async def finish(self) -> None:
-        """The caller hung up before the end: cancel the job unless it has started."""
+        """Give back what the call held; the caller hung up before the end: cancel the job
+        unless it has started."""
+        await self.stack.aclose()  # a stream's relay: the worker's next publish turns it off
         if self.gone.is_set():
             canceled = await cancel_unstarted(self.call)
             log.info("dropin.caller_gone", job_id=self.call.job_id, canceled=canceled)

@@ -67,10 +67,19 @@ class RelayState:
         self.candidate: int | None = None
         self.held: bytes | None = None  # the candidate attempt's message_start
         self.finished = False
+        self.request_ids: dict[int, str] = {}  # the API's, per attempt, when the worker had it
+
+    @property
+    def request_id(self) -> str | None:
+        """The API's request ID of the attempt the caller follows."""
+        return None if self.committed is None else self.request_ids.get(self.committed)
 
     def feed(self, message: bytes) -> tuple[list[bytes], DropinError | None]:
         head, name_raw, data = message.split(b"\n", 2)
-        attempt, name = int(head), name_raw.decode()
+        attempt_raw, _, request_id = head.decode().partition(" ")
+        attempt, name = int(attempt_raw), name_raw.decode()
+        if request_id:
+            self.request_ids[attempt] = request_id
         if self.committed is None:
             return self._before_content(attempt, name, data), None
         if attempt != self.committed or name in ("message_start", RELAY_FAILED):
@@ -146,11 +155,10 @@ class StreamAnswer(JobAnswer):
     """The SSE answer; owns the relay subscription (`stack`) opened before the job was sent."""
 
     def __init__(
-        self, call: DropinCall, follower: Follower, stack: AsyncExitStack, *, ping_s: float
+        self, call: DropinCall, stack: AsyncExitStack, follower: Follower, *, ping_s: float
     ) -> None:
-        super().__init__(call)
+        super().__init__(call, stack)
         self.follower = follower
-        self.stack = stack
         self.ping_s = ping_s
         self.relay = RelayState()
         self.started = False  # the 200 and its headers have gone out
@@ -165,10 +173,6 @@ class StreamAnswer(JobAnswer):
             if self.started:
                 with contextlib.suppress(OSError):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def finish(self) -> None:
-        await self.stack.aclose()  # unsubscribe: the worker's next publish turns its relay off
-        await super().finish()
 
     async def _loop(self, send: Send, ending: asyncio.Task[JobRecord | None]) -> None:
         checked = time.monotonic()
@@ -222,9 +226,10 @@ class StreamAnswer(JobAnswer):
             return
         if not self.started:
             self.started = True
-            headers = [
-                (k.encode(), v.encode()) for k, v in {**SSE_HEADERS, **self.call.headers()}.items()
-            ]
+            # The API's request ID when the stream starts with the API's content (the usual case);
+            # msgq's own (the middleware's) when a ping had to go out first.
+            ours = {**SSE_HEADERS, **self.call.headers(self.relay.request_id)}
+            headers = [(k.encode(), v.encode()) for k, v in ours.items()]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
         self.sent_at = time.monotonic()

@@ -6,7 +6,8 @@ The key is a msgq tenant key (`x-api-key` or `Authorization: Bearer`); `anthropi
 `anthropic-beta` travel with the job. msgq's own options are headers an SDK can add without
 code changes (`default_headers`, `extra_headers`): `msgq-priority` (default: the tenant's
 configured default priority, else `interactive`, since someone is waiting), `msgq-lane`, and
-`Idempotency-Key`, which becomes the job ID, so a re-send is answered by the same job.
+`Idempotency-Key`, which becomes the job ID, so a re-send is answered by the same job. A W3C
+`traceparent` header puts the job in the caller's trace.
 """
 
 from __future__ import annotations
@@ -58,14 +59,22 @@ async def create_message(
         "anthropic_version": version,
         "betas": headers.betas,
         "workspace_id": headers.workspace_id,
+        # A W3C `traceparent` (as OpenTelemetry-instrumented SDK clients send) puts the job in
+        # the caller's trace, as on POST /v1/jobs; a malformed one is ignored.
+        "traceparent": request.headers.get("traceparent"),
+        "tracestate": request.headers.get("tracestate"),
     }
     internal = f"{tenant}:{job_id}"
-    if not streaming:
-        job = await state.client.submit(body, **options)
-        return WaitAnswer(_call(state, job, job_id))
-    # Subscribed before the job exists: its first event cannot be missed.
+    # The call holds a connection (and, streamed, a relay) until its job ends: bounded per
+    # tenant, so one tenant's thousands of waiting calls cannot take the process from others.
+    state.dropin_calls.acquire(tenant)
     stack = AsyncExitStack()
+    stack.callback(state.dropin_calls.release, tenant)
     try:
+        if not streaming:
+            job = await state.client.submit(body, **options)
+            return WaitAnswer(_call(state, job, job_id), stack)
+        # Subscribed before the job exists: its first event cannot be missed.
         follower = await stack.enter_async_context(
             state.endings.follow(internal, channel=relay_channel(internal))
         )
@@ -74,7 +83,7 @@ async def create_message(
         await stack.aclose()
         raise
     ping_s = state.settings.dropin_ping_s
-    return StreamAnswer(_call(state, job, job_id), follower, stack, ping_s=ping_s)
+    return StreamAnswer(_call(state, job, job_id), stack, follower, ping_s=ping_s)
 
 
 def _call(state: AppState, job: Submitted, job_id: str) -> DropinCall:
