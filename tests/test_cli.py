@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from msgq.client import Client
 from msgq.dev.stack import msgq_command
 from msgq.keys import health_check_key
+from msgq.liveness import live_workers
 from msgq.settings import Settings
 from tests.conftest import SAMPLES, Sim, StartWorker, eventually
 from tests.test_crash import BODY
@@ -68,10 +69,17 @@ async def test_submit_wait_status_result_jobs(
     assert listed.stdout.startswith("cli-1  succeeded")
 
 
-async def test_failed_job_exits_1(settings: Settings, sim: Sim, start_worker: StartWorker) -> None:
+async def test_failed_job_exits_1(
+    settings: Settings, redis: Redis, sim: Sim, start_worker: StartWorker
+) -> None:
     """A job that ends failed exits 1 with one line on stderr."""
     sim.script({"status": 400, "message": "nope"})
     await start_worker()
+
+    async def worker_seen() -> bool:  # else the CLI rightly warns that no worker is running
+        return await live_workers(redis, settings.queue_name) > 0
+
+    await eventually(worker_seen)
     done = await amsgq(settings, "submit", "-", "--wait", stdin=json.dumps(BODY))
     assert done.returncode == 1
     assert done.stderr.strip().endswith("failed") and len(done.stderr.strip().splitlines()) == 1

@@ -3,7 +3,8 @@
 One runs per fleet (a Redis lock, renewed by its holder and taken over if it dies). For each model
 class with waiting work it picks the next job by policy (`fair_share`), reserves its rate-limit
 capacity and its tenant's budget, then moves it in one Lua step with a ticket recording what it
-reserved (`worker.admission` settles or returns it exactly once).
+reserved (`worker.admission` settles or returns it exactly once). Jobs that need only capacity
+are admitted as a run, many in one step (`dispatch_admit`); every move wakes idle workers.
 - Capacity: whenever a limit is known for the class, configured or learned from the API's
   headers, each job is admitted against the fleet's buckets, so no worker slot ever holds a job
   that only waits for rate-limit capacity, and a late interactive job is admitted as soon as
