@@ -33,31 +33,39 @@ async def _script_calls(redis: Redis) -> int:
 async def test_a_run_is_admitted_in_one_step_until_capacity_runs_out(
     settings: Settings, client: Client, redis: Redis
 ) -> None:
-    """40 jobs waiting, capacity for 30 (rpm 30): one tick admits exactly 30, each with its
-    ticket, in a handful of script calls (one acquire and one move each would be 60); the 10
-    left keep their places, and fair share is charged for the 30 alone. A job whose payload
-    vanished before the tick is dropped from the scheduler, not admitted, and costs nothing."""
+    """40 bulk jobs waiting, capacity for 30 (rpm 30): one tick admits exactly 30, each with
+    its ticket, in a handful of script calls (one acquire and one move each would be 60); the
+    10 left keep their places. A job whose payload vanished before the tick is dropped from the
+    scheduler, not admitted. Fair share is charged for the 30 alone, however many ticks find no
+    capacity, so an interactive job that arrives later goes first when capacity returns."""
     custom = settings.model_copy(update={"rate_limits": {"haiku": {"rpm": 30}}})
     limiter = RateLimiter(redis, {"haiku": Limits(rpm=30)})
     dispatcher = Dispatcher(redis, JobStore.from_settings(redis, custom), custom, limiter)
-    ids = [(await client.submit(body(i))).id for i in range(41)]
+    ids = [(await client.submit(body(i), priority="bulk")).id for i in range(41)]
     gone = ids.pop(3)
     await redis.delete(arq_job_key(gone))
     calls = await _script_calls(redis)
     wait_s = await dispatcher.tick()
     assert 0 < wait_s <= 1.0  # the class waits for capacity
     assert await _script_calls(redis) - calls <= 4
-    admitted = {i.decode() for i in await redis.zrange(TICKETS_KEY, 0, -1)}
-    assert admitted == set(ids[:30])
+    admitted = await _tickets(redis)
+    assert len(admitted) == 30 and admitted < set(ids)
     waiting = {i.decode() for i in await redis.hkeys(SCHED_WHERE)}  # type: ignore[misc]
-    assert waiting == set(ids[30:])
-    counters = dispatcher.policy.vtc[("haiku", Priority.DEFAULT)]
+    assert waiting == set(ids) - admitted
     assert not dispatcher._run.heads  # nothing left collected after the tick
-    head_tokens = counters["_"] / 30
-    assert head_tokens > 0
-    await dispatcher.tick()  # no capacity yet: nothing more, and nothing charged
-    assert counters["_"] / 30 == head_tokens
-    assert await redis.zcard(TICKETS_KEY) == 30
+    charged = dispatcher.policy.vtc[("haiku", Priority.BULK)]["_"]
+    for _ in range(3):  # no capacity: nothing more, and nothing charged
+        await dispatcher.tick()
+    assert dispatcher.policy.vtc[("haiku", Priority.BULK)]["_"] == charged
+    assert dispatcher.policy.credit[("haiku", Priority.BULK)] == 0.0
+    urgent = (await client.submit(body(99), priority="interactive")).id
+    await limiter.settle("claude-haiku-4-5", input_delta=0, output_delta=0, requests=1)
+    await dispatcher.tick()  # capacity for one job: the interactive one
+    assert await _tickets(redis) == {*admitted, urgent}
+
+
+async def _tickets(redis: Redis) -> set[str]:
+    return {i.decode() for i in await redis.zrange(TICKETS_KEY, 0, -1)}
 
 
 async def test_an_idle_worker_is_woken_when_a_job_is_made_ready(

@@ -28,7 +28,7 @@ from msgq.keys import (
     arq_job_key,
 )
 from worker.dispatch_queues import ADMITTED_TTL_S, Head
-from worker.fair_share import FairShare
+from worker.fair_share import FairShare, PolicyState
 from worker.ratelimit import ACQUIRE_STEP, RateLimiter
 
 ADMIT_RUN = 64  # jobs per Lua step at most: the step stays well under a millisecond
@@ -89,15 +89,30 @@ class AdmitRun:
         self.limiter, self.policy, self.queue_name = limiter, policy, queue_name
         self._script = redis.register_script(ADMIT_MANY)
         self.heads: list[Head] = []
+        self._before: PolicyState | None = None
+
+    def add(self, head: Head) -> None:
+        """Collect a job, before the policy charges it (as chosen)."""
+        if not self.heads:
+            self._before = self.policy.snapshot()
+        self.heads.append(head)
 
     def full(self) -> bool:
         return len(self.heads) >= ADMIT_RUN
 
+    def discard(self) -> None:
+        """Drop the run unadmitted (an error before its flush): its jobs stay queued."""
+        if self.heads and self._before is not None:
+            self.policy.restore(self._before)
+        self.heads, self._before = [], None
+
     async def flush(self, now_ms: int) -> tuple[int, float | None]:
         """(jobs moved, None) when every job was admitted or had left; else the seconds the
-        first job that could not be admitted must wait. The policy was charged for each job as
-        it was chosen: the charge is taken back for each one that was not moved."""
-        heads, self.heads = self.heads, []
+        first job that could not be admitted must wait. The policy charged each job as it was
+        chosen; when some were not moved, it is put back as it was before the run and charged
+        for the moved ones alone, in order, so it is exactly as if only those had been chosen."""
+        heads, before = self.heads, self._before
+        self.heads, self._before = [], None
         if not heads:
             return 0, None
         model = heads[0].estimate.model
@@ -114,10 +129,12 @@ class AdmitRun:
             args += self._args(head, now_ms)
         statuses, wait_ms, _why = await self._script(keys=keys, args=args)
         looked = [int(status) for status in statuses]  # the rest were not reached
-        for i, head in enumerate(heads):
-            if i >= len(looked) or not looked[i]:
-                self.policy.unserve(head)
         moved = sum(looked)
+        if moved < len(heads) and before is not None:
+            self.policy.restore(before)
+            for head, status in zip(heads, looked, strict=False):
+                if status:
+                    self.policy.served(head)
         return moved, (min(int(wait_ms) / 1000, 1.0) if int(wait_ms) > 0 else None)
 
     def _args(self, head: Head, now_ms: int) -> list[Any]:

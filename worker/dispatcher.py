@@ -268,14 +268,17 @@ class Dispatcher:
                     return await self._flush(plain) or 0.0  # re-read: more may wait, stay fair
             return await self._flush(plain) or 0.0  # re-read: more may wait behind the heads
         finally:
-            run.heads.clear()  # a run not flushed (an error): its jobs stay queued
+            run.discard()  # a run not flushed (an error): its jobs stay queued, uncharged
             await self._move_plain(plain)
 
     async def _take(self, head: Head, limited: bool, plain: list[Head]) -> bool | float:
         """Admit one head, or add it to the run (or the plain move) to be admitted with others.
         True: taken. False: skipped (its tenant blocked, or it had left). A float: wait."""
         if not self._needs_ticket(head):  # charged now; a run's job not admitted is given back
-            (self._run.heads if limited else plain).append(head)
+            if limited:
+                self._run.add(head)
+            else:
+                plain.append(head)
             return True
         if (wait := await self._flush(plain)) is not None:
             return wait  # admitted in order: the run before this head came first

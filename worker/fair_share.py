@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 from msgq.tenancy.tenants import Tenants
 from schemas import Priority
 from worker.dispatch_queues import Head
 
 ORDER = (Priority.INTERACTIVE, Priority.DEFAULT, Priority.BULK)
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    vtc: dict[tuple[str, Priority], dict[str, float]]
+    credit: dict[tuple[str, Priority], float]
 
 
 class FairShare:
@@ -70,19 +77,16 @@ class FairShare:
                 0.0, self.credit[(head.cls, head.priority)] - head.tokens
             )
 
-    def unserve(self, head: Head) -> None:
-        """Take back `served(head)`: the job was charged when chosen but was not admitted."""
-        weight = self.tenants.get(head.tenant).weight
-        counters = self.vtc[(head.cls, head.priority)]
-        if head.tenant in counters:
-            counters[head.tenant] = max(0.0, counters[head.tenant] - head.tokens / weight)
-        rank = ORDER.index(head.priority)
-        share = self.bulk_floor_share
-        for lower in ORDER[rank + 1 :]:
-            credit = self.credit[(head.cls, lower)] - head.tokens * share / (1 - share)
-            self.credit[(head.cls, lower)] = max(0.0, credit)
-        if rank > 0:
-            self.credit[(head.cls, head.priority)] += head.tokens
+    def snapshot(self) -> PolicyState:
+        """The counters as they are, to go back to (`restore`) when jobs charged tentatively
+        (a run being collected) turn out not to be admitted."""
+        return PolicyState(
+            {key: dict(counters) for key, counters in self.vtc.items()}, dict(self.credit)
+        )
+
+    def restore(self, state: PolicyState) -> None:
+        self.vtc = defaultdict(dict, {k: dict(c) for k, c in state.vtc.items()})
+        self.credit = defaultdict(float, state.credit)
 
     def forget_idle_credit(self, cls: str, heads: list[Head]) -> None:
         present = {h.priority for h in heads}
