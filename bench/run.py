@@ -37,6 +37,7 @@ from bench.harness import (
     workers,
 )
 from bench.noop import arq_noop_jobs_per_s
+from bench.notes import NOTES
 from bench.streaming import report as streaming_report
 from bench.ui import page_times as ui_page_times
 from msgq.client import Client
@@ -345,57 +346,6 @@ async def main() -> None:
                 "msgq, 1 worker (uvloop), tracing on": {"MSGQ_UVLOOP": "true", **sink},
             },
         )
-
-
-NOTES = """### How to read these
-
-- **Utilisation** compares the wall time with the best any client could do against the same
-  token bucket: spend the full bucket (a minute's worth) at once, then exactly the refill rate.
-  `wall/(N/limit)` is below 1 for everyone because the bucket starts full. The SDK baseline
-  looks "faster" only because it gives up: after its two default retries it drops the request
-  (`lost`), and more than half of its calls were answered 429.
-- **Ceiling**: two measurements, each in 3 interleaved rounds (raw loop, then msgq) with
-  medians, because a single run on this shared 2-core machine swings by ±15%. "Ceiling end to
-  end" submits and awaits 2,000 jobs in one wave, so the producer's own CPU shares the cores
-  with the worker, Redis and the simulator. "Ceiling" (the issue's method) pre-enqueues 3,000
-  jobs and times the records from the first `started_at` to the last `finished_at`, against a
-  bare httpx loop at concurrency 16. History on this machine, same method: **0.51** (asyncio) /
-  0.60 (uvloop) at the start of the work, with 46.9 Redis commands, 12.8 socket reads (≈ round
-  trips) and 450 µs of Redis CPU per job; 0.73 / 0.77 after the first levers (one
-  compare-and-set script per record transition, one pipelined pick-up read, arq's pick-up as one
-  script, fewer index writes, the dispatcher moving many jobs per script, short calls not
-  streamed), at 7.0 round trips and ~310 µs. The rest of the way: (1) arq's per-job path
-  replaced in `MsgqWorker` (one script claims every free slot's job and reads the payload, the
-  try counter, the abort flag and msgq's record, ticket and pause flags with it; the terminal
-  record's write also ends the job in arq's queue; one heartbeat per worker; one round trip
-  per poll), 2.6 round trips a job; (2) redis-py 5.3's pool-wide lock around every connection
-  checkout bypassed (redis-py #3692, fixed upstream after the 5.x line arq pins): it queued
-  the worker's jobs behind each other; (3) the API calls spread over 8 small httpx clients:
-  httpcore's pool walks every connection and waiting request on each call and each release, so
-  one client at 16 calls in flight costs ~1.6 ms of CPU a call and runs ~600 calls/s, where 8
-  clients run ~1,550/s. That last lever is why msgq now runs *faster* than the issue's raw
-  loop; the second raw row splits the raw loop the same way, as the honest upper bound of a
-  zero-latency client on this machine: against it msgq's own work (3 record/queue round trips,
-  validation, the record's JSON) shows.
-- **Latency** is arq's poll delay plus one Redis round trip: `MSGQ_POLL_DELAY_S` (10 ms default,
-  arq's is 500 ms) trades idle Redis load (100 polls/s per idle worker) for latency.
-- **Memory**: the caption payload is a 1568 px JPEG of random noise, the worst case; a real photo
-  at that size is typically 200-400 KB. Records keep the Message, not the request or image.
-- **Streaming**: the table forces streaming on and off (msgq streams from `max_tokens`
-  1,024 by default). At zero latency the cost is per event (parsing SSE in
-  Python): short replies cost the ceiling little; 500-token replies at full speed show the
-  per-event CPU. The real API paces events (tens per second per stream), far below what one
-  worker parses. Redis: a long job adds its progress writes (about one a second), a few
-  PUBLISHes and limiter settlements; a job under a second adds nothing but the call.
-- **Scale-out**: one worker is limited by its own concurrency (16 x latency), not the limiter;
-  from two workers on, utilisation stays flat as workers are added, with no 429s.
-- **Batch lane**: the same images and prompt give the same captions in both lanes, and the
-  batch total is exactly half (every price halved, cache writes and reads included). The 2,000
-  jobs went out in 2 upstream batches (the pool flushed 5 s after its first job, while the
-  caption run was still submitting) and reached `/v1/messages` zero times. Reading results is
-  flat: 10,000 and 100,000 lines peak at the same RSS (the 10 MiB above an idle process is the
-  event loop, the HTTP client and its buffers), where reading the body whole grows with it.
-"""
 
 
 if __name__ == "__main__":

@@ -115,7 +115,9 @@ class Settings(BaseSettings):
         default=15.0, description="in-progress lock; a heartbeat extends it while the job runs"
     )
     poll_delay_s: float = Field(
-        default=0.01, description="idle poll interval: latency floor vs Redis load (arq: 0.5)"
+        default=0.01,
+        description="idle poll interval, for jobs nobody announces (raw producers, retries "
+        "coming due); the dispatcher wakes idle workers at once for the jobs it admits",
     )
     shutdown_grace_s: int = Field(default=60, description="SIGTERM: wait this long for jobs")
     retention_s: int = Field(default=7 * 24 * 3600, description="keep records after a job ends")
