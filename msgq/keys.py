@@ -101,6 +101,7 @@ def progress_channel(job_id: str) -> str:
 
 
 RELAY_FAILED = "msgq_failed"  # a relayed attempt failed after its first event (never an API event)
+RELAY_REQUEST_ID = "msgq_request_id"  # a relayed attempt's API request ID, before its events
 
 
 def relay_channel(job_id: str) -> str:

@@ -2,11 +2,13 @@
 
 `POST /v1/messages` with `stream: true` subscribes to the job's relay channel before it submits
 the job, so the API process hears every event of every attempt. Each message is
-`attempt[ request-id]\\nevent name\\nraw data` (bytes, no re-encoding: what the API sent is what
-the caller gets); the API's request ID rides along so the caller's `request-id` header can be
-the API's, as it would have been without msgq. An attempt that fails after its first event ends
-with a `msgq_failed` marker carrying the error, so the API process can tell a retry from a slow
-answer without reading the record.
+`attempt\\nevent name\\nraw data` (bytes, no re-encoding: what the API sent is what the caller
+gets). Before its events an attempt announces the API's request ID (`msgq_request_id`), so the
+caller's `request-id` header can be the API's, as it would have been without msgq; an API
+process of the previous release ignores it (it comes before any `message_start`), so workers
+and API processes can be upgraded in either order. An attempt that fails after its first event
+ends with a `msgq_failed` marker carrying the error, so the API process can tell a retry from a
+slow answer without reading the record.
 
 Best effort and cheap when nobody listens: the first PUBLISH that reaches no subscriber (the
 caller hung up, or the job was submitted some other way) turns the relay off for the attempt.
@@ -21,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from msgq.errors import UpstreamError
-from msgq.keys import RELAY_FAILED, relay_channel
+from msgq.keys import RELAY_FAILED, RELAY_REQUEST_ID, relay_channel
 
 log = structlog.get_logger("msgq.job")
 
@@ -32,19 +34,18 @@ class Relay:
     def __init__(self, redis: Redis, job_id: str, attempt: int) -> None:
         self.redis = redis
         self.channel = relay_channel(job_id)
-        self.attempt = attempt
         self.prefix = f"{attempt}\n".encode()
         self.on = True
         self.started = False
         self.finished = False
 
-    def opened(self, request_id: str | None) -> None:
-        """The attempt's answer has started: its events carry the API's request ID (a plain
-        token only: it is put in the caller's headers)."""
-        if request_id and len(request_id) <= 200 and request_id.isascii():
-            if not request_id.isprintable() or " " in request_id:
-                return
-            self.prefix = f"{self.attempt} {request_id}\n".encode()
+    async def opened(self, request_id: str | None) -> None:
+        """The attempt's answer has started: announce the API's request ID (a plain token
+        only: it goes into the caller's headers)."""
+        if not (self.on and request_id and len(request_id) <= 200 and request_id.isascii()):
+            return
+        if request_id.isprintable() and " " not in request_id:
+            await self._publish(RELAY_REQUEST_ID, request_id.encode())
 
     async def __call__(self, name: str, data: str) -> None:
         if not self.on or name in ("ping", "error"):

@@ -62,7 +62,7 @@ __all__ = [
 
 OnProgress = Callable[[int, str], Awaitable[None]]
 OnEvent = Callable[[str, str], Awaitable[None]]  # (event name, its raw data), as received
-OnOpen = Callable[[str | None], None]  # the answer's `request-id`, once it has started
+OnOpen = Callable[[str | None], Awaitable[None]]  # the answer's `request-id`, once it started
 Hooks = tuple[OnProgress | None, OnEvent | None, OnOpen | None]
 LARGE_BODY_BYTES = 1024 * 1024  # aiohttp warns about raw bytes bodies above this
 # What fails a call before or during its answer. TimeoutError (aiohttp's connect and read
@@ -208,7 +208,7 @@ async def send_message(
     content delta. `stream=False` is the plain call, for short jobs (`stream_min_max_tokens`).
     `headers`: the job's own (`call_headers`), over the session's defaults. `on_event(name,
     data)` is awaited with each event before it is applied, and `on_open(request_id)` called
-    once the event stream has started (the drop-in relay).
+    once the event stream has started, before its events (the drop-in relay).
     """
     started = time.perf_counter()
     try:
@@ -326,7 +326,7 @@ async def _consume(
     the end of the body (briefly), so that the connection goes back to the pool."""
     on_progress, on_event, on_open = hooks
     if on_open is not None:
-        on_open(response.headers.get("request-id"))
+        await on_open(response.headers.get("request-id"))
     loop = asyncio.get_running_loop()
     # Moving the timer costs more than parsing an event: move it at most every `step`, which
     # keeps the idle timeout exact to within `step` (a tenth of it, at most a second).

@@ -39,7 +39,7 @@ from msgq.http.dropin_answer import (
 )
 from msgq.http.dropin_errors import DropinError, budget_wait_error, record_error
 from msgq.jobs.endings import Follower
-from msgq.keys import RELAY_FAILED
+from msgq.keys import RELAY_FAILED, RELAY_REQUEST_ID
 from schemas import JobRecord, JobStatus
 
 TICK_S = 0.25  # longest the loop waits for an event before it looks at the job and the caller
@@ -76,10 +76,10 @@ class RelayState:
 
     def feed(self, message: bytes) -> tuple[list[bytes], DropinError | None]:
         head, name_raw, data = message.split(b"\n", 2)
-        attempt_raw, _, request_id = head.decode().partition(" ")
-        attempt, name = int(attempt_raw), name_raw.decode()
-        if request_id:
-            self.request_ids[attempt] = request_id
+        attempt, name = int(head), name_raw.decode()
+        if name == RELAY_REQUEST_ID:  # before the attempt's events: not one of them
+            self.request_ids[attempt] = data.decode(errors="replace")
+            return [], None
         if self.committed is None:
             return self._before_content(attempt, name, data), None
         if attempt != self.committed or name in ("message_start", RELAY_FAILED):
