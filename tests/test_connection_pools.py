@@ -4,7 +4,9 @@ lock, and the API calls over one aiohttp session that may open `max_jobs * 2` co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -16,6 +18,23 @@ from msgq.dev.embedded_redis import free_port
 from msgq.errors import InvalidResponseError, UnavailableError
 from msgq.settings import Settings
 from worker.upstream import Upstream, send_message
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+@contextlib.asynccontextmanager
+async def messages_server(handler: Handler) -> AsyncIterator[str]:
+    """A server on a loopback port answering `POST /v1/messages` with `handler`: its URL."""
+    app = web.Application()
+    app.router.add_post("/v1/messages", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 async def test_a_slow_connection_check_does_not_hold_up_other_commands(redis_url: str) -> None:
@@ -71,37 +90,27 @@ async def test_api_calls_share_one_session_of_twice_max_jobs_connections(
         open_now -= 1
         return web.json_response({"not": "a Message"})
 
-    app = web.Application()
-    app.router.add_post("/v1/messages", hold)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    upstream = Upstream(
-        settings.model_copy(
-            update={"max_jobs": 16, "anthropic_base_url": f"http://127.0.0.1:{port}"}
-        )
-    )
-    try:
-        calls = [
-            asyncio.create_task(send_message(upstream, {"model": "m"}, stream=False))
-            for _ in range(40)
-        ]
-        for _ in range(100):
-            if open_now >= 32:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)  # room for any call beyond the limit to arrive
-        assert (open_now, peak) == (32, 32)
-        release.set()
-        for call in calls:
-            with pytest.raises(InvalidResponseError):
-                await call
-        assert peak == 32
-    finally:
-        release.set()
-        await upstream.aclose()
-        await runner.cleanup()
+    async with messages_server(hold) as url:
+        upstream = Upstream(settings.model_copy(update={"max_jobs": 16, "anthropic_base_url": url}))
+        try:
+            calls = [
+                asyncio.create_task(send_message(upstream, {"model": "m"}, stream=False))
+                for _ in range(40)
+            ]
+            for _ in range(100):
+                if open_now >= 32:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # room for any call beyond the limit to arrive
+            assert (open_now, peak) == (32, 32)
+            release.set()
+            for call in calls:
+                with pytest.raises(InvalidResponseError):
+                    await call
+            assert peak == 32
+        finally:
+            release.set()
+            await upstream.aclose()
 
 
 async def test_the_session_verifies_tls_by_default(settings: Settings) -> None:
@@ -136,29 +145,23 @@ async def test_calls_go_through_the_proxy_the_environment_names(
         }
         return web.json_response(message)
 
-    app = web.Application()
-    app.router.add_post("/v1/messages", proxy)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    remote = settings.model_copy(update={"anthropic_base_url": "http://api.msgq-test.invalid"})
-    upstream = Upstream(remote)
-    try:
-        reply = await send_message(upstream, {"model": "m"}, stream=False)
-        assert reply.message["id"] == "msg_proxy"
-        assert seen and seen[0].startswith("http://api.msgq-test.invalid")
-    finally:
-        await upstream.aclose()
-    monkeypatch.setenv("NO_PROXY", "api.msgq-test.invalid")
-    direct = Upstream(remote)
-    try:
-        with pytest.raises(UnavailableError):
-            await send_message(direct, {"model": "m"}, stream=False)
-        assert len(seen) == 1
-    finally:
-        await direct.aclose()
-        await runner.cleanup()
+    async with messages_server(proxy) as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        remote = settings.model_copy(update={"anthropic_base_url": "http://api.msgq-test.invalid"})
+        upstream = Upstream(remote)
+        try:
+            reply = await send_message(upstream, {"model": "m"}, stream=False)
+            assert reply.message["id"] == "msg_proxy"
+            assert seen and seen[0].startswith("http://api.msgq-test.invalid")
+        finally:
+            await upstream.aclose()
+        monkeypatch.setenv("NO_PROXY", "api.msgq-test.invalid")
+        direct = Upstream(remote)
+        try:
+            with pytest.raises(UnavailableError):
+                await send_message(direct, {"model": "m"}, stream=False)
+            assert len(seen) == 1
+        finally:
+            await direct.aclose()
