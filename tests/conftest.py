@@ -259,6 +259,15 @@ async def api(api_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
+async def http(api_server: str) -> AsyncIterator[httpx.AsyncClient]:
+    """Plain httpx against `api_server` over real HTTP, as tenant A."""
+    async with httpx.AsyncClient(
+        base_url=api_server, headers={"x-api-key": KEY_A}, timeout=30
+    ) as client:
+        yield client
+
+
+@pytest.fixture
 async def api_server(api_settings: Settings) -> AsyncIterator[str]:
     """The API served by uvicorn on a loopback port, in this event loop (real HTTP)."""
     import uvicorn

@@ -5,7 +5,6 @@ must not take the process from the others."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -13,21 +12,13 @@ import pytest
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import KEY_A, KEY_B, Sim, eventually
+from tests.conftest import KEY_B, Sim, eventually
 from tests.test_dropin_life import TEXT, hang_up, status_is
 
 
 @pytest.fixture
 def api_settings(api_settings: Settings) -> Settings:
     return api_settings.model_copy(update={"dropin_ping_s": 0.2, "max_dropin_calls_per_tenant": 2})
-
-
-@pytest.fixture
-async def http(api_server: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=api_server, headers={"x-api-key": KEY_A}, timeout=30
-    ) as client:
-        yield client
 
 
 def keyed(key: str) -> dict[str, str]:

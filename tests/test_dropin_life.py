@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -17,7 +16,7 @@ from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets
 from msgq.tenancy.tenants import TenantConfig
 from schemas import JobRecord, JobStatus
-from tests.conftest import KEY_A, SAMPLES, Sim, StartWorker, eventually
+from tests.conftest import SAMPLES, Sim, StartWorker, eventually
 from tests.test_dropin_sdk import ended, sdk, stored
 
 TEXT: dict[str, Any] = json.loads((SAMPLES / "requests" / "text.json").read_text())
@@ -26,14 +25,6 @@ TEXT: dict[str, Any] = json.loads((SAMPLES / "requests" / "text.json").read_text
 @pytest.fixture
 def api_settings(api_settings: Settings) -> Settings:
     return api_settings.model_copy(update={"dropin_ping_s": 0.2})
-
-
-@pytest.fixture
-async def http(api_server: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=api_server, headers={"x-api-key": KEY_A}, timeout=30
-    ) as client:
-        yield client
 
 
 async def status_is(store: JobStore, job_id: str, *wanted: JobStatus) -> JobRecord:
