@@ -27,7 +27,7 @@ from msgq.keys import (
     admitted_key,
     arq_job_key,
 )
-from worker.dispatch_queues import ADMITTED_TTL_S, Head
+from worker.dispatch_queues import ADMITTED_TTL_S, MOVE_ONE, Head
 from worker.fair_share import FairShare, PolicyState
 from worker.ratelimit import ACQUIRE_STEP, RateLimiter
 
@@ -41,6 +41,7 @@ ADMIT_RUN = 64  # jobs per Lua step at most: the step stays well under a millise
 # stops at the first job that must wait (wait_ms > 0), which stays where it is.
 ADMIT_MANY = (
     ACQUIRE_STEP
+    + MOVE_ONE
     + """
 local statuses, moved = {}, 0
 local wait, why = 0, ''
@@ -48,29 +49,18 @@ for i = 4, #ARGV, 5 do
   local queue, payload, ticket, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local a = cjson.decode(ARGV[i + 4])
   local id = a[8]
-  if not redis.call('ZSCORE', queue, id) then
-    statuses[#statuses + 1] = 0
-  elseif redis.call('EXISTS', payload) == 0 then
-    redis.call('ZREM', queue, id)
-    redis.call('HDEL', KEYS[5], id)
-    redis.call('HDEL', KEYS[6], id)
-    redis.call('ZREM', KEYS[7], id)
-    statuses[#statuses + 1] = 0
-  else
+  local k = {queue, KEYS[4], KEYS[5], KEYS[6], ticket, payload, KEYS[7], KEYS[8]}
+  if redis.call('ZSCORE', queue, id) and redis.call('EXISTS', payload) == 1 then
     local r = acquire(KEYS[1], KEYS[2], KEYS[3], a)
     if r[1] > 0 then
       wait, why = r[1], r[2]
       break
     end
-    redis.call('ZREM', queue, id)
-    redis.call('HDEL', KEYS[5], id)
-    redis.call('HDEL', KEYS[6], id)
-    redis.call('ZREM', KEYS[7], id)
-    redis.call('SET', ticket, value, 'EX', ARGV[2])
-    redis.call('ZADD', KEYS[8], ARGV[3], id)
-    redis.call('ZADD', KEYS[4], ARGV[3], id)
-    moved = moved + 1
+    moved = moved + move_one(k, id, value, ARGV[2], ARGV[3])
     statuses[#statuses + 1] = 1
+  else  -- it had left, or its payload is gone: move_one drops it from the scheduler
+    move_one(k, id, value, ARGV[2], ARGV[3])
+    statuses[#statuses + 1] = 0
   end
 end
 if moved > 0 then redis.call('PUBLISH', ARGV[1], moved) end

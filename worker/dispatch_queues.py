@@ -12,23 +12,35 @@ from schemas import Priority
 ADMITTED_TTL_S = 3600
 HEADS_PER_QUEUE = 64
 
-# KEYS: scheduler queue, arq queue, where, est, admitted marker, arq job payload, deadlines,
-# the tickets index.
-# ARGV: job id, score ms, admitted value, admitted ttl s, the workers' wake channel. 1 when
-# moved (and the idle workers are woken); 0 when the job had left (canceled, expired) or its
-# payload is gone, so nothing is admitted twice or for nothing.
-MOVE = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('ZREM', KEYS[7], ARGV[1])
-if redis.call('EXISTS', KEYS[6]) == 0 then return 0 end
-redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[4])
-redis.call('ZADD', KEYS[8], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('PUBLISH', ARGV[5], 1)
-return 1
+# `move_one(k, id, value, ttl, score)`, k = {scheduler queue, arq queue, where, est, admitted
+# marker, arq job payload, deadlines, the tickets index}: 1 when moved with its ticket; 0 when
+# the job had left (canceled, expired) or its payload is gone (then it is dropped from the
+# scheduler), so nothing is admitted twice or for nothing. Shared with the run's admission
+# (worker.dispatch_admit), which moves many in one step.
+MOVE_ONE = """
+local function move_one(k, id, value, ttl, score)
+  if redis.call('ZREM', k[1], id) == 0 then return 0 end
+  redis.call('HDEL', k[3], id)
+  redis.call('HDEL', k[4], id)
+  redis.call('ZREM', k[7], id)
+  if redis.call('EXISTS', k[6]) == 0 then return 0 end
+  redis.call('SET', k[5], value, 'EX', ttl)
+  redis.call('ZADD', k[8], score, id)
+  redis.call('ZADD', k[2], score, id)
+  return 1
+end
 """
+
+# KEYS: as `move_one`'s k. ARGV: job id, score ms, admitted value, admitted ttl s, the workers'
+# wake channel. The idle workers are woken when it moved.
+MOVE = (
+    MOVE_ONE
+    + """
+local moved = move_one(KEYS, ARGV[1], ARGV[3], ARGV[4], ARGV[2])
+if moved == 1 then redis.call('PUBLISH', ARGV[5], 1) end
+return moved
+"""
+)
 
 
 # KEYS: arq queue, where, est, deadlines. ARGV: score ms, the workers' wake channel, then (job id,
