@@ -87,7 +87,7 @@ READER = (
     PEAK
     + """
 import asyncio, sys, httpx, orjson
-from worker.batch_api import BatchApi
+from worker.lane.api import BatchApi
 
 async def main(url, key, batch, whole):
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
@@ -127,7 +127,7 @@ async def results_memory() -> list[list[Any]]:
             for lines in (10_000, 100_000):
                 body = {"requests": [{"custom_id": f"r{i}", "params": small} for i in range(lines)]}
                 ids[lines] = (await http.post("/v1/messages/batches", json=body)).json()["id"]
-        imports = "import httpx, orjson, worker.batch_api\n"
+        imports = "import httpx, orjson, worker.lane.api\n"
         idle = _rss_kib(["-c", PEAK + imports + "print(0, 0, peak_kib())"])
         for lines, mode in ((10_000, "stream"), (100_000, "stream"), (100_000, "whole")):
             count, size, peak = _rss_kib(["-c", READER, sim, KEY, ids[lines], mode])

@@ -29,9 +29,9 @@ from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets
 from msgq.tenancy.tenants import load_tenants
 from schemas import JobRecord
-from worker.dispatch_queues import Head
-from worker.dispatcher import Dispatcher
-from worker.fair_share import FairShare
+from worker.dispatch.dispatcher import Dispatcher
+from worker.dispatch.fair_share import FairShare
+from worker.dispatch.queues import Head
 from worker.ratelimit import Limits, RateLimiter
 
 Table = Callable[[str, list[str], list[list[Any]]], None]

@@ -29,7 +29,7 @@ MODELS_KEY = KEY_PREFIX + "models"  # JSON: GET /v1/models as a worker last read
 EXPIRING_KEY = KEY_PREFIX + "expiring"
 
 
-# The fair-share scheduler (msgq.tenancy.scheduling, worker.dispatcher).
+# The fair-share scheduler (msgq.tenancy.scheduling, worker.dispatch.dispatcher).
 SCHED_BACKLOG = KEY_PREFIX + "sched:backlog"  # SET of scheduler queue keys that may hold jobs
 SCHED_WHERE = KEY_PREFIX + "sched:where"  # HASH job id -> the scheduler queue key holding it
 SCHED_EST = KEY_PREFIX + "sched:est"  # HASH job id -> JSON admission estimate
@@ -106,7 +106,7 @@ RELAY_REQUEST_ID = "msgq_request_id"  # a relayed attempt's API request ID, befo
 
 def relay_channel(job_id: str) -> str:
     """Pub/sub: a drop-in stream's events as the worker receives them from the API (see
-    worker.progress.Relay); only published while the API process that asked for them listens."""
+    worker.job.progress.Relay); only published while the API process that asked for them listens."""
     return f"{KEY_PREFIX}relay:{job_id}"
 
 
@@ -169,7 +169,7 @@ def health_check_key(queue_name: str) -> str:
     return queue_name + arq_format.HEALTH_CHECK_SUFFIX
 
 
-# The batch lane (msgq.lanes, worker.batcher, worker.batch_poller).
+# The batch lane (msgq.lanes, worker.lane.pool, worker.lane.poller).
 LANE_POOL = KEY_PREFIX + "lane:pool"  # ZSET job id -> ms pooled: batch-lane jobs not yet sent
 LANE_POOL_BYTES = KEY_PREFIX + "lane:pool:bytes"  # the pooled specs' total size
 LANE_WHERE = KEY_PREFIX + "lane:where"  # HASH job id -> "pool" or the msgq upstream-batch handle

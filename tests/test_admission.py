@@ -27,7 +27,7 @@ from msgq.tenancy.tenants import parse_tenants
 from schemas import JobRecord, JobStatus
 from tests.conftest import Sim, StartWorker, eventually
 from tests.test_fair_share import tenants_file
-from worker.dispatcher import Dispatcher
+from worker.dispatch.dispatcher import Dispatcher
 from worker.ratelimit import Limits, RateLimiter
 
 BODY = {

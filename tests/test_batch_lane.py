@@ -25,7 +25,7 @@ from msgq.settings import Settings
 from schemas import JobRecord, JobStatus, Lane
 from tests.conftest import SAMPLES, TEST_API_KEY, Sim, StartWorker, eventually
 from tests.images import image_bytes
-from worker.batch_api import BatchApi
+from worker.lane.api import BatchApi
 from worker.reconciler import Reconciler
 
 TEXT = json.loads((SAMPLES / "requests" / "text.json").read_text())

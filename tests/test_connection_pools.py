@@ -17,7 +17,7 @@ from msgq.connections import FastConnectionPool, connect
 from msgq.dev.embedded_redis import free_port
 from msgq.errors import InvalidResponseError, UnavailableError
 from msgq.settings import Settings
-from worker.upstream import Upstream, send_message
+from worker.upstream.client import Upstream, send_message
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 

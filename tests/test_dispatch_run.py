@@ -1,5 +1,5 @@
-"""Admission of a run of jobs in one step (worker.dispatch_admit) and the wake that tells idle
-workers about them (worker.arq_wake): the two hops between a job's admission and its call."""
+"""Admission of a run of jobs in one step (worker.dispatch.admit) and the wake that tells idle
+workers about them (worker.queue.wake): the two hops between a job's admission and its call."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from msgq.keys import SCHED_WHERE, TICKETS_KEY, arq_job_key
 from msgq.settings import Settings
 from schemas import JobStatus, Priority
 from tests.conftest import StartWorker
-from worker.dispatcher import Dispatcher
+from worker.dispatch.dispatcher import Dispatcher
 from worker.ratelimit import Limits, RateLimiter
 
 BODY = {"model": "claude-haiku-4-5", "max_tokens": 64, "messages": []}

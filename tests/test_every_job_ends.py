@@ -16,8 +16,8 @@ from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import Sim, StartWorker, eventually
 from tests.test_crash import spawn_worker
+from worker.job.task import ceiling_s
 from worker.process import build_worker
-from worker.tasks import ceiling_s
 
 BODY = {
     "model": "claude-haiku-4-5",

@@ -24,7 +24,7 @@ from msgq.tenancy.tenants import parse_tenants
 from schemas import JobStatus
 from tests.conftest import Sim, eventually, stop_workers, worker_env
 from tests.test_reconcile_audit import spawn
-from worker.dispatcher import Dispatcher
+from worker.dispatch.dispatcher import Dispatcher
 from worker.ratelimit import Limits, RateLimiter
 
 BODY = {

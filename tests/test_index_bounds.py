@@ -28,7 +28,7 @@ from msgq.settings import Settings
 from schemas import JobStatus
 from schemas.batches import BatchCreate
 from tests.conftest import SAMPLES, eventually
-from worker import batch_adopt
+from worker.lane import adopt as batch_adopt
 from worker.reconciler import Reconciler
 
 BODY = json.loads((SAMPLES / "requests" / "text.json").read_text())

@@ -20,7 +20,7 @@ from msgq.errors import InvalidJobError, RejectedError
 from msgq.model_catalog import load_catalog
 from msgq.settings import Settings
 from tests.conftest import SAMPLES, Sim, StartWorker, eventually
-from worker import models_refresh
+from worker.upstream import models as models_refresh
 
 TEXT = json.loads((SAMPLES / "requests" / "text.json").read_text())
 

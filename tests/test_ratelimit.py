@@ -16,7 +16,7 @@ from msgq.keys import PAUSE_KEY
 from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import Sim, StartWorker, eventually
-from worker.concurrency import AdaptiveConcurrency
+from worker.job.concurrency import AdaptiveConcurrency
 from worker.ratelimit import Limits, RateLimiter
 
 BODY = {

@@ -253,7 +253,7 @@ async def test_poison_job_fails_after_its_attempts_and_worker_serves_on(
     monkeypatch: pytest.MonkeyPatch, client: Client, sim: Sim, start_worker: StartWorker
 ) -> None:
     """A bug in task code (not the API) ends `failed` with its type and message; others run."""
-    from worker import attempt
+    from worker.job import attempt
 
     real = attempt.estimate_input_tokens
 

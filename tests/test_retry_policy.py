@@ -22,7 +22,7 @@ from tests.conftest import KEY_A, Sim, StartWorker
 from tests.test_cli import amsgq
 from tests.test_fair_share import tenants_file
 from tests.test_ui import sign_in
-from worker.dispatcher import Dispatcher
+from worker.dispatch.dispatcher import Dispatcher
 from worker.ratelimit import RateLimiter
 
 

@@ -1,8 +1,8 @@
-"""The worker's SSE parser (worker/sse.py) against the rules of the spec, chunked every way."""
+"""The worker's SSE parser (worker/upstream/sse.py) against the spec's rules, chunked every way."""
 
 from __future__ import annotations
 
-from worker.sse import ServerSentEvent, SSEDecoder
+from worker.upstream.sse import ServerSentEvent, SSEDecoder
 
 STREAM = (
     b"\xef\xbb\xbf: a comment\r\n"

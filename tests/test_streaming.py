@@ -22,8 +22,8 @@ from msgq.errors import OverloadedError, RateLimitError, RejectedError, Unavaila
 from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import KEY_A, KEY_B, TEST_API_KEY, Sim, StartWorker, eventually, worker_env
-from worker.classify import classify_error_event
-from worker.streaming import MessageAssembler, MidStreamError
+from worker.upstream.classify import classify_error_event
+from worker.upstream.streaming import MessageAssembler, MidStreamError
 
 BODY: dict[str, Any] = {
     "model": "claude-haiku-4-5",

@@ -48,6 +48,16 @@ class Traced:
         ]
         return sorted(found, key=lambda s: s.start_time or 0)
 
+    async def ended_calls(self, job_id: str, count: int = 1) -> list[ReadableSpan]:
+        """The job's call spans once `count` have ended: a span ends just after the record it
+        wrote is stored, so a poller can see the record first."""
+
+        async def ended() -> bool:
+            return len(self.calls(job_id)) >= count
+
+        await eventually(ended, timeout_s=10)
+        return self.calls(job_id)
+
 
 @pytest.fixture(autouse=True)
 def _no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,7 +93,7 @@ async def test_client_submit_joins_the_active_span_trace(
     assert record.status is JobStatus.SUCCEEDED
     context = producer.get_span_context()
     assert record.trace_id == f"{context.trace_id:032x}"
-    (call,) = traced.calls(job.id)
+    (call,) = await traced.ended_calls(job.id)
     (queued,) = traced.named("msgq.queued")
     for span in (call, queued):
         assert span.context is not None and span.context.trace_id == context.trace_id
@@ -109,7 +119,7 @@ async def test_http_traceparent_header_puts_the_job_in_that_trace(
     assert bad.status_code == 202 and bad.json()["trace_id"] is None
     job_id = "tenant-a:" + answer.json()["id"]
     assert (await client.wait(job_id, timeout=20)).status is JobStatus.SUCCEEDED
-    (call,) = traced.calls(job_id)
+    (call,) = await traced.ended_calls(job_id)
     assert hex_trace(call) == trace_id
     assert call.parent is not None and f"{call.parent.span_id:016x}" == parent_id
     assert call.context is not None and call.context.trace_state.get("vendor") == "x"
@@ -127,7 +137,7 @@ async def test_a_drop_in_call_joins_the_callers_trace(
     )
     assert answer.status_code == 200, answer.text
     job_id = "tenant-a:" + answer.headers["msgq-job-id"]
-    (call,) = traced.calls(job_id)
+    (call,) = await traced.ended_calls(job_id)
     assert hex_trace(call) == trace_id
     assert call.parent is not None and f"{call.parent.span_id:016x}" == parent_id
 
@@ -149,7 +159,7 @@ async def test_raw_payload_trace_fields_are_continued(
     await eventually(exists)
     record = await client.wait("raw-traced", timeout=20)
     assert record.status is JobStatus.SUCCEEDED and record.trace_id == trace_id
-    (call,) = traced.calls("raw-traced")
+    (call,) = await traced.ended_calls("raw-traced")
     assert hex_trace(call) == trace_id
 
 
@@ -170,7 +180,7 @@ async def test_call_span_and_metrics_follow_the_genai_conventions(
     assert record.status is JobStatus.SUCCEEDED and record.usage and record.result
     usage = record.usage
     assert usage.cache_creation_input_tokens > 0
-    (call,) = traced.calls(job.id)
+    (call,) = await traced.ended_calls(job.id)
     attrs = dict(call.attributes or {})
     assert call.kind is SpanKind.CLIENT
     assert (
@@ -225,7 +235,7 @@ async def test_content_is_recorded_only_when_opted_in(
     await start_worker()
     job = await client.submit(TEXT)
     record = await client.wait(job.id, timeout=20)
-    (call,) = traced.calls(job.id)
+    (call,) = await traced.ended_calls(job.id)
     attrs = dict(call.attributes or {})
     sent = json.loads(str(attrs["gen_ai.input.messages"]))
     assert sent == [
@@ -246,7 +256,7 @@ async def test_retried_job_shows_each_attempt(
         job = await client.submit(TEXT)
     record = await client.wait(job.id, timeout=20)
     assert record.status is JobStatus.SUCCEEDED and record.attempts == 2
-    first, second = traced.calls(job.id)
+    first, second = await traced.ended_calls(job.id, 2)
     trace_id = producer.get_span_context().trace_id
     assert first.context and second.context
     assert first.context.trace_id == second.context.trace_id == trace_id
@@ -273,7 +283,7 @@ async def test_late_retry_starts_a_trace_linked_to_the_producer(
     with traced.tracer.start_as_current_span("producer") as producer:
         job = await client.submit(TEXT)
     assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
-    first, second = traced.calls(job.id)
+    first, second = await traced.ended_calls(job.id, 2)
     context = producer.get_span_context()
     assert first.context and second.context
     assert first.context.trace_id == context.trace_id != second.context.trace_id

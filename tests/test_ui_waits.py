@@ -23,7 +23,7 @@ from msgq.settings import Settings
 from schemas import JobError, JobRecord, JobStatus
 from tests.conftest import KEY_A, Sim, StartWorker, eventually
 from tests.test_ui import ADMIN_KEY, sign_in, text_request
-from worker.admission_window import announce
+from worker.dispatch.window import announce
 
 WORKER_ID = "0123456789abcdef" * 2
 

@@ -17,8 +17,8 @@ from msgq.errors import (
     UnavailableError,
 )
 from msgq.pricing import cost_usd
-from worker.backoff import backoff_delay_s, retry_delay_s
-from worker.upstream import classify, parse_message, parse_retry_after
+from worker.job.backoff import backoff_delay_s, retry_delay_s
+from worker.upstream.client import classify, parse_message, parse_retry_after
 
 
 def response(status: int, body: Any = None, **headers: str) -> httpx.Response:

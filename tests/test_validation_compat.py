@@ -15,7 +15,7 @@ from msgq.pricing import cost_usd
 from schemas import capabilities_for, field_errors, validate_request
 from schemas.jobs import JobSpec
 from tests.images import image_block, image_bytes
-from worker.tasks import _ready_to_send
+from worker.job.task import _ready_to_send
 
 
 def user(content: Any) -> dict[str, Any]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from msgq.settings import Settings
-from worker import admission, tasks
-from worker.arq_build import build_worker as _build
-from worker.arq_loop import MsgqWorker
+from worker.job import admission
+from worker.job import task as tasks
+from worker.queue.build import build_worker as _build
+from worker.queue.loop import MsgqWorker
 
 __all__ = ["MsgqWorker", "build_worker"]
 

@@ -47,7 +47,7 @@ end
 # A large request (a need of at least large_fraction of a bucket) that must wait holds a
 # reservation: until it is served (or its hold lapses), others may take only what leaves its
 # need in the bucket, so small requests cannot keep the level below it forever. A function, so
-# the dispatcher's batched admission (worker.dispatch_admit) runs exactly this step per job.
+# the dispatcher's batched admission (worker.dispatch.admit) runs exactly this step per job.
 ACQUIRE_STEP = (
     CAPS
     + """

@@ -45,8 +45,9 @@ from msgq.keys import (
 from msgq.settings import Settings
 from msgq.tenancy.scheduling import RELIST_BACKLOG
 from schemas import JobError, JobRecord, JobStatus
-from worker import batch_lane, transitions
+from worker import transitions
 from worker.fleet_lock import FleetLock
+from worker.lane import lane as batch_lane
 
 log = structlog.get_logger("msgq.reconciler")
 

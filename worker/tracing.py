@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
     from msgq.lanes import UpstreamBatch
-    from worker.upstream import UpstreamReply
+    from worker.upstream.client import UpstreamReply
 
 log = structlog.get_logger("msgq.tracing")
 LINK_AFTER_S = 300.0  # a retry later than this after submit starts a linked trace

@@ -17,7 +17,8 @@ from msgq.jobs.records import new_record, utcnow
 from msgq.jobs.retry_policy import keeps_request
 from msgq.jobs.store import JobStore
 from schemas import JobError, JobRecord, JobStatus
-from worker import arq_claim, metrics
+from worker import metrics
+from worker.queue import claim as arq_claim
 
 __all__ = [
     "begin_attempt",

@@ -1,7 +1,7 @@
 """`POST /v1/messages` with `stream: true`: the API's events, relayed as the worker receives
 them, with `ping`s while the job waits.
 
-Which attempt the caller sees: the worker relays every attempt's events (worker/relay.py). The
+Which attempt the caller sees: the worker relays every attempt's events (worker/job/relay.py). The
 first event of an attempt, `message_start`, is held back until that attempt's first content
 event; only then is the caller committed to it. So a retry before any content (an overload
 answered with a status, a connection cut right after `message_start`) is invisible: the caller

@@ -1,7 +1,7 @@
 """Where a job waits for admission: the fair-share scheduler's queues (one per model class,
 priority and tenant), and the estimate admission reserves against the limits and the budget.
 
-Producers place a job here instead of in arq's queue; the dispatcher (worker.dispatcher,
+Producers place a job here instead of in arq's queue; the dispatcher (worker.dispatch.dispatcher,
 one per fleet) moves it into arq's queue once it is admitted, so the order in which work reaches
 the API is decided at the one point where it is scarce: the organisation's rate limit. Batch-
 lane jobs, and raw-Redis jobs written straight to arq's queue, do not pass through here.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from msgq.tenancy.tenants import Tenants
 from schemas import Priority
-from worker.dispatch_queues import Head
+from worker.dispatch.queues import Head
 
 ORDER = (Priority.INTERACTIVE, Priority.DEFAULT, Priority.BULK)
 

@@ -28,13 +28,14 @@ from msgq.keys import LANE_WHERE, arq_job_key, lane_spec_key, upstream_members_k
 from msgq.lanes import UpstreamBatch
 from msgq.pricing import cost_fields
 from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, Lane
-from worker import batch_records, metrics, tracing, transitions
-from worker.backoff import retry_delay_s
-from worker.batch_api import BatchApi
-from worker.batch_budget import leave_lane, settle
-from worker.batcher import Batcher, now_ms
-from worker.classify import ERROR_STATUS, RETRYABLE_STATUS
-from worker.deps import Deps
+from worker import metrics, tracing, transitions
+from worker.job.backoff import retry_delay_s
+from worker.lane import records as batch_records
+from worker.lane.api import BatchApi
+from worker.lane.budget import leave_lane, settle
+from worker.lane.pool import Batcher, now_ms
+from worker.services import Deps
+from worker.upstream.classify import ERROR_STATUS, RETRYABLE_STATUS
 
 log = structlog.get_logger("msgq.batch")
 CHUNK = 500  # result lines looked up and applied together

@@ -15,11 +15,12 @@ from msgq.estimate import estimate_input_tokens
 from msgq.fleet_stats import count_minute
 from msgq.pricing import cost_fields
 from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, Lane, MessageRequest
-from worker import admission, metrics, tracing, transitions
-from worker.backoff import retry_delay_s
-from worker.deps import Deps
-from worker.progress import send_with_progress
-from worker.upstream import UpstreamReply
+from worker import metrics, tracing, transitions
+from worker.job import admission
+from worker.job.backoff import retry_delay_s
+from worker.job.progress import send_with_progress
+from worker.services import Deps
+from worker.upstream.client import UpstreamReply
 
 log = structlog.get_logger("msgq.job")
 

@@ -10,16 +10,16 @@ from redis.asyncio import Redis
 from msgq.jobs.store import JobStore
 from msgq.model_catalog import CatalogReader
 from msgq.settings import Settings
-from worker.concurrency import AdaptiveConcurrency
+from worker.job.concurrency import AdaptiveConcurrency
 from worker.ratelimit import RateLimiter
-from worker.upstream import Upstream
+from worker.upstream.client import Upstream
 
 
 @dataclass
 class Deps:
     settings: Settings
     store: JobStore
-    upstream: Upstream  # the Messages calls: one aiohttp session (see worker.upstream)
+    upstream: Upstream  # the Messages calls: one aiohttp session (see worker.upstream.client)
     http: httpx.AsyncClient  # the occasional call (Batches and Models APIs)
     redis: Redis
     limiter: RateLimiter

@@ -38,18 +38,21 @@ from schemas import (
     summarize,
     validate_request,
 )
-from worker import admission, batch_lane, metrics, models_refresh, tracing, transitions
-from worker.admission_window import announce
-from worker.arq_claim import PREFETCHED
-from worker.attempt import attempt, handle_failure
-from worker.backoff import retry_delay_s
-from worker.concurrency import AdaptiveConcurrency
-from worker.deps import Deps
-from worker.dispatcher import Dispatcher
+from worker import metrics, tracing, transitions
+from worker.dispatch.dispatcher import Dispatcher
+from worker.dispatch.window import announce
+from worker.job import admission
+from worker.job.attempt import attempt, handle_failure
+from worker.job.backoff import retry_delay_s
+from worker.job.concurrency import AdaptiveConcurrency
+from worker.lane import lane as batch_lane
+from worker.queue.claim import PREFETCHED
 from worker.ratelimit import Limits, RateLimiter
 from worker.reconciler import Reconciler
-from worker.upstream import Upstream, build_client
-from worker.webhook_dispatcher import WebhookDispatcher
+from worker.services import Deps
+from worker.upstream import models as models_refresh
+from worker.upstream.client import Upstream, build_client
+from worker.webhooks import WebhookDispatcher
 
 log = structlog.get_logger("msgq.job")
 POLICY_EVERY_S = 60.0

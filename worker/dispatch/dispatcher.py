@@ -3,7 +3,7 @@
 One runs per fleet (a Redis lock, renewed by its holder and taken over if it dies). For each model
 class with waiting work it picks the next job by policy (`fair_share`), reserves its rate-limit
 capacity and its tenant's budget, then moves it in one Lua step with a ticket recording what it
-reserved (`worker.admission` settles or returns it exactly once). Jobs that need only capacity
+reserved (`worker.job.admission` settles or returns it exactly once). Jobs that need only capacity
 are admitted as a run, many in one step (`dispatch_admit`); every move wakes idle workers.
 - Capacity: whenever a limit is known for the class, configured or learned from the API's
   headers, each job is admitted against the fleet's buckets, so no worker slot ever holds a job
@@ -60,12 +60,11 @@ from msgq.tenancy.scheduling import (
 )
 from msgq.tenancy.tenants import Tenants, load_tenants
 from schemas import Priority
-from worker.admission import release_orphans
-from worker.admission_window import AdmissionWindow
-from worker.dispatch_admit import AdmitRun
-from worker.dispatch_budget import BudgetGate
-from worker.dispatch_intake import Intake
-from worker.dispatch_queues import (
+from worker.dispatch.admit import AdmitRun
+from worker.dispatch.budget import BudgetGate
+from worker.dispatch.fair_share import FairShare
+from worker.dispatch.intake import Intake
+from worker.dispatch.queues import (
     ADMITTED_TTL_S,
     HEADS_PER_QUEUE,
     MOVE,
@@ -73,8 +72,9 @@ from worker.dispatch_queues import (
     Head,
     advance,
 )
-from worker.fair_share import FairShare
+from worker.dispatch.window import AdmissionWindow
 from worker.fleet_lock import FleetLock
+from worker.job.admission import release_orphans
 from worker.ratelimit import Limits, RateLimiter
 
 log = structlog.get_logger("msgq.dispatcher")

@@ -15,8 +15,8 @@ from msgq.estimate import estimate_input_tokens
 from msgq.keys import LANE_BUDGETS
 from msgq.tenancy.budgets import Budgets, Reservation
 from schemas import JobRecord, MessageRequest
-from worker import admission
-from worker.deps import Deps
+from worker.job import admission
+from worker.services import Deps
 
 
 async def reserve(deps: Deps, record: JobRecord, request: MessageRequest) -> bool:

@@ -12,8 +12,8 @@ from msgq.tenancy.budgets import Budgets, Reservation, budget_message
 from msgq.tenancy.tenants import Tenants
 from schemas import JobError, JobRecord, JobStatus
 from worker import transitions
-from worker.dispatch_queues import Head
-from worker.fair_share import FairShare
+from worker.dispatch.fair_share import FairShare
+from worker.dispatch.queues import Head
 
 log = structlog.get_logger("msgq.dispatcher")
 

@@ -27,7 +27,7 @@ from msgq.webhooks.outbox import Entry, Outbox, public_body
 from msgq.webhooks.secrets import NoWebhookSecretError, webhook_secret
 from msgq.webhooks.targets import Allow, TargetRefusedError, resolve
 from schemas import WebhookState
-from worker.backoff import backoff_delay_s
+from worker.job.backoff import backoff_delay_s
 from worker.metrics import WEBHOOKS
 
 log = structlog.get_logger("msgq.webhooks")

@@ -4,7 +4,7 @@ of the next are one line end); `:` lines are comments; `event`, `data` (one per 
 LF), `id` (ignored if it holds NUL; kept across events) and `retry` (digits only) are the fields,
 any other is ignored; a blank line dispatches; an event left unterminated at the end is dropped.
 
-Why our own: the worker's Messages calls go over aiohttp (see `worker.upstream`), and no
+Why our own: the worker's Messages calls go over aiohttp (see `worker.upstream.client`), and no
 maintained SSE client for aiohttp reads a POST's answer (aiohttp-sse is server side only;
 aiohttp-sse-client has had no release since 2021 and is an EventSource that reconnects, which a
 paid call must never do). httpx-sse's decoder is private to that library.

@@ -16,7 +16,7 @@ HEADS_PER_QUEUE = 64
 # marker, arq job payload, deadlines, the tickets index}: 1 when moved with its ticket; 0 when
 # the job had left (canceled, expired) or its payload is gone (then it is dropped from the
 # scheduler), so nothing is admitted twice or for nothing. Shared with the run's admission
-# (worker.dispatch_admit), which moves many in one step.
+# (worker.dispatch.admit), which moves many in one step.
 MOVE_ONE = """
 local function move_one(k, id, value, ttl, score)
   if redis.call('ZREM', k[1], id) == 0 then return 0 end

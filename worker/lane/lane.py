@@ -23,12 +23,14 @@ from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
 from msgq.keys import LANE_BATCHES, LANE_LOCK, LANE_WHERE, lane_spec_key
 from schemas import JobError, JobRecord, JobSpec, JobStatus, Lane, MessageRequest
-from worker import batch_budget, batch_records, tracing, transitions
-from worker.batch_api import BatchApi
-from worker.batch_poller import Poller
-from worker.batcher import Batcher, now_ms
-from worker.deps import Deps
+from worker import tracing, transitions
 from worker.fleet_lock import FleetLock
+from worker.lane import budget as batch_budget
+from worker.lane import records as batch_records
+from worker.lane.api import BatchApi
+from worker.lane.poller import Poller
+from worker.lane.pool import Batcher, now_ms
+from worker.services import Deps
 
 log = structlog.get_logger("msgq.batch")
 

@@ -35,12 +35,14 @@ from msgq.keys import (
 )
 from msgq.lanes import UpstreamBatch, custom_id_for
 from schemas import JobError, JobRecord, JobStatus
-from worker import batch_adopt, batch_records, transitions
-from worker.backoff import retry_delay_s
-from worker.batch_api import BatchApi
-from worker.batch_budget import leave_lane
-from worker.deps import Deps
-from worker.upstream import call_headers
+from worker import transitions
+from worker.job.backoff import retry_delay_s
+from worker.lane import adopt as batch_adopt
+from worker.lane import records as batch_records
+from worker.lane.api import BatchApi
+from worker.lane.budget import leave_lane
+from worker.services import Deps
+from worker.upstream.client import call_headers
 
 log = structlog.get_logger("msgq.batch")
 ITEM_OVERHEAD = 100  # bytes per request around its params in the create body

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from msgq.jobs.records import utcnow
 from msgq.keys import LANE_ADOPTED
 from msgq.lanes import UpstreamBatch
-from worker.batch_api import BatchApi
+from worker.lane.api import BatchApi
 
 SKEW_S = 60.0
 CLAIM_DAYS = 30  # claims older than this cannot match a create still being resolved

@@ -13,7 +13,7 @@ baseline) at 3.16 ms of worker CPU a job; with this session 136.9 jobs/s (0.87) 
 CPU per job fell by a sixth; the rate at 512 in flight did not move, so at that load something
 other than the worker's transport CPU sets it.
 
-An aiohttp answer is handed to `worker.classify` as the `httpx.Response` it has always read
+An aiohttp answer is handed to `worker.upstream.classify` as the `httpx.Response` it has always read
 (`_response`: built in memory, no I/O), so every status, body and header means what it did.
 Error messages name exception types only: an exception's text can carry URLs or headers.
 """
@@ -38,15 +38,15 @@ from yarl import URL
 from msgq.errors import UnavailableError
 from msgq.settings import Settings
 from schemas import Message
-from worker.classify import (
+from worker.upstream.classify import (
     classify,
     classify_error_event,
     invalid_response,
     parse_message,
     parse_retry_after,
 )
-from worker.sse import ServerSentEvent, SSEDecoder
-from worker.streaming import MessageAssembler, MidStreamError, StreamError
+from worker.upstream.sse import ServerSentEvent, SSEDecoder
+from worker.upstream.streaming import MessageAssembler, MidStreamError, StreamError
 
 __all__ = [
     "Upstream",
@@ -131,7 +131,7 @@ def call_headers(
 
 class Upstream:
     """The worker's Messages calls: one aiohttp session, made inside the running loop at
-    start-up (`worker.tasks.startup`) and closed at shutdown.
+    start-up (`worker.job.task.startup`) and closed at shutdown.
 
     Its pool may open `max_jobs * 2` connections, as the httpx clients could, so a call never
     waits for one. `verify` as httpx's: True verifies against the same trust roots as the httpx
@@ -237,8 +237,8 @@ async def send_message(
 
 
 def _response(answer: aiohttp.ClientResponse, body: bytes = b"") -> httpx.Response:
-    """The answer as the httpx.Response `worker.classify` reads, built in memory. Its headers
-    are set after the body: given first, a content-encoding would make httpx decode again the
+    """The answer as the httpx.Response `worker.upstream.classify` reads, built in memory. Its
+    headers are set after the body: given first, a content-encoding would make httpx re-decode the
     body aiohttp has already decompressed."""
     response = httpx.Response(answer.status, content=body)
     response.headers = httpx.Headers(answer.raw_headers)

@@ -16,8 +16,8 @@ import structlog
 
 from msgq.errors import InvalidResponseError, UpstreamError
 from msgq.model_catalog import Catalog, store_catalog
-from worker.classify import classify
-from worker.deps import Deps
+from worker.services import Deps
+from worker.upstream.classify import classify
 
 log = structlog.get_logger("msgq.models")
 PAGE_LIMIT = 1000

@@ -27,8 +27,8 @@ from msgq.keys import (
     admitted_key,
     arq_job_key,
 )
-from worker.dispatch_queues import ADMITTED_TTL_S, MOVE_ONE, Head
-from worker.fair_share import FairShare, PolicyState
+from worker.dispatch.fair_share import FairShare, PolicyState
+from worker.dispatch.queues import ADMITTED_TTL_S, MOVE_ONE, Head
 from worker.ratelimit import ACQUIRE_STEP, RateLimiter
 
 ADMIT_RUN = 64  # jobs per Lua step at most: the step stays well under a millisecond

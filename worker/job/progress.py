@@ -24,9 +24,9 @@ from redis.exceptions import RedisError
 
 from msgq.keys import progress_channel
 from schemas import JobRecord, MessageRequest
-from worker.deps import Deps
-from worker.relay import Relay
-from worker.upstream import UpstreamReply, call_headers, send_message
+from worker.job.relay import Relay
+from worker.services import Deps
+from worker.upstream.client import UpstreamReply, call_headers, send_message
 
 log = structlog.get_logger("msgq.job")
 RECORD_S = 1.0

@@ -31,8 +31,8 @@ from msgq.tenancy.scheduling import Estimate
 from msgq.tenancy.tenants import load_tenants
 from schemas import JobError, JobRecord, JobStatus, MessageRequest
 from worker import transitions
-from worker.deps import Deps
 from worker.ratelimit import RateLimiter
+from worker.services import Deps
 
 # The budget reservation of the attempt running in this task (each arq job is its own task).
 RESERVATION: ContextVar[Reservation | None] = ContextVar("msgq_reservation", default=None)

@@ -23,7 +23,7 @@ from msgq.arq_format import (
     JOB_KEY_PREFIX,
     RETRY_KEY_PREFIX,
 )
-from worker.arq_claim import (
+from worker.queue.claim import (
     CLAIM,
     DUE_SCAN_LIMIT,
     DUE_UNHELD,
@@ -36,8 +36,8 @@ from worker.arq_claim import (
     RunningJob,
     _claim,
 )
-from worker.arq_upkeep import ByteBudget, keep_locks_alive, wait_for_redis
-from worker.arq_wake import QueueWake
+from worker.queue.upkeep import ByteBudget, keep_locks_alive, wait_for_redis
+from worker.queue.wake import QueueWake
 
 log = structlog.get_logger("msgq.worker")
 

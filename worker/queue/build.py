@@ -20,11 +20,11 @@ from msgq.arq_format import (
     redis_settings,
     serialize,
 )
-from worker.arq_claim import (
+from worker.queue.claim import (
     Prefetch,
     Refused,
 )
-from worker.arq_loop import MsgqWorker
+from worker.queue.loop import MsgqWorker
 
 
 def worker_pool(

@@ -13,7 +13,7 @@ import httpx
 import orjson
 
 from msgq.errors import InvalidResponseError, UnavailableError
-from worker.classify import classify
+from worker.upstream.classify import classify
 
 PATH = "/v1/messages/batches"
 
