@@ -58,6 +58,13 @@ UNREACHABLE_TIMEOUT_S = 10 * 365 * 24 * 3600
 Defer = Retry  # raise Defer(defer=seconds): the job runs again later; no worker slot is held
 
 
+def deferred_s(exc: BaseException | None) -> float | None:
+    """How long until a deferred job runs again, when `exc` is a `Defer`; else None."""
+    if not isinstance(exc, Defer):
+        return None
+    return (exc.defer_score or 0) / 1000
+
+
 # ---------------------------------------------------------------- the payload format (JSON)
 
 

@@ -19,6 +19,7 @@ from msgq import arq_format
 from msgq.connections import connect
 from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from msgq.jobs.endings import Endings
+from msgq.jobs.ids import scoped_id
 from msgq.jobs.records import build_spec, new_record, validated
 from msgq.jobs.retry_policy import retry_verdict
 from msgq.jobs.store import JobStore
@@ -179,7 +180,7 @@ class Client:
             workspace_id=workspace_id,
             trace=trace_fields(traceparent, tracestate),
         )
-        internal_id = f"{tenant}:{job_id or new_job_id()}" if tenant else job_id or new_job_id()
+        internal_id = scoped_id(tenant, job_id or new_job_id())
         now_ms = int(time.time() * 1000)
         payload = enqueue_payload(spec, now_ms)  # first: it refuses what JSON cannot carry
         record = new_record(

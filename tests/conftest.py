@@ -23,7 +23,7 @@ from msgq.dev.embedded_redis import EmbeddedRedis, free_port
 from msgq.dev.stack import msgq_command, wait_http
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
-from worker.process import MsgqWorker, build_worker
+from worker.main import MsgqWorker, build_worker
 
 TEST_API_KEY = "sk-ant-test-0123456789abcdefSECRET"
 

@@ -17,7 +17,8 @@ from schemas import JobStatus
 from tests.conftest import Sim, StartWorker, eventually
 from tests.test_crash import spawn_worker
 from worker.job.task import ceiling_s
-from worker.process import build_worker
+from worker.main import build_worker
+from worker.services import SERVICES
 
 BODY = {
     "model": "claude-haiku-4-5",
@@ -44,10 +45,10 @@ async def test_saturated_worker_hands_jobs_back_and_all_end(
     worker = await start_worker(custom)
 
     async def started() -> bool:
-        return "msgq" in worker.ctx
+        return SERVICES in worker.ctx
 
     await eventually(started)
-    concurrency = worker.ctx["msgq"].concurrency
+    concurrency = worker.ctx[SERVICES].concurrency
     concurrency.limit = concurrency.max_limit = 1  # as after a run of 429s
     ids = [(await client.submit(BODY)).id for _ in range(12)]
     records = [await client.wait(i, timeout=60) for i in ids]

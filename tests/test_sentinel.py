@@ -37,6 +37,7 @@ from msgq.keys import record_key
 from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import Sim, StartWorker, eventually, stop_workers, worker_env
+from worker.services import SERVICES
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
 PASSWORD = "s3cret-ha"
@@ -240,7 +241,7 @@ async def test_a_redis_failure_mid_pickup_gives_the_worker_slot_back(
     worker = await start_worker(settings.model_copy(update={"redis_url": own_redis.url}))
 
     async def started() -> bool:
-        return "msgq" in worker.ctx
+        return SERVICES in worker.ctx
 
     await eventually(started)
     free = worker.sem._value

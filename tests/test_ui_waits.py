@@ -24,6 +24,7 @@ from schemas import JobError, JobRecord, JobStatus
 from tests.conftest import KEY_A, Sim, StartWorker, eventually
 from tests.test_ui import ADMIN_KEY, sign_in, text_request
 from worker.dispatch.window import announce
+from worker.services import SERVICES
 
 WORKER_ID = "0123456789abcdef" * 2
 
@@ -118,7 +119,7 @@ async def test_workers_show_a_limit_cut_by_529s_and_the_timeline_each_request_id
     job = await client.submit(text_request(), tenant="tenant-a")
     record = await client.wait(job.id, timeout=30)
     assert record.status is JobStatus.SUCCEEDED and record.attempts == 2
-    limit = worker.ctx["msgq"].concurrency.limit
+    limit = worker.ctx[SERVICES].concurrency.limit
     assert limit == 4
 
     async def shown() -> bool:

@@ -15,6 +15,7 @@ from msgq.pricing import cost_usd
 from schemas import capabilities_for, field_errors, validate_request
 from schemas.jobs import JobSpec
 from tests.images import image_block, image_bytes
+from worker.job.run import JobRun
 from worker.job.task import _ready_to_send
 
 
@@ -85,7 +86,7 @@ async def test_worker_logs_unknown_block_fields_once() -> None:
     catalog = SimpleNamespace(limits=no_models)  # no copy of the Models API: the table alone
     deps: Any = SimpleNamespace(store=None, settings=settings, catalog=catalog)
     with structlog.testing.capture_logs() as logs:
-        assert await _ready_to_send(deps, record, spec) is not None
+        assert await _ready_to_send(deps, JobRun(record.id), record, spec) is not None
     named = [e for e in logs if e["event"] == "request.unknown_block_fields"]
     assert [e["names"] for e in named] == [["tool_use.caller"]]
 

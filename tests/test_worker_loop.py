@@ -93,7 +93,7 @@ async def test_a_claim_resent_after_its_reply_was_lost_gets_the_job_again(
     the job is locked with this worker's token. The re-sent claim hands the job over again
     (try counted once) instead of leaving it locked for `lock_s`; another worker still cannot
     take it."""
-    from worker.process import build_worker
+    from worker.main import build_worker
 
     await redis.set(JOB_KEY_PREFIX + "resent", b'{"t":1,"f":"run_message","a":[],"k":{},"et":1}')
     await redis.zadd(settings.queue_name, {"resent": 1})
@@ -117,7 +117,7 @@ async def test_a_deferred_job_no_longer_queued_is_not_queued_again(
     """arq's finish re-scores a deferred job with ZINCRBY, which adds it back if its terminal
     record already took it out of the queue (an entry with no payload). Only a queued job is
     re-scored."""
-    from worker.process import build_worker
+    from worker.main import build_worker
 
     worker = build_worker(settings, handle_signals=False)
     try:

@@ -1,4 +1,6 @@
-"""What every job needs, built once per worker process and carried in arq's ctx."""
+"""What every job needs, built once per worker process at start-up (`Services.build`) and kept
+in the worker's context under `SERVICES`: settings, the job store, the API clients, Redis, the
+fleet limiter and this worker's adaptive concurrency."""
 
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ from msgq.jobs.store import JobStore
 from msgq.model_catalog import CatalogReader
 from msgq.settings import Settings
 from worker.job.concurrency import AdaptiveConcurrency
-from worker.ratelimit import RateLimiter
-from worker.upstream.client import Upstream
+from worker.ratelimit import Limits, RateLimiter
+from worker.upstream.client import Upstream, build_client
+
+SERVICES = "services"  # their key in the worker's context
 
 
 @dataclass
-class Deps:
+class Services:
     settings: Settings
     store: JobStore
     upstream: Upstream  # the Messages calls: one aiohttp session (see worker.upstream.client)
@@ -28,3 +32,21 @@ class Deps:
 
     def __post_init__(self) -> None:
         self.catalog = CatalogReader(self.redis)
+
+    @classmethod
+    def build(cls, settings: Settings, redis: Redis) -> Services:
+        """In the running loop, as aiohttp requires for `Upstream`."""
+        limits = {cls_: Limits(**values) for cls_, values in settings.rate_limits.items()}
+        return cls(
+            settings,
+            JobStore.from_settings(redis, settings),
+            Upstream(settings),
+            build_client(settings),
+            redis,
+            RateLimiter(redis, limits),
+            AdaptiveConcurrency(settings.max_jobs),
+        )
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+        await self.http.aclose()

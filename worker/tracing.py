@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from msgq.arq_format import deferred_s
 from msgq.settings import Settings
 from msgq.tracing import valid_traceparent, valid_tracestate
 from schemas import JobRecord, MessageRequest
@@ -245,13 +246,13 @@ class CallSpan:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        defer_ms = getattr(exc, "defer_score", None)  # arq's Retry: the job runs again later
-        if exc is not None and defer_ms is not None and self.error_type is not None:
+        delay_s = deferred_s(exc)  # a deferral: the job runs again later
+        if delay_s is not None and self.error_type is not None:
             self.span.add_event(
                 "msgq.retry_scheduled",
-                {"msgq.attempt": self.attrs["msgq.attempt"], "msgq.retry.delay_s": defer_ms / 1000},
+                {"msgq.attempt": self.attrs["msgq.attempt"], "msgq.retry.delay_s": delay_s},
             )
-        elif exc is not None and defer_ms is None and self.error_type is None:
+        elif exc is not None and delay_s is None and self.error_type is None:
             self.failed(type(exc).__name__, str(exc))  # a cancel, a shutdown, a bug
         self.span.end()
         self._measure()

@@ -4,34 +4,38 @@ JobStore.update, plus the log line and metric each state change owes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from redis.exceptions import RedisError
 
 from msgq.jobs import records
 from msgq.jobs.kept import keep_spec_from_queue
-from msgq.jobs.records import new_record, utcnow
+from msgq.jobs.records import utcnow
 from msgq.jobs.retry_policy import keeps_request
 from msgq.jobs.store import JobStore
 from schemas import JobError, JobRecord, JobStatus
 from worker import metrics
-from worker.queue import claim as arq_claim
-
-__all__ = [
-    "begin_attempt",
-    "finish",
-    "finish_durably",
-    "new_record",
-    "record_crash",
-    "release_after_shutdown",
-    "requeue",
-    "schedule_retry",
-]
 
 log = structlog.get_logger("msgq.job")
+
+
+class RunningJob(Protocol):
+    """The job as its own running task holds it (`worker.job.run.JobRun`): its terminal record
+    can end it in the queue in the same write."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    def finish_commands(self) -> Sequence[tuple[str, ...]]: ...
+
+    def mark_ended(self) -> None: ...
+
+
+def _split(job: str | RunningJob) -> tuple[str, RunningJob | None]:
+    return (job, None) if isinstance(job, str) else (job.job_id, job)
 
 
 async def begin_attempt(
@@ -52,7 +56,7 @@ async def begin_attempt(
 
 async def finish(
     store: JobStore,
-    job_id: str,
+    job: str | RunningJob,
     status: JobStatus,
     *,
     expected: bytes | None = None,
@@ -61,10 +65,10 @@ async def finish(
 ) -> JobRecord | None:
     """Write the terminal record once. A record that is already terminal stays as it is.
 
-    Run by the task that runs the job, the same write also ends the job in the queue (arq's
-    finish, one round trip fewer); the worker then skips its own."""
+    `job`: its ID, or, from the task that runs it, its run: the same write then also ends the
+    job in the queue (arq's finish, one round trip fewer) and the worker skips its own."""
     written: list[JobRecord] = []
-    running = arq_claim.running_job(job_id)
+    job_id, running = _split(job)
     error = fields.get("error")
     if keeps_request(status, error.type if isinstance(error, JobError) else None):
         # Before the write, which may take the queued payload with it: budget and deadline
@@ -82,7 +86,7 @@ async def finish(
         return None
     if written and stored is written[-1]:  # ours was the write that stuck
         if running is not None:
-            running.queue_done = True
+            running.mark_ended()
         _log_finished(stored)
     else:
         log.warning(
@@ -93,7 +97,7 @@ async def finish(
 
 async def finish_durably(
     store: JobStore,
-    job_id: str,
+    job: str | RunningJob,
     status: JobStatus,
     *,
     expected: bytes | None = None,
@@ -105,12 +109,12 @@ async def finish_durably(
     delay = 0.25
     for _ in range(6):
         try:
-            return await finish(store, job_id, status, expected=expected, current=current, **fields)
+            return await finish(store, job, status, expected=expected, current=current, **fields)
         except RedisError as exc:
             log.warning("job.store_retry", error=type(exc).__name__, retry_in_s=delay)
             await asyncio.sleep(delay)
             delay *= 2
-    return await finish(store, job_id, status, **fields)
+    return await finish(store, job, status, **fields)
 
 
 def _log_finished(record: JobRecord) -> None:

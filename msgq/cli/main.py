@@ -31,6 +31,7 @@ from msgq.cli.common import (
 from msgq.client import Client
 from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from msgq.extras import MissingExtraError
+from msgq.jobs.ids import scoped_id
 from msgq.liveness import SEEN_WITHIN_S
 from msgq.settings import Settings
 from schemas import JobRecord, JobStatus, Lane, Priority, summarize
@@ -168,7 +169,7 @@ TENANT = click.option(
 
 
 def _stored_id(job_id: str, tenant: str | None) -> str:
-    return f"{tenant}:{job_id}" if tenant else job_id
+    return scoped_id(tenant, job_id)
 
 
 def _by_id(job_id: str, tenant: str | None, fn: Callable[[Client, str], Awaitable[T]]) -> T:

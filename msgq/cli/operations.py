@@ -12,6 +12,7 @@ import orjson
 
 from msgq.cli.common import JobFailedError, dump, with_client
 from msgq.client import Client
+from msgq.jobs.ids import scoped_id
 from msgq.settings import Settings
 from schemas import JobStatus
 
@@ -31,7 +32,7 @@ def retry(job_ids: tuple[str, ...], all_failed: bool, tenant: str | None) -> Non
     if not job_ids and not all_failed:
         msg = "give job IDs or --all-failed"
         raise click.UsageError(msg)
-    stored = [f"{tenant}:{i}" if tenant else i for i in job_ids]
+    stored = [scoped_id(tenant, i) for i in job_ids]
 
     async def run(client: Client) -> list[tuple[str, str]]:
         for job_id in stored:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 )
 def worker(burst: bool, check: bool) -> None:
     """Run one worker process (arq). SIGTERM stops taking jobs and lets in-flight ones finish."""
-    from worker.process import build_worker
+    from worker.main import build_worker
 
     s = Settings()
     if check:

@@ -14,6 +14,7 @@ from msgq.http.auth import tenant_for
 from msgq.http.errors import ApiError
 from msgq.http.streams import StreamLimit
 from msgq.jobs.endings import Endings
+from msgq.jobs.ids import public_id
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from schemas import JobRecord
@@ -54,12 +55,6 @@ def require_tenant(request: Request) -> str:
 
 Tenant = Annotated[str, Depends(require_tenant)]
 State = Annotated[AppState, Depends(state_of)]
-
-
-def public_id(record: JobRecord) -> str:
-    """The ID the tenant chose or was given: internal IDs carry a `tenant:` prefix."""
-    prefix = f"{record.tenant}:" if record.tenant else ""
-    return record.id[len(prefix) :] if prefix and record.id.startswith(prefix) else record.id
 
 
 def public_record(record: JobRecord) -> dict[str, Any]:

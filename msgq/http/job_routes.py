@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from msgq.http.deps import State, Tenant, public_id, public_record
+from msgq.http.deps import State, Tenant, public_record
 from msgq.http.errors import ApiError
 from msgq.http.versions import Headers
+from msgq.jobs.ids import public_id, scoped_id
 from schemas import JOB_ID_PATTERN, JobRecord, JobStatus
 from schemas.api import JobCreate, JobPage
 
@@ -28,7 +29,7 @@ def _owned(record: JobRecord | None, tenant: str, job_id: str) -> JobRecord:
 def _internal(tenant: str, job_id: str) -> str:
     if not _JOB_ID.match(job_id):
         raise ApiError(404, f"no job {job_id!r}")
-    return f"{tenant}:{job_id}"
+    return scoped_id(tenant, job_id)
 
 
 @router.post("", status_code=202, summary="Enqueue a Messages request")

@@ -25,6 +25,7 @@ from msgq.http.dropin_answer import DropinCall, WaitAnswer
 from msgq.http.dropin_stream import StreamAnswer
 from msgq.http.errors import ApiError
 from msgq.http.versions import Headers
+from msgq.jobs.ids import scoped_id
 from msgq.keys import relay_channel
 from msgq.tenancy.policy import PolicyReader
 from schemas import Lane, Priority
@@ -64,7 +65,7 @@ async def create_message(
         "traceparent": request.headers.get("traceparent"),
         "tracestate": request.headers.get("tracestate"),
     }
-    internal = f"{tenant}:{job_id}"
+    internal = scoped_id(tenant, job_id)
     # The call holds a connection (and, streamed, a relay) until its job ends: bounded per
     # tenant, so one tenant's thousands of waiting calls cannot take the process from others.
     state.dropin_calls.acquire(tenant)

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from msgq.http.deps import State, Tenant, public_record
 from msgq.http.errors import ApiError
+from msgq.jobs.ids import scoped_id
 from schemas import JOB_ID_PATTERN
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -23,7 +24,7 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 async def retry_job(job_id: str, tenant: Tenant, state: State) -> JSONResponse:
     """200 with the requeued record; 409 with the reason when a retry cannot change the
     outcome (a permanent error such as invalid_request_error, a batch member, or not ended)."""
-    internal = f"{tenant}:{job_id}"
+    internal = scoped_id(tenant, job_id)
     record = await state.store.get(internal) if _JOB_ID.match(job_id) else None
     if record is None or record.tenant != tenant:
         raise ApiError(404, f"no job {job_id!r}")

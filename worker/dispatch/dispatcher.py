@@ -74,8 +74,8 @@ from worker.dispatch.queues import (
 )
 from worker.dispatch.window import AdmissionWindow
 from worker.fleet_lock import FleetLock
-from worker.job.admission import release_orphans
 from worker.ratelimit import Limits, RateLimiter
+from worker.ticket import release_orphans
 
 log = structlog.get_logger("msgq.dispatcher")
 

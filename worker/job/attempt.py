@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import structlog
@@ -17,16 +18,17 @@ from msgq.pricing import cost_fields
 from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, Lane, MessageRequest
 from worker import metrics, tracing, transitions
 from worker.job import admission
-from worker.job.backoff import retry_delay_s
+from worker.job.backoff import retry_delay_for
 from worker.job.progress import send_with_progress
-from worker.services import Deps
+from worker.job.run import JobRun
+from worker.services import Services
 from worker.upstream.client import UpstreamReply
 
 log = structlog.get_logger("msgq.job")
 
 
 async def wait_for_capacity(
-    deps: Deps, request: MessageRequest, input_tokens: int, *, job_id: str = ""
+    services: Services, request: MessageRequest, input_tokens: int, *, job_id: str = ""
 ) -> None:
     """Block briefly for the fleet's buckets; a long wait or a pause frees the slot instead.
 
@@ -35,7 +37,7 @@ async def wait_for_capacity(
     """
     started = time.monotonic()
     while True:
-        admission = await deps.limiter.acquire(
+        admission = await services.limiter.acquire(
             request.model,
             input_tokens=input_tokens,
             output_tokens=request.max_tokens,
@@ -47,84 +49,107 @@ async def wait_for_capacity(
             return
         if admission.reason == "paused":
             log.info("job.deferred", reason="fleet_paused")
-            raise Defer(defer=min(admission.wait_s, deps.settings.pause_recheck_s))
+            raise Defer(defer=min(admission.wait_s, services.settings.pause_recheck_s))
         waited = time.monotonic() - started
-        if waited + admission.wait_s > deps.settings.max_limiter_wait_s:
+        if waited + admission.wait_s > services.settings.max_limiter_wait_s:
             log.debug("job.deferred", reason=admission.reason, wait_s=admission.wait_s)
             raise Defer(defer=admission.wait_s)
         await asyncio.sleep(admission.wait_s)
 
 
 async def attempt(
-    deps: Deps,
+    services: Services,
+    run: JobRun,
     record: JobRecord,
     request: MessageRequest,
     spec: JobSpec,
     *,
     pickup: admission.Pickup | None = None,
 ) -> None:
-    """Capacity, then one call. Raises Retry for a retryable failure or a rate-limit wait.
-    `pickup`: what the task read in its first round trip (the record's JSON, so the record
-    writes that follow take one round trip each; the dispatcher's ticket; the fleet's gate)."""
-    expected = pickup.raw if pickup else None
+    """A slot, capacity and budget, then one call. Raises Defer for a retryable failure or a
+    wait. `pickup`: what the task read in its first round trip (the record's JSON, so the record
+    writes that follow take one round trip each; whether the fleet's gate was clear)."""
     estimate = estimate_input_tokens(request)
-    try:
-        slot = await deps.concurrency.acquire(timeout_s=deps.settings.max_slot_wait_s)
-    except TimeoutError:
-        # This worker is saturated (its adaptive limit fell): hand the job back to the queue,
-        # where another worker, or this one later, takes it. The record is untouched.
-        log.debug("job.deferred", reason="no_slot")
-        raise Defer(defer=deps.settings.slot_retry_s) from None
-    async with slot:
+    async with await _slot(services):
         metrics.IN_FLIGHT.inc()
         try:
-            held = pickup.ticket if pickup else admission.HeldTicket(deps, record.id, None)
             gate_clear = pickup is not None and pickup.gate_clear
-            if held.ticket is not None and not gate_clear:
-                # Admitted before a pause or a cool-down began: it waits like any other job
-                # (the ticket goes back when the task hands the job back).
-                await _wait_for_gate(deps, request.model)
-            unmetered = gate_clear and deps.limiter.unmetered(request.model)
-            if (held.ticket is None or not held.ticket.limited) and not unmetered:
-                # No capacity reserved at dispatch: the fleet's buckets, cool-down and pause
-                # are checked here. Skipped when no limit is configured or known and the
-                # pick-up read showed no pause or cool-down: there is nothing to wait for.
-                await wait_for_capacity(deps, request, estimate, job_id=record.id)
-            limited = held.ticket is not None and held.ticket.limited
-            ticket = await held.consume()
-            if limited and ticket is None and not unmetered:
-                # Another run of this job gave the ticket back first: reserve afresh.
-                await wait_for_capacity(deps, request, estimate, job_id=record.id)
-            admission.RESERVATION.set(ticket.reservation if ticket else None)
-            if ticket is None and not await admission.reserve_budget(
-                deps, record, request, estimate
-            ):
-                await _refund_capacity(deps, request, estimate)
+            if not await _admit(services, run, record, request, estimate, gate_clear=gate_clear):
                 return
+            expected = pickup.raw if pickup else None
+            current = record if expected else None
             started = await transitions.begin_attempt(
-                deps.store, record.id, expected=expected, current=record if expected else None
+                services.store, record.id, expected=expected, current=current
             )
             if started is None or started.status is not JobStatus.IN_PROGRESS:
-                await _refund_capacity(deps, request, estimate)
-                await admission.settle_budget(deps, record, 0.0)
+                await _refund_capacity(services, request, estimate)
+                await admission.settle_budget(services, run, record, 0.0)
                 return
             _observe_start(started)
-            await _call(deps, started, request, spec, estimate)
+            await _call(services, run, started, request, spec, estimate)
         finally:
             metrics.IN_FLIGHT.dec()
-            metrics.CONCURRENCY.set(deps.concurrency.limit)
+            metrics.CONCURRENCY.set(services.concurrency.limit)
 
 
-async def _wait_for_gate(deps: Deps, model: str) -> None:
+async def _slot(services: Services) -> AbstractAsyncContextManager[None]:
+    """One of this worker's adaptive slots. Saturated (its adaptive limit fell): the job goes
+    back to the queue, where another worker, or this one later, takes it; its record untouched."""
+    try:
+        return await services.concurrency.acquire(timeout_s=services.settings.max_slot_wait_s)
+    except TimeoutError:
+        log.debug("job.deferred", reason="no_slot")
+        raise Defer(defer=services.settings.slot_retry_s) from None
+
+
+async def _admit(
+    services: Services,
+    run: JobRun,
+    record: JobRecord,
+    request: MessageRequest,
+    estimate: int,
+    *,
+    gate_clear: bool,
+) -> bool:
+    """Capacity and budget for this attempt: what the dispatcher's ticket reserved, else the
+    fleet's buckets and the tenant's budget, reserved here. The budget becomes
+    `run.reservation`. False: not sending now (the job ended; capacity refunded)."""
+    held = run.ticket
+    reserved = held is not None and held.limited  # capacity reserved at dispatch
+    if held is not None and held.ticket is not None and not gate_clear:
+        # Admitted before a pause or a cool-down began: it waits like any other job (the
+        # ticket goes back when the task hands the job back).
+        await _wait_for_gate(services, request.model)
+    # Unmetered: no limit configured or known, and the pick-up read showed no pause or
+    # cool-down, so there is nothing to wait for.
+    unmetered = gate_clear and services.limiter.unmetered(request.model)
+    if not reserved and not unmetered:
+        await wait_for_capacity(services, request, estimate, job_id=record.id)
+    ticket = await held.consume() if held is not None else None
+    if reserved and ticket is None and not unmetered:
+        # Another run of this job gave the ticket back first: reserve afresh.
+        await wait_for_capacity(services, request, estimate, job_id=record.id)
+    if ticket is not None:
+        run.reservation = ticket.reservation
+        return True
+    sendable, run.reservation = await admission.reserve_budget(
+        services, run, record, request, estimate
+    )
+    if not sendable:
+        await _refund_capacity(services, request, estimate)
+    return sendable
+
+
+async def _wait_for_gate(services: Services, model: str) -> None:
     """A pause or this model's cool-down: hand the job back until it ends."""
-    wait_s, reason = await deps.limiter.gate_wait(model)
+    wait_s, reason = await services.limiter.gate_wait(model)
     if wait_s > 0:
         log.info("job.deferred", reason=reason)
-        raise Defer(defer=min(wait_s, deps.settings.pause_recheck_s))
+        raise Defer(defer=min(wait_s, services.settings.pause_recheck_s))
 
 
-async def _refund_capacity(deps: Deps, request: MessageRequest, estimate: int) -> None:
-    await deps.limiter.settle(
+async def _refund_capacity(services: Services, request: MessageRequest, estimate: int) -> None:
+    await services.limiter.settle(
         request.model, input_delta=estimate, output_delta=request.max_tokens, requests=1
     )
 
@@ -138,9 +163,14 @@ def _observe_start(record: JobRecord) -> None:
 
 
 async def _call(
-    deps: Deps, record: JobRecord, request: MessageRequest, spec: JobSpec, estimate: int
+    services: Services,
+    run: JobRun,
+    record: JobRecord,
+    request: MessageRequest,
+    spec: JobSpec,
+    estimate: int,
 ) -> None:
-    stream = request.max_tokens >= deps.settings.stream_min_max_tokens  # as send_message does
+    stream = request.max_tokens >= services.settings.stream_min_max_tokens  # as send_message does
     with tracing.call_span(
         record,
         request,
@@ -150,75 +180,77 @@ async def _call(
         tracestate=spec.tracestate,
     ) as span:
         try:
-            reply = await send_with_progress(deps, record, request, spec.request)
+            reply = await send_with_progress(services, record, request, spec.request)
         except TimeoutError:
             error = UnavailableError("attempt exceeded job_timeout_s or the job's deadline")
             span.failed(error.error_type, error.message)
-            await _failed(deps, record, request, spec, error)
+            await _failed(services, run, record, request, spec, error)
         except UpstreamError as exc:
             span.failed(exc.error_type, exc.message)
-            await _failed(deps, record, request, spec, exc)
+            await _failed(services, run, record, request, spec, exc)
         else:
             span.succeeded(reply)
             metrics.UPSTREAM.labels("200").inc()
             metrics.UPSTREAM_LATENCY.observe(reply.latency_ms / 1000)
-            await _succeeded(deps, record, request, reply, estimate)
+            await _succeeded(services, run, record, request, reply, estimate)
 
 
 async def _failed(
-    deps: Deps, record: JobRecord, request: MessageRequest, spec: JobSpec, exc: UpstreamError
+    services: Services,
+    run: JobRun,
+    record: JobRecord,
+    request: MessageRequest,
+    spec: JobSpec,
+    exc: UpstreamError,
 ) -> None:
     metrics.UPSTREAM.labels(str(exc.status_code or exc.error_type)).inc()
-    await admission.settle_budget(deps, record, 0.0)  # nothing was produced, nothing billed
+    await admission.settle_budget(services, run, record, 0.0)  # nothing produced, nothing billed
     # Nothing was produced: refund the output reservation. The request and its input stay
     # charged: the API may have counted them, and after a 429 sending less is the safe error.
     refused = exc.status_code in (429, 529)
-    await deps.limiter.settle(
+    await services.limiter.settle(
         request.model, input_delta=0, output_delta=request.max_tokens, headers=exc.headers
     )
     if refused:
-        deps.concurrency.overloaded()
-        await count_minute(deps.redis, str(exc.status_code))  # the dashboard's 429/529 chart
+        services.concurrency.overloaded()
+        await count_minute(services.redis, str(exc.status_code))  # the dashboard's 429/529 chart
     if isinstance(exc, RateLimitError):
-        await deps.limiter.cool_down(request.model, exc.retry_after_s or 1.0)
+        await services.limiter.cool_down(request.model, exc.retry_after_s or 1.0)
     if isinstance(exc, SpendLimitError):
-        await _pause_fleet(deps, record, exc)
+        await _pause_fleet(services, record, exc)
         return
-    await handle_failure(deps, record, exc, spec)
+    await handle_failure(services, run, record, exc, spec)
 
 
-async def _pause_fleet(deps: Deps, record: JobRecord, exc: SpendLimitError) -> None:
+async def _pause_fleet(services: Services, record: JobRecord, exc: SpendLimitError) -> None:
     """The org hit its spend limit: stop the fleet, keep this job queued (attempt refunded)."""
-    await deps.limiter.pause(exc.message[:200], deps.settings.spend_pause_s)
+    await services.limiter.pause(exc.message[:200], services.settings.spend_pause_s)
     log.error(
         "fleet.paused",
         reason="spend_limit",
         status_code=exc.status_code,
         request_id=exc.request_id,
-        pause_s=deps.settings.spend_pause_s,
+        pause_s=services.settings.spend_pause_s,
     )
     error = JobError.model_validate(exc.as_record_error())
-    await transitions.requeue(deps.store, record.id, error=error)
-    raise Defer(defer=deps.settings.pause_recheck_s)
+    await transitions.requeue(services.store, record.id, error=error)
+    raise Defer(defer=services.settings.pause_recheck_s)
 
 
-async def handle_failure(deps: Deps, record: JobRecord, exc: UpstreamError, spec: JobSpec) -> None:
+async def handle_failure(
+    services: Services, run: JobRun, record: JobRecord, exc: UpstreamError, spec: JobSpec
+) -> None:
     error = JobError.model_validate(exc.as_record_error())
     if not exc.retryable or record.attempts >= record.max_attempts:
-        await transitions.finish(deps.store, record.id, JobStatus.FAILED, error=error)
+        await transitions.finish(services.store, run, JobStatus.FAILED, error=error)
         # Kept so an operator can `msgq retry` it once the cause (a key, a quota) is fixed.
         kept = spec.model_dump(mode="json", exclude_none=True, exclude={"deadline"})
-        await deps.store.keep_spec(record.id, kept)
+        await services.store.keep_spec(record.id, kept)
         return
-    s = deps.settings
-    delay_s = retry_delay_s(
-        record.attempts,
-        exc.retry_after_s,
-        base_s=s.backoff_base_s,
-        factor=s.backoff_factor,
-        max_s=s.backoff_max_s,
+    delay_s = retry_delay_for(services.settings, record.attempts, exc.retry_after_s)
+    stored = await transitions.schedule_retry(
+        services.store, record.id, delay_s=delay_s, error=error
     )
-    stored = await transitions.schedule_retry(deps.store, record.id, delay_s=delay_s, error=error)
     if stored is not None and stored.status is JobStatus.RETRYING:
         metrics.RETRIES.labels(error.type).inc()
         # arq re-queues the job `delay_s` from now; no worker slot is held while it waits.
@@ -226,7 +258,12 @@ async def handle_failure(deps: Deps, record: JobRecord, exc: UpstreamError, spec
 
 
 async def _succeeded(
-    deps: Deps, record: JobRecord, request: MessageRequest, reply: UpstreamReply, estimate: int
+    services: Services,
+    run: JobRun,
+    record: JobRecord,
+    request: MessageRequest,
+    reply: UpstreamReply,
+    estimate: int,
 ) -> None:
     structlog.contextvars.bind_contextvars(latency_ms=round(reply.latency_ms, 1))
     usage: dict[str, Any] = reply.message.get("usage") or {}
@@ -236,13 +273,13 @@ async def _succeeded(
         cache_creation_input_tokens=int(usage.get("cache_creation_input_tokens") or 0),
         cache_read_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
     )
-    priced = cost_fields(record.model or request.model, usage, deps.settings.prices_file)
+    priced = cost_fields(record.model or request.model, usage, services.settings.prices_file)
     cost = priced["cost_usd"]
     # The Message is stored first: it was paid for. Everything after is bookkeeping that may
     # fail (Redis blips, a bad prices file) without the answer being thrown away and re-sent.
     await transitions.finish_durably(
-        deps.store,
-        record.id,
+        services.store,
+        run,
         JobStatus.SUCCEEDED,
         expected=record.model_dump_json().encode(),  # as begin_attempt wrote it
         current=record,
@@ -256,15 +293,15 @@ async def _succeeded(
     for kind, value in job_usage.model_dump().items():
         metrics.TOKENS.labels(kind).inc(value)
     metrics.COST.inc(cost or 0)
-    await deps.concurrency.succeeded()
+    await services.concurrency.succeeded()
     try:
-        await admission.settle_budget(deps, record, cost)
+        await admission.settle_budget(services, run, record, cost)
     except RedisError as exc:
         log.warning("budget.settle_failed", error=type(exc).__name__)
     # Cache reads do not count toward ITPM; correct the estimate with what really counted.
     counted = job_usage.input_tokens + job_usage.cache_creation_input_tokens
     try:
-        await deps.limiter.settle(
+        await services.limiter.settle(
             request.model,
             input_delta=estimate - counted,
             output_delta=request.max_tokens - job_usage.output_tokens,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from msgq.settings import Settings
+
 
 def backoff_delay_s(
     attempt: int,
@@ -34,3 +36,15 @@ def retry_delay_s(
     if retry_after_s is not None and retry_after_s >= 0:
         return retry_after_s
     return backoff_delay_s(attempt, base_s=base_s, factor=factor, max_s=max_s)
+
+
+def retry_delay_for(settings: Settings, attempt: int, retry_after_s: float | None = None) -> float:
+    """`retry_delay_s` with the fleet's backoff settings (`MSGQ_BACKOFF_*`): the one policy for
+    a job's next attempt, realtime or batched."""
+    return retry_delay_s(
+        attempt,
+        retry_after_s,
+        base_s=settings.backoff_base_s,
+        factor=settings.backoff_factor,
+        max_s=settings.backoff_max_s,
+    )

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from msgq.keys import progress_channel
 from schemas import JobRecord, MessageRequest
 from worker.job.relay import Relay
-from worker.services import Deps
+from worker.services import Services
 from worker.upstream.client import UpstreamReply, call_headers, send_message
 
 log = structlog.get_logger("msgq.job")
@@ -37,8 +37,8 @@ PROBE_S = 1.0
 class Progress:
     """`await progress(output_tokens, text)` per content delta; `await progress.close()` after."""
 
-    def __init__(self, deps: Deps, record: JobRecord, request: MessageRequest) -> None:
-        self.deps = deps
+    def __init__(self, services: Services, record: JobRecord, request: MessageRequest) -> None:
+        self.services = services
         self.job_id = record.id
         self.attempt = record.attempts
         self.model = request.model
@@ -75,7 +75,7 @@ class Progress:
         self.offset += len(text)
         self.published_at, self.published = now, True
         try:
-            heard = await self.deps.redis.publish(
+            heard = await self.services.redis.publish(
                 progress_channel(self.job_id), orjson.dumps(payload)
             )
         except RedisError as exc:
@@ -86,7 +86,7 @@ class Progress:
     async def _record(self) -> None:
         try:
             await self._hold(min(self.tokens, self.reserved))
-            await self.deps.store.set_progress(self.job_id, self.tokens)
+            await self.services.store.set_progress(self.job_id, self.tokens)
             self.recorded = True
         except RedisError as exc:
             log.warning("job.progress_unrecorded", error=type(exc).__name__)
@@ -94,7 +94,7 @@ class Progress:
     async def _hold(self, tokens: int) -> None:
         """Make the limiter hold `tokens` of output for this call (refund or charge the rest)."""
         if tokens != self.held:
-            await self.deps.limiter.settle(
+            await self.services.limiter.settle(
                 self.model, input_delta=0, output_delta=self.held - tokens
             )
             self.held = tokens
@@ -106,32 +106,32 @@ class Progress:
             if self.pending and self.listened and self.published:
                 await self._publish(time.monotonic())
             if self.recorded:
-                await self.deps.store.set_progress(self.job_id, None)
+                await self.services.store.set_progress(self.job_id, None)
             await self._hold(self.reserved)
         except RedisError as exc:
             log.warning("job.progress_unsettled", error=type(exc).__name__)
 
 
 async def send_with_progress(
-    deps: Deps, record: JobRecord, request: MessageRequest, body: dict[str, Any]
+    services: Services, record: JobRecord, request: MessageRequest, body: dict[str, Any]
 ) -> UpstreamReply:
     """One call, streamed (see `send_message`), reporting progress as it goes.
 
     However long it keeps streaming, the attempt is bounded by `job_timeout_s` (the ceiling)
     and by the job's deadline: TimeoutError past either.
     """
-    s = deps.settings
+    s = services.settings
     budget_s = s.job_timeout_s
     if record.deadline is not None:
         budget_s = min(budget_s, max(0.0, (record.deadline - datetime.now(UTC)).total_seconds()))
-    progress = Progress(deps, record, request)
+    progress = Progress(services, record, request)
     # A caller that asked for a stream (the drop-in API) hears the events as they come.
-    relay = Relay(deps.redis, record.id, record.attempts) if request.stream else None
+    relay = Relay(services.redis, record.id, record.attempts) if request.stream else None
     failure: BaseException | None = None
     try:
         async with asyncio.timeout(budget_s):
             return await send_message(
-                deps.upstream,
+                services.upstream,
                 body,
                 stream=bool(request.stream) or request.max_tokens >= s.stream_min_max_tokens,
                 on_event=relay,

@@ -16,19 +16,22 @@ from msgq.keys import LANE_BUDGETS
 from msgq.tenancy.budgets import Budgets, Reservation
 from schemas import JobRecord, MessageRequest
 from worker.job import admission
-from worker.services import Deps
+from worker.services import Services
+from worker.transitions import RunningJob
 
 
-async def reserve(deps: Deps, record: JobRecord, request: MessageRequest) -> bool:
+async def reserve(
+    services: Services, run: RunningJob, record: JobRecord, request: MessageRequest
+) -> bool:
     """As the worker's own admission (`on_budget` fail: `failed`; wait: deferred, still in
     arq's queue), the reservation kept with the job. False: do not pool it now."""
-    if not await admission.reserve_budget(deps, record, request, estimate_input_tokens(request)):
+    estimate = estimate_input_tokens(request)
+    ok, reservation = await admission.reserve_budget(services, run, record, request, estimate)
+    if not ok:
         return False
-    reservation = admission.RESERVATION.get()
-    admission.RESERVATION.set(None)
     if reservation is not None:
         value = orjson.dumps(dataclasses.asdict(reservation)).decode()
-        await deps.redis.hset(LANE_BUDGETS, record.id, value)  # type: ignore[misc]  # stubs
+        await services.redis.hset(LANE_BUDGETS, record.id, value)  # type: ignore[misc]  # stubs
     return True
 
 

@@ -30,17 +30,24 @@ from worker.lane import records as batch_records
 from worker.lane.api import BatchApi
 from worker.lane.poller import Poller
 from worker.lane.pool import Batcher, now_ms
-from worker.services import Deps
+from worker.services import Services
+from worker.transitions import RunningJob
 
 log = structlog.get_logger("msgq.batch")
 
 
-async def route(deps: Deps, record: JobRecord, spec: JobSpec, request: MessageRequest) -> bool:
+async def route(
+    services: Services,
+    run: RunningJob,
+    record: JobRecord,
+    spec: JobSpec,
+    request: MessageRequest,
+) -> bool:
     """True when the job is the batch lane's (pooled now, or already there): the task is done
     with it. False: send it realtime. A tenant's budget is reserved before it is pooled (it
     may fail the job, or defer it in arq's queue, as for a realtime attempt)."""
     lane = lanes.resolve_lane(
-        spec.lane, deadline=record.deadline, now=utcnow(), sla_s=deps.settings.batch_sla_s
+        spec.lane, deadline=record.deadline, now=utcnow(), sla_s=services.settings.batch_sla_s
     )
     if lane is not Lane.BATCH:
         return False
@@ -51,18 +58,18 @@ async def route(deps: Deps, record: JobRecord, spec: JobSpec, request: MessageRe
             return False
         message = f"lane batch: {refused} (use lane realtime or auto)"
         error = JobError(type="validation_error", message=message)
-        await transitions.finish(deps.store, record.id, JobStatus.FAILED, error=error)
+        await transitions.finish(services.store, run, JobStatus.FAILED, error=error)
         return True
-    if await deps.redis.hexists(LANE_WHERE, record.id):  # type: ignore[misc]  # redis-py stubs
+    if await services.redis.hexists(LANE_WHERE, record.id):  # type: ignore[misc]  # redis-py stubs
         return True  # a re-run after a crash: it is pooled or upstream already
-    if not await batch_budget.reserve(deps, record, request):
+    if not await batch_budget.reserve(services, run, record, request):
         return True
-    stored = await deps.store.update(record.id, batch_records.pooled)
+    stored = await services.store.update(record.id, batch_records.pooled)
     if stored is None or stored.status.terminal:
-        await batch_budget.settle(deps.redis, record.id, tenant=None, cost_usd=None, model=None)
+        await batch_budget.settle(services.redis, record.id, tenant=None, cost_usd=None, model=None)
         return True
     payload = orjson.dumps(spec.model_dump(mode="json", exclude_none=True))
-    add = deps.redis.register_script(lanes.POOL_ADD)
+    add = services.redis.register_script(lanes.POOL_ADD)
     await add(keys=lanes.lane_keys(record.id), args=[record.id, payload, now_ms()])
     log.info("job.pooled", lane="batch", model=record.model)
     tracing.queued(stored, until=utcnow())
@@ -70,20 +77,22 @@ async def route(deps: Deps, record: JobRecord, spec: JobSpec, request: MessageRe
 
 
 class BatchLane:
-    """`await BatchLane(deps).run_forever()` in every worker; one holds the lock and acts."""
+    """`await BatchLane(services).run_forever()` in every worker; one holds the lock and acts."""
 
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
-        self.api = BatchApi(deps.http)
-        self.batcher = Batcher(deps, self.api)
-        self.poller = Poller(deps, self.api, self.batcher)
-        self.lock = FleetLock(deps.redis, LANE_LOCK)
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.api = BatchApi(services.http)
+        self.batcher = Batcher(services, self.api)
+        self.poller = Poller(services, self.api, self.batcher)
+        self.lock = FleetLock(services.redis, LANE_LOCK)
         self.holding = False
-        self.tick_s = min(1.0, deps.settings.batch_poll_s / 2, deps.settings.batch_max_wait_s / 4)
+        self.tick_s = min(
+            1.0, services.settings.batch_poll_s / 2, services.settings.batch_max_wait_s / 4
+        )
 
     @property
     def lock_ttl_ms(self) -> int:
-        return int(max(self.deps.settings.lock_s * 3, 3.0) * 1000)
+        return int(max(self.services.settings.lock_s * 3, 3.0) * 1000)
 
     async def run_forever(self) -> None:
         keeper = asyncio.create_task(self._keep_lock())
@@ -120,11 +129,11 @@ class BatchLane:
             batch = await self.batcher.flush()
             if batch is not None:
                 await self.batcher.advance(batch)
-        due = await self.deps.redis.zrangebyscore(LANE_BATCHES, 0, now_ms(), start=0, num=50)
+        due = await self.services.redis.zrangebyscore(LANE_BATCHES, 0, now_ms(), start=0, num=50)
         for raw in due:
-            batch = await lanes.load_batch(self.deps.redis, raw.decode())
+            batch = await lanes.load_batch(self.services.redis, raw.decode())
             if batch is None:
-                await self.deps.redis.zrem(LANE_BATCHES, raw)
+                await self.services.redis.zrem(LANE_BATCHES, raw)
             elif batch.state == "creating":
                 await self.batcher.advance(batch)
             else:

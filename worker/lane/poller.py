@@ -34,7 +34,7 @@ from worker.lane import records as batch_records
 from worker.lane.api import BatchApi
 from worker.lane.budget import leave_lane, settle
 from worker.lane.pool import Batcher, now_ms
-from worker.services import Deps
+from worker.services import Services
 from worker.upstream.classify import ERROR_STATUS, RETRYABLE_STATUS
 
 log = structlog.get_logger("msgq.batch")
@@ -53,9 +53,9 @@ return 1
 
 
 class Poller:
-    def __init__(self, deps: Deps, api: BatchApi, batcher: Batcher) -> None:
-        self.deps, self.api, self.batcher, self.redis = deps, api, batcher, deps.redis
-        self.settings = deps.settings
+    def __init__(self, services: Services, api: BatchApi, batcher: Batcher) -> None:
+        self.services, self.api, self.batcher, self.redis = services, api, batcher, services.redis
+        self.settings = services.settings
         self._repool = self.redis.register_script(lanes.REPOOL)
         self._to_realtime = self.redis.register_script(TO_REALTIME)
 
@@ -113,7 +113,7 @@ class Poller:
         if batch.cancel_sent or batch.upstream_id is None:
             return
         async for chunk in lanes.member_chunks(self.redis, batch.handle, 100):
-            records = await self.deps.store.get_many([job_id for _, job_id, _ in chunk])
+            records = await self.services.store.get_many([job_id for _, job_id, _ in chunk])
             for record in records:
                 if (
                     record is not None
@@ -152,7 +152,7 @@ class Poller:
         """One request's outcome into its job's record, if the job is still in this batch."""
         if await self.redis.hget(LANE_WHERE, job_id) != batch.handle.encode():  # type: ignore[misc]
             return  # applied before this read (a crash, a re-read), or moved on
-        record = await self.deps.store.get(job_id)
+        record = await self.services.store.get(job_id)
         kind = result.get("type")
         if record is None or record.status.terminal:  # ended meanwhile (its msgq batch expired)
             message = result.get("message") if kind == "succeeded" else None
@@ -212,7 +212,7 @@ class Poller:
             spec = await self.redis.get(lane_spec_key(record.id))
             await self._end(batch, record, JobStatus.FAILED, error=error)
             if spec is not None:  # kept so `msgq retry` can re-run it
-                await self.deps.store.keep_spec(record.id, orjson.loads(spec))
+                await self.services.store.keep_spec(record.id, orjson.loads(spec))
         else:
             await self.send_again(batch.handle, record, error, refund=False)
 
@@ -220,7 +220,7 @@ class Poller:
         self, batch: UpstreamBatch, record: JobRecord, status: JobStatus, **fields: Any
     ) -> None:
         await transitions.finish_durably(
-            self.deps.store,
+            self.services.store,
             record.id,
             status,
             served_by=Lane.BATCH,
@@ -237,7 +237,7 @@ class Poller:
         `handle` is where the job is now ('' for nowhere: the reconciler's orphans)."""
         left_s = (record.deadline - utcnow()).total_seconds() if record.deadline else None
         to_pool = left_s is None or left_s >= self.settings.batch_sla_s
-        stored = await self.deps.store.update(
+        stored = await self.services.store.update(
             record.id,
             lambda r: batch_records.sent_again(r, error=error, refund=refund, to_pool=to_pool),
         )
@@ -266,7 +266,7 @@ class Poller:
         """Members the results did not mention never ran: sent again (attempt refunded)."""
         async for chunk in lanes.member_chunks(self.redis, batch.handle):
             for _, job_id, still in chunk:
-                record = await self.deps.store.get(job_id) if still else None
+                record = await self.services.store.get(job_id) if still else None
                 if record is not None and not record.status.terminal:
                     await self.send_again(batch.handle, record, None, refund=True)
                 elif still:

@@ -36,12 +36,12 @@ from msgq.keys import (
 from msgq.lanes import UpstreamBatch, custom_id_for
 from schemas import JobError, JobRecord, JobStatus
 from worker import transitions
-from worker.job.backoff import retry_delay_s
+from worker.job.backoff import retry_delay_for
 from worker.lane import adopt as batch_adopt
 from worker.lane import records as batch_records
 from worker.lane.api import BatchApi
 from worker.lane.budget import leave_lane
-from worker.services import Deps
+from worker.services import Services
 from worker.upstream.client import call_headers
 
 log = structlog.get_logger("msgq.batch")
@@ -88,9 +88,9 @@ def now_ms() -> int:
 
 
 class Batcher:
-    def __init__(self, deps: Deps, api: BatchApi) -> None:
-        self.deps, self.api, self.redis = deps, api, deps.redis
-        self.settings = deps.settings
+    def __init__(self, services: Services, api: BatchApi) -> None:
+        self.services, self.api, self.redis = services, api, services.redis
+        self.settings = services.settings
         self._move = self.redis.register_script(MOVE)
         self.cool_until = 0.0  # monotonic: the batch endpoints said 429 until then
 
@@ -148,7 +148,7 @@ class Batcher:
             if not ids:
                 break
             start += len(ids)
-            records = await self.deps.store.get_many(ids)
+            records = await self.services.store.get_many(ids)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for job_id in ids:
                     pipe.strlen(lane_spec_key(job_id))
@@ -172,7 +172,7 @@ class Batcher:
         if record is not None and not record.status.terminal:
             if record.deadline is None or utcnow() < record.deadline:
                 return True
-            await transitions.finish(self.deps.store, job_id, JobStatus.EXPIRED)
+            await transitions.finish(self.services.store, job_id, JobStatus.EXPIRED)
         await leave_lane(self.redis, job_id, lanes.POOL, record=record)
         return False
 
@@ -205,7 +205,7 @@ class Batcher:
         async for chunk in lanes.member_chunks(self.redis, batch.handle, 200):
             here = [(cid, job_id) for cid, job_id, still in chunk if still]
             stored = await asyncio.gather(
-                *(self.deps.store.update(job_id, _sent_as(cid)) for cid, job_id in here)
+                *(self.services.store.update(job_id, _sent_as(cid)) for cid, job_id in here)
             )
             for (_, job_id), record in zip(here, stored, strict=True):
                 if record is None or record.status.terminal:
@@ -255,13 +255,7 @@ class Batcher:
         if exc.status_code == 429:
             self.cool_until = time.monotonic() + (exc.retry_after_s or 1.0)
         if exc.retryable:
-            delay_s = retry_delay_s(
-                batch.attempts,
-                exc.retry_after_s,
-                base_s=self.settings.backoff_base_s,
-                factor=self.settings.backoff_factor,
-                max_s=self.settings.backoff_max_s,
-            )
+            delay_s = retry_delay_for(self.settings, batch.attempts, exc.retry_after_s)
             batch.sent_at, batch.last_error = None, error.message
             await self._later(batch, delay_s)
             return
@@ -269,7 +263,9 @@ class Batcher:
         async for chunk in lanes.member_chunks(self.redis, batch.handle):
             for _, job_id, still in chunk:
                 if still:
-                    await transitions.finish(self.deps.store, job_id, JobStatus.FAILED, error=error)
+                    await transitions.finish(
+                        self.services.store, job_id, JobStatus.FAILED, error=error
+                    )
                     await leave_lane(self.redis, job_id, batch.handle)
         await lanes.drop_batch(self.redis, batch.handle)
 
@@ -303,7 +299,7 @@ class Batcher:
         async for chunk in lanes.member_chunks(self.redis, batch.handle, 200):
             await asyncio.gather(
                 *(
-                    self.deps.store.update(
+                    self.services.store.update(
                         job_id, lambda r: batch_records.upstream_recorded(r, upstream_id)
                     )
                     for _, job_id, still in chunk

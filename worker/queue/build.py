@@ -4,7 +4,6 @@ expiry, try limit or timeout)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import func
@@ -20,10 +19,8 @@ from msgq.arq_format import (
     redis_settings,
     serialize,
 )
-from worker.queue.claim import (
-    Prefetch,
-    Refused,
-)
+from msgq.settings import Settings
+from worker.queue.hooks import Hooks
 from worker.queue.loop import MsgqWorker
 
 
@@ -52,61 +49,49 @@ def worker_pool(
 
 
 def build_worker(
+    settings: Settings,
+    hooks: Hooks,
     *,
-    task: Callable[..., Awaitable[None]],
-    on_startup: Callable[[dict[str, Any]], Awaitable[None]],
-    on_shutdown: Callable[[dict[str, Any]], Awaitable[None]],
-    on_refused: Refused,
-    ctx: dict[str, Any],
-    redis_url: str,
-    queue_name: str,
-    max_jobs: int,
-    lock_s: float,
-    poll_delay_s: float,
-    shutdown_grace_s: int,
-    max_job_bytes: int,
-    redis_failover_wait_s: float = connections.DEFAULT_FAILOVER_WAIT_S,
-    prefetch: Prefetch | None = None,
-    max_inflight_bytes: int = 2**62,
     burst: bool = False,
     handle_signals: bool = True,
     **overrides: Any,
 ) -> MsgqWorker:
-    """An arq worker running `task` for every msgq job, with JSON payloads and no arq-side
-    expiry, try limit or timeout (msgq's task and records own all three)."""
+    """An arq worker running `hooks.run` for every msgq job, with JSON payloads and no arq-side
+    expiry, try limit or timeout (msgq's task and records own all three). `overrides`: arq's own
+    options, for tests and benchmarks."""
+    deserializer = functools.partial(deserialize, max_bytes=settings.max_job_bytes)
     options: dict[str, Any] = {
-        "functions": [func(task, name=TASK_NAME, max_tries=ARQ_MAX_TRIES, keep_result=0)],  # type: ignore[arg-type]  # arq types its coroutine protocol narrowly
-        "queue_name": queue_name,
-        "redis_settings": redis_settings(redis_url),
+        "functions": [func(hooks.run, name=TASK_NAME, max_tries=ARQ_MAX_TRIES, keep_result=0)],  # type: ignore[arg-type]  # registered for its name: MsgqWorker calls hooks.run itself
+        "queue_name": settings.queue_name,
+        "redis_settings": redis_settings(settings.redis_url),
         "redis_pool": worker_pool(
-            redis_url,
-            queue_name=queue_name,
-            max_job_bytes=max_job_bytes,
-            failover_wait_s=redis_failover_wait_s,
+            settings.redis_url,
+            queue_name=settings.queue_name,
+            max_job_bytes=settings.max_job_bytes,
+            failover_wait_s=settings.redis_failover_wait_s,
         ),
-        "on_startup": on_startup,
-        "on_shutdown": on_shutdown,
-        "ctx": ctx,
+        "on_startup": hooks.startup,
+        "on_shutdown": hooks.shutdown,
+        "ctx": {"settings": settings},
         "burst": burst,
         "handle_signals": handle_signals,
-        "job_completion_wait": shutdown_grace_s,
-        "max_jobs": max_jobs,
+        "job_completion_wait": settings.shutdown_grace_s,
+        "max_jobs": settings.max_jobs,
         "job_timeout": UNREACHABLE_TIMEOUT_S,
         "keep_result": 0,
-        "poll_delay": poll_delay_s,
+        "poll_delay": settings.poll_delay_s,
         "max_tries": ARQ_MAX_TRIES,
         "allow_abort_jobs": True,
         "job_serializer": serialize,
-        "job_deserializer": functools.partial(deserialize, max_bytes=max_job_bytes),
+        "job_deserializer": deserializer,
         "expires_extra_ms": NO_EXPIRY_MS,
         "log_results": False,
         "health_check_interval": 10,
     }
     options.update(overrides)
     return MsgqWorker(
-        lock_s=lock_s,
-        on_refused=on_refused,
-        prefetch=prefetch,
-        max_inflight_bytes=max_inflight_bytes,
+        lock_s=settings.lock_s,
+        hooks=hooks,
+        max_inflight_bytes=settings.max_inflight_bytes,
         **options,
     )

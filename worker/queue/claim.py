@@ -1,11 +1,11 @@
-"""The claim script (every free slot's job in one round trip) and the handle of the job a task
-runs, so a terminal record can end the job in arq's queue in the same write."""
+"""The claim script (every free slot's job in one round trip) and `QueueJob`, the handle of the
+job a task runs, so a terminal record can end the job in arq's queue in the same write."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from msgq.arq_format import (
@@ -81,21 +81,24 @@ return out
 """
 DUE_SCAN_LIMIT = 100_000  # entries one poll looks at, at most (running jobs are skipped)
 PREFETCH_READS = frozenset({"GET", "GETDEL", "EXISTS"})
-PREFETCHED = "prefetched"  # the job ctx's entry: the prefetch reads' results, in order
 
-Refused = Callable[[dict[str, Any], str, bytes | None], Awaitable[None]]
 Prefetch = Callable[[str], Sequence[tuple[str, str]]]
 
 
 @dataclass
-class RunningJob:
-    """The job a task runs. A terminal record written by that task can end the job in the queue
-    in the same atomic step (`finish_commands`); `queue_done` then spares the worker arq's own
+class QueueJob:
+    """The queue's handle on the job a task runs, handed to the task as a value: its ID, when it
+    was enqueued, its try, and what the claim read with it (`prefetched`, in the order of the
+    prefetch reads). A terminal record written by that task can end the job in the queue in the
+    same atomic step (`finish_commands`); `ended_in_queue` then spares the worker arq's own
     finishing round trip."""
 
     job_id: str
     queue_name: str
-    queue_done: bool = False
+    prefetched: tuple[Any, ...] = ()
+    enqueued_at: datetime | None = None  # None: refused before its payload was read
+    job_try: int = 0
+    ended_in_queue: bool = False
 
     def finish_commands(self) -> list[tuple[str, ...]]:
         """What arq's finish does for a finished job: lock, try counter and payload deleted, out
@@ -112,14 +115,8 @@ class RunningJob:
             ("ZREM", self.queue_name, job_id),
         ]
 
-
-RUNNING: ContextVar[RunningJob | None] = ContextVar("msgq_running_job", default=None)
-
-
-def running_job(job_id: str) -> RunningJob | None:
-    """The queue handle of `job_id` when the calling task is the one running it."""
-    job = RUNNING.get()
-    return job if job is not None and job.job_id == job_id else None
+    def mark_ended(self) -> None:
+        self.ended_in_queue = True
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,11 @@ from worker.queue.claim import (
     DUE_SCAN_LIMIT,
     DUE_UNHELD,
     PREFETCH_READS,
-    PREFETCHED,
-    RUNNING,
     Claim,
-    Prefetch,
-    Refused,
-    RunningJob,
+    QueueJob,
     _claim,
 )
+from worker.queue.hooks import Hooks
 from worker.queue.upkeep import ByteBudget, keep_locks_alive, wait_for_redis
 from worker.queue.wake import QueueWake
 
@@ -62,16 +59,15 @@ class MsgqWorker(Worker):
         self,
         *args: Any,
         lock_s: float,
-        on_refused: Refused,
-        prefetch: Prefetch | None = None,
+        hooks: Hooks,
         max_inflight_bytes: int = 2**62,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.in_progress_timeout_s = lock_s
         self._outage_s = 0.0
-        self._on_refused = on_refused
-        self._prefetch = prefetch
+        self._hooks = hooks
+        self._prefetch = prefetch = hooks.prefetch
         # The reads are the same for every job (the claim script relies on it): checked once.
         self._prefetch_ops = [op for op, _ in prefetch("")] if prefetch else []
         if any(op not in PREFETCH_READS for op in self._prefetch_ops):
@@ -238,62 +234,51 @@ class MsgqWorker(Worker):
             # Left locked, the claim would hand it straight back here, failing again for good:
             # the job ends `failed` (validation_error, the reason) and its keys are released.
             failure = JobExecutionFailed(f"the job could not be started: {exc!r}"[:300])
-            ctx = {**self.ctx, PREFETCHED: claim.prefetched}
             with contextlib.suppress(Exception):
-                await self._refuse(ctx, job_id, claim, failure)
+                await self._refuse(job_id, claim, failure)
         finally:
             self.bytes.remove(size)
 
     async def _run_claimed(self, job_id: str, claim: Claim) -> None:
         """arq's run_job from the claim onwards, for msgq's one task."""
-        ctx = {**self.ctx, PREFETCHED: claim.prefetched}
         if claim.error is not None:
             failure = JobExecutionFailed(f"the job's keys could not be read: {claim.error}")
-            return await self._refuse(ctx, job_id, claim, failure)
+            return await self._refuse(job_id, claim, failure)
         if claim.payload is None:
-            return await self._refuse(ctx, job_id, claim, JobExecutionFailed("job expired"))
+            return await self._refuse(job_id, claim, JobExecutionFailed("job expired"))
         try:
-            name, args, kwargs, enqueued_try, enqueued_ms = deserialize_job_raw(
+            name, _args, kwargs, enqueued_try, enqueued_ms = deserialize_job_raw(
                 claim.payload, deserializer=self.job_deserializer
             )
         except SerializationError as exc:
-            return await self._refuse(ctx, job_id, claim, exc)
+            return await self._refuse(job_id, claim, exc)
         if claim.aborted:
-            return await self._refuse(
-                ctx, job_id, claim, asyncio.CancelledError(), name, enqueued_ms
-            )
-        function = self.functions.get(name)
-        if function is None:
+            return await self._refuse(job_id, claim, asyncio.CancelledError(), name, enqueued_ms)
+        if name not in self.functions:
             failure = JobExecutionFailed(f"function {name!r} not found")
-            return await self._refuse(ctx, job_id, claim, failure, name, enqueued_ms)
+            return await self._refuse(job_id, claim, failure, name, enqueued_ms)
         job_try = claim.job_try
         if enqueued_try and enqueued_try > job_try:
             job_try = enqueued_try
             await self.pool.setex(RETRY_KEY_PREFIX + job_id, 88400, str(job_try))
-        ctx.update(
-            job_id=job_id,
+        job = QueueJob(
+            job_id,
+            self.queue_name,
+            tuple(claim.prefetched),
+            enqueued_at=ms_to_datetime(enqueued_ms),
             job_try=job_try,
-            enqueue_time=ms_to_datetime(enqueued_ms),
-            score=claim.score,
         )
-        running = RunningJob(job_id, self.queue_name)
-        RUNNING.set(running)  # this task's context: the job's own task inherits it
-        finish, incr_score = await self._run_task(job_id, claim.score, function, ctx, args, kwargs)
-        if running.queue_done:
+        finish, incr_score = await self._run_task(job, claim.score, kwargs)
+        if job.ended_in_queue:
             return  # its terminal record's write ended it in the queue too
         await asyncio.shield(self.finish_job(job_id, finish, None, 0, False, incr_score, None))
 
     async def _run_task(
-        self,
-        job_id: str,
-        score: int,
-        function: Any,
-        ctx: dict[str, Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        self, job: QueueJob, score: int, kwargs: dict[str, Any]
     ) -> tuple[bool, int | None]:
         """Run the task; (finished, re-queue delay in ms) as arq's finish wants them."""
-        task = self.loop.create_task(function.coroutine(ctx, *args, **kwargs))
+        job_id = job.job_id
+        task = self.loop.create_task(self._hooks.run(self.ctx, job, kwargs))
         self.job_tasks[job_id] = task
         try:
             await task
@@ -319,7 +304,6 @@ class MsgqWorker(Worker):
 
     async def _refuse(
         self,
-        ctx: dict[str, Any],
         job_id: str,
         claim: Claim,
         failure: BaseException,
@@ -344,15 +328,18 @@ class MsgqWorker(Worker):
             queue_name=self.queue_name,
             job_id=job_id,
         )
-        await asyncio.shield(self.finish_failed_job(job_id, result, ctx))
+        job = QueueJob(job_id, self.queue_name, tuple(claim.prefetched), job_try=claim.job_try)
+        await asyncio.shield(self._finish_refused(job, result))
 
-    async def finish_failed_job(
-        self, job_id: str, result_data: bytes | None, ctx: dict[str, Any] | None = None
-    ) -> None:
+    async def _finish_refused(self, job: QueueJob, result_data: bytes | None) -> None:
         """arq failed a job before our task ran (empty payload, "expired", aborted): record it
         too, or a poller would wait on `queued` forever."""
-        await super().finish_failed_job(job_id, result_data)
-        await self._on_refused(ctx or self.ctx, job_id, result_data)
+        await super().finish_failed_job(job.job_id, result_data)
+        await self._hooks.refused(self.ctx, job, result_data)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq's own calls (none on msgq's path, which refuses through `_refuse`)."""
+        await self._finish_refused(QueueJob(job_id, self.queue_name), result_data)
 
     async def finish_job(
         self,

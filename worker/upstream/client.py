@@ -7,7 +7,7 @@ call; one httpx client 27 calls/s at 23.9 ms (httpcore's pool walks every connec
 request on each request and release, encode/httpcore#1035); httpx spread over 256 small clients,
 which the worker did until now, 141 calls/s at 3.26 ms. So the Messages calls share one aiohttp
 session per worker process (`Upstream`), and the occasional Batches and Models API calls keep a
-plain httpx client (`build_client`, `Deps.http`). The worker as a whole (`one_worker`, 3,000
+plain httpx client (`build_client`, `Services.http`). The worker as a whole (`one_worker`, 3,000
 plain calls at 512 in flight, warm): with the 256 httpx clients 137.2 jobs/s (0.92 of the aiohttp
 baseline) at 3.16 ms of worker CPU a job; with this session 136.9 jobs/s (0.87) at 2.61 ms. The
 CPU per job fell by a sixth; the rate at 512 in flight did not move, so at that load something

@@ -11,9 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import APIRoute
 
-from msgq.http.deps import public_id, state_of
+from msgq.http.deps import state_of
 from msgq.http.ui.render import message
 from msgq.http.ui.session import CsrfError, Session, SignInRequiredError
+from msgq.jobs.ids import public_id
 from schemas import JobRecord
 
 LOGIN_PATH = "/ui/login"

@@ -1,0 +1,122 @@
+"""A worker's background tasks, started and stopped as one (`Background`): the fleet's
+dispatcher, reconciler, batch lane and webhook deliveries (each acts on one worker at a time,
+under its lease), this worker's announcement and gauges, and the fleet's copy of the Models API.
+
+Each loop survives its own errors; stopping cancels them all and takes this worker out of the
+fleet's registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+import structlog
+from redis.exceptions import RedisError
+
+from msgq.errors import UpstreamError
+from msgq.keys import FLEET_WORKERS
+from msgq.model_catalog import Catalog, store_catalog
+from msgq.tenancy import policy
+from worker import metrics
+from worker.dispatch.dispatcher import Dispatcher
+from worker.dispatch.window import announce
+from worker.lane.lane import BatchLane
+from worker.reconciler import Reconciler
+from worker.services import Services
+from worker.upstream.models import fetch_models
+from worker.webhooks import WebhookDispatcher
+
+log = structlog.get_logger("msgq.worker")
+models_log = structlog.get_logger("msgq.models")
+POLICY_EVERY_S = 60.0
+ANNOUNCE_EVERY_S = 1.0
+GAUGES_EVERY_S = 5.0
+
+
+@dataclass
+class Background:
+    """`Background(services, running_jobs).start()` at start-up, `await .stop()` at shutdown."""
+
+    services: Services
+    running_jobs: Callable[[], int]  # this worker's jobs in flight, for its announcement
+    worker_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        s = self.services
+        loops: list[Awaitable[None]] = [
+            self._gauges(),
+            Reconciler(s.redis, s.store, s.settings).run_forever(),
+            BatchLane(s).run_forever(),
+            # Always one per fleet: with the scheduler off it only drains what producers placed.
+            Dispatcher(s.redis, s.store, s.settings, s.limiter).run_forever(),
+            self._announce(),
+            WebhookDispatcher(s.redis, s.store, s.settings).run_forever(),
+            self._models(),
+        ]
+        self.tasks = [asyncio.ensure_future(loop) for loop in loops]
+
+    async def stop(self) -> None:
+        """Cancel every loop (a webhook attempt cut short is delivered again when its lease
+        ends) and leave the fleet's registry."""
+        for task in self.tasks:
+            task.cancel()
+        with contextlib.suppress(RedisError, OSError):
+            await self.services.redis.hdel(FLEET_WORKERS, self.worker_id)  # type: ignore[misc]  # redis-py stubs
+
+    async def _announce(self) -> None:
+        """Every second: this worker's slots for the dispatcher's sizing (and its adaptive
+        limit, for the dashboard), and (every minute) the fleet policy for producers."""
+        s = self.services
+        published_at = -POLICY_EVERY_S
+        while True:
+            try:
+                slots, limit = s.settings.max_jobs, s.concurrency.limit
+                await announce(s.redis, self.worker_id, slots, self.running_jobs(), limit)
+                if time.monotonic() - published_at >= POLICY_EVERY_S:
+                    await policy.publish(s.redis, s.settings)
+                    published_at = time.monotonic()
+            except Exception as exc:
+                log.warning("worker.announce_failed", error=type(exc).__name__)
+            await asyncio.sleep(ANNOUNCE_EVERY_S)
+
+    async def _gauges(self) -> None:
+        """This worker's own gauges; the fleet's (queue depth, pause) are `msgq api`'s alone."""
+        while True:
+            metrics.CONCURRENCY.set(self.services.concurrency.limit)
+            await asyncio.sleep(GAUGES_EVERY_S)
+
+    async def _models(self) -> None:
+        """The Models API into the fleet's catalog at start, then every `models_refresh_s`; a
+        failure is retried after a minute. Any worker may do it; the last read wins."""
+        refresh_s = self.services.settings.models_refresh_s
+        while True:
+            try:
+                done = await refresh_models(self.services)
+            except Exception as exc:  # Redis down: keep the loop alive, try again later
+                models_log.warning("models.refresh_failed", error=type(exc).__name__)
+                done = None
+            await asyncio.sleep(refresh_s if done else min(60.0, refresh_s))
+
+
+async def refresh_models(services: Services) -> Catalog | None:
+    """One read into Redis; None (logged) when the API could not be read. A failed read leaves
+    the previous copy (or none) in place: validation then relies on the copy it has, and on
+    schemas/models.toml, never on a guess."""
+    try:
+        models = await fetch_models(services.http)
+    except (UpstreamError, httpx.HTTPError, orjson.JSONDecodeError) as exc:
+        models_log.warning("models.refresh_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+        return None
+    base_url = services.settings.anthropic_base_url
+    catalog = await store_catalog(services.redis, models, base_url=base_url)
+    services.catalog.invalidate()
+    models_log.info("models.refreshed", models=len(models))
+    return catalog

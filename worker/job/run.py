@@ -1,0 +1,71 @@
+"""`JobRun`: one run of one job on this worker, as one explicit value.
+
+Everything a run holds that outlives a single call is here and passed to the functions that
+need it: the queue's handle (so a terminal record also ends the job in the queue), what the
+claim read with the job (`Prefetched`), the dispatcher's ticket, and the budget reservation the
+attempt holds. Nothing of it rides in a ContextVar or in the worker's ctx: a cancel or shutdown
+path sees exactly what the run holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from msgq.keys import COOLING_KEY, PAUSE_KEY, admitted_key, record_key
+from msgq.tenancy.budgets import Reservation
+from worker.queue.claim import QueueJob
+from worker.ticket import HeldTicket
+
+
+class Prefetched(NamedTuple):
+    """What the worker reads with the job itself, in its claiming script (`prefetch_reads`)."""
+
+    record: bytes | None  # the record's JSON
+    ticket: bytes | None  # the dispatcher's ticket: read, not taken (see `HeldTicket`)
+    paused: int  # the fleet is paused
+    cooling: int  # some model class cools down after a 429
+
+    @classmethod
+    def of(cls, values: tuple[Any, ...] | list[Any]) -> Prefetched | None:
+        """The claim's reads; None when they are not the reads of `prefetch_reads`."""
+        return cls._make(values) if len(values) == len(cls._fields) else None
+
+
+def prefetch_reads(job_id: str) -> list[tuple[str, str]]:
+    """The reads of `Prefetched`, in its order, as the claim script takes them."""
+    return [
+        ("GET", record_key(job_id)),
+        ("GET", admitted_key(job_id)),
+        ("EXISTS", PAUSE_KEY),
+        ("EXISTS", COOLING_KEY),
+    ]
+
+
+@dataclass
+class JobRun:
+    """One run of one job: created by the task from the queue's handle, passed to every step."""
+
+    job_id: str
+    queue: QueueJob | None = None  # None: a run the queue did not start (a test, a rehome)
+    prefetched: Prefetched | None = None
+    ticket: HeldTicket | None = None  # the dispatcher's, once read at pick-up
+    reservation: Reservation | None = None  # the budget this attempt holds until it settles
+
+    @classmethod
+    def of(cls, job: QueueJob) -> JobRun:
+        return cls(job.job_id, job, Prefetched.of(job.prefetched))
+
+    def finish_commands(self) -> list[tuple[str, ...]]:
+        """What ends the job in the queue, written with its terminal record (see
+        `transitions.finish`)."""
+        return self.queue.finish_commands() if self.queue is not None else []
+
+    def mark_ended(self) -> None:
+        if self.queue is not None:
+            self.queue.mark_ended()
+
+    def take_reservation(self) -> Reservation | None:
+        """The budget reservation, handed over once to whoever settles it."""
+        reservation, self.reservation = self.reservation, None
+        return reservation
