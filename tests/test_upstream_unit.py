@@ -18,7 +18,13 @@ from msgq.errors import (
 )
 from msgq.pricing import cost_usd
 from worker.job.backoff import backoff_delay_s, retry_delay_s
-from worker.upstream.client import classify, parse_message, parse_retry_after
+from worker.upstream.classify import (
+    classify,
+    classify_response,
+    header_dict,
+    parse_message,
+    parse_retry_after,
+)
 
 
 def response(status: int, body: Any = None, **headers: str) -> httpx.Response:
@@ -53,7 +59,7 @@ def response(status: int, body: Any = None, **headers: str) -> httpx.Response:
 )
 def test_status_classification(status: int, cls: type) -> None:
     """Each status maps to the class SPEC §3 names, with retryable set accordingly."""
-    error = classify(response(status))
+    error = classify_response(response(status))
     assert type(error) is cls
     assert error.retryable is (status in {408, 409, 429, 500, 502, 503, 504, 529})
     assert error.status_code == status and error.request_id == "req_body"
@@ -61,8 +67,8 @@ def test_status_classification(status: int, cls: type) -> None:
 
 def test_x_should_retry_wins_over_status() -> None:
     """x-should-retry is obeyed first, in both directions."""
-    assert classify(response(503, **{"x-should-retry": "false"})).retryable is False
-    assert classify(response(400, **{"x-should-retry": "true"})).retryable is True
+    assert classify_response(response(503, **{"x-should-retry": "false"})).retryable is False
+    assert classify_response(response(400, **{"x-should-retry": "true"})).retryable is True
 
 
 def test_spend_limit_signals_are_final() -> None:
@@ -82,14 +88,15 @@ def test_spend_limit_signals_are_final() -> None:
             "message": "You have reached your specified API usage limits. Try later.",
         },
     }
-    for error in (classify(response(429, cap)), classify(response(400, usage_400))):
+    for answer in (response(429, cap), response(400, usage_400)):
+        error = classify_response(answer)
         assert isinstance(error, SpendLimitError)
         assert error.retryable is False and error.error_type == "spend_limit"
 
 
 def test_non_json_error_body_is_classified_by_status() -> None:
     """A Cloudflare-style 413 with an HTML body is still a final 413."""
-    error = classify(response(413, b"<html>too large</html>", **{"request-id": "req_h"}))
+    error = classify_response(response(413, b"<html>too large</html>", **{"request-id": "req_h"}))
     assert isinstance(error, RejectedError) and error.message == "HTTP 413"
     assert error.request_id == "req_h"
 
@@ -106,8 +113,9 @@ def test_retry_after_ms_beats_retry_after() -> None:
 def test_200_that_is_not_a_message_is_final() -> None:
     """A 200 with malformed JSON or a non-Message body is a final invalid_response."""
     for body in (b'{"id": "msg_', {"hello": "world"}):
+        answer = response(200, body)
         with pytest.raises(InvalidResponseError) as info:
-            parse_message(response(200, body))
+            parse_message(answer.content, answer.headers)
         assert info.value.retryable is False
 
 
@@ -135,3 +143,16 @@ def test_cost_uses_price_table_and_cache_split() -> None:
     assert cost_usd("claude-sonnet-4-5", cached) == pytest.approx((2 * 3.75 + 6.0 + 0.3) / 100)
     assert cost_usd("claude-haiku-4-5", {**usage, "service_tier": "batch"}) == pytest.approx(3.0)
     assert cost_usd("claude-unknown", usage) is None
+
+
+def test_classify_reads_plain_values_as_the_aiohttp_path_passes_them() -> None:
+    """The Messages path hands `classify` a status, lower-cased headers (repeats joined) and
+    bytes: the same meaning as the httpx answer, with no httpx.Response built."""
+    raw = [("Retry-After", "7"), ("Request-Id", "req_plain"), ("X-Should-Retry", "false")]
+    headers = header_dict([*raw, ("Via", "a"), ("via", "b")])
+    assert headers["via"] == "a, b" and headers["retry-after"] == "7"
+    body = b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}'
+    error = classify(529, headers, body)
+    assert type(error) is RejectedError  # x-should-retry: false wins over the status
+    assert error.retry_after_s == 7.0 and error.request_id == "req_plain"
+    assert error.error_type == "overloaded_error" and error.message == "busy"

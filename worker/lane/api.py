@@ -13,7 +13,7 @@ import httpx
 import orjson
 
 from msgq.errors import InvalidResponseError, UnavailableError
-from worker.upstream.classify import classify
+from worker.upstream.classify import classify_response
 
 PATH = "/v1/messages/batches"
 
@@ -48,7 +48,7 @@ class BatchApi:
         with _transport_errors():
             response = await self.http.request(method, url, **kwargs)
         if response.status_code != 200:
-            raise classify(response)
+            raise classify_response(response)
         try:
             body = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -80,7 +80,7 @@ class BatchApi:
             ) as response:
                 if response.status_code != 200:
                     await response.aread()
-                    raise classify(response)
+                    raise classify_response(response)
                 yield _non_empty(response.aiter_lines())
 
 

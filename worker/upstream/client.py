@@ -1,21 +1,11 @@
 """The one HTTP call to `POST /v1/messages`, streamed; `classify` says what its failures mean.
 
-Why aiohttp for this call (and httpx for the rest): the worker is CPU-bound, and the transport
-was most of its CPU. Measured with `bench.real_load.transport` (3,000 calls, 512 in flight, a
-simulator answering after 3 s): one aiohttp session ran 156 calls/s at 0.37 ms of client CPU a
-call; one httpx client 27 calls/s at 23.9 ms (httpcore's pool walks every connection and waiting
-request on each request and release, encode/httpcore#1035); httpx spread over 256 small clients,
-which the worker did until now, 141 calls/s at 3.26 ms. So the Messages calls share one aiohttp
-session per worker process (`Upstream`), and the occasional Batches and Models API calls keep a
-plain httpx client (`build_client`, `Services.http`). The worker as a whole (`one_worker`, 3,000
-plain calls at 512 in flight, warm): with the 256 httpx clients 137.2 jobs/s (0.92 of the aiohttp
-baseline) at 3.16 ms of worker CPU a job; with this session 136.9 jobs/s (0.87) at 2.61 ms. The
-CPU per job fell by a sixth; the rate at 512 in flight did not move, so at that load something
-other than the worker's transport CPU sets it.
-
-An aiohttp answer is handed to `worker.upstream.classify` as the `httpx.Response` it has always read
-(`_response`: built in memory, no I/O), so every status, body and header means what it did.
-Error messages name exception types only: an exception's text can carry URLs or headers.
+The Messages calls share one aiohttp session per worker process (`Upstream`): the worker is
+CPU-bound and the transport was most of its CPU (BENCHMARKS.md, "Upstream transport", measures
+it against httpx). The occasional Batches and Models API calls keep a plain httpx client
+(`build_client`, `Services.http`). An answer reaches `worker.upstream.classify` as plain values
+(status, lower-cased headers, body). Error messages name exception types only: an exception's
+text can carry URLs or headers.
 """
 
 from __future__ import annotations
@@ -41,24 +31,12 @@ from schemas import Message
 from worker.upstream.classify import (
     classify,
     classify_error_event,
+    header_dict,
     invalid_response,
     parse_message,
-    parse_retry_after,
 )
 from worker.upstream.sse import ServerSentEvent, SSEDecoder
 from worker.upstream.streaming import MessageAssembler, MidStreamError, StreamError
-
-__all__ = [
-    "Upstream",
-    "UpstreamReply",
-    "build_client",
-    "call_headers",
-    "classify",
-    "classify_error_event",
-    "parse_message",
-    "parse_retry_after",
-    "send_message",
-]
 
 OnProgress = Callable[[int, str], Awaitable[None]]
 OnEvent = Callable[[str, str], Awaitable[None]]  # (event name, its raw data), as received
@@ -224,32 +202,27 @@ async def send_message(
             proxy=upstream.proxy,
             proxy_auth=upstream.proxy_auth,
         ) as answer:
-            response = _response(answer, await answer.read())
+            status, raw, answered = answer.status, await answer.read(), _headers(answer)
     except TimeoutError as exc:
         msg = f"request timed out ({type(exc).__name__})"
         raise UnavailableError(msg, error_type="timeout") from None
     except CONNECTION_ERRORS as exc:
         msg = f"connection failed ({type(exc).__name__})"
         raise UnavailableError(msg, error_type="connection_error") from None
-    if response.status_code != 200:
-        raise classify(response)
-    return _reply(parse_message(response), response, started)
+    if status != 200:
+        raise classify(status, answered, raw)
+    return _reply(parse_message(raw, answered), answered, started)
 
 
-def _response(answer: aiohttp.ClientResponse, body: bytes = b"") -> httpx.Response:
-    """The answer as the httpx.Response `worker.upstream.classify` reads, built in memory. Its
-    headers are set after the body: given first, a content-encoding would make httpx re-decode the
-    body aiohttp has already decompressed."""
-    response = httpx.Response(answer.status, content=body)
-    response.headers = httpx.Headers(answer.raw_headers)
-    return response
+def _headers(answer: aiohttp.ClientResponse) -> dict[str, str]:
+    return header_dict(answer.headers.items())
 
 
-def _reply(message: dict[str, Any], response: httpx.Response, started: float) -> UpstreamReply:
+def _reply(message: dict[str, Any], headers: dict[str, str], started: float) -> UpstreamReply:
     return UpstreamReply(
         message=message,
-        request_id=response.headers.get("request-id"),
-        headers=dict(response.headers),
+        request_id=headers.get("request-id"),
+        headers=headers,
         latency_ms=(time.perf_counter() - started) * 1000,
     )
 
@@ -260,33 +233,33 @@ async def _stream(
     started: float,
     idle_timeout_s: float,
     hooks: Hooks,
-    headers: dict[str, str] | None = None,
+    extra_headers: dict[str, str] | None = None,
 ) -> UpstreamReply:
     # No read timeout in aiohttp: asyncio bounds the wait for the answer to start, then each
     # gap between events (a trickle of bytes that never completes an event is idle too).
     streaming = False
     assembler = MessageAssembler()
-    response: httpx.Response | None = None
+    headers: dict[str, str] = {}
     try:
         async with (
             asyncio.timeout(upstream.request_timeout_s) as timer,
             upstream.session.post(
                 upstream.url,
                 data=_body(orjson.dumps({**body, "stream": True})),
-                headers={**(headers or {}), **STREAM_HEADERS},
+                headers={**(extra_headers or {}), **STREAM_HEADERS},
                 timeout=upstream.stream_timeout,
                 proxy=upstream.proxy,
                 proxy_auth=upstream.proxy_auth,
             ) as answer,
         ):
+            headers = _headers(answer)
             if answer.status != 200:
-                raise classify(_response(answer, await answer.read()))
-            response = _response(answer)
+                raise classify(answer.status, headers, await answer.read())
             kind = answer.headers.get("content-type", "").partition(";")[0]
             if "text/event-stream" not in kind:
-                raise invalid_response(response, "not an event stream")
+                raise invalid_response(headers, "not an event stream")
             streaming = True
-            await _consume(answer.content, response, assembler, timer, idle_timeout_s, hooks)
+            await _consume(answer.content, headers, assembler, timer, idle_timeout_s, hooks)
     except aiohttp.ServerTimeoutError:
         raise  # the connect timeout: send_message names it, as for a plain call
     except TimeoutError:
@@ -305,18 +278,17 @@ async def _stream(
     if not assembler.done:
         msg = "the stream ended before message_stop"
         raise UnavailableError(msg, error_type="connection_error")
-    assert response is not None  # done: it streamed
     message = assembler.message()
     try:
         Message.model_validate(message)
     except ValidationError:
-        raise invalid_response(response, "not a Message") from None
-    return _reply(message, response, started)
+        raise invalid_response(headers, "not a Message") from None
+    return _reply(message, headers, started)
 
 
 async def _consume(
     content: aiohttp.StreamReader,
-    response: httpx.Response,
+    headers: dict[str, str],
     assembler: MessageAssembler,
     timer: asyncio.Timeout,
     idle_timeout_s: float,
@@ -326,7 +298,7 @@ async def _consume(
     the end of the body (briefly), so that the connection goes back to the pool."""
     on_progress, on_event, on_open = hooks
     if on_open is not None:
-        await on_open(response.headers.get("request-id"))
+        await on_open(headers.get("request-id"))
     loop = asyncio.get_running_loop()
     # Moving the timer costs more than parsing an event: move it at most every `step`, which
     # keeps the idle timeout exact to within `step` (a tenth of it, at most a second).
@@ -343,20 +315,20 @@ async def _consume(
                 timer.reschedule(now + idle_timeout_s)
             if on_event is not None:
                 await on_event(event.event, event.data)
-            text = _feed(assembler, event, response)
+            text = _feed(assembler, event, headers)
             if on_progress is not None and event.event == "content_block_delta":
                 await on_progress(assembler.output_tokens, text)
             if assembler.done:
                 timer.reschedule(loop.time() + step)
 
 
-def _feed(assembler: MessageAssembler, event: ServerSentEvent, response: httpx.Response) -> str:
+def _feed(assembler: MessageAssembler, event: ServerSentEvent, headers: dict[str, str]) -> str:
     """One event into the assembler; protocol breaks are final, `error` events classified."""
     try:
         return assembler.feed(event.event, orjson.loads(event.data) if event.data else {})
     except orjson.JSONDecodeError:
-        raise invalid_response(response, "an event that is not JSON") from None
+        raise invalid_response(headers, "an event that is not JSON") from None
     except StreamError as exc:
-        raise invalid_response(response, f"a broken event stream ({exc})") from None
+        raise invalid_response(headers, f"a broken event stream ({exc})") from None
     except MidStreamError as exc:
-        raise classify_error_event(response, exc.error) from None
+        raise classify_error_event(headers, exc.error) from None

@@ -9,7 +9,7 @@ import httpx
 import orjson
 
 from msgq.errors import InvalidResponseError
-from worker.upstream.classify import classify
+from worker.upstream.classify import classify_response
 
 PAGE_LIMIT = 1000
 MAX_PAGES = 100  # 100,000 models: a bound, so a cursor that never ends cannot loop forever
@@ -25,7 +25,7 @@ async def fetch_models(http: httpx.AsyncClient) -> list[dict[str, Any]]:
             params["after_id"] = after
         response = await http.get("/v1/models", params=params)
         if response.status_code != 200:
-            raise classify(response)
+            raise classify_response(response)
         page = orjson.loads(response.content)
         if not isinstance(page, dict) or not isinstance(page.get("data"), list):
             msg = "GET /v1/models answered 200 with a body that is not a page of models"
