@@ -87,12 +87,12 @@ READER = (
     PEAK
     + """
 import asyncio, sys, httpx, orjson
-from worker.lane.api import BatchApi
+from worker.lane.api import LaneApi
 
 async def main(url, key, batch, whole):
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300) as http:
-        api = BatchApi(http)
+        api = LaneApi(http)
         lines = size = 0
         if whole:  # the naive way, for comparison: the whole body, then split
             body = (await http.get(f"/v1/messages/batches/{batch}/results")).content

@@ -30,7 +30,7 @@ from msgq.settings import Settings
 from msgq.tenancy.policy import PolicyReader
 from msgq.tenancy.scheduling import placement, uses_scheduler
 from msgq.token_count import count_tokens
-from msgq.tracing import trace_fields
+from msgq.trace_context import trace_fields
 from msgq.webhooks.targets import callback_for
 from schemas import JOB_ID_PATTERN, JobRecord, JobSpec, JobStatus, Lane, Priority
 

@@ -184,16 +184,16 @@ def lane_spec_key(job_id: str) -> str:
     return f"{KEY_PREFIX}lane:spec:{job_id}"
 
 
-def upstream_key(handle: str) -> str:
+def lane_batch_key(handle: str) -> str:
     """One upstream batch as msgq sees it (JSON: state, upstream id, counts, timing)."""
     return f"{KEY_PREFIX}lane:ub:{handle}"
 
 
-def upstream_members_key(handle: str) -> str:
+def lane_batch_members_key(handle: str) -> str:
     """HASH custom_id -> job id of the requests in one upstream batch."""
     return f"{KEY_PREFIX}lane:ub:{handle}:members"
 
 
-def upstream_order_key(handle: str) -> str:
+def lane_batch_order_key(handle: str) -> str:
     """LIST of custom_ids in the order they are sent (the create body streams from it)."""
     return f"{KEY_PREFIX}lane:ub:{handle}:order"

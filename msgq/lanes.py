@@ -16,18 +16,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.asyncio.client import Pipeline
 
 from msgq.keys import (
     LANE_BATCHES,
     LANE_POOL,
     LANE_POOL_BYTES,
     LANE_WHERE,
+    lane_batch_key,
+    lane_batch_members_key,
+    lane_batch_order_key,
     lane_spec_key,
-    upstream_key,
-    upstream_members_key,
-    upstream_order_key,
 )
+from msgq.watched import Writes, watched
 from schemas import Lane
 
 POOL = "pool"
@@ -141,7 +142,7 @@ async def locations(redis: Redis, job_ids: list[str]) -> list[str | None]:
             if at == POOL:
                 pipe.zscore(LANE_POOL, job_id)
             else:
-                pipe.exists(upstream_key(at or "-"))
+                pipe.exists(lane_batch_key(at or "-"))
         alive = await pipe.execute()
     return [
         at if at is not None and found not in (None, 0) else None
@@ -150,14 +151,14 @@ async def locations(redis: Redis, job_ids: list[str]) -> list[str | None]:
 
 
 async def load_batch(redis: Redis, handle: str) -> UpstreamBatch | None:
-    raw = await redis.get(upstream_key(handle))
+    raw = await redis.get(lane_batch_key(handle))
     return None if raw is None else UpstreamBatch.model_validate_json(raw)
 
 
 async def save_batch(redis: Redis, batch: UpstreamBatch, *, due_ms: int) -> None:
     """Store the batch's state and when the manager should look at it next."""
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(upstream_key(batch.handle), batch.model_dump_json())
+        pipe.set(lane_batch_key(batch.handle), batch.model_dump_json())
         pipe.zadd(LANE_BATCHES, {batch.handle: due_ms})
         await pipe.execute()
 
@@ -165,7 +166,9 @@ async def save_batch(redis: Redis, batch: UpstreamBatch, *, due_ms: int) -> None
 async def drop_batch(redis: Redis, handle: str) -> None:
     """Every member has left: forget the batch."""
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(upstream_key(handle), upstream_members_key(handle), upstream_order_key(handle))
+        pipe.delete(
+            lane_batch_key(handle), lane_batch_members_key(handle), lane_batch_order_key(handle)
+        )
         pipe.zrem(LANE_BATCHES, handle)
         await pipe.execute()
 
@@ -177,13 +180,13 @@ async def member_chunks(
     "still here" is False for a member that has since left the batch (ended or moved)."""
     start = 0
     while True:
-        order = upstream_order_key(handle)
+        order = lane_batch_order_key(handle)
         raw = await redis.lrange(order, start, start + size - 1)  # type: ignore[misc]  # stubs
         cids = [c.decode() for c in raw]
         if not cids:
             return
         start += len(cids)
-        ids = await redis.hmget(upstream_members_key(handle), cids)  # type: ignore[misc]
+        ids = await redis.hmget(lane_batch_members_key(handle), cids)  # type: ignore[misc]
         job_ids = [i.decode() if i else "" for i in ids]
         where = await redis.hmget(LANE_WHERE, job_ids)  # type: ignore[misc]
         yield [
@@ -197,23 +200,19 @@ async def claim_send(redis: Redis, batch: UpstreamBatch, *, due_ms: int) -> bool
     """Store `batch` (about to be sent) only if the stored one is still `creating` with the
     attempts `batch` was built from: a second manager (a lock that lapsed under a stalled
     holder) can never send the same batch again after the first recorded or re-sent it."""
-    key = upstream_key(batch.handle)
-    async with redis.pipeline(transaction=True) as pipe:
-        try:
-            await pipe.watch(key)
-            raw = await pipe.get(key)
-            stored = None if raw is None else UpstreamBatch.model_validate_json(raw)
-            if (
-                stored is None
-                or stored.state != "creating"
-                or stored.attempts + 1 != batch.attempts
-            ):
-                await pipe.unwatch()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-                return False
-            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    key = lane_batch_key(batch.handle)
+
+    async def body(pipe: Pipeline) -> tuple[bool, Writes | None]:
+        raw = await pipe.get(key)
+        stored = None if raw is None else UpstreamBatch.model_validate_json(raw)
+        if stored is None or stored.state != "creating" or stored.attempts + 1 != batch.attempts:
+            return False, None
+
+        def writes(pipe: Pipeline) -> None:
             pipe.set(key, batch.model_dump_json())
             pipe.zadd(LANE_BATCHES, {batch.handle: due_ms})
-            await pipe.execute()
-            return True
-        except WatchError:
-            return False
+
+        return True, writes
+
+    # A write that lost is looked at again: whoever won moved the batch on, so this is False.
+    return await watched(redis, [key], body)

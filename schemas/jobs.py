@@ -93,10 +93,33 @@ class JobUsage(BaseModel):
     cache_read_input_tokens: int = 0
 
 
+class JobErrorType(StrEnum):
+    """msgq's own kinds of `JobError.type`. Any other value is the API's own `error.type`
+    (`overloaded_error`, `invalid_request_error`, ...), kept as the API sent it, so a type the
+    API adds needs no msgq release."""
+
+    VALIDATION = "validation_error"  # the request or the job's payload is invalid (msgq's checks)
+    BUDGET_EXCEEDED = "budget_exceeded"  # the tenant's budget is spent (`on_budget = "fail"`)
+    BATCH_EXPIRED = "batch_expired"  # the upstream batch expired before this request ran
+    TIMEOUT = "timeout"  # no answer in time (request timeout, idle stream, the task's ceiling)
+    CONNECTION = "connection_error"  # the connection failed or broke mid-stream
+    INVALID_RESPONSE = "invalid_response"  # a 200 that is not a Message
+    SPEND_LIMIT = "spend_limit"  # the organisation's spend limit (the fleet pauses)
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # a worker died during the last allowed call
+    INTERNAL = "internal_error"  # a bug in task code
+    LOST = "lost"  # the job's queue entry vanished (found by the reconciler)
+
+    @classmethod
+    def own(cls, value: str) -> JobErrorType | None:
+        """The kind `value` names when it is msgq's own; None for the API's types."""
+        kind = cls._value2member_map_.get(value)
+        return kind if isinstance(kind, cls) else None
+
+
 class JobError(BaseModel):
     """Why the last attempt (or the job) failed; `errors` holds a validation_error's fields."""
 
-    type: str
+    type: JobErrorType | str
     message: str
     status_code: int | None = None
     request_id: str | None = None

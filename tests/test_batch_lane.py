@@ -25,7 +25,7 @@ from msgq.settings import Settings
 from schemas import JobRecord, JobStatus, Lane
 from tests.conftest import SAMPLES, TEST_API_KEY, Sim, StartWorker, eventually
 from tests.images import image_bytes
-from worker.lane.api import BatchApi
+from worker.lane.api import LaneApi
 from worker.reconciler import Reconciler
 
 TEXT = json.loads((SAMPLES / "requests" / "text.json").read_text())
@@ -330,7 +330,7 @@ async def test_results_are_read_with_flat_memory(sim: Sim) -> None:
     body = {"requests": [{"custom_id": f"r{i}", "params": small} for i in range(20_000)]}
     async with httpx.AsyncClient(base_url=sim.url, headers=headers, timeout=60) as http:
         batch = (await http.post("/v1/messages/batches", json=body)).json()
-        api = BatchApi(http)
+        api = LaneApi(http)
         lines = size = 0
         tracemalloc.start()
         try:

@@ -3,7 +3,7 @@ and whose request ID its headers carry. Pure logic, fed the relay's messages as 
 
 from __future__ import annotations
 
-from msgq.http.dropin_stream import RelayState
+from msgq.http.dropin.stream import RelayState
 from msgq.keys import RELAY_FAILED, RELAY_REQUEST_ID
 
 

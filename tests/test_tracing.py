@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from msgq.client import Client
 from msgq.keys import record_key
 from msgq.settings import Settings
-from msgq.tracing import trace_fields, valid_traceparent
+from msgq.trace_context import trace_fields, valid_traceparent
 from schemas import JobStatus
 from tests.conftest import SAMPLES, TEST_API_KEY, Sim, StartWorker, eventually
 from worker import tracing

@@ -44,7 +44,7 @@ from msgq.keys import (
 )
 from msgq.settings import Settings
 from msgq.tenancy.scheduling import RELIST_BACKLOG
-from schemas import JobError, JobRecord, JobStatus
+from schemas import JobError, JobErrorType, JobRecord, JobStatus
 from worker import transitions
 from worker.fleet_lock import FleetLock
 from worker.lane import lane as batch_lane
@@ -175,7 +175,7 @@ class Reconciler:
             done.requeued.append(job_id)  # a batch-lane job with its spec: pooled again
             return
         error = JobError(
-            type="lost",
+            type=JobErrorType.LOST,
             message="the job's queued payload is gone (deleted outside msgq, or lost with a "
             "Redis primary); msgq keeps no copy of the request, so it cannot be sent again",
         )

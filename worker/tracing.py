@@ -28,7 +28,7 @@ import structlog
 
 from msgq.arq_format import deferred_s
 from msgq.settings import Settings
-from msgq.tracing import valid_traceparent, valid_tracestate
+from msgq.trace_context import valid_traceparent, valid_tracestate
 from schemas import JobRecord, MessageRequest
 from worker import genai
 
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from msgq.lanes import UpstreamBatch
     from worker.upstream.client import UpstreamReply
 
-log = structlog.get_logger("msgq.tracing")
+log = structlog.get_logger("msgq.trace_context")
 LINK_AFTER_S = 300.0  # a retry later than this after submit starts a linked trace
 
 

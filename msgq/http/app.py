@@ -17,9 +17,7 @@ from msgq.http import (
     errors,
     events_routes,
     job_routes,
-    messages_routes,
     ops_routes,
-    passthrough_routes,
     retry_routes,
     ui,
     usage_routes,
@@ -27,6 +25,8 @@ from msgq.http import (
 from msgq.http.auth import load_keys
 from msgq.http.body_limit import BodyLimit
 from msgq.http.deps import AppState
+from msgq.http.dropin import passthrough
+from msgq.http.dropin import routes as dropin_routes
 from msgq.http.metrics import API_REQUESTS
 from msgq.http.request_ids import RequestIds
 from msgq.http.streams import DROPIN_CALLS, StreamLimit
@@ -64,7 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         for key in app.state.msgq.keys:
             register_secret(key)
-        app.state.passthrough = passthrough_routes.Passthrough(settings)
+        app.state.passthrough = passthrough.Passthrough(settings)
         yield
         await app.state.passthrough.aclose()
         await endings.stop()
@@ -92,8 +92,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(retry_routes.router)
     app.include_router(events_routes.router)
     app.include_router(batch_routes.router)
-    app.include_router(messages_routes.router)  # drop-in: POST /v1/messages
-    app.include_router(passthrough_routes.router)
+    app.include_router(dropin_routes.router)  # drop-in: POST /v1/messages
+    app.include_router(passthrough.router)
     app.include_router(usage_routes.router)
     app.include_router(ui.router)  # the dashboard, /ui
     return app

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from msgq.errors import InvalidJobError
 from msgq.jobs.retry_policy import retry_verdict
-from msgq.tracing import trace_id_of, valid_traceparent
+from msgq.trace_context import trace_id_of, valid_traceparent
 from schemas import (
     DEFAULT_MAX_IMAGE_BYTES,
     JobError,

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.asyncio.client import Pipeline
 
 from msgq import arq_format
 from msgq.fleet_stats import record_minute
@@ -31,6 +31,7 @@ from msgq.keys import (
 )
 from msgq.settings import Settings
 from msgq.tenancy.scheduling import Placement
+from msgq.watched import Writes, watched
 from msgq.webhooks import outbox
 from schemas import JobRecord, JobStatus
 
@@ -174,26 +175,24 @@ class JobStore:
             if done is not None:
                 return done
         key = record_key(job_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is None:
-                        return None
-                    current = JobRecord.model_validate_json(raw)
-                    new = None if current.status.terminal else change(current)
-                    if new is None:
-                        await pipe.unwatch()  # type: ignore[no-untyped-call]  # as above
-                        return current
-                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-                    self._write(pipe, new, current.status)
-                    for command in also:
-                        pipe.execute_command(*command)
-                    await pipe.execute()
-                    return new
-                except WatchError:
-                    continue
+
+        async def body(pipe: Pipeline) -> tuple[JobRecord | None, Writes | None]:
+            raw = await pipe.get(key)
+            if raw is None:
+                return None, None
+            current = JobRecord.model_validate_json(raw)
+            new = None if current.status.terminal else change(current)
+            if new is None:
+                return current, None
+
+            def writes(pipe: Pipeline) -> None:
+                self._write(pipe, new, current.status)
+                for command in also:
+                    pipe.execute_command(*command)
+
+            return new, writes
+
+        return await watched(self.redis, [key], body)
 
     async def _compare_and_set(
         self,
@@ -250,28 +249,27 @@ class JobStore:
         None when there is nothing to re-run (`retry_policy.retry_verdict` says why, or no spec).
         """
         key = record_key(job_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key, spec_key(job_id))
-                    raw, spec = await pipe.get(key), await pipe.get(spec_key(job_id))
-                    record = None if raw is None else JobRecord.model_validate_json(raw)
-                    fresh = None if record is None or spec is None else records.reopened(record)
-                    if fresh is None:
-                        await pipe.unwatch()  # type: ignore[no-untyped-call]  # untyped
-                        return None
-                    now_ms = int(utcnow().timestamp() * 1000)
-                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-                    pipe.set(key, fresh.model_dump_json())
-                    index_status(pipe, fresh, previous=record.status if record else None)
-                    pipe.zadd(ACTIVE_KEY, {job_id: now_ms})
-                    pipe.set(arq_job_key(job_id), job_payload(orjson.loads(spec)))
-                    pipe.zadd(self.queue_name, {job_id: now_ms})
-                    pipe.delete(spec_key(job_id))
-                    await pipe.execute()
-                    return fresh
-                except WatchError:
-                    continue
+
+        async def body(pipe: Pipeline) -> tuple[JobRecord | None, Writes | None]:
+            raw, spec = await pipe.get(key), await pipe.get(spec_key(job_id))
+            record = None if raw is None else JobRecord.model_validate_json(raw)
+            fresh = None if record is None or spec is None else records.reopened(record)
+            if fresh is None or spec is None:
+                return None, None
+            now_ms = int(utcnow().timestamp() * 1000)
+            previous = record.status if record else None
+
+            def writes(pipe: Pipeline) -> None:
+                pipe.set(key, fresh.model_dump_json())
+                index_status(pipe, fresh, previous=previous)
+                pipe.zadd(ACTIVE_KEY, {job_id: now_ms})
+                pipe.set(arq_job_key(job_id), job_payload(orjson.loads(spec)))
+                pipe.zadd(self.queue_name, {job_id: now_ms})
+                pipe.delete(spec_key(job_id))
+
+            return fresh, writes
+
+        return await watched(self.redis, [key, spec_key(job_id)], body)
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         """Queued or retrying: canceled now and dequeued. In progress: flagged, and the worker
@@ -364,22 +362,15 @@ class JobStore:
         is touched: a terminal or re-queued one never is (WATCH sees to races). Nothing but
         `progress` changes, so unlike `update` it leaves the status indexes alone."""
         key = record_key(job_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    record = None if raw is None else JobRecord.model_validate_json(raw)
-                    if (
-                        record is None
-                        or record.status is not JobStatus.IN_PROGRESS
-                        or record.progress == tokens
-                    ):
-                        await pipe.unwatch()  # type: ignore[no-untyped-call]  # untyped
-                        return
-                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-                    pipe.set(key, record.model_copy(update={"progress": tokens}).model_dump_json())
-                    await pipe.execute()
-                    return
-                except WatchError:
-                    continue
+
+        async def body(pipe: Pipeline) -> tuple[None, Writes | None]:
+            raw = await pipe.get(key)
+            record = None if raw is None else JobRecord.model_validate_json(raw)
+            if record is None or record.status is not JobStatus.IN_PROGRESS:
+                return None, None
+            if record.progress == tokens:
+                return None, None
+            value = record.model_copy(update={"progress": tokens}).model_dump_json()
+            return None, lambda pipe: pipe.set(key, value)
+
+        await watched(self.redis, [key], body)

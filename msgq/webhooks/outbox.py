@@ -17,9 +17,10 @@ import orjson
 import structlog
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.asyncio.client import Pipeline
 
 from msgq.keys import WEBHOOKS_DUE_KEY, WEBHOOKS_KEY, batch_counts_key, batch_key, record_key
+from msgq.watched import Writes, watched
 from schemas import TERMINAL, JobRecord, WebhookState
 
 log = structlog.get_logger("msgq.webhooks")
@@ -181,22 +182,16 @@ class Outbox:
         leaves open. The record's other fields are kept as stored (edited as raw JSON, under
         WATCH); a record that is not terminal (re-opened meanwhile) is left alone."""
         key = record_key(job_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    data = None if raw is None else orjson.loads(raw)
-                    if data is None or data.get("status") not in TERMINAL:
-                        await pipe.unwatch()  # type: ignore[no-untyped-call]  # redis-py: untyped
-                        return
-                    data["webhook"] = state.model_dump(mode="json")
-                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-                    pipe.set(key, orjson.dumps(data), keepttl=True)
-                    await pipe.execute()
-                    return
-                except WatchError:
-                    continue
+
+        async def body(pipe: Pipeline) -> tuple[None, Writes | None]:
+            raw = await pipe.get(key)
+            data = None if raw is None else orjson.loads(raw)
+            if data is None or data.get("status") not in TERMINAL:
+                return None, None
+            data["webhook"] = state.model_dump(mode="json")
+            return None, lambda pipe: pipe.set(key, orjson.dumps(data), keepttl=True)
+
+        await watched(self.redis, [key], body)
 
 
 async def audit_findings(redis: Redis, *, now_s: float | None = None) -> list[tuple[str, str]]:

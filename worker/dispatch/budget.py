@@ -10,7 +10,7 @@ import structlog
 from msgq.jobs.store import JobStore
 from msgq.tenancy.budgets import Budgets, Reservation, budget_message
 from msgq.tenancy.tenants import Tenants
-from schemas import JobError, JobRecord, JobStatus
+from schemas import JobError, JobErrorType, JobRecord, JobStatus
 from worker import transitions
 from worker.dispatch.fair_share import FairShare
 from worker.dispatch.queues import Head
@@ -44,7 +44,7 @@ class BudgetGate:
 
     async def _fail(self, head: Head, period: str) -> None:
         error = JobError(
-            type="budget_exceeded",
+            type=JobErrorType.BUDGET_EXCEEDED,
             message=budget_message(head.tenant, period),
         )
         stored = await transitions.finish(self.store, head.job_id, JobStatus.FAILED, error=error)

@@ -16,7 +16,7 @@ from msgq.jobs.records import utcnow
 from msgq.pricing import prices_for
 from msgq.tenancy.budgets import Budgets, Reservation, budget_message, reserve_usd
 from msgq.tenancy.tenants import load_tenants
-from schemas import JobError, JobRecord, JobStatus, MessageRequest
+from schemas import JobError, JobErrorType, JobRecord, JobStatus, MessageRequest
 from worker import transitions
 from worker.job.run import JobRun, Prefetched, prefetch_reads
 from worker.services import Services
@@ -79,7 +79,7 @@ async def reserve_budget(
         return True, outcome
     if config.on_budget == "fail":
         error = JobError(
-            type="budget_exceeded",
+            type=JobErrorType.BUDGET_EXCEEDED,
             message=budget_message(record.tenant, outcome),
         )
         await transitions.finish(services.store, job, JobStatus.FAILED, error=error)

@@ -23,6 +23,7 @@ from msgq.model_catalog import note_unknown_model, unknown_label
 from msgq.settings import Settings
 from schemas import (
     JobError,
+    JobErrorType,
     JobRecord,
     JobSpec,
     JobStatus,
@@ -188,7 +189,7 @@ async def record_refused(services: Services, job_id: str, result_data: bytes | N
         # arq refuses a job it was asked to abort before it started: that is a cancel.
         await transitions.finish(services.store, job_id, JobStatus.CANCELED)
         return
-    error = JobError(type="validation_error", message=reason)
+    error = JobError(type=JobErrorType.VALIDATION, message=reason)
     await transitions.finish(services.store, job_id, JobStatus.FAILED, error=error)
 
 
@@ -196,7 +197,7 @@ async def _crashed(services: Services, job_id: str, exc: Exception, kwargs: dict
     """Retry with backoff like a transient failure; after max_attempts, `failed` with the
     exception's type and message."""
     log.error("job.crashed", error=f"{type(exc).__name__}: {exc}"[:500], exc_info=exc)
-    error = JobError(type="internal_error", message=f"{type(exc).__name__}: {exc}"[:2000])
+    error = JobError(type=JobErrorType.INTERNAL, message=f"{type(exc).__name__}: {exc}"[:2000])
     stored = await transitions.record_crash(
         services.store,
         job_id,
@@ -211,13 +212,13 @@ async def _crashed(services: Services, job_id: str, exc: Exception, kwargs: dict
 
 def _parse_spec(kwargs: dict[str, Any]) -> tuple[JobSpec | None, JobError | None]:
     if UNDECODABLE_KEY in kwargs:
-        return None, JobError(type="validation_error", message=str(kwargs[UNDECODABLE_KEY]))
+        return None, JobError(type=JobErrorType.VALIDATION, message=str(kwargs[UNDECODABLE_KEY]))
     try:
         return JobSpec.model_validate(kwargs), None
     except ValidationError as exc:
         message = "job payload does not match the msgq job format"
         return None, JobError(
-            type="validation_error", message=message, errors=field_errors(exc, kwargs)
+            type=JobErrorType.VALIDATION, message=message, errors=field_errors(exc, kwargs)
         )
 
 
@@ -241,12 +242,14 @@ async def _ready_to_send(
     except ValidationError as exc:
         errors = field_errors(exc, spec.request)
         message = summarize(errors, 5)
-        error = JobError(type="validation_error", message=message, errors=errors)
+        error = JobError(type=JobErrorType.VALIDATION, message=message, errors=errors)
         await transitions.finish(store, run, JobStatus.FAILED, error=error)
         return None
     if record.attempts >= record.max_attempts:
         # A worker died during the last allowed call: do not make one more.
-        error = record.error or JobError(type="attempts_exhausted", message="no attempts left")
+        error = record.error or JobError(
+            type=JobErrorType.ATTEMPTS_EXHAUSTED, message="no attempts left"
+        )
         await transitions.finish(store, run, JobStatus.FAILED, error=error)
         return None
     if note_unknown_model(request.model, models):

@@ -24,14 +24,14 @@ from redis.asyncio import Redis
 from msgq.jobs.records import utcnow
 from msgq.keys import LANE_ADOPTED
 from msgq.lanes import UpstreamBatch
-from worker.lane.api import BatchApi
+from worker.lane.api import LaneApi
 
 SKEW_S = 60.0
 CLAIM_DAYS = 30  # claims older than this cannot match a create still being resolved
 
 
 async def find_orphan(
-    redis: Redis, api: BatchApi, batch: UpstreamBatch, *, create_timeout_s: float
+    redis: Redis, api: LaneApi, batch: UpstreamBatch, *, create_timeout_s: float
 ) -> dict[str, Any] | None:
     """The upstream batch `batch`'s unanswered create made, if any."""
     assert batch.sent_at is not None

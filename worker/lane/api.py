@@ -18,7 +18,7 @@ from worker.upstream.classify import classify_response
 PATH = "/v1/messages/batches"
 
 
-class BatchApi:
+class LaneApi:
     """Thin: one method per endpoint, each raising an UpstreamError subclass on failure."""
 
     def __init__(self, http: httpx.AsyncClient) -> None:

@@ -22,12 +22,12 @@ from msgq import lanes
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
 from msgq.keys import LANE_BATCHES, LANE_LOCK, LANE_WHERE, lane_spec_key
-from schemas import JobError, JobRecord, JobSpec, JobStatus, Lane, MessageRequest
+from schemas import JobError, JobErrorType, JobRecord, JobSpec, JobStatus, Lane, MessageRequest
 from worker import tracing, transitions
 from worker.fleet_lock import FleetLock
 from worker.lane import budget as batch_budget
 from worker.lane import records as batch_records
-from worker.lane.api import BatchApi
+from worker.lane.api import LaneApi
 from worker.lane.poller import Poller
 from worker.lane.pool import Batcher, now_ms
 from worker.services import Services
@@ -57,7 +57,7 @@ async def route(
             log.info("job.lane_chosen", lane="realtime", reason=refused)
             return False
         message = f"lane batch: {refused} (use lane realtime or auto)"
-        error = JobError(type="validation_error", message=message)
+        error = JobError(type=JobErrorType.VALIDATION, message=message)
         await transitions.finish(services.store, run, JobStatus.FAILED, error=error)
         return True
     if await services.redis.hexists(LANE_WHERE, record.id):  # type: ignore[misc]  # redis-py stubs
@@ -81,7 +81,7 @@ class BatchLane:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.api = BatchApi(services.http)
+        self.api = LaneApi(services.http)
         self.batcher = Batcher(services, self.api)
         self.poller = Poller(services, self.api, self.batcher)
         self.lock = FleetLock(services.redis, LANE_LOCK)

@@ -24,14 +24,14 @@ from msgq import lanes
 from msgq.client import enqueue_payload
 from msgq.errors import UpstreamError
 from msgq.jobs.records import utcnow
-from msgq.keys import LANE_WHERE, arq_job_key, lane_spec_key, upstream_members_key
+from msgq.keys import LANE_WHERE, arq_job_key, lane_batch_members_key, lane_spec_key
 from msgq.lanes import UpstreamBatch
 from msgq.pricing import cost_fields
-from schemas import JobError, JobRecord, JobSpec, JobStatus, JobUsage, Lane
+from schemas import JobError, JobErrorType, JobRecord, JobSpec, JobStatus, JobUsage, Lane
 from worker import metrics, tracing, transitions
 from worker.job.backoff import retry_delay_s
 from worker.lane import records as batch_records
-from worker.lane.api import BatchApi
+from worker.lane.api import LaneApi
 from worker.lane.budget import leave_lane, settle
 from worker.lane.pool import Batcher, now_ms
 from worker.services import Services
@@ -53,7 +53,7 @@ return 1
 
 
 class Poller:
-    def __init__(self, services: Services, api: BatchApi, batcher: Batcher) -> None:
+    def __init__(self, services: Services, api: LaneApi, batcher: Batcher) -> None:
         self.services, self.api, self.batcher, self.redis = services, api, batcher, services.redis
         self.settings = services.settings
         self._repool = self.redis.register_script(lanes.REPOOL)
@@ -139,7 +139,7 @@ class Poller:
         rows = [orjson.loads(line) for line in lines]
         if not rows:
             return
-        key = upstream_members_key(batch.handle)
+        key = lane_batch_members_key(batch.handle)
         cids = [str(r.get("custom_id")) for r in rows]
         members = await self.redis.hmget(key, cids)  # type: ignore[misc]  # redis-py's stubs
         for row, member in zip(rows, members, strict=True):
@@ -170,7 +170,7 @@ class Poller:
             await self._end(batch, record, JobStatus.CANCELED)
         else:  # expired, or a type this msgq does not know: it did not run
             error = JobError(
-                type="batch_expired",
+                type=JobErrorType.BATCH_EXPIRED,
                 message="the upstream batch expired before this request ran",
                 retryable=True,
             )

@@ -28,10 +28,10 @@ from msgq.keys import (
     LANE_POOL,
     LANE_POOL_BYTES,
     LANE_WHERE,
+    lane_batch_key,
+    lane_batch_members_key,
+    lane_batch_order_key,
     lane_spec_key,
-    upstream_key,
-    upstream_members_key,
-    upstream_order_key,
 )
 from msgq.lanes import UpstreamBatch, custom_id_for
 from schemas import JobError, JobRecord, JobStatus
@@ -39,7 +39,7 @@ from worker import transitions
 from worker.job.backoff import retry_delay_for
 from worker.lane import adopt as batch_adopt
 from worker.lane import records as batch_records
-from worker.lane.api import BatchApi
+from worker.lane.api import LaneApi
 from worker.lane.budget import leave_lane
 from worker.services import Services
 from worker.upstream.client import call_headers
@@ -88,7 +88,7 @@ def now_ms() -> int:
 
 
 class Batcher:
-    def __init__(self, services: Services, api: BatchApi) -> None:
+    def __init__(self, services: Services, api: LaneApi) -> None:
         self.services, self.api, self.redis = services, api, services.redis
         self.settings = services.settings
         self._move = self.redis.register_script(MOVE)
@@ -125,8 +125,8 @@ class Batcher:
             workspace_id=workspace,
         )
         keys = [LANE_POOL, LANE_POOL_BYTES, LANE_WHERE]
-        keys += [upstream_members_key(batch.handle), upstream_order_key(batch.handle)]
-        keys += [upstream_key(batch.handle), LANE_BATCHES]
+        keys += [lane_batch_members_key(batch.handle), lane_batch_order_key(batch.handle)]
+        keys += [lane_batch_key(batch.handle), LANE_BATCHES]
         keys += [lane_spec_key(job_id) for job_id, _ in chosen]
         args: list[Any] = [batch.handle, batch.model_dump_json(), now_ms()]
         for pair in chosen:

@@ -158,5 +158,5 @@ def trace_url(settings: Settings, record: JobRecord) -> str | None:
     """The job's trace in the operator's tracing backend (MSGQ_TRACE_URL_TEMPLATE)."""
     if not settings.trace_url_template or not record.trace_id:
         return None
-    # A trace ID is 32 hex digits (msgq.tracing checks it), so it needs no escaping here.
+    # A trace ID is 32 hex digits (msgq.trace_context checks it), so it needs no escaping here.
     return settings.trace_url_template.replace("{trace_id}", record.trace_id)

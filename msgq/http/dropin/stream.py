@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from starlette.types import Send
 
-from msgq.http.dropin_answer import (
+from msgq.http.dropin.answer import (
     QUEUED_RECHECK_S,
     DropinCall,
     JobAnswer,
@@ -37,7 +37,7 @@ from msgq.http.dropin_answer import (
     json_answer,
     waiting_for_budget,
 )
-from msgq.http.dropin_errors import DropinError, budget_wait_error, record_error
+from msgq.http.dropin.errors import DropinError, budget_wait_error, record_error
 from msgq.jobs.endings import Follower
 from msgq.keys import RELAY_FAILED, RELAY_REQUEST_ID
 from schemas import JobRecord, JobStatus

@@ -27,16 +27,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from msgq.http.errors import ERROR_TYPES
-from schemas import JobError, JobRecord, JobStatus
+from schemas import JobError, JobErrorType, JobRecord, JobStatus
 
 # error.type as recorded (msgq's own kinds) -> the API's status and type.
-OWN_ERRORS: dict[str, tuple[int, str]] = {
-    "validation_error": (400, "invalid_request_error"),
-    "budget_exceeded": (429, "rate_limit_error"),
-    "batch_expired": (504, "timeout_error"),
-    "timeout": (504, "timeout_error"),
-    "connection_error": (502, "api_error"),
-    "invalid_response": (502, "api_error"),
+OWN_ERRORS: dict[JobErrorType, tuple[int, str]] = {
+    JobErrorType.VALIDATION: (400, "invalid_request_error"),
+    JobErrorType.BUDGET_EXCEEDED: (429, "rate_limit_error"),
+    JobErrorType.BATCH_EXPIRED: (504, "timeout_error"),
+    JobErrorType.TIMEOUT: (504, "timeout_error"),
+    JobErrorType.CONNECTION: (502, "api_error"),
+    JobErrorType.INVALID_RESPONSE: (502, "api_error"),
 }
 API_ERROR_TYPES = frozenset(ERROR_TYPES.values()) | {
     "billing_error",
@@ -79,8 +79,9 @@ def record_error(record: JobRecord) -> DropinError:
     if record.status is JobStatus.CANCELED:
         return _final(409, "conflict_error", "the job was canceled before it finished")
     error = record.error or JobError(type="api_error", message="the job failed")
-    if error.type in OWN_ERRORS:
-        status, kind = OWN_ERRORS[error.type]
+    own = JobErrorType.own(error.type)
+    if own is not None and own in OWN_ERRORS:
+        status, kind = OWN_ERRORS[own]
         return _final(status, kind, error.message, request_id=error.request_id)
     if error.status_code is not None and 400 <= error.status_code <= 599:
         kind = error.type if error.type in API_ERROR_TYPES else _type_for(error.status_code)

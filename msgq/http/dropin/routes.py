@@ -1,6 +1,6 @@
 """`POST /v1/messages`, drop-in: the API's own request becomes a msgq job, and the caller gets
-the API's own answer once the job ends (dropin_answer), or its events as they come
-(dropin_stream). Any official SDK pointed at msgq works unchanged.
+the API's own answer once the job ends (`answer`), or its events as they come
+(`stream`). Any official SDK pointed at msgq works unchanged.
 
 The key is a msgq tenant key (`x-api-key` or `Authorization: Bearer`); `anthropic-version` and
 `anthropic-beta` travel with the job. msgq's own options are headers an SDK can add without
@@ -21,8 +21,8 @@ from fastapi.responses import Response
 
 from msgq.client import Submitted, new_job_id
 from msgq.http.deps import AppState, State, Tenant
-from msgq.http.dropin_answer import DropinCall, WaitAnswer
-from msgq.http.dropin_stream import StreamAnswer
+from msgq.http.dropin.answer import DropinCall, WaitAnswer
+from msgq.http.dropin.stream import StreamAnswer
 from msgq.http.errors import ApiError
 from msgq.http.versions import Headers
 from msgq.jobs.ids import scoped_id

@@ -4,7 +4,7 @@
 that has not started when that happens (queued, no attempt made) is canceled and never sent; one
 that has started runs to its end and keeps its record, so its cost is counted once and an
 `Idempotency-Key` re-send gets the answer. `WaitAnswer` is the non-streaming answer: the stored
-Message with 200, or the error (see dropin_errors) once the job ends.
+Message with 200, or the error (see `errors`) once the job ends.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from msgq.http.deps import AppState
-from msgq.http.dropin_errors import DropinError, budget_wait_error, record_error
+from msgq.http.dropin.errors import DropinError, budget_wait_error, record_error
 from msgq.jobs import records
 from schemas import JobRecord, JobStatus
 
