@@ -1,5 +1,5 @@
 """arq's formats, the half of arq that producers, the store and the keys share; the worker half
-(the loop, the claim script) is `worker/arq_*.py`. Replacing arq means rewriting those.
+(the loop, the claim script) is `worker/queue/`. Replacing arq means rewriting those.
 
 What msgq takes from arq, and what a replacement must provide:
 - the job payload format (`t, f, a, k, et` as JSON) and the key it is stored under, plus the

@@ -33,8 +33,7 @@ TOKENS = Counter("msgq_tokens_total", "tokens reported by the API", ["kind"])
 COST = Counter("msgq_cost_usd_total", "cost of succeeded jobs in USD")
 CONCURRENCY = Gauge("msgq_concurrency_limit", "adaptive concurrency limit of this worker")
 IN_FLIGHT = Gauge("msgq_in_flight", "API calls in flight in this worker")
-# Set on the admission path (attempt.py, tasks.py) but registered nowhere, so never exported:
-# the API reads the same facts from Redis at scrape time.
+# Counted by the webhook dispatcher (`worker.webhooks`, in every worker; one delivers at a time).
 WEBHOOKS = Counter(
     "msgq_webhook_deliveries_total",
     "webhook delivery attempts by outcome: delivered, retried, refused, failed (gave up), gone",

@@ -61,6 +61,8 @@ class _Otel:
 
 
 _otel: _Otel | None = None
+# The upstream batch whose results the lane's poller is storing (not a job's state): the spans of
+# its members, written inside `upstream_batch`, link to it.
 _batch: ContextVar[tuple[Span, int] | None] = ContextVar("msgq_upstream_batch", default=None)
 
 
