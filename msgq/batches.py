@@ -81,10 +81,11 @@ class Batches:
         anthropic_version: str | None = None,
         betas: list[str] | None = None,
         workspace: str | None = None,
+        api_headers: dict[str, str] | None = None,
     ) -> BatchMeta:
         """Enqueue every request as a job; params are validated by the worker, as the API does
         asynchronously (an invalid one ends `errored`, the others run). Every job carries the
-        create call's version and betas."""
+        create call's version, betas and other anthropic-* headers."""
         callback_url = await callback_for(body.callback_url, tenant=tenant, settings=self.settings)
         now_ms = int(time.time() * 1000)
         created = datetime.fromtimestamp(now_ms / 1000, UTC)
@@ -110,6 +111,7 @@ class Batches:
                 anthropic_version=anthropic_version,
                 betas=betas,
                 workspace_id=workspace,
+                api_headers=api_headers,
             )
             record = new_record(
                 job_id_for(tenant, meta.id, item.custom_id),

@@ -136,6 +136,7 @@ class Client:
         anthropic_version: str | None = None,
         betas: list[str] | None = None,
         workspace_id: str | None = None,
+        api_headers: dict[str, str] | None = None,
         traceparent: str | None = None,
         tracestate: str | None = None,
     ) -> Submitted:
@@ -145,6 +146,8 @@ class Client:
         `anthropic_version` and `betas`: what the request was written for; every call made for
         the job sends them (None: the fleet's MSGQ_ANTHROPIC_VERSION / MSGQ_ANTHROPIC_BETA).
         The request is checked against that version's rules and the Models API's limits.
+        `api_headers`: any other `anthropic-*` headers every call for the job sends (e.g.
+        `anthropic-user-profile-id`), names in lower case.
         The job joins the trace of `traceparent` if given and valid, else of the active
         OpenTelemetry span.
         """
@@ -178,6 +181,7 @@ class Client:
             anthropic_version=anthropic_version,
             betas=betas,
             workspace_id=workspace_id,
+            api_headers=api_headers,
             trace=trace_fields(traceparent, tracestate),
         )
         internal_id = scoped_id(tenant, job_id or new_job_id())

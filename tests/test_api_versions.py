@@ -221,3 +221,32 @@ async def test_raw_redis_job_names_its_version_and_betas(
     [call] = sim.requests()
     assert call["headers"]["anthropic-version"] == V2026
     assert call["betas"] == ["raw-beta-2025-01-01"]
+
+
+async def test_http_carries_every_other_anthropic_header_and_refuses_malformed_ones(
+    api: httpx.AsyncClient,
+) -> None:
+    """POST /v1/jobs and a batch's jobs keep every other anthropic-* header (not the caller's
+    key); a malformed name is refused in the API's shape on all three routes, never a 500."""
+    sent = {"anthropic-user-profile-id": "uprof_1", "anthropic-next-thing": "on"}
+    made = await api.post("/v1/jobs", json={"request": TEXT}, headers=sent)
+    assert made.status_code == 202, made.text
+    assert made.json()["api_headers"] == sent
+    batch = await api.post(
+        "/v1/messages/batches",
+        json={"requests": [{"custom_id": "a", "params": TEXT}]},
+        headers=sent,
+    )
+    assert batch.status_code == 200, batch.text
+    bad = {"anthropic-bad_name": "x"}
+    refused = [
+        await api.post("/v1/jobs", json={"request": TEXT}, headers=bad),
+        await api.post("/v1/messages", json=TEXT, headers=bad),
+        await api.post(
+            "/v1/messages/batches",
+            json={"requests": [{"custom_id": "a", "params": TEXT}]},
+            headers=bad,
+        ),
+    ]
+    assert [r.status_code for r in refused] == [422, 400, 400], [r.text for r in refused]
+    assert all(r.json()["type"] == "error" for r in refused)

@@ -157,3 +157,53 @@ def test_demo_finds_its_samples() -> None:
 
     assert set(sample_requests()) >= {"text", "prefill"}
     assert any((SAMPLES / "images").iterdir())
+
+
+async def test_ctrl_c_in_a_terminal_stores_every_call_in_flight_and_sends_none_twice(
+    tmp_path: Path,
+) -> None:
+    """A terminal's Ctrl-C is SIGINT to the whole foreground process group. With 4 calls in
+    flight (3 s each), `msgq dev` alone decides the order: the workers finish and store all 4
+    (Redis still answering) before the simulator and Redis stop. After a restart every job has
+    succeeded in one attempt: nothing is sent again. (Before, Redis shared the group and
+    stopped first: the 4 answers, paid for, could not be stored and were sent again.)"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
+    ports = [str(p) for p in free_ports(3)]
+    args = ["--redis-port", ports[0], "--api-port", ports[1], "--sim-port", ports[2]]
+    proc = await asyncio.create_subprocess_exec(
+        *msgq_command("dev", *args),
+        env={**env, "MSGQ_SIM_LATENCY_MS": "3000", "MSGQ_SHUTDOWN_GRACE_S": "30"},
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,  # the group a terminal would put it in, apart from pytest's
+    )
+    try:
+        assert proc.stdout is not None
+        banner = ""
+        async with asyncio.timeout(30):
+            while "Ctrl-C" not in banner:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "msgq dev ended before its banner"
+                banner += line
+        url = f"redis://127.0.0.1:{ports[0]}/0"
+        request = orjson.loads((SAMPLES / "requests" / "text.json").read_bytes())
+        async with Client.from_url(url) as client:
+            jobs = [await client.submit(request) for _ in range(4)]
+
+            async def all_in_flight() -> bool:
+                records = [await client.get(job.id) for job in jobs]
+                return all(r.status is JobStatus.IN_PROGRESS for r in records)
+
+            await eventually(all_in_flight, timeout_s=20)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
+        async with asyncio.timeout(60):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    with EmbeddedRedis(tmp_path / ".msgq" / "redis") as again:
+        async with Client.from_url(again.url) as client:
+            records = [await client.get(job.id) for job in jobs]
+    assert [(r.status, r.attempts) for r in records] == [(JobStatus.SUCCEEDED, 1)] * 4

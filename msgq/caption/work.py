@@ -95,6 +95,15 @@ def build_work(item: Item, options: CaptionOptions, max_bytes: int) -> Work:
     return Work(item, job_id_for(content, prompt, options), request)
 
 
+def shared_row(item: Item, first: dict[str, Any]) -> dict[str, Any]:
+    """The row of an image whose bytes another path's job already captioned (same job ID):
+    its outcome, with no usage and no cost of its own, since the job was paid for once, in the
+    row `shares_job_of` names."""
+    cost = None if first.get("cost_usd") is None else 0.0
+    owner = first.get("shares_job_of") or first["path"]
+    return {**first, "path": item.source, "usage": None, "cost_usd": cost, "shares_job_of": owner}
+
+
 def row_for(item: Item, record: JobRecord | None, error: str | None = None) -> dict[str, Any]:
     caption = None
     if record is not None and record.result is not None:

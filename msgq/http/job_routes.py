@@ -55,6 +55,7 @@ async def create_job(
         anthropic_version=version,
         betas=body.betas if body.betas is not None else headers.betas,
         workspace_id=headers.workspace_id,
+        api_headers=headers.others,
         traceparent=request.headers.get("traceparent"),
         tracestate=request.headers.get("tracestate"),
     )
