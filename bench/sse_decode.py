@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from worker.sse import SSEDecoder
+from worker.upstream.sse import SSEDecoder
 
 LINE_BYTES = 16 * 1024 * 1024
 CHUNK_BYTES = 16 * 1024
