@@ -34,7 +34,9 @@ from msgq.keys import (
     in_progress_key,
     record_key,
 )
+from msgq.ledger import budget_mismatches
 from msgq.liveness import live_workers
+from msgq.tenancy.budgets import periods
 from msgq.webhooks.outbox import audit_findings
 from schemas import JobRecord, JobStatus
 
@@ -89,6 +91,9 @@ async def audit(redis: Redis, *, queue_name: str | None = None) -> AuditReport:
     await _other_ttls(redis, report)
     for check, example in await audit_findings(redis):
         report.violation(check, example)
+    for tenant, counter, expected in await budget_mismatches(redis, periods()[0]):
+        example = f"{tenant}: spend counter {counter} µUSD, cost + open reservations {expected}"
+        report.violation("budget spend counter differs from its ledger", example)
     return report
 
 

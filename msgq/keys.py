@@ -54,6 +54,14 @@ def sched_queue_key(model_cls: str, priority: str, tenant: str | None) -> str:
     return f"{KEY_PREFIX}sched:q:{digest}"
 
 
+LEDGER_OPEN = KEY_PREFIX + "ledger:open"  # ZSET job id -> ms its ledger was opened
+
+
+def ledger_key(job_id: str) -> str:
+    """HASH of the reservations a job holds while it sends (msgq.ledger), one field each."""
+    return f"{KEY_PREFIX}ledger:{job_id}"
+
+
 def admitted_key(job_id: str) -> str:
     """Set by the dispatcher when it admitted the job under the rate limits and budget: the
     worker then sends at once, and settles against this estimate."""

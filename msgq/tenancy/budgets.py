@@ -9,12 +9,15 @@ spent. Periods are UTC days and months.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
-from msgq.keys import SPEND_TENANTS, spend_key, spend_models_key
+from msgq.keys import LEDGER_OPEN, SPEND_TENANTS, ledger_key, spend_key, spend_models_key
 from msgq.tenancy.tenants import TenantConfig
 from schemas import Prices
 
@@ -22,9 +25,10 @@ MICRO = 1_000_000
 DAY_TTL_S = 40 * 24 * 3600
 MONTH_TTL_S = 400 * 24 * 3600
 
-# KEYS: day, month. ARGV: amount µUSD, day cap (-1: none), month cap, day ttl, month ttl.
-# Returns {1, ''} reserved, or {0, 'day'|'month', spent, cap} when it would pass the cap
-# (nothing taken).
+# KEYS: day, month[, the job's ledger, the ledger's open set]. ARGV: amount µUSD, day cap (-1:
+# none), month cap, day ttl, month ttl[, job id, now ms, the reservation's JSON]. Returns {1, ''}
+# reserved (and held in the job's ledger when its keys are given), or {0, 'day'|'month', spent,
+# cap} when it would pass the cap (nothing taken).
 RESERVE = """
 local amount = tonumber(ARGV[1])
 local caps = {tonumber(ARGV[2]), tonumber(ARGV[3])}
@@ -37,6 +41,10 @@ redis.call('INCRBY', KEYS[1], amount)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('INCRBY', KEYS[2], amount)
 redis.call('EXPIRE', KEYS[2], ARGV[5])
+if #KEYS == 4 then
+  redis.call('HSET', KEYS[3], 'budget', ARGV[8])
+  redis.call('ZADD', KEYS[4], 'NX', ARGV[7], ARGV[6])
+end
 return {1, ''}
 """
 
@@ -101,19 +109,29 @@ class Budgets:
         self._reserve = redis.register_script(RESERVE)
 
     async def reserve(
-        self, tenant: str, config: TenantConfig, usd: float, now: datetime | None = None
+        self,
+        tenant: str,
+        config: TenantConfig,
+        usd: float,
+        now: datetime | None = None,
+        *,
+        hold: str | None = None,
     ) -> Reservation | BudgetRefusal:
-        """A Reservation, or the period ("day"/"month") whose budget it would pass."""
+        """A Reservation, or the period ("day"/"month") whose budget it would pass. `hold`: a
+        job ID whose ledger (msgq.ledger) holds the reservation from the same atomic step."""
         day, month = periods(now)
         amount = round(usd * MICRO)
         caps = [
             -1 if limit is None else round(limit * MICRO)
             for limit in (config.budget_usd_day, config.budget_usd_month)
         ]
-        ok, period, *figures = await self._reserve(
-            keys=[spend_key(tenant, day), spend_key(tenant, month)],
-            args=[amount, *caps, DAY_TTL_S, MONTH_TTL_S],
-        )
+        keys = [spend_key(tenant, day), spend_key(tenant, month)]
+        args: list[Any] = [amount, *caps, DAY_TTL_S, MONTH_TTL_S]
+        if hold is not None:
+            held = {"tenant": tenant, "day": day, "month": month, "micro_usd": amount}
+            keys += [ledger_key(hold), LEDGER_OPEN]
+            args += [hold, int(time.time() * 1000), orjson.dumps(held)]
+        ok, period, *figures = await self._reserve(keys=keys, args=args)
         if not int(ok):
             spent, cap = (int(f) for f in figures)
             return BudgetRefusal(
