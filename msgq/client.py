@@ -279,6 +279,11 @@ class Client:
             return None, verdict.reason
         return None, "its request is no longer kept (a job that ended before this version)"
 
+    async def fleet_anthropic_version(self) -> str:
+        """The API version the workers send for a job that names none (their
+        MSGQ_ANTHROPIC_VERSION as published; this process's before any worker has run)."""
+        return (await self._policy.get()).anthropic_version
+
     async def live_workers(self) -> int:
         """Workers seen on this Redis lately (0: a submitted job would wait for one)."""
         return await live_workers(self._redis, self.settings.queue_name)

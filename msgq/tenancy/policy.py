@@ -29,10 +29,14 @@ class FleetPolicy:
     scheduler: bool
     tenants: Tenants
     source: str  # "fleet" (published by the workers) or "local" (this process's settings)
+    # The version the workers send for a job that names none: what `/v1/jobs` records for a
+    # producer that sends no anthropic-version header, so the record says what was sent.
+    anthropic_version: str
 
 
 def local_policy(settings: Settings) -> FleetPolicy:
-    return FleetPolicy(settings.scheduler, load_tenants(settings.tenants_file), "local")
+    tenants = load_tenants(settings.tenants_file)
+    return FleetPolicy(settings.scheduler, tenants, "local", settings.anthropic_version)
 
 
 async def publish(redis: Redis, settings: Settings) -> None:
@@ -40,7 +44,11 @@ async def publish(redis: Redis, settings: Settings) -> None:
     text = None
     if settings.tenants_file is not None:
         text = settings.tenants_file.read_text(encoding="utf-8")
-    value = {"scheduler": settings.scheduler, "tenants_toml": text}
+    value = {
+        "scheduler": settings.scheduler,
+        "tenants_toml": text,
+        "anthropic_version": settings.anthropic_version,
+    }
     await redis.set(FLEET_POLICY, orjson.dumps(value))
 
 
@@ -70,6 +78,8 @@ class PolicyReader:
             data = orjson.loads(raw)
             text = data.get("tenants_toml")
             tenants = Tenants() if text is None else parse_tenants(text, "the fleet's tenants")
-            return FleetPolicy(bool(data["scheduler"]), tenants, "fleet")
+            # A worker of the previous release publishes no version: this process's then.
+            version = str(data.get("anthropic_version") or self.settings.anthropic_version)
+            return FleetPolicy(bool(data["scheduler"]), tenants, "fleet", version)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, TenantsFileError):
             return local_policy(self.settings)
