@@ -27,6 +27,8 @@ class JobFailedError(click.ClickException):
 
 
 DEV_ENV_PATH = Path(".msgq") / "dev.env"
+# Set by `msgq dev` for the commands it starts: it has warned about misspelt variables once.
+QUIET_TYPOS = "MSGQ_DEV_CHILD"
 REDIS_VARIABLES = ("REDIS_URL", "MSGQ_REDIS_URL")
 
 

@@ -7,6 +7,7 @@ Errors are one line on stderr; `msgq --debug ...` shows the traceback.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import traceback
@@ -22,12 +23,14 @@ from redis.exceptions import RedisError
 from msgq.cli import api_info, caption_command, operations, services  # registered below
 from msgq.cli.common import (
     FAILED_STATUSES,
+    QUIET_TYPOS,
     JobFailedError,
     dump,
     mask_url,
     use_dev_env,
     with_client,
 )
+from msgq.cli.typos import warn_about_typos
 from msgq.client import Client
 from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from msgq.extras import MissingExtraError
@@ -49,8 +52,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
     REDIS_URL unset, commands use the Redis of a `msgq dev` running from this directory
     (./.msgq/dev.env).
     """
+    if not os.environ.get(QUIET_TYPOS):  # `msgq dev` warned once for all its children
+        warn_about_typos(_all_commands(ctx.command))
     if ctx.invoked_subcommand != "dev":  # dev writes the file; it must not read an old one
         use_dev_env()
+
+
+def _all_commands(command: click.Command) -> list[click.Command]:
+    subcommands = command.commands.values() if isinstance(command, click.Group) else []
+    return [command, *(c for sub in subcommands for c in _all_commands(sub))]
 
 
 @cli.command()

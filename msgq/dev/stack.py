@@ -148,7 +148,8 @@ class Stack(Managed):
         self.api: subprocess.Popen[bytes] | None = None
         self.worker_processes: list[subprocess.Popen[bytes]] = []
         self.simulator: subprocess.Popen[bytes] | None = None
-        self.env = {**os.environ, **(extra_env or {})}
+        # MSGQ_DEV_CHILD: `msgq dev` warned about misspelt variables; its children need not.
+        self.env = {**os.environ, **(extra_env or {}), "MSGQ_DEV_CHILD": "1"}
 
     @property
     def processes(self) -> list[subprocess.Popen[bytes]]:
