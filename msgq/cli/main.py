@@ -27,6 +27,7 @@ from msgq.cli.common import (
     JobFailedError,
     dump,
     mask_url,
+    redis_origin,
     use_dev_env,
     with_client,
 )
@@ -316,6 +317,13 @@ def main() -> None:
         _fail(exc, 1, debug, prefix="internal error: ")
 
 
+def _origin() -> str:
+    try:
+        return redis_origin(Settings())
+    except ValidationError:  # the settings that failed are reported on their own
+        return "the configured Redis"
+
+
 def _fail(
     exc: BaseException, code: int, debug: bool, prefix: str = "", message: str | None = None
 ) -> None:
@@ -325,9 +333,8 @@ def _fail(
     if isinstance(exc, InvalidJobError) and exc.errors:
         message = "invalid request: " + summarize(exc.errors)
     if isinstance(exc, RedisError):
-        message = (
-            f"cannot reach Redis ({type(exc).__name__}: {re.sub(r'//[^@/]*@', '//', message)})"
-        )
+        detail = re.sub(r"//[^@/]*@", "//", message)
+        message = f"cannot reach Redis ({type(exc).__name__}: {detail}); it used {_origin()}"
     click.echo(f"msgq: {prefix}{message}", err=True)
     sys.exit(code)
 

@@ -39,7 +39,27 @@ def worker(burst: bool, check: bool) -> None:
         msg = "ANTHROPIC_API_KEY is not set (use `msgq dev` for the simulator)"
         raise click.UsageError(msg)
     _event_loop(s.uvloop)
+    asyncio.run(_say_where_redis_is(s))
     build_worker(s, burst=burst).run()
+
+
+async def _say_where_redis_is(settings: Settings) -> None:
+    """One line before the worker's own retries (`worker.redis_unavailable`, every second)
+    when Redis does not answer: which URL, where it came from and what to check, which
+    those lines cannot say."""
+    from redis.exceptions import RedisError
+    from structlog import get_logger
+
+    from msgq.cli.common import redis_origin
+    from msgq.connections import connect
+
+    try:
+        async with connect(settings, socket_connect_timeout=3, failover_wait_s=3) as redis:
+            await redis.ping()
+    except (RedisError, OSError) as exc:
+        get_logger("msgq.worker").error(
+            "worker.redis_unreachable", error=type(exc).__name__, redis=redis_origin(settings)
+        )
 
 
 def _event_loop(choice: str) -> None:
@@ -68,7 +88,13 @@ async def _check_worker(settings: Settings) -> int:
         async with connect(settings, socket_connect_timeout=3, failover_wait_s=3) as redis:
             alive = bool(await redis.exists(health_check_key(settings.queue_name)))
     except (RedisError, OSError) as exc:
-        click.echo(f"unhealthy: cannot reach Redis ({type(exc).__name__})", err=True)
+        from msgq.cli.common import redis_origin
+
+        click.echo(
+            f"unhealthy: cannot reach Redis ({type(exc).__name__}); it used "
+            f"{redis_origin(settings)}",
+            err=True,
+        )
         return 1
     click.echo("healthy" if alive else "unhealthy: no worker health check in the last 11 s")
     return 0 if alive else 1
