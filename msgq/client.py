@@ -162,7 +162,11 @@ class Client:
         if priority is None and tenant is not None:
             priority = policy.tenants.get(tenant).default_priority
         callback_url = await callback_for(
-            callback_url, tenant=tenant, settings=self.settings, tenants=policy.tenants
+            callback_url,
+            tenant=tenant,
+            settings=self.settings,
+            tenants=policy.tenants,
+            fleet_signs=policy.webhook_signing,
         )
         spec = build_spec(
             body,

@@ -32,6 +32,9 @@ class FleetPolicy:
     # The version the workers send for a job that names none: what `/v1/jobs` records for a
     # producer that sends no anthropic-version header, so the record says what was sent.
     anthropic_version: str
+    # Whether the workers hold MSGQ_WEBHOOK_SECRET (None: not published, so not known): a
+    # callback nothing can sign is refused at submission instead of never being delivered.
+    webhook_signing: bool | None = None
 
 
 def local_policy(settings: Settings) -> FleetPolicy:
@@ -48,6 +51,7 @@ async def publish(redis: Redis, settings: Settings) -> None:
         "scheduler": settings.scheduler,
         "tenants_toml": text,
         "anthropic_version": settings.anthropic_version,
+        "webhook_signing": settings.webhook_secret is not None,
     }
     await redis.set(FLEET_POLICY, orjson.dumps(value))
 
@@ -80,6 +84,8 @@ class PolicyReader:
             tenants = Tenants() if text is None else parse_tenants(text, "the fleet's tenants")
             # A worker of the previous release publishes no version: this process's then.
             version = str(data.get("anthropic_version") or self.settings.anthropic_version)
-            return FleetPolicy(bool(data["scheduler"]), tenants, "fleet", version)
+            signing = data.get("webhook_signing")
+            signs = None if signing is None else bool(signing)
+            return FleetPolicy(bool(data["scheduler"]), tenants, "fleet", version, signs)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, TenantsFileError):
             return local_policy(self.settings)
