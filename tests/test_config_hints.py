@@ -10,7 +10,7 @@ import pytest
 
 from msgq.cli.common import redis_origin
 from msgq.dev.embedded_redis import free_port
-from msgq.dev.stack import msgq_command
+from msgq.dev.stack import msgq_command, simulator_on_free_port
 from msgq.settings import Settings
 from tests.test_cli import msgq
 
@@ -109,3 +109,21 @@ def plain_msgq(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         cwd=cwd,
         timeout=60,
     )
+
+
+def test_worker_check_verifies_the_api_key_against_the_models_api(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`ANTHROPIC_API_KEY=foo-... msgq worker --check` is unhealthy, saying the API answered 401
+    (it printed `healthy`); the right key passes that step (then no worker is alive here)."""
+    with simulator_on_free_port("--api-key", "sk-ant-the-right-one") as api:
+        env = {"ANTHROPIC_BASE_URL": api}
+        wrong = msgq(settings, "worker", "--check", env={**env, "ANTHROPIC_API_KEY": "foo-SECRET"})
+        right = msgq(
+            settings, "worker", "--check", env={**env, "ANTHROPIC_API_KEY": "sk-ant-the-right-one"}
+        )
+    assert wrong.returncode == 1
+    assert f"unhealthy: {api} refused ANTHROPIC_API_KEY: 401 authentication_error" in wrong.stderr
+    assert "SECRET" not in wrong.stderr  # the key itself is never echoed
+    assert right.returncode == 1
+    assert "no worker health check" in right.stdout and "refused" not in right.stderr

@@ -20,7 +20,13 @@ import orjson
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from msgq.cli import api_info, caption_command, operations, services  # registered below
+from msgq.cli import (  # registered below
+    api_info,
+    caption_command,
+    dev_command,
+    operations,
+    services,
+)
 from msgq.cli.common import (
     FAILED_STATUSES,
     QUIET_TYPOS,
@@ -288,7 +294,7 @@ for _command in (
     services.worker,
     services.api,
     services.simulator,
-    services.dev,
+    dev_command.dev,
 ):
     cli.add_command(_command)
 

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
-import signal
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from msgq.logs import configure_logging
 from msgq.settings import Settings
-
-if TYPE_CHECKING:
-    from msgq.dev.stack import Stack
 
 
 @click.command()
@@ -25,7 +17,8 @@ if TYPE_CHECKING:
 @click.option(
     "--check",
     is_flag=True,
-    help="Health check: exit 0 if Redis answers and a worker on the queue is alive, else 1.",
+    help="Health check: exit 0 if Redis answers, the API accepts ANTHROPIC_API_KEY (one free "
+    "Models API call) and a worker on the queue is alive, else 1.",
 )
 def worker(burst: bool, check: bool) -> None:
     """Run one worker process (arq). SIGTERM stops taking jobs and lets in-flight ones finish."""
@@ -95,6 +88,11 @@ async def _check_worker(settings: Settings) -> int:
             f"{redis_origin(settings)}",
             err=True,
         )
+        return 1
+    from msgq.key_check import api_key_problem
+
+    if (problem := await api_key_problem(settings)) is not None:
+        click.echo(f"unhealthy: {problem}", err=True)
         return 1
     click.echo("healthy" if alive else "unhealthy: no worker health check in the last 11 s")
     return 0 if alive else 1
@@ -322,61 +320,3 @@ def api(host: str, port: int) -> None:
         msg = "no API keys: set MSGQ_API_KEYS=tenant:key,... or MSGQ_API_KEYS_FILE"
         raise click.UsageError(msg)
     uvicorn.run(create_app(s), host=host, port=port, log_level="warning", access_log=False)
-
-
-@click.command()
-@click.option("--data-dir", default=".msgq", show_default=True, type=click.Path(path_type=Path))
-@click.option("--workers", default=1, show_default=True)
-@click.option("--redis-port", default=6379, show_default=True, help="Embedded Redis (0: any).")
-@click.option("--api-port", default=8000, show_default=True, help="HTTP API and /ui (0: any).")
-@click.option("--sim-port", default=8787, show_default=True, help="Simulator (0: any).")
-def dev(data_dir: Path, workers: int, redis_port: int, api_port: int, sim_port: int) -> None:
-    """Embedded Redis + simulator (unless ANTHROPIC_API_KEY is set) + worker + HTTP API.
-
-    Takes its fixed ports or fails saying which is taken; writes DATA_DIR/dev.env, which
-    every other `msgq` command run from this directory reads when REDIS_URL is unset.
-    Ctrl-C stops the API, then the workers (in-flight jobs go back to queued), then the
-    simulator, then Redis.
-    """
-    from msgq.dev.stack import DevPorts, PortInUseError, Stack
-
-    settings = Settings()
-    use_simulator = settings.anthropic_api_key is None
-    external = os.environ.get("REDIS_URL") or os.environ.get("MSGQ_REDIS_URL")
-    try:
-        stack = Stack(
-            data_dir.resolve(),
-            use_simulator=use_simulator,
-            workers=workers,
-            redis_url=external,
-            ports=DevPorts(redis=redis_port, api=api_port, simulator=sim_port),
-        )
-        with stack:
-            click.echo(dev_banner(stack, data_dir, external=bool(external)))
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.pause()
-            click.echo("msgq dev: stopping the API, the workers, the simulator, then Redis")
-    except PortInUseError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def dev_banner(stack: Stack, data_dir: Path, *, external: bool) -> str:
-    """The one block `msgq dev` prints: where everything is, the key, and how to stop."""
-    where = "your Redis" if external else f"embedded, data in {data_dir}/redis"
-    key = stack.api_key_hint
-    lines = [
-        "msgq dev is running",
-        f"  Redis      REDIS_URL={stack.redis_url}  ({where})",
-        f"  HTTP API   {stack.api_url}  (x-api-key: {key})",
-        f"  dashboard  {stack.api_url}/ui  (sign in with {key}"
-        + (": an admin key, every tenant's jobs)" if stack.admin_key else ")"),
-        f"  settings   {stack.dev_env_path}  (read by msgq commands run here)",
-    ]
-    if stack.simulator_url:
-        lines.append(
-            f"  simulator  {stack.simulator_url}  (ANTHROPIC_API_KEY is not set: the simulator "
-            "answers instead of the Anthropic API)"
-        )
-    lines.append("Ctrl-C stops everything (API, workers with their grace, simulator, Redis).")
-    return "\n".join(lines)
