@@ -217,5 +217,5 @@ async def settle_budget(deps: Deps, record: JobRecord, cost_usd: float | None) -
     budgets = Budgets(deps.redis)
     if reservation is not None:
         await budgets.settle(reservation, cost_usd or 0.0, model)
-    elif record.tenant and cost_usd:
+    elif cost_usd:  # untenanted spend too: the usage reports add up to the records' cost
         await budgets.record(record.tenant, cost_usd, model)
