@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from schemas import JobRecord
@@ -24,3 +27,30 @@ def test_the_readme_is_a_front_door() -> None:
     assert len(readme.splitlines()) <= 200
     for link in re.findall(r"\]\((docs/[^)#]+)", readme):
         assert (ROOT / link).is_file(), link
+
+
+def test_the_built_site_opens_from_disk(tmp_path: Path) -> None:
+    """`make docs`, then open site/index.html (as the README says): every link between pages
+    names a file, since from file:// a link to a directory shows its listing, not its page."""
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    built = subprocess.run(
+        [str(Path(sys.executable).parent / "mkdocs"), "build", "--strict", "-q", "-d", str(site)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    checked = 0
+    for page in site.rglob("*.html"):
+        if page.name == "404.html":
+            continue  # served only by a web server, which resolves its absolute links
+        for link in re.findall(r'href="([^"#?]+)[^"]*"', page.read_text(encoding="utf-8")):
+            if re.match(r"^[a-z]+:|^//", link):
+                continue  # another site
+            target = (page.parent / link).resolve()
+            assert target.is_file(), f"{page.relative_to(site)} links to {link}"
+            checked += 1
+    assert checked > 100
