@@ -54,3 +54,22 @@ def test_the_built_site_opens_from_disk(tmp_path: Path) -> None:
             assert target.is_file(), f"{page.relative_to(site)} links to {link}"
             checked += 1
     assert checked > 100
+
+
+def test_the_caption_window_default_is_documented_as_the_code_has_it() -> None:
+    """One default for `--window`, the same in the guide, the command's help and the code (it
+    was documented as 64, as 4 x MSGQ_MAX_JOBS, and was 256)."""
+    from msgq.cli.caption_command import _default_window, caption
+    from msgq.settings import Settings
+    from schemas import Lane
+
+    default = _default_window(Lane.REALTIME, Settings(_env_file=None))  # type: ignore[call-arg]
+    guide = (ROOT / "docs" / "guides" / "caption.md").read_text(encoding="utf-8")
+    stated = re.search(r"at most (\d+): (\d+) with\s+the default `MSGQ_MAX_JOBS`", guide)
+    assert stated is not None
+    assert int(stated[1]) == int(stated[2]) == default
+    [window] = [p for p in caption.params if p.name == "window"]
+    assert f"{default} by default" in str(getattr(window, "help", ""))
+    from msgq.caption.work import CaptionOptions
+
+    assert CaptionOptions(inputs=[]).window == default
