@@ -127,3 +127,12 @@ def test_worker_check_verifies_the_api_key_against_the_models_api(
     assert "SECRET" not in wrong.stderr  # the key itself is never echoed
     assert right.returncode == 1
     assert "no worker health check" in right.stdout and "refused" not in right.stderr
+
+
+def test_settings_piped_prints_only_the_table(settings: Settings, tmp_path: Path) -> None:
+    """`msgq settings | grep X`: nothing on stderr (the webhook-keys note showed up every
+    time); the table is on stdout."""
+    done = msgq(settings, "settings", cwd=tmp_path)
+    assert done.returncode == 0
+    assert done.stderr == ""
+    assert "MSGQ_MAX_JOBS" in done.stdout

@@ -25,6 +25,7 @@ from msgq.cli import (  # registered below
     caption_command,
     dev_command,
     operations,
+    redis_cli,
     services,
 )
 from msgq.cli.common import (
@@ -77,13 +78,15 @@ def settings() -> None:
 
     for env, value, source, description in settings_rows(Settings()):
         click.echo(f"{env:<44} {value:<28} {source:<8} {description}".rstrip())
-    # On stderr: a person reads it, while a script parsing the table on stdout is not thrown.
-    click.echo(
-        "Webhook keys: a tenant signs with its webhook_secret (MSGQ_TENANTS_FILE), else with "
-        "whsec_ + base64(HMAC-SHA256(MSGQ_WEBHOOK_SECRET's key, tenant name)); jobs without a "
-        "tenant use MSGQ_WEBHOOK_SECRET itself. `msgq webhook-secret TENANT` prints one.",
-        err=True,
-    )
+    # Only for a person reading the table: `msgq settings | grep X` printed it every time (on
+    # stderr, so still on the terminal); configuration.md says the same.
+    if sys.stdout.isatty():
+        click.echo(
+            "Webhook keys: a tenant signs with its webhook_secret (MSGQ_TENANTS_FILE), else with "
+            "whsec_ + base64(HMAC-SHA256(MSGQ_WEBHOOK_SECRET's key, tenant name)); jobs without "
+            "a tenant use MSGQ_WEBHOOK_SECRET itself. `msgq webhook-secret TENANT` prints one.",
+            err=True,
+        )
 
 
 def read_json(path: str) -> Any:
@@ -295,6 +298,7 @@ for _command in (
     services.api,
     services.simulator,
     dev_command.dev,
+    redis_cli.redis_cli,
 ):
     cli.add_command(_command)
 
