@@ -67,6 +67,11 @@ def dev(data_dir: Path, workers: int, redis_port: int, api_port: int, sim_port: 
                 click.echo("msgq dev: stopping the API, the workers, the simulator, then Redis")
     except PortInUseError as exc:
         raise click.ClickException(str(exc)) from None
+    except RuntimeError as exc:  # a service exited at start: its reason is in the log
+        log_path = data_dir / DEV_LOG
+        tail = log_path.read_text(errors="replace").splitlines()[-5:]
+        msg = f"{exc}; the end of {log_path}:\n" + "\n".join(tail)
+        raise click.ClickException(msg) from None
 
 
 def dev_banner(stack: Stack, data_dir: Path, *, external: bool, upstream: str) -> str:
