@@ -7,11 +7,35 @@ the Models API first and say what it answered.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import httpx
 
 from msgq.settings import Settings
 
 CHECK_TIMEOUT_S = 10.0
+REFUSING = (401, 403)  # the key itself is wrong, or not allowed
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """What the Models API said of the key. `refused`: it is wrong (no key, 401, 403); any
+    other problem (unreachable, 429, 5xx) leaves the key unverified, not wrong, so a health
+    check does not take a worker down for the API's bad minute."""
+
+    problem: str | None = None
+    refused: bool = False
+
+
+async def check_api_key(settings: Settings) -> KeyCheck:
+    """Ask the Models API whether it accepts ANTHROPIC_API_KEY."""
+    problem = await api_key_problem(settings)
+    if problem is None:
+        return KeyCheck()
+    refused = settings.anthropic_api_key is None or any(
+        f"ANTHROPIC_API_KEY: {status} " in problem for status in REFUSING
+    )
+    return KeyCheck(problem, refused=refused)
 
 
 async def api_key_problem(settings: Settings) -> str | None:

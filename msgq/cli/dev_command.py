@@ -60,9 +60,12 @@ def dev(data_dir: Path, workers: int, redis_port: int, api_port: int, sim_port: 
             )
             with stack:
                 upstream = upstream_line(stack, settings, problem)
-                click.echo(dev_banner(stack, data_dir, external=bool(external), upstream=upstream))
                 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+                # From the banner on, Ctrl-C means stop: one pressed (or sent) the moment the
+                # banner appears ended `msgq dev` with 130 instead of stopping in order.
                 with contextlib.suppress(KeyboardInterrupt):
+                    banner = dev_banner(stack, data_dir, external=bool(external), upstream=upstream)
+                    click.echo(banner)
                     signal.pause()
                 click.echo("msgq dev: stopping the API, the workers, the simulator, then Redis")
     except PortInUseError as exc:
