@@ -229,6 +229,20 @@ async def test_a_callback_is_refused_up_front_when_the_fleet_cannot_sign_it(
     assert job.created
 
 
+async def test_a_batch_callback_is_refused_up_front_when_the_fleet_cannot_sign_it(
+    settings: Settings, redis: Redis, receiver: Receiver, api: httpx.AsyncClient
+) -> None:
+    """The same for a Message Batch's callback_url: 400 naming MSGQ_WEBHOOK_SECRET, no batch."""
+    await publish_policy(redis, settings.model_copy(update={"webhook_secret": None}))
+    answer = await api.post(
+        "/v1/messages/batches",
+        json={"requests": [{"custom_id": "a", "params": BODY}], "callback_url": receiver.url},
+    )
+    assert answer.status_code == 400, answer.text
+    assert "MSGQ_WEBHOOK_SECRET" in answer.json()["error"]["message"]
+    assert (await api.get("/v1/messages/batches")).json()["data"] == []
+
+
 def spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     out = log.open("wb")
     env = worker_env(
