@@ -31,10 +31,9 @@ from msgq.audit import audit
 from msgq.client import Client
 from msgq.dev.embedded_redis import free_port
 from msgq.dev.stack import msgq_command
-from msgq.errors import InvalidJobError, JobNotFoundError
+from msgq.errors import InvalidJobError
 from msgq.keys import BATCHES_KEY, INDEX_KEY, WEBHOOKS_DUE_KEY, WEBHOOKS_KEY
 from msgq.settings import Settings
-from msgq.tenancy.policy import publish as publish_policy
 from msgq.tenancy.tenants import TenantsFileError, parse_tenants
 from msgq.webhooks.outbox import Entry
 from msgq.webhooks.signing import derived_secret
@@ -209,38 +208,6 @@ async def test_a_webhook_that_never_succeeds_fails_after_its_window(
     assert webhook.attempts == receiver.count() >= 2
     assert await outbox_size(redis) == 0
     assert (await client.get(job.id)).status is JobStatus.SUCCEEDED  # the job itself untouched
-
-
-async def test_a_callback_is_refused_up_front_when_the_fleet_cannot_sign_it(
-    settings: Settings, client: Client, redis: Redis, receiver: Receiver
-) -> None:
-    """Workers without MSGQ_WEBHOOK_SECRET: a submit with a callback is refused naming the
-    setting, nothing stored (it was accepted and never delivered); once the fleet has one,
-    the same submit is accepted."""
-    await publish_policy(redis, settings.model_copy(update={"webhook_secret": None}))
-    with pytest.raises(InvalidJobError, match="MSGQ_WEBHOOK_SECRET") as refused:
-        await client.submit(BODY, job_id="hook-1", callback_url=receiver.url)
-    assert [e["loc"] for e in refused.value.errors] == ["callback_url"]
-    with pytest.raises(JobNotFoundError):
-        await client.get("hook-1")
-    await publish_policy(redis, settings)
-    async with Client.from_url(settings.redis_url, settings) as fresh:
-        job = await fresh.submit(BODY, job_id="hook-1", callback_url=receiver.url)
-    assert job.created
-
-
-async def test_a_batch_callback_is_refused_up_front_when_the_fleet_cannot_sign_it(
-    settings: Settings, redis: Redis, receiver: Receiver, api: httpx.AsyncClient
-) -> None:
-    """The same for a Message Batch's callback_url: 400 naming MSGQ_WEBHOOK_SECRET, no batch."""
-    await publish_policy(redis, settings.model_copy(update={"webhook_secret": None}))
-    answer = await api.post(
-        "/v1/messages/batches",
-        json={"requests": [{"custom_id": "a", "params": BODY}], "callback_url": receiver.url},
-    )
-    assert answer.status_code == 400, answer.text
-    assert "MSGQ_WEBHOOK_SECRET" in answer.json()["error"]["message"]
-    assert (await api.get("/v1/messages/batches")).json()["data"] == []
 
 
 def spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
