@@ -36,10 +36,11 @@ DEV_LOG = "dev.log"  # under the data dir: the workers', API's and simulator's l
 def dev(data_dir: Path, workers: int, redis_port: int, api_port: int, sim_port: int) -> None:
     """Embedded Redis + simulator (unless ANTHROPIC_API_KEY is set) + worker + HTTP API.
 
-    Takes its fixed ports or fails saying which is taken; writes DATA_DIR/dev.env, which
-    every other `msgq` command run from this directory reads when REDIS_URL is unset.
-    Ctrl-C stops the API, then the workers (in-flight jobs go back to queued), then the
-    simulator, then Redis.
+    Takes its fixed ports or fails saying which is taken; writes DATA_DIR/dev.env (and
+    ./.msgq/dev.env), which every other `msgq` command run from this directory reads when
+    REDIS_URL is unset. Keeps its API key and webhook secret in DATA_DIR across restarts;
+    its services log to DATA_DIR/dev.log. Ctrl-C stops the API, then the workers (in-flight
+    jobs go back to queued), then the simulator, then Redis.
     """
     settings = Settings()
     use_simulator = settings.anthropic_api_key is None
