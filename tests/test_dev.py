@@ -243,3 +243,40 @@ async def test_dev_says_loudly_that_the_api_refuses_its_key(tmp_path: Path) -> N
     assert f"upstream   THE ANTHROPIC API at {api} with ANTHROPIC_API_KEY" in text
     assert "every job is billed" in text
     assert f"WARNING    {api} refused ANTHROPIC_API_KEY: 401 authentication_error" in text
+
+
+async def test_the_terminal_shows_the_banner_and_the_log_file_the_services_lines(
+    tmp_path: Path,
+) -> None:
+    """While a job runs, the terminal holds the banner alone, as the README shows it (the
+    worker's and API's log lines were mixed into it); they are in DATA_DIR/dev.log, which the
+    banner names."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
+    ports = [str(p) for p in free_ports(3)]
+    args = ["--redis-port", ports[0], "--api-port", ports[1], "--sim-port", ports[2]]
+    proc = await asyncio.create_subprocess_exec(
+        *msgq_command("dev", *args),
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    async with asyncio.timeout(30):
+        while not lines or "Ctrl-C" not in lines[-1]:
+            lines.append((await proc.stdout.readline()).decode())
+    banner = "".join(lines)
+    assert "  logs       .msgq/dev.log  (the workers', the API's and the simulator's)" in banner
+    url = re.search(r"REDIS_URL=(\S+)", banner)
+    assert url is not None
+    async with Client.from_url(url[1]) as client:
+        job = await client.submit(orjson.loads((SAMPLES / "requests" / "text.json").read_bytes()))
+        assert (await client.wait(job.id, timeout=30)).status is JobStatus.SUCCEEDED
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(40):
+        rest = (await proc.stdout.read()).decode()
+        assert await proc.wait() == 0
+    assert rest == "msgq dev: stopping the API, the workers, the simulator, then Redis\n"
+    log = (tmp_path / ".msgq" / "dev.log").read_text()
+    assert '"event": "worker.started"' in log and '"event": "job.finished"' in log
