@@ -25,6 +25,7 @@ from msgq.keys import (
     tenant_batches_key,
 )
 from msgq.settings import Settings
+from msgq.tenancy.policy import PolicyReader
 from msgq.tenancy.tenants import load_tenants
 from msgq.webhooks.targets import callback_for
 from schemas import JobRecord, JobStatus
@@ -86,7 +87,13 @@ class Batches:
         """Enqueue every request as a job; params are validated by the worker, as the API does
         asynchronously (an invalid one ends `errored`, the others run). Every job carries the
         create call's version, betas and other anthropic-* headers."""
-        callback_url = await callback_for(body.callback_url, tenant=tenant, settings=self.settings)
+        policy = await PolicyReader(self.redis, self.settings).get()
+        callback_url = await callback_for(
+            body.callback_url,
+            tenant=tenant,
+            settings=self.settings,
+            fleet_signs=policy.webhook_signing,  # a callback nothing could sign: refused now
+        )
         now_ms = int(time.time() * 1000)
         created = datetime.fromtimestamp(now_ms / 1000, UTC)
         meta = BatchMeta(

@@ -166,7 +166,11 @@ class Client:
         if priority is None and tenant is not None:
             priority = policy.tenants.get(tenant).default_priority
         callback_url = await callback_for(
-            callback_url, tenant=tenant, settings=self.settings, tenants=policy.tenants
+            callback_url,
+            tenant=tenant,
+            settings=self.settings,
+            tenants=policy.tenants,
+            fleet_signs=policy.webhook_signing,
         )
         spec = build_spec(
             body,
@@ -283,6 +287,11 @@ class Client:
         if not verdict.allowed:
             return None, verdict.reason
         return None, "its request is no longer kept (a job that ended before this version)"
+
+    async def fleet_anthropic_version(self) -> str:
+        """The API version the workers send for a job that names none (their
+        MSGQ_ANTHROPIC_VERSION as published; this process's before any worker has run)."""
+        return (await self._policy.get()).anthropic_version
 
     async def live_workers(self) -> int:
         """Workers seen on this Redis lately (0: a submitted job would wait for one)."""

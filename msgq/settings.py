@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     )
     http_anthropic_version_default: str | None = Field(
         default=None,
-        description="msgq's HTTP API requires an anthropic-version header, as the API does; set "
-        "this to accept older clients that send none (their jobs get this version)",
+        description="the drop-in and Batches routes require an anthropic-version header, as the "
+        "API does; set this to accept older clients that send none (their jobs get this "
+        "version; /v1/jobs uses it too, before the fleet's default)",
     )
     models_refresh_s: float = Field(
         default=24 * 3600.0,

@@ -178,8 +178,9 @@ class Ledgers:
         return bool(await self._settle_budget(keys=keys, args=args))
 
     async def record_spend(self, tenant: str | None, cost_usd: float, model: str) -> None:
-        """Spend of a job that held no budget reservation, for usage reports."""
-        if tenant and cost_usd:
+        """Spend of a job that held no budget reservation (no budget, or no tenant at all), for
+        usage reports: they add up to what the records cost."""
+        if cost_usd:
             await Budgets(self.redis).record(tenant, cost_usd, model)
 
 

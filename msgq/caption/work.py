@@ -19,6 +19,11 @@ from schemas.response import Message
 DEFAULT_PROMPT = "Describe this image in one sentence."
 
 
+# Images in Redis at once by default in the realtime lane (`msgq caption` sizes it
+# 4 x MSGQ_MAX_JOBS up to this): workers hold hundreds of calls, and each image is megabytes.
+REALTIME_WINDOW_MAX = 256
+
+
 @dataclass
 class CaptionOptions:
     inputs: list[str]
@@ -28,7 +33,7 @@ class CaptionOptions:
     out: Path = Path("captions.jsonl")
     sidecar: bool = False
     sidecar_ext: str = ".txt"
-    window: int = 64
+    window: int = REALTIME_WINDOW_MAX
     max_side_px: int | None = None
     params: dict[str, Any] = field(default_factory=dict)  # extra request fields (temperature…)
     retry_failed: bool = False  # re-run images whose earlier row failed

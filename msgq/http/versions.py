@@ -25,12 +25,17 @@ class ApiHeaders:
     workspace_id: str | None
     others: dict[str, str] | None = None  # every other anthropic-* header (names lower case)
 
-    def required_version(self, request: Request, named: str | None = None) -> str:
-        """The job's version: `named` (a JSON field), the header, or the configured default
-        for older clients; a 400 in the API's shape when there is none or msgq does not
-        know it (its rules could not be checked)."""
+    def required_version(
+        self, request: Request, named: str | None = None, *, fallback: str | None = None
+    ) -> str:
+        """The job's version: `named` (a JSON field), the header, the configured default for
+        older clients, then `fallback` (msgq's own `/v1/jobs` passes the fleet's default;
+        the drop-in and Batches routes pass none and keep the API's rule); a 400 in the
+        API's shape when there is none or msgq does not know it (its rules could not be
+        checked)."""
         version = named or self.anthropic_version
         version = version or state_of(request).settings.http_anthropic_version_default
+        version = version or fallback
         problem = version_problem(version)
         if problem is not None or version is None:
             raise ApiError(400, problem or "anthropic-version: header is required")

@@ -22,6 +22,9 @@ from msgq.tenancy.tenants import TenantConfig
 from schemas import Prices
 
 MICRO = 1_000_000
+# Where the spend of jobs submitted without a tenant is counted: not a valid tenant name
+# (TENANT_PATTERN), so no tenant can share it. Reports show it as a row of its own.
+NO_TENANT = "(none)"
 DAY_TTL_S = 40 * 24 * 3600
 MONTH_TTL_S = 400 * 24 * 3600
 
@@ -156,8 +159,10 @@ class Budgets:
                 pipe.expire(models, DAY_TTL_S)
             await pipe.execute()
 
-    async def record(self, tenant: str, actual_usd: float, model: str) -> None:
-        """Spend without a reservation (a tenant with no budget): still counted for usage."""
+    async def record(self, tenant: str | None, actual_usd: float, model: str) -> None:
+        """Spend without a reservation (a tenant with no budget, or no tenant at all): still
+        counted for usage, so the reports add up to what the records cost."""
+        tenant = tenant or NO_TENANT
         day, month = periods()
         actual = round(actual_usd * MICRO)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -182,7 +187,7 @@ class Budgets:
         today = int(spent_day or 0) / MICRO
         this_month = int(spent_month or 0) / MICRO
         return {
-            "tenant": tenant,
+            "tenant": None if tenant == NO_TENANT else tenant,
             "day": day[1:],
             "spent_today_usd": round(today, 6),
             "spent_month_usd": round(this_month, 6),

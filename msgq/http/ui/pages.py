@@ -25,7 +25,7 @@ from msgq.keys import batch_key
 from schemas import JobStatus
 
 router = ui_router()
-STATIC = {"htmx.min.js": "text/javascript", "ui.css": "text/css"}
+STATIC = {"htmx.min.js": "text/javascript", "ui.css": "text/css", "favicon.ico": "image/x-icon"}
 
 
 @router.get("/static/{name}")
