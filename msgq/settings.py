@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from msgq.cluster_guard import NOT_YET, is_cluster_url
 from msgq.connections import SENTINEL_SCHEMES, is_sentinel, parse_sentinel_url
 from msgq.pricing import check_prices_file
 from msgq.tenancy.tenants import load_tenants
@@ -55,6 +56,8 @@ class Settings(BaseSettings):
     @classmethod
     def _known_redis_scheme(cls, value: str) -> str:
         # Caught here, a typo is one line at start-up instead of a connection error much later.
+        if is_cluster_url(value):
+            raise ValueError(NOT_YET)
         if not value.startswith(REDIS_SCHEMES):
             msg = "must start with " + ", ".join(REDIS_SCHEMES)
             raise ValueError(msg)
