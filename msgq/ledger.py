@@ -10,9 +10,9 @@
 - `rate`: the worker's own capacity in the fleet's bucket.
 
 `ZSET msgq:ledger:open` lists the jobs with open reservations (for the reconciler and the
-audit). Taking a field (`TAKE`, or the budget's compare-and-settle) decides who settles it: one
-caller, once, whatever the ending (an answer, a failure, a cancel, a shutdown cut, a lost
-worker found at the next run or by the reconciler).
+audit). Taking a field (`TAKE_CAPACITY`, or the budget's compare-and-settle) decides who
+settles it: one caller, once, whatever the ending (an answer, a failure, a cancel, a shutdown
+cut, a lost worker found at the next run or by the reconciler).
 
 The invariant `msgq audit` checks: a tenant's spend counter for today equals what its jobs cost
 today (`spend:models` for the day) plus every budget reservation still open for today (ledgers,
@@ -59,14 +59,25 @@ redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1])
 return 1
 """
 
-# KEYS: ledger, open ZSET. ARGV: job id, field. The field's value for the one caller that took
-# it (nil for everyone else); the job leaves the open set with its last field.
-TAKE = """
-local value = redis.call('HGET', KEYS[1], ARGV[2])
-if not value then return false end
-redis.call('HDEL', KEYS[1], ARGV[2])
+# KEYS: ledger, open ZSET. ARGV: job id. Takes every field that holds no budget reservation and
+# returns {field, value, taken (1/0), ...}: a field with a budget (`micro_usd`) is returned
+# untaken, for SETTLE_BUDGET to take and settle in one step. One round trip for a job whose
+# ledger holds only capacity.
+TAKE_CAPACITY = """
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local taken = 0
+  if not string.find(all[i + 1], '"micro_usd"', 1, true) then
+    redis.call('HDEL', KEYS[1], all[i])
+    taken = 1
+  end
+  out[#out + 1] = all[i]
+  out[#out + 1] = all[i + 1]
+  out[#out + 1] = taken
+end
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
-return value
+return out
 """
 
 # A budget reservation settled in the same step as it is taken, so a crash can neither lose

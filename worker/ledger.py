@@ -18,7 +18,7 @@ import orjson
 from redis.asyncio import Redis
 
 from msgq.keys import LEDGER_OPEN, ledger_key, spend_key, spend_models_key
-from msgq.ledger import CONSUME, HOLD, RATE, SETTLE_BUDGET, TAKE, BudgetHold
+from msgq.ledger import CONSUME, HOLD, RATE, SETTLE_BUDGET, TAKE_CAPACITY, BudgetHold
 from msgq.tenancy.budgets import DAY_TTL_S, MICRO, Budgets
 from msgq.tenancy.scheduling import Estimate
 from worker.ratelimit import Limits, RateLimiter, model_class
@@ -119,7 +119,7 @@ class Ledgers:
         self.redis, self.limiter = redis, limiter
         self._consume = redis.register_script(CONSUME)
         self._hold = redis.register_script(HOLD)
-        self._take = redis.register_script(TAKE)
+        self._take_capacity = redis.register_script(TAKE_CAPACITY)
         self._settle_budget = redis.register_script(SETTLE_BUDGET)
 
     async def consume_ticket(self, ticket_key: str, tickets_key: str, job_id: str) -> bytes | None:
@@ -137,19 +137,21 @@ class Ledgers:
         await self._hold(keys=keys, args=[job_id, _now_ms(), RATE, value])
 
     async def settle(self, job_id: str, outcome: Outcome, *, model: str) -> Settled:
-        """Settle whatever the job's ledger holds, each field by the one caller that takes it."""
+        """Settle whatever the job's ledger holds, each field by the one caller that takes it:
+        capacity taken in one step for every field, a budget with its own settlement."""
         key = ledger_key(job_id)
-        fields = await self.redis.hgetall(key)  # type: ignore[misc]  # redis-py stubs
+        reply = await self._take_capacity(keys=[key, LEDGER_OPEN], args=[job_id])
         settled = Settled()
-        for raw_field, raw in fields.items():
-            field, data = raw_field.decode(), _loads(raw)
+        for n in range(0, len(reply), 3):
+            field, raw, taken = reply[n].decode(), reply[n + 1], int(reply[n + 2])
+            data = _loads(raw)
             budget = BudgetHold.of(data)
-            if budget is not None:
-                if not await self._budget(job_id, field, raw, budget, outcome, model):
+            if not taken:
+                if budget is None or not await self._budget(
+                    job_id, field, raw, budget, outcome, model
+                ):
                     continue  # another caller settled it
                 settled.budget = True
-            elif not await self._take(keys=[key, LEDGER_OPEN], args=[job_id, field]):
-                continue
             for capacity in capacities(field, data):
                 await settle_capacity(self.redis, self.limiter, capacity, outcome)
                 settled.fleet = settled.fleet or capacity.scope is None
