@@ -33,15 +33,6 @@ from msgq.batches import Batches
 from msgq.jobs.indexes import prune_expired
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
-from msgq.keys import (
-    ACTIVE_KEY,
-    RECONCILER_LOCK,
-    SCHED_BACKLOG,
-    SCHED_WHERE,
-    arq_job_key,
-    in_progress_key,
-    record_key,
-)
 from msgq.settings import Settings
 from msgq.tenancy.scheduling import RELIST_BACKLOG
 from schemas import JobError, JobErrorType, JobRecord, JobStatus
@@ -69,7 +60,8 @@ class Reconciler:
     def __init__(self, redis: Redis, store: JobStore, settings: Settings) -> None:
         self.redis, self.store, self.settings = redis, store, settings
         self.batches = Batches(redis, store, settings)
-        self.lock = FleetLock(redis, RECONCILER_LOCK)
+        self.keys = settings.keys
+        self.lock = FleetLock(redis, self.keys.reconciler_lock)
         self._relist_backlog = redis.register_script(RELIST_BACKLOG)
         self._suspects: dict[str, bytes] = {}  # job ID -> raw record seen on the last pass
 
@@ -94,7 +86,7 @@ class Reconciler:
         suspects: dict[str, bytes] = {}
         cursor = 0
         while True:
-            cursor, members = await self.redis.zscan(ACTIVE_KEY, cursor, count=500)
+            cursor, members = await self.redis.zscan(self.keys.active_key, cursor, count=500)
             ids = [m.decode() for m, _ in members]
             done.scanned += len(ids)
             suspects |= await self._suspects_in(ids, done)
@@ -105,7 +97,7 @@ class Reconciler:
                 await self._settle(job_id, done)
         self._suspects = {k: v for k, v in suspects.items() if k not in done.lost}
         await self._expire_batches(done)
-        done.pruned = await prune_expired(self.redis)
+        done.pruned = await prune_expired(self.redis, self.keys)
         if done.requeued or done.relisted or done.lost or done.expired_batches:
             log.warning(
                 "reconciler.acted",
@@ -122,11 +114,11 @@ class Reconciler:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.get(record_key(job_id))
-                pipe.exists(arq_job_key(job_id))
-                pipe.exists(in_progress_key(job_id))
-                pipe.zscore(self.settings.queue_name, job_id)
-                pipe.hget(SCHED_WHERE, job_id)
+                pipe.get(self.keys.record_key(job_id))
+                pipe.exists(self.keys.arq_job_key(job_id))
+                pipe.exists(self.keys.in_progress_key(job_id))
+                pipe.zscore(self.keys.queue, job_id)
+                pipe.hget(self.keys.sched_where, job_id)
             values = await pipe.execute()
         found: dict[str, bytes] = {}
         stale: list[str] = []
@@ -143,31 +135,29 @@ class Reconciler:
         if waiting:
             await self._relist(waiting, done)
         if found:  # pooled and upstream batch-lane jobs have neither a payload nor a lock
-            placed = await lanes.locations(self.redis, list(found))
+            placed = await lanes.locations(self.redis, self.keys, list(found))
             found = {k: v for (k, v), at in zip(found.items(), placed, strict=True) if at is None}
         if stale:
-            await self.redis.zrem(ACTIVE_KEY, *stale)
+            await self.redis.zrem(self.keys.active_key, *stale)
         return found
 
     async def _relist(self, waiting: list[bytes | str], done: Pass) -> None:
         """List again the scheduler queues that hold a job but that no dispatcher reads."""
-        relisted = await self._relist_backlog(keys=[SCHED_BACKLOG], args=waiting)
+        relisted = await self._relist_backlog(keys=[self.keys.sched_backlog], args=waiting)
         for raw_id in relisted:
             done.relisted.append(raw_id.decode())
             log.warning("reconciler.relisted", job_id=raw_id.decode())
 
     async def _settle(self, job_id: str, done: Pass) -> None:
-        if await self.redis.exists(in_progress_key(job_id)):
+        if await self.redis.exists(self.keys.in_progress_key(job_id)):
             return
-        if (await lanes.locations(self.redis, [job_id]))[0] is not None:
+        if (await lanes.locations(self.redis, self.keys, [job_id]))[0] is not None:
             return  # the batch lane holds it (its pool, or an upstream batch)
-        payload = await self.redis.exists(arq_job_key(job_id))
-        if payload and await self.redis.hexists(SCHED_WHERE, job_id):  # type: ignore[misc]
+        payload = await self.redis.exists(self.keys.arq_job_key(job_id))
+        if payload and await self.redis.hexists(self.keys.sched_where, job_id):  # type: ignore[misc]
             return  # waiting in the scheduler: the dispatcher will move it
         if payload:
-            await self.redis.zadd(
-                self.settings.queue_name, {job_id: int(utcnow().timestamp() * 1000)}
-            )
+            await self.redis.zadd(self.keys.queue, {job_id: int(utcnow().timestamp() * 1000)})
             done.requeued.append(job_id)
             log.warning("reconciler.requeued", job_id=job_id)
             return

@@ -31,7 +31,7 @@ class Services:
     catalog: CatalogReader = field(init=False)  # the fleet's copy of GET /v1/models
 
     def __post_init__(self) -> None:
-        self.catalog = CatalogReader(self.redis)
+        self.catalog = CatalogReader(self.redis, self.settings.keys)
 
     @classmethod
     def build(cls, settings: Settings, redis: Redis) -> Services:
@@ -43,7 +43,7 @@ class Services:
             Upstream(settings),
             build_client(settings),
             redis,
-            RateLimiter(redis, limits),
+            RateLimiter(redis, settings.keys, limits),
             AdaptiveConcurrency(settings.max_jobs),
         )
 

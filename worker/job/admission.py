@@ -43,7 +43,7 @@ async def pick_up(services: Services, run: JobRun, template: JobRecord) -> Picku
     prefetched = run.prefetched
     if prefetched is None:
         async with services.redis.pipeline(transaction=False) as pipe:
-            for op, key in prefetch_reads(template.id):
+            for op, key in prefetch_reads(services.settings.keys, template.id):
                 pipe.execute_command(op, key)
             prefetched = Prefetched._make(await pipe.execute())
     raw = prefetched.record
@@ -74,7 +74,9 @@ async def reserve_budget(
     usd = reserve_usd(
         prices_for(request.model, services.settings.prices_file), input_tokens, request.max_tokens
     )
-    outcome = await Budgets(services.redis).reserve(record.tenant, config, usd)
+    outcome = await Budgets(services.redis, services.settings.keys).reserve(
+        record.tenant, config, usd
+    )
     if isinstance(outcome, Reservation):
         return True, outcome
     if config.on_budget == "fail":
@@ -104,7 +106,7 @@ async def settle_budget(
     """Replace the run's reservation with what it cost; count spend for usage reports."""
     reservation = run.take_reservation()
     model = record.model or "unknown"
-    budgets = Budgets(services.redis)
+    budgets = Budgets(services.redis, services.settings.keys)
     if reservation is not None:
         await budgets.settle(reservation, cost_usd or 0.0, model)
     elif record.tenant and cost_usd:
