@@ -122,18 +122,15 @@ class Keyspace:
         """The lock a worker holds while it runs the job (the queue library's key)."""
         return self.in_progress_key_prefix + job_id
 
-    def retry_key(self, job_id: str) -> str:
-        """The job's try counter (the queue library's key)."""
+    def retry_key(self, job_id: str) -> str:  # the job's try counter (the queue library's key)
         return self.retry_key_prefix + job_id
 
     @property
-    def abort_key(self) -> str:
-        """ZSET of job IDs whose running attempt should be aborted."""
+    def abort_key(self) -> str:  # ZSET of job IDs whose running attempt should be aborted
         return self.arq_prefix + arq_format.ABORT_KEY
 
     @property
-    def health_check_key(self) -> str:
-        """Written by every live worker at its health-check interval."""
+    def health_check_key(self) -> str:  # written by every live worker at its health-check interval
         return self.queue + arq_format.HEALTH_CHECK_SUFFIX
 
     # ------------------------------------------------------------ records and indexes
@@ -146,13 +143,11 @@ class Keyspace:
         return f"{self.prefix}spec:{job_id}"
 
     @property
-    def index_key(self) -> str:
-        """ZSET id -> created ms, for listing."""
+    def index_key(self) -> str:  # ZSET id -> created ms, for listing
         return self.prefix + "jobs"
 
     @property
-    def active_key(self) -> str:
-        """ZSET id -> created ms of every job not yet terminal."""
+    def active_key(self) -> str:  # ZSET id -> created ms of every job not yet terminal
         return self.prefix + "active"
 
     @property
@@ -173,13 +168,11 @@ class Keyspace:
         return f"{self.prefix}tenant:{tenant}:jobs"
 
     @property
-    def done_channel(self) -> str:
-        """Pub/sub: a job ID each time a record turns terminal."""
+    def done_channel(self) -> str:  # pub/sub: a job ID each time a record turns terminal
         return self.prefix + "done"
 
     @property
-    def replication_probe(self) -> str:
-        """Pub/sub: a write for WAIT to count from."""
+    def replication_probe(self) -> str:  # pub/sub: a write for WAIT to count from
         return self.prefix + "replicated"
 
     def progress_channel(self, job_id: str) -> str:
@@ -203,8 +196,7 @@ class Keyspace:
     # ------------------------------------------------------------ batches (the Batches API)
 
     @property
-    def batches_key(self) -> str:
-        """ZSET batch id -> expires_at ms, until the batch expires."""
+    def batches_key(self) -> str:  # ZSET batch id -> expires_at ms, until the batch expires
         return self.prefix + "batches"
 
     def batch_key(self, batch_id: str) -> str:
@@ -222,85 +214,69 @@ class Keyspace:
     # ------------------------------------------------------------ the fleet
 
     @property
-    def pause_key(self) -> str:
-        """The fleet's spend-limit pause (value: the reason)."""
+    def pause_key(self) -> str:  # the fleet's spend-limit pause (value: the reason)
         return self.prefix + "paused"
 
     @property
-    def reconciler_lock(self) -> str:
-        """One fleet-wide reconciler at a time."""
+    def reconciler_lock(self) -> str:  # one fleet-wide reconciler at a time
         return self.prefix + "reconciler:lock"
 
     @property
-    def dispatcher_lock(self) -> str:
-        """One dispatcher fleet-wide."""
+    def dispatcher_lock(self) -> str:  # one dispatcher fleet-wide
         return self.prefix + "dispatcher:lock"
 
     @property
-    def fleet_workers(self) -> str:
-        """HASH worker id -> JSON slots and last-seen ms."""
+    def fleet_workers(self) -> str:  # HASH worker id -> JSON slots and last-seen ms
         return self.prefix + "fleet:workers"
 
     @property
-    def fleet_policy(self) -> str:
-        """JSON: the fleet's scheduler switch and tenants."""
+    def fleet_policy(self) -> str:  # JSON: the fleet's scheduler switch and tenants
         return self.prefix + "fleet:policy"
 
     @property
-    def models_key(self) -> str:
-        """JSON: GET /v1/models as a worker last read it (all pages)."""
+    def models_key(self) -> str:  # JSON: GET /v1/models as a worker last read it (all pages)
         return self.prefix + "models"
 
     @property
-    def webhooks_key(self) -> str:
-        """HASH webhook outbox: "job:<id>"/"batch:<id>" -> JSON."""
+    def webhooks_key(self) -> str:  # HASH webhook outbox: "job:<id>"/"batch:<id>" -> JSON
         return self.prefix + "webhooks"
 
     @property
-    def webhooks_due_key(self) -> str:
-        """ZSET outbox entry -> ms when due (or its lease ends)."""
+    def webhooks_due_key(self) -> str:  # ZSET outbox entry -> ms when due (or its lease ends)
         return self.prefix + "webhooks:due"
 
     # ------------------------------------------------------------ the fair-share scheduler
 
     @property
-    def sched_backlog(self) -> str:
-        """SET of scheduler queue keys that may hold jobs."""
+    def sched_backlog(self) -> str:  # SET of scheduler queue keys that may hold jobs
         return self.prefix + "sched:backlog"
 
     @property
-    def sched_where(self) -> str:
-        """HASH job id -> the scheduler queue key holding it."""
+    def sched_where(self) -> str:  # HASH job id -> the scheduler queue key holding it
         return self.prefix + "sched:where"
 
     @property
-    def sched_est(self) -> str:
-        """HASH job id -> JSON admission estimate."""
+    def sched_est(self) -> str:  # HASH job id -> JSON admission estimate
         return self.prefix + "sched:est"
 
     @property
-    def sched_inbox(self) -> str:
-        """ZSET: raw producers' jobs for the dispatcher."""
+    def sched_inbox(self) -> str:  # ZSET: raw producers' jobs for the dispatcher
         return self.prefix + "sched:inbox"
 
     @property
-    def sched_wake(self) -> str:
-        """Pub/sub: a job was scheduled."""
+    def sched_wake(self) -> str:  # pub/sub: a job was scheduled
         return self.prefix + "sched:wake"
 
     @property
-    def queue_wake(self) -> str:
-        """Pub/sub: the dispatcher made jobs ready in arq's queue."""
+    def queue_wake(self) -> str:  # pub/sub: the dispatcher made jobs ready in arq's queue
         return self.prefix + "queue:wake"
 
     @property
-    def sched_deadlines(self) -> str:
-        """ZSET job id -> deadline ms, while it waits."""
+    def sched_deadlines(self) -> str:  # ZSET job id -> deadline ms, while it waits
         return self.prefix + "sched:deadlines"
 
     @property
-    def tickets_key(self) -> str:
-        """ZSET job id -> ms admitted, while its ticket is held."""
+    def tickets_key(self) -> str:  # ZSET job id -> ms admitted, while its ticket is held
         return self.prefix + "tickets"
 
     def sched_queue_key(self, model_cls: str, priority: str, tenant: str | None) -> str:
@@ -320,8 +296,7 @@ class Keyspace:
     # ------------------------------------------------------------ budgets and rate limits
 
     @property
-    def spend_tenants(self) -> str:
-        """SET of tenants with spend recorded."""
+    def spend_tenants(self) -> str:  # SET of tenants with spend recorded
         return self.prefix + "spend:tenants"
 
     def spend_key(self, tenant: str, period: str) -> str:
@@ -348,38 +323,31 @@ class Keyspace:
     # ------------------------------------------------------------ the batch lane
 
     @property
-    def lane_pool(self) -> str:
-        """ZSET job id -> ms pooled: batch-lane jobs not yet sent."""
+    def lane_pool(self) -> str:  # ZSET job id -> ms pooled: batch-lane jobs not yet sent
         return self.prefix + "lane:pool"
 
     @property
-    def lane_pool_bytes(self) -> str:
-        """The pooled specs' total size."""
+    def lane_pool_bytes(self) -> str:  # the pooled specs' total size
         return self.prefix + "lane:pool:bytes"
 
     @property
-    def lane_where(self) -> str:
-        """HASH job id -> "pool" or the msgq upstream-batch handle."""
+    def lane_where(self) -> str:  # HASH job id -> "pool" or the msgq upstream-batch handle
         return self.prefix + "lane:where"
 
     @property
-    def lane_batches(self) -> str:
-        """ZSET upstream-batch handle -> ms when next due."""
+    def lane_batches(self) -> str:  # ZSET upstream-batch handle -> ms when next due
         return self.prefix + "lane:batches"
 
     @property
-    def lane_adopted(self) -> str:
-        """ZSET upstream msgbatch id -> created ms (claimed)."""
+    def lane_adopted(self) -> str:  # ZSET upstream msgbatch id -> created ms (claimed)
         return self.prefix + "lane:adopted"
 
     @property
-    def lane_lock(self) -> str:
-        """One batch-lane manager (batcher + poller) fleet-wide."""
+    def lane_lock(self) -> str:  # one batch-lane manager (batcher + poller) fleet-wide
         return self.prefix + "lane:lock"
 
     @property
-    def lane_budgets(self) -> str:
-        """HASH job id -> its budget reservation (JSON)."""
+    def lane_budgets(self) -> str:  # HASH job id -> its budget reservation (JSON)
         return self.prefix + "lane:budgets"
 
     def lane_spec_key(self, job_id: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
 UNTIL_RESUME = frozenset({"0", "until-resume", "none"})
 
 
+@functools.lru_cache(maxsize=64)  # `Settings.keys` is read on every job's path
 def resolve_namespace(namespace: str, queue_name: str) -> str:
     """The one namespace `MSGQ_NAMESPACE` and the older `MSGQ_QUEUE_NAME` name together; a
     ValueError when both are set to different ones."""
