@@ -211,6 +211,41 @@ async def test_a_worker_leaves_other_namespaces_jobs_alone_and_producers_are_war
     assert [p for p, _ in sent(sim)] == ["for other"]
 
 
+async def test_raw_redis_producers_address_a_namespace_by_its_key_names(
+    settings: Settings, redis: Redis, sim: Sim, start_worker: StartWorker
+) -> None:
+    """As docs/reference/raw-redis.md says: `msgq@eu:arq:job:<id>` plus `msgq@eu:queue` (or
+    `msgq@eu:sched:inbox`) is a job of namespace eu, its record `msgq@eu:job:<id>`; a tenant's
+    raw job is re-homed as `tenant:id` inside the namespace. The default names are not eu's."""
+    eu = deployment(settings, "eu")
+    now_ms = int(time.time() * 1000)
+    for job_id, tenant, entry in (
+        ("raw-plain", None, "msgq@eu:queue"),
+        ("raw-acme", "acme", "msgq@eu:sched:inbox"),
+        ("raw-default", None, "msgq:queue"),
+    ):
+        spec: dict[str, Any] = {"request": body(f"raw {job_id}")}
+        if tenant:
+            spec["tenant"] = tenant
+        payload = {"t": 1, "f": "run_message", "a": [], "et": now_ms, "k": spec}
+        prefix = "arq:job:" if entry == "msgq:queue" else "msgq@eu:arq:job:"
+        await redis.set(prefix + job_id, json.dumps(payload))
+        await redis.zadd(entry, {job_id: now_ms})
+    await start_worker(eu)
+
+    async def recorded() -> bool:  # a raw job's record is written when a worker takes it
+        return await redis.exists("msgq@eu:job:raw-plain", "msgq@eu:job:acme:raw-acme") == 2
+
+    await eventually(recorded, timeout_s=30)
+    async with Client(Redis.from_url(settings.redis_url), eu) as client:
+        for job_id in ("raw-plain", "acme:raw-acme"):
+            record = await client.wait(job_id, timeout=30)
+            assert record.status is JobStatus.SUCCEEDED, record.error
+    assert await redis.exists("msgq:job:raw-default", "msgq:job:raw-plain") == 0
+    assert await redis.zscore("msgq:queue", "raw-default") is not None  # left for its own fleet
+    assert sorted(p for p, _ in sent(sim)) == ["raw raw-acme", "raw raw-plain"]
+
+
 async def _alive(client: Client) -> bool:
     return await client.live_workers() > 0
 
