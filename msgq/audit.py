@@ -24,7 +24,9 @@ from redis.asyncio import Redis
 from msgq import lanes
 from msgq.batches import COUNT_FIELDS, BatchMeta, job_id_for
 from msgq.keys import Keyspace
+from msgq.ledger import budget_mismatches
 from msgq.liveness import live_workers
+from msgq.tenancy.budgets import periods
 from msgq.webhooks.outbox import audit_findings
 from schemas import JobRecord, JobStatus
 
@@ -80,6 +82,9 @@ async def audit(redis: Redis, keys: Keyspace, *, workers: bool = False) -> Audit
     await _other_ttls(redis, keys, report)
     for check, example in await audit_findings(redis, keys):
         report.violation(check, example)
+    for tenant, counter, expected in await budget_mismatches(redis, keys, periods()[0]):
+        example = f"{tenant}: spend counter {counter} µUSD, cost + open reservations {expected}"
+        report.violation("budget spend counter differs from its ledger", example)
     return report
 
 

@@ -17,6 +17,7 @@ from msgq.client import enqueue_payload
 from msgq.jobs.records import build_spec, new_record
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
+from msgq.tenancy.policy import PolicyReader
 from msgq.tenancy.tenants import load_tenants
 from msgq.webhooks.targets import callback_for
 from schemas import JobRecord, JobStatus
@@ -74,11 +75,18 @@ class Batches:
         anthropic_version: str | None = None,
         betas: list[str] | None = None,
         workspace: str | None = None,
+        api_headers: dict[str, str] | None = None,
     ) -> BatchMeta:
         """Enqueue every request as a job; params are validated by the worker, as the API does
         asynchronously (an invalid one ends `errored`, the others run). Every job carries the
-        create call's version and betas."""
-        callback_url = await callback_for(body.callback_url, tenant=tenant, settings=self.settings)
+        create call's version, betas and other anthropic-* headers."""
+        policy = await PolicyReader(self.redis, self.settings).get()
+        callback_url = await callback_for(
+            body.callback_url,
+            tenant=tenant,
+            settings=self.settings,
+            fleet_signs=policy.webhook_signing,  # a callback nothing could sign: refused now
+        )
         now_ms = int(time.time() * 1000)
         created = datetime.fromtimestamp(now_ms / 1000, UTC)
         meta = BatchMeta(
@@ -103,6 +111,7 @@ class Batches:
                 anthropic_version=anthropic_version,
                 betas=betas,
                 workspace_id=workspace,
+                api_headers=api_headers,
             )
             record = new_record(
                 job_id_for(tenant, meta.id, item.custom_id),

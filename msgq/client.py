@@ -136,6 +136,7 @@ class Client:
         anthropic_version: str | None = None,
         betas: list[str] | None = None,
         workspace_id: str | None = None,
+        api_headers: dict[str, str] | None = None,
         traceparent: str | None = None,
         tracestate: str | None = None,
     ) -> Submitted:
@@ -145,6 +146,8 @@ class Client:
         `anthropic_version` and `betas`: what the request was written for; every call made for
         the job sends them (None: the fleet's MSGQ_ANTHROPIC_VERSION / MSGQ_ANTHROPIC_BETA).
         The request is checked against that version's rules and the Models API's limits.
+        `api_headers`: any other `anthropic-*` headers every call for the job sends (e.g.
+        `anthropic-user-profile-id`), names in lower case.
         The job joins the trace of `traceparent` if given and valid, else of the active
         OpenTelemetry span.
         """
@@ -163,7 +166,11 @@ class Client:
         if priority is None and tenant is not None:
             priority = policy.tenants.get(tenant).default_priority
         callback_url = await callback_for(
-            callback_url, tenant=tenant, settings=self.settings, tenants=policy.tenants
+            callback_url,
+            tenant=tenant,
+            settings=self.settings,
+            tenants=policy.tenants,
+            fleet_signs=policy.webhook_signing,
         )
         spec = build_spec(
             body,
@@ -178,6 +185,7 @@ class Client:
             anthropic_version=anthropic_version,
             betas=betas,
             workspace_id=workspace_id,
+            api_headers=api_headers,
             trace=trace_fields(traceparent, tracestate),
         )
         internal_id = scoped_id(tenant, job_id or new_job_id())
@@ -280,6 +288,11 @@ class Client:
         if not verdict.allowed:
             return None, verdict.reason
         return None, "its request is no longer kept (a job that ended before this version)"
+
+    async def fleet_anthropic_version(self) -> str:
+        """The API version the workers send for a job that names none (their
+        MSGQ_ANTHROPIC_VERSION as published; this process's before any worker has run)."""
+        return (await self._policy.get()).anthropic_version
 
     async def live_workers(self) -> int:
         """Workers seen on this Redis lately (0: a submitted job would wait for one)."""

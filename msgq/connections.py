@@ -12,6 +12,10 @@ during a failover land on the new primary instead of failing. `redis.failover` i
 per client when it resumes on a new primary.
 
 Every pool hands out connections without redis-py 5.3's pool-wide lock (see `NoLockOnCheckout`).
+A client built from Settings is bounded: at most `redis_max_connections` connections, and a
+command finding them all busy waits for one (up to `redis_pool_timeout_s`) rather than opening
+another. Unbounded, a burst opened one connection per concurrent command and kept them all (40
+SSE streams opening on one job added 37 to an API process).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import unquote
 
 import structlog
-from redis.asyncio import ConnectionPool, Redis, SSLConnection
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis, SSLConnection
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
@@ -138,16 +142,32 @@ def connect(
     waits out a failover.
     """
     url = target if isinstance(target, str) else target.redis_url
+    bound = _bound(target, options)
     if not is_sentinel(url):
-        # What `Redis.from_url` does, with the pool below.
-        client: Redis = redis_class(connection_pool=FastConnectionPool.from_url(url, **options))
+        # What `Redis.from_url` does, with the pools below.
+        if bound is None:
+            pool: ConnectionPool = FastConnectionPool.from_url(url, **options)
+        else:
+            pool = BoundedConnectionPool.from_url(url, **options, **bound)
+        client: Redis = redis_class(connection_pool=pool)
         client.auto_close_connection_pool = True
         return client
     if failover_wait_s is None:
         failover_wait_s = (
             DEFAULT_FAILOVER_WAIT_S if isinstance(target, str) else target.redis_failover_wait_s
         )
-    return _sentinel_client(parse_sentinel_url(url), redis_class, failover_wait_s, options)
+    pool_options = options if bound is None else {**options, **bound}
+    return _sentinel_client(parse_sentinel_url(url), redis_class, failover_wait_s, pool_options)
+
+
+def _bound(target: Settings | str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The pool's bound (connections, wait for one) from Settings; None for a bare URL."""
+    if isinstance(target, str):
+        return None
+    return {
+        "max_connections": options.pop("max_connections", target.redis_max_connections),
+        "timeout": options.pop("timeout", target.redis_pool_timeout_s),
+    }
 
 
 def _sentinel_client(
@@ -168,10 +188,11 @@ def _sentinel_client(
         "connection_class": FailoverSSLConnection if target.ssl else FailoverConnection,
         **options,
     }
+    bounded = "timeout" in kwargs
     client: R = sentinel.master_for(
         target.service,
         redis_class=redis_class,
-        connection_pool_class=FailoverPool,
+        connection_pool_class=BoundedFailoverPool if bounded else FailoverPool,
         **kwargs,
     )
     return client
@@ -243,7 +264,12 @@ class NoLockOnCheckout:
 
 
 class FastConnectionPool(NoLockOnCheckout, ConnectionPool):
-    """A plain Redis URL's pool."""
+    """A plain Redis URL's pool, unbounded (a bare URL: scripts, tests, arq's own pool)."""
+
+
+class BoundedConnectionPool(BlockingConnectionPool):
+    """A plain Redis URL's pool for a process built from Settings. redis-py's blocking pool
+    already checks a connection outside its lock, so it needs no `NoLockOnCheckout`."""
 
 
 def _address(address: tuple[Any, Any] | None) -> str | None:
@@ -315,3 +341,35 @@ class FailoverConnection(SentinelManagedConnection):
 
 class FailoverSSLConnection(FailoverConnection, SSLConnection):
     pass
+
+
+class BoundedFailoverPool(FailoverPool):
+    """FailoverPool with BlockingConnectionPool's wait: redis-py has no blocking Sentinel pool,
+    and its Sentinel pool past `max_connections` raises at once instead of waiting."""
+
+    def __init__(
+        self, service_name: str, sentinel_manager: Sentinel, *, timeout: float, **kwargs: Any
+    ) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)
+        self._freed = asyncio.Condition()
+        self.timeout = timeout
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        try:
+            async with self._freed, asyncio.timeout(self.timeout):
+                await self._freed.wait_for(self.can_get_connection)
+                connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]  # untyped upstream
+        except TimeoutError:
+            msg = "No connection available."
+            raise RedisConnectionError(msg) from None
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        async with self._freed:
+            await super().release(connection)
+            self._freed.notify()

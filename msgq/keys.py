@@ -288,6 +288,16 @@ class Keyspace:
         digest = hashlib.sha256(orjson.dumps([model_cls, priority, tenant])).hexdigest()[:32]
         return f"{self.prefix}sched:q:{digest}"
 
+    # ------------------------------------------------------------ the reservation ledger
+
+    @property
+    def ledger_open(self) -> str:  # ZSET job id -> ms its ledger was opened
+        return self.prefix + "ledger:open"
+
+    def ledger_key(self, job_id: str) -> str:
+        """HASH of the reservations a job holds while it sends (msgq.ledger), one field each."""
+        return f"{self.prefix}ledger:{job_id}"
+
     def admitted_key(self, job_id: str) -> str:
         """Set by the dispatcher when it admitted the job under the rate limits and budget: the
         worker then sends at once, and settles against this estimate."""

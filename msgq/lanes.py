@@ -85,6 +85,7 @@ class UpstreamBatch(BaseModel):
     anthropic_version: str | None = None
     betas: list[str] | None = None
     workspace_id: str | None = None
+    api_headers: dict[str, str] | None = None
 
 
 def resolve_lane(

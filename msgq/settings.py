@@ -55,6 +55,17 @@ class Settings(BaseSettings):
         gt=0,
         description="redis+sentinel://: how long a command retries across a failover, then fails",
     )
+    redis_max_connections: int = Field(
+        default=8,
+        ge=2,
+        description="Redis connections one process may hold (a pub/sub subscription holds one); "
+        "past it a command waits for a free one, up to MSGQ_REDIS_POOL_TIMEOUT_S",
+    )
+    redis_pool_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="longest wait for a free Redis connection; then the command fails",
+    )
     submit_min_replicas: int = Field(
         default=0, ge=0, description="submit acknowledges once this many replicas hold the job"
     )
@@ -92,8 +103,9 @@ class Settings(BaseSettings):
     )
     http_anthropic_version_default: str | None = Field(
         default=None,
-        description="msgq's HTTP API requires an anthropic-version header, as the API does; set "
-        "this to accept older clients that send none (their jobs get this version)",
+        description="the drop-in and Batches routes require an anthropic-version header, as the "
+        "API does; set this to accept older clients that send none (their jobs get this "
+        "version; /v1/jobs uses it too, before the fleet's default)",
     )
     models_refresh_s: float = Field(
         default=24 * 3600.0,

@@ -147,12 +147,25 @@ class ToolUseBlock(Known):
     cache_control: CacheControl | None = None
 
 
+class SearchResultBlock(Known):
+    """Modelled, not opaque: the 2026-10-21 rules read its `content`, so a malformed one must be
+    refused here (a 400 naming the field) rather than trip those rules."""
+
+    type: Literal["search_result"]
+    source: str
+    title: str
+    content: list[TextBlock]
+    citations: dict[str, Any] | None = None
+    cache_control: CacheControl | None = None
+
+
 class ToolResultExtraBlock(Opaque):
-    type: Literal["search_result", "tool_reference", "browser_state"]
+    type: Literal["tool_reference", "browser_state"]
 
 
 ToolResultContent = Annotated[
-    TextBlock | ImageBlock | DocumentBlock | ToolResultExtraBlock, Field(discriminator="type")
+    TextBlock | ImageBlock | DocumentBlock | SearchResultBlock | ToolResultExtraBlock,
+    Field(discriminator="type"),
 ]
 
 
@@ -179,7 +192,6 @@ class ServerBlock(Opaque):
     """Server-tool, search and newer blocks."""
 
     type: Literal[
-        "search_result",
         "server_tool_use",
         "web_search_tool_result",
         "web_fetch_tool_result",
@@ -200,6 +212,7 @@ ContentBlock = Annotated[
     | ToolResultBlock
     | ThinkingBlock
     | RedactedThinkingBlock
+    | SearchResultBlock
     | ServerBlock,
     Field(discriminator="type"),
 ]

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 # Caller-supplied IDs are used in Redis keys and URLs: keep them to a safe alphabet.
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -14,6 +14,12 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 VERSION_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 BETA_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
 MAX_BETAS = 32
+# Any other `anthropic-*` request header (e.g. `anthropic-user-profile-id`): carried as sent, so a
+# header the API adds needs no msgq release. Never a credential (x-api-key, authorization).
+API_HEADER_PATTERN = r"^anthropic-[a-z0-9-]{1,64}$"
+API_HEADER_VALUE_PATTERN = r"^[\x20-\x7e]{0,1024}$"
+CARRIED_APART = ("anthropic-version", "anthropic-beta", "anthropic-workspace-id")
+MAX_API_HEADERS = 32
 
 
 class JobStatus(StrEnum):
@@ -80,6 +86,23 @@ class JobSpec(BaseModel):
         default=None, max_length=MAX_BETAS
     )
     workspace_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    api_headers: (
+        dict[
+            Annotated[str, Field(pattern=API_HEADER_PATTERN)],
+            Annotated[str, Field(pattern=API_HEADER_VALUE_PATTERN)],
+        ]
+        | None
+    ) = Field(default=None, max_length=MAX_API_HEADERS)
+
+    @field_validator("api_headers")
+    @classmethod
+    def _not_carried_apart(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name in value or {}:
+            if name in CARRIED_APART:
+                msg = f"{name} has its own field"
+                raise ValueError(msg)
+        return value
+
     # W3C trace context of the producer's span: the worker continues that trace. Checked by
     # the worker, which ignores a malformed one (tracing never fails a job).
     traceparent: str | None = Field(default=None, max_length=64)
@@ -178,5 +201,6 @@ class JobRecord(BaseModel):
     anthropic_version: str | None = None  # as the job named it; None: the fleet's default
     betas: list[str] | None = None  # as the job named them; None: the fleet's default
     workspace_id: str | None = None  # sent as anthropic-workspace-id
+    api_headers: dict[str, str] | None = None  # other anthropic-* headers, sent as named
     trace_id: str | None = None  # the producer's trace, for a link to the tracing backend
     traceparent: str | None = None  # its span, which later spans (batch results) continue

@@ -70,8 +70,9 @@ def _block_problem(role: str, block: dict[str, Any]) -> tuple[str, str] | None:
         return None
     if kind == "text" and block.get("citations"):
         return ".citations", f"citations are not permitted in user messages under {V2026}"
-    if kind == "search_result":
-        for k, inner in enumerate(block.get("content") or []):
+    content = block.get("content")
+    if kind == "search_result" and isinstance(content, list):  # else malformed: refused elsewhere
+        for k, inner in enumerate(content):
             if isinstance(inner, dict) and inner.get("type") == "text" and inner.get("citations"):
                 message = f"citations are not permitted in user messages under {V2026}"
                 return f".content.{k}.citations", message

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from msgq.client import Client
@@ -26,6 +27,7 @@ from msgq.tenancy.tenants import parse_tenants
 from schemas import JobRecord, JobStatus
 from tests.conftest import KEYS, Sim, StartWorker, eventually
 from tests.test_fair_share import tenants_file
+from tests.test_webhooks import SECRET as WEBHOOK_SECRET
 from worker.dispatch.dispatcher import Dispatcher
 from worker.ratelimit import Limits, RateLimiter
 
@@ -288,6 +290,8 @@ async def test_fleet_policy_is_the_fleets_not_the_producers_environment(
             "tenants_file": tenants_file(tmp_path, text),
             "scheduler": False,
             "webhook_allow": "127.0.0.1/32",
+            # A fleet that can sign the webhook: without a secret the callback is refused.
+            "webhook_secret": SecretStr(WEBHOOK_SECRET),
         }
     )
     await start_worker(fleet)

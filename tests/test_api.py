@@ -239,3 +239,13 @@ async def test_batch_with_invalid_params_errors_that_request_only(
     message = results["bad"]["error"]["error"]["message"]
     assert "max_tokens: 0 is not allowed" in message and "max_tokens: max_tokens" not in message
     assert sim.received == 1
+
+
+async def test_favicon_is_an_icon_not_a_404(api: httpx.AsyncClient) -> None:
+    """Browsers ask /favicon.ico on every visit (the API's JSON pages too): an icon, with no
+    key needed; the dashboard links the same one."""
+    answer = await api.get("/favicon.ico", headers={"x-api-key": ""})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "image/x-icon"
+    assert answer.content[:4] == b"\x00\x00\x01\x00"  # the ICO header
+    assert (await api.get("/ui/static/favicon.ico")).content == answer.content

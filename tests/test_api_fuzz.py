@@ -87,3 +87,63 @@ def test_no_operation_answers_500(api_process: str) -> None:
 
     check()
     assert len(seen) >= len(strategies)
+
+
+V2026 = {"x-api-key": KEY_A, "anthropic-version": "2026-10-21"}
+MALFORMED_CONTENT = [5, True, 1.5, "text", {"a": 1}, [5]]
+
+
+def _search_result(content: Any) -> dict[str, Any]:
+    block = {"type": "search_result", "source": "s", "title": "t", "content": content}
+    return {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": [block]}],
+    }
+
+
+@pytest.mark.parametrize("content", MALFORMED_CONTENT)
+def test_a_malformed_block_is_refused_in_the_apis_shape(api_process: str, content: Any) -> None:
+    """A search_result whose `content` is 5, true, ... under 2026-10-21: the drop-in answers
+    400 `invalid_request_error`, /v1/jobs 422, both in the API's error shape; a batch takes it
+    (the API ends such a request `errored`, not the batch). None answers 500."""
+    body = _search_result(content)
+    dropin = httpx.post(f"{api_process}/v1/messages", json=body, headers=V2026, timeout=30)
+    assert dropin.status_code == 400, dropin.text
+    assert dropin.json()["error"]["type"] == "invalid_request_error"
+    assert "messages.0.content" in dropin.json()["error"]["message"]
+    job = httpx.post(f"{api_process}/v1/jobs", json={"request": body}, headers=V2026, timeout=30)
+    assert job.status_code == 422, job.text
+    assert job.json()["type"] == "error"
+    batch = {"requests": [{"custom_id": "a", "params": body}]}
+    created = httpx.post(f"{api_process}/v1/messages/batches", json=batch, headers=V2026)
+    assert created.status_code == 200, created.text
+
+
+def test_opaque_blocks_never_answer_500(api_process: str) -> None:
+    """Blocks the schemas leave to the API, with any JSON inside, under every version, on
+    /v1/jobs and /v1/messages/batches: accepted or refused in the API's shape, never a 5xx.
+    (The drop-in is covered above: an accepted body would wait for a worker.)"""
+    from tests.test_fuzz import opaque_bodies
+
+    seen: list[int] = []
+
+    @settings(
+        max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(opaque_bodies, st.sampled_from(["2026-10-21", "2023-06-01"]))
+    def check(body: dict[str, Any], version: str) -> None:
+        headers = {"x-api-key": KEY_A, "anthropic-version": version}
+        with httpx.Client(base_url=api_process, headers=headers, timeout=30) as http:
+            job = http.post("/v1/jobs", json={"request": body})
+            batch = http.post(
+                "/v1/messages/batches", json={"requests": [{"custom_id": "a", "params": body}]}
+            )
+        for answer in (job, batch):
+            seen.append(answer.status_code)
+            assert answer.status_code < 500, answer.text
+            if answer.status_code >= 400:
+                assert answer.json()["type"] == "error", answer.text
+
+    check()
+    assert len(seen) >= 120

@@ -9,9 +9,11 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from msgq.client import Client
 from msgq.settings import Settings
+from msgq.tenancy.policy import publish as publish_policy
 from schemas import JobStatus, Lane
 from tests.conftest import KEY_A, SAMPLES, Sim, StartWorker, eventually
 
@@ -81,11 +83,16 @@ async def test_sdk_betas_and_workspace_reach_the_api(
     assert call["headers"]["anthropic-workspace-id"] == "wrkspc_1"
 
 
-async def test_http_requires_a_version_and_merges_repeated_betas(api_settings: Settings) -> None:
-    """No anthropic-version: 400 in the API's shape (unless a default is configured); repeated
-    anthropic-beta headers are merged; the record keeps version and betas."""
+async def test_jobs_without_a_version_get_the_fleets_other_routes_require_one(
+    api_settings: Settings, redis: Redis
+) -> None:
+    """No anthropic-version: `/v1/jobs` (msgq's own route) records the version the workers
+    published as the fleet's default; the Batches and drop-in routes answer 400 in the API's
+    shape; repeated anthropic-beta headers are merged; the record keeps version and betas."""
     from msgq.http.app import create_app
 
+    # The workers send 2026-10-21 to jobs naming none; this API process's own default differs.
+    await publish_policy(redis, api_settings.model_copy(update={"anthropic_version": V2026}))
     strict = api_settings.model_copy(update={"http_anthropic_version_default": None})
     app = create_app(strict)
     async with (
@@ -96,20 +103,23 @@ async def test_http_requires_a_version_and_merges_repeated_betas(api_settings: S
             headers={"x-api-key": KEY_A},
         ) as http,
     ):
-        missing = await http.post("/v1/jobs", json={"request": TEXT})
+        defaulted = await http.post("/v1/jobs", json={"request": TEXT})
         batch = await http.post(
             "/v1/messages/batches", json={"requests": [{"custom_id": "a", "params": TEXT}]}
         )
+        dropin = await http.post("/v1/messages", json=TEXT)
         unknown = await http.post(
             "/v1/jobs", json={"request": TEXT}, headers={"anthropic-version": "2024-01-01"}
         )
         headers = [
-            ("anthropic-version", V2026),
+            ("anthropic-version", V2023),
             ("anthropic-beta", "b-one-2025-01-01, b-two-2025-01-01"),
             ("anthropic-beta", "b-three-2025-01-01"),
         ]
         made = await http.post("/v1/jobs", json={"request": TEXT}, headers=headers)
-    for answer in (missing, batch):
+    assert defaulted.status_code == 202, defaulted.text
+    assert defaulted.json()["anthropic_version"] == V2026
+    for answer in (batch, dropin):
         assert answer.status_code == 400
         assert answer.json()["error"] == {
             "type": "invalid_request_error",
@@ -118,7 +128,7 @@ async def test_http_requires_a_version_and_merges_repeated_betas(api_settings: S
     assert unknown.status_code == 400 and "2024-01-01" in unknown.json()["error"]["message"]
     assert made.status_code == 202
     record = made.json()
-    assert record["anthropic_version"] == V2026
+    assert record["anthropic_version"] == V2023
     assert record["betas"] == ["b-one-2025-01-01", "b-two-2025-01-01", "b-three-2025-01-01"]
 
 
@@ -221,3 +231,32 @@ async def test_raw_redis_job_names_its_version_and_betas(
     [call] = sim.requests()
     assert call["headers"]["anthropic-version"] == V2026
     assert call["betas"] == ["raw-beta-2025-01-01"]
+
+
+async def test_http_carries_every_other_anthropic_header_and_refuses_malformed_ones(
+    api: httpx.AsyncClient,
+) -> None:
+    """POST /v1/jobs and a batch's jobs keep every other anthropic-* header (not the caller's
+    key); a malformed name is refused in the API's shape on all three routes, never a 500."""
+    sent = {"anthropic-user-profile-id": "uprof_1", "anthropic-next-thing": "on"}
+    made = await api.post("/v1/jobs", json={"request": TEXT}, headers=sent)
+    assert made.status_code == 202, made.text
+    assert made.json()["api_headers"] == sent
+    batch = await api.post(
+        "/v1/messages/batches",
+        json={"requests": [{"custom_id": "a", "params": TEXT}]},
+        headers=sent,
+    )
+    assert batch.status_code == 200, batch.text
+    bad = {"anthropic-bad_name": "x"}
+    refused = [
+        await api.post("/v1/jobs", json={"request": TEXT}, headers=bad),
+        await api.post("/v1/messages", json=TEXT, headers=bad),
+        await api.post(
+            "/v1/messages/batches",
+            json={"requests": [{"custom_id": "a", "params": TEXT}]},
+            headers=bad,
+        ),
+    ]
+    assert [r.status_code for r in refused] == [422, 400, 400], [r.text for r in refused]
+    assert all(r.json()["type"] == "error" for r in refused)

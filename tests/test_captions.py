@@ -386,3 +386,58 @@ def test_dry_run_names_unreadable_files(tmp_path: Path) -> None:
     guess = estimate(options, 5 * 1024 * 1024)
     assert guess["unreadable"] == 1
     assert guess["unreadable_files"][0].startswith(str(tmp_path / "bad.jpg"))
+
+
+@pytest.mark.parametrize("window", [1, 4])
+async def test_two_paths_with_the_same_bytes_are_one_job_and_two_rows(
+    window: int, tmp_path: Path, settings: Settings, sim: Sim, start_worker: StartWorker
+) -> None:
+    """a/x.png and b/y.png hold the same bytes: one call, two rows with the caption, both
+    sidecars; the usage and cost are in one row and counted once (the other row names the path
+    it shares the job with), whatever the window; a rerun skips both; a run into a new output
+    file writes both rows again without a call, still counting the cost once."""
+    photos = tmp_path / "photos"
+    for folder in ("a", "b", "c"):
+        (photos / folder).mkdir(parents=True)
+    save(photos / "a" / "x.png")
+    (photos / "b" / "y.png").write_bytes((photos / "a" / "x.png").read_bytes())
+    save(photos / "c" / "z.png", colour=(10, 200, 10))
+    await start_worker()
+
+    async def run(out: Path) -> Tally:
+        options = CaptionOptions(inputs=[str(photos)], out=out, sidecar=True, window=window)
+        log = CaptionLog(out)
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            return await CaptionRun(redis, settings, options, log).run()
+        finally:
+            log.close()
+            await redis.aclose()
+
+    def check(out: Path, tally: Tally) -> None:
+        by_path = {Path(r["path"]).name: r for r in rows(out)}
+        assert sorted(by_path) == ["x.png", "y.png", "z.png"]
+        x, y = by_path["x.png"], by_path["y.png"]
+        assert x["job_id"] == y["job_id"] and x["caption"] == y["caption"] is not None
+        assert {x["status"], y["status"]} == {"succeeded"}
+        owner, sharer = (x, y) if "shares_job_of" in y else (y, x)
+        assert sharer["shares_job_of"] == owner["path"] and "shares_job_of" not in owner
+        assert sharer["usage"] is None and sharer["cost_usd"] == 0.0
+        assert owner["usage"]["input_tokens"] > 0 and owner["cost_usd"] > 0
+        paid = [r for r in by_path.values() if r["usage"]]
+        assert tally.done == 3
+        assert tally.input_tokens == sum(r["usage"]["input_tokens"] for r in paid)
+        assert tally.cost_usd == pytest.approx(sum(r["cost_usd"] for r in paid))
+        for name in ("a/x", "b/y"):
+            assert (photos / f"{name}.txt").read_text() == x["caption"] + "\n"
+
+    out = tmp_path / "out.jsonl"
+    check(out, await run(out))
+    assert sim.received == 2
+    again = await run(out)
+    assert (again.skipped, again.done, len(rows(out))) == (3, 0, 3)
+    for name in ("a/x.txt", "b/y.txt"):
+        (photos / name).unlink()
+    fresh = tmp_path / "fresh.jsonl"
+    check(fresh, await run(fresh))
+    assert sim.received == 2

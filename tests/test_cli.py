@@ -10,6 +10,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from msgq.client import Client
+from msgq.dev.embedded_redis import free_port
 from msgq.dev.stack import msgq_command
 from msgq.liveness import live_workers
 from msgq.settings import Settings
@@ -177,7 +178,13 @@ async def test_conflicts_tenants_and_ended_cancels_are_visible(
 async def test_worker_check_is_a_health_check(
     settings: Settings, redis: Redis, sim: Sim, start_worker: StartWorker
 ) -> None:
-    """`msgq worker --check` exits 1 with no live worker (or no Redis), 0 once one runs."""
+    """`msgq worker --check` exits 1 with no live worker (or no Redis), 0 once one runs and the
+    API does not refuse its key (unreachable: a warning, still healthy)."""
+    assert settings.anthropic_api_key is not None
+    upstream = {
+        "ANTHROPIC_API_KEY": settings.anthropic_api_key.get_secret_value(),
+        "ANTHROPIC_BASE_URL": settings.anthropic_base_url,
+    }
     assert (await amsgq(settings, "worker", "--check")).returncode == 1
     down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     assert (await amsgq(down, "worker", "--check")).returncode == 1
@@ -187,5 +194,10 @@ async def test_worker_check_is_a_health_check(
         return bool(await redis.exists(KEYS.health_check_key))
 
     await eventually(reported)
-    healthy = await amsgq(settings, "worker", "--check")
+    healthy = await asyncio.to_thread(msgq, settings, "worker", "--check", env=upstream)
     assert healthy.returncode == 0, healthy.stderr
+    # The API unreachable is its bad minute, not a wrong key: still healthy, and said.
+    dead = {**upstream, "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{free_port()}"}
+    unverified = await asyncio.to_thread(msgq, settings, "worker", "--check", env=dead)
+    assert unverified.returncode == 0
+    assert "ANTHROPIC_API_KEY not verified: cannot reach" in unverified.stderr

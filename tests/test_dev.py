@@ -17,17 +17,23 @@ import redis
 
 from msgq.client import Client
 from msgq.dev.embedded_redis import EmbeddedRedis, free_ports
-from msgq.dev.stack import msgq_command
+from msgq.dev.stack import msgq_command, simulator_on_free_port
 from msgq.http.ui.session import COOKIE
 from schemas import JobStatus
 from tests.conftest import SAMPLES, eventually
+from tests.test_webhooks import Receiver, _count_is, receiver, verified
+
+__all__ = ["receiver"]  # the fixture, imported for the webhook test
 
 
-async def start_dev(tmp_path: Path, **extra_env: str) -> tuple[asyncio.subprocess.Process, str]:
-    """`msgq dev` in `tmp_path` on three free ports; returns it and its banner."""
+async def start_dev(
+    tmp_path: Path, *more: str, **extra_env: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    """`msgq dev` in `tmp_path` on three free ports (and options `more`); returns it and its
+    banner."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
     ports = [str(p) for p in free_ports(3)]
-    args = ["--redis-port", ports[0], "--api-port", ports[1], "--sim-port", ports[2]]
+    args = ["--redis-port", ports[0], "--api-port", ports[1], "--sim-port", ports[2], *more]
     proc = await asyncio.create_subprocess_exec(
         *msgq_command("dev", *args),
         env={**env, **extra_env},
@@ -78,7 +84,7 @@ async def test_the_cli_finds_msgq_dev_and_the_dashboard_shows_its_jobs(tmp_path:
     the key in the banner signs in to /ui as an admin who sees that job."""
     proc, text = await start_dev(tmp_path)
     try:
-        key = re.search(r"x-api-key: (\S+)\)", text)
+        key = re.search(r"x-api-key: (msgq-dev-\w+)", text)
         api = re.search(r"HTTP API   (\S+)", text)
         assert key is not None and api is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
@@ -157,3 +163,170 @@ def test_demo_finds_its_samples() -> None:
 
     assert set(sample_requests()) >= {"text", "prefill"}
     assert any((SAMPLES / "images").iterdir())
+
+
+async def stop_dev(proc: asyncio.subprocess.Process) -> None:
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(30):
+        assert await proc.wait() == 0
+
+
+def cli_here(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A `msgq` command run beside `msgq dev`, with REDIS_URL unset."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
+    return subprocess.run(
+        msgq_command(*args), env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_a_data_dir_is_found_and_the_key_survives_a_restart(tmp_path: Path) -> None:
+    """`msgq dev --data-dir D`: commands run in the same directory find it; the generated key
+    is kept in D and is the same after a restart, and the banner says how to pin one."""
+    proc, text = await start_dev(tmp_path, "--data-dir", "D")
+    try:
+        key = re.search(r"x-api-key: (msgq-dev-\w+), kept in D/api-key; MSGQ_API_KEYS=", text)
+        assert key is not None, text
+        sample = str(SAMPLES / "requests" / "text.json")
+        done = await asyncio.to_thread(cli_here, tmp_path, "submit", sample, "--wait")
+        assert done.returncode == 0, done.stderr
+        assert orjson.loads(done.stdout)["status"] == "succeeded"
+    finally:
+        await stop_dev(proc)
+    assert not (tmp_path / ".msgq" / "dev.env").exists()
+    proc, again = await start_dev(tmp_path, "--data-dir", "D")
+    await stop_dev(proc)
+    assert f"x-api-key: {key[1]}," in again
+
+
+async def test_with_msgq_api_keys_the_banner_names_where_the_keys_are(tmp_path: Path) -> None:
+    """MSGQ_API_KEYS set: no key is generated, and the banner says which setting holds them
+    (it read "sign in with from MSGQ_API_KEYS")."""
+    proc, text = await start_dev(tmp_path, MSGQ_API_KEYS="team:key-team-0123456789")
+    await stop_dev(proc)
+    assert "x-api-key: a key of MSGQ_API_KEYS" in text
+    assert "with from" not in text
+    assert not (tmp_path / ".msgq" / "api-key").exists()
+
+
+async def test_webhooks_work_out_of_the_box(tmp_path: Path, receiver: Receiver) -> None:
+    """`msgq dev` provisions a webhook secret in its data dir and says how to verify; a job
+    sent with the banner's key and a loopback callback (allowed) is delivered, signed with
+    the secret the banner shows for that key's tenant."""
+    proc, text = await start_dev(tmp_path, MSGQ_WEBHOOK_ALLOW="127.0.0.1")
+    try:
+        assert "webhooks   signed with the secret in .msgq/webhook-secret" in text
+        shown = re.search(r"the key above \(tenant dev\): (whsec_\S+)", text)
+        assert shown is not None, text
+        secret = shown[1]
+        key = re.search(r"x-api-key: (msgq-dev-\w+)", text)
+        api = re.search(r"HTTP API   (\S+)", text)
+        assert key is not None and api is not None
+        request = orjson.loads((SAMPLES / "requests" / "text.json").read_bytes())
+        async with httpx.AsyncClient(base_url=api[1], headers={"x-api-key": key[1]}) as http:
+            made = await http.post(
+                "/v1/jobs", json={"request": request, "callback_url": receiver.url}
+            )
+        assert made.status_code == 202, made.text
+        await eventually(lambda: _count_is(receiver, 1), timeout_s=30)
+    finally:
+        await stop_dev(proc)
+    assert verified(receiver.requests[0], secret)["status"] == "succeeded"
+
+
+async def test_dev_says_loudly_that_the_api_refuses_its_key(tmp_path: Path) -> None:
+    """ANTHROPIC_API_KEY set (here to a key the API refuses): the banner says the real API
+    answers and is billed, and warns that it refused the key, instead of silently leaving
+    the simulator."""
+    with simulator_on_free_port("--api-key", "sk-ant-the-right-one") as api:
+        proc, text = await start_dev(tmp_path, ANTHROPIC_API_KEY="foo", ANTHROPIC_BASE_URL=api)
+        await stop_dev(proc)
+    assert f"upstream   THE ANTHROPIC API at {api} with ANTHROPIC_API_KEY" in text
+    assert "every job is billed" in text
+    assert f"WARNING    {api} refused ANTHROPIC_API_KEY: 401 authentication_error" in text
+
+
+async def test_the_terminal_shows_the_banner_and_the_log_file_the_services_lines(
+    tmp_path: Path,
+) -> None:
+    """While a job runs, the terminal holds the banner alone, as the README shows it (the
+    worker's and API's log lines were mixed into it); they are in DATA_DIR/dev.log, which the
+    banner names."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
+    ports = [str(p) for p in free_ports(3)]
+    args = ["--redis-port", ports[0], "--api-port", ports[1], "--sim-port", ports[2]]
+    proc = await asyncio.create_subprocess_exec(
+        *msgq_command("dev", *args),
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    async with asyncio.timeout(30):
+        while not lines or "Ctrl-C" not in lines[-1]:
+            lines.append((await proc.stdout.readline()).decode())
+    banner = "".join(lines)
+    assert "  logs       .msgq/dev.log  (the workers', the API's and the simulator's)" in banner
+    url = re.search(r"REDIS_URL=(\S+)", banner)
+    assert url is not None
+    async with Client.from_url(url[1]) as client:
+        job = await client.submit(orjson.loads((SAMPLES / "requests" / "text.json").read_bytes()))
+        assert (await client.wait(job.id, timeout=30)).status is JobStatus.SUCCEEDED
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(40):
+        rest = (await proc.stdout.read()).decode()
+        assert await proc.wait() == 0
+    assert rest == "msgq dev: stopping the API, the workers, the simulator, then Redis\n"
+    log = (tmp_path / ".msgq" / "dev.log").read_text()
+    assert '"event": "worker.started"' in log and '"event": "job.finished"' in log
+
+
+async def test_ctrl_c_in_a_terminal_stores_every_call_in_flight_and_sends_none_twice(
+    tmp_path: Path,
+) -> None:
+    """A terminal's Ctrl-C is SIGINT to the whole foreground process group. With 4 calls in
+    flight (3 s each), `msgq dev` alone decides the order: the workers finish and store all 4
+    (Redis still answering) before the simulator and Redis stop. After a restart every job has
+    succeeded in one attempt: nothing is sent again. (Before, Redis shared the group and
+    stopped first: the 4 answers, paid for, could not be stored and were sent again.)"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
+    ports = [str(p) for p in free_ports(3)]
+    args = ["--redis-port", ports[0], "--api-port", ports[1], "--sim-port", ports[2]]
+    proc = await asyncio.create_subprocess_exec(
+        *msgq_command("dev", *args),
+        env={**env, "MSGQ_SIM_LATENCY_MS": "3000", "MSGQ_SHUTDOWN_GRACE_S": "30"},
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,  # the group a terminal would put it in, apart from pytest's
+    )
+    try:
+        assert proc.stdout is not None
+        banner = ""
+        async with asyncio.timeout(30):
+            while "Ctrl-C" not in banner:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "msgq dev ended before its banner"
+                banner += line
+        url = f"redis://127.0.0.1:{ports[0]}/0"
+        request = orjson.loads((SAMPLES / "requests" / "text.json").read_bytes())
+        async with Client.from_url(url) as client:
+            jobs = [await client.submit(request) for _ in range(4)]
+
+            async def all_in_flight() -> bool:
+                records = [await client.get(job.id) for job in jobs]
+                return all(r.status is JobStatus.IN_PROGRESS for r in records)
+
+            await eventually(all_in_flight, timeout_s=20)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
+        async with asyncio.timeout(60):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    with EmbeddedRedis(tmp_path / ".msgq" / "redis") as again:
+        async with Client.from_url(again.url) as client:
+            records = [await client.get(job.id) for job in jobs]
+    assert [(r.status, r.attempts) for r in records] == [(JobStatus.SUCCEEDED, 1)] * 4

@@ -187,3 +187,32 @@ async def test_an_idempotency_key_makes_a_resend_the_same_job(
     assert first.http_response.json() == again.http_response.json()
     assert finals[0] == finals[1]
     assert sim.received == 2
+
+
+async def test_every_anthropic_header_reaches_the_api_and_no_credential_does(
+    api_server: str, store: JobStore, sim: Sim, start_worker: StartWorker
+) -> None:
+    """The SDK's `user_profile_id=` (sent as anthropic-user-profile-id) and an anthropic-*
+    header msgq has never heard of travel with the job to the API, created and streamed; the
+    caller's key does not (the API sees msgq's)."""
+    await start_worker()
+    extra = {"anthropic-not-yet-invented": "v1", "x-msgq-other": "not forwarded"}
+    async with sdk(api_server) as client:
+        raw = await client.messages.with_raw_response.create(
+            **TEXT, user_profile_id="uprof_0123", extra_headers=extra
+        )
+        async with client.messages.stream(
+            **TEXT, user_profile_id="uprof_4567", extra_headers=extra
+        ) as stream:
+            await stream.get_final_message()
+    seen = [request["headers"] for request in sim.requests()[-2:]]
+    assert [h.get("anthropic-user-profile-id") for h in seen] == ["uprof_0123", "uprof_4567"]
+    for headers in seen:
+        assert headers["anthropic-not-yet-invented"] == "v1"
+        assert "x-msgq-other" not in headers
+        assert KEY_A not in json.dumps(headers)
+    record = await ended(store, raw.headers["msgq-job-id"])  # the record names them too
+    assert record.api_headers == {
+        "anthropic-user-profile-id": "uprof_0123",
+        "anthropic-not-yet-invented": "v1",
+    }

@@ -30,12 +30,15 @@ CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
 CASES = 10_000 if CHAOS else 300
 RAW_CASES = 10_000 if CHAOS else 150
 
-json_values = st.recursive(
+json_scalars = (
     st.none()
     | st.booleans()
     | st.integers(-(2**63), 2**63 - 1)
     | st.floats(allow_nan=False)
-    | st.text(max_size=50),
+    | st.text(max_size=50)
+)
+json_values = st.recursive(
+    json_scalars,
     lambda inner: (
         st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
     ),
@@ -92,10 +95,10 @@ mutations = st.one_of(
 )
 
 
-def check_one(body: Any) -> None:
+def check_one(body: Any, version: str | None = None) -> None:
     errors: list[dict[str, str]] = []
     try:
-        validate_request(body)
+        validate_request(body, anthropic_version=version)
     except ValidationError as exc:  # the only exception allowed out of the validator
         errors = field_errors(exc, body)
     assert all(e["msg"] and e["loc"] for e in errors)
@@ -106,6 +109,67 @@ def check_one(body: Any) -> None:
 def test_validator_accepts_or_refuses_cleanly(body: Any) -> None:
     """Any JSON in: either a valid request or a ValidationError with messages, nothing else."""
     check_one(body)
+
+
+# Block types the schemas leave (or left) to the API, with any JSON where their fields go: the
+# version rules read some of them (a search_result's content), so every version is tried.
+OPAQUE_TYPES = [
+    "search_result",
+    "tool_reference",
+    "server_tool_use",
+    "web_search_tool_result",
+    "web_fetch_tool_result",
+    "code_execution_tool_result",
+    "container_upload",
+    "mid_conv_system",
+]
+opaque_blocks = st.builds(
+    lambda kind, content, fields: {**fields, "type": kind, "content": content},
+    st.sampled_from(OPAQUE_TYPES),
+    json_scalars | json_values,
+    st.dictionaries(
+        st.sampled_from(["source", "title", "citations", "input", "id", "name"]),
+        json_values,
+        max_size=4,
+    ),
+)
+opaque_bodies = st.builds(
+    lambda block, role, wrap: {
+        **VALID,
+        "messages": [
+            {
+                "role": role,
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t", "content": [block]}
+                    if wrap
+                    else block
+                ],
+            }
+        ],
+    },
+    opaque_blocks,
+    st.sampled_from(["user", "assistant"]),
+    st.booleans(),
+)
+
+
+@settings(max_examples=CASES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(opaque_bodies, st.sampled_from(["2026-10-21", "2023-06-01", None]))
+def test_opaque_blocks_are_accepted_or_refused_cleanly(body: Any, version: str | None) -> None:
+    """Blocks whose shape is the API's, with any JSON inside, under every version: valid or a
+    ValidationError, never another exception (a search_result's `content` of 5 raised
+    TypeError under 2026-10-21: a 500 on every route)."""
+    check_one(body, version)
+
+
+@pytest.mark.parametrize("content", [5, True, "text", {"a": 1}, [5], None])
+def test_a_malformed_search_result_is_a_validation_error(content: Any) -> None:
+    """A search_result whose content is not a list of text blocks is refused, naming it."""
+    block = {"type": "search_result", "source": "s", "title": "t", "content": content}
+    body = {**VALID, "messages": [{"role": "user", "content": [block]}]}
+    with pytest.raises(ValidationError) as exc:
+        validate_request(body, anthropic_version="2026-10-21")
+    assert any(e["loc"].startswith("messages.0.content") for e in field_errors(exc.value, body))
 
 
 def test_validator_survives_deep_nesting_and_huge_strings() -> None:

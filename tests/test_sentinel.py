@@ -171,6 +171,20 @@ async def test_submit_waits_for_a_replica(
         assert not again.created  # idempotent: the first attempt's job, now replicated
 
 
+async def test_a_sentinel_clients_pool_is_bounded_and_waits(
+    ha_settings: Settings, ha_redis: Redis
+) -> None:
+    """Bound 3 through Sentinel: 12 commands at once that each hold a connection for 0.2 s
+    (BLPOP on an empty list) all complete, waiting their turn (redis-py's own Sentinel pool
+    raises "Too many connections" instead); the primary sees 3 connections of that client."""
+    bounded = ha_settings.model_copy(update={"redis_max_connections": 3})
+    async with connect(bounded, client_name="bounded-pool") as redis:
+        held = [redis.blpop(["nothing-here"], timeout=0.2) for _ in range(12)]
+        assert await asyncio.gather(*held) == [None] * 12  # type: ignore[misc]
+        clients = await ha_redis.client_list()
+    assert sum(1 for c in clients if c.get("name") == "bounded-pool") == 3
+
+
 async def _post_job(settings: Settings, job_id: str) -> httpx.Response:
     from msgq.http.app import create_app
 

@@ -56,3 +56,25 @@ def test_value_and_space_rules() -> None:
     """One leading space is stripped, no more; a line with no colon is a field with value ""."""
     events = decode([b"data:  two\ndata\n\n"])
     assert events == [ServerSentEvent("", " two\n", "", None)]
+
+
+def test_a_multi_megabyte_line_in_small_chunks_is_copied_once() -> None:
+    """A 4 MiB `data` line in 1 KiB chunks: one event with every byte, and the decoder copies
+    each byte of the line into a joined line once (the old one re-joined the partial line with
+    every chunk: ~4,096 copies of a growing line, 8 GiB for this one)."""
+    payload = bytes(range(97, 123)) * (4 * 1024 * 1024 // 26)
+    body = b"event: content_block_delta\r\ndata: " + payload + b"\r\n\r\n"
+    decoder = SSEDecoder()
+    events = [e for i in range(0, len(body), 1024) for e in decoder.feed(body[i : i + 1024])]
+    assert events == [ServerSentEvent("content_block_delta", payload.decode(), "", None)]
+    assert decoder.copied_bytes <= len(body)
+
+
+def test_line_ends_split_across_chunks_of_a_long_line() -> None:
+    """A CR ending one chunk and an LF starting the next stay one line end, mid-way through
+    lines that span many chunks; a chunk of only a line end completes a pending line."""
+    body = b"data: " + b"x" * 5000 + b"\r\n" + b"data: " + b"y" * 3000 + b"\r" + b"\n\n"
+    chunks = [body[i : i + 700] for i in range(0, len(body), 700)]
+    expected = [ServerSentEvent("", "x" * 5000 + "\n" + "y" * 3000, "", None)]
+    assert decode(chunks) == expected
+    assert decode([body[:5006], b"\r", b"\n", body[5008:]]) == expected

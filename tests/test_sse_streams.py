@@ -128,3 +128,34 @@ async def test_streams_over_the_tenants_cap_get_429(api_settings: Settings) -> N
                 return source.response.status_code == 200
 
         await eventually(slot_freed, timeout_s=10)
+
+
+async def test_each_api_process_holds_a_bounded_redis_pool(
+    api_settings: Settings, redis: Redis
+) -> None:
+    """40 streams opening at once on one job add fewer than 10 Redis connections (the pool's
+    default bound is 8, a subscription included; unbounded, they added 22-37), and a burst of
+    300 reads waits its turn for a connection: every one answered, Redis clients still within
+    the bound (unbounded: 136 more)."""
+    assert api_settings.redis_max_connections == 8  # the default, as users run it
+    async with (
+        serve(api_settings.model_copy(update={"max_streams_per_tenant": 100})) as url,
+        httpx.AsyncClient(
+            base_url=url, timeout=30, limits=httpx.Limits(max_connections=400)
+        ) as http,
+        AsyncExitStack() as stack,
+    ):
+        await submit(http, "shared")
+        before = await clients(redis)
+        streams = Streams(http, stack)
+        opened = await asyncio.gather(*(streams.open("shared") for _ in range(40)))
+        assert all(first["status"] == "queued" for first in opened)
+        after_streams = await clients(redis)
+        assert after_streams - before < 10, (before, after_streams)
+        headers = {"x-api-key": KEY_A}
+        burst = await asyncio.gather(
+            *(http.get("/v1/jobs/shared", headers=headers) for _ in range(300))
+        )
+        assert [answer.status_code for answer in burst] == [200] * 300
+        after_burst = await clients(redis)
+        assert after_burst - before <= 8, (before, after_burst)

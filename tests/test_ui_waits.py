@@ -178,3 +178,17 @@ async def test_no_page_shows_a_redis_key_name(
             assert response.status_code in (200, 400, 404), path
             found = re.findall(r"msgq:[\w:.-]*", response.text)
             assert not found, f"{path} shows {found}"
+            visible = re.sub(r"<(script|style)\b.*?</\1>", "", response.text, flags=re.S)
+            assert "`" not in visible, f"{path} shows a backtick"
+
+
+async def test_no_page_shows_literal_backticks(dash: httpx.AsyncClient, client: Client) -> None:
+    """No worker: the overview and the job page say to start `msgq worker` with the command
+    as code, not wrapped in literal backticks (issue 34, item 11)."""
+    queued = await client.submit(text_request("q"), tenant="tenant-a")
+    await sign_in(dash, ADMIN_KEY)
+    for path in ("/ui/part/overview", f"/ui/jobs/{queued.id}", f"/ui/part/job/{queued.id}"):
+        page = (await dash.get(path)).text
+        assert "<code>msgq worker</code>" in page, path
+        visible = re.sub(r"<(script|style)\b.*?</\1>", "", page, flags=re.S)
+        assert "`" not in visible, path

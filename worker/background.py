@@ -52,7 +52,7 @@ class Background:
         s = self.services
         loops: list[Awaitable[None]] = [
             self._gauges(),
-            Reconciler(s.redis, s.store, s.settings).run_forever(),
+            Reconciler(s.redis, s.store, s.settings, s.ledgers).run_forever(),
             BatchLane(s).run_forever(),
             # Always one per fleet: with the scheduler off it only drains what producers placed.
             Dispatcher(s.redis, s.store, s.settings, s.limiter).run_forever(),

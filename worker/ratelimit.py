@@ -18,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from msgq.keys import Keyspace
+from msgq.settings import Settings
 from msgq.tenancy.scheduling import resume_fleet
 from schemas.capabilities import rate_limit_class
 
@@ -206,6 +207,12 @@ class RateLimiter:
         self._adjust = redis.register_script(ADJUST)
         self._cool = redis.register_script(COOL_DOWN)
         self._learned = False  # this process has seen anthropic-ratelimit-* headers
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> RateLimiter:
+        """The fleet's limiter with the limits configured in `settings` (MSGQ_RATE_LIMITS)."""
+        limits = {name: Limits(**values) for name, values in settings.rate_limits.items()}
+        return cls(redis, settings.keys, limits)
 
     def unmetered(self, model: str) -> bool:
         """No limit configured for this model's class, and none learned by this process: an

@@ -17,6 +17,11 @@ steps of a normal transition is never touched.
 
 Each pass also takes expired records out of the job indexes (`msgq.jobs.indexes.prune_expired`):
 Redis expires a record without telling the indexes that name it, which otherwise only grew.
+
+And it settles the ledgers of lost runs (`msgq.ledger`): a job whose ledger holds reservations
+while no worker holds its in-progress lock, on two passes in a row, lost its worker mid-call
+(the next run of the job would settle it too; a job that never runs again would hold its
+budget for good). It is settled as cut: the call may have reached the API.
 """
 
 from __future__ import annotations
@@ -33,12 +38,16 @@ from msgq.batches import Batches
 from msgq.jobs.indexes import prune_expired
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
+from msgq.ledger import budget_mismatches
 from msgq.settings import Settings
+from msgq.tenancy.budgets import periods
 from msgq.tenancy.scheduling import RELIST_BACKLOG
 from schemas import JobError, JobErrorType, JobRecord, JobStatus
 from worker import transitions
 from worker.fleet_lock import FleetLock
 from worker.lane import lane as batch_lane
+from worker.ledger import CUT, Ledgers
+from worker.ratelimit import RateLimiter
 
 log = structlog.get_logger("msgq.reconciler")
 
@@ -54,11 +63,18 @@ class Pass:
     expired_batches: list[str] = field(default_factory=list)
     expired_jobs: int = 0
     pruned: int = 0  # expired records taken out of the job indexes
+    ledgers_settled: list[str] = field(default_factory=list)  # of runs lost mid-call
+    budget_mismatches: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 class Reconciler:
-    def __init__(self, redis: Redis, store: JobStore, settings: Settings) -> None:
+    def __init__(
+        self, redis: Redis, store: JobStore, settings: Settings, ledgers: Ledgers | None = None
+    ) -> None:
         self.redis, self.store, self.settings = redis, store, settings
+        self.ledgers = ledgers or Ledgers(redis, RateLimiter.from_settings(redis, settings))
+        self._unheld: set[str] = set()  # open ledgers with no lock on the last pass
+        self._mismatched: set[tuple[str, int, int]] = set()  # on the last pass
         self.batches = Batches(redis, store, settings)
         self.keys = settings.keys
         self.lock = FleetLock(redis, self.keys.reconciler_lock)
@@ -97,8 +113,16 @@ class Reconciler:
                 await self._settle(job_id, done)
         self._suspects = {k: v for k, v in suspects.items() if k not in done.lost}
         await self._expire_batches(done)
+        await self._settle_lost_ledgers(done)
+        await self._check_budgets(done)
         done.pruned = await prune_expired(self.redis, self.keys)
-        if done.requeued or done.relisted or done.lost or done.expired_batches:
+        if (
+            done.requeued
+            or done.relisted
+            or done.lost
+            or done.expired_batches
+            or done.ledgers_settled
+        ):
             log.warning(
                 "reconciler.acted",
                 requeued=len(done.requeued),
@@ -106,8 +130,41 @@ class Reconciler:
                 lost=len(done.lost),
                 expired_batches=len(done.expired_batches),
                 expired_jobs=done.expired_jobs,
+                ledgers_settled=len(done.ledgers_settled),
             )
         return done
+
+    async def _check_budgets(self, done: Pass) -> None:
+        """A tenant's spend counter against its cost and open reservations (`msgq audit`'s
+        check), logged when the same difference is seen on two passes in a row (a job caught
+        between reserving and recording is not a finding)."""
+        found = set(await budget_mismatches(self.redis, self.keys, periods()[0]))
+        done.budget_mismatches = sorted(found & self._mismatched)
+        for tenant, counter, expected in done.budget_mismatches:
+            log.error(
+                "ledger.budget_mismatch",
+                tenant=tenant,
+                counter_micro_usd=counter,
+                expected_micro_usd=expected,
+            )
+        self._mismatched = found
+
+    async def _settle_lost_ledgers(self, done: Pass) -> None:
+        ids = [raw.decode() for raw in await self.redis.zrange(self.keys.ledger_open, 0, 999)]
+        if not ids:
+            self._unheld = set()
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.exists(self.keys.in_progress_key(job_id))
+            locked = await pipe.execute()
+        unheld = {job_id for job_id, held in zip(ids, locked, strict=True) if not held}
+        for job_id in sorted(unheld & self._unheld):
+            raw = await self.redis.get(self.keys.record_key(job_id))
+            model = JobRecord.model_validate_json(raw).model if raw else None
+            await self.ledgers.settle(job_id, CUT, model=model or "unknown")
+            done.ledgers_settled.append(job_id)
+        self._unheld = unheld - set(done.ledgers_settled)
 
     async def _suspects_in(self, ids: list[str], done: Pass) -> dict[str, bytes]:
         if not ids:

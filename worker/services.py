@@ -13,7 +13,8 @@ from msgq.jobs.store import JobStore
 from msgq.model_catalog import CatalogReader
 from msgq.settings import Settings
 from worker.job.concurrency import AdaptiveConcurrency
-from worker.ratelimit import Limits, RateLimiter
+from worker.ledger import Ledgers
+from worker.ratelimit import RateLimiter
 from worker.upstream.client import Upstream, build_client
 
 SERVICES = "services"  # their key in the worker's context
@@ -29,21 +30,22 @@ class Services:
     limiter: RateLimiter
     concurrency: AdaptiveConcurrency
     catalog: CatalogReader = field(init=False)  # the fleet's copy of GET /v1/models
+    ledgers: Ledgers = field(init=False)  # every job's reservations (msgq.ledger)
 
     def __post_init__(self) -> None:
         self.catalog = CatalogReader(self.redis, self.settings.keys)
+        self.ledgers = Ledgers(self.redis, self.limiter)
 
     @classmethod
     def build(cls, settings: Settings, redis: Redis) -> Services:
         """In the running loop, as aiohttp requires for `Upstream`."""
-        limits = {cls_: Limits(**values) for cls_, values in settings.rate_limits.items()}
         return cls(
             settings,
             JobStore.from_settings(redis, settings),
             Upstream(settings),
             build_client(settings),
             redis,
-            RateLimiter(redis, settings.keys, limits),
+            RateLimiter.from_settings(redis, settings),
             AdaptiveConcurrency(settings.max_jobs),
         )
 

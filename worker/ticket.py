@@ -1,24 +1,29 @@
 """The dispatcher's ticket: where the dispatch and job packages meet.
 
 A job the dispatcher admitted carries a ticket (`msgq:admitted:<id>`): its rate-limit capacity
-and budget were reserved at dispatch, so the worker sends at once. A ticket stays with its job
-in Redis until the job either sends (`HeldTicket.consume`) or ends or is handed back without
-sending (`HeldTicket.release`, which refunds what it reserved). Both delete the key and act only
-if they deleted it, so whatever path a job takes (a deferral for a slot, a pause, a Redis error,
-a cancel, a shutdown, a crash and a re-run elsewhere) its reservation is settled exactly once.
+(the fleet's bucket and, for a tenant with a share cap, the tenant's) and budget were reserved
+at dispatch, so the worker sends at once. A ticket stays with its job in Redis until the job
+either sends (`HeldTicket.consume`: the ticket moves into the job's ledger, `msgq.ledger`, in
+the same step) or ends or is handed back without sending (`HeldTicket.release`, which refunds
+what it reserved). Both remove the key and act only if they removed it, so whatever path a job
+takes (a deferral for a slot, a pause, a Redis error, a cancel, a shutdown, a crash and a re-run
+elsewhere) its reservation is settled exactly once.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
 from msgq.keys import Keyspace
+from msgq.ledger import TICKET
 from msgq.tenancy.budgets import Budgets, Reservation
 from msgq.tenancy.scheduling import Estimate
+from worker.ledger import NOT_SENT, Ledgers, capacities, settle_capacity
 from worker.ratelimit import RateLimiter
 
 ORPHAN_AFTER_MS = 5_000  # a ticket this old whose job is not in arq's queue is an orphan
@@ -29,6 +34,7 @@ class Ticket:
     limited: bool  # capacity was reserved in the fleet's buckets at dispatch
     reservation: Reservation | None
     estimate: Estimate | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # as stored (`capacities` reads it)
 
 
 def parse_ticket(raw: bytes | None) -> Ticket | None:
@@ -39,7 +45,7 @@ def parse_ticket(raw: bytes | None) -> Ticket | None:
     if "micro_usd" in data:
         reservation = Reservation(data["tenant"], data["day"], data["month"], data["micro_usd"])
     estimate = Estimate.loads(data["estimate"]) if "estimate" in data else None
-    return Ticket(bool(data.get("limited")), reservation, estimate)
+    return Ticket(bool(data.get("limited")), reservation, estimate, data)
 
 
 def parse_or_none(raw: bytes | None) -> Ticket | None:
@@ -55,8 +61,7 @@ def parse_or_none(raw: bytes | None) -> Ticket | None:
 class HeldTicket:
     """The ticket a running job read at pick-up, until it is consumed or released."""
 
-    redis: Redis
-    limiter: RateLimiter
+    ledgers: Ledgers
     job_id: str
     ticket: Ticket | None
     _done: bool = field(init=False)
@@ -70,12 +75,17 @@ class HeldTicket:
         return self.ticket is not None and self.ticket.limited
 
     async def consume(self) -> Ticket | None:
-        """The job is about to send: the ticket's reservation is now the attempt's. None when
-        there was none, or another run of the job settled it first."""
+        """The job is about to send: the ticket's reservations move into its ledger, where the
+        attempt's ending settles them. None when there was none, or another run of the job
+        settled it first."""
         if self._done:
             return None
         self._done = True
-        return self.ticket if await take(self.redis, self.limiter.keys, self.job_id) else None
+        keys = self.ledgers.limiter.keys
+        moved = await self.ledgers.consume_ticket(
+            keys.admitted_key(self.job_id), keys.tickets_key, self.job_id
+        )
+        return self.ticket if moved is not None else None
 
     async def release(self) -> None:
         """The job is not sending on this run: give back what the ticket reserved. Safe to call
@@ -83,8 +93,9 @@ class HeldTicket:
         if self._done:
             return
         self._done = True
-        if await take(self.redis, self.limiter.keys, self.job_id):
-            await refund(self.redis, self.limiter, self.ticket)
+        redis = self.ledgers.redis
+        if await take(redis, self.ledgers.limiter.keys, self.job_id):
+            await refund(redis, self.ledgers.limiter, self.ticket)
 
 
 async def take(redis: Redis, keys: Keyspace, job_id: str) -> bool:
@@ -101,11 +112,8 @@ async def refund(redis: Redis, limiter: RateLimiter, ticket: Ticket | None) -> N
     `take` returned True, which makes sure it happens once."""
     if ticket is None:
         return
-    if ticket.limited and ticket.estimate is not None:
-        est = ticket.estimate
-        await limiter.settle(
-            est.model, input_delta=est.input_tokens, output_delta=est.output_tokens, requests=1
-        )
+    for capacity in capacities(TICKET, ticket.data):
+        await settle_capacity(redis, limiter, capacity, NOT_SENT)
     if ticket.reservation is not None:
         model = ticket.estimate.model if ticket.estimate else "unknown"
         await Budgets(redis, limiter.keys).settle(ticket.reservation, 0.0, model)

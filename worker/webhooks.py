@@ -102,7 +102,7 @@ class WebhookDispatcher:
             state = WebhookState(
                 status="delivered",
                 attempts=attempts,
-                last_error=entry.last_error,  # what the earlier attempts met, if any
+                last_error=None,  # earlier attempts' errors are over; the log keeps them
                 delivered_at=utcnow(),
             )
             await self._record(entry, state)  # first: a crash now re-sends, never loses

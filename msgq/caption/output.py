@@ -38,13 +38,21 @@ NOT_RUN = frozenset({"canceled", "expired"})
 class CaptionLog:
     """The JSONL output. On open, a torn last line (a crash mid-write) is cut off, and what the
     rows say is remembered, the latest row winning: a rerun skips what succeeded and reports
-    (or, with --retry-failed, re-runs) what did not."""
+    (or, with --retry-failed, re-runs) what did not.
+
+    Success is remembered per path as well as per job: two paths holding the same bytes are one
+    job, and each needs its own row (and sidecar), so a job done under one path does not make
+    the other "done before"."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.done: set[str] = set()  # job IDs that succeeded
+        # Job IDs that succeeded → the offset of the first row saying so (read back for a
+        # duplicate's row: offsets, not rows, so a million-image log stays small in memory).
+        self.done: dict[str, int] = {}
+        self.done_paths: dict[str, str] = {}  # path → the job ID its latest row succeeded with
         self.failed_ids: set[str] = set()  # job IDs whose latest row did not succeed
         self.failed_paths: set[str] = set()  # failed before any job: unreadable, refused
+        self.size = 0  # bytes in the file: the offset of the next row
         if path.exists():
             self._load()
         self.handle = path.open("ab")
@@ -54,20 +62,26 @@ class CaptionLog:
         keep = raw if raw.endswith(b"\n") or not raw else raw[: raw.rfind(b"\n") + 1]
         if keep != raw:
             write_atomically(self.path, keep.decode("utf-8"))
-        for line in keep.splitlines():
+        offset = 0
+        for line in keep.splitlines(keepends=True):
             try:
                 row = orjson.loads(line)
             except orjson.JSONDecodeError:
-                continue
+                row = None
             if isinstance(row, dict):
-                self._remember(row)
+                self._remember(row, offset)
+            offset += len(line)
+        self.size = offset
 
-    def _remember(self, row: dict[str, Any]) -> None:
+    def _remember(self, row: dict[str, Any], offset: int) -> None:
         job_id, path = row.get("job_id"), str(row.get("path", ""))
+        if row.get("status") != "succeeded":
+            self.done_paths.pop(path, None)
         if not job_id:
             self.failed_paths.add(path)
         elif row.get("status") == "succeeded":
-            self.done.add(job_id)
+            self.done.setdefault(job_id, offset)
+            self.done_paths[path] = job_id
             self.failed_ids.discard(job_id)
             self.failed_paths.discard(path)
         elif row.get("status") in NOT_RUN:  # stopped, not failed: a rerun sends it again
@@ -77,11 +91,24 @@ class CaptionLog:
             self.failed_ids.add(job_id)
             self.failed_paths.discard(path)
 
+    def done_row(self, job_id: str) -> dict[str, Any] | None:
+        """The first row that says `job_id` succeeded (None when no row does)."""
+        offset = self.done.get(job_id)
+        if offset is None:
+            return None
+        self.handle.flush()
+        with self.path.open("rb") as handle:
+            handle.seek(offset)
+            row = orjson.loads(handle.readline())
+        return row if isinstance(row, dict) else None
+
     def append(self, row: dict[str, Any]) -> None:
         # One write of one whole line, flushed: a partial run leaves a valid file.
-        self.handle.write(orjson.dumps(row) + b"\n")
+        line = orjson.dumps(row) + b"\n"
+        self.handle.write(line)
         self.handle.flush()
-        self._remember(row)
+        self._remember(row, self.size)
+        self.size += len(line)
 
     def close(self) -> None:
         self.handle.close()

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from msgq.caption.images import ImagePrepError
 from msgq.caption.inputs import Item, iter_items
 from msgq.caption.output import NOT_RUN, CaptionLog, Sidecars
-from msgq.caption.work import CaptionOptions, Work, build_work, row_for
+from msgq.caption.work import CaptionOptions, Work, build_work, row_for, shared_row
 from msgq.client import Client, Submitted
 from msgq.errors import InvalidJobError
 from msgq.jobs.endings import Endings
@@ -128,8 +128,7 @@ class CaptionRun:
         except ImagePrepError as exc:
             self._write(row_for(item, None, str(exc)))
             return
-        if work.job_id in self.log.done:
-            self._count_earlier(failed=False)
+        if await self._done_before(item, work):
             return
         if await self._failed_before(work):
             return
@@ -148,6 +147,19 @@ class CaptionRun:
         self._changed()  # in flight now: a run's first minutes are not "0 done" and silent
         if job.record.status.terminal:
             await self._finish(job.id)
+
+    async def _done_before(self, item: Item, work: Work) -> bool:
+        """True when the output file already has this job's answer: this image's row counts
+        as skipped; another path's (the same bytes) gives this image its own row from it."""
+        earlier = self.log.done_row(work.job_id)
+        if earlier is None:
+            return False
+        this_path = self.log.done_paths.get(item.source) == work.job_id
+        if this_path or earlier.get("path") == item.source:
+            self._count_earlier(failed=False)
+        else:  # paid for once, in the earlier row
+            await self._emit(item, shared_row(item, earlier))
+        return True
 
     def _changed(self) -> None:
         self.tally.in_flight = len(self.pending)
@@ -201,12 +213,19 @@ class CaptionRun:
     async def _finish(self, job_id: str) -> None:
         record = await self.store.get(job_id)
         self.draining.add(job_id)
+        first: dict[str, Any] | None = None
         for item in self.pending.pop(job_id, []):
-            row = row_for(item, record)
-            self._write(row)
-            if self.sidecars and row["status"] == "succeeded" and not item.is_url:
-                caption = (row["caption"] or "") + "\n"
-                await asyncio.to_thread(self.sidecars.write, item.path, caption)
+            # Paths with the same bytes share one job: its usage and cost go in the first row.
+            row = row_for(item, record) if first is None else shared_row(item, first)
+            first = first or row
+            await self._emit(item, row)
+
+    async def _emit(self, item: Item, row: dict[str, Any]) -> None:
+        """Write the row, and the sidecar of a caption."""
+        self._write(row)
+        if self.sidecars and row["status"] == "succeeded" and not item.is_url:
+            caption = (row["caption"] or "") + "\n"
+            await asyncio.to_thread(self.sidecars.write, item.path, caption)
 
     async def _sweep(self) -> None:
         """Catch endings a dropped subscription missed, and count the jobs now retrying."""

@@ -19,6 +19,11 @@ from schemas.response import Message
 DEFAULT_PROMPT = "Describe this image in one sentence."
 
 
+# Images in Redis at once by default in the realtime lane (`msgq caption` sizes it
+# 4 x MSGQ_MAX_JOBS up to this): workers hold hundreds of calls, and each image is megabytes.
+REALTIME_WINDOW_MAX = 256
+
+
 @dataclass
 class CaptionOptions:
     inputs: list[str]
@@ -28,7 +33,7 @@ class CaptionOptions:
     out: Path = Path("captions.jsonl")
     sidecar: bool = False
     sidecar_ext: str = ".txt"
-    window: int = 64
+    window: int = REALTIME_WINDOW_MAX
     max_side_px: int | None = None
     params: dict[str, Any] = field(default_factory=dict)  # extra request fields (temperature…)
     retry_failed: bool = False  # re-run images whose earlier row failed
@@ -93,6 +98,15 @@ def build_work(item: Item, options: CaptionOptions, max_bytes: int) -> Work:
         ],
     }
     return Work(item, job_id_for(content, prompt, options), request)
+
+
+def shared_row(item: Item, first: dict[str, Any]) -> dict[str, Any]:
+    """The row of an image whose bytes another path's job already captioned (same job ID):
+    its outcome, with no usage and no cost of its own, since the job was paid for once, in the
+    row `shares_job_of` names."""
+    cost = None if first.get("cost_usd") is None else 0.0
+    owner = first.get("shares_job_of") or first["path"]
+    return {**first, "path": item.source, "usage": None, "cost_usd": cost, "shares_job_of": owner}
 
 
 def row_for(item: Item, record: JobRecord | None, error: str | None = None) -> dict[str, Any]:

@@ -9,8 +9,6 @@ import click
 from msgq.settings import Settings
 from schemas import Lane
 
-REALTIME_WINDOW_MAX = 256  # images in Redis at once by default, in the realtime lane
-
 
 @click.command()
 @click.argument("inputs", nargs=-1)
@@ -40,7 +38,8 @@ REALTIME_WINDOW_MAX = 256  # images in Redis at once by default, in the realtime
 @click.option(
     "--window",
     type=int,
-    help="Most jobs in Redis at once [4 x MSGQ_MAX_JOBS; batch/auto lane: 5,000].",
+    help="Most jobs in Redis at once [4 x MSGQ_MAX_JOBS, at most 256: 256 by default; "
+    "batch/auto lane: MSGQ_BATCH_MAX_REQUESTS, at most 5,000].",
 )
 @click.option("--max-side", type=int, help="Downscale so the long side is at most this.")
 @click.option(
@@ -113,6 +112,8 @@ def caption(
 def _default_window(lane: Lane, settings: Settings) -> int:
     """Realtime: enough to keep the workers busy. Batch: pooling is the point, so many more
     (Redis then holds up to this many prepared images until their upstream batch ends)."""
+    from msgq.caption.work import REALTIME_WINDOW_MAX
+
     if lane is Lane.REALTIME:  # capped: workers hold hundreds of calls, each image is MBs
         return min(4 * settings.max_jobs, REALTIME_WINDOW_MAX)
     return min(settings.batch_max_requests, 5000)

@@ -28,7 +28,8 @@ def env_names(name: str, field: FieldInfo) -> list[str]:
     return [f"MSGQ_{name.upper()}"]
 
 
-def _dotenv() -> dict[str, str]:
+def dotenv_settings() -> dict[str, str]:
+    """The `.env` file's variables, names upper-cased (empty without the file)."""
     path = Path(str(Settings.model_config.get("env_file") or ".env"))
     if not path.is_file():
         return {}
@@ -60,7 +61,7 @@ def mask(name: str, value: Any) -> str:
 
 def settings_rows(settings: Settings) -> list[tuple[str, str, str, str]]:
     """(variables, value in effect, source, description) per setting; secrets masked."""
-    dotenv = _dotenv()
+    dotenv = dotenv_settings()
     rows = []
     for name, field in Settings.model_fields.items():
         names = env_names(name, field)
@@ -72,7 +73,7 @@ def settings_rows(settings: Settings) -> list[tuple[str, str, str, str]]:
 
 def describe_settings_error(exc: ValidationError) -> str:
     """One line per bad setting, `VARIABLE: problem (got 'value')`, joined with `; `."""
-    dotenv = _dotenv()
+    dotenv = dotenv_settings()
     parts = []
     for err in exc.errors(include_url=False):
         name = _field_of(str(err["loc"][0]) if err["loc"] else "")

@@ -7,6 +7,7 @@ Errors are one line on stderr; `msgq --debug ...` shows the traceback.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import traceback
@@ -19,15 +20,25 @@ import orjson
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from msgq.cli import api_info, caption_command, operations, services  # registered below
+from msgq.cli import (  # registered below
+    api_info,
+    caption_command,
+    dev_command,
+    operations,
+    redis_cli,
+    services,
+)
 from msgq.cli.common import (
     FAILED_STATUSES,
+    QUIET_TYPOS,
     JobFailedError,
     dump,
     mask_url,
+    redis_origin,
     use_dev_env,
     with_client,
 )
+from msgq.cli.typos import warn_about_typos
 from msgq.client import Client
 from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from msgq.extras import MissingExtraError
@@ -50,8 +61,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
     REDIS_URL unset, commands use the Redis of a `msgq dev` running from this directory
     (./.msgq/dev.env).
     """
+    if not os.environ.get(QUIET_TYPOS):  # `msgq dev` warned once for all its children
+        warn_about_typos(_all_commands(ctx.command))
     if ctx.invoked_subcommand != "dev":  # dev writes the file; it must not read an old one
         use_dev_env()
+
+
+def _all_commands(command: click.Command) -> list[click.Command]:
+    subcommands = command.commands.values() if isinstance(command, click.Group) else []
+    return [command, *(c for sub in subcommands for c in _all_commands(sub))]
 
 
 @cli.command()
@@ -61,13 +79,15 @@ def settings() -> None:
 
     for env, value, source, description in settings_rows(Settings()):
         click.echo(f"{env:<44} {value:<28} {source:<8} {description}".rstrip())
-    # On stderr: a person reads it, while a script parsing the table on stdout is not thrown.
-    click.echo(
-        "Webhook keys: a tenant signs with its webhook_secret (MSGQ_TENANTS_FILE), else with "
-        "whsec_ + base64(HMAC-SHA256(MSGQ_WEBHOOK_SECRET's key, tenant name)); jobs without a "
-        "tenant use MSGQ_WEBHOOK_SECRET itself. `msgq webhook-secret TENANT` prints one.",
-        err=True,
-    )
+    # Only for a person reading the table: `msgq settings | grep X` printed it every time (on
+    # stderr, so still on the terminal); configuration.md says the same.
+    if sys.stdout.isatty():
+        click.echo(
+            "Webhook keys: a tenant signs with its webhook_secret (MSGQ_TENANTS_FILE), else with "
+            "whsec_ + base64(HMAC-SHA256(MSGQ_WEBHOOK_SECRET's key, tenant name)); jobs without "
+            "a tenant use MSGQ_WEBHOOK_SECRET itself. `msgq webhook-secret TENANT` prints one.",
+            err=True,
+        )
 
 
 def read_json(path: str) -> Any:
@@ -281,7 +301,8 @@ for _command in (
     services.worker,
     services.api,
     services.simulator,
-    services.dev,
+    dev_command.dev,
+    redis_cli.redis_cli,
 ):
     cli.add_command(_command)
 
@@ -310,6 +331,13 @@ def main() -> None:
         _fail(exc, 1, debug, prefix="internal error: ")
 
 
+def _origin() -> str:
+    try:
+        return redis_origin(Settings())
+    except ValidationError:  # the settings that failed are reported on their own
+        return "the configured Redis"
+
+
 def _fail(
     exc: BaseException, code: int, debug: bool, prefix: str = "", message: str | None = None
 ) -> None:
@@ -319,9 +347,8 @@ def _fail(
     if isinstance(exc, InvalidJobError) and exc.errors:
         message = "invalid request: " + summarize(exc.errors)
     if isinstance(exc, RedisError):
-        message = (
-            f"cannot reach Redis ({type(exc).__name__}: {re.sub(r'//[^@/]*@', '//', message)})"
-        )
+        detail = re.sub(r"//[^@/]*@", "//", message)
+        message = f"cannot reach Redis ({type(exc).__name__}: {detail}); it used {_origin()}"
     click.echo(f"msgq: {prefix}{message}", err=True)
     sys.exit(code)
 

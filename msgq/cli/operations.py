@@ -94,9 +94,13 @@ def usage(as_json: bool) -> None:
             continue
         day = _budgeted(row["spent_today_usd"], row["budget_usd_day"])
         month = _budgeted(row["spent_month_usd"], row["budget_usd_month"])
-        click.echo(f"{row['tenant']:<24} today {day:<24} month {month}")
+        click.echo(f"{row['tenant'] or '(no tenant)':<24} today {day:<24} month {month}")
     if not rows and not as_json:
-        click.echo("no tenant has spent anything yet")
+        click.echo("nothing has been spent yet")
+    elif not as_json:
+        today_usd = sum(float(row["spent_today_usd"]) for row in rows)
+        month_usd = sum(float(row["spent_month_usd"]) for row in rows)
+        click.echo(f"{'total':<24} today {_budgeted(today_usd, None):<24} month ${month_usd:.4f}")
 
 
 def _budgeted(spent: float, budget: float | None) -> str:

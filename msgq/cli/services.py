@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
-import signal
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from msgq.logs import configure_logging
 from msgq.settings import Settings
-
-if TYPE_CHECKING:
-    from msgq.dev.stack import Stack
 
 
 @click.command()
@@ -25,7 +17,8 @@ if TYPE_CHECKING:
 @click.option(
     "--check",
     is_flag=True,
-    help="Health check: exit 0 if Redis answers and a worker on the queue is alive, else 1.",
+    help="Health check: exit 0 if Redis answers, the API accepts ANTHROPIC_API_KEY (one free "
+    "Models API call) and a worker on the queue is alive, else 1.",
 )
 def worker(burst: bool, check: bool) -> None:
     """Run one worker process (arq). SIGTERM stops taking jobs and lets in-flight ones finish."""
@@ -39,7 +32,27 @@ def worker(burst: bool, check: bool) -> None:
         msg = "ANTHROPIC_API_KEY is not set (use `msgq dev` for the simulator)"
         raise click.UsageError(msg)
     _event_loop(s.uvloop)
+    asyncio.run(_say_where_redis_is(s))
     build_worker(s, burst=burst).run()
+
+
+async def _say_where_redis_is(settings: Settings) -> None:
+    """One line before the worker's own retries (`worker.redis_unavailable`, every second)
+    when Redis does not answer: which URL, where it came from and what to check, which
+    those lines cannot say."""
+    from redis.exceptions import RedisError
+    from structlog import get_logger
+
+    from msgq.cli.common import redis_origin
+    from msgq.connections import connect
+
+    try:
+        async with connect(settings, socket_connect_timeout=3, failover_wait_s=3) as redis:
+            await redis.ping()
+    except (RedisError, OSError) as exc:
+        get_logger("msgq.worker").error(
+            "worker.redis_unreachable", error=type(exc).__name__, redis=redis_origin(settings)
+        )
 
 
 def _event_loop(choice: str) -> None:
@@ -67,8 +80,22 @@ async def _check_worker(settings: Settings) -> int:
         async with connect(settings, socket_connect_timeout=3, failover_wait_s=3) as redis:
             alive = bool(await redis.exists(settings.keys.health_check_key))
     except (RedisError, OSError) as exc:
-        click.echo(f"unhealthy: cannot reach Redis ({type(exc).__name__})", err=True)
+        from msgq.cli.common import redis_origin
+
+        click.echo(
+            f"unhealthy: cannot reach Redis ({type(exc).__name__}); it used "
+            f"{redis_origin(settings)}",
+            err=True,
+        )
         return 1
+    from msgq.key_check import check_api_key
+
+    key = await check_api_key(settings)
+    if key.refused:
+        click.echo(f"unhealthy: {key.problem}", err=True)
+        return 1
+    if key.problem is not None:  # the API's bad minute is not the worker's
+        click.echo(f"warning: ANTHROPIC_API_KEY not verified: {key.problem}", err=True)
     click.echo("healthy" if alive else "unhealthy: no worker health check in the last 11 s")
     return 0 if alive else 1
 
@@ -295,61 +322,3 @@ def api(host: str, port: int) -> None:
         msg = "no API keys: set MSGQ_API_KEYS=tenant:key,... or MSGQ_API_KEYS_FILE"
         raise click.UsageError(msg)
     uvicorn.run(create_app(s), host=host, port=port, log_level="warning", access_log=False)
-
-
-@click.command()
-@click.option("--data-dir", default=".msgq", show_default=True, type=click.Path(path_type=Path))
-@click.option("--workers", default=1, show_default=True)
-@click.option("--redis-port", default=6379, show_default=True, help="Embedded Redis (0: any).")
-@click.option("--api-port", default=8000, show_default=True, help="HTTP API and /ui (0: any).")
-@click.option("--sim-port", default=8787, show_default=True, help="Simulator (0: any).")
-def dev(data_dir: Path, workers: int, redis_port: int, api_port: int, sim_port: int) -> None:
-    """Embedded Redis + simulator (unless ANTHROPIC_API_KEY is set) + worker + HTTP API.
-
-    Takes its fixed ports or fails saying which is taken; writes DATA_DIR/dev.env, which
-    every other `msgq` command run from this directory reads when REDIS_URL is unset.
-    Ctrl-C stops the API, then the workers (in-flight jobs go back to queued), then the
-    simulator, then Redis.
-    """
-    from msgq.dev.stack import DevPorts, PortInUseError, Stack
-
-    settings = Settings()
-    use_simulator = settings.anthropic_api_key is None
-    external = os.environ.get("REDIS_URL") or os.environ.get("MSGQ_REDIS_URL")
-    try:
-        stack = Stack(
-            data_dir.resolve(),
-            use_simulator=use_simulator,
-            workers=workers,
-            redis_url=external,
-            ports=DevPorts(redis=redis_port, api=api_port, simulator=sim_port),
-        )
-        with stack:
-            click.echo(dev_banner(stack, data_dir, external=bool(external)))
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.pause()
-            click.echo("msgq dev: stopping the API, the workers, the simulator, then Redis")
-    except PortInUseError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def dev_banner(stack: Stack, data_dir: Path, *, external: bool) -> str:
-    """The one block `msgq dev` prints: where everything is, the key, and how to stop."""
-    where = "your Redis" if external else f"embedded, data in {data_dir}/redis"
-    key = stack.api_key_hint
-    lines = [
-        "msgq dev is running",
-        f"  Redis      REDIS_URL={stack.redis_url}  ({where})",
-        f"  HTTP API   {stack.api_url}  (x-api-key: {key})",
-        f"  dashboard  {stack.api_url}/ui  (sign in with {key}"
-        + (": an admin key, every tenant's jobs)" if stack.admin_key else ")"),
-        f"  settings   {stack.dev_env_path}  (read by msgq commands run here)",
-    ]
-    if stack.simulator_url:
-        lines.append(
-            f"  simulator  {stack.simulator_url}  (ANTHROPIC_API_KEY is not set: the simulator "
-            "answers instead of the Anthropic API)"
-        )
-    lines.append("Ctrl-C stops everything (API, workers with their grace, simulator, Redis).")
-    return "\n".join(lines)

@@ -77,7 +77,12 @@ class EmbeddedRedis(Managed):
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its own session: a terminal's Ctrl-C (SIGINT to the whole foreground process group)
+        # must not stop Redis under the workers still storing answers already paid for; the
+        # owner (`msgq dev`, a test fixture) stops it last, and only then.
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         self._wait_ready(timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> None:

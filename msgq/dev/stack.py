@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import socket
@@ -69,6 +70,19 @@ class PortInUseError(RuntimeError):
 
 
 DEV_ENV = "dev.env"  # under the data dir: what `msgq dev` serves, read by the CLI
+API_KEY_FILE = "api-key"  # under the data dir: the generated key, kept across restarts
+WEBHOOK_SECRET_FILE = "webhook-secret"  # under the data dir: signs the stack's webhooks
+
+
+def kept_secret(path: Path, make: str) -> str:
+    """The secret in `path`, else `make`, written there (owner-only) for the next start: a
+    service configured with `msgq dev`'s key or webhook secret keeps working after a restart."""
+    if path.is_file() and (kept := path.read_text().strip()):
+        return kept
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(make + "\n")
+    return make
 
 
 def port_is_free(port: int) -> bool:
@@ -125,8 +139,12 @@ class Stack(Managed):
         redis_url: str | None = None,
         ports: DevPorts | None = None,
         worker_grace_s: float = 30.0,
+        also_announce: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
+        # A second dev.env, at ./.msgq/dev.env where the CLI looks, when the data dir is
+        # elsewhere (`msgq dev --data-dir D`): otherwise no other command run here found it.
+        self.also_announce = also_announce
         self.use_simulator = use_simulator
         self.workers = workers
         self.log = log
@@ -143,12 +161,14 @@ class Stack(Managed):
         self.redis_url = redis_url or (self.redis.url if self.redis else "")
         self.simulator_url: str | None = None
         self.api_url: str | None = None
-        self.api_key_hint = "from MSGQ_API_KEYS"
+        self.api_key: str | None = None  # generated (and kept) when MSGQ_API_KEYS is unset
         self.admin_key: str | None = None
+        self.webhook_secret_path: Path | None = None  # provisioned when none is configured
         self.api: subprocess.Popen[bytes] | None = None
         self.worker_processes: list[subprocess.Popen[bytes]] = []
         self.simulator: subprocess.Popen[bytes] | None = None
-        self.env = {**os.environ, **(extra_env or {})}
+        # MSGQ_DEV_CHILD: `msgq dev` warned about misspelt variables; its children need not.
+        self.env = {**os.environ, **(extra_env or {}), "MSGQ_DEV_CHILD": "1"}
 
     @property
     def processes(self) -> list[subprocess.Popen[bytes]]:
@@ -189,6 +209,12 @@ class Stack(Managed):
             # The simulator accepts any key; this one exists only on this machine.
             self.env["ANTHROPIC_API_KEY"] = "sk-ant-simulator-local"
         self.env.setdefault("MSGQ_SHUTDOWN_GRACE_S", str(int(self.worker_grace_s)))
+        if not self.env.get("MSGQ_WEBHOOK_SECRET"):
+            # Without one, a job's webhook was accepted and then never delivered.
+            path = self.data_dir / WEBHOOK_SECRET_FILE
+            fresh = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+            self.env["MSGQ_WEBHOOK_SECRET"] = kept_secret(path, fresh)
+            self.webhook_secret_path = path
         for _ in range(self.workers):
             self.worker_processes.append(self._spawn("worker"))
         self._start_api()
@@ -196,12 +222,13 @@ class Stack(Managed):
 
     def _start_api(self) -> None:
         if not (self.env.get("MSGQ_API_KEYS") or self.env.get("MSGQ_API_KEYS_FILE")):
-            # A key made for this run only: a laptop API is still not an open one. It is
+            # A key made for this data dir: a laptop API is still not an open one. It is
             # also an admin key, so /ui shows every job, the CLI's (no tenant) included.
-            key = "msgq-dev-" + secrets.token_hex(8)
+            made = "msgq-dev-" + secrets.token_hex(8)
+            key = kept_secret(self.data_dir / API_KEY_FILE, made)
             self.env["MSGQ_API_KEYS"] = f"dev:{key}"
             self.env.setdefault("MSGQ_ADMIN_KEYS", key)
-            self.api_key_hint = key
+            self.api_key = key
             self.admin_key = key if self.env["MSGQ_ADMIN_KEYS"] == key else None
         port = self._port("api", "the HTTP API", "--api-port")
         self.api = self._spawn("api", "--port", str(port))
@@ -215,11 +242,15 @@ class Stack(Managed):
             f"REDIS_URL={self.redis_url}",
             f"MSGQ_API_URL={self.api_url}",
         ]
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.dev_env_path.write_text("\n".join(lines) + "\n")
+        for path in (self.dev_env_path, self.also_announce):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("\n".join(lines) + "\n")
 
     def stop(self) -> None:
         self.dev_env_path.unlink(missing_ok=True)
+        if self.also_announce is not None:
+            self.also_announce.unlink(missing_ok=True)
         _stop([self.api] if self.api else [], timeout_s=10)
         grace_s = float(self.env.get("MSGQ_SHUTDOWN_GRACE_S", self.worker_grace_s))
         _stop(self.worker_processes, timeout_s=grace_s + 5)

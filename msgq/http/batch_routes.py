@@ -47,7 +47,12 @@ async def create_batch(
         _check_version_rules(n, item.params, version)
     batches = _batches(request)
     meta = await batches.create(
-        tenant, body, anthropic_version=version, betas=headers.betas, workspace=headers.workspace_id
+        tenant,
+        body,
+        anthropic_version=version,
+        betas=headers.betas,
+        workspace=headers.workspace_id,
+        api_headers=headers.others,
     )
     return await batches.view(meta, base_url=_base_url(request))
 

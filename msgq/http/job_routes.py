@@ -39,9 +39,12 @@ async def create_job(
     """202 with the record; 200 with the existing record when `id` was seen before.
 
     The job's API version and betas: the JSON fields, else the `anthropic-version` and
-    `anthropic-beta` headers (a version is required, as the API requires it). A W3C
-    `traceparent` header puts the job in the caller's trace."""
-    version = headers.required_version(request, body.anthropic_version)
+    `anthropic-beta` headers; with neither, the fleet's default version, which the record
+    names (this is msgq's own route: the drop-in and Batches routes keep the API's rule
+    that the header is required). A W3C `traceparent` header puts the job in the caller's
+    trace."""
+    fleet_version = await state.client.fleet_anthropic_version()
+    version = headers.required_version(request, body.anthropic_version, fallback=fleet_version)
     job = await state.client.submit(
         body.request,
         job_id=body.id,
@@ -55,6 +58,7 @@ async def create_job(
         anthropic_version=version,
         betas=body.betas if body.betas is not None else headers.betas,
         workspace_id=headers.workspace_id,
+        api_headers=headers.others,
         traceparent=request.headers.get("traceparent"),
         tracestate=request.headers.get("tracestate"),
     )

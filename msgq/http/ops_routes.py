@@ -3,6 +3,8 @@ only with MSGQ_METRICS_TENANTS=true: see msgq.http.metrics)."""
 
 from __future__ import annotations
 
+from importlib import resources
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
@@ -24,6 +26,14 @@ async def healthz(state: State) -> JSONResponse:
     return JSONResponse(
         {"status": "ok" if workers else "degraded", "redis": True, "workers": workers}
     )
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> Response:
+    """Browsers ask for it on every page, the API's JSON included: an icon, not a 404 in the
+    log of each visit."""
+    body = resources.files("msgq.http.ui").joinpath("static", "favicon.ico").read_bytes()
+    return Response(body, media_type="image/x-icon", headers={"cache-control": "max-age=86400"})
 
 
 @router.get("/metrics")

@@ -53,6 +53,7 @@ def build_spec(
     anthropic_version: str | None = None,
     betas: list[str] | None = None,
     workspace_id: str | None = None,
+    api_headers: dict[str, str] | None = None,
     trace: dict[str, str] | None = None,
 ) -> JobSpec:
     """The job spec for a request, validated unless the worker is to do that (batches).
@@ -73,6 +74,7 @@ def build_spec(
         "anthropic_version": anthropic_version,
         "betas": betas,
         "workspace_id": workspace_id,
+        "api_headers": api_headers or None,
         **(trace or {}),
     }
     try:
@@ -139,6 +141,7 @@ def new_record(
         anthropic_version=spec.anthropic_version if spec else None,
         betas=spec.betas if spec else None,
         workspace_id=spec.workspace_id if spec else None,
+        api_headers=spec.api_headers if spec else None,
         trace_id=trace_id_of(spec.traceparent) if spec else None,
         traceparent=valid_traceparent(spec.traceparent) if spec else None,
     )

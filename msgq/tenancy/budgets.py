@@ -9,9 +9,12 @@ spent. Periods are UTC days and months.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from msgq.keys import Keyspace
@@ -19,12 +22,16 @@ from msgq.tenancy.tenants import TenantConfig
 from schemas import Prices
 
 MICRO = 1_000_000
+# Where the spend of jobs submitted without a tenant is counted: not a valid tenant name
+# (TENANT_PATTERN), so no tenant can share it. Reports show it as a row of its own.
+NO_TENANT = "(none)"
 DAY_TTL_S = 40 * 24 * 3600
 MONTH_TTL_S = 400 * 24 * 3600
 
-# KEYS: day, month. ARGV: amount µUSD, day cap (-1: none), month cap, day ttl, month ttl.
-# Returns {1, ''} reserved, or {0, 'day'|'month', spent, cap} when it would pass the cap
-# (nothing taken).
+# KEYS: day, month[, the job's ledger, the ledger's open set]. ARGV: amount µUSD, day cap (-1:
+# none), month cap, day ttl, month ttl[, job id, now ms, the reservation's JSON]. Returns {1, ''}
+# reserved (and held in the job's ledger when its keys are given), or {0, 'day'|'month', spent,
+# cap} when it would pass the cap (nothing taken).
 RESERVE = """
 local amount = tonumber(ARGV[1])
 local caps = {tonumber(ARGV[2]), tonumber(ARGV[3])}
@@ -37,6 +44,10 @@ redis.call('INCRBY', KEYS[1], amount)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('INCRBY', KEYS[2], amount)
 redis.call('EXPIRE', KEYS[2], ARGV[5])
+if #KEYS == 4 then
+  redis.call('HSET', KEYS[3], 'budget', ARGV[8])
+  redis.call('ZADD', KEYS[4], 'NX', ARGV[7], ARGV[6])
+end
 return {1, ''}
 """
 
@@ -101,19 +112,29 @@ class Budgets:
         self._reserve = redis.register_script(RESERVE)
 
     async def reserve(
-        self, tenant: str, config: TenantConfig, usd: float, now: datetime | None = None
+        self,
+        tenant: str,
+        config: TenantConfig,
+        usd: float,
+        now: datetime | None = None,
+        *,
+        hold: str | None = None,
     ) -> Reservation | BudgetRefusal:
-        """A Reservation, or the period ("day"/"month") whose budget it would pass."""
+        """A Reservation, or the period ("day"/"month") whose budget it would pass. `hold`: a
+        job ID whose ledger (msgq.ledger) holds the reservation from the same atomic step."""
         day, month = periods(now)
         amount = round(usd * MICRO)
         caps = [
             -1 if limit is None else round(limit * MICRO)
             for limit in (config.budget_usd_day, config.budget_usd_month)
         ]
-        ok, period, *figures = await self._reserve(
-            keys=[self.keys.spend_key(tenant, day), self.keys.spend_key(tenant, month)],
-            args=[amount, *caps, DAY_TTL_S, MONTH_TTL_S],
-        )
+        keys = [self.keys.spend_key(tenant, day), self.keys.spend_key(tenant, month)]
+        args: list[Any] = [amount, *caps, DAY_TTL_S, MONTH_TTL_S]
+        if hold is not None:
+            held = {"tenant": tenant, "day": day, "month": month, "micro_usd": amount}
+            keys += [self.keys.ledger_key(hold), self.keys.ledger_open]
+            args += [hold, int(time.time() * 1000), orjson.dumps(held)]
+        ok, period, *figures = await self._reserve(keys=keys, args=args)
         if not int(ok):
             spent, cap = (int(f) for f in figures)
             return BudgetRefusal(
@@ -138,8 +159,10 @@ class Budgets:
                 pipe.expire(models, DAY_TTL_S)
             await pipe.execute()
 
-    async def record(self, tenant: str, actual_usd: float, model: str) -> None:
-        """Spend without a reservation (a tenant with no budget): still counted for usage."""
+    async def record(self, tenant: str | None, actual_usd: float, model: str) -> None:
+        """Spend without a reservation (a tenant with no budget, or no tenant at all): still
+        counted for usage, so the reports add up to what the records cost."""
+        tenant = tenant or NO_TENANT
         day, month = periods()
         actual = round(actual_usd * MICRO)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -164,7 +187,7 @@ class Budgets:
         today = int(spent_day or 0) / MICRO
         this_month = int(spent_month or 0) / MICRO
         return {
-            "tenant": tenant,
+            "tenant": None if tenant == NO_TENANT else tenant,
             "day": day[1:],
             "spent_today_usd": round(today, 6),
             "spent_month_usd": round(this_month, 6),

@@ -28,10 +28,17 @@ class FleetPolicy:
     scheduler: bool
     tenants: Tenants
     source: str  # "fleet" (published by the workers) or "local" (this process's settings)
+    # The version the workers send for a job that names none: what `/v1/jobs` records for a
+    # producer that sends no anthropic-version header, so the record says what was sent.
+    anthropic_version: str
+    # Whether the workers hold MSGQ_WEBHOOK_SECRET (None: not published, so not known): a
+    # callback nothing can sign is refused at submission instead of never being delivered.
+    webhook_signing: bool | None = None
 
 
 def local_policy(settings: Settings) -> FleetPolicy:
-    return FleetPolicy(settings.scheduler, load_tenants(settings.tenants_file), "local")
+    tenants = load_tenants(settings.tenants_file)
+    return FleetPolicy(settings.scheduler, tenants, "local", settings.anthropic_version)
 
 
 async def publish(redis: Redis, settings: Settings) -> None:
@@ -39,7 +46,12 @@ async def publish(redis: Redis, settings: Settings) -> None:
     text = None
     if settings.tenants_file is not None:
         text = settings.tenants_file.read_text(encoding="utf-8")
-    value = {"scheduler": settings.scheduler, "tenants_toml": text}
+    value = {
+        "scheduler": settings.scheduler,
+        "tenants_toml": text,
+        "anthropic_version": settings.anthropic_version,
+        "webhook_signing": settings.webhook_secret is not None,
+    }
     await redis.set(settings.keys.fleet_policy, orjson.dumps(value))
 
 
@@ -69,6 +81,10 @@ class PolicyReader:
             data = orjson.loads(raw)
             text = data.get("tenants_toml")
             tenants = Tenants() if text is None else parse_tenants(text, "the fleet's tenants")
-            return FleetPolicy(bool(data["scheduler"]), tenants, "fleet")
+            # A worker of the previous release publishes no version: this process's then.
+            version = str(data.get("anthropic_version") or self.settings.anthropic_version)
+            signing = data.get("webhook_signing")
+            signs = None if signing is None else bool(signing)
+            return FleetPolicy(bool(data["scheduler"]), tenants, "fleet", version, signs)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, TenantsFileError):
             return local_policy(self.settings)

@@ -190,11 +190,27 @@ async def check_callback(url: str | None, allow: str | None, *, loc: str = "call
 
 
 async def callback_for(
-    url: str | None, *, tenant: str | None, settings: Settings, tenants: Tenants | None = None
+    url: str | None,
+    *,
+    tenant: str | None,
+    settings: Settings,
+    tenants: Tenants | None = None,
+    fleet_signs: bool | None = None,
 ) -> str | None:
     """A job's callback URL: its own, else its tenant's default; checked as at delivery
-    (InvalidJobError naming callback_url when refused)."""
+    (InvalidJobError naming callback_url when refused). `fleet_signs` False (the workers
+    published that they have no MSGQ_WEBHOOK_SECRET) refuses a callback nothing could sign,
+    which was otherwise accepted and never delivered, with only the record's
+    `webhook.last_error` saying why; None (not known) lets the worker find out."""
     tenants = tenants if tenants is not None else load_tenants(settings.tenants_file)
     chosen = url or tenants.get(tenant).callback_url
+    own_secret = tenant is not None and tenants.get(tenant).webhook_secret is not None
+    if chosen is not None and fleet_signs is False and not own_secret:
+        why = (
+            "the workers have no MSGQ_WEBHOOK_SECRET to sign webhooks with: set it on the "
+            "workers (or the tenant's webhook_secret in MSGQ_TENANTS_FILE)"
+        )
+        msg = f"callback_url: {why}"
+        raise InvalidJobError(msg, [{"loc": "callback_url", "msg": why, "type": "value_error"}])
     await check_callback(chosen, settings.webhook_allow)
     return chosen

@@ -60,9 +60,11 @@ from worker.dispatch.queues import (
     Head,
     advance,
 )
+from worker.dispatch.share_cap import ShareCaps, ticket_fields
 from worker.dispatch.window import AdmissionWindow
 from worker.fleet_lock import FleetLock
-from worker.ratelimit import Limits, RateLimiter
+from worker.ledger import Capacity
+from worker.ratelimit import RateLimiter
 from worker.ticket import release_orphans
 
 log = structlog.get_logger("msgq.dispatcher")
@@ -94,7 +96,7 @@ class Dispatcher:
         self._next_sweep = self._next_expiry = 0.0
         self._known = False  # the last class dispatched had a known limit
         self.budget_gate = BudgetGate(self.store, self.budgets, self.tenants, self.policy)
-        self._tenant_limiters: dict[str, RateLimiter] = {}
+        self.share_caps = ShareCaps(redis, limiter)
         self.wake = asyncio.Event()
 
     # ------------------------------------------------------------------ loop
@@ -310,17 +312,20 @@ class Dispatcher:
             )
             if not admission.admitted:
                 return min(admission.wait_s, 1.0)
-            capped = await self._tenant_cap(head, now_ms)
+        share = self.share_caps.capacity(head, self.tenants.get(head.tenant)) if limited else None
+        if share is not None:
+            capped = await self.share_caps.take(head, share, now_ms)
             if capped is not None:
                 await self._refund(head)
-                self.policy.blocked[head.tenant] = time.monotonic() + capped
+                # Looked at again within a second: answers give back what they did not use
+                # (the ledger settles the share), so the wait the bucket names is an upper bound.
+                self.policy.blocked[head.tenant] = time.monotonic() + min(capped, 1.0)
                 return False
         reservation = await self.budget_gate.reserve(head)
         if reservation is False:
-            if limited:
-                await self._refund(head)
+            await self._give_back(head, limited, share, None)
             return False
-        value = {"estimate": est.dumps().decode(), "limited": limited}
+        value = {"estimate": est.dumps().decode(), "limited": limited, **ticket_fields(share)}
         if isinstance(reservation, Reservation):
             value |= {"day": reservation.day, "month": reservation.month}
             value["micro_usd"] = reservation.micro_usd
@@ -339,40 +344,21 @@ class Dispatcher:
             args=[head.job_id, now_ms, orjson.dumps(value), ADMITTED_TTL_S, self.keys.queue_wake],
         )
         if not int(moved):
-            if limited:
-                await self._refund(head)
-            if isinstance(reservation, Reservation):
-                await self.budgets.settle(reservation, 0.0, est.model)
+            budget = reservation if isinstance(reservation, Reservation) else None
+            await self._give_back(head, limited, share, budget)
             return False
         self.window.admitted(1)
         return True
 
-    async def _tenant_cap(self, head: Head, now_ms: int) -> float | None:
-        """Seconds to hold the tenant back when its share cap is reached; None when it fits."""
-        config = self.tenants.get(head.tenant)
-        if not (config.rpm_share or config.itpm_share or config.otpm_share):
-            return None
-        lim = self.limiter.limits.get(head.cls) or self.limiter.limits.get("default") or Limits()
-        scaled = Limits(
-            rpm=int(lim.rpm * (config.rpm_share or 1)),
-            itpm=int(lim.itpm * (config.itpm_share or 1)),
-            otpm=int(lim.otpm * (config.otpm_share or 1)),
-        )
-        limiter = self._tenant_limiters.get(head.tenant)
-        if limiter is None or limiter.limits.get(head.cls) != scaled:
-            limiter = RateLimiter(
-                self.redis, self.keys, {head.cls: scaled}, scope=f"tenant:{head.tenant}"
-            )
-            self._tenant_limiters[head.tenant] = limiter
-        est = head.estimate
-        admission = await limiter.acquire(
-            est.model,
-            input_tokens=est.input_tokens,
-            output_tokens=est.output_tokens,
-            now_ms=now_ms,
-            holder=head.job_id,
-        )
-        return None if admission.admitted else admission.wait_s
+    async def _give_back(
+        self, head: Head, limited: bool, share: Capacity | None, budget: Reservation | None
+    ) -> None:
+        """A job reserved for and then not admitted: everything it took goes back."""
+        if limited:
+            await self._refund(head)
+        await self.share_caps.give_back(share)
+        if budget is not None:
+            await self.budgets.settle(budget, 0.0, head.estimate.model)
 
     async def _refund(self, head: Head) -> None:
         est = head.estimate

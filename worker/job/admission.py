@@ -3,8 +3,8 @@
 A job the dispatcher admitted carries a ticket (`worker.ticket`): its rate-limit capacity and
 budget were reserved at dispatch, so the worker sends at once. Jobs without one (retries, raw
 producers, the scheduler switched off) wait for the fleet limiter here, and a tenant with a
-budget reserves it here; either way the reservation is the run's (`JobRun.reservation`) until
-it is settled from the answer's cost.
+budget reserves it here. Either way every reservation is held in the job's ledger in Redis
+(`msgq.ledger`) until `settle` applies the attempt's outcome to it, once.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from msgq.tenancy.tenants import load_tenants
 from schemas import JobError, JobErrorType, JobRecord, JobStatus, MessageRequest
 from worker import transitions
 from worker.job.run import JobRun, Prefetched, prefetch_reads
+from worker.ledger import CUT, Outcome, Settled
 from worker.services import Services
 from worker.ticket import HeldTicket, parse_or_none
 from worker.transitions import RunningJob
@@ -52,11 +53,15 @@ async def pick_up(services: Services, run: JobRun, template: JobRecord) -> Picku
     else:
         record = JobRecord.model_validate_json(raw)
     run.ticket = held_ticket(services, run.job_id, prefetched.ticket)
+    if prefetched.ledger:
+        # A run before this one held reservations and never settled them (a worker lost or
+        # killed mid-call): the call may have reached the API, so it is settled as cut.
+        await services.ledgers.settle(run.job_id, CUT, model=record.model or "unknown")
     return Pickup(record, raw, gate_clear=not prefetched.paused and not prefetched.cooling)
 
 
 def held_ticket(services: Services, job_id: str, raw: bytes | None) -> HeldTicket:
-    return HeldTicket(services.redis, services.limiter, job_id, parse_or_none(raw))
+    return HeldTicket(services.ledgers, job_id, parse_or_none(raw))
 
 
 async def reserve_budget(
@@ -65,9 +70,12 @@ async def reserve_budget(
     record: JobRecord,
     request: MessageRequest,
     input_tokens: int,
+    *,
+    hold: str | None = None,
 ) -> tuple[bool, Reservation | None]:
-    """For an attempt without a ticket: reserve the tenant's budget, returned for its holder.
-    False: the job must not be sent now (it failed `budget_exceeded`; a wait raises Defer)."""
+    """For an attempt without a ticket: reserve the tenant's budget, held in the ledger of the
+    job `hold` names (or returned for the caller to keep). False: the job must not be sent now
+    (it failed `budget_exceeded`; a wait raises Defer)."""
     config = load_tenants(services.settings.tenants_file).get(record.tenant)
     if record.tenant is None or not config.has_budget:
         return True, None
@@ -75,7 +83,7 @@ async def reserve_budget(
         prices_for(request.model, services.settings.prices_file), input_tokens, request.max_tokens
     )
     outcome = await Budgets(services.redis, services.settings.keys).reserve(
-        record.tenant, config, usd
+        record.tenant, config, usd, hold=hold
     )
     if isinstance(outcome, Reservation):
         return True, outcome
@@ -100,14 +108,16 @@ async def reserve_budget(
     raise Defer(defer=recheck_s)
 
 
-async def settle_budget(
-    services: Services, run: JobRun, record: JobRecord, cost_usd: float | None
-) -> None:
-    """Replace the run's reservation with what it cost; count spend for usage reports."""
-    reservation = run.take_reservation()
+async def settle(services: Services, run: JobRun, record: JobRecord, outcome: Outcome) -> None:
+    """Settle what this run holds in the job's ledger by how the attempt ended, and count the
+    spend of a tenant without a budget for usage reports."""
     model = record.model or "unknown"
-    budgets = Budgets(services.redis, services.settings.keys)
-    if reservation is not None:
-        await budgets.settle(reservation, cost_usd or 0.0, model)
-    elif record.tenant and cost_usd:
-        await budgets.record(record.tenant, cost_usd, model)
+    settled = Settled()
+    if run.held:
+        run.held = False
+        settled = await services.ledgers.settle(run.job_id, outcome, model=model)
+    if not settled.budget:
+        await services.ledgers.record_spend(record.tenant, outcome.cost_usd, model)
+    if outcome.headers and not settled.fleet:
+        # Sent with no capacity held (no limit known yet): its answer's headers teach the limits.
+        await services.limiter.settle(model, input_delta=0, output_delta=0, headers=outcome.headers)

@@ -21,6 +21,7 @@ from worker.job import admission
 from worker.job.backoff import retry_delay_for
 from worker.job.progress import send_with_progress
 from worker.job.run import JobRun
+from worker.ledger import NOT_SENT, Outcome
 from worker.services import Services
 from worker.upstream.client import UpstreamReply
 
@@ -28,7 +29,7 @@ log = structlog.get_logger("msgq.job")
 
 
 async def wait_for_capacity(
-    services: Services, request: MessageRequest, input_tokens: int, *, job_id: str = ""
+    services: Services, run: JobRun, request: MessageRequest, input_tokens: int
 ) -> None:
     """Block briefly for the fleet's buckets; a long wait or a pause frees the slot instead.
 
@@ -42,10 +43,14 @@ async def wait_for_capacity(
             input_tokens=input_tokens,
             output_tokens=request.max_tokens,
             now_ms=int(time.time() * 1000),
-            holder=job_id,
+            holder=run.job_id,
         )
         if admission.admitted:
             metrics.LIMITER_WAIT.observe(time.monotonic() - started)
+            run.held = True
+            await services.ledgers.hold_rate(
+                run.job_id, request.model, input_tokens, request.max_tokens
+            )
             return
         if admission.reason == "paused":
             log.info("job.deferred", reason="fleet_paused")
@@ -82,11 +87,11 @@ async def attempt(
                 services.store, record.id, expected=expected, current=current
             )
             if started is None or started.status is not JobStatus.IN_PROGRESS:
-                await _refund_capacity(services, request, estimate)
-                await admission.settle_budget(services, run, record, 0.0)
+                await admission.settle(services, run, record, NOT_SENT)
                 return
+            run.sending = True
             _observe_start(started)
-            await _call(services, run, started, request, spec, estimate)
+            await _call(services, run, started, request, spec)
         finally:
             metrics.IN_FLIGHT.dec()
             metrics.CONCURRENCY.set(services.concurrency.limit)
@@ -112,8 +117,8 @@ async def _admit(
     gate_clear: bool,
 ) -> bool:
     """Capacity and budget for this attempt: what the dispatcher's ticket reserved, else the
-    fleet's buckets and the tenant's budget, reserved here. The budget becomes
-    `run.reservation`. False: not sending now (the job ended; capacity refunded)."""
+    fleet's buckets and the tenant's budget, reserved here; all of it held in the job's ledger
+    (`run.held`). False: not sending now (the job ended; what was held is given back)."""
     held = run.ticket
     reserved = held is not None and held.limited  # capacity reserved at dispatch
     if held is not None and held.ticket is not None and not gate_clear:
@@ -124,19 +129,20 @@ async def _admit(
     # cool-down, so there is nothing to wait for.
     unmetered = gate_clear and services.limiter.unmetered(request.model)
     if not reserved and not unmetered:
-        await wait_for_capacity(services, request, estimate, job_id=record.id)
+        await wait_for_capacity(services, run, request, estimate)
     ticket = await held.consume() if held is not None else None
+    run.held = run.held or ticket is not None
     if reserved and ticket is None and not unmetered:
         # Another run of this job gave the ticket back first: reserve afresh.
-        await wait_for_capacity(services, request, estimate, job_id=record.id)
+        await wait_for_capacity(services, run, request, estimate)
     if ticket is not None:
-        run.reservation = ticket.reservation
         return True
-    sendable, run.reservation = await admission.reserve_budget(
-        services, run, record, request, estimate
+    run.held = True  # the budget, if the tenant has one, is held from the reserving step itself
+    sendable, _ = await admission.reserve_budget(
+        services, run, record, request, estimate, hold=run.job_id
     )
     if not sendable:
-        await _refund_capacity(services, request, estimate)
+        await admission.settle(services, run, record, NOT_SENT)
     return sendable
 
 
@@ -146,12 +152,6 @@ async def _wait_for_gate(services: Services, model: str) -> None:
     if wait_s > 0:
         log.info("job.deferred", reason=reason)
         raise Defer(defer=min(wait_s, services.settings.pause_recheck_s))
-
-
-async def _refund_capacity(services: Services, request: MessageRequest, estimate: int) -> None:
-    await services.limiter.settle(
-        request.model, input_delta=estimate, output_delta=request.max_tokens, requests=1
-    )
 
 
 def _observe_start(record: JobRecord) -> None:
@@ -168,7 +168,6 @@ async def _call(
     record: JobRecord,
     request: MessageRequest,
     spec: JobSpec,
-    estimate: int,
 ) -> None:
     stream = request.max_tokens >= services.settings.stream_min_max_tokens  # as send_message does
     with tracing.call_span(
@@ -192,7 +191,7 @@ async def _call(
             span.succeeded(reply)
             metrics.UPSTREAM.labels("200").inc()
             metrics.UPSTREAM_LATENCY.observe(reply.latency_ms / 1000)
-            await _succeeded(services, run, record, request, reply, estimate)
+            await _succeeded(services, run, record, request, reply)
 
 
 async def _failed(
@@ -204,13 +203,11 @@ async def _failed(
     exc: UpstreamError,
 ) -> None:
     metrics.UPSTREAM.labels(str(exc.status_code or exc.error_type)).inc()
-    await admission.settle_budget(services, run, record, 0.0)  # nothing produced, nothing billed
-    # Nothing was produced: refund the output reservation. The request and its input stay
-    # charged: the API may have counted them, and after a 429 sending less is the safe error.
+    # Nothing was produced, nothing billed: the output and the budget go back. The request and
+    # its input stay charged: the API may have counted them, and after a 429 sending less is
+    # the safe error.
+    await admission.settle(services, run, record, Outcome(sent=True, headers=exc.headers))
     refused = exc.status_code in (429, 529)
-    await services.limiter.settle(
-        request.model, input_delta=0, output_delta=request.max_tokens, headers=exc.headers
-    )
     if refused:
         services.concurrency.overloaded()
         await count_minute(
@@ -265,7 +262,6 @@ async def _succeeded(
     record: JobRecord,
     request: MessageRequest,
     reply: UpstreamReply,
-    estimate: int,
 ) -> None:
     structlog.contextvars.bind_contextvars(latency_ms=round(reply.latency_ms, 1))
     usage: dict[str, Any] = reply.message.get("usage") or {}
@@ -296,18 +292,15 @@ async def _succeeded(
         metrics.TOKENS.labels(kind).inc(value)
     metrics.COST.inc(cost or 0)
     await services.concurrency.succeeded()
+    # Cache reads do not count toward ITPM: the estimate is corrected with what really counted.
+    outcome = Outcome(
+        sent=True,
+        cost_usd=cost or 0.0,
+        input_counted=job_usage.input_tokens + job_usage.cache_creation_input_tokens,
+        output_tokens=job_usage.output_tokens,
+        headers=reply.headers,
+    )
     try:
-        await admission.settle_budget(services, run, record, cost)
-    except RedisError as exc:
-        log.warning("budget.settle_failed", error=type(exc).__name__)
-    # Cache reads do not count toward ITPM; correct the estimate with what really counted.
-    counted = job_usage.input_tokens + job_usage.cache_creation_input_tokens
-    try:
-        await services.limiter.settle(
-            request.model,
-            input_delta=estimate - counted,
-            output_delta=request.max_tokens - job_usage.output_tokens,
-            headers=reply.headers,
-        )
-    except RedisError as exc:  # the bucket heals as it refills; the job is done
-        log.warning("limiter.settle_failed", error=type(exc).__name__)
+        await admission.settle(services, run, record, outcome)
+    except RedisError as exc:  # still in the ledger: the reconciler settles it
+        log.warning("ledger.settle_failed", error=type(exc).__name__)

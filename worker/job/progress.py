@@ -147,6 +147,7 @@ async def send_with_progress(
                     anthropic_version=record.anthropic_version,
                     betas=record.betas,
                     workspace_id=record.workspace_id,
+                    api_headers=record.api_headers,
                 ),
             )
     except BaseException as exc:

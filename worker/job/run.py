@@ -2,9 +2,10 @@
 
 Everything a run holds that outlives a single call is here and passed to the functions that
 need it: the queue's handle (so a terminal record also ends the job in the queue), what the
-claim read with the job (`Prefetched`), the dispatcher's ticket, and the budget reservation the
-attempt holds. Nothing of it rides in a ContextVar or in the worker's ctx: a cancel or shutdown
-path sees exactly what the run holds.
+claim read with the job (`Prefetched`), the dispatcher's ticket, and whether the job's ledger
+(`msgq.ledger`, in Redis) holds reservations this run has not settled yet. Nothing of it rides
+in a ContextVar or in the worker's ctx: a cancel or shutdown path sees what the run holds, and
+a crash leaves the reservations in Redis for the next run or the reconciler to settle.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from msgq.keys import Keyspace
-from msgq.tenancy.budgets import Reservation
 from worker.queue.claim import QueueJob
 from worker.ticket import HeldTicket
 
@@ -25,6 +25,7 @@ class Prefetched(NamedTuple):
     ticket: bytes | None  # the dispatcher's ticket: read, not taken (see `HeldTicket`)
     paused: int  # the fleet is paused
     cooling: int  # some model class cools down after a 429
+    ledger: int  # the job's ledger holds reservations: a previous run did not settle them
 
     @classmethod
     def of(cls, values: tuple[Any, ...] | list[Any]) -> Prefetched | None:
@@ -40,6 +41,7 @@ def prefetch_reads(keys: Keyspace, job_id: str) -> list[tuple[str, str]]:
         ("GET", keys.admitted_key(job_id)),
         ("EXISTS", keys.pause_key),
         ("EXISTS", keys.cooling_key),
+        ("EXISTS", keys.ledger_key(job_id)),
     ]
 
 
@@ -51,7 +53,8 @@ class JobRun:
     queue: QueueJob | None = None  # None: a run the queue did not start (a test, a rehome)
     prefetched: Prefetched | None = None
     ticket: HeldTicket | None = None  # the dispatcher's, once read at pick-up
-    reservation: Reservation | None = None  # the budget this attempt holds until it settles
+    held: bool = False  # the ledger holds reservations of this run, not yet settled
+    sending: bool = False  # the call began: it may have reached the API
 
     @classmethod
     def of(cls, job: QueueJob) -> JobRun:
@@ -65,8 +68,3 @@ class JobRun:
     def mark_ended(self) -> None:
         if self.queue is not None:
             self.queue.mark_ended()
-
-    def take_reservation(self) -> Reservation | None:
-        """The budget reservation, handed over once to whoever settles it."""
-        reservation, self.reservation = self.reservation, None
-        return reservation

@@ -38,6 +38,7 @@ from worker.job.attempt import attempt, handle_failure
 from worker.job.backoff import retry_delay_for
 from worker.job.run import JobRun
 from worker.lane import lane as batch_lane
+from worker.ledger import CUT, NOT_SENT
 from worker.queue.claim import QueueJob
 from worker.queue.hooks import Ctx
 from worker.services import SERVICES, Services
@@ -116,9 +117,17 @@ async def _run(
         await _decide(services, run, pickup, spec, problem)
     finally:
         # Every way out that did not send (an end, a deferral, an error, a cancel, a shutdown)
-        # gives the dispatcher's reservation back; after a send this does nothing.
-        if run.ticket is not None:
-            await asyncio.shield(run.ticket.release())
+        # gives the dispatcher's reservation back; after a send this does nothing. What the
+        # run still holds in the job's ledger (a cancel, a shutdown cut or a crash mid-call, a
+        # deferral after reserving) is settled here, as cut once the call began.
+        await asyncio.shield(_let_go(services, run, pickup.record))
+
+
+async def _let_go(services: Services, run: JobRun, record: JobRecord) -> None:
+    if run.ticket is not None:
+        await run.ticket.release()
+    if run.held:
+        await admission.settle(services, run, record, CUT if run.sending else NOT_SENT)
 
 
 async def _decide(

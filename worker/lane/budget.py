@@ -51,7 +51,7 @@ async def settle(
     if raw is not None:
         if await redis.hdel(keys.lane_budgets, job_id):  # type: ignore[misc]
             await budgets.settle(Reservation(**orjson.loads(raw)), cost_usd or 0.0, model or "")
-    elif tenant and cost_usd:
+    elif cost_usd:  # untenanted spend too: the usage reports add up to the records' cost
         await budgets.record(tenant, cost_usd, model or "unknown")
 
 

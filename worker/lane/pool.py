@@ -64,13 +64,15 @@ return moved
 """
 
 
-Group = tuple[str | None, tuple[str, ...] | None, str | None]
+Group = tuple[str | None, tuple[str, ...] | None, str | None, tuple[tuple[str, str], ...] | None]
 
 
 def group_of(record: JobRecord) -> Group:
-    """What must agree within one upstream batch: version, betas (a set) and workspace."""
+    """What must agree within one upstream batch: version, betas (a set), workspace and the
+    other anthropic-* headers (all are the create call's, for the whole batch)."""
     betas = tuple(sorted(set(record.betas))) if record.betas is not None else None
-    return record.anthropic_version, betas, record.workspace_id
+    others = tuple(sorted(record.api_headers.items())) if record.api_headers else None
+    return record.anthropic_version, betas, record.workspace_id, others
 
 
 def now_ms() -> int:
@@ -108,12 +110,13 @@ class Batcher:
         chosen, group = await self._choose()
         if not chosen:
             return None
-        version, betas, workspace = group or (None, None, None)
+        version, betas, workspace, others = group or (None, None, None, None)
         batch = UpstreamBatch(
             handle="ub_" + secrets.token_hex(10),
             anthropic_version=version,
             betas=list(betas) if betas is not None else None,
             workspace_id=workspace,
+            api_headers=dict(others) if others else None,
         )
         ks = self.keys
         keys = [ks.lane_pool, ks.lane_pool_bytes, ks.lane_where]
@@ -232,6 +235,7 @@ class Batcher:
                     anthropic_version=batch.anthropic_version,
                     betas=batch.betas,
                     workspace_id=batch.workspace_id,
+                    api_headers=batch.api_headers,
                 )
                 created = await self.api.create(self._body(batch), headers=headers)
         except TimeoutError:

@@ -96,9 +96,12 @@ def call_headers(
     anthropic_version: str | None,
     betas: list[str] | None,
     workspace_id: str | None = None,
+    api_headers: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The headers one call sends for a job: its version and betas, else the fleet's."""
-    headers = {"anthropic-version": anthropic_version or settings.anthropic_version}
+    """The headers one call sends for a job: its version and betas, else the fleet's, and the
+    other `anthropic-*` headers its producer sent."""
+    headers = dict(api_headers or {})
+    headers["anthropic-version"] = anthropic_version or settings.anthropic_version
     names = betas if betas is not None else fleet_betas(settings)
     if names:
         headers["anthropic-beta"] = ",".join(names)

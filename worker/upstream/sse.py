@@ -33,7 +33,10 @@ class SSEDecoder:
     """`feed(chunk)` per chunk of the body (any split) → the events it completed, in order."""
 
     def __init__(self) -> None:
-        self._partial = b""  # the start of a line whose end has not arrived
+        # The start of a line whose end has not arrived, as the chunks that brought it: joined
+        # once, when its end comes (re-joining on every chunk made a long line quadratic).
+        self._pending: list[bytes] = []
+        self.copied_bytes = 0  # bytes copied into joined lines: linear in the bytes fed
         self._after_cr = False  # the last chunk ended in CR: an LF first in the next is its pair
         self._started = False  # past the BOM check
         self._event = ""
@@ -62,17 +65,22 @@ class SSEDecoder:
         if self._after_cr and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._after_cr = False
-        data = self._partial + chunk if self._partial else chunk
-        if not data:
+        # Only the chunk is searched: what is pending holds no line end.
+        cut = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
+        if not cut:
+            if chunk:
+                self._pending.append(chunk)
             return []
-        lines = data.splitlines()  # bytes: on CRLF, LF and CR only (str's would split on more)
-        last = data[-1:]
-        if last in (b"\n", b"\r"):
-            self._partial = b""
-            self._after_cr = last == b"\r"
+        head = chunk[:cut] if cut < len(chunk) else chunk
+        if self._pending:
+            head = b"".join([*self._pending, head])
+            self.copied_bytes += len(head)
+            self._pending = []
+        if cut < len(chunk):
+            self._pending.append(chunk[cut:])
         else:
-            self._partial = lines.pop()
-        return lines
+            self._after_cr = head[-1:] == b"\r"
+        return head.splitlines()  # bytes: on CRLF, LF and CR only (str's would split on more)
 
     def _field(self, line: str) -> None:
         name, _, value = line.partition(":")

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from msgq.dev.simulator.cache import CacheUse
+from msgq.dev.simulator.tool_use import chosen_tool, tool_use_block
 from msgq.dev.simulator.vision import look_at
 from schemas.tokens import UNFETCHED_SIZE_PX, image_tokens, text_tokens
 
@@ -152,13 +153,19 @@ def build_message(
             stop_reason = "max_tokens"
     elif text_tokens(text) > max_tokens:
         text, stop_reason, stop_sequence = text[: max_tokens * 4], "max_tokens", None
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or max_tokens else []
+    tool = chosen_tool(body, seed) if max_tokens else None
+    if tool is not None:  # tool_choice any/tool: the model must call one, and says nothing else
+        call = tool_use_block(tool, body, seed)
+        content, stop_reason, stop_sequence = [call], "tool_use", None
+        text = orjson.dumps(call["input"]).decode()
     digest = hashlib.sha256(request_id.encode()).hexdigest()[:24]
     return {
         "id": f"msg_sim{digest}",
         "type": "message",
         "role": "assistant",
         "model": body["model"],
-        "content": [{"type": "text", "text": text}] if text or max_tokens else [],
+        "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
         "usage": {

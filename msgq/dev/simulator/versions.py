@@ -55,8 +55,9 @@ def _block_problem(role: Any, block: Any) -> str | None:
         return None
     if kind == "text" and block.get("citations"):
         return ".citations: citations are not permitted in user messages"
-    if kind == "search_result":
-        for k, inner in enumerate(block.get("content") or []):
+    content = block.get("content")
+    if kind == "search_result" and isinstance(content, list):  # else the body check refuses it
+        for k, inner in enumerate(content):
             if isinstance(inner, dict) and inner.get("type") == "text" and inner.get("citations"):
                 return f".content.{k}.citations: citations are not permitted in user messages"
     return None

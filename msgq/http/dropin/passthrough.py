@@ -42,8 +42,13 @@ class Passthrough:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    def headers(self, version: str, betas: list[str] | None) -> dict[str, str]:
-        headers = {"anthropic-version": version, "content-type": "application/json"}
+    def headers(
+        self, version: str, betas: list[str] | None, others: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """msgq's key, the caller's version and betas, and any other anthropic-* header the
+        caller sent (workspace, user profile, ...), as the drop-in's jobs carry them."""
+        headers = {**(others or {}), "anthropic-version": version}
+        headers["content-type"] = "application/json"
         if self.settings.anthropic_api_key is not None:
             headers["x-api-key"] = self.settings.anthropic_api_key.get_secret_value()
         if betas:
@@ -79,9 +84,11 @@ async def count_tokens(request: Request, _tenant: Tenant, headers: Headers) -> R
     version = headers.required_version(request)
     api = passthrough(request)
     content = await request.body()
-    return await api.forward(
-        "POST", "/v1/messages/count_tokens", api.headers(version, headers.betas), content=content
-    )
+    others = dict(headers.others or {})
+    if headers.workspace_id:
+        others["anthropic-workspace-id"] = headers.workspace_id
+    sent = api.headers(version, headers.betas, others)
+    return await api.forward("POST", "/v1/messages/count_tokens", sent, content=content)
 
 
 @router.get("/models", summary="Models, newest first, from the fleet's copy of the Models API")

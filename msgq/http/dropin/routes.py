@@ -2,12 +2,12 @@
 the API's own answer once the job ends (`answer`), or its events as they come
 (`stream`). Any official SDK pointed at msgq works unchanged.
 
-The key is a msgq tenant key (`x-api-key` or `Authorization: Bearer`); `anthropic-version` and
-`anthropic-beta` travel with the job. msgq's own options are headers an SDK can add without
-code changes (`default_headers`, `extra_headers`): `msgq-priority` (default: the tenant's
-configured default priority, else `interactive`, since someone is waiting), `msgq-lane`, and
-`Idempotency-Key`, which becomes the job ID, so a re-send is answered by the same job. A W3C
-`traceparent` header puts the job in the caller's trace.
+The key is a msgq tenant key (`x-api-key` or `Authorization: Bearer`); `anthropic-version`,
+`anthropic-beta` and every other `anthropic-*` header travel with the job. msgq's own options
+are headers an SDK can add without code changes (`default_headers`, `extra_headers`):
+`msgq-priority` (default: the tenant's configured default priority, else `interactive`, since
+someone is waiting), `msgq-lane`, and `Idempotency-Key`, which becomes the job ID, so a re-send
+is answered by the same job. A W3C `traceparent` header puts the job in the caller's trace.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ async def create_message(
         "anthropic_version": version,
         "betas": headers.betas,
         "workspace_id": headers.workspace_id,
+        # Every other anthropic-* header (the SDK's `user_profile_id=` among them) rides along.
+        "api_headers": headers.others,
         # A W3C `traceparent` (as OpenTelemetry-instrumented SDK clients send) puts the job in
         # the caller's trace, as on POST /v1/jobs; a malformed one is ignored.
         "traceparent": request.headers.get("traceparent"),

@@ -14,7 +14,7 @@ import binascii
 import io
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from msgq.keys import Keyspace
 from msgq.settings import Settings
-from schemas import JobRecord
+from schemas import JobRecord, JobStatus
 
 THUMB_PX = 160
 MAX_THUMBS = 12
@@ -132,28 +132,75 @@ def result_blocks(record: JobRecord) -> list[Block]:
     return _blocks((record.result or {}).get("content"), [0])
 
 
-def _event(at: datetime, what: str, detail: str = "", *, error: bool = False) -> dict[str, Any]:
-    return {"at": at, "what": what, "detail": detail, "error": error}
+def _event(
+    at: datetime, what: str, detail: str = "", *, error: bool = False, untimed: bool = False
+) -> dict[str, Any]:
+    return {"at": at, "what": what, "detail": detail, "error": error, "untimed": untimed}
+
+
+LOST = "ended without a record (the worker was lost or the call cut off before its answer)"
 
 
 def timeline(record: JobRecord) -> list[dict[str, Any]]:
-    """What happened, in order: created, first start, each failed attempt, the next try, end."""
+    """What happened, in order: created, first start, every attempt and how it ended, the
+    next try, the end. An attempt counted in `attempts` with nothing recorded (a worker
+    killed mid-call) is shown as such, never left out: "attempts 2 of 8" beside one attempt
+    hid the lost one."""
     events = [_event(record.created_at, "created")]
     if record.started_at:
         events.append(_event(record.started_at, "first attempt started"))
-    for e in record.attempt_errors:
-        code = f" {e.status_code}" if e.status_code else ""
-        # Attempt 0: ended before any call (a budget, a deadline), so no attempt failed.
-        lead = f"attempt {e.attempt} failed" if e.attempt else "ended before any attempt"
-        detail = f"{e.message} (request_id {e.request_id})" if e.request_id else e.message
-        events.append(_event(e.at, f"{lead}: {e.type}{code}", detail, error=True))
+    events += [event for _, event in sorted(_attempts(record), key=lambda pair: pair[0])]
     if record.next_attempt_at and not record.status.terminal:
         events.append(_event(record.next_attempt_at, "next attempt"))
     if record.finished_at:
         rid = record.upstream_request_id
         detail = f"request_id {rid}" if rid else ""
         events.append(_event(record.finished_at, record.status.value, detail))
-    return sorted(events, key=lambda e: e["at"])
+    # By time, then as listed: an untimed attempt, placed at the moment of the next recorded
+    # one, stays before it.
+    order = {id(e): n for n, e in enumerate(events)}
+    return sorted(events, key=lambda e: (e["at"], order[id(e)]))
+
+
+def _attempts(record: JobRecord) -> list[tuple[int, dict[str, Any]]]:
+    """(attempt number, event) for each recorded failure, then for the attempts
+    `attempt_errors` does not hold: the last one's outcome when the record says it
+    (succeeded, failed, running), every other one as lost."""
+    found = []
+    for e in record.attempt_errors:
+        code = f" {e.status_code}" if e.status_code else ""
+        # Attempt 0: ended before any call (a budget, a deadline), so no attempt failed.
+        lead = f"attempt {e.attempt} failed" if e.attempt else "ended before any attempt"
+        detail = f"{e.message} (request_id {e.request_id})" if e.request_id else e.message
+        found.append((e.attempt, _event(e.at, f"{lead}: {e.type}{code}", detail, error=True)))
+    recorded = {e.attempt: e.at for e in record.attempt_errors}
+    for n in range(1, record.attempts + 1):
+        if n in recorded:
+            continue
+        if n == record.attempts and (last := _last_attempt(record, n)) is not None:
+            found.append((n, last))
+            continue
+        later = [at for k, at in recorded.items() if k > n]
+        anchor = min(later) if later else record.finished_at or record.next_attempt_at
+        lost = _event(anchor or _now(), f"attempt {n} {LOST}", error=True, untimed=True)
+        found.append((n, lost))
+    return found
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _last_attempt(record: JobRecord, n: int) -> dict[str, Any] | None:
+    if record.status is JobStatus.SUCCEEDED and record.finished_at:
+        return _event(record.finished_at, f"attempt {n} succeeded")
+    if record.status is JobStatus.IN_PROGRESS:
+        return _event(_now(), f"attempt {n} running", untimed=True)
+    if record.status is JobStatus.FAILED and record.error and record.finished_at:
+        code = f" {record.error.status_code}" if record.error.status_code else ""
+        what = f"attempt {n} failed: {record.error.type}{code}"
+        return _event(record.finished_at, what, record.error.message, error=True)
+    return None
 
 
 def trace_url(settings: Settings, record: JobRecord) -> str | None:

@@ -24,7 +24,7 @@ from msgq.jobs.retry_policy import retry_verdict
 from schemas import JobStatus
 
 router = ui_router()
-STATIC = {"htmx.min.js": "text/javascript", "ui.css": "text/css"}
+STATIC = {"htmx.min.js": "text/javascript", "ui.css": "text/css", "favicon.ico": "image/x-icon"}
 
 
 @router.get("/static/{name}")

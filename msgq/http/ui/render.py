@@ -3,12 +3,14 @@ the security headers every dashboard response carries."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup, escape
 
 from msgq.http.ui.session import CSRF_FIELD, Session
 
@@ -58,6 +60,15 @@ def number(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def code(value: object) -> Markup:
+    """A sentence shared with the CLI, where `msgq worker` is written with backticks: escaped
+    first, then each pair shown as <code> (the page printed the backticks)."""
+    escaped = str(escape(str(value)))
+    return Markup(
+        re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    )  # escaped above: only <code> is added
+
+
 ENV = Environment(
     loader=PackageLoader("msgq.http.ui", "templates"),
     autoescape=True,  # every template, whatever its name: record text is untrusted
@@ -65,7 +76,7 @@ ENV = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-ENV.filters.update(when=when, ago=ago, usd=usd, number=number)
+ENV.filters.update(when=when, ago=ago, usd=usd, number=number, code=code)
 ENV.globals.update(csrf_field=CSRF_FIELD)
 
 

@@ -1,0 +1,144 @@
+"""A job's ledger: every reservation it holds, in Redis with the job, until it is settled once.
+
+`HASH msgq:ledger:<job id>` has one field per reservation:
+
+- `ticket`: the dispatcher's ticket, moved here from `msgq:admitted:<id>` in the same step as the
+  job takes it to send (`CONSUME`): capacity in the fleet's bucket (`limited`, `estimate`), in
+  the tenant's share-cap bucket (`share`), and the tenant's budget (`micro_usd`, `day`, ...);
+- `budget`: the worker's own budget reservation, for a job sent without a ticket (written by
+  the reserving script itself, `Budgets.reserve(..., hold=...)`);
+- `rate`: the worker's own capacity in the fleet's bucket.
+
+`ZSET msgq:ledger:open` lists the jobs with open reservations (for the reconciler and the
+audit). Taking a field (`TAKE`, or the budget's compare-and-settle) decides who settles it: one
+caller, once, whatever the ending (an answer, a failure, a cancel, a shutdown cut, a lost
+worker found at the next run or by the reconciler).
+
+The invariant `msgq audit` checks: a tenant's spend counter for today equals what its jobs cost
+today (`spend:models` for the day) plus every budget reservation still open for today (ledgers,
+tickets not yet taken, and the batch lane's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from msgq.keys import Keyspace
+
+TICKET, BUDGET, RATE = "ticket", "budget", "rate"
+
+# KEYS: ticket, tickets ZSET, ledger, open ZSET. ARGV: job id, now ms. The ticket's JSON when
+# this call moved it into the ledger; nil when there was none or another run took it first.
+CONSUME = """
+local ticket = redis.call('GET', KEYS[1])
+if not ticket then return false end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], 'ticket', ticket)
+redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[1])
+return ticket
+"""
+
+# KEYS: ledger, open ZSET. ARGV: job id, now ms, field, value.
+HOLD = """
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: ledger, open ZSET. ARGV: job id, field. The field's value for the one caller that took
+# it (nil for everyone else); the job leaves the open set with its last field.
+TAKE = """
+local value = redis.call('HGET', KEYS[1], ARGV[2])
+if not value then return false end
+redis.call('HDEL', KEYS[1], ARGV[2])
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
+return value
+"""
+
+# A budget reservation settled in the same step as it is taken, so a crash can neither lose
+# nor repeat it. KEYS: ledger, open ZSET, day, month, models-of-the-day. ARGV: job id, field,
+# the field's value as read, delta µUSD (cost - reserved), cost µUSD, model, models ttl s.
+SETTLE_BUDGET = """
+if redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[2])
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
+redis.call('INCRBY', KEYS[3], ARGV[4])
+redis.call('INCRBY', KEYS[4], ARGV[4])
+if tonumber(ARGV[5]) > 0 then
+  redis.call('HINCRBY', KEYS[5], ARGV[6], ARGV[5])
+  redis.call('EXPIRE', KEYS[5], ARGV[7])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class BudgetHold:
+    """A budget reservation as a ledger (or ticket) holds it."""
+
+    tenant: str
+    day: str
+    month: str
+    micro_usd: int
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> BudgetHold | None:
+        if "micro_usd" not in data or "tenant" not in data:
+            return None
+        return cls(
+            str(data["tenant"]), str(data["day"]), str(data["month"]), int(data["micro_usd"])
+        )
+
+    def as_fields(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "day": self.day,
+            "month": self.month,
+            "micro_usd": self.micro_usd,
+        }
+
+
+async def open_budget_micro_usd(redis: Redis, keys: Keyspace, day: str) -> dict[str, int]:
+    """Per tenant, the budget reservations still open for `day`: in ledgers, in tickets not yet
+    taken, and in the batch lane (µUSD)."""
+    held: list[dict[str, Any]] = []
+    for raw_id in await redis.zrange(keys.ledger_open, 0, -1):
+        fields = await redis.hgetall(keys.ledger_key(raw_id.decode()))  # type: ignore[misc]  # stubs
+        held += [_loads(v) for k, v in fields.items() if k.decode() in (TICKET, BUDGET)]
+    for raw_id in await redis.zrange(keys.tickets_key, 0, -1):
+        held.append(_loads(await redis.get(keys.admitted_key(raw_id.decode()))))
+    held += [_loads(v) for v in (await redis.hgetall(keys.lane_budgets)).values()]  # type: ignore[misc]
+    open_: dict[str, int] = {}
+    for data in held:
+        hold = BudgetHold.of(data)
+        if hold is not None and hold.day == day:
+            open_[hold.tenant] = open_.get(hold.tenant, 0) + hold.micro_usd
+    return open_
+
+
+async def budget_mismatches(redis: Redis, keys: Keyspace, day: str) -> list[tuple[str, int, int]]:
+    """(tenant, spend counter, cost + open reservations) for each tenant whose counter for
+    `day` is not what its jobs cost plus what is still reserved (µUSD)."""
+    open_ = await open_budget_micro_usd(redis, keys, day)
+    found = []
+    for raw in await redis.smembers(keys.spend_tenants):  # type: ignore[misc]  # redis-py stubs
+        tenant = raw.decode()
+        counter = int(await redis.get(keys.spend_key(tenant, day)) or 0)
+        models = await redis.hgetall(keys.spend_models_key(tenant, day))  # type: ignore[misc]
+        expected = sum(int(v) for v in models.values()) + open_.get(tenant, 0)
+        if counter != expected:
+            found.append((tenant, counter, expected))
+    return found
+
+
+def _loads(raw: bytes | None) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,198 @@
+"""Settling a job's ledger (`msgq.ledger`): what each reservation it holds becomes at its
+ending, applied once by whichever caller takes it.
+
+An `Outcome` says how the attempt ended. A call that never left (`NOT_SENT`) gives everything
+back: the request, its input and output estimates, its budget. A call that may have reached the
+API (a failure, a cancel or shutdown mid-call, a lost worker) keeps its request and input
+charged, as the API may have counted them, and gives back the output and the budget (nothing
+was produced, nothing billed). An answered call is charged what it used and cost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from msgq.ledger import CONSUME, HOLD, RATE, SETTLE_BUDGET, TAKE, BudgetHold
+from msgq.tenancy.budgets import DAY_TTL_S, MICRO, Budgets
+from msgq.tenancy.scheduling import Estimate
+from worker.ratelimit import Limits, RateLimiter, model_class
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, as the buckets and the budget need it."""
+
+    sent: bool  # the request may have reached the API: its request and input stay charged
+    cost_usd: float = 0.0
+    input_counted: int | None = None  # answered: the input tokens that counted toward ITPM
+    output_tokens: int = 0  # answered: what it produced
+    headers: dict[str, str] | None = None  # the answer's, for the limits they announce
+
+
+NOT_SENT = Outcome(sent=False)
+CUT = Outcome(sent=True)  # may have reached the API; no answer stored
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Capacity held in one bucket: the fleet's (`scope` None) or a tenant's share cap."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+    scope: str | None = None
+    limits: Limits | None = None  # a share cap's own limits (the fleet's are the limiter's)
+
+    def deltas(self, outcome: Outcome) -> tuple[int, int, int]:
+        """(input, output, requests) to give back: positive refunds, negative charges."""
+        if not outcome.sent:
+            return self.input_tokens, self.output_tokens, 1
+        counted = outcome.input_counted
+        input_delta = 0 if counted is None else self.input_tokens - counted
+        return input_delta, self.output_tokens - outcome.output_tokens, 0
+
+
+def capacities(field: str, data: dict[str, Any]) -> list[Capacity]:
+    """The bucket reservations one ledger field holds (none from a field that cannot be read:
+    the bucket heals as it refills)."""
+    try:
+        return _capacities(field, data)
+    except (KeyError, TypeError, ValueError):
+        return []
+
+
+def _capacities(field: str, data: dict[str, Any]) -> list[Capacity]:
+    if field == RATE:
+        return [Capacity(data["model"], int(data["input"]), int(data["output"]))]
+    held: list[Capacity] = []
+    if data.get("limited") and "estimate" in data:
+        est = Estimate.loads(data["estimate"])
+        held.append(Capacity(est.model, est.input_tokens, est.output_tokens))
+    share = data.get("share")
+    if isinstance(share, dict):
+        limits = Limits(int(share["rpm"]), int(share["itpm"]), int(share["otpm"]))
+        held.append(
+            Capacity(
+                share["model"], int(share["input"]), int(share["output"]), share["scope"], limits
+            )
+        )
+    return held
+
+
+@dataclass
+class Settled:
+    """What a settlement found: a budget reservation (which took the cost) and capacity in the
+    fleet's bucket (whose settlement read the answer's limit headers)."""
+
+    budget: bool = False
+    fleet: bool = False
+
+
+async def settle_capacity(
+    redis: Redis, limiter: RateLimiter, capacity: Capacity, outcome: Outcome
+) -> None:
+    """One bucket's reservation: refunded or charged by what the outcome used."""
+    input_delta, output_delta, requests = capacity.deltas(outcome)
+    headers = outcome.headers
+    if capacity.scope is not None:  # a tenant's share cap: the API's headers are not its own
+        limits = {model_class(capacity.model): capacity.limits or Limits()}
+        limiter, headers = RateLimiter(redis, limiter.keys, limits, scope=capacity.scope), None
+    await limiter.settle(
+        capacity.model,
+        input_delta=input_delta,
+        output_delta=output_delta,
+        headers=headers,
+        requests=requests,
+    )
+
+
+class Ledgers:
+    """The worker's hands on every job's ledger."""
+
+    def __init__(self, redis: Redis, limiter: RateLimiter) -> None:
+        self.redis, self.limiter = redis, limiter
+        self.keys = limiter.keys  # the deployment's: the limiter's buckets are in it too
+        self._consume = redis.register_script(CONSUME)
+        self._hold = redis.register_script(HOLD)
+        self._take = redis.register_script(TAKE)
+        self._settle_budget = redis.register_script(SETTLE_BUDGET)
+
+    async def consume_ticket(self, ticket_key: str, tickets_key: str, job_id: str) -> bytes | None:
+        """The dispatcher's ticket, moved into the job's ledger; None when another run took it."""
+        ks = self.keys
+        keys = [ticket_key, tickets_key, ks.ledger_key(job_id), ks.ledger_open]
+        raw: bytes | None = await self._consume(keys=keys, args=[job_id, _now_ms()])
+        return raw
+
+    async def hold_rate(
+        self, job_id: str, model: str, input_tokens: int, output_tokens: int
+    ) -> None:
+        """Capacity this worker took from the fleet's bucket for the job."""
+        value = orjson.dumps({"model": model, "input": input_tokens, "output": output_tokens})
+        keys = [self.keys.ledger_key(job_id), self.keys.ledger_open]
+        await self._hold(keys=keys, args=[job_id, _now_ms(), RATE, value])
+
+    async def settle(self, job_id: str, outcome: Outcome, *, model: str) -> Settled:
+        """Settle whatever the job's ledger holds, each field by the one caller that takes it."""
+        key = self.keys.ledger_key(job_id)
+        fields = await self.redis.hgetall(key)  # type: ignore[misc]  # redis-py stubs
+        settled = Settled()
+        for raw_field, raw in fields.items():
+            field, data = raw_field.decode(), _loads(raw)
+            budget = BudgetHold.of(data)
+            if budget is not None:
+                if not await self._budget(job_id, field, raw, budget, outcome, model):
+                    continue  # another caller settled it
+                settled.budget = True
+            elif not await self._take(keys=[key, self.keys.ledger_open], args=[job_id, field]):
+                continue
+            for capacity in capacities(field, data):
+                await settle_capacity(self.redis, self.limiter, capacity, outcome)
+                settled.fleet = settled.fleet or capacity.scope is None
+        return settled
+
+    async def _budget(
+        self, job_id: str, field: str, raw: bytes, hold: BudgetHold, outcome: Outcome, model: str
+    ) -> bool:
+        cost = round(outcome.cost_usd * MICRO)
+        ks = self.keys
+        keys = [
+            ks.ledger_key(job_id),
+            ks.ledger_open,
+            ks.spend_key(hold.tenant, hold.day),
+            ks.spend_key(hold.tenant, hold.month),
+            ks.spend_models_key(hold.tenant, hold.day),
+        ]
+        args: list[str | bytes | int] = [
+            job_id,
+            field,
+            raw,
+            cost - hold.micro_usd,
+            cost,
+            model,
+            DAY_TTL_S,
+        ]
+        return bool(await self._settle_budget(keys=keys, args=args))
+
+    async def record_spend(self, tenant: str | None, cost_usd: float, model: str) -> None:
+        """Spend of a job that held no budget reservation (no budget, or no tenant at all), for
+        usage reports: they add up to what the records cost."""
+        if cost_usd:
+            await Budgets(self.redis, self.keys).record(tenant, cost_usd, model)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _loads(raw: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
