@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from msgq.connections import SENTINEL_SCHEMES, is_sentinel, parse_sentinel_url
@@ -128,11 +128,12 @@ class Settings(BaseSettings):
     def _namespace_name(cls, value: str) -> str:
         return check_namespace(value)
 
-    @model_validator(mode="after")
-    def _one_namespace(self) -> Settings:
+    @field_validator("queue_name")
+    @classmethod
+    def _one_namespace(cls, value: str, info: ValidationInfo) -> str:
         # Both given and disagreeing: a worker and its producers could end up apart, silently.
-        resolve_namespace(self.namespace, self.queue_name)
-        return self
+        resolve_namespace(info.data.get("namespace", DEFAULT_NAMESPACE), value)
+        return value
 
     @property
     def keys(self) -> Keyspace:
