@@ -16,7 +16,7 @@ from msgq.client import Client
 from msgq.dev.stack import msgq_command
 from msgq.ledger import budget_mismatches
 from msgq.settings import Settings
-from msgq.tenancy.budgets import MICRO, Budgets, periods, spend_key
+from msgq.tenancy.budgets import MICRO, Budgets, periods
 from msgq.tenancy.tenants import parse_tenants
 from schemas import JobStatus
 from tests.conftest import KEYS, Sim, StartWorker, eventually, stop_workers, worker_env
@@ -31,7 +31,7 @@ PAYER = "[tenants.payer]\nbudget_usd_day = 5.0\n"
 
 
 async def spent_micro_usd(redis: Redis, tenant: str) -> int:
-    return int(await redis.get(spend_key(tenant, periods()[0])) or 0)
+    return int(await redis.get(KEYS.spend_key(tenant, periods()[0])) or 0)
 
 
 async def settled_cleanly(redis: Redis) -> None:
