@@ -136,7 +136,9 @@ async def weighted_shares(
                             for _ in range(min(500, count - start))
                         )
                     )
-            limiter = RateLimiter(redis, {} if learned else {"haiku": Limits(rpm=10**9)})
+            limiter = RateLimiter(
+                redis, settings.keys, {} if learned else {"haiku": Limits(rpm=10**9)}
+            )
             if learned:  # what an answer's headers say: a large limit, well out of the way
                 big = str(10**9)
                 headers = {
@@ -229,7 +231,9 @@ async def budget_race(tmp: Path, n: int = 300) -> list[Any]:
                 )
             ]
             records = [await client.wait(i, timeout=300) for i in ids]
-            usage = await Budgets(redis).usage("t", load_tenants(settings.tenants_file).get("t"))
+            usage = await Budgets(redis, settings.keys).usage(
+                "t", load_tenants(settings.tenants_file).get("t")
+            )
         calls = sim_stats(sim)["received"]
     statuses = Counter(r.status.value + ("/" + r.error.type if r.error else "") for r in records)
     spent = sum(r.cost_usd or 0 for r in records)

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from msgq.client import Client
 from msgq.dev.embedded_redis import EmbeddedRedis
 from msgq.dev.stack import msgq_command, simulator_on_free_port
-from msgq.keys import DONE_CHANNEL
+from msgq.keys import keyspace
 from msgq.settings import Settings
 
 KEY = "sk-ant-bench-local-key-000000"
@@ -99,7 +99,7 @@ def sim_stats(url: str) -> dict[str, Any]:
 async def run_wave(redis_url: str, requests: list[dict[str, Any]]) -> tuple[float, dict[str, int]]:
     """Submit every request, wait until each job is terminal; seconds taken and final statuses."""
     async with Redis.from_url(redis_url) as redis, redis.pubsub() as pubsub:
-        await pubsub.subscribe(DONE_CHANNEL)
+        await pubsub.subscribe(keyspace().done_channel)
         client = Client(redis, Settings(_env_file=None, redis_url=redis_url))
         started = time.perf_counter()
         ids: list[str] = []

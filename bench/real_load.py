@@ -40,7 +40,7 @@ from bench.harness import (
 )
 from msgq.client import Client
 from msgq.jobs.store import JobStore
-from msgq.keys import DONE_CHANNEL, PAUSE_KEY
+from msgq.keys import keyspace
 from msgq.settings import Settings
 from msgq.tenancy.scheduling import resume_fleet
 from schemas import JobStatus
@@ -81,7 +81,7 @@ async def aiohttp_run(
 async def _submit_paused(redis_url: str, requests: list[dict[str, Any]], **kw: Any) -> list[str]:
     """Jobs queued while the fleet is paused, so the clock measures draining, not submitting."""
     async with Redis.from_url(redis_url) as redis:
-        await redis.set(PAUSE_KEY, "bench: filling the queue")
+        await redis.set(keyspace().pause_key, "bench: filling the queue")
         client = Client(redis, Settings(_env_file=None, redis_url=redis_url))
         ids: list[str] = []
         for chunk in range(0, len(requests), 500):
@@ -93,7 +93,7 @@ async def _submit_paused(redis_url: str, requests: list[dict[str, Any]], **kw: A
 async def _drain(redis_url: str, ids: list[str]) -> float:
     """Lift the pause and wait for every job to end: seconds from the lift."""
     async with Redis.from_url(redis_url) as redis, redis.pubsub() as pubsub:
-        await pubsub.subscribe(DONE_CHANNEL)
+        await pubsub.subscribe(keyspace().done_channel)
         pending = set(ids)
         started = time.perf_counter()
         await resume_fleet(redis)  # as `msgq resume` does: the dispatcher is woken

@@ -132,9 +132,10 @@ def job_payload(kwargs: dict[str, Any], enqueued_ms: int) -> bytes:
     return serialize({"t": 1, "f": TASK_NAME, "a": [], "k": kwargs, "et": enqueued_ms})
 
 
-def abort_request(job_id: str) -> tuple[str, dict[str, int]]:
-    """(key, ZADD mapping) that asks the worker running `job_id` to abort it."""
-    return ABORT_KEY, {job_id: int(time.time() * 1000)}
+def abort_request(abort_key: str, job_id: str) -> tuple[str, dict[str, int]]:
+    """(key, ZADD mapping) that asks the worker running `job_id` to abort it; `abort_key` is
+    the deployment's abort set (`Keyspace.abort_key`)."""
+    return abort_key, {job_id: int(time.time() * 1000)}
 
 
 # ---------------------------------------------------------------- connection settings

@@ -23,17 +23,7 @@ from redis.asyncio import Redis
 
 from msgq import lanes
 from msgq.batches import COUNT_FIELDS, BatchMeta, job_id_for
-from msgq.keys import (
-    KEY_PREFIX,
-    SCHED_BACKLOG,
-    SCHED_WHERE,
-    arq_job_key,
-    batch_counts_key,
-    batch_ids_key,
-    batch_key,
-    in_progress_key,
-    record_key,
-)
+from msgq.keys import Keyspace
 from msgq.ledger import budget_mismatches
 from msgq.liveness import live_workers
 from msgq.tenancy.budgets import periods
@@ -81,29 +71,30 @@ class AuditReport:
         }
 
 
-async def audit(redis: Redis, *, queue_name: str | None = None) -> AuditReport:
-    """Every check; with `queue_name`, also that a worker is alive to serve waiting jobs."""
+async def audit(redis: Redis, keys: Keyspace, *, workers: bool = False) -> AuditReport:
+    """Every check of one deployment's keys (its namespace's); with `workers`, also that a
+    worker is alive to serve waiting jobs."""
     report = AuditReport()
-    await _records(redis, report)
-    if queue_name is not None:
-        await _check_workers(redis, report, queue_name)
-    await _batches(redis, report)
-    await _other_ttls(redis, report)
-    for check, example in await audit_findings(redis):
+    await _records(redis, keys, report)
+    if workers:
+        await _check_workers(redis, keys, report)
+    await _batches(redis, keys, report)
+    await _other_ttls(redis, keys, report)
+    for check, example in await audit_findings(redis, keys):
         report.violation(check, example)
-    for tenant, counter, expected in await budget_mismatches(redis, periods()[0]):
+    for tenant, counter, expected in await budget_mismatches(redis, keys, periods()[0]):
         example = f"{tenant}: spend counter {counter} µUSD, cost + open reservations {expected}"
         report.violation("budget spend counter differs from its ledger", example)
     return report
 
 
-async def _check_workers(redis: Redis, report: AuditReport, queue_name: str) -> None:
+async def _check_workers(redis: Redis, keys: Keyspace, report: AuditReport) -> None:
     """Jobs waiting while no worker has been seen: nothing errors, and nothing happens."""
     waiting = sum(report.by_status[s.value] for s in JobStatus if not s.terminal)
-    if waiting and not await live_workers(redis, queue_name):
+    if waiting and not await live_workers(redis, keys):
         report.violation(
             "jobs waiting on a queue with no live worker",
-            f"{waiting} job(s) on {queue_name}; start `msgq worker` (or `msgq dev`) on this Redis",
+            f"{waiting} job(s) on {keys.queue}; start `msgq worker` (or `msgq dev`) on this Redis",
         )
 
 
@@ -111,21 +102,21 @@ async def _scan(redis: Redis, pattern: str) -> list[str]:
     return [k.decode() async for k in redis.scan_iter(match=pattern, count=1000)]
 
 
-async def _records(redis: Redis, report: AuditReport) -> None:
-    keys = [k for k in await _scan(redis, f"{KEY_PREFIX}job:*")]
-    prefix_len = len(record_key(""))
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
+async def _records(redis: Redis, keys: Keyspace, report: AuditReport) -> None:
+    names = await _scan(redis, keys.record_key("*"))
+    prefix_len = len(keys.record_key(""))
+    for start in range(0, len(names), 500):
+        chunk = names[start : start + 500]
         async with redis.pipeline(transaction=False) as pipe:
             for key in chunk:
                 job_id = key[prefix_len:]
                 pipe.get(key)
                 pipe.ttl(key)
-                pipe.exists(arq_job_key(job_id))
-                pipe.exists(in_progress_key(job_id))
-                pipe.hget(SCHED_WHERE, job_id)
+                pipe.exists(keys.arq_job_key(job_id))
+                pipe.exists(keys.in_progress_key(job_id))
+                pipe.hget(keys.sched_where, job_id)
             values = await pipe.execute()
-        placed = await lanes.locations(redis, [key[prefix_len:] for key in chunk])
+        placed = await lanes.locations(redis, keys, [key[prefix_len:] for key in chunk])
         waiting: list[tuple[str, str]] = []
         for n in range(len(chunk)):
             raw, ttl, queued, locked, where = values[5 * n : 5 * n + 5]
@@ -143,17 +134,19 @@ async def _records(redis: Redis, report: AuditReport) -> None:
                 queued=bool(queued),
                 locked=bool(locked) or placed[n] is not None,
             )
-        await _check_backlog(redis, report, waiting)
+        await _check_backlog(redis, keys, report, waiting)
 
 
-async def _check_backlog(redis: Redis, report: AuditReport, waiting: list[tuple[str, str]]) -> None:
+async def _check_backlog(
+    redis: Redis, keys: Keyspace, report: AuditReport, waiting: list[tuple[str, str]]
+) -> None:
     """A job in a scheduler queue that the backlog does not list is never admitted."""
     if not waiting:
         return
     async with redis.pipeline(transaction=False) as pipe:
         for job_id, queue in waiting:
             pipe.zscore(queue, job_id)
-            pipe.sismember(SCHED_BACKLOG, queue)
+            pipe.sismember(keys.sched_backlog, queue)
         values = await pipe.execute()
     for n, (job_id, _) in enumerate(waiting):
         score, listed = values[2 * n : 2 * n + 2]
@@ -175,25 +168,29 @@ def _check_record(
         report.violation("in_progress without a lock", record.id)
 
 
-async def _batches(redis: Redis, report: AuditReport) -> None:
-    for key in await _scan(redis, f"{KEY_PREFIX}batch:*"):
+async def _batches(redis: Redis, keys: Keyspace, report: AuditReport) -> None:
+    for key in await _scan(redis, keys.batch_key("*")):
         if key.endswith((":ids", ":counts")):
             continue
         raw = await redis.get(key)
         if raw is not None:
             report.batches += 1
-            await _check_batch(redis, report, BatchMeta.model_validate_json(raw))
+            await _check_batch(redis, keys, report, BatchMeta.model_validate_json(raw))
 
 
-async def _check_batch(redis: Redis, report: AuditReport, meta: BatchMeta) -> None:
-    for key in (batch_key(meta.id), batch_ids_key(meta.id), batch_counts_key(meta.id)):
+async def _check_batch(redis: Redis, keys: Keyspace, report: AuditReport, meta: BatchMeta) -> None:
+    for key in (
+        keys.batch_key(meta.id),
+        keys.batch_ids_key(meta.id),
+        keys.batch_counts_key(meta.id),
+    ):
         if await redis.ttl(key) == -1:
             report.violation("batch key without a TTL", key)
-    counted = await redis.hgetall(batch_counts_key(meta.id))  # type: ignore[misc]
+    counted = await redis.hgetall(keys.batch_counts_key(meta.id))  # type: ignore[misc]
     counts = {k.decode(): int(v) for k, v in counted.items() if k.decode() in COUNT_FIELDS}
-    ids = [i.decode() for i in await redis.lrange(batch_ids_key(meta.id), 0, -1)]  # type: ignore[misc]
-    keys = [record_key(job_id_for(meta.tenant, meta.id, c)) for c in ids]
-    raws = await redis.mget(keys) if keys else []
+    ids = [i.decode() for i in await redis.lrange(keys.batch_ids_key(meta.id), 0, -1)]  # type: ignore[misc]
+    names = [keys.record_key(job_id_for(meta.tenant, meta.id, c)) for c in ids]
+    raws = await redis.mget(names) if names else []
     if any(r is None for r in raws):
         return  # some records are gone (deleted or past retention): nothing to compare
     actual = Counter(JobRecord.model_validate_json(r).status.value for r in raws)
@@ -203,13 +200,13 @@ async def _check_batch(redis: Redis, report: AuditReport, meta: BatchMeta) -> No
             report.violation("batch counts differ from its records", f"{meta.id} {status}: {got}")
 
 
-async def _other_ttls(redis: Redis, report: AuditReport) -> None:
-    for key in await _scan(redis, f"{KEY_PREFIX}spec:*"):
+async def _other_ttls(redis: Redis, keys: Keyspace, report: AuditReport) -> None:
+    for key in await _scan(redis, keys.spec_key("*")):
         if await redis.ttl(key) == -1:
             report.violation("kept spec without a TTL", key)
-    for key in await _scan(redis, in_progress_key("*")):
+    for key in await _scan(redis, keys.in_progress_key("*")):
         if await redis.ttl(key) == -1:
             report.violation("in-progress lock without a TTL", key)
-    for key in await _scan(redis, f"{KEY_PREFIX}ratelimit:*:cooldown"):
+    for key in await _scan(redis, keys.cooldown_key("*")):
         if await redis.ttl(key) == -1:
             report.violation("cool-down without a TTL", key)

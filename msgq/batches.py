@@ -16,14 +16,6 @@ from redis.asyncio import Redis
 from msgq.client import enqueue_payload
 from msgq.jobs.records import build_spec, new_record
 from msgq.jobs.store import JobStore
-from msgq.keys import (
-    BATCHES_KEY,
-    batch_counts_key,
-    batch_ids_key,
-    batch_key,
-    record_key,
-    tenant_batches_key,
-)
 from msgq.settings import Settings
 from msgq.tenancy.policy import PolicyReader
 from msgq.tenancy.tenants import load_tenants
@@ -73,6 +65,7 @@ class Batches:
         self.redis = redis
         self.store = store
         self.settings = settings
+        self.keys = settings.keys
 
     async def create(
         self,
@@ -134,28 +127,30 @@ class Batches:
         # mid-create never leaves a batch that cannot end, nor jobs a resubmit would run twice.
         ttl = int((meta.expires_at - created).total_seconds()) + self.store.batch_retention_s
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(batch_key(meta.id), meta.model_dump_json(), ex=ttl)
-            pipe.rpush(batch_ids_key(meta.id), *(item.custom_id for item in body.requests))
-            pipe.expire(batch_ids_key(meta.id), ttl)
-            pipe.hset(batch_counts_key(meta.id), "created_at", created.isoformat())
-            pipe.expire(batch_counts_key(meta.id), ttl)
-            pipe.zadd(tenant_batches_key(tenant), {meta.id: now_ms})
+            pipe.set(self.keys.batch_key(meta.id), meta.model_dump_json(), ex=ttl)
+            pipe.rpush(
+                self.keys.batch_ids_key(meta.id), *(item.custom_id for item in body.requests)
+            )
+            pipe.expire(self.keys.batch_ids_key(meta.id), ttl)
+            pipe.hset(self.keys.batch_counts_key(meta.id), "created_at", created.isoformat())
+            pipe.expire(self.keys.batch_counts_key(meta.id), ttl)
+            pipe.zadd(self.keys.tenant_batches_key(tenant), {meta.id: now_ms})
             # Every batch's keys expire `ttl` after creation: older entries name nothing.
-            pipe.zremrangebyscore(tenant_batches_key(tenant), "-inf", now_ms - ttl * 1000)
-            pipe.zadd(BATCHES_KEY, {meta.id: int(meta.expires_at.timestamp() * 1000)})
+            pipe.zremrangebyscore(self.keys.tenant_batches_key(tenant), "-inf", now_ms - ttl * 1000)
+            pipe.zadd(self.keys.batches_key, {meta.id: int(meta.expires_at.timestamp() * 1000)})
             self.store.enqueue_fresh(pipe, jobs, now_ms)
             await pipe.execute()
         return meta
 
     async def get(self, tenant: str, batch_id: str) -> BatchMeta | None:
-        raw = await self.redis.get(batch_key(batch_id))
+        raw = await self.redis.get(self.keys.batch_key(batch_id))
         meta = None if raw is None else BatchMeta.model_validate_json(raw)
         return meta if meta is not None and meta.tenant == tenant else None
 
     async def view(self, meta: BatchMeta, *, base_url: str) -> MessageBatch:
         """The API's batch object; counts other than `processing` appear once all have ended."""
         raw = await cast(
-            Awaitable[dict[bytes, bytes]], self.redis.hgetall(batch_counts_key(meta.id))
+            Awaitable[dict[bytes, bytes]], self.redis.hgetall(self.keys.batch_counts_key(meta.id))
         )
         counts = {k.decode(): v.decode() for k, v in raw.items()}
         done = {field: int(counts.get(status, 0)) for status, field in COUNT_FIELDS.items()}
@@ -177,9 +172,11 @@ class Batches:
     async def results(self, meta: BatchMeta) -> AsyncIterator[bytes]:
         """JSONL lines `{custom_id, result}` in submission order (callers match by custom_id)."""
         for start in range(0, meta.count, 1000):
-            custom_ids = await _lrange(self.redis, batch_ids_key(meta.id), start, start + 999)
-            keys = [record_key(job_id_for(meta.tenant, meta.id, c)) for c in custom_ids]
-            for custom_id, raw in zip(custom_ids, await self.redis.mget(keys), strict=True):
+            custom_ids = await _lrange(
+                self.redis, self.keys.batch_ids_key(meta.id), start, start + 999
+            )
+            names = [self.keys.record_key(job_id_for(meta.tenant, meta.id, c)) for c in custom_ids]
+            for custom_id, raw in zip(custom_ids, await self.redis.mget(names), strict=True):
                 record = None if raw is None else JobRecord.model_validate_json(raw)
                 line = {"custom_id": custom_id, "result": result_of(record)}
                 yield orjson.dumps(line) + b"\n"
@@ -187,9 +184,11 @@ class Batches:
     async def cancel(self, meta: BatchMeta) -> BatchMeta:
         if meta.cancel_initiated_at is None:
             meta = meta.model_copy(update={"cancel_initiated_at": datetime.now(UTC)})
-            await self.redis.set(batch_key(meta.id), meta.model_dump_json())
+            await self.redis.set(self.keys.batch_key(meta.id), meta.model_dump_json())
         for start in range(0, meta.count, 500):
-            custom_ids = await _lrange(self.redis, batch_ids_key(meta.id), start, start + 499)
+            custom_ids = await _lrange(
+                self.redis, self.keys.batch_ids_key(meta.id), start, start + 499
+            )
             await asyncio.gather(
                 *(self.store.cancel(job_id_for(meta.tenant, meta.id, c)) for c in custom_ids)
             )
@@ -199,7 +198,7 @@ class Batches:
         self, tenant: str, *, limit: int, after_id: str | None, before_id: str | None, base_url: str
     ) -> BatchPage:
         """Newest first, as the API lists them, with first_id/last_id/has_more."""
-        index = tenant_batches_key(tenant)
+        index = self.keys.tenant_batches_key(tenant)
         if before_id is not None:
             end = await self.redis.zrevrank(index, before_id) or 0
             start = max(0, end - limit)
@@ -223,39 +222,43 @@ class Batches:
 
     async def delete(self, meta: BatchMeta) -> None:
         """Remove an ended batch and its jobs' records."""
-        custom_ids = await _lrange(self.redis, batch_ids_key(meta.id), 0, -1)
+        custom_ids = await _lrange(self.redis, self.keys.batch_ids_key(meta.id), 0, -1)
         for start in range(0, len(custom_ids), 1000):
             chunk = custom_ids[start : start + 1000]
             await self.redis.delete(
-                *(record_key(job_id_for(meta.tenant, meta.id, c)) for c in chunk)
+                *(self.keys.record_key(job_id_for(meta.tenant, meta.id, c)) for c in chunk)
             )
         await self.redis.delete(
-            batch_key(meta.id), batch_ids_key(meta.id), batch_counts_key(meta.id)
+            self.keys.batch_key(meta.id),
+            self.keys.batch_ids_key(meta.id),
+            self.keys.batch_counts_key(meta.id),
         )
-        await self.redis.zrem(tenant_batches_key(meta.tenant), meta.id)
-        await self.redis.zrem(BATCHES_KEY, meta.id)
+        await self.redis.zrem(self.keys.tenant_batches_key(meta.tenant), meta.id)
+        await self.redis.zrem(self.keys.batches_key, meta.id)
 
     async def overdue(self, now: datetime) -> list[str]:
         """Batches past `expires_at` that the reconciler has not yet closed."""
-        ids = await self.redis.zrangebyscore(BATCHES_KEY, 0, int(now.timestamp() * 1000))
+        ids = await self.redis.zrangebyscore(self.keys.batches_key, 0, int(now.timestamp() * 1000))
         return [i.decode() for i in ids]
 
     async def expire(self, batch_id: str) -> int:
         """Close an overdue batch as the API does: requests not yet ended become `expired`.
         Returns how many were expired."""
-        raw = await self.redis.get(batch_key(batch_id))
+        raw = await self.redis.get(self.keys.batch_key(batch_id))
         if raw is None:
-            await self.redis.zrem(BATCHES_KEY, batch_id)
+            await self.redis.zrem(self.keys.batches_key, batch_id)
             return 0
         meta = BatchMeta.model_validate_json(raw)
         expired = 0
         for start in range(0, meta.count, 500):
-            custom_ids = await _lrange(self.redis, batch_ids_key(meta.id), start, start + 499)
+            custom_ids = await _lrange(
+                self.redis, self.keys.batch_ids_key(meta.id), start, start + 499
+            )
             for custom_id in custom_ids:
                 job_id = job_id_for(meta.tenant, meta.id, custom_id)
                 if await self.store.expire_job(job_id):
                     expired += 1
-        await self.redis.zrem(BATCHES_KEY, batch_id)
+        await self.redis.zrem(self.keys.batches_key, batch_id)
         return expired
 
 

@@ -98,7 +98,7 @@ class Client:
         self._store = JobStore.from_settings(redis, self.settings)
         self._endings: Endings | None = None
         self._policy = PolicyReader(redis, self.settings)
-        self.catalog = CatalogReader(redis)
+        self.catalog = CatalogReader(redis, self.settings.keys)
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Self:
@@ -211,6 +211,7 @@ class Client:
         if self.settings.submit_min_replicas:  # acknowledged only once replicas hold it
             await confirm_replicated(
                 self._redis,
+                self.settings.keys,
                 internal_id,
                 replicas=self.settings.submit_min_replicas,
                 timeout_ms=self.settings.submit_replica_timeout_ms,
@@ -295,7 +296,7 @@ class Client:
 
     async def live_workers(self) -> int:
         """Workers seen on this Redis lately (0: a submitted job would wait for one)."""
-        return await live_workers(self._redis, self.settings.queue_name)
+        return await live_workers(self._redis, self.settings.keys)
 
     async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
         return await self._store.list(status=status, limit=limit)

@@ -1,8 +1,8 @@
 """The batch lane's shared vocabulary: which lane a job takes, where a batch-lane job is
 (the pool, or an upstream batch), and the atomic moves between those places.
 
-A batch-lane job leaves arq once pooled: from then on its spec lives under `lane_spec_key`,
-and `LANE_WHERE` says where it is ("pool", or the msgq handle of the upstream batch holding
+A batch-lane job leaves arq once pooled: from then on its spec lives under `Keyspace.lane_spec_key`,
+and `Keyspace.lane_where` says where it is ("pool", or the msgq handle of the upstream batch holding
 it). Each move is one Lua script, so a job is always in exactly one place. The audit and the
 reconciler read `locations` to tell a pooled or upstream job from an orphan.
 """
@@ -18,16 +18,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from msgq.keys import (
-    LANE_BATCHES,
-    LANE_POOL,
-    LANE_POOL_BYTES,
-    LANE_WHERE,
-    lane_batch_key,
-    lane_batch_members_key,
-    lane_batch_order_key,
-    lane_spec_key,
-)
+from msgq.keys import Keyspace
 from msgq.watched import Writes, watched
 from schemas import Lane
 
@@ -127,23 +118,23 @@ def custom_id_for(job_id: str, attempt: int) -> str:
     return f"j{hashlib.sha256(job_id.encode()).hexdigest()[:40]}-{attempt}"
 
 
-def lane_keys(job_id: str) -> list[str]:
-    return [LANE_WHERE, lane_spec_key(job_id), LANE_POOL, LANE_POOL_BYTES]
+def lane_keys(keys: Keyspace, job_id: str) -> list[str]:
+    return [keys.lane_where, keys.lane_spec_key(job_id), keys.lane_pool, keys.lane_pool_bytes]
 
 
-async def locations(redis: Redis, job_ids: list[str]) -> list[str | None]:
+async def locations(redis: Redis, keys: Keyspace, job_ids: list[str]) -> list[str | None]:
     """Where each job is in the batch lane, if that place still exists: "pool" (and it is in
     the pool), an upstream handle (whose record exists), else None."""
     if not job_ids:
         return []
-    raw = await redis.hmget(LANE_WHERE, job_ids)  # type: ignore[misc]  # redis-py's stubs
+    raw = await redis.hmget(keys.lane_where, job_ids)  # type: ignore[misc]  # redis-py's stubs
     where = [None if w is None else w.decode() for w in raw]
     async with redis.pipeline(transaction=False) as pipe:
         for job_id, at in zip(job_ids, where, strict=True):
             if at == POOL:
-                pipe.zscore(LANE_POOL, job_id)
+                pipe.zscore(keys.lane_pool, job_id)
             else:
-                pipe.exists(lane_batch_key(at or "-"))
+                pipe.exists(keys.lane_batch_key(at or "-"))
         alive = await pipe.execute()
     return [
         at if at is not None and found not in (None, 0) else None
@@ -151,45 +142,47 @@ async def locations(redis: Redis, job_ids: list[str]) -> list[str | None]:
     ]
 
 
-async def load_batch(redis: Redis, handle: str) -> UpstreamBatch | None:
-    raw = await redis.get(lane_batch_key(handle))
+async def load_batch(redis: Redis, keys: Keyspace, handle: str) -> UpstreamBatch | None:
+    raw = await redis.get(keys.lane_batch_key(handle))
     return None if raw is None else UpstreamBatch.model_validate_json(raw)
 
 
-async def save_batch(redis: Redis, batch: UpstreamBatch, *, due_ms: int) -> None:
+async def save_batch(redis: Redis, keys: Keyspace, batch: UpstreamBatch, *, due_ms: int) -> None:
     """Store the batch's state and when the manager should look at it next."""
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(lane_batch_key(batch.handle), batch.model_dump_json())
-        pipe.zadd(LANE_BATCHES, {batch.handle: due_ms})
+        pipe.set(keys.lane_batch_key(batch.handle), batch.model_dump_json())
+        pipe.zadd(keys.lane_batches, {batch.handle: due_ms})
         await pipe.execute()
 
 
-async def drop_batch(redis: Redis, handle: str) -> None:
+async def drop_batch(redis: Redis, keys: Keyspace, handle: str) -> None:
     """Every member has left: forget the batch."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(
-            lane_batch_key(handle), lane_batch_members_key(handle), lane_batch_order_key(handle)
+            keys.lane_batch_key(handle),
+            keys.lane_batch_members_key(handle),
+            keys.lane_batch_order_key(handle),
         )
-        pipe.zrem(LANE_BATCHES, handle)
+        pipe.zrem(keys.lane_batches, handle)
         await pipe.execute()
 
 
 async def member_chunks(
-    redis: Redis, handle: str, size: int = 500
+    redis: Redis, keys: Keyspace, handle: str, size: int = 500
 ) -> AsyncIterator[list[tuple[str, str, bool]]]:
     """(custom_id, job id, still here) for each member, in sending order, `size` at a time;
     "still here" is False for a member that has since left the batch (ended or moved)."""
     start = 0
     while True:
-        order = lane_batch_order_key(handle)
+        order = keys.lane_batch_order_key(handle)
         raw = await redis.lrange(order, start, start + size - 1)  # type: ignore[misc]  # stubs
         cids = [c.decode() for c in raw]
         if not cids:
             return
         start += len(cids)
-        ids = await redis.hmget(lane_batch_members_key(handle), cids)  # type: ignore[misc]
+        ids = await redis.hmget(keys.lane_batch_members_key(handle), cids)  # type: ignore[misc]
         job_ids = [i.decode() if i else "" for i in ids]
-        where = await redis.hmget(LANE_WHERE, job_ids)  # type: ignore[misc]
+        where = await redis.hmget(keys.lane_where, job_ids)  # type: ignore[misc]
         yield [
             (cid, job_id, at is not None and at.decode() == handle)
             for cid, job_id, at in zip(cids, job_ids, where, strict=True)
@@ -197,11 +190,11 @@ async def member_chunks(
         ]
 
 
-async def claim_send(redis: Redis, batch: UpstreamBatch, *, due_ms: int) -> bool:
+async def claim_send(redis: Redis, keys: Keyspace, batch: UpstreamBatch, *, due_ms: int) -> bool:
     """Store `batch` (about to be sent) only if the stored one is still `creating` with the
     attempts `batch` was built from: a second manager (a lock that lapsed under a stalled
     holder) can never send the same batch again after the first recorded or re-sent it."""
-    key = lane_batch_key(batch.handle)
+    key = keys.lane_batch_key(batch.handle)
 
     async def body(pipe: Pipeline) -> tuple[bool, Writes | None]:
         raw = await pipe.get(key)
@@ -211,7 +204,7 @@ async def claim_send(redis: Redis, batch: UpstreamBatch, *, due_ms: int) -> bool
 
         def writes(pipe: Pipeline) -> None:
             pipe.set(key, batch.model_dump_json())
-            pipe.zadd(LANE_BATCHES, {batch.handle: due_ms})
+            pipe.zadd(keys.lane_batches, {batch.handle: due_ms})
 
         return True, writes
 

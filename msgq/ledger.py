@@ -27,16 +27,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from msgq.keys import (
-    LANE_BUDGETS,
-    LEDGER_OPEN,
-    SPEND_TENANTS,
-    TICKETS_KEY,
-    admitted_key,
-    ledger_key,
-    spend_key,
-    spend_models_key,
-)
+from msgq.keys import Keyspace
 
 TICKET, BUDGET, RATE = "ticket", "budget", "rate"
 
@@ -123,16 +114,16 @@ class BudgetHold:
         }
 
 
-async def open_budget_micro_usd(redis: Redis, day: str) -> dict[str, int]:
+async def open_budget_micro_usd(redis: Redis, keys: Keyspace, day: str) -> dict[str, int]:
     """Per tenant, the budget reservations still open for `day`: in ledgers, in tickets not yet
     taken, and in the batch lane (µUSD)."""
     held: list[dict[str, Any]] = []
-    for raw_id in await redis.zrange(LEDGER_OPEN, 0, -1):
-        fields = await redis.hgetall(ledger_key(raw_id.decode()))  # type: ignore[misc]  # stubs
+    for raw_id in await redis.zrange(keys.ledger_open, 0, -1):
+        fields = await redis.hgetall(keys.ledger_key(raw_id.decode()))  # type: ignore[misc]  # stubs
         held += [_loads(v) for k, v in fields.items() if k.decode() in (TICKET, BUDGET)]
-    for raw_id in await redis.zrange(TICKETS_KEY, 0, -1):
-        held.append(_loads(await redis.get(admitted_key(raw_id.decode()))))
-    held += [_loads(v) for v in (await redis.hgetall(LANE_BUDGETS)).values()]  # type: ignore[misc]
+    for raw_id in await redis.zrange(keys.tickets_key, 0, -1):
+        held.append(_loads(await redis.get(keys.admitted_key(raw_id.decode()))))
+    held += [_loads(v) for v in (await redis.hgetall(keys.lane_budgets)).values()]  # type: ignore[misc]
     open_: dict[str, int] = {}
     for data in held:
         hold = BudgetHold.of(data)
@@ -141,15 +132,15 @@ async def open_budget_micro_usd(redis: Redis, day: str) -> dict[str, int]:
     return open_
 
 
-async def budget_mismatches(redis: Redis, day: str) -> list[tuple[str, int, int]]:
+async def budget_mismatches(redis: Redis, keys: Keyspace, day: str) -> list[tuple[str, int, int]]:
     """(tenant, spend counter, cost + open reservations) for each tenant whose counter for
     `day` is not what its jobs cost plus what is still reserved (µUSD)."""
-    open_ = await open_budget_micro_usd(redis, day)
+    open_ = await open_budget_micro_usd(redis, keys, day)
     found = []
-    for raw in await redis.smembers(SPEND_TENANTS):  # type: ignore[misc]  # redis-py stubs
+    for raw in await redis.smembers(keys.spend_tenants):  # type: ignore[misc]  # redis-py stubs
         tenant = raw.decode()
-        counter = int(await redis.get(spend_key(tenant, day)) or 0)
-        models = await redis.hgetall(spend_models_key(tenant, day))  # type: ignore[misc]
+        counter = int(await redis.get(keys.spend_key(tenant, day)) or 0)
+        models = await redis.hgetall(keys.spend_models_key(tenant, day))  # type: ignore[misc]
         expected = sum(int(v) for v in models.values()) + open_.get(tenant, 0)
         if counter != expected:
             found.append((tenant, counter, expected))

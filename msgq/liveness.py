@@ -8,16 +8,16 @@ import time
 import orjson
 from redis.asyncio import Redis
 
-from msgq.keys import FLEET_WORKERS, health_check_key
+from msgq.keys import Keyspace
 
 # Workers announce themselves every second and refresh arq's health check every few seconds;
 # 15 s without either is not a hiccup.
 SEEN_WITHIN_S = 15.0
 
 
-async def live_workers(redis: Redis, queue_name: str, *, within_s: float = SEEN_WITHIN_S) -> int:
+async def live_workers(redis: Redis, keys: Keyspace, *, within_s: float = SEEN_WITHIN_S) -> int:
     """Workers announced within `within_s` (at least 1 while arq's health-check key lives)."""
-    entries = await redis.hgetall(FLEET_WORKERS)  # type: ignore[misc]
+    entries = await redis.hgetall(keys.fleet_workers)  # type: ignore[misc]
     since_ms = (time.time() - within_s) * 1000
     seen = 0
     for raw in entries.values():
@@ -27,4 +27,4 @@ async def live_workers(redis: Redis, queue_name: str, *, within_s: float = SEEN_
             continue
     if seen:
         return seen
-    return int(bool(await redis.exists(health_check_key(queue_name))))
+    return int(bool(await redis.exists(keys.health_check_key)))

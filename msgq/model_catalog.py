@@ -17,7 +17,7 @@ import structlog
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
-from msgq.keys import MODELS_KEY
+from msgq.keys import Keyspace
 from schemas.capabilities import capabilities_for
 from schemas.model_info import ModelLimits, index_models
 
@@ -44,14 +44,16 @@ class Catalog(BaseModel):
         return index_models(parsed)
 
 
-async def store_catalog(redis: Redis, models: list[dict[str, Any]], *, base_url: str) -> Catalog:
+async def store_catalog(
+    redis: Redis, keys: Keyspace, models: list[dict[str, Any]], *, base_url: str
+) -> Catalog:
     catalog = Catalog(fetched_at=datetime.now(UTC), base_url=base_url, models=models)
-    await redis.set(MODELS_KEY, catalog.model_dump_json())
+    await redis.set(keys.models_key, catalog.model_dump_json())
     return catalog
 
 
-async def load_catalog(redis: Redis) -> Catalog | None:
-    raw = await redis.get(MODELS_KEY)
+async def load_catalog(redis: Redis, keys: Keyspace) -> Catalog | None:
+    raw = await redis.get(keys.models_key)
     if raw is None:
         return None
     try:
@@ -64,8 +66,8 @@ async def load_catalog(redis: Redis) -> Catalog | None:
 class CatalogReader:
     """This process's view of the fleet's catalog, re-read from Redis at most once a minute."""
 
-    def __init__(self, redis: Redis, *, every_s: float = READ_EVERY_S) -> None:
-        self.redis = redis
+    def __init__(self, redis: Redis, keys: Keyspace, *, every_s: float = READ_EVERY_S) -> None:
+        self.redis, self.keys = redis, keys
         self.every_s = every_s
         self._read_at = -float("inf")
         self._limits: dict[str, ModelLimits] = {}
@@ -74,7 +76,7 @@ class CatalogReader:
     async def limits(self) -> dict[str, ModelLimits]:
         """The Models API's limits by model; empty when no worker has stored any yet."""
         if time.monotonic() - self._read_at >= self.every_s:
-            self.catalog = await load_catalog(self.redis)
+            self.catalog = await load_catalog(self.redis, self.keys)
             self._limits = self.catalog.limits() if self.catalog else {}
             self._read_at = time.monotonic()
         return self._limits

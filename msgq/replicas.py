@@ -5,10 +5,12 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from msgq.errors import NotReplicatedError
-from msgq.keys import REPLICATION_PROBE, record_key
+from msgq.keys import Keyspace
 
 
-async def confirm_replicated(redis: Redis, job_id: str, *, replicas: int, timeout_ms: int) -> None:
+async def confirm_replicated(
+    redis: Redis, keys: Keyspace, job_id: str, *, replicas: int, timeout_ms: int
+) -> None:
     """Return once `replicas` replicas hold the job's record, or raise NotReplicatedError.
 
     WAIT counts the writes of the connection it runs on, and the job was written on another
@@ -17,9 +19,9 @@ async def confirm_replicated(redis: Redis, job_id: str, *, replicas: int, timeou
     after a failover, the same pipeline asks the new primary, where the record may be missing.
     """
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.publish(REPLICATION_PROBE, job_id)
+        pipe.publish(keys.replication_probe, job_id)
         pipe.execute_command("WAIT", replicas, timeout_ms)
-        pipe.exists(record_key(job_id))
+        pipe.exists(keys.record_key(job_id))
         _, acked, present = await pipe.execute()
     if not present:
         msg = (

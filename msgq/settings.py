@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from msgq.cluster_guard import NOT_YET, is_cluster_url
 from msgq.connections import SENTINEL_SCHEMES, is_sentinel, parse_sentinel_url
+from msgq.keys import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_QUEUE_NAME,
+    Keyspace,
+    check_namespace,
+    keyspace,
+    namespace_of_queue,
+)
 from msgq.pricing import check_prices_file
 from msgq.tenancy.tenants import load_tenants
 from msgq.webhooks.signing import secret_key
@@ -17,6 +26,19 @@ from schemas import DEFAULT_MAX_IMAGE_BYTES, Lane
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
 UNTIL_RESUME = frozenset({"0", "until-resume", "none"})
+
+
+@functools.lru_cache(maxsize=64)  # `Settings.keys` is read on every job's path
+def resolve_namespace(namespace: str, queue_name: str) -> str:
+    """The one namespace `MSGQ_NAMESPACE` and the older `MSGQ_QUEUE_NAME` name together; a
+    ValueError when both are set to different ones."""
+    from_queue = namespace_of_queue(queue_name)
+    if namespace == DEFAULT_NAMESPACE:
+        return from_queue
+    if from_queue not in (DEFAULT_NAMESPACE, namespace):
+        msg = f"MSGQ_NAMESPACE={namespace!r} and MSGQ_QUEUE_NAME={queue_name!r} disagree; set one"
+        raise ValueError(msg)
+    return namespace
 
 
 class Settings(BaseSettings):
@@ -93,7 +115,34 @@ class Settings(BaseSettings):
         gt=0,
         description="how often a worker re-reads GET /v1/models into Redis (and at start)",
     )
-    queue_name: str = "msgq:queue"
+    namespace: str = Field(
+        default=DEFAULT_NAMESPACE,
+        description="the deployment's keyspace on a shared Redis: workers, producers and the "
+        "API of one deployment share it; another namespace sees none of its jobs, tenants, "
+        "limits or budgets (`msgq` keeps msgq's original key names)",
+    )
+    queue_name: str = Field(
+        default=DEFAULT_QUEUE_NAME,
+        description="MSGQ_NAMESPACE's older name: `msgq:N` (or `N`) is namespace N",
+    )
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_name(cls, value: str) -> str:
+        return check_namespace(value)
+
+    @field_validator("queue_name")
+    @classmethod
+    def _one_namespace(cls, value: str, info: ValidationInfo) -> str:
+        # Both given and disagreeing: a worker and its producers could end up apart, silently.
+        resolve_namespace(info.data.get("namespace", DEFAULT_NAMESPACE), value)
+        return value
+
+    @property
+    def keys(self) -> Keyspace:
+        """This deployment's key names (`MSGQ_NAMESPACE`, or the older `MSGQ_QUEUE_NAME`)."""
+        return keyspace(resolve_namespace(self.namespace, self.queue_name))
+
     max_jobs: int = Field(
         default=256,
         ge=1,

@@ -24,14 +24,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from msgq.keys import (
-    FLEET_WORKERS,
-    PAUSE_KEY,
-    SCHED_INBOX,
-    SCHED_WHERE,
-    cooldown_key,
-    health_check_key,
-)
+from msgq.keys import Keyspace
 from msgq.lanes import WAITING_POOL
 from msgq.liveness import SEEN_WITHIN_S
 from msgq.settings import Settings
@@ -132,12 +125,13 @@ def _worker(worker_id: bytes, raw: bytes, now_ms: int) -> WorkerRow | None:
 async def fleet_state(redis: Redis, settings: Settings) -> Fleet:
     """The live workers, the pause and the model classes cooling down, in one round trip."""
     classes = list(dict.fromkeys([*CLASSES, *settings.rate_limits]))
+    keys = settings.keys
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(FLEET_WORKERS)
-        pipe.exists(PAUSE_KEY)
-        pipe.exists(health_check_key(settings.queue_name))
+        pipe.hgetall(keys.fleet_workers)
+        pipe.exists(keys.pause_key)
+        pipe.exists(keys.health_check_key)
         for cls in classes:
-            pipe.pttl(cooldown_key(cls))
+            pipe.pttl(keys.cooldown_key(cls))
         entries, paused, health, *ttls = await pipe.execute()
     now_ms = int(time.time() * 1000)
     rows = [_worker(k, v, now_ms) for k, v in entries.items()]
@@ -146,14 +140,14 @@ async def fleet_state(redis: Redis, settings: Settings) -> Fleet:
     return Fleet(workers, bool(workers) or bool(health), bool(paused), cooling)
 
 
-async def _in_scheduler(redis: Redis, ids: list[str]) -> set[str]:
+async def _in_scheduler(redis: Redis, keys: Keyspace, ids: list[str]) -> set[str]:
     """The jobs still waiting for the dispatcher's admission (its queues, or the raw inbox)."""
     found: set[str] = set()
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(SCHED_WHERE, chunk)
-            pipe.zmscore(SCHED_INBOX, chunk)
+            pipe.hmget(keys.sched_where, chunk)
+            pipe.zmscore(keys.sched_inbox, chunk)
             where, inbox = await pipe.execute()
         found |= {i for i, w, s in zip(chunk, where, inbox, strict=True) if w or s is not None}
     return found
@@ -179,11 +173,11 @@ def reason(data: dict[str, Any], fleet: Fleet, *, in_scheduler: bool) -> str:
 
 
 async def count_reasons(
-    redis: Redis, fleet: Fleet, waiting: Iterable[dict[str, Any]]
+    redis: Redis, keys: Keyspace, fleet: Fleet, waiting: Iterable[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Waiting jobs counted by reason, in REASONS order; reasons with no job left out."""
     records = [d for d in waiting if d.get("status") in WAITING]
-    scheduled = await _in_scheduler(redis, [str(d.get("id")) for d in records])
+    scheduled = await _in_scheduler(redis, keys, [str(d.get("id")) for d in records])
     counts = Counter(reason(d, fleet, in_scheduler=str(d.get("id")) in scheduled) for d in records)
     return [
         {"key": key, "label": label, "why": why, "count": counts[key]}
@@ -197,7 +191,7 @@ async def job_reason(redis: Redis, settings: Settings, record: JobRecord) -> dic
     if record.status.value not in WAITING:
         return None
     fleet = await fleet_state(redis, settings)
-    scheduled = await _in_scheduler(redis, [record.id])
+    scheduled = await _in_scheduler(redis, settings.keys, [record.id])
     data = record.model_dump(mode="json")
     label, why = REASONS[reason(data, fleet, in_scheduler=record.id in scheduled)]
     return {"label": label, "why": why}

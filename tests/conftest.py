@@ -22,10 +22,12 @@ from msgq.client import Client
 from msgq.dev.embedded_redis import EmbeddedRedis, free_port
 from msgq.dev.stack import msgq_command, wait_http
 from msgq.jobs.store import JobStore
+from msgq.keys import Keyspace, keyspace
 from msgq.settings import Settings
 from worker.main import MsgqWorker, build_worker
 
 TEST_API_KEY = "sk-ant-test-0123456789abcdefSECRET"
+KEYS: Keyspace = keyspace()  # the default namespace's key names, which the suite's settings use
 
 
 @pytest.fixture(autouse=True)

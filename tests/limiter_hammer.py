@@ -8,12 +8,13 @@ import time
 
 from redis.asyncio import Redis
 
+from tests.conftest import KEYS
 from worker.ratelimit import Limits, RateLimiter
 
 
 async def hammer(url: str, tries: int, rpm: int, start_at: float) -> int:
     async with Redis.from_url(url) as redis:
-        limiter = RateLimiter(redis, {"default": Limits(rpm=rpm)})
+        limiter = RateLimiter(redis, KEYS, {"default": Limits(rpm=rpm)})
         await asyncio.sleep(max(0.0, start_at - time.time()))
         admitted = 0
         for _ in range(tries):

@@ -21,12 +21,11 @@ from redis.asyncio import Redis
 from msgq.client import Client
 from msgq.dev.stack import simulator_on_free_port
 from msgq.jobs.store import JobStore
-from msgq.keys import SCHED_INBOX, SCHED_WAKE, TICKETS_KEY, admitted_key
 from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets
 from msgq.tenancy.tenants import parse_tenants
 from schemas import JobRecord, JobStatus
-from tests.conftest import Sim, StartWorker, eventually
+from tests.conftest import KEYS, Sim, StartWorker, eventually
 from tests.test_fair_share import tenants_file
 from tests.test_webhooks import SECRET as WEBHOOK_SECRET
 from worker.dispatch.dispatcher import Dispatcher
@@ -78,7 +77,7 @@ async def test_hostile_model_names_end_their_own_job_and_stop_no_one_else(
         payload = {"t": 1, "f": "run_message", "a": [], "et": int(time.time() * 1000)}
         payload["k"] = {"request": body(model), "tenant": "bulk", "priority": "bulk"}
         await redis.set(f"arq:job:{raw_id}", json.dumps(payload))
-        await redis.zadd(SCHED_INBOX, {raw_id: int(time.time() * 1000)})
+        await redis.zadd(KEYS.sched_inbox, {raw_id: int(time.time() * 1000)})
         hostile.append(f"bulk:{raw_id}")  # a raw job naming a tenant is stored as tenant:id
     good = await client.submit(body(), tenant="acme")
     assert (await client.wait(good.id, timeout=20)).status is JobStatus.SUCCEEDED
@@ -111,12 +110,12 @@ async def test_every_path_that_does_not_send_returns_its_reservation(
             "rate_limits": {"haiku": {"rpm": 6000}},
         }
     )
-    limiter = RateLimiter(redis, {"haiku": Limits(rpm=6000)})
+    limiter = RateLimiter(redis, KEYS, {"haiku": Limits(rpm=6000)})
     dispatcher = Dispatcher(redis, JobStore.from_settings(redis, custom), custom, limiter)
     async with Client(Redis.from_url(settings.redis_url), custom) as producer:
         ids = [(await producer.submit(body(), tenant="acme")).id for _ in range(12)]
         await dispatcher.tick()  # admitted: each holds a ticket, no worker runs yet
-        assert await redis.zcard(TICKETS_KEY) == 12
+        assert await redis.zcard(KEYS.tickets_key) == 12
         canceled = ids[:3]
         for job_id in canceled:
             await producer.cancel(job_id)
@@ -127,11 +126,11 @@ async def test_every_path_that_does_not_send_returns_its_reservation(
     assert all(r.status is JobStatus.SUCCEEDED for r in ended[3:])
 
     async def settled() -> bool:
-        return await redis.zcard(TICKETS_KEY) == 0
+        return await redis.zcard(KEYS.tickets_key) == 0
 
     await eventually(settled, timeout_s=20)  # the canceled ones: the orphan sweep
-    assert all([await redis.exists(admitted_key(i)) == 0 for i in ids])
-    usage = await Budgets(redis).usage("acme", parse_tenants(text).get("acme"))
+    assert all([await redis.exists(KEYS.admitted_key(i)) == 0 for i in ids])
+    usage = await Budgets(redis, KEYS).usage("acme", parse_tenants(text).get("acme"))
     costs = sum(r.cost_usd or 0.0 for r in ended)
     assert costs > 0
     assert usage["spent_today_usd"] == pytest.approx(costs, abs=1e-6)
@@ -143,17 +142,17 @@ async def test_paused_or_cooling_fleet_sends_nothing_ticket_or_not(
     """Jobs admitted before a pause (holding tickets) and jobs submitted during it: nothing is
     sent until the pause is lifted; then all succeed."""
     custom = settings.model_copy(update={"rate_limits": {"haiku": {"rpm": 6000}}})
-    limiter = RateLimiter(redis, {"haiku": Limits(rpm=6000)})
+    limiter = RateLimiter(redis, KEYS, {"haiku": Limits(rpm=6000)})
     dispatcher = Dispatcher(redis, JobStore.from_settings(redis, custom), custom, limiter)
     admitted = [(await client.submit(body())).id for _ in range(4)]
     await dispatcher.tick()
-    assert await redis.zcard(TICKETS_KEY) == 4
+    assert await redis.zcard(KEYS.tickets_key) == 4
     await limiter.pause("spend limit (test)", None)
     await start_worker(custom)
     later = [(await client.submit(body(text="later"))).id for _ in range(4)]
 
     async def tickets_back() -> bool:  # every admitted job was picked up and handed back
-        return await redis.zcard(TICKETS_KEY) == 0
+        return await redis.zcard(KEYS.tickets_key) == 0
 
     await eventually(tickets_back)
     records = [await client.get(i) for i in admitted + later]
@@ -167,13 +166,13 @@ async def test_paused_or_cooling_fleet_sends_nothing_ticket_or_not(
 async def test_resuming_wakes_the_dispatcher_at_once(settings: Settings, redis: Redis) -> None:
     """A paused dispatcher looks again only each second; the resume itself wakes it, so a
     fleet's hundreds of slots do not sit idle for that second."""
-    limiter = RateLimiter(redis, {})
+    limiter = RateLimiter(redis, KEYS, {})
     dispatcher = Dispatcher(redis, JobStore.from_settings(redis, settings), settings, limiter)
     listener = asyncio.create_task(dispatcher._listen())
     try:
 
         async def subscribed() -> bool:
-            counts = await redis.pubsub_numsub(SCHED_WAKE)
+            counts = await redis.pubsub_numsub(KEYS.sched_wake)
             return bool(counts and counts[0][1])
 
         await eventually(subscribed)
@@ -258,7 +257,7 @@ async def test_with_learned_limits_an_interactive_job_starts_within_seconds_behi
     waiting in the limiter)."""
     custom = settings.model_copy(update={"anthropic_base_url": slow_simulator})
     await start_worker(custom)
-    limiter = RateLimiter(redis, {})
+    limiter = RateLimiter(redis, KEYS, {})
     async with Client(Redis.from_url(settings.redis_url), custom) as producer:
         bulk = [(await producer.submit(body(text=f"b{n}"), priority="bulk")).id for n in range(400)]
 

@@ -18,10 +18,10 @@ async def queue_length(http: httpx.AsyncClient, settings: Settings) -> int:
     """Jobs waiting anywhere: arq's queue, or the fair-share scheduler's queues."""
     from redis.asyncio import Redis
 
-    from msgq.keys import SCHED_WHERE
+    from tests.conftest import KEYS
 
     async with Redis.from_url(settings.redis_url) as redis:
-        return int(await redis.zcard(settings.queue_name)) + int(await redis.hlen(SCHED_WHERE))
+        return int(await redis.zcard(settings.keys.queue)) + int(await redis.hlen(KEYS.sched_where))
 
 
 async def test_create_poll_and_long_poll(

@@ -14,7 +14,7 @@ from msgq.audit import audit
 from msgq.client import Client
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import SAMPLES, Sim, StartWorker
+from tests.conftest import KEYS, SAMPLES, Sim, StartWorker
 
 TEXT = json.loads((SAMPLES / "requests" / "text.json").read_text())
 JOBS = 5
@@ -60,4 +60,4 @@ async def test_a_gateway_answer_to_a_create_is_adopted_or_sent_again_never_both(
     assert stats["calls"]["create"] == creates
     assert {r.upstream_batch_id for r in done} == {upstream[0]["id"]}
     assert sim.received == 0  # nothing fell back to /v1/messages
-    assert (await audit(redis)).clean
+    assert (await audit(redis, KEYS)).clean

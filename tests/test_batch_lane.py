@@ -20,10 +20,9 @@ from msgq.caption.run import CaptionOptions, CaptionRun
 from msgq.client import Client
 from msgq.dev.stack import msgq_command
 from msgq.jobs.store import JobStore
-from msgq.keys import LANE_POOL, LANE_WHERE
 from msgq.settings import Settings
 from schemas import JobRecord, JobStatus, Lane
-from tests.conftest import SAMPLES, TEST_API_KEY, Sim, StartWorker, eventually
+from tests.conftest import KEYS, SAMPLES, TEST_API_KEY, Sim, StartWorker, eventually
 from tests.images import image_bytes
 from worker.lane.api import LaneApi
 from worker.reconciler import Reconciler
@@ -118,7 +117,7 @@ async def test_same_captions_at_half_the_cost_with_no_messages_calls(
     }
     assert record.usage is not None and record.usage.input_tokens > 0
     assert_sent_once(sim)
-    assert (await audit(redis)).clean
+    assert (await audit(redis, KEYS)).clean
 
 
 async def test_auto_follows_the_deadline_and_batch_rules_are_checked_first(
@@ -242,25 +241,25 @@ async def test_pooled_and_upstream_jobs_are_not_orphans_and_vanished_ones_are_re
     job = await client.submit(TEXT, lane="batch")
 
     async def pooled() -> bool:
-        return bool(await redis.zscore(LANE_POOL, job.id))
+        return bool(await redis.zscore(KEYS.lane_pool, job.id))
 
     await eventually(pooled)
-    assert (await audit(redis)).clean
-    await redis.zrem(LANE_POOL, job.id)  # an operator's mistake, or writes lost in a failover
-    assert not (await audit(redis)).clean
+    assert (await audit(redis, KEYS)).clean
+    await redis.zrem(KEYS.lane_pool, job.id)  # an operator's mistake, or writes lost in a failover
+    assert not (await audit(redis, KEYS)).clean
     store = JobStore.from_settings(redis, held)
     reconciler = Reconciler(redis, store, held)
     assert (await reconciler.run_once()).requeued == []
     assert (await reconciler.run_once()).requeued == [job.id]
-    assert await redis.zscore(LANE_POOL, job.id) is not None
-    assert (await audit(redis)).clean
+    assert await redis.zscore(KEYS.lane_pool, job.id) is not None
+    assert (await audit(redis, KEYS)).clean
     configure(sim, processing_s=0.2)
-    await redis.zadd(LANE_POOL, {job.id: 0})  # as if pooled an hour ago: the flush is due
+    await redis.zadd(KEYS.lane_pool, {job.id: 0})  # as if pooled an hour ago: the flush is due
     record = await client.wait(job.id, timeout=30)
     assert record.status is JobStatus.SUCCEEDED and record.served_by is Lane.BATCH
 
     async def left() -> bool:  # the lane lets go just after the terminal write
-        return await redis.hget(LANE_WHERE, job.id) is None
+        return await redis.hget(KEYS.lane_where, job.id) is None
 
     await eventually(left)
 
@@ -302,7 +301,7 @@ async def test_lane_from_every_interface(
     await redis.flushdb()
     raw = {"t": 1, "f": "run_message", "a": [], "et": 1, "k": {"request": TEXT, "lane": "batch"}}
     await redis.set("arq:job:raw-1", orjson.dumps(raw))
-    await redis.zadd(settings.queue_name, {"raw-1": 1})
+    await redis.zadd(settings.keys.queue, {"raw-1": 1})
     configure(sim, processing_s=0.2)
     fast = settings.model_copy(update={"batch_max_wait_s": 0.2, "batch_poll_s": 0.2})
     await start_worker(fast)
@@ -351,9 +350,9 @@ async def test_a_tenants_budget_holds_in_the_batch_lane(
 ) -> None:
     """A budget is reserved when the job is pooled and settled to the batch-priced cost when it
     ends (spend = the record's cost); a budget the job cannot fit fails it before it is sent."""
-    from msgq.keys import LANE_BUDGETS
     from msgq.tenancy.budgets import Budgets
     from msgq.tenancy.tenants import parse_tenants
+    from tests.conftest import KEYS
 
     text = (
         "[tenants.acme]\nbudget_usd_day = 1.0\n"
@@ -373,10 +372,10 @@ async def test_a_tenants_budget_holds_in_the_batch_lane(
     async with Redis.from_url(custom.redis_url) as redis:
 
         async def settled() -> bool:
-            return not await redis.hlen(LANE_BUDGETS)
+            return not await redis.hlen(KEYS.lane_budgets)
 
         await eventually(settled)
-        usage = await Budgets(redis).usage("acme", parse_tenants(text).get("acme"))
+        usage = await Budgets(redis, KEYS).usage("acme", parse_tenants(text).get("acme"))
     assert usage["spent_today_usd"] == pytest.approx(record.cost_usd, abs=1e-6)
     assert sim.stats()["batches"]["requests"] == 1  # the refused job was never sent
 

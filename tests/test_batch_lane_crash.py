@@ -18,7 +18,7 @@ from msgq.client import Client
 from msgq.dev.stack import msgq_command
 from msgq.settings import Settings
 from schemas import JobStatus, Lane
-from tests.conftest import SAMPLES, Sim, eventually, stop_workers, worker_env
+from tests.conftest import KEYS, SAMPLES, Sim, eventually, stop_workers, worker_env
 
 TEXT = json.loads((SAMPLES / "requests" / "text.json").read_text())
 JOBS = 20
@@ -97,5 +97,5 @@ async def test_sigkill_at_each_crash_point_loses_and_repeats_nothing(
     assert len(sent) == JOBS and set(sent.values()) == {1}, sent
     assert len(batches(sim)) == 1  # adopted, never re-created; or never created the first time
     async with Redis.from_url(settings.redis_url) as redis:
-        report = await audit(redis)
+        report = await audit(redis, KEYS)
     assert report.clean, report.as_dict()

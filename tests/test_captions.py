@@ -20,9 +20,8 @@ from msgq.caption.report import estimate
 from msgq.caption.run import CaptionOptions, CaptionRun, Tally
 from msgq.client import Client
 from msgq.dev.stack import msgq_command
-from msgq.keys import SCHED_WHERE
 from msgq.settings import Settings
-from tests.conftest import Sim, StartWorker, eventually
+from tests.conftest import KEYS, Sim, StartWorker, eventually
 
 PROMPT = "Describe {name} in one sentence."
 
@@ -173,7 +172,7 @@ async def test_window_bounds_what_redis_holds(
     async def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            held = await redis.zcard(settings.queue_name) + await redis.hlen(SCHED_WHERE)
+            held = await redis.zcard(settings.keys.queue) + await redis.hlen(KEYS.sched_where)
             peak = max(peak, held)
             await asyncio.sleep(0.01)
 

@@ -27,7 +27,7 @@ from msgq.dev.embedded_redis import EmbeddedRedis, free_port
 from msgq.dev.stack import msgq_command, wait_http
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import eventually, stop_process, stop_workers, worker_env
+from tests.conftest import KEYS, eventually, stop_process, stop_workers, worker_env
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
 BODY = {
@@ -145,7 +145,7 @@ async def test_mixed_faults_end_every_job_and_audit_clean(
 
             await eventually(all_ended, timeout_s=240 if CHAOS else 120)
             final = await counts(redis, ids)
-            report = await audit(redis)
+            report = await audit(redis, KEYS)
     finally:
         codes = stop_workers(steady, victim)
         server.stop()

@@ -12,10 +12,9 @@ from redis.asyncio import Redis
 from msgq.client import Client
 from msgq.dev.embedded_redis import free_port
 from msgq.dev.stack import msgq_command
-from msgq.keys import health_check_key
 from msgq.liveness import live_workers
 from msgq.settings import Settings
-from tests.conftest import SAMPLES, Sim, StartWorker, eventually
+from tests.conftest import KEYS, SAMPLES, Sim, StartWorker, eventually
 from tests.test_crash import BODY
 
 
@@ -78,7 +77,7 @@ async def test_failed_job_exits_1(
     await start_worker()
 
     async def worker_seen() -> bool:  # else the CLI rightly warns that no worker is running
-        return await live_workers(redis, settings.queue_name) > 0
+        return await live_workers(redis, settings.keys) > 0
 
     await eventually(worker_seen)
     done = await amsgq(settings, "submit", "-", "--wait", stdin=json.dumps(BODY))
@@ -192,7 +191,7 @@ async def test_worker_check_is_a_health_check(
     await start_worker()
 
     async def reported() -> bool:
-        return bool(await redis.exists(health_check_key(settings.queue_name)))
+        return bool(await redis.exists(KEYS.health_check_key))
 
     await eventually(reported)
     healthy = await asyncio.to_thread(msgq, settings, "worker", "--check", env=upstream)

@@ -14,7 +14,7 @@ from msgq.client import Client
 from msgq.dev.stack import msgq_command
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import Sim, eventually, stop_workers, worker_env
+from tests.conftest import KEYS, Sim, eventually, stop_workers, worker_env
 
 BODY = {
     "model": "claude-haiku-4-5",
@@ -58,7 +58,7 @@ async def test_sigkill_mid_request_is_recovered_by_another_worker(
     assert record.status is JobStatus.SUCCEEDED
     assert record.attempts == 2 and sim.received == 2
     async with Redis.from_url(settings.redis_url) as redis:
-        assert (await audit(redis)).clean
+        assert (await audit(redis, KEYS)).clean
     events = [
         json.loads(line)
         for line in (tmp_path / "b.log").read_text().splitlines()

@@ -9,10 +9,9 @@ from redis.asyncio import Redis
 
 from msgq.client import Client
 from msgq.jobs.store import JobStore
-from msgq.keys import SCHED_WHERE, TICKETS_KEY, arq_job_key
 from msgq.settings import Settings
 from schemas import JobStatus, Priority
-from tests.conftest import StartWorker
+from tests.conftest import KEYS, StartWorker
 from worker.dispatch.dispatcher import Dispatcher
 from worker.ratelimit import Limits, RateLimiter
 
@@ -39,18 +38,18 @@ async def test_a_run_is_admitted_in_one_step_until_capacity_runs_out(
     scheduler, not admitted. Fair share is charged for the 30 alone, however many ticks find no
     capacity, so an interactive job that arrives later goes first when capacity returns."""
     custom = settings.model_copy(update={"rate_limits": {"haiku": {"rpm": 30}}})
-    limiter = RateLimiter(redis, {"haiku": Limits(rpm=30)})
+    limiter = RateLimiter(redis, KEYS, {"haiku": Limits(rpm=30)})
     dispatcher = Dispatcher(redis, JobStore.from_settings(redis, custom), custom, limiter)
     ids = [(await client.submit(body(i), priority="bulk")).id for i in range(41)]
     gone = ids.pop(3)
-    await redis.delete(arq_job_key(gone))
+    await redis.delete(KEYS.arq_job_key(gone))
     calls = await _script_calls(redis)
     wait_s = await dispatcher.tick()
     assert 0 < wait_s <= 1.0  # the class waits for capacity
     assert await _script_calls(redis) - calls <= 4
     admitted = await _tickets(redis)
     assert len(admitted) == 30 and admitted < set(ids)
-    waiting = {i.decode() for i in await redis.hkeys(SCHED_WHERE)}  # type: ignore[misc]
+    waiting = {i.decode() for i in await redis.hkeys(KEYS.sched_where)}  # type: ignore[misc]
     assert waiting == set(ids) - admitted
     assert not dispatcher._run.heads  # nothing left collected after the tick
     charged = dispatcher.policy.vtc[("haiku", Priority.BULK)]["_"]
@@ -65,7 +64,7 @@ async def test_a_run_is_admitted_in_one_step_until_capacity_runs_out(
 
 
 async def _tickets(redis: Redis) -> set[str]:
-    return {i.decode() for i in await redis.zrange(TICKETS_KEY, 0, -1)}
+    return {i.decode() for i in await redis.zrange(KEYS.tickets_key, 0, -1)}
 
 
 async def test_an_idle_worker_is_woken_when_a_job_is_made_ready(

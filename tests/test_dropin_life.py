@@ -16,7 +16,7 @@ from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets
 from msgq.tenancy.tenants import TenantConfig
 from schemas import JobRecord, JobStatus
-from tests.conftest import SAMPLES, Sim, StartWorker, eventually
+from tests.conftest import KEYS, SAMPLES, Sim, StartWorker, eventually
 from tests.test_dropin_sdk import ended, sdk, stored
 
 TEXT: dict[str, Any] = json.loads((SAMPLES / "requests" / "text.json").read_text())
@@ -72,7 +72,7 @@ async def test_a_caller_gone_after_the_start_leaves_a_record_billed_once(
     await hang_up(call)
     record = await status_is(store, "gone-late", JobStatus.SUCCEEDED)
     assert record.attempts == 1 and sim.received == 1 and record.cost_usd
-    spent = (await Budgets(redis).usage("tenant-a", TenantConfig()))["spent_today_usd"]
+    spent = (await Budgets(redis, KEYS).usage("tenant-a", TenantConfig()))["spent_today_usd"]
     assert spent == pytest.approx(record.cost_usd)
 
 

@@ -14,7 +14,7 @@ from msgq.jobs.store import JobStore
 from msgq.model_catalog import load_catalog, store_catalog
 from msgq.settings import Settings
 from schemas import JobRecord, JobStatus, Priority
-from tests.conftest import KEY_A, KEY_B, SAMPLES, Sim, StartWorker, eventually
+from tests.conftest import KEY_A, KEY_B, KEYS, SAMPLES, Sim, StartWorker, eventually
 
 TEXT: dict[str, Any] = json.loads((SAMPLES / "requests" / "text.json").read_text())
 
@@ -88,14 +88,14 @@ async def test_count_tokens_and_models_pass_through(
     await start_worker()
 
     async def catalog_stored() -> bool:
-        return await load_catalog(redis) is not None
+        return await load_catalog(redis, KEYS) is not None
 
     await eventually(catalog_stored)
-    catalog = await load_catalog(redis)
+    catalog = await load_catalog(redis, KEYS)
     assert catalog is not None
     # Renamed in the copy only: what the SDK lists must be the copy, not the API.
     models = [{**m, "display_name": f"copy of {m['display_name']}"} for m in catalog.models[:5]]
-    await store_catalog(redis, models, base_url=settings.anthropic_base_url)
+    await store_catalog(redis, KEYS, models, base_url=settings.anthropic_base_url)
     async with sdk(api_server) as client:
         count = await client.messages.count_tokens(model=TEXT["model"], messages=TEXT["messages"])
         assert count.input_tokens > 0 and count._request_id is not None

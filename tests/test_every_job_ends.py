@@ -11,10 +11,9 @@ from redis.asyncio import Redis
 
 from msgq.arq_format import UNREACHABLE_TIMEOUT_S
 from msgq.client import Client
-from msgq.keys import arq_job_key
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import Sim, StartWorker, eventually
+from tests.conftest import KEYS, Sim, StartWorker, eventually
 from tests.test_crash import spawn_worker
 from worker.job.task import ceiling_s
 from worker.main import build_worker
@@ -54,7 +53,7 @@ async def test_saturated_worker_hands_jobs_back_and_all_end(
     records = [await client.wait(i, timeout=60) for i in ids]
     assert {r.status for r in records} == {JobStatus.SUCCEEDED}
     assert all(r.attempts == 1 for r in records)  # a hand-back is not an attempt
-    assert not [i for i in ids if await redis.exists(arq_job_key(i))]
+    assert not [i for i in ids if await redis.exists(KEYS.arq_job_key(i))]
 
 
 async def test_cancel_after_the_worker_died_mid_call_ends_canceled(

@@ -22,7 +22,7 @@ from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets, Reservation
 from msgq.tenancy.tenants import parse_tenants
 from schemas import JobStatus
-from tests.conftest import Sim, eventually, stop_workers, worker_env
+from tests.conftest import KEYS, Sim, eventually, stop_workers, worker_env
 from tests.test_reconcile_audit import spawn
 from worker.dispatch.dispatcher import Dispatcher
 from worker.ratelimit import Limits, RateLimiter
@@ -41,12 +41,12 @@ def tenants_file(tmp_path: Path, text: str) -> Path:
 
 
 async def admitted(redis: Redis, settings: Settings) -> list[str]:
-    return [i.decode() for i in await redis.zrange(settings.queue_name, 0, -1)]
+    return [i.decode() for i in await redis.zrange(settings.keys.queue, 0, -1)]
 
 
 async def dispatcher_for(redis: Redis, settings: Settings, rpm: int) -> Dispatcher:
     await redis.delete("msgq:ratelimit:haiku")
-    limiter = RateLimiter(redis, {"haiku": Limits(rpm=rpm)})
+    limiter = RateLimiter(redis, KEYS, {"haiku": Limits(rpm=rpm)})
     return Dispatcher(redis, JobStore.from_settings(redis, settings), settings, limiter)
 
 
@@ -55,7 +55,7 @@ async def test_interactive_jobs_are_admitted_before_queued_bulk(
 ) -> None:
     bulk = [(await client.submit(BODY, priority="bulk")).id for _ in range(20)]
     interactive = [(await client.submit(BODY, priority="interactive")).id for _ in range(3)]
-    assert await redis.zcard(settings.queue_name) == 0  # waiting in the scheduler
+    assert await redis.zcard(settings.keys.queue) == 0  # waiting in the scheduler
     dispatcher = await dispatcher_for(redis, settings, rpm=5)
     await dispatcher.tick()
     first = await admitted(redis, settings)
@@ -82,7 +82,7 @@ async def test_backlogged_tenants_share_tokens_by_weight(
                 job = await client.submit({**BODY, "max_tokens": size}, tenant=tenant)
                 owner[job.id] = tenant
     await redis.delete("msgq:ratelimit:haiku")
-    limiter = RateLimiter(redis, {"haiku": Limits(otpm=40_000)})
+    limiter = RateLimiter(redis, KEYS, {"haiku": Limits(otpm=40_000)})
     dispatcher = Dispatcher(redis, JobStore.from_settings(redis, custom), custom, limiter)
     for _ in range(10):
         await dispatcher.tick()
@@ -143,7 +143,7 @@ async def test_an_idle_tenant_banks_no_credit(
     for _ in range(30):
         await client.submit(BODY, tenant="a")
     await dispatcher.tick()
-    await redis.delete(settings.queue_name)
+    await redis.delete(settings.keys.queue)
     owner = {}
     for tenant in ("a", "b"):
         for _ in range(40):
@@ -164,14 +164,14 @@ async def test_ten_racers_never_take_a_tenant_past_its_budget(
     racers = [Redis.from_url(settings.redis_url) for _ in range(10)]
     try:
         outcomes = await asyncio.gather(
-            *(Budgets(r).reserve("t", config, 0.15) for r in racers for _ in range(2))
+            *(Budgets(r, KEYS).reserve("t", config, 0.15) for r in racers for _ in range(2))
         )
     finally:
         for r in racers:
             await r.aclose()
     won = [o for o in outcomes if isinstance(o, Reservation)]
     assert len(won) == 6 and outcomes.count("day") == 14
-    usage = await Budgets(redis).usage("t", config)
+    usage = await Budgets(redis, KEYS).usage("t", config)
     assert usage["spent_today_usd"] == 0.9 and usage["remaining_today_usd"] == 0.1
 
 
@@ -205,7 +205,7 @@ async def test_at_the_budget_jobs_wait_or_fail_per_config(
         r.error and r.error.type == "budget_exceeded" for r in ended if r.status is JobStatus.FAILED
     )
     assert all(r.status is JobStatus.QUEUED for r in records if r.waiting_reason == "budget")
-    budgets = Budgets(redis)
+    budgets = Budgets(redis, KEYS)
     for tenant in ("frugal", "patient"):
         config = parse_tenants(text).get(tenant)
         assert (await budgets.usage(tenant, config))["spent_today_usd"] <= 0.0015
@@ -226,7 +226,7 @@ async def test_sigkill_mid_dispatch_loses_nothing_and_runs_nothing_twice(
     ids = [(await client.submit(BODY, priority="bulk")).id for _ in range(150)]
 
     async def dispatching() -> bool:
-        return await redis.zcard(settings.queue_name) > 0 or sim.received > 10
+        return await redis.zcard(settings.keys.queue) > 0 or sim.received > 10
 
     await eventually(dispatching)
     first.send_signal(signal.SIGKILL)
@@ -238,4 +238,4 @@ async def test_sigkill_mid_dispatch_loses_nothing_and_runs_nothing_twice(
         stop_workers(second)
     assert {r.status for r in records} == {JobStatus.SUCCEEDED}
     assert sim.received - len(ids) <= 16  # only calls in flight at the kill can repeat
-    assert (await audit(redis)).clean
+    assert (await audit(redis, KEYS)).clean

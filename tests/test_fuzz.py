@@ -21,10 +21,9 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from msgq.client import Client
-from msgq.keys import arq_job_key
 from msgq.settings import Settings
 from schemas import JobStatus, field_errors, validate_request
-from tests.conftest import StartWorker, eventually
+from tests.conftest import KEYS, StartWorker, eventually
 from tests.images import image_bytes
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
@@ -229,8 +228,8 @@ async def test_raw_jobs_from_hostile_producers_all_end_recorded(
     @given(payloads)
     def enqueue(payload: bytes) -> None:
         job_id = f"fuzz-{next(counter)}"
-        sync.set(arq_job_key(job_id), payload)
-        sync.zadd(settings.queue_name, {job_id: time.time() * 1000})
+        sync.set(KEYS.arq_job_key(job_id), payload)
+        sync.zadd(settings.keys.queue, {job_id: time.time() * 1000})
         ids.append(job_id)
 
     await asyncio.to_thread(enqueue)

@@ -14,20 +14,10 @@ from msgq.batches import Batches
 from msgq.client import Client
 from msgq.jobs.records import ended
 from msgq.jobs.store import JobStore
-from msgq.keys import (
-    EXPIRING_KEY,
-    INDEX_KEY,
-    LANE_ADOPTED,
-    model_jobs_key,
-    record_key,
-    status_jobs_key,
-    tenant_batches_key,
-    tenant_jobs_key,
-)
 from msgq.settings import Settings
 from schemas import JobStatus
 from schemas.batches import BatchCreate
-from tests.conftest import SAMPLES, eventually
+from tests.conftest import KEYS, SAMPLES, eventually
 from worker.lane import adopt as batch_adopt
 from worker.reconciler import Reconciler
 
@@ -58,21 +48,21 @@ async def test_expired_records_leave_every_index_on_the_reconcilers_pass(
     assert await kept.reopen(reopened, lambda spec: json.dumps(spec).encode()) is not None
 
     async def expired() -> bool:
-        return not await redis.exists(*(record_key(i) for i in gone))
+        return not await redis.exists(*(KEYS.record_key(i) for i in gone))
 
     async def all_notes_due() -> bool:  # the re-opened job's note included
-        return await redis.zcount(EXPIRING_KEY, "-inf", int(time.time() * 1000)) == 3
+        return await redis.zcount(KEYS.expiring_key, "-inf", int(time.time() * 1000)) == 3
 
     await eventually(expired)
     await eventually(all_notes_due)
     done = await Reconciler(redis, store, short).run_once()
     assert done.pruned == 2
-    for key in (INDEX_KEY, tenant_jobs_key("acme"), model_jobs_key(model)):
+    for key in (KEYS.index_key, KEYS.tenant_jobs_key("acme"), KEYS.model_jobs_key(model)):
         assert await members(redis, key) == {live, reopened}, key
-    assert await members(redis, status_jobs_key("queued")) == {live, reopened}
-    assert await members(redis, status_jobs_key("succeeded")) == set()
-    assert await members(redis, status_jobs_key("failed")) == set()
-    assert await redis.zcard(EXPIRING_KEY) == 0  # the re-opened job's note dropped too
+    assert await members(redis, KEYS.status_jobs_key("queued")) == {live, reopened}
+    assert await members(redis, KEYS.status_jobs_key("succeeded")) == set()
+    assert await members(redis, KEYS.status_jobs_key("failed")) == set()
+    assert await redis.zcard(KEYS.expiring_key) == 0  # the re-opened job's note dropped too
 
 
 async def test_a_note_due_before_its_record_expires_waits_for_it(
@@ -83,11 +73,11 @@ async def test_a_note_due_before_its_record_expires_waits_for_it(
     store = JobStore.from_settings(redis, settings)  # 7 days
     job_id = (await client.submit(BODY)).id
     await store.update(job_id, lambda r: ended(r, JobStatus.SUCCEEDED))
-    (note,) = await redis.zrange(EXPIRING_KEY, 0, -1)
-    await redis.zadd(EXPIRING_KEY, {note: 1})  # due long ago, as a fast clock would have it
+    (note,) = await redis.zrange(KEYS.expiring_key, 0, -1)
+    await redis.zadd(KEYS.expiring_key, {note: 1})  # due long ago, as a fast clock would have it
     done = await Reconciler(redis, store, settings).run_once()
-    assert done.pruned == 0 and await members(redis, INDEX_KEY) == {job_id}
-    score = await redis.zscore(EXPIRING_KEY, note)
+    assert done.pruned == 0 and await members(redis, KEYS.index_key) == {job_id}
+    score = await redis.zscore(KEYS.expiring_key, note)
     assert score is not None and score > time.time() * 1000 + 6 * DAY_MS
 
 
@@ -97,12 +87,12 @@ async def test_lane_claims_and_a_tenants_batch_index_are_trimmed_on_write(
     """`msgq:lane:adopted` was trimmed only while resolving an unanswered create, the tenant's
     batch index never: each now drops what has outlived its use on every write."""
     now_ms = int(time.time() * 1000)
-    await redis.zadd(LANE_ADOPTED, {"msgbatch_old": now_ms - 40 * DAY_MS})
+    await redis.zadd(KEYS.lane_adopted, {"msgbatch_old": now_ms - 40 * DAY_MS})
     created = {"id": "msgbatch_new", "created_at": datetime.now(UTC).isoformat()}
-    await batch_adopt.claim(redis, created)
-    assert await members(redis, LANE_ADOPTED) == {"msgbatch_new"}
+    await batch_adopt.claim(redis, KEYS, created)
+    assert await members(redis, KEYS.lane_adopted) == {"msgbatch_new"}
 
-    index = tenant_batches_key("acme")
+    index = KEYS.tenant_batches_key("acme")
     await redis.zadd(index, {"msgbatch_expired": now_ms - 31 * DAY_MS})  # keys gone at 30 days
     await redis.zadd(index, {"msgbatch_kept": now_ms - 20 * DAY_MS})
     body = BatchCreate.model_validate({"requests": [{"custom_id": "a", "params": BODY}]})

@@ -15,10 +15,9 @@ from redis.asyncio import Redis
 from msgq.client import Client
 from msgq.errors import InvalidJobError
 from msgq.jobs.store import JobStore
-from msgq.keys import arq_job_key
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import Sim, StartWorker, eventually
+from tests.conftest import KEYS, Sim, StartWorker, eventually
 from worker import transitions
 
 BODY = {
@@ -55,7 +54,7 @@ async def test_job_enqueued_with_plain_redis_commands_succeeds(
         "arq:job:raw-1",
         raw_payload({"request": BODY, "metadata": {"from": "bash"}}),
     )
-    valkey_cli(settings.redis_url, "ZADD", settings.queue_name, now_ms, "raw-1")
+    valkey_cli(settings.redis_url, "ZADD", settings.keys.queue, now_ms, "raw-1")
     await start_worker()
     await eventually(lambda: _exists(store, "raw-1"))
     record = await client.wait("raw-1", timeout=20)
@@ -81,8 +80,8 @@ async def test_invalid_raw_job_fails_validation_without_calling_api(
         "max_tokens": -5,
         "messages": [{"role": "user", "content": [{"type": "txt"}]}],
     }
-    await redis.set(arq_job_key("raw-bad"), raw_payload({"request": bad}))
-    await redis.zadd(settings.queue_name, {"raw-bad": time.time() * 1000})
+    await redis.set(KEYS.arq_job_key("raw-bad"), raw_payload({"request": bad}))
+    await redis.zadd(settings.keys.queue, {"raw-bad": time.time() * 1000})
     await start_worker()
     await eventually(lambda: _exists(store, "raw-bad"))
     record = await client.wait("raw-bad", timeout=20)
@@ -134,8 +133,8 @@ async def test_hostile_payloads_end_as_failed_records(
     start_worker: StartWorker,
 ) -> None:
     """Garbage, pickle and foreign payloads are refused, recorded `failed`, never executed."""
-    await redis.set(arq_job_key("hostile"), payload)
-    await redis.zadd(settings.queue_name, {"hostile": time.time() * 1000})
+    await redis.set(KEYS.arq_job_key("hostile"), payload)
+    await redis.zadd(settings.keys.queue, {"hostile": time.time() * 1000})
     await start_worker()
     await eventually(lambda: _exists(store, "hostile"))
     record = await client.wait("hostile", timeout=20)
@@ -177,7 +176,7 @@ async def test_submit_refuses_bad_requests_and_ids(
         )
     with pytest.raises(InvalidJobError, match="job id"):
         await client.submit(BODY, job_id="../etc/passwd")
-    assert await redis.zcard(settings.queue_name) == 0
+    assert await redis.zcard(settings.keys.queue) == 0
     assert await redis.dbsize() == 0
 
 
@@ -195,7 +194,7 @@ async def test_cancel_queued_job_is_never_sent(
     job = await client.submit(BODY)
     record = await client.cancel(job.id)
     assert record.status is JobStatus.CANCELED and record.finished_at is not None
-    assert await redis.zcard(settings.queue_name) == 0
+    assert await redis.zcard(settings.keys.queue) == 0
     marker = await client.submit(BODY)
     await start_worker()
     await client.wait(marker.id, timeout=20)
@@ -248,7 +247,7 @@ async def test_queued_job_has_no_arq_expiry(
 ) -> None:
     """A waiting job never silently expires: arq's one-day job expiry does not apply."""
     job = await client.submit(BODY)
-    assert await redis.ttl(arq_job_key(job.id)) == -1
+    assert await redis.ttl(KEYS.arq_job_key(job.id)) == -1
     assert await redis.ttl(f"msgq:job:{job.id}") == -1
 
 

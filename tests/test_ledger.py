@@ -14,13 +14,12 @@ from redis.asyncio import Redis
 from msgq.audit import audit
 from msgq.client import Client
 from msgq.dev.stack import msgq_command
-from msgq.keys import LEDGER_OPEN
 from msgq.ledger import budget_mismatches
 from msgq.settings import Settings
-from msgq.tenancy.budgets import MICRO, Budgets, periods, spend_key
+from msgq.tenancy.budgets import MICRO, Budgets, periods
 from msgq.tenancy.tenants import parse_tenants
 from schemas import JobStatus
-from tests.conftest import Sim, StartWorker, eventually, stop_workers, worker_env
+from tests.conftest import KEYS, Sim, StartWorker, eventually, stop_workers, worker_env
 from tests.test_fair_share import tenants_file
 
 BIG = {  # a large reservation (all of max_tokens at sonnet's output price): a leak shows
@@ -32,14 +31,14 @@ PAYER = "[tenants.payer]\nbudget_usd_day = 5.0\n"
 
 
 async def spent_micro_usd(redis: Redis, tenant: str) -> int:
-    return int(await redis.get(spend_key(tenant, periods()[0])) or 0)
+    return int(await redis.get(KEYS.spend_key(tenant, periods()[0])) or 0)
 
 
 async def settled_cleanly(redis: Redis) -> None:
     """No ledger left open, and every spend counter is cost plus open reservations."""
-    assert await redis.zcard(LEDGER_OPEN) == 0
-    assert await budget_mismatches(redis, periods()[0]) == []
-    assert (await audit(redis)).clean
+    assert await redis.zcard(KEYS.ledger_open) == 0
+    assert await budget_mismatches(redis, KEYS, periods()[0]) == []
+    assert (await audit(redis, KEYS)).clean
 
 
 def spawn(settings: Settings, log: Path, **env: str) -> subprocess.Popen[bytes]:
@@ -145,12 +144,12 @@ async def test_audit_finds_a_spend_counter_its_ledger_does_not_explain(
 ) -> None:
     """The check can fail: money counted as reserved that no ledger, ticket or lane holds."""
     config = parse_tenants(PAYER).get("payer")
-    reservation = await Budgets(redis).reserve("payer", config, 0.25)  # held by nobody
+    reservation = await Budgets(redis, KEYS).reserve("payer", config, 0.25)  # held by nobody
     assert not isinstance(reservation, str)
-    report = await audit(redis)
+    report = await audit(redis, KEYS)
     assert "budget spend counter differs from its ledger" in report.as_dict()["violations"]
-    await Budgets(redis).reserve("payer", config, 0.25, hold="job-x")  # held by a ledger
-    assert await redis.zcard(LEDGER_OPEN) == 1
-    assert await budget_mismatches(redis, periods()[0]) == [
+    await Budgets(redis, KEYS).reserve("payer", config, 0.25, hold="job-x")  # held by a ledger
+    assert await redis.zcard(KEYS.ledger_open) == 1
+    assert await budget_mismatches(redis, KEYS, periods()[0]) == [
         ("payer", 500_000, 250_000)  # the held one is explained, the first is not
     ]

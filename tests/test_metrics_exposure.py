@@ -17,10 +17,9 @@ from redis.asyncio import Redis
 from msgq.client import Client
 from msgq.dev.embedded_redis import free_port
 from msgq.dev.stack import msgq_command
-from msgq.keys import PAUSE_KEY
 from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets
-from tests.conftest import eventually, stop_workers, worker_env
+from tests.conftest import KEYS, eventually, stop_workers, worker_env
 from tests.test_crash import BODY
 
 FLEET = ("msgq_queue_depth", "msgq_fleet_paused", "msgq_scheduled_jobs")
@@ -45,7 +44,7 @@ async def spending(api_settings: Settings, redis: Redis, tmp_path: Path) -> Sett
     """A tenant with a budget and spend today, named so it is easy to look for."""
     tenants = tmp_path / "tenants.toml"
     tenants.write_text("[tenants.secretive-co]\nbudget_usd_day = 50.0\n")
-    await Budgets(redis).record("secretive-co", 1.25, "claude-haiku-4-5")
+    await Budgets(redis, KEYS).record("secretive-co", 1.25, "claude-haiku-4-5")
     return api_settings.model_copy(update={"tenants_file": tenants})
 
 
@@ -54,7 +53,7 @@ async def test_tenant_series_are_opt_in(spending: Settings, redis: Redis, client
     totals (read from Redis now: a job waiting for admission, a pause) do; with it, the
     tenant's series do."""
     await client.submit(BODY)
-    await redis.set(PAUSE_KEY, "spend limit")
+    await redis.set(KEYS.pause_key, "spend limit")
     closed = await scrape(spending)
     assert "secretive-co" not in closed
     assert not any(family in closed for family in TENANT_FAMILIES)

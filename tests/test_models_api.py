@@ -19,7 +19,7 @@ from msgq.client import Client
 from msgq.errors import InvalidJobError, RejectedError
 from msgq.model_catalog import load_catalog
 from msgq.settings import Settings
-from tests.conftest import SAMPLES, Sim, StartWorker, eventually
+from tests.conftest import KEYS, SAMPLES, Sim, StartWorker, eventually
 from worker.upstream import models as models_refresh
 
 TEXT = json.loads((SAMPLES / "requests" / "text.json").read_text())
@@ -38,7 +38,7 @@ async def catalog_ready(redis: Redis, start_worker: StartWorker, sim: Sim) -> li
     await start_worker()
 
     async def stored() -> bool:
-        return await load_catalog(redis) is not None
+        return await load_catalog(redis, KEYS) is not None
 
     await eventually(stored)
     return listed
@@ -50,7 +50,7 @@ async def test_workers_store_every_page_of_models(
     """At start a worker reads GET /v1/models page by page into Redis: every model, in order."""
     monkeypatch.setattr(models_refresh, "PAGE_LIMIT", 5)
     listed = await catalog_ready(redis, start_worker, sim)
-    catalog = await load_catalog(redis)
+    catalog = await load_catalog(redis, KEYS)
     assert catalog is not None and len(listed) > 10
     assert [m["id"] for m in catalog.models] == listed
     haiku = catalog.limits()["claude-haiku-4-5"]  # the undated alias finds the snapshot

@@ -12,10 +12,9 @@ from redis.asyncio import Redis
 
 from msgq.client import Client
 from msgq.dev.stack import simulator_on_free_port
-from msgq.keys import PAUSE_KEY
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import Sim, StartWorker, eventually
+from tests.conftest import KEYS, Sim, StartWorker, eventually
 from worker.job.concurrency import AdaptiveConcurrency
 from worker.ratelimit import Limits, RateLimiter
 
@@ -49,7 +48,7 @@ def test_lua_limiter_never_over_admits_across_processes(redis_url: str) -> None:
 async def test_cooldown_from_one_worker_holds_back_another(redis_url: str) -> None:
     """A 429 cool-down set through one connection blocks acquisitions on another."""
     async with Redis.from_url(redis_url) as one, Redis.from_url(redis_url) as two:
-        a, b = RateLimiter(one, {}), RateLimiter(two, {})
+        a, b = RateLimiter(one, KEYS, {}), RateLimiter(two, KEYS, {})
         assert (
             await b.acquire("claude-haiku-4-5", input_tokens=1, output_tokens=1, now_ms=now_ms())
         ).admitted
@@ -65,7 +64,7 @@ async def test_cooldown_from_one_worker_holds_back_another(redis_url: str) -> No
 async def test_limits_learned_and_corrected_from_headers(redis_url: str) -> None:
     """No (or wrong) configured limits: response headers set capacity and remaining."""
     async with Redis.from_url(redis_url) as redis:
-        limiter = RateLimiter(redis, {"haiku": Limits(rpm=100_000)})
+        limiter = RateLimiter(redis, KEYS, {"haiku": Limits(rpm=100_000)})
         model = "claude-haiku-4-5"
         assert (
             await limiter.acquire(model, input_tokens=1, output_tokens=1, now_ms=now_ms())
@@ -143,7 +142,7 @@ async def test_spend_limit_pauses_the_fleet_until_resumed(
     first = await client.submit(BODY)
 
     async def paused() -> bool:
-        return await RateLimiter(redis, {}).paused() is not None
+        return await RateLimiter(redis, KEYS, {}).paused() is not None
 
     await eventually(paused)
     second = await client.submit(BODY)
@@ -157,7 +156,7 @@ async def test_spend_limit_pauses_the_fleet_until_resumed(
     assert record.error is not None and record.error.type == "spend_limit"
     assert sim.received == 1
     assert (await client.get(second.id)).status is JobStatus.QUEUED
-    await RateLimiter(redis, {}).resume()
+    await RateLimiter(redis, KEYS, {}).resume()
     for job in (first, second):
         assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
     assert sim.received == 3
@@ -183,14 +182,14 @@ async def test_spend_pause_until_resume_has_a_working_spelling(
     job = await client.submit(BODY)
 
     async def paused() -> bool:
-        return await RateLimiter(redis, {}).paused() is not None
+        return await RateLimiter(redis, KEYS, {}).paused() is not None
 
     await eventually(paused)
-    assert await redis.ttl(PAUSE_KEY) == -1  # no expiry: only an operator lifts it
+    assert await redis.ttl(KEYS.pause_key) == -1  # no expiry: only an operator lifts it
     record = await client.get(job.id)
     assert record.status is JobStatus.QUEUED and record.attempts == 0
     assert sim.received == 1
-    await RateLimiter(redis, {}).resume()
+    await RateLimiter(redis, KEYS, {}).resume()
     assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
 
 
@@ -228,7 +227,7 @@ async def test_configured_limit_is_a_cap_learned_limits_only_lower_it_and_age_ou
     """Two fleets on one org: a configured 10 RPM share survives headers saying 1,000; a
     learned 5 lowers it while fresh; once the headers stop coming, the 10 holds again."""
     await redis.flushall()
-    limiter = RateLimiter(redis, {"haiku": Limits(rpm=10)}, learned_ttl_s=60)
+    limiter = RateLimiter(redis, KEYS, {"haiku": Limits(rpm=10)}, learned_ttl_s=60)
     model = "claude-haiku-4-5"
     t0 = now_ms()
 
@@ -254,7 +253,7 @@ async def test_large_request_holds_a_reservation_and_is_not_starved(redis: Redis
     """A request needing the whole OTPM bucket, behind a stream of small ones, is served within
     two refill periods (simulated clock); without the hold it would wait forever."""
     await redis.flushall()
-    limiter = RateLimiter(redis, {"haiku": Limits(otpm=1000)})
+    limiter = RateLimiter(redis, KEYS, {"haiku": Limits(otpm=1000)})
     model, start = "claude-haiku-4-5", now_ms()
     served_at = None
     small = 0

@@ -10,10 +10,9 @@ import httpx
 from redis.asyncio import Redis
 
 from msgq.client import Client
-from msgq.keys import arq_job_key
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import Sim, StartWorker, eventually
+from tests.conftest import KEYS, Sim, StartWorker, eventually
 
 BODY = {
     "model": "claude-haiku-4-5",
@@ -32,8 +31,8 @@ async def test_a_raw_job_naming_a_tenant_is_stored_as_that_tenants_job(
 ) -> None:
     payload = {"t": 1, "f": "run_message", "a": [], "et": int(time.time() * 1000)}
     payload["k"] = {"request": BODY, "tenant": "tenant-a"}
-    await redis.set(arq_job_key("order-44"), json.dumps(payload))
-    await redis.zadd(settings.queue_name, {"order-44": int(time.time() * 1000)})
+    await redis.set(KEYS.arq_job_key("order-44"), json.dumps(payload))
+    await redis.zadd(settings.keys.queue, {"order-44": int(time.time() * 1000)})
     await start_worker()
 
     async def recorded() -> bool:  # a raw job's record is written when a worker takes it

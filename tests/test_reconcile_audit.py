@@ -20,17 +20,9 @@ from msgq.client import Client
 from msgq.dev.embedded_redis import free_port
 from msgq.dev.stack import msgq_command, wait_http
 from msgq.jobs.store import JobStore
-from msgq.keys import (
-    BATCHES_KEY,
-    SCHED_BACKLOG,
-    SCHED_WHERE,
-    arq_job_key,
-    batch_key,
-    record_key,
-)
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import KEY_A, SAMPLES, Sim, StartWorker, eventually, stop_process
+from tests.conftest import KEY_A, KEYS, SAMPLES, Sim, StartWorker, eventually, stop_process
 from worker.reconciler import Reconciler
 
 BODY = json.loads((SAMPLES / "requests" / "text.json").read_text())
@@ -55,7 +47,7 @@ async def test_lost_payload_is_found_by_audit_and_ended_truthfully(
     under its lock) ends it `failed`/`lost`; audit is clean again."""
     await redis.flushall()
     job = await client.submit(BODY)
-    await redis.delete(arq_job_key(job.id))  # what a lost write or an operator's DEL does
+    await redis.delete(KEYS.arq_job_key(job.id))  # what a lost write or an operator's DEL does
     found = cli(settings, "audit")
     assert found.returncode == 1 and job.id in found.stdout, found.stdout + found.stderr
     reconciler = Reconciler(redis, store, settings)
@@ -66,7 +58,7 @@ async def test_lost_payload_is_found_by_audit_and_ended_truthfully(
     assert second.lost == [job.id]
     record = await client.get(job.id)
     assert record.status is JobStatus.FAILED and record.error and record.error.type == "lost"
-    assert (await audit(redis)).clean
+    assert (await audit(redis, KEYS)).clean
     assert cli(settings, "audit").returncode == 0
 
 
@@ -86,7 +78,7 @@ async def test_payload_missing_from_the_queue_is_requeued_and_runs(
     fifo = settings.model_copy(update={"scheduler": False})  # straight into arq's queue
     async with Client(Redis.from_url(settings.redis_url), fifo) as plain:
         job = await plain.submit(BODY)
-    await redis.zrem(settings.queue_name, job.id)  # the payload is there, the queue entry not
+    await redis.zrem(settings.keys.queue, job.id)  # the payload is there, the queue entry not
     reconciler = Reconciler(redis, store, settings)
     await reconciler.run_once()
     assert (await reconciler.run_once()).requeued == [job.id]
@@ -102,15 +94,15 @@ async def test_a_waiting_job_in_an_unlisted_scheduler_queue_is_found_and_listed_
     names it; one reconciler pass lists the queue again, and audit is clean."""
     await redis.flushall()
     job = await client.submit(BODY)
-    queue = await redis.hget(SCHED_WHERE, job.id)  # type: ignore[misc]
+    queue = await redis.hget(KEYS.sched_where, job.id)  # type: ignore[misc]
     assert queue is not None  # waiting in the scheduler
-    await redis.srem(SCHED_BACKLOG, queue)  # type: ignore[misc]
-    found = (await audit(redis)).findings
+    await redis.srem(KEYS.sched_backlog, queue)  # type: ignore[misc]
+    found = (await audit(redis, KEYS)).findings
     assert found["waiting in a scheduler queue no dispatcher reads"].examples == [job.id]
     done = await Reconciler(redis, store, settings).run_once()
     assert done.relisted == [job.id]
-    assert await redis.sismember(SCHED_BACKLOG, queue)  # type: ignore[misc]
-    assert (await audit(redis)).clean
+    assert await redis.sismember(KEYS.sched_backlog, queue)  # type: ignore[misc]
+    assert (await audit(redis, KEYS)).clean
     assert (await Reconciler(redis, store, settings).run_once()).relisted == []
 
 
@@ -128,15 +120,15 @@ async def test_batch_past_expiry_ends_with_the_rest_expired_and_keys_have_ttls(
     requests = [{"custom_id": f"r{i}", "params": BODY} for i in range(3)]
     created = (await api.post("/v1/messages/batches", json={"requests": requests})).json()
     batch_id = created["id"]
-    raw = await redis.get(batch_key(batch_id))
+    raw = await redis.get(KEYS.batch_key(batch_id))
     meta = BatchMeta.model_validate_json(raw or b"")
     past = datetime.now(UTC) - timedelta(seconds=1)
     await redis.set(
-        batch_key(batch_id),
+        KEYS.batch_key(batch_id),
         meta.model_copy(update={"expires_at": past}).model_dump_json(),
         keepttl=True,
     )
-    await redis.zadd(BATCHES_KEY, {batch_id: int(past.timestamp() * 1000)})
+    await redis.zadd(KEYS.batches_key, {batch_id: int(past.timestamp() * 1000)})
     done = await Reconciler(redis, store, settings).run_once()
     assert done.expired_batches == [batch_id] and done.expired_jobs == 3
     view = (await api.get(f"/v1/messages/batches/{batch_id}")).json()
@@ -144,9 +136,9 @@ async def test_batch_past_expiry_ends_with_the_rest_expired_and_keys_have_ttls(
     assert view["request_counts"]["expired"] == 3
     lines = (await api.get(f"/v1/messages/batches/{batch_id}/results")).text.splitlines()
     assert [json.loads(line)["result"]["type"] for line in lines] == ["expired"] * 3
-    ttl = await redis.ttl(record_key(f"tenant-a:{batch_id}:r0"))
+    ttl = await redis.ttl(KEYS.record_key(f"tenant-a:{batch_id}:r0"))
     assert ttl > settings.retention_s  # the batch's retention, not a single job's
-    assert (await audit(redis)).clean
+    assert (await audit(redis, KEYS)).clean
     assert sim.received == 0
 
 
@@ -208,7 +200,7 @@ async def test_batch_creation_is_all_or_nothing_under_sigkill(
     assert (len(metas), len(jobs)) == (0, 0)
     assert await redis.dbsize() == before
     assert 0 < seen[0] < 20_000 * 4  # inside the write: each job takes more commands than 4
-    assert (await audit(redis)).clean
+    assert (await audit(redis, KEYS)).clean
 
 
 async def test_chunked_body_over_the_limit_is_413_in_the_api_shape(

@@ -25,10 +25,17 @@ from msgq.audit import audit
 from msgq.client import Client
 from msgq.dev.embedded_redis import EmbeddedRedis, free_port
 from msgq.dev.stack import msgq_command, wait_http
-from msgq.keys import DONE_CHANNEL, record_key
 from msgq.settings import Settings
 from schemas import JobRecord, JobStatus
-from tests.conftest import Sim, StartWorker, eventually, stop_process, stop_workers, worker_env
+from tests.conftest import (
+    KEYS,
+    Sim,
+    StartWorker,
+    eventually,
+    stop_process,
+    stop_workers,
+    worker_env,
+)
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
 BODY = {
@@ -76,7 +83,7 @@ async def statuses(redis: Redis, ids: list[str]) -> Counter[str]:
 async def _count_endings(redis: Redis, endings: Counter[str]) -> asyncio.Task[None]:
     """Count each job ID published on the done channel (once per terminal write)."""
     pubsub = redis.pubsub()
-    await pubsub.subscribe(DONE_CHANNEL)
+    await pubsub.subscribe(KEYS.done_channel)
 
     async def listen() -> None:
         try:
@@ -149,12 +156,12 @@ async def test_worker_sigkills_lose_nothing(
         received = (await http.get(f"{slow_simulator}/_sim/stats")).json()["received"]
     records = [
         JobRecord.model_validate_json(r)
-        for r in await redis.mget([record_key(i) for i in ids])
+        for r in await redis.mget([KEYS.record_key(i) for i in ids])
         if r
     ]
     assert len(records) == n
     assert all(r.status is JobStatus.SUCCEEDED and r.result and r.finished_at for r in records)
-    assert (await audit(redis)).clean
+    assert (await audit(redis, KEYS)).clean
     assert set(endings) == set(ids) and max(endings.values()) == 1  # each written once
     duplicates = received - n
     assert 0 <= duplicates <= kills * custom.max_jobs  # at most what was in flight per kill
@@ -195,7 +202,7 @@ async def test_redis_restart_loses_no_acknowledged_job(
                 return (await statuses(redis, ids))["succeeded"] == n
 
             await eventually(all_done, timeout_s=120)
-            assert (await audit(redis)).clean
+            assert (await audit(redis, KEYS)).clean
         assert all(w.poll() is None for w in workers)  # they rode it out
     finally:
         codes = stop_workers(*workers)

@@ -15,10 +15,9 @@ from msgq.http.app import create_app
 from msgq.jobs.records import ended
 from msgq.jobs.retry_policy import retry_verdict
 from msgq.jobs.store import JobStore
-from msgq.keys import spec_key
 from msgq.settings import Settings
 from schemas import JobError, JobStatus
-from tests.conftest import KEY_A, Sim, StartWorker
+from tests.conftest import KEY_A, KEYS, Sim, StartWorker
 from tests.test_cli import amsgq
 from tests.test_fair_share import tenants_file
 from tests.test_ui import sign_in
@@ -57,7 +56,7 @@ async def test_a_budget_failure_keeps_its_request_and_a_retry_runs_it(
     text = '[tenants.acme]\nbudget_usd_day = 0.0001\non_budget = "fail"\n'
     custom = settings.model_copy(update={"tenants_file": tenants_file(tight, text)})
     store = JobStore.from_settings(redis, custom)
-    dispatcher = Dispatcher(redis, store, custom, RateLimiter(redis, {}))
+    dispatcher = Dispatcher(redis, store, custom, RateLimiter(redis, KEYS, {}))
     async with Client(Redis.from_url(settings.redis_url), custom) as producer:
         job = await producer.submit(BODY, tenant="acme")
         await dispatcher.tick()
@@ -68,7 +67,7 @@ async def test_a_budget_failure_keeps_its_request_and_a_retry_runs_it(
             "reserves $" in failed.error.message
             and "left of its day budget" in failed.error.message
         )
-        assert await redis.exists(spec_key(job.id))
+        assert await redis.exists(KEYS.spec_key(job.id))
         assert retry_verdict(failed).allowed
     roomy = settings.model_copy(
         update={"tenants_file": tenants_file(tmp_path, text.replace("0.0001", "100.0"))}
@@ -116,7 +115,7 @@ async def test_an_expired_job_can_be_retried_without_its_deadline(
     """A job that expired waiting keeps its request; a retry requeues it with no deadline."""
     job = await client.submit(BODY, job_id="late-1")
     assert await store.expire_job(job.id)
-    assert await redis.exists(spec_key(job.id))
+    assert await redis.exists(KEYS.spec_key(job.id))
     fresh, why_not = await client.retry_explained(job.id)
     assert why_not == "" and fresh is not None
     assert (fresh.status, fresh.deadline) == (JobStatus.QUEUED, None)

@@ -15,10 +15,9 @@ from redis.asyncio import Redis
 from msgq.client import Client
 from msgq.dev.embedded_redis import EmbeddedRedis
 from msgq.jobs.store import JobStore
-from msgq.keys import arq_job_key
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import TEST_API_KEY, Sim, StartWorker, eventually
+from tests.conftest import KEYS, TEST_API_KEY, Sim, StartWorker, eventually
 
 BODY = {
     "model": "claude-haiku-4-5",
@@ -48,8 +47,8 @@ async def test_pickled_payload_is_refused_not_executed(
 ) -> None:
     """A pickle that would run a command is stored as a failed job; the command never runs."""
     marker = tmp_path / "pwned"
-    await redis.set(arq_job_key("evil"), pickle.dumps(Exploit(marker)))
-    await redis.zadd(settings.queue_name, {"evil": time.time() * 1000})
+    await redis.set(KEYS.arq_job_key("evil"), pickle.dumps(Exploit(marker)))
+    await redis.zadd(settings.keys.queue, {"evil": time.time() * 1000})
     await start_worker()
 
     async def recorded() -> bool:

@@ -33,10 +33,9 @@ from msgq.dev.embedded_redis import EmbeddedRedis
 from msgq.dev.sentinel_cluster import SentinelCluster
 from msgq.dev.stack import msgq_command
 from msgq.errors import NotReplicatedError
-from msgq.keys import record_key
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import Sim, StartWorker, eventually, stop_workers, worker_env
+from tests.conftest import KEYS, Sim, StartWorker, eventually, stop_workers, worker_env
 from worker.services import SERVICES
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
@@ -103,7 +102,7 @@ async def test_every_entry_point_works_through_sentinel(
 
     pool = await create_pool(redis_settings(ha_settings.redis_url))
     try:
-        assert await pool.get(record_key(job.id)) is not None  # arq's Sentinel settings work
+        assert await pool.get(KEYS.record_key(job.id)) is not None  # arq's Sentinel settings work
     finally:
         await pool.aclose()
 
@@ -162,7 +161,7 @@ async def test_submit_waits_for_a_replica(
                 await client.submit(BODY, job_id="frozen")
             assert 0.3 <= time.monotonic() - started < 5
             assert (raised.value.replicas, raised.value.wanted) == (0, 1)
-            assert await ha_redis.exists(record_key("frozen"))  # stored on the primary
+            assert await ha_redis.exists(KEYS.record_key("frozen"))  # stored on the primary
             answer = await _post_job(durable, "frozen-http")
             assert answer.status_code == 503
             assert "same job ID is safe" in answer.json()["error"]["message"]
@@ -235,7 +234,7 @@ async def test_the_loss_window_without_min_replicas(
         await replica.config_set("masterauth", PASSWORD)
         await asyncio.to_thread(cluster.wait_for_primary, other_than=old_port)
         ids = [replicated.id, "refused", "acknowledged"]
-        assert [await redis.exists(record_key(i)) for i in ids] == [1, 0, 0]
+        assert [await redis.exists(KEYS.record_key(i)) for i in ids] == [1, 0, 0]
 
 
 @pytest.fixture
@@ -296,7 +295,7 @@ class Producer:
 
 
 async def _statuses(redis: Redis, ids: list[str]) -> Counter[str]:
-    raws = await redis.mget([record_key(i) for i in ids])
+    raws = await redis.mget([KEYS.record_key(i) for i in ids])
     return Counter(json.loads(r)["status"] if r else "missing" for r in raws)
 
 
@@ -309,10 +308,10 @@ def _spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
 async def _show_stuck(redis: Redis, ids: list[str] | None = None) -> None:
     """Print what a job that never ended holds in Redis, for the failure report."""
     if ids is None:
-        prefix = record_key("")
+        prefix = KEYS.record_key("")
         ids = [k.decode()[len(prefix) :] async for k in redis.scan_iter(match=prefix + "*")]
     for job_id in ids:
-        raw = await redis.get(record_key(job_id))
+        raw = await redis.get(KEYS.record_key(job_id))
         if raw is not None and json.loads(raw)["status"] not in ("succeeded", "missing"):
             keys = sorted(k.decode() for k in await redis.keys(f"*{job_id}*"))
             print(f"stuck {job_id}: {raw.decode()[:300]} keys={keys}")
@@ -387,7 +386,7 @@ async def test_primary_sigkill_mid_run(
                 await _show_stuck(redis, ids)
                 raise
             final = await _statuses(redis, ids)
-            report = await audit(redis)
+            report = await audit(redis, KEYS)
         assert all(w.poll() is None for w in workers)  # they rode it out
     finally:
         codes = await asyncio.to_thread(stop_workers, *workers)

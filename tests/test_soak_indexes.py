@@ -19,18 +19,9 @@ from redis.asyncio import Redis
 from msgq.client import Client
 from msgq.dev.stack import msgq_command
 from msgq.jobs.store import JobStore
-from msgq.keys import (
-    ACTIVE_KEY,
-    EXPIRING_KEY,
-    INDEX_KEY,
-    model_jobs_key,
-    record_key,
-    status_jobs_key,
-    tenant_jobs_key,
-)
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import SAMPLES, Sim, eventually, stop_workers, worker_env
+from tests.conftest import KEYS, SAMPLES, Sim, eventually, stop_workers, worker_env
 from worker.reconciler import Reconciler
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
@@ -44,9 +35,16 @@ BACKLOG = 2_000  # the producer waits while this many jobs are not yet ended
 
 
 def indexes() -> list[str]:
-    tenants = [tenant_jobs_key(t) for t in TENANTS if t]
-    statuses = [status_jobs_key(s.value) for s in JobStatus]
-    return [INDEX_KEY, ACTIVE_KEY, EXPIRING_KEY, *tenants, *statuses, *map(model_jobs_key, MODELS)]
+    tenants = [KEYS.tenant_jobs_key(t) for t in TENANTS if t]
+    statuses = [KEYS.status_jobs_key(s.value) for s in JobStatus]
+    return [
+        KEYS.index_key,
+        KEYS.active_key,
+        KEYS.expiring_key,
+        *tenants,
+        *statuses,
+        *map(KEYS.model_jobs_key, MODELS),
+    ]
 
 
 async def census(redis: Redis) -> dict[str, tuple[int, int]]:
@@ -54,12 +52,12 @@ async def census(redis: Redis) -> dict[str, tuple[int, int]]:
     found: dict[str, tuple[int, int]] = {}
     for key in indexes():
         members = await redis.zrange(key, 0, -1)
-        ids = [orjson.loads(m)[0] if key == EXPIRING_KEY else m.decode() for m in members]
+        ids = [orjson.loads(m)[0] if key == KEYS.expiring_key else m.decode() for m in members]
         live = 0
         for start in range(0, len(ids), 5000):
             async with redis.pipeline(transaction=False) as pipe:
                 for job_id in ids[start : start + 5000]:
-                    pipe.exists(record_key(job_id))
+                    pipe.exists(KEYS.record_key(job_id))
                 live += sum(await pipe.execute())
         found[key] = (len(ids), live)
     return found
@@ -69,10 +67,10 @@ async def prune_perfectly(redis: Redis) -> None:
     """Every entry whose record is gone, removed: what the live records need, and no more."""
     for key in indexes():
         members = await redis.zrange(key, 0, -1)
-        ids = [orjson.loads(m)[0] if key == EXPIRING_KEY else m.decode() for m in members]
+        ids = [orjson.loads(m)[0] if key == KEYS.expiring_key else m.decode() for m in members]
         async with redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.exists(record_key(job_id))
+                pipe.exists(KEYS.record_key(job_id))
             present = await pipe.execute()
         stale = [m for m, here in zip(members, present, strict=True) if not here]
         for start in range(0, len(stale), 5000):
@@ -114,7 +112,7 @@ async def test_indexes_and_memory_stay_with_the_live_records(
     try:
 
         async def room() -> bool:
-            return await redis.zcard(ACTIVE_KEY) < BACKLOG
+            return await redis.zcard(KEYS.active_key) < BACKLOG
 
         for start in range(0, JOBS, CHUNK):
             await eventually(room, timeout_s=120)
@@ -128,11 +126,11 @@ async def test_indexes_and_memory_stay_with_the_live_records(
             )
             await asyncio.gather(*(client.cancel(j.id) for j in jobs[::50]))
             if CHAOS and (start + CHUNK) % 10_000 == 0:
-                held, took = await redis.zcard(INDEX_KEY), time.monotonic() - started
+                held, took = await redis.zcard(KEYS.index_key), time.monotonic() - started
                 print(f"{start + CHUNK} submitted, {took:.0f} s, {held} indexed")
 
         async def drained() -> bool:
-            return await redis.zcard(ACTIVE_KEY) == 0
+            return await redis.zcard(KEYS.active_key) == 0
 
         await eventually(drained, timeout_s=120)
         elapsed = time.monotonic() - started
@@ -154,7 +152,7 @@ async def test_indexes_and_memory_stay_with_the_live_records(
     memory_pass = await used_memory(redis)
     await prune_perfectly(redis)
     memory_needed = await used_memory(redis)
-    records = left[INDEX_KEY][1]  # every job is in the fleet index: its live entries
+    records = left[KEYS.index_key][1]  # every job is in the fleet index: its live entries
     print(
         f"\nsoak: {JOBS} jobs in {elapsed:.0f} s, records kept {RETENTION_S} s: "
         f"{records} live records at the end ({JOBS - records} expired during the run)"

@@ -20,11 +20,10 @@ from opentelemetry.trace import SpanKind, Tracer
 from redis.asyncio import Redis
 
 from msgq.client import Client
-from msgq.keys import record_key
 from msgq.settings import Settings
 from msgq.trace_context import trace_fields, valid_traceparent
 from schemas import JobStatus
-from tests.conftest import SAMPLES, TEST_API_KEY, Sim, StartWorker, eventually
+from tests.conftest import KEYS, SAMPLES, TEST_API_KEY, Sim, StartWorker, eventually
 from worker import tracing
 
 TEXT = json.loads((SAMPLES / "requests" / "text.json").read_text())
@@ -150,11 +149,11 @@ async def test_raw_payload_trace_fields_are_continued(
     kwargs = {"request": TEXT, "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}
     payload = {"t": 1, "f": "run_message", "a": [], "k": kwargs, "et": int(time.time() * 1000)}
     await redis.set("arq:job:raw-traced", json.dumps(payload))
-    await redis.zadd(settings.queue_name, {"raw-traced": int(time.time() * 1000)})
+    await redis.zadd(settings.keys.queue, {"raw-traced": int(time.time() * 1000)})
     await start_worker()
 
     async def exists() -> bool:
-        return bool(await redis.exists(record_key("raw-traced")))
+        return bool(await redis.exists(KEYS.record_key("raw-traced")))
 
     await eventually(exists)
     record = await client.wait("raw-traced", timeout=20)

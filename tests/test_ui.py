@@ -25,11 +25,10 @@ from msgq.http.app import create_app
 from msgq.http.ui.queries import JobFilter, find_jobs
 from msgq.jobs import records
 from msgq.jobs.store import JobStore
-from msgq.keys import PAUSE_KEY, model_jobs_key, record_key, spec_key, status_jobs_key
 from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets
 from schemas import JobError, JobStatus
-from tests.conftest import KEY_A, KEY_B, Sim, StartWorker, eventually
+from tests.conftest import KEY_A, KEY_B, KEYS, Sim, StartWorker, eventually
 from tests.images import image_block, image_bytes
 from worker.ratelimit import Limits, RateLimiter
 
@@ -51,18 +50,18 @@ async def test_status_and_model_indexes_follow_the_record(
 ) -> None:
     """A job sits in exactly one status index at each step, and in its model's index."""
     job = await client.submit(text_request(), job_id="ix-1", tenant="acme")
-    assert job.id in await _members(redis, status_jobs_key("queued"))
-    assert job.id in await _members(redis, model_jobs_key("claude-haiku-4-5"))
+    assert job.id in await _members(redis, KEYS.status_jobs_key("queued"))
+    assert job.id in await _members(redis, KEYS.model_jobs_key("claude-haiku-4-5"))
     await store.update(job.id, records.begun)
     error = JobError(type="api_error", message="bad", status_code=500)
     await store.update(job.id, lambda r: records.ended(r, JobStatus.FAILED, error=error))
-    where = {s.value for s in JobStatus if job.id in await _members(redis, status_jobs_key(s))}
+    where = {s.value for s in JobStatus if job.id in await _members(redis, KEYS.status_jobs_key(s))}
     assert where == {"failed"}
     await store.keep_spec(job.id, {"request": text_request(), "tenant": "acme"})
     assert await client.retry(job.id) is not None
-    where = {s.value for s in JobStatus if job.id in await _members(redis, status_jobs_key(s))}
+    where = {s.value for s in JobStatus if job.id in await _members(redis, KEYS.status_jobs_key(s))}
     assert where == {"queued"}
-    assert not await redis.exists(spec_key(job.id))
+    assert not await redis.exists(KEYS.spec_key(job.id))
 
 
 async def test_terminal_writes_count_per_minute_fleet_and_tenant(
@@ -72,8 +71,8 @@ async def test_terminal_writes_count_per_minute_fleet_and_tenant(
     for n in range(3):
         job = await client.submit(text_request(f"n{n}"), tenant="acme")
         await store.update(job.id, lambda r: records.ended(r, JobStatus.SUCCEEDED))
-    fleet = await last_hour(redis, ["succeeded", "failed"])
-    mine = await last_hour(redis, ["succeeded"], tenant="acme")
+    fleet = await last_hour(redis, KEYS, ["succeeded", "failed"])
+    mine = await last_hour(redis, KEYS, ["succeeded"], tenant="acme")
     assert fleet["succeeded"][-1] == 3 and sum(fleet["failed"]) == 0
     assert mine["succeeded"][-1] == 3 and len(mine["succeeded"]) == 60
 
@@ -210,11 +209,11 @@ async def test_a_tenant_sees_only_its_own_jobs(ui: httpx.AsyncClient, client: Cl
 
 async def test_resume_and_group_retry_need_an_admin(ui: httpx.AsyncClient, redis: Redis) -> None:
     """A tenant may not lift the fleet's pause; an admin may, from the overview."""
-    await redis.set(PAUSE_KEY, "spend limit reached")
+    await redis.set(KEYS.pause_key, "spend limit reached")
     csrf = await sign_in(ui, KEY_A)
     assert "Resume sending" not in (await ui.get("/ui")).text
     refused = await ui.post("/ui/resume", headers={"x-csrf-token": csrf})
-    assert refused.status_code == 403 and await redis.exists(PAUSE_KEY)
+    assert refused.status_code == 403 and await redis.exists(KEYS.pause_key)
     group = await ui.post("/ui/failures/retry", headers={"x-csrf-token": csrf})
     assert group.status_code == 403
     ui.cookies.clear()
@@ -222,7 +221,7 @@ async def test_resume_and_group_retry_need_an_admin(ui: httpx.AsyncClient, redis
     page = (await ui.get("/ui")).text
     assert "Sending is paused" in page and "spend limit reached" in page
     assert (await ui.post("/ui/resume", headers={"x-csrf-token": csrf})).status_code == 303
-    assert not await redis.exists(PAUSE_KEY)
+    assert not await redis.exists(KEYS.pause_key)
 
 
 PAYLOAD = "<script>alert('{}')</script>"
@@ -292,23 +291,23 @@ async def test_job_filters_read_the_smallest_index_and_page(
     busy = await _jobs(client, store, 4, status=JobStatus.FAILED, error=overloaded)
     refused = await _jobs(client, store, 2, status=JobStatus.FAILED, error=bad, tenant="tenant-b")
     flt = JobFilter(status=JobStatus.FAILED, error_type="overloaded_error")
-    page = await find_jobs(store.redis, flt)
+    page = await find_jobs(store.redis, KEYS, flt)
     assert {r.id for r in page.records} == set(busy) and page.index.endswith("status:failed:jobs")
-    page = await find_jobs(store.redis, JobFilter(model="claude-sonnet-4-5"))
+    page = await find_jobs(store.redis, KEYS, JobFilter(model="claude-sonnet-4-5"))
     assert {r.id for r in page.records} == set(sonnet) and page.index_size == 3
-    page = await find_jobs(store.redis, JobFilter(tenant="tenant-b"))
+    page = await find_jobs(store.redis, KEYS, JobFilter(tenant="tenant-b"))
     assert {r.id for r in page.records} == set(refused)
-    first = await find_jobs(store.redis, JobFilter(status=JobStatus.QUEUED))
+    first = await find_jobs(store.redis, KEYS, JobFilter(status=JobStatus.QUEUED))
     assert len(first.records) == 50 and first.next_cursor is not None
     rest = await find_jobs(
-        store.redis, JobFilter(status=JobStatus.QUEUED), cursor=first.next_cursor
+        store.redis, KEYS, JobFilter(status=JobStatus.QUEUED), cursor=first.next_cursor
     )
     assert len(rest.records) == 13 and rest.next_cursor is None
     assert {r.id for r in first.records + rest.records} == set(queued + sonnet)
     rare = JobFilter(error_type="api_error")
-    few = await find_jobs(store.redis, rare, budget=30)
+    few = await find_jobs(store.redis, KEYS, rare, budget=30)
     assert few.records == [] and few.partial and few.next_cursor == 30  # bounded, resumable
-    more = await find_jobs(store.redis, rare, cursor=30, budget=100)
+    more = await find_jobs(store.redis, KEYS, rare, cursor=30, budget=100)
     assert [r.id for r in more.records] == oldest and not more.partial
     await sign_in(ui, ADMIN_KEY)
     html = (await ui.get("/ui/jobs", params={"status": "failed", "tenant": "tenant-b"})).text
@@ -320,10 +319,10 @@ async def test_expired_records_are_pruned_from_the_index(
 ) -> None:
     """An index entry whose record is gone is skipped and removed on the way."""
     ids = await _jobs(client, store, 3)
-    await redis.delete(record_key(ids[1]))
-    page = await find_jobs(redis, JobFilter(status=JobStatus.QUEUED))
+    await redis.delete(KEYS.record_key(ids[1]))
+    page = await find_jobs(redis, KEYS, JobFilter(status=JobStatus.QUEUED))
     assert {r.id for r in page.records} == {ids[2], ids[0]}
-    assert await redis.zscore(status_jobs_key("queued"), ids[1]) is None
+    assert await redis.zscore(KEYS.status_jobs_key("queued"), ids[1]) is None
 
 
 async def test_failures_grouped_and_a_group_retried(
@@ -357,7 +356,7 @@ async def test_overview_counts_chart_and_headroom(
     """Exact active counts (the tenant's own), the hour's per-minute totals and each bucket's
     level against its cap."""
     settings = ui_settings.model_copy(update={"rate_limits": {"haiku": {"rpm": 100}}})
-    limiter = RateLimiter(redis, {"haiku": Limits(rpm=100)})
+    limiter = RateLimiter(redis, KEYS, {"haiku": Limits(rpm=100)})
     for _ in range(4):
         await limiter.acquire("claude-haiku-4-5", input_tokens=1, output_tokens=1, now_ms=now_ms())
     await _jobs(client, store, 2)
@@ -452,7 +451,7 @@ async def test_upstream_429s_and_529s_are_counted_per_minute(
     job = await client.submit(text_request())
     await start_worker()
     assert (await client.wait(job.id, timeout=20)).status == JobStatus.SUCCEEDED
-    counts = await last_hour(redis, ["429", "529", "succeeded"])
+    counts = await last_hour(redis, KEYS, ["429", "529", "succeeded"])
     assert (sum(counts["429"]), sum(counts["529"]), sum(counts["succeeded"])) == (1, 2, 1)
 
 
@@ -464,7 +463,7 @@ async def test_overview_shows_spend_today_against_budgets(
     tenants = tmp_path / "tenants.toml"
     tenants.write_text("[tenants.tenant-a]\nbudget_usd_day = 2.0\n", encoding="utf-8")
     settings = ui_settings.model_copy(update={"tenants_file": tenants})
-    budgets = Budgets(redis)
+    budgets = Budgets(redis, KEYS)
     await budgets.record("tenant-a", 0.5, "claude-haiku-4-5")
     await budgets.record("tenant-a", 0.25, "claude-sonnet-4-5")
     await budgets.record("tenant-b", 1.5, "claude-haiku-4-5")
@@ -491,7 +490,7 @@ async def test_ended_status_indexes_are_trimmed_to_the_retention(
     """An ended job's index entry is scored by its end; entries older than the longest retention
     are trimmed by later writes, so the index does not grow for ever."""
     old = await _jobs(client, store, 1, status=JobStatus.SUCCEEDED)
-    key = status_jobs_key("succeeded")
+    key = KEYS.status_jobs_key("succeeded")
     ended_ms = (await redis.zscore(key, old[0])) or 0
     assert abs(ended_ms - now_ms()) < 5000
     keep_s = max(store.retention_s, store.batch_retention_s)

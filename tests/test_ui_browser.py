@@ -24,8 +24,7 @@ import redis as redis_sync
 
 from msgq.dev.embedded_redis import free_port
 from msgq.dev.stack import msgq_command, wait_http
-from msgq.keys import PAUSE_KEY, record_key
-from tests.conftest import KEY_A, KEY_B, TEST_API_KEY, Sim, stop_process
+from tests.conftest import KEY_A, KEY_B, KEYS, TEST_API_KEY, Sim, stop_process
 from tests.images import image_block, image_bytes
 
 REQUIRED = os.environ.get("MSGQ_REQUIRE_BROWSER") == "1"  # read at import: fixtures clear MSGQ_*
@@ -174,7 +173,7 @@ class Page:
         return f"{tenant}:{response.json()['id']}"
 
     def status(self, job_id: str) -> str:
-        raw = self.redis.get(record_key(job_id))
+        raw = self.redis.get(KEYS.record_key(job_id))
         return "" if raw is None else str(orjson.loads(raw)["status"])  # type: ignore[arg-type]
 
 
@@ -182,7 +181,7 @@ class Page:
 def page(driver: Any, stack: dict[str, str], sim: Sim) -> Iterator[Page]:
     p = Page(driver, stack, sim)
     yield p
-    p.redis.delete(PAUSE_KEY)
+    p.redis.delete(KEYS.pause_key)
     p.redis.close()
 
 
@@ -250,7 +249,7 @@ def test_the_job_page_follows_a_job_to_its_result(page: Page) -> None:
 def test_cancel_a_queued_job(page: Page) -> None:
     """With the fleet paused a job stays queued; its Cancel button cancels it; the admin's
     Resume button lifts the pause."""
-    page.redis.set(PAUSE_KEY, "spend limit reached (test)")
+    page.redis.set(KEYS.pause_key, "spend limit reached (test)")
     page.sign_in(ADMIN_KEY)
     job_id = page.submit(KEY_A, text_request("wait for me"))
     page.go(f"/ui/jobs/{quote(job_id, safe='')}")
@@ -261,7 +260,7 @@ def test_cancel_a_queued_job(page: Page) -> None:
     page.go("/ui")
     page.css("#resume").click()
     page.until(lambda d: page.css("#not-paused"))
-    assert not page.redis.exists(PAUSE_KEY)
+    assert not page.redis.exists(KEYS.pause_key)
 
 
 def test_failed_jobs_retried_as_a_group(page: Page) -> None:
@@ -293,7 +292,7 @@ def test_a_tenant_cannot_see_another_tenants_job(page: Page) -> None:
 
 def test_an_action_without_the_csrf_token_is_refused(page: Page) -> None:
     """A cancel form stripped of its CSRF field is answered 403 and the job is untouched."""
-    page.redis.set(PAUSE_KEY, "spend limit reached (test)")
+    page.redis.set(KEYS.pause_key, "spend limit reached (test)")
     job_id = page.submit(KEY_A, text_request("keep me"))
     page.sign_in(KEY_A)
     page.go(f"/ui/jobs/{quote(job_id, safe='')}")

@@ -18,10 +18,9 @@ from msgq.client import Client
 from msgq.http.app import create_app
 from msgq.jobs import records
 from msgq.jobs.store import JobStore
-from msgq.keys import PAUSE_KEY, cooldown_key
 from msgq.settings import Settings
 from schemas import JobError, JobRecord, JobStatus
-from tests.conftest import KEY_A, Sim, StartWorker, eventually
+from tests.conftest import KEY_A, KEYS, Sim, StartWorker, eventually
 from tests.test_ui import ADMIN_KEY, sign_in, text_request
 from worker.dispatch.window import announce
 from worker.services import SERVICES
@@ -78,19 +77,19 @@ async def test_queued_work_is_counted_by_what_holds_it(
     assert await job_says(dash, a.id) == "no worker"
     assert 'id="workers-online">0<' in (await dash.get("/ui")).text
 
-    await announce(redis, WORKER_ID, 8, 0, 8)  # a worker with free slots
+    await announce(redis, KEYS, WORKER_ID, 8, 0, 8)  # a worker with free slots
     assert await reasons(dash) == {"capacity": 2}  # the dispatcher has not admitted them yet
     assert await job_says(dash, b.id) == "rate-limit capacity"
-    await redis.set(PAUSE_KEY, "spend limit reached")
+    await redis.set(KEYS.pause_key, "spend limit reached")
     assert await reasons(dash) == {"pause": 2}
-    await redis.delete(PAUSE_KEY)
-    await redis.set(cooldown_key("haiku"), "1", px=60_000)
+    await redis.delete(KEYS.pause_key)
+    await redis.set(KEYS.cooldown_key("haiku"), "1", px=60_000)
     assert await reasons(dash) == {"cooldown": 2}
     assert await job_says(dash, a.id) == "cool-down"
-    await redis.delete(cooldown_key("haiku"))
+    await redis.delete(KEYS.cooldown_key("haiku"))
 
     # Its adaptive limit cut to 4 by 529s, and 4 running: admitted work waits for a slot.
-    await announce(redis, WORKER_ID, 8, 4, 4)
+    await announce(redis, KEYS, WORKER_ID, 8, 4, 4)
     assert await reasons(dash) == {"slots": 2}
     page = (await dash.get("/ui/part/overview")).text
     assert 'id="workers-online">1<' in page and "4 of 8" in page and "cut from 8" in page
@@ -148,9 +147,9 @@ async def test_no_page_shows_a_redis_key_name(
         "/v1/messages/batches", json={"requests": items}, headers={"x-api-key": KEY_A}
     )
     batch_id = created.json()["id"]
-    await redis.set(PAUSE_KEY, "spend limit reached")
-    await redis.set(cooldown_key("haiku"), "1", px=60_000)
-    await announce(redis, WORKER_ID, 8, 2)
+    await redis.set(KEYS.pause_key, "spend limit reached")
+    await redis.set(KEYS.cooldown_key("haiku"), "1", px=60_000)
+    await announce(redis, KEYS, WORKER_ID, 8, 2)
     paths = [
         "/ui",
         "/ui/part/overview",

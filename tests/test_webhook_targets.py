@@ -11,9 +11,9 @@ from redis.asyncio import Redis
 
 from msgq.client import Client
 from msgq.errors import InvalidJobError
-from msgq.keys import INDEX_KEY
 from msgq.settings import Settings
 from msgq.webhooks.targets import refusal
+from tests.conftest import KEYS
 from tests.test_crash import BODY
 
 
@@ -68,4 +68,4 @@ async def test_metadata_behind_ipv6_is_refused_at_submission(
     async with Client(Redis.from_url(settings.redis_url), settings) as client:
         with pytest.raises(InvalidJobError, match=r"callback_url: .*cloud metadata"):
             await client.submit(BODY, callback_url=url)
-    assert await redis.zcard(INDEX_KEY) == 0
+    assert await redis.zcard(KEYS.index_key) == 0

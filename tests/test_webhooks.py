@@ -32,14 +32,22 @@ from msgq.client import Client
 from msgq.dev.embedded_redis import free_port
 from msgq.dev.stack import msgq_command
 from msgq.errors import InvalidJobError
-from msgq.keys import BATCHES_KEY, INDEX_KEY, WEBHOOKS_DUE_KEY, WEBHOOKS_KEY
 from msgq.settings import Settings
 from msgq.tenancy.tenants import TenantsFileError, parse_tenants
 from msgq.webhooks.outbox import Entry
 from msgq.webhooks.signing import derived_secret
 from msgq.webhooks.targets import Allow, refusal
 from schemas import JobStatus
-from tests.conftest import KEY_A, SAMPLES, Sim, StartWorker, eventually, stop_workers, worker_env
+from tests.conftest import (
+    KEY_A,
+    KEYS,
+    SAMPLES,
+    Sim,
+    StartWorker,
+    eventually,
+    stop_workers,
+    worker_env,
+)
 from tests.test_cli import msgq
 from tests.test_crash import BODY
 
@@ -111,8 +119,8 @@ def verified(received: Received, secret: str = SECRET) -> dict[str, Any]:
 
 async def outbox_size(redis: Redis) -> int:
     """Webhooks owed, by the entries and by their due times (equal unless something broke)."""
-    entries = await cast(Awaitable[int], redis.hlen(WEBHOOKS_KEY))
-    due: int = await redis.zcard(WEBHOOKS_DUE_KEY)
+    entries = await cast(Awaitable[int], redis.hlen(KEYS.webhooks_key))
+    due: int = await redis.zcard(KEYS.webhooks_due_key)
     return max(entries, due)
 
 
@@ -140,7 +148,7 @@ async def test_each_terminal_job_is_delivered_once_signed(
     now_ms = int(time.time() * 1000)
     payload = {"t": 1, "f": "run_message", "a": [], "k": raw_spec, "et": now_ms}
     await redis.set("arq:job:raw-hook", json.dumps(payload))
-    await redis.zadd(settings.queue_name, {"raw-hook": now_ms})
+    await redis.zadd(settings.keys.queue, {"raw-hook": now_ms})
     ids.append("raw-hook")
     silent = (await client.submit(BODY)).id
     await eventually(lambda: _count_is(receiver, 13))
@@ -158,7 +166,7 @@ async def test_each_terminal_job_is_delivered_once_signed(
     assert (await client.get(silent)).webhook is None
     assert await outbox_size(redis) == 0
     assert deliveries("delivered") - delivered_before == 13
-    assert (await audit(redis)).clean
+    assert (await audit(redis, KEYS)).clean
 
 
 async def _count_is(receiver: Receiver, n: int) -> bool:
@@ -245,7 +253,7 @@ async def test_sigkill_mid_delivery_is_delivered_after_restart(
     record = await client.get(job.id)
     assert record.status is JobStatus.SUCCEEDED
     assert record.webhook is not None and record.webhook.status == "pending"
-    assert await cast(Awaitable[bool], redis.hexists(WEBHOOKS_KEY, f"job:{job.id}"))
+    assert await cast(Awaitable[bool], redis.hexists(KEYS.webhooks_key, f"job:{job.id}"))
     second = spawn_worker(settings, tmp_path / "b.log")
     try:
 
@@ -261,7 +269,7 @@ async def test_sigkill_mid_delivery_is_delivered_after_restart(
     assert receiver.requests[0].headers["webhook-id"] == receiver.requests[1].headers["webhook-id"]
     assert verified(receiver.requests[1])["id"] == job.id
     assert await outbox_size(redis) == 0
-    assert (await audit(redis)).clean
+    assert (await audit(redis, KEYS)).clean
 
 
 def _app_client(settings: Settings) -> Any:
@@ -327,7 +335,7 @@ async def test_refused_targets_are_refused_at_submission(
         with pytest.raises(InvalidJobError, match=f"callback_url: .*{why}") as caught:
             await client.submit(BODY, callback_url=url)
     assert caught.value.errors is not None and caught.value.errors[0]["loc"] == "callback_url"
-    assert await redis.zcard(INDEX_KEY) == 0
+    assert await redis.zcard(KEYS.index_key) == 0
 
 
 async def test_refused_target_answers_422_over_http_and_exit_2_in_the_cli(
@@ -354,7 +362,7 @@ async def test_refused_target_answers_422_over_http_and_exit_2_in_the_cli(
         json={"requests": [{"custom_id": "a", "params": BODY}], "callback_url": "http://[::1]/"},
     )
     assert batch.status_code == 400 and "callback_url" in batch.json()["error"]["message"]
-    assert await redis.zcard(INDEX_KEY) == 0 and await redis.zcard(BATCHES_KEY) == 0
+    assert await redis.zcard(KEYS.index_key) == 0 and await redis.zcard(KEYS.batches_key) == 0
 
 
 def test_tenant_webhook_secret_is_checked_at_start_up() -> None:
@@ -417,9 +425,9 @@ async def test_audit_flags_orphaned_and_overdue_outbox_entries(redis: Redis) -> 
     entry = Entry(
         kind="job", ref="gone", url="https://example.com/", webhook_id="msg_1", created_ms=old_ms
     )
-    await cast(Awaitable[int], redis.hset(WEBHOOKS_KEY, entry.key, entry.model_dump_json()))
-    await redis.zadd(WEBHOOKS_DUE_KEY, {entry.key: old_ms, "job:lonely": old_ms})
-    report = await audit(redis)
+    await cast(Awaitable[int], redis.hset(KEYS.webhooks_key, entry.key, entry.model_dump_json()))
+    await redis.zadd(KEYS.webhooks_due_key, {entry.key: old_ms, "job:lonely": old_ms})
+    report = await audit(redis, KEYS)
     assert set(report.findings) == {
         "webhook entry without its job or batch",
         "webhook pending longer than its 24 h window",
@@ -471,8 +479,8 @@ async def test_a_corrupt_outbox_entry_is_dropped_and_others_still_go(
 ) -> None:
     """An entry msgq did not write (not its JSON) is dropped, not retried forever, and the
     webhooks claimed with it are delivered."""
-    await cast(Awaitable[int], redis.hset(WEBHOOKS_KEY, "job:junk", b"not json"))
-    await redis.zadd(WEBHOOKS_DUE_KEY, {"job:junk": 0})
+    await cast(Awaitable[int], redis.hset(KEYS.webhooks_key, "job:junk", b"not json"))
+    await redis.zadd(KEYS.webhooks_due_key, {"job:junk": 0})
     await start_worker()
     job = await client.submit(BODY, callback_url=receiver.url)
     await eventually(lambda: _count_is(receiver, 1))

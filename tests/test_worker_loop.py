@@ -9,10 +9,9 @@ from redis.asyncio import Redis
 
 from msgq.arq_format import ABORT_KEY, IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, RETRY_KEY_PREFIX
 from msgq.client import Client
-from msgq.keys import COOLING_KEY, cooldown_key
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import Sim, StartWorker, eventually
+from tests.conftest import KEYS, Sim, StartWorker, eventually
 from worker.ratelimit import RateLimiter, model_class
 
 BODY = {
@@ -50,7 +49,7 @@ async def test_a_finished_job_leaves_nothing_of_the_queue_behind(
     for job in jobs:
         for prefix in (JOB_KEY_PREFIX, IN_PROGRESS_KEY_PREFIX, RETRY_KEY_PREFIX):
             assert not await redis.exists(prefix + job.id), prefix
-        assert await redis.zscore(settings.queue_name, job.id) is None
+        assert await redis.zscore(settings.keys.queue, job.id) is None
 
 
 async def test_a_cool_down_closes_the_fleet_gate_for_as_long_as_the_longest(
@@ -58,13 +57,13 @@ async def test_a_cool_down_closes_the_fleet_gate_for_as_long_as_the_longest(
 ) -> None:
     """The pick-up reads one marker for "some class cools down" (it does not know the job's
     model yet): it lasts as long as the longest cool-down, and never shortens."""
-    limiter = RateLimiter(redis, {})
+    limiter = RateLimiter(redis, KEYS, {})
     await limiter.cool_down("claude-haiku-4-5", 5.0)
     await limiter.cool_down("claude-sonnet-4-5", 1.0)
-    assert 4000 < await redis.pttl(COOLING_KEY) <= 5000
-    assert await redis.pttl(cooldown_key(model_class("claude-sonnet-4-5"))) <= 1000
+    assert 4000 < await redis.pttl(KEYS.cooling_key) <= 5000
+    assert await redis.pttl(KEYS.cooldown_key(model_class("claude-sonnet-4-5"))) <= 1000
     await limiter.cool_down("claude-sonnet-4-5", 20.0)
-    assert await redis.pttl(COOLING_KEY) > 19000
+    assert await redis.pttl(KEYS.cooling_key) > 19000
 
 
 async def test_a_job_with_an_unreadable_key_is_refused_and_holds_up_no_other(
@@ -96,7 +95,7 @@ async def test_a_claim_resent_after_its_reply_was_lost_gets_the_job_again(
     from worker.main import build_worker
 
     await redis.set(JOB_KEY_PREFIX + "resent", b'{"t":1,"f":"run_message","a":[],"k":{},"et":1}')
-    await redis.zadd(settings.queue_name, {"resent": 1})
+    await redis.zadd(settings.keys.queue, {"resent": 1})
     worker = build_worker(settings, handle_signals=False)
     other = build_worker(settings, handle_signals=False)
     try:
@@ -122,10 +121,10 @@ async def test_a_deferred_job_no_longer_queued_is_not_queued_again(
     worker = build_worker(settings, handle_signals=False)
     try:
         await worker.finish_job("gone", False, None, 0, False, 2000, None)
-        assert await redis.zscore(settings.queue_name, "gone") is None
-        await redis.zadd(settings.queue_name, {"here": 1000})
+        assert await redis.zscore(settings.keys.queue, "gone") is None
+        await redis.zadd(settings.keys.queue, {"here": 1000})
         await worker.finish_job("here", False, None, 0, False, 2000, None)
-        assert await redis.zscore(settings.queue_name, "here") == 3000
+        assert await redis.zscore(settings.keys.queue, "here") == 3000
     finally:
         await worker.pool.aclose()
 

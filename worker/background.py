@@ -21,7 +21,6 @@ import structlog
 from redis.exceptions import RedisError
 
 from msgq.errors import UpstreamError
-from msgq.keys import FLEET_WORKERS
 from msgq.model_catalog import Catalog, store_catalog
 from msgq.tenancy import policy
 from worker import metrics
@@ -69,7 +68,9 @@ class Background:
         for task in self.tasks:
             task.cancel()
         with contextlib.suppress(RedisError, OSError):
-            await self.services.redis.hdel(FLEET_WORKERS, self.worker_id)  # type: ignore[misc]  # redis-py stubs
+            await self.services.redis.hdel(
+                self.services.settings.keys.fleet_workers, self.worker_id
+            )  # type: ignore[misc]  # redis-py stubs
 
     async def _announce(self) -> None:
         """Every second: this worker's slots for the dispatcher's sizing (and its adaptive
@@ -79,7 +80,9 @@ class Background:
         while True:
             try:
                 slots, limit = s.settings.max_jobs, s.concurrency.limit
-                await announce(s.redis, self.worker_id, slots, self.running_jobs(), limit)
+                await announce(
+                    s.redis, s.settings.keys, self.worker_id, slots, self.running_jobs(), limit
+                )
                 if time.monotonic() - published_at >= POLICY_EVERY_S:
                     await policy.publish(s.redis, s.settings)
                     published_at = time.monotonic()
@@ -116,7 +119,7 @@ async def refresh_models(services: Services) -> Catalog | None:
         models_log.warning("models.refresh_failed", error=f"{type(exc).__name__}: {exc}"[:300])
         return None
     base_url = services.settings.anthropic_base_url
-    catalog = await store_catalog(services.redis, models, base_url=base_url)
+    catalog = await store_catalog(services.redis, services.settings.keys, models, base_url=base_url)
     services.catalog.invalidate()
     models_log.info("models.refreshed", models=len(models))
     return catalog

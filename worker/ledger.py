@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from msgq.keys import LEDGER_OPEN, ledger_key, spend_key, spend_models_key
 from msgq.ledger import CONSUME, HOLD, RATE, SETTLE_BUDGET, TAKE_CAPACITY, BudgetHold
 from msgq.tenancy.budgets import DAY_TTL_S, MICRO, Budgets
 from msgq.tenancy.scheduling import Estimate
@@ -102,7 +101,7 @@ async def settle_capacity(
     headers = outcome.headers
     if capacity.scope is not None:  # a tenant's share cap: the API's headers are not its own
         limits = {model_class(capacity.model): capacity.limits or Limits()}
-        limiter, headers = RateLimiter(redis, limits, scope=capacity.scope), None
+        limiter, headers = RateLimiter(redis, limiter.keys, limits, scope=capacity.scope), None
     await limiter.settle(
         capacity.model,
         input_delta=input_delta,
@@ -117,6 +116,7 @@ class Ledgers:
 
     def __init__(self, redis: Redis, limiter: RateLimiter) -> None:
         self.redis, self.limiter = redis, limiter
+        self.keys = limiter.keys  # the deployment's: the limiter's buckets are in it too
         self._consume = redis.register_script(CONSUME)
         self._hold = redis.register_script(HOLD)
         self._take_capacity = redis.register_script(TAKE_CAPACITY)
@@ -124,7 +124,8 @@ class Ledgers:
 
     async def consume_ticket(self, ticket_key: str, tickets_key: str, job_id: str) -> bytes | None:
         """The dispatcher's ticket, moved into the job's ledger; None when another run took it."""
-        keys = [ticket_key, tickets_key, ledger_key(job_id), LEDGER_OPEN]
+        ks = self.keys
+        keys = [ticket_key, tickets_key, ks.ledger_key(job_id), ks.ledger_open]
         raw: bytes | None = await self._consume(keys=keys, args=[job_id, _now_ms()])
         return raw
 
@@ -133,14 +134,14 @@ class Ledgers:
     ) -> None:
         """Capacity this worker took from the fleet's bucket for the job."""
         value = orjson.dumps({"model": model, "input": input_tokens, "output": output_tokens})
-        keys = [ledger_key(job_id), LEDGER_OPEN]
+        keys = [self.keys.ledger_key(job_id), self.keys.ledger_open]
         await self._hold(keys=keys, args=[job_id, _now_ms(), RATE, value])
 
     async def settle(self, job_id: str, outcome: Outcome, *, model: str) -> Settled:
         """Settle whatever the job's ledger holds, each field by the one caller that takes it:
         capacity taken in one step for every field, a budget with its own settlement."""
-        key = ledger_key(job_id)
-        reply = await self._take_capacity(keys=[key, LEDGER_OPEN], args=[job_id])
+        key = self.keys.ledger_key(job_id)
+        reply = await self._take_capacity(keys=[key, self.keys.ledger_open], args=[job_id])
         settled = Settled()
         for n in range(0, len(reply), 3):
             field, raw, taken = reply[n].decode(), reply[n + 1], int(reply[n + 2])
@@ -161,12 +162,13 @@ class Ledgers:
         self, job_id: str, field: str, raw: bytes, hold: BudgetHold, outcome: Outcome, model: str
     ) -> bool:
         cost = round(outcome.cost_usd * MICRO)
+        ks = self.keys
         keys = [
-            ledger_key(job_id),
-            LEDGER_OPEN,
-            spend_key(hold.tenant, hold.day),
-            spend_key(hold.tenant, hold.month),
-            spend_models_key(hold.tenant, hold.day),
+            ks.ledger_key(job_id),
+            ks.ledger_open,
+            ks.spend_key(hold.tenant, hold.day),
+            ks.spend_key(hold.tenant, hold.month),
+            ks.spend_models_key(hold.tenant, hold.day),
         ]
         args: list[str | bytes | int] = [
             job_id,
@@ -183,7 +185,7 @@ class Ledgers:
         """Spend of a job that held no budget reservation (no budget, or no tenant at all), for
         usage reports: they add up to what the records cost."""
         if cost_usd:
-            await Budgets(self.redis).record(tenant, cost_usd, model)
+            await Budgets(self.redis, self.keys).record(tenant, cost_usd, model)
 
 
 def _now_ms() -> int:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import structlog
@@ -34,7 +35,7 @@ def build_worker(
         startup=startup,
         shutdown=shutdown,
         refused=task.on_refused,
-        prefetch=prefetch_reads,
+        prefetch=functools.partial(prefetch_reads, settings.keys),
     )
     return build.build_worker(
         settings, hooks, burst=burst, handle_signals=handle_signals, **overrides

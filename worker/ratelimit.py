@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from msgq.keys import COOLING_KEY, PAUSE_KEY, bucket_key, cooldown_key
+from msgq.keys import Keyspace
 from msgq.settings import Settings
 from msgq.tenancy.scheduling import resume_fleet
 from schemas.capabilities import rate_limit_class
@@ -188,6 +188,7 @@ class RateLimiter:
     def __init__(
         self,
         redis: Redis,
+        keys: Keyspace,
         limits: dict[str, Limits],
         *,
         learned_ttl_s: float = 600.0,
@@ -196,7 +197,7 @@ class RateLimiter:
         scope: str | None = None,
     ) -> None:
         """`scope` gives this limiter buckets of its own (a tenant's share caps)."""
-        self.redis = redis
+        self.redis, self.keys = redis, keys
         self.scope = scope
         self.limits = limits
         self.learned_ttl_ms = int(learned_ttl_s * 1000)
@@ -211,7 +212,7 @@ class RateLimiter:
     def from_settings(cls, redis: Redis, settings: Settings) -> RateLimiter:
         """The fleet's limiter with the limits configured in `settings` (MSGQ_RATE_LIMITS)."""
         limits = {name: Limits(**values) for name, values in settings.rate_limits.items()}
-        return cls(redis, limits)
+        return cls(redis, settings.keys, limits)
 
     def unmetered(self, model: str) -> bool:
         """No limit configured for this model's class, and none learned by this process: an
@@ -220,7 +221,7 @@ class RateLimiter:
         return not (self._learned or lim.rpm or lim.itpm or lim.otpm)
 
     def _bucket(self, model_cls: str) -> str:
-        return bucket_key(f"{model_cls}:{self.scope}" if self.scope else model_cls)
+        return self.keys.bucket_key(f"{model_cls}:{self.scope}" if self.scope else model_cls)
 
     def _limits_for(self, model_cls: str) -> Limits:
         return self.limits.get(model_cls) or self.limits.get("default") or Limits()
@@ -228,7 +229,7 @@ class RateLimiter:
     def gate_keys(self, model: str) -> list[str]:
         """The keys `acquire` reads for this model: its class's bucket, cool-down, the pause."""
         cls = model_class(model)
-        return [self._bucket(cls), cooldown_key(cls), PAUSE_KEY]
+        return [self._bucket(cls), self.keys.cooldown_key(cls), self.keys.pause_key]
 
     def step_args(
         self, model: str, *, now_ms: int, cost: tuple[int, int], holder: str
@@ -299,8 +300,8 @@ class RateLimiter:
         """(seconds, why) until the fleet may send for this model: the pause, then the model
         class's cool-down; (0, "") when clear. The same checks `acquire` starts with."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.pttl(PAUSE_KEY)
-            pipe.pttl(cooldown_key(model_class(model)))
+            pipe.pttl(self.keys.pause_key)
+            pipe.pttl(self.keys.cooldown_key(model_class(model)))
             pause_ms, cool_ms = await pipe.execute()
         if pause_ms != -2:  # -1: paused without expiry (until `msgq resume`)
             return (pause_ms / 1000 if pause_ms > 0 else 60.0), "paused"
@@ -322,18 +323,19 @@ class RateLimiter:
     async def cool_down(self, model: str, seconds: float) -> None:
         """Hold the whole fleet back for this model class (a 429's retry-after)."""
         await self._cool(
-            keys=[cooldown_key(model_class(model)), COOLING_KEY], args=[max(1, int(seconds * 1000))]
+            keys=[self.keys.cooldown_key(model_class(model)), self.keys.cooling_key],
+            args=[max(1, int(seconds * 1000))],
         )
 
     async def pause(self, reason: str, seconds: int | None) -> None:
         """Stop the fleet sending (spend limit). None or 0: until `msgq resume`."""
-        await self.redis.set(PAUSE_KEY, reason, ex=seconds or None)  # Redis refuses ex=0
+        await self.redis.set(self.keys.pause_key, reason, ex=seconds or None)  # Redis refuses ex=0
 
     async def resume(self) -> bool:
-        return await resume_fleet(self.redis)
+        return await resume_fleet(self.redis, self.keys)
 
     async def paused(self) -> str | None:
-        value = await self.redis.get(PAUSE_KEY)
+        value = await self.redis.get(self.keys.pause_key)
         return None if value is None else value.decode()
 
 

@@ -38,16 +38,6 @@ from msgq.batches import Batches
 from msgq.jobs.indexes import prune_expired
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
-from msgq.keys import (
-    ACTIVE_KEY,
-    LEDGER_OPEN,
-    RECONCILER_LOCK,
-    SCHED_BACKLOG,
-    SCHED_WHERE,
-    arq_job_key,
-    in_progress_key,
-    record_key,
-)
 from msgq.ledger import budget_mismatches
 from msgq.settings import Settings
 from msgq.tenancy.budgets import periods
@@ -86,7 +76,8 @@ class Reconciler:
         self._unheld: set[str] = set()  # open ledgers with no lock on the last pass
         self._mismatched: set[tuple[str, int, int]] = set()  # on the last pass
         self.batches = Batches(redis, store, settings)
-        self.lock = FleetLock(redis, RECONCILER_LOCK)
+        self.keys = settings.keys
+        self.lock = FleetLock(redis, self.keys.reconciler_lock)
         self._relist_backlog = redis.register_script(RELIST_BACKLOG)
         self._suspects: dict[str, bytes] = {}  # job ID -> raw record seen on the last pass
 
@@ -111,7 +102,7 @@ class Reconciler:
         suspects: dict[str, bytes] = {}
         cursor = 0
         while True:
-            cursor, members = await self.redis.zscan(ACTIVE_KEY, cursor, count=500)
+            cursor, members = await self.redis.zscan(self.keys.active_key, cursor, count=500)
             ids = [m.decode() for m, _ in members]
             done.scanned += len(ids)
             suspects |= await self._suspects_in(ids, done)
@@ -124,7 +115,7 @@ class Reconciler:
         await self._expire_batches(done)
         await self._settle_lost_ledgers(done)
         await self._check_budgets(done)
-        done.pruned = await prune_expired(self.redis)
+        done.pruned = await prune_expired(self.redis, self.keys)
         if (
             done.requeued
             or done.relisted
@@ -147,7 +138,7 @@ class Reconciler:
         """A tenant's spend counter against its cost and open reservations (`msgq audit`'s
         check), logged when the same difference is seen on two passes in a row (a job caught
         between reserving and recording is not a finding)."""
-        found = set(await budget_mismatches(self.redis, periods()[0]))
+        found = set(await budget_mismatches(self.redis, self.keys, periods()[0]))
         done.budget_mismatches = sorted(found & self._mismatched)
         for tenant, counter, expected in done.budget_mismatches:
             log.error(
@@ -159,17 +150,17 @@ class Reconciler:
         self._mismatched = found
 
     async def _settle_lost_ledgers(self, done: Pass) -> None:
-        ids = [raw.decode() for raw in await self.redis.zrange(LEDGER_OPEN, 0, 999)]
+        ids = [raw.decode() for raw in await self.redis.zrange(self.keys.ledger_open, 0, 999)]
         if not ids:
             self._unheld = set()
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.exists(in_progress_key(job_id))
+                pipe.exists(self.keys.in_progress_key(job_id))
             locked = await pipe.execute()
         unheld = {job_id for job_id, held in zip(ids, locked, strict=True) if not held}
         for job_id in sorted(unheld & self._unheld):
-            raw = await self.redis.get(record_key(job_id))
+            raw = await self.redis.get(self.keys.record_key(job_id))
             model = JobRecord.model_validate_json(raw).model if raw else None
             await self.ledgers.settle(job_id, CUT, model=model or "unknown")
             done.ledgers_settled.append(job_id)
@@ -180,11 +171,11 @@ class Reconciler:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.get(record_key(job_id))
-                pipe.exists(arq_job_key(job_id))
-                pipe.exists(in_progress_key(job_id))
-                pipe.zscore(self.settings.queue_name, job_id)
-                pipe.hget(SCHED_WHERE, job_id)
+                pipe.get(self.keys.record_key(job_id))
+                pipe.exists(self.keys.arq_job_key(job_id))
+                pipe.exists(self.keys.in_progress_key(job_id))
+                pipe.zscore(self.keys.queue, job_id)
+                pipe.hget(self.keys.sched_where, job_id)
             values = await pipe.execute()
         found: dict[str, bytes] = {}
         stale: list[str] = []
@@ -201,31 +192,29 @@ class Reconciler:
         if waiting:
             await self._relist(waiting, done)
         if found:  # pooled and upstream batch-lane jobs have neither a payload nor a lock
-            placed = await lanes.locations(self.redis, list(found))
+            placed = await lanes.locations(self.redis, self.keys, list(found))
             found = {k: v for (k, v), at in zip(found.items(), placed, strict=True) if at is None}
         if stale:
-            await self.redis.zrem(ACTIVE_KEY, *stale)
+            await self.redis.zrem(self.keys.active_key, *stale)
         return found
 
     async def _relist(self, waiting: list[bytes | str], done: Pass) -> None:
         """List again the scheduler queues that hold a job but that no dispatcher reads."""
-        relisted = await self._relist_backlog(keys=[SCHED_BACKLOG], args=waiting)
+        relisted = await self._relist_backlog(keys=[self.keys.sched_backlog], args=waiting)
         for raw_id in relisted:
             done.relisted.append(raw_id.decode())
             log.warning("reconciler.relisted", job_id=raw_id.decode())
 
     async def _settle(self, job_id: str, done: Pass) -> None:
-        if await self.redis.exists(in_progress_key(job_id)):
+        if await self.redis.exists(self.keys.in_progress_key(job_id)):
             return
-        if (await lanes.locations(self.redis, [job_id]))[0] is not None:
+        if (await lanes.locations(self.redis, self.keys, [job_id]))[0] is not None:
             return  # the batch lane holds it (its pool, or an upstream batch)
-        payload = await self.redis.exists(arq_job_key(job_id))
-        if payload and await self.redis.hexists(SCHED_WHERE, job_id):  # type: ignore[misc]
+        payload = await self.redis.exists(self.keys.arq_job_key(job_id))
+        if payload and await self.redis.hexists(self.keys.sched_where, job_id):  # type: ignore[misc]
             return  # waiting in the scheduler: the dispatcher will move it
         if payload:
-            await self.redis.zadd(
-                self.settings.queue_name, {job_id: int(utcnow().timestamp() * 1000)}
-            )
+            await self.redis.zadd(self.keys.queue, {job_id: int(utcnow().timestamp() * 1000)})
             done.requeued.append(job_id)
             log.warning("reconciler.requeued", job_id=job_id)
             return

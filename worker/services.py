@@ -33,7 +33,7 @@ class Services:
     ledgers: Ledgers = field(init=False)  # every job's reservations (msgq.ledger)
 
     def __post_init__(self) -> None:
-        self.catalog = CatalogReader(self.redis)
+        self.catalog = CatalogReader(self.redis, self.settings.keys)
         self.ledgers = Ledgers(self.redis, self.limiter)
 
     @classmethod

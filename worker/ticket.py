@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from msgq.keys import TICKETS_KEY, admitted_key
+from msgq.keys import Keyspace
 from msgq.ledger import TICKET
 from msgq.tenancy.budgets import Budgets, Reservation
 from msgq.tenancy.scheduling import Estimate
@@ -81,8 +81,9 @@ class HeldTicket:
         if self._done:
             return None
         self._done = True
+        keys = self.ledgers.limiter.keys
         moved = await self.ledgers.consume_ticket(
-            admitted_key(self.job_id), TICKETS_KEY, self.job_id
+            keys.admitted_key(self.job_id), keys.tickets_key, self.job_id
         )
         return self.ticket if moved is not None else None
 
@@ -93,15 +94,15 @@ class HeldTicket:
             return
         self._done = True
         redis = self.ledgers.redis
-        if await take(redis, self.job_id):
+        if await take(redis, self.ledgers.limiter.keys, self.job_id):
             await refund(redis, self.ledgers.limiter, self.ticket)
 
 
-async def take(redis: Redis, job_id: str) -> bool:
+async def take(redis: Redis, keys: Keyspace, job_id: str) -> bool:
     """Delete the job's ticket; True only for the one caller that deleted it."""
     async with redis.pipeline(transaction=False) as pipe:  # DEL alone decides who took it
-        pipe.delete(admitted_key(job_id))
-        pipe.zrem(TICKETS_KEY, job_id)
+        pipe.delete(keys.admitted_key(job_id))
+        pipe.zrem(keys.tickets_key, job_id)
         deleted, _ = await pipe.execute()
     return bool(deleted)
 
@@ -115,21 +116,23 @@ async def refund(redis: Redis, limiter: RateLimiter, ticket: Ticket | None) -> N
         await settle_capacity(redis, limiter, capacity, NOT_SENT)
     if ticket.reservation is not None:
         model = ticket.estimate.model if ticket.estimate else "unknown"
-        await Budgets(redis).settle(ticket.reservation, 0.0, model)
+        await Budgets(redis, limiter.keys).settle(ticket.reservation, 0.0, model)
 
 
-async def release_orphans(redis: Redis, limiter: RateLimiter, queue_name: str) -> int:
+async def release_orphans(redis: Redis, limiter: RateLimiter) -> int:
     """Tickets whose job left arq's queue without a worker consuming or releasing them (it was
-    canceled or expired after admission, or its payload was lost): released here, once."""
+    canceled or expired after admission, or its payload was lost): released here, once. The
+    limiter's keyspace is the deployment's."""
+    keys = limiter.keys
     cutoff_ms = int(time.time() * 1000) - ORPHAN_AFTER_MS
-    ids = await redis.zrangebyscore(TICKETS_KEY, "-inf", cutoff_ms, start=0, num=500)
+    ids = await redis.zrangebyscore(keys.tickets_key, "-inf", cutoff_ms, start=0, num=500)
     released = 0
     for raw_id in ids:
         job_id = raw_id.decode()
-        if await redis.zscore(queue_name, job_id) is not None:
+        if await redis.zscore(keys.queue, job_id) is not None:
             continue  # still queued or running: its worker settles it
-        raw = await redis.get(admitted_key(job_id))
-        if await take(redis, job_id):
+        raw = await redis.get(keys.admitted_key(job_id))
+        if await take(redis, keys, job_id):
             await refund(redis, limiter, parse_or_none(raw))
             released += 1
     return released

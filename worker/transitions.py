@@ -73,7 +73,7 @@ async def finish(
     if keeps_request(status, error.type if isinstance(error, JobError) else None):
         # Before the write, which may take the queued payload with it: budget and deadline
         # endings happen before any attempt, so nothing else keeps the request for a retry.
-        await keep_spec_from_queue(store.redis, job_id, ttl_s=store.retention_s)
+        await keep_spec_from_queue(store.redis, store.keys, job_id, ttl_s=store.retention_s)
 
     def change(record: JobRecord) -> JobRecord:
         # Re-run after a WATCH conflict: always build from the latest record.

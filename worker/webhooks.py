@@ -20,7 +20,6 @@ from redis.exceptions import RedisError
 from msgq.batches import Batches, BatchMeta
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
-from msgq.keys import batch_key
 from msgq.settings import Settings
 from msgq.webhooks import signing
 from msgq.webhooks.outbox import Entry, Outbox, public_body
@@ -48,7 +47,7 @@ class Outcome:
 class WebhookDispatcher:
     def __init__(self, redis: Redis, store: JobStore, settings: Settings) -> None:
         self.redis, self.store, self.settings = redis, store, settings
-        self.outbox = Outbox(redis)
+        self.outbox = Outbox(redis, settings.keys)
         self.batches = Batches(redis, store, settings)
         self.allow = Allow.parse(settings.webhook_allow)
         # No keep-alive: connections go to checked IPs, and a pooled TLS connection opened for one
@@ -149,7 +148,7 @@ class WebhookDispatcher:
         if entry.kind == "job":
             record = await self.store.get(entry.ref)
             return None if record is None else public_body(record)
-        raw = await self.redis.get(batch_key(entry.ref))
+        raw = await self.redis.get(self.settings.keys.batch_key(entry.ref))
         if raw is None:
             return None
         # The worker does not know the API's public address: results_url is a path on it.

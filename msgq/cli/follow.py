@@ -26,7 +26,6 @@ from redis.asyncio import Redis
 from msgq import waits
 from msgq.client import Client
 from msgq.connections import connect
-from msgq.keys import progress_channel
 from msgq.settings import Settings
 from schemas import JobRecord, JobStatus
 
@@ -150,7 +149,7 @@ async def follow(
         connect(settings) as redis,
         redis.pubsub() as pubsub,
     ):
-        await pubsub.subscribe(progress_channel(job_id))
+        await pubsub.subscribe(settings.keys.progress_channel(job_id))
         await _watch(redis, settings, client, job_id, printer)  # JobNotFoundError first
         ending = asyncio.create_task(client.wait(job_id, timeout=FOLLOW_S))
         looked = time.monotonic()

@@ -175,10 +175,13 @@ def submit(
 
 def _warn_no_worker(settings: Settings) -> None:
     """On stderr, so the job ID on stdout still pipes: the job is stored, but nothing runs it."""
+    where = mask_url(settings.redis_url)
+    if not settings.keys.is_default:  # a worker of another namespace never runs this job
+        where += f" in namespace {settings.keys.namespace}"
     click.echo(
-        f"msgq: warning: no worker has been seen on {mask_url(settings.redis_url)} in the last "
+        f"msgq: warning: no worker has been seen on {where} in the last "
         f"{SEEN_WITHIN_S:g} s; the job waits until one starts (`msgq worker` or `msgq dev`, "
-        "with this REDIS_URL)",
+        "with this REDIS_URL and MSGQ_NAMESPACE)",
         err=True,
     )
 

@@ -59,8 +59,9 @@ def resume() -> None:
         from msgq.connections import connect
         from worker.ratelimit import RateLimiter
 
-        async with connect(Settings()) as redis:
-            limiter = RateLimiter(redis, {})
+        settings = Settings()
+        async with connect(settings) as redis:
+            limiter = RateLimiter(redis, settings.keys, {})
             reason = await limiter.paused()
             await limiter.resume()
             return reason
@@ -82,7 +83,7 @@ def usage(as_json: bool) -> None:
 
     async def run() -> list[dict[str, Any]]:
         async with connect(settings) as redis:
-            budgets = Budgets(redis)
+            budgets = Budgets(redis, settings.keys)
             names = sorted(set(tenants.names()) | set(await budgets.tenants()))
             return [await budgets.usage(t, tenants.get(t)) for t in names]
 
@@ -117,7 +118,7 @@ def audit(as_json: bool) -> None:
     async def run() -> AuditReport:
         settings = Settings()
         async with connect(settings) as redis:
-            return await run_audit(redis, queue_name=settings.queue_name)
+            return await run_audit(redis, settings.keys, workers=True)
 
     report = asyncio.run(run())
     if as_json:

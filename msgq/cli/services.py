@@ -79,11 +79,10 @@ async def _check_worker(settings: Settings) -> int:
     from redis.exceptions import RedisError
 
     from msgq.connections import connect
-    from msgq.keys import health_check_key
 
     try:
         async with connect(settings, socket_connect_timeout=3, failover_wait_s=3) as redis:
-            alive = bool(await redis.exists(health_check_key(settings.queue_name)))
+            alive = bool(await redis.exists(settings.keys.health_check_key))
     except (RedisError, OSError) as exc:
         from msgq.cli.common import redis_origin
 

@@ -15,7 +15,6 @@ from prometheus_client import REGISTRY as PROCESS_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from redis.asyncio import Redis
 
-from msgq.keys import PAUSE_KEY, SCHED_WHERE
 from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets
 from msgq.tenancy.tenants import load_tenants
@@ -42,9 +41,9 @@ TENANT_REMAINING = Gauge(
 
 async def exposition(redis: Redis, settings: Settings) -> bytes:
     """The Prometheus text of one scrape, the fleet gauges read now."""
-    QUEUE_DEPTH.set(await redis.zcard(settings.queue_name))
-    SCHEDULED.set(await redis.hlen(SCHED_WHERE))  # type: ignore[misc]  # redis-py: untyped
-    PAUSED.set(1 if await redis.exists(PAUSE_KEY) else 0)
+    QUEUE_DEPTH.set(await redis.zcard(settings.keys.queue))
+    SCHEDULED.set(await redis.hlen(settings.keys.sched_where))  # type: ignore[misc]  # redis-py: untyped
+    PAUSED.set(1 if await redis.exists(settings.keys.pause_key) else 0)
     text = generate_latest(PROCESS_REGISTRY)
     if settings.metrics_tenants:
         await _tenant_spend(redis, settings)
@@ -55,7 +54,7 @@ async def exposition(redis: Redis, settings: Settings) -> bytes:
 async def _tenant_spend(redis: Redis, settings: Settings) -> None:
     """Per-tenant spend today and this month, and what remains of each budget."""
     tenants = load_tenants(settings.tenants_file)
-    budgets = Budgets(redis)
+    budgets = Budgets(redis, settings.keys)
     for tenant in sorted(set(tenants.names()) | set(await budgets.tenants())):
         usage = await budgets.usage(tenant, tenants.get(tenant))
         for period in ("today", "month"):

@@ -11,7 +11,6 @@ from redis.exceptions import RedisError
 
 from msgq.http.deps import State
 from msgq.http.metrics import exposition
-from msgq.keys import health_check_key
 
 router = APIRouter(tags=["ops"])
 
@@ -21,7 +20,7 @@ async def healthz(state: State) -> JSONResponse:
     """200 while Redis answers; `workers` says whether a worker checked in recently."""
     try:
         await state.redis.ping()
-        workers = bool(await state.redis.exists(health_check_key(state.settings.queue_name)))
+        workers = bool(await state.redis.exists(state.settings.keys.health_check_key))
     except RedisError:
         return JSONResponse({"status": "down", "redis": False, "workers": None}, 503)
     return JSONResponse(

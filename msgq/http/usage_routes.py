@@ -16,4 +16,4 @@ router = APIRouter(prefix="/v1/usage", tags=["usage"])
 @router.get("", summary="The calling tenant's spend and remaining budget (USD)")
 async def usage(tenant: Tenant, state: State) -> dict[str, Any]:
     config = load_tenants(state.settings.tenants_file).get(tenant)
-    return await Budgets(state.redis).usage(tenant, config)
+    return await Budgets(state.redis, state.settings.keys).usage(tenant, config)

@@ -24,7 +24,6 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from msgq.jobs.store import JobStore
-from msgq.keys import DONE_CHANNEL, progress_channel
 from schemas import JobRecord
 
 log = structlog.get_logger("msgq.endings")
@@ -90,7 +89,7 @@ class Endings:
             try:
                 async with self.redis.pubsub() as pubsub:
                     # After a reconnect: every channel still followed, in the same command.
-                    await pubsub.subscribe(DONE_CHANNEL, *self._followers)
+                    await pubsub.subscribe(self.store.keys.done_channel, *self._followers)
                     self._pubsub = pubsub
                     self._ready.set()
                     delay = 0.1
@@ -111,7 +110,7 @@ class Endings:
             confirmed = self._confirmed.pop(channel, None)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
-        elif channel == DONE_CHANNEL:
+        elif channel == self.store.keys.done_channel:
             self._ended(message["data"].decode())
         else:
             for follower in self._followers.get(channel, ()):
@@ -123,7 +122,7 @@ class Endings:
         subscription; returns once Redis confirmed it (or after SUBSCRIBE_WAIT_S), so a record
         read next misses none."""
         await self.start()
-        channel = channel or progress_channel(job_id)
+        channel = channel or self.store.keys.progress_channel(job_id)
         follower = Follower()
         first = channel not in self._followers
         self._followers.setdefault(channel, set()).add(follower)

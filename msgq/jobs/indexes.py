@@ -3,7 +3,7 @@ transactions as the records, so listings and the dashboard read an index instead
 every key. Active statuses and models are scored by creation time, ended statuses by end time.
 
 Records expire after their retention (a Redis TTL), and Redis does not tell the indexes. So each
-terminal write also notes when its record will expire (`EXPIRING_KEY`, with the indexes that
+terminal write also notes when its record will expire (`keys.expiring_key`, with the indexes that
 name it), and the reconciler takes those entries out once that time has passed
 (`prune_expired`): every index then holds what the live records need, within one reconciler
 interval, however long the fleet runs. Listings still drop an entry whose record they find gone,
@@ -18,14 +18,7 @@ import time
 import orjson
 from redis.asyncio import Redis
 
-from msgq.keys import (
-    EXPIRING_KEY,
-    INDEX_KEY,
-    model_jobs_key,
-    record_key,
-    status_jobs_key,
-    tenant_jobs_key,
-)
+from msgq.keys import Keyspace
 from schemas import JobRecord, JobStatus
 
 DEFAULT_KEEP_S = 29 * 24 * 3600  # the longest retention (a batch's results)
@@ -63,18 +56,23 @@ def _trim(pipe: Redis, key: str, keep_s: int) -> None:
 
 
 def index_new(
-    pipe: Redis, record: JobRecord, score_ms: int | None = None, keep_s: int = DEFAULT_KEEP_S
+    pipe: Redis,
+    keys: Keyspace,
+    record: JobRecord,
+    score_ms: int | None = None,
+    keep_s: int = DEFAULT_KEEP_S,
 ) -> None:
     """A fresh record: its status (queued) and its model, on the caller's pipeline."""
     score = created_ms(record) if score_ms is None else score_ms
-    pipe.zadd(status_jobs_key(record.status.value), {record.id: score})
+    pipe.zadd(keys.status_jobs_key(record.status.value), {record.id: score})
     if record.model:
-        pipe.zadd(model_jobs_key(record.model), {record.id: score})
-        _trim(pipe, model_jobs_key(record.model), keep_s)
+        pipe.zadd(keys.model_jobs_key(record.model), {record.id: score})
+        _trim(pipe, keys.model_jobs_key(record.model), keep_s)
 
 
 def index_status(
     pipe: Redis,
+    keys: Keyspace,
     record: JobRecord,
     keep_s: int = DEFAULT_KEEP_S,
     *,
@@ -87,10 +85,10 @@ def index_status(
     if previous is None:
         for status in JobStatus:
             if status is not record.status:
-                pipe.zrem(status_jobs_key(status.value), record.id)
+                pipe.zrem(keys.status_jobs_key(status.value), record.id)
     elif previous is not record.status:
-        pipe.zrem(status_jobs_key(previous.value), record.id)
-    key = status_jobs_key(record.status.value)
+        pipe.zrem(keys.status_jobs_key(previous.value), record.id)
+    key = keys.status_jobs_key(record.status.value)
     if record.status.terminal:
         ended = record.finished_at.timestamp() if record.finished_at else time.time()
         pipe.zadd(key, {record.id: int(ended * 1000)})
@@ -99,42 +97,44 @@ def index_status(
         pipe.zadd(key, {record.id: created_ms(record)})
 
 
-def index_expiry(pipe: Redis, record: JobRecord, ttl_s: int) -> None:
+def index_expiry(pipe: Redis, keys: Keyspace, record: JobRecord, ttl_s: int) -> None:
     """Note when a terminal record written now with `ttl_s` will be gone, and which indexes
     name it (its tenant, model and status), for `prune_expired`."""
     note = orjson.dumps([record.id, record.tenant, record.model, record.status.value])
-    pipe.zadd(EXPIRING_KEY, {note: int((time.time() + ttl_s) * 1000)})
+    pipe.zadd(keys.expiring_key, {note: int((time.time() + ttl_s) * 1000)})
 
 
-def _indexes_of(note: bytes) -> tuple[str, list[str]]:
+def _indexes_of(keys: Keyspace, note: bytes) -> tuple[str, list[str]]:
     job_id, tenant, model, status = orjson.loads(note)
-    keys = [INDEX_KEY, status_jobs_key(status)]
+    indexes = [keys.index_key, keys.status_jobs_key(status)]
     if tenant:
-        keys.append(tenant_jobs_key(tenant))
+        indexes.append(keys.tenant_jobs_key(tenant))
     if model:
-        keys.append(model_jobs_key(model))
-    return str(job_id), keys
+        indexes.append(keys.model_jobs_key(model))
+    return str(job_id), indexes
 
 
-async def prune_expired(redis: Redis, *, limit: int = PRUNE_MAX) -> int:
+async def prune_expired(redis: Redis, keys: Keyspace, *, limit: int = PRUNE_MAX) -> int:
     """Take the records that expired out of every index (the reconciler's pass, under its lock).
     Returns how many records' entries were removed."""
     prune = redis.register_script(PRUNE)
     removed = seen = 0
     while seen < limit:
         now_ms = int(time.time() * 1000)
-        notes = await redis.zrangebyscore(EXPIRING_KEY, "-inf", now_ms, start=0, num=PRUNE_CHUNK)
+        notes = await redis.zrangebyscore(
+            keys.expiring_key, "-inf", now_ms, start=0, num=PRUNE_CHUNK
+        )
         if not notes:
             break
         async with redis.pipeline(transaction=False) as pipe:
             for note in notes:
                 try:
-                    job_id, indexes = _indexes_of(note)
+                    job_id, indexes = _indexes_of(keys, note)
                 except (orjson.JSONDecodeError, TypeError, ValueError):
-                    pipe.zrem(EXPIRING_KEY, note)  # not one of msgq's: never due again
+                    pipe.zrem(keys.expiring_key, note)  # not one of msgq's: never due again
                     continue
-                keys = [EXPIRING_KEY, record_key(job_id), *indexes]
-                await prune(keys=keys, args=[note, job_id, now_ms], client=pipe)
+                touched = [keys.expiring_key, keys.record_key(job_id), *indexes]
+                await prune(keys=touched, args=[note, job_id, now_ms], client=pipe)
             removed += sum(int(n) for n in await pipe.execute())
         seen += len(notes)
     return removed

@@ -8,15 +8,15 @@ import orjson
 from redis.asyncio import Redis
 
 from msgq import arq_format
-from msgq.keys import arq_job_key, lane_spec_key, spec_key
+from msgq.keys import Keyspace
 
 
-async def keep_spec_from_queue(redis: Redis, job_id: str, *, ttl_s: int) -> bool:
+async def keep_spec_from_queue(redis: Redis, keys: Keyspace, job_id: str, *, ttl_s: int) -> bool:
     """Copy a job's spec from where it waits (arq's payload, or the batch lane's copy) to the
     retry key, unless one is kept already. An ending decided before any attempt (budget,
     deadline) would otherwise drop the only copy along with the queue entry. The deadline is
     left out: a retry is a new run, and the old deadline has passed."""
-    payload, lane_spec = await redis.mget([arq_job_key(job_id), lane_spec_key(job_id)])
+    payload, lane_spec = await redis.mget([keys.arq_job_key(job_id), keys.lane_spec_key(job_id)])
     spec: Any = None
     try:
         if payload is not None:
@@ -28,4 +28,4 @@ async def keep_spec_from_queue(redis: Redis, job_id: str, *, ttl_s: int) -> bool
     if not isinstance(spec, dict) or "request" not in spec:
         return False
     kept = {k: v for k, v in spec.items() if k != "deadline"}
-    return bool(await redis.set(spec_key(job_id), orjson.dumps(kept), ex=ttl_s, nx=True))
+    return bool(await redis.set(keys.spec_key(job_id), orjson.dumps(kept), ex=ttl_s, nx=True))

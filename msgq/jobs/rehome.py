@@ -5,22 +5,22 @@ from __future__ import annotations
 
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
-from msgq.keys import arq_job_key, record_key
 
 
 async def rehome(store: JobStore, old_id: str, new_id: str, payload: bytes) -> bool:
     """Queue `payload` as `new_id` (due now) unless that job exists; drop `old_id`'s entry
     and payload. True when the job was queued under the new ID."""
+    keys = store.keys
     async with store.redis.pipeline(transaction=True) as pipe:
-        pipe.set(arq_job_key(new_id), payload, nx=True)
-        pipe.exists(record_key(new_id))
+        pipe.set(keys.arq_job_key(new_id), payload, nx=True)
+        pipe.exists(keys.record_key(new_id))
         created, existing = (await pipe.execute())[:2]
     async with store.redis.pipeline(transaction=True) as pipe:
         if created and not existing:
-            pipe.zadd(store.queue_name, {new_id: int(utcnow().timestamp() * 1000)}, nx=True)
+            pipe.zadd(keys.queue, {new_id: int(utcnow().timestamp() * 1000)}, nx=True)
         elif created:  # that job already ended: nothing to queue
-            pipe.delete(arq_job_key(new_id))
-        pipe.zrem(store.queue_name, old_id)
-        pipe.delete(arq_job_key(old_id))
+            pipe.delete(keys.arq_job_key(new_id))
+        pipe.zrem(keys.queue, old_id)
+        pipe.delete(keys.arq_job_key(old_id))
         await pipe.execute()
     return bool(created and not existing)

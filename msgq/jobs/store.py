@@ -16,19 +16,7 @@ from msgq.jobs.indexes import index_expiry, index_new, index_status
 from msgq.jobs.kept import keep_spec_from_queue
 from msgq.jobs.records import utcnow
 from msgq.jobs.store_scripts import COMPARE_AND_SET, CREATE, SCRIPT_SAFE, Recorder, flatten
-from msgq.keys import (
-    ACTIVE_KEY,
-    DONE_CHANNEL,
-    INDEX_KEY,
-    SCHED_DEADLINES,
-    SCHED_EST,
-    SCHED_WHERE,
-    arq_job_key,
-    batch_counts_key,
-    record_key,
-    spec_key,
-    tenant_jobs_key,
-)
+from msgq.keys import Keyspace
 from msgq.settings import Settings
 from msgq.tenancy.scheduling import Placement
 from msgq.watched import Writes, watched
@@ -47,12 +35,12 @@ class JobStore:
         self,
         redis: Redis,
         *,
-        queue_name: str,
+        keys: Keyspace,
         retention_s: int,
         batch_retention_s: int = BATCH_RETENTION_S,
     ) -> None:
         self.redis = redis
-        self.queue_name = queue_name
+        self.keys = keys  # the deployment's key names: every key below is built from them
         self.retention_s = retention_s
         self.batch_retention_s = batch_retention_s
         self._cas = redis.register_script(COMPARE_AND_SET)
@@ -62,13 +50,13 @@ class JobStore:
     def from_settings(cls, redis: Redis, settings: Settings) -> JobStore:
         return cls(
             redis,
-            queue_name=settings.queue_name,
+            keys=settings.keys,
             retention_s=settings.retention_s,
             batch_retention_s=settings.batch_retention_s,
         )
 
     async def get(self, job_id: str) -> JobRecord | None:
-        raw = await self.redis.get(record_key(job_id))
+        raw = await self.redis.get(self.keys.record_key(job_id))
         return None if raw is None else JobRecord.model_validate_json(raw)
 
     async def create(
@@ -84,7 +72,7 @@ class JobStore:
         recorder = Recorder()
         self._enqueue(cast(Redis, recorder), record, job_payload, score_ms, placement)
         existing = await self._create(
-            keys=[record_key(record.id), arq_job_key(record.id)],
+            keys=[self.keys.record_key(record.id), self.keys.arq_job_key(record.id)],
             args=flatten(recorder.commands),  # plain commands only: a script runs them all
         )
         if existing is None:
@@ -102,17 +90,17 @@ class JobStore:
         placement: Placement | None = None,
     ) -> None:
         """Record, payload and a queue entry: arq's queue, or the scheduler's when placed."""
-        pipe.set(record_key(record.id), record.model_dump_json())
-        pipe.set(arq_job_key(record.id), job_payload)
+        pipe.set(self.keys.record_key(record.id), record.model_dump_json())
+        pipe.set(self.keys.arq_job_key(record.id), job_payload)
         if placement is None:
-            pipe.zadd(self.queue_name, {record.id: score_ms}, nx=True)
+            pipe.zadd(self.keys.queue, {record.id: score_ms}, nx=True)
         else:
             placement.write(pipe, record.id, score_ms)
-        pipe.zadd(INDEX_KEY, {record.id: score_ms})
-        index_new(pipe, record, score_ms)
-        pipe.zadd(ACTIVE_KEY, {record.id: score_ms})
+        pipe.zadd(self.keys.index_key, {record.id: score_ms})
+        index_new(pipe, self.keys, record, score_ms)
+        pipe.zadd(self.keys.active_key, {record.id: score_ms})
         if record.tenant:
-            pipe.zadd(tenant_jobs_key(record.tenant), {record.id: score_ms})
+            pipe.zadd(self.keys.tenant_jobs_key(record.tenant), {record.id: score_ms})
 
     def enqueue_fresh(
         self, pipe: Redis, jobs: list[tuple[JobRecord, bytes]], score_ms: int
@@ -127,21 +115,21 @@ class JobStore:
 
     async def ensure_raw(self, record: JobRecord) -> tuple[JobRecord, bytes | None]:
         """`ensure`, with the record's JSON as read (for a later compare-and-set), if it was."""
-        key = record_key(record.id)
+        key = self.keys.record_key(record.id)
         raw = await self.redis.get(key)  # the usual case: the producer already wrote it
         if raw is not None:
             return JobRecord.model_validate_json(raw), raw
         return await self._create_missing(record), None
 
     async def _create_missing(self, record: JobRecord) -> JobRecord:
-        key = record_key(record.id)
+        key = self.keys.record_key(record.id)
         created = await self.redis.set(key, record.model_dump_json(), nx=True)
         if created:
             score = int(record.created_at.timestamp() * 1000)
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(INDEX_KEY, {record.id: score})
-                index_new(pipe, record, score)
-                pipe.zadd(ACTIVE_KEY, {record.id: score})
+                pipe.zadd(self.keys.index_key, {record.id: score})
+                index_new(pipe, self.keys, record, score)
+                pipe.zadd(self.keys.active_key, {record.id: score})
                 await pipe.execute()
             return record
         current = await self.get(record.id)
@@ -174,7 +162,7 @@ class JobStore:
             done = await self._compare_and_set(job_id, change, expected, current, also)
             if done is not None:
                 return done
-        key = record_key(job_id)
+        key = self.keys.record_key(job_id)
 
         async def body(pipe: Pipeline) -> tuple[JobRecord | None, Writes | None]:
             raw = await pipe.get(key)
@@ -212,33 +200,35 @@ class JobStore:
         commands = [*recorder.commands, *also]
         if any(str(args[0]).upper() not in SCRIPT_SAFE for args in commands):
             return None  # e.g. a script of its own (a batch's webhook): WATCH/MULTI instead
-        written = await self._cas(keys=[record_key(job_id)], args=[expected, *flatten(commands)])
+        written = await self._cas(
+            keys=[self.keys.record_key(job_id)], args=[expected, *flatten(commands)]
+        )
         return new if int(written) == 1 else None
 
     def _write(self, pipe: Redis, record: JobRecord, previous: JobStatus | None = None) -> None:
         keep_s = max(self.retention_s, self.batch_retention_s)
-        index_status(pipe, record, keep_s, previous=previous)
+        index_status(pipe, self.keys, record, keep_s, previous=previous)
         if not record.status.terminal:
-            pipe.set(record_key(record.id), record.model_dump_json())
+            pipe.set(self.keys.record_key(record.id), record.model_dump_json())
             return
         # A batch's results are kept as long as the batch (the API keeps them 29 days).
         ttl = self.batch_retention_s if record.batch_id else self.retention_s
         record = outbox.pending(record)  # webhook state `pending` when it has a callback_url
-        pipe.set(record_key(record.id), record.model_dump_json(), ex=ttl)
-        index_expiry(pipe, record, ttl)  # so the reconciler unindexes it when it expires
-        pipe.zrem(ACTIVE_KEY, record.id)
+        pipe.set(self.keys.record_key(record.id), record.model_dump_json(), ex=ttl)
+        index_expiry(pipe, self.keys, record, ttl)  # so the reconciler unindexes it when it expires
+        pipe.zrem(self.keys.active_key, record.id)
         if record.batch_id:
             # In the same transaction as the write-once terminal record, so counts are exact.
-            counts = batch_counts_key(record.batch_id)
+            counts = self.keys.batch_counts_key(record.batch_id)
             pipe.hincrby(counts, record.status.value, 1)
             pipe.hset(counts, "last_at", (record.finished_at or utcnow()).isoformat())
-        outbox.schedule(pipe, record)  # the webhook owed, durable with the record itself
-        record_minute(pipe, record.status.value, tenant=record.tenant)
-        pipe.publish(DONE_CHANNEL, record.id)
+        outbox.schedule(pipe, self.keys, record)  # the webhook owed, durable with the record itself
+        record_minute(pipe, self.keys, record.status.value, tenant=record.tenant)
+        pipe.publish(self.keys.done_channel, record.id)
 
     async def keep_spec(self, job_id: str, spec: dict[str, Any]) -> None:
         """A failed job's spec, kept as long as its record, so `msgq retry` can re-run it."""
-        await self.redis.set(spec_key(job_id), orjson.dumps(spec), ex=self.retention_s)
+        await self.redis.set(self.keys.spec_key(job_id), orjson.dumps(spec), ex=self.retention_s)
 
     async def reopen(
         self, job_id: str, job_payload: Callable[[dict[str, Any]], bytes]
@@ -248,10 +238,10 @@ class JobStore:
         The one deliberate exception to write-once: an operator asked for a new run. Returns
         None when there is nothing to re-run (`retry_policy.retry_verdict` says why, or no spec).
         """
-        key = record_key(job_id)
+        key = self.keys.record_key(job_id)
 
         async def body(pipe: Pipeline) -> tuple[JobRecord | None, Writes | None]:
-            raw, spec = await pipe.get(key), await pipe.get(spec_key(job_id))
+            raw, spec = await pipe.get(key), await pipe.get(self.keys.spec_key(job_id))
             record = None if raw is None else JobRecord.model_validate_json(raw)
             fresh = None if record is None or spec is None else records.reopened(record)
             if fresh is None or spec is None:
@@ -261,15 +251,15 @@ class JobStore:
 
             def writes(pipe: Pipeline) -> None:
                 pipe.set(key, fresh.model_dump_json())
-                index_status(pipe, fresh, previous=previous)
-                pipe.zadd(ACTIVE_KEY, {job_id: now_ms})
-                pipe.set(arq_job_key(job_id), job_payload(orjson.loads(spec)))
-                pipe.zadd(self.queue_name, {job_id: now_ms})
-                pipe.delete(spec_key(job_id))
+                index_status(pipe, self.keys, fresh, previous=previous)
+                pipe.zadd(self.keys.active_key, {job_id: now_ms})
+                pipe.set(self.keys.arq_job_key(job_id), job_payload(orjson.loads(spec)))
+                pipe.zadd(self.keys.queue, {job_id: now_ms})
+                pipe.delete(self.keys.spec_key(job_id))
 
             return fresh, writes
 
-        return await watched(self.redis, [key, spec_key(job_id)], body)
+        return await watched(self.redis, [key, self.keys.spec_key(job_id)], body)
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         """Queued or retrying: canceled now and dequeued. In progress: flagged, and the worker
@@ -279,27 +269,29 @@ class JobStore:
             # Free the queue slot; a worker that already picked it up sees `canceled` and stops.
             await self.unqueue(job_id)
         elif record is not None and record.cancel_requested and not record.status.terminal:
-            key, mapping = arq_format.abort_request(job_id)
+            key, mapping = arq_format.abort_request(self.keys.abort_key, job_id)
             await self.redis.zadd(key, mapping)
         return record
 
     async def unqueue(self, job_id: str) -> None:
         """Take an ended job out of whichever queue holds it (arq's or the scheduler's)."""
-        where = await self.redis.hget(SCHED_WHERE, job_id)  # type: ignore[misc]
+        where = await self.redis.hget(self.keys.sched_where, job_id)  # type: ignore[misc]
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.queue_name, job_id)
-            pipe.delete(arq_job_key(job_id))
-            pipe.zrem(SCHED_DEADLINES, job_id)
+            pipe.zrem(self.keys.queue, job_id)
+            pipe.delete(self.keys.arq_job_key(job_id))
+            pipe.zrem(self.keys.sched_deadlines, job_id)
             if where is not None:
                 pipe.zrem(where.decode(), job_id)
-                pipe.hdel(SCHED_WHERE, job_id)
-                pipe.hdel(SCHED_EST, job_id)
+                pipe.hdel(self.keys.sched_where, job_id)
+                pipe.hdel(self.keys.sched_est, job_id)
             await pipe.execute()
 
     async def expire_job(self, job_id: str) -> bool:
         """End a job `expired` (its batch or deadline passed) and drop it from the queue; an
         attempt in flight may still answer, but its late result is discarded (write-once)."""
-        await keep_spec_from_queue(self.redis, job_id, ttl_s=self.retention_s)  # for a retry
+        await keep_spec_from_queue(
+            self.redis, self.keys, job_id, ttl_s=self.retention_s
+        )  # for a retry
         record = await self.update(job_id, lambda r: records.ended(r, JobStatus.EXPIRED))
         if record is None or record.status is not JobStatus.EXPIRED:
             return False
@@ -310,14 +302,14 @@ class JobStore:
         """Records in the order asked; None where there is none."""
         if not job_ids:
             return []
-        raws = await self.redis.mget([record_key(i) for i in job_ids])
+        raws = await self.redis.mget([self.keys.record_key(i) for i in job_ids])
         return [None if raw is None else JobRecord.model_validate_json(raw) for raw in raws]
 
     async def payloads_present(self, job_ids: list[str]) -> list[bool]:
         """Whether each job's queued payload still exists (the queue has not yet let go)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.exists(arq_job_key(job_id))
+                pipe.exists(self.keys.arq_job_key(job_id))
             return [bool(n) for n in await pipe.execute()]
 
     async def page(
@@ -332,7 +324,7 @@ class JobStore:
 
         Index entries whose record has expired are pruned on the way.
         """
-        index = tenant_jobs_key(tenant) if tenant else INDEX_KEY
+        index = self.keys.tenant_jobs_key(tenant) if tenant else self.keys.index_key
         offset = 0
         if after_id is not None:
             rank = await self.redis.zrevrank(index, after_id)
@@ -342,7 +334,7 @@ class JobStore:
             ids = await self.redis.zrevrange(index, offset, offset + 499)
             if not ids:
                 break
-            raws = await self.redis.mget([record_key(i.decode()) for i in ids])
+            raws = await self.redis.mget([self.keys.record_key(i.decode()) for i in ids])
             offset += len(ids)
             gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
             if gone:
@@ -361,7 +353,7 @@ class JobStore:
         """A running job's output tokens so far (None clears them). Only an in-progress record
         is touched: a terminal or re-queued one never is (WATCH sees to races). Nothing but
         `progress` changes, so unlike `update` it leaves the status indexes alone."""
-        key = record_key(job_id)
+        key = self.keys.record_key(job_id)
 
         async def body(pipe: Pipeline) -> tuple[None, Writes | None]:
             raw = await pipe.get(key)

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from msgq.keys import LEDGER_OPEN, SPEND_TENANTS, ledger_key, spend_key, spend_models_key
+from msgq.keys import Keyspace
 from msgq.tenancy.tenants import TenantConfig
 from schemas import Prices
 
@@ -107,8 +107,8 @@ class Reservation:
 
 
 class Budgets:
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
+    def __init__(self, redis: Redis, keys: Keyspace) -> None:
+        self.redis, self.keys = redis, keys
         self._reserve = redis.register_script(RESERVE)
 
     async def reserve(
@@ -128,11 +128,11 @@ class Budgets:
             -1 if limit is None else round(limit * MICRO)
             for limit in (config.budget_usd_day, config.budget_usd_month)
         ]
-        keys = [spend_key(tenant, day), spend_key(tenant, month)]
+        keys = [self.keys.spend_key(tenant, day), self.keys.spend_key(tenant, month)]
         args: list[Any] = [amount, *caps, DAY_TTL_S, MONTH_TTL_S]
         if hold is not None:
             held = {"tenant": tenant, "day": day, "month": month, "micro_usd": amount}
-            keys += [ledger_key(hold), LEDGER_OPEN]
+            keys += [self.keys.ledger_key(hold), self.keys.ledger_open]
             args += [hold, int(time.time() * 1000), orjson.dumps(held)]
         ok, period, *figures = await self._reserve(keys=keys, args=args)
         if not int(ok):
@@ -143,7 +143,7 @@ class Budgets:
                 spent_usd=spent / MICRO,
                 budget_usd=cap / MICRO,
             )
-        await self.redis.sadd(SPEND_TENANTS, tenant)  # type: ignore[misc]
+        await self.redis.sadd(self.keys.spend_tenants, tenant)  # type: ignore[misc]
         return Reservation(tenant, day, month, amount)
 
     async def settle(self, reservation: Reservation, actual_usd: float, model: str) -> None:
@@ -151,10 +151,10 @@ class Budgets:
         actual = round(actual_usd * MICRO)
         delta = actual - reservation.micro_usd
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.incrby(spend_key(reservation.tenant, reservation.day), delta)
-            pipe.incrby(spend_key(reservation.tenant, reservation.month), delta)
+            pipe.incrby(self.keys.spend_key(reservation.tenant, reservation.day), delta)
+            pipe.incrby(self.keys.spend_key(reservation.tenant, reservation.month), delta)
             if actual:
-                models = spend_models_key(reservation.tenant, reservation.day)
+                models = self.keys.spend_models_key(reservation.tenant, reservation.day)
                 pipe.hincrby(models, model, actual)
                 pipe.expire(models, DAY_TTL_S)
             await pipe.execute()
@@ -167,23 +167,23 @@ class Budgets:
         actual = round(actual_usd * MICRO)
         async with self.redis.pipeline(transaction=True) as pipe:
             for key, ttl in (
-                (spend_key(tenant, day), DAY_TTL_S),
-                (spend_key(tenant, month), MONTH_TTL_S),
+                (self.keys.spend_key(tenant, day), DAY_TTL_S),
+                (self.keys.spend_key(tenant, month), MONTH_TTL_S),
             ):
                 pipe.incrby(key, actual)
                 pipe.expire(key, ttl)
-            pipe.hincrby(spend_models_key(tenant, day), model, actual)
-            pipe.expire(spend_models_key(tenant, day), DAY_TTL_S)
-            pipe.sadd(SPEND_TENANTS, tenant)
+            pipe.hincrby(self.keys.spend_models_key(tenant, day), model, actual)
+            pipe.expire(self.keys.spend_models_key(tenant, day), DAY_TTL_S)
+            pipe.sadd(self.keys.spend_tenants, tenant)
             await pipe.execute()
 
     async def usage(self, tenant: str, config: TenantConfig) -> dict[str, object]:
         """Spend today and this month, the budgets and what remains (USD)."""
         day, month = periods()
         spent_day, spent_month = await self.redis.mget(
-            [spend_key(tenant, day), spend_key(tenant, month)]
+            [self.keys.spend_key(tenant, day), self.keys.spend_key(tenant, month)]
         )
-        models = await self.redis.hgetall(spend_models_key(tenant, day))  # type: ignore[misc]
+        models = await self.redis.hgetall(self.keys.spend_models_key(tenant, day))  # type: ignore[misc]
         today = int(spent_day or 0) / MICRO
         this_month = int(spent_month or 0) / MICRO
         return {
@@ -206,5 +206,5 @@ class Budgets:
         }
 
     async def tenants(self) -> list[str]:
-        members = await self.redis.smembers(SPEND_TENANTS)  # type: ignore[misc]
+        members = await self.redis.smembers(self.keys.spend_tenants)  # type: ignore[misc]
         return sorted(m.decode() for m in members)

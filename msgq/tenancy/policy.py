@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import orjson
 from redis.asyncio import Redis
 
-from msgq.keys import FLEET_POLICY
 from msgq.settings import Settings
 from msgq.tenancy.tenants import Tenants, TenantsFileError, load_tenants, parse_tenants
 
@@ -53,7 +52,7 @@ async def publish(redis: Redis, settings: Settings) -> None:
         "anthropic_version": settings.anthropic_version,
         "webhook_signing": settings.webhook_secret is not None,
     }
-    await redis.set(FLEET_POLICY, orjson.dumps(value))
+    await redis.set(settings.keys.fleet_policy, orjson.dumps(value))
 
 
 class PolicyReader:
@@ -69,7 +68,7 @@ class PolicyReader:
         now = time.monotonic()
         if self._policy is not None and now - self._read_at < CACHE_S:
             return self._policy
-        raw = await self.redis.get(FLEET_POLICY)
+        raw = await self.redis.get(self.settings.keys.fleet_policy)
         if self._policy is None or raw != self._raw:
             self._policy, self._raw = self._parse(raw), raw
         self._read_at = now

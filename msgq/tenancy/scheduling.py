@@ -17,15 +17,7 @@ import orjson
 from redis.asyncio import Redis
 
 from msgq.estimate import estimate_input_tokens
-from msgq.keys import (
-    PAUSE_KEY,
-    SCHED_BACKLOG,
-    SCHED_DEADLINES,
-    SCHED_EST,
-    SCHED_WAKE,
-    SCHED_WHERE,
-    sched_queue_key,
-)
+from msgq.keys import Keyspace
 from msgq.pricing import prices_for
 from msgq.settings import Settings
 from msgq.tenancy.budgets import reserve_usd
@@ -33,7 +25,7 @@ from msgq.tenancy.tenants import Tenants, load_tenants
 from schemas import Lane, MessageRequest, Priority
 from schemas.capabilities import rate_limit_class
 
-# The backlog invariant: every scheduler queue that holds a job is listed in SCHED_BACKLOG, the
+# The backlog invariant: every scheduler queue that holds a job is listed in the backlog, the
 # only queues the dispatcher reads; a job in an unlisted queue is never admitted and never ends.
 # Placement lists its queue in the transaction that queues the job, and the dispatcher unlists
 # a queue only atomically with seeing it empty (PRUNE_BACKLOG). The reconciler lists again any
@@ -50,7 +42,7 @@ end
 return 1
 """
 
-# KEYS: the backlog. ARGV: (job id, its scheduler queue) pairs, from SCHED_WHERE. Lists again
+# KEYS: the backlog. ARGV: (job id, its scheduler queue) pairs, from `sched_where`. Lists again
 # each queue that holds its job but is unlisted; returns the IDs of the jobs that needed it.
 RELIST_BACKLOG = """
 local relisted = {}
@@ -92,14 +84,13 @@ class QueueId:
     priority: Priority
     tenant: str | None
 
-    @property
-    def key(self) -> str:
-        return sched_queue_key(self.cls, self.priority.value, self.tenant)
+    def key(self, keys: Keyspace) -> str:
+        return keys.sched_queue_key(self.cls, self.priority.value, self.tenant)
 
 
 @dataclass(frozen=True)
 class Waiting:
-    """One waiting job as the dispatcher reads it (`SCHED_EST`): its queue, what admission will
+    """One waiting job as the dispatcher reads it (`sched_est`): its queue, what admission will
     reserve for it, and its deadline (ms), so a job past it ends `expired` even while it waits."""
 
     queue: QueueId
@@ -140,10 +131,11 @@ class Placement:
     """A job's scheduler queue, its estimate and its deadline."""
 
     waiting: Waiting
+    keys: Keyspace
 
     @property
     def queue(self) -> str:
-        return self.waiting.queue.key
+        return self.waiting.queue.key(self.keys)
 
     @property
     def estimate(self) -> Estimate:
@@ -152,21 +144,21 @@ class Placement:
     def write(self, pipe: Redis, job_id: str, score_ms: int) -> None:
         """Queue the job on `pipe`, in the caller's transaction with its record and payload."""
         pipe.zadd(self.queue, {job_id: score_ms}, nx=True)
-        pipe.hset(SCHED_WHERE, job_id, self.queue)
-        pipe.hset(SCHED_EST, job_id, self.waiting.dumps().decode())
-        pipe.sadd(SCHED_BACKLOG, self.queue)
+        pipe.hset(self.keys.sched_where, job_id, self.queue)
+        pipe.hset(self.keys.sched_est, job_id, self.waiting.dumps().decode())
+        pipe.sadd(self.keys.sched_backlog, self.queue)
         if self.waiting.deadline_ms is not None:
-            pipe.zadd(SCHED_DEADLINES, {job_id: self.waiting.deadline_ms})
-        pipe.publish(SCHED_WAKE, job_id)
+            pipe.zadd(self.keys.sched_deadlines, {job_id: self.waiting.deadline_ms})
+        pipe.publish(self.keys.sched_wake, job_id)
 
 
-async def resume_fleet(redis: Redis) -> bool:
+async def resume_fleet(redis: Redis, keys: Keyspace) -> bool:
     """Lift the spend-limit pause and wake the dispatcher in the same step. Without the wake
     admission restarted only at the dispatcher's next look, up to a second later, and a fleet
     of hundreds of slots sat idle for it. True when the fleet was paused."""
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(PAUSE_KEY)
-        pipe.publish(SCHED_WAKE, "resume")
+        pipe.delete(keys.pause_key)
+        pipe.publish(keys.sched_wake, "resume")
         deleted, _ = await pipe.execute()
     return bool(deleted)
 
@@ -193,7 +185,7 @@ def placement(
 ) -> Placement:
     queue = QueueId(rate_limit_class(request.model), priority, tenant)
     deadline_ms = None if deadline is None else int(deadline.timestamp() * 1000)
-    return Placement(Waiting(queue, estimate(request, settings), deadline_ms))
+    return Placement(Waiting(queue, estimate(request, settings), deadline_ms), settings.keys)
 
 
 def tenants_of(settings: Settings) -> Tenants:

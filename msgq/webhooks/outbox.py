@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from msgq.keys import WEBHOOKS_DUE_KEY, WEBHOOKS_KEY, batch_counts_key, batch_key, record_key
+from msgq.keys import Keyspace
 from msgq.watched import Writes, watched
 from schemas import TERMINAL, JobRecord, WebhookState
 
@@ -108,7 +108,7 @@ def pending(record: JobRecord) -> JobRecord:
     return record
 
 
-def schedule(pipe: Redis, record: JobRecord) -> None:
+def schedule(pipe: Redis, keys: Keyspace, record: JobRecord) -> None:
     """Owe the terminal record's webhook (and its batch's, if it was the last), on `pipe`: the
     caller's transaction, the one that writes the terminal record."""
     now_ms = int(time.time() * 1000)
@@ -122,12 +122,12 @@ def schedule(pipe: Redis, record: JobRecord) -> None:
             tenant=record.tenant,
             created_ms=now_ms,
         )
-        pipe.hset(WEBHOOKS_KEY, entry.key, entry.model_dump_json())
-        pipe.zadd(WEBHOOKS_DUE_KEY, {entry.key: now_ms})
+        pipe.hset(keys.webhooks_key, entry.key, entry.model_dump_json())
+        pipe.zadd(keys.webhooks_due_key, {entry.key: now_ms})
     if record.batch_id:
-        keys = (batch_key(record.batch_id), batch_counts_key(record.batch_id))
+        batch = (keys.batch_key(record.batch_id), keys.batch_counts_key(record.batch_id))
         args = (str(now_ms), webhook_id("batch", record.batch_id))
-        pipe.eval(BATCH_ENDED, 4, *keys, WEBHOOKS_KEY, WEBHOOKS_DUE_KEY, *args)
+        pipe.eval(BATCH_ENDED, 4, *batch, keys.webhooks_key, keys.webhooks_due_key, *args)
 
 
 def public_body(record: JobRecord) -> bytes:
@@ -144,15 +144,17 @@ def public_body(record: JobRecord) -> bytes:
 class Outbox:
     """The dispatcher's side: claim under a lease, settle, and mirror the state on the record."""
 
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
+    def __init__(self, redis: Redis, keys: Keyspace) -> None:
+        self.redis, self.keys = redis, keys
         self._claim = redis.register_script(CLAIM)
         self._settle = redis.register_script(SETTLE)
 
     async def claim(self, *, lease_s: float, limit: int) -> list[tuple[Entry, bytes]]:
         now_ms = int(time.time() * 1000)
         args = [now_ms, now_ms + int(lease_s * 1000), limit]
-        flat: list[Any] = await self._claim(keys=[WEBHOOKS_DUE_KEY, WEBHOOKS_KEY], args=args)
+        flat: list[Any] = await self._claim(
+            keys=[self.keys.webhooks_due_key, self.keys.webhooks_key], args=args
+        )
         claimed: list[tuple[Entry, bytes]] = []
         for key, raw in zip(flat[::2], flat[1::2], strict=True):
             try:
@@ -160,13 +162,17 @@ class Outbox:
             except ValidationError:  # not msgq's writing: drop it rather than retry it forever
                 log.error("webhook.entry_corrupt", entry=key.decode(errors="replace"))
                 settle = [key, raw, "", 0]
-                await self._settle(keys=[WEBHOOKS_DUE_KEY, WEBHOOKS_KEY], args=settle)
+                await self._settle(
+                    keys=[self.keys.webhooks_due_key, self.keys.webhooks_key], args=settle
+                )
         return claimed
 
     async def remove(self, entry: Entry, claimed: bytes) -> bool:
         """Delivered or given up; False when the entry changed meanwhile (a newer ending)."""
         args: list[str | bytes | int] = [entry.key, claimed, "", 0]
-        return bool(await self._settle(keys=[WEBHOOKS_DUE_KEY, WEBHOOKS_KEY], args=args))
+        return bool(
+            await self._settle(keys=[self.keys.webhooks_due_key, self.keys.webhooks_key], args=args)
+        )
 
     async def reschedule(self, entry: Entry, claimed: bytes, *, due_s: float) -> bool:
         args: list[str | bytes | int] = [
@@ -175,13 +181,15 @@ class Outbox:
             entry.model_dump_json(),
             int(due_s * 1000),
         ]
-        return bool(await self._settle(keys=[WEBHOOKS_DUE_KEY, WEBHOOKS_KEY], args=args))
+        return bool(
+            await self._settle(keys=[self.keys.webhooks_due_key, self.keys.webhooks_key], args=args)
+        )
 
     async def set_state(self, job_id: str, state: WebhookState) -> None:
         """Write `webhook` on a terminal record and nothing else: the one field write-once
         leaves open. The record's other fields are kept as stored (edited as raw JSON, under
         WATCH); a record that is not terminal (re-opened meanwhile) is left alone."""
-        key = record_key(job_id)
+        key = self.keys.record_key(job_id)
 
         async def body(pipe: Pipeline) -> tuple[None, Writes | None]:
             raw = await pipe.get(key)
@@ -194,17 +202,20 @@ class Outbox:
         await watched(self.redis, [key], body)
 
 
-async def audit_findings(redis: Redis, *, now_s: float | None = None) -> list[tuple[str, str]]:
+async def audit_findings(
+    redis: Redis, keys: Keyspace, *, now_s: float | None = None
+) -> list[tuple[str, str]]:
     """For `msgq audit`: (violation, example) for entries whose job or batch is gone, entries
     pending past the delivery window, and entries and due times that do not pair up."""
     now_s = time.time() if now_s is None else now_s
     found: list[tuple[str, str]] = []
     entries = {
-        k.decode(): Entry.model_validate_json(v) async for k, v in redis.hscan_iter(WEBHOOKS_KEY)
+        k.decode(): Entry.model_validate_json(v)
+        async for k, v in redis.hscan_iter(keys.webhooks_key)
     }
-    due = {k.decode() async for k, _ in redis.zscan_iter(WEBHOOKS_DUE_KEY)}
+    due = {k.decode() async for k, _ in redis.zscan_iter(keys.webhooks_due_key)}
     for key, entry in entries.items():
-        owner = record_key(entry.ref) if entry.kind == "job" else batch_key(entry.ref)
+        owner = keys.record_key(entry.ref) if entry.kind == "job" else keys.batch_key(entry.ref)
         if not await redis.exists(owner):
             found.append(("webhook entry without its job or batch", key))
         if now_s * 1000 - entry.created_ms > (MAX_AGE_S + AUDIT_MARGIN_S) * 1000:

@@ -18,15 +18,6 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from msgq.keys import (
-    QUEUE_WAKE,
-    SCHED_DEADLINES,
-    SCHED_EST,
-    SCHED_WHERE,
-    TICKETS_KEY,
-    admitted_key,
-    arq_job_key,
-)
 from worker.dispatch.fair_share import FairShare, PolicyState
 from worker.dispatch.queues import ADMITTED_TTL_S, MOVE_ONE, Head
 from worker.ratelimit import ACQUIRE_STEP, RateLimiter
@@ -73,10 +64,9 @@ class AdmitRun:
     """Collects, in policy order, the jobs of one model class that need only rate-limit
     capacity, and admits them in one step (`flush`)."""
 
-    def __init__(
-        self, redis: Redis, limiter: RateLimiter, policy: FairShare, queue_name: str
-    ) -> None:
-        self.limiter, self.policy, self.queue_name = limiter, policy, queue_name
+    def __init__(self, redis: Redis, limiter: RateLimiter, policy: FairShare) -> None:
+        self.limiter, self.policy = limiter, policy
+        self.keys = limiter.keys  # the deployment's (the limiter's buckets are in it too)
         self._script = redis.register_script(ADMIT_MANY)
         self.heads: list[Head] = []
         self._before: PolicyState | None = None
@@ -106,15 +96,16 @@ class AdmitRun:
         if not heads:
             return 0, None
         model = heads[0].estimate.model
+        ks = self.keys
         keys = [
             *self.limiter.gate_keys(model),
-            self.queue_name,
-            SCHED_WHERE,
-            SCHED_EST,
-            SCHED_DEADLINES,
-            TICKETS_KEY,
+            ks.queue,
+            ks.sched_where,
+            ks.sched_est,
+            ks.sched_deadlines,
+            ks.tickets_key,
         ]
-        args: list[Any] = [QUEUE_WAKE, ADMITTED_TTL_S, now_ms]
+        args: list[Any] = [ks.queue_wake, ADMITTED_TTL_S, now_ms]
         for head in heads:
             args += self._args(head, now_ms)
         statuses, wait_ms, _why = await self._script(keys=keys, args=args)
@@ -138,8 +129,8 @@ class AdmitRun:
         )
         return [
             head.queue,
-            arq_job_key(head.job_id),
-            admitted_key(head.job_id),
+            self.keys.arq_job_key(head.job_id),
+            self.keys.admitted_key(head.job_id),
             orjson.dumps(ticket),
             orjson.dumps(step),
         ]

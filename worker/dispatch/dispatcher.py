@@ -38,18 +38,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from msgq.jobs.store import JobStore
-from msgq.keys import (
-    DISPATCHER_LOCK,
-    QUEUE_WAKE,
-    SCHED_BACKLOG,
-    SCHED_DEADLINES,
-    SCHED_EST,
-    SCHED_WAKE,
-    SCHED_WHERE,
-    TICKETS_KEY,
-    admitted_key,
-    arq_job_key,
-)
 from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets, Reservation
 from msgq.tenancy.scheduling import (
@@ -94,13 +82,14 @@ class Dispatcher:
     ) -> None:
         self.redis, self.store, self.settings, self.limiter = redis, store, settings, limiter
         self.tenants: Tenants = load_tenants(settings.tenants_file)
-        self.budgets = Budgets(redis)
-        self.lock = FleetLock(redis, DISPATCHER_LOCK)
+        self.budgets = Budgets(redis, settings.keys)
+        self.keys = settings.keys
+        self.lock = FleetLock(redis, self.keys.dispatcher_lock)
         self._move = redis.register_script(MOVE)
         self._move_many = redis.register_script(MOVE_MANY)
         self._prune = redis.register_script(PRUNE_BACKLOG)
         self.policy = FairShare(self.tenants, settings.bulk_floor_share)
-        self._run = AdmitRun(redis, limiter, self.policy, settings.queue_name)
+        self._run = AdmitRun(redis, limiter, self.policy)
         self.window = AdmissionWindow(redis, settings)
         self.intake = Intake(redis, store, settings, self.tenants)
         self._read_by_tenant: dict[str, list[str]] = defaultdict(list)
@@ -138,7 +127,7 @@ class Dispatcher:
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(SCHED_WAKE)
+                    await pubsub.subscribe(self.keys.sched_wake)
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             self.wake.set()
@@ -158,7 +147,7 @@ class Dispatcher:
             await self.intake.expire_due()
         if now >= self._next_sweep:
             self._next_sweep = now + ORPHAN_SWEEP_S
-            await release_orphans(self.redis, self.limiter, self.settings.queue_name)
+            await release_orphans(self.redis, self.limiter)
         if self.settings.scheduler and await self.window.room(limits_known=self._known) <= 0:
             # The fleet's slots are full: look again shortly, without re-reading every queue
             # (a full tick reads and parses each queue's first entries).
@@ -191,7 +180,7 @@ class Dispatcher:
 
     async def _heads(self) -> dict[str, dict[str, deque[Head]]]:
         """Per model class, per scheduler queue: its first HEADS_PER_QUEUE jobs, oldest first."""
-        queues = [q.decode() for q in await self.redis.smembers(SCHED_BACKLOG)]  # type: ignore[misc]
+        queues = [q.decode() for q in await self.redis.smembers(self.keys.sched_backlog)]  # type: ignore[misc]
         if not queues:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -200,7 +189,7 @@ class Dispatcher:
             values = await pipe.execute()
         empty = [q for q, ids in zip(queues, values, strict=True) if not ids]
         if empty:  # unlisted only if still empty: a job may have been placed since the read
-            await self._prune(keys=[SCHED_BACKLOG, *empty])
+            await self._prune(keys=[self.keys.sched_backlog, *empty])
         pairs = [
             (queue, raw_id.decode())
             for queue, ids in zip(queues, values, strict=True)
@@ -208,7 +197,7 @@ class Dispatcher:
         ]
         if not pairs:
             return {}
-        raws = await self.redis.hmget(SCHED_EST, [job_id for _, job_id in pairs])  # type: ignore[misc]
+        raws = await self.redis.hmget(self.keys.sched_est, [job_id for _, job_id in pairs])  # type: ignore[misc]
         found: dict[str, dict[str, deque[Head]]] = defaultdict(dict)
         read = {queue: len(ids) for queue, ids in zip(queues, values, strict=True)}
         unreadable: list[Head] = []
@@ -301,11 +290,12 @@ class Dispatcher:
         """Move jobs that need no reservation into arq's queue, many in one script call."""
         if not heads:
             return
-        args: list[Any] = [int(time.time() * 1000), QUEUE_WAKE]
+        args: list[Any] = [int(time.time() * 1000), self.keys.queue_wake]
         for head in heads:
-            args += [head.job_id, head.queue, arq_job_key(head.job_id)]
-        keys = [self.settings.queue_name, SCHED_WHERE, SCHED_EST, SCHED_DEADLINES]
-        await self._move_many(keys=keys, args=args)
+            args += [head.job_id, head.queue, self.keys.arq_job_key(head.job_id)]
+        ks = self.keys
+        names = [ks.queue, ks.sched_where, ks.sched_est, ks.sched_deadlines]
+        await self._move_many(keys=names, args=args)
         self.window.admitted(len(heads))
         heads.clear()
 
@@ -343,15 +333,15 @@ class Dispatcher:
         moved = await self._move(
             keys=[
                 head.queue,
-                self.settings.queue_name,
-                SCHED_WHERE,
-                SCHED_EST,
-                admitted_key(head.job_id),
-                arq_job_key(head.job_id),
-                SCHED_DEADLINES,
-                TICKETS_KEY,
+                self.keys.queue,
+                self.keys.sched_where,
+                self.keys.sched_est,
+                self.keys.admitted_key(head.job_id),
+                self.keys.arq_job_key(head.job_id),
+                self.keys.sched_deadlines,
+                self.keys.tickets_key,
             ],
-            args=[head.job_id, now_ms, orjson.dumps(value), ADMITTED_TTL_S, QUEUE_WAKE],
+            args=[head.job_id, now_ms, orjson.dumps(value), ADMITTED_TTL_S, self.keys.queue_wake],
         )
         if not int(moved):
             budget = reservation if isinstance(reservation, Reservation) else None

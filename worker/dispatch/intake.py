@@ -12,7 +12,6 @@ from redis.asyncio import Redis
 
 from msgq.arq_format import deserialize
 from msgq.jobs.store import JobStore
-from msgq.keys import SCHED_DEADLINES, SCHED_INBOX, SCHED_WHERE, arq_job_key
 from msgq.settings import Settings
 from msgq.tenancy.scheduling import Placement, placement, resolve_priority, uses_scheduler
 from msgq.tenancy.tenants import Tenants
@@ -29,30 +28,34 @@ class Intake:
         """End `expired` the waiting jobs whose deadline has passed (a job waiting for budget
         or capacity included); entries of jobs that have left are dropped."""
         now_ms = int(time.time() * 1000)
-        due = await self.redis.zrangebyscore(SCHED_DEADLINES, "-inf", now_ms, start=0, num=limit)
+        due = await self.redis.zrangebyscore(
+            self.settings.keys.sched_deadlines, "-inf", now_ms, start=0, num=limit
+        )
         for raw_id in due:
             job_id = raw_id.decode()
-            waiting = await self.redis.hexists(SCHED_WHERE, job_id)  # type: ignore[misc]
+            waiting = await self.redis.hexists(self.settings.keys.sched_where, job_id)  # type: ignore[misc]
             if waiting and await self.store.expire_job(job_id):
                 log.info("dispatcher.expired", job_id=job_id)
-            await self.redis.zrem(SCHED_DEADLINES, job_id)
+            await self.redis.zrem(self.settings.keys.sched_deadlines, job_id)
         return len(due)
 
     async def route_inbox(self, limit: int = 500) -> int:
         """Place jobs raw-Redis producers added to `msgq:sched:inbox` (payload under the usual
         `arq:job:<id>`) into their scheduler queue; an unreadable one goes to arq's queue, where
         the worker records why it failed."""
-        entries = await self.redis.zrange(SCHED_INBOX, 0, limit - 1, withscores=True)
+        entries = await self.redis.zrange(
+            self.settings.keys.sched_inbox, 0, limit - 1, withscores=True
+        )
         for raw_id, score in entries:
             job_id = raw_id.decode()
-            payload = await self.redis.get(arq_job_key(job_id))
+            payload = await self.redis.get(self.settings.keys.arq_job_key(job_id))
             placed = None if payload is None else self._placement_of(payload)
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(SCHED_INBOX, job_id)
+                pipe.zrem(self.settings.keys.sched_inbox, job_id)
                 if placed is not None:
                     placed.write(pipe, job_id, int(score))
                 elif payload is not None:
-                    pipe.zadd(self.settings.queue_name, {job_id: int(score)})
+                    pipe.zadd(self.settings.keys.queue, {job_id: int(score)})
                 await pipe.execute()
         return len(entries)
 

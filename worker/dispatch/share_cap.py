@@ -39,7 +39,9 @@ class ShareCaps:
         limits = capacity.limits or Limits()
         limiter = self._limiters.get(head.tenant or "")
         if limiter is None or limiter.limits.get(head.cls) != limits:
-            limiter = RateLimiter(self.redis, {head.cls: limits}, scope=capacity.scope)
+            limiter = RateLimiter(
+                self.redis, self.limiter.keys, {head.cls: limits}, scope=capacity.scope
+            )
             self._limiters[head.tenant or ""] = limiter
         admission = await limiter.acquire(
             capacity.model,

@@ -1,6 +1,6 @@
 """How many more jobs the dispatcher may admit now: sized by what the fleet can really send.
 
-- The fleet's slots. Each worker announces its slots every second (`FLEET_WORKERS`); jobs due
+- The fleet's slots. Each worker announces its slots every second (`fleet_workers`); jobs due
   in arq's queue (running, or ready for a slot) take them. Admission runs at most
   `dispatch_window` jobs ahead of the free slots, so a job that arrives late with a higher
   priority is never behind a long line of admitted work, and no fixed count caps the fleet.
@@ -18,7 +18,7 @@ import time
 import orjson
 from redis.asyncio import Redis
 
-from msgq.keys import COOLING_KEY, FLEET_WORKERS
+from msgq.keys import Keyspace
 from msgq.settings import Settings
 
 WORKER_FRESH_MS = 15_000  # a worker unheard of for longer is not counted
@@ -43,8 +43,8 @@ class AdmissionWindow:
         """Jobs that may be admitted now (may be zero or negative: none)."""
         now_ms = int(time.time() * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(self.settings.queue_name, "-inf", now_ms)
-            pipe.exists(COOLING_KEY)
+            pipe.zcount(self.settings.keys.queue, "-inf", now_ms)
+            pipe.exists(self.settings.keys.cooling_key)
             due, cooling = await pipe.execute()
         self._observe(int(due), bool(cooling), limits_known)
         cap = await self.fleet_slots() + self.settings.dispatch_window
@@ -71,7 +71,7 @@ class AdmissionWindow:
         now = time.monotonic()
         if now - self._slots_at < SLOTS_CACHE_S:
             return self._slots
-        entries = await self.redis.hgetall(FLEET_WORKERS)  # type: ignore[misc]
+        entries = await self.redis.hgetall(self.settings.keys.fleet_workers)  # type: ignore[misc]
         now_ms, total, stale = int(time.time() * 1000), 0, []
         for worker_id, raw in entries.items():
             try:
@@ -86,17 +86,17 @@ class AdmissionWindow:
             elif age > WORKER_FORGET_MS:
                 stale.append(worker_id)
         if stale:
-            await self.redis.hdel(FLEET_WORKERS, *stale)  # type: ignore[misc]
+            await self.redis.hdel(self.settings.keys.fleet_workers, *stale)  # type: ignore[misc]
         self._slots, self._slots_at = max(total, self.settings.max_jobs), now
         return self._slots
 
 
 async def announce(
-    redis: Redis, worker_id: str, slots: int, running: int, limit: int | None = None
+    redis: Redis, keys: Keyspace, worker_id: str, slots: int, running: int, limit: int | None = None
 ) -> None:
     """A worker says it is alive and how many slots it has (the dispatcher sums them), and its
     adaptive concurrency limit, so the dashboard can say when overload answers cut it."""
     value = {"slots": slots, "running": running, "seen_ms": int(time.time() * 1000)}
     if limit is not None:
         value["limit"] = limit
-    await redis.hset(FLEET_WORKERS, worker_id, orjson.dumps(value).decode())  # type: ignore[misc]
+    await redis.hset(keys.fleet_workers, worker_id, orjson.dumps(value).decode())  # type: ignore[misc]

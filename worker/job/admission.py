@@ -44,7 +44,7 @@ async def pick_up(services: Services, run: JobRun, template: JobRecord) -> Picku
     prefetched = run.prefetched
     if prefetched is None:
         async with services.redis.pipeline(transaction=False) as pipe:
-            for op, key in prefetch_reads(template.id):
+            for op, key in prefetch_reads(services.settings.keys, template.id):
                 pipe.execute_command(op, key)
             prefetched = Prefetched._make(await pipe.execute())
     raw = prefetched.record
@@ -82,7 +82,9 @@ async def reserve_budget(
     usd = reserve_usd(
         prices_for(request.model, services.settings.prices_file), input_tokens, request.max_tokens
     )
-    outcome = await Budgets(services.redis).reserve(record.tenant, config, usd, hold=hold)
+    outcome = await Budgets(services.redis, services.settings.keys).reserve(
+        record.tenant, config, usd, hold=hold
+    )
     if isinstance(outcome, Reservation):
         return True, outcome
     if config.on_budget == "fail":

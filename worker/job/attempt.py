@@ -210,7 +210,9 @@ async def _failed(
     refused = exc.status_code in (429, 529)
     if refused:
         services.concurrency.overloaded()
-        await count_minute(services.redis, str(exc.status_code))  # the dashboard's 429/529 chart
+        await count_minute(
+            services.redis, services.settings.keys, str(exc.status_code)
+        )  # the dashboard's 429/529 chart
     if isinstance(exc, RateLimitError):
         await services.limiter.cool_down(request.model, exc.retry_after_s or 1.0)
     if isinstance(exc, SpendLimitError):

@@ -22,7 +22,6 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
-from msgq.keys import progress_channel
 from schemas import JobRecord, MessageRequest
 from worker.job.relay import Relay
 from worker.services import Services
@@ -76,7 +75,7 @@ class Progress:
         self.published_at, self.published = now, True
         try:
             heard = await self.services.redis.publish(
-                progress_channel(self.job_id), orjson.dumps(payload)
+                self.services.settings.keys.progress_channel(self.job_id), orjson.dumps(payload)
             )
         except RedisError as exc:
             log.warning("job.progress_unpublished", error=type(exc).__name__)
@@ -126,7 +125,11 @@ async def send_with_progress(
         budget_s = min(budget_s, max(0.0, (record.deadline - datetime.now(UTC)).total_seconds()))
     progress = Progress(services, record, request)
     # A caller that asked for a stream (the drop-in API) hears the events as they come.
-    relay = Relay(services.redis, record.id, record.attempts) if request.stream else None
+    relay = (
+        Relay(services.redis, services.settings.keys, record.id, record.attempts)
+        if request.stream
+        else None
+    )
     failure: BaseException | None = None
     try:
         async with asyncio.timeout(budget_s):

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from msgq.errors import UpstreamError
-from msgq.keys import RELAY_FAILED, RELAY_REQUEST_ID, relay_channel
+from msgq.keys import RELAY_FAILED, RELAY_REQUEST_ID, Keyspace
 
 log = structlog.get_logger("msgq.job")
 
@@ -31,9 +31,9 @@ log = structlog.get_logger("msgq.job")
 class Relay:
     """`await relay(name, data)` per event (upstream's `on_event`); `await relay.close(exc)`."""
 
-    def __init__(self, redis: Redis, job_id: str, attempt: int) -> None:
+    def __init__(self, redis: Redis, keys: Keyspace, job_id: str, attempt: int) -> None:
         self.redis = redis
-        self.channel = relay_channel(job_id)
+        self.channel = keys.relay_channel(job_id)
         self.prefix = f"{attempt}\n".encode()
         self.on = True
         self.started = False

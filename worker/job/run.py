@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from msgq.keys import COOLING_KEY, PAUSE_KEY, admitted_key, ledger_key, record_key
+from msgq.keys import Keyspace
 from worker.queue.claim import QueueJob
 from worker.ticket import HeldTicket
 
@@ -33,14 +33,15 @@ class Prefetched(NamedTuple):
         return cls._make(values) if len(values) == len(cls._fields) else None
 
 
-def prefetch_reads(job_id: str) -> list[tuple[str, str]]:
-    """The reads of `Prefetched`, in its order, as the claim script takes them."""
+def prefetch_reads(keys: Keyspace, job_id: str) -> list[tuple[str, str]]:
+    """The reads of `Prefetched`, in its order, as the claim script takes them (the
+    deployment's keys: the claim script reads only what it is given)."""
     return [
-        ("GET", record_key(job_id)),
-        ("GET", admitted_key(job_id)),
-        ("EXISTS", PAUSE_KEY),
-        ("EXISTS", COOLING_KEY),
-        ("EXISTS", ledger_key(job_id)),
+        ("GET", keys.record_key(job_id)),
+        ("GET", keys.admitted_key(job_id)),
+        ("EXISTS", keys.pause_key),
+        ("EXISTS", keys.cooling_key),
+        ("EXISTS", keys.ledger_key(job_id)),
     ]
 
 

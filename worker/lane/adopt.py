@@ -6,7 +6,7 @@ out) may or may not have made a batch. Once `batch_create_timeout_s` has passed 
 sent (so the call can no longer land), the workspace's batches are listed, newest first, and
 the candidates are those created within [sent - 60 s, sent + timeout + 60 s] (60 s allows for
 clock skew between msgq and the API) with the same request count and not already claimed by
-msgq (`LANE_ADOPTED`). The oldest is adopted. None: the create never took effect, and it is
+msgq (`Keyspace.lane_adopted`). The oldest is adopted. None: the create never took effect, and it is
 sent again with the same custom_ids. Residual risk: another client of the same workspace
 creating a batch of exactly that size inside that window; its results would then name
 custom_ids msgq does not know (logged `batch.unknown_custom_id`) and msgq's own jobs, missing
@@ -22,7 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from msgq.jobs.records import utcnow
-from msgq.keys import LANE_ADOPTED
+from msgq.keys import Keyspace
 from msgq.lanes import UpstreamBatch
 from worker.lane.api import LaneApi
 
@@ -31,7 +31,7 @@ CLAIM_DAYS = 30  # claims older than this cannot match a create still being reso
 
 
 async def find_orphan(
-    redis: Redis, api: LaneApi, batch: UpstreamBatch, *, create_timeout_s: float
+    redis: Redis, keys: Keyspace, api: LaneApi, batch: UpstreamBatch, *, create_timeout_s: float
 ) -> dict[str, Any] | None:
     """The upstream batch `batch`'s unanswered create made, if any."""
     assert batch.sent_at is not None
@@ -44,30 +44,32 @@ async def find_orphan(
         for item in page.get("data", []):
             created = parse_time(item.get("created_at"))
             if created < earliest:
-                return await _unclaimed(redis, candidates)
+                return await _unclaimed(redis, keys, candidates)
             total = sum(int(v) for v in (item.get("request_counts") or {}).values())
             if created <= latest and total == batch.count:
                 candidates.append(item)
         if not page.get("has_more") or not page.get("data"):
-            return await _unclaimed(redis, candidates)
+            return await _unclaimed(redis, keys, candidates)
         after = page.get("last_id")
 
 
-async def claim(redis: Redis, created: dict[str, Any]) -> None:
+async def claim(redis: Redis, keys: Keyspace, created: dict[str, Any]) -> None:
     """Mark an upstream batch as msgq's, so no other unanswered create adopts it. Claims past
     `CLAIM_DAYS` are trimmed on this write: every batch msgq creates is claimed, and trimming
     only where an unanswered create was resolved (rare) let the set grow for good."""
     created_ms = int(parse_time(created.get("created_at")).timestamp() * 1000)
     old_ms = int((time.time() - CLAIM_DAYS * 24 * 3600) * 1000)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.zadd(LANE_ADOPTED, {str(created["id"]): created_ms})
-        pipe.zremrangebyscore(LANE_ADOPTED, "-inf", old_ms)
+        pipe.zadd(keys.lane_adopted, {str(created["id"]): created_ms})
+        pipe.zremrangebyscore(keys.lane_adopted, "-inf", old_ms)
         await pipe.execute()
 
 
-async def _unclaimed(redis: Redis, candidates: list[dict[str, Any]]) -> dict[str, Any] | None:
+async def _unclaimed(
+    redis: Redis, keys: Keyspace, candidates: list[dict[str, Any]]
+) -> dict[str, Any] | None:
     for item in sorted(candidates, key=lambda i: str(i.get("created_at"))):
-        if await redis.zscore(LANE_ADOPTED, str(item["id"])) is None:
+        if await redis.zscore(keys.lane_adopted, str(item["id"])) is None:
             return item
     return None
 

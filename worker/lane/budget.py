@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from msgq import lanes
 from msgq.estimate import estimate_input_tokens
-from msgq.keys import LANE_BUDGETS
+from msgq.keys import Keyspace
 from msgq.tenancy.budgets import Budgets, Reservation
 from schemas import JobRecord, MessageRequest
 from worker.job import admission
@@ -31,19 +31,25 @@ async def reserve(
         return False
     if reservation is not None:
         value = orjson.dumps(dataclasses.asdict(reservation)).decode()
-        await services.redis.hset(LANE_BUDGETS, record.id, value)  # type: ignore[misc]  # stubs
+        await services.redis.hset(services.settings.keys.lane_budgets, record.id, value)  # type: ignore[misc]  # stubs
     return True
 
 
 async def settle(
-    redis: Redis, job_id: str, *, tenant: str | None, cost_usd: float | None, model: str | None
+    redis: Redis,
+    keys: Keyspace,
+    job_id: str,
+    *,
+    tenant: str | None,
+    cost_usd: float | None,
+    model: str | None,
 ) -> None:
     """The job left the lane: its reservation becomes what it cost (0 if nothing was billed),
     once (HDEL decides), or the spend is recorded for usage when it held none."""
-    raw = await redis.hget(LANE_BUDGETS, job_id)  # type: ignore[misc]  # redis-py stubs
-    budgets = Budgets(redis)
+    raw = await redis.hget(keys.lane_budgets, job_id)  # type: ignore[misc]  # redis-py stubs
+    budgets = Budgets(redis, keys)
     if raw is not None:
-        if await redis.hdel(LANE_BUDGETS, job_id):  # type: ignore[misc]
+        if await redis.hdel(keys.lane_budgets, job_id):  # type: ignore[misc]
             await budgets.settle(Reservation(**orjson.loads(raw)), cost_usd or 0.0, model or "")
     elif cost_usd:  # untenanted spend too: the usage reports add up to the records' cost
         await budgets.record(tenant, cost_usd, model or "unknown")
@@ -51,6 +57,7 @@ async def settle(
 
 async def leave_lane(
     redis: Redis,
+    keys: Keyspace,
     job_id: str,
     expected: str,
     *,
@@ -60,6 +67,6 @@ async def leave_lane(
     """The job leaves the batch lane from `expected` ("pool", an upstream handle, or "" for
     wherever it is): its place and spec are dropped and its budget settled."""
     leave = redis.register_script(lanes.LEAVE)
-    if await leave(keys=lanes.lane_keys(job_id), args=[job_id, expected]):
+    if await leave(keys=lanes.lane_keys(keys, job_id), args=[job_id, expected]):
         tenant, model = (record.tenant, record.model) if record else (None, None)
-        await settle(redis, job_id, tenant=tenant, cost_usd=cost_usd, model=model)
+        await settle(redis, keys, job_id, tenant=tenant, cost_usd=cost_usd, model=model)

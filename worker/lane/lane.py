@@ -21,7 +21,6 @@ from redis.exceptions import RedisError
 from msgq import lanes
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
-from msgq.keys import LANE_BATCHES, LANE_LOCK, LANE_WHERE, lane_spec_key
 from schemas import JobError, JobErrorType, JobRecord, JobSpec, JobStatus, Lane, MessageRequest
 from worker import tracing, transitions
 from worker.fleet_lock import FleetLock
@@ -60,17 +59,26 @@ async def route(
         error = JobError(type=JobErrorType.VALIDATION, message=message)
         await transitions.finish(services.store, run, JobStatus.FAILED, error=error)
         return True
-    if await services.redis.hexists(LANE_WHERE, record.id):  # type: ignore[misc]  # redis-py stubs
+    if await services.redis.hexists(services.settings.keys.lane_where, record.id):  # type: ignore[misc]  # redis-py stubs
         return True  # a re-run after a crash: it is pooled or upstream already
     if not await batch_budget.reserve(services, run, record, request):
         return True
     stored = await services.store.update(record.id, batch_records.pooled)
     if stored is None or stored.status.terminal:
-        await batch_budget.settle(services.redis, record.id, tenant=None, cost_usd=None, model=None)
+        await batch_budget.settle(
+            services.redis,
+            services.settings.keys,
+            record.id,
+            tenant=None,
+            cost_usd=None,
+            model=None,
+        )
         return True
     payload = orjson.dumps(spec.model_dump(mode="json", exclude_none=True))
     add = services.redis.register_script(lanes.POOL_ADD)
-    await add(keys=lanes.lane_keys(record.id), args=[record.id, payload, now_ms()])
+    await add(
+        keys=lanes.lane_keys(services.settings.keys, record.id), args=[record.id, payload, now_ms()]
+    )
     log.info("job.pooled", lane="batch", model=record.model)
     tracing.queued(stored, until=utcnow())
     return True
@@ -84,7 +92,7 @@ class BatchLane:
         self.api = LaneApi(services.http)
         self.batcher = Batcher(services, self.api)
         self.poller = Poller(services, self.api, self.batcher)
-        self.lock = FleetLock(services.redis, LANE_LOCK)
+        self.lock = FleetLock(services.redis, services.settings.keys.lane_lock)
         self.holding = False
         self.tick_s = min(
             1.0, services.settings.batch_poll_s / 2, services.settings.batch_max_wait_s / 4
@@ -129,11 +137,15 @@ class BatchLane:
             batch = await self.batcher.flush()
             if batch is not None:
                 await self.batcher.advance(batch)
-        due = await self.services.redis.zrangebyscore(LANE_BATCHES, 0, now_ms(), start=0, num=50)
+        due = await self.services.redis.zrangebyscore(
+            self.services.settings.keys.lane_batches, 0, now_ms(), start=0, num=50
+        )
         for raw in due:
-            batch = await lanes.load_batch(self.services.redis, raw.decode())
+            batch = await lanes.load_batch(
+                self.services.redis, self.services.settings.keys, raw.decode()
+            )
             if batch is None:
-                await self.services.redis.zrem(LANE_BATCHES, raw)
+                await self.services.redis.zrem(self.services.settings.keys.lane_batches, raw)
             elif batch.state == "creating":
                 await self.batcher.advance(batch)
             else:
@@ -145,16 +157,17 @@ class BatchLane:
 async def recover_orphan(store: JobStore, redis: Redis, job_id: str) -> bool:
     """A batch-lane job whose pool entry or upstream batch vanished (an operator's DEL, writes
     lost in a failover): back to the pool while its spec is kept. False: no spec to send."""
-    if not await redis.exists(lane_spec_key(job_id)):
+    keys = store.keys
+    if not await redis.exists(keys.lane_spec_key(job_id)):
         return False
     stored = await store.update(
         job_id,
         lambda r: batch_records.sent_again(r, error=None, refund=False, to_pool=True),
     )
     if stored is None or stored.status.terminal:
-        await batch_budget.leave_lane(redis, job_id, "", record=stored)
+        await batch_budget.leave_lane(redis, keys, job_id, "", record=stored)
         return stored is not None
     repool = redis.register_script(lanes.REPOOL)
-    await repool(keys=lanes.lane_keys(job_id), args=[job_id, "", now_ms()])
+    await repool(keys=lanes.lane_keys(keys, job_id), args=[job_id, "", now_ms()])
     log.warning("batch.orphan_repooled", job_id=job_id)
     return True

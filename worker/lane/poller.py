@@ -2,7 +2,7 @@
 its results are streamed line by line into the members' records.
 
 Every step can be repeated after a crash: a result is applied only to a job the lane still
-places in that batch (`LANE_WHERE`), and terminal records are written once, so reading the
+places in that batch (`Keyspace.lane_where`), and terminal records are written once, so reading the
 results again from the start skips what was done. Per-request outcomes:
 - succeeded: `succeeded` at batch prices, `served_by: batch` (a job whose cancel was asked
   ends `canceled`, without the Message but with its usage and cost: it was billed);
@@ -24,7 +24,6 @@ from msgq import lanes
 from msgq.client import enqueue_payload
 from msgq.errors import UpstreamError
 from msgq.jobs.records import utcnow
-from msgq.keys import LANE_WHERE, arq_job_key, lane_batch_members_key, lane_spec_key
 from msgq.lanes import UpstreamBatch
 from msgq.pricing import cost_fields
 from schemas import JobError, JobErrorType, JobRecord, JobSpec, JobStatus, JobUsage, Lane
@@ -56,6 +55,7 @@ class Poller:
     def __init__(self, services: Services, api: LaneApi, batcher: Batcher) -> None:
         self.services, self.api, self.batcher, self.redis = services, api, batcher, services.redis
         self.settings = services.settings
+        self.keys = services.settings.keys
         self._repool = self.redis.register_script(lanes.REPOOL)
         self._to_realtime = self.redis.register_script(TO_REALTIME)
 
@@ -81,7 +81,7 @@ class Poller:
             await self._failed_call(batch, exc)
             return
         await self._sweep(batch)
-        await lanes.drop_batch(self.redis, batch.handle)
+        await lanes.drop_batch(self.redis, self.keys, batch.handle)
         log.info("batch.ended", handle=batch.handle, upstream_id=batch.upstream_id)
 
     async def _failed_call(self, batch: UpstreamBatch, exc: UpstreamError) -> None:
@@ -89,7 +89,7 @@ class Poller:
         if exc.status_code == 404 and batch.state == "submitted":
             log.error("batch.vanished_upstream", handle=batch.handle, upstream_id=batch.upstream_id)
             await self._sweep(batch)  # the API no longer knows it: its jobs are sent again
-            await lanes.drop_batch(self.redis, batch.handle)
+            await lanes.drop_batch(self.redis, self.keys, batch.handle)
             return
         if exc.status_code == 429:
             self.batcher.cool_until = time.monotonic() + (exc.retry_after_s or 1.0)
@@ -106,13 +106,15 @@ class Poller:
         await self._later(batch, delay_s)
 
     async def _later(self, batch: UpstreamBatch, delay_s: float) -> None:
-        await lanes.save_batch(self.redis, batch, due_ms=now_ms() + int(max(delay_s, 0.05) * 1000))
+        await lanes.save_batch(
+            self.redis, self.keys, batch, due_ms=now_ms() + int(max(delay_s, 0.05) * 1000)
+        )
 
     async def _cancel_if_all_canceled(self, batch: UpstreamBatch) -> None:
         """The upstream batch is cancelled only once every member's cancel was asked."""
         if batch.cancel_sent or batch.upstream_id is None:
             return
-        async for chunk in lanes.member_chunks(self.redis, batch.handle, 100):
+        async for chunk in lanes.member_chunks(self.redis, self.keys, batch.handle, 100):
             records = await self.services.store.get_many([job_id for _, job_id, _ in chunk])
             for record in records:
                 if (
@@ -139,7 +141,7 @@ class Poller:
         rows = [orjson.loads(line) for line in lines]
         if not rows:
             return
-        key = lane_batch_members_key(batch.handle)
+        key = self.keys.lane_batch_members_key(batch.handle)
         cids = [str(r.get("custom_id")) for r in rows]
         members = await self.redis.hmget(key, cids)  # type: ignore[misc]  # redis-py's stubs
         for row, member in zip(rows, members, strict=True):
@@ -150,7 +152,7 @@ class Poller:
 
     async def apply(self, batch: UpstreamBatch, job_id: str, result: dict[str, Any]) -> None:
         """One request's outcome into its job's record, if the job is still in this batch."""
-        if await self.redis.hget(LANE_WHERE, job_id) != batch.handle.encode():  # type: ignore[misc]
+        if await self.redis.hget(self.keys.lane_where, job_id) != batch.handle.encode():  # type: ignore[misc]
             return  # applied before this read (a crash, a re-read), or moved on
         record = await self.services.store.get(job_id)
         kind = result.get("type")
@@ -159,7 +161,9 @@ class Poller:
             cost = (  # still billed
                 self._cost(record, message)["cost_usd"] if record and message else None
             )
-            await leave_lane(self.redis, job_id, batch.handle, record=record, cost_usd=cost)
+            await leave_lane(
+                self.redis, self.keys, job_id, batch.handle, record=record, cost_usd=cost
+            )
             return
         tracing.batch_result(record, result)
         if kind == "succeeded":
@@ -209,7 +213,7 @@ class Poller:
         if record.cancel_requested:
             await self._end(batch, record, JobStatus.CANCELED, error=error)
         elif not error.retryable or record.attempts >= record.max_attempts:
-            spec = await self.redis.get(lane_spec_key(record.id))
+            spec = await self.redis.get(self.keys.lane_spec_key(record.id))
             await self._end(batch, record, JobStatus.FAILED, error=error)
             if spec is not None:  # kept so `msgq retry` can re-run it
                 await self.services.store.keep_spec(record.id, orjson.loads(spec))
@@ -228,7 +232,9 @@ class Poller:
             **fields,
         )
         cost = fields.get("cost_usd")
-        await leave_lane(self.redis, record.id, batch.handle, record=record, cost_usd=cost)
+        await leave_lane(
+            self.redis, self.keys, record.id, batch.handle, record=record, cost_usd=cost
+        )
 
     async def send_again(
         self, handle: str, record: JobRecord, error: JobError | None, *, refund: bool
@@ -242,32 +248,35 @@ class Poller:
             lambda r: batch_records.sent_again(r, error=error, refund=refund, to_pool=to_pool),
         )
         if stored is None or stored.status.terminal:
-            await leave_lane(self.redis, record.id, handle, record=record)
+            await leave_lane(self.redis, self.keys, record.id, handle, record=record)
             return
         if to_pool:
-            await self._repool(keys=lanes.lane_keys(record.id), args=[record.id, handle, now_ms()])
+            await self._repool(
+                keys=lanes.lane_keys(self.keys, record.id), args=[record.id, handle, now_ms()]
+            )
             log.info("batch.repooled", job_id=record.id, cause=error.type if error else None)
             return
         await self._realtime(record.id, handle)
 
     async def _realtime(self, job_id: str, handle: str) -> None:
-        raw = await self.redis.get(lane_spec_key(job_id))
+        raw = await self.redis.get(self.keys.lane_spec_key(job_id))
         if raw is None:
             return
         spec = JobSpec.model_validate({**orjson.loads(raw), "lane": Lane.REALTIME.value})
-        keys = [*lanes.lane_keys(job_id), arq_job_key(job_id), self.settings.queue_name]
+        ks = self.keys
+        keys = [*lanes.lane_keys(ks, job_id), ks.arq_job_key(job_id), ks.queue]
         payload = enqueue_payload(spec, now_ms())
         if await self._to_realtime(keys=keys, args=[job_id, handle, payload, now_ms()]):
             # The realtime attempt reserves the budget again, as any worker attempt does.
-            await settle(self.redis, job_id, tenant=None, cost_usd=None, model=None)
+            await settle(self.redis, self.keys, job_id, tenant=None, cost_usd=None, model=None)
         log.info("batch.sent_realtime", job_id=job_id, reason="deadline")
 
     async def _sweep(self, batch: UpstreamBatch) -> None:
         """Members the results did not mention never ran: sent again (attempt refunded)."""
-        async for chunk in lanes.member_chunks(self.redis, batch.handle):
+        async for chunk in lanes.member_chunks(self.redis, self.keys, batch.handle):
             for _, job_id, still in chunk:
                 record = await self.services.store.get(job_id) if still else None
                 if record is not None and not record.status.terminal:
                     await self.send_again(batch.handle, record, None, refund=True)
                 elif still:
-                    await leave_lane(self.redis, job_id, batch.handle, record=record)
+                    await leave_lane(self.redis, self.keys, job_id, batch.handle, record=record)

@@ -23,16 +23,6 @@ import structlog
 from msgq import lanes
 from msgq.errors import UpstreamError
 from msgq.jobs.records import utcnow
-from msgq.keys import (
-    LANE_BATCHES,
-    LANE_POOL,
-    LANE_POOL_BYTES,
-    LANE_WHERE,
-    lane_batch_key,
-    lane_batch_members_key,
-    lane_batch_order_key,
-    lane_spec_key,
-)
 from msgq.lanes import UpstreamBatch, custom_id_for
 from schemas import JobError, JobRecord, JobStatus
 from worker import transitions
@@ -93,6 +83,7 @@ class Batcher:
     def __init__(self, services: Services, api: LaneApi) -> None:
         self.services, self.api, self.redis = services, api, services.redis
         self.settings = services.settings
+        self.keys = services.settings.keys
         self._move = self.redis.register_script(MOVE)
         self.cool_until = 0.0  # monotonic: the batch endpoints said 429 until then
 
@@ -100,9 +91,9 @@ class Batcher:
         """A flush is due: enough requests, enough bytes, or the oldest waited long enough."""
         s = self.settings
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(LANE_POOL)
-            pipe.get(LANE_POOL_BYTES)
-            pipe.zrange(LANE_POOL, 0, 0, withscores=True)
+            pipe.zcard(self.keys.lane_pool)
+            pipe.get(self.keys.lane_pool_bytes)
+            pipe.zrange(self.keys.lane_pool, 0, 0, withscores=True)
             count, size, oldest = await pipe.execute()
         if not count:
             return False
@@ -127,10 +118,11 @@ class Batcher:
             workspace_id=workspace,
             api_headers=dict(others) if others else None,
         )
-        keys = [LANE_POOL, LANE_POOL_BYTES, LANE_WHERE]
-        keys += [lane_batch_members_key(batch.handle), lane_batch_order_key(batch.handle)]
-        keys += [lane_batch_key(batch.handle), LANE_BATCHES]
-        keys += [lane_spec_key(job_id) for job_id, _ in chosen]
+        ks = self.keys
+        keys = [ks.lane_pool, ks.lane_pool_bytes, ks.lane_where]
+        keys += [ks.lane_batch_members_key(batch.handle), ks.lane_batch_order_key(batch.handle)]
+        keys += [ks.lane_batch_key(batch.handle), ks.lane_batches]
+        keys += [ks.lane_spec_key(job_id) for job_id, _ in chosen]
         args: list[Any] = [batch.handle, batch.model_dump_json(), now_ms()]
         for pair in chosen:
             args.extend(pair)
@@ -147,14 +139,16 @@ class Batcher:
         group: Group | None = None
         start = 0
         while len(chosen) < s.batch_max_requests and budget > 0:
-            ids = [i.decode() for i in await self.redis.zrange(LANE_POOL, start, start + 999)]
+            ids = [
+                i.decode() for i in await self.redis.zrange(self.keys.lane_pool, start, start + 999)
+            ]
             if not ids:
                 break
             start += len(ids)
             records = await self.services.store.get_many(ids)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for job_id in ids:
-                    pipe.strlen(lane_spec_key(job_id))
+                    pipe.strlen(self.keys.lane_spec_key(job_id))
                 sizes = await pipe.execute()
             for job_id, record, size in zip(ids, records, sizes, strict=True):
                 if not await self._still_wanted(job_id, record):
@@ -176,7 +170,7 @@ class Batcher:
             if record.deadline is None or utcnow() < record.deadline:
                 return True
             await transitions.finish(self.services.store, job_id, JobStatus.EXPIRED)
-        await leave_lane(self.redis, job_id, lanes.POOL, record=record)
+        await leave_lane(self.redis, self.keys, job_id, lanes.POOL, record=record)
         return False
 
     async def advance(self, batch: UpstreamBatch) -> None:
@@ -193,7 +187,11 @@ class Batcher:
             await self._later(batch, (batch.sent_at + window - utcnow()).total_seconds())
             return
         found = await batch_adopt.find_orphan(
-            self.redis, self.api, batch, create_timeout_s=self.settings.batch_create_timeout_s
+            self.redis,
+            self.keys,
+            self.api,
+            batch,
+            create_timeout_s=self.settings.batch_create_timeout_s,
         )
         if found is not None:
             log.warning("batch.adopted", handle=batch.handle, upstream_id=found["id"])
@@ -205,28 +203,28 @@ class Batcher:
     async def _prepare(self, batch: UpstreamBatch) -> None:
         """Mark each member `in_progress` (its attempt counted once), drop those that ended."""
         count = size = 0
-        async for chunk in lanes.member_chunks(self.redis, batch.handle, 200):
+        async for chunk in lanes.member_chunks(self.redis, self.keys, batch.handle, 200):
             here = [(cid, job_id) for cid, job_id, still in chunk if still]
             stored = await asyncio.gather(
                 *(self.services.store.update(job_id, _sent_as(cid)) for cid, job_id in here)
             )
             for (_, job_id), record in zip(here, stored, strict=True):
                 if record is None or record.status.terminal:
-                    await leave_lane(self.redis, job_id, batch.handle, record=record)
+                    await leave_lane(self.redis, self.keys, job_id, batch.handle, record=record)
                 else:
                     count += 1
-                    size += int(await self.redis.strlen(lane_spec_key(job_id)))
+                    size += int(await self.redis.strlen(self.keys.lane_spec_key(job_id)))
         batch.count, batch.size_bytes = count, size
 
     async def _send(self, batch: UpstreamBatch) -> None:
         """The create call: sent_at is stored first, so a crash mid-call is known to be one."""
         if batch.count == 0:
-            await lanes.drop_batch(self.redis, batch.handle)
+            await lanes.drop_batch(self.redis, self.keys, batch.handle)
             return
         batch.sent_at, batch.attempts = utcnow(), batch.attempts + 1
         timeout_s = self.settings.batch_create_timeout_s
         due_ms = now_ms() + int(timeout_s * 1000) + 5000
-        if not await lanes.claim_send(self.redis, batch, due_ms=due_ms):
+        if not await lanes.claim_send(self.redis, self.keys, batch, due_ms=due_ms):
             log.warning("batch.send_skipped", handle=batch.handle, reason="taken over")
             return
         log.info("batch.create_sent", handle=batch.handle, requests=batch.count)
@@ -264,25 +262,27 @@ class Batcher:
             await self._later(batch, delay_s)
             return
         # The API refused the batch itself (auth, size): its jobs fail with that answer.
-        async for chunk in lanes.member_chunks(self.redis, batch.handle):
+        async for chunk in lanes.member_chunks(self.redis, self.keys, batch.handle):
             for _, job_id, still in chunk:
                 if still:
                     await transitions.finish(
                         self.services.store, job_id, JobStatus.FAILED, error=error
                     )
-                    await leave_lane(self.redis, job_id, batch.handle)
-        await lanes.drop_batch(self.redis, batch.handle)
+                    await leave_lane(self.redis, self.keys, job_id, batch.handle)
+        await lanes.drop_batch(self.redis, self.keys, batch.handle)
 
     async def _later(self, batch: UpstreamBatch, delay_s: float) -> None:
-        await lanes.save_batch(self.redis, batch, due_ms=now_ms() + int(max(delay_s, 0.05) * 1000))
+        await lanes.save_batch(
+            self.redis, self.keys, batch, due_ms=now_ms() + int(max(delay_s, 0.05) * 1000)
+        )
 
     async def _body(self, batch: UpstreamBatch) -> AsyncIterator[bytes]:
         """`{"requests": [...]}` one member at a time, read from Redis as it is sent."""
         yield b'{"requests":['
         first = True
-        async for chunk in lanes.member_chunks(self.redis, batch.handle, 200):
+        async for chunk in lanes.member_chunks(self.redis, self.keys, batch.handle, 200):
             here = [(cid, job_id) for cid, job_id, still in chunk if still]
-            specs = await self.redis.mget([lane_spec_key(job_id) for _, job_id in here])
+            specs = await self.redis.mget([self.keys.lane_spec_key(job_id) for _, job_id in here])
             for (cid, _), raw in zip(here, specs, strict=True):
                 if raw is None:
                     continue
@@ -295,12 +295,12 @@ class Batcher:
         """The upstream ID, stored, then shown on every member's record."""
         upstream_id = str(created["id"])
         batch.state, batch.upstream_id, batch.last_error = "submitted", upstream_id, None
-        await batch_adopt.claim(self.redis, created)
+        await batch_adopt.claim(self.redis, self.keys, created)
         await lanes.save_batch(
-            self.redis, batch, due_ms=now_ms() + int(self.settings.batch_poll_s * 1000)
+            self.redis, self.keys, batch, due_ms=now_ms() + int(self.settings.batch_poll_s * 1000)
         )
         log.info("batch.created", handle=batch.handle, upstream_id=upstream_id, n=batch.count)
-        async for chunk in lanes.member_chunks(self.redis, batch.handle, 200):
+        async for chunk in lanes.member_chunks(self.redis, self.keys, batch.handle, 200):
             await asyncio.gather(
                 *(
                     self.services.store.update(

@@ -62,11 +62,10 @@ def build_worker(
     deserializer = functools.partial(deserialize, max_bytes=settings.max_job_bytes)
     options: dict[str, Any] = {
         "functions": [func(hooks.run, name=TASK_NAME, max_tries=ARQ_MAX_TRIES, keep_result=0)],  # type: ignore[arg-type]  # registered for its name: MsgqWorker calls hooks.run itself
-        "queue_name": settings.queue_name,
         "redis_settings": redis_settings(settings.redis_url),
         "redis_pool": worker_pool(
             settings.redis_url,
-            queue_name=settings.queue_name,
+            queue_name=settings.keys.queue,
             max_job_bytes=settings.max_job_bytes,
             failover_wait_s=settings.redis_failover_wait_s,
         ),
@@ -92,6 +91,7 @@ def build_worker(
     return MsgqWorker(
         lock_s=settings.lock_s,
         hooks=hooks,
+        keys=settings.keys,
         max_inflight_bytes=settings.max_inflight_bytes,
         **options,
     )

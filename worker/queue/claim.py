@@ -8,12 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from msgq.arq_format import (
-    ABORT_KEY,
-    IN_PROGRESS_KEY_PREFIX,
-    JOB_KEY_PREFIX,
-    RETRY_KEY_PREFIX,
-)
+from msgq.keys import Keyspace
 
 # Claims several jobs in one round trip. KEYS: the queue, the abort ZSET, then for each job its
 # in-progress lock, payload and try counter followed by the caller's prefetch keys. ARGV: now ms,
@@ -61,8 +56,8 @@ return out
 # entries to look at at most, now ms, the in-progress lock key prefix. Running jobs stay in arq's
 # queue until they end (so a dead worker's job is found again), so the oldest entries are mostly
 # running ones on a busy fleet: they are skipped here, server-side, rather than filling the read.
-# The lock keys are built from the prefix (msgq runs on one Redis or a Sentinel-watched primary,
-# never a Cluster, so a script may touch keys it did not declare).
+# The lock keys are built from the prefix, the deployment's (msgq runs on one Redis or a
+# Sentinel-watched primary, never a Cluster, so a script may touch keys it did not declare).
 DUE_UNHELD = """
 local want, limit, now, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local out, offset, chunk = {}, 0, 512
@@ -94,7 +89,7 @@ class QueueJob:
     finishing round trip."""
 
     job_id: str
-    queue_name: str
+    keys: Keyspace  # the deployment's: its queue and the job's lock, payload and try counter
     prefetched: tuple[Any, ...] = ()
     enqueued_at: datetime | None = None  # None: refused before its payload was read
     job_try: int = 0
@@ -103,16 +98,11 @@ class QueueJob:
     def finish_commands(self) -> list[tuple[str, ...]]:
         """What arq's finish does for a finished job: lock, try counter and payload deleted, out
         of the queue and the abort set."""
-        job_id = self.job_id
+        job_id, keys = self.job_id, self.keys
         return [
-            (
-                "DEL",
-                IN_PROGRESS_KEY_PREFIX + job_id,
-                RETRY_KEY_PREFIX + job_id,
-                JOB_KEY_PREFIX + job_id,
-            ),
-            ("ZREM", ABORT_KEY, job_id),
-            ("ZREM", self.queue_name, job_id),
+            ("DEL", keys.in_progress_key(job_id), keys.retry_key(job_id), keys.arq_job_key(job_id)),
+            ("ZREM", keys.abort_key, job_id),
+            ("ZREM", keys.queue, job_id),
         ]
 
     def mark_ended(self) -> None:

@@ -17,12 +17,7 @@ from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import JobExecutionFailed, RetryJob
 from redis.exceptions import NoScriptError, RedisError
 
-from msgq.arq_format import (
-    ABORT_KEY,
-    IN_PROGRESS_KEY_PREFIX,
-    JOB_KEY_PREFIX,
-    RETRY_KEY_PREFIX,
-)
+from msgq.keys import Keyspace
 from worker.queue.claim import (
     CLAIM,
     DUE_SCAN_LIMIT,
@@ -60,10 +55,14 @@ class MsgqWorker(Worker):
         *args: Any,
         lock_s: float,
         hooks: Hooks,
+        keys: Keyspace,
         max_inflight_bytes: int = 2**62,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, queue_name=keys.queue, **kwargs)
+        # Every key this worker touches is the deployment's (arq's own constants are never used:
+        # two deployments on one Redis must not share a job's payload, lock or abort set).
+        self.keys = keys
         self.in_progress_timeout_s = lock_s
         self._outage_s = 0.0
         self._hooks = hooks
@@ -88,7 +87,9 @@ class MsgqWorker(Worker):
 
     async def _poll_iteration(self) -> None:
         if self._wake is None:
-            self._wake = QueueWake(self.pool, lambda: self.job_counter < self.max_jobs)
+            self._wake = QueueWake(
+                self.pool, self.keys.queue_wake, lambda: self.job_counter < self.max_jobs
+            )
         try:
             self._wake.before_poll()
             while await self._poll_once():  # it started jobs, so more may be due: look again
@@ -129,12 +130,14 @@ class MsgqWorker(Worker):
             if picking:
                 # By its SHA, loaded once: a script object in a pipeline costs a SCRIPT EXISTS
                 # round trip on every poll. Redis restarted (scripts gone): loaded again below.
-                args = [str(count), str(DUE_SCAN_LIMIT), str(now), IN_PROGRESS_KEY_PREFIX]
+                args = [str(count), str(DUE_SCAN_LIMIT), str(now), self.keys.in_progress_key_prefix]
                 pipe.evalsha(str(due), 1, self.queue_name, *args)
-            pipe.zrange(ABORT_KEY, 0, -1)
+            pipe.zrange(self.keys.abort_key, 0, -1)
             # Abort requests older than a minute (arq's own prune compares seconds with ms and
             # removes nothing, so the set it reads every poll only grew).
-            pipe.zremrangebyscore(ABORT_KEY, min="-inf", max=now - abort_job_max_age * 1000)
+            pipe.zremrangebyscore(
+                self.keys.abort_key, min="-inf", max=now - abort_job_max_age * 1000
+            )
             try:
                 replies = await pipe.execute()
             except NoScriptError:
@@ -161,7 +164,7 @@ class MsgqWorker(Worker):
                 task.cancel()
         if aborted:
             self.aborting_tasks.update(aborted)
-            await self.pool.zrem(ABORT_KEY, *aborted)
+            await self.pool.zrem(self.keys.abort_key, *aborted)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim and start each due job. The slot (arq's semaphore and counter) is given back
@@ -204,11 +207,12 @@ class MsgqWorker(Worker):
     async def _claim_jobs(self, job_ids: list[str]) -> list[Claim | None]:
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM)
-        keys: list[str] = [self.queue_name, ABORT_KEY]
+        ks = self.keys
+        keys: list[str] = [ks.queue, ks.abort_key]
         for job_id in job_ids:
             reads = self._prefetch(job_id) if self._prefetch else []
-            keys += [IN_PROGRESS_KEY_PREFIX + job_id, JOB_KEY_PREFIX + job_id]
-            keys += [RETRY_KEY_PREFIX + job_id, *(key for _, key in reads)]
+            keys += [ks.in_progress_key(job_id), ks.arq_job_key(job_id)]
+            keys += [ks.retry_key(job_id), *(key for _, key in reads)]
         lock_ms = int(self.in_progress_timeout_s * 1000)
         ops = self._prefetch_ops
         args = [timestamp_ms(), lock_ms, self._token, len(ops), *ops, *job_ids]
@@ -260,10 +264,10 @@ class MsgqWorker(Worker):
         job_try = claim.job_try
         if enqueued_try and enqueued_try > job_try:
             job_try = enqueued_try
-            await self.pool.setex(RETRY_KEY_PREFIX + job_id, 88400, str(job_try))
+            await self.pool.setex(self.keys.retry_key(job_id), 88400, str(job_try))
         job = QueueJob(
             job_id,
-            self.queue_name,
+            self.keys,
             tuple(claim.prefetched),
             enqueued_at=ms_to_datetime(enqueued_ms),
             job_try=job_try,
@@ -328,18 +332,25 @@ class MsgqWorker(Worker):
             queue_name=self.queue_name,
             job_id=job_id,
         )
-        job = QueueJob(job_id, self.queue_name, tuple(claim.prefetched), job_try=claim.job_try)
+        job = QueueJob(job_id, self.keys, tuple(claim.prefetched), job_try=claim.job_try)
         await asyncio.shield(self._finish_refused(job, result))
 
     async def _finish_refused(self, job: QueueJob, result_data: bytes | None) -> None:
-        """arq failed a job before our task ran (empty payload, "expired", aborted): record it
-        too, or a poller would wait on `queued` forever."""
-        await super().finish_failed_job(job.job_id, result_data)
+        """arq failed a job before our task ran (empty payload, "expired", aborted): its keys
+        go (arq's failed-job bookkeeping, on this deployment's keys; no result is kept), and
+        msgq records it too, or a poller would wait on `queued` forever."""
+        await self._end_in_queue(job)
         await self._hooks.refused(self.ctx, job, result_data)
+
+    async def _end_in_queue(self, job: QueueJob) -> None:
+        async with self.pool.pipeline(transaction=True) as tr:
+            for command in job.finish_commands():
+                tr.execute_command(*command)
+            await tr.execute()
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq's own calls (none on msgq's path, which refuses through `_refuse`)."""
-        await self._finish_refused(QueueJob(job_id, self.queue_name), result_data)
+        await self._finish_refused(QueueJob(job_id, self.keys), result_data)
 
     async def finish_job(
         self,
@@ -351,27 +362,24 @@ class MsgqWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        """arq's finish, but a deferred job is re-scored only if it is still queued: arq's
-        ZINCRBY re-adds a job whose terminal record already took it out of the queue (a reply
-        lost after that write), leaving an entry without a payload."""
-        if finish or not incr_score:
-            await super().finish_job(
-                job_id,
-                finish,
-                result_data,
-                result_timeout_s,
-                keep_result_forever,
-                incr_score,
-                keep_in_progress,
-            )
-            return
+        """arq's finish on this deployment's keys (`keep_result=0`: no result key), but a
+        deferred job is re-scored only if it is still queued: arq's ZINCRBY re-adds a job whose
+        terminal record already took it out of the queue (a reply lost after that write),
+        leaving an entry without a payload."""
+        if finish:
+            return await self._end_in_queue(QueueJob(job_id, self.keys))
         async with self.pool.pipeline(transaction=True) as tr:
-            tr.zadd(self.queue_name, {job_id: incr_score}, xx=True, incr=True)
-            tr.delete(IN_PROGRESS_KEY_PREFIX + job_id)
+            if incr_score:
+                tr.zadd(self.keys.queue, {job_id: incr_score}, xx=True, incr=True)
+            if keep_in_progress is None:
+                tr.delete(self.keys.in_progress_key(job_id))
+            else:
+                tr.pexpire(self.keys.in_progress_key(job_id), int(keep_in_progress * 1000))
             await tr.execute()
+        return None
 
     async def _heartbeat(self) -> None:
-        await keep_locks_alive(self.pool, self.job_tasks, self.in_progress_timeout_s)
+        await keep_locks_alive(self.pool, self.keys, self.job_tasks, self.in_progress_timeout_s)
 
     async def main(self) -> None:
         await wait_for_redis(self.pool)

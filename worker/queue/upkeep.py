@@ -10,12 +10,14 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from msgq.arq_format import IN_PROGRESS_KEY_PREFIX
+from msgq.keys import Keyspace
 
 log = structlog.get_logger("msgq.worker")
 
 
-async def keep_locks_alive(pool: Redis, job_tasks: dict[str, Any], lock_s: float) -> None:
+async def keep_locks_alive(
+    pool: Redis, keys: Keyspace, job_tasks: dict[str, Any], lock_s: float
+) -> None:
     """Every running job's in-progress lock extended in one round trip, a third of the lock's
     length apart: a killed worker's jobs are free again within `lock_s`. It must not stop
     while the worker runs (other workers would start its jobs again): every error is logged
@@ -29,7 +31,7 @@ async def keep_locks_alive(pool: Redis, job_tasks: dict[str, Any], lock_s: float
         try:
             async with pool.pipeline(transaction=False) as pipe:
                 for job_id in running:
-                    pipe.pexpire(IN_PROGRESS_KEY_PREFIX + job_id, lock_ms)
+                    pipe.pexpire(keys.in_progress_key(job_id), lock_ms)
                 await pipe.execute()
         except Exception as exc:
             log.warning("worker.heartbeat_failed", jobs=len(running), error=type(exc).__name__)

@@ -3,7 +3,7 @@
 Why: the worker polls arq's queue every `poll_delay_s` (10 ms), so a job admitted by the
 dispatcher waited half of that on average before a worker picked it up, on top of the API's
 own latency: most of what a drop-in call adds over calling the API directly. The dispatcher
-publishes on `QUEUE_WAKE` in the same Lua step that moves jobs into arq's queue; each worker
+publishes on `queue_wake` in the same Lua step that moves jobs into arq's queue; each worker
 listens, and one with a free slot polls at once. The poll stays as it was: it finds what
 nobody announces (raw producers, retries coming due, jobs deferred by another worker), so a
 lost message costs at most one poll delay.
@@ -18,8 +18,6 @@ from collections.abc import Callable
 import structlog
 from redis.asyncio import Redis
 
-from msgq.keys import QUEUE_WAKE
-
 log = structlog.get_logger("msgq.worker")
 
 
@@ -28,8 +26,8 @@ class QueueWake:
     idle), then `idle(seconds)`: the poll delay, ended early by a wake. `has_room` says
     whether this worker could take a job now; a full worker ignores wakes."""
 
-    def __init__(self, redis: Redis, has_room: Callable[[], bool]) -> None:
-        self.redis = redis
+    def __init__(self, redis: Redis, channel: str, has_room: Callable[[], bool]) -> None:
+        self.redis, self.channel = redis, channel  # the deployment's `Keyspace.queue_wake`
         self.has_room = has_room
         self._event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -50,7 +48,7 @@ class QueueWake:
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(QUEUE_WAKE)
+                    await pubsub.subscribe(self.channel)
                     async for message in pubsub.listen():
                         if message["type"] == "message" and self.has_room():
                             self._event.set()

@@ -101,7 +101,7 @@ async def list_models(
     after_id: str | None = None,
     before_id: str | None = None,
 ) -> Response:
-    catalog = await load_catalog(state.redis)
+    catalog = await load_catalog(state.redis, state.settings.keys)
     if catalog is None:
         api = passthrough(request)
         params = {k: v for k, v in request.query_params.items()}
@@ -123,7 +123,7 @@ async def get_model(
 ) -> Response:
     if not MODEL_ID.fullmatch(model_id):  # never forwarded: no model is named like that
         raise ApiError(404, f"model: {model_id[:128]!r}")
-    catalog = await load_catalog(state.redis)
+    catalog = await load_catalog(state.redis, state.settings.keys)
     if catalog is None:
         api = passthrough(request)
         version = headers.required_version(request)

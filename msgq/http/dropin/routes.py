@@ -26,7 +26,6 @@ from msgq.http.dropin.stream import StreamAnswer
 from msgq.http.errors import ApiError
 from msgq.http.versions import Headers
 from msgq.jobs.ids import scoped_id
-from msgq.keys import relay_channel
 from msgq.tenancy.policy import PolicyReader
 from schemas import Lane, Priority
 
@@ -79,7 +78,7 @@ async def create_message(
             return WaitAnswer(_call(state, job, job_id), stack)
         # Subscribed before the job exists: its first event cannot be missed.
         follower = await stack.enter_async_context(
-            state.endings.follow(internal, channel=relay_channel(internal))
+            state.endings.follow(internal, channel=state.settings.keys.relay_channel(internal))
         )
         job = await state.client.submit(body, **options)
     except BaseException:

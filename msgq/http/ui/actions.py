@@ -80,7 +80,9 @@ async def retry_failures(request: Request, session: Actor) -> Response:
         return refused
     group = (await sessions.form_of(request)).get("group", "")
     state = state_of(request)
-    requeued, left = await retry_group(state.redis, state.client, group, tenant=None)
+    requeued, left = await retry_group(
+        state.redis, state.settings.keys, state.client, group, tenant=None
+    )
     return RedirectResponse(f"/ui/failures?retried={requeued}&left={left}", status_code=303)
 
 
@@ -90,5 +92,5 @@ async def resume(request: Request, session: Actor) -> Response:
     refused = _admins_only(request, session)
     if refused is not None:
         return refused
-    await resume_fleet(state_of(request).redis)
+    await resume_fleet(state_of(request).redis, state_of(request).settings.keys)
     return RedirectResponse("/ui", status_code=303)

@@ -20,14 +20,18 @@ async def batches_page(request: Request, session: Viewer) -> HTMLResponse:
     before = request.query_params.get("before", "")
     before_ms = int(before) if before.isdigit() else None
     tenants = tenants_in_scope(request, session)
-    rows, next_before = await batch_page(state_of(request).redis, tenants, before_ms=before_ms)
+    rows, next_before = await batch_page(
+        state_of(request).redis, state_of(request).settings.keys, tenants, before_ms=before_ms
+    )
     older = query_of(before=next_before) if next_before is not None else None
     return html(request, "batches.html", session, rows=rows, older=older)
 
 
 @router.get("/batches/{batch_id}")
 async def batch_detail(request: Request, session: Viewer, batch_id: str) -> Response:
-    row = await batch_row(state_of(request).redis, batch_id, tenant=session.scope)
+    row = await batch_row(
+        state_of(request).redis, state_of(request).settings.keys, batch_id, tenant=session.scope
+    )
     if row is None:
         return not_found(request, session, "batch")
     return html(request, "batch.html", session, row=row, jobs_query=query_of(batch=batch_id))
@@ -37,7 +41,7 @@ async def batch_detail(request: Request, session: Viewer, batch_id: str) -> Resp
 async def batch_results(request: Request, session: Viewer, batch_id: str) -> Response:
     """The results JSONL once the batch has ended, as a download (the session's own batches)."""
     state = state_of(request)
-    row = await batch_row(state.redis, batch_id, tenant=session.scope)
+    row = await batch_row(state.redis, state.settings.keys, batch_id, tenant=session.scope)
     if row is None:
         return not_found(request, session, "batch")
     if row.status != "ended":

@@ -10,7 +10,7 @@ from typing import cast
 from redis.asyncio import Redis
 
 from msgq.batches import COUNT_FIELDS, BatchMeta
-from msgq.keys import batch_counts_key, batch_key, tenant_batches_key
+from msgq.keys import Keyspace
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,11 @@ class BatchRow:
         return "canceling" if self.meta.cancel_initiated_at else "in_progress"
 
 
-async def _rows(redis: Redis, scored: list[tuple[str, int]]) -> list[BatchRow]:
+async def _rows(redis: Redis, keys: Keyspace, scored: list[tuple[str, int]]) -> list[BatchRow]:
     async with redis.pipeline(transaction=False) as pipe:
         for batch_id, _ in scored:
-            pipe.get(batch_key(batch_id))
-            pipe.hgetall(batch_counts_key(batch_id))
+            pipe.get(keys.batch_key(batch_id))
+            pipe.hgetall(keys.batch_counts_key(batch_id))
         replies = await pipe.execute()
     rows = []
     for n, (_, score) in enumerate(scored):
@@ -48,29 +48,36 @@ async def _rows(redis: Redis, scored: list[tuple[str, int]]) -> list[BatchRow]:
 
 
 async def batch_page(
-    redis: Redis, tenants: list[str], *, before_ms: int | None = None, limit: int = 50
+    redis: Redis,
+    keys: Keyspace,
+    tenants: list[str],
+    *,
+    before_ms: int | None = None,
+    limit: int = 50,
 ) -> tuple[list[BatchRow], int | None]:
     """Newest first across `tenants`, created before `before_ms`; and the next page's cursor."""
     top = f"({before_ms}" if before_ms is not None else "+inf"
     scored: list[tuple[str, int]] = []
     for tenant in tenants:
         found = await redis.zrevrangebyscore(
-            tenant_batches_key(tenant), top, "-inf", start=0, num=limit + 1, withscores=True
+            keys.tenant_batches_key(tenant), top, "-inf", start=0, num=limit + 1, withscores=True
         )
         scored += [(member.decode(), int(score)) for member, score in found]
     scored.sort(key=lambda item: -item[1])
     more = len(scored) > limit
-    rows = await _rows(redis, scored[:limit])
+    rows = await _rows(redis, keys, scored[:limit])
     return rows, (scored[limit - 1][1] if more else None)
 
 
-async def batch_row(redis: Redis, batch_id: str, *, tenant: str | None) -> BatchRow | None:
+async def batch_row(
+    redis: Redis, keys: Keyspace, batch_id: str, *, tenant: str | None
+) -> BatchRow | None:
     """One batch, if it exists and `tenant` (None: any) owns it."""
-    raw = await cast(Awaitable[bytes | None], redis.get(batch_key(batch_id)))
+    raw = await cast(Awaitable[bytes | None], redis.get(keys.batch_key(batch_id)))
     if raw is None:
         return None
     meta = BatchMeta.model_validate_json(raw)
     if tenant is not None and meta.tenant != tenant:
         return None
-    rows = await _rows(redis, [(batch_id, int(meta.created_at.timestamp() * 1000))])
+    rows = await _rows(redis, keys, [(batch_id, int(meta.created_at.timestamp() * 1000))])
     return rows[0] if rows else None

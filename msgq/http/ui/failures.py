@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from msgq.client import Client
 from msgq.http.ui.queries import SCAN_BUDGET, JobFilter, walk_for
 from msgq.jobs.retry_policy import retry_verdict
+from msgq.keys import Keyspace
 from schemas import JobRecord, JobStatus
 
 SAMPLE_IDS = 5
@@ -72,12 +73,12 @@ def _failed(tenant: str | None) -> JobFilter:
 
 
 async def failure_groups(
-    redis: Redis, *, tenant: str | None, budget: int = SCAN_BUDGET
+    redis: Redis, keys: Keyspace, *, tenant: str | None, budget: int = SCAN_BUDGET
 ) -> Failures:
     """Groups, largest first, from the newest `budget` failed records (of `tenant`, if given)."""
     groups: dict[str, FailureGroup] = {}
     scanned = 0
-    walk, size = await walk_for(redis, _failed(tenant))
+    walk, size = await walk_for(redis, keys, _failed(tenant))
     async for _, data in walk.rows(0, budget):
         scanned += 1
         key = group_key(data)
@@ -93,11 +94,11 @@ async def failure_groups(
 
 
 async def retry_group(
-    redis: Redis, client: Client, key: str, *, tenant: str | None
+    redis: Redis, keys: Keyspace, client: Client, key: str, *, tenant: str | None
 ) -> tuple[int, int]:
     """Requeue every failed job of the group with its kept request: (requeued, not retried)."""
     # All IDs first: each retry moves a job out of the index being walked.
-    walk, _ = await walk_for(redis, _failed(tenant))
+    walk, _ = await walk_for(redis, keys, _failed(tenant))
     ids = [str(d["id"]) async for _, d in walk.rows(0, RETRY_READ) if group_key(d) == key]
     requeued = 0
     for job_id in ids:

@@ -21,7 +21,7 @@ import orjson
 from PIL import Image
 from redis.asyncio import Redis
 
-from msgq.keys import arq_job_key, spec_key
+from msgq.keys import Keyspace
 from msgq.settings import Settings
 from schemas import JobRecord, JobStatus
 
@@ -50,9 +50,11 @@ QUEUED_SOURCE = "From the queued job, as it will be sent."
 KEPT_SOURCE = "Kept so that the job can be retried."
 
 
-async def stored_request(redis: Redis, job_id: str) -> tuple[dict[str, Any], str] | None:
+async def stored_request(
+    redis: Redis, keys: Keyspace, job_id: str
+) -> tuple[dict[str, Any], str] | None:
     """The request as msgq still holds it, and where from; None when it is no longer kept."""
-    payload, spec = await redis.mget([arq_job_key(job_id), spec_key(job_id)])
+    payload, spec = await redis.mget([keys.arq_job_key(job_id), keys.spec_key(job_id)])
     sources = ((payload, QUEUED_SOURCE, "k"), (spec, KEPT_SOURCE, None))
     for raw, source, pick in sources:
         if raw is None:

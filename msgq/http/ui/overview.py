@@ -13,15 +13,7 @@ from redis.asyncio import Redis
 
 from msgq import waits
 from msgq.fleet_stats import last_hour
-from msgq.keys import (
-    ACTIVE_KEY,
-    PAUSE_KEY,
-    bucket_key,
-    cooldown_key,
-    record_key,
-    status_jobs_key,
-    tenant_jobs_key,
-)
+from msgq.keys import Keyspace
 from msgq.settings import Settings
 from schemas import JobStatus
 
@@ -56,21 +48,21 @@ class Active:
         return [(v, [table[s.value][v] for s in ACTIVE]) for v in values]
 
 
-async def active_jobs(redis: Redis, tenant: str | None) -> Active:
+async def active_jobs(redis: Redis, keys: Keyspace, tenant: str | None) -> Active:
     """Exact counts per status; the breakdown from the oldest ACTIVE_SAMPLE active records."""
     async with redis.pipeline(transaction=False) as pipe:
         for status in ACTIVE:
-            key = status_jobs_key(status.value)
-            pipe.zintercard(2, [key, tenant_jobs_key(tenant)]) if tenant else pipe.zcard(key)
+            key = keys.status_jobs_key(status.value)
+            pipe.zintercard(2, [key, keys.tenant_jobs_key(tenant)]) if tenant else pipe.zcard(key)
         counts = [int(n) for n in await pipe.execute()]
     if tenant:
-        ids = (await redis.zinter([ACTIVE_KEY, tenant_jobs_key(tenant)]))[:ACTIVE_SAMPLE]
+        ids = (await redis.zinter([keys.active_key, keys.tenant_jobs_key(tenant)]))[:ACTIVE_SAMPLE]
     else:
-        ids = await redis.zrange(ACTIVE_KEY, 0, ACTIVE_SAMPLE - 1)
+        ids = await redis.zrange(keys.active_key, 0, ACTIVE_SAMPLE - 1)
     result = Active(dict(zip([s.value for s in ACTIVE], counts, strict=True)), 0, sum(counts))
     result.breakdown = {d: {s.value: Counter() for s in ACTIVE} for d in DIMENSIONS}
     for start in range(0, len(ids), 1000):
-        raws = await redis.mget([record_key(i.decode()) for i in ids[start : start + 1000]])
+        raws = await redis.mget([keys.record_key(i.decode()) for i in ids[start : start + 1000]])
         for raw in raws:
             data = orjson.loads(raw) if raw is not None else {}
             now = str(data.get("status"))
@@ -96,11 +88,11 @@ class Series:
         return sum(self.values)
 
 
-async def last_hour_series(redis: Redis, tenant: str | None) -> list[Series]:
+async def last_hour_series(redis: Redis, keys: Keyspace, tenant: str | None) -> list[Series]:
     """Jobs succeeded and failed (the tenant's, or the fleet's) and upstream 429s and 529s
     (always the fleet's: rate limits are the organisation's) per minute."""
-    jobs = await last_hour(redis, ["succeeded", "failed"], tenant=tenant)
-    upstream = await last_hour(redis, ["429", "529"])
+    jobs = await last_hour(redis, keys, ["succeeded", "failed"], tenant=tenant)
+    upstream = await last_hour(redis, keys, ["429", "529"])
     return [
         Series("succeeded", "s-ok", jobs["succeeded"]),
         Series("failed", "s-failed", jobs["failed"]),
@@ -147,10 +139,11 @@ def _bucket(
 async def headroom(redis: Redis, settings: Settings) -> list[dict[str, Any]]:
     """Per model class: what each bucket holds now against its cap, and any 429 cool-down."""
     classes = list(dict.fromkeys([*CLASSES, *settings.rate_limits]))
+    keys = settings.keys
     async with redis.pipeline(transaction=False) as pipe:
         for cls in classes:
-            pipe.hgetall(bucket_key(cls))
-            pipe.pttl(cooldown_key(cls))
+            pipe.hgetall(keys.bucket_key(cls))
+            pipe.pttl(keys.cooldown_key(cls))
         replies = await pipe.execute()
     now = int(time.time() * 1000)
     rows = []
@@ -168,11 +161,11 @@ async def headroom(redis: Redis, settings: Settings) -> list[dict[str, Any]]:
     return rows
 
 
-async def pause_state(redis: Redis) -> dict[str, Any] | None:
+async def pause_state(redis: Redis, keys: Keyspace) -> dict[str, Any] | None:
     """The spend-limit pause: its reason and how long it has left (None: no expiry)."""
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.get(PAUSE_KEY)
-        pipe.pttl(PAUSE_KEY)
+        pipe.get(keys.pause_key)
+        pipe.pttl(keys.pause_key)
         reason, ttl_ms = await pipe.execute()
     if reason is None:
         return None

@@ -21,7 +21,6 @@ from msgq.http.ui.render import html, message
 from msgq.http.ui.session import Viewer, set_login_token
 from msgq.http.ui.spend import spend_today
 from msgq.jobs.retry_policy import retry_verdict
-from msgq.keys import batch_key
 from schemas import JobStatus
 
 router = ui_router()
@@ -48,16 +47,17 @@ async def login_form(request: Request) -> HTMLResponse:
 
 async def _overview(request: Request, session: Viewer) -> dict[str, Any]:
     state = state_of(request)
-    series = await overview.last_hour_series(state.redis, session.scope)
-    active = await overview.active_jobs(state.redis, session.scope)
+    keys = state.settings.keys
+    series = await overview.last_hour_series(state.redis, keys, session.scope)
+    active = await overview.active_jobs(state.redis, keys, session.scope)
     fleet = await waits.fleet_state(state.redis, state.settings)
     return {
         "active": active,
         "fleet": fleet,
-        "waits": await waits.count_reasons(state.redis, fleet, active.waiting),
+        "waits": await waits.count_reasons(state.redis, keys, fleet, active.waiting),
         "chart": overview.chart(series),
         "headroom": await overview.headroom(state.redis, state.settings),
-        "pause": await overview.pause_state(state.redis),
+        "pause": await overview.pause_state(state.redis, keys),
         "spend": await spend_today(request, session),
     }
 
@@ -81,7 +81,7 @@ async def _jobs(request: Request, session: Viewer) -> dict[str, Any] | str:
     batch = q.get("batch") or None
     batch_tenant = session.scope
     if batch and batch_tenant is None:
-        raw = await state_of(request).redis.get(batch_key(batch))
+        raw = await state_of(request).redis.get(state_of(request).settings.keys.batch_key(batch))
         batch_tenant = batch_owner(raw)
     flt = JobFilter(
         status=JobStatus(status) if status else None,
@@ -92,7 +92,9 @@ async def _jobs(request: Request, session: Viewer) -> dict[str, Any] | str:
         batch_tenant=batch_tenant,
     )
     cursor = int(q["cursor"]) if q.get("cursor", "").isdigit() else 0
-    page = await find_jobs(state_of(request).redis, flt, cursor=cursor)
+    page = await find_jobs(
+        state_of(request).redis, state_of(request).settings.keys, flt, cursor=cursor
+    )
     filters = {
         "status": status or "",
         "tenant": "" if session.scope else q.get("tenant", ""),
@@ -137,7 +139,7 @@ async def job_page(request: Request, session: Viewer, job_id: str) -> Response:
     if record is None:
         return not_found(request, session, "job")
     state = state_of(request)
-    stored = await job_view.stored_request(state.redis, record.id)
+    stored = await job_view.stored_request(state.redis, state.settings.keys, record.id)
     return html(
         request,
         "job.html",
@@ -178,7 +180,9 @@ def _pretty(value: object) -> str:
 
 @router.get("/failures")
 async def failures_page(request: Request, session: Viewer) -> HTMLResponse:
-    found = await failure_groups(state_of(request).redis, tenant=session.scope)
+    found = await failure_groups(
+        state_of(request).redis, state_of(request).settings.keys, tenant=session.scope
+    )
     q = request.query_params
     return html(
         request,

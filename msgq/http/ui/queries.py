@@ -18,14 +18,7 @@ import orjson
 from redis.asyncio import Redis
 
 from msgq.batches import job_id_for
-from msgq.keys import (
-    INDEX_KEY,
-    batch_ids_key,
-    model_jobs_key,
-    record_key,
-    status_jobs_key,
-    tenant_jobs_key,
-)
+from msgq.keys import Keyspace
 from schemas import JobRecord, JobStatus
 
 CHUNK = 500
@@ -52,28 +45,28 @@ class JobFilter:
             and (self.batch is None or data.get("batch_id") == self.batch)
         )
 
-    def indexes(self) -> list[tuple[str, str]]:
+    def indexes(self, keys: Keyspace) -> list[tuple[str, str]]:
         """(kind, key) of every index these filters can walk; the whole-fleet one when none."""
         found = []
         if self.batch and self.batch_tenant:
-            found.append(("list", batch_ids_key(self.batch)))
+            found.append(("list", keys.batch_ids_key(self.batch)))
         if self.status:
-            found.append(("zset", status_jobs_key(self.status.value)))
+            found.append(("zset", keys.status_jobs_key(self.status.value)))
         if self.model:
-            found.append(("zset", model_jobs_key(self.model)))
+            found.append(("zset", keys.model_jobs_key(self.model)))
         if self.tenant:
-            found.append(("zset", tenant_jobs_key(self.tenant)))
-        return found or [("zset", INDEX_KEY)]
+            found.append(("zset", keys.tenant_jobs_key(self.tenant)))
+        return found or [("zset", keys.index_key)]
 
-    def label(self, key: str) -> str:
+    def label(self, keys: Keyspace, key: str) -> str:
         """The index `key` in words: a page never shows a Redis key name."""
-        if self.batch and key == batch_ids_key(self.batch):
+        if self.batch and key == keys.batch_ids_key(self.batch):
             return f"jobs of batch {self.batch}"
-        if self.status and key == status_jobs_key(self.status.value):
+        if self.status and key == keys.status_jobs_key(self.status.value):
             return f"{self.status.value} jobs"
-        if self.model and key == model_jobs_key(self.model):
+        if self.model and key == keys.model_jobs_key(self.model):
             return f"jobs of model {self.model}"
-        if self.tenant and key == tenant_jobs_key(self.tenant):
+        if self.tenant and key == keys.tenant_jobs_key(self.tenant):
             return f"jobs of tenant {self.tenant}"
         return "all jobs"
 
@@ -99,7 +92,8 @@ async def _sizes(redis: Redis, indexes: list[tuple[str, str]]) -> list[int]:
 class Walk:
     """Newest-first reads of one index in chunks, pruning entries whose record has gone."""
 
-    def __init__(self, redis: Redis, flt: JobFilter, kind: str, key: str) -> None:
+    def __init__(self, redis: Redis, keys: Keyspace, flt: JobFilter, kind: str, key: str) -> None:
+        self.keys = keys
         self.redis, self.flt, self.kind, self.key = redis, flt, kind, key
         self.position = 0  # where a walk stopped
         self.exhausted = False  # it reached the end of the index
@@ -121,7 +115,7 @@ class Walk:
                 self.exhausted = True
                 return
             read += len(ids)
-            raws = await self.redis.mget([record_key(i) for i in ids])
+            raws = await self.redis.mget([self.keys.record_key(i) for i in ids])
             gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
             pruned = bool(gone) and self.kind == "zset"
             if pruned:
@@ -139,20 +133,26 @@ class Walk:
             self.position = position
 
 
-async def walk_for(redis: Redis, flt: JobFilter) -> tuple[Walk, int]:
+async def walk_for(redis: Redis, keys: Keyspace, flt: JobFilter) -> tuple[Walk, int]:
     """A walk of the smallest index the filters name, and that index's size."""
-    indexes = flt.indexes()
+    indexes = flt.indexes(keys)
     sizes = await _sizes(redis, indexes)
     size, (kind, key) = min(zip(sizes, indexes, strict=True))
-    return Walk(redis, flt, kind, key), size
+    return Walk(redis, keys, flt, kind, key), size
 
 
 async def find_jobs(
-    redis: Redis, flt: JobFilter, *, cursor: int = 0, limit: int = 50, budget: int = SCAN_BUDGET
+    redis: Redis,
+    keys: Keyspace,
+    flt: JobFilter,
+    *,
+    cursor: int = 0,
+    limit: int = 50,
+    budget: int = SCAN_BUDGET,
 ) -> JobSlice:
     """One page of matching records, newest first, from the smallest index the filters name."""
-    walk, size = await walk_for(redis, flt)
-    page = JobSlice(index=walk.key, index_label=flt.label(walk.key), index_size=size)
+    walk, size = await walk_for(redis, keys, flt)
+    page = JobSlice(index=walk.key, index_label=flt.label(keys, walk.key), index_size=size)
     async for after, data in walk.rows(cursor, budget):
         page.records.append(JobRecord.model_validate(data))
         if len(page.records) == limit:

@@ -29,7 +29,6 @@ from structlog import get_logger
 
 from msgq.http.auth import KeyConfigError, load_keys, tenant_for
 from msgq.http.deps import state_of
-from msgq.keys import ui_session_key
 from msgq.logs import register_secret
 from msgq.settings import Settings
 
@@ -165,7 +164,9 @@ async def start(request: Request, response: Response, session: Session, key: str
         }
     )
     ttl_s = min(settings.ui_session_idle_s, settings.ui_session_max_s)
-    await state_of(request).redis.set(ui_session_key(_hashed(session_id)), body, ex=ttl_s)
+    await state_of(request).redis.set(
+        state_of(request).settings.keys.ui_session_key(_hashed(session_id)), body, ex=ttl_s
+    )
     response.set_cookie(
         COOKIE,
         session_id,
@@ -180,7 +181,9 @@ async def start(request: Request, response: Response, session: Session, key: str
 async def end(request: Request, response: Response) -> None:
     session_id = request.cookies.get(COOKIE)
     if session_id:
-        await state_of(request).redis.delete(ui_session_key(_hashed(session_id)))
+        await state_of(request).redis.delete(
+            state_of(request).settings.keys.ui_session_key(_hashed(session_id))
+        )
     response.delete_cookie(COOKIE, path="/ui")
 
 
@@ -191,7 +194,7 @@ async def current(request: Request) -> Session:
     if not session_id:
         raise SignInRequiredError
     session_hash = _hashed(session_id)
-    key = ui_session_key(session_hash)
+    key = state_of(request).settings.keys.ui_session_key(session_hash)
     state = state_of(request)
     raw = await state.redis.get(key)
     if raw is None:

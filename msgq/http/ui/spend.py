@@ -16,7 +16,7 @@ from msgq.tenancy.tenants import load_tenants
 async def spend_today(request: Request, session: Session) -> list[dict[str, Any]]:
     """One row per tenant in scope: spent today (by model), the day's budget and what is left."""
     state = state_of(request)
-    budgets = Budgets(state.redis)
+    budgets = Budgets(state.redis, state.settings.keys)
     configured = load_tenants(state.settings.tenants_file)
     if session.scope is not None:
         names = [session.scope]
