@@ -175,8 +175,20 @@ async def record_crash(
     return stored
 
 
-async def release_after_shutdown(store: JobStore, job_id: str) -> None:
-    """A worker stopped mid-attempt: back to queued, and the attempt is not charged to the job."""
-    stored = await store.update(job_id, records.released)
+class StoppedRun(Protocol):
+    """A run stopped by a shutdown or a cancel (`worker.job.run.JobRun`)."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def attempt(self) -> int | None: ...
+
+
+async def release_after_shutdown(store: JobStore, run: StoppedRun) -> None:
+    """A worker stopped mid-attempt: back to queued, the attempt not charged to the job, and
+    noted `cut` in its timeline (the call may have been answered, and billed)."""
+    cut = run.attempt
+    stored = await store.update(run.job_id, lambda r: records.released(r, cut_attempt=cut))
     if stored is not None:
-        log.info("job.released", status=stored.status.value, attempt=stored.attempts)
+        log.info("job.released", status=stored.status.value, attempt=stored.attempts, cut=cut)

@@ -83,9 +83,11 @@ async def attempt(
                 return
             expected = pickup.raw if pickup else None
             current = record if expected else None
+            run.attempt = record.attempts + 1  # before the write: a cancel may land in it
             started = await transitions.begin_attempt(
                 services.store, record.id, expected=expected, current=current
             )
+            run.attempt = started.attempts if started is not None else None
             if started is None or started.status is not JobStatus.IN_PROGRESS:
                 await admission.settle(services, run, record, NOT_SENT)
                 return

@@ -74,7 +74,7 @@ async def run_message(ctx: Ctx, job: QueueJob, kwargs: dict[str, Any]) -> None:
         await _crashed(services, job_id, exc, kwargs)
     except asyncio.CancelledError:
         # Either an operator's cancel (arq abort) or a worker shutting down mid-attempt.
-        await asyncio.shield(transitions.release_after_shutdown(services.store, job_id))
+        await asyncio.shield(transitions.release_after_shutdown(services.store, run))
         raise
     finally:
         structlog.contextvars.unbind_contextvars("job_id", "latency_ms")
