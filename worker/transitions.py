@@ -3,13 +3,11 @@ JobStore.update, plus the log line and metric each state change owes."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
 import structlog
-from redis.exceptions import RedisError
 
 from msgq.jobs import records
 from msgq.jobs.kept import keep_spec_from_queue
@@ -18,6 +16,7 @@ from msgq.jobs.retry_policy import keeps_request
 from msgq.jobs.store import JobStore
 from schemas import JobError, JobRecord, JobStatus
 from worker import metrics
+from worker.hold import AnswerHold
 
 log = structlog.get_logger("msgq.job")
 
@@ -100,21 +99,21 @@ async def finish_durably(
     job: str | RunningJob,
     status: JobStatus,
     *,
+    hold: AnswerHold,
     expected: bytes | None = None,
     current: JobRecord | None = None,
     **fields: Any,
 ) -> JobRecord | None:
-    """`finish` for an answer that was paid for: a Redis blip is retried (about 15 s in all)
-    before giving up, because giving up means the job runs, and is billed, again."""
-    delay = 0.25
-    for _ in range(6):
-        try:
-            return await finish(store, job, status, expected=expected, current=current, **fields)
-        except RedisError as exc:
-            log.warning("job.store_retry", error=type(exc).__name__, retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay *= 2
-    return await finish(store, job, status, **fields)
+    """`finish` for an answer that was paid for: while Redis is unreachable the answer is held
+    and the write retried (`worker.hold`, up to `MSGQ_ANSWER_HOLD_S`), because giving up means
+    the job runs, and is billed, again."""
+
+    async def write() -> JobRecord | None:
+        # After an outage the record may have moved on: the compare-and-set then falls back to
+        # a fresh read (`JobStore.update`), and a terminal record found there stays as it is.
+        return await finish(store, job, status, expected=expected, current=current, **fields)
+
+    return await hold.store(write, fields.get("result"))
 
 
 def _log_finished(record: JobRecord) -> None:

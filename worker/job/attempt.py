@@ -279,6 +279,7 @@ async def _succeeded(
         services.store,
         run,
         JobStatus.SUCCEEDED,
+        hold=services.held,
         expected=record.model_dump_json().encode(),  # as begin_attempt wrote it
         current=record,
         result=reply.message,

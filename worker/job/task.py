@@ -81,10 +81,12 @@ async def run_message(ctx: Ctx, job: QueueJob, kwargs: dict[str, Any]) -> None:
 
 
 def ceiling_s(settings: Settings) -> float:
-    """The most one run of the task may take: every wait in it is bounded, and this bounds their
-    sum. The queue's own timeout is set beyond reach (`worker.queue.build`), because arq's
-    timeout deletes the job without msgq's record ever being finished."""
-    return settings.job_timeout_s + settings.max_slot_wait_s + settings.max_limiter_wait_s + 60
+    """The most one run of the task may take: every wait in it is bounded (an answer held through
+    a Redis outage too, `worker.hold`), and this bounds their sum. The queue's own timeout is
+    set beyond reach (`worker.queue.build`), because arq's timeout deletes the job without
+    msgq's record ever being finished."""
+    waits = settings.max_slot_wait_s + settings.max_limiter_wait_s + settings.answer_hold_s
+    return settings.job_timeout_s + waits + 60
 
 
 async def _timed_out(services: Services, run: JobRun, kwargs: dict[str, Any]) -> None:

@@ -61,11 +61,13 @@ class MsgqWorker(Worker):
         lock_s: float,
         hooks: Hooks,
         max_inflight_bytes: int = 2**62,
+        reconnect_settle_s: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.in_progress_timeout_s = lock_s
         self._outage_s = 0.0
+        self._settle_s = reconnect_settle_s
         self._hooks = hooks
         self._prefetch = prefetch = hooks.prefetch
         # The reads are the same for every job (the claim script relies on it): checked once.
@@ -90,6 +92,8 @@ class MsgqWorker(Worker):
         if self._wake is None:
             self._wake = QueueWake(self.pool, lambda: self.job_counter < self.max_jobs)
         try:
+            if self._outage_s:
+                await self._reconnected()
             self._wake.before_poll()
             while await self._poll_once():  # it started jobs, so more may be due: look again
                 self._wake.before_poll()
@@ -107,10 +111,16 @@ class MsgqWorker(Worker):
             )
             await asyncio.sleep(self._outage_s)
             return
-        if self._outage_s:
-            log.info("worker.redis_reconnected")
-            self._outage_s = 0.0
         await self._wake.idle(self._idle_s)
+
+    async def _reconnected(self) -> None:
+        """Redis answers again (else this raises). Jobs whose locks lapsed in the outage are
+        claimable, and some may have answers their workers hold and are about to store
+        (`worker.hold`): wait `reconnect_settle_s` before claiming, so they are not sent again."""
+        await self.pool.ping()
+        log.info("worker.redis_reconnected", settle_s=self._settle_s)
+        self._outage_s = 0.0
+        await asyncio.sleep(self._settle_s)
 
     async def _poll_once(self) -> bool:
         """arq's poll iteration, with its two reads (due jobs, abort requests) in one round trip.
