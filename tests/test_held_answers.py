@@ -66,3 +66,43 @@ async def test_an_answer_held_through_a_redis_outage_is_stored_once(
     [stored] = [e for e in seen if e.get("event") == "job.answer_stored"]
     assert stored["held_s"] >= OUTAGE_S
     assert [e["status"] for e in seen if e.get("event") == "job.finished"] == ["succeeded"]
+
+
+async def test_an_answer_given_up_is_noted_at_the_next_attempt(
+    settings: Settings, sim: Sim, tmp_path: Path
+) -> None:
+    """Redis stays away past the hold (1 s here): the answer is given up (logged), and when
+    the job runs again the timeline says why its first, billed, call left no answer."""
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=True)
+    server.start()
+    custom = settings.model_copy(update={"redis_url": server.url})
+    log = tmp_path / "w.log"
+    worker = spawn(custom, log, MSGQ_ANSWER_HOLD_S="1")
+    sim.script({"delay_s": 3})
+    try:
+        async with Client(Redis.from_url(server.url), custom) as client:
+            job = await client.submit(BODY)
+
+            async def in_flight() -> bool:
+                return sim.received == 1
+
+            await eventually(in_flight)
+            await asyncio.to_thread(server.stop)
+
+            async def given_up() -> bool:
+                return any(e.get("event") == "job.answer_given_up" for e in events(log))
+
+            await eventually(given_up)
+            await asyncio.to_thread(server.start)
+            record = await client.wait(job.id, timeout=30)
+    finally:
+        codes = stop_workers(worker)
+        server.stop()
+    assert codes == [0]
+    assert (record.status, record.attempts, sim.received) == (JobStatus.SUCCEEDED, 2, 2)
+    [lost] = record.attempt_errors
+    assert (lost.attempt, lost.type) == (1, "lost")
+    assert lost.message.startswith("the answer could not be stored: Redis unreachable")
+    assert lost.request_id is not None and lost.request_id.startswith("req_")
+    names = [e.get("event") for e in events(log)]
+    assert names.count("job.answer_held") == 1 and names.count("job.answer_given_up") == 1

@@ -112,6 +112,11 @@ def test_begun_notes_an_attempt_left_in_progress_as_lost() -> None:
     [lost] = again.attempt_errors
     assert (lost.attempt, lost.type, lost.message) == (1, "lost", records.LOST_MESSAGE)
     assert records.begun(record(status=JobStatus.RETRYING, attempts=1)).attempt_errors == []
+    why = JobError(type="lost", message="why", request_id="req_1")
+    known = records.begun(record(status=JobStatus.IN_PROGRESS, attempts=1), lost_because=why)
+    assert [(e.attempt, e.message, e.request_id) for e in known.attempt_errors] == [
+        (1, "why", "req_1")
+    ]
     asked = record(status=JobStatus.IN_PROGRESS, attempts=1, cancel_requested=True)
     assert [e.type for e in records.begun(asked).attempt_errors] == ["lost"]
 

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import orjson
 import structlog
 from redis.exceptions import RedisError
+
+from schemas import JobError, JobErrorType
 
 log = structlog.get_logger("msgq.job")
 
@@ -37,45 +40,67 @@ MAX_RETRY_S = 1.0  # Redis back: the answer is stored within this long
 RECONNECT_SETTLE_S = 2 * MAX_RETRY_S
 
 
+class Held(NamedTuple):
+    """One answer held: whose, the API's request ID for it, its size."""
+
+    job_id: str
+    request_id: str | None
+    size: int
+
+
+MAX_UNSTORED = 10_000  # notes of answers given up, kept for the jobs' next attempts here
+
+
 class AnswerHold:
-    """The answers this worker holds (their bytes), against the settings' bounds."""
+    """The answers this worker holds (their bytes), against the settings' bounds, and a note of
+    each one given up, so the job's next attempt on this worker says why the last one was lost
+    (`unstored_reason`; on another worker it reads as a worker lost mid-call)."""
 
     def __init__(self, hold_s: float, max_bytes: int) -> None:
         self.hold_s, self.max_bytes = hold_s, max_bytes
         self.held_bytes = 0
         self.held = 0  # answers held right now
+        self._unstored: OrderedDict[str, JobError] = OrderedDict()  # job ID -> why
 
-    async def store(self, write: Callable[[], Awaitable[T]], answer: object) -> T:
-        """`write()` until it stores `answer`; a RedisError is retried while the hold lasts and
-        raised once it is over (or at once, when the answer does not fit the byte budget)."""
+    async def store(
+        self,
+        write: Callable[[], Awaitable[T]],
+        answer: object,
+        *,
+        job_id: str,
+        request_id: str | None = None,
+    ) -> T:
+        """`write()` until it stores `answer` (the API's `request_id`); a RedisError is retried
+        while the hold lasts and raised once it is over (or at once, when the answer does not
+        fit the byte budget)."""
         try:
             return await write()
         except RedisError as exc:
             first = exc
-        size = len(orjson.dumps(answer)) if answer is not None else 0
-        if self.held_bytes + size > self.max_bytes or self.hold_s <= 0:
-            log.error(
-                "job.answer_given_up",
-                reason="memory" if self.hold_s > 0 else "no_hold",
-                bytes=size,
-                held_bytes=self.held_bytes,
-                error=type(first).__name__,
-            )
+        held = Held(job_id, request_id, len(orjson.dumps(answer)) if answer is not None else 0)
+        if self.held_bytes + held.size > self.max_bytes or self.hold_s <= 0:
+            reason = "memory" if self.hold_s > 0 else "no_hold"
+            self._given_up(held, reason, time.monotonic(), 1, first)
             raise first
-        self.held_bytes += size
+        self.held_bytes += held.size
         self.held += 1
         try:
-            return await self._retry(write, first, size)
+            return await self._retry(write, first, held)
         finally:
-            self.held_bytes -= size
+            self.held_bytes -= held.size
             self.held -= 1
 
-    async def _retry(self, write: Callable[[], Awaitable[T]], first: RedisError, size: int) -> T:
+    def unstored(self, job_id: str) -> JobError | None:
+        """Why this worker last gave up an answer of the job, once (None: it did not)."""
+        return self._unstored.pop(job_id, None)
+
+    async def _retry(self, write: Callable[[], Awaitable[T]], first: RedisError, held: Held) -> T:
         started = time.monotonic()
         log.warning(
             "job.answer_held",
             error=type(first).__name__,
-            bytes=size,
+            request_id=held.request_id,
+            bytes=held.size,
             hold_s=self.hold_s,
             answers_held=self.held,
         )
@@ -83,7 +108,7 @@ class AnswerHold:
         while True:
             left = self.hold_s - (time.monotonic() - started)
             if left <= 0:
-                self._given_up("hold_s", started, tries, first)
+                self._given_up(held, "hold_s", started, tries, first)
                 raise first
             try:
                 await asyncio.sleep(min(delay, left))
@@ -92,19 +117,37 @@ class AnswerHold:
             except RedisError as exc:
                 first, delay = exc, min(delay * 2, MAX_RETRY_S)
             except asyncio.CancelledError:  # the worker's shutdown grace ran out meanwhile
-                self._given_up("shutdown", started, tries, first)
+                self._given_up(held, "shutdown", started, tries, first)
                 raise
             else:
                 held_s = round(time.monotonic() - started, 2)
-                log.info("job.answer_stored", held_s=held_s, tries=tries, bytes=size)
+                log.info("job.answer_stored", held_s=held_s, tries=tries, bytes=held.size)
                 return stored
 
-    @staticmethod
-    def _given_up(reason: str, started: float, tries: int, error: RedisError) -> None:
+    def _given_up(
+        self, held: Held, reason: str, started: float, tries: int, error: RedisError
+    ) -> None:
+        held_s = round(time.monotonic() - started, 2)
         log.error(
             "job.answer_given_up",
             reason=reason,
-            held_s=round(time.monotonic() - started, 2),
+            request_id=held.request_id,
+            bytes=held.size,
+            held_s=held_s,
             tries=tries,
             error=type(error).__name__,
         )
+        why = {
+            "memory": "the worker held its limit of answers (MSGQ_ANSWER_HOLD_MAX_BYTES)",
+            "no_hold": "MSGQ_ANSWER_HOLD_S is 0",
+            "shutdown": f"the worker shut down after holding it {held_s:g} s",
+        }.get(reason, f"held {held_s:g} s (MSGQ_ANSWER_HOLD_S), then given up")
+        message = (
+            f"the answer could not be stored: Redis unreachable ({why}); the API answered, "
+            "and billed, it"
+        )
+        self._unstored[held.job_id] = JobError(
+            type=JobErrorType.LOST, message=message, request_id=held.request_id
+        )
+        while len(self._unstored) > MAX_UNSTORED:
+            self._unstored.popitem(last=False)

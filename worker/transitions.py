@@ -3,6 +3,7 @@ JobStore.update, plus the log line and metric each state change owes."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Protocol
@@ -43,11 +44,13 @@ async def begin_attempt(
     *,
     expected: bytes | None = None,
     current: JobRecord | None = None,
+    lost_because: JobError | None = None,
 ) -> JobRecord | None:
     """queued/retrying/in_progress → in_progress with one more attempt; honours a cancel request.
     `expected`: the record's JSON as last read (`current`, parsed), for the one-round-trip
-    write."""
-    stored = await store.update(job_id, records.begun, expected=expected, current=current)
+    write. `lost_because`: why an attempt still in progress was lost, when this worker knows."""
+    change = functools.partial(records.begun, lost_because=lost_because)
+    stored = await store.update(job_id, change, expected=expected, current=current)
     if stored is not None and stored.status is JobStatus.CANCELED:
         _log_finished(stored)
     return stored
@@ -113,7 +116,8 @@ async def finish_durably(
         # a fresh read (`JobStore.update`), and a terminal record found there stays as it is.
         return await finish(store, job, status, expected=expected, current=current, **fields)
 
-    return await hold.store(write, fields.get("result"))
+    answer, request_id = fields.get("result"), fields.get("upstream_request_id")
+    return await hold.store(write, answer, job_id=_split(job)[0], request_id=request_id)
 
 
 def _log_finished(record: JobRecord) -> None:

@@ -195,13 +195,14 @@ def ended(record: JobRecord, status: JobStatus, **fields: Any) -> JobRecord:
     return record.model_copy(update={"status": status, **update, **fields})
 
 
-def begun(record: JobRecord) -> JobRecord:
+def begun(record: JobRecord, *, lost_because: JobError | None = None) -> JobRecord:
     """queued/retrying/in_progress → in_progress with one more attempt; a cancel request wins.
 
     A record still `in_progress` when an attempt begins means the attempt before it never
     recorded an outcome (its worker was killed, or lost Redis, mid-call): it is noted `lost`
-    (and stays charged, as the call may have been billed)."""
-    lost = _lost(record)
+    (and stays charged, as the call may have been billed), `lost_because` when the worker knows
+    why (it gave up an answer it could not store)."""
+    lost = _lost(record, lost_because)
     if record.cancel_requested:
         return ended(record, JobStatus.CANCELED, **lost)
     return record.model_copy(
@@ -216,11 +217,12 @@ def begun(record: JobRecord) -> JobRecord:
     )
 
 
-def _lost(record: JobRecord) -> dict[str, Any]:
+def _lost(record: JobRecord, why: JobError | None = None) -> dict[str, Any]:
     """`attempt_errors` with the in-progress attempt noted `lost`; nothing when not in progress."""
     if record.status is not JobStatus.IN_PROGRESS or record.attempts == 0:
         return {}
-    return {"attempt_errors": noted(record, JobErrorType.LOST, LOST_MESSAGE, record.attempts)}
+    why = why or JobError(type=JobErrorType.LOST, message=LOST_MESSAGE)
+    return {"attempt_errors": logged(record, why, record.attempts)}
 
 
 def retry_scheduled(record: JobRecord, *, next_at: datetime, error: JobError) -> JobRecord:

@@ -85,7 +85,11 @@ async def attempt(
             current = record if expected else None
             run.attempt = record.attempts + 1  # before the write: a cancel may land in it
             started = await transitions.begin_attempt(
-                services.store, record.id, expected=expected, current=current
+                services.store,
+                record.id,
+                expected=expected,
+                current=current,
+                lost_because=services.held.unstored(record.id),
             )
             run.attempt = started.attempts if started is not None else None
             if started is None or started.status is not JobStatus.IN_PROGRESS:
