@@ -68,9 +68,8 @@ async def test_an_answer_held_through_a_redis_outage_is_stored_once(
     [stored] = [e for e in seen if e.get("event") == "job.answer_stored"]
     assert stored["held_s"] >= OUTAGE_S
     after_s = (datetime.fromisoformat(stored["timestamp"]) - back_at).total_seconds()
-    print(
-        f"\nheld {stored['held_s']} s in {stored['tries']} tries, stored {after_s:.2f} s after Redis was back"
-    )
+    held = f"held {stored['held_s']} s in {stored['tries']} tries"
+    print(f"\n{held}, stored {after_s:.2f} s after Redis was back")
     assert [e["status"] for e in seen if e.get("event") == "job.finished"] == ["succeeded"]
 
 
