@@ -194,4 +194,4 @@ async def release_after_shutdown(store: JobStore, run: StoppedRun) -> None:
     cut = run.attempt
     stored = await store.update(run.job_id, lambda r: records.released(r, cut_attempt=cut))
     if stored is not None:
-        log.info("job.released", status=stored.status.value, attempt=stored.attempts, cut=cut)
+        log.info("job.released", status=stored.status.value, attempt=stored.attempts, began=cut)
