@@ -7,15 +7,18 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from msgq.audit import audit
 from msgq.client import Client
-from msgq.dev.embedded_redis import EmbeddedRedis
+from msgq.dev.embedded_redis import EmbeddedRedis, free_port
 from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import Sim, eventually, stop_workers
 from tests.test_reliability import BODY, events, spawn
+from worker.hold import AnswerHold
 
 # Past the ~15 s that `finish_durably` retried before (then the answer was thrown away and the
 # job sent again), inside the hold the workers run with here.
@@ -111,3 +114,31 @@ async def test_an_answer_given_up_is_noted_at_the_next_attempt(
     assert lost.request_id is not None and lost.request_id.startswith("req_")
     names = [e.get("event") for e in events(log)]
     assert names.count("job.answer_held") == 1 and names.count("job.answer_given_up") == 1
+
+
+async def test_the_hold_is_bounded_in_memory_and_in_time() -> None:
+    """Against a Redis that is not there: an answer past the byte budget is given up at once;
+    one within it is retried for `hold_s`, then given up; each leaves its note for the next
+    attempt, and nothing stays counted as held."""
+    answer = {"content": [{"type": "text", "text": "x" * 100}]}
+    async with Redis(port=free_port(), socket_connect_timeout=1) as gone:
+
+        async def write() -> object:
+            return await gone.set("never", "stored")
+
+        small = AnswerHold(hold_s=5.0, max_bytes=50)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RedisError):
+            await small.store(write, answer, job_id="big", request_id="req_big")
+        assert asyncio.get_running_loop().time() - started < 1.0  # not held at all
+        note = small.unstored("big")
+        assert note is not None and "MSGQ_ANSWER_HOLD_MAX_BYTES" in note.message
+        assert (note.type, note.request_id) == ("lost", "req_big")
+        brief = AnswerHold(hold_s=0.5, max_bytes=10_000)
+        with pytest.raises(RedisError):
+            await brief.store(write, answer, job_id="j", request_id=None)
+        assert asyncio.get_running_loop().time() - started >= 0.5
+        assert (brief.held, brief.held_bytes) == (0, 0)
+        note = brief.unstored("j")
+        assert note is not None and "held for MSGQ_ANSWER_HOLD_S, 0.5 s" in note.message
+        assert brief.unstored("j") is None  # once

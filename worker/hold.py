@@ -141,7 +141,7 @@ class AnswerHold:
             "memory": "the worker held its limit of answers (MSGQ_ANSWER_HOLD_MAX_BYTES)",
             "no_hold": "MSGQ_ANSWER_HOLD_S is 0",
             "shutdown": f"the worker shut down after holding it {held_s:g} s",
-        }.get(reason, f"held {held_s:g} s (MSGQ_ANSWER_HOLD_S), then given up")
+        }.get(reason, f"held for MSGQ_ANSWER_HOLD_S, {self.hold_s:g} s, then given up")
         message = (
             f"the answer could not be stored: Redis unreachable ({why}); the API answered, "
             "and billed, it"
