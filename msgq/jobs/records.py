@@ -225,6 +225,16 @@ def _lost(record: JobRecord, why: JobError | None = None) -> dict[str, Any]:
     return {"attempt_errors": logged(record, why, record.attempts)}
 
 
+def exhausted(record: JobRecord) -> JobError:
+    """Why a job with no attempts left ends `failed` without another call: the last attempt's
+    error; or, that attempt never having recorded an outcome (still `in_progress`), that it was
+    lost mid-call, so the timeline does not pin an earlier attempt's error on it."""
+    if record.status is JobStatus.IN_PROGRESS:
+        message = f"no attempts left; the last one: {LOST_MESSAGE}"
+        return JobError(type=JobErrorType.ATTEMPTS_EXHAUSTED, message=message)
+    return record.error or JobError(type=JobErrorType.ATTEMPTS_EXHAUSTED, message="no attempts left")
+
+
 def retry_scheduled(record: JobRecord, *, next_at: datetime, error: JobError) -> JobRecord:
     """→ retrying at `next_at`; `expired` when the deadline comes first, `canceled` if asked."""
     if record.cancel_requested:

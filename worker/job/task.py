@@ -17,6 +17,7 @@ from msgq import arq_format
 from msgq.arq_format import UNDECODABLE_KEY, Defer
 from msgq.errors import UnavailableError
 from msgq.jobs.ids import scoped_id
+from msgq.jobs import records
 from msgq.jobs.records import new_record, utcnow
 from msgq.jobs.rehome import rehome
 from msgq.model_catalog import note_unknown_model, unknown_label
@@ -258,10 +259,7 @@ async def _ready_to_send(
         return None
     if record.attempts >= record.max_attempts:
         # A worker died during the last allowed call: do not make one more.
-        error = record.error or JobError(
-            type=JobErrorType.ATTEMPTS_EXHAUSTED, message="no attempts left"
-        )
-        await transitions.finish(store, run, JobStatus.FAILED, error=error)
+        await transitions.finish(store, run, JobStatus.FAILED, error=records.exhausted(record))
         return None
     if note_unknown_model(request.model, models):
         metrics.UNKNOWN_MODELS.labels(unknown_label(request.model)).inc()

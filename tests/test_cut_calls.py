@@ -1,6 +1,6 @@
-"""The dashboard shows a call that left no answer (issue 31): a worker killed mid-call leaves
-its attempt counted and the record `in_progress`; the next run notes that attempt `lost`, and
-the job page's timeline shows it beside the attempt that answered."""
+"""A call that left no answer is on the record (issue 31): a worker killed mid-call leaves its
+attempt counted and the record `in_progress`; the next run notes that attempt `lost`, the job
+page's timeline shows it, and a job with no attempts left says its last one was lost."""
 
 from __future__ import annotations
 
@@ -45,3 +45,19 @@ async def test_the_job_page_shows_an_attempt_lost_mid_call(
     page = (await ui.get(f"/ui/jobs/{job.id}")).text
     assert re.search(r"attempt 1\b[^<]*\blost\b", page)  # however the timeline words it
     assert "the worker was lost mid-call (found at the next attempt)" in page
+
+
+async def test_a_lost_last_attempt_fails_the_job_saying_so(
+    client: Client, store: JobStore, sim: Sim, start_worker: StartWorker
+) -> None:
+    """max_attempts 1, and that attempt's worker was killed mid-call: the job fails without a
+    second call, and its timeline says the attempt was lost (not an earlier error, not bare
+    "no attempts left")."""
+    job = await client.submit(text_request("lost, last"), max_attempts=1)
+    await store.update(job.id, records.begun)
+    await start_worker()
+    done = await client.wait(job.id, timeout=15)
+    assert (done.status, done.attempts, sim.received) == (JobStatus.FAILED, 1, 0)
+    [entry] = done.attempt_errors
+    assert (entry.attempt, entry.type) == (1, "attempts_exhausted")
+    assert entry.message == f"no attempts left; the last one: {records.LOST_MESSAGE}"
