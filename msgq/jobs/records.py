@@ -229,10 +229,12 @@ def exhausted(record: JobRecord) -> JobError:
     """Why a job with no attempts left ends `failed` without another call: the last attempt's
     error; or, that attempt never having recorded an outcome (still `in_progress`), that it was
     lost mid-call, so the timeline does not pin an earlier attempt's error on it."""
+    message = "no attempts left"
     if record.status is JobStatus.IN_PROGRESS:
-        message = f"no attempts left; the last one: {LOST_MESSAGE}"
-        return JobError(type=JobErrorType.ATTEMPTS_EXHAUSTED, message=message)
-    return record.error or JobError(type=JobErrorType.ATTEMPTS_EXHAUSTED, message="no attempts left")
+        message = f"{message}; the last one: {LOST_MESSAGE}"
+    elif record.error is not None:
+        return record.error
+    return JobError(type=JobErrorType.ATTEMPTS_EXHAUSTED, message=message)
 
 
 def retry_scheduled(record: JobRecord, *, next_at: datetime, error: JobError) -> JobRecord:

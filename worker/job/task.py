@@ -16,8 +16,8 @@ from redis.exceptions import RedisError
 from msgq import arq_format
 from msgq.arq_format import UNDECODABLE_KEY, Defer
 from msgq.errors import UnavailableError
-from msgq.jobs.ids import scoped_id
 from msgq.jobs import records
+from msgq.jobs.ids import scoped_id
 from msgq.jobs.records import new_record, utcnow
 from msgq.jobs.rehome import rehome
 from msgq.model_catalog import note_unknown_model, unknown_label
