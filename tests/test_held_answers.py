@@ -116,6 +116,40 @@ async def test_an_answer_given_up_is_noted_at_the_next_attempt(
     assert names.count("job.answer_held") == 1 and names.count("job.answer_given_up") == 1
 
 
+async def test_a_call_in_flight_through_an_outage_is_not_sent_again(
+    settings: Settings, sim: Sim, tmp_path: Path
+) -> None:
+    """Redis stops mid-call for 5 s, past the 2 s lock, and is back before the answer (12 s):
+    the worker running the job takes its lock back, and the other worker, idle through the
+    same outage, waits before claiming, so the job is not claimed and sent again meanwhile."""
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=True)
+    server.start()
+    custom = settings.model_copy(update={"redis_url": server.url})
+    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+    workers = [spawn(custom, log) for log in logs]
+    sim.script({"delay_s": 12})
+    try:
+        async with Client(Redis.from_url(server.url), custom) as client:
+            job = await client.submit(BODY)
+
+            async def in_flight() -> bool:
+                return sim.received == 1
+
+            await eventually(in_flight)
+            await asyncio.to_thread(server.stop)
+            await asyncio.sleep(5.0)  # the outage itself: the job's lock lapses in it
+            await asyncio.to_thread(server.start)
+            record = await client.wait(job.id, timeout=30)
+    finally:
+        codes = stop_workers(*workers)
+        server.stop()
+    assert codes == [0, 0]
+    assert (record.status, record.attempts, record.attempt_errors) == (JobStatus.SUCCEEDED, 1, [])
+    assert sim.received == 1
+    reconnected = [e for e in events(*logs) if e.get("event") == "worker.redis_reconnected"]
+    assert reconnected and all(e["settle_s"] > 0 for e in reconnected)
+
+
 async def test_the_hold_is_bounded_in_memory_and_in_time() -> None:
     """Against a Redis that is not there: an answer past the byte budget is given up at once;
     one within it is retried for `hold_s`, then given up; each leaves its note for the next

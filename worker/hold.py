@@ -8,11 +8,13 @@ slot, as it did during the call) and `MSGQ_ANSWER_HOLD_MAX_BYTES` across all of 
 answer logs `job.answer_held` once, then `job.answer_stored` or `job.answer_given_up`.
 
 The job's in-progress lock may lapse meanwhile, so another worker may claim the job once Redis
-is back. So a worker whose poll loop rode out an outage waits `RECONNECT_SETTLE_S` (2 s) after
-Redis answers before it claims anything, and held answers are stored within a second: a re-run
-then finds the record terminal and sends nothing. A worker started afresh during those two
-seconds does not wait; if its re-run sends first, the first terminal write wins (records are
-write-once) and the other answer is discarded (`job.duplicate_discarded`).
+is back. So the worker holding it takes its lock back as soon as it sees Redis again, and a
+worker whose poll loop rode out an outage long enough for locks to lapse waits 6 s before it
+claims anything (`worker.queue.upkeep.SETTLE_AFTER_OUTAGE_S`), by which time held answers are
+stored (within a second of Redis answering): a re-run then finds the job locked or its record
+terminal and sends nothing. A worker started afresh in those seconds does not wait; if its
+re-run sends first, the first terminal write wins (records are write-once) and the other answer
+is discarded (`job.duplicate_discarded`).
 """
 
 from __future__ import annotations
@@ -35,9 +37,6 @@ T = TypeVar("T")
 
 FIRST_RETRY_S = 0.1
 MAX_RETRY_S = 1.0  # Redis back: the answer is stored within this long
-# How long a worker waits, once Redis answers after an outage, before it claims jobs again: the
-# held answers of every worker are stored by then (`worker.queue.loop`).
-RECONNECT_SETTLE_S = 2 * MAX_RETRY_S
 
 
 class Held(NamedTuple):

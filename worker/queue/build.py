@@ -20,7 +20,6 @@ from msgq.arq_format import (
     serialize,
 )
 from msgq.settings import Settings
-from worker.hold import RECONNECT_SETTLE_S
 from worker.queue.hooks import Hooks
 from worker.queue.loop import MsgqWorker
 
@@ -94,7 +93,5 @@ def build_worker(
         lock_s=settings.lock_s,
         hooks=hooks,
         max_inflight_bytes=settings.max_inflight_bytes,
-        # Answers held through an outage are stored before this worker claims again.
-        reconnect_settle_s=RECONNECT_SETTLE_S if settings.answer_hold_s > 0 else 0.0,
         **options,
     )

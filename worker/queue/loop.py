@@ -33,7 +33,13 @@ from worker.queue.claim import (
     _claim,
 )
 from worker.queue.hooks import Hooks
-from worker.queue.upkeep import ByteBudget, keep_locks_alive, wait_for_redis
+from worker.queue.upkeep import (
+    SETTLE_AFTER_OUTAGE_S,
+    ByteBudget,
+    Outage,
+    keep_locks_alive,
+    wait_for_redis,
+)
 from worker.queue.wake import QueueWake
 
 log = structlog.get_logger("msgq.worker")
@@ -61,13 +67,12 @@ class MsgqWorker(Worker):
         lock_s: float,
         hooks: Hooks,
         max_inflight_bytes: int = 2**62,
-        reconnect_settle_s: float = 0.0,
+        reconnect_settle_s: float = SETTLE_AFTER_OUTAGE_S,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.in_progress_timeout_s = lock_s
-        self._outage_s = 0.0
-        self._settle_s = reconnect_settle_s
+        self._outage = Outage(reconnect_settle_s)
         self._hooks = hooks
         self._prefetch = prefetch = hooks.prefetch
         # The reads are the same for every job (the claim script relies on it): checked once.
@@ -92,14 +97,17 @@ class MsgqWorker(Worker):
         if self._wake is None:
             self._wake = QueueWake(self.pool, lambda: self.job_counter < self.max_jobs)
         try:
-            if self._outage_s:
-                await self._reconnected()
+            if self._outage.began is not None:
+                # Redis answers again, or this raises: this worker's lapsed locks taken back.
+                await self._outage.ended(
+                    self.pool, list(self.job_tasks), self.in_progress_timeout_s, self._token
+                )
             self._wake.before_poll()
             while await self._poll_once():  # it started jobs, so more may be due: look again
                 self._wake.before_poll()
         except (RedisError, OSError) as exc:
             # redis-py reconnects on the next command; wait with backoff, then poll again.
-            self._outage_s = min(max(self._outage_s * 2, 0.1), 5.0)
+            retry_in_s = self._outage.failed()
             # Drop the idle (stale) connections at once; in-use ones belong to running jobs, and
             # closing them underneath a pending read could leave it waiting forever.
             await self.pool.connection_pool.disconnect(inuse_connections=False)
@@ -107,20 +115,11 @@ class MsgqWorker(Worker):
                 "worker.redis_unavailable",
                 error=type(exc).__name__,
                 detail=str(exc)[:200],
-                retry_in_s=self._outage_s,
+                retry_in_s=retry_in_s,
             )
-            await asyncio.sleep(self._outage_s)
+            await asyncio.sleep(retry_in_s)
             return
         await self._wake.idle(self._idle_s)
-
-    async def _reconnected(self) -> None:
-        """Redis answers again (else this raises). Jobs whose locks lapsed in the outage are
-        claimable, and some may have answers their workers hold and are about to store
-        (`worker.hold`): wait `reconnect_settle_s` before claiming, so they are not sent again."""
-        await self.pool.ping()
-        log.info("worker.redis_reconnected", settle_s=self._settle_s)
-        self._outage_s = 0.0
-        await asyncio.sleep(self._settle_s)
 
     async def _poll_once(self) -> bool:
         """arq's poll iteration, with its two reads (due jobs, abort requests) in one round trip.
@@ -381,7 +380,7 @@ class MsgqWorker(Worker):
             await tr.execute()
 
     async def _heartbeat(self) -> None:
-        await keep_locks_alive(self.pool, self.job_tasks, self.in_progress_timeout_s)
+        await keep_locks_alive(self.pool, self.job_tasks, self.in_progress_timeout_s, self._token)
 
     async def main(self) -> None:
         await wait_for_redis(self.pool)
