@@ -2,13 +2,13 @@
 
 An answer the API sent (and billed) that cannot be stored is otherwise thrown away: the job's
 lock lapses, it runs again and is billed again. So the run that has it keeps it and retries the
-write (every 0.1 s, backing off to 1 s) for up to `MSGQ_ANSWER_HOLD_S` (60 s). The bound in time
-is that setting; the bound in memory is the worker's slots (the run holding an answer holds its
+write (every 0.1 s, backing off to 1 s) for up to `MSGQ_ANSWER_HOLD_S` (60 s, counted from the
+first failed write). The bound in time is that setting; the bound in memory is the worker's slots (the run holding an answer holds its
 slot, as it did during the call) and `MSGQ_ANSWER_HOLD_MAX_BYTES` across all of them. Each held
 answer logs `job.answer_held` once, then `job.answer_stored` or `job.answer_given_up`.
 
-The job's in-progress lock may lapse meanwhile, so another worker may claim the job once Redis
-is back. So the worker holding it takes its lock back as soon as it sees Redis again, and a
+The job's in-progress lock may lapse meanwhile, and another worker could then claim the job once
+Redis is back. So the worker holding it takes its lock back as soon as it sees Redis again, and a
 worker whose poll loop rode out an outage long enough for locks to lapse waits 6 s before it
 claims anything (`worker.queue.upkeep.SETTLE_AFTER_OUTAGE_S`), by which time held answers are
 stored (within a second of Redis answering): a re-run then finds the job locked or its record
@@ -53,7 +53,7 @@ MAX_UNSTORED = 10_000  # notes of answers given up, kept for the jobs' next atte
 class AnswerHold:
     """The answers this worker holds (their bytes), against the settings' bounds, and a note of
     each one given up, so the job's next attempt on this worker says why the last one was lost
-    (`unstored_reason`; on another worker it reads as a worker lost mid-call)."""
+    (`unstored`; on another worker it reads as a worker lost mid-call)."""
 
     def __init__(self, hold_s: float, max_bytes: int) -> None:
         self.hold_s, self.max_bytes = hold_s, max_bytes
