@@ -5,7 +5,8 @@ lock lapses, it runs again and is billed again. So the run that has it keeps it 
 write (every 0.1 s, backing off to 1 s) for up to `MSGQ_ANSWER_HOLD_S` (60 s, counted from the
 first failed write). The bound in time is that setting; the bound in memory is the worker's
 slots (the run holding an answer holds its slot, as it did during the call) and
-`MSGQ_ANSWER_HOLD_MAX_BYTES` across all of them. Each held answer logs `job.answer_held` once, then `job.answer_stored` or `job.answer_given_up`.
+`MSGQ_ANSWER_HOLD_MAX_BYTES` across all of them. Each held answer logs `job.answer_held` once,
+then `job.answer_stored` or `job.answer_given_up`.
 
 The job's in-progress lock may lapse meanwhile, and another worker could then claim the job once
 Redis is back. So the worker holding it takes its lock back as soon as it sees Redis again, and a
