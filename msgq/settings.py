@@ -184,6 +184,19 @@ class Settings(BaseSettings):
         "coming due); the dispatcher wakes idle workers at once for the jobs it admits",
     )
     shutdown_grace_s: int = Field(default=60, description="SIGTERM: wait this long for jobs")
+    answer_hold_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="a paid-for answer that cannot be stored (Redis unreachable) is held by its "
+        "worker and stored once Redis answers, for up to this long; past it the job runs, and is "
+        "billed, again",
+    )
+    answer_hold_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="the answers one worker holds through a Redis outage, in bytes (their JSON); "
+        "one past it is given up at once",
+    )
     retention_s: int = Field(default=7 * 24 * 3600, description="keep records after a job ends")
     batch_retention_s: int = Field(
         default=29 * 24 * 3600, description="keep a batch and its results (as the Batches API)"

@@ -130,7 +130,11 @@ class JobErrorType(StrEnum):
     SPEND_LIMIT = "spend_limit"  # the organisation's spend limit (the fleet pauses)
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # a worker died during the last allowed call
     INTERNAL = "internal_error"  # a bug in task code
-    LOST = "lost"  # the job's queue entry vanished (found by the reconciler)
+    # The job's queue entry vanished (found by the reconciler); or, in `attempt_errors`, an
+    # attempt whose call may have reached the API but whose outcome was never stored (its
+    # worker was killed or cut off from Redis; found when the job runs again).
+    LOST = "lost"
+    CUT = "cut"  # in `attempt_errors`: a shutdown stopped the worker mid-call (not charged)
 
     @classmethod
     def own(cls, value: str) -> JobErrorType | None:

@@ -57,6 +57,9 @@ async def test_sigkill_mid_request_is_recovered_by_another_worker(
     assert codes == [0]
     assert record.status is JobStatus.SUCCEEDED
     assert record.attempts == 2 and sim.received == 2
+    # The first call (answered or not, maybe billed) is in the timeline, found at the rerun.
+    assert [(e.attempt, e.type) for e in record.attempt_errors] == [(1, "lost")]
+    assert "lost mid-call (found at the next attempt)" in record.attempt_errors[0].message
     async with Redis.from_url(settings.redis_url) as redis:
         assert (await audit(redis, KEYS)).clean
     events = [

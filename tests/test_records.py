@@ -83,8 +83,42 @@ def test_crashed_counts_once_and_fails_when_spent() -> None:
 
 def test_released_only_moves_in_progress_back() -> None:
     assert records.released(record()) is None
-    back = records.released(record(status=JobStatus.IN_PROGRESS, attempts=1))
+    back = records.released(record(status=JobStatus.IN_PROGRESS, attempts=1), cut_attempt=1)
     assert back is not None and (back.status, back.attempts) == (JobStatus.QUEUED, 0)
+
+
+def test_released_notes_the_cut_attempt_and_refunds_it() -> None:
+    running = record(status=JobStatus.IN_PROGRESS, attempts=2)
+    back = records.released(running, cut_attempt=2)
+    assert back is not None and (back.status, back.attempts) == (JobStatus.QUEUED, 1)
+    [cut] = back.attempt_errors
+    assert (cut.attempt, cut.type, cut.message) == (2, "cut", records.CUT_MESSAGE)
+    asked = running.model_copy(update={"cancel_requested": True})
+    canceled = records.released(asked, cut_attempt=2)
+    assert canceled is not None and (canceled.status, canceled.attempts) == (JobStatus.CANCELED, 2)
+    assert [(e.attempt, e.type) for e in canceled.attempt_errors] == [(2, "cut")]
+
+
+def test_released_notes_an_earlier_workers_attempt_lost_and_charged() -> None:
+    """The run was stopped before it began its own attempt: the one in progress was lost."""
+    back = records.released(record(status=JobStatus.IN_PROGRESS, attempts=1), cut_attempt=None)
+    assert back is not None and (back.status, back.attempts) == (JobStatus.QUEUED, 1)
+    assert [(e.attempt, e.type) for e in back.attempt_errors] == [(1, "lost")]
+
+
+def test_begun_notes_an_attempt_left_in_progress_as_lost() -> None:
+    again = records.begun(record(status=JobStatus.IN_PROGRESS, attempts=1))
+    assert (again.status, again.attempts) == (JobStatus.IN_PROGRESS, 2)
+    [lost] = again.attempt_errors
+    assert (lost.attempt, lost.type, lost.message) == (1, "lost", records.LOST_MESSAGE)
+    assert records.begun(record(status=JobStatus.RETRYING, attempts=1)).attempt_errors == []
+    why = JobError(type="lost", message="why", request_id="req_1")
+    known = records.begun(record(status=JobStatus.IN_PROGRESS, attempts=1), lost_because=why)
+    assert [(e.attempt, e.message, e.request_id) for e in known.attempt_errors] == [
+        (1, "why", "req_1")
+    ]
+    asked = record(status=JobStatus.IN_PROGRESS, attempts=1, cancel_requested=True)
+    assert [e.type for e in records.begun(asked).attempt_errors] == ["lost"]
 
 
 def test_cancel_asked_ends_waiting_jobs_and_flags_running_ones() -> None:

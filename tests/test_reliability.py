@@ -247,6 +247,9 @@ async def test_sigterm_past_the_grace_period_refunds_the_cut_attempt(
     assert await asyncio.to_thread(stop_workers, first, timeout_s=15) == [0]
     cut = await client.get(job.id)
     assert cut.status is JobStatus.QUEUED and cut.attempts == 0
+    # The cut call is not charged, but it is not hidden either (issue 31): it may have been billed.
+    assert [(e.attempt, e.type) for e in cut.attempt_errors] == [(1, "cut")]
+    assert "stopped mid-call" in cut.attempt_errors[0].message
     second = spawn(settings, tmp_path / "b.log")
     try:
         done = await client.wait(job.id, timeout=20)
@@ -254,6 +257,7 @@ async def test_sigterm_past_the_grace_period_refunds_the_cut_attempt(
         assert await asyncio.to_thread(stop_workers, second) == [0]
     assert done.status is JobStatus.SUCCEEDED and done.attempts == 1
     assert sim.received == 2  # the cut call, then the one that answered
+    assert [(e.attempt, e.type) for e in done.attempt_errors] == [(1, "cut")]
 
 
 async def test_poison_job_fails_after_its_attempts_and_worker_serves_on(

@@ -31,8 +31,8 @@ def timeline_of(page: str) -> list[str]:
 async def test_a_lost_attempt_and_the_final_one_are_both_on_the_timeline(
     ui: httpx.AsyncClient, client: Client, store: JobStore
 ) -> None:
-    """Attempt 1 picked up by a worker that was killed (nothing recorded), attempt 2
-    succeeded: the timeline shows both, the first as ended without a record."""
+    """Attempt 1 picked up by a worker that was killed (nothing recorded then), attempt 2
+    succeeded: the timeline shows both, the first as lost (noted when attempt 2 began)."""
     job = await client.submit(text_request(), tenant="tenant-a")
     await store.update(job.id, records.begun)  # the killed worker's pickup
     await store.update(job.id, records.begun)  # picked up again once its lock lapsed
@@ -45,8 +45,7 @@ async def test_a_lost_attempt_and_the_final_one_are_both_on_the_timeline(
         re.sub(r"^.*?(?=attempt \d)", "", e) for e in entries if re.search(r"attempt \d", e)
     ]
     assert attempts == [
-        "attempt 1 ended without a record (the worker was lost or the call cut off before its "
-        "answer)",
+        f"attempt 1 lost {records.LOST_MESSAGE}",
         "attempt 2 succeeded",
     ], entries
     assert entries[-1].endswith("succeeded")
@@ -55,8 +54,9 @@ async def test_a_lost_attempt_and_the_final_one_are_both_on_the_timeline(
 async def test_recorded_failures_and_gaps_between_them_are_in_attempt_order(
     ui: httpx.AsyncClient, client: Client, store: JobStore
 ) -> None:
-    """Three attempts, only the second's error recorded, now retrying: attempts 1 and 3 show
-    as ended without a record, 2 with its error, then the next attempt."""
+    """Three attempts, attempt 1 lost (noted when attempt 2 began), the second's error
+    recorded, the third's outcome not (a record forced so, as older workers left them), now
+    retrying: 1 as lost, 2 with its error, 3 as ended without a record, then the next one."""
     job = await client.submit(text_request(), tenant="tenant-a")
     later = records.utcnow() + timedelta(seconds=30)
     retry = functools.partial(records.retry_scheduled, next_at=later, error=OVERLOADED)
@@ -79,4 +79,4 @@ async def test_recorded_failures_and_gaps_between_them_are_in_attempt_order(
         "next atte",
     ], entries
     assert "attempt 2 failed: overloaded_error 529" in entries[1]
-    assert "ended without a record" in entries[0] and "ended without a record" in entries[2]
+    assert "attempt 1 lost" in entries[0] and "ended without a record" in entries[2]

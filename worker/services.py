@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from msgq.jobs.store import JobStore
 from msgq.model_catalog import CatalogReader
 from msgq.settings import Settings
+from worker.hold import AnswerHold
 from worker.job.concurrency import AdaptiveConcurrency
 from worker.ledger import Ledgers
 from worker.ratelimit import RateLimiter
@@ -31,10 +32,12 @@ class Services:
     concurrency: AdaptiveConcurrency
     catalog: CatalogReader = field(init=False)  # the fleet's copy of GET /v1/models
     ledgers: Ledgers = field(init=False)  # every job's reservations (msgq.ledger)
+    held: AnswerHold = field(init=False)  # paid-for answers held through a Redis outage
 
     def __post_init__(self) -> None:
         self.catalog = CatalogReader(self.redis, self.settings.keys)
         self.ledgers = Ledgers(self.redis, self.limiter)
+        self.held = AnswerHold(self.settings.answer_hold_s, self.settings.answer_hold_max_bytes)
 
     @classmethod
     def build(cls, settings: Settings, redis: Redis) -> Services:

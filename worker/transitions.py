@@ -3,13 +3,12 @@ JobStore.update, plus the log line and metric each state change owes."""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
 import structlog
-from redis.exceptions import RedisError
 
 from msgq.jobs import records
 from msgq.jobs.kept import keep_spec_from_queue
@@ -18,6 +17,7 @@ from msgq.jobs.retry_policy import keeps_request
 from msgq.jobs.store import JobStore
 from schemas import JobError, JobRecord, JobStatus
 from worker import metrics
+from worker.hold import AnswerHold
 
 log = structlog.get_logger("msgq.job")
 
@@ -44,11 +44,13 @@ async def begin_attempt(
     *,
     expected: bytes | None = None,
     current: JobRecord | None = None,
+    lost_because: JobError | None = None,
 ) -> JobRecord | None:
     """queued/retrying/in_progress → in_progress with one more attempt; honours a cancel request.
     `expected`: the record's JSON as last read (`current`, parsed), for the one-round-trip
-    write."""
-    stored = await store.update(job_id, records.begun, expected=expected, current=current)
+    write. `lost_because`: why an attempt still in progress was lost, when this worker knows."""
+    change = functools.partial(records.begun, lost_because=lost_because)
+    stored = await store.update(job_id, change, expected=expected, current=current)
     if stored is not None and stored.status is JobStatus.CANCELED:
         _log_finished(stored)
     return stored
@@ -100,21 +102,22 @@ async def finish_durably(
     job: str | RunningJob,
     status: JobStatus,
     *,
+    hold: AnswerHold,
     expected: bytes | None = None,
     current: JobRecord | None = None,
     **fields: Any,
 ) -> JobRecord | None:
-    """`finish` for an answer that was paid for: a Redis blip is retried (about 15 s in all)
-    before giving up, because giving up means the job runs, and is billed, again."""
-    delay = 0.25
-    for _ in range(6):
-        try:
-            return await finish(store, job, status, expected=expected, current=current, **fields)
-        except RedisError as exc:
-            log.warning("job.store_retry", error=type(exc).__name__, retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay *= 2
-    return await finish(store, job, status, **fields)
+    """`finish` for an answer that was paid for: while Redis is unreachable the answer is held
+    and the write retried (`worker.hold`, up to `MSGQ_ANSWER_HOLD_S`), because giving up means
+    the job runs, and is billed, again."""
+
+    async def write() -> JobRecord | None:
+        # After an outage the record may have moved on: the compare-and-set then falls back to
+        # a fresh read (`JobStore.update`), and a terminal record found there stays as it is.
+        return await finish(store, job, status, expected=expected, current=current, **fields)
+
+    answer, request_id = fields.get("result"), fields.get("upstream_request_id")
+    return await hold.store(write, answer, job_id=_split(job)[0], request_id=request_id)
 
 
 def _log_finished(record: JobRecord) -> None:
@@ -175,8 +178,20 @@ async def record_crash(
     return stored
 
 
-async def release_after_shutdown(store: JobStore, job_id: str) -> None:
-    """A worker stopped mid-attempt: back to queued, and the attempt is not charged to the job."""
-    stored = await store.update(job_id, records.released)
+class StoppedRun(Protocol):
+    """A run stopped by a shutdown or a cancel (`worker.job.run.JobRun`)."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def attempt(self) -> int | None: ...
+
+
+async def release_after_shutdown(store: JobStore, run: StoppedRun) -> None:
+    """A worker stopped mid-attempt: back to queued, the attempt not charged to the job, and
+    noted `cut` in its timeline (the call may have been answered, and billed)."""
+    cut = run.attempt
+    stored = await store.update(run.job_id, lambda r: records.released(r, cut_attempt=cut))
     if stored is not None:
-        log.info("job.released", status=stored.status.value, attempt=stored.attempts)
+        log.info("job.released", status=stored.status.value, attempt=stored.attempts, began=cut)

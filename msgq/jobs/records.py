@@ -19,6 +19,7 @@ from msgq.trace_context import trace_id_of, valid_traceparent
 from schemas import (
     DEFAULT_MAX_IMAGE_BYTES,
     JobError,
+    JobErrorType,
     JobRecord,
     JobSpec,
     JobStatus,
@@ -168,6 +169,23 @@ def logged(record: JobRecord, error: JobError, attempt: int | None = None) -> li
     return [*record.attempt_errors, entry][-MAX_ATTEMPT_ERRORS:]
 
 
+CUT_MESSAGE = (
+    "the worker stopped mid-call (a shutdown past its grace period): the API may have "
+    "answered, and billed, it; the attempt is not charged"
+)
+CANCELED_MESSAGE = "canceled mid-call: the API may have answered, and billed, it"
+LOST_MESSAGE = (
+    "the worker was lost mid-call (found at the next attempt): killed, crashed or cut off from "
+    "Redis before an outcome was stored; the API may have answered, and billed, it"
+)
+
+
+def noted(record: JobRecord, kind: JobErrorType, message: str, attempt: int) -> list[AttemptError]:
+    """The timeline with an attempt whose call may have reached the API but whose answer was
+    not stored: without it, a job sent twice reads as if it had been sent once."""
+    return logged(record, JobError(type=kind, message=message), attempt)
+
+
 def ended(record: JobRecord, status: JobStatus, **fields: Any) -> JobRecord:
     """Terminal: `finished_at` now, nothing scheduled; an error joins the attempt timeline."""
     if isinstance(fields.get("error"), JobError):
@@ -177,10 +195,16 @@ def ended(record: JobRecord, status: JobStatus, **fields: Any) -> JobRecord:
     return record.model_copy(update={"status": status, **update, **fields})
 
 
-def begun(record: JobRecord) -> JobRecord:
-    """queued/retrying/in_progress → in_progress with one more attempt; a cancel request wins."""
+def begun(record: JobRecord, *, lost_because: JobError | None = None) -> JobRecord:
+    """queued/retrying/in_progress → in_progress with one more attempt; a cancel request wins.
+
+    A record still `in_progress` when an attempt begins means the attempt before it never
+    recorded an outcome (its worker was killed, or lost Redis, mid-call): it is noted `lost`
+    (and stays charged, as the call may have been billed), `lost_because` when the worker knows
+    why (it gave up an answer it could not store)."""
+    lost = _lost(record, lost_because)
     if record.cancel_requested:
-        return ended(record, JobStatus.CANCELED)
+        return ended(record, JobStatus.CANCELED, **lost)
     return record.model_copy(
         update={
             "status": JobStatus.IN_PROGRESS,
@@ -188,8 +212,29 @@ def begun(record: JobRecord) -> JobRecord:
             "started_at": record.started_at or utcnow(),
             "next_attempt_at": None,
             "waiting_reason": None,
+            **lost,
         }
     )
+
+
+def _lost(record: JobRecord, why: JobError | None = None) -> dict[str, Any]:
+    """`attempt_errors` with the in-progress attempt noted `lost`; nothing when not in progress."""
+    if record.status is not JobStatus.IN_PROGRESS or record.attempts == 0:
+        return {}
+    why = why or JobError(type=JobErrorType.LOST, message=LOST_MESSAGE)
+    return {"attempt_errors": logged(record, why, record.attempts)}
+
+
+def exhausted(record: JobRecord) -> JobError:
+    """Why a job with no attempts left ends `failed` without another call: the last attempt's
+    error; or, that attempt never having recorded an outcome (still `in_progress`), that it was
+    lost mid-call, so the timeline does not pin an earlier attempt's error on it."""
+    message = "no attempts left"
+    if record.status is JobStatus.IN_PROGRESS:
+        message = f"{message}; the last one: {LOST_MESSAGE}"
+    elif record.error is not None:
+        return record.error
+    return JobError(type=JobErrorType.ATTEMPTS_EXHAUSTED, message=message)
 
 
 def retry_scheduled(record: JobRecord, *, next_at: datetime, error: JobError) -> JobRecord:
@@ -240,15 +285,24 @@ def crashed(record: JobRecord, *, error: JobError, backoff: Callable[[int], floa
     )
 
 
-def released(record: JobRecord) -> JobRecord | None:
-    """A worker stopped mid-attempt: back to queued, and the attempt is not charged."""
-    if record.cancel_requested:
-        return ended(record, JobStatus.CANCELED)
+def released(record: JobRecord, *, cut_attempt: int | None = None) -> JobRecord | None:
+    """A worker stopped mid-attempt: back to queued. The attempt its run began (`cut_attempt`),
+    whose call may have reached the API, is noted `cut` and not charged. An attempt in progress
+    that the run did not begin was an earlier worker's, lost: noted `lost`, and still charged."""
     if record.status is not JobStatus.IN_PROGRESS:
-        return None
-    return record.model_copy(
-        update={"status": JobStatus.QUEUED, "attempts": max(0, record.attempts - 1)}
-    )
+        return ended(record, JobStatus.CANCELED) if record.cancel_requested else None
+    if cut_attempt is None or cut_attempt != record.attempts:
+        update = _lost(record)
+    elif record.cancel_requested:  # the operator's cancel cut the call: it stays counted
+        update = {"attempt_errors": noted(record, JobErrorType.CUT, CANCELED_MESSAGE, cut_attempt)}
+    else:
+        update = {
+            "attempts": max(0, record.attempts - 1),
+            "attempt_errors": noted(record, JobErrorType.CUT, CUT_MESSAGE, cut_attempt),
+        }
+    if record.cancel_requested:
+        return ended(record, JobStatus.CANCELED, **update)
+    return record.model_copy(update={"status": JobStatus.QUEUED, **update})
 
 
 def cancel_asked(record: JobRecord) -> JobRecord:

@@ -83,9 +83,15 @@ async def attempt(
                 return
             expected = pickup.raw if pickup else None
             current = record if expected else None
+            run.attempt = record.attempts + 1  # before the write: a cancel may land in it
             started = await transitions.begin_attempt(
-                services.store, record.id, expected=expected, current=current
+                services.store,
+                record.id,
+                expected=expected,
+                current=current,
+                lost_because=services.held.unstored(record.id),
             )
+            run.attempt = started.attempts if started is not None else None
             if started is None or started.status is not JobStatus.IN_PROGRESS:
                 await admission.settle(services, run, record, NOT_SENT)
                 return
@@ -279,6 +285,7 @@ async def _succeeded(
         services.store,
         run,
         JobStatus.SUCCEEDED,
+        hold=services.held,
         expected=record.model_dump_json().encode(),  # as begin_attempt wrote it
         current=record,
         result=reply.message,

@@ -55,6 +55,9 @@ class JobRun:
     ticket: HeldTicket | None = None  # the dispatcher's, once read at pick-up
     held: bool = False  # the ledger holds reservations of this run, not yet settled
     sending: bool = False  # the call began: it may have reached the API
+    # The attempt this run began (set just before its write): while its record says it is in
+    # progress, its call may be in flight, so a shutdown notes that attempt as cut.
+    attempt: int | None = None
 
     @classmethod
     def of(cls, job: QueueJob) -> JobRun:

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from msgq import arq_format
 from msgq.arq_format import UNDECODABLE_KEY, Defer
 from msgq.errors import UnavailableError
+from msgq.jobs import records
 from msgq.jobs.ids import scoped_id
 from msgq.jobs.records import new_record, utcnow
 from msgq.jobs.rehome import rehome
@@ -74,17 +75,19 @@ async def run_message(ctx: Ctx, job: QueueJob, kwargs: dict[str, Any]) -> None:
         await _crashed(services, job_id, exc, kwargs)
     except asyncio.CancelledError:
         # Either an operator's cancel (arq abort) or a worker shutting down mid-attempt.
-        await asyncio.shield(transitions.release_after_shutdown(services.store, job_id))
+        await asyncio.shield(transitions.release_after_shutdown(services.store, run))
         raise
     finally:
         structlog.contextvars.unbind_contextvars("job_id", "latency_ms")
 
 
 def ceiling_s(settings: Settings) -> float:
-    """The most one run of the task may take: every wait in it is bounded, and this bounds their
-    sum. The queue's own timeout is set beyond reach (`worker.queue.build`), because arq's
-    timeout deletes the job without msgq's record ever being finished."""
-    return settings.job_timeout_s + settings.max_slot_wait_s + settings.max_limiter_wait_s + 60
+    """The most one run of the task may take: every wait in it is bounded (an answer held through
+    a Redis outage too, `worker.hold`), and this bounds their sum. The queue's own timeout is
+    set beyond reach (`worker.queue.build`), because arq's timeout deletes the job without
+    msgq's record ever being finished."""
+    waits = settings.max_slot_wait_s + settings.max_limiter_wait_s + settings.answer_hold_s
+    return settings.job_timeout_s + waits + 60
 
 
 async def _timed_out(services: Services, run: JobRun, kwargs: dict[str, Any]) -> None:
@@ -256,10 +259,7 @@ async def _ready_to_send(
         return None
     if record.attempts >= record.max_attempts:
         # A worker died during the last allowed call: do not make one more.
-        error = record.error or JobError(
-            type=JobErrorType.ATTEMPTS_EXHAUSTED, message="no attempts left"
-        )
-        await transitions.finish(store, run, JobStatus.FAILED, error=error)
+        await transitions.finish(store, run, JobStatus.FAILED, error=records.exhausted(record))
         return None
     if note_unknown_model(request.model, models):
         metrics.UNKNOWN_MODELS.labels(unknown_label(request.model)).inc()

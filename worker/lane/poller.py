@@ -227,6 +227,7 @@ class Poller:
             self.services.store,
             record.id,
             status,
+            hold=self.services.held,
             served_by=Lane.BATCH,
             upstream_batch_id=batch.upstream_id,
             **fields,

@@ -28,7 +28,13 @@ from worker.queue.claim import (
     _claim,
 )
 from worker.queue.hooks import Hooks
-from worker.queue.upkeep import ByteBudget, keep_locks_alive, wait_for_redis
+from worker.queue.upkeep import (
+    SETTLE_AFTER_OUTAGE_S,
+    ByteBudget,
+    Outage,
+    keep_locks_alive,
+    wait_for_redis,
+)
 from worker.queue.wake import QueueWake
 
 log = structlog.get_logger("msgq.worker")
@@ -57,6 +63,7 @@ class MsgqWorker(Worker):
         hooks: Hooks,
         keys: Keyspace,
         max_inflight_bytes: int = 2**62,
+        reconnect_settle_s: float = SETTLE_AFTER_OUTAGE_S,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, queue_name=keys.queue, **kwargs)
@@ -64,7 +71,7 @@ class MsgqWorker(Worker):
         # two deployments on one Redis must not share a job's payload, lock or abort set).
         self.keys = keys
         self.in_progress_timeout_s = lock_s
-        self._outage_s = 0.0
+        self._outage = Outage(reconnect_settle_s)
         self._hooks = hooks
         self._prefetch = prefetch = hooks.prefetch
         # The reads are the same for every job (the claim script relies on it): checked once.
@@ -91,12 +98,16 @@ class MsgqWorker(Worker):
                 self.pool, self.keys.queue_wake, lambda: self.job_counter < self.max_jobs
             )
         try:
+            if self._outage.began is not None:
+                # Redis answers again, or this raises: this worker's lapsed locks taken back.
+                running, lock_s = list(self.job_tasks), self.in_progress_timeout_s
+                await self._outage.ended(self.pool, self.keys, running, lock_s, self._token)
             self._wake.before_poll()
             while await self._poll_once():  # it started jobs, so more may be due: look again
                 self._wake.before_poll()
         except (RedisError, OSError) as exc:
             # redis-py reconnects on the next command; wait with backoff, then poll again.
-            self._outage_s = min(max(self._outage_s * 2, 0.1), 5.0)
+            retry_in_s = self._outage.failed()
             # Drop the idle (stale) connections at once; in-use ones belong to running jobs, and
             # closing them underneath a pending read could leave it waiting forever.
             await self.pool.connection_pool.disconnect(inuse_connections=False)
@@ -104,13 +115,10 @@ class MsgqWorker(Worker):
                 "worker.redis_unavailable",
                 error=type(exc).__name__,
                 detail=str(exc)[:200],
-                retry_in_s=self._outage_s,
+                retry_in_s=retry_in_s,
             )
-            await asyncio.sleep(self._outage_s)
+            await asyncio.sleep(retry_in_s)
             return
-        if self._outage_s:
-            log.info("worker.redis_reconnected")
-            self._outage_s = 0.0
         await self._wake.idle(self._idle_s)
 
     async def _poll_once(self) -> bool:
@@ -379,7 +387,9 @@ class MsgqWorker(Worker):
         return None
 
     async def _heartbeat(self) -> None:
-        await keep_locks_alive(self.pool, self.keys, self.job_tasks, self.in_progress_timeout_s)
+        await keep_locks_alive(
+            self.pool, self.keys, self.job_tasks, self.in_progress_timeout_s, self._token
+        )
 
     async def main(self) -> None:
         await wait_for_redis(self.pool)

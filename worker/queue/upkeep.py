@@ -4,6 +4,7 @@ waiting for Redis at start-up, and the in-flight byte budget that sizes each cla
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import structlog
@@ -16,25 +17,88 @@ log = structlog.get_logger("msgq.worker")
 
 
 async def keep_locks_alive(
-    pool: Redis, keys: Keyspace, job_tasks: dict[str, Any], lock_s: float
+    pool: Redis, keys: Keyspace, job_tasks: dict[str, Any], lock_s: float, token: str
 ) -> None:
     """Every running job's in-progress lock extended in one round trip, a third of the lock's
     length apart: a killed worker's jobs are free again within `lock_s`. It must not stop
     while the worker runs (other workers would start its jobs again): every error is logged
-    and the next beat tried."""
-    lock_ms = int(lock_s * 1000)
+    and the next beat tried, which then also takes back the locks that lapsed meanwhile."""
+    retake = False
     while True:
         await asyncio.sleep(lock_s / 3)
         running = list(job_tasks)
         if not running:
             continue
         try:
-            async with pool.pipeline(transaction=False) as pipe:
-                for job_id in running:
-                    pipe.pexpire(keys.in_progress_key(job_id), lock_ms)
-                await pipe.execute()
+            await beat(pool, keys, running, lock_s, token, retake=retake)
+            retake = False
         except Exception as exc:
+            retake = True
             log.warning("worker.heartbeat_failed", jobs=len(running), error=type(exc).__name__)
+
+
+async def beat(
+    pool: Redis,
+    keys: Keyspace,
+    running: list[str],
+    lock_s: float,
+    token: str,
+    *,
+    retake: bool = False,
+) -> None:
+    """Extend the locks of `running` jobs. `retake`, after Redis was away: a lock that lapsed
+    meanwhile is set again with this worker's token (unless another worker took the job
+    first), since its call may still be in flight or its answer held (`worker.hold`); not on
+    every beat, where it would set a lock again for a job whose terminal write just ended it."""
+    lock_ms = int(lock_s * 1000)
+    async with pool.pipeline(transaction=False) as pipe:
+        for job_id in running:
+            if retake:
+                pipe.set(keys.in_progress_key(job_id), token, px=lock_ms, nx=True)
+            pipe.pexpire(keys.in_progress_key(job_id), lock_ms)
+        await pipe.execute()
+
+
+OUTAGE_RETRY_MAX_S = 5.0  # the poll loop's longest wait between tries while Redis is away
+# After an outage that let locks lapse: every worker riding it out has seen Redis again and
+# taken back its running jobs' locks, and held answers are stored, before any claims.
+SETTLE_AFTER_OUTAGE_S = OUTAGE_RETRY_MAX_S + 1.0
+
+
+class Outage:
+    """The poll loop's Redis outage: its backoff, and what it does once Redis answers again."""
+
+    def __init__(self, settle_s: float) -> None:
+        self.settle_s = settle_s
+        self.retry_s = 0.0  # the current wait between tries
+        self.began: float | None = None  # when (monotonic); None: Redis answers
+
+    def failed(self) -> float:
+        """A poll failed: how long to wait before the next (0.1 s doubling to 5 s)."""
+        self.retry_s = min(max(self.retry_s * 2, 0.1), OUTAGE_RETRY_MAX_S)
+        if self.began is None:
+            self.began = time.monotonic()
+        return self.retry_s
+
+    async def ended(
+        self, pool: Redis, keys: Keyspace, running: list[str], lock_s: float, token: str
+    ) -> None:
+        """Redis answers again (else this raises). The worker takes back the locks of its own
+        running jobs that lapsed in the outage (a call may still be in flight, an answer held:
+        `worker.hold`). If the outage was long enough for locks to lapse, it then waits
+        `settle_s` before claiming: longer than any other worker riding out the same outage
+        takes to see Redis again and take back its own, and than a held answer takes to be
+        stored, so no job still running elsewhere is claimed and sent again."""
+        await pool.ping()
+        lasted_s = time.monotonic() - (self.began or time.monotonic())
+        if running:
+            await beat(pool, keys, running, lock_s, token, retake=True)
+        # A lock lapses only after `lock_s` without a beat, and beats are a third of it apart:
+        # a shorter outage left every lock in place.
+        settle_s = self.settle_s if lasted_s >= lock_s * 2 / 3 else 0.0
+        log.info("worker.redis_reconnected", outage_s=round(lasted_s, 1), settle_s=settle_s)
+        self.retry_s, self.began = 0.0, None
+        await asyncio.sleep(settle_s)
 
 
 async def wait_for_redis(pool: Redis, tries: int = 30, delay_s: float = 1.0) -> None:

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from msgq.keys import Keyspace
 from msgq.settings import Settings
-from schemas import JobRecord, JobStatus
+from schemas import JobErrorType, JobRecord, JobStatus
 
 THUMB_PX = 160
 MAX_THUMBS = 12
@@ -138,6 +138,8 @@ def _event(
     return {"at": at, "what": what, "detail": detail, "error": error, "untimed": untimed}
 
 
+# Attempts whose call may have reached the API with no answer stored (`msgq.jobs.records`).
+UNANSWERED = frozenset({JobErrorType.CUT, JobErrorType.LOST})
 LOST = "ended without a record (the worker was lost or the call cut off before its answer)"
 
 
@@ -170,9 +172,11 @@ def _attempts(record: JobRecord) -> list[tuple[int, dict[str, Any]]]:
     for e in record.attempt_errors:
         code = f" {e.status_code}" if e.status_code else ""
         # Attempt 0: ended before any call (a budget, a deadline), so no attempt failed.
-        lead = f"attempt {e.attempt} failed" if e.attempt else "ended before any attempt"
+        lead = f"attempt {e.attempt} failed: " if e.attempt else "ended before any attempt: "
+        if e.attempt and e.type in UNANSWERED:  # the call may have been answered: not "failed"
+            lead = f"attempt {e.attempt} "
         detail = f"{e.message} (request_id {e.request_id})" if e.request_id else e.message
-        found.append((e.attempt, _event(e.at, f"{lead}: {e.type}{code}", detail, error=True)))
+        found.append((e.attempt, _event(e.at, f"{lead}{e.type}{code}", detail, error=True)))
     recorded = {e.attempt: e.at for e in record.attempt_errors}
     for n in range(1, record.attempts + 1):
         if n in recorded:
