@@ -42,7 +42,9 @@ class Env:
 
 def _tail(text: str, lines: int = 3) -> str:
     """The last lines of an installer's output: what the table says when an install fails."""
-    kept = [line.strip() for line in text.strip().splitlines() if line.strip()][-lines:]
+    kept = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in kept if "ERR" in line.upper()]  # pip's ERROR:, npm's ERR!
+    kept = (errors or kept)[-lines:]
     return " / ".join(kept)[:300] or "no output"
 
 
@@ -92,7 +94,10 @@ def node_env(name: str, packages: list[str]) -> Env:
     """A directory with `packages` from npm, for Debian's node (apt-get install nodejs npm
     when missing, as .ci/run does)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
-        reason = _run(["apt-get", "install", "-y", "-qq", "nodejs", "npm"], Path.cwd())
+        os.environ.setdefault("DEBIAN_FRONTEND", "noninteractive")
+        reason = _run(["apt-get", "update", "-qq"], Path.cwd()) or _run(
+            ["apt-get", "install", "-y", "-qq", "nodejs", "npm"], Path.cwd()
+        )
         if reason or shutil.which("node") is None:
             return Env(name, reason=f"node/npm missing and apt-get failed: {reason}")
     path = cache_root() / name
