@@ -97,6 +97,7 @@ PEERS = [
 async def run_peer(peer: QueuePeer, sim: str, tmp: Path, n: int, base_jobs_s: float) -> list[Any]:
     """One row: label, versions, jobs, ok, jobs/s, ratio to the aiohttp loop, CPU, load."""
     load = load_average()
+    print(f"peers: {peer.label}, {n} jobs, load average {load}", flush=True)
     env = peer.install()
     if env.path is None:
         return [peer.label, "not installed", n, "-", "-", "-", "-", load, env.reason]
