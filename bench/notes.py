@@ -79,4 +79,30 @@ NOTES = """### How to read these: the user's world
   caption run was still submitting) and reached `/v1/messages` zero times. Reading results is
   flat: 10,000 and 100,000 lines peak at the same RSS (the 10 MiB above an idle process is the
   event loop, the HTTP client and its buffers), where reading the body whole grows with it.
+
+### How to read these: the peers
+
+- **Where they come from**: each peer is installed by `make bench` itself into its own
+  environment under `~/.cache/msgq-bench/<peer>` (a venv from PyPI; BullMQ and ioredis from npm
+  for Debian's node), created on first use and reused, never into msgq's venv; the table shows
+  the versions. A peer that cannot be installed, or whose run fails, is a row with the reason.
+- **Queue peers** are what a user writes with each tool: a task that POSTs the Messages request
+  (one aiohttp session; one `requests` session or one httpx client under Celery's gevent pool,
+  each sized for 512 connections; Node's `fetch`) and returns the reply for the tool to store.
+  Each has one worker process at 512 in flight, a Redis of its own and the same simulator (3 s
+  a call, top-tier limits). The worker starts and idles first; its own producer then enqueues
+  every job and waits for every result; the rate is the jobs over the span from the first
+  job's start to the last one's end, as the tasks recorded them, and CPU is the worker's
+  process tree over the run (/proc). msgq's rows run from the lifted pause to the last job's
+  end (its method in the user's-world table), which if anything counts more time against msgq.
+- **Reading them on 2 shared cores**: absolute rates move with whatever else runs (the load
+  average at each row's start says how much), so read each row as its ratio to the aiohttp
+  loop on the same simulator in the same run: the loop runs before and after the peers, and
+  the ratios use the mean of the two. CPU ms per job is steadier than the rate, but it too
+  grows when the cores are contended.
+- **LiteLLM's proxy** serves `/v1/messages` with the simulator as its Anthropic base (no
+  database, one master key, one process). Latency is measured as msgq's drop-in is: the same
+  create and streamed first text delta straight to the simulator, through msgq's drop-in and
+  through LiteLLM, interleaved call by call, nothing else queued; throughput is 1,000 creates at
+  256 in flight against the 3 s simulator, with the proxy's CPU (msgq: its api and its worker).
 """

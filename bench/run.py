@@ -1,4 +1,6 @@
-"""`make bench`: five measurements, each against a baseline run in the same process.
+"""`make bench`: five measurements, each against a baseline run in the same process, and the
+peers (bench/peers: arq, Celery, BullMQ, LiteLLM's proxy, each installed under
+~/.cache/msgq-bench on first use and measured beside msgq and an aiohttp loop).
 
 Prints tables and writes BENCHMARKS.md. Long: about 30 minutes on a 2-core machine (the
 user's-world section alone, `python -m bench.real_load`, about 15).
@@ -22,7 +24,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from bench import batch_lane, fair_share, real_load
+from bench import batch_lane, fair_share, peers, real_load
 from bench.baseline import raw_httpx_run, sdk_semaphore_run
 from bench.ceiling import otlp_sink
 from bench.ceiling import report as ceiling_report
@@ -346,6 +348,8 @@ async def main() -> None:
                 "msgq, 1 worker (uvloop), tracing on": {"MSGQ_UVLOOP": "true", **sink},
             },
         )
+    console.rule("11. peers: arq, Celery, BullMQ, LiteLLM's proxy, each in its own environment")
+    await peers.report(tmp, table)
 
 
 if __name__ == "__main__":
