@@ -5,8 +5,6 @@ ADDSLOTSRANGE, REPLICATE): no `valkey-cli --cluster create` needed."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -16,7 +14,7 @@ from typing import Any
 import redis
 
 from msgq.dev.embedded_redis import free_ports, server_binary
-from msgq.dev.managed import Managed
+from msgq.dev.managed import ManagedServers
 
 SLOTS = 16384
 START_ATTEMPTS = 3  # a port taken by another process between choosing it and binding it
@@ -26,7 +24,7 @@ class ClusterStartError(RuntimeError):
     """The cluster did not come up (a server exited, or the slots never all agreed)."""
 
 
-class RedisCluster(Managed):
+class RedisCluster(ManagedServers):
     """`with RedisCluster(tmp) as c: c.url` — `redis+cluster://` naming every master."""
 
     def __init__(self, data_dir: Path, *, masters: int = 3, replicas: bool = False) -> None:
@@ -55,10 +53,11 @@ class RedisCluster(Managed):
             try:
                 self._start_all(timeout_s)
                 return
-            except ClusterStartError:
+            except (ClusterStartError, redis.RedisError):
                 if attempt == START_ATTEMPTS:
                     raise
                 self.stop()
+                self.processes.clear()
                 self._choose_ports()
 
     def _start_all(self, timeout_s: float) -> None:
@@ -97,24 +96,6 @@ class RedisCluster(Managed):
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         self._wait(lambda: self._answers(port), 10.0, f"the server on port {port}")
-
-    def kill(self, port: int) -> None:
-        """SIGKILL a node: no shutdown, nothing flushed, connections reset."""
-        process = self.processes.pop(port)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self.processes.clear()
 
     def keys_per_master(self) -> dict[int, int]:
         """DBSIZE of each master: how the keyspace spread."""

@@ -3,8 +3,6 @@ Sentinels (`valkey-server --sentinel`), for tests and for trying failover by han
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -13,7 +11,7 @@ from pathlib import Path
 import redis
 
 from msgq.dev.embedded_redis import free_ports, server_binary
-from msgq.dev.managed import Managed
+from msgq.dev.managed import ManagedServers
 
 SERVICE = "mymaster"
 START_ATTEMPTS = 3  # a port taken by another process between choosing it and binding it
@@ -23,7 +21,7 @@ class ServerExitedError(RuntimeError):
     """A server exited while starting (its port taken since it was chosen, as a rule)."""
 
 
-class SentinelCluster(Managed):
+class SentinelCluster(ManagedServers):
     """`with SentinelCluster(tmp) as c: c.url` — `redis+sentinel://` for the three Sentinels.
 
     Fast detection for tests: the primary is judged down after `down_after_ms` (Redis' default
@@ -131,12 +129,6 @@ class SentinelCluster(Managed):
                 continue
         return None
 
-    def kill(self, port: int) -> None:
-        """SIGKILL a node: no shutdown, nothing flushed, connections reset."""
-        process = self.processes.pop(port)  # processes: the servers meant to be running
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-
     def wait_for_primary(self, *, other_than: int, timeout_s: float = 30.0) -> int:
         """Block until every Sentinel names a primary other than `other_than`; its port."""
 
@@ -219,14 +211,3 @@ class SentinelCluster(Managed):
                 msg = f"timed out after {timeout_s:g}s waiting for {what} (logs: {self.data_dir})"
                 raise TimeoutError(msg)
             time.sleep(0.05)
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
