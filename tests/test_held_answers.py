@@ -16,7 +16,7 @@ from msgq.client import Client
 from msgq.dev.embedded_redis import EmbeddedRedis, free_port
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import Sim, eventually, stop_workers
+from tests.conftest import KEYS, Sim, eventually, stop_workers
 from tests.test_reliability import BODY, events, spawn
 from worker.hold import AnswerHold
 
@@ -56,7 +56,7 @@ async def test_an_answer_held_through_a_redis_outage_is_stored_once(
             back_at = datetime.now(UTC)
             record = await client.wait(job.id, timeout=30)
             async with Redis.from_url(server.url) as redis:
-                assert (await audit(redis)).clean
+                assert (await audit(redis, KEYS)).clean
     finally:
         codes = stop_workers(*workers)
         server.stop()
