@@ -4,6 +4,7 @@ msgq saying plainly at start that it does not run on one yet, whichever way it i
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
+from msgq.dev import redis_cluster
 from msgq.dev.redis_cluster import RedisCluster
 from msgq.dev.stack import msgq_command
 
@@ -71,3 +73,28 @@ def test_the_cluster_scheme_is_refused_in_one_line(cluster: RedisCluster, tmp_pa
     assert done.returncode != 0
     assert "msgq does not run on Redis Cluster yet" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_cluster_starts_on_ports_above_55535(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Free ports are often high; a node's default cluster bus (its port + 10,000) does not
+    exist there, so each node is given a bus port of its own (CI failed on port 60881)."""
+
+    def high_ports(count: int) -> list[int]:
+        found: list[int] = []
+        for port in range(61000, 65000):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            found.append(port)
+            if len(found) == count:
+                break
+        return found
+
+    monkeypatch.setattr(redis_cluster, "free_ports", high_ports)
+    with redis_cluster.RedisCluster(tmp_path) as cluster:
+        assert min(cluster.master_ports) > 55535
+        assert len(cluster.keys_per_master()) == 3

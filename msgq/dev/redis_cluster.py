@@ -35,9 +35,13 @@ class RedisCluster(ManagedServers):
         self._choose_ports()
 
     def _choose_ports(self) -> None:
-        ports = free_ports(self.masters * (2 if self.with_replicas else 1))
+        nodes = self.masters * (2 if self.with_replicas else 1)
+        # A node's cluster bus defaults to its port + 10,000, which does not exist above 55,535
+        # (where free ports often are) and may be taken: each node gets a bus port of its own.
+        ports = free_ports(nodes * 2)
         self.master_ports = ports[: self.masters]
-        self.replica_ports = ports[self.masters :]
+        self.replica_ports = ports[self.masters : nodes]
+        self.bus_ports = dict(zip(ports[:nodes], ports[nodes:], strict=True))
 
     @property
     def ports(self) -> list[int]:
@@ -65,7 +69,7 @@ class RedisCluster(ManagedServers):
             self.start_server(port)
         first = self.master_ports[0]
         for port in self.ports[1:]:
-            self._command(first, "CLUSTER MEET", "127.0.0.1", port)
+            self._command(first, "CLUSTER MEET", "127.0.0.1", port, self.bus_ports[port])
         share = SLOTS // self.masters
         for n, port in enumerate(self.master_ports):
             last = SLOTS - 1 if n == self.masters - 1 else (n + 1) * share - 1
@@ -83,6 +87,7 @@ class RedisCluster(ManagedServers):
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--cluster-enabled", "yes",
+            "--cluster-port", str(self.bus_ports[port]),
             "--cluster-config-file", str(self.data_dir / f"nodes-{port}.conf"),
             "--cluster-node-timeout", "2000",
             "--dir", str(self.data_dir),
