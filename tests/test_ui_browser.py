@@ -128,13 +128,24 @@ class Page:
         from selenium.common.exceptions import (
             NoSuchElementException,
             StaleElementReferenceException,
+            WebDriverException,
         )
         from selenium.webdriver.support.ui import WebDriverWait
 
         # htmx swaps fragments under the test: an element found may be replaced a moment later.
+        # Chromium says so as a stale element, or (reading a swapped node's text) as a generic
+        # error that the node "does not belong to the document": both mean look again.
+        def swapped_is_not_yet(driver: Any) -> Any:
+            try:
+                return check(driver)
+            except WebDriverException as exc:
+                if "does not belong to the document" in str(exc.msg):
+                    return False
+                raise
+
         ignored = (NoSuchElementException, StaleElementReferenceException)
         wait = WebDriverWait(self.driver, timeout_s, 0.05, ignored_exceptions=ignored)
-        return wait.until(check)
+        return wait.until(swapped_is_not_yet)
 
     def css(self, selector: str) -> Any:
         from selenium.webdriver.common.by import By
