@@ -375,3 +375,16 @@ class Keyspace:
     def lane_batch_order_key(self, handle: str) -> str:
         """LIST of custom_ids in the order they are sent (the create body streams from it)."""
         return f"{self.prefix}lane:ub:{handle}:order"
+
+
+@functools.lru_cache(maxsize=64)  # `Settings.keys` is read on every job's path
+def resolve_namespace(namespace: str, queue_name: str) -> str:
+    """The one namespace `MSGQ_NAMESPACE` and the older `MSGQ_QUEUE_NAME` name together; a
+    ValueError when both are set to different ones."""
+    from_queue = namespace_of_queue(queue_name)
+    if namespace == DEFAULT_NAMESPACE:
+        return from_queue
+    if from_queue not in (DEFAULT_NAMESPACE, namespace):
+        msg = f"MSGQ_NAMESPACE={namespace!r} and MSGQ_QUEUE_NAME={queue_name!r} disagree; set one"
+        raise ValueError(msg)
+    return namespace

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from msgq.keys import (
     Keyspace,
     check_namespace,
     keyspace,
-    namespace_of_queue,
+    resolve_namespace,
 )
 from msgq.pricing import check_prices_file
 from msgq.tenancy.tenants import load_tenants
@@ -26,19 +25,6 @@ from schemas import DEFAULT_MAX_IMAGE_BYTES, Lane
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
 UNTIL_RESUME = frozenset({"0", "until-resume", "none"})
-
-
-@functools.lru_cache(maxsize=64)  # `Settings.keys` is read on every job's path
-def resolve_namespace(namespace: str, queue_name: str) -> str:
-    """The one namespace `MSGQ_NAMESPACE` and the older `MSGQ_QUEUE_NAME` name together; a
-    ValueError when both are set to different ones."""
-    from_queue = namespace_of_queue(queue_name)
-    if namespace == DEFAULT_NAMESPACE:
-        return from_queue
-    if from_queue not in (DEFAULT_NAMESPACE, namespace):
-        msg = f"MSGQ_NAMESPACE={namespace!r} and MSGQ_QUEUE_NAME={queue_name!r} disagree; set one"
-        raise ValueError(msg)
-    return namespace
 
 
 class Settings(BaseSettings):
