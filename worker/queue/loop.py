@@ -12,7 +12,7 @@ from arq import Retry, Worker
 from arq.constants import (
     abort_job_max_age,
 )
-from arq.jobs import SerializationError, deserialize_job_raw, serialize_result
+from arq.jobs import SerializationError, deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import JobExecutionFailed, RetryJob
 from redis.exceptions import NoScriptError, RedisError
@@ -33,6 +33,7 @@ from worker.queue.upkeep import (
     ByteBudget,
     Outage,
     keep_locks_alive,
+    refusal,
     wait_for_redis,
 )
 from worker.queue.wake import QueueWake
@@ -325,21 +326,7 @@ class MsgqWorker(Worker):
         """A job that cannot run (payload gone or unreadable, aborted before it started): arq's
         failed-job bookkeeping, then msgq records why."""
         self.jobs_failed += 1
-        result = serialize_result(
-            function=name,
-            args=(),
-            kwargs={},
-            job_try=claim.job_try,
-            enqueue_time_ms=enqueued_ms,
-            success=False,
-            result=failure,
-            start_ms=timestamp_ms(),
-            finished_ms=timestamp_ms(),
-            ref=f"{job_id}:{name}",
-            serializer=self.job_serializer,
-            queue_name=self.queue_name,
-            job_id=job_id,
-        )
+        result = refusal(job_id, claim, failure, name, enqueued_ms, self.queue_name)
         job = QueueJob(job_id, self.keys, tuple(claim.prefetched), job_try=claim.job_try)
         await asyncio.shield(self._finish_refused(job, result))
 

@@ -8,10 +8,14 @@ import time
 from typing import Any
 
 import structlog
+from arq.jobs import serialize_result
+from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from msgq.arq_format import serialize
 from msgq.keys import Keyspace
+from worker.queue.claim import Claim
 
 log = structlog.get_logger("msgq.worker")
 
@@ -148,3 +152,25 @@ class ByteBudget:
         mean = max(1, self._seen_bytes // self._seen_jobs)
         room = (self.max_bytes - self.inflight) // mean
         return max(room, 1) if running == 0 else max(room, 0)
+
+
+def refusal(
+    job_id: str, claim: Claim, failure: BaseException, name: str, enqueued_ms: int, queue: str
+) -> bytes | None:
+    """arq's result record of a job it refused before the task ran (what `on_refused` reads)."""
+    now_ms = timestamp_ms()
+    return serialize_result(
+        function=name,
+        args=(),
+        kwargs={},
+        job_try=claim.job_try,
+        enqueue_time_ms=enqueued_ms,
+        success=False,
+        result=failure,
+        start_ms=now_ms,
+        finished_ms=now_ms,
+        ref=f"{job_id}:{name}",
+        serializer=serialize,
+        queue_name=queue,
+        job_id=job_id,
+    )
