@@ -33,6 +33,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from msgq import connections
+from msgq.cluster import is_cluster_url, parse_cluster_url
 
 log = structlog.get_logger("msgq.worker")
 
@@ -142,7 +143,12 @@ def abort_request(abort_key: str, job_id: str) -> tuple[str, dict[str, int]]:
 
 
 def redis_settings(redis_url: str) -> RedisSettings:
-    """arq's connection settings for a msgq Redis URL, `redis+sentinel://` included."""
+    """arq's connection settings for a msgq Redis URL, `redis+sentinel://` included. For a
+    cluster, only what arq shows (the first seed): msgq hands arq its own client."""
+    if is_cluster_url(redis_url):
+        target = parse_cluster_url(redis_url)
+        host, port = target.seeds[0]
+        return RedisSettings(host=host, port=port, ssl=target.ssl, conn_retries=30)
     if connections.is_sentinel(redis_url):
         target = connections.parse_sentinel_url(redis_url)
         return RedisSettings(

@@ -1,11 +1,11 @@
-"""Redis Cluster, said plainly at start.
+"""A plain `redis://` URL that reaches a node of a Redis Cluster, said plainly at start.
 
-msgq keeps a deployment's state in one keyspace on one Redis node (or a Sentinel-watched
-primary): its scripts and transactions touch keys that a cluster spreads over shards, so on a
-cluster the first command answers MOVED or CROSSSLOT. Until msgq's keyspace is laid out for
-shards, a cluster is refused at start with one line, whichever way it is named: a
-`redis+cluster://` URL (the scheme msgq will take for a cluster's seed nodes), or a plain
-`redis://` URL that reaches a node with `cluster_enabled:1`.
+On a cluster msgq keeps every key of a deployment under one hash tag and talks to the master
+serving that slot (`msgq.cluster`): it must know it is on a cluster, so a cluster is named as
+`redis+cluster://`. Given a plain URL to a cluster node, the first command would answer MOVED
+(or worse, land on the right node by chance and later fail over to nowhere); the worker would
+retry it every few seconds without saying why. Instead it exits at start with one line naming
+the scheme.
 """
 
 from __future__ import annotations
@@ -13,16 +13,10 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
-NOT_YET = (
-    "msgq does not run on Redis Cluster yet: give it one Redis node or a Sentinel-watched "
-    "primary (redis://, rediss://, unix://, redis+sentinel://); "
-    "see docs/operations/redis-cluster.md"
+NAME_THE_CLUSTER = (
+    "name a cluster as REDIS_URL=redis+cluster://host:port[,host:port...] "
+    "(rediss+cluster:// with TLS); see docs/operations/redis-cluster.md"
 )
-
-
-def is_cluster_url(url: str) -> bool:
-    return url.startswith(CLUSTER_SCHEMES)
 
 
 class ClusterNodeError(RuntimeError):
@@ -37,5 +31,5 @@ async def refuse_cluster_node(redis: Redis) -> None:
     except ResponseError:
         return
     if int(info.get("cluster_enabled", 0)):
-        msg = f"REDIS_URL reaches a node of a Redis Cluster (cluster_enabled:1). {NOT_YET}"
+        msg = f"REDIS_URL reaches a node of a Redis Cluster (cluster_enabled:1): {NAME_THE_CLUSTER}"
         raise ClusterNodeError(msg)

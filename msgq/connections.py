@@ -1,4 +1,5 @@
-"""Every Redis connection msgq makes: `connect()` for a plain URL or a Sentinel-managed primary.
+"""Every Redis connection msgq makes: `connect()` for a plain URL, a Sentinel-managed primary,
+or the Redis Cluster master that owns the deployment's slot (`redis+cluster://`, `msgq.cluster`).
 
 `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]` names the
 Sentinels (port 26379 when left out), the service they monitor and the database;
@@ -20,39 +21,34 @@ SSE streams opening on one job added 37 to an API process).
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import unquote
 
-import structlog
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis, SSLConnection
-from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import (
-    MasterNotFoundError,
-    Sentinel,
-    SentinelConnectionPool,
-    SentinelManagedConnection,
-)
-from redis.backoff import ExponentialBackoff
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from msgq.cluster import cluster_client, is_cluster_url, parse_cluster_url
+from msgq.failover import (
+    BoundedConnectionPool,
+    BoundedFailoverPool,
+    FailoverConnection,
+    FailoverPool,
+    FailoverRetry,
+    FailoverSSLConnection,
+    FastConnectionPool,
+)
+from msgq.keys import Keyspace, keyspace
 
 if TYPE_CHECKING:
     from msgq.settings import Settings
-
-log = structlog.get_logger("msgq.redis")
 
 SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 DEFAULT_SENTINEL_PORT = 26379
 DEFAULT_FAILOVER_WAIT_S = 30.0
 R = TypeVar("R", bound=Redis)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -117,13 +113,18 @@ def connect(
     *,
     redis_class: type[R],
     failover_wait_s: float | None = None,
+    keys: Keyspace | None = None,
     **options: Any,
 ) -> R: ...
 
 
 @overload
 def connect(
-    target: Settings | str, *, failover_wait_s: float | None = None, **options: Any
+    target: Settings | str,
+    *,
+    failover_wait_s: float | None = None,
+    keys: Keyspace | None = None,
+    **options: Any,
 ) -> Redis: ...
 
 
@@ -132,18 +133,20 @@ def connect(
     *,
     redis_class: type[Redis] = Redis,
     failover_wait_s: float | None = None,
+    keys: Keyspace | None = None,
     **options: Any,
 ) -> Redis:
     """A client for `target` (Settings or a URL); `options` go to redis-py as they are.
 
     Plain URLs behave as `Redis.from_url` (with the pool below; its client-only options,
     `single_connection_client` and `auto_close_connection_pool`, are not taken). For a Sentinel
-    URL, `failover_wait_s` (else the setting `redis_failover_wait_s`) bounds how long one command
-    waits out a failover.
+    or cluster URL, `failover_wait_s` (else the setting `redis_failover_wait_s`) bounds how long
+    one command waits out a failover. On a cluster the client talks to the master serving the
+    deployment's slot: that of `keys`, else of Settings' keyspace, else of the default one.
     """
     url = target if isinstance(target, str) else target.redis_url
     bound = _bound(target, options)
-    if not is_sentinel(url):
+    if not is_sentinel(url) and not is_cluster_url(url):
         # What `Redis.from_url` does, with the pools below.
         if bound is None:
             pool: ConnectionPool = FastConnectionPool.from_url(url, **options)
@@ -157,6 +160,12 @@ def connect(
             DEFAULT_FAILOVER_WAIT_S if isinstance(target, str) else target.redis_failover_wait_s
         )
     pool_options = options if bound is None else {**options, **bound}
+    if is_cluster_url(url):
+        namespace = (keys or keyspace() if isinstance(target, str) else target.keys).namespace
+        prefix = keyspace(namespace, clustered=True).prefix
+        return cluster_client(
+            parse_cluster_url(url), prefix, redis_class, failover_wait_s, pool_options
+        )
     return _sentinel_client(parse_sentinel_url(url), redis_class, failover_wait_s, pool_options)
 
 
@@ -196,180 +205,3 @@ def _sentinel_client(
         **kwargs,
     )
     return client
-
-
-# Set while a FailoverRetry loop runs: the retries redis-py nests inside a command (reconnect,
-# then connect) make one attempt each, so every retry goes back to asking the Sentinels.
-_retrying: contextvars.ContextVar[bool] = contextvars.ContextVar("_retrying", default=False)
-
-
-class FailoverRetry(Retry):
-    """redis-py's Retry bounded by time rather than by count.
-
-    redis-py runs the same Retry at three levels (command, reconnect, socket connect). Counted,
-    the innermost would keep dialling the dead primary's address; here only the outermost
-    loops, and each of its attempts rediscovers the primary.
-    """
-
-    def __init__(self, wait_s: float) -> None:
-        super().__init__(ExponentialBackoff(cap=1.0, base=0.05), retries=-1)
-        self.wait_s = wait_s
-
-    async def call_with_retry(
-        self, do: Callable[[], Awaitable[T]], fail: Callable[[RedisError], Any]
-    ) -> T:
-        if _retrying.get():
-            try:
-                return await do()
-            except self._supported_errors as error:
-                await fail(error)
-                raise
-        token = _retrying.set(True)
-        try:
-            return await self._loop(do, fail)
-        finally:
-            _retrying.reset(token)
-
-    async def _loop(self, do: Callable[[], Awaitable[T]], fail: Callable[[RedisError], Any]) -> T:
-        deadline = time.monotonic() + self.wait_s
-        failures = 0
-        while True:
-            try:
-                return await do()
-            except self._supported_errors as error:
-                failures += 1
-                await fail(error)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise
-                await asyncio.sleep(min(self._backoff.compute(failures), left))
-
-
-class NoLockOnCheckout:
-    """redis-py 5.3 holds one asyncio.Lock per pool while it takes a connection *and* checks it
-    (a socket read), so every command of a busy process queues behind that lock: in a worker
-    with 16 jobs, most of them were waiting there rather than on Redis (redis-py #3692; fixed
-    upstream after 5.x, which arq pins). Taking a connection is synchronous and needs no lock;
-    the check runs outside it, as redis-py itself now does."""
-
-    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
-        pool: ConnectionPool = self  # type: ignore[assignment]  # a mixin for ConnectionPools
-        connection: AbstractConnection = pool.get_available_connection()  # type: ignore[no-untyped-call]  # untyped upstream
-        try:
-            await pool.ensure_connection(connection)
-        except BaseException:
-            await pool.release(connection)
-            raise
-        return connection
-
-
-class FastConnectionPool(NoLockOnCheckout, ConnectionPool):
-    """A plain Redis URL's pool, unbounded (a bare URL: scripts, tests, arq's own pool)."""
-
-
-class BoundedConnectionPool(BlockingConnectionPool):
-    """A plain Redis URL's pool for a process built from Settings. redis-py's blocking pool
-    already checks a connection outside its lock, so it needs no `NoLockOnCheckout`."""
-
-
-def _address(address: tuple[Any, Any] | None) -> str | None:
-    return None if address is None else f"{address[0]}:{address[1]}"
-
-
-class FailoverPool(NoLockOnCheckout, SentinelConnectionPool):
-    """Remembers the primary it last reached, so it can say when (and how long) it lost it and
-    where it resumed: one line each, however many connections notice."""
-
-    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
-        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]  # untyped upstream
-        self.reached: tuple[Any, Any] | None = None
-        self.lost_at: float | None = None
-
-    async def get_master_address(self) -> tuple[Any, Any]:
-        try:
-            address: tuple[Any, Any] = await super().get_master_address()  # type: ignore[no-untyped-call]  # untyped upstream
-        except MasterNotFoundError as exc:
-            self.lost(self.reached, exc)
-            raise
-        return address
-
-    def lost(self, address: tuple[Any, Any] | None, exc: BaseException) -> None:
-        if self.lost_at is None and self.reached is not None:
-            self.lost_at = time.monotonic()
-            log.warning(
-                "redis.primary_unavailable",
-                service=self.service_name,
-                primary=_address(address),
-                error=type(exc).__name__,
-            )
-
-    def reconnected(self, address: tuple[Any, Any]) -> None:
-        waited_s = None if self.lost_at is None else round(time.monotonic() - self.lost_at, 2)
-        if self.reached is not None and address != self.reached:
-            log.warning(
-                "redis.failover",
-                service=self.service_name,
-                old_primary=_address(self.reached),
-                new_primary=_address(address),
-                waited_s=waited_s,
-            )
-        elif waited_s is not None:
-            log.info("redis.primary_reconnected", primary=_address(address), waited_s=waited_s)
-        self.reached, self.lost_at = address, None
-
-    async def disconnect(self, inuse_connections: bool = True) -> None:
-        await super().disconnect(inuse_connections)
-        if inuse_connections:  # the client is closing: so are its connections to the Sentinels
-            for sentinel in self.sentinel_manager.sentinels:
-                await sentinel.connection_pool.disconnect()
-
-
-class FailoverConnection(SentinelManagedConnection):
-    """Reports reaching (or failing to reach) the primary to its FailoverPool."""
-
-    async def connect_to(self, address: tuple[Any, Any]) -> None:
-        pool: FailoverPool = self.connection_pool
-        try:
-            await super().connect_to(address)  # type: ignore[no-untyped-call]  # untyped upstream
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            if pool.is_master:
-                pool.lost(address, exc)
-            raise
-        if pool.is_master:
-            pool.reconnected(address)
-
-
-class FailoverSSLConnection(FailoverConnection, SSLConnection):
-    pass
-
-
-class BoundedFailoverPool(FailoverPool):
-    """FailoverPool with BlockingConnectionPool's wait: redis-py has no blocking Sentinel pool,
-    and its Sentinel pool past `max_connections` raises at once instead of waiting."""
-
-    def __init__(
-        self, service_name: str, sentinel_manager: Sentinel, *, timeout: float, **kwargs: Any
-    ) -> None:
-        super().__init__(service_name, sentinel_manager, **kwargs)
-        self._freed = asyncio.Condition()
-        self.timeout = timeout
-
-    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
-        try:
-            async with self._freed, asyncio.timeout(self.timeout):
-                await self._freed.wait_for(self.can_get_connection)
-                connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]  # untyped upstream
-        except TimeoutError:
-            msg = "No connection available."
-            raise RedisConnectionError(msg) from None
-        try:
-            await self.ensure_connection(connection)
-        except BaseException:
-            await self.release(connection)
-            raise
-        return connection
-
-    async def release(self, connection: AbstractConnection) -> None:
-        async with self._freed:
-            await super().release(connection)
-            self._freed.notify()

@@ -64,9 +64,9 @@ def namespace_of_queue(queue_name: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def keyspace(namespace: str = DEFAULT_NAMESPACE) -> Keyspace:
-    """The keyspace of a namespace (one value per namespace, shared)."""
-    return Keyspace(namespace)
+def keyspace(namespace: str = DEFAULT_NAMESPACE, *, clustered: bool = False) -> Keyspace:
+    """The keyspace of a namespace (one value per namespace and layout, shared)."""
+    return Keyspace(namespace, clustered=clustered)
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class Keyspace:
     more of them, built from `prefix` (msgq's) or `arq_prefix` (the queue library's)."""
 
     namespace: str = DEFAULT_NAMESPACE
+    clustered: bool = False  # on a Redis Cluster (`redis+cluster://`): every key in one hash tag
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
@@ -85,15 +86,24 @@ class Keyspace:
         return self.namespace == DEFAULT_NAMESPACE
 
     @property
+    def hash_tag(self) -> str:
+        """What a cluster hashes every key of this deployment by (`msgq`, `msgq@<namespace>`):
+        its keys share one slot, so its scripts and transactions never cross slots."""
+        return "msgq" if self.is_default else f"msgq@{self.namespace}"
+
+    @property
     def prefix(self) -> str:
-        """Every msgq key of this deployment starts with it: `msgq:` or `msgq@<namespace>:`."""
+        """Every msgq key of this deployment starts with it: `msgq:` or `msgq@<namespace>:` on
+        one node, `{msgq}:` or `{msgq@<namespace>}:` on a cluster (a hash tag, so one slot)."""
+        if self.clustered:
+            return "{" + self.hash_tag + "}:"
         return "msgq:" if self.is_default else f"msgq@{self.namespace}:"
 
     @property
     def arq_prefix(self) -> str:
         """Put before the queue library's own names (`arq:job:...`): nothing for the default
-        namespace (arq's names as they are), else this namespace's prefix."""
-        return "" if self.is_default else self.prefix
+        namespace on one node (arq's names as they are), else this deployment's prefix."""
+        return "" if self.is_default and not self.clustered else self.prefix
 
     # ------------------------------------------------------------ the queue (arq's formats)
 

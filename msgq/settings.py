@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from msgq.cluster_guard import NOT_YET, is_cluster_url
+from msgq.cluster import CLUSTER_SCHEMES, is_cluster_url, parse_cluster_url
 from msgq.connections import SENTINEL_SCHEMES, is_sentinel, parse_sentinel_url
 from msgq.keys import (
     DEFAULT_NAMESPACE,
@@ -23,7 +23,7 @@ from msgq.tenancy.tenants import load_tenants
 from msgq.webhooks.signing import secret_key
 from schemas import DEFAULT_MAX_IMAGE_BYTES, Lane
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 UNTIL_RESUME = frozenset({"0", "until-resume", "none"})
 
 
@@ -64,13 +64,13 @@ class Settings(BaseSettings):
     @classmethod
     def _known_redis_scheme(cls, value: str) -> str:
         # Caught here, a typo is one line at start-up instead of a connection error much later.
-        if is_cluster_url(value):
-            raise ValueError(NOT_YET)
         if not value.startswith(REDIS_SCHEMES):
             msg = "must start with " + ", ".join(REDIS_SCHEMES)
             raise ValueError(msg)
         if is_sentinel(value):
             parse_sentinel_url(value)  # a ValueError naming what is wrong
+        if is_cluster_url(value):
+            parse_cluster_url(value)
         return value
 
     anthropic_api_key: SecretStr | None = Field(
@@ -127,7 +127,8 @@ class Settings(BaseSettings):
     @property
     def keys(self) -> Keyspace:
         """This deployment's key names (`MSGQ_NAMESPACE`, or the older `MSGQ_QUEUE_NAME`)."""
-        return keyspace(resolve_namespace(self.namespace, self.queue_name))
+        namespace = resolve_namespace(self.namespace, self.queue_name)
+        return keyspace(namespace, clustered=is_cluster_url(self.redis_url))
 
     max_jobs: int = Field(
         default=256,

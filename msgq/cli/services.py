@@ -44,13 +44,15 @@ async def _say_where_redis_is(settings: Settings) -> None:
     from structlog import get_logger
 
     from msgq.cli.common import redis_origin
+    from msgq.cluster import is_cluster_url
     from msgq.cluster_guard import ClusterNodeError, refuse_cluster_node
     from msgq.connections import connect
 
     try:
         async with connect(settings, socket_connect_timeout=3, failover_wait_s=3) as redis:
             await redis.ping()
-            await refuse_cluster_node(redis)
+            if not is_cluster_url(settings.redis_url):
+                await refuse_cluster_node(redis)
     except ClusterNodeError as exc:
         raise click.ClickException(str(exc)) from None
     except (RedisError, OSError) as exc:

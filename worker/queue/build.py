@@ -10,6 +10,7 @@ from arq import func
 from arq.connections import ArqRedis
 
 from msgq import connections
+from msgq.cluster import is_cluster_url
 from msgq.arq_format import (
     ARQ_MAX_TRIES,
     NO_EXPIRY_MS,
@@ -19,19 +20,23 @@ from msgq.arq_format import (
     redis_settings,
     serialize,
 )
+from msgq.keys import Keyspace
 from msgq.settings import Settings
 from worker.queue.hooks import Hooks
 from worker.queue.loop import MsgqWorker
 
 
 def worker_pool(
-    redis_url: str, *, queue_name: str, max_job_bytes: int, failover_wait_s: float
+    redis_url: str, *, keys: Keyspace, max_job_bytes: int, failover_wait_s: float
 ) -> ArqRedis:
     """The worker's client, made by msgq rather than arq: arq's own Sentinel pool passes no
-    retry settings, so a failover would fail commands in flight, and both of arq's pools take
-    redis-py's pool-wide lock on every command (`connections.NoLockOnCheckout`)."""
-    if connections.is_sentinel(redis_url):
-        pool = connections.connect(redis_url, redis_class=ArqRedis, failover_wait_s=failover_wait_s)
+    retry settings, so a failover would fail commands in flight, both of arq's pools take
+    redis-py's pool-wide lock on every command (`failover.NoLockOnCheckout`), and arq has no
+    Redis Cluster client (msgq's talks to the master serving the deployment's slot)."""
+    if connections.is_sentinel(redis_url) or is_cluster_url(redis_url):
+        pool = connections.connect(
+            redis_url, redis_class=ArqRedis, failover_wait_s=failover_wait_s, keys=keys
+        )
     else:
         rs = redis_settings(redis_url)
         pool = connections.connect(
@@ -43,7 +48,7 @@ def worker_pool(
         )
     pool.job_serializer = serialize
     pool.job_deserializer = functools.partial(deserialize, max_bytes=max_job_bytes)
-    pool.default_queue_name = queue_name
+    pool.default_queue_name = keys.queue
     pool.expires_extra_ms = NO_EXPIRY_MS
     return pool
 
@@ -65,7 +70,7 @@ def build_worker(
         "redis_settings": redis_settings(settings.redis_url),
         "redis_pool": worker_pool(
             settings.redis_url,
-            queue_name=settings.keys.queue,
+            keys=settings.keys,
             max_job_bytes=settings.max_job_bytes,
             failover_wait_s=settings.redis_failover_wait_s,
         ),
