@@ -181,6 +181,12 @@ class SlotOwnerConnection(FailoverConnection):
             reply = str(exc)
             if not reply.startswith(SLOT_ELSEWHERE):
                 raise
+            words = reply.split()
+            slot = self.connection_pool.sentinel_manager.slot
+            if words[0] in ("MOVED", "ASK") and words[1:2] != [str(slot)]:
+                # A key outside the deployment's hash tag: no failover will bring it here.
+                msg = f"a key outside the deployment's slot {slot} ({reply[:40]}): a msgq bug"
+                raise ResponseError(msg) from None
             await self.disconnect()
             msg = f"the deployment's slot is not served by {self.host}:{self.port} ({reply[:40]})"
             raise RedisConnectionError(msg) from None

@@ -6,14 +6,13 @@ import asyncio
 import sys
 import time
 
-from redis.asyncio import Redis
-
+from msgq.connections import connect
 from tests.conftest import KEYS
 from worker.ratelimit import Limits, RateLimiter
 
 
 async def hammer(url: str, tries: int, rpm: int, start_at: float) -> int:
-    async with Redis.from_url(url) as redis:
+    async with connect(url) as redis:
         limiter = RateLimiter(redis, KEYS, {"default": Limits(rpm=rpm)})
         await asyncio.sleep(max(0.0, start_at - time.time()))
         admitted = 0

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.stack import simulator_on_free_port
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
@@ -76,14 +77,14 @@ async def test_hostile_model_names_end_their_own_job_and_stop_no_one_else(
         raw_id = f"raw-{len(hostile)}"
         payload = {"t": 1, "f": "run_message", "a": [], "et": int(time.time() * 1000)}
         payload["k"] = {"request": body(model), "tenant": "bulk", "priority": "bulk"}
-        await redis.set(f"arq:job:{raw_id}", json.dumps(payload))
+        await redis.set(KEYS.arq_job_key(raw_id), json.dumps(payload))
         await redis.zadd(KEYS.sched_inbox, {raw_id: int(time.time() * 1000)})
         hostile.append(f"bulk:{raw_id}")  # a raw job naming a tenant is stored as tenant:id
     good = await client.submit(body(), tenant="acme")
     assert (await client.wait(good.id, timeout=20)).status is JobStatus.SUCCEEDED
 
     async def all_recorded() -> bool:  # raw jobs get their record when a worker takes them
-        return all([await redis.exists(f"msgq:job:{i}") for i in hostile])
+        return all([await redis.exists(KEYS.record_key(i)) for i in hostile])
 
     await eventually(all_recorded, timeout_s=30)
     ended = await _all_ended(client, hostile)
@@ -112,7 +113,7 @@ async def test_every_path_that_does_not_send_returns_its_reservation(
     )
     limiter = RateLimiter(redis, KEYS, {"haiku": Limits(rpm=6000)})
     dispatcher = Dispatcher(redis, JobStore.from_settings(redis, custom), custom, limiter)
-    async with Client(Redis.from_url(settings.redis_url), custom) as producer:
+    async with Client(connect(settings.redis_url), custom) as producer:
         ids = [(await producer.submit(body(), tenant="acme")).id for _ in range(12)]
         await dispatcher.tick()  # admitted: each holds a ticket, no worker runs yet
         assert await redis.zcard(KEYS.tickets_key) == 12
@@ -193,7 +194,7 @@ async def test_a_job_waiting_for_budget_in_the_scheduler_expires_at_its_deadline
     text = '[tenants.thrifty]\nbudget_usd_day = 0.0004\non_budget = "wait"\n'
     custom = settings.model_copy(update={"tenants_file": tenants_file(tmp_path, text)})
     await start_worker(custom)
-    async with Client(Redis.from_url(settings.redis_url), custom) as producer:
+    async with Client(connect(settings.redis_url), custom) as producer:
         first = await producer.submit(body(), tenant="thrifty")
         assert (await producer.wait(first.id, timeout=20)).status is JobStatus.SUCCEEDED
         deadline = datetime.now(UTC) + timedelta(seconds=2)
@@ -229,7 +230,7 @@ async def test_the_fleet_runs_more_than_100_calls_at_a_time(
     await start_worker(custom)
     await start_worker(custom)
     store = JobStore.from_settings(redis, custom)
-    async with Client(Redis.from_url(settings.redis_url), custom) as producer:
+    async with Client(connect(settings.redis_url), custom) as producer:
         submitted = await asyncio.gather(*(producer.submit(body(text=f"n{n}")) for n in range(400)))
         ids = [job.id for job in submitted]
         peak = 0
@@ -258,7 +259,7 @@ async def test_with_learned_limits_an_interactive_job_starts_within_seconds_behi
     custom = settings.model_copy(update={"anthropic_base_url": slow_simulator})
     await start_worker(custom)
     limiter = RateLimiter(redis, KEYS, {})
-    async with Client(Redis.from_url(settings.redis_url), custom) as producer:
+    async with Client(connect(settings.redis_url), custom) as producer:
         bulk = [(await producer.submit(body(text=f"b{n}"), priority="bulk")).id for n in range(400)]
 
         async def learned() -> bool:
@@ -297,11 +298,11 @@ async def test_fleet_policy_is_the_fleets_not_the_producers_environment(
     await start_worker(fleet)
 
     async def published() -> bool:
-        return await redis.exists("msgq:fleet:policy") == 1
+        return await redis.exists(KEYS.fleet_policy) == 1
 
     await eventually(published)
     producer_settings = fleet.model_copy(update={"scheduler": True, "tenants_file": None})
-    async with Client(Redis.from_url(settings.redis_url), producer_settings) as producer:
+    async with Client(connect(settings.redis_url), producer_settings) as producer:
         job = await producer.submit(body(), tenant="acme")
         assert job.record.priority == "interactive"
         assert job.record.callback_url == "http://127.0.0.1:9/hooks/acme"
@@ -331,7 +332,7 @@ async def test_in_flight_work_is_bounded_by_payload_bytes(
     )
     await start_worker(custom)
     store = JobStore.from_settings(redis, custom)
-    async with Client(Redis.from_url(settings.redis_url), custom) as producer:
+    async with Client(connect(settings.redis_url), custom) as producer:
         ids = [(await producer.submit(body(text=f"p{n}"))).id for n in range(6)]
         peak = 0
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from msgq.connections import connect
 from msgq.settings import Settings
 from tests.conftest import KEY_B, SAMPLES, Sim, StartWorker, eventually
 
@@ -16,11 +17,10 @@ BODY = json.loads((SAMPLES / "requests" / "text.json").read_text())
 
 async def queue_length(http: httpx.AsyncClient, settings: Settings) -> int:
     """Jobs waiting anywhere: arq's queue, or the fair-share scheduler's queues."""
-    from redis.asyncio import Redis
 
     from tests.conftest import KEYS
 
-    async with Redis.from_url(settings.redis_url) as redis:
+    async with connect(settings.redis_url) as redis:
         return int(await redis.zcard(settings.keys.queue)) + int(await redis.hlen(KEYS.sched_where))
 
 

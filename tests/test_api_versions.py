@@ -15,7 +15,7 @@ from msgq.client import Client
 from msgq.settings import Settings
 from msgq.tenancy.policy import publish as publish_policy
 from schemas import JobStatus, Lane
-from tests.conftest import KEY_A, SAMPLES, Sim, StartWorker, eventually
+from tests.conftest import KEY_A, KEYS, SAMPLES, Sim, StartWorker, eventually
 
 TEXT = json.loads((SAMPLES / "requests" / "text.json").read_text())
 WARM = {**TEXT, "temperature": 0.5}
@@ -217,7 +217,7 @@ async def test_raw_redis_job_names_its_version_and_betas(
     now = int(time.time() * 1000)
     k = {"request": TEXT, "anthropic_version": V2026, "betas": ["raw-beta-2025-01-01"]}
     job = {"t": 1, "f": "run_message", "a": [], "et": now, "k": k}
-    await redis.set("arq:job:raw-1", json.dumps(job))
+    await redis.set(KEYS.arq_job_key("raw-1"), json.dumps(job))
     await redis.zadd(settings.keys.queue, {"raw-1": now})
     await start_worker()
 

@@ -18,6 +18,7 @@ from msgq.audit import audit
 from msgq.caption.output import CaptionLog
 from msgq.caption.run import CaptionOptions, CaptionRun
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.stack import msgq_command
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
@@ -82,7 +83,7 @@ async def caption(tmp_path: Path, settings: Settings, lane: Lane, max_tokens: in
     )
     log = CaptionLog(options.out)
     try:
-        async with Redis.from_url(settings.redis_url) as redis:
+        async with connect(settings.redis_url) as redis:
             tally = await CaptionRun(redis, settings, options, log).run()
     finally:
         log.close()
@@ -111,7 +112,7 @@ async def test_same_captions_at_half_the_cost_with_no_messages_calls(
     assert {r["path"]: r["caption"] for r in batch} == {r["path"]: r["caption"] for r in realtime}
     ratio = sum(r["cost_usd"] for r in batch) / sum(r["cost_usd"] for r in realtime)
     assert ratio == pytest.approx(0.5, abs=0.01)
-    record = JobRecord.model_validate_json(await redis.get(f"msgq:job:{batch[0]['job_id']}"))
+    record = JobRecord.model_validate_json(await redis.get(KEYS.record_key(batch[0]["job_id"])))
     assert record.served_by is Lane.BATCH and record.upstream_batch_id in {
         b["id"] for b in upstream_batches(sim)
     }
@@ -290,7 +291,7 @@ async def test_lane_from_every_interface(
                 ).raise_for_status()
     submitted = submit_cli(settings, "--lane", "auto")
     lanes = {}
-    async for key in redis.scan_iter(match="msgq:job:*"):
+    async for key in redis.scan_iter(match=KEYS.prefix + "job:*"):
         record = JobRecord.model_validate_json(await redis.get(key))
         lanes[record.id] = record.lane
     assert lanes["tenant-a:" + job.json()["id"]] is Lane.BATCH
@@ -300,17 +301,17 @@ async def test_lane_from_every_interface(
 
     await redis.flushdb()
     raw = {"t": 1, "f": "run_message", "a": [], "et": 1, "k": {"request": TEXT, "lane": "batch"}}
-    await redis.set("arq:job:raw-1", orjson.dumps(raw))
+    await redis.set(KEYS.arq_job_key("raw-1"), orjson.dumps(raw))
     await redis.zadd(settings.keys.queue, {"raw-1": 1})
     configure(sim, processing_s=0.2)
     fast = settings.model_copy(update={"batch_max_wait_s": 0.2, "batch_poll_s": 0.2})
     await start_worker(fast)
 
     async def seen() -> bool:  # a raw producer's record is written by the worker
-        return bool(await redis.exists("msgq:job:raw-1"))
+        return bool(await redis.exists(KEYS.record_key("raw-1")))
 
     await eventually(seen)
-    async with Client(Redis.from_url(settings.redis_url), settings) as client:
+    async with Client(connect(settings.redis_url), settings) as client:
         record = await client.wait("raw-1", timeout=30)
     assert record.lane is Lane.BATCH and record.served_by is Lane.BATCH
     assert sim.received == 0
@@ -369,7 +370,7 @@ async def test_a_tenants_budget_holds_in_the_batch_lane(
     failed = await client.wait(refused.id, timeout=30)
     assert failed.status is JobStatus.FAILED and failed.error is not None
     assert failed.error.type == "budget_exceeded"
-    async with Redis.from_url(custom.redis_url) as redis:
+    async with connect(custom.redis_url) as redis:
 
         async def settled() -> bool:
             return not await redis.hlen(KEYS.lane_budgets)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from msgq.audit import audit
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.stack import msgq_command
 from msgq.settings import Settings
 from schemas import JobStatus, Lane
@@ -96,6 +96,6 @@ async def test_sigkill_at_each_crash_point_loses_and_repeats_nothing(
     sent = Counter(cid.rsplit("-", 1)[0] for b in batches(sim) for cid in b["custom_ids"])
     assert len(sent) == JOBS and set(sent.values()) == {1}, sent
     assert len(batches(sim)) == 1  # adopted, never re-created; or never created the first time
-    async with Redis.from_url(settings.redis_url) as redis:
+    async with connect(settings.redis_url) as redis:
         report = await audit(redis, KEYS)
     assert report.clean, report.as_dict()

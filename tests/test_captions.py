@@ -19,6 +19,7 @@ from msgq.caption.output import CaptionLog
 from msgq.caption.report import estimate
 from msgq.caption.run import CaptionOptions, CaptionRun, Tally
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.stack import msgq_command
 from msgq.settings import Settings
 from tests.conftest import KEYS, Sim, StartWorker, eventually
@@ -44,7 +45,7 @@ def rows(out: Path) -> list[dict[str, Any]]:
 async def caption(settings: Settings, inputs: list[Path | str], out: Path, **kw: Any) -> Tally:
     options = CaptionOptions(inputs=[str(i) for i in inputs], prompt=PROMPT, out=out, **kw)
     log = CaptionLog(out)
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url)
     try:
         return await CaptionRun(redis, settings, options, log).run()
     finally:
@@ -407,7 +408,7 @@ async def test_two_paths_with_the_same_bytes_are_one_job_and_two_rows(
     async def run(out: Path) -> Tally:
         options = CaptionOptions(inputs=[str(photos)], out=out, sidecar=True, window=window)
         log = CaptionLog(out)
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect(settings.redis_url)
         try:
             return await CaptionRun(redis, settings, options, log).run()
         finally:

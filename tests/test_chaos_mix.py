@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from msgq.audit import audit
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.embedded_redis import EmbeddedRedis, free_port
 from msgq.dev.stack import msgq_command, wait_http
 from msgq.settings import Settings
@@ -79,7 +80,7 @@ def spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
 
 
 async def counts(redis: Redis, ids: list[str]) -> Counter[str]:
-    raws = await redis.mget([f"msgq:job:{i}" for i in ids])
+    raws = await redis.mget([KEYS.record_key(i) for i in ids])
     return Counter(json.loads(r)["status"] if r else "missing" for r in raws)
 
 
@@ -108,8 +109,8 @@ async def test_mixed_faults_end_every_job_and_audit_clean(
     rng = random.Random(7)
     try:
         async with (
-            Client(Redis.from_url(server.url), custom) as client,
-            Redis.from_url(server.url) as redis,
+            Client(connect(server.url), custom) as client,
+            connect(server.url) as redis,
         ):
             ids = [(await client.submit(BODY)).id for _ in range(n)]
 

@@ -7,10 +7,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from msgq.audit import audit
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.stack import msgq_command
 from msgq.settings import Settings
 from schemas import JobStatus
@@ -60,7 +59,7 @@ async def test_sigkill_mid_request_is_recovered_by_another_worker(
     # The first call (answered or not, maybe billed) is in the timeline, found at the rerun.
     assert [(e.attempt, e.type) for e in record.attempt_errors] == [(1, "lost")]
     assert "lost mid-call (found at the next attempt)" in record.attempt_errors[0].message
-    async with Redis.from_url(settings.redis_url) as redis:
+    async with connect(settings.redis_url) as redis:
         assert (await audit(redis, KEYS)).clean
     events = [
         json.loads(line)

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from msgq.audit import audit
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.stack import msgq_command
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
@@ -45,7 +46,7 @@ async def admitted(redis: Redis, settings: Settings) -> list[str]:
 
 
 async def dispatcher_for(redis: Redis, settings: Settings, rpm: int) -> Dispatcher:
-    await redis.delete("msgq:ratelimit:haiku")
+    await redis.delete(KEYS.bucket_key("haiku"))
     limiter = RateLimiter(redis, KEYS, {"haiku": Limits(rpm=rpm)})
     return Dispatcher(redis, JobStore.from_settings(redis, settings), settings, limiter)
 
@@ -75,13 +76,13 @@ async def test_backlogged_tenants_share_tokens_by_weight(
         }
     )
     sizes = {"a": 100, "b": 400, "c": 200}
-    async with Client(Redis.from_url(settings.redis_url), custom) as client:
+    async with Client(connect(settings.redis_url), custom) as client:
         owner = {}
         for tenant, size in sizes.items():
             for _ in range(150):
                 job = await client.submit({**BODY, "max_tokens": size}, tenant=tenant)
                 owner[job.id] = tenant
-    await redis.delete("msgq:ratelimit:haiku")
+    await redis.delete(KEYS.bucket_key("haiku"))
     limiter = RateLimiter(redis, KEYS, {"haiku": Limits(otpm=40_000)})
     dispatcher = Dispatcher(redis, JobStore.from_settings(redis, custom), custom, limiter)
     for _ in range(10):
@@ -148,7 +149,7 @@ async def test_an_idle_tenant_banks_no_credit(
     for tenant in ("a", "b"):
         for _ in range(40):
             owner[(await client.submit(BODY, tenant=tenant)).id] = tenant
-    await redis.hset("msgq:ratelimit:haiku", "r", "20")  # room for 20 more now
+    await redis.hset(KEYS.bucket_key("haiku"), "r", "20")  # room for 20 more now
     await dispatcher.tick()
     share = Counter(owner[i] for i in await admitted(redis, settings))
     assert 20 <= sum(share.values()) <= 22  # the bucket refills a little while the test runs
@@ -161,7 +162,7 @@ async def test_ten_racers_never_take_a_tenant_past_its_budget(
     """Ten connections race to reserve $0.15 each against a $1 budget: six win, spend ≤ $1."""
     await redis.flushall()
     config = parse_tenants("[tenants.t]\nbudget_usd_day = 1.0\n").get("t")
-    racers = [Redis.from_url(settings.redis_url) for _ in range(10)]
+    racers = [connect(settings.redis_url) for _ in range(10)]
     try:
         outcomes = await asyncio.gather(
             *(Budgets(r, KEYS).reserve("t", config, 0.15) for r in racers for _ in range(2))
@@ -186,7 +187,7 @@ async def test_at_the_budget_jobs_wait_or_fail_per_config(
     )
     custom = settings.model_copy(update={"tenants_file": tenants_file(tmp_path, text)})
     await start_worker(custom)  # type: ignore[operator]
-    async with Client(Redis.from_url(settings.redis_url), custom) as client:
+    async with Client(connect(settings.redis_url), custom) as client:
         frugal = [(await client.submit(BODY, tenant="frugal")).id for _ in range(6)]
         patient = [(await client.submit(BODY, tenant="patient")).id for _ in range(6)]
         ended = [await client.wait(i, timeout=20) for i in frugal]

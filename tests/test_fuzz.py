@@ -238,11 +238,11 @@ async def test_raw_jobs_from_hostile_producers_all_end_recorded(
 
     async def all_recorded() -> bool:
         # Any ending counts: a hostile job can carry a valid deadline long past (`expired`).
-        raws = await redis.mget([f"msgq:job:{i}" for i in ids])
+        raws = await redis.mget([KEYS.record_key(i) for i in ids])
         return all(r and JobStatus(orjson.loads(r)["status"]).terminal for r in raws)
 
     await eventually(all_recorded, timeout_s=600)
-    records = [orjson.loads(r) for r in await redis.mget([f"msgq:job:{i}" for i in ids])]
+    records = [orjson.loads(r) for r in await redis.mget([KEYS.record_key(i) for i in ids])]
     assert len(records) == len(ids) >= RAW_CASES // 2
     assert all(r["error"]["message"] for r in records if r["status"] == "failed")
 

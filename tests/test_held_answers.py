@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from msgq.audit import audit
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.embedded_redis import EmbeddedRedis, free_port
 from msgq.settings import Settings
 from schemas import JobStatus
@@ -38,7 +39,7 @@ async def test_an_answer_held_through_a_redis_outage_is_stored_once(
     workers = [spawn(custom, log, MSGQ_ANSWER_HOLD_S="40") for log in logs]
     sim.script({"delay_s": 3})  # the call is in flight when Redis stops
     try:
-        async with Client(Redis.from_url(server.url), custom) as client:
+        async with Client(connect(server.url), custom) as client:
             job = await client.submit(BODY)
 
             async def in_flight() -> bool:
@@ -55,7 +56,7 @@ async def test_an_answer_held_through_a_redis_outage_is_stored_once(
             await asyncio.to_thread(server.start)
             back_at = datetime.now(UTC)
             record = await client.wait(job.id, timeout=30)
-            async with Redis.from_url(server.url) as redis:
+            async with connect(server.url) as redis:
                 assert (await audit(redis, KEYS)).clean
     finally:
         codes = stop_workers(*workers)
@@ -88,7 +89,7 @@ async def test_an_answer_given_up_is_noted_at_the_next_attempt(
     worker = spawn(custom, log, MSGQ_ANSWER_HOLD_S="1")
     sim.script({"delay_s": 3})
     try:
-        async with Client(Redis.from_url(server.url), custom) as client:
+        async with Client(connect(server.url), custom) as client:
             job = await client.submit(BODY)
 
             async def in_flight() -> bool:
@@ -129,7 +130,7 @@ async def test_a_call_in_flight_through_an_outage_is_not_sent_again(
     workers = [spawn(custom, log) for log in logs]
     sim.script({"delay_s": 12})
     try:
-        async with Client(Redis.from_url(server.url), custom) as client:
+        async with Client(connect(server.url), custom) as client:
             job = await client.submit(BODY)
 
             async def in_flight() -> bool:

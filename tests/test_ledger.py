@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from msgq.audit import audit
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.stack import msgq_command
 from msgq.ledger import budget_mismatches
 from msgq.settings import Settings
@@ -65,7 +66,7 @@ async def test_cancel_mid_call_gives_the_budget_back(
     custom = with_tenants(settings, tmp_path, PAYER)
     sim.script({"delay_s": 30})
     await start_worker(custom)
-    async with Client(Redis.from_url(settings.redis_url), custom) as client:
+    async with Client(connect(settings.redis_url), custom) as client:
         job = await client.submit(BIG, tenant="payer")
         await in_flight(sim)
         assert await spent_micro_usd(redis, "payer") > 0  # the reservation, while it runs
@@ -89,7 +90,7 @@ async def cut_then_rerun(
     sim.script({"delay_s": 30})
     first = spawn(custom, tmp_path / "a.log", **env)
     try:
-        async with Client(Redis.from_url(settings.redis_url), custom) as client:
+        async with Client(connect(settings.redis_url), custom) as client:
             job = await client.submit(BIG, tenant="payer")
             await in_flight(sim)
             first.send_signal(sig)
@@ -131,7 +132,7 @@ async def test_share_cap_bucket_is_settled_with_the_real_usage(
     custom = with_tenants(settings, tmp_path, text, **limits)
     await start_worker(custom)
     body = {"model": "claude-haiku-4-5", "max_tokens": 500, "messages": BIG["messages"]}
-    async with Client(Redis.from_url(settings.redis_url), custom) as client:
+    async with Client(connect(settings.redis_url), custom) as client:
         ids = [(await client.submit(body, tenant="shy")).id for _ in range(6)]
         records = [await client.wait(i, timeout=30) for i in ids]
     assert {r.status for r in records} == {JobStatus.SUCCEEDED}

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from msgq.audit import audit
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.simulator.state import mask_key
 from msgq.dev.stack import msgq_command
 from msgq.http.app import create_app
@@ -150,8 +151,8 @@ async def test_each_deployment_runs_only_its_own_jobs_under_its_own_api_key(
     await start_worker(two)
     ids = [f"same-{n}" for n in range(6)]
     async with (
-        Client(Redis.from_url(settings.redis_url), one) as c1,
-        Client(Redis.from_url(settings.redis_url), two) as c2,
+        Client(connect(settings.redis_url), one) as c1,
+        Client(connect(settings.redis_url), two) as c2,
     ):
         for job_id in ids:
             await c1.submit(body(f"for one {job_id}"), job_id=job_id)
@@ -177,9 +178,9 @@ async def test_a_worker_leaves_other_namespaces_jobs_alone_and_producers_are_war
     legacy = settings.model_copy(update={"queue_name": "msgq:other"})
     await start_worker(legacy)
     other = deployment(settings, "other")
-    async with Client(Redis.from_url(settings.redis_url), other) as c_other:
+    async with Client(connect(settings.redis_url), other) as c_other:
         await eventually(lambda: _alive(c_other))
-        async with Client(Redis.from_url(settings.redis_url), settings) as c_default:
+        async with Client(connect(settings.redis_url), settings) as c_default:
             assert await c_default.live_workers() == 0
     stranded = await asyncio.to_thread(
         subprocess.run,
@@ -237,7 +238,7 @@ async def test_raw_redis_producers_address_a_namespace_by_its_key_names(
         return await redis.exists("msgq@eu:job:raw-plain", "msgq@eu:job:acme:raw-acme") == 2
 
     await eventually(recorded, timeout_s=30)
-    async with Client(Redis.from_url(settings.redis_url), eu) as client:
+    async with Client(connect(settings.redis_url), eu) as client:
         for job_id in ("raw-plain", "acme:raw-acme"):
             record = await client.wait(job_id, timeout=30)
             assert record.status is JobStatus.SUCCEEDED, record.error
@@ -257,9 +258,9 @@ async def _alive(client: Client) -> bool:
 async def two_deployments(settings: Settings) -> AsyncIterator[tuple[Settings, Settings]]:
     """Namespace `one` with a job and spend of tenant acme, `two` with globex's; no workers."""
     one, two = deployment(settings, "one"), deployment(settings, "two")
-    async with Redis.from_url(settings.redis_url) as redis:
+    async with connect(settings.redis_url) as redis:
         for s, tenant, job_id in ((one, "acme", "job-of-one"), (two, "globex", "job-of-two")):
-            async with Client(Redis.from_url(settings.redis_url), s) as c:
+            async with Client(connect(settings.redis_url), s) as c:
                 await c.submit(body(f"{tenant}'s"), job_id=job_id, tenant=tenant)
             await Budgets(redis, s.keys).record(tenant, 1.25, HAIKU)
         yield one, two

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.stack import simulator_on_free_port
 from msgq.settings import Settings
 from schemas import JobStatus
@@ -47,7 +48,7 @@ def test_lua_limiter_never_over_admits_across_processes(redis_url: str) -> None:
 
 async def test_cooldown_from_one_worker_holds_back_another(redis_url: str) -> None:
     """A 429 cool-down set through one connection blocks acquisitions on another."""
-    async with Redis.from_url(redis_url) as one, Redis.from_url(redis_url) as two:
+    async with connect(redis_url) as one, connect(redis_url) as two:
         a, b = RateLimiter(one, KEYS, {}), RateLimiter(two, KEYS, {})
         assert (
             await b.acquire("claude-haiku-4-5", input_tokens=1, output_tokens=1, now_ms=now_ms())
@@ -63,7 +64,7 @@ async def test_cooldown_from_one_worker_holds_back_another(redis_url: str) -> No
 
 async def test_limits_learned_and_corrected_from_headers(redis_url: str) -> None:
     """No (or wrong) configured limits: response headers set capacity and remaining."""
-    async with Redis.from_url(redis_url) as redis:
+    async with connect(redis_url) as redis:
         limiter = RateLimiter(redis, KEYS, {"haiku": Limits(rpm=100_000)})
         model = "claude-haiku-4-5"
         assert (

@@ -36,12 +36,12 @@ async def test_a_raw_job_naming_a_tenant_is_stored_as_that_tenants_job(
     await start_worker()
 
     async def recorded() -> bool:  # a raw job's record is written when a worker takes it
-        return await redis.exists("msgq:job:tenant-a:order-44") == 1
+        return await redis.exists(KEYS.record_key("tenant-a:order-44")) == 1
 
     await eventually(recorded)
     record = await client.wait("tenant-a:order-44", timeout=20)
     assert record.status is JobStatus.SUCCEEDED and record.tenant == "tenant-a"
-    assert await redis.exists("msgq:job:order-44") == 0  # no second, tenant-less record
+    assert await redis.exists(KEYS.record_key("order-44")) == 0  # no second, tenant-less record
     answer = await api.get("/v1/jobs/order-44")  # tenant-a's key
     assert answer.status_code == 200 and answer.json()["status"] == "succeeded"
     assert sim.received == 1

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from msgq.audit import audit
 from msgq.batches import BatchMeta
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.embedded_redis import free_port
 from msgq.dev.stack import msgq_command, wait_http
 from msgq.jobs.store import JobStore
@@ -76,7 +77,7 @@ async def test_payload_missing_from_the_queue_is_requeued_and_runs(
 ) -> None:
     await redis.flushall()
     fifo = settings.model_copy(update={"scheduler": False})  # straight into arq's queue
-    async with Client(Redis.from_url(settings.redis_url), fifo) as plain:
+    async with Client(connect(settings.redis_url), fifo) as plain:
         job = await plain.submit(BODY)
     await redis.zrem(settings.keys.queue, job.id)  # the payload is there, the queue entry not
     reconciler = Reconciler(redis, store, settings)
@@ -195,8 +196,8 @@ async def test_batch_creation_is_all_or_nothing_under_sigkill(
         await redis.execute_command("CLIENT", "UNPAUSE")
         stop_process(api)
     print(f"killed with {seen[0]} commands of the transaction queued")
-    metas = [k async for k in redis.scan_iter(match="msgq:batch:*")]
-    jobs = [k async for k in redis.scan_iter(match="msgq:job:*", count=5000)]
+    metas = [k async for k in redis.scan_iter(match=KEYS.prefix + "batch:*")]
+    jobs = [k async for k in redis.scan_iter(match=KEYS.prefix + "job:*", count=5000)]
     assert (len(metas), len(jobs)) == (0, 0)
     assert await redis.dbsize() == before
     assert 0 < seen[0] < 20_000 * 4  # inside the write: each job takes more commands than 4

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from msgq.audit import audit
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.embedded_redis import EmbeddedRedis, free_port
 from msgq.dev.stack import msgq_command, wait_http
 from msgq.settings import Settings
@@ -76,7 +77,7 @@ def events(*logs: Path) -> list[dict[str, Any]]:
 
 
 async def statuses(redis: Redis, ids: list[str]) -> Counter[str]:
-    raws = await redis.mget([f"msgq:job:{i}" for i in ids])
+    raws = await redis.mget([KEYS.record_key(i) for i in ids])
     return Counter(json.loads(r)["status"] if r else "missing" for r in raws)
 
 
@@ -118,7 +119,7 @@ async def test_worker_sigkills_lose_nothing(
                 return (await statuses(redis, ids))["succeeded"] >= target
 
             await eventually(progressed, timeout_s=60)
-            raws = await redis.mget([f"msgq:job:{i}" for i in ids])
+            raws = await redis.mget([KEYS.record_key(i) for i in ids])
             in_flight = [
                 i
                 for i, r in zip(ids, raws, strict=True)
@@ -185,8 +186,8 @@ async def test_redis_restart_loses_no_acknowledged_job(
     n = 1000 if CHAOS else 300
     try:
         async with (
-            Client(Redis.from_url(server.url), custom) as client,
-            Redis.from_url(server.url) as redis,
+            Client(connect(server.url), custom) as client,
+            connect(server.url) as redis,
         ):
             ids = [(await client.submit(BODY)).id for _ in range(n)]
 

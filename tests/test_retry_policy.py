@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.http.app import create_app
 from msgq.jobs.records import ended
 from msgq.jobs.retry_policy import retry_verdict
@@ -57,7 +58,7 @@ async def test_a_budget_failure_keeps_its_request_and_a_retry_runs_it(
     custom = settings.model_copy(update={"tenants_file": tenants_file(tight, text)})
     store = JobStore.from_settings(redis, custom)
     dispatcher = Dispatcher(redis, store, custom, RateLimiter(redis, KEYS, {}))
-    async with Client(Redis.from_url(settings.redis_url), custom) as producer:
+    async with Client(connect(settings.redis_url), custom) as producer:
         job = await producer.submit(BODY, tenant="acme")
         await dispatcher.tick()
         failed = await producer.get(job.id)
@@ -73,7 +74,7 @@ async def test_a_budget_failure_keeps_its_request_and_a_retry_runs_it(
         update={"tenants_file": tenants_file(tmp_path, text.replace("0.0001", "100.0"))}
     )
     await start_worker(roomy)
-    async with Client(Redis.from_url(settings.redis_url), roomy) as producer:
+    async with Client(connect(settings.redis_url), roomy) as producer:
         fresh, why_not = await producer.retry_explained(job.id)
         assert fresh is not None and why_not == ""
         done = await producer.wait(job.id, timeout=20)

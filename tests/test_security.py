@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.embedded_redis import EmbeddedRedis
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
@@ -78,11 +79,11 @@ async def test_password_protected_redis_works_from_redis_url(
 
     secured = settings.model_copy(update={"redis_url": password_redis.url})
     await start_worker(secured)
-    async with Client(Redis.from_url(password_redis.url), secured) as client:
+    async with Client(connect(password_redis.url), secured) as client:
         job = await client.submit(BODY)
         assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
     anonymous = password_redis.url.replace(":s3cret-redis-pass@", "")
-    async with Client(Redis.from_url(anonymous), secured) as client:
+    async with Client(connect(anonymous), secured) as client:
         with pytest.raises((AuthenticationError, ResponseError)):
             await client.submit(BODY)
 

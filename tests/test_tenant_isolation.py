@@ -32,7 +32,7 @@ async def test_an_untenanted_job_in_a_tenants_namespace_is_not_that_tenants(
     """A raw-Redis job (no tenant) with ID `tenant-b:leak` runs and is stored as such; tenant b's
     GET, events and DELETE of `leak` answer 404: the record's tenant (none) is not b's."""
     payload = {"t": 1, "f": "run_message", "a": [], "k": {"request": BODY}, "et": 0}
-    await redis.set("arq:job:tenant-b:leak", json.dumps(payload))
+    await redis.set(KEYS.arq_job_key("tenant-b:leak"), json.dumps(payload))
     await redis.zadd(settings.keys.queue, {"tenant-b:leak": int(time.time() * 1000)})
     await start_worker()
 

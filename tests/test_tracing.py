@@ -148,7 +148,7 @@ async def test_raw_payload_trace_fields_are_continued(
     trace_id = "0af7651916cd43dd8448eb211c80319c"
     kwargs = {"request": TEXT, "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}
     payload = {"t": 1, "f": "run_message", "a": [], "k": kwargs, "et": int(time.time() * 1000)}
-    await redis.set("arq:job:raw-traced", json.dumps(payload))
+    await redis.set(KEYS.arq_job_key("raw-traced"), json.dumps(payload))
     await redis.zadd(settings.keys.queue, {"raw-traced": int(time.time() * 1000)})
     await start_worker()
 

@@ -145,7 +145,7 @@ async def test_sign_in_sets_a_strict_http_only_session_kept_in_redis(
     cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("msgq_ui="))
     flags = {part.strip().lower() for part in cookie.split(";")}
     assert {"httponly", "samesite=strict", "secure", "path=/ui"} <= flags
-    keys = [k async for k in redis.scan_iter("msgq:ui:session:*")]
+    keys = [k async for k in redis.scan_iter(KEYS.prefix + "ui:session:*")]
     assert len(keys) == 1 and 0 < await redis.ttl(keys[0]) <= 8 * 3600
     session_id = cookie.split(";")[0].split("=", 1)[1]
     assert session_id not in keys[0].decode()  # stored under its hash
@@ -164,7 +164,7 @@ async def test_wrong_key_or_stale_form_gets_no_session(ui: httpx.AsyncClient, re
     assert wrong.status_code == 401 and "not accepted" in wrong.text
     forged = await ui.post("/ui/login", data={"login_token": "forged", "api_key": KEY_A})
     assert forged.status_code == 403
-    assert [k async for k in redis.scan_iter("msgq:ui:session:*")] == []
+    assert [k async for k in redis.scan_iter(KEYS.prefix + "ui:session:*")] == []
     assert (await ui.get("/ui")).status_code == 303
 
 

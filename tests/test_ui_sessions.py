@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from msgq.http.app import create_app
 from msgq.settings import Settings
-from tests.conftest import KEY_A, KEY_B, eventually
+from tests.conftest import KEY_A, KEY_B, KEYS, eventually
 from tests.test_ui import ADMIN_KEY, sign_in
 
 
@@ -34,7 +34,7 @@ async def dashboard(
 
 
 async def sessions_in(redis: Redis) -> int:
-    return len([k async for k in redis.scan_iter("msgq:ui:session:*")])
+    return len([k async for k in redis.scan_iter(KEYS.prefix + "ui:session:*")])
 
 
 async def test_a_key_removed_from_the_keys_file_ends_its_session(
@@ -100,7 +100,7 @@ async def test_a_busy_session_ends_at_its_absolute_lifetime(
     async with dashboard(custom) as ui:
         await sign_in(ui, KEY_A)
         started = time.monotonic()
-        keys = [k async for k in redis.scan_iter("msgq:ui:session:*")]
+        keys = [k async for k in redis.scan_iter(KEYS.prefix + "ui:session:*")]
         assert len(keys) == 1 and 0 < await redis.ttl(keys[0]) <= 1
 
         async def ended() -> bool:

@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.errors import InvalidJobError
 from msgq.settings import Settings
 from msgq.webhooks.targets import refusal
@@ -65,7 +66,7 @@ async def test_metadata_behind_ipv6_is_refused_at_submission(
 ) -> None:
     """The metadata service reached through NAT64, 6to4, Teredo or an IPv4-compatible address:
     InvalidJobError naming callback_url, nothing enqueued."""
-    async with Client(Redis.from_url(settings.redis_url), settings) as client:
+    async with Client(connect(settings.redis_url), settings) as client:
         with pytest.raises(InvalidJobError, match=r"callback_url: .*cloud metadata"):
             await client.submit(BODY, callback_url=url)
     assert await redis.zcard(KEYS.index_key) == 0

@@ -29,6 +29,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from msgq.audit import audit
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.embedded_redis import free_port
 from msgq.dev.stack import msgq_command
 from msgq.errors import InvalidJobError
@@ -147,7 +148,7 @@ async def test_each_terminal_job_is_delivered_once_signed(
     raw_spec = {"request": BODY, "callback_url": f"{receiver.url}/hooks/raw"}
     now_ms = int(time.time() * 1000)
     payload = {"t": 1, "f": "run_message", "a": [], "k": raw_spec, "et": now_ms}
-    await redis.set("arq:job:raw-hook", json.dumps(payload))
+    await redis.set(KEYS.arq_job_key("raw-hook"), json.dumps(payload))
     await redis.zadd(settings.keys.queue, {"raw-hook": now_ms})
     ids.append("raw-hook")
     silent = (await client.submit(BODY)).id
@@ -331,7 +332,7 @@ async def test_refused_targets_are_refused_at_submission(
     """Private, metadata, loopback (a name resolving to it), CGNAT and non-http targets:
     InvalidJobError naming callback_url, and nothing is enqueued."""
     plain = settings.model_copy(update={"webhook_allow": None})
-    async with Client(Redis.from_url(settings.redis_url), plain) as client:
+    async with Client(connect(settings.redis_url), plain) as client:
         with pytest.raises(InvalidJobError, match=f"callback_url: .*{why}") as caught:
             await client.submit(BODY, callback_url=url)
     assert caught.value.errors is not None and caught.value.errors[0]["loc"] == "callback_url"

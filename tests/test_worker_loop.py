@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from msgq.arq_format import ABORT_KEY, IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, RETRY_KEY_PREFIX
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import KEYS, Sim, StartWorker, eventually
@@ -73,7 +74,7 @@ async def test_a_job_with_an_unreadable_key_is_refused_and_holds_up_no_other(
     its own claim fail (failed, with why) instead of failing the whole batch every poll, which
     would stop pick-up for the fleet."""
     plain = settings.model_copy(update={"scheduler": False})
-    async with Client(Redis.from_url(settings.redis_url), plain) as producer:
+    async with Client(connect(settings.redis_url), plain) as producer:
         bad = await producer.submit(BODY)
         good = await producer.submit(BODY)
         await redis.delete(JOB_KEY_PREFIX + bad.id)
