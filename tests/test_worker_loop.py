@@ -7,7 +7,6 @@ import time
 
 from redis.asyncio import Redis
 
-from msgq.arq_format import ABORT_KEY, IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX, RETRY_KEY_PREFIX
 from msgq.client import Client
 from msgq.connections import connect
 from msgq.settings import Settings
@@ -48,7 +47,7 @@ async def test_a_finished_job_leaves_nothing_of_the_queue_behind(
     for job in jobs:
         assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
     for job in jobs:
-        for prefix in (JOB_KEY_PREFIX, IN_PROGRESS_KEY_PREFIX, RETRY_KEY_PREFIX):
+        for prefix in (KEYS.job_key_prefix, KEYS.in_progress_key_prefix, KEYS.retry_key_prefix):
             assert not await redis.exists(prefix + job.id), prefix
         assert await redis.zscore(settings.keys.queue, job.id) is None
 
@@ -77,8 +76,8 @@ async def test_a_job_with_an_unreadable_key_is_refused_and_holds_up_no_other(
     async with Client(connect(settings.redis_url), plain) as producer:
         bad = await producer.submit(BODY)
         good = await producer.submit(BODY)
-        await redis.delete(JOB_KEY_PREFIX + bad.id)
-        await redis.hset(JOB_KEY_PREFIX + bad.id, "not", "a string")  # type: ignore[misc]
+        await redis.delete(KEYS.job_key_prefix + bad.id)
+        await redis.hset(KEYS.job_key_prefix + bad.id, "not", "a string")  # type: ignore[misc]
         await start_worker(plain)
         assert (await producer.wait(good.id, timeout=20)).status is JobStatus.SUCCEEDED
         failed = await producer.wait(bad.id, timeout=20)
@@ -95,7 +94,9 @@ async def test_a_claim_resent_after_its_reply_was_lost_gets_the_job_again(
     take it."""
     from worker.main import build_worker
 
-    await redis.set(JOB_KEY_PREFIX + "resent", b'{"t":1,"f":"run_message","a":[],"k":{},"et":1}')
+    await redis.set(
+        KEYS.job_key_prefix + "resent", b'{"t":1,"f":"run_message","a":[],"k":{},"et":1}'
+    )
     await redis.zadd(settings.keys.queue, {"resent": 1})
     worker = build_worker(settings, handle_signals=False)
     other = build_worker(settings, handle_signals=False)
@@ -136,11 +137,11 @@ async def test_old_abort_requests_are_pruned(
     """Abort requests are read every poll; one older than a minute (its job long gone) is
     dropped, a fresh one kept (arq's own prune never removed anything)."""
     now_ms = int(time.time() * 1000)
-    await redis.zadd(ABORT_KEY, {"stale": now_ms - 120_000, "fresh": now_ms})
+    await redis.zadd(KEYS.abort_key, {"stale": now_ms - 120_000, "fresh": now_ms})
     await start_worker()
 
     async def pruned() -> bool:
-        return await redis.zscore(ABORT_KEY, "stale") is None
+        return await redis.zscore(KEYS.abort_key, "stale") is None
 
     await eventually(pruned)
-    assert await redis.zscore(ABORT_KEY, "fresh") is not None
+    assert await redis.zscore(KEYS.abort_key, "fresh") is not None

@@ -102,6 +102,42 @@ class RedisCluster(ManagedServers):
         )
         self._wait(lambda: self._answers(port), 10.0, f"the server on port {port}")
 
+    def owner(self, slot: int) -> int | None:
+        """The port of the master serving `slot`, as the first live node answering says."""
+        for port in self.processes:
+            try:
+                answer = self._command(port, "CLUSTER SLOTS")
+            except redis.RedisError:
+                continue
+            for start, end, master, *_ in answer:
+                if int(start) <= slot <= int(end):
+                    return int(master[1])
+        return None
+
+    def wait_for_owner(self, slot: int, *, other_than: int, timeout_s: float = 30.0) -> int:
+        """Block until a master other than `other_than` serves `slot` and the cluster is ok
+        again (a replica promoted after a kill); its port."""
+
+        def promoted() -> bool:
+            owner = self.owner(slot)
+            return owner not in (None, other_than) and self._ok()
+
+        self._wait(promoted, timeout_s, f"a new master for slot {slot}")
+        owner = self.owner(slot)
+        assert owner is not None
+        return owner
+
+    def rejoin(self, port: int, *, timeout_s: float = 30.0) -> None:
+        """Restart a killed node with its cluster config: a master whose slots were taken over
+        comes back as a replica of the one that took them, and syncs from it."""
+        self.start_server(port)
+
+        def linked() -> bool:
+            info = self._command(port, "INFO", "replication")
+            return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+        self._wait(linked, timeout_s, f"port {port} replicating")
+
     def keys_per_master(self) -> dict[int, int]:
         """DBSIZE of each master: how the keyspace spread."""
         return {port: int(self._command(port, "DBSIZE")) for port in self.master_ports}
@@ -132,7 +168,7 @@ class RedisCluster(ManagedServers):
         return True
 
     def _ok(self) -> bool:
-        for port in self.ports:
+        for port in self.processes:
             if self._command(port, "CLUSTER INFO").get("cluster_state") != "ok":
                 return False
         return True
