@@ -146,9 +146,8 @@ def redis_settings(redis_url: str) -> RedisSettings:
     """arq's connection settings for a msgq Redis URL, `redis+sentinel://` included. For a
     cluster, only what arq shows (the first seed): msgq hands arq its own client."""
     if is_cluster_url(redis_url):
-        target = parse_cluster_url(redis_url)
-        host, port = target.seeds[0]
-        return RedisSettings(host=host, port=port, ssl=target.ssl, conn_retries=30)
+        host, port = parse_cluster_url(redis_url).seeds[0]
+        return RedisSettings(host=host, port=port, conn_retries=30)
     if connections.is_sentinel(redis_url):
         target = connections.parse_sentinel_url(redis_url)
         return RedisSettings(

@@ -141,7 +141,8 @@ class SlotOwner:
         for address in list(self.known):
             asked += 1
             try:
-                slots = await self._node(address).execute_command("CLUSTER", "SLOTS")
+                node = self._node(address)
+                slots = await node.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]  # untyped upstream
             except (RedisError, OSError):
                 continue
             owner = self._learn(slots, address[0])
@@ -218,5 +219,6 @@ def cluster_client(
     }
     pool_class = BoundedFailoverPool if "timeout" in kwargs else FailoverPool
     pool = pool_class(f"cluster slot {slot}", SlotOwner(target, slot), **kwargs)  # type: ignore[arg-type]  # SlotOwner answers what the pool asks of a Sentinel
-    client: R = redis_class.from_pool(pool)
+    client: R = redis_class(connection_pool=pool)
+    client.auto_close_connection_pool = True  # closing the client closes its pool
     return client

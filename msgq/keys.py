@@ -182,7 +182,7 @@ class Keyspace:
         return self.prefix + "done"
 
     @property
-    def replication_probe(self) -> str:  # pub/sub: a write for WAIT to count from
+    def replication_probe(self) -> str:  # a short-lived key: a write for WAIT to count from
         return self.prefix + "replicated"
 
     def progress_channel(self, job_id: str) -> str:

@@ -33,6 +33,7 @@ from msgq.dev.embedded_redis import EmbeddedRedis
 from msgq.dev.sentinel_cluster import SentinelCluster
 from msgq.dev.stack import msgq_command
 from msgq.errors import NotReplicatedError
+from msgq.keys import Keyspace
 from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import KEYS, Sim, StartWorker, eventually, stop_workers, worker_env
@@ -294,8 +295,8 @@ class Producer:
                 break
 
 
-async def _statuses(redis: Redis, ids: list[str]) -> Counter[str]:
-    raws = await redis.mget([KEYS.record_key(i) for i in ids])
+async def _statuses(redis: Redis, ids: list[str], keys: Keyspace = KEYS) -> Counter[str]:
+    raws = await redis.mget([keys.record_key(i) for i in ids])
     return Counter(json.loads(r)["status"] if r else "missing" for r in raws)
 
 
@@ -305,13 +306,13 @@ def _spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(msgq_command("worker"), env=env, stdout=out, stderr=out)
 
 
-async def _show_stuck(redis: Redis, ids: list[str] | None = None) -> None:
+async def _show_stuck(redis: Redis, ids: list[str] | None = None, keys: Keyspace = KEYS) -> None:
     """Print what a job that never ended holds in Redis, for the failure report."""
     if ids is None:
-        prefix = KEYS.record_key("")
+        prefix = keys.record_key("")
         ids = [k.decode()[len(prefix) :] async for k in redis.scan_iter(match=prefix + "*")]
     for job_id in ids:
-        raw = await redis.get(KEYS.record_key(job_id))
+        raw = await redis.get(keys.record_key(job_id))
         if raw is not None and json.loads(raw)["status"] not in ("succeeded", "missing"):
             keys = sorted(k.decode() for k in await redis.keys(f"*{job_id}*"))
             print(f"stuck {job_id}: {raw.decode()[:300]} keys={keys}")

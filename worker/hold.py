@@ -40,6 +40,18 @@ FIRST_RETRY_S = 0.1
 MAX_RETRY_S = 1.0  # Redis back: the answer is stored within this long
 
 
+class Replicas(NamedTuple):
+    """How many replicas must hold a stored answer, and how long one WAIT for them lasts."""
+
+    wanted: int
+    timeout_ms: int
+
+
+class NotOnPrimaryError(RedisError):
+    """The primary answering now has no terminal record for a job whose answer was written: the
+    write went to a primary that failed before any replica had it. Held and written again."""
+
+
 class Held(NamedTuple):
     """One answer held: whose, the API's request ID for it, its size."""
 
@@ -56,8 +68,9 @@ class AnswerHold:
     each one given up, so the job's next attempt on this worker says why the last one was lost
     (`unstored`; on another worker it reads as a worker lost mid-call)."""
 
-    def __init__(self, hold_s: float, max_bytes: int) -> None:
+    def __init__(self, hold_s: float, max_bytes: int, replicas: Replicas | None = None) -> None:
         self.hold_s, self.max_bytes = hold_s, max_bytes
+        self.replicas = replicas  # MSGQ_SUBMIT_MIN_REPLICAS: an answer is stored once they have it
         self.held_bytes = 0
         self.held = 0  # answers held right now
         self._unstored: OrderedDict[str, JobError] = OrderedDict()  # job ID -> why

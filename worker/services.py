@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from msgq.jobs.store import JobStore
 from msgq.model_catalog import CatalogReader
 from msgq.settings import Settings
-from worker.hold import AnswerHold
+from worker.hold import AnswerHold, Replicas
 from worker.job.concurrency import AdaptiveConcurrency
 from worker.ledger import Ledgers
 from worker.ratelimit import RateLimiter
@@ -37,7 +37,13 @@ class Services:
     def __post_init__(self) -> None:
         self.catalog = CatalogReader(self.redis, self.settings.keys)
         self.ledgers = Ledgers(self.redis, self.limiter)
-        self.held = AnswerHold(self.settings.answer_hold_s, self.settings.answer_hold_max_bytes)
+        settings = self.settings
+        replicas = Replicas(settings.submit_min_replicas, settings.submit_replica_timeout_ms)
+        self.held = AnswerHold(
+            settings.answer_hold_s,
+            settings.answer_hold_max_bytes,
+            replicas if replicas.wanted else None,
+        )
 
     @classmethod
     def build(cls, settings: Settings, redis: Redis) -> Services:

@@ -15,9 +15,10 @@ from msgq.jobs.kept import keep_spec_from_queue
 from msgq.jobs.records import utcnow
 from msgq.jobs.retry_policy import keeps_request
 from msgq.jobs.store import JobStore
+from msgq.replicas import replicas_and_terminal
 from schemas import JobError, JobRecord, JobStatus
 from worker import metrics
-from worker.hold import AnswerHold
+from worker.hold import AnswerHold, NotOnPrimaryError, Replicas
 
 log = structlog.get_logger("msgq.job")
 
@@ -109,15 +110,33 @@ async def finish_durably(
 ) -> JobRecord | None:
     """`finish` for an answer that was paid for: while Redis is unreachable the answer is held
     and the write retried (`worker.hold`, up to `MSGQ_ANSWER_HOLD_S`), because giving up means
-    the job runs, and is billed, again."""
+    the job runs, and is billed, again. With `MSGQ_SUBMIT_MIN_REPLICAS`, the write counts once
+    the primary that answers after it holds the terminal record (a primary that failed before
+    its replica had the write lost it) and replicas are waited for; fewer of them than asked
+    (none up) is logged, `job.answer_not_replicated`, not held."""
+    job_id = _split(job)[0]
 
     async def write() -> JobRecord | None:
         # After an outage the record may have moved on: the compare-and-set then falls back to
         # a fresh read (`JobStore.update`), and a terminal record found there stays as it is.
-        return await finish(store, job, status, expected=expected, current=current, **fields)
+        stored = await finish(store, job, status, expected=expected, current=current, **fields)
+        if hold.replicas is not None and stored is not None:
+            await _on_replicas(store, job_id, hold.replicas)
+        return stored
 
     answer, request_id = fields.get("result"), fields.get("upstream_request_id")
-    return await hold.store(write, answer, job_id=_split(job)[0], request_id=request_id)
+    return await hold.store(write, answer, job_id=job_id, request_id=request_id)
+
+
+async def _on_replicas(store: JobStore, job_id: str, replicas: Replicas) -> None:
+    acked, terminal = await replicas_and_terminal(
+        store.redis, store.keys, job_id, replicas=replicas.wanted, timeout_ms=replicas.timeout_ms
+    )
+    if not terminal:
+        msg = f"job {job_id}: the terminal record is not on the primary answering now"
+        raise NotOnPrimaryError(msg)
+    if acked < replicas.wanted:
+        log.warning("job.answer_not_replicated", job_id=job_id, replicas=acked)
 
 
 def _log_finished(record: JobRecord) -> None:

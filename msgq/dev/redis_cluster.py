@@ -134,7 +134,7 @@ class RedisCluster(ManagedServers):
 
         def linked() -> bool:
             info = self._command(port, "INFO", "replication")
-            return info.get("role") == "slave" and info.get("master_link_status") == "up"
+            return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
 
         self._wait(linked, timeout_s, f"port {port} replicating")
 

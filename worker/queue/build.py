@@ -10,7 +10,6 @@ from arq import func
 from arq.connections import ArqRedis
 
 from msgq import connections
-from msgq.cluster import is_cluster_url
 from msgq.arq_format import (
     ARQ_MAX_TRIES,
     NO_EXPIRY_MS,
@@ -20,8 +19,10 @@ from msgq.arq_format import (
     redis_settings,
     serialize,
 )
+from msgq.cluster import is_cluster_url
 from msgq.keys import Keyspace
 from msgq.settings import Settings
+from worker.queue.claim import ClaimReplicas
 from worker.queue.hooks import Hooks
 from worker.queue.loop import MsgqWorker
 
@@ -98,5 +99,10 @@ def build_worker(
         hooks=hooks,
         keys=settings.keys,
         max_inflight_bytes=settings.max_inflight_bytes,
+        claim_replicas=ClaimReplicas(
+            settings.submit_min_replicas, settings.submit_replica_timeout_ms
+        )
+        if settings.submit_min_replicas
+        else None,
         **options,
     )

@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from msgq.keys import Keyspace
+
+log = structlog.get_logger("msgq.worker")
 
 # Claims several jobs in one round trip. KEYS: the queue, the abort ZSET, then for each job its
 # in-progress lock, payload and try counter followed by the caller's prefetch keys. ARGV: now ms,
@@ -56,8 +60,8 @@ return out
 # entries to look at at most, now ms, the in-progress lock key prefix. Running jobs stay in arq's
 # queue until they end (so a dead worker's job is found again), so the oldest entries are mostly
 # running ones on a busy fleet: they are skipped here, server-side, rather than filling the read.
-# The lock keys are built from the prefix, the deployment's (msgq runs on one Redis or a
-# Sentinel-watched primary, never a Cluster, so a script may touch keys it did not declare).
+# The lock keys are built from the prefix, the deployment's: on a Redis Cluster every key of a
+# deployment carries its hash tag (msgq.cluster), so they are in the slot the queue declares.
 DUE_UNHELD = """
 local want, limit, now, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local out, offset, chunk = {}, 0, 512
@@ -78,6 +82,30 @@ DUE_SCAN_LIMIT = 100_000  # entries one poll looks at, at most (running jobs are
 PREFETCH_READS = frozenset({"GET", "GETDEL", "EXISTS"})
 
 Prefetch = Callable[[str], Sequence[tuple[str, str]]]
+
+
+@dataclass
+class ClaimReplicas:
+    """Send a claimed job only once `count` replicas hold its claim (`MSGQ_SUBMIT_MIN_REPLICAS`):
+    a claim lost with a failed primary would let another worker claim, and send, the job again.
+    Waited for up to `timeout_ms`; past that the jobs are sent anyway (a fleet never stops for a
+    missing replica) and `job.claim_not_replicated` says so, once until replicas catch up."""
+
+    count: int
+    timeout_ms: int
+    short: bool = False
+
+    async def claim(self, script: Any, pool: Any, keys: list[str], args: list[Any]) -> Any:
+        # WAIT counts the writes of its own connection: the claim and WAIT share a pipeline.
+        async with pool.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.count, self.timeout_ms)
+            replies, acked = await pipe.execute()
+        short = int(acked) < self.count
+        if short and not self.short:
+            log.warning("job.claim_not_replicated", replicas=int(acked), wanted=self.count)
+        self.short = short
+        return replies
 
 
 @dataclass

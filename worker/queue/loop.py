@@ -24,6 +24,7 @@ from worker.queue.claim import (
     DUE_UNHELD,
     PREFETCH_READS,
     Claim,
+    ClaimReplicas,
     QueueJob,
     _claim,
 )
@@ -64,6 +65,7 @@ class MsgqWorker(Worker):
         hooks: Hooks,
         keys: Keyspace,
         max_inflight_bytes: int = 2**62,
+        claim_replicas: ClaimReplicas | None = None,
         reconnect_settle_s: float = SETTLE_AFTER_OUTAGE_S,
         **kwargs: Any,
     ) -> None:
@@ -84,6 +86,7 @@ class MsgqWorker(Worker):
         # finds its own lock and gets the job again instead of leaving it locked for `lock_s`.
         self._token = uuid.uuid4().hex
         self._claim: Any = None  # registered on the pool once arq has made it
+        self._claim_replicas = claim_replicas
         self._beat: asyncio.Task[None] | None = None
         self._claimed = 0  # jobs this worker has claimed and started
         self._due: str | None = None  # the due-scan script's SHA, loaded on first use
@@ -225,7 +228,10 @@ class MsgqWorker(Worker):
         lock_ms = int(self.in_progress_timeout_s * 1000)
         ops = self._prefetch_ops
         args = [timestamp_ms(), lock_ms, self._token, len(ops), *ops, *job_ids]
-        replies = await self._claim(keys=keys, args=args)
+        if self._claim_replicas is None:
+            replies = await self._claim(keys=keys, args=args)
+        else:
+            replies = await self._claim_replicas.claim(self._claim, self.pool, keys, args)
         return [None if reply is None else _claim(reply) for reply in replies]
 
     def _give_back_slot(self) -> None:
