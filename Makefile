@@ -5,10 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test lint format typecheck all clean bench chaos lock docs
+.PHONY: help setup demo test test-cluster lint format typecheck all clean bench chaos lock docs
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 # The versions the suite passed with: requirements.lock (every extra + the test tools).
 $(STAMP): pyproject.toml requirements.lock
@@ -31,6 +31,19 @@ demo: $(STAMP)  ## start Redis + simulator + worker, run the four sample jobs an
 
 test: $(STAMP)  ## the whole suite: starts its own Redis and simulator
 	$(BIN)/pytest
+
+# The core suite once more on a real 3-master Redis Cluster (tests/conftest.py starts it):
+# submit by client, CLI, HTTP and raw Redis; the drop-in; tenants and budgets; the batch lane;
+# webhooks; cancel, retry, deadlines; the ledger; audit.
+CLUSTER_SUITE := tests/test_job_life.py tests/test_api.py tests/test_cli.py \
+	tests/test_raw_tenant.py tests/test_tenants.py tests/test_tenant_isolation.py \
+	tests/test_retries.py tests/test_ledger.py tests/test_admission.py \
+	tests/test_dropin_sdk.py tests/test_dropin_life.py tests/test_batch_lane.py \
+	tests/test_webhooks.py tests/test_reconcile_audit.py tests/test_worker_loop.py \
+	tests/test_every_job_ends.py
+
+test-cluster: $(STAMP)  ## the core suite on a real 3-master Redis Cluster (redis+cluster://)
+	TEST_REDIS_CLUSTER=1 $(BIN)/pytest $(CLUSTER_SUITE)
 
 docs: $(STAMP)  ## build the docs site into site/ (reference pages generated from the code; strict)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
@@ -56,5 +69,5 @@ clean:  ## remove the venv, caches and local data
 bench: $(STAMP)  ## benchmarks against baselines in the same run; writes BENCHMARKS.md (~30 min)
 	$(BIN)/python -m bench.run
 
-chaos: $(STAMP)  ## the long fault runs: 2,000-job crash run, Redis restart, mixed faults + audit, 10,000 fuzz cases, 1,000-job Sentinel failover, 100,000-job index soak
-	MSGQ_CHAOS=1 $(BIN)/pytest -s tests/test_reliability.py tests/test_chaos_mix.py tests/test_fuzz.py tests/test_sentinel.py tests/test_soak_indexes.py
+chaos: $(STAMP)  ## the long fault runs: 2,000-job crash run, Redis restart, mixed faults + audit, 10,000 fuzz cases, 1,000-job Sentinel and Cluster failovers, 100,000-job index soak
+	MSGQ_CHAOS=1 $(BIN)/pytest -s tests/test_reliability.py tests/test_chaos_mix.py tests/test_fuzz.py tests/test_sentinel.py tests/test_cluster_failover.py tests/test_soak_indexes.py

@@ -39,8 +39,8 @@ from bench.harness import (
     workers,
 )
 from msgq.client import Client
+from msgq.connections import connect
 from msgq.jobs.store import JobStore
-from msgq.keys import keyspace
 from msgq.settings import Settings
 from msgq.tenancy.scheduling import resume_fleet
 from schemas import JobStatus
@@ -80,9 +80,10 @@ async def aiohttp_run(
 
 async def _submit_paused(redis_url: str, requests: list[dict[str, Any]], **kw: Any) -> list[str]:
     """Jobs queued while the fleet is paused, so the clock measures draining, not submitting."""
-    async with Redis.from_url(redis_url) as redis:
-        await redis.set(keyspace().pause_key, "bench: filling the queue")
-        client = Client(redis, Settings(_env_file=None, redis_url=redis_url))
+    settings = Settings(_env_file=None, redis_url=redis_url)  # a cluster URL too
+    async with connect(settings.redis_url) as redis:
+        await redis.set(settings.keys.pause_key, "bench: filling the queue")
+        client = Client(redis, settings)
         ids: list[str] = []
         for chunk in range(0, len(requests), 500):
             batch = requests[chunk : chunk + 500]
@@ -92,11 +93,12 @@ async def _submit_paused(redis_url: str, requests: list[dict[str, Any]], **kw: A
 
 async def _drain(redis_url: str, ids: list[str]) -> float:
     """Lift the pause and wait for every job to end: seconds from the lift."""
-    async with Redis.from_url(redis_url) as redis, redis.pubsub() as pubsub:
-        await pubsub.subscribe(keyspace().done_channel)
+    keys = Settings(_env_file=None, redis_url=redis_url).keys
+    async with connect(redis_url) as redis, redis.pubsub() as pubsub:
+        await pubsub.subscribe(keys.done_channel)
         pending = set(ids)
         started = time.perf_counter()
-        await resume_fleet(redis)  # as `msgq resume` does: the dispatcher is woken
+        await resume_fleet(redis, keys)  # as `msgq resume` does: the dispatcher is woken
         deadline = time.monotonic() + 1800
         while pending and time.monotonic() < deadline:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
@@ -228,7 +230,7 @@ async def fair_share_learned(
                 Client.from_url(server.url, settings) as client,
                 Redis.from_url(server.url) as redis,
             ):
-                await resume_fleet(redis)
+                await resume_fleet(redis, settings.keys)
                 await asyncio.sleep(15)  # the limit is learned and the bulk backlog flows
                 urgent = []
                 for i in range(interactive):

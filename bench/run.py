@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from bench import batch_lane, fair_share, peers, real_load
+from bench import batch_lane, cluster, fair_share, peers, real_load
 from bench.baseline import raw_httpx_run, sdk_semaphore_run
 from bench.ceiling import otlp_sink
 from bench.ceiling import report as ceiling_report
@@ -350,6 +350,8 @@ async def main() -> None:
         )
     console.rule("11. peers: arq, Celery, BullMQ, LiteLLM's proxy, each in its own environment")
     await peers.report(tmp, table)
+    console.rule("12. Redis Cluster beside one node")
+    await cluster.report(tmp, table)
 
 
 if __name__ == "__main__":

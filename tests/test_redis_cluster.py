@@ -1,20 +1,41 @@
-"""Redis Cluster (issue 32, first part): a real 3-master cluster from the bundled binary, and
-msgq saying plainly at start that it does not run on one yet, whichever way it is named."""
+"""Redis Cluster (issue 32): a real 3-master cluster from the bundled binary; msgq on it, named
+`redis+cluster://` (a deployment's keys in one hash slot, on the master serving it); a plain
+URL to a cluster node refused at start in one line. `make test-cluster` runs the core suite on
+such a cluster, and test_cluster_failover kills the slot's master mid-run."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from redis.asyncio.cluster import RedisCluster as ClusterClient
+from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
+from msgq.client import Client
+from msgq.cluster import parse_cluster_url, slot_of
+from msgq.connections import connect
 from msgq.dev import redis_cluster
 from msgq.dev.redis_cluster import RedisCluster
 from msgq.dev.stack import msgq_command
+from msgq.keys import keyspace
+from msgq.settings import Settings
+from schemas import JobStatus
+from tests.conftest import Sim, StartWorker
+
+BODY = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 20,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+KEYS_ON_CLUSTER = keyspace(clustered=True)
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +83,71 @@ def test_a_plain_url_to_a_cluster_node_fails_at_start_in_one_line(
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == [
-        "msgq: REDIS_URL reaches a node of a Redis Cluster (cluster_enabled:1). msgq does not "
-        "run on Redis Cluster yet: give it one Redis node or a Sentinel-watched primary "
-        "(redis://, rediss://, unix://, redis+sentinel://); see docs/operations/redis-cluster.md"
+        "msgq: REDIS_URL reaches a node of a Redis Cluster (cluster_enabled:1): name a cluster as "
+        "REDIS_URL=redis+cluster://host:port[,host:port...] (rediss+cluster:// with TLS); "
+        "see docs/operations/redis-cluster.md"
     ]
 
 
-def test_the_cluster_scheme_is_refused_in_one_line(cluster: RedisCluster, tmp_path: Path) -> None:
-    done = worker(cluster.url, tmp_path)
-    assert done.returncode != 0
-    assert "msgq does not run on Redis Cluster yet" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_cluster_urls_parse_and_bad_ones_are_refused() -> None:
+    target = parse_cluster_url("rediss+cluster://app:p%40ss@a.example:7000,[::1],b/0")
+    assert target.seeds == (("a.example", 7000), ("::1", 6379), ("b", 6379))
+    assert (target.username, target.password, target.ssl) == ("app", "p@ss", True)
+    assert not parse_cluster_url("redis+cluster://h").ssl
+    for bad, says in [
+        ("redis+cluster:///0", "at least one node"),
+        ("redis+cluster://h:6379/2", "one database (0)"),
+        ("redis+cluster://h:port", "host or host:port"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(says)):
+            parse_cluster_url(bad)
+    with pytest.raises(ValidationError, match=re.escape("one database (0)")):
+        Settings(_env_file=None, redis_url="redis+cluster://h:6379/3")
+
+
+def test_a_deployments_keys_share_one_slot_on_a_cluster_and_keep_their_names_on_one_node() -> None:
+    one_node, clustered = keyspace("team-a"), keyspace("team-a", clustered=True)
+    assert one_node.record_key("j1") == "msgq@team-a:job:j1"
+    assert clustered.record_key("j1") == "{msgq@team-a}:job:j1"
+    assert clustered.arq_job_key("j1") == "{msgq@team-a}:arq:job:j1"
+    assert keyspace().arq_job_key("j1") == "arq:job:j1"  # the default namespace, unchanged
+    names = [clustered.queue, clustered.record_key("x"), clustered.bucket_key("haiku")]
+    names += [clustered.ledger_key("x"), clustered.lane_batch_key("h"), clustered.abort_key]
+    assert {key_slot(name.encode()) for name in names} == {slot_of(clustered.prefix)}
+    assert slot_of(clustered.prefix) != slot_of(keyspace(clustered=True).prefix)
+    settings = Settings(_env_file=None, redis_url="redis+cluster://h:1", namespace="team-a")
+    assert settings.keys == clustered
+
+
+async def test_a_worker_on_the_cluster_runs_jobs_on_the_master_serving_its_slot(
+    cluster: RedisCluster, settings: Settings, sim: Sim, start_worker: StartWorker
+) -> None:
+    """Every entry point names the cluster the same way; the keys all land on one master."""
+    on_cluster = settings.model_copy(update={"redis_url": cluster.url})
+    await start_worker(on_cluster)
+    async with Client(connect(on_cluster), on_cluster) as client:
+        jobs = [await client.submit(BODY) for _ in range(10)]
+        ended = [await client.wait(job.id, timeout=30) for job in jobs]
+    assert {record.status for record in ended} == {JobStatus.SUCCEEDED}
+    spread = cluster.keys_per_master()
+    assert sorted(spread.values())[:2] == [0, 0]  # one master holds the deployment
+    assert cluster.owner(slot_of(on_cluster.keys.prefix)) in [
+        port for port, count in spread.items() if count
+    ]
+
+
+def test_a_key_outside_the_deployments_slot_is_a_clear_error_at_once(
+    cluster: RedisCluster,
+) -> None:
+    """A key built outside the keyspace would be answered MOVED forever: said at once."""
+
+    async def stray() -> None:
+        async with connect(cluster.url, failover_wait_s=30) as redis:
+            await redis.set(KEYS_ON_CLUSTER.record_key("fine"), 1)
+            with pytest.raises(ResponseError, match="outside the deployment's slot"):
+                await asyncio.wait_for(redis.get("no-tag:stray"), timeout=5)
+
+    asyncio.run(stray())
 
 
 def test_a_cluster_starts_on_ports_above_55535(

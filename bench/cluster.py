@@ -1,0 +1,174 @@
+"""Redis Cluster beside one node, in the same run (issue 32): the same jobs, the same simulator,
+one worker, once on one Redis node and once on a 3-master cluster from the same binary.
+
+For each: jobs/s with 512 calls in flight at 3 s a call (the worker's CPU per job beside it),
+the Redis CPU per job (the busiest master's on the cluster) and how the job keys spread over
+the masters, Redis commands per second of an idle worker, and Redis memory per queued job and
+per stored record. On a cluster msgq keeps a deployment in one hash slot (`msgq.cluster`), so
+the figures say what that costs and what it does not spread yet.
+
+`python -m bench.cluster` runs it alone (about 2 minutes); `make bench` runs it with the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis as redis_sync
+
+from bench.harness import process_cpu_s, redis_server, simulator, text_request, workers
+from bench.real_load import LATENCY_MS, TOP_TIER, _drain, _submit_paused
+from msgq.dev.redis_cluster import RedisCluster
+
+Table = Callable[[str, list[str], list[list[Any]]], None]
+IDLE_S = 10.0
+
+
+class Nodes:
+    """The masters that hold msgq's keys (one node, or every master of the cluster)."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+
+    def info(self, field: str) -> list[float]:
+        values = []
+        for port in self.ports:
+            with redis_sync.Redis(port=port) as node:
+                info = node.info()
+                values.append(float(info.get(field, 0)))
+        return values
+
+    def cpu_s(self) -> list[float]:
+        with_sys = zip(self.info("used_cpu_sys"), self.info("used_cpu_user"), strict=True)
+        return [sys_s + user_s for sys_s, user_s in with_sys]
+
+    def keys(self) -> list[int]:
+        counts = []
+        for port in self.ports:
+            with redis_sync.Redis(port=port) as node:
+                counts.append(int(node.dbsize()))
+        return counts
+
+
+@contextmanager
+def one_node(tmp: Path) -> Iterator[tuple[str, Nodes]]:
+    with redis_server(tmp / "node") as server:
+        yield server.url, Nodes([server.port])
+
+
+@contextmanager
+def three_masters(tmp: Path) -> Iterator[tuple[str, Nodes]]:
+    with RedisCluster(tmp / "cluster") as cluster:
+        yield cluster.url, Nodes(cluster.master_ports)
+
+
+async def measure(url: str, nodes: Nodes, sim: str, n: int, concurrency: int) -> dict[str, Any]:
+    requests = [
+        {**text_request(60), "messages": [{"role": "user", "content": f"call {i}"}]}
+        for i in range(n)
+    ]
+    env = {"MSGQ_MAX_JOBS": str(concurrency), "MSGQ_UVLOOP": "true"}
+    env["MSGQ_STREAM_MIN_MAX_TOKENS"] = str(10**9)
+    with workers(1, url, sim, **env) as procs:
+        await _drain(url, await _submit_paused(url, requests[:8]))  # warm: limits learned
+        await asyncio.sleep(2)
+        commands0 = sum(nodes.info("total_commands_processed"))
+        await asyncio.sleep(IDLE_S)
+        idle = (sum(nodes.info("total_commands_processed")) - commands0) / IDLE_S
+        memory0 = sum(nodes.info("used_memory"))
+        ids = await _submit_paused(url, requests)
+        queued = (sum(nodes.info("used_memory")) - memory0) / n
+        keys_queued = nodes.keys()
+        cpu0, redis0 = process_cpu_s(procs[0].pid), nodes.cpu_s()
+        elapsed = await _drain(url, ids)
+        cpu_ms = (process_cpu_s(procs[0].pid) - cpu0) * 1000 / n
+        redis_ms = [
+            (after - before) * 1000 / n for before, after in zip(redis0, nodes.cpu_s(), strict=True)
+        ]
+        stored = (sum(nodes.info("used_memory")) - memory0) / n
+    return {
+        "rate": n / elapsed,
+        "worker_ms": cpu_ms,
+        "redis_ms": redis_ms,
+        "idle": idle,
+        "queued": queued,
+        "stored": stored,
+        "spread": keys_queued,
+    }
+
+
+def _spread(counts: list[int]) -> str:
+    total = sum(counts) or 1
+    return " / ".join(f"{100 * c / total:.0f}%" for c in counts)
+
+
+async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512) -> None:
+    with simulator(*TOP_TIER, "--latency-ms", str(LATENCY_MS)) as sim:
+        with one_node(tmp) as (url, nodes):
+            node = await measure(url, nodes, sim, n, concurrency)
+        with three_masters(tmp) as (url, nodes):
+            cluster = await measure(url, nodes, sim, n, concurrency)
+    load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    busiest = max(cluster["redis_ms"])
+    table(
+        f"Redis Cluster beside one node: one worker, {n} jobs, {concurrency} in flight, "
+        f"{LATENCY_MS / 1000:.0f} s a call (load average after: {load})",
+        [
+            "Redis",
+            "jobs/s",
+            "÷ one node",
+            "worker CPU ms/job",
+            "Redis CPU ms/job (busiest)",
+            "busiest ÷ one node",
+            "job keys per master",
+        ],
+        [
+            [
+                "one node",
+                round(node["rate"], 1),
+                "1.00",
+                f"{node['worker_ms']:.2f}",
+                f"{node['redis_ms'][0]:.3f}",
+                "1.00",
+                "100%",
+            ],
+            [
+                "3-master cluster",
+                round(cluster["rate"], 1),
+                f"{cluster['rate'] / node['rate']:.2f}",
+                f"{cluster['worker_ms']:.2f}",
+                f"{busiest:.3f}",
+                f"{busiest / node['redis_ms'][0]:.2f}",
+                _spread(cluster["spread"]),
+            ],
+        ],
+    )
+    table(
+        "Idle worker and memory, one node beside the cluster (same run)",
+        ["Redis", "idle worker: Redis commands/s", "bytes per queued job", "bytes per record"],
+        [
+            [name, round(r["idle"], 1), round(r["queued"]), round(r["stored"])]
+            for name, r in (("one node", node), ("3-master cluster", cluster))
+        ],
+    )
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    print(f"\n{title}\n" + " | ".join(columns))
+    for row in rows:
+        print(" | ".join(str(c) for c in row))
+
+
+if __name__ == "__main__":
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
+    started = time.monotonic()
+    asyncio.run(report(Path(tempfile.mkdtemp(prefix="msgq-cluster-")), _print_table, count))
+    print(f"\n({time.monotonic() - started:.0f} s)")
