@@ -21,3 +21,9 @@ def test_the_password_goes_in_the_environment_not_the_command_line() -> None:
     args, env = cli_arguments("rediss://ops:s3cret@redis.example:6380/2")
     assert args == ["-h", "redis.example", "-p", "6380", "--tls", "-n", "2", "--user", "ops"]
     assert env == {"REDISCLI_AUTH": "s3cret"}
+
+
+def test_on_a_cluster_it_follows_redirects_from_the_first_node() -> None:
+    args, env = cli_arguments("rediss+cluster://ops:s3cret@a.example:7000,b.example:7001")
+    assert args == ["-c", "-h", "a.example", "-p", "7000", "--tls", "--user", "ops"]
+    assert env == {"REDISCLI_AUTH": "s3cret"}

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import click
 
+from msgq.cluster import is_cluster_url, parse_cluster_url
 from msgq.settings import Settings
 
 
@@ -26,6 +27,12 @@ def cli_binary() -> str:
 
 def cli_arguments(url: str) -> tuple[list[str], dict[str, str]]:
     """(valkey-cli options, environment additions) that reach the server `url` names."""
+    if is_cluster_url(url):  # the first seed node; -c follows the cluster's redirects
+        target = parse_cluster_url(url)
+        host, port = target.seeds[0]
+        args = ["-c", "-h", host, "-p", str(port), *(["--tls"] if target.ssl else [])]
+        args += ["--user", target.username] if target.username else []
+        return args, {"REDISCLI_AUTH": target.password} if target.password else {}
     parts = urlsplit(url)
     if parts.scheme == "unix":
         args = ["-s", unquote(parts.path)]
@@ -36,8 +43,8 @@ def cli_arguments(url: str) -> tuple[list[str], dict[str, str]]:
         args += ["-n", database] if database else []
     else:
         msg = (
-            f"msgq redis-cli reaches one server (redis://, rediss://, unix://), not {parts.scheme}"
-            "://: give the current master's URL as REDIS_URL"
+            "msgq redis-cli reaches one server (redis://, rediss://, unix://) or a cluster "
+            f"(redis+cluster://), not {parts.scheme}://: give the current master's URL as REDIS_URL"
         )
         raise click.UsageError(msg)
     if parts.username:
