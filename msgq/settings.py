@@ -166,9 +166,11 @@ class Settings(BaseSettings):
         default=15.0, description="in-progress lock; a heartbeat extends it while the job runs"
     )
     poll_delay_s: float = Field(
-        default=0.01,
-        description="idle poll interval, for jobs nobody announces (raw producers, retries "
-        "coming due); the dispatcher wakes idle workers at once for the jobs it admits",
+        default=1.0,
+        gt=0,
+        description="idle poll interval, for jobs nobody announces (a raw producer that does not "
+        "publish the wake, a dead worker's lapsed lock); msgq's producers and the dispatcher "
+        "wake idle workers at once, and a retry is polled for when it comes due",
     )
     shutdown_grace_s: int = Field(default=60, description="SIGTERM: wait this long for jobs")
     answer_hold_s: float = Field(

@@ -94,6 +94,7 @@ class JobStore:
         pipe.set(self.keys.arq_job_key(record.id), job_payload)
         if placement is None:
             pipe.zadd(self.keys.queue, {record.id: score_ms}, nx=True)
+            pipe.publish(self.keys.queue_wake, record.id)  # idle workers poll now
         else:
             placement.write(pipe, record.id, score_ms)
         pipe.zadd(self.keys.index_key, {record.id: score_ms})
@@ -255,6 +256,7 @@ class JobStore:
                 pipe.zadd(self.keys.active_key, {job_id: now_ms})
                 pipe.set(self.keys.arq_job_key(job_id), job_payload(orjson.loads(spec)))
                 pipe.zadd(self.keys.queue, {job_id: now_ms})
+                pipe.publish(self.keys.queue_wake, job_id)
                 pipe.delete(self.keys.spec_key(job_id))
 
             return fresh, writes

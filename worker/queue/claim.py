@@ -56,12 +56,14 @@ end
 return out
 """
 
-# The due jobs no worker holds, oldest first. KEYS: the queue. ARGV: how many are wanted, how many
-# entries to look at at most, now ms, the in-progress lock key prefix. Running jobs stay in arq's
-# queue until they end (so a dead worker's job is found again), so the oldest entries are mostly
-# running ones on a busy fleet: they are skipped here, server-side, rather than filling the read.
-# The lock keys are built from the prefix, the deployment's: on a Redis Cluster every key of a
-# deployment carries its hash tag (msgq.cluster), so they are in the slot the queue declares.
+# The due jobs no worker holds, oldest first, then the score (ms) of the first job not yet due
+# (false when there is none): an idle worker sleeps until then rather than polling for it.
+# KEYS: the queue. ARGV: how many are wanted, how many entries to look at at most, now ms, the
+# in-progress lock key prefix. Running jobs stay in arq's queue until they end (so a dead
+# worker's job is found again), so the oldest entries are mostly running ones on a busy fleet:
+# they are skipped here, server-side, rather than filling the read. The lock keys are built from
+# the prefix, the deployment's: on a Redis Cluster every key of a deployment carries its hash tag
+# (msgq.cluster), so they are in the slot the queue declares.
 DUE_UNHELD = """
 local want, limit, now, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local out, offset, chunk = {}, 0, 512
@@ -70,13 +72,14 @@ while #out < want and offset < limit do
   for _, id in ipairs(ids) do
     if redis.call('EXISTS', prefix .. id) == 0 then
       out[#out + 1] = id
-      if #out >= want then return out end
+      if #out >= want then break end
     end
   end
-  if #ids < chunk then break end
+  if #out >= want or #ids < chunk then break end
   offset = offset + chunk
 end
-return out
+local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+return {out, later[2] or false}
 """
 DUE_SCAN_LIMIT = 100_000  # entries one poll looks at, at most (running jobs are skipped)
 PREFETCH_READS = frozenset({"GET", "GETDEL", "EXISTS"})

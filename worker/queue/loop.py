@@ -94,6 +94,7 @@ class MsgqWorker(Worker):
         self.ctx["running_jobs"] = lambda: self.job_counter
         # arq sleeps `poll_delay_s` between polls; here the wait is `idle`, which a wake ends.
         self._idle_s, self.poll_delay_s = self.poll_delay_s, 0.0
+        self._idle = self._idle_s
         self._wake: QueueWake | None = None
 
     async def _poll_iteration(self) -> None:
@@ -123,7 +124,7 @@ class MsgqWorker(Worker):
             )
             await asyncio.sleep(retry_in_s)
             return
-        await self._wake.idle(self._idle_s)
+        await self._wake.idle(self._idle)
 
     async def _poll_once(self) -> bool:
         """arq's poll iteration, with its two reads (due jobs, abort requests) in one round trip.
@@ -156,8 +157,12 @@ class MsgqWorker(Worker):
                 self._due = None
                 return True  # poll again at once, with the script loaded again
         started = self._claimed
+        self._idle = self._idle_s  # no job due later: until a wake, or the poll delay
         if picking:
-            await self.start_jobs(replies[0])
+            ready, later = replies[0]
+            if later is not None:  # a retry or deferred job: poll when it comes due
+                self._idle = min(self._idle_s, max(0.0, (int(float(later)) - now) / 1000))
+            await self.start_jobs(ready)
         await self._abort(replies[-2])
         for job_id, task in list(self.tasks.items()):
             if task.done():
@@ -213,7 +218,7 @@ class MsgqWorker(Worker):
                     continue
                 self._claimed += 1
                 task = self.loop.create_task(self.run_job(job_id, claim))
-                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                task.add_done_callback(self._job_done)
                 self.tasks[job_id] = task
 
     async def _claim_jobs(self, job_ids: list[str]) -> list[Claim | None]:
@@ -233,6 +238,12 @@ class MsgqWorker(Worker):
         else:
             replies = await self._claim_replicas.claim(self._claim, self.pool, keys, args)
         return [None if reply is None else _claim(reply) for reply in replies]
+
+    def _job_done(self, _: object) -> None:
+        """A slot is free: poll now (a worker that was full ignored the wakes meanwhile)."""
+        self._release_sem_dec_counter_on_complete()
+        if self._wake is not None:
+            self._wake.poke()
 
     def _give_back_slot(self) -> None:
         self.job_counter -= 1
