@@ -56,7 +56,6 @@ def workers(
         "ANTHROPIC_BASE_URL": sim_url,
         "ANTHROPIC_API_KEY": KEY,
         "MSGQ_LOG_LEVEL": "warning",
-        "MSGQ_POLL_DELAY_S": "0.01",
         **env,
     }
     procs = [
