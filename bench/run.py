@@ -296,7 +296,7 @@ async def main() -> None:
     console.rule("3. added latency")
     gaps = sorted(await added_latency(tmp))
     table(
-        "Added latency, idle system: submit → simulator receives (default settings: woken by the submit)",
+        "Added latency, idle system: submit → simulator receives (default settings)",
         ["samples", "p50 ms", "p99 ms", "max ms"],
         [
             [

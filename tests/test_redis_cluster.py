@@ -28,7 +28,7 @@ from msgq.dev.stack import msgq_command
 from msgq.keys import keyspace
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import Sim, StartWorker
+from tests.conftest import Sim, StartWorker, flush
 
 BODY = {
     "model": "claude-haiku-4-5",
@@ -44,11 +44,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
         yield c
 
 
-def worker(redis_url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def worker(
+    redis_url: str, tmp_path: Path, verb: str = "worker"
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "MSGQ_"))}
     env |= {"REDIS_URL": redis_url, "ANTHROPIC_API_KEY": "sk-test", "MSGQ_LOG_FORMAT": "json"}
+    env |= {"MSGQ_API_KEYS": "team:key-0123456789abcdef"}
     return subprocess.run(
-        msgq_command("worker"),
+        msgq_command(verb),
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -73,13 +76,14 @@ async def test_the_fixture_is_a_real_cluster_spreading_keys_over_three_masters(
     assert len(per_master) == 3 and all(count > 0 for count in per_master.values())
 
 
+@pytest.mark.parametrize("verb", ["worker", "api"])
 def test_a_plain_url_to_a_cluster_node_fails_at_start_in_one_line(
-    cluster: RedisCluster, tmp_path: Path
+    cluster: RedisCluster, tmp_path: Path, verb: str
 ) -> None:
     """Before: the worker looped on `worker.redis_unavailable` (MOVED) every 5 s, never saying
-    why. Now: exit 1 and one line that names what it reached and what msgq runs on."""
+    why. Now: exit 1 and one line that names what it reached and how to name a cluster."""
     node = cluster.url.removeprefix("redis+cluster://").split(",")[0]
-    done = worker(f"redis://{node}/0", tmp_path)
+    done = worker(f"redis://{node}/0", tmp_path, verb)
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == [
@@ -124,6 +128,7 @@ async def test_a_worker_on_the_cluster_runs_jobs_on_the_master_serving_its_slot(
 ) -> None:
     """Every entry point names the cluster the same way; the keys all land on one master."""
     on_cluster = settings.model_copy(update={"redis_url": cluster.url})
+    flush(cluster.url)  # the module's cluster: an earlier test spread keys over every master
     await start_worker(on_cluster)
     async with Client(connect(on_cluster), on_cluster) as client:
         jobs = [await client.submit(BODY) for _ in range(10)]

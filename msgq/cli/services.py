@@ -36,10 +36,10 @@ def worker(burst: bool, check: bool) -> None:
     build_worker(s, burst=burst).run()
 
 
-async def _say_where_redis_is(settings: Settings) -> None:
-    """One line before the worker's own retries (`worker.redis_unavailable`, every second)
+async def _say_where_redis_is(settings: Settings, process: str = "worker") -> None:
+    """One line before the process's own retries (`worker.redis_unavailable`, every second)
     when Redis does not answer: which URL, where it came from and what to check, which
-    those lines cannot say."""
+    those lines cannot say. A plain URL that reaches a cluster node stops the start."""
     from redis.exceptions import RedisError
     from structlog import get_logger
 
@@ -56,8 +56,8 @@ async def _say_where_redis_is(settings: Settings) -> None:
     except ClusterNodeError as exc:
         raise click.ClickException(str(exc)) from None
     except (RedisError, OSError) as exc:
-        get_logger("msgq.worker").error(
-            "worker.redis_unreachable", error=type(exc).__name__, redis=redis_origin(settings)
+        get_logger(f"msgq.{process}").error(
+            f"{process}.redis_unreachable", error=type(exc).__name__, redis=redis_origin(settings)
         )
 
 
@@ -327,4 +327,5 @@ def api(host: str, port: int) -> None:
     if not keys:
         msg = "no API keys: set MSGQ_API_KEYS=tenant:key,... or MSGQ_API_KEYS_FILE"
         raise click.UsageError(msg)
+    asyncio.run(_say_where_redis_is(s, "api"))
     uvicorn.run(create_app(s), host=host, port=port, log_level="warning", access_log=False)
