@@ -3,7 +3,8 @@ job a task runs, so a terminal record can end the job in arq's queue in the same
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -85,6 +86,38 @@ DUE_SCAN_LIMIT = 100_000  # entries one poll looks at, at most (running jobs are
 PREFETCH_READS = frozenset({"GET", "GETDEL", "EXISTS"})
 
 Prefetch = Callable[[str], Sequence[tuple[str, str]]]
+
+
+def prefetch_ops(prefetch: Prefetch | None) -> list[str]:
+    """The prefetch's reads, which are the same for every job (the claim script relies on it):
+    checked once, at the worker's start."""
+    ops = [op for op, _ in prefetch("")] if prefetch else []
+    if any(op not in PREFETCH_READS for op in ops):
+        msg = f"prefetch reads must be one of {sorted(PREFETCH_READS)}"
+        raise ValueError(msg)
+    return ops
+
+
+def claim_keys(keys: Keyspace, job_ids: list[str], prefetch: Prefetch | None) -> list[str]:
+    """CLAIM's KEYS for `job_ids`: the queue, the abort set, then each job's lock, payload, try
+    counter and prefetch keys."""
+    out = [keys.queue, keys.abort_key]
+    for job_id in job_ids:
+        reads = prefetch(job_id) if prefetch else []
+        out += [keys.in_progress_key(job_id), keys.arq_job_key(job_id)]
+        out += [keys.retry_key(job_id), *(key for _, key in reads)]
+    return out
+
+
+def cancel_requested(running: Mapping[str, asyncio.Task[Any]], requested: list[bytes]) -> set[str]:
+    """Cancel the running tasks of the jobs whose abort was asked for; their IDs."""
+    aborted = set()
+    for raw in requested:
+        task = running.get(raw.decode())
+        if task is not None:
+            aborted.add(raw.decode())
+            task.cancel()
+    return aborted
 
 
 @dataclass

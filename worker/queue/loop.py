@@ -9,9 +9,7 @@ from typing import Any
 
 import structlog
 from arq import Retry, Worker
-from arq.constants import (
-    abort_job_max_age,
-)
+from arq.constants import abort_job_max_age
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import JobExecutionFailed, RetryJob
@@ -22,11 +20,13 @@ from worker.queue.claim import (
     CLAIM,
     DUE_SCAN_LIMIT,
     DUE_UNHELD,
-    PREFETCH_READS,
     Claim,
     ClaimReplicas,
     QueueJob,
     _claim,
+    cancel_requested,
+    claim_keys,
+    prefetch_ops,
 )
 from worker.queue.hooks import Hooks
 from worker.queue.upkeep import (
@@ -52,8 +52,8 @@ class MsgqWorker(Worker):
     - A job whose terminal record already ended it in the queue (`RunningJob.queue_done`) skips
       arq's finishing transaction.
     - One heartbeat for all running jobs keeps their short in-progress locks alive.
-    - One round trip per poll (due jobs and abort requests together), and a poll loop that
-      rides out a Redis outage instead of exiting.
+    - One round trip per poll (due jobs and abort requests), polls when woken by work
+      (`wake`), and a poll loop that rides out a Redis outage instead of exiting.
     arq's job timeout and result keeping are not implemented here: msgq sets neither
     (`UNREACHABLE_TIMEOUT_S`, `keep_result=0`); its task bounds itself and its records hold results.
     """
@@ -76,14 +76,10 @@ class MsgqWorker(Worker):
         self.in_progress_timeout_s = lock_s
         self._outage = Outage(reconnect_settle_s)
         self._hooks = hooks
-        self._prefetch = prefetch = hooks.prefetch
-        # The reads are the same for every job (the claim script relies on it): checked once.
-        self._prefetch_ops = [op for op, _ in prefetch("")] if prefetch else []
-        if any(op not in PREFETCH_READS for op in self._prefetch_ops):
-            msg = f"prefetch reads must be one of {sorted(PREFETCH_READS)}"
-            raise ValueError(msg)
-        # The value of this worker's in-progress locks: a claim re-sent after its reply was lost
-        # finds its own lock and gets the job again instead of leaving it locked for `lock_s`.
+        self._prefetch = hooks.prefetch
+        self._prefetch_ops = prefetch_ops(hooks.prefetch)
+        # Its in-progress locks' value: a claim re-sent after its reply was lost finds its own
+        # lock and gets the job again instead of leaving it locked for `lock_s`.
         self._token = uuid.uuid4().hex
         self._claim: Any = None  # registered on the pool once arq has made it
         self._claim_replicas = claim_replicas
@@ -94,7 +90,7 @@ class MsgqWorker(Worker):
         self.ctx["running_jobs"] = lambda: self.job_counter
         # arq sleeps `poll_delay_s` between polls; here the wait is `idle`, which a wake ends.
         self._idle_s, self.poll_delay_s = self.poll_delay_s, 0.0
-        self._idle = self._idle_s
+        self._idle, self._more_due = self._idle_s, False  # poll on a job's end: see _job_done
         self._wake: QueueWake | None = None
 
     async def _poll_iteration(self) -> None:
@@ -160,6 +156,7 @@ class MsgqWorker(Worker):
         self._idle = self._idle_s  # no job due later: until a wake, or the poll delay
         if picking:
             ready, later = replies[0]
+            self._more_due = len(ready) >= count  # as many as it had slots: maybe more
             if later is not None:  # a retry or deferred job: poll when it comes due
                 self._idle = min(self._idle_s, max(0.0, (int(float(later)) - now) / 1000))
             await self.start_jobs(ready)
@@ -173,12 +170,7 @@ class MsgqWorker(Worker):
 
     async def _abort(self, requested: list[bytes]) -> None:
         """Cancel the running tasks of jobs whose abort was asked for (arq's semantics)."""
-        aborted = set()
-        for job_id_b in requested:
-            task = self.job_tasks.get(job_id_b.decode())
-            if task is not None:
-                aborted.add(job_id_b.decode())
-                task.cancel()
+        aborted = cancel_requested(self.job_tasks, requested)
         if aborted:
             self.aborting_tasks.update(aborted)
             await self.pool.zrem(self.keys.abort_key, *aborted)
@@ -224,13 +216,8 @@ class MsgqWorker(Worker):
     async def _claim_jobs(self, job_ids: list[str]) -> list[Claim | None]:
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM)
-        ks = self.keys
-        keys: list[str] = [ks.queue, ks.abort_key]
-        for job_id in job_ids:
-            reads = self._prefetch(job_id) if self._prefetch else []
-            keys += [ks.in_progress_key(job_id), ks.arq_job_key(job_id)]
-            keys += [ks.retry_key(job_id), *(key for _, key in reads)]
         lock_ms = int(self.in_progress_timeout_s * 1000)
+        keys = claim_keys(self.keys, job_ids, self._prefetch)
         ops = self._prefetch_ops
         args = [timestamp_ms(), lock_ms, self._token, len(ops), *ops, *job_ids]
         if self._claim_replicas is None:
@@ -240,9 +227,11 @@ class MsgqWorker(Worker):
         return [None if reply is None else _claim(reply) for reply in replies]
 
     def _job_done(self, _: object) -> None:
-        """A slot is free: poll now (a worker that was full ignored the wakes meanwhile)."""
+        """A slot is free: poll now if work may be waiting (a wake came while this worker was
+        full, its last poll filled every slot, or a job was deferred), else wait for a wake."""
         self._release_sem_dec_counter_on_complete()
-        if self._wake is not None:
+        if self._wake is not None and (self._wake.missed or self._more_due):
+            self._wake.missed = self._more_due = False
             self._wake.poke()
 
     def _give_back_slot(self) -> None:
@@ -383,6 +372,7 @@ class MsgqWorker(Worker):
         async with self.pool.pipeline(transaction=True) as tr:
             if incr_score:
                 tr.zadd(self.keys.queue, {job_id: incr_score}, xx=True, incr=True)
+                self._more_due = True  # its end polls, to learn when it comes due
             if keep_in_progress is None:
                 tr.delete(self.keys.in_progress_key(job_id))
             else:

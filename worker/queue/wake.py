@@ -3,7 +3,8 @@
 The dispatcher publishes on `queue_wake` in the same Lua step that moves jobs into arq's queue,
 and so does every producer that writes arq's queue itself (a submit with the scheduler off, a
 retry); each worker listens, and one with a free slot polls at once. A worker whose job ends
-polls at once too (`poke`): while it was full it ignored the wakes. A job deferred to later
+polls at once too (`poke`) when a wake came while it was full, or its last poll filled every
+slot (more may be due), or the job was deferred; else it waits for a wake. A job deferred to later
 (a retry's backoff) is polled for when it comes due, from the due-scan's answer. What is left
 to the poll delay (`MSGQ_POLL_DELAY_S`, 1 s) is what nobody announces: a raw producer that does
 not publish the wake, a dead worker's lapsed lock, a lost message. An idle worker used to poll
@@ -31,6 +32,7 @@ class QueueWake:
         self.redis, self.channel = redis, channel  # the deployment's `Keyspace.queue_wake`
         self.has_room = has_room
         self._event = asyncio.Event()
+        self.missed = False  # a wake came while this worker had no room
         self._task: asyncio.Task[None] | None = None
 
     def before_poll(self) -> None:
@@ -55,8 +57,12 @@ class QueueWake:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.channel)
                     async for message in pubsub.listen():
-                        if message["type"] == "message" and self.has_room():
+                        if message["type"] != "message":
+                            continue
+                        if self.has_room():
                             self._event.set()
+                        else:
+                            self.missed = True
             except Exception as exc:  # without wakes the worker still polls each poll delay
                 log.warning("worker.wake_unavailable", error=type(exc).__name__)
                 await asyncio.sleep(1.0)
