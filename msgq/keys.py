@@ -100,6 +100,12 @@ class Keyspace:
         return "msgq:" if self.is_default else f"msgq@{self.namespace}:"
 
     @property
+    def publish_command(self) -> str:
+        """PUBLISH on one node; SPUBLISH on a cluster, where a plain PUBLISH goes to every node
+        (`msgq.channels`). Scripts tell the same from the channel: a `{tag}` first is sharded."""
+        return "SPUBLISH" if self.clustered else "PUBLISH"
+
+    @property
     def arq_prefix(self) -> str:
         """Put before the queue library's own names (`arq:job:...`): nothing for the default
         namespace on one node (arq's names as they are), else this deployment's prefix."""

@@ -10,15 +10,19 @@ import os
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
+from msgq.channels import subscriber
 from msgq.client import Client
 from msgq.cluster import parse_cluster_url, slot_of
 from msgq.connections import connect
@@ -178,3 +182,40 @@ def test_a_cluster_starts_on_ports_above_55535(
     with redis_cluster.RedisCluster(tmp_path) as cluster:
         assert min(cluster.master_ports) > 55535
         assert len(cluster.keys_per_master()) == 3
+
+
+async def test_on_a_cluster_msgq_publishes_on_its_shard_only(
+    cluster: RedisCluster, settings: Settings, sim: Sim, start_worker: StartWorker
+) -> None:
+    """Sharded pub/sub: a job's ending reaches a sharded subscriber on the master that holds the
+    deployment, and never a plain subscriber on another master (a plain PUBLISH would reach
+    every node of the cluster)."""
+    on_cluster = settings.model_copy(update={"redis_url": cluster.url})
+    keys = on_cluster.keys
+    owner = cluster.owner(slot_of(keys.prefix))
+    other = next(port for port in cluster.master_ports if port != owner)
+    await start_worker(on_cluster)
+    async with (
+        connect(on_cluster) as redis,
+        subscriber(redis, keys) as sharded,
+        Redis(port=other) as elsewhere,
+        elsewhere.pubsub() as plain,
+    ):
+        await sharded.subscribe(keys.done_channel)
+        await plain.subscribe(keys.done_channel)
+        client = Client(redis, on_cluster)
+        job = await client.submit(BODY)
+        assert (await client.wait(job.id, timeout=30)).status is JobStatus.SUCCEEDED
+        assert await next_message(sharded, 5.0) == job.id.encode()
+        assert await next_message(plain, 0.5) is None
+
+
+async def next_message(pubsub: PubSub, timeout_s: float) -> bytes | None:
+    """The next published message's data within `timeout_s` (confirmations skipped)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+        if message is not None:
+            assert message["type"] == "message"
+            return bytes(message["data"])
+    return None

@@ -24,6 +24,7 @@ import orjson
 from redis.asyncio import Redis
 
 from msgq import waits
+from msgq.channels import subscriber
 from msgq.client import Client
 from msgq.connections import connect
 from msgq.settings import Settings
@@ -147,7 +148,7 @@ async def follow(
     async with (
         Client.from_url(settings.redis_url, settings) as client,
         connect(settings) as redis,
-        redis.pubsub() as pubsub,
+        subscriber(redis, settings.keys) as pubsub,
     ):
         await pubsub.subscribe(settings.keys.progress_channel(job_id))
         await _watch(redis, settings, client, job_id, printer)  # JobNotFoundError first

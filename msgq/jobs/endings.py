@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from msgq.channels import subscriber
 from msgq.jobs.store import JobStore
 from schemas import JobRecord
 
@@ -87,7 +88,7 @@ class Endings:
         delay = 0.1
         while True:
             try:
-                async with self.redis.pubsub() as pubsub:
+                async with subscriber(self.redis, self.store.keys) as pubsub:
                     # After a reconnect: every channel still followed, in the same command.
                     await pubsub.subscribe(self.store.keys.done_channel, *self._followers)
                     self._pubsub = pubsub

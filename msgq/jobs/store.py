@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from msgq import arq_format
+from msgq.channels import publish
 from msgq.fleet_stats import record_minute
 from msgq.jobs import records
 from msgq.jobs.indexes import index_expiry, index_new, index_status
@@ -94,7 +95,7 @@ class JobStore:
         pipe.set(self.keys.arq_job_key(record.id), job_payload)
         if placement is None:
             pipe.zadd(self.keys.queue, {record.id: score_ms}, nx=True)
-            pipe.publish(self.keys.queue_wake, record.id)  # idle workers poll now
+            publish(pipe, self.keys, self.keys.queue_wake, record.id)  # idle workers poll now
         else:
             placement.write(pipe, record.id, score_ms)
         pipe.zadd(self.keys.index_key, {record.id: score_ms})
@@ -225,7 +226,7 @@ class JobStore:
             pipe.hset(counts, "last_at", (record.finished_at or utcnow()).isoformat())
         outbox.schedule(pipe, self.keys, record)  # the webhook owed, durable with the record itself
         record_minute(pipe, self.keys, record.status.value, tenant=record.tenant)
-        pipe.publish(self.keys.done_channel, record.id)
+        publish(pipe, self.keys, self.keys.done_channel, record.id)
 
     async def keep_spec(self, job_id: str, spec: dict[str, Any]) -> None:
         """A failed job's spec, kept as long as its record, so `msgq retry` can re-run it."""
@@ -256,7 +257,7 @@ class JobStore:
                 pipe.zadd(self.keys.active_key, {job_id: now_ms})
                 pipe.set(self.keys.arq_job_key(job_id), job_payload(orjson.loads(spec)))
                 pipe.zadd(self.keys.queue, {job_id: now_ms})
-                pipe.publish(self.keys.queue_wake, job_id)
+                publish(pipe, self.keys, self.keys.queue_wake, job_id)
                 pipe.delete(self.keys.spec_key(job_id))
 
             return fresh, writes

@@ -60,6 +60,7 @@ SCRIPT_SAFE = frozenset(
         "ZREM",
         "ZREMRANGEBYSCORE",
         "PUBLISH",
+        "SPUBLISH",
     }
 )
 

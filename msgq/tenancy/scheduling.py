@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from msgq.channels import publish
 from msgq.estimate import estimate_input_tokens
 from msgq.keys import Keyspace
 from msgq.pricing import prices_for
@@ -149,7 +150,7 @@ class Placement:
         pipe.sadd(self.keys.sched_backlog, self.queue)
         if self.waiting.deadline_ms is not None:
             pipe.zadd(self.keys.sched_deadlines, {job_id: self.waiting.deadline_ms})
-        pipe.publish(self.keys.sched_wake, job_id)
+        publish(pipe, self.keys, self.keys.sched_wake, job_id)
 
 
 async def resume_fleet(redis: Redis, keys: Keyspace) -> bool:
@@ -158,7 +159,7 @@ async def resume_fleet(redis: Redis, keys: Keyspace) -> bool:
     of hundreds of slots sat idle for it. True when the fleet was paused."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.pause_key)
-        pipe.publish(keys.sched_wake, "resume")
+        publish(pipe, keys, keys.sched_wake, "resume")
         deleted, _ = await pipe.execute()
     return bool(deleted)
 

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from msgq.channels import PUBLISH_LUA
 from worker.dispatch.fair_share import FairShare, PolicyState
 from worker.dispatch.queues import ADMITTED_TTL_S, MOVE_ONE, Head
 from worker.ratelimit import ACQUIRE_STEP, RateLimiter
@@ -31,7 +32,8 @@ ADMIT_RUN = 64  # jobs per Lua step at most: the step stays well under a millise
 # Returns {statuses, wait_ms, why}: a status per job looked at (1 moved, 0 had left); the run
 # stops at the first job that must wait (wait_ms > 0), which stays where it is.
 ADMIT_MANY = (
-    ACQUIRE_STEP
+    PUBLISH_LUA
+    + ACQUIRE_STEP
     + MOVE_ONE
     + """
 local statuses, moved = {}, 0
@@ -54,7 +56,7 @@ for i = 4, #ARGV, 5 do
     statuses[#statuses + 1] = 0
   end
 end
-if moved > 0 then redis.call('PUBLISH', ARGV[1], moved) end
+if moved > 0 then redis.call(publish_command(ARGV[1]), ARGV[1], moved) end
 return {statuses, wait, why}
 """
 )

@@ -37,6 +37,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from msgq.channels import subscriber
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets, Reservation
@@ -126,7 +127,7 @@ class Dispatcher:
     async def _listen(self) -> None:
         while True:
             try:
-                async with self.redis.pubsub() as pubsub:
+                async with subscriber(self.redis, self.keys) as pubsub:
                     await pubsub.subscribe(self.keys.sched_wake)
                     async for message in pubsub.listen():
                         if message["type"] == "message":

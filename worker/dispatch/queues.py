@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from msgq.channels import PUBLISH_LUA
 from msgq.tenancy.scheduling import Estimate, Waiting
 from schemas import Priority
 
@@ -34,10 +35,11 @@ end
 # KEYS: as `move_one`'s k. ARGV: job id, score ms, admitted value, admitted ttl s, the workers'
 # wake channel. The idle workers are woken when it moved.
 MOVE = (
-    MOVE_ONE
+    PUBLISH_LUA
+    + MOVE_ONE
     + """
 local moved = move_one(KEYS, ARGV[1], ARGV[3], ARGV[4], ARGV[2])
-if moved == 1 then redis.call('PUBLISH', ARGV[5], 1) end
+if moved == 1 then redis.call(publish_command(ARGV[5]), ARGV[5], 1) end
 return moved
 """
 )
@@ -46,7 +48,9 @@ return moved
 # KEYS: arq queue, where, est, deadlines. ARGV: score ms, the workers' wake channel, then (job id,
 # its scheduler queue, its payload key) for each job. Each moves only if it is still in its
 # scheduler queue and has a payload. The idle workers are woken when any moved.
-MOVE_MANY = """
+MOVE_MANY = (
+    PUBLISH_LUA
+    + """
 local moved = 0
 for i = 3, #ARGV, 3 do
   local id, queue, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -60,9 +64,10 @@ for i = 3, #ARGV, 3 do
     end
   end
 end
-if moved > 0 then redis.call('PUBLISH', ARGV[2], moved) end
+if moved > 0 then redis.call(publish_command(ARGV[2]), ARGV[2], moved) end
 return moved
 """
+)
 
 
 @dataclass

@@ -22,6 +22,7 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
+from msgq.channels import publish
 from schemas import JobRecord, MessageRequest
 from worker.job.relay import Relay
 from worker.services import Services
@@ -74,8 +75,9 @@ class Progress:
         self.offset += len(text)
         self.published_at, self.published = now, True
         try:
-            heard = await self.services.redis.publish(
-                self.services.settings.keys.progress_channel(self.job_id), orjson.dumps(payload)
+            keys = self.services.settings.keys
+            heard = await publish(
+                self.services.redis, keys, keys.progress_channel(self.job_id), orjson.dumps(payload)
             )
         except RedisError as exc:
             log.warning("job.progress_unpublished", error=type(exc).__name__)

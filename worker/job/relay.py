@@ -22,6 +22,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from msgq.channels import publish
 from msgq.errors import UpstreamError
 from msgq.keys import RELAY_FAILED, RELAY_REQUEST_ID, Keyspace
 
@@ -33,7 +34,7 @@ class Relay:
 
     def __init__(self, redis: Redis, keys: Keyspace, job_id: str, attempt: int) -> None:
         self.redis = redis
-        self.channel = keys.relay_channel(job_id)
+        self.keys, self.channel = keys, keys.relay_channel(job_id)
         self.prefix = f"{attempt}\n".encode()
         self.on = True
         self.started = False
@@ -56,8 +57,8 @@ class Relay:
 
     async def _publish(self, name: str, data: bytes) -> None:
         try:
-            heard = await self.redis.publish(
-                self.channel, self.prefix + name.encode() + b"\n" + data
+            heard = await publish(
+                self.redis, self.keys, self.channel, self.prefix + name.encode() + b"\n" + data
             )
         except RedisError as exc:
             log.warning("job.relay_unpublished", error=type(exc).__name__)

@@ -95,9 +95,7 @@ class MsgqWorker(Worker):
 
     async def _poll_iteration(self) -> None:
         if self._wake is None:
-            self._wake = QueueWake(
-                self.pool, self.keys.queue_wake, lambda: self.job_counter < self.max_jobs
-            )
+            self._wake = QueueWake(self.pool, self.keys, lambda: self.job_counter < self.max_jobs)
         try:
             if self._outage.began is not None:
                 # Redis answers again, or this raises: this worker's lapsed locks taken back.

@@ -20,6 +20,9 @@ from collections.abc import Callable
 import structlog
 from redis.asyncio import Redis
 
+from msgq.channels import subscriber
+from msgq.keys import Keyspace
+
 log = structlog.get_logger("msgq.worker")
 
 
@@ -28,8 +31,8 @@ class QueueWake:
     idle), then `idle(seconds)`: the poll delay, ended early by a wake. `has_room` says
     whether this worker could take a job now; a full worker ignores wakes."""
 
-    def __init__(self, redis: Redis, channel: str, has_room: Callable[[], bool]) -> None:
-        self.redis, self.channel = redis, channel  # the deployment's `Keyspace.queue_wake`
+    def __init__(self, redis: Redis, keys: Keyspace, has_room: Callable[[], bool]) -> None:
+        self.redis, self.keys, self.channel = redis, keys, keys.queue_wake
         self.has_room = has_room
         self._event = asyncio.Event()
         self.missed = False  # a wake came while this worker had no room
@@ -54,7 +57,7 @@ class QueueWake:
     async def _listen(self) -> None:
         while True:
             try:
-                async with self.redis.pubsub() as pubsub:
+                async with subscriber(self.redis, self.keys) as pubsub:
                     await pubsub.subscribe(self.channel)
                     async for message in pubsub.listen():
                         if message["type"] != "message":
