@@ -34,13 +34,14 @@ test: $(STAMP)  ## the whole suite: starts its own Redis and simulator
 
 # The core suite once more on a real 3-master Redis Cluster (tests/conftest.py starts it):
 # submit by client, CLI, HTTP and raw Redis; the drop-in; tenants and budgets; the batch lane;
-# webhooks; cancel, retry, deadlines; the ledger; audit.
+# webhooks; cancel, retry, deadlines; the ledger; audit; streams and wakes (sharded pub/sub).
 CLUSTER_SUITE := tests/test_job_life.py tests/test_api.py tests/test_cli.py \
 	tests/test_raw_tenant.py tests/test_tenants.py tests/test_tenant_isolation.py \
 	tests/test_retries.py tests/test_ledger.py tests/test_admission.py \
 	tests/test_dropin_sdk.py tests/test_dropin_life.py tests/test_batch_lane.py \
 	tests/test_webhooks.py tests/test_reconcile_audit.py tests/test_worker_loop.py \
-	tests/test_every_job_ends.py
+	tests/test_every_job_ends.py tests/test_dropin_relay.py tests/test_streaming.py \
+	tests/test_idle_wake.py
 
 test-cluster: $(STAMP)  ## the core suite on a real 3-master Redis Cluster (redis+cluster://)
 	TEST_REDIS_CLUSTER=1 $(BIN)/pytest $(CLUSTER_SUITE)

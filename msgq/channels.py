@@ -39,6 +39,13 @@ def publish(redis: Any, keys: Keyspace, channel: str, message: str | bytes | int
     return redis.execute_command(keys.publish_command, channel, message)
 
 
+async def listeners(redis: Redis, keys: Keyspace, channel: str) -> int:
+    """How many subscribers `channel` has (PUBSUB NUMSUB, or SHARDNUMSUB on a cluster)."""
+    kind = "SHARDNUMSUB" if keys.clustered else "NUMSUB"
+    reply = await redis.execute_command("PUBSUB", kind, channel)  # type: ignore[no-untyped-call]  # untyped upstream
+    return int(reply[1])  # [channel, count]
+
+
 def subscriber(redis: Redis, keys: Keyspace) -> PubSub:
     """A PubSub for this deployment's channels (`async with subscriber(redis, keys) as p`)."""
     if keys.clustered:

@@ -18,6 +18,7 @@ import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from msgq.channels import listeners
 from msgq.client import Client
 from msgq.connections import connect
 from msgq.dev.stack import simulator_on_free_port
@@ -173,8 +174,7 @@ async def test_resuming_wakes_the_dispatcher_at_once(settings: Settings, redis: 
     try:
 
         async def subscribed() -> bool:
-            counts = await redis.pubsub_numsub(KEYS.sched_wake)
-            return bool(counts and counts[0][1])
+            return await listeners(redis, KEYS, KEYS.sched_wake) > 0
 
         await eventually(subscribed)
         await limiter.pause("spend limit (test)", None)
