@@ -38,6 +38,7 @@ from bench.harness import (
     text_request,
     workers,
 )
+from msgq.channels import subscriber
 from msgq.client import Client
 from msgq.connections import connect
 from msgq.jobs.store import JobStore
@@ -94,7 +95,7 @@ async def _submit_paused(redis_url: str, requests: list[dict[str, Any]], **kw: A
 async def _drain(redis_url: str, ids: list[str]) -> float:
     """Lift the pause and wait for every job to end: seconds from the lift."""
     keys = Settings(_env_file=None, redis_url=redis_url).keys
-    async with connect(redis_url) as redis, redis.pubsub() as pubsub:
+    async with connect(redis_url) as redis, subscriber(redis, keys) as pubsub:
         await pubsub.subscribe(keys.done_channel)
         pending = set(ids)
         started = time.perf_counter()
