@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         default="redis://localhost:6379/0",
         validation_alias=AliasChoices("MSGQ_REDIS_URL", "REDIS_URL"),
-        description="Redis DSN: redis://, rediss://, unix:// or redis+sentinel://; passwords work",
+        description="Redis DSN: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://",
     )
     redis_failover_wait_s: float = Field(
         default=30.0,
@@ -54,7 +54,7 @@ class Settings(BaseSettings):
         description="longest wait for a free Redis connection; then the command fails",
     )
     submit_min_replicas: int = Field(
-        default=0, ge=0, description="submit acknowledges once this many replicas hold the job"
+        default=0, ge=0, description="replicas that must hold a submitted job (and its claim)"
     )
     submit_replica_timeout_ms: int = Field(
         default=1000, ge=1, description="longest wait for those replicas; then submit raises"
