@@ -40,6 +40,7 @@ from msgq.cli.common import (
 )
 from msgq.cli.typos import warn_about_typos
 from msgq.client import Client
+from msgq.cluster_guard import NAME_THE_CLUSTER
 from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from msgq.extras import MissingExtraError
 from msgq.jobs.ids import scoped_id
@@ -346,7 +347,9 @@ def _fail(
     message = message or str(exc) or type(exc).__name__
     if isinstance(exc, InvalidJobError) and exc.errors:
         message = "invalid request: " + summarize(exc.errors)
-    if isinstance(exc, RedisError):
+    if isinstance(exc, RedisError) and message.startswith(("MOVED ", "ASK ", "CROSSSLOT")):
+        message = f"REDIS_URL reaches a node of a Redis Cluster: {NAME_THE_CLUSTER}"
+    elif isinstance(exc, RedisError):
         detail = re.sub(r"//[^@/]*@", "//", message)
         message = f"cannot reach Redis ({type(exc).__name__}: {detail}); it used {_origin()}"
     click.echo(f"msgq: {prefix}{message}", err=True)
