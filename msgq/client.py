@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from msgq import arq_format
+from msgq.cluster import check_serves
 from msgq.connections import connect
 from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from msgq.jobs.endings import Endings
@@ -94,6 +95,8 @@ class Client:
 
     def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
+        if self.settings.keys.clustered:
+            check_serves(redis, self.settings.keys.prefix)
         self._redis = redis
         self._store = JobStore.from_settings(redis, self.settings)
         self._endings: Endings | None = None

@@ -170,6 +170,19 @@ def _text(value: Any) -> str:
     return "" if text == "?" else text
 
 
+def check_serves(redis: Redis, prefix: str) -> None:
+    """ValueError when `redis` is a cluster client pinned to another deployment's slot (made by
+    `connect(url)` for the default namespace, say, and handed to a namespace's Client): every
+    command would otherwise fail later on a key outside its slot."""
+    owner = getattr(redis.connection_pool, "sentinel_manager", None)
+    if isinstance(owner, SlotOwner) and owner.slot != slot_of(prefix):
+        msg = (
+            f"this Redis client serves cluster slot {owner.slot}, not the deployment's "
+            f"({slot_of(prefix)}, keys {prefix}...): make it with connect(settings)"
+        )
+        raise ValueError(msg)
+
+
 class SlotOwnerConnection(FailoverConnection):
     """A connection to the slot's master. Told the slot is served elsewhere, it drops itself and
     raises a connection error, which the client's FailoverRetry answers by asking `SlotOwner`

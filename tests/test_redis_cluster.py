@@ -221,3 +221,19 @@ async def next_message(pubsub: PubSub, timeout_s: float) -> bytes | None:
             assert message["type"] == "message"
             return bytes(message["data"])
     return None
+
+
+def test_a_client_on_another_namespaces_connection_is_refused_at_once(
+    cluster: RedisCluster,
+) -> None:
+    """On a cluster each namespace is its own slot: a connection made for one (`connect(url)`,
+    the default namespace) cannot serve another's Client."""
+    team = Settings(_env_file=None, redis_url=cluster.url, namespace="team-a")
+
+    async def mixed() -> None:
+        async with connect(cluster.url) as default_slot, connect(team) as team_slot:
+            with pytest.raises(ValueError, match="make it with connect"):
+                Client(default_slot, team)
+            Client(team_slot, team)  # the right one
+
+    asyncio.run(mixed())
