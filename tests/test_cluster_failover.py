@@ -7,6 +7,8 @@ job ends, and the audit is clean. `MSGQ_CHAOS=1` (`make chaos`) runs 1,000 jobs 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,9 +21,10 @@ from msgq.client import Client
 from msgq.cluster import slot_of
 from msgq.connections import connect
 from msgq.dev.redis_cluster import RedisCluster
+from msgq.errors import NotReplicatedError
 from msgq.settings import Settings
 from tests.conftest import Sim, eventually, stop_workers
-from tests.test_sentinel import CHAOS, Producer, _events, _show_stuck, _spawn, _statuses
+from tests.test_sentinel import BODY, CHAOS, Producer, _events, _show_stuck, _spawn, _statuses
 
 
 @pytest.fixture
@@ -107,3 +110,29 @@ async def test_the_slots_master_sigkilled_mid_run(
     assert all(e["new_primary"] == f"127.0.0.1:{new_port}" for e in moved)
     assert final == Counter({"succeeded": n})  # no acknowledged job lost
     assert 0 <= duplicates <= 2 * custom.max_jobs  # at most the calls in flight at the kill
+
+
+async def test_a_durable_submit_waits_for_the_shards_replica(
+    cluster: RedisCluster, settings: Settings
+) -> None:
+    """With the replica of the deployment's master frozen, a submit with min replicas 1 raises
+    NotReplicatedError after its timeout. (Counted from a PUBLISH, as it was, WAIT confirmed at
+    once: a cluster sends a PUBLISH over its bus, not down the replication stream.)"""
+    durable = settings.model_copy(
+        update={
+            "redis_url": cluster.url,
+            "submit_min_replicas": 1,
+            "submit_replica_timeout_ms": 300,
+        }
+    )
+    master = cluster.owner(slot_of(durable.keys.prefix))
+    replica = cluster.replica_ports[cluster.master_ports.index(master)]
+    async with Client(connect(durable), durable) as client:
+        assert (await client.submit(BODY, job_id="first")).created
+        os.kill(cluster.processes[replica].pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(NotReplicatedError, match="same job ID is safe"):
+                await client.submit(BODY, job_id="frozen")
+        finally:
+            os.kill(cluster.processes[replica].pid, signal.SIGCONT)
+        assert not (await client.submit(BODY, job_id="frozen")).created  # now replicated
