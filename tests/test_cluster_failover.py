@@ -22,6 +22,7 @@ from msgq.cluster import slot_of
 from msgq.connections import connect
 from msgq.dev.redis_cluster import RedisCluster
 from msgq.errors import NotReplicatedError
+from msgq.replicas import confirm_replicated
 from msgq.settings import Settings
 from tests.conftest import Sim, eventually, stop_workers
 from tests.test_sentinel import BODY, CHAOS, Producer, _events, _show_stuck, _spawn, _statuses
@@ -116,8 +117,10 @@ async def test_a_durable_submit_waits_for_the_shards_replica(
     cluster: RedisCluster, settings: Settings
 ) -> None:
     """With the replica of the deployment's master frozen, a submit with min replicas 1 raises
-    NotReplicatedError after its timeout. (Counted from a PUBLISH, as it was, WAIT confirmed at
-    once: a cluster sends a PUBLISH over its bus, not down the replication stream.)"""
+    NotReplicatedError after its timeout, and so does the check from a connection that did not
+    write the job (as in a busy process). Counted from a PUBLISH, as it was, that check
+    confirmed at once: a cluster sends a PUBLISH over its bus, not down the replication stream,
+    so it gave WAIT nothing to wait for."""
     durable = settings.model_copy(
         update={
             "redis_url": cluster.url,
@@ -127,12 +130,14 @@ async def test_a_durable_submit_waits_for_the_shards_replica(
     )
     master = cluster.owner(slot_of(durable.keys.prefix))
     replica = cluster.replica_ports[cluster.master_ports.index(master)]
-    async with Client(connect(durable), durable) as client:
+    async with Client(connect(durable), durable) as client, connect(durable) as other:
         assert (await client.submit(BODY, job_id="first")).created
         os.kill(cluster.processes[replica].pid, signal.SIGSTOP)
         try:
             with pytest.raises(NotReplicatedError, match="same job ID is safe"):
                 await client.submit(BODY, job_id="frozen")
+            with pytest.raises(NotReplicatedError):
+                await confirm_replicated(other, durable.keys, "frozen", replicas=1, timeout_ms=300)
         finally:
             os.kill(cluster.processes[replica].pid, signal.SIGCONT)
         assert not (await client.submit(BODY, job_id="frozen")).created  # now replicated
