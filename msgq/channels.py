@@ -20,6 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.commands.helpers import list_or_args
+from redis.exceptions import ConnectionError
 
 from msgq.keys import Keyspace
 
@@ -77,9 +78,24 @@ class ShardedPubSub(PubSub):
         return await self.execute_command("SUNSUBSCRIBE", *parsed)
 
     async def handle_message(self, response: Any, ignore_subscribe_messages: bool = False) -> Any:
+        if _moved_away(response, self.channels, self.pending_unsubscribe_channels):
+            # The slot moved to another shard: Redis unsubscribes us unasked. Reconnecting finds
+            # the new owner (msgq.cluster) and subscribes again there.
+            if self.connection is not None:
+                await self.connection.disconnect()
+            msg = "the deployment's slot moved: its sharded channels were unsubscribed"
+            raise ConnectionError(msg)
         message = await super().handle_message(response, ignore_subscribe_messages)  # type: ignore[no-untyped-call]  # untyped upstream
         if message is not None:
             kind = message["type"]
             kind = kind.decode() if isinstance(kind, bytes) else kind
             message["type"] = SHARDED_TYPES.get(kind, kind)
         return message
+
+
+def _moved_away(response: Any, channels: dict[Any, Any], pending: set[Any]) -> bool:
+    """An `sunsubscribe` nobody asked for, for a channel still subscribed."""
+    if not isinstance(response, list) or len(response) < 2:
+        return False
+    kind = response[0].decode() if isinstance(response[0], bytes) else response[0]
+    return kind == "sunsubscribe" and response[1] in channels and response[1] not in pending

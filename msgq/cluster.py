@@ -147,6 +147,8 @@ class SlotOwner:
                 continue
             owner = self._learn(slots, address[0])
             if owner is not None:
+                self.known.remove(address)  # asked first next time: a dead seed costs no wait
+                self.known.insert(0, address)
                 return owner
         msg = f"no cluster node named a master for slot {self.slot} (asked {asked})"
         raise MasterNotFoundError(msg)
@@ -156,8 +158,10 @@ class SlotOwner:
         the nodes asked next time."""
         owner = None
         for start, end, master, *_replicas in slots:
-            host = _text(master[0]) or asked_host  # an empty host: the node asked
-            address = (host, int(master[1]))
+            host = _text(master[0])
+            if host == "?":  # its endpoint is unknown: skip it
+                continue
+            address = (host or asked_host, int(master[1]))  # an empty host: the node asked
             if address not in self.known:
                 self.known.append(address)
             if int(start) <= self.slot <= int(end):
@@ -166,8 +170,7 @@ class SlotOwner:
 
 
 def _text(value: Any) -> str:
-    text = value.decode() if isinstance(value, bytes) else str(value or "")
-    return "" if text == "?" else text
+    return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
 def check_serves(redis: Redis, prefix: str) -> None:

@@ -22,7 +22,7 @@ from redis.asyncio.cluster import RedisCluster as ClusterClient
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from msgq.channels import subscriber
+from msgq.channels import publish, subscriber
 from msgq.client import Client
 from msgq.cluster import parse_cluster_url, slot_of
 from msgq.connections import connect
@@ -32,7 +32,8 @@ from msgq.dev.stack import msgq_command
 from msgq.keys import keyspace
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import Sim, StartWorker, flush
+from tests.conftest import Sim, StartWorker, eventually, flush
+from worker.queue.wake import QueueWake
 
 BODY = {
     "model": "claude-haiku-4-5",
@@ -237,3 +238,28 @@ def test_a_client_on_another_namespaces_connection_is_refused_at_once(
             Client(team_slot, team)  # the right one
 
     asyncio.run(mixed())
+
+
+async def test_a_worker_hears_its_wakes_again_after_the_slot_moves(cluster: RedisCluster) -> None:
+    """Moving the deployment's slot to another master unsubscribes its sharded channels, unasked.
+    The subscriber takes that as a lost connection, and its reconnect subscribes again on the
+    new owner; before, it waited on the old node and heard nothing, until restarted."""
+    flush(cluster.url)
+    keys = KEYS_ON_CLUSTER
+    slot = slot_of(keys.prefix)
+    old = cluster.owner(slot)
+    new = next(port for port in cluster.master_ports if port != old)
+    async with connect(cluster.url, failover_wait_s=10) as redis:
+        wake = QueueWake(redis, keys, lambda: True)
+        wake.before_poll()
+
+        async def published() -> bool:  # to whoever listens on the owner right now
+            return bool(await publish(redis, keys, keys.queue_wake, "x"))
+
+        await eventually(published)
+        cluster.move_slot(slot, to=new)
+        assert cluster.owner(slot) == new
+        wake.before_poll()  # clears the wake heard before the move
+        await eventually(published)  # heard on the new owner: the subscriber came back
+        await asyncio.wait_for(wake.idle(30), 5)
+        await wake.aclose()

@@ -17,7 +17,7 @@ from msgq.replicas import replicas_and_terminal
 from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import KEYS, Sim, StartWorker, eventually
-from worker.hold import NotOnPrimaryError, Replicas
+from worker.hold import AnswerHold, NotOnPrimaryError, Replicas
 from worker.transitions import _on_replicas
 
 BODY = {
@@ -36,11 +36,11 @@ async def test_a_record_not_terminal_on_the_primary_is_written_again(
     job = await client.submit(BODY)
     assert await replicas_and_terminal(redis, KEYS, job.id, replicas=1, timeout_ms=50) == (0, False)
     with pytest.raises(NotOnPrimaryError):
-        await _on_replicas(store, job.id, Replicas(1, 50))
+        await _on_replicas(store, job.id, AnswerHold(60, 2**20, Replicas(1, 50)))
     await client.cancel(job.id)  # terminal
     assert await replicas_and_terminal(redis, KEYS, job.id, replicas=1, timeout_ms=50) == (0, True)
     with structlog.testing.capture_logs() as logs:
-        await _on_replicas(store, job.id, Replicas(1, 50))
+        await _on_replicas(store, job.id, AnswerHold(60, 2**20, Replicas(1, 50)))
     assert [e["event"] for e in logs] == ["job.answer_not_replicated"]
 
 

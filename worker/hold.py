@@ -71,6 +71,7 @@ class AnswerHold:
     def __init__(self, hold_s: float, max_bytes: int, replicas: Replicas | None = None) -> None:
         self.hold_s, self.max_bytes = hold_s, max_bytes
         self.replicas = replicas  # MSGQ_SUBMIT_MIN_REPLICAS: an answer is stored once they have it
+        self.replicas_short = False  # the last check found too few: the next WAIT is 1 ms
         self.held_bytes = 0
         self.held = 0  # answers held right now
         self._unstored: OrderedDict[str, JobError] = OrderedDict()  # job ID -> why

@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from msgq import lanes
 from msgq.batches import Batches
+from msgq.channels import publish
 from msgq.jobs.indexes import prune_expired
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
@@ -214,7 +215,10 @@ class Reconciler:
         if payload and await self.redis.hexists(self.keys.sched_where, job_id):  # type: ignore[misc]
             return  # waiting in the scheduler: the dispatcher will move it
         if payload:
-            await self.redis.zadd(self.keys.queue, {job_id: int(utcnow().timestamp() * 1000)})
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(self.keys.queue, {job_id: int(utcnow().timestamp() * 1000)})
+                publish(pipe, self.keys, self.keys.queue_wake, job_id)  # idle workers look now
+                await pipe.execute()
             done.requeued.append(job_id)
             log.warning("reconciler.requeued", job_id=job_id)
             return

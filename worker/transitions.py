@@ -18,7 +18,7 @@ from msgq.jobs.store import JobStore
 from msgq.replicas import replicas_and_terminal
 from schemas import JobError, JobRecord, JobStatus
 from worker import metrics
-from worker.hold import AnswerHold, NotOnPrimaryError, Replicas
+from worker.hold import AnswerHold, NotOnPrimaryError
 
 log = structlog.get_logger("msgq.job")
 
@@ -121,21 +121,27 @@ async def finish_durably(
         # a fresh read (`JobStore.update`), and a terminal record found there stays as it is.
         stored = await finish(store, job, status, expected=expected, current=current, **fields)
         if hold.replicas is not None and stored is not None:
-            await _on_replicas(store, job_id, hold.replicas)
+            await _on_replicas(store, job_id, hold)
         return stored
 
     answer, request_id = fields.get("result"), fields.get("upstream_request_id")
     return await hold.store(write, answer, job_id=job_id, request_id=request_id)
 
 
-async def _on_replicas(store: JobStore, job_id: str, replicas: Replicas) -> None:
+async def _on_replicas(store: JobStore, job_id: str, hold: AnswerHold) -> None:
+    """While replicas were short last time, WAIT 1 ms rather than the timeout: answers go on
+    being stored at full speed until one is confirmed again."""
+    replicas = hold.replicas
+    assert replicas is not None
+    timeout_ms = 1 if hold.replicas_short else replicas.timeout_ms
     acked, terminal = await replicas_and_terminal(
-        store.redis, store.keys, job_id, replicas=replicas.wanted, timeout_ms=replicas.timeout_ms
+        store.redis, store.keys, job_id, replicas=replicas.wanted, timeout_ms=timeout_ms
     )
     if not terminal:
         msg = f"job {job_id}: the terminal record is not on the primary answering now"
         raise NotOnPrimaryError(msg)
-    if acked < replicas.wanted:
+    hold.replicas_short = acked < replicas.wanted
+    if hold.replicas_short:
         log.warning("job.answer_not_replicated", job_id=job_id, replicas=acked)
 
 

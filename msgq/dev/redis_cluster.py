@@ -138,6 +138,15 @@ class RedisCluster(ManagedServers):
 
         self._wait(linked, timeout_s, f"port {port} replicating")
 
+    def move_slot(self, slot: int, *, to: int) -> None:
+        """Hand an empty slot to the master on port `to` (CLUSTER SETSLOT ... NODE, told to
+        every node), as a resharding does once the slot's keys have moved."""
+        target = self._command(to, "CLUSTER MYID")
+        target = target.decode() if isinstance(target, bytes) else target
+        for port in [to, *(p for p in self.processes if p != to)]:
+            self._command(port, "CLUSTER SETSLOT", slot, "NODE", target)
+        self._wait(lambda: self.owner(slot) == to and self._ok(), 10.0, f"slot {slot} moved")
+
     def keys_per_master(self) -> dict[int, int]:
         """DBSIZE of each master: how the keyspace spread."""
         return {port: int(self._command(port, "DBSIZE")) for port in self.master_ports}

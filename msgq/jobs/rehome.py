@@ -3,6 +3,7 @@ tenant is one job everywhere: scheduled, billed, stored and read as that tenant'
 
 from __future__ import annotations
 
+from msgq.channels import publish
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
 
@@ -18,6 +19,7 @@ async def rehome(store: JobStore, old_id: str, new_id: str, payload: bytes) -> b
     async with store.redis.pipeline(transaction=True) as pipe:
         if created and not existing:
             pipe.zadd(keys.queue, {new_id: int(utcnow().timestamp() * 1000)}, nx=True)
+            publish(pipe, keys, keys.queue_wake, new_id)
         elif created:  # that job already ended: nothing to queue
             pipe.delete(keys.arq_job_key(new_id))
         pipe.zrem(keys.queue, old_id)

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from msgq.arq_format import deserialize
+from msgq.channels import publish
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from msgq.tenancy.scheduling import Placement, placement, resolve_priority, uses_scheduler
@@ -56,6 +57,7 @@ class Intake:
                     placed.write(pipe, job_id, int(score))
                 elif payload is not None:
                     pipe.zadd(self.settings.keys.queue, {job_id: int(score)})
+                    publish(pipe, self.settings.keys, self.settings.keys.queue_wake, job_id)
                 await pipe.execute()
         return len(entries)
 

@@ -15,6 +15,7 @@ from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import JobExecutionFailed, RetryJob
 from redis.exceptions import NoScriptError, RedisError
 
+from msgq.channels import publish
 from msgq.keys import Keyspace
 from worker.queue.claim import (
     CLAIM,
@@ -152,6 +153,7 @@ class MsgqWorker(Worker):
                 return True  # poll again at once, with the script loaded again
         started = self._claimed
         self._idle = self._idle_s  # no job due later: until a wake, or the poll delay
+        self._more_due = not picking  # could not look (no room): look when a job ends
         if picking:
             ready, later = replies[0]
             self._more_due = len(ready) >= count  # as many as it had slots: maybe more
@@ -225,8 +227,8 @@ class MsgqWorker(Worker):
         return [None if reply is None else _claim(reply) for reply in replies]
 
     def _job_done(self, _: object) -> None:
-        """A slot is free: poll now if work may be waiting (a wake came while this worker was
-        full, its last poll filled every slot, or a job was deferred), else wait for a wake."""
+        """A slot is free: poll now if work may wait (a wake came while full, the last poll
+        filled every slot or could not look, a job went back to the queue); else a wake will."""
         self._release_sem_dec_counter_on_complete()
         if self._wake is not None and (self._wake.missed or self._more_due):
             self._wake.missed = self._more_due = False
@@ -241,7 +243,8 @@ class MsgqWorker(Worker):
         task exception it would be re-raised later, once per poll and again at shutdown; the
         job itself is safe: still queued, its lock lapses, and the rerun sees its record."""
         size = len(claim.payload or b"")
-        self.bytes.add(size)
+        if self.bytes.add(size) and self._wake is not None:
+            self._wake.poke()  # the first payload seen sizes the room: the next poll can fill it
         try:
             await self._run_claimed(job_id, claim)
         except (RedisError, OSError) as exc:
@@ -361,18 +364,18 @@ class MsgqWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        """arq's finish on this deployment's keys (`keep_result=0`: no result key), but a
-        deferred job is re-scored only if it is still queued: arq's ZINCRBY re-adds a job whose
-        terminal record already took it out of the queue (a reply lost after that write),
-        leaving an entry without a payload."""
+        """arq's finish on this deployment's keys (no result key); a deferred job is re-scored
+        only if still queued (arq's ZINCRBY re-added one a terminal record had taken out)."""
         if finish:
             return await self._end_in_queue(QueueJob(job_id, self.keys))
+        self._more_due = True  # back in the queue (deferred, handed back): its end polls
         async with self.pool.pipeline(transaction=True) as tr:
             if incr_score:
                 tr.zadd(self.keys.queue, {job_id: incr_score}, xx=True, incr=True)
-                self._more_due = True  # its end polls, to learn when it comes due
             if keep_in_progress is None:
                 tr.delete(self.keys.in_progress_key(job_id))
+                if not incr_score:  # due now (a hand-off at shutdown): other workers look now
+                    publish(tr, self.keys, self.keys.queue_wake, job_id)
             else:
                 tr.pexpire(self.keys.in_progress_key(job_id), int(keep_in_progress * 1000))
             await tr.execute()

@@ -134,10 +134,12 @@ class ByteBudget:
         self.inflight = 0
         self._seen_bytes = self._seen_jobs = 0  # every payload so far: their mean sizes a claim
 
-    def add(self, size: int) -> None:
+    def add(self, size: int) -> bool:
+        """Count a payload in; True for the first one seen (room was 1 until then)."""
         self.inflight += size
         self._seen_bytes += size
         self._seen_jobs += 1
+        return self._seen_jobs == 1 and self.max_bytes < 2**62
 
     def remove(self, size: int) -> None:
         self.inflight -= size

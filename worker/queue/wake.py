@@ -50,6 +50,9 @@ class QueueWake:
     async def idle(self, seconds: float) -> None:
         if self._event.is_set():
             return
+        if self.missed and self.has_room():  # a wake came while full (or mid-claim): room now
+            self.missed = False
+            return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._event.wait()
