@@ -194,6 +194,7 @@ async def test_on_a_cluster_msgq_publishes_on_its_shard_only(
     deployment, and never a plain subscriber on another master (a plain PUBLISH would reach
     every node of the cluster)."""
     on_cluster = settings.model_copy(update={"redis_url": cluster.url})
+    flush(cluster.url)  # no dispatcher lock left by an earlier test's worker to wait out
     keys = on_cluster.keys
     owner = cluster.owner(slot_of(keys.prefix))
     other = next(port for port in cluster.master_ports if port != owner)

@@ -3,6 +3,8 @@ terminal record that ends the job in the queue in the same write."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 from redis.asyncio import Redis
@@ -145,3 +147,29 @@ async def test_old_abort_requests_are_pruned(
 
     await eventually(pruned)
     assert await redis.zscore(KEYS.abort_key, "fresh") is not None
+
+
+async def test_a_stopped_worker_gives_up_the_fleets_leases_at_once(
+    settings: Settings, redis: Redis, sim: Sim
+) -> None:
+    """A worker stopping (a rolling restart) deletes the dispatcher's, reconciler's and batch
+    lane's leases it holds: the next worker takes them at once. Left to lapse, the dispatcher's
+    10 s lease kept a restarted fleet from admitting anything for up to 10 s."""
+    from worker.main import build_worker
+
+    leases = [KEYS.dispatcher_lock, KEYS.reconciler_lock, KEYS.lane_lock]
+    quick = settings.model_copy(update={"reconcile_interval_s": 0.2})  # takes its lease soon
+    worker = build_worker(quick, handle_signals=False)
+    running = asyncio.create_task(worker.async_run())
+
+    async def all_held() -> bool:
+        return await redis.exists(*leases) == len(leases)
+
+    try:
+        await eventually(all_held)
+    finally:
+        await worker.close()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert await redis.exists(*leases) == 0

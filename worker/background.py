@@ -26,6 +26,7 @@ from msgq.tenancy import policy
 from worker import metrics
 from worker.dispatch.dispatcher import Dispatcher
 from worker.dispatch.window import announce
+from worker.fleet_lock import FleetLock
 from worker.lane.lane import BatchLane
 from worker.reconciler import Reconciler
 from worker.services import Services
@@ -37,6 +38,7 @@ models_log = structlog.get_logger("msgq.models")
 POLICY_EVERY_S = 60.0
 ANNOUNCE_EVERY_S = 1.0
 GAUGES_EVERY_S = 5.0
+STOP_WAIT_S = 5.0  # for the cancelled loops to end before their leases are given up
 
 
 @dataclass
@@ -47,15 +49,20 @@ class Background:
     running_jobs: Callable[[], int]  # this worker's jobs in flight, for its announcement
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    leases: list[FleetLock] = field(default_factory=list)  # the fleet-wide leases it may hold
 
     def start(self) -> None:
         s = self.services
+        reconciler = Reconciler(s.redis, s.store, s.settings, s.ledgers)
+        lane = BatchLane(s)
+        # Always one per fleet: with the scheduler off it only drains what producers placed.
+        dispatcher = Dispatcher(s.redis, s.store, s.settings, s.limiter)
+        self.leases = [reconciler.lock, lane.lock, dispatcher.lock]
         loops: list[Awaitable[None]] = [
             self._gauges(),
-            Reconciler(s.redis, s.store, s.settings, s.ledgers).run_forever(),
-            BatchLane(s).run_forever(),
-            # Always one per fleet: with the scheduler off it only drains what producers placed.
-            Dispatcher(s.redis, s.store, s.settings, s.limiter).run_forever(),
+            reconciler.run_forever(),
+            lane.run_forever(),
+            dispatcher.run_forever(),
             self._announce(),
             WebhookDispatcher(s.redis, s.store, s.settings).run_forever(),
             self._models(),
@@ -64,10 +71,15 @@ class Background:
 
     async def stop(self) -> None:
         """Cancel every loop (a webhook attempt cut short is delivered again when its lease
-        ends) and leave the fleet's registry."""
+        ends), give up the fleet's leases this worker holds once its loops have ended, and
+        leave the fleet's registry."""
         for task in self.tasks:
             task.cancel()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=STOP_WAIT_S)
         with contextlib.suppress(RedisError, OSError):
+            for lease in self.leases:
+                await lease.release()
             await self.services.redis.hdel(
                 self.services.settings.keys.fleet_workers, self.worker_id
             )  # type: ignore[misc]  # redis-py stubs
