@@ -39,8 +39,7 @@ RELAY_REQUEST_ID = "msgq_request_id"  # a relayed attempt's API request ID, befo
 
 
 def check_namespace(namespace: str) -> str:
-    """The namespace, or ValueError: 1-64 letters, digits, `_`, `.`, `-` (no `:`, so one
-    namespace's prefix is never the start of another's)."""
+    """The namespace, or ValueError: 1-64 of `A-Za-z0-9_.-` (no `:`: no prefix of another)."""
     if not NAMESPACE_RE.fullmatch(namespace):
         msg = (
             f"namespace {namespace[:80]!r} must be 1-64 letters, digits, '_', '.' or '-', "
@@ -51,8 +50,7 @@ def check_namespace(namespace: str) -> str:
 
 
 def namespace_of_queue(queue_name: str) -> str:
-    """The namespace an older `MSGQ_QUEUE_NAME` means: `msgq:queue` is the default namespace,
-    `msgq:N` (or plain `N`) is namespace N. ValueError when that is not a namespace name."""
+    """The namespace an older `MSGQ_QUEUE_NAME` means (`msgq:queue`: the default; `msgq:N`: N)."""
     if queue_name == DEFAULT_QUEUE_NAME:
         return DEFAULT_NAMESPACE
     name = queue_name.removeprefix("msgq:")
@@ -71,9 +69,8 @@ def keyspace(namespace: str = DEFAULT_NAMESPACE, *, clustered: bool = False) -> 
 
 @dataclass(frozen=True)
 class Keyspace:
-    """One deployment's key names. Built from its namespace (`Settings.keys`), then passed to
-    everything that reads or writes Redis. One property or method per key: a new key is one
-    more of them, built from `prefix` (msgq's) or `arq_prefix` (the queue library's)."""
+    """One deployment's key names, from its namespace (`Settings.keys`), for everything that
+    reads or writes Redis: one property or method per key, built from `prefix` or `arq_prefix`."""
 
     namespace: str = DEFAULT_NAMESPACE
     clustered: bool = False  # on a Redis Cluster (`redis+cluster://`): every key in one hash tag
@@ -87,8 +84,7 @@ class Keyspace:
 
     @property
     def hash_tag(self) -> str:
-        """What a cluster hashes every key of this deployment by (`msgq`, `msgq@<namespace>`):
-        its keys share one slot, so its scripts and transactions never cross slots."""
+        """The hash tag a cluster slots all of this deployment's keys by: one slot for all."""
         return "msgq" if self.is_default else f"msgq@{self.namespace}"
 
     @property
@@ -101,14 +97,12 @@ class Keyspace:
 
     @property
     def publish_command(self) -> str:
-        """PUBLISH on one node; SPUBLISH on a cluster, where a plain PUBLISH goes to every node
-        (`msgq.channels`). Scripts tell the same from the channel: a `{tag}` first is sharded."""
+        """PUBLISH on one node, SPUBLISH on a cluster (why: `msgq.channels`)."""
         return "SPUBLISH" if self.clustered else "PUBLISH"
 
     @property
     def arq_prefix(self) -> str:
-        """Put before the queue library's own names (`arq:job:...`): nothing for the default
-        namespace on one node (arq's names as they are), else this deployment's prefix."""
+        """Before the queue library's names (`arq:job:...`): none for the default one node."""
         return "" if self.is_default and not self.clustered else self.prefix
 
     # ------------------------------------------------------------ the queue (arq's formats)
