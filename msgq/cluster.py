@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote
 
 import structlog
 from redis.asyncio import Redis, SSLConnection
@@ -39,6 +38,7 @@ from msgq.failover import (
     FailoverPool,
     FailoverRetry,
 )
+from msgq.redis_urls import parse_hosts_url
 
 log = structlog.get_logger("msgq.redis")
 
@@ -66,39 +66,22 @@ class ClusterTarget:
 def parse_cluster_url(url: str) -> ClusterTarget:
     """`redis+cluster://[[user]:password@]host[:port][,host[:port]...][/0]` (port 6379 when
     left out; `rediss+cluster://` for TLS). Raises ValueError naming what is wrong."""
-    scheme, _, rest = url.partition("://")
-    if scheme + "://" not in CLUSTER_SCHEMES:
-        msg = f"not a cluster URL: {scheme}://"
+    if not is_cluster_url(url):
+        msg = f"not a cluster URL: {url.partition('://')[0]}://"
         raise ValueError(msg)
-    rest = rest.split("?", 1)[0]
-    netloc, _, path = rest.partition("/")
-    auth, _, hosts = netloc.rpartition("@")
-    username, _, password = auth.partition(":")
-    seeds = tuple(_host_port(item) for item in hosts.split(",") if item)
-    if not seeds:
+    parsed = parse_hosts_url(url, default_port=DEFAULT_CLUSTER_PORT, kind="cluster node")
+    if not parsed.hosts:
         msg = "a cluster URL needs at least one node: redis+cluster://h1:6379,h2:6379"
         raise ValueError(msg)
-    if path.strip("/") not in ("", "0"):
-        msg = f"a Redis Cluster has one database (0); the URL names /{path.strip('/')[:20]}"
+    if parsed.path.strip("/") not in ("", "0"):
+        msg = f"a Redis Cluster has one database (0); the URL names /{parsed.path.strip('/')[:20]}"
         raise ValueError(msg)
     return ClusterTarget(
-        seeds=seeds,
-        username=unquote(username) or None,
-        password=unquote(password) or None,
-        ssl=scheme == "rediss+cluster",
+        seeds=parsed.hosts,
+        username=parsed.username,
+        password=parsed.password,
+        ssl=parsed.scheme == "rediss+cluster",
     )
-
-
-def _host_port(item: str) -> tuple[str, int]:
-    if item.startswith("["):  # [::1]:6379
-        host, _, port = item[1:].partition("]")
-        port = port.removeprefix(":")
-    else:
-        host, _, port = item.partition(":")
-    if not host or (port and not port.isdigit()):
-        msg = f"bad cluster node address {item!r}: host or host:port"
-        raise ValueError(msg)
-    return host, int(port or DEFAULT_CLUSTER_PORT)
 
 
 def slot_of(prefix: str) -> int:

@@ -41,6 +41,7 @@ from msgq.failover import (
     FastConnectionPool,
 )
 from msgq.keys import Keyspace, keyspace
+from msgq.redis_urls import parse_hosts_url
 
 if TYPE_CHECKING:
     from msgq.settings import Settings
@@ -69,42 +70,25 @@ def is_sentinel(url: str) -> bool:
 
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """Raises ValueError naming what is wrong (Settings shows it at start-up)."""
-    scheme, _, rest = url.partition("://")
-    if scheme + "://" not in SENTINEL_SCHEMES:
-        msg = f"not a Sentinel URL: {scheme}://"
+    if not is_sentinel(url):
+        msg = f"not a Sentinel URL: {url.partition('://')[0]}://"
         raise ValueError(msg)
-    rest = rest.split("?", 1)[0]
-    netloc, _, path = rest.partition("/")
-    auth, _, hosts = netloc.rpartition("@")
-    username, _, password = auth.partition(":")
-    sentinels = tuple(_host_port(item) for item in hosts.split(",") if item)
-    if not sentinels:
+    parsed = parse_hosts_url(url, default_port=DEFAULT_SENTINEL_PORT, kind="Sentinel")
+    if not parsed.hosts:
         msg = "a Sentinel URL needs at least one host: redis+sentinel://h1:26379,h2/mymaster/0"
         raise ValueError(msg)
-    service, _, db = path.strip("/").partition("/")
+    service, _, db = parsed.path.strip("/").partition("/")
     if not service or (db and not db.isdigit()) or "/" in db:
         msg = "a Sentinel URL's path is /service or /service/db, e.g. /mymaster/0"
         raise ValueError(msg)
     return SentinelTarget(
-        sentinels=sentinels,
+        sentinels=parsed.hosts,
         service=unquote(service),
         db=int(db or 0),
-        username=unquote(username) or None,
-        password=unquote(password) or None,
-        ssl=scheme == "rediss+sentinel",
+        username=parsed.username,
+        password=parsed.password,
+        ssl=parsed.scheme == "rediss+sentinel",
     )
-
-
-def _host_port(item: str) -> tuple[str, int]:
-    if item.startswith("["):  # [::1]:26379
-        host, _, port = item[1:].partition("]")
-        port = port.removeprefix(":")
-    else:
-        host, _, port = item.partition(":")
-    if not host or (port and not port.isdigit()):
-        msg = f"bad Sentinel address {item!r}: host or host:port"
-        raise ValueError(msg)
-    return host, int(port or DEFAULT_SENTINEL_PORT)
 
 
 @overload
