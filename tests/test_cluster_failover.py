@@ -24,8 +24,16 @@ from msgq.dev.redis_cluster import RedisCluster
 from msgq.errors import NotReplicatedError
 from msgq.replicas import confirm_replicated
 from msgq.settings import Settings
-from tests.conftest import Sim, eventually, stop_workers
-from tests.test_sentinel import BODY, CHAOS, Producer, _events, _show_stuck, _spawn, _statuses
+from tests.conftest import Sim, stop_workers
+from tests.test_sentinel import (
+    BODY,
+    CHAOS,
+    _events,
+    _spawn,
+    all_ended,
+    producing_a_third,
+    refused_for_want_of_a_replica,
+)
 
 
 @pytest.fixture
@@ -56,40 +64,16 @@ async def test_the_slots_master_sigkilled_mid_run(
     workers = [_spawn(custom, log) for log in logs]
     try:
         async with Client(connect(custom), custom) as client, connect(custom) as redis:
-
-            async def both_started() -> bool:
-                return all(b"worker.started" in log.read_bytes() for log in logs)
-
-            await eventually(both_started, timeout_s=30)
-            producer = Producer(client, n)
-            producing = asyncio.create_task(producer.run())
-
-            async def a_third_acknowledged() -> bool:
-                return len(producer.acked) >= n // 3
-
-            await eventually(a_third_acknowledged, timeout_s=30)
+            producer, producing = await producing_a_third(client, n, logs)
             killed_at = time.time()
             await asyncio.to_thread(cluster.kill, old_port)
             new_port = await asyncio.to_thread(cluster.wait_for_owner, slot, other_than=old_port)
             promoted_s = time.time() - killed_at
 
-            async def refused() -> bool:  # no replica until the old master rejoins
-                return producer.failures["NotReplicatedError"] > 0
-
-            await eventually(refused, timeout_s=30)
+            await refused_for_want_of_a_replica(producer)  # none until the old master rejoins
             await asyncio.to_thread(cluster.rejoin, old_port)
             await asyncio.wait_for(producing, timeout=60)
-            ids = [job_id for job_id, _, _ in producer.acked]
-
-            async def all_ended() -> bool:
-                return set(await _statuses(redis, ids, keys)) <= {"succeeded", "missing"}
-
-            try:
-                await eventually(all_ended, timeout_s=60)
-            except BaseException:
-                await _show_stuck(redis, ids, keys)
-                raise
-            final = await _statuses(redis, ids, keys)
+            final = await all_ended(redis, [job_id for job_id, _, _ in producer.acked], keys)
             report = await audit(redis, keys)
         assert all(w.poll() is None for w in workers)  # they rode it out
     finally:

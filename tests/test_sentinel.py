@@ -295,6 +295,50 @@ class Producer:
                 break
 
 
+async def producing_a_third(
+    client: Client, n: int, logs: list[Path]
+) -> tuple[Producer, asyncio.Task[None]]:
+    """Once every worker logged its start, submit `n` jobs; return when a third are
+    acknowledged (the moment a failover run kills its primary), the producer still going."""
+
+    async def all_started() -> bool:
+        return all(b"worker.started" in log.read_bytes() for log in logs)
+
+    await eventually(all_started, timeout_s=30)  # the kill must find them running
+    producer = Producer(client, n)
+    producing = asyncio.create_task(producer.run())
+
+    async def a_third_acknowledged() -> bool:
+        return len(producer.acked) >= n // 3
+
+    await eventually(a_third_acknowledged, timeout_s=30)
+    return producer, producing
+
+
+async def refused_for_want_of_a_replica(producer: Producer) -> None:
+    """Until a durable submit has been refused (no replica), seen rather than left to timing."""
+
+    async def refused() -> bool:
+        return producer.failures["NotReplicatedError"] > 0
+
+    await eventually(refused, timeout_s=30)
+
+
+async def all_ended(redis: Redis, ids: list[str], keys: Keyspace = KEYS) -> Counter[str]:
+    """Wait for every acknowledged job to end (or be missing); their statuses. What a job that
+    never ended holds is printed for the failure report."""
+
+    async def ended() -> bool:
+        return set(await _statuses(redis, ids, keys)) <= {"succeeded", "missing"}
+
+    try:
+        await eventually(ended, timeout_s=60)
+    except BaseException:
+        await _show_stuck(redis, ids, keys)
+        raise
+    return await _statuses(redis, ids, keys)
+
+
 async def _statuses(redis: Redis, ids: list[str], keys: Keyspace = KEYS) -> Counter[str]:
     raws = await redis.mget([keys.record_key(i) for i in ids])
     return Counter(json.loads(r)["status"] if r else "missing" for r in raws)
@@ -314,8 +358,8 @@ async def _show_stuck(redis: Redis, ids: list[str] | None = None, keys: Keyspace
     for job_id in ids:
         raw = await redis.get(keys.record_key(job_id))
         if raw is not None and json.loads(raw)["status"] not in ("succeeded", "missing"):
-            keys = sorted(k.decode() for k in await redis.keys(f"*{job_id}*"))
-            print(f"stuck {job_id}: {raw.decode()[:300]} keys={keys}")
+            found = sorted(k.decode() for k in await redis.keys(f"*{job_id}*"))
+            print(f"stuck {job_id}: {raw.decode()[:300]} keys={found}")
 
 
 def _events(*logs: Path) -> list[dict[str, Any]]:
@@ -351,42 +395,18 @@ async def test_primary_sigkill_mid_run(
     old_port = cluster.primary_port
     try:
         async with Client(connect(custom), custom) as client, connect(custom) as redis:
-
-            async def both_started() -> bool:
-                return all(b"worker.started" in log.read_bytes() for log in logs)
-
-            await eventually(both_started, timeout_s=30)  # the kill must find them running
-            producer = Producer(client, n)
-            producing = asyncio.create_task(producer.run())
-
-            async def a_third_acknowledged() -> bool:
-                return len(producer.acked) >= n // 3
-
-            await eventually(a_third_acknowledged, timeout_s=30)
+            producer, producing = await producing_a_third(client, n, logs)
             killed_at = time.time()
             await asyncio.to_thread(cluster.kill, old_port)
             await asyncio.to_thread(cluster.wait_for_primary, other_than=old_port)
             promoted_s = time.time() - killed_at
             if min_replicas:
                 # No replica until the lost node comes back: durable submits are refused (seen
-                # before it does, not left to timing), then it rejoins, empty, as a replica.
-                async def refused() -> bool:
-                    return producer.failures["NotReplicatedError"] > 0
-
-                await eventually(refused, timeout_s=30)
+                # before it does), then it rejoins, empty, as a replica.
+                await refused_for_want_of_a_replica(producer)
                 await asyncio.to_thread(cluster.rejoin, old_port)
             await asyncio.wait_for(producing, timeout=60)
-            ids = [job_id for job_id, _, _ in producer.acked]
-
-            async def all_ended() -> bool:
-                return set(await _statuses(redis, ids)) <= {"succeeded", "missing"}
-
-            try:
-                await eventually(all_ended, timeout_s=60)
-            except BaseException:
-                await _show_stuck(redis, ids)
-                raise
-            final = await _statuses(redis, ids)
+            final = await all_ended(redis, [job_id for job_id, _, _ in producer.acked])
             report = await audit(redis, KEYS)
         assert all(w.poll() is None for w in workers)  # they rode it out
     finally:
