@@ -29,8 +29,11 @@ lock:  ## re-resolve requirements.lock from pyproject.toml (then run make test b
 demo: $(STAMP)  ## start Redis + simulator + worker, run the four sample jobs and a caption run, stop
 	$(BIN)/python -m msgq.dev.demo
 
+# Tests that start Redis Clusters of their own (failover, slot moves): in `make test-cluster`.
+CLUSTER_OWN := tests/test_redis_cluster.py tests/test_cluster_failover.py
+
 test: $(STAMP)  ## the whole suite: starts its own Redis and simulator
-	$(BIN)/pytest
+	$(BIN)/pytest $(addprefix --ignore=,$(CLUSTER_OWN))
 
 # The core suite once more on a real 3-master Redis Cluster (tests/conftest.py starts it):
 # submit by client, CLI, HTTP and raw Redis; the drop-in; tenants and budgets; the batch lane;
@@ -43,8 +46,9 @@ CLUSTER_SUITE := tests/test_job_life.py tests/test_api.py tests/test_cli.py \
 	tests/test_every_job_ends.py tests/test_dropin_relay.py tests/test_streaming.py \
 	tests/test_idle_wake.py
 
-test-cluster: $(STAMP)  ## the core suite on a real 3-master Redis Cluster (redis+cluster://)
+test-cluster: $(STAMP)  ## the core suite on a real 3-master Redis Cluster, and the cluster's own tests
 	TEST_REDIS_CLUSTER=1 $(BIN)/pytest $(CLUSTER_SUITE)
+	$(BIN)/pytest $(CLUSTER_OWN)
 
 docs: $(STAMP)  ## build the docs site into site/ (reference pages generated from the code; strict)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
