@@ -77,7 +77,44 @@ class FailoverRetry(Retry):
                 await asyncio.sleep(min(self._backoff.compute(failures), left))
 
 
-class NoLockOnCheckout:
+FRESH_S = 1.0  # a connection back in the pool this recently is handed out without a socket read
+
+
+class QuickCheckout:
+    """redis-py checks every connection it hands out with a zero-timeout socket read (a
+    coroutine, a timeout object and a syscall): a tenth of a busy worker's CPU went there. A
+    connection released less than `FRESH_S` ago, with nothing buffered and no end of stream
+    seen, is handed out as it is; any other gets redis-py's full check. Reading past a reply on
+    release is not possible (redis-py disconnects a connection whose command was cut short), so
+    the read mostly found a server that closed the connection: one that has been idle."""
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        if not _fresh(connection):
+            await super().ensure_connection(connection)  # type: ignore[misc]  # a mixin for ConnectionPools
+
+    async def release(self, connection: AbstractConnection) -> None:
+        connection.msgq_released = time.monotonic()  # type: ignore[attr-defined]  # our mark
+        await super().release(connection)  # type: ignore[misc]  # a mixin for ConnectionPools
+
+
+def _fresh(connection: AbstractConnection) -> bool:
+    released = getattr(connection, "msgq_released", None)
+    if released is None or time.monotonic() - released > FRESH_S:
+        return False
+    stream = getattr(connection, "_reader", None)  # asyncio's StreamReader, None when closed
+    parser = getattr(connection, "_parser", None)
+    buffered: Any = getattr(parser, "_reader", None)  # hiredis's Reader (pure-Python: check)
+    return (
+        stream is not None
+        and not stream.at_eof()
+        and not stream._buffer  # no public "bytes waiting" on a StreamReader
+        and getattr(parser, "_connected", False)
+        and hasattr(buffered, "has_data")
+        and not buffered.has_data()
+    )
+
+
+class NoLockOnCheckout(QuickCheckout):
     """redis-py 5.3 holds one asyncio.Lock per pool while it takes a connection *and* checks it
     (a socket read), so every command of a busy process queues behind that lock: in a worker
     with 16 jobs, most of them were waiting there rather than on Redis (redis-py #3692; fixed
@@ -99,7 +136,7 @@ class FastConnectionPool(NoLockOnCheckout, ConnectionPool):
     """A plain Redis URL's pool, unbounded (a bare URL: scripts, tests, arq's own pool)."""
 
 
-class BoundedConnectionPool(BlockingConnectionPool):
+class BoundedConnectionPool(QuickCheckout, BlockingConnectionPool):
     """A plain Redis URL's pool for a process built from Settings. redis-py's blocking pool
     already checks a connection outside its lock, so it needs no `NoLockOnCheckout`."""
 

@@ -68,6 +68,43 @@ async def test_a_slow_connection_check_does_not_hold_up_other_commands(redis_url
         await pool.disconnect()
 
 
+async def test_a_connection_just_used_is_handed_out_without_a_socket_read(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py reads the socket (zero timeout) on every checkout; a connection released a
+    moment ago with nothing buffered skips it. One that a server closed is still found out:
+    the next command goes on a new connection."""
+    reads = 0
+    plain_read = AbstractConnection.can_read_destructive
+
+    async def counted(connection: AbstractConnection) -> Any:
+        nonlocal reads
+        reads += 1
+        return await plain_read(connection)
+
+    monkeypatch.setattr(AbstractConnection, "can_read_destructive", counted)
+    async with connect(redis_url) as redis, connect(redis_url) as admin:
+        await redis.ping()  # a new connection: checked
+        first = reads
+        for _ in range(20):
+            await redis.get("x")
+        assert reads == first  # used a moment ago: not read again
+        killed = await redis.client_id()
+        await admin.client_kill_filter(_id=killed)
+        await eventually_closed(redis)
+        assert await redis.ping()
+        assert await redis.client_id() != killed
+
+
+async def eventually_closed(redis: Any) -> None:
+    """Until the pool's idle connection has seen the server close it."""
+    connection = redis.connection_pool._available_connections[0]
+    for _ in range(200):
+        if connection._reader is None or connection._reader.at_eof():
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_every_client_msgq_makes_uses_the_lock_free_pool(redis_url: str) -> None:
     async with connect(redis_url) as redis:
         assert isinstance(redis.connection_pool, FastConnectionPool)

@@ -18,8 +18,9 @@ import orjson
 from redis.asyncio import Redis
 
 from msgq.ledger import CONSUME, HOLD, RATE, SETTLE_BUDGET, TAKE_CAPACITY, BudgetHold
-from msgq.tenancy.budgets import DAY_TTL_S, MICRO, Budgets
+from msgq.tenancy.budgets import DAY_TTL_S, MICRO, RECORD_SPEND, Budgets
 from msgq.tenancy.scheduling import Estimate
+from worker.group_commit import GroupCommit
 from worker.ratelimit import Limits, RateLimiter, model_class
 
 
@@ -94,9 +95,14 @@ class Settled:
 
 
 async def settle_capacity(
-    redis: Redis, limiter: RateLimiter, capacity: Capacity, outcome: Outcome
+    redis: Redis,
+    limiter: RateLimiter,
+    capacity: Capacity,
+    outcome: Outcome,
+    group: GroupCommit | None = None,
 ) -> None:
-    """One bucket's reservation: refunded or charged by what the outcome used."""
+    """One bucket's reservation: refunded or charged by what the outcome used (with other
+    jobs' settlements when `group` is given)."""
     input_delta, output_delta, requests = capacity.deltas(outcome)
     headers = outcome.headers
     if capacity.scope is not None:  # a tenant's share cap: the API's headers are not its own
@@ -108,6 +114,7 @@ async def settle_capacity(
         output_delta=output_delta,
         headers=headers,
         requests=requests,
+        group=group,
     )
 
 
@@ -121,6 +128,8 @@ class Ledgers:
         self._hold = redis.register_script(HOLD)
         self._take_capacity = redis.register_script(TAKE_CAPACITY)
         self._settle_budget = redis.register_script(SETTLE_BUDGET)
+        self._record_spend = redis.register_script(RECORD_SPEND)
+        self.group = GroupCommit(redis)  # the endings' bucket corrections and spend, together
 
     async def consume_ticket(self, ticket_key: str, tickets_key: str, job_id: str) -> bytes | None:
         """The dispatcher's ticket, moved into the job's ledger; None when another run took it."""
@@ -154,7 +163,7 @@ class Ledgers:
                     continue  # another caller settled it
                 settled.budget = True
             for capacity in capacities(field, data):
-                await settle_capacity(self.redis, self.limiter, capacity, outcome)
+                await settle_capacity(self.redis, self.limiter, capacity, outcome, self.group)
                 settled.fleet = settled.fleet or capacity.scope is None
         return settled
 
@@ -185,7 +194,14 @@ class Ledgers:
         """Spend of a job that held no budget reservation (no budget, or no tenant at all), for
         usage reports: they add up to what the records cost."""
         if cost_usd:
-            await Budgets(self.redis, self.keys).record(tenant, cost_usd, model)
+            keys, args = Budgets(self.redis, self.keys).record_step(tenant, cost_usd, model)
+            await self.group.call(self._record_spend, keys, args)
+
+    async def learn(self, model: str, headers: dict[str, str]) -> None:
+        """The limits an answer's headers announce, for a call sent with no capacity held."""
+        await self.limiter.settle(
+            model, input_delta=0, output_delta=0, headers=headers, group=self.group
+        )
 
 
 def _now_ms() -> int:

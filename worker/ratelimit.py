@@ -21,6 +21,7 @@ from msgq.keys import Keyspace
 from msgq.settings import Settings
 from msgq.tenancy.scheduling import resume_fleet
 from schemas.capabilities import rate_limit_class
+from worker.group_commit import GroupCommit
 
 BUCKETS = ("requests", "input-tokens", "output-tokens")
 
@@ -267,9 +268,11 @@ class RateLimiter:
         output_delta: int,
         headers: dict[str, str] | None = None,
         requests: int = 0,
+        group: GroupCommit | None = None,
     ) -> None:
         """Refund (positive) or charge (negative) the estimate's error; adopt header limits.
-        `requests=1` also refunds the request itself (an admission that was not used)."""
+        `requests=1` also refunds the request itself (an admission that was not used).
+        `group`: sent with other jobs' endings (`worker.group_commit`), not on its own."""
         lim = self._limits_for(model_class(model))
         self._learned = self._learned or headers_say_limits(headers)
         if not (self._learned or lim.rpm or lim.itpm or lim.otpm):
@@ -281,20 +284,22 @@ class RateLimiter:
                 _int_header(headers, f"{prefix}-limit"),
                 _int_header(headers, f"{prefix}-remaining"),
             ]
-        await self._adjust(
-            keys=[self._bucket(model_class(model))],
-            args=[
-                requests,
-                input_delta,
-                output_delta,
-                *learned,
-                lim.rpm,
-                lim.itpm,
-                lim.otpm,
-                int(time.time() * 1000),
-                self.learned_ttl_ms,
-            ],
-        )
+        keys = [self._bucket(model_class(model))]
+        args = [
+            requests,
+            input_delta,
+            output_delta,
+            *learned,
+            lim.rpm,
+            lim.itpm,
+            lim.otpm,
+            int(time.time() * 1000),
+            self.learned_ttl_ms,
+        ]
+        if group is None:
+            await self._adjust(keys=keys, args=args)
+        else:
+            await group.call(self._adjust, keys, args)
 
     async def gate_wait(self, model: str) -> tuple[float, str]:
         """(seconds, why) until the fleet may send for this model: the pause, then the model

@@ -27,6 +27,18 @@ MICRO = 1_000_000
 NO_TENANT = "(none)"
 DAY_TTL_S = 40 * 24 * 3600
 MONTH_TTL_S = 400 * 24 * 3600
+# Spend without a reservation, in one step. KEYS: the day's and the month's spend, the day's
+# spend by model, the set of tenants with spend. ARGV: µUSD, day ttl s, month ttl s, model, tenant.
+RECORD_SPEND = """
+redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('INCRBY', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('HINCRBY', KEYS[3], ARGV[4], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[5])
+return 1
+"""
 
 # KEYS: day, month[, the job's ledger, the ledger's open set]. ARGV: amount µUSD, day cap (-1:
 # none), month cap, day ttl, month ttl[, job id, now ms, the reservation's JSON]. Returns {1, ''}
@@ -162,20 +174,23 @@ class Budgets:
     async def record(self, tenant: str | None, actual_usd: float, model: str) -> None:
         """Spend without a reservation (a tenant with no budget, or no tenant at all): still
         counted for usage, so the reports add up to what the records cost."""
+        keys, args = self.record_step(tenant, actual_usd, model)
+        await self.redis.register_script(RECORD_SPEND)(keys=keys, args=args)
+
+    def record_step(
+        self, tenant: str | None, actual_usd: float, model: str
+    ) -> tuple[list[str], list[Any]]:
+        """`record`'s RECORD_SPEND keys and arguments (for a worker's group commit)."""
         tenant = tenant or NO_TENANT
         day, month = periods()
-        actual = round(actual_usd * MICRO)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for key, ttl in (
-                (self.keys.spend_key(tenant, day), DAY_TTL_S),
-                (self.keys.spend_key(tenant, month), MONTH_TTL_S),
-            ):
-                pipe.incrby(key, actual)
-                pipe.expire(key, ttl)
-            pipe.hincrby(self.keys.spend_models_key(tenant, day), model, actual)
-            pipe.expire(self.keys.spend_models_key(tenant, day), DAY_TTL_S)
-            pipe.sadd(self.keys.spend_tenants, tenant)
-            await pipe.execute()
+        ks = self.keys
+        keys = [
+            ks.spend_key(tenant, day),
+            ks.spend_key(tenant, month),
+            ks.spend_models_key(tenant, day),
+            ks.spend_tenants,
+        ]
+        return keys, [round(actual_usd * MICRO), DAY_TTL_S, MONTH_TTL_S, model, tenant]
 
     async def usage(self, tenant: str, config: TenantConfig) -> dict[str, object]:
         """Spend today and this month, the budgets and what remains (USD)."""

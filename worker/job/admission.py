@@ -120,4 +120,4 @@ async def settle(services: Services, run: JobRun, record: JobRecord, outcome: Ou
         await services.ledgers.record_spend(record.tenant, outcome.cost_usd, model)
     if outcome.headers and not settled.fleet:
         # Sent with no capacity held (no limit known yet): its answer's headers teach the limits.
-        await services.limiter.settle(model, input_delta=0, output_delta=0, headers=outcome.headers)
+        await services.ledgers.learn(model, outcome.headers)

@@ -1,0 +1,62 @@
+"""Group commit (worker.group_commit): calls made together go in one pipeline, each caller gets
+its own reply or error, and a script the server lost is loaded again. Against the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from tests.conftest import KEYS
+from worker.group_commit import GroupCommit
+
+INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+
+async def test_calls_made_together_share_one_round_trip(redis: Redis) -> None:
+    group = GroupCommit(redis)
+    script = redis.register_script(INCR)
+    key = KEYS.prefix + "group:test"
+    replies = await asyncio.gather(*(group.call(script, [key], [1]) for _ in range(50)))
+    assert sorted(replies) == list(range(1, 51))  # every call ran, once
+    assert int(await redis.get(key)) == 50
+    assert group.calls == 50
+    assert group.batches <= 2  # the first call alone at most, then everything queued behind it
+
+
+async def test_one_failing_call_fails_only_its_caller(redis: Redis) -> None:
+    group = GroupCommit(redis)
+    script = redis.register_script(INCR)
+    good, bad = KEYS.prefix + "group:good", KEYS.prefix + "group:bad"
+    await redis.set(bad, "not a number")
+    results = await asyncio.gather(
+        group.call(script, [good], [2]),
+        group.call(script, [bad], [2]),
+        group.call(script, [good], [3]),
+        return_exceptions=True,
+    )
+    assert results[0] == 2 and results[2] == 5
+    assert isinstance(results[1], ResponseError)
+
+
+async def test_a_script_the_server_lost_is_loaded_again(redis: Redis) -> None:
+    group = GroupCommit(redis)
+    script = redis.register_script(INCR)
+    key = KEYS.prefix + "group:flushed"
+    assert await group.call(script, [key], [1]) == 1
+    await redis.script_flush()  # as a restarted or failed-over Redis has no scripts
+    replies = await asyncio.gather(*(group.call(script, [key], [1]) for _ in range(5)))
+    assert sorted(replies) == [2, 3, 4, 5, 6]  # each sent once more, none twice
+
+
+async def test_a_lost_connection_fails_every_caller_of_the_batch(redis_url: str) -> None:
+    broken = Redis.from_url(redis_url.rsplit(":", 1)[0] + ":1")  # nothing listens on port 1
+    group = GroupCommit(broken)
+    script = broken.register_script(INCR)
+    results = await asyncio.gather(
+        group.call(script, ["k"], [1]), group.call(script, ["k"], [1]), return_exceptions=True
+    )
+    assert all(isinstance(result, RedisConnectionError) for result in results)
+    await broken.aclose()
