@@ -2,9 +2,10 @@
 one worker, once on one Redis node and once on a 3-master cluster from the same binary.
 
 For each: jobs/s with 512 calls in flight at 3 s a call (the worker's CPU per job beside it),
-the Redis CPU per job (the busiest master's on the cluster) and how the job keys spread over
-the masters, Redis commands per second of an idle worker, and Redis memory per queued job and
-per stored record. On a cluster msgq keeps a deployment in one hash slot (`msgq.cluster`), so
+the Redis CPU per job (the busiest master's on the cluster), its round trips (replies and
+pub/sub messages the nodes wrote over the drain: the worker's, its dispatcher's and the waiting
+client's), how the job keys spread over the masters, an idle worker's Redis commands and round
+trips per second, and Redis memory per queued job and per stored record. On a cluster msgq keeps a deployment in one hash slot (`msgq.cluster`), so
 the figures say what that costs and what it does not spread yet.
 
 `python -m bench.cluster` runs it alone (about 2 minutes); `make bench` runs it with the rest.
@@ -37,14 +38,14 @@ class Nodes:
 
     def __init__(self, ports: list[int]) -> None:
         self.ports = ports
+        self._nodes: list[redis_sync.Redis] = []
 
     def info(self, field: str) -> list[float]:
-        values = []
-        for port in self.ports:
-            with redis_sync.Redis(port=port) as node:
-                info = node.info()
-                values.append(float(info.get(field, 0)))
-        return values
+        """One INFO per node, on a connection kept open (so the count of round trips a node
+        served moves by exactly one per call: the INFO itself)."""
+        if not self._nodes:
+            self._nodes = [redis_sync.Redis(port=port) for port in self.ports]
+        return [float(node.info().get(field, 0)) for node in self._nodes]
 
     def cpu_s(self) -> list[float]:
         with_sys = zip(self.info("used_cpu_sys"), self.info("used_cpu_user"), strict=True)
@@ -81,14 +82,22 @@ async def measure(url: str, nodes: Nodes, sim: str, n: int, concurrency: int) ->
         await _drain(url, await _submit_paused(url, requests[:8]))  # warm: limits learned
         await asyncio.sleep(2)
         commands0 = sum(nodes.info("total_commands_processed"))
+        replies0 = sum(nodes.info("total_writes_processed"))
         await asyncio.sleep(IDLE_S)
         idle = (sum(nodes.info("total_commands_processed")) - commands0) / IDLE_S
+        # A round trip is one reply written (a pipeline's replies go out together); this
+        # measure's own INFO calls are two per node, taken out.
+        idle_trips = (
+            sum(nodes.info("total_writes_processed")) - replies0 - 2 * len(nodes.ports)
+        ) / IDLE_S
         memory0 = sum(nodes.info("used_memory"))
         ids = await _submit_paused(url, requests)
         queued = (sum(nodes.info("used_memory")) - memory0) / n
         keys_queued = nodes.keys()
         cpu0, redis0 = process_cpu_s(procs[0].pid), nodes.cpu_s()
+        replies0 = sum(nodes.info("total_writes_processed"))
         elapsed = await _drain(url, ids)
+        trips = (sum(nodes.info("total_writes_processed")) - replies0) / n
         cpu_ms = (process_cpu_s(procs[0].pid) - cpu0) * 1000 / n
         redis_ms = [
             (after - before) * 1000 / n for before, after in zip(redis0, nodes.cpu_s(), strict=True)
@@ -99,6 +108,8 @@ async def measure(url: str, nodes: Nodes, sim: str, n: int, concurrency: int) ->
         "worker_ms": cpu_ms,
         "redis_ms": redis_ms,
         "idle": idle,
+        "idle_trips": idle_trips,
+        "trips": trips,
         "queued": queued,
         "stored": stored,
         "spread": keys_queued,
@@ -126,6 +137,7 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
             "jobs/s",
             "÷ one node",
             "worker CPU ms/job",
+            "Redis round trips/job",
             "Redis CPU ms/job (busiest)",
             "busiest ÷ one node",
             "job keys per master",
@@ -136,6 +148,7 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
                 round(node["rate"], 1),
                 "1.00",
                 f"{node['worker_ms']:.2f}",
+                f"{node['trips']:.1f}",
                 f"{node['redis_ms'][0]:.3f}",
                 "1.00",
                 "100%",
@@ -145,6 +158,7 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
                 round(cluster["rate"], 1),
                 f"{cluster['rate'] / node['rate']:.2f}",
                 f"{cluster['worker_ms']:.2f}",
+                f"{cluster['trips']:.1f}",
                 f"{busiest:.3f}",
                 f"{busiest / node['redis_ms'][0]:.2f}",
                 _spread(cluster["spread"]),
@@ -153,9 +167,21 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
     )
     table(
         "Idle worker and memory, one node beside the cluster (same run)",
-        ["Redis", "idle worker: Redis commands/s", "bytes per queued job", "bytes per record"],
         [
-            [name, round(r["idle"], 1), round(r["queued"]), round(r["stored"])]
+            "Redis",
+            "idle worker: Redis commands/s",
+            "round trips/s",
+            "bytes per queued job",
+            "bytes per record",
+        ],
+        [
+            [
+                name,
+                round(r["idle"], 1),
+                round(r["idle_trips"], 1),
+                round(r["queued"]),
+                round(r["stored"]),
+            ]
             for name, r in (("one node", node), ("3-master cluster", cluster))
         ],
     )

@@ -37,6 +37,7 @@ log = structlog.get_logger("msgq.worker")
 models_log = structlog.get_logger("msgq.models")
 POLICY_EVERY_S = 60.0
 ANNOUNCE_EVERY_S = 1.0
+ANNOUNCE_IDLE_S = 5.0  # nothing running and nothing changed: well inside WORKER_FRESH_MS (15 s)
 GAUGES_EVERY_S = 5.0
 STOP_WAIT_S = 5.0  # for the cancelled loops to end before their leases are given up
 
@@ -85,16 +86,24 @@ class Background:
             )  # type: ignore[misc]  # redis-py stubs
 
     async def _announce(self) -> None:
-        """Every second: this worker's slots for the dispatcher's sizing (and its adaptive
-        limit, for the dashboard), and (every minute) the fleet policy for producers."""
+        """Every second (every 5 s while it runs nothing and nothing changed): this worker's
+        slots for the dispatcher's sizing (and its adaptive limit, for the dashboard), and
+        (every minute) the fleet policy for producers."""
         s = self.services
         published_at = -POLICY_EVERY_S
+        said: tuple[int, int, int | None] | None = None
+        said_at = 0.0
         while True:
             try:
-                slots, limit = s.settings.max_jobs, s.concurrency.limit
-                await announce(
-                    s.redis, s.settings.keys, self.worker_id, slots, self.running_jobs(), limit
+                slots, limit, running = (
+                    s.settings.max_jobs,
+                    s.concurrency.limit,
+                    self.running_jobs(),
                 )
+                idle = said == (slots, 0, limit) and running == 0
+                if not idle or time.monotonic() - said_at >= ANNOUNCE_IDLE_S:
+                    await announce(s.redis, s.settings.keys, self.worker_id, slots, running, limit)
+                    said, said_at = (slots, running, limit), time.monotonic()
                 if time.monotonic() - published_at >= POLICY_EVERY_S:
                     await policy.publish(s.redis, s.settings)
                     published_at = time.monotonic()

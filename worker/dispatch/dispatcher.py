@@ -99,6 +99,7 @@ class Dispatcher:
         self.budget_gate = BudgetGate(self.store, self.budgets, self.tenants, self.policy)
         self.share_caps = ShareCaps(redis, limiter)
         self.wake = asyncio.Event()
+        self._idle = False  # the last tick found no job waiting: the next reads two counts first
 
     # ------------------------------------------------------------------ loop
 
@@ -141,20 +142,16 @@ class Dispatcher:
 
     async def tick(self) -> float:
         """Dispatch what can be admitted now; returns how long to wait before looking again."""
+        if await self._sweep_and_still_idle():
+            return 1.0
         await self.intake.route_inbox()
-        now = time.monotonic()
-        if now >= self._next_expiry:
-            self._next_expiry = now + EXPIRY_EVERY_S
-            await self.intake.expire_due()
-        if now >= self._next_sweep:
-            self._next_sweep = now + ORPHAN_SWEEP_S
-            await release_orphans(self.redis, self.limiter)
         if self.settings.scheduler and await self.window.room(limits_known=self._known) <= 0:
             # The fleet's slots are full: look again shortly, without re-reading every queue
             # (a full tick reads and parses each queue's first entries).
             return FULL_RECHECK_S
         by_class = await self._heads()
         if not by_class:
+            self._idle = True
             return 1.0
         await self.budget_gate.mark_waits(self._read_by_tenant)
         if not self.settings.scheduler:
@@ -169,6 +166,36 @@ class Dispatcher:
                 log.error("dispatcher.class_failed", error=f"{type(exc).__name__}: {exc}"[:300])
                 waits.append(1.0)
         return max(0.0, min(waits))
+
+    async def _sweep_and_still_idle(self) -> bool:
+        """The periodic sweeps (orphaned reservations, deadlines passed); True when the last
+        tick found nothing and nothing came since: one round trip a second for an idle fleet's
+        dispatcher."""
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + ORPHAN_SWEEP_S
+            await release_orphans(self.redis, self.limiter)
+        if self._idle:
+            if await self._still_idle():
+                return True
+        elif now >= self._next_expiry:
+            self._next_expiry = now + EXPIRY_EVERY_S
+            await self.intake.expire_due()
+        self._idle = False
+        return False
+
+    async def _still_idle(self) -> bool:
+        """No raw producer's job in the inbox and no scheduler queue listed, read in one round
+        trip with whether a waiting job's deadline has passed (then ended, as every tick does)."""
+        now_ms = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.sched_inbox)
+            pipe.scard(self.keys.sched_backlog)
+            pipe.zrangebyscore(self.keys.sched_deadlines, "-inf", now_ms, start=0, num=1)
+            inbox, backlog, expiring = await pipe.execute()
+        if expiring:
+            await self.intake.expire_due()
+        return not inbox and not backlog
 
     async def _drain(self, by_class: dict[str, dict[str, deque[Head]]]) -> float:
         """Scheduler off for this fleet: whatever a producer placed in the scheduler's queues

@@ -33,6 +33,7 @@ from worker.services import Services
 from worker.transitions import RunningJob
 
 log = structlog.get_logger("msgq.batch")
+LANE_IDLE_S = 5.0  # the lane's look while nothing is pooled and no upstream batch is due
 
 
 async def route(
@@ -97,6 +98,12 @@ class BatchLane:
         self.tick_s = min(
             1.0, services.settings.batch_poll_s / 2, services.settings.batch_max_wait_s / 4
         )
+        # Nothing pooled and no upstream batch due: looked at less often (a job pooled then
+        # waits at most this much more, on top of MSGQ_BATCH_MAX_WAIT_S).
+        self.idle_tick_s = max(
+            self.tick_s, min(LANE_IDLE_S, services.settings.batch_max_wait_s / 4)
+        )
+        self.idle = False
 
     @property
     def lock_ttl_ms(self) -> int:
@@ -106,7 +113,7 @@ class BatchLane:
         keeper = asyncio.create_task(self._keep_lock())
         try:
             while True:
-                await asyncio.sleep(self.tick_s)
+                await asyncio.sleep(self.idle_tick_s if self.idle else self.tick_s)
                 if not self.holding:
                     continue
                 try:
@@ -133,13 +140,15 @@ class BatchLane:
 
     async def run_once(self) -> None:
         """Flush the pool if due, then advance every upstream batch that is due."""
-        if await self.batcher.due():
+        flush, due, pooled = await self.batcher.due()
+        self.idle = not pooled and not due
+        if flush:
             batch = await self.batcher.flush()
             if batch is not None:
                 await self.batcher.advance(batch)
-        due = await self.services.redis.zrangebyscore(
-            self.services.settings.keys.lane_batches, 0, now_ms(), start=0, num=50
-        )
+                due = await self.services.redis.zrangebyscore(
+                    self.services.settings.keys.lane_batches, 0, now_ms(), start=0, num=50
+                )
         for raw in due:
             batch = await lanes.load_batch(
                 self.services.redis, self.services.settings.keys, raw.decode()

@@ -87,22 +87,26 @@ class Batcher:
         self._move = self.redis.register_script(MOVE)
         self.cool_until = 0.0  # monotonic: the batch endpoints said 429 until then
 
-    async def due(self) -> bool:
-        """A flush is due: enough requests, enough bytes, or the oldest waited long enough."""
+    async def due(self) -> tuple[bool, list[bytes], int]:
+        """(a flush is due: enough requests, enough bytes, or the oldest waited long enough;
+        the upstream batches due for a look; the jobs pooled), in one round trip: what an
+        idle lane costs."""
         s = self.settings
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(self.keys.lane_pool)
             pipe.get(self.keys.lane_pool_bytes)
             pipe.zrange(self.keys.lane_pool, 0, 0, withscores=True)
-            count, size, oldest = await pipe.execute()
+            pipe.zrangebyscore(self.keys.lane_batches, 0, now_ms(), start=0, num=50)
+            count, size, oldest, batches = await pipe.execute()
         if not count:
-            return False
+            return False, batches, 0
         waited_ms = now_ms() - (oldest[0][1] if oldest else now_ms())
-        return (
+        flush = (
             count >= s.batch_max_requests
             or int(size or 0) >= s.batch_max_bytes
             or waited_ms >= s.batch_max_wait_s * 1000
         )
+        return flush, batches, int(count)
 
     async def flush(self) -> UpstreamBatch | None:
         """Move the oldest pooled jobs (up to the count and size limits) that share the oldest
