@@ -5,8 +5,9 @@ For each: jobs/s with 512 calls in flight at 3 s a call (the worker's CPU per jo
 the Redis CPU per job (the busiest master's on the cluster), its round trips (replies and
 pub/sub messages the nodes wrote over the drain: the worker's, its dispatcher's and the waiting
 client's), how the job keys spread over the masters, an idle worker's Redis commands and round
-trips per second, and Redis memory per queued job and per stored record. On a cluster msgq keeps a deployment in one hash slot (`msgq.cluster`), so
-the figures say what that costs and what it does not spread yet.
+trips per second, and Redis memory per queued job and per stored record. On a cluster msgq
+keeps a deployment in one hash slot (`msgq.cluster`), so the figures say what that costs and
+what it does not spread yet.
 
 `python -m bench.cluster` runs it alone (about 2 minutes); `make bench` runs it with the rest.
 """
