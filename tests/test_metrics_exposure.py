@@ -94,3 +94,23 @@ async def test_the_worker_exports_no_fleet_gauges(settings: Settings, tmp_path: 
     assert "msgq_in_flight" in text and "msgq_webhook_deliveries" in text
     for family in (*FLEET, *TENANT_FAMILIES, "msgq_api_requests_total"):
         assert family not in text, family
+
+
+async def test_the_api_counts_its_requests_by_method_and_status(
+    api: httpx.AsyncClient,
+) -> None:
+    """`msgq_api_requests_total{method,status}`, counted as each answer starts, refusals too."""
+    from msgq.http.metrics import API_REQUESTS
+
+    def count(method: str, status: str) -> float:
+        return API_REQUESTS.labels(method, status)._value.get()
+
+    ok, refused = count("GET", "200"), count("GET", "401")
+    assert (await api.get("/v1/jobs")).status_code == 200
+    assert (
+        await api.get("/v1/jobs", headers={"x-api-key": "wrong-key-0123456"})
+    ).status_code == 401
+    assert count("GET", "200") == ok + 1
+    assert count("GET", "401") == refused + 1
+    text = (await api.get("/metrics")).text
+    assert 'msgq_api_requests_total{method="GET",status="401"}' in text

@@ -6,8 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
 
 from msgq.batches import Batches
 from msgq.client import Client
@@ -27,7 +26,7 @@ from msgq.http.body_limit import BodyLimit
 from msgq.http.deps import AppState
 from msgq.http.dropin import passthrough
 from msgq.http.dropin import routes as dropin_routes
-from msgq.http.metrics import API_REQUESTS
+from msgq.http.metrics import CountRequests
 from msgq.http.request_ids import RequestIds
 from msgq.http.streams import DROPIN_CALLS, StreamLimit
 from msgq.jobs.endings import Endings
@@ -77,15 +76,10 @@ def create_app(settings: Settings) -> FastAPI:
         responses=ERRORS,
         description="A job queue for the Anthropic Messages API.",
     )
+    app.add_middleware(CountRequests)
     app.add_middleware(BodyLimit, default_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIds)  # outermost: error answers get one too
     errors.register(app)
-
-    @app.middleware("http")
-    async def count(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        API_REQUESTS.labels(request.method, str(response.status_code)).inc()
-        return response
 
     app.include_router(ops_routes.router)
     app.include_router(job_routes.router)

@@ -40,8 +40,10 @@ def state_of(request: Request) -> AppState:
     return state
 
 
-def require_tenant(request: Request) -> str:
-    """x-api-key or Authorization: Bearer → tenant; 401 in the API's shape otherwise."""
+async def require_tenant(request: Request) -> str:
+    """x-api-key or Authorization: Bearer → tenant; 401 in the API's shape otherwise. (A
+    coroutine, as every dependency here: FastAPI runs a plain function in its thread pool, a
+    thread hop on every request.)"""
     presented = request.headers.get("x-api-key")
     bearer = request.headers.get("authorization", "")
     if not presented and bearer.lower().startswith("bearer "):
@@ -53,8 +55,12 @@ def require_tenant(request: Request) -> str:
     return tenant
 
 
+async def _state(request: Request) -> AppState:
+    return state_of(request)
+
+
 Tenant = Annotated[str, Depends(require_tenant)]
-State = Annotated[AppState, Depends(state_of)]
+State = Annotated[AppState, Depends(_state)]
 
 
 def public_record(record: JobRecord) -> dict[str, Any]:
