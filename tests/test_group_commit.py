@@ -1,4 +1,4 @@
-"""Group commit (worker.group_commit): calls made together go in one pipeline, each caller gets
+"""Group commit (msgq.group_commit): calls made together go in one pipeline, each caller gets
 its own reply or error, and a script the server lost is loaded again. Against the real Redis."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from msgq.group_commit import GroupCommit
 from tests.conftest import KEYS
-from worker.group_commit import GroupCommit
 
 INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 

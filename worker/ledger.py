@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from msgq.group_commit import GroupCommit
 from msgq.ledger import CONSUME, HOLD, RATE, SETTLE_BUDGET, TAKE_CAPACITY, BudgetHold
 from msgq.tenancy.budgets import DAY_TTL_S, MICRO, RECORD_SPEND, Budgets
 from msgq.tenancy.scheduling import Estimate
-from worker.group_commit import GroupCommit
 from worker.ratelimit import Limits, RateLimiter, model_class
 
 
@@ -121,7 +121,9 @@ async def settle_capacity(
 class Ledgers:
     """The worker's hands on every job's ledger."""
 
-    def __init__(self, redis: Redis, limiter: RateLimiter) -> None:
+    def __init__(
+        self, redis: Redis, limiter: RateLimiter, group: GroupCommit | None = None
+    ) -> None:
         self.redis, self.limiter = redis, limiter
         self.keys = limiter.keys  # the deployment's: the limiter's buckets are in it too
         self._consume = redis.register_script(CONSUME)
@@ -129,13 +131,13 @@ class Ledgers:
         self._take_capacity = redis.register_script(TAKE_CAPACITY)
         self._settle_budget = redis.register_script(SETTLE_BUDGET)
         self._record_spend = redis.register_script(RECORD_SPEND)
-        self.group = GroupCommit(redis)  # the endings' bucket corrections and spend, together
+        self.group = group or GroupCommit(redis)  # every job's ledger steps share round trips
 
     async def consume_ticket(self, ticket_key: str, tickets_key: str, job_id: str) -> bytes | None:
         """The dispatcher's ticket, moved into the job's ledger; None when another run took it."""
         ks = self.keys
         keys = [ticket_key, tickets_key, ks.ledger_key(job_id), ks.ledger_open]
-        raw: bytes | None = await self._consume(keys=keys, args=[job_id, _now_ms()])
+        raw: bytes | None = await self.group.call(self._consume, keys, [job_id, _now_ms()])
         return raw
 
     async def hold_rate(
@@ -144,13 +146,13 @@ class Ledgers:
         """Capacity this worker took from the fleet's bucket for the job."""
         value = orjson.dumps({"model": model, "input": input_tokens, "output": output_tokens})
         keys = [self.keys.ledger_key(job_id), self.keys.ledger_open]
-        await self._hold(keys=keys, args=[job_id, _now_ms(), RATE, value])
+        await self.group.call(self._hold, keys, [job_id, _now_ms(), RATE, value])
 
     async def settle(self, job_id: str, outcome: Outcome, *, model: str) -> Settled:
         """Settle whatever the job's ledger holds, each field by the one caller that takes it:
         capacity taken in one step for every field, a budget with its own settlement."""
         key = self.keys.ledger_key(job_id)
-        reply = await self._take_capacity(keys=[key, self.keys.ledger_open], args=[job_id])
+        reply = await self.group.call(self._take_capacity, [key, self.keys.ledger_open], [job_id])
         settled = Settled()
         for n in range(0, len(reply), 3):
             field, raw, taken = reply[n].decode(), reply[n + 1], int(reply[n + 2])
@@ -188,7 +190,7 @@ class Ledgers:
             model,
             DAY_TTL_S,
         ]
-        return bool(await self._settle_budget(keys=keys, args=args))
+        return bool(await self.group.call(self._settle_budget, keys, args))
 
     async def record_spend(self, tenant: str | None, cost_usd: float, model: str) -> None:
         """Spend of a job that held no budget reservation (no budget, or no tenant at all), for

@@ -17,11 +17,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from msgq.group_commit import GroupCommit
 from msgq.keys import Keyspace
 from msgq.settings import Settings
 from msgq.tenancy.scheduling import resume_fleet
 from schemas.capabilities import rate_limit_class
-from worker.group_commit import GroupCommit
 
 BUCKETS = ("requests", "input-tokens", "output-tokens")
 
@@ -272,7 +272,7 @@ class RateLimiter:
     ) -> None:
         """Refund (positive) or charge (negative) the estimate's error; adopt header limits.
         `requests=1` also refunds the request itself (an admission that was not used).
-        `group`: sent with other jobs' endings (`worker.group_commit`), not on its own."""
+        `group`: sent with other jobs' endings (`msgq.group_commit`), not on its own."""
         lim = self._limits_for(model_class(model))
         self._learned = self._learned or headers_say_limits(headers)
         if not (self._learned or lim.rpm or lim.itpm or lim.otpm):

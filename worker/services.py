@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import httpx
 from redis.asyncio import Redis
 
+from msgq.group_commit import GroupCommit
 from msgq.jobs.store import JobStore
 from msgq.model_catalog import CatalogReader
 from msgq.settings import Settings
@@ -36,7 +37,11 @@ class Services:
 
     def __post_init__(self) -> None:
         self.catalog = CatalogReader(self.redis, self.settings.keys)
-        self.ledgers = Ledgers(self.redis, self.limiter)
+        # One group commit for the job's writes: record compare-and-sets and ledger steps of
+        # every job in flight share round trips (msgq.group_commit).
+        group = GroupCommit(self.redis)
+        self.store.group = group
+        self.ledgers = Ledgers(self.redis, self.limiter, group)
         settings = self.settings
         replicas = Replicas(settings.submit_min_replicas, settings.submit_replica_timeout_ms)
         self.held = AnswerHold(

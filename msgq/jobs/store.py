@@ -12,6 +12,7 @@ from redis.asyncio.client import Pipeline
 from msgq import arq_format
 from msgq.channels import publish
 from msgq.fleet_stats import record_minute
+from msgq.group_commit import GroupCommit
 from msgq.jobs import records
 from msgq.jobs.indexes import index_expiry, index_new, index_status
 from msgq.jobs.kept import keep_spec_from_queue
@@ -46,6 +47,8 @@ class JobStore:
         self.batch_retention_s = batch_retention_s
         self._cas = redis.register_script(COMPARE_AND_SET)
         self._create = redis.register_script(CREATE)
+        # A worker's: its jobs' compare-and-sets share round trips (msgq.group_commit).
+        self.group: GroupCommit | None = None
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> JobStore:
@@ -202,9 +205,11 @@ class JobStore:
         commands = [*recorder.commands, *also]
         if any(str(args[0]).upper() not in SCRIPT_SAFE for args in commands):
             return None  # e.g. a script of its own (a batch's webhook): WATCH/MULTI instead
-        written = await self._cas(
-            keys=[self.keys.record_key(job_id)], args=[expected, *flatten(commands)]
-        )
+        keys, args = [self.keys.record_key(job_id)], [expected, *flatten(commands)]
+        if self.group is not None:
+            written = await self.group.call(self._cas, keys, args)
+        else:
+            written = await self._cas(keys=keys, args=args)
         return new if int(written) == 1 else None
 
     def _write(self, pipe: Redis, record: JobRecord, previous: JobStatus | None = None) -> None:

@@ -1,18 +1,20 @@
-"""Group commit: the small writes jobs make as they end (a bucket's correction, a usage spend),
-sent together in one round trip instead of one each.
+"""Group commit: the script calls a busy worker makes for its jobs (a record's compare-and-set,
+a ticket moved into a ledger, a ledger settled, a bucket corrected, a spend counted), sent
+together in one round trip instead of one each.
 
-Why: a busy worker ends a job every few milliseconds, and each ending settled its rate-limit
-bucket and counted its spend in round trips of their own, after the answer was stored: two of
-the seven a job cost, and a fifth of the worker's CPU went to packing, sending and awaiting
-commands. Here every caller queues its script call and awaits its own reply; whatever was queued
-while the previous batch was on the wire goes in the next one. With nothing else waiting a call
-is sent at once (no timer, no added latency); under load one pipeline carries every job that
-ended in the meantime.
+Why: each job cost the worker about seven round trips of its own, and packing, sending and
+awaiting commands (a write syscall each) took a large share of its CPU. Here every caller queues
+its script call and awaits its own reply; whatever was queued while the previous batch was on
+the wire goes in the next one. With nothing else waiting a call is sent at once (no timer, no
+added latency); under load one pipeline carries the calls of every job that got that far
+meanwhile.
 
-Each call keeps its own reply and its own error (one failing call fails only its caller), and a
-call is sent once: as before, a settlement the connection lost is not sent twice by msgq (the
-bucket heals as it refills; see `worker.ledger`). The scripts go by SHA; one the server lost
-(restarted, failed over) is loaded and only the calls that found it missing are sent again.
+Each call stays a script of its own, atomic as before, and keeps its own reply and its own error
+(one failing call fails only its caller). A connection lost mid-pipeline is met as it was for a
+call on its own: redis-py applies the connection's retry policy to a pipeline exactly as to one
+command, and every caller of the batch sees the error it would have seen. The scripts go by SHA;
+one the server lost (restarted, failed over) is loaded and only the calls that found it missing
+are sent again.
 """
 
 from __future__ import annotations
