@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -249,3 +251,33 @@ async def test_favicon_is_an_icon_not_a_404(api: httpx.AsyncClient) -> None:
     assert answer.headers["content-type"] == "image/x-icon"
     assert answer.content[:4] == b"\x00\x00\x01\x00"  # the ICO header
     assert (await api.get("/ui/static/favicon.ico")).content == answer.content
+
+
+def test_no_route_dependency_runs_in_the_thread_pool(api_settings: Settings) -> None:
+    """FastAPI runs a plain-function dependency in its thread pool: a thread hop on every
+    request, for what is a few dictionary reads. Every route and its dependencies are coroutines."""
+    from fastapi.dependencies.models import Dependant
+    from fastapi.routing import APIRoute
+
+    from msgq.http.app import create_app
+
+    def calls(dependant: Dependant) -> Iterator[Any]:
+        for dependency in dependant.dependencies:
+            yield dependency.call
+            yield from calls(dependency)
+
+    def api_routes(routes: list[Any]) -> Iterator[APIRoute]:
+        for route in routes:
+            if isinstance(route, APIRoute):
+                yield route
+            inner = getattr(route, "original_router", route)  # an included router
+            yield from api_routes(getattr(inner, "routes", []))
+
+    routes = list(api_routes(create_app(api_settings).routes))
+    sync = {
+        f"{route.path}: {getattr(call, '__name__', call)}"
+        for route in routes
+        for call in (route.endpoint, *calls(route.dependant))
+        if call is not None and not inspect.iscoroutinefunction(call)
+    }
+    assert routes and not sync, sorted(sync)

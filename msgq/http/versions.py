@@ -68,4 +68,8 @@ def _other_api_headers(request: Request) -> dict[str, str] | None:
     return {name: ", ".join(values) for name, values in found.items()} or None
 
 
-Headers = Annotated[ApiHeaders, Depends(read_api_headers)]
+async def _api_headers(request: Request) -> ApiHeaders:
+    return read_api_headers(request)  # a coroutine: FastAPI runs a plain function in a thread
+
+
+Headers = Annotated[ApiHeaders, Depends(_api_headers)]
