@@ -60,3 +60,16 @@ async def test_a_lost_connection_fails_every_caller_of_the_batch(redis_url: str)
     )
     assert all(isinstance(result, RedisConnectionError) for result in results)
     await broken.aclose()
+
+
+async def test_a_record_swap_writes_only_over_what_it_expects(redis: Redis) -> None:
+    """`JobStore.swap` (a running job's progress): a compare-and-set, here through a group."""
+    from msgq.jobs.store import JobStore
+
+    store = JobStore(redis, keys=KEYS, retention_s=60)
+    store.group = GroupCommit(redis)
+    key = KEYS.record_key("job_swap")
+    await redis.set(key, b'{"v":1}')
+    assert await store.swap("job_swap", b'{"v":1}', b'{"v":2}')
+    assert not await store.swap("job_swap", b'{"v":1}', b'{"v":3}')  # it had moved on
+    assert await redis.get(key) == b'{"v":2}'

@@ -357,6 +357,16 @@ class JobStore:
         records, _ = await self.page(status=status, limit=limit)
         return records
 
+    async def swap(self, job_id: str, expected: bytes, new: bytes) -> bool:
+        """Replace a record that still holds exactly `expected` with `new`, nothing else
+        written (a running job's `progress`): one compare-and-set, with a worker's other
+        writes (`group`). False when the record had moved on: nothing was written."""
+        key = self.keys.record_key(job_id)
+        keys, args = [key], [expected, *flatten([("SET", key, new)])]
+        if self.group is not None:
+            return int(await self.group.call(self._cas, keys, args)) == 1
+        return int(await self._cas(keys=keys, args=args)) == 1
+
     async def set_progress(self, job_id: str, tokens: int | None) -> None:
         """A running job's output tokens so far (None clears them). Only an in-progress record
         is touched: a terminal or re-queued one never is (WATCH sees to races). Nothing but

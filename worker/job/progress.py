@@ -51,6 +51,12 @@ class Progress:
         self.listened = True  # until a publish reaches nobody
         self.published = False
         self.recorded = False
+        # The record as the attempt began it, and its JSON as last written: `progress` goes in
+        # by compare-and-set (with the worker's other writes), and out again at the end, so
+        # the attempt's terminal write still finds the record it expects. None: moved on.
+        self.record: JobRecord = record
+        self.raw: bytes | None = record.model_dump_json().encode()
+        self.begun = self.raw
 
     async def __call__(self, tokens: int, text: str) -> None:
         self.tokens = tokens
@@ -87,16 +93,30 @@ class Progress:
     async def _record(self) -> None:
         try:
             await self._hold(min(self.tokens, self.reserved))
-            await self.services.store.set_progress(self.job_id, self.tokens)
+            await self._set_progress(self.tokens)
             self.recorded = True
         except RedisError as exc:
             log.warning("job.progress_unrecorded", error=type(exc).__name__)
+
+    async def _set_progress(self, tokens: int | None) -> None:
+        store = self.services.store
+        if self.raw is not None:
+            new = self.record.model_copy(update={"progress": tokens})
+            raw = self.begun if tokens is None else new.model_dump_json().encode()
+            if raw is not None and await store.swap(self.job_id, self.raw, raw):
+                self.record, self.raw = new, raw
+                return
+            self.raw = None  # a cancel request, say: from now on read the record each time
+        await store.set_progress(self.job_id, tokens)
 
     async def _hold(self, tokens: int) -> None:
         """Make the limiter hold `tokens` of output for this call (refund or charge the rest)."""
         if tokens != self.held:
             await self.services.limiter.settle(
-                self.model, input_delta=0, output_delta=self.held - tokens
+                self.model,
+                input_delta=0,
+                output_delta=self.held - tokens,
+                group=self.services.ledgers.group,
             )
             self.held = tokens
 
@@ -107,7 +127,7 @@ class Progress:
             if self.pending and self.listened and self.published:
                 await self._publish(time.monotonic())
             if self.recorded:
-                await self.services.store.set_progress(self.job_id, None)
+                await self._set_progress(None)
             await self._hold(self.reserved)
         except RedisError as exc:
             log.warning("job.progress_unsettled", error=type(exc).__name__)
