@@ -85,6 +85,30 @@ async def test_limits_learned_and_corrected_from_headers(redis_url: str) -> None
         assert big.admitted  # a reservation above capacity is clamped, never stuck forever
 
 
+async def test_remaining_counts_the_requests_admitted_since_the_call_was(redis: Redis) -> None:
+    """The API counted `remaining` when the call arrived: the requests this fleet admitted
+    since are off it, or a fast fleet runs past the learned limit's end into 429s."""
+    model = "claude-haiku-4-5"
+    limiter = RateLimiter(redis, KEYS, {})
+    headers = {
+        "anthropic-ratelimit-requests-limit": "60",
+        "anthropic-ratelimit-requests-remaining": "50",
+    }
+    await limiter.settle(model, input_delta=0, output_delta=0, headers=headers)  # learned: 50
+    first = await limiter.acquire(model, input_tokens=1, output_tokens=1, now_ms=now_ms())
+    assert first.admitted and first.count is not None
+    for _ in range(9):  # nine more admitted while the first call is on its way
+        assert (
+            await limiter.acquire(model, input_tokens=1, output_tokens=1, now_ms=now_ms())
+        ).admitted
+    headers["anthropic-ratelimit-requests-remaining"] = "45"  # the API's count at its arrival
+    await limiter.settle(
+        model, input_delta=0, output_delta=0, headers=headers, admitted_n=first.count
+    )
+    bucket = await redis.hgetall(KEYS.bucket_key("haiku"))  # type: ignore[misc]
+    assert float(bucket[b"r"]) <= 36.5  # 45 less the nine since (not 45, nor 40 as it was)
+
+
 def test_adaptive_concurrency_shrinks_and_grows_back() -> None:
     """Multiplicative decrease on overload (once per interval), additive increase when clean."""
     import asyncio

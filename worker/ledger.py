@@ -48,6 +48,7 @@ class Capacity:
     output_tokens: int
     scope: str | None = None
     limits: Limits | None = None  # a share cap's own limits (the fleet's are the limiter's)
+    admitted_n: int | None = None  # the fleet bucket's admission count when it was taken
 
     def deltas(self, outcome: Outcome) -> tuple[int, int, int]:
         """(input, output, requests) to give back: positive refunds, negative charges."""
@@ -68,12 +69,13 @@ def capacities(field: str, data: dict[str, Any]) -> list[Capacity]:
 
 
 def _capacities(field: str, data: dict[str, Any]) -> list[Capacity]:
+    count = int(data["n"]) if isinstance(data.get("n"), int) else None
     if field == RATE:
-        return [Capacity(data["model"], int(data["input"]), int(data["output"]))]
+        return [Capacity(data["model"], int(data["input"]), int(data["output"]), admitted_n=count)]
     held: list[Capacity] = []
     if data.get("limited") and "estimate" in data:
         est = Estimate.loads(data["estimate"])
-        held.append(Capacity(est.model, est.input_tokens, est.output_tokens))
+        held.append(Capacity(est.model, est.input_tokens, est.output_tokens, admitted_n=count))
     share = data.get("share")
     if isinstance(share, dict):
         limits = Limits(int(share["rpm"]), int(share["itpm"]), int(share["otpm"]))
@@ -115,6 +117,7 @@ async def settle_capacity(
         headers=headers,
         requests=requests,
         group=group,
+        admitted_n=capacity.admitted_n if capacity.scope is None else None,
     )
 
 
@@ -141,10 +144,19 @@ class Ledgers:
         return raw
 
     async def hold_rate(
-        self, job_id: str, model: str, input_tokens: int, output_tokens: int
+        self,
+        job_id: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        admitted_n: int | None = None,
     ) -> None:
-        """Capacity this worker took from the fleet's bucket for the job."""
-        value = orjson.dumps({"model": model, "input": input_tokens, "output": output_tokens})
+        """Capacity this worker took from the fleet's bucket for the job (`admitted_n`: the
+        bucket's admission count then)."""
+        held: dict[str, object] = {"model": model, "input": input_tokens, "output": output_tokens}
+        if admitted_n is not None:
+            held["n"] = admitted_n
+        value = orjson.dumps(held)
         keys = [self.keys.ledger_key(job_id), self.keys.ledger_open]
         await self.group.call(self._hold, keys, [job_id, _now_ms(), RATE, value])
 

@@ -45,7 +45,8 @@ end
 
 # `acquire(bucket, cooldown, pause, a)`: a = {now_ms, cost r/i/o, configured caps r/i/o (0 =
 # none), holder (the job asking), learned_ttl_ms, hold_slack_ms, large_fraction}. Returns
-# {0, ''} when admitted, {wait_ms, why} otherwise; nothing is taken unless all three fit.
+# {0, '', n} when admitted (n: the bucket's count of admissions, this one's included; see
+# ADJUST), {wait_ms, why} otherwise; nothing is taken unless all three fit.
 # A large request (a need of at least large_fraction of a bucket) that must wait holds a
 # reservation: until it is served (or its hold lapses), others may take only what leaves its
 # need in the bucket, so small requests cannot keep the level below it forever. A function, so
@@ -101,7 +102,7 @@ if wait == 0 then
   if holding and h.hold == holder then
     redis.call('HDEL', bucket, 'hold', 'hr', 'hi', 'ho', 'hu')
   end
-  return {0, ''}
+  return {0, '', redis.call('HINCRBY', bucket, 'n', 1)}
 end
 if big and (not holding or h.hold == holder) then
   redis.call('HSET', bucket, 'hold', holder, 'hr', tostring(needs[1] or 0),
@@ -118,7 +119,11 @@ ACQUIRE = ACQUIRE_STEP + "return acquire(KEYS[1], KEYS[2], KEYS[3], ARGV)\n"
 
 # KEYS: bucket hash. ARGV: deltas r/i/o (positive refunds), then for each bucket the learned
 # limit and remaining from headers ('' when absent), then configured caps r/i/o, now_ms,
-# learned_ttl_ms. Refunds never exceed the effective cap; `remaining` only ever lowers.
+# learned_ttl_ms, and the bucket's admission count when this call was admitted ('' unknown).
+# Refunds never exceed the effective cap; `remaining` only ever lowers. The API counted
+# `remaining` when the call arrived, seconds ago: the requests admitted here since then (the
+# count's growth) are taken off it, or a fleet sending fast forgets them, runs ahead of the
+# API's bucket and meets 429s where a learned limit runs out.
 ADJUST = (
     CAPS
     + """
@@ -133,6 +138,10 @@ local caps = caps_of(h, now, {ARGV[10], ARGV[11], ARGV[12]}, tonumber(ARGV[14]))
 for n = 1, 3 do
   local t = tonumber(h[names[n]])
   local remaining = ARGV[3 + 2 * n]
+  if n == 1 and remaining ~= '' and ARGV[15] and ARGV[15] ~= '' then
+    local since = math.max(0, (tonumber(h.n) or 0) - tonumber(ARGV[15]))
+    remaining = tostring(math.max(0, tonumber(remaining) - since))
+  end
   if not t and remaining ~= '' then
     -- First word from the API about this bucket: start from what it says is left, not from
     -- a full bucket (calls sent before the limit was known have already used some).
@@ -174,6 +183,7 @@ class Limits:
 class Admission:
     wait_s: float
     reason: str  # "" when admitted; else "r", "i", "o", "cooldown" or "paused"
+    count: int | None = None  # admitted: the bucket's admission count (for `settle`)
 
     @property
     def admitted(self) -> bool:
@@ -257,8 +267,11 @@ class RateLimiter:
         args = self.step_args(
             model, now_ms=now_ms, cost=(input_tokens, output_tokens), holder=holder
         )
-        wait_ms, why = await self._acquire(keys=self.gate_keys(model), args=args)
-        return Admission(int(wait_ms) / 1000, why.decode() if isinstance(why, bytes) else why)
+        reply = await self._acquire(keys=self.gate_keys(model), args=args)
+        wait_ms, why = reply[0], reply[1]
+        count = int(reply[2]) if len(reply) > 2 else None
+        reason = why.decode() if isinstance(why, bytes) else why
+        return Admission(int(wait_ms) / 1000, reason, count)
 
     async def settle(
         self,
@@ -269,10 +282,12 @@ class RateLimiter:
         headers: dict[str, str] | None = None,
         requests: int = 0,
         group: GroupCommit | None = None,
+        admitted_n: int | None = None,
     ) -> None:
         """Refund (positive) or charge (negative) the estimate's error; adopt header limits.
         `requests=1` also refunds the request itself (an admission that was not used).
-        `group`: sent with other jobs' endings (`msgq.group_commit`), not on its own."""
+        `group`: sent with other jobs' endings (`msgq.group_commit`), not on its own.
+        `admitted_n`: the bucket's admission count when the call was admitted (ADJUST)."""
         lim = self._limits_for(model_class(model))
         self._learned = self._learned or headers_say_limits(headers)
         if not (self._learned or lim.rpm or lim.itpm or lim.otpm):
@@ -295,6 +310,7 @@ class RateLimiter:
             lim.otpm,
             int(time.time() * 1000),
             self.learned_ttl_ms,
+            "" if admitted_n is None else admitted_n,
         ]
         if group is None:
             await self._adjust(keys=keys, args=args)
@@ -304,15 +320,24 @@ class RateLimiter:
     async def gate_wait(self, model: str) -> tuple[float, str]:
         """(seconds, why) until the fleet may send for this model: the pause, then the model
         class's cool-down; (0, "") when clear. The same checks `acquire` starts with."""
+        wait_s, why, _ = await self.gate_and_known(model)
+        return wait_s, why
+
+    async def gate_and_known(self, model: str) -> tuple[float, str, bool]:
+        """`gate_wait` and `known` for this model's class, read in one round trip."""
+        cls = model_class(model)
+        lim = self._limits_for(cls)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.pttl(self.keys.pause_key)
-            pipe.pttl(self.keys.cooldown_key(model_class(model)))
-            pause_ms, cool_ms = await pipe.execute()
+            pipe.pttl(self.keys.cooldown_key(cls))
+            pipe.hget(self._bucket(cls), "L")
+            pause_ms, cool_ms, learned_at = await pipe.execute()
+        known = bool(lim.rpm or lim.itpm or lim.otpm) or self._fresh(learned_at)
         if pause_ms != -2:  # -1: paused without expiry (until `msgq resume`)
-            return (pause_ms / 1000 if pause_ms > 0 else 60.0), "paused"
+            return (pause_ms / 1000 if pause_ms > 0 else 60.0), "paused", known
         if cool_ms > 0:
-            return cool_ms / 1000, "cooldown"
-        return 0.0, ""
+            return cool_ms / 1000, "cooldown", known
+        return 0.0, "", known
 
     async def known(self, model_cls: str) -> bool:
         """A limit is configured for this class, or one learned from headers is still fresh:
@@ -320,7 +345,9 @@ class RateLimiter:
         lim = self._limits_for(model_cls)
         if lim.rpm or lim.itpm or lim.otpm:
             return True
-        learned_at = await self.redis.hget(self._bucket(model_cls), "L")  # type: ignore[misc]
+        return self._fresh(await self.redis.hget(self._bucket(model_cls), "L"))  # type: ignore[misc]
+
+    def _fresh(self, learned_at: bytes | str | None) -> bool:
         if learned_at is None:
             return False
         return float(learned_at) + self.learned_ttl_ms > time.time() * 1000

@@ -49,6 +49,7 @@ for i = 4, #ARGV, 5 do
       wait, why = r[1], r[2]
       break
     end
+    value = string.sub(value, 1, -2) .. ',"n":' .. r[3] .. '}'  -- the admission's count
     moved = moved + move_one(k, id, value, ARGV[2], ARGV[3])
     statuses[#statuses + 1] = 1
   else  -- it had left, or its payload is gone: move_one drops it from the scheduler

@@ -49,7 +49,7 @@ async def wait_for_capacity(
             metrics.LIMITER_WAIT.observe(time.monotonic() - started)
             run.held = True
             await services.ledgers.hold_rate(
-                run.job_id, request.model, input_tokens, request.max_tokens
+                run.job_id, request.model, input_tokens, request.max_tokens, admission.count
             )
             return
         if admission.reason == "paused":
