@@ -35,15 +35,13 @@ class FleetLock:
         self._renewed_at: float | None = None  # monotonic, when a renewal last succeeded
         self._renewed_ttl_ms = 0
 
-    async def hold(self, ttl_ms: int, *, renew: bool = False) -> bool:
+    async def hold(self, ttl_ms: int) -> bool:
         """True while this process holds the lease (for at least two thirds of `ttl_ms` more).
         Renewed in Redis once a third of its life has passed, not on every call: an idle
-        dispatcher asked each second, a round trip each time for a 10 s lease. `renew`: in
-        Redis now, whatever the last renewal."""
+        dispatcher asked each second, a round trip each time for a 10 s lease."""
         renewed = self._renewed_at
         if (
-            not renew
-            and renewed is not None
+            renewed is not None
             and ttl_ms == self._renewed_ttl_ms
             and time.monotonic() - renewed < ttl_ms / 3000
         ):
