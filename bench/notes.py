@@ -25,6 +25,19 @@ NOTES = """### How to read these: the user's world
 - **Drop-in added latency** is a drop-in call's time minus the same call made straight to the
   simulator, alternating, on an idle fleet: submit, the dispatcher's admission (woken by the
   submission), the worker's pick-up (woken by the admission), the call, the record, the answer.
+  A traced call before this wave's work (11 ms end to end): 3 ms in the API before its first
+  Redis command (HTTP parsing with h11, a task group per request for a metrics middleware, a
+  thread-pool hop per dependency), 1.2 ms to the dispatcher's wake, 1.4 ms of the dispatcher's
+  sequential reads, 0.9 ms to the worker's claim, 1 ms to the record's `in_progress`, the call,
+  and 1.3 ms to answer. httptools, a plain ASGI middleware and coroutine dependencies took most
+  of the API's share away.
+- **Worker CPU per job**, this wave's levers (design/round-trips in the docs): every script
+  call a job makes in the worker (record compare-and-sets, ledger steps, bucket corrections,
+  spend) goes through one group commit, so the calls of jobs ending together share a pipeline;
+  a pooled connection used within a second skips redis-py's socket-read check on checkout (a
+  coroutine, a timeout and a syscall each time); a streaming job's `progress` goes in and out
+  of its record by compare-and-set instead of WATCH transactions. The same run's peers table
+  puts msgq's worker CPU per job beside BullMQ's and arq's.
 
 ### How to read these
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import signal
 import subprocess
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,6 @@ from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import KEY_A, KEYS, SAMPLES, Sim, StartWorker, eventually, stop_process
-from worker.fleet_lock import FleetLock
 from worker.reconciler import Reconciler
 
 BODY = json.loads((SAMPLES / "requests" / "text.json").read_text())
@@ -73,35 +70,6 @@ async def test_reconciler_lock_lets_one_worker_run_it(
     one, two = Reconciler(redis, store, settings), Reconciler(redis, store, settings)
     assert await one.take_lock() and not await two.take_lock()
     assert await one.take_lock()  # the holder renews
-
-
-async def test_a_held_lease_is_renewed_by_a_third_of_its_life_not_on_every_ask(
-    redis: Redis,
-) -> None:
-    """An idle dispatcher asks for its lease every second: a round trip each time. The holder
-    now renews once a third of the lease has passed, so it never lapses (it is renewed well
-    before), yet most asks cost nothing; a released lease is free at once for another."""
-    key = KEYS.prefix + "lease:test"
-    lease, other = FleetLock(redis, key), FleetLock(redis, key)
-    renewals = 0
-    plain_take = lease._take
-
-    async def counted(**kwargs: Any) -> Any:
-        nonlocal renewals
-        renewals += 1
-        return await plain_take(**kwargs)
-
-    lease._take = counted  # type: ignore[method-assign]
-    deadline = time.monotonic() + 1.2
-    while time.monotonic() < deadline:  # asked every 20 ms over 4 lease lives (300 ms)
-        assert await lease.hold(300)
-        assert await redis.pttl(key) > 150  # never near lapsing
-        assert not await other.hold(300)
-        await asyncio.sleep(0.02)
-    assert 4 <= renewals <= 16  # not the ~60 asks
-    await lease.release()
-    assert await other.hold(300)  # free at once, not after its TTL
-    assert not await lease.hold(300)  # and the one that gave it up knows it
 
 
 async def test_payload_missing_from_the_queue_is_requeued_and_runs(

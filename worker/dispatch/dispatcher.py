@@ -53,7 +53,6 @@ from worker.dispatch.admit import AdmitRun
 from worker.dispatch.budget import BudgetGate
 from worker.dispatch.fair_share import FairShare
 from worker.dispatch.intake import Intake
-from worker.dispatch.look import idle_look, look
 from worker.dispatch.queues import (
     ADMITTED_TTL_S,
     HEADS_PER_QUEUE,
@@ -139,22 +138,18 @@ class Dispatcher:
                 await asyncio.sleep(1.0)
 
     async def take_lock(self) -> bool:
-        return await self.lock.hold(10_000)  # renewed in Redis every third of its life
+        return await self.lock.hold(10_000)
 
     async def tick(self) -> float:
         """Dispatch what can be admitted now; returns how long to wait before looking again."""
         if await self._sweep_and_still_idle():
             return 1.0
-        seen = await look(self.redis, self.keys, self.window)
-        if seen.inbox:
-            await self.intake.route_inbox()
-            seen = await look(self.redis, self.keys, self.window)
-        full = self.settings.scheduler and (
-            await self.window.room(limits_known=self._known, seen=seen.window) <= 0
-        )
-        if full:  # the fleet's slots: look again shortly, without re-reading every queue
-            return FULL_RECHECK_S  # (a full tick reads and parses each queue's first entries)
-        by_class = await self._heads(seen.backlog)
+        await self.intake.route_inbox()
+        if self.settings.scheduler and await self.window.room(limits_known=self._known) <= 0:
+            # The fleet's slots are full: look again shortly, without re-reading every queue
+            # (a full tick reads and parses each queue's first entries).
+            return FULL_RECHECK_S
+        by_class = await self._heads()
         if not by_class:
             self._idle = True
             return 1.0
@@ -181,16 +176,26 @@ class Dispatcher:
             self._next_sweep = now + ORPHAN_SWEEP_S
             await release_orphans(self.redis, self.limiter)
         if self._idle:
-            nothing_waiting, expiring = await idle_look(self.redis, self.keys)
-            if expiring:
-                await self.intake.expire_due()
-            if nothing_waiting:
+            if await self._still_idle():
                 return True
         elif now >= self._next_expiry:
             self._next_expiry = now + EXPIRY_EVERY_S
             await self.intake.expire_due()
         self._idle = False
         return False
+
+    async def _still_idle(self) -> bool:
+        """No raw producer's job in the inbox and no scheduler queue listed, read in one round
+        trip with whether a waiting job's deadline has passed (then ended, as every tick does)."""
+        now_ms = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.sched_inbox)
+            pipe.scard(self.keys.sched_backlog)
+            pipe.zrangebyscore(self.keys.sched_deadlines, "-inf", now_ms, start=0, num=1)
+            inbox, backlog, expiring = await pipe.execute()
+        if expiring:
+            await self.intake.expire_due()
+        return not inbox and not backlog
 
     async def _drain(self, by_class: dict[str, dict[str, deque[Head]]]) -> float:
         """Scheduler off for this fleet: whatever a producer placed in the scheduler's queues
@@ -201,9 +206,9 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ reading the queues
 
-    async def _heads(self, queues: list[str]) -> dict[str, dict[str, deque[Head]]]:
-        """Per model class, per scheduler queue listed: its first HEADS_PER_QUEUE jobs, oldest
-        first."""
+    async def _heads(self) -> dict[str, dict[str, deque[Head]]]:
+        """Per model class, per scheduler queue: its first HEADS_PER_QUEUE jobs, oldest first."""
+        queues = [q.decode() for q in await self.redis.smembers(self.keys.sched_backlog)]  # type: ignore[misc]
         if not queues:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -246,9 +251,10 @@ class Dispatcher:
     async def _dispatch_class(self, cls: str, queues: dict[str, deque[Head]]) -> float:
         firsts = [q[0] for q in queues.values()]
         self.policy.forget_idle_credit(cls, firsts)
-        gate_s, _, limited = await self.limiter.gate_and_known(firsts[0].estimate.model)
+        gate_s, _ = await self.limiter.gate_wait(firsts[0].estimate.model)
         if gate_s > 0:
             return min(gate_s, 1.0)  # paused or cooling down: nothing is admitted, ticket or not
+        limited = await self.limiter.known(cls)
         self._known = limited
         return await self._admit_in_order(cls, queues, limited)
 

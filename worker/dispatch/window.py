@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -40,21 +39,13 @@ class AdmissionWindow:
     def admitted(self, count: int) -> None:
         self._admitted_since += count
 
-    def read(self, pipe: Redis) -> None:
-        """Queue the two reads `room` needs on the caller's pipeline (the jobs due in arq's
-        queue, whether any class cools down), for `room(seen=...)`: the dispatcher reads them
-        with the rest of its look, in one round trip."""
-        pipe.zcount(self.settings.keys.queue, "-inf", int(time.time() * 1000))
-        pipe.exists(self.settings.keys.cooling_key)
-
-    async def room(self, *, limits_known: bool, seen: tuple[Any, Any] | None = None) -> int:
-        """Jobs that may be admitted now (may be zero or negative: none). `seen`: the replies
-        of `read`, when the caller has them."""
-        if seen is None:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                self.read(pipe)
-                seen = tuple(await pipe.execute())
-        due, cooling = seen
+    async def room(self, *, limits_known: bool) -> int:
+        """Jobs that may be admitted now (may be zero or negative: none)."""
+        now_ms = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(self.settings.keys.queue, "-inf", now_ms)
+            pipe.exists(self.settings.keys.cooling_key)
+            due, cooling = await pipe.execute()
         self._observe(int(due), bool(cooling), limits_known)
         cap = await self.fleet_slots() + self.settings.dispatch_window
         if not limits_known:
