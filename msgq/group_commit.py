@@ -20,12 +20,12 @@ are sent again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 
@@ -37,10 +37,6 @@ class _Call:
     reply: asyncio.Future[Any] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-
-
-def _loop() -> asyncio.AbstractEventLoop:
-    return asyncio.get_running_loop()
 
 
 class GroupCommit:
@@ -61,22 +57,16 @@ class GroupCommit:
             self._sender = asyncio.create_task(self._send_queued())
         return await asyncio.shield(call.reply)
 
-    async def close(self) -> None:
-        """Wait for what is queued to be sent (a stopping worker's last settlements)."""
-        if self._sender is not None:
-            with contextlib.suppress(Exception):
-                await self._sender
-
     async def _send_queued(self) -> None:
         while self._queued:
             batch, self._queued = self._queued, []
             try:
                 replies = await self._send(batch)
             except BaseException as exc:  # the pipeline as a whole: every caller gets the error
-                for call in batch:
+                for call in batch:  # (a cancelled sender, at shutdown: as a lost connection)
                     if not call.reply.done():
                         call.reply.set_exception(
-                            exc if isinstance(exc, Exception) else ConnectionError(repr(exc))
+                            exc if isinstance(exc, Exception) else RedisConnectionError(repr(exc))
                         )
                 if not isinstance(exc, Exception):
                     raise
