@@ -99,7 +99,7 @@ class Dispatcher:
         self.budget_gate = BudgetGate(self.store, self.budgets, self.tenants, self.policy)
         self.share_caps = ShareCaps(redis, limiter)
         self.wake = asyncio.Event()
-        self._idle = False  # the last tick found no job waiting: the next reads two counts first
+        self._idle = False  # the last tick found no job waiting: the next looks in one read first
 
     # ------------------------------------------------------------------ loop
 
