@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from msgq.group_commit import GroupCommit
 from msgq.ledger import CONSUME, HOLD, RATE, SETTLE_BUDGET, TAKE_CAPACITY, BudgetHold
-from msgq.tenancy.budgets import DAY_TTL_S, MICRO, RECORD_SPEND, Budgets
+from msgq.tenancy.budgets import DAY_TTL_S, MICRO, Budgets
 from msgq.tenancy.scheduling import Estimate
 from worker.ratelimit import Limits, RateLimiter, model_class
 
@@ -133,7 +133,7 @@ class Ledgers:
         self._hold = redis.register_script(HOLD)
         self._take_capacity = redis.register_script(TAKE_CAPACITY)
         self._settle_budget = redis.register_script(SETTLE_BUDGET)
-        self._record_spend = redis.register_script(RECORD_SPEND)
+        self.budgets = Budgets(redis, self.keys)  # spend without a reservation, for usage
         self.group = group or GroupCommit(redis)  # every job's ledger steps share round trips
 
     async def consume_ticket(self, ticket_key: str, tickets_key: str, job_id: str) -> bytes | None:
@@ -208,8 +208,8 @@ class Ledgers:
         """Spend of a job that held no budget reservation (no budget, or no tenant at all), for
         usage reports: they add up to what the records cost."""
         if cost_usd:
-            keys, args = Budgets(self.redis, self.keys).record_step(tenant, cost_usd, model)
-            await self.group.call(self._record_spend, keys, args)
+            keys, args = self.budgets.record_step(tenant, cost_usd, model)
+            await self.group.call(self.budgets.record_script, keys, args)
 
     async def learn(self, model: str, headers: dict[str, str]) -> None:
         """The limits an answer's headers announce, for a call sent with no capacity held."""

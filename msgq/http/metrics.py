@@ -14,8 +14,9 @@ from __future__ import annotations
 from prometheus_client import REGISTRY as PROCESS_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from redis.asyncio import Redis
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Scope
 
+from msgq.http.response_start import ResponseStart
 from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets
 from msgq.tenancy.tenants import load_tenants
@@ -25,26 +26,13 @@ TENANT_REGISTRY = CollectorRegistry(auto_describe=True)
 API_REQUESTS = Counter("msgq_api_requests_total", "HTTP API requests", ["method", "status"])
 
 
-class CountRequests:
+class CountRequests(ResponseStart):
     """ASGI middleware: `msgq_api_requests_total` by method and status, counted as the answer
-    starts. (Starlette's `@app.middleware("http")` ran every request through a task group and
-    a memory stream of its own, which showed in a profile of the drop-in's API process.)"""
+    starts."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        method = scope["method"]
-
-        async def counted(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                API_REQUESTS.labels(method, str(message["status"])).inc()
-            await send(message)
-
-        await self.app(scope, receive, counted)
+    def on_start(self, scope: Scope, message: Message) -> Message:
+        API_REQUESTS.labels(scope["method"], str(message["status"])).inc()
+        return message
 
 
 QUEUE_DEPTH = Gauge("msgq_queue_depth", "jobs waiting or deferred in the queue (fleet-wide)")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import secrets
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Scope
+
+from msgq.http.response_start import ResponseStart
 
 HEADER = b"request-id"
 
@@ -19,23 +21,12 @@ def new_request_id() -> str:
     return "req_msgq_" + secrets.token_urlsafe(12)
 
 
-class RequestIds:
+class RequestIds(ResponseStart):
     """ASGI middleware: adds `request-id` to a response that does not have one."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                if not any(name.lower() == HEADER for name, _ in headers):
-                    headers.append((HEADER, new_request_id().encode()))
-                    message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+    def on_start(self, scope: Scope, message: Message) -> Message:
+        headers = list(message.get("headers", []))
+        if any(name.lower() == HEADER for name, _ in headers):
+            return message
+        headers.append((HEADER, new_request_id().encode()))
+        return {**message, "headers": headers}

@@ -205,11 +205,7 @@ class JobStore:
         commands = [*recorder.commands, *also]
         if any(str(args[0]).upper() not in SCRIPT_SAFE for args in commands):
             return None  # e.g. a script of its own (a batch's webhook): WATCH/MULTI instead
-        keys, args = [self.keys.record_key(job_id)], [expected, *flatten(commands)]
-        if self.group is not None:
-            written = await self.group.call(self._cas, keys, args)
-        else:
-            written = await self._cas(keys=keys, args=args)
+        written = await self._run_cas(self.keys.record_key(job_id), expected, commands)
         return new if int(written) == 1 else None
 
     def _write(self, pipe: Redis, record: JobRecord, previous: JobStatus | None = None) -> None:
@@ -362,10 +358,14 @@ class JobStore:
         written (a running job's `progress`): one compare-and-set, with a worker's other
         writes (`group`). False when the record had moved on: nothing was written."""
         key = self.keys.record_key(job_id)
-        keys, args = [key], [expected, *flatten([("SET", key, new)])]
+        return int(await self._run_cas(key, expected, [("SET", key, new)])) == 1
+
+    async def _run_cas(self, key: str, expected: bytes, commands: Sequence[tuple[Any, ...]]) -> Any:
+        """COMPARE_AND_SET on the record `key`: through the worker's group commit if it has one."""
+        keys, args = [key], [expected, *flatten(commands)]
         if self.group is not None:
-            return int(await self.group.call(self._cas, keys, args)) == 1
-        return int(await self._cas(keys=keys, args=args)) == 1
+            return await self.group.call(self._cas, keys, args)
+        return await self._cas(keys=keys, args=args)
 
     async def set_progress(self, job_id: str, tokens: int | None) -> None:
         """A running job's output tokens so far (None clears them). Only an in-progress record

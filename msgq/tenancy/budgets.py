@@ -122,6 +122,7 @@ class Budgets:
     def __init__(self, redis: Redis, keys: Keyspace) -> None:
         self.redis, self.keys = redis, keys
         self._reserve = redis.register_script(RESERVE)
+        self.record_script = redis.register_script(RECORD_SPEND)  # a worker's group commit runs it
 
     async def reserve(
         self,
@@ -175,7 +176,7 @@ class Budgets:
         """Spend without a reservation (a tenant with no budget, or no tenant at all): still
         counted for usage, so the reports add up to what the records cost."""
         keys, args = self.record_step(tenant, actual_usd, model)
-        await self.redis.register_script(RECORD_SPEND)(keys=keys, args=args)
+        await self.record_script(keys=keys, args=args)
 
     def record_step(
         self, tenant: str | None, actual_usd: float, model: str
