@@ -41,6 +41,7 @@ from msgq.failover import (
     FastConnectionPool,
 )
 from msgq.keys import Keyspace, keyspace
+from msgq.partitions import PartitionClients
 from msgq.redis_urls import parse_hosts_url
 
 if TYPE_CHECKING:
@@ -151,6 +152,24 @@ def connect(
             parse_cluster_url(url), prefix, redis_class, failover_wait_s, pool_options
         )
     return _sentinel_client(parse_sentinel_url(url), redis_class, failover_wait_s, pool_options)
+
+
+def partition_clients(
+    settings: Settings, root: Redis, *, failover_wait_s: float | None = None, **options: Any
+) -> PartitionClients:
+    """Each partition's client (`msgq.partitions`): `root`, the deployment's own, for all on
+    one node or behind Sentinel; on a cluster a client pinned to each partition's slot,
+    bounded and configured as `connect` makes one, made when the partition is first used."""
+    if not is_cluster_url(settings.redis_url):
+        return PartitionClients(root, settings.keys)
+    target = parse_cluster_url(settings.redis_url)
+
+    def pinned(prefix: str) -> Redis:
+        pool_options = {**options, **(_bound(settings, dict(options)) or {})}
+        wait_s = failover_wait_s or settings.redis_failover_wait_s
+        return cluster_client(target, prefix, Redis, wait_s, pool_options)
+
+    return PartitionClients(root, settings.keys, pinned)
 
 
 def _bound(target: Settings | str, options: dict[str, Any]) -> dict[str, Any] | None:

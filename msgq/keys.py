@@ -23,77 +23,120 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
+import zlib
 from dataclasses import dataclass
 
 import orjson
 
 from msgq import arq_format
+from msgq.batch_keys import BatchKeys
+from msgq.namespaces import DEFAULT_NAMESPACE, check_namespace
 
-DEFAULT_NAMESPACE = "msgq"
-DEFAULT_QUEUE_NAME = "msgq:queue"  # MSGQ_QUEUE_NAME's default: the default namespace's queue
-NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
+MAX_PARTITIONS = 4096  # a setting above it would be a typo; 16,384 slots in a cluster
 RELAY_FAILED = "msgq_failed"  # a relayed attempt failed after its first event (never an API event)
 RELAY_REQUEST_ID = "msgq_request_id"  # a relayed attempt's API request ID, before its events
 
 
-def check_namespace(namespace: str) -> str:
-    """The namespace, or ValueError: 1-64 of `A-Za-z0-9_.-` (no `:`: no prefix of another)."""
-    if not NAMESPACE_RE.fullmatch(namespace):
-        msg = (
-            f"namespace {namespace[:80]!r} must be 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
-        raise ValueError(msg)
-    return namespace
-
-
-def namespace_of_queue(queue_name: str) -> str:
-    """The namespace an older `MSGQ_QUEUE_NAME` means (`msgq:queue`: the default; `msgq:N`: N)."""
-    if queue_name == DEFAULT_QUEUE_NAME:
-        return DEFAULT_NAMESPACE
-    name = queue_name.removeprefix("msgq:")
-    try:
-        return check_namespace(name)
-    except ValueError:
-        msg = f"MSGQ_QUEUE_NAME={queue_name[:80]!r} names no namespace; set MSGQ_NAMESPACE instead"
-        raise ValueError(msg) from None
-
-
-@functools.lru_cache(maxsize=64)
-def keyspace(namespace: str = DEFAULT_NAMESPACE, *, clustered: bool = False) -> Keyspace:
-    """The keyspace of a namespace (one value per namespace and layout, shared)."""
-    return Keyspace(namespace, clustered=clustered)
+@functools.lru_cache(maxsize=4096)
+def keyspace(
+    namespace: str = DEFAULT_NAMESPACE,
+    *,
+    clustered: bool = False,
+    partitions: int = 1,
+    partition: int | None = None,
+) -> Keyspace:
+    """The keyspace of a namespace, or of one of its partitions (one value each, shared)."""
+    return Keyspace(namespace, clustered=clustered, partitions=partitions, partition=partition)
 
 
 @dataclass(frozen=True)
-class Keyspace:
+class Keyspace(BatchKeys):
     """One deployment's key names, from its namespace (`Settings.keys`), for everything that
-    reads or writes Redis: one property or method per key, built from `prefix` or `arq_prefix`."""
+    reads or writes Redis: one property or method per key, built from `prefix` or `arq_prefix`.
+
+    A deployment is split into `partitions` (`MSGQ_PARTITIONS`, see `msgq.partitions`): the
+    deployment's own keyspace (`partition` None) names what is fleet-wide, and `part(p)` names
+    partition p's, a keyspace of its own with its own hash tag, so on a cluster the partitions
+    spread over the shards. A job's partition is a hash of its ID (`for_job`). With one
+    partition, `part(0)` is the deployment's keyspace itself: the names stay as they were."""
 
     namespace: str = DEFAULT_NAMESPACE
-    clustered: bool = False  # on a Redis Cluster (`redis+cluster://`): every key in one hash tag
+    clustered: bool = False  # on a Redis Cluster (`redis+cluster://`): keys carry hash tags
+    partitions: int = 1  # how many partitions the deployment's jobs are spread over
+    partition: int | None = None  # None: the deployment's own (fleet-wide) keys; else one part
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
+        if not 1 <= self.partitions <= MAX_PARTITIONS:
+            msg = f"partitions must be 1-{MAX_PARTITIONS}, not {self.partitions}"
+            raise ValueError(msg)
+        if self.partition is not None and not 0 <= self.partition < self.partitions:
+            msg = f"partition {self.partition} is not one of 0-{self.partitions - 1}"
+            raise ValueError(msg)
 
     @property
     def is_default(self) -> bool:
         return self.namespace == DEFAULT_NAMESPACE
 
+    # ------------------------------------------------------------ partitions
+
+    @property
+    def root(self) -> Keyspace:
+        """The deployment's own keyspace: what is fleet-wide (limits, pause, policy, workers)."""
+        return self if self.partition is None else self.with_partitions(self.partitions)
+
+    def with_partitions(self, partitions: int) -> Keyspace:
+        """The deployment's own keyspace in a layout of `partitions` partitions."""
+        return keyspace(self.namespace, clustered=self.clustered, partitions=partitions)
+
+    def part(self, partition: int) -> Keyspace:
+        """Partition `partition`'s keyspace (the deployment's own when there is one partition)."""
+        if self.partitions == 1 and partition == 0:
+            return self.root
+        return keyspace(
+            self.namespace,
+            clustered=self.clustered,
+            partitions=self.partitions,
+            partition=partition,
+        )
+
+    @property
+    def parts(self) -> tuple[Keyspace, ...]:
+        """Every partition's keyspace, in order (listings gather from each)."""
+        return tuple(self.part(p) for p in range(self.partitions))
+
+    def partition_of(self, job_id: str) -> int:
+        """The partition holding a job: CRC-32 of its ID modulo the count, the same in every
+        process and language (a raw producer can compute it), and even over random IDs."""
+        return zlib.crc32(job_id.encode()) % self.partitions
+
+    def for_job(self, job_id: str) -> Keyspace:
+        """The keyspace of the partition holding `job_id`."""
+        return self.part(self.partition_of(job_id))
+
+    @property
+    def partitions_key(self) -> str:
+        """The partition count the deployment's jobs were written with (`msgq.partitions`)."""
+        return self.root.prefix + "partitions"
+
+    # ------------------------------------------------------------ names
+
     @property
     def hash_tag(self) -> str:
-        """The hash tag a cluster slots all of this deployment's keys by: one slot for all."""
-        return "msgq" if self.is_default else f"msgq@{self.namespace}"
+        """The hash tag a cluster slots this keyspace's keys by: one slot for the deployment's
+        own keys, one for each partition's. `/` is never in a namespace, so a partition's tag
+        (`msgq/3`, `msgq@N/3`) is never another namespace's."""
+        root = "msgq" if self.is_default else f"msgq@{self.namespace}"
+        return root if self.partition is None else f"{root}/{self.partition}"
 
     @property
     def prefix(self) -> str:
-        """Every msgq key of this deployment starts with it: `msgq:` or `msgq@<namespace>:` on
-        one node, `{msgq}:` or `{msgq@<namespace>}:` on a cluster (a hash tag, so one slot)."""
+        """Every msgq key of this keyspace starts with it: `msgq:` or `msgq@<namespace>:` on
+        one node, `{msgq}:` or `{msgq@<namespace>}:` on a cluster (a hash tag, so one slot);
+        a partition's is its tag's (`msgq/3:`, `{msgq/3}:`)."""
         if self.clustered:
             return "{" + self.hash_tag + "}:"
-        return "msgq:" if self.is_default else f"msgq@{self.namespace}:"
+        return self.hash_tag + ":"
 
     @property
     def publish_command(self) -> str:
@@ -103,7 +146,8 @@ class Keyspace:
     @property
     def arq_prefix(self) -> str:
         """Before the queue library's names (`arq:job:...`): none for the default one node."""
-        return "" if self.is_default and not self.clustered else self.prefix
+        root_default = self.is_default and self.partition is None
+        return "" if root_default and not self.clustered else self.prefix
 
     # ------------------------------------------------------------ the queue (arq's formats)
 
@@ -202,24 +246,6 @@ class Keyspace:
     def ui_session_key(self, session_hash: str) -> str:
         """A dashboard session (JSON: role, tenant, CSRF token), under the SHA-256 of its cookie."""
         return f"{self.prefix}ui:session:{session_hash}"
-
-    # ------------------------------------------------------------ batches (the Batches API)
-
-    @property
-    def batches_key(self) -> str:  # ZSET batch id -> expires_at ms, until the batch expires
-        return self.prefix + "batches"
-
-    def batch_key(self, batch_id: str) -> str:
-        return f"{self.prefix}batch:{batch_id}"
-
-    def batch_ids_key(self, batch_id: str) -> str:
-        return f"{self.prefix}batch:{batch_id}:ids"
-
-    def batch_counts_key(self, batch_id: str) -> str:
-        return f"{self.prefix}batch:{batch_id}:counts"
-
-    def tenant_batches_key(self, tenant: str) -> str:
-        return f"{self.prefix}tenant:{tenant}:batches"
 
     # ------------------------------------------------------------ the fleet
 
@@ -339,62 +365,3 @@ class Keyspace:
         """Exists while any model class cools down (as long as the longest): the worker's pick-up
         reads it with the job, without knowing its model, to know whether to skip the limiter."""
         return self.prefix + "ratelimit:cooling"
-
-    # ------------------------------------------------------------ the batch lane
-
-    @property
-    def lane_pool(self) -> str:  # ZSET job id -> ms pooled: batch-lane jobs not yet sent
-        return self.prefix + "lane:pool"
-
-    @property
-    def lane_pool_bytes(self) -> str:  # the pooled specs' total size
-        return self.prefix + "lane:pool:bytes"
-
-    @property
-    def lane_where(self) -> str:  # HASH job id -> "pool" or the msgq upstream-batch handle
-        return self.prefix + "lane:where"
-
-    @property
-    def lane_batches(self) -> str:  # ZSET upstream-batch handle -> ms when next due
-        return self.prefix + "lane:batches"
-
-    @property
-    def lane_adopted(self) -> str:  # ZSET upstream msgbatch id -> created ms (claimed)
-        return self.prefix + "lane:adopted"
-
-    @property
-    def lane_lock(self) -> str:  # one batch-lane manager (batcher + poller) fleet-wide
-        return self.prefix + "lane:lock"
-
-    @property
-    def lane_budgets(self) -> str:  # HASH job id -> its budget reservation (JSON)
-        return self.prefix + "lane:budgets"
-
-    def lane_spec_key(self, job_id: str) -> str:
-        """A batch-lane job's spec while it is pooled or upstream (arq's payload is gone then)."""
-        return f"{self.prefix}lane:spec:{job_id}"
-
-    def lane_batch_key(self, handle: str) -> str:
-        """One upstream batch as msgq sees it (JSON: state, upstream id, counts, timing)."""
-        return f"{self.prefix}lane:ub:{handle}"
-
-    def lane_batch_members_key(self, handle: str) -> str:
-        """HASH custom_id -> job id of the requests in one upstream batch."""
-        return f"{self.prefix}lane:ub:{handle}:members"
-
-    def lane_batch_order_key(self, handle: str) -> str:
-        """LIST of custom_ids in the order they are sent (the create body streams from it)."""
-        return f"{self.prefix}lane:ub:{handle}:order"
-
-
-@functools.lru_cache(maxsize=64)  # `Settings.keys` is read on every job's path
-def resolve_namespace(namespace: str, queue_name: str) -> str:
-    """The one namespace `MSGQ_NAMESPACE` and the older `MSGQ_QUEUE_NAME` name together; a
-    ValueError when both are set to different ones."""
-    from_queue = namespace_of_queue(queue_name)
-    if namespace == DEFAULT_NAMESPACE:
-        return from_queue
-    if from_queue not in (DEFAULT_NAMESPACE, namespace):
-        msg = f"MSGQ_NAMESPACE={namespace!r} and MSGQ_QUEUE_NAME={queue_name!r} disagree; set one"
-        raise ValueError(msg)
-    return namespace

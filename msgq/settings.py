@@ -5,73 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
 
-from msgq.cluster import CLUSTER_SCHEMES, is_cluster_url, parse_cluster_url
-from msgq.connections import SENTINEL_SCHEMES, is_sentinel, parse_sentinel_url
-from msgq.keys import (
-    DEFAULT_NAMESPACE,
-    DEFAULT_QUEUE_NAME,
-    Keyspace,
-    check_namespace,
-    keyspace,
-    resolve_namespace,
-)
 from msgq.pricing import check_prices_file
+from msgq.redis_settings import RedisSettings
 from msgq.tenancy.tenants import load_tenants
 from msgq.webhooks.signing import secret_key
 from schemas import DEFAULT_MAX_IMAGE_BYTES, Lane
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 UNTIL_RESUME = frozenset({"0", "until-resume", "none"})
 
 
-class Settings(BaseSettings):
-    """Every knob, with its default. `msgq --help` and the README list them."""
+class Settings(RedisSettings):
+    """Every knob, with its default. `msgq --help` and the README list them (Redis's first,
+    from `RedisSettings`)."""
 
     model_config = SettingsConfigDict(env_prefix="MSGQ_", env_file=".env", extra="ignore")
-
-    redis_url: str = Field(
-        default="redis://localhost:6379/0",
-        validation_alias=AliasChoices("MSGQ_REDIS_URL", "REDIS_URL"),
-        description="Redis DSN: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://",
-    )
-    redis_failover_wait_s: float = Field(
-        default=30.0,
-        gt=0,
-        description="redis+sentinel://: how long a command retries across a failover, then fails",
-    )
-    redis_max_connections: int = Field(
-        default=8,
-        ge=2,
-        description="Redis connections one process may hold (a pub/sub subscription holds one); "
-        "past it a command waits for a free one, up to MSGQ_REDIS_POOL_TIMEOUT_S",
-    )
-    redis_pool_timeout_s: float = Field(
-        default=20.0,
-        gt=0,
-        description="longest wait for a free Redis connection; then the command fails",
-    )
-    submit_min_replicas: int = Field(
-        default=0, ge=0, description="replicas that must hold a submitted job (and its claim)"
-    )
-    submit_replica_timeout_ms: int = Field(
-        default=1000, ge=1, description="longest wait for those replicas; then submit raises"
-    )
-
-    @field_validator("redis_url")
-    @classmethod
-    def _known_redis_scheme(cls, value: str) -> str:
-        # Caught here, a typo is one line at start-up instead of a connection error much later.
-        if not value.startswith(REDIS_SCHEMES):
-            msg = "must start with " + ", ".join(REDIS_SCHEMES)
-            raise ValueError(msg)
-        if is_sentinel(value):
-            parse_sentinel_url(value)  # a ValueError naming what is wrong
-        if is_cluster_url(value):
-            parse_cluster_url(value)
-        return value
 
     anthropic_api_key: SecretStr | None = Field(
         default=None,
@@ -101,35 +51,6 @@ class Settings(BaseSettings):
         gt=0,
         description="how often a worker re-reads GET /v1/models into Redis (and at start)",
     )
-    namespace: str = Field(
-        default=DEFAULT_NAMESPACE,
-        description="the deployment's keyspace on a shared Redis: workers, producers and the "
-        "API of one deployment share it; another namespace sees none of its jobs, tenants, "
-        "limits or budgets (`msgq` keeps msgq's original key names)",
-    )
-    queue_name: str = Field(
-        default=DEFAULT_QUEUE_NAME,
-        description="MSGQ_NAMESPACE's older name: `msgq:N` (or `N`) is namespace N",
-    )
-
-    @field_validator("namespace")
-    @classmethod
-    def _namespace_name(cls, value: str) -> str:
-        return check_namespace(value)
-
-    @field_validator("queue_name")
-    @classmethod
-    def _one_namespace(cls, value: str, info: ValidationInfo) -> str:
-        # Both given and disagreeing: a worker and its producers could end up apart, silently.
-        resolve_namespace(info.data.get("namespace", DEFAULT_NAMESPACE), value)
-        return value
-
-    @property
-    def keys(self) -> Keyspace:
-        """This deployment's key names (`MSGQ_NAMESPACE`, or the older `MSGQ_QUEUE_NAME`)."""
-        namespace = resolve_namespace(self.namespace, self.queue_name)
-        return keyspace(namespace, clustered=is_cluster_url(self.redis_url))
-
     max_jobs: int = Field(
         default=256,
         ge=1,

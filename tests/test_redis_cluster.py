@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 from msgq.channels import publish, subscriber
 from msgq.client import Client
 from msgq.cluster import parse_cluster_url, slot_of
-from msgq.connections import connect
+from msgq.connections import connect, partition_clients
 from msgq.dev import redis_cluster
 from msgq.dev.redis_cluster import RedisCluster
 from msgq.dev.stack import msgq_command
@@ -264,3 +264,25 @@ async def test_a_worker_hears_its_wakes_again_after_the_slot_moves(cluster: Redi
         await eventually(published)  # heard on the new owner: the subscriber came back
         await asyncio.wait_for(wake.idle(30), 5)
         await wake.aclose()
+
+
+async def test_partitions_spread_a_deployments_keys_over_every_master(
+    cluster: RedisCluster,
+) -> None:
+    """Stage 2's layout: with MSGQ_PARTITIONS=16 each partition's client is pinned to the
+    master serving its own slot, so one deployment's keys land on all three masters (before
+    partitions: 0% / 100% / 0%)."""
+    flush(cluster.url)
+    settings = Settings(redis_url=cluster.url, partitions=16)
+    root = connect(settings)
+    clients = partition_clients(settings, root)
+    try:
+        for part, redis in clients.each():
+            await redis.set(part.prefix + "probe", part.hash_tag)
+        assert len({id(redis) for _, redis in clients.each()}) == 16  # one client a slot
+    finally:
+        await clients.aclose()
+        await root.aclose()
+    per_master = cluster.keys_per_master()
+    assert sum(per_master.values()) == 16
+    assert all(count >= 2 for count in per_master.values()), per_master

@@ -39,21 +39,30 @@ def worker(burst: bool, check: bool) -> None:
 async def _say_where_redis_is(settings: Settings, process: str = "worker") -> None:
     """One line before the process's own retries (`worker.redis_unavailable`, every second)
     when Redis does not answer: which URL, where it came from and what to check, which
-    those lines cannot say. A plain URL that reaches a cluster node stops the start."""
+    those lines cannot say. A plain URL that reaches a cluster node stops the start, and so
+    does a partition count the deployment's jobs were not written with (`msgq.partitions`)."""
     from redis.exceptions import RedisError
     from structlog import get_logger
 
     from msgq.cli.common import redis_origin
     from msgq.cluster import is_cluster_url
     from msgq.cluster_guard import ClusterNodeError, refuse_cluster_node
-    from msgq.connections import connect
+    from msgq.connections import connect, partition_clients
+    from msgq.partitions import PartitionCountError, check_partitions
 
     try:
         async with connect(settings, socket_connect_timeout=3, failover_wait_s=3) as redis:
             await redis.ping()
             if not is_cluster_url(settings.redis_url):
                 await refuse_cluster_node(redis)
-    except ClusterNodeError as exc:
+            clients = partition_clients(
+                settings, redis, failover_wait_s=3, socket_connect_timeout=3
+            )
+            try:
+                await check_partitions(clients, settings.keys)
+            finally:
+                await clients.aclose()
+    except (ClusterNodeError, PartitionCountError) as exc:
         raise click.ClickException(str(exc)) from None
     except (RedisError, OSError) as exc:
         get_logger(f"msgq.{process}").error(

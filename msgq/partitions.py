@@ -1,0 +1,122 @@
+"""A deployment's partitions: a client for each, and the count every process must agree on.
+
+A deployment's jobs are spread over `MSGQ_PARTITIONS` partitions by a hash of the job ID
+(`msgq.keys.Keyspace.for_job`). On a Redis Cluster each partition has its own hash tag, so its
+keys live in their own slot, and the partitions spread over the masters: `PartitionClients`
+gives the client for each, one pinned to the master serving its slot (`msgq.cluster`), made on
+first use. On one node (or behind Sentinel) every partition shares the deployment's client.
+
+**The count is fixed while jobs exist.** A job's partition is its ID's hash modulo the count,
+so a process with another count would look for jobs where they are not, and write new ones
+where the others do not look. The count is kept in Redis (`Keyspace.partitions_key`; none
+stored means 1, the layout before partitions). `check_partitions` runs when a worker, the API
+or a client starts: the same count passes; another count is accepted (and stored) only when
+the deployment holds no job in the stored layout, else the start fails with one line naming the
+stored count. Two processes starting at the same moment with different counts on an empty
+deployment can both pass; change the count with the fleet stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+
+from msgq.keys import Keyspace
+
+# KEYS: the count's key. ARGV: the count read before, the count wanted. Stored only if it is
+# still the one read ('' for none): a process that changed it meanwhile wins, and is seen.
+SWAP_COUNT = """
+local stored = redis.call('GET', KEYS[1]) or ''
+if stored ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class PartitionCountError(RuntimeError):
+    """MSGQ_PARTITIONS differs from the count the deployment's jobs were written with."""
+
+
+class PartitionClients:
+    """The Redis client of each partition of a deployment. `connect` is called once per hash
+    slot, with a partition's key prefix, on a cluster; elsewhere (`connect` None) every
+    partition uses `root`, the deployment's own client."""
+
+    def __init__(
+        self,
+        root: Redis,
+        keys: Keyspace,
+        connect: Callable[[str], Redis] | None = None,
+    ) -> None:
+        self.root = root
+        self.keys = keys.root
+        self.connect = connect  # None: every partition on `root`
+        self._clients: dict[str, Redis] = {self.keys.prefix: root}
+
+    def for_keys(self, keys: Keyspace) -> Redis:
+        """The client serving `keys` (a partition's keyspace, or the deployment's own)."""
+        client = self._clients.get(keys.prefix)
+        if client is None:
+            client = self.root if self.connect is None else self.connect(keys.prefix)
+            self._clients[keys.prefix] = client
+        return client
+
+    def for_job(self, job_id: str) -> tuple[Keyspace, Redis]:
+        """The keyspace and client of the partition holding `job_id`."""
+        keys = self.keys.for_job(job_id)
+        return keys, self.for_keys(keys)
+
+    def each(self) -> list[tuple[Keyspace, Redis]]:
+        """Every partition's keyspace and client, in order (what a listing gathers from)."""
+        return [(keys, self.for_keys(keys)) for keys in self.keys.parts]
+
+    async def aclose(self) -> None:
+        """Close the clients made here (not `root`: its owner closes it)."""
+        for client in self._clients.values():
+            if client is not self.root:
+                await client.aclose()
+        self._clients = {self.keys.prefix: self.root}
+
+
+async def stored_partitions(redis: Redis, keys: Keyspace) -> int | None:
+    """The count stored for the deployment, or None when there is none (a layout of 1)."""
+    raw = await redis.get(keys.partitions_key)
+    return None if raw is None else int(raw)
+
+
+async def jobs_held(clients: PartitionClients, keys: Keyspace) -> int:
+    """How many jobs the deployment holds in `keys`' layout: records in its listing indexes
+    and IDs waiting in its queues (arq's and the raw producers' inbox), over every partition."""
+    held = 0
+    for part in keys.parts:
+        redis = clients.for_keys(part)
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(part.index_key)
+            pipe.zcard(part.queue)
+            pipe.zcard(part.sched_inbox)
+            held += sum(int(n) for n in await pipe.execute())
+    return held
+
+
+async def check_partitions(clients: PartitionClients, keys: Keyspace) -> None:
+    """Raise PartitionCountError when `keys.partitions` is not the deployment's stored count and
+    the deployment holds jobs in the stored layout; otherwise store the count (see above)."""
+    root = keys.root
+    redis = clients.for_keys(root)
+    stored = await stored_partitions(redis, root)
+    if stored == root.partitions or (stored is None and root.partitions == 1):
+        return
+    count = stored or 1
+    before = PartitionClients(redis, root.with_partitions(count), clients.connect)
+    held = await jobs_held(before, before.keys)
+    if held:
+        msg = (
+            f"MSGQ_PARTITIONS={root.partitions}, but this deployment's {held} jobs are in "
+            f"{count} partition(s): set MSGQ_PARTITIONS={count} (the count may change only "
+            "while the deployment holds no jobs)"
+        )
+        raise PartitionCountError(msg)
+    swap = redis.register_script(SWAP_COUNT)
+    if not await swap(keys=[root.partitions_key], args=[str(stored or ""), root.partitions]):
+        await check_partitions(clients, keys)  # another process stored a count meanwhile

@@ -1,0 +1,132 @@
+"""Partitions (issue 32, stage 2): a deployment's keyspace split by a hash of the job ID, each
+partition its own hash tag; the count kept in Redis and refused at start when the deployment's
+jobs were written with another. Runs on one node here and on the 3-master cluster in
+`make test-cluster` (where each partition's client is pinned to its own slot)."""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+from click import ClickException
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from msgq.cli.services import _say_where_redis_is
+from msgq.connections import partition_clients
+from msgq.keys import MAX_PARTITIONS, keyspace
+from msgq.namespaces import check_namespace
+from msgq.partitions import PartitionClients, PartitionCountError, check_partitions
+from msgq.settings import Settings
+
+
+def test_one_partition_keeps_every_name_of_the_layout_before_partitions() -> None:
+    for clustered in (False, True):
+        keys = keyspace(clustered=clustered, partitions=1)
+        assert keys.part(0) == keys and keys.for_job("job-1") == keys
+        assert keys.for_job("job-1").record_key("job-1") == keyspace(
+            clustered=clustered
+        ).record_key("job-1")
+    assert keyspace().arq_job_key("a") == "arq:job:a"  # the default one node: arq's own names
+
+
+def test_partitions_have_their_own_tags_that_no_namespace_can_name() -> None:
+    keys = keyspace("team", clustered=True, partitions=4)
+    assert [p.prefix for p in keys.parts] == [f"{{msgq@team/{n}}}:" for n in range(4)]
+    assert keys.prefix == "{msgq@team}:" and keys.part(3).root == keys
+    assert keys.part(2).arq_job_key("x") == "{msgq@team/2}:arq:job:x"
+    one_node = keyspace(partitions=4)
+    assert one_node.part(1).queue == "msgq/1:queue"
+    assert one_node.part(1).arq_job_key("x") == "msgq/1:arq:job:x"  # never arq's own names
+    with pytest.raises(ValueError, match="letters, digits"):
+        check_namespace("team/1")  # a namespace cannot be a partition's tag
+    with pytest.raises(ValueError, match="partitions must be"):
+        keyspace(partitions=MAX_PARTITIONS + 1)
+    with pytest.raises(ValueError, match="is not one of 0-3"):
+        one_node.part(4)
+    with pytest.raises(ValidationError):
+        Settings(partitions=0)
+
+
+def test_a_jobs_partition_is_crc32_of_its_id_and_ids_spread_evenly() -> None:
+    keys = keyspace(partitions=64)
+    assert keys.partition_of("msg_01") == zlib.crc32(b"msg_01") % 64  # what a producer computes
+    counts = Counter(keys.partition_of(uuid.uuid4().hex) for _ in range(64_000))
+    assert len(counts) == 64
+    assert min(counts.values()) > 800 and max(counts.values()) < 1200  # mean 1,000
+
+
+def test_on_a_cluster_the_partitions_spread_over_the_slots() -> None:
+    from msgq.cluster import slot_of
+
+    slots = [slot_of(part.prefix) for part in keyspace(clustered=True, partitions=64).parts]
+    assert len(set(slots)) == 64
+    thirds = Counter(slot * 3 // 16384 for slot in slots)  # a 3-master cluster's even split
+    assert all(count >= 12 for count in thirds.values()), thirds
+
+
+@pytest.fixture
+async def clients(settings: Settings, redis: Redis) -> AsyncIterator[PartitionClients]:
+    made = partition_clients(settings.model_copy(update={"partitions": 4}), redis)
+    yield made
+    await made.aclose()
+
+
+async def test_each_partitions_client_reaches_its_keys(clients: PartitionClients) -> None:
+    for part, redis in clients.each():
+        await redis.set(part.prefix + "probe", part.hash_tag)
+    for part, redis in clients.each():
+        assert await redis.get(part.prefix + "probe") == part.hash_tag.encode()
+    keys, redis = clients.for_job("job-7")
+    assert keys.partition == keyspace(partitions=4).partition_of("job-7")
+
+
+async def test_the_count_is_stored_and_a_change_is_refused_while_jobs_exist(
+    settings: Settings, clients: PartitionClients
+) -> None:
+    four = settings.model_copy(update={"partitions": 4}).keys
+    await check_partitions(clients, four)
+    assert await clients.root.get(four.partitions_key) == b"4"
+    await check_partitions(clients, four)  # the same count passes
+
+    held = four.for_job("job-1")
+    await clients.for_keys(held).zadd(held.index_key, {"job-1": 1})
+    eight = settings.model_copy(update={"partitions": 8}).keys
+    with pytest.raises(PartitionCountError) as refused:
+        await check_partitions(partition_clients(settings, clients.root), eight)
+    assert str(refused.value) == (
+        "MSGQ_PARTITIONS=8, but this deployment's 1 jobs are in 4 partition(s): set "
+        "MSGQ_PARTITIONS=4 (the count may change only while the deployment holds no jobs)"
+    )
+    assert await clients.root.get(four.partitions_key) == b"4"
+
+    await clients.for_keys(held).zrem(held.index_key, "job-1")
+    await check_partitions(clients, eight)  # no jobs: the count may change
+    assert await clients.root.get(four.partitions_key) == b"8"
+
+
+async def test_a_deployment_from_before_partitions_keeps_its_count_of_one(
+    settings: Settings, redis: Redis
+) -> None:
+    one = settings.keys
+    await check_partitions(PartitionClients(redis, one), one)
+    assert await redis.get(one.partitions_key) is None  # nothing written for the old layout
+    await redis.zadd(one.queue, {"queued-before": 1})
+    four = settings.model_copy(update={"partitions": 4})
+    with pytest.raises(PartitionCountError, match="1 jobs are in 1 partition"):
+        await check_partitions(partition_clients(four, redis), four.keys)
+
+
+async def test_a_worker_or_api_with_another_count_stops_at_start_in_one_line(
+    settings: Settings, clients: PartitionClients
+) -> None:
+    four = settings.model_copy(update={"partitions": 4})
+    await check_partitions(clients, four.keys)
+    held = four.keys.for_job("job-2")
+    await clients.for_keys(held).zadd(held.queue, {"job-2": 1})
+    with pytest.raises(ClickException, match=r"MSGQ_PARTITIONS=2, but .* set MSGQ_PARTITIONS=4"):
+        await _say_where_redis_is(settings.model_copy(update={"partitions": 2}), "api")
+    await _say_where_redis_is(four, "api")  # the stored count starts
