@@ -1,0 +1,109 @@
+"""Newest-first reads of one index kept per partition, merged as if it were one sorted set.
+
+With partitions (`msgq.partitions`) each partition keeps its own copy of a job index (all jobs,
+a tenant's, a status's), in its own hash slot. A listing reads the P copies and merges them:
+each copy is read a chunk at a time, newest first, and a heap hands out the newest entry of
+any copy next. Memory is P chunks, whatever the index's size, and a page of N entries reads
+about N + P x chunk entries at most.
+
+The position is a cursor, not a rank: `(score, member)` of the last entry handed out. Ranks
+mean nothing across P sets, and a cursor stays right when entries are added or pruned before
+it. Ties are ordered as Redis orders them in ZREVRANGE (by member, descending), so equal
+scores (jobs created in the same millisecond) are neither skipped nor repeated across pages.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+CHUNK = 200  # entries read from one copy at a time
+
+
+@dataclass(frozen=True, order=True)
+class Cursor:
+    """Where a newest-first walk stopped: the last entry handed out."""
+
+    score: int
+    member: str
+
+
+@dataclass
+class _Copy:
+    """One partition's copy of the index, read a chunk at a time below `after`."""
+
+    source: int
+    redis: Redis
+    key: str
+    after: Cursor | None
+    buffer: list[tuple[int, str]] = field(default_factory=list)
+    done: bool = False
+
+    async def refill(self, chunk: int) -> None:
+        """The next chunk below `after`, newest first. ZREVRANGEBYSCORE bounds by score only,
+        so entries of `after`'s own score at or above its member come back too: they are
+        skipped, and skipped over (rarely more than a few: one millisecond's jobs)."""
+        top = "+inf" if self.after is None else self.after.score
+        start = 0
+        while True:
+            raw = await self.redis.zrevrangebyscore(
+                self.key, top, "-inf", start=start, num=chunk, withscores=True
+            )
+            entries = [(int(score), member.decode()) for member, score in raw]
+            below = [entry for entry in entries if self._below(entry)]
+            if below or len(raw) < chunk:
+                break
+            start += len(raw)
+        self.buffer = below
+        self.done = len(raw) < chunk
+        if below:
+            self.after = Cursor(*below[-1])
+
+    def _below(self, entry: tuple[int, str]) -> bool:
+        after = self.after
+        if after is None:
+            return True
+        score, member = entry
+        return score < after.score or (score == after.score and member < after.member)
+
+
+async def newest_first(
+    copies: Sequence[tuple[Redis, str]],
+    *,
+    after: Cursor | None = None,
+    chunk: int = CHUNK,
+) -> AsyncIterator[tuple[Cursor, int]]:
+    """Every entry of the merged index below `after`, newest first, as (its cursor, the
+    position in `copies` of the copy holding it). Stop iterating when the page is full."""
+    walks = [_Copy(n, redis, key, after) for n, (redis, key) in enumerate(copies)]
+    heap: list[tuple[int, _Neg, int]] = []
+    for walk in walks:
+        await walk.refill(chunk)
+        _push(heap, walk)
+    while heap:
+        neg_score, neg_member, source = heapq.heappop(heap)
+        yield Cursor(-neg_score, neg_member.member), source
+        walk = walks[source]
+        walk.buffer.pop(0)
+        if not walk.buffer and not walk.done:
+            await walk.refill(chunk)
+        _push(heap, walk)
+
+
+def _push(heap: list[tuple[int, _Neg, int]], walk: _Copy) -> None:
+    if walk.buffer:
+        score, member = walk.buffer[0]
+        heapq.heappush(heap, (-score, _Neg(member), walk.source))
+
+
+@dataclass(frozen=True)
+class _Neg:
+    """A member ordered in reverse, so the min-heap pops the greatest member of a score first."""
+
+    member: str
+
+    def __lt__(self, other: _Neg) -> bool:
+        return self.member > other.member
