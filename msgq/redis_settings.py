@@ -80,9 +80,10 @@ class RedisSettings(BaseSettings):
         default=1,
         ge=1,
         le=MAX_PARTITIONS,
-        description="how many partitions the deployment's jobs are spread over, by a hash of "
-        "the job ID (on a Redis Cluster each is its own hash slot); every process of a "
-        "deployment must agree, and it may change only while the deployment holds no jobs",
+        description="the partitions a deployment's keyspace is laid out in, a job's by a hash "
+        "of its ID (on a Redis Cluster each its own hash slot); kept in Redis, and a start with "
+        "another count is refused while the deployment holds jobs. Jobs are not yet spread "
+        "over them: see the partitions design page",
     )
 
     @field_validator("namespace")
