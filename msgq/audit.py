@@ -94,7 +94,7 @@ async def _check_workers(redis: Redis, keys: Keyspace, report: AuditReport) -> N
     if waiting and not await live_workers(redis, keys):
         report.violation(
             "jobs waiting on a queue with no live worker",
-            f"{waiting} job(s) on {keys.queue}; start `msgq worker` (or `msgq dev`) on this Redis",
+            f"{waiting} job(s) waiting; start `msgq worker` (or `msgq dev`) on this Redis",
         )
 
 
@@ -103,8 +103,14 @@ async def _scan(redis: Redis, pattern: str) -> list[str]:
 
 
 async def _records(redis: Redis, keys: Keyspace, report: AuditReport) -> None:
-    names = await _scan(redis, keys.record_key("*"))
-    prefix_len = len(keys.record_key(""))
+    for part in keys.parts:  # each partition's records, by a SCAN of its own names
+        names = await _scan(redis, part.record_key("*"))
+        await _check_records(redis, keys, report, names, len(part.record_key("*")) - 1)
+
+
+async def _check_records(
+    redis: Redis, keys: Keyspace, report: AuditReport, names: list[str], prefix_len: int
+) -> None:
     for start in range(0, len(names), 500):
         chunk = names[start : start + 500]
         async with redis.pipeline(transaction=False) as pipe:
@@ -201,12 +207,13 @@ async def _check_batch(redis: Redis, keys: Keyspace, report: AuditReport, meta: 
 
 
 async def _other_ttls(redis: Redis, keys: Keyspace, report: AuditReport) -> None:
-    for key in await _scan(redis, keys.spec_key("*")):
-        if await redis.ttl(key) == -1:
-            report.violation("kept spec without a TTL", key)
-    for key in await _scan(redis, keys.in_progress_key("*")):
-        if await redis.ttl(key) == -1:
-            report.violation("in-progress lock without a TTL", key)
+    for part in keys.parts:
+        for key in await _scan(redis, part.spec_key("*")):
+            if await redis.ttl(key) == -1:
+                report.violation("kept spec without a TTL", key)
+        for key in await _scan(redis, part.in_progress_key("*")):
+            if await redis.ttl(key) == -1:
+                report.violation("in-progress lock without a TTL", key)
     for key in await _scan(redis, keys.cooldown_key("*")):
         if await redis.ttl(key) == -1:
             report.violation("cool-down without a TTL", key)

@@ -11,6 +11,9 @@ class BatchKeys:
     def prefix(self) -> str:
         raise NotImplementedError
 
+    def _of(self, job_id: str) -> BatchKeys:
+        raise NotImplementedError
+
     # ------------------------------------------------------------ batches (the Batches API)
 
     @property
@@ -61,7 +64,7 @@ class BatchKeys:
 
     def lane_spec_key(self, job_id: str) -> str:
         """A batch-lane job's spec while it is pooled or upstream (arq's payload is gone then)."""
-        return f"{self.prefix}lane:spec:{job_id}"
+        return f"{self._of(job_id).prefix}lane:spec:{job_id}"
 
     def lane_batch_key(self, handle: str) -> str:
         """One upstream batch as msgq sees it (JSON: state, upstream id, counts, timing)."""

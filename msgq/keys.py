@@ -114,6 +114,14 @@ class Keyspace(BatchKeys):
         """The keyspace of the partition holding `job_id`."""
         return self.part(self.partition_of(job_id))
 
+    def _of(self, job_id: str) -> Keyspace:
+        """The keyspace holding a job's own keys (record, payload, lock, ledger, channels):
+        its partition's, whichever keyspace of the deployment is asked. A partition asked for
+        the pattern `*` names its own (a SCAN of that partition: `msgq.audit`)."""
+        if self.partitions == 1 or (job_id == "*" and self.partition is not None):
+            return self
+        return self.root.part(self.partition_of(job_id))
+
     @property
     def partitions_key(self) -> str:
         """The partition count the deployment's jobs were written with (`msgq.partitions`)."""
@@ -170,14 +178,14 @@ class Keyspace(BatchKeys):
 
     def arq_job_key(self, job_id: str) -> str:
         """The queued job's payload (the queue library's key)."""
-        return self.job_key_prefix + job_id
+        return self._of(job_id).job_key_prefix + job_id
 
     def in_progress_key(self, job_id: str) -> str:
         """The lock a worker holds while it runs the job (the queue library's key)."""
-        return self.in_progress_key_prefix + job_id
+        return self._of(job_id).in_progress_key_prefix + job_id
 
     def retry_key(self, job_id: str) -> str:  # the job's try counter (the queue library's key)
-        return self.retry_key_prefix + job_id
+        return self._of(job_id).retry_key_prefix + job_id
 
     @property
     def abort_key(self) -> str:  # ZSET of job IDs whose running attempt should be aborted
@@ -190,11 +198,11 @@ class Keyspace(BatchKeys):
     # ------------------------------------------------------------ records and indexes
 
     def record_key(self, job_id: str) -> str:
-        return f"{self.prefix}job:{job_id}"
+        return f"{self._of(job_id).prefix}job:{job_id}"
 
     def spec_key(self, job_id: str) -> str:
         """A failed job's spec, kept so `msgq retry` can re-run it."""
-        return f"{self.prefix}spec:{job_id}"
+        return f"{self._of(job_id).prefix}spec:{job_id}"
 
     @property
     def index_key(self) -> str:  # ZSET id -> created ms, for listing
@@ -231,12 +239,12 @@ class Keyspace(BatchKeys):
 
     def progress_channel(self, job_id: str) -> str:
         """Pub/sub: a running job's text as it streams, for live watchers (nothing is stored)."""
-        return f"{self.prefix}progress:{job_id}"
+        return f"{self._of(job_id).prefix}progress:{job_id}"
 
     def relay_channel(self, job_id: str) -> str:
         """Pub/sub: a drop-in stream's events as the worker receives them from the API (see
         worker.job.progress.Relay); only published while the API process asking for them listens."""
-        return f"{self.prefix}relay:{job_id}"
+        return f"{self._of(job_id).prefix}relay:{job_id}"
 
     def minute_key(self, kind: str, minute: int, tenant: str | None = None) -> str:
         """Per-minute counter (succeeded, failed, 429, ...), fleet-wide or one tenant's; 2 h TTL."""
@@ -332,12 +340,12 @@ class Keyspace(BatchKeys):
 
     def ledger_key(self, job_id: str) -> str:
         """HASH of the reservations a job holds while it sends (msgq.ledger), one field each."""
-        return f"{self.prefix}ledger:{job_id}"
+        return f"{self._of(job_id).prefix}ledger:{job_id}"
 
     def admitted_key(self, job_id: str) -> str:
         """Set by the dispatcher when it admitted the job under the rate limits and budget: the
         worker then sends at once, and settles against this estimate."""
-        return f"{self.prefix}admitted:{job_id}"
+        return f"{self._of(job_id).prefix}admitted:{job_id}"
 
     # ------------------------------------------------------------ budgets and rate limits
 

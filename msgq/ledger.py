@@ -118,11 +118,12 @@ async def open_budget_micro_usd(redis: Redis, keys: Keyspace, day: str) -> dict[
     """Per tenant, the budget reservations still open for `day`: in ledgers, in tickets not yet
     taken, and in the batch lane (µUSD)."""
     held: list[dict[str, Any]] = []
-    for raw_id in await redis.zrange(keys.ledger_open, 0, -1):
-        fields = await redis.hgetall(keys.ledger_key(raw_id.decode()))  # type: ignore[misc]  # stubs
-        held += [_loads(v) for k, v in fields.items() if k.decode() in (TICKET, BUDGET)]
-    for raw_id in await redis.zrange(keys.tickets_key, 0, -1):
-        held.append(_loads(await redis.get(keys.admitted_key(raw_id.decode()))))
+    for part in keys.parts:  # each partition lists its own open ledgers and tickets
+        for raw_id in await redis.zrange(part.ledger_open, 0, -1):
+            fields = await redis.hgetall(part.ledger_key(raw_id.decode()))  # type: ignore[misc]  # stubs
+            held += [_loads(v) for k, v in fields.items() if k.decode() in (TICKET, BUDGET)]
+        for raw_id in await redis.zrange(part.tickets_key, 0, -1):
+            held.append(_loads(await redis.get(part.admitted_key(raw_id.decode()))))
     held += [_loads(v) for v in (await redis.hgetall(keys.lane_budgets)).values()]  # type: ignore[misc]
     open_: dict[str, int] = {}
     for data in held:

@@ -26,7 +26,7 @@ async def confirm_replicated(
     the record may be missing.
     """
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(keys.replication_probe, job_id, px=PROBE_TTL_MS)
+        pipe.set(keys.for_job(job_id).replication_probe, job_id, px=PROBE_TTL_MS)  # its node
         pipe.execute_command("WAIT", replicas, timeout_ms)
         pipe.exists(keys.record_key(job_id))
         _, acked, present = await pipe.execute()
@@ -54,7 +54,7 @@ async def replicas_and_terminal(
     it is gone from the promoted one: the record there is not terminal, and the caller writes
     it again before the job's lock lapses (else another worker would send the job again)."""
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(keys.replication_probe, job_id, px=PROBE_TTL_MS)
+        pipe.set(keys.for_job(job_id).replication_probe, job_id, px=PROBE_TTL_MS)  # its node
         pipe.execute_command("WAIT", replicas, timeout_ms)
         pipe.get(keys.record_key(job_id))
         _, acked, raw = await pipe.execute()

@@ -33,7 +33,9 @@ TEST_API_KEY = "sk-ant-test-0123456789abcdefSECRET"
 # `make test-cluster` runs the core suite on a real 3-master Redis Cluster (TEST_REDIS_CLUSTER=1):
 # the fixtures start one and name it `redis+cluster://`, whose keys all carry the hash tag.
 ON_CLUSTER = os.environ.get("TEST_REDIS_CLUSTER") == "1"
-KEYS: Keyspace = keyspace(clustered=ON_CLUSTER)  # the default namespace's, as the settings use
+# `make test-partitions` runs the core suite with the deployment split into partitions.
+PARTITIONS = int(os.environ.get("TEST_PARTITIONS", "1"))
+KEYS: Keyspace = keyspace(clustered=ON_CLUSTER, partitions=PARTITIONS)  # as the settings use
 
 
 @pytest.fixture(autouse=True)
@@ -176,6 +178,7 @@ def settings(redis_url: str, simulator_server: str) -> Settings:
         poll_delay_s=0.01,
         shutdown_grace_s=5,
         pause_recheck_s=0.2,
+        partitions=PARTITIONS,
     )
 
 
@@ -236,6 +239,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "MSGQ_BACKOFF_BASE_S": str(settings.backoff_base_s),
         "MSGQ_BACKOFF_MAX_S": str(settings.backoff_max_s),
         "MSGQ_LOG_FORMAT": "json",
+        "MSGQ_PARTITIONS": str(settings.partitions),
         **extra,
     }
 

@@ -37,10 +37,15 @@ def test_partitions_have_their_own_tags_that_no_namespace_can_name() -> None:
     keys = keyspace("team", clustered=True, partitions=4)
     assert [p.prefix for p in keys.parts] == [f"{{msgq@team/{n}}}:" for n in range(4)]
     assert keys.prefix == "{msgq@team}:" and keys.part(3).root == keys
-    assert keys.part(2).arq_job_key("x") == "{msgq@team/2}:arq:job:x"
+    home = keys.partition_of("x")
+    # A job's own keys are in its partition, whichever keyspace of the deployment names them.
+    assert (
+        keys.arq_job_key("x") == keys.part(2).arq_job_key("x") == f"{{msgq@team/{home}}}:arq:job:x"
+    )
     one_node = keyspace(partitions=4)
     assert one_node.part(1).queue == "msgq/1:queue"
-    assert one_node.part(1).arq_job_key("x") == "msgq/1:arq:job:x"  # never arq's own names
+    assert one_node.record_key("x") == f"msgq/{home}:job:x"
+    assert one_node.arq_job_key("x") == f"msgq/{home}:arq:job:x"  # never arq's own names
     with pytest.raises(ValueError, match="letters, digits"):
         check_namespace("team/1")  # a namespace cannot be a partition's tag
     with pytest.raises(ValueError, match="partitions must be"):

@@ -306,8 +306,8 @@ async def test_job_filters_read_the_smallest_index_and_page(
     assert {r.id for r in first.records + rest.records} == set(queued + sonnet)
     rare = JobFilter(error_type="api_error")
     few = await find_jobs(store.redis, KEYS, rare, budget=30)
-    assert few.records == [] and few.partial and few.next_cursor == 30  # bounded, resumable
-    more = await find_jobs(store.redis, KEYS, rare, cursor=30, budget=100)
+    assert few.records == [] and few.partial and few.next_cursor  # bounded, resumable
+    more = await find_jobs(store.redis, KEYS, rare, cursor=few.next_cursor, budget=100)
     assert [r.id for r in more.records] == oldest and not more.partial
     await sign_in(ui, ADMIN_KEY)
     html = (await ui.get("/ui/jobs", params={"status": "failed", "tenant": "tenant-b"})).text
@@ -322,7 +322,7 @@ async def test_expired_records_are_pruned_from_the_index(
     await redis.delete(KEYS.record_key(ids[1]))
     page = await find_jobs(redis, KEYS, JobFilter(status=JobStatus.QUEUED))
     assert {r.id for r in page.records} == {ids[2], ids[0]}
-    assert await redis.zscore(KEYS.status_jobs_key("queued"), ids[1]) is None
+    assert await redis.zscore(KEYS.for_job(ids[1]).status_jobs_key("queued"), ids[1]) is None
 
 
 async def test_failures_grouped_and_a_group_retried(

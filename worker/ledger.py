@@ -138,7 +138,7 @@ class Ledgers:
 
     async def consume_ticket(self, ticket_key: str, tickets_key: str, job_id: str) -> bytes | None:
         """The dispatcher's ticket, moved into the job's ledger; None when another run took it."""
-        ks = self.keys
+        ks = self.keys.for_job(job_id)  # the job's partition holds its ledger
         keys = [ticket_key, tickets_key, ks.ledger_key(job_id), ks.ledger_open]
         raw: bytes | None = await self.group.call(self._consume, keys, [job_id, _now_ms()])
         return raw
@@ -157,14 +157,16 @@ class Ledgers:
         if admitted_n is not None:
             held["n"] = admitted_n
         value = orjson.dumps(held)
-        keys = [self.keys.ledger_key(job_id), self.keys.ledger_open]
+        part = self.keys.for_job(job_id)
+        keys = [part.ledger_key(job_id), part.ledger_open]
         await self.group.call(self._hold, keys, [job_id, _now_ms(), RATE, value])
 
     async def settle(self, job_id: str, outcome: Outcome, *, model: str) -> Settled:
         """Settle whatever the job's ledger holds, each field by the one caller that takes it:
         capacity taken in one step for every field, a budget with its own settlement."""
-        key = self.keys.ledger_key(job_id)
-        reply = await self.group.call(self._take_capacity, [key, self.keys.ledger_open], [job_id])
+        part = self.keys.for_job(job_id)
+        key = part.ledger_key(job_id)
+        reply = await self.group.call(self._take_capacity, [key, part.ledger_open], [job_id])
         settled = Settled()
         for n in range(0, len(reply), 3):
             field, raw, taken = reply[n].decode(), reply[n + 1], int(reply[n + 2])
@@ -188,7 +190,7 @@ class Ledgers:
         ks = self.keys
         keys = [
             ks.ledger_key(job_id),
-            ks.ledger_open,
+            ks.for_job(job_id).ledger_open,
             ks.spend_key(hold.tenant, hold.day),
             ks.spend_key(hold.tenant, hold.month),
             ks.spend_models_key(hold.tenant, hold.day),

@@ -101,14 +101,15 @@ class Reconciler:
     async def run_once(self) -> Pass:
         done = Pass()
         suspects: dict[str, bytes] = {}
-        cursor = 0
-        while True:
-            cursor, members = await self.redis.zscan(self.keys.active_key, cursor, count=500)
-            ids = [m.decode() for m, _ in members]
-            done.scanned += len(ids)
-            suspects |= await self._suspects_in(ids, done)
-            if cursor == 0:
-                break
+        for part in self.keys.parts:  # each partition lists its own active jobs
+            cursor = 0
+            while True:
+                cursor, members = await self.redis.zscan(part.active_key, cursor, count=500)
+                ids = [m.decode() for m, _ in members]
+                done.scanned += len(ids)
+                suspects |= await self._suspects_in(ids, done)
+                if cursor == 0:
+                    break
         for job_id, raw in suspects.items():
             if self._suspects.get(job_id) == raw:
                 await self._settle(job_id, done)
@@ -151,7 +152,9 @@ class Reconciler:
         self._mismatched = found
 
     async def _settle_lost_ledgers(self, done: Pass) -> None:
-        ids = [raw.decode() for raw in await self.redis.zrange(self.keys.ledger_open, 0, 999)]
+        ids = []
+        for part in self.keys.parts:  # each partition lists its own open ledgers
+            ids += [raw.decode() for raw in await self.redis.zrange(part.ledger_open, 0, 999)]
         if not ids:
             self._unheld = set()
             return
@@ -175,7 +178,7 @@ class Reconciler:
                 pipe.get(self.keys.record_key(job_id))
                 pipe.exists(self.keys.arq_job_key(job_id))
                 pipe.exists(self.keys.in_progress_key(job_id))
-                pipe.zscore(self.keys.queue, job_id)
+                pipe.zscore(self.keys.for_job(job_id).queue, job_id)
                 pipe.hget(self.keys.sched_where, job_id)
             values = await pipe.execute()
         found: dict[str, bytes] = {}
@@ -195,8 +198,8 @@ class Reconciler:
         if found:  # pooled and upstream batch-lane jobs have neither a payload nor a lock
             placed = await lanes.locations(self.redis, self.keys, list(found))
             found = {k: v for (k, v), at in zip(found.items(), placed, strict=True) if at is None}
-        if stale:
-            await self.redis.zrem(self.keys.active_key, *stale)
+        for job_id in stale:
+            await self.redis.zrem(self.keys.for_job(job_id).active_key, job_id)
         return found
 
     async def _relist(self, waiting: list[bytes | str], done: Pass) -> None:
@@ -216,7 +219,8 @@ class Reconciler:
             return  # waiting in the scheduler: the dispatcher will move it
         if payload:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zadd(self.keys.queue, {job_id: int(utcnow().timestamp() * 1000)})
+                due_ms = int(utcnow().timestamp() * 1000)
+                pipe.zadd(self.keys.for_job(job_id).queue, {job_id: due_ms})
                 publish(pipe, self.keys, self.keys.queue_wake, job_id)  # idle workers look now
                 await pipe.execute()
             done.requeued.append(job_id)

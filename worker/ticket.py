@@ -81,9 +81,9 @@ class HeldTicket:
         if self._done:
             return None
         self._done = True
-        keys = self.ledgers.limiter.keys
+        part = self.ledgers.limiter.keys.for_job(self.job_id)  # the job's partition
         moved = await self.ledgers.consume_ticket(
-            keys.admitted_key(self.job_id), keys.tickets_key, self.job_id
+            part.admitted_key(self.job_id), part.tickets_key, self.job_id
         )
         return self.ticket if moved is not None else None
 
@@ -102,7 +102,7 @@ async def take(redis: Redis, keys: Keyspace, job_id: str) -> bool:
     """Delete the job's ticket; True only for the one caller that deleted it."""
     async with redis.pipeline(transaction=False) as pipe:  # DEL alone decides who took it
         pipe.delete(keys.admitted_key(job_id))
-        pipe.zrem(keys.tickets_key, job_id)
+        pipe.zrem(keys.for_job(job_id).tickets_key, job_id)
         deleted, _ = await pipe.execute()
     return bool(deleted)
 
@@ -125,14 +125,15 @@ async def release_orphans(redis: Redis, limiter: RateLimiter) -> int:
     limiter's keyspace is the deployment's."""
     keys = limiter.keys
     cutoff_ms = int(time.time() * 1000) - ORPHAN_AFTER_MS
-    ids = await redis.zrangebyscore(keys.tickets_key, "-inf", cutoff_ms, start=0, num=500)
     released = 0
-    for raw_id in ids:
-        job_id = raw_id.decode()
-        if await redis.zscore(keys.queue, job_id) is not None:
-            continue  # still queued or running: its worker settles it
-        raw = await redis.get(keys.admitted_key(job_id))
-        if await take(redis, keys, job_id):
-            await refund(redis, limiter, parse_or_none(raw))
-            released += 1
+    for part in keys.parts:  # each partition indexes its own tickets
+        ids = await redis.zrangebyscore(part.tickets_key, "-inf", cutoff_ms, start=0, num=500)
+        for raw_id in ids:
+            job_id = raw_id.decode()
+            if await redis.zscore(part.queue, job_id) is not None:
+                continue  # still queued or running: its worker settles it
+            raw = await redis.get(part.admitted_key(job_id))
+            if await take(redis, keys, job_id):
+                await refund(redis, limiter, parse_or_none(raw))
+                released += 1
     return released

@@ -54,7 +54,7 @@ TENANT_REMAINING = Gauge(
 
 async def exposition(redis: Redis, settings: Settings) -> bytes:
     """The Prometheus text of one scrape, the fleet gauges read now."""
-    QUEUE_DEPTH.set(await redis.zcard(settings.keys.queue))
+    QUEUE_DEPTH.set(sum([await redis.zcard(part.queue) for part in settings.keys.parts]))
     SCHEDULED.set(await redis.hlen(settings.keys.sched_where))  # type: ignore[misc]  # redis-py: untyped
     PAUSED.set(1 if await redis.exists(settings.keys.pause_key) else 0)
     text = generate_latest(PROCESS_REGISTRY)

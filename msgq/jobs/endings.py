@@ -68,6 +68,8 @@ class Endings:
         self._pubsub: PubSub | None = None
         self._followers: dict[str, set[Follower]] = {}  # progress channel -> its followers
         self._confirmed: dict[str, asyncio.Future[None]] = {}  # subscriptions not yet confirmed
+        # Each partition publishes its jobs' endings on its own channel.
+        self._done_channels = frozenset(part.done_channel for part in store.keys.parts)
 
     async def start(self) -> None:
         """Subscribe; returns once subscribed, so no ending after this call is missed."""
@@ -90,7 +92,7 @@ class Endings:
             try:
                 async with subscriber(self.redis, self.store.keys) as pubsub:
                     # After a reconnect: every channel still followed, in the same command.
-                    await pubsub.subscribe(self.store.keys.done_channel, *self._followers)
+                    await pubsub.subscribe(*self._done_channels, *self._followers)
                     self._pubsub = pubsub
                     self._ready.set()
                     delay = 0.1
@@ -111,7 +113,7 @@ class Endings:
             confirmed = self._confirmed.pop(channel, None)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
-        elif channel == self.store.keys.done_channel:
+        elif channel in self._done_channels:
             self._ended(message["data"].decode())
         else:
             for follower in self._followers.get(channel, ()):

@@ -15,7 +15,7 @@ scores (jobs created in the same millisecond) are neither skipped nor repeated a
 from __future__ import annotations
 
 import heapq
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -75,7 +75,7 @@ async def newest_first(
     *,
     after: Cursor | None = None,
     chunk: int = CHUNK,
-) -> AsyncIterator[tuple[Cursor, int]]:
+) -> AsyncGenerator[tuple[Cursor, int], None]:
     """Every entry of the merged index below `after`, newest first, as (its cursor, the
     position in `copies` of the copy holding it). Stop iterating when the page is full."""
     walks = [_Copy(n, redis, key, after) for n, (redis, key) in enumerate(copies)]

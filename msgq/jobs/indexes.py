@@ -115,8 +115,15 @@ def _indexes_of(keys: Keyspace, note: bytes) -> tuple[str, list[str]]:
 
 
 async def prune_expired(redis: Redis, keys: Keyspace, *, limit: int = PRUNE_MAX) -> int:
-    """Take the records that expired out of every index (the reconciler's pass, under its lock).
-    Returns how many records' entries were removed."""
+    """Take the records that expired out of every index, in every partition (the
+    reconciler's pass, under its lock). Returns how many records' entries were removed."""
+    removed = 0
+    for part in keys.parts:
+        removed += await _prune_partition(redis, part, limit=limit)
+    return removed
+
+
+async def _prune_partition(redis: Redis, keys: Keyspace, *, limit: int) -> int:
     prune = redis.register_script(PRUNE)
     removed = seen = 0
     while seen < limit:

@@ -18,11 +18,12 @@ async def rehome(store: JobStore, old_id: str, new_id: str, payload: bytes) -> b
         created, existing = (await pipe.execute())[:2]
     async with store.redis.pipeline(transaction=True) as pipe:
         if created and not existing:
-            pipe.zadd(keys.queue, {new_id: int(utcnow().timestamp() * 1000)}, nx=True)
+            due_ms = int(utcnow().timestamp() * 1000)
+            pipe.zadd(keys.for_job(new_id).queue, {new_id: due_ms}, nx=True)
             publish(pipe, keys, keys.queue_wake, new_id)
         elif created:  # that job already ended: nothing to queue
             pipe.delete(keys.arq_job_key(new_id))
-        pipe.zrem(keys.queue, old_id)
+        pipe.zrem(keys.for_job(old_id).queue, old_id)
         pipe.delete(keys.arq_job_key(old_id))
         await pipe.execute()
     return bool(created and not existing)

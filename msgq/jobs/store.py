@@ -13,7 +13,7 @@ from msgq import arq_format
 from msgq.channels import publish
 from msgq.fleet_stats import record_minute
 from msgq.group_commit import GroupCommit
-from msgq.jobs import records
+from msgq.jobs import listing, records
 from msgq.jobs.indexes import index_expiry, index_new, index_status
 from msgq.jobs.kept import keep_spec_from_queue
 from msgq.jobs.records import utcnow
@@ -94,18 +94,19 @@ class JobStore:
         placement: Placement | None = None,
     ) -> None:
         """Record, payload and a queue entry: arq's queue, or the scheduler's when placed."""
-        pipe.set(self.keys.record_key(record.id), record.model_dump_json())
-        pipe.set(self.keys.arq_job_key(record.id), job_payload)
+        part = self.keys.for_job(record.id)  # the job's partition: its keys and indexes
+        pipe.set(part.record_key(record.id), record.model_dump_json())
+        pipe.set(part.arq_job_key(record.id), job_payload)
         if placement is None:
-            pipe.zadd(self.keys.queue, {record.id: score_ms}, nx=True)
+            pipe.zadd(part.queue, {record.id: score_ms}, nx=True)
             publish(pipe, self.keys, self.keys.queue_wake, record.id)  # idle workers poll now
         else:
             placement.write(pipe, record.id, score_ms)
-        pipe.zadd(self.keys.index_key, {record.id: score_ms})
-        index_new(pipe, self.keys, record, score_ms)
-        pipe.zadd(self.keys.active_key, {record.id: score_ms})
+        pipe.zadd(part.index_key, {record.id: score_ms})
+        index_new(pipe, part, record, score_ms)
+        pipe.zadd(part.active_key, {record.id: score_ms})
         if record.tenant:
-            pipe.zadd(self.keys.tenant_jobs_key(record.tenant), {record.id: score_ms})
+            pipe.zadd(part.tenant_jobs_key(record.tenant), {record.id: score_ms})
 
     def enqueue_fresh(
         self, pipe: Redis, jobs: list[tuple[JobRecord, bytes]], score_ms: int
@@ -131,10 +132,11 @@ class JobStore:
         created = await self.redis.set(key, record.model_dump_json(), nx=True)
         if created:
             score = int(record.created_at.timestamp() * 1000)
+            part = self.keys.for_job(record.id)
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(self.keys.index_key, {record.id: score})
-                index_new(pipe, self.keys, record, score)
-                pipe.zadd(self.keys.active_key, {record.id: score})
+                pipe.zadd(part.index_key, {record.id: score})
+                index_new(pipe, part, record, score)
+                pipe.zadd(part.active_key, {record.id: score})
                 await pipe.execute()
             return record
         current = await self.get(record.id)
@@ -210,16 +212,17 @@ class JobStore:
 
     def _write(self, pipe: Redis, record: JobRecord, previous: JobStatus | None = None) -> None:
         keep_s = max(self.retention_s, self.batch_retention_s)
-        index_status(pipe, self.keys, record, keep_s, previous=previous)
+        part = self.keys.for_job(record.id)
+        index_status(pipe, part, record, keep_s, previous=previous)
         if not record.status.terminal:
-            pipe.set(self.keys.record_key(record.id), record.model_dump_json())
+            pipe.set(part.record_key(record.id), record.model_dump_json())
             return
         # A batch's results are kept as long as the batch (the API keeps them 29 days).
         ttl = self.batch_retention_s if record.batch_id else self.retention_s
         record = outbox.pending(record)  # webhook state `pending` when it has a callback_url
-        pipe.set(self.keys.record_key(record.id), record.model_dump_json(), ex=ttl)
-        index_expiry(pipe, self.keys, record, ttl)  # so the reconciler unindexes it when it expires
-        pipe.zrem(self.keys.active_key, record.id)
+        pipe.set(part.record_key(record.id), record.model_dump_json(), ex=ttl)
+        index_expiry(pipe, part, record, ttl)  # so the reconciler unindexes it when it expires
+        pipe.zrem(part.active_key, record.id)
         if record.batch_id:
             # In the same transaction as the write-once terminal record, so counts are exact.
             counts = self.keys.batch_counts_key(record.batch_id)
@@ -227,7 +230,7 @@ class JobStore:
             pipe.hset(counts, "last_at", (record.finished_at or utcnow()).isoformat())
         outbox.schedule(pipe, self.keys, record)  # the webhook owed, durable with the record itself
         record_minute(pipe, self.keys, record.status.value, tenant=record.tenant)
-        publish(pipe, self.keys, self.keys.done_channel, record.id)
+        publish(pipe, part, part.done_channel, record.id)
 
     async def keep_spec(self, job_id: str, spec: dict[str, Any]) -> None:
         """A failed job's spec, kept as long as its record, so `msgq retry` can re-run it."""
@@ -251,13 +254,14 @@ class JobStore:
                 return None, None
             now_ms = int(utcnow().timestamp() * 1000)
             previous = record.status if record else None
+            part = self.keys.for_job(job_id)
 
             def writes(pipe: Pipeline) -> None:
                 pipe.set(key, fresh.model_dump_json())
-                index_status(pipe, self.keys, fresh, previous=previous)
-                pipe.zadd(self.keys.active_key, {job_id: now_ms})
-                pipe.set(self.keys.arq_job_key(job_id), job_payload(orjson.loads(spec)))
-                pipe.zadd(self.keys.queue, {job_id: now_ms})
+                index_status(pipe, part, fresh, previous=previous)
+                pipe.zadd(part.active_key, {job_id: now_ms})
+                pipe.set(part.arq_job_key(job_id), job_payload(orjson.loads(spec)))
+                pipe.zadd(part.queue, {job_id: now_ms})
                 publish(pipe, self.keys, self.keys.queue_wake, job_id)
                 pipe.delete(self.keys.spec_key(job_id))
 
@@ -273,7 +277,8 @@ class JobStore:
             # Free the queue slot; a worker that already picked it up sees `canceled` and stops.
             await self.unqueue(job_id)
         elif record is not None and record.cancel_requested and not record.status.terminal:
-            key, mapping = arq_format.abort_request(self.keys.abort_key, job_id)
+            abort_key = self.keys.for_job(job_id).abort_key
+            key, mapping = arq_format.abort_request(abort_key, job_id)
             await self.redis.zadd(key, mapping)
         return record
 
@@ -281,7 +286,7 @@ class JobStore:
         """Take an ended job out of whichever queue holds it (arq's or the scheduler's)."""
         where = await self.redis.hget(self.keys.sched_where, job_id)  # type: ignore[misc]
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keys.queue, job_id)
+            pipe.zrem(self.keys.for_job(job_id).queue, job_id)
             pipe.delete(self.keys.arq_job_key(job_id))
             pipe.zrem(self.keys.sched_deadlines, job_id)
             if where is not None:
@@ -324,29 +329,11 @@ class JobStore:
         limit: int = 100,
         after_id: str | None = None,
     ) -> tuple[list[JobRecord], bool]:
-        """Newest first, `limit` records after `after_id`; True when more follow.
-
-        Index entries whose record has expired are pruned on the way.
-        """
-        index = self.keys.tenant_jobs_key(tenant) if tenant else self.keys.index_key
-        offset = 0
-        if after_id is not None:
-            rank = await self.redis.zrevrank(index, after_id)
-            offset = 0 if rank is None else rank + 1
-        found: list[JobRecord] = []
-        while len(found) <= limit:
-            ids = await self.redis.zrevrange(index, offset, offset + 499)
-            if not ids:
-                break
-            raws = await self.redis.mget([self.keys.record_key(i.decode()) for i in ids])
-            offset += len(ids)
-            gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
-            if gone:
-                await self.redis.zrem(index, *gone)
-                offset -= len(gone)
-            records = (JobRecord.model_validate_json(raw) for raw in raws if raw is not None)
-            found += [r for r in records if status is None or r.status is status]
-        return found[:limit], len(found) > limit
+        """Newest first, `limit` records after `after_id`; True when more follow (read across
+        the partitions, `msgq.jobs.listing`)."""
+        return await listing.page(
+            self.redis, self.keys, tenant=tenant, status=status, limit=limit, after_id=after_id
+        )
 
     async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
         """Newest first, across tenants."""

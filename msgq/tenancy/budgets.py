@@ -145,7 +145,7 @@ class Budgets:
         args: list[Any] = [amount, *caps, DAY_TTL_S, MONTH_TTL_S]
         if hold is not None:
             held = {"tenant": tenant, "day": day, "month": month, "micro_usd": amount}
-            keys += [self.keys.ledger_key(hold), self.keys.ledger_open]
+            keys += [self.keys.ledger_key(hold), self.keys.for_job(hold).ledger_open]
             args += [hold, int(time.time() * 1000), orjson.dumps(held)]
         ok, period, *figures = await self._reserve(keys=keys, args=args)
         if not int(ok):

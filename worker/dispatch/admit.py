@@ -25,10 +25,10 @@ from worker.ratelimit import ACQUIRE_STEP, RateLimiter
 
 ADMIT_RUN = 64  # jobs per Lua step at most: the step stays well under a millisecond
 
-# KEYS: the class's bucket, its cool-down, the pause, arq queue, where, est, deadlines, tickets.
-# ARGV: the wake channel, ticket ttl s, score ms, then per job: its scheduler queue, payload key,
-# ticket key, ticket value, and its `acquire` arguments as one JSON array (the job ID, holder,
-# is the 8th).
+# KEYS: the class's bucket, its cool-down, the pause, where, est, deadlines. ARGV: the wake
+# channel, ticket ttl s, score ms, then per job: its scheduler queue, payload key, ticket key,
+# ticket value, its `acquire` arguments as one JSON array (the job ID, holder, is the 8th), and
+# its partition's arq queue and tickets index.
 # Returns {statuses, wait_ms, why}: a status per job looked at (1 moved, 0 had left); the run
 # stops at the first job that must wait (wait_ms > 0), which stays where it is.
 ADMIT_MANY = (
@@ -38,11 +38,11 @@ ADMIT_MANY = (
     + """
 local statuses, moved = {}, 0
 local wait, why = 0, ''
-for i = 4, #ARGV, 5 do
+for i = 4, #ARGV, 7 do
   local queue, payload, ticket, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local a = cjson.decode(ARGV[i + 4])
   local id = a[8]
-  local k = {queue, KEYS[4], KEYS[5], KEYS[6], ticket, payload, KEYS[7], KEYS[8]}
+  local k = {queue, ARGV[i + 5], KEYS[4], KEYS[5], ticket, payload, KEYS[6], ARGV[i + 6]}
   if redis.call('ZSCORE', queue, id) and redis.call('EXISTS', payload) == 1 then
     local r = acquire(KEYS[1], KEYS[2], KEYS[3], a)
     if r[1] > 0 then
@@ -102,11 +102,9 @@ class AdmitRun:
         ks = self.keys
         keys = [
             *self.limiter.gate_keys(model),
-            ks.queue,
             ks.sched_where,
             ks.sched_est,
             ks.sched_deadlines,
-            ks.tickets_key,
         ]
         args: list[Any] = [ks.queue_wake, ADMITTED_TTL_S, now_ms]
         for head in heads:
@@ -130,10 +128,13 @@ class AdmitRun:
             cost=(est.input_tokens, est.output_tokens),
             holder=head.job_id,
         )
+        part = self.keys.for_job(head.job_id)  # the job's partition: its keys and arq queue
         return [
             head.queue,
-            self.keys.arq_job_key(head.job_id),
-            self.keys.admitted_key(head.job_id),
+            part.arq_job_key(head.job_id),
+            part.admitted_key(head.job_id),
             orjson.dumps(ticket),
             orjson.dumps(step),
+            part.queue,
+            part.tickets_key,
         ]

@@ -320,9 +320,10 @@ class Dispatcher:
             return
         args: list[Any] = [int(time.time() * 1000), self.keys.queue_wake]
         for head in heads:
-            args += [head.job_id, head.queue, self.keys.arq_job_key(head.job_id)]
+            part = self.keys.for_job(head.job_id)  # the job's partition holds its arq queue
+            args += [head.job_id, head.queue, part.arq_job_key(head.job_id), part.queue]
         ks = self.keys
-        names = [ks.queue, ks.sched_where, ks.sched_est, ks.sched_deadlines]
+        names = [ks.sched_where, ks.sched_est, ks.sched_deadlines]
         await self._move_many(keys=names, args=args)
         self.window.admitted(len(heads))
         heads.clear()
@@ -362,16 +363,17 @@ class Dispatcher:
             value |= {"day": reservation.day, "month": reservation.month}
             value["micro_usd"] = reservation.micro_usd
             value["tenant"] = reservation.tenant
+        part = self.keys.for_job(head.job_id)  # the job's partition: its keys and arq queue
         moved = await self._move(
             keys=[
                 head.queue,
-                self.keys.queue,
+                part.queue,
                 self.keys.sched_where,
                 self.keys.sched_est,
-                self.keys.admitted_key(head.job_id),
-                self.keys.arq_job_key(head.job_id),
+                part.admitted_key(head.job_id),
+                part.arq_job_key(head.job_id),
                 self.keys.sched_deadlines,
-                self.keys.tickets_key,
+                part.tickets_key,
             ],
             args=[head.job_id, now_ms, orjson.dumps(value), ADMITTED_TTL_S, self.keys.queue_wake],
         )

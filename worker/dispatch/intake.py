@@ -56,7 +56,7 @@ class Intake:
                 if placed is not None:
                     placed.write(pipe, job_id, int(score))
                 elif payload is not None:
-                    pipe.zadd(self.settings.keys.queue, {job_id: int(score)})
+                    pipe.zadd(self.settings.keys.for_job(job_id).queue, {job_id: int(score)})
                     publish(pipe, self.settings.keys, self.settings.keys.queue_wake, job_id)
                 await pipe.execute()
         return len(entries)

@@ -45,21 +45,21 @@ return moved
 )
 
 
-# KEYS: arq queue, where, est, deadlines. ARGV: score ms, the workers' wake channel, then (job id,
-# its scheduler queue, its payload key) for each job. Each moves only if it is still in its
-# scheduler queue and has a payload. The idle workers are woken when any moved.
+# KEYS: where, est, deadlines. ARGV: score ms, the workers' wake channel, then (job id, its
+# scheduler queue, its payload key, its partition's arq queue) for each job. Each moves only if
+# it is still in its scheduler queue and has a payload. The idle workers are woken when any moved.
 MOVE_MANY = (
     PUBLISH_LUA
     + """
 local moved = 0
-for i = 3, #ARGV, 3 do
-  local id, queue, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for i = 3, #ARGV, 4 do
+  local id, queue, payload, arq_queue = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if redis.call('ZREM', queue, id) == 1 then
+    redis.call('HDEL', KEYS[1], id)
     redis.call('HDEL', KEYS[2], id)
-    redis.call('HDEL', KEYS[3], id)
-    redis.call('ZREM', KEYS[4], id)
+    redis.call('ZREM', KEYS[3], id)
     if redis.call('EXISTS', payload) == 1 then
-      redis.call('ZADD', KEYS[1], ARGV[1], id)
+      redis.call('ZADD', arq_queue, ARGV[1], id)
       moved = moved + 1
     end
   end

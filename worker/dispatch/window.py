@@ -43,9 +43,11 @@ class AdmissionWindow:
         """Jobs that may be admitted now (may be zero or negative: none)."""
         now_ms = int(time.time() * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(self.settings.keys.queue, "-inf", now_ms)
             pipe.exists(self.settings.keys.cooling_key)
-            due, cooling = await pipe.execute()
+            for part in self.settings.keys.parts:  # arq's queue, one per partition
+                pipe.zcount(part.queue, "-inf", now_ms)
+            cooling, *dues = await pipe.execute()
+        due = sum(int(n) for n in dues)
         self._observe(int(due), bool(cooling), limits_known)
         cap = await self.fleet_slots() + self.settings.dispatch_window
         if not limits_known:

@@ -265,7 +265,7 @@ class Poller:
             return
         spec = JobSpec.model_validate({**orjson.loads(raw), "lane": Lane.REALTIME.value})
         ks = self.keys
-        keys = [*lanes.lane_keys(ks, job_id), ks.arq_job_key(job_id), ks.queue]
+        keys = [*lanes.lane_keys(ks, job_id), ks.arq_job_key(job_id), ks.for_job(job_id).queue]
         payload = enqueue_payload(spec, now_ms())
         if await self._to_realtime(keys=keys, args=[job_id, handle, payload, now_ms()]):
             # The realtime attempt reserves the budget again, as any worker attempt does.

@@ -100,9 +100,10 @@ def prefetch_ops(prefetch: Prefetch | None) -> list[str]:
 
 
 def claim_keys(keys: Keyspace, job_ids: list[str], prefetch: Prefetch | None) -> list[str]:
-    """CLAIM's KEYS for `job_ids`: the queue, the abort set, then each job's lock, payload, try
-    counter and prefetch keys."""
-    out = [keys.queue, keys.abort_key]
+    """CLAIM's KEYS for `job_ids`, all of one partition: its queue and abort set, then each
+    job's lock, payload, try counter and prefetch keys."""
+    part = keys.for_job(job_ids[0])
+    out = [part.queue, part.abort_key]
     for job_id in job_ids:
         reads = prefetch(job_id) if prefetch else []
         out += [keys.in_progress_key(job_id), keys.arq_job_key(job_id)]
@@ -174,7 +175,7 @@ class QueueJob:
     def finish_commands(self) -> list[tuple[str, ...]]:
         """What arq's finish does for a finished job: lock, try counter and payload deleted, out
         of the queue and the abort set."""
-        job_id, keys = self.job_id, self.keys
+        job_id, keys = self.job_id, self.keys.for_job(self.job_id)  # the job's partition
         return [
             ("DEL", keys.in_progress_key(job_id), keys.retry_key(job_id), keys.arq_job_key(job_id)),
             ("ZREM", keys.abort_key, job_id),

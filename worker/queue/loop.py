@@ -9,7 +9,6 @@ from typing import Any
 
 import structlog
 from arq import Retry, Worker
-from arq.constants import abort_job_max_age
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import JobExecutionFailed, RetryJob
@@ -17,9 +16,9 @@ from redis.exceptions import NoScriptError, RedisError
 
 from msgq.channels import publish
 from msgq.keys import Keyspace
+from worker.queue import poll
 from worker.queue.claim import (
     CLAIM,
-    DUE_SCAN_LIMIT,
     DUE_UNHELD,
     Claim,
     ClaimReplicas,
@@ -135,19 +134,11 @@ class MsgqWorker(Worker):
         if picking and due is None:
             due = self._due = await self.pool.script_load(DUE_UNHELD)
         async with self.pool.pipeline(transaction=False) as pipe:
-            if picking:
-                # By its SHA, loaded once: a script object in a pipeline costs a SCRIPT EXISTS
-                # round trip on every poll. Redis restarted (scripts gone): loaded again below.
-                args = [str(count), str(DUE_SCAN_LIMIT), str(now), self.keys.in_progress_key_prefix]
-                pipe.evalsha(str(due), 1, self.queue_name, *args)
-            pipe.zrange(self.keys.abort_key, 0, -1)
-            # Abort requests older than a minute (arq's own prune compares seconds with ms and
-            # removes nothing, so the set it reads every poll only grew).
-            pipe.zremrangebyscore(
-                self.keys.abort_key, min="-inf", max=now - abort_job_max_age * 1000
-            )
+            # The due scan by its SHA, loaded once: a script object in a pipeline costs a
+            # SCRIPT EXISTS round trip on every poll. Redis restarted (scripts gone): loaded again.
+            poll.ask(pipe, self.keys, str(due) if picking else None, count, now)
             try:
-                replies = await pipe.execute()
+                polled = poll.read(await pipe.execute(), self.keys, picking, count)
             except NoScriptError:
                 self._due = None
                 return True  # poll again at once, with the script loaded again
@@ -155,12 +146,11 @@ class MsgqWorker(Worker):
         self._idle = self._idle_s  # no job due later: until a wake, or the poll delay
         self._more_due = not picking  # could not look (no room): look when a job ends
         if picking:
-            ready, later = replies[0]
-            self._more_due = len(ready) >= count  # as many as it had slots: maybe more
-            if later is not None:  # a retry or deferred job: poll when it comes due
-                self._idle = min(self._idle_s, max(0.0, (int(float(later)) - now) / 1000))
-            await self.start_jobs(ready)
-        await self._abort(replies[-2])
+            self._more_due = len(polled.ready) >= count  # as many as it had slots: maybe more
+            if polled.later is not None:  # a retry or deferred job: poll when it comes due
+                self._idle = min(self._idle_s, max(0.0, (polled.later - now) / 1000))
+            await self.start_jobs(polled.ready)
+        await self._abort(polled.aborts)
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
@@ -173,7 +163,8 @@ class MsgqWorker(Worker):
         aborted = cancel_requested(self.job_tasks, requested)
         if aborted:
             self.aborting_tasks.update(aborted)
-            await self.pool.zrem(self.keys.abort_key, *aborted)
+            for job_id in aborted:
+                await self.pool.zrem(self.keys.for_job(job_id).abort_key, job_id)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim and start each due job. The slot (arq's semaphore and counter) is given back
@@ -217,14 +208,19 @@ class MsgqWorker(Worker):
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM)
         lock_ms = int(self.in_progress_timeout_s * 1000)
-        keys = claim_keys(self.keys, job_ids, self._prefetch)
         ops = self._prefetch_ops
-        args = [timestamp_ms(), lock_ms, self._token, len(ops), *ops, *job_ids]
-        if self._claim_replicas is None:
-            replies = await self._claim(keys=keys, args=args)
-        else:
-            replies = await self._claim_replicas.claim(self._claim, self.pool, keys, args)
-        return [None if reply is None else _claim(reply) for reply in replies]
+        claims: dict[str, Claim | None] = {}
+        for group in poll.by_partition(self.keys, job_ids).values():  # a claim a partition
+            keys = claim_keys(self.keys, group, self._prefetch)
+            args = [timestamp_ms(), lock_ms, self._token, len(ops), *ops, *group]
+            if self._claim_replicas is None:
+                replies = await self._claim(keys=keys, args=args)
+            else:
+                replies = await self._claim_replicas.claim(self._claim, self.pool, keys, args)
+            claims |= {
+                i: None if r is None else _claim(r) for i, r in zip(group, replies, strict=True)
+            }
+        return [claims[job_id] for job_id in job_ids]
 
     def _job_done(self, _: object) -> None:
         """A slot is free: poll now if work may wait (a wake came while full, the last poll
@@ -371,7 +367,7 @@ class MsgqWorker(Worker):
         self._more_due = True  # back in the queue (deferred, handed back): its end polls
         async with self.pool.pipeline(transaction=True) as tr:
             if incr_score:
-                tr.zadd(self.keys.queue, {job_id: incr_score}, xx=True, incr=True)
+                tr.zadd(self.keys.for_job(job_id).queue, {job_id: incr_score}, xx=True, incr=True)
             if keep_in_progress is None:
                 tr.delete(self.keys.in_progress_key(job_id))
                 if not incr_score:  # due now (a hand-off at shutdown): other workers look now

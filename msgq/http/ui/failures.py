@@ -79,7 +79,7 @@ async def failure_groups(
     groups: dict[str, FailureGroup] = {}
     scanned = 0
     walk, size = await walk_for(redis, keys, _failed(tenant))
-    async for _, data in walk.rows(0, budget):
+    async for _, data in walk.rows("", budget):
         scanned += 1
         key = group_key(data)
         if key not in groups:
@@ -99,7 +99,7 @@ async def retry_group(
     """Requeue every failed job of the group with its kept request: (requeued, not retried)."""
     # All IDs first: each retry moves a job out of the index being walked.
     walk, _ = await walk_for(redis, keys, _failed(tenant))
-    ids = [str(d["id"]) async for _, d in walk.rows(0, RETRY_READ) if group_key(d) == key]
+    ids = [str(d["id"]) async for _, d in walk.rows("", RETRY_READ) if group_key(d) == key]
     requeued = 0
     for job_id in ids:
         requeued += await client.retry(job_id) is not None

@@ -50,15 +50,23 @@ class Active:
 
 async def active_jobs(redis: Redis, keys: Keyspace, tenant: str | None) -> Active:
     """Exact counts per status; the breakdown from the oldest ACTIVE_SAMPLE active records."""
+    parts = keys.parts  # each partition keeps its own copy of every index
     async with redis.pipeline(transaction=False) as pipe:
         for status in ACTIVE:
-            key = keys.status_jobs_key(status.value)
-            pipe.zintercard(2, [key, keys.tenant_jobs_key(tenant)]) if tenant else pipe.zcard(key)
-        counts = [int(n) for n in await pipe.execute()]
-    if tenant:
-        ids = (await redis.zinter([keys.active_key, keys.tenant_jobs_key(tenant)]))[:ACTIVE_SAMPLE]
-    else:
-        ids = await redis.zrange(keys.active_key, 0, ACTIVE_SAMPLE - 1)
+            for part in parts:
+                key, mine = part.status_jobs_key(status.value), part.tenant_jobs_key(tenant or "")
+                pipe.zintercard(2, [key, mine]) if tenant else pipe.zcard(key)
+        each = [int(n) for n in await pipe.execute()]
+    counts = [sum(each[n : n + len(parts)]) for n in range(0, len(each), len(parts))]
+    ids: list[bytes] = []
+    for part in parts:
+        if tenant:
+            ids += (await redis.zinter([part.active_key, part.tenant_jobs_key(tenant)]))[
+                :ACTIVE_SAMPLE
+            ]
+        else:
+            ids += await redis.zrange(part.active_key, 0, ACTIVE_SAMPLE - 1)
+    ids = ids[:ACTIVE_SAMPLE]
     result = Active(dict(zip([s.value for s in ACTIVE], counts, strict=True)), 0, sum(counts))
     result.breakdown = {d: {s.value: Counter() for s in ACTIVE} for d in DIMENSIONS}
     for start in range(0, len(ids), 1000):

@@ -91,7 +91,7 @@ async def _jobs(request: Request, session: Viewer) -> dict[str, Any] | str:
         batch=batch,
         batch_tenant=batch_tenant,
     )
-    cursor = int(q["cursor"]) if q.get("cursor", "").isdigit() else 0
+    cursor = q.get("cursor", "")[:300]  # a position or `score:job id` (ui.queries.Walk)
     page = await find_jobs(
         state_of(request).redis, state_of(request).settings.keys, flt, cursor=cursor
     )

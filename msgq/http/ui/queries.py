@@ -10,7 +10,8 @@ on from, instead of reading 100,000 records. Index entries whose record expired 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -18,6 +19,7 @@ import orjson
 from redis.asyncio import Redis
 
 from msgq.batches import job_id_for
+from msgq.jobs.gather import Cursor, newest_first
 from msgq.keys import Keyspace
 from schemas import JobRecord, JobStatus
 
@@ -45,18 +47,22 @@ class JobFilter:
             and (self.batch is None or data.get("batch_id") == self.batch)
         )
 
-    def indexes(self, keys: Keyspace) -> list[tuple[str, str]]:
-        """(kind, key) of every index these filters can walk; the whole-fleet one when none."""
+    def indexes(self, keys: Keyspace) -> list[Index]:
+        """Every index these filters can walk; the whole-fleet one when none. A job index has
+        a copy in each partition (`copies`); a batch's list is one."""
         found = []
         if self.batch and self.batch_tenant:
-            found.append(("list", keys.batch_ids_key(self.batch)))
+            found.append(Index("list", keys.batch_ids_key(self.batch)))
         if self.status:
-            found.append(("zset", keys.status_jobs_key(self.status.value)))
+            status = self.status.value
+            found.append(Index.of_jobs(keys, lambda k: k.status_jobs_key(status)))
         if self.model:
-            found.append(("zset", keys.model_jobs_key(self.model)))
+            model = self.model
+            found.append(Index.of_jobs(keys, lambda k: k.model_jobs_key(model)))
         if self.tenant:
-            found.append(("zset", keys.tenant_jobs_key(self.tenant)))
-        return found or [("zset", keys.index_key)]
+            tenant = self.tenant
+            found.append(Index.of_jobs(keys, lambda k: k.tenant_jobs_key(tenant)))
+        return found or [Index.of_jobs(keys, lambda k: k.index_key)]
 
     def label(self, keys: Keyspace, key: str) -> str:
         """The index `key` in words: a page never shows a Redis key name."""
@@ -71,10 +77,24 @@ class JobFilter:
         return "all jobs"
 
 
+@dataclass(frozen=True)
+class Index:
+    """An index a query walks: its kind, its name (the deployment's, for labels) and the
+    keys it is read from (a job index: one copy a partition)."""
+
+    kind: str  # "zset" (a job index, newest first) or "list" (a batch's custom IDs)
+    key: str
+    copies: tuple[str, ...] = ()
+
+    @classmethod
+    def of_jobs(cls, keys: Keyspace, name: Callable[[Keyspace], str]) -> Index:
+        return cls("zset", name(keys), tuple(name(part) for part in keys.parts))
+
+
 @dataclass
 class JobSlice:
     records: list[JobRecord] = field(default_factory=list)
-    next_cursor: int | None = None  # where the walk goes on (a position in the index)
+    next_cursor: str | None = None  # where the walk goes on (see `Walk.rows`)
     scanned: int = 0
     index: str = ""
     index_label: str = ""  # the index in words, for the page
@@ -82,63 +102,106 @@ class JobSlice:
     partial: bool = False  # the read budget ran out before the page filled: go on from next
 
 
-async def _sizes(redis: Redis, indexes: list[tuple[str, str]]) -> list[int]:
+async def _sizes(redis: Redis, indexes: list[Index]) -> list[int]:
     async with redis.pipeline(transaction=False) as pipe:
-        for kind, key in indexes:
-            pipe.llen(key) if kind == "list" else pipe.zcard(key)
-        return [int(n) for n in await pipe.execute()]
+        for index in indexes:
+            if index.kind == "list":
+                pipe.llen(index.key)
+            else:
+                for copy in index.copies:
+                    pipe.zcard(copy)
+        counts = [int(n) for n in await pipe.execute()]
+    sizes = []
+    for index in indexes:
+        taken = 1 if index.kind == "list" else len(index.copies)
+        sizes.append(sum(counts[:taken]))
+        counts = counts[taken:]
+    return sizes
 
 
 class Walk:
-    """Newest-first reads of one index in chunks, pruning entries whose record has gone."""
+    """Newest-first reads of one index in chunks, pruning entries whose record has gone. A
+    walk goes on from a cursor: a position in a batch's list, or the last entry read of a job
+    index (`score:member`, merged over the partitions' copies by `msgq.jobs.gather`)."""
 
-    def __init__(self, redis: Redis, keys: Keyspace, flt: JobFilter, kind: str, key: str) -> None:
+    def __init__(self, redis: Redis, keys: Keyspace, flt: JobFilter, index: Index) -> None:
         self.keys = keys
-        self.redis, self.flt, self.kind, self.key = redis, flt, kind, key
-        self.position = 0  # where a walk stopped
+        self.redis, self.flt, self.index = redis, flt, index
+        self.key = index.key
+        self.position: str | None = None  # where a walk stopped
         self.exhausted = False  # it reached the end of the index
 
-    async def _ids(self, start: int, count: int) -> list[str]:
-        if self.kind == "list":
-            # A batch's custom IDs in submission order; its jobs' IDs derive from them.
-            raw = await cast(Any, self.redis.lrange(self.key, start, start + count - 1))
-            tenant, batch = self.flt.batch_tenant or "", self.flt.batch or ""
-            return [job_id_for(tenant, batch, c.decode()) for c in raw]
-        return [i.decode() for i in await self.redis.zrevrange(self.key, start, start + count - 1)]
-
-    async def rows(self, start: int, budget: int) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    async def rows(self, start: str, budget: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """(cursor after this row, raw record) for each record matching the filter."""
-        position, read = start, 0
+        if self.index.kind == "list":
+            async for row in self._list_rows(int(start) if start.isdigit() else 0, budget):
+                yield row
+            return
+        after = None
+        score, _, member = start.partition(":")
+        if member and score.lstrip("-").isdigit():
+            after = Cursor(int(score), member)
+        copies = [(self.redis, copy) for copy in self.index.copies]
+        read: list[tuple[Cursor, int]] = []
+        async with contextlib.aclosing(newest_first(copies, after=after, chunk=CHUNK)) as walk:
+            async for entry in walk:
+                read.append(entry)
+                if len(read) == CHUNK or len(read) >= budget:
+                    async for row in self._zset_rows(read):
+                        yield row
+                    budget -= len(read)
+                    read = []
+                if budget <= 0:
+                    return
+        async for row in self._zset_rows(read):
+            yield row
+        self.exhausted = True
+
+    async def _zset_rows(
+        self, read: list[tuple[Cursor, int]]
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        if not read:
+            return
+        ids = [cursor.member for cursor, _ in read]
+        raws = await self.redis.mget([self.keys.record_key(i) for i in ids])
+        for (cursor, source), raw in zip(read, raws, strict=True):
+            at = f"{cursor.score}:{cursor.member}"
+            if raw is None:  # past its retention: out of the copy holding it
+                await self.redis.zrem(self.index.copies[source], cursor.member)
+            else:
+                data = orjson.loads(raw)
+                if self.flt.matches(data):
+                    yield at, data
+            self.position = at
+
+    async def _list_rows(
+        self, position: int, budget: int
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        read = 0
         while read < budget:
-            ids = await self._ids(position, min(CHUNK, budget - read))
+            count = min(CHUNK, budget - read)
+            # A batch's custom IDs in submission order; its jobs' IDs derive from them.
+            raw = await cast(Any, self.redis.lrange(self.key, position, position + count - 1))
+            tenant, batch = self.flt.batch_tenant or "", self.flt.batch or ""
+            ids = [job_id_for(tenant, batch, c.decode()) for c in raw]
             if not ids:
                 self.exhausted = True
                 return
             read += len(ids)
             raws = await self.redis.mget([self.keys.record_key(i) for i in ids])
-            gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
-            pruned = bool(gone) and self.kind == "zset"
-            if pruned:
-                await self.redis.zrem(self.key, *gone)  # records past their retention
-            skipped = 0
             for offset, raw in enumerate(raws):
-                if raw is None:
-                    skipped += 1 if pruned else 0
-                    continue
-                data = orjson.loads(raw)
-                if self.flt.matches(data):
-                    # Later ranks moved up by the entries pruned before this row.
-                    yield position + offset + 1 - skipped, data
-            position += len(ids) - (len(gone) if pruned else 0)
-            self.position = position
+                if raw is not None and self.flt.matches(data := orjson.loads(raw)):
+                    yield str(position + offset + 1), data
+            position += len(ids)
+            self.position = str(position)
 
 
 async def walk_for(redis: Redis, keys: Keyspace, flt: JobFilter) -> tuple[Walk, int]:
     """A walk of the smallest index the filters name, and that index's size."""
     indexes = flt.indexes(keys)
     sizes = await _sizes(redis, indexes)
-    size, (kind, key) = min(zip(sizes, indexes, strict=True))
-    return Walk(redis, keys, flt, kind, key), size
+    size, smallest = min(zip(sizes, range(len(indexes)), strict=True))
+    return Walk(redis, keys, flt, indexes[smallest]), size
 
 
 async def find_jobs(
@@ -146,7 +209,7 @@ async def find_jobs(
     keys: Keyspace,
     flt: JobFilter,
     *,
-    cursor: int = 0,
+    cursor: str = "",
     limit: int = 50,
     budget: int = SCAN_BUDGET,
 ) -> JobSlice:

@@ -1,0 +1,67 @@
+"""The worker's poll of every partition in one round trip: in each, the due jobs no worker
+holds (`DUE_UNHELD`) and the abort requests, with the stale requests pruned.
+
+Each partition has its own arq queue and abort set (`msgq.keys.Keyspace.part`). With one
+partition this is arq's poll as msgq always made it: three commands. With more, three a
+partition, still one round trip; a claim is then made per partition (`by_partition`), since
+one claim script touches one partition's keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from arq.constants import abort_job_max_age
+from redis.asyncio.client import Pipeline
+
+from msgq.keys import Keyspace
+from worker.queue.claim import DUE_SCAN_LIMIT
+
+
+@dataclass
+class Polled:
+    """What one poll read: due job IDs (at most the free slots), the earliest time a job not
+    yet due comes due (ms, None when none), and the IDs whose abort was asked for."""
+
+    ready: list[bytes]
+    later: int | None
+    aborts: list[bytes]
+
+
+def ask(pipe: Pipeline, keys: Keyspace, due_sha: str | None, count: int, now_ms: int) -> None:
+    """Queue the poll's commands on `pipe` (the due scan only when `due_sha` is given)."""
+    for part in keys.parts:
+        if due_sha is not None:
+            args = [str(count), str(DUE_SCAN_LIMIT), str(now_ms), part.in_progress_key_prefix]
+            pipe.evalsha(due_sha, 1, part.queue, *args)
+        pipe.zrange(part.abort_key, 0, -1)
+        # Abort requests older than a minute (arq's own prune compares seconds with ms and
+        # removes nothing, so the set it reads every poll only grew).
+        pipe.zremrangebyscore(part.abort_key, min="-inf", max=now_ms - abort_job_max_age * 1000)
+
+
+def read(replies: list[Any], keys: Keyspace, picking: bool, count: int) -> Polled:
+    """The poll's replies, as `ask` queued them, merged over the partitions."""
+    per_part = 3 if picking else 2
+    ready: list[bytes] = []
+    later: int | None = None
+    aborts: list[bytes] = []
+    for n in range(keys.partitions):
+        mine = replies[n * per_part : (n + 1) * per_part]
+        if picking:
+            due, next_ms = mine[0]  # DUE_UNHELD's reply: {ids, the next due score or false}
+            ready += due
+            if next_ms is not None:
+                at = int(float(next_ms))
+                later = at if later is None else min(later, at)
+        aborts += mine[-2]  # ZRANGE's reply
+    return Polled(ready[:count], later, aborts)
+
+
+def by_partition(keys: Keyspace, job_ids: list[str]) -> dict[int, list[str]]:
+    """Job IDs grouped by partition, each group in the order given."""
+    groups: dict[int, list[str]] = {}
+    for job_id in job_ids:
+        groups.setdefault(keys.partition_of(job_id), []).append(job_id)
+    return groups
