@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test test-cluster lint format typecheck all clean bench chaos lock docs
+.PHONY: help setup demo test test-cluster test-partitions lint format typecheck all clean bench chaos lock docs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,6 +49,13 @@ CLUSTER_SUITE := tests/test_job_life.py tests/test_api.py tests/test_cli.py \
 test-cluster: $(STAMP)  ## the core suite on a real 3-master Redis Cluster, and the cluster's own tests
 	TEST_REDIS_CLUSTER=1 $(BIN)/pytest $(CLUSTER_SUITE)
 	$(BIN)/pytest $(CLUSTER_OWN)
+
+# The core suite once more with the deployment split into 4 partitions (docs/design/partitions.md),
+# with the dashboard's and the audit's reads across them.
+PARTITION_SUITE := $(CLUSTER_SUITE) tests/test_ui.py tests/test_partitions.py tests/test_gather.py
+
+test-partitions: $(STAMP)  ## the core suite with MSGQ_PARTITIONS=4 on one node
+	TEST_PARTITIONS=4 $(BIN)/pytest $(PARTITION_SUITE)
 
 docs: $(STAMP)  ## build the docs site into site/ (reference pages generated from the code; strict)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

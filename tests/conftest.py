@@ -310,3 +310,12 @@ async def api_server(api_settings: Settings) -> AsyncIterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     await task
+
+
+async def zcard_parts(
+    redis: Redis, key_of: Callable[[Keyspace], str], keys: Keyspace | None = None
+) -> int:
+    """ZCARD of a set each partition keeps (arq's queue, an index, the tickets), summed over
+    the partitions: the whole deployment's count, whatever TEST_PARTITIONS says."""
+    parts = (keys or KEYS).parts
+    return sum([int(await redis.zcard(key_of(part))) for part in parts])

@@ -27,7 +27,7 @@ from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets
 from msgq.tenancy.tenants import parse_tenants
 from schemas import JobRecord, JobStatus
-from tests.conftest import KEYS, Sim, StartWorker, eventually
+from tests.conftest import KEYS, Sim, StartWorker, eventually, zcard_parts
 from tests.test_fair_share import tenants_file
 from tests.test_webhooks import SECRET as WEBHOOK_SECRET
 from worker.dispatch.dispatcher import Dispatcher
@@ -117,7 +117,7 @@ async def test_every_path_that_does_not_send_returns_its_reservation(
     async with Client(connect(settings.redis_url), custom) as producer:
         ids = [(await producer.submit(body(), tenant="acme")).id for _ in range(12)]
         await dispatcher.tick()  # admitted: each holds a ticket, no worker runs yet
-        assert await redis.zcard(KEYS.tickets_key) == 12
+        assert await zcard_parts(redis, lambda k: k.tickets_key) == 12
         canceled = ids[:3]
         for job_id in canceled:
             await producer.cancel(job_id)
@@ -128,7 +128,7 @@ async def test_every_path_that_does_not_send_returns_its_reservation(
     assert all(r.status is JobStatus.SUCCEEDED for r in ended[3:])
 
     async def settled() -> bool:
-        return await redis.zcard(KEYS.tickets_key) == 0
+        return await zcard_parts(redis, lambda k: k.tickets_key) == 0
 
     await eventually(settled, timeout_s=20)  # the canceled ones: the orphan sweep
     assert all([await redis.exists(KEYS.admitted_key(i)) == 0 for i in ids])
@@ -148,13 +148,13 @@ async def test_paused_or_cooling_fleet_sends_nothing_ticket_or_not(
     dispatcher = Dispatcher(redis, JobStore.from_settings(redis, custom), custom, limiter)
     admitted = [(await client.submit(body())).id for _ in range(4)]
     await dispatcher.tick()
-    assert await redis.zcard(KEYS.tickets_key) == 4
+    assert await zcard_parts(redis, lambda k: k.tickets_key) == 4
     await limiter.pause("spend limit (test)", None)
     await start_worker(custom)
     later = [(await client.submit(body(text="later"))).id for _ in range(4)]
 
     async def tickets_back() -> bool:  # every admitted job was picked up and handed back
-        return await redis.zcard(KEYS.tickets_key) == 0
+        return await zcard_parts(redis, lambda k: k.tickets_key) == 0
 
     await eventually(tickets_back)
     records = [await client.get(i) for i in admitted + later]

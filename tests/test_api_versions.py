@@ -218,7 +218,7 @@ async def test_raw_redis_job_names_its_version_and_betas(
     k = {"request": TEXT, "anthropic_version": V2026, "betas": ["raw-beta-2025-01-01"]}
     job = {"t": 1, "f": "run_message", "a": [], "et": now, "k": k}
     await redis.set(KEYS.arq_job_key("raw-1"), json.dumps(job))
-    await redis.zadd(settings.keys.queue, {"raw-1": now})
+    await redis.zadd(settings.keys.for_job("raw-1").queue, {"raw-1": now})
     await start_worker()
 
     async def done() -> bool:

@@ -302,7 +302,7 @@ async def test_lane_from_every_interface(
     await redis.flushdb()
     raw = {"t": 1, "f": "run_message", "a": [], "et": 1, "k": {"request": TEXT, "lane": "batch"}}
     await redis.set(KEYS.arq_job_key("raw-1"), orjson.dumps(raw))
-    await redis.zadd(settings.keys.queue, {"raw-1": 1})
+    await redis.zadd(settings.keys.for_job("raw-1").queue, {"raw-1": 1})
     configure(sim, processing_s=0.2)
     fast = settings.model_copy(update={"batch_max_wait_s": 0.2, "batch_poll_s": 0.2})
     await start_worker(fast)

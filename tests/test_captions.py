@@ -22,7 +22,7 @@ from msgq.client import Client
 from msgq.connections import connect
 from msgq.dev.stack import msgq_command
 from msgq.settings import Settings
-from tests.conftest import KEYS, Sim, StartWorker, eventually
+from tests.conftest import KEYS, Sim, StartWorker, eventually, zcard_parts
 
 PROMPT = "Describe {name} in one sentence."
 
@@ -173,7 +173,7 @@ async def test_window_bounds_what_redis_holds(
     async def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            held = await redis.zcard(settings.keys.queue) + await redis.hlen(KEYS.sched_where)
+            held = await zcard_parts(redis, lambda k: k.queue) + await redis.hlen(KEYS.sched_where)
             peak = max(peak, held)
             await asyncio.sleep(0.01)
 

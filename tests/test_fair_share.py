@@ -23,7 +23,7 @@ from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets, Reservation
 from msgq.tenancy.tenants import parse_tenants
 from schemas import JobStatus
-from tests.conftest import KEYS, Sim, eventually, stop_workers, worker_env
+from tests.conftest import KEYS, Sim, eventually, stop_workers, worker_env, zcard_parts
 from tests.test_reconcile_audit import spawn
 from worker.dispatch.dispatcher import Dispatcher
 from worker.ratelimit import Limits, RateLimiter
@@ -56,7 +56,7 @@ async def test_interactive_jobs_are_admitted_before_queued_bulk(
 ) -> None:
     bulk = [(await client.submit(BODY, priority="bulk")).id for _ in range(20)]
     interactive = [(await client.submit(BODY, priority="interactive")).id for _ in range(3)]
-    assert await redis.zcard(settings.keys.queue) == 0  # waiting in the scheduler
+    assert await zcard_parts(redis, lambda k: k.queue) == 0  # waiting in the scheduler
     dispatcher = await dispatcher_for(redis, settings, rpm=5)
     await dispatcher.tick()
     first = await admitted(redis, settings)
@@ -227,7 +227,7 @@ async def test_sigkill_mid_dispatch_loses_nothing_and_runs_nothing_twice(
     ids = [(await client.submit(BODY, priority="bulk")).id for _ in range(150)]
 
     async def dispatching() -> bool:
-        return await redis.zcard(settings.keys.queue) > 0 or sim.received > 10
+        return await zcard_parts(redis, lambda k: k.queue) > 0 or sim.received > 10
 
     await eventually(dispatching)
     first.send_signal(signal.SIGKILL)

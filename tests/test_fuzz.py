@@ -229,7 +229,7 @@ async def test_raw_jobs_from_hostile_producers_all_end_recorded(
     def enqueue(payload: bytes) -> None:
         job_id = f"fuzz-{next(counter)}"
         sync.set(KEYS.arq_job_key(job_id), payload)
-        sync.zadd(settings.keys.queue, {job_id: time.time() * 1000})
+        sync.zadd(settings.keys.for_job(job_id).queue, {job_id: time.time() * 1000})
         ids.append(job_id)
 
     await asyncio.to_thread(enqueue)

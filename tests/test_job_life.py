@@ -18,7 +18,7 @@ from msgq.errors import InvalidJobError
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import KEYS, Sim, StartWorker, eventually
+from tests.conftest import KEYS, Sim, StartWorker, eventually, zcard_parts
 from worker import transitions
 
 BODY = {
@@ -85,7 +85,7 @@ async def test_invalid_raw_job_fails_validation_without_calling_api(
         "messages": [{"role": "user", "content": [{"type": "txt"}]}],
     }
     await redis.set(KEYS.arq_job_key("raw-bad"), raw_payload({"request": bad}))
-    await redis.zadd(settings.keys.queue, {"raw-bad": time.time() * 1000})
+    await redis.zadd(settings.keys.for_job("raw-bad").queue, {"raw-bad": time.time() * 1000})
     await start_worker()
     await eventually(lambda: _exists(store, "raw-bad"))
     record = await client.wait("raw-bad", timeout=20)
@@ -138,7 +138,7 @@ async def test_hostile_payloads_end_as_failed_records(
 ) -> None:
     """Garbage, pickle and foreign payloads are refused, recorded `failed`, never executed."""
     await redis.set(KEYS.arq_job_key("hostile"), payload)
-    await redis.zadd(settings.keys.queue, {"hostile": time.time() * 1000})
+    await redis.zadd(settings.keys.for_job("hostile").queue, {"hostile": time.time() * 1000})
     await start_worker()
     await eventually(lambda: _exists(store, "hostile"))
     record = await client.wait("hostile", timeout=20)
@@ -180,7 +180,7 @@ async def test_submit_refuses_bad_requests_and_ids(
         )
     with pytest.raises(InvalidJobError, match="job id"):
         await client.submit(BODY, job_id="../etc/passwd")
-    assert await redis.zcard(settings.keys.queue) == 0
+    assert await zcard_parts(redis, lambda k: k.queue) == 0
     assert await redis.dbsize() == 0
 
 
@@ -198,7 +198,7 @@ async def test_cancel_queued_job_is_never_sent(
     job = await client.submit(BODY)
     record = await client.cancel(job.id)
     assert record.status is JobStatus.CANCELED and record.finished_at is not None
-    assert await redis.zcard(settings.keys.queue) == 0
+    assert await zcard_parts(redis, lambda k: k.queue) == 0
     marker = await client.submit(BODY)
     await start_worker()
     await client.wait(marker.id, timeout=20)

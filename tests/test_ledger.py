@@ -20,7 +20,7 @@ from msgq.settings import Settings
 from msgq.tenancy.budgets import MICRO, Budgets, periods
 from msgq.tenancy.tenants import parse_tenants
 from schemas import JobStatus
-from tests.conftest import KEYS, Sim, StartWorker, eventually, stop_workers, worker_env
+from tests.conftest import KEYS, Sim, StartWorker, eventually, stop_workers, worker_env, zcard_parts
 from tests.test_fair_share import tenants_file
 
 BIG = {  # a large reservation (all of max_tokens at sonnet's output price): a leak shows
@@ -37,7 +37,7 @@ async def spent_micro_usd(redis: Redis, tenant: str) -> int:
 
 async def settled_cleanly(redis: Redis) -> None:
     """No ledger left open, and every spend counter is cost plus open reservations."""
-    assert await redis.zcard(KEYS.ledger_open) == 0
+    assert await zcard_parts(redis, lambda k: k.ledger_open) == 0
     assert await budget_mismatches(redis, KEYS, periods()[0]) == []
     assert (await audit(redis, KEYS)).clean
 
@@ -150,7 +150,7 @@ async def test_audit_finds_a_spend_counter_its_ledger_does_not_explain(
     report = await audit(redis, KEYS)
     assert "budget spend counter differs from its ledger" in report.as_dict()["violations"]
     await Budgets(redis, KEYS).reserve("payer", config, 0.25, hold="job-x")  # held by a ledger
-    assert await redis.zcard(KEYS.ledger_open) == 1
+    assert await zcard_parts(redis, lambda k: k.ledger_open) == 1
     assert await budget_mismatches(redis, KEYS, periods()[0]) == [
         ("payer", 500_000, 250_000)  # the held one is explained, the first is not
     ]

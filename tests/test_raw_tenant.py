@@ -32,7 +32,7 @@ async def test_a_raw_job_naming_a_tenant_is_stored_as_that_tenants_job(
     payload = {"t": 1, "f": "run_message", "a": [], "et": int(time.time() * 1000)}
     payload["k"] = {"request": BODY, "tenant": "tenant-a"}
     await redis.set(KEYS.arq_job_key("order-44"), json.dumps(payload))
-    await redis.zadd(settings.keys.queue, {"order-44": int(time.time() * 1000)})
+    await redis.zadd(settings.keys.for_job("order-44").queue, {"order-44": int(time.time() * 1000)})
     await start_worker()
 
     async def recorded() -> bool:  # a raw job's record is written when a worker takes it

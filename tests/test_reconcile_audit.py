@@ -79,7 +79,9 @@ async def test_payload_missing_from_the_queue_is_requeued_and_runs(
     fifo = settings.model_copy(update={"scheduler": False})  # straight into arq's queue
     async with Client(connect(settings.redis_url), fifo) as plain:
         job = await plain.submit(BODY)
-    await redis.zrem(settings.keys.queue, job.id)  # the payload is there, the queue entry not
+    await redis.zrem(
+        settings.keys.for_job(job.id).queue, job.id
+    )  # the payload is there, the queue entry not
     reconciler = Reconciler(redis, store, settings)
     await reconciler.run_once()
     assert (await reconciler.run_once()).requeued == [job.id]

@@ -273,7 +273,7 @@ async def test_partitions_spread_a_deployments_keys_over_every_master(
     master serving its own slot, so one deployment's keys land on all three masters (before
     partitions: 0% / 100% / 0%)."""
     flush(cluster.url)
-    settings = Settings(redis_url=cluster.url, partitions=16)
+    settings = Settings(redis_url=cluster.url).model_copy(update={"partitions": 16})
     root = connect(settings)
     clients = partition_clients(settings, root)
     try:

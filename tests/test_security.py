@@ -49,7 +49,7 @@ async def test_pickled_payload_is_refused_not_executed(
     """A pickle that would run a command is stored as a failed job; the command never runs."""
     marker = tmp_path / "pwned"
     await redis.set(KEYS.arq_job_key("evil"), pickle.dumps(Exploit(marker)))
-    await redis.zadd(settings.keys.queue, {"evil": time.time() * 1000})
+    await redis.zadd(settings.keys.for_job("evil").queue, {"evil": time.time() * 1000})
     await start_worker()
 
     async def recorded() -> bool:

@@ -21,7 +21,7 @@ from msgq.dev.stack import msgq_command
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import KEYS, SAMPLES, Sim, eventually, stop_workers, worker_env
+from tests.conftest import KEYS, SAMPLES, Sim, eventually, stop_workers, worker_env, zcard_parts
 from worker.reconciler import Reconciler
 
 CHAOS = os.environ.get("MSGQ_CHAOS") == "1"
@@ -112,7 +112,7 @@ async def test_indexes_and_memory_stay_with_the_live_records(
     try:
 
         async def room() -> bool:
-            return await redis.zcard(KEYS.active_key) < BACKLOG
+            return await zcard_parts(redis, lambda k: k.active_key) < BACKLOG
 
         for start in range(0, JOBS, CHUNK):
             await eventually(room, timeout_s=120)
@@ -126,11 +126,14 @@ async def test_indexes_and_memory_stay_with_the_live_records(
             )
             await asyncio.gather(*(client.cancel(j.id) for j in jobs[::50]))
             if CHAOS and (start + CHUNK) % 10_000 == 0:
-                held, took = await redis.zcard(KEYS.index_key), time.monotonic() - started
+                held, took = (
+                    await zcard_parts(redis, lambda k: k.index_key),
+                    time.monotonic() - started,
+                )
                 print(f"{start + CHUNK} submitted, {took:.0f} s, {held} indexed")
 
         async def drained() -> bool:
-            return await redis.zcard(KEYS.active_key) == 0
+            return await zcard_parts(redis, lambda k: k.active_key) == 0
 
         await eventually(drained, timeout_s=120)
         elapsed = time.monotonic() - started

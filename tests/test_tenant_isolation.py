@@ -16,7 +16,7 @@ from msgq.errors import InvalidJobError
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import KEY_B, KEYS, SAMPLES, Sim, StartWorker, eventually
+from tests.conftest import KEY_B, KEYS, SAMPLES, Sim, StartWorker, eventually, zcard_parts
 from tests.test_cli import msgq
 from tests.test_crash import BODY
 
@@ -33,7 +33,9 @@ async def test_an_untenanted_job_in_a_tenants_namespace_is_not_that_tenants(
     GET, events and DELETE of `leak` answer 404: the record's tenant (none) is not b's."""
     payload = {"t": 1, "f": "run_message", "a": [], "k": {"request": BODY}, "et": 0}
     await redis.set(KEYS.arq_job_key("tenant-b:leak"), json.dumps(payload))
-    await redis.zadd(settings.keys.queue, {"tenant-b:leak": int(time.time() * 1000)})
+    await redis.zadd(
+        settings.keys.for_job("tenant-b:leak").queue, {"tenant-b:leak": int(time.time() * 1000)}
+    )
     await start_worker()
 
     async def ended() -> bool:
@@ -65,7 +67,7 @@ async def test_client_refuses_ids_in_another_tenants_namespace(
     with pytest.raises(InvalidJobError, match="namespace") as caught:
         await client.submit(BODY, job_id=job_id, tenant=tenant)
     assert caught.value.errors is not None and caught.value.errors[0]["loc"] == "id"
-    assert await redis.zcard(KEYS.index_key) == 0
+    assert await zcard_parts(redis, lambda k: k.index_key) == 0
 
 
 async def test_a_tenant_may_use_its_own_prefix(client: Client) -> None:
@@ -89,4 +91,4 @@ async def test_http_and_cli_refuse_ids_in_another_namespace(
     )
     assert done.returncode == 2 and "namespace" in done.stderr
     assert "Traceback" not in done.stderr
-    assert await redis.zcard(KEYS.index_key) == 0
+    assert await zcard_parts(redis, lambda k: k.index_key) == 0

@@ -149,7 +149,9 @@ async def test_raw_payload_trace_fields_are_continued(
     kwargs = {"request": TEXT, "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}
     payload = {"t": 1, "f": "run_message", "a": [], "k": kwargs, "et": int(time.time() * 1000)}
     await redis.set(KEYS.arq_job_key("raw-traced"), json.dumps(payload))
-    await redis.zadd(settings.keys.queue, {"raw-traced": int(time.time() * 1000)})
+    await redis.zadd(
+        settings.keys.for_job("raw-traced").queue, {"raw-traced": int(time.time() * 1000)}
+    )
     await start_worker()
 
     async def exists() -> bool:

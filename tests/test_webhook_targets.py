@@ -14,7 +14,7 @@ from msgq.connections import connect
 from msgq.errors import InvalidJobError
 from msgq.settings import Settings
 from msgq.webhooks.targets import refusal
-from tests.conftest import KEYS
+from tests.conftest import zcard_parts
 from tests.test_crash import BODY
 
 
@@ -69,4 +69,4 @@ async def test_metadata_behind_ipv6_is_refused_at_submission(
     async with Client(connect(settings.redis_url), settings) as client:
         with pytest.raises(InvalidJobError, match=r"callback_url: .*cloud metadata"):
             await client.submit(BODY, callback_url=url)
-    assert await redis.zcard(KEYS.index_key) == 0
+    assert await zcard_parts(redis, lambda k: k.index_key) == 0

@@ -48,6 +48,7 @@ from tests.conftest import (
     eventually,
     stop_workers,
     worker_env,
+    zcard_parts,
 )
 from tests.test_cli import msgq
 from tests.test_crash import BODY
@@ -149,7 +150,7 @@ async def test_each_terminal_job_is_delivered_once_signed(
     now_ms = int(time.time() * 1000)
     payload = {"t": 1, "f": "run_message", "a": [], "k": raw_spec, "et": now_ms}
     await redis.set(KEYS.arq_job_key("raw-hook"), json.dumps(payload))
-    await redis.zadd(settings.keys.queue, {"raw-hook": now_ms})
+    await redis.zadd(settings.keys.for_job("raw-hook").queue, {"raw-hook": now_ms})
     ids.append("raw-hook")
     silent = (await client.submit(BODY)).id
     await eventually(lambda: _count_is(receiver, 13))
@@ -336,7 +337,7 @@ async def test_refused_targets_are_refused_at_submission(
         with pytest.raises(InvalidJobError, match=f"callback_url: .*{why}") as caught:
             await client.submit(BODY, callback_url=url)
     assert caught.value.errors is not None and caught.value.errors[0]["loc"] == "callback_url"
-    assert await redis.zcard(KEYS.index_key) == 0
+    assert await zcard_parts(redis, lambda k: k.index_key) == 0
 
 
 async def test_refused_target_answers_422_over_http_and_exit_2_in_the_cli(
@@ -363,7 +364,10 @@ async def test_refused_target_answers_422_over_http_and_exit_2_in_the_cli(
         json={"requests": [{"custom_id": "a", "params": BODY}], "callback_url": "http://[::1]/"},
     )
     assert batch.status_code == 400 and "callback_url" in batch.json()["error"]["message"]
-    assert await redis.zcard(KEYS.index_key) == 0 and await redis.zcard(KEYS.batches_key) == 0
+    assert (
+        await zcard_parts(redis, lambda k: k.index_key) == 0
+        and await redis.zcard(KEYS.batches_key) == 0
+    )
 
 
 def test_tenant_webhook_secret_is_checked_at_start_up() -> None:

@@ -51,7 +51,7 @@ async def test_a_finished_job_leaves_nothing_of_the_queue_behind(
     for job in jobs:
         for prefix in (KEYS.job_key_prefix, KEYS.in_progress_key_prefix, KEYS.retry_key_prefix):
             assert not await redis.exists(prefix + job.id), prefix
-        assert await redis.zscore(settings.keys.queue, job.id) is None
+        assert await redis.zscore(settings.keys.for_job(job.id).queue, job.id) is None
 
 
 async def test_a_cool_down_closes_the_fleet_gate_for_as_long_as_the_longest(
@@ -99,7 +99,7 @@ async def test_a_claim_resent_after_its_reply_was_lost_gets_the_job_again(
     await redis.set(
         KEYS.job_key_prefix + "resent", b'{"t":1,"f":"run_message","a":[],"k":{},"et":1}'
     )
-    await redis.zadd(settings.keys.queue, {"resent": 1})
+    await redis.zadd(settings.keys.for_job("resent").queue, {"resent": 1})
     worker = build_worker(settings, handle_signals=False)
     other = build_worker(settings, handle_signals=False)
     try:
@@ -125,10 +125,10 @@ async def test_a_deferred_job_no_longer_queued_is_not_queued_again(
     worker = build_worker(settings, handle_signals=False)
     try:
         await worker.finish_job("gone", False, None, 0, False, 2000, None)
-        assert await redis.zscore(settings.keys.queue, "gone") is None
-        await redis.zadd(settings.keys.queue, {"here": 1000})
+        assert await redis.zscore(settings.keys.for_job("gone").queue, "gone") is None
+        await redis.zadd(settings.keys.for_job("here").queue, {"here": 1000})
         await worker.finish_job("here", False, None, 0, False, 2000, None)
-        assert await redis.zscore(settings.keys.queue, "here") == 3000
+        assert await redis.zscore(settings.keys.for_job("here").queue, "here") == 3000
     finally:
         await worker.pool.aclose()
 
@@ -143,10 +143,10 @@ async def test_old_abort_requests_are_pruned(
     await start_worker()
 
     async def pruned() -> bool:
-        return await redis.zscore(KEYS.abort_key, "stale") is None
+        return await redis.zscore(KEYS.for_job("stale").abort_key, "stale") is None
 
     await eventually(pruned)
-    assert await redis.zscore(KEYS.abort_key, "fresh") is not None
+    assert await redis.zscore(KEYS.for_job("fresh").abort_key, "fresh") is not None
 
 
 async def test_a_stopped_worker_gives_up_the_fleets_leases_at_once(
