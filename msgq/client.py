@@ -26,6 +26,7 @@ from msgq.jobs.retry_policy import retry_verdict
 from msgq.jobs.store import JobStore
 from msgq.liveness import live_workers
 from msgq.model_catalog import CatalogReader, note_unknown_model
+from msgq.partitions import PartitionClients, check_partitions
 from msgq.replicas import confirm_replicated
 from msgq.settings import Settings
 from msgq.tenancy.policy import PolicyReader
@@ -102,6 +103,7 @@ class Client:
         self._endings: Endings | None = None
         self._policy = PolicyReader(redis, self.settings)
         self.catalog = CatalogReader(redis, self.settings.keys)
+        self._layout_checked = self.settings.partitions == 1  # nothing to check in one
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Self:
@@ -206,6 +208,11 @@ class Client:
             if policy.scheduler and uses_scheduler(self.settings, spec.lane)
             else None
         )
+        if not self._layout_checked:  # a producer with another MSGQ_PARTITIONS: refused
+            await check_partitions(
+                PartitionClients(self._redis, self.settings.keys), self.settings.keys
+            )
+            self._layout_checked = True
         existing = await self._store.create(record, payload, now_ms, placed)
         if existing is not None and existing.request_sha256 not in (None, record.request_sha256):
             # Records from before this field, or from raw-Redis producers, carry no hash.

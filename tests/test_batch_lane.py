@@ -48,6 +48,7 @@ def assert_sent_once(sim: Sim) -> None:
 
 def submit_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": settings.redis_url}
+    env["MSGQ_PARTITIONS"] = str(settings.partitions)
     return subprocess.run(
         msgq_command("submit", "-", *args),
         input=json.dumps(TEXT),
@@ -291,9 +292,10 @@ async def test_lane_from_every_interface(
                 ).raise_for_status()
     submitted = submit_cli(settings, "--lane", "auto")
     lanes = {}
-    async for key in redis.scan_iter(match=KEYS.prefix + "job:*"):
-        record = JobRecord.model_validate_json(await redis.get(key))
-        lanes[record.id] = record.lane
+    for part in KEYS.parts:  # every partition's records
+        async for key in redis.scan_iter(match=part.record_key("*")):
+            record = JobRecord.model_validate_json(await redis.get(key))
+            lanes[record.id] = record.lane
     assert lanes["tenant-a:" + job.json()["id"]] is Lane.BATCH
     assert lanes[submitted.stdout.strip()] is Lane.AUTO
     by_tenant = {k.split(":")[0]: v for k, v in lanes.items() if ":msgbatch_" in k}

@@ -26,6 +26,7 @@ def msgq(
     cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     environ = {"REDIS_URL": settings.redis_url, "PATH": "/usr/bin:/bin", **(env or {})}
+    environ.setdefault("MSGQ_PARTITIONS", str(settings.partitions))
     return subprocess.run(
         msgq_command(*args),
         input=stdin,

@@ -58,7 +58,8 @@ async def test_job_enqueued_with_plain_redis_commands_succeeds(
         settings.keys.arq_job_key("raw-1"),
         raw_payload({"request": BODY, "metadata": {"from": "bash"}}),
     )
-    valkey_cli(settings.redis_url, "ZADD", settings.keys.queue, now_ms, "raw-1")
+    queue = settings.keys.for_job("raw-1").queue  # the job's partition's (CRC-32 of its ID)
+    valkey_cli(settings.redis_url, "ZADD", queue, now_ms, "raw-1")
     await start_worker()
     await eventually(lambda: _exists(store, "raw-1"))
     record = await client.wait("raw-1", timeout=20)

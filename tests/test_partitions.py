@@ -119,7 +119,7 @@ async def test_the_count_is_stored_and_a_change_is_refused_while_jobs_exist(
 async def test_a_deployment_from_before_partitions_keeps_its_count_of_one(
     settings: Settings, redis: Redis
 ) -> None:
-    one = settings.keys
+    one = settings.model_copy(update={"partitions": 1}).keys
     await check_partitions(PartitionClients(redis, one), one)
     assert await redis.get(one.partitions_key) is None  # nothing written for the old layout
     await redis.zadd(one.queue, {"queued-before": 1})

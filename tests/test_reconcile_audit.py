@@ -36,6 +36,7 @@ def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": settings.redis_url}
+    env["MSGQ_PARTITIONS"] = str(settings.partitions)
     return subprocess.run(
         msgq_command(*args), env=env, capture_output=True, text=True, timeout=60, check=False
     )
@@ -199,7 +200,11 @@ async def test_batch_creation_is_all_or_nothing_under_sigkill(
         stop_process(api)
     print(f"killed with {seen[0]} commands of the transaction queued")
     metas = [k async for k in redis.scan_iter(match=KEYS.prefix + "batch:*")]
-    jobs = [k async for k in redis.scan_iter(match=KEYS.prefix + "job:*", count=5000)]
+    jobs = [
+        k
+        for part in KEYS.parts
+        async for k in redis.scan_iter(match=part.record_key("*"), count=5000)
+    ]
     assert (len(metas), len(jobs)) == (0, 0)
     assert await redis.dbsize() == before
     assert 0 < seen[0] < 20_000 * 4  # inside the write: each job takes more commands than 4

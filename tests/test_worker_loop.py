@@ -49,8 +49,8 @@ async def test_a_finished_job_leaves_nothing_of_the_queue_behind(
     for job in jobs:
         assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
     for job in jobs:
-        for prefix in (KEYS.job_key_prefix, KEYS.in_progress_key_prefix, KEYS.retry_key_prefix):
-            assert not await redis.exists(prefix + job.id), prefix
+        for key in (KEYS.arq_job_key, KEYS.in_progress_key, KEYS.retry_key):
+            assert not await redis.exists(key(job.id)), key
         assert await redis.zscore(settings.keys.for_job(job.id).queue, job.id) is None
 
 
@@ -78,8 +78,8 @@ async def test_a_job_with_an_unreadable_key_is_refused_and_holds_up_no_other(
     async with Client(connect(settings.redis_url), plain) as producer:
         bad = await producer.submit(BODY)
         good = await producer.submit(BODY)
-        await redis.delete(KEYS.job_key_prefix + bad.id)
-        await redis.hset(KEYS.job_key_prefix + bad.id, "not", "a string")  # type: ignore[misc]
+        await redis.delete(KEYS.arq_job_key(bad.id))
+        await redis.hset(KEYS.arq_job_key(bad.id), "not", "a string")  # type: ignore[misc]
         await start_worker(plain)
         assert (await producer.wait(good.id, timeout=20)).status is JobStatus.SUCCEEDED
         failed = await producer.wait(bad.id, timeout=20)
@@ -96,9 +96,7 @@ async def test_a_claim_resent_after_its_reply_was_lost_gets_the_job_again(
     take it."""
     from worker.main import build_worker
 
-    await redis.set(
-        KEYS.job_key_prefix + "resent", b'{"t":1,"f":"run_message","a":[],"k":{},"et":1}'
-    )
+    await redis.set(KEYS.arq_job_key("resent"), b'{"t":1,"f":"run_message","a":[],"k":{},"et":1}')
     await redis.zadd(settings.keys.for_job("resent").queue, {"resent": 1})
     worker = build_worker(settings, handle_signals=False)
     other = build_worker(settings, handle_signals=False)
@@ -139,7 +137,8 @@ async def test_old_abort_requests_are_pruned(
     """Abort requests are read every poll; one older than a minute (its job long gone) is
     dropped, a fresh one kept (arq's own prune never removed anything)."""
     now_ms = int(time.time() * 1000)
-    await redis.zadd(KEYS.abort_key, {"stale": now_ms - 120_000, "fresh": now_ms})
+    await redis.zadd(KEYS.for_job("stale").abort_key, {"stale": now_ms - 120_000})
+    await redis.zadd(KEYS.for_job("fresh").abort_key, {"fresh": now_ms})
     await start_worker()
 
     async def pruned() -> bool:
