@@ -4,6 +4,7 @@ when it came due, or picked up because a slot came free; never found by a poll."
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -68,3 +69,18 @@ async def test_a_full_worker_takes_the_next_job_when_a_slot_frees(
         jobs = [await client.submit(BODY) for _ in range(3)]
         records = [await client.wait(job.id, timeout=LONG_POLL_S / 4) for job in jobs]
     assert {record.status for record in records} == {JobStatus.SUCCEEDED}
+
+
+async def test_a_worker_polls_once_its_wake_subscription_is_confirmed(settings: Settings) -> None:
+    """Work announced between a worker's first poll and its subscription would wait a whole
+    poll delay (a producer's first submit came just then in `make test-partitions`): so the
+    confirmation ends the idle, and that poll finds it. Without it this idle lasts a minute."""
+    from worker.queue.wake import QueueWake
+
+    async with connect(settings.redis_url) as redis:
+        wake = QueueWake(redis, settings.keys, lambda: True)
+        try:
+            wake.before_poll()  # starts listening
+            await asyncio.wait_for(wake.idle(LONG_POLL_S), timeout=LONG_POLL_S / 4)
+        finally:
+            await wake.aclose()

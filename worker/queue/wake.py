@@ -63,6 +63,11 @@ class QueueWake:
                 async with subscriber(self.redis, self.keys) as pubsub:
                     await pubsub.subscribe(self.channel)
                     async for message in pubsub.listen():
+                        if message["type"] in ("subscribe", "ssubscribe"):
+                            # Listening from now on: one poll catches work that was announced
+                            # before (between this worker's first poll and its subscription).
+                            self._event.set()
+                            continue
                         if message["type"] != "message":
                             continue
                         if self.has_room():
