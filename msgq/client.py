@@ -103,7 +103,7 @@ class Client:
         self._endings: Endings | None = None
         self._policy = PolicyReader(redis, self.settings)
         self.catalog = CatalogReader(redis, self.settings.keys)
-        self._layout_checked = self.settings.partitions == 1  # nothing to check in one
+        self._layout_checked = False
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Self:
@@ -208,11 +208,7 @@ class Client:
             if policy.scheduler and uses_scheduler(self.settings, spec.lane)
             else None
         )
-        if not self._layout_checked:  # a producer with another MSGQ_PARTITIONS: refused
-            await check_partitions(
-                PartitionClients(self._redis, self.settings.keys), self.settings.keys
-            )
-            self._layout_checked = True
+        await self.check_layout()  # a producer with another MSGQ_PARTITIONS: refused
         existing = await self._store.create(record, payload, now_ms, placed)
         if existing is not None and existing.request_sha256 not in (None, record.request_sha256):
             # Records from before this field, or from raw-Redis producers, carry no hash.
@@ -236,6 +232,14 @@ class Client:
             msg = "request must be a JSON object"
             raise InvalidJobError(msg, [{"loc": "request", "msg": msg, "type": "dict_type"}])
         return request
+
+    async def check_layout(self) -> None:
+        """Raise PartitionCountError when MSGQ_PARTITIONS is not the count this deployment's
+        jobs were written with (`msgq.partitions`); checked once a client."""
+        if not self._layout_checked:
+            keys = self.settings.keys
+            await check_partitions(PartitionClients(self._redis, keys), keys)
+            self._layout_checked = True
 
     async def count_tokens(
         self,

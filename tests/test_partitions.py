@@ -5,6 +5,8 @@ jobs were written with another. Runs on one node here and on the 3-master cluste
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import uuid
 import zlib
 from collections import Counter
@@ -17,6 +19,7 @@ from redis.asyncio import Redis
 
 from msgq.cli.services import _say_where_redis_is
 from msgq.connections import partition_clients
+from msgq.dev.stack import msgq_command
 from msgq.keys import MAX_PARTITIONS, keyspace
 from msgq.namespaces import check_namespace
 from msgq.partitions import PartitionClients, PartitionCountError, check_partitions
@@ -138,3 +141,30 @@ async def test_a_worker_or_api_with_another_count_stops_at_start_in_one_line(
     with pytest.raises(ClickException, match=r"MSGQ_PARTITIONS=2, but .* set MSGQ_PARTITIONS=4"):
         await _say_where_redis_is(settings.model_copy(update={"partitions": 2}), "api")
     await _say_where_redis_is(four, "api")  # the stored count starts
+
+
+@pytest.mark.parametrize("verb", [("audit",), ("jobs",), ("status", "job-3")])
+async def test_a_cli_with_another_count_says_so_in_one_line(
+    settings: Settings, clients: PartitionClients, verb: tuple[str, ...]
+) -> None:
+    """`msgq audit` with the default count on a 4-partition deployment would read the wrong
+    keys and call it clean: it, and every command reading jobs, stops instead."""
+    four = settings.model_copy(update={"partitions": 4})
+    await check_partitions(clients, four.keys)
+    held = four.keys.for_job("job-3")
+    await clients.for_keys(held).zadd(held.index_key, {"job-3": 1})
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": settings.redis_url, "MSGQ_PARTITIONS": "1"}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        msgq_command(*verb),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "msgq: MSGQ_PARTITIONS=1, but this deployment's 1 jobs are in 4 partition(s): set "
+        "MSGQ_PARTITIONS=4 (the count may change only while the deployment holds no jobs)"
+    ]

@@ -89,6 +89,7 @@ def with_client(fn: Callable[[Client], Awaitable[T]]) -> T:
     async def run() -> T:
         settings = Settings()
         async with Client.from_url(settings.redis_url, settings) as client:
+            await client.check_layout()  # another MSGQ_PARTITIONS would read the wrong places
             return await fn(client)
 
     return asyncio.run(run())

@@ -45,6 +45,7 @@ from msgq.errors import InvalidJobError, JobConflictError, JobNotFoundError
 from msgq.extras import MissingExtraError
 from msgq.jobs.ids import scoped_id
 from msgq.liveness import SEEN_WITHIN_S
+from msgq.partitions import PartitionCountError
 from msgq.settings import Settings
 from schemas import JobRecord, JobStatus, Lane, Priority, summarize
 
@@ -320,7 +321,7 @@ def main() -> None:
         sys.exit(130)
     except (InvalidJobError, JobNotFoundError, JobConflictError, MissingExtraError) as exc:
         _fail(exc, 2, debug)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, OSError, TimeoutError, PartitionCountError) as exc:
         _fail(exc, 1, debug)
     except ValidationError as exc:  # this far up, a bad environment variable: Settings()
         if exc.title != Settings.__name__:

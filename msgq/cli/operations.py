@@ -114,10 +114,12 @@ def audit(as_json: bool) -> None:
     from msgq.audit import AuditReport
     from msgq.audit import audit as run_audit
     from msgq.connections import connect
+    from msgq.partitions import PartitionClients, check_partitions
 
     async def run() -> AuditReport:
         settings = Settings()
         async with connect(settings) as redis:
+            await check_partitions(PartitionClients(redis, settings.keys), settings.keys)
             return await run_audit(redis, settings.keys, workers=True)
 
     report = asyncio.run(run())
