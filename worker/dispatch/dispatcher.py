@@ -322,8 +322,7 @@ class Dispatcher:
         for head in heads:
             part = self.keys.for_job(head.job_id)  # the job's partition holds its arq queue
             args += [head.job_id, head.queue, part.arq_job_key(head.job_id), part.queue]
-        ks = self.keys
-        names = [ks.sched_where, ks.sched_est, ks.sched_deadlines]
+        names = [self.keys.sched_where, self.keys.sched_est, self.keys.sched_deadlines]
         await self._move_many(keys=names, args=args)
         self.window.admitted(len(heads))
         heads.clear()
