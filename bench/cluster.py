@@ -7,7 +7,8 @@ pub/sub messages the nodes wrote over the drain: the worker's, its dispatcher's 
 client's), how the job keys spread over the masters, an idle worker's Redis commands and round
 trips per second, and Redis memory per queued job and per stored record. On a cluster msgq
 keeps a deployment in one hash slot (`msgq.cluster`), so the figures say what that costs and
-what it does not spread yet.
+what it does not spread yet. A third run, one node with 16 partitions (docs/design/partitions.md),
+says what the partitioned layout costs where it already runs.
 
 `python -m bench.cluster` runs it alone (about 2 minutes); `make bench` runs it with the rest.
 """
@@ -32,6 +33,7 @@ from msgq.dev.redis_cluster import RedisCluster
 
 Table = Callable[[str, list[str], list[list[Any]]], None]
 IDLE_S = 10.0
+PARTITIONS = 16  # the one-node layout a cluster will use (not yet on a cluster: see partitions)
 
 
 class Nodes:
@@ -70,6 +72,20 @@ def one_node(tmp: Path) -> Iterator[tuple[str, Nodes]]:
 def three_masters(tmp: Path) -> Iterator[tuple[str, Nodes]]:
     with RedisCluster(tmp / "cluster") as cluster:
         yield cluster.url, Nodes(cluster.master_ports)
+
+
+@contextmanager
+def partitioned(count: int) -> Iterator[None]:
+    """MSGQ_PARTITIONS for this measure's worker and its producer (both read the environment)."""
+    before = os.environ.get("MSGQ_PARTITIONS")
+    os.environ["MSGQ_PARTITIONS"] = str(count)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MSGQ_PARTITIONS"]
+        else:
+            os.environ["MSGQ_PARTITIONS"] = before
 
 
 async def measure(url: str, nodes: Nodes, sim: str, n: int, concurrency: int) -> dict[str, Any]:
@@ -126,6 +142,8 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
     with simulator(*TOP_TIER, "--latency-ms", str(LATENCY_MS)) as sim:
         with one_node(tmp) as (url, nodes):
             node = await measure(url, nodes, sim, n, concurrency)
+        with one_node(tmp) as (url, nodes), partitioned(PARTITIONS):
+            parts = await measure(url, nodes, sim, n, concurrency)
         with three_masters(tmp) as (url, nodes):
             cluster = await measure(url, nodes, sim, n, concurrency)
     load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
@@ -152,6 +170,16 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
                 f"{node['trips']:.1f}",
                 f"{node['redis_ms'][0]:.3f}",
                 "1.00",
+                "100%",
+            ],
+            [
+                f"one node, {PARTITIONS} partitions",
+                round(parts["rate"], 1),
+                f"{parts['rate'] / node['rate']:.2f}",
+                f"{parts['worker_ms']:.2f}",
+                f"{parts['trips']:.1f}",
+                f"{parts['redis_ms'][0]:.3f}",
+                f"{parts['redis_ms'][0] / node['redis_ms'][0]:.2f}",
                 "100%",
             ],
             [
@@ -183,7 +211,11 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
                 round(r["queued"]),
                 round(r["stored"]),
             ]
-            for name, r in (("one node", node), ("3-master cluster", cluster))
+            for name, r in (
+                ("one node", node),
+                (f"one node, {PARTITIONS} partitions", parts),
+                ("3-master cluster", cluster),
+            )
         ],
     )
 

@@ -96,7 +96,7 @@ async def _drain(redis_url: str, ids: list[str]) -> float:
     """Lift the pause and wait for every job to end: seconds from the lift."""
     keys = Settings(_env_file=None, redis_url=redis_url).keys
     async with connect(redis_url) as redis, subscriber(redis, keys) as pubsub:
-        await pubsub.subscribe(keys.done_channel)
+        await pubsub.subscribe(*(part.done_channel for part in keys.parts))  # each partition's
         pending = set(ids)
         started = time.perf_counter()
         await resume_fleet(redis, keys)  # as `msgq resume` does: the dispatcher is woken

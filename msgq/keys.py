@@ -108,6 +108,8 @@ class Keyspace(BatchKeys):
     def partition_of(self, job_id: str) -> int:
         """The partition holding a job: CRC-32 of its ID modulo the count, the same in every
         process and language (a raw producer can compute it), and even over random IDs."""
+        if self.partitions == 1:
+            return 0
         return zlib.crc32(job_id.encode()) % self.partitions
 
     def for_job(self, job_id: str) -> Keyspace:
