@@ -63,8 +63,8 @@ class Nodes:
 
 
 @contextmanager
-def one_node(tmp: Path) -> Iterator[tuple[str, Nodes]]:
-    with redis_server(tmp / "node") as server:
+def one_node(tmp: Path, name: str = "node") -> Iterator[tuple[str, Nodes]]:
+    with redis_server(tmp / name) as server:  # a directory a run: nothing of another loaded
         yield server.url, Nodes([server.port])
 
 
@@ -142,7 +142,7 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
     with simulator(*TOP_TIER, "--latency-ms", str(LATENCY_MS)) as sim:
         with one_node(tmp) as (url, nodes):
             node = await measure(url, nodes, sim, n, concurrency)
-        with one_node(tmp) as (url, nodes), partitioned(PARTITIONS):
+        with one_node(tmp, "partitioned") as (url, nodes), partitioned(PARTITIONS):
             parts = await measure(url, nodes, sim, n, concurrency)
         with three_masters(tmp) as (url, nodes):
             cluster = await measure(url, nodes, sim, n, concurrency)
