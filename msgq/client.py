@@ -256,6 +256,7 @@ class Client:
         )
 
     async def get(self, job_id: str) -> JobRecord:
+        await self.check_layout()  # another count would look in the wrong partition
         record = await self._store.get(job_id)
         if record is None:
             msg = f"no job {job_id!r} (unknown, or past its retention)"
@@ -265,6 +266,7 @@ class Client:
     async def wait(self, job_id: str, *, timeout: float = 60.0) -> JobRecord:  # noqa: ASYNC109  # SPEC §2.1 fixes this signature
         """Wait on the done channel until the job is terminal; raises TimeoutError with the job
         still running."""
+        await self.check_layout()
         if self._endings is None:
             self._endings = Endings(self._redis, self._store)
         record = await self._endings.wait(job_id, timeout)
@@ -278,6 +280,7 @@ class Client:
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Queued/retrying: canceled at once. In progress: the worker aborts the call."""
+        await self.check_layout()
         record = await self._store.cancel(job_id)
         if record is None:
             msg = f"no job {job_id!r}"
@@ -290,6 +293,7 @@ class Client:
         def payload(kwargs: dict[str, Any]) -> bytes:
             return enqueue_payload(JobSpec.model_validate(kwargs), int(time.time() * 1000))
 
+        await self.check_layout()
         return await self._store.reopen(job_id, payload)
 
     async def retry_explained(self, job_id: str) -> tuple[JobRecord | None, str]:
@@ -313,4 +317,5 @@ class Client:
         return await live_workers(self._redis, self.settings.keys)
 
     async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
+        await self.check_layout()
         return await self._store.list(status=status, limit=limit)

@@ -9,11 +9,12 @@ first use. On one node (or behind Sentinel) every partition shares the deploymen
 **The count is fixed while jobs exist.** A job's partition is its ID's hash modulo the count,
 so a process with another count would look for jobs where they are not, and write new ones
 where the others do not look. The count is kept in Redis (`Keyspace.partitions_key`; none
-stored means 1, the layout before partitions). `check_partitions` runs when a worker, the API
-or a client starts: the same count passes; another count is accepted (and stored) only when
-the deployment holds no job in the stored layout, else the start fails with one line naming the
-stored count. Two processes starting at the same moment with different counts on an empty
-deployment can both pass; change the count with the fleet stopped.
+stored means 1, the layout before partitions). `check_partitions` runs when a worker, the API,
+a client or a `msgq` command starts: the same count passes; another count is accepted (and
+stored) only when the deployment holds no job in the stored layout and no worker runs, else
+the start fails with one line naming the stored count. Two processes starting at the same
+moment with different counts on an empty, idle deployment can both pass; change the count with
+the fleet stopped.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 
 from msgq.keys import Keyspace
+from msgq.liveness import live_workers
 
 # KEYS: the count's key. ARGV: the count read before, the count wanted. Stored only if it is
 # still the one read ('' for none): a process that changed it meanwhile wins, and is seen.
@@ -79,44 +81,48 @@ class PartitionClients:
         self._clients = {self.keys.prefix: self.root}
 
 
-async def stored_partitions(redis: Redis, keys: Keyspace) -> int | None:
-    """The count stored for the deployment, or None when there is none (a layout of 1)."""
-    raw = await redis.get(keys.partitions_key)
-    return None if raw is None else int(raw)
+async def stored_partitions(redis: Redis, keys: Keyspace) -> tuple[bytes, int | None]:
+    """The count stored for the deployment as stored (b"" when none) and as a number (None
+    when there is none, or it is not one: a layout of 1 is assumed then)."""
+    raw = await redis.get(keys.partitions_key) or b""
+    return raw, int(raw) if raw.isdigit() else None
 
 
 async def jobs_held(clients: PartitionClients, keys: Keyspace) -> int:
-    """How many jobs the deployment holds in `keys`' layout: records in its listing indexes
-    and IDs waiting in its queues (arq's and the raw producers' inbox), over every partition."""
-    held = 0
+    """How many jobs the deployment holds in `keys`' layout: records in each partition's
+    listing index and IDs in its arq queue, and IDs in the raw producers' inbox (one, the
+    deployment's)."""
+    held = int(await clients.root.zcard(keys.root.sched_inbox))
     for part in keys.parts:
         redis = clients.for_keys(part)
         async with redis.pipeline(transaction=False) as pipe:
             pipe.zcard(part.index_key)
             pipe.zcard(part.queue)
-            pipe.zcard(part.sched_inbox)
             held += sum(int(n) for n in await pipe.execute())
     return held
 
 
 async def check_partitions(clients: PartitionClients, keys: Keyspace) -> None:
-    """Raise PartitionCountError when `keys.partitions` is not the deployment's stored count and
-    the deployment holds jobs in the stored layout; otherwise store the count (see above)."""
+    """Raise PartitionCountError when `keys.partitions` is not the deployment's stored count
+    and the deployment holds jobs in the stored layout, or workers are running (they poll the
+    stored layout, and would never see a job written in another); otherwise store the count."""
     root = keys.root
     redis = clients.for_keys(root)
-    stored = await stored_partitions(redis, root)
+    raw, stored = await stored_partitions(redis, root)
     if stored == root.partitions or (stored is None and root.partitions == 1):
         return
     count = stored or 1
     before = PartitionClients(redis, root.with_partitions(count), clients.connect)
     held = await jobs_held(before, before.keys)
-    if held:
+    workers = await live_workers(redis, root)
+    if held or workers:
+        what = f"{held} jobs are" if held else f"{workers} running worker(s) are"
         msg = (
-            f"MSGQ_PARTITIONS={root.partitions}, but this deployment's {held} jobs are in "
+            f"MSGQ_PARTITIONS={root.partitions}, but this deployment's {what} in "
             f"{count} partition(s): set MSGQ_PARTITIONS={count} (the count may change only "
-            "while the deployment holds no jobs)"
+            "while the deployment holds no jobs and no worker runs)"
         )
         raise PartitionCountError(msg)
     swap = redis.register_script(SWAP_COUNT)
-    if not await swap(keys=[root.partitions_key], args=[str(stored or ""), root.partitions]):
+    if not await swap(keys=[root.partitions_key], args=[raw, root.partitions]):
         await check_partitions(clients, keys)  # another process stored a count meanwhile

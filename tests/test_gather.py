@@ -46,3 +46,21 @@ async def test_pages_of_the_merged_copies_hold_every_entry_once_in_redis_order(
         assert seen == expected
     finally:
         await clients.aclose()
+
+
+async def test_entries_pruned_behind_the_walk_do_not_make_it_skip(
+    settings: Settings, redis: Redis
+) -> None:
+    """A listing prunes entries whose record expired as it reads: entries it already handed
+    out leave the index mid-walk. A walk by rank alone would then skip as many entries as were
+    pruned; each chunk is found from the cursor's own entry instead. 2,000 entries of one
+    score (a batch's jobs share one) in one copy, read 100 at a time."""
+    key = settings.keys.part(0).index_key
+    members = [f"job-{n:05d}" for n in range(2000)]
+    await redis.zadd(key, dict.fromkeys(members, 7))
+    seen: list[str] = []
+    async for cursor, _ in newest_first([(redis, key)], chunk=100):
+        seen.append(cursor.member)
+        if len(seen) % 10 == 0:
+            await redis.zrem(key, seen[-2])  # behind the walk, as the listing's pruning does
+    assert seen == sorted(members, reverse=True)

@@ -7,23 +7,33 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 import uuid
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from click import ClickException
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from msgq.cli.services import _say_where_redis_is
-from msgq.connections import partition_clients
+from msgq.client import Client
+from msgq.connections import connect, partition_clients
 from msgq.dev.stack import msgq_command
 from msgq.keys import MAX_PARTITIONS, keyspace
 from msgq.namespaces import check_namespace
 from msgq.partitions import PartitionClients, PartitionCountError, check_partitions
 from msgq.settings import Settings
+from schemas import JobStatus
+
+BODY = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 20,
+    "messages": [{"role": "user", "content": "hello"}],
+}
 
 
 def test_one_partition_keeps_every_name_of_the_layout_before_partitions() -> None:
@@ -110,7 +120,8 @@ async def test_the_count_is_stored_and_a_change_is_refused_while_jobs_exist(
         await check_partitions(partition_clients(settings, clients.root), eight)
     assert str(refused.value) == (
         "MSGQ_PARTITIONS=8, but this deployment's 1 jobs are in 4 partition(s): set "
-        "MSGQ_PARTITIONS=4 (the count may change only while the deployment holds no jobs)"
+        "MSGQ_PARTITIONS=4 (the count may change only while the deployment holds no jobs and "
+        "no worker runs)"
     )
     assert await clients.root.get(four.partitions_key) == b"4"
 
@@ -166,5 +177,62 @@ async def test_a_cli_with_another_count_says_so_in_one_line(
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
         "msgq: MSGQ_PARTITIONS=1, but this deployment's 1 jobs are in 4 partition(s): set "
-        "MSGQ_PARTITIONS=4 (the count may change only while the deployment holds no jobs)"
+        "MSGQ_PARTITIONS=4 (the count may change only while the deployment holds no jobs and "
+        "no worker runs)"
     ]
+
+
+async def test_a_burst_worker_runs_every_partitions_jobs_before_it_exits(
+    settings: Settings,
+) -> None:
+    """arq ends a `--burst` run when "the queue" is empty: with partitions the jobs wait in
+    each partition's queue, and the deployment's own stays empty. Two slots, eight jobs: the
+    worker must keep polling until all eight ran (before, it left after its first two)."""
+    from worker.main import build_worker
+
+    four = settings.model_copy(update={"partitions": 4, "scheduler": False, "max_jobs": 2})
+    async with Client(connect(four.redis_url), four) as producer:
+        jobs = [await producer.submit(BODY) for _ in range(8)]
+        assert len({four.keys.partition_of(job.id) for job in jobs}) > 1
+        worker = build_worker(four, burst=True, handle_signals=False)
+        try:
+            await asyncio.wait_for(worker.async_run(), timeout=60)
+        finally:
+            await worker.close()
+        ended = [await producer.get(job.id) for job in jobs]
+    assert [record.status for record in ended] == [JobStatus.SUCCEEDED] * 8
+
+
+def test_a_poll_takes_due_jobs_a_round_at_a_time_from_a_rotating_first_partition() -> None:
+    """Fewer free slots than due jobs: no partition's jobs wait behind another's (before, the
+    first partitions' jobs filled every poll), and each partition's own go oldest first."""
+    from worker.queue.poll import read
+
+    keys = keyspace(partitions=3)
+    due = [[b"a1", b"a2", b"a3"], [b"b1"], [b"c1", b"c2"]]
+    replies = []
+    for n, ids in enumerate(due):
+        replies += [[ids, 5000 + n], [f"abort-{n}".encode()], 0]
+    first = read(replies, keys, picking=True, count=4, rotate=0)
+    assert first.ready == [b"a1", b"b1", b"c1", b"a2"]
+    assert first.later == 5000 and first.aborts == [b"abort-0", b"abort-1", b"abort-2"]
+    assert read(replies, keys, picking=True, count=2, rotate=1).ready == [b"b1", b"c1"]
+    assert read(replies, keys, picking=True, count=1, rotate=2).ready == [b"c1"]
+
+
+async def test_a_count_is_not_changed_under_running_workers(
+    settings: Settings, clients: PartitionClients
+) -> None:
+    """Workers polling one layout would never see jobs written in another: with the
+    deployment empty but a worker running, another count is refused (a producer with 4 beside
+    a fleet of 1 would otherwise store 4 and write jobs nobody polls)."""
+    one = settings.model_copy(update={"partitions": 1}).keys
+    seen = orjson.dumps({"seen_ms": int(time.time() * 1000)})
+    await clients.root.hset(one.fleet_workers, "worker-1", seen)  # type: ignore[misc]
+    four = settings.model_copy(update={"partitions": 4}).keys
+    with pytest.raises(PartitionCountError, match="1 running worker\\(s\\) are in 1 partition"):
+        await check_partitions(clients, four)
+    assert await clients.root.get(four.partitions_key) is None
+    await clients.root.delete(one.fleet_workers)
+    await check_partitions(clients, four)  # stopped: the count may change
+    assert await clients.root.get(four.partitions_key) == b"4"

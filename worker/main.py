@@ -10,6 +10,7 @@ import structlog
 from prometheus_client import start_http_server
 
 from msgq.logs import register_secret
+from msgq.partitions import PartitionClients, check_partitions
 from msgq.settings import Settings
 from worker import tracing
 from worker.background import Background
@@ -46,6 +47,8 @@ async def startup(ctx: Ctx) -> None:
     settings: Settings = ctx["settings"]
     if settings.anthropic_api_key is not None:
         register_secret(settings.anthropic_api_key.get_secret_value())
+    # Before this worker announces itself: the partition count its jobs were written with.
+    await check_partitions(PartitionClients(ctx["redis"], settings.keys), settings.keys)
     services = ctx[SERVICES] = Services.build(settings, ctx["redis"])
     background = ctx[BACKGROUND] = Background(services, ctx.get("running_jobs", lambda: 0))
     background.start()

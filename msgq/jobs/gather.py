@@ -43,22 +43,51 @@ class _Copy:
     done: bool = False
 
     async def refill(self, chunk: int) -> None:
-        """The next chunk below `after`, newest first. ZREVRANGEBYSCORE bounds by score only,
-        so entries of `after`'s own score at or above its member come back too: they are
-        skipped, and skipped over (rarely more than a few: one millisecond's jobs)."""
+        """The next chunk below `after`, newest first: by rank just below the cursor's own
+        entry (looked up at each chunk, O(log N): entries added or pruned above it meanwhile
+        move the ranks, not the cursor), so a run of equal scores (a batch's jobs share one)
+        costs no more than any other."""
+        rank = await self._rank_after()
+        if rank is None:  # the cursor's entry has gone (pruned): found by its score
+            await self._refill_by_score(chunk)
+            return
+        while True:
+            raw = await self.redis.zrevrange(self.key, rank, rank + chunk - 1, withscores=True)
+            rank += len(raw)
+            below = [e for e in _entries(raw) if self._below(e)]  # an entry added meanwhile
+            if below or len(raw) < chunk:
+                break
+        self._took(below, done=len(raw) < chunk)
+
+    async def _rank_after(self) -> int | None:
+        """The rank just below the cursor's entry; None when that entry is not in the copy."""
+        if self.after is None:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrevrank(self.key, self.after.member)
+            pipe.zscore(self.key, self.after.member)
+            rank, score = await pipe.execute()
+        if rank is None or score is None or int(score) != self.after.score:
+            return None
+        return int(rank) + 1
+
+    async def _refill_by_score(self, chunk: int) -> None:
+        """ZREVRANGEBYSCORE bounds by score only, so entries of the cursor's own score at or
+        above its member come back too: they are skipped over."""
         top = "+inf" if self.after is None else self.after.score
         start = 0
         while True:
             raw = await self.redis.zrevrangebyscore(
                 self.key, top, "-inf", start=start, num=chunk, withscores=True
             )
-            entries = [(int(score), member.decode()) for member, score in raw]
-            below = [entry for entry in entries if self._below(entry)]
+            below = [e for e in _entries(raw) if self._below(e)]
             if below or len(raw) < chunk:
                 break
             start += len(raw)
-        self.buffer = below
-        self.done = len(raw) < chunk
+        self._took(below, done=len(raw) < chunk)
+
+    def _took(self, below: list[tuple[int, str]], *, done: bool) -> None:
+        self.buffer, self.done = below, done
         if below:
             self.after = Cursor(*below[-1])
 
@@ -68,6 +97,10 @@ class _Copy:
             return True
         score, member = entry
         return score < after.score or (score == after.score and member < after.member)
+
+
+def _entries(raw: list[tuple[bytes, float]]) -> list[tuple[int, str]]:
+    return [(int(score), member.decode()) for member, score in raw]
 
 
 async def newest_first(

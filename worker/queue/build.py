@@ -27,22 +27,39 @@ from worker.queue.hooks import Hooks
 from worker.queue.loop import MsgqWorker
 
 
+class WorkerPool(ArqRedis):
+    """arq's client, whose view of "the queue" covers every partition: arq counts the queue
+    named `queue_name` (the deployment's) to end a `--burst` run and in its health check, and
+    with partitions the jobs wait in each partition's queue instead."""
+
+    keyspace: Keyspace | None = None  # (not `keys`: that is Redis's KEYS command)
+
+    async def zcard(self, name: Any) -> int:
+        keys = self.keyspace
+        if keys is None or keys.partitions == 1 or name != keys.queue:
+            return int(await super().zcard(name))
+        total = 0
+        for part in keys.parts:  # a loop: super() has no class to find in a comprehension
+            total += int(await super().zcard(part.queue))
+        return total
+
+
 def worker_pool(
     redis_url: str, *, keys: Keyspace, max_job_bytes: int, failover_wait_s: float
-) -> ArqRedis:
+) -> WorkerPool:
     """The worker's client, made by msgq rather than arq: arq's own Sentinel pool passes no
     retry settings, so a failover would fail commands in flight, both of arq's pools take
     redis-py's pool-wide lock on every command (`failover.NoLockOnCheckout`), and arq has no
     Redis Cluster client (msgq's talks to the master serving the deployment's slot)."""
     if connections.is_sentinel(redis_url) or is_cluster_url(redis_url):
         pool = connections.connect(
-            redis_url, redis_class=ArqRedis, failover_wait_s=failover_wait_s, keys=keys
+            redis_url, redis_class=WorkerPool, failover_wait_s=failover_wait_s, keys=keys
         )
     else:
         rs = redis_settings(redis_url)
         pool = connections.connect(
             redis_url,
-            redis_class=ArqRedis,
+            redis_class=WorkerPool,
             socket_connect_timeout=rs.conn_timeout,
             retry=rs.retry,
             retry_on_error=rs.retry_on_error,
@@ -50,6 +67,7 @@ def worker_pool(
     pool.job_serializer = serialize
     pool.job_deserializer = functools.partial(deserialize, max_bytes=max_job_bytes)
     pool.default_queue_name = keys.queue
+    pool.keyspace = keys
     pool.expires_extra_ms = NO_EXPIRY_MS
     return pool
 

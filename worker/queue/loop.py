@@ -85,6 +85,7 @@ class MsgqWorker(Worker):
         self._claim_replicas = claim_replicas
         self._beat: asyncio.Task[None] | None = None
         self._claimed = 0  # jobs this worker has claimed and started
+        self._polls = 0  # which partition a poll takes first (worker.queue.poll.read)
         self._due: str | None = None  # the due-scan script's SHA, loaded on first use
         self.bytes = ByteBudget(max_inflight_bytes, self.max_jobs)
         self.ctx["running_jobs"] = lambda: self.job_counter
@@ -138,10 +139,12 @@ class MsgqWorker(Worker):
             # SCRIPT EXISTS round trip on every poll. Redis restarted (scripts gone): loaded again.
             poll.ask(pipe, self.keys, str(due) if picking else None, count, now)
             try:
-                polled = poll.read(await pipe.execute(), self.keys, picking, count)
+                replies = await pipe.execute()
+                polled = poll.read(replies, self.keys, picking, count, self._polls)
             except NoScriptError:
                 self._due = None
                 return True  # poll again at once, with the script loaded again
+        self._polls += 1
         started = self._claimed
         self._idle = self._idle_s  # no job due later: until a wake, or the poll delay
         self._more_due = not picking  # could not look (no room): look when a job ends

@@ -41,21 +41,28 @@ def ask(pipe: Pipeline, keys: Keyspace, due_sha: str | None, count: int, now_ms:
         pipe.zremrangebyscore(part.abort_key, min="-inf", max=now_ms - abort_job_max_age * 1000)
 
 
-def read(replies: list[Any], keys: Keyspace, picking: bool, count: int) -> Polled:
-    """The poll's replies, as `ask` queued them, merged over the partitions."""
+def read(replies: list[Any], keys: Keyspace, picking: bool, count: int, rotate: int = 0) -> Polled:
+    """The poll's replies, as `ask` queued them, merged over the partitions. The due jobs are
+    taken a round at a time, one from each partition, starting at partition `rotate` (a poll
+    counter): when there are fewer free slots than due jobs, no partition waits behind another,
+    and each partition's own jobs go oldest first."""
     per_part = 3 if picking else 2
-    ready: list[bytes] = []
+    due: list[list[bytes]] = []
     later: int | None = None
     aborts: list[bytes] = []
     for n in range(keys.partitions):
         mine = replies[n * per_part : (n + 1) * per_part]
         if picking:
-            due, next_ms = mine[0]  # DUE_UNHELD's reply: {ids, the next due score or false}
-            ready += due
+            ids, next_ms = mine[0]  # DUE_UNHELD's reply: {ids, the next due score or false}
+            due.append(list(ids))
             if next_ms is not None:
                 at = int(float(next_ms))
                 later = at if later is None else min(later, at)
         aborts += mine[-2]  # ZRANGE's reply
+    ready: list[bytes] = []
+    order = [due[(rotate + n) % len(due)] for n in range(len(due))] if due else []
+    for round_ in range(max((len(ids) for ids in order), default=0)):
+        ready += [ids[round_] for ids in order if round_ < len(ids)]
     return Polled(ready[:count], later, aborts)
 
 

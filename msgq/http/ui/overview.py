@@ -59,13 +59,12 @@ async def active_jobs(redis: Redis, keys: Keyspace, tenant: str | None) -> Activ
         each = [int(n) for n in await pipe.execute()]
     counts = [sum(each[n : n + len(parts)]) for n in range(0, len(each), len(parts))]
     ids: list[bytes] = []
+    share = -(-ACTIVE_SAMPLE // len(parts))  # the oldest of each partition, a share each
     for part in parts:
         if tenant:
-            ids += (await redis.zinter([part.active_key, part.tenant_jobs_key(tenant)]))[
-                :ACTIVE_SAMPLE
-            ]
+            ids += (await redis.zinter([part.active_key, part.tenant_jobs_key(tenant)]))[:share]
         else:
-            ids += await redis.zrange(part.active_key, 0, ACTIVE_SAMPLE - 1)
+            ids += await redis.zrange(part.active_key, 0, share - 1)
     ids = ids[:ACTIVE_SAMPLE]
     result = Active(dict(zip([s.value for s in ACTIVE], counts, strict=True)), 0, sum(counts))
     result.breakdown = {d: {s.value: Counter() for s in ACTIVE} for d in DIMENSIONS}
