@@ -30,7 +30,7 @@ demo: $(STAMP)  ## start Redis + simulator + worker, run the four sample jobs an
 	$(BIN)/python -m msgq.dev.demo
 
 # Tests that start Redis Clusters of their own (failover, slot moves): in `make test-cluster`.
-CLUSTER_OWN := tests/test_redis_cluster.py tests/test_cluster_failover.py
+CLUSTER_OWN := tests/test_redis_cluster.py tests/test_cluster_failover.py tests/test_slot_routing.py
 
 test: $(STAMP)  ## the whole suite: starts its own Redis and simulator
 	$(BIN)/pytest $(addprefix --ignore=,$(CLUSTER_OWN))

@@ -23,6 +23,7 @@ from redis.commands.helpers import list_or_args
 from redis.exceptions import ConnectionError
 
 from msgq.keys import Keyspace
+from msgq.slot_routing import SlotRouting
 
 # For scripts: the publish command a channel calls for, told from its name (a `{tag}` first is
 # a cluster's channel, `Keyspace.publish_command`), so a script needs no extra argument.
@@ -50,7 +51,9 @@ async def listeners(redis: Redis, keys: Keyspace, channel: str) -> int:
 def subscriber(redis: Redis, keys: Keyspace) -> PubSub:
     """A PubSub for this deployment's channels (`async with subscriber(redis, keys) as p`)."""
     if keys.clustered:
-        return ShardedPubSub(redis.connection_pool)
+        # A partition's channels are on the master of its slot (`msgq.slot_routing`).
+        pool = redis.pool_for(keys.prefix) if isinstance(redis, SlotRouting) else None
+        return ShardedPubSub(pool or redis.connection_pool)
     return redis.pubsub()
 
 

@@ -30,7 +30,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from msgq.cluster import cluster_client, is_cluster_url, parse_cluster_url
+from msgq.cluster import ClusterTarget, cluster_client, is_cluster_url, parse_cluster_url
 from msgq.failover import (
     BoundedConnectionPool,
     BoundedFailoverPool,
@@ -43,6 +43,7 @@ from msgq.failover import (
 from msgq.keys import Keyspace, keyspace
 from msgq.partitions import PartitionClients
 from msgq.redis_urls import parse_hosts_url
+from msgq.slot_routing import Router, routed_class
 
 if TYPE_CHECKING:
     from msgq.settings import Settings
@@ -147,29 +148,37 @@ def connect(
     pool_options = options if bound is None else {**options, **bound}
     if is_cluster_url(url):
         namespace = (keys or keyspace() if isinstance(target, str) else target.keys).namespace
-        prefix = keyspace(namespace, clustered=True).prefix
-        return cluster_client(
-            parse_cluster_url(url), prefix, redis_class, failover_wait_s, pool_options
+        return _routed_cluster_client(
+            parse_cluster_url(url), namespace, redis_class, failover_wait_s, pool_options
         )
     return _sentinel_client(parse_sentinel_url(url), redis_class, failover_wait_s, pool_options)
 
 
-def partition_clients(
-    settings: Settings, root: Redis, *, failover_wait_s: float | None = None, **options: Any
-) -> PartitionClients:
-    """Each partition's client (`msgq.partitions`): `root`, the deployment's own, for all on
-    one node or behind Sentinel; on a cluster a client pinned to each partition's slot,
-    bounded and configured as `connect` makes one, made when the partition is first used."""
-    if not is_cluster_url(settings.redis_url):
-        return PartitionClients(root, settings.keys)
-    target = parse_cluster_url(settings.redis_url)
+def partition_clients(settings: Settings, root: Redis) -> PartitionClients:
+    """Each partition's client (`msgq.partitions`): `root`, the deployment's own, for all. On a
+    cluster `root` (made by `connect`) sends each partition's commands to the master serving
+    its slot (`msgq.slot_routing`)."""
+    return PartitionClients(root, settings.keys)
 
-    def pinned(prefix: str) -> Redis:
-        pool_options = {**options, **(_bound(settings, dict(options)) or {})}
-        wait_s = failover_wait_s or settings.redis_failover_wait_s
-        return cluster_client(target, prefix, Redis, wait_s, pool_options)
 
-    return PartitionClients(root, settings.keys, pinned)
+def _routed_cluster_client(
+    target: ClusterTarget,
+    namespace: str,
+    redis_class: type[R],
+    failover_wait_s: float,
+    pool_options: dict[str, Any],
+) -> R:
+    """A client pinned to the deployment's slot, routing partitions' commands to theirs."""
+    prefix = keyspace(namespace, clustered=True).prefix
+    client = cluster_client(
+        target, prefix, routed_class(redis_class), failover_wait_s, pool_options
+    )
+
+    def pinned(partition_prefix: str) -> Redis:
+        return cluster_client(target, partition_prefix, Redis, failover_wait_s, pool_options)
+
+    client.router = Router(namespace, pinned)
+    return client  # type: ignore[return-value]  # a subclass of redis_class, made at run time
 
 
 def _bound(target: Settings | str, options: dict[str, Any]) -> dict[str, Any] | None:

@@ -19,8 +19,6 @@ the fleet stopped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from redis.asyncio import Redis
 
 from msgq.keys import Keyspace
@@ -41,44 +39,26 @@ class PartitionCountError(RuntimeError):
 
 
 class PartitionClients:
-    """The Redis client of each partition of a deployment. `connect` is called once per hash
-    slot, with a partition's key prefix, on a cluster; elsewhere (`connect` None) every
-    partition uses `root`, the deployment's own client."""
+    """The Redis client of each partition of a deployment: `root`, the deployment's own, for
+    all of them. On a cluster `root` (made by `msgq.connections.connect`) sends a partition's
+    commands to the master serving its slot (`msgq.slot_routing`); on one node or behind
+    Sentinel they all share it."""
 
-    def __init__(
-        self,
-        root: Redis,
-        keys: Keyspace,
-        connect: Callable[[str], Redis] | None = None,
-    ) -> None:
+    def __init__(self, root: Redis, keys: Keyspace) -> None:
         self.root = root
         self.keys = keys.root
-        self.connect = connect  # None: every partition on `root`
-        self._clients: dict[str, Redis] = {self.keys.prefix: root}
 
     def for_keys(self, keys: Keyspace) -> Redis:
         """The client serving `keys` (a partition's keyspace, or the deployment's own)."""
-        client = self._clients.get(keys.prefix)
-        if client is None:
-            client = self.root if self.connect is None else self.connect(keys.prefix)
-            self._clients[keys.prefix] = client
-        return client
+        return self.root
 
     def for_job(self, job_id: str) -> tuple[Keyspace, Redis]:
         """The keyspace and client of the partition holding `job_id`."""
-        keys = self.keys.for_job(job_id)
-        return keys, self.for_keys(keys)
+        return self.keys.for_job(job_id), self.root
 
     def each(self) -> list[tuple[Keyspace, Redis]]:
         """Every partition's keyspace and client, in order (what a listing gathers from)."""
-        return [(keys, self.for_keys(keys)) for keys in self.keys.parts]
-
-    async def aclose(self) -> None:
-        """Close the clients made here (not `root`: its owner closes it)."""
-        for client in self._clients.values():
-            if client is not self.root:
-                await client.aclose()
-        self._clients = {self.keys.prefix: self.root}
+        return [(keys, self.root) for keys in self.keys.parts]
 
 
 async def stored_partitions(redis: Redis, keys: Keyspace) -> tuple[bytes, int | None]:
@@ -112,7 +92,7 @@ async def check_partitions(clients: PartitionClients, keys: Keyspace) -> None:
     if stored == root.partitions or (stored is None and root.partitions == 1):
         return
     count = stored or 1
-    before = PartitionClients(redis, root.with_partitions(count), clients.connect)
+    before = PartitionClients(redis, root.with_partitions(count))
     held = await jobs_held(before, before.keys)
     workers = await live_workers(redis, root)
     if held or workers:

@@ -53,7 +53,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield os.environ["REDIS_URL"]
         return
     if ON_CLUSTER:
-        with RedisCluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        # TEST_CLUSTER_MASTERS=1: one master holding every slot, so a step that crosses slots
+        # fails with CROSSSLOT whatever the routing (how the partitions' steps were found).
+        masters = int(os.environ.get("TEST_CLUSTER_MASTERS", "3"))
+        with RedisCluster(tmp_path_factory.mktemp("cluster"), masters=masters) as cluster:
             yield cluster.url
         return
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False)

@@ -20,32 +20,29 @@ async def test_pages_of_the_merged_copies_hold_every_entry_once_in_redis_order(
     rng = random.Random(7)
     entries: list[tuple[int, str]] = []
     copies = []
-    try:
-        for part, client in clients.each():
-            key = part.index_key
-            scores = {f"job-{part.partition}-{n:04d}": rng.randrange(40) for n in range(300)}
-            scores |= {f"tie-{part.partition}-{n:03d}": 1000 for n in range(150)}  # > a chunk
-            await client.zadd(key, scores)
-            entries += [(score, member) for member, score in scores.items()]
-            copies.append((client, key))
-        expected = sorted(entries, key=lambda e: (e[0], e[1]), reverse=True)
+    for part, client in clients.each():
+        key = part.index_key
+        scores = {f"job-{part.partition}-{n:04d}": rng.randrange(40) for n in range(300)}
+        scores |= {f"tie-{part.partition}-{n:03d}": 1000 for n in range(150)}  # > a chunk
+        await client.zadd(key, scores)
+        entries += [(score, member) for member, score in scores.items()]
+        copies.append((client, key))
+    expected = sorted(entries, key=lambda e: (e[0], e[1]), reverse=True)
 
-        seen: list[tuple[int, str]] = []
-        after: Cursor | None = None
-        while True:
-            page = []
-            async for cursor, source in newest_first(copies, after=after, chunk=50):
-                assert cursor.member.split("-")[1] == str(source)  # the copy holding it
-                page.append(cursor)
-                if len(page) == 97:
-                    break
-            if not page:
+    seen: list[tuple[int, str]] = []
+    after: Cursor | None = None
+    while True:
+        page = []
+        async for cursor, source in newest_first(copies, after=after, chunk=50):
+            assert cursor.member.split("-")[1] == str(source)  # the copy holding it
+            page.append(cursor)
+            if len(page) == 97:
                 break
-            seen += [(c.score, c.member) for c in page]
-            after = page[-1]
-        assert seen == expected
-    finally:
-        await clients.aclose()
+        if not page:
+            break
+        seen += [(c.score, c.member) for c in page]
+        after = page[-1]
+    assert seen == expected
 
 
 async def test_entries_pruned_behind_the_walk_do_not_make_it_skip(

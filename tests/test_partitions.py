@@ -11,7 +11,6 @@ import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -90,10 +89,8 @@ def test_on_a_cluster_the_partitions_spread_over_the_slots() -> None:
 
 
 @pytest.fixture
-async def clients(settings: Settings, redis: Redis) -> AsyncIterator[PartitionClients]:
-    made = partition_clients(settings.model_copy(update={"partitions": 4}), redis)
-    yield made
-    await made.aclose()
+def clients(settings: Settings, redis: Redis) -> PartitionClients:
+    return partition_clients(settings.model_copy(update={"partitions": 4}), redis)
 
 
 async def test_each_partitions_client_reaches_its_keys(clients: PartitionClients) -> None:

@@ -55,13 +55,7 @@ async def _say_where_redis_is(settings: Settings, process: str = "worker") -> No
             await redis.ping()
             if not is_cluster_url(settings.redis_url):
                 await refuse_cluster_node(redis)
-            clients = partition_clients(
-                settings, redis, failover_wait_s=3, socket_connect_timeout=3
-            )
-            try:
-                await check_partitions(clients, settings.keys)
-            finally:
-                await clients.aclose()
+            await check_partitions(partition_clients(settings, redis), settings.keys)
     except (ClusterNodeError, PartitionCountError) as exc:
         raise click.ClickException(str(exc)) from None
     except (RedisError, OSError) as exc:

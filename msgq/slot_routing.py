@@ -1,0 +1,224 @@
+"""One cluster client for a partitioned deployment: each command goes to its keys' master.
+
+A deployment split into partitions (`msgq.keys`, `MSGQ_PARTITIONS`) has a hash tag per
+partition (`{msgq/7}:...`) beside its own (`{msgq}:...`): on a cluster each is a slot, served
+by whichever master holds it. msgq's code names keys through its `Keyspace` and otherwise
+talks to one `Redis` client, as on one node. `SlotRouting` keeps it that way: the client made
+by `msgq.connections.connect` on a cluster is pinned to the deployment's own slot
+(`msgq.cluster.cluster_client`), and this mixin sends a command whose keys carry one of the
+deployment's partition tags through a client pinned to that partition's slot instead (made on
+first use, with the same failover and slot-move handling).
+
+Why not redis-py's `RedisCluster`: see `msgq.cluster` (no transactions, no pub/sub in 5.x,
+which arq pins). What is routed, and how:
+
+- **A command** by its first key: a script's first declared key (`EVALSHA sha n k1 ...`),
+  otherwise the first argument carrying one of the deployment's tags (a `SCAN`'s `MATCH`
+  pattern included). Keys with no tag of the deployment go where they always went, to its own
+  slot, whose master answers `MOVED` for a stray key (a clear error in `msgq.cluster`).
+- **A pipeline** as one unit when all its keys are in one slot. A transaction (`MULTI`, or a
+  `WATCH` first) must be: one across slots is refused with the cluster's own `CROSSSLOT`
+  before anything is sent, since no shard could run it atomically. A plain pipeline over
+  several slots is split, one pipeline per slot sent concurrently, and its replies put back in
+  the order the commands were queued. A keyless command (`WAIT` after a write) goes with the
+  command before it, on that command's connection.
+- **`SCRIPT LOAD`** goes to every master this client talks to, so a script loaded once runs on
+  every partition's shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import ConnectionPool
+from redis.crc import key_slot
+from redis.exceptions import ResponseError
+
+SCRIPT_CALLS = frozenset({"EVALSHA", "EVAL", "EVALSHA_RO", "EVAL_RO", "FCALL", "FCALL_RO"})
+CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
+
+
+class Router:
+    """Which pinned client serves a command: the deployment's own (`None`) or a partition's.
+
+    `namespace` is the deployment's: only its partition tags (`{namespace/p}`) are routed, so
+    a client made for one deployment never quietly serves another's keys."""
+
+    def __init__(self, namespace: str, connect_prefix: Callable[[str], Redis]) -> None:
+        self.partition_tag = re.compile(rb"\{" + re.escape(namespace.encode()) + rb"/\d+\}")
+        self.connect_prefix = connect_prefix
+        self.clients: dict[int, Redis] = {}
+
+    def route(self, args: tuple[Any, ...]) -> Redis | None:
+        """The client for this command, or None for the deployment's own slot."""
+        for arg in _candidate_keys(args):
+            raw = arg.encode() if isinstance(arg, str) else arg
+            if not isinstance(raw, bytes) or raw[:1] != b"{":
+                continue
+            tag = self.partition_tag.match(raw)
+            return None if tag is None else self._client(tag.group(0))
+        return None
+
+    def _client(self, tag: bytes) -> Redis:
+        slot = int(key_slot(tag))
+        client = self.clients.get(slot)
+        if client is None:
+            client = self.clients[slot] = self.connect_prefix(tag.decode() + ":")
+        return client
+
+    async def aclose(self) -> None:
+        clients, self.clients = list(self.clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
+def _candidate_keys(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The arguments that may be keys: a script's declared keys, else all but the name."""
+    name = args[0].upper() if isinstance(args[0], str) else str(args[0]).upper()
+    if name in SCRIPT_CALLS and len(args) > 2:
+        return args[3 : 3 + int(args[2])]
+    return args[1:]
+
+
+class SlotRouting(Redis):
+    """Mixed in before a `Redis` class (`routed_class`): see the module's docstring."""
+
+    router: Router
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if _is_script_load(args):
+            targets = [
+                client.execute_command(*args, **options)  # type: ignore[no-untyped-call]  # untyped upstream
+                for client in self.router.clients.values()
+            ]
+            own = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]  # untyped upstream
+            await asyncio.gather(*targets)
+            return own
+        target = self.router.route(args)
+        if target is None:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]  # untyped upstream
+        return await target.execute_command(*args, **options)  # type: ignore[no-untyped-call]  # untyped upstream
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+        return RoutedPipeline(self, transaction, shard_hint)
+
+    def pool_for(self, prefix: str) -> ConnectionPool:
+        """The connection pool serving keys under `prefix` (a subscriber's, say)."""
+        target = self.router.route(("GET", prefix))
+        return self.connection_pool if target is None else target.connection_pool
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await self.router.aclose()
+        await super().aclose(close_connection_pool)
+
+
+def _is_script_load(args: tuple[Any, ...]) -> bool:
+    return (
+        len(args) > 1 and str(args[0]).upper() == "SCRIPT" and str(args[1]).upper() == "LOAD"
+    ) or str(args[0]).upper() == "SCRIPT LOAD"
+
+
+def routed_class(redis_class: type[Redis]) -> type[SlotRouting]:
+    """`redis_class` (redis-py's, arq's) with slot routing mixed in."""
+    if issubclass(redis_class, SlotRouting):
+        return redis_class
+    return type(f"Routed{redis_class.__name__}", (SlotRouting, redis_class), {})
+
+
+class RoutedPipeline(Pipeline):
+    """A pipeline of a `SlotRouting` client: one slot's commands as one unit, a plain
+    pipeline over several slots split per slot (see the module's docstring)."""
+
+    def __init__(self, client: SlotRouting, transaction: bool, shard_hint: Any) -> None:
+        super().__init__(client.connection_pool, client.response_callbacks, transaction, shard_hint)
+        self.routing = client
+        self.own_pool = client.connection_pool
+        self.pinned = False  # the pool is chosen (by a WATCH, or by `execute`)
+
+    async def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.connection is None and not self.pinned:  # a WATCH picks the connection
+            self.connection_pool = self._pool(args)
+            self.pinned = True
+        return await super().immediate_execute_command(*args, **options)  # type: ignore[no-untyped-call]  # untyped upstream
+
+    async def reset(self) -> None:
+        await super().reset()  # type: ignore[no-untyped-call]  # untyped upstream
+        self.connection_pool = self.own_pool
+        self.pinned = False
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if self.connection is not None or not self.command_stack:
+            return await super().execute(raise_on_error)
+        groups = self._groups()
+        if len(groups) == 1:
+            self.connection_pool = next(iter(groups))
+            self.pinned = True  # its scripts are loaded on this pool too
+            return await super().execute(raise_on_error)
+        if self.is_transaction or self.explicit_transaction:
+            await self.reset()
+            msg = f"{CROSSSLOT} (a transaction over {len(groups)} slots: a msgq bug)"
+            raise ResponseError(msg)
+        return await self._split(groups, raise_on_error)
+
+    def _pool(self, args: tuple[Any, ...]) -> ConnectionPool:
+        target = self.routing.router.route(args)
+        return self.own_pool if target is None else target.connection_pool
+
+    def _groups(self) -> dict[ConnectionPool, list[int]]:
+        """The commands' positions by the pool serving them; a keyless command goes with the
+        command before it (a `WAIT` with the write it waits for)."""
+        groups: dict[ConnectionPool, list[int]] = {}
+        keyless: list[int] = []
+        last: ConnectionPool | None = None
+        for index, (args, _options) in enumerate(self.command_stack):
+            target = self.routing.router.route(args)
+            if target is None and _is_keyless(args):
+                if last is None:
+                    keyless.append(index)
+                else:
+                    groups[last].append(index)
+                continue
+            last = self.own_pool if target is None else target.connection_pool
+            groups.setdefault(last, []).extend([*keyless, index])
+            keyless = []
+        if keyless:
+            groups.setdefault(last or self.own_pool, []).extend(keyless)
+        return groups
+
+    async def _split(
+        self, groups: dict[ConnectionPool, list[int]], raise_on_error: bool
+    ) -> list[Any]:
+        stack, scripts = self.command_stack, self.scripts
+
+        async def run(pool: ConnectionPool, positions: list[int]) -> list[Any]:
+            part = Pipeline(pool, self.response_callbacks, False, None)
+            part.command_stack = [stack[i] for i in sorted(positions)]
+            part.scripts = set(scripts)
+            return await part.execute(raise_on_error=False)
+
+        try:
+            answers = await asyncio.gather(*(run(p, ps) for p, ps in groups.items()))
+        finally:
+            await self.reset()
+        replies: list[Any] = [None] * len(stack)
+        for positions, answer in zip(groups.values(), answers, strict=True):
+            for index, reply in zip(sorted(positions), answer, strict=True):
+                replies[index] = reply
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return replies
+
+
+def _is_keyless(args: tuple[Any, ...]) -> bool:
+    """A command naming no key (WAIT, PING): in a pipeline it follows its neighbour."""
+    return str(args[0]).upper() in KEYLESS
+
+
+KEYLESS = frozenset({"WAIT", "WAITAOF", "PING", "INFO", "TIME", "ECHO", "DBSIZE"})
