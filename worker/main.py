@@ -15,7 +15,7 @@ from msgq.settings import Settings
 from worker import tracing
 from worker.background import Background
 from worker.job import task
-from worker.job.run import prefetch_reads
+from worker.job.run import fleet_reads, prefetch_reads
 from worker.queue import build
 from worker.queue.hooks import Ctx, Hooks
 from worker.queue.loop import MsgqWorker
@@ -37,6 +37,7 @@ def build_worker(
         shutdown=shutdown,
         refused=task.on_refused,
         prefetch=functools.partial(prefetch_reads, settings.keys),
+        fleet_reads=fleet_reads(settings.keys),
     )
     return build.build_worker(
         settings, hooks, burst=burst, handle_signals=handle_signals, **overrides

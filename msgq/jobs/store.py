@@ -72,14 +72,25 @@ class JobStore:
     ) -> JobRecord | None:
         """Store the record and enqueue its arq job in one atomic step (one script, one round
         trip); an existing ID wins. Returns the existing record, or None when this one was
-        stored."""
+        stored.
+
+        In a partition of its own (`MSGQ_PARTITIONS` above 1) the job's keys and the fleet's
+        (the scheduler, the workers' wake) are in different slots: the job is created in its
+        partition first, then placed (a second step, on the deployment's slot), only if it was
+        created. A producer lost between the two leaves a job in no queue, with its payload,
+        which the reconciler queues (`worker.reconciler`)."""
+        together = self.keys.for_job(record.id).prefix == self.keys.root.prefix
         recorder = Recorder()
-        self._enqueue(cast(Redis, recorder), record, job_payload, score_ms, placement)
+        self._enqueue(
+            cast(Redis, recorder), record, job_payload, score_ms, placement, announce=together
+        )
         existing = await self._create(
             keys=[self.keys.record_key(record.id), self.keys.arq_job_key(record.id)],
             args=flatten(recorder.commands),  # plain commands only: a script runs them all
         )
         if existing is None:
+            if not together:
+                await self._announce(record.id, score_ms, placement)
             return None
         if existing == b"":
             return await self.ensure(record)
@@ -92,21 +103,37 @@ class JobStore:
         job_payload: bytes,
         score_ms: int,
         placement: Placement | None = None,
+        *,
+        announce: bool = True,
     ) -> None:
-        """Record, payload and a queue entry: arq's queue, or the scheduler's when placed."""
+        """Record, payload and a queue entry: arq's queue, or the scheduler's when placed.
+        `announce` False: the placement and the wake are left to `_announce` (another slot)."""
         part = self.keys.for_job(record.id)  # the job's partition: its keys and indexes
         pipe.set(part.record_key(record.id), record.model_dump_json())
         pipe.set(part.arq_job_key(record.id), job_payload)
         if placement is None:
             pipe.zadd(part.queue, {record.id: score_ms}, nx=True)
-            publish(pipe, self.keys, self.keys.queue_wake, record.id)  # idle workers poll now
-        else:
-            placement.write(pipe, record.id, score_ms)
+        if announce:
+            self._announce_on(pipe, record.id, score_ms, placement)
         pipe.zadd(part.index_key, {record.id: score_ms})
         index_new(pipe, part, record, score_ms)
         pipe.zadd(part.active_key, {record.id: score_ms})
         if record.tenant:
             pipe.zadd(part.tenant_jobs_key(record.tenant), {record.id: score_ms})
+
+    def _announce_on(
+        self, pipe: Redis, job_id: str, score_ms: int, placement: Placement | None
+    ) -> None:
+        """The fleet's side of a new job: its place in the scheduler, or the workers' wake."""
+        if placement is None:
+            publish(pipe, self.keys, self.keys.queue_wake, job_id)  # idle workers poll now
+        else:
+            placement.write(pipe, job_id, score_ms)
+
+    async def _announce(self, job_id: str, score_ms: int, placement: Placement | None) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self._announce_on(cast(Redis, pipe), job_id, score_ms, placement)
+            await pipe.execute()
 
     def enqueue_fresh(
         self, pipe: Redis, jobs: list[tuple[JobRecord, bytes]], score_ms: int

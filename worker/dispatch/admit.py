@@ -18,47 +18,45 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from msgq.channels import PUBLISH_LUA
 from worker.dispatch.fair_share import FairShare, PolicyState
-from worker.dispatch.queues import ADMITTED_TTL_S, MOVE_ONE, Head
+from worker.dispatch.handoff import LEAVE_ONE, Entry, Handoff
+from worker.dispatch.queues import Head
 from worker.ratelimit import ACQUIRE_STEP, RateLimiter
 
 ADMIT_RUN = 64  # jobs per Lua step at most: the step stays well under a millisecond
 
-# KEYS: the class's bucket, its cool-down, the pause, where, est, deadlines. ARGV: the wake
-# channel, ticket ttl s, score ms, then per job: its scheduler queue, payload key, ticket key,
-# ticket value, its `acquire` arguments as one JSON array (the job ID, holder, is the 8th), and
-# its partition's arq queue and tickets index.
-# Returns {statuses, wait_ms, why}: a status per job looked at (1 moved, 0 had left); the run
-# stops at the first job that must wait (wait_ms > 0), which stays where it is.
+# KEYS: the class's bucket, its cool-down, the pause, where, est, deadlines. ARGV: per job its
+# scheduler queue and its `acquire` arguments as one JSON array (the job ID, holder, is the 8th).
+# Returns {statuses, counts, wait_ms, why}: a status per job looked at (1 admitted and out of
+# the scheduler, with its admission count; 0 had left); the run stops at the first job that must
+# wait (wait_ms > 0), which stays where it is. The jobs admitted are then queued in their
+# partitions (`worker.dispatch.handoff`): one slot per step, as a Redis Cluster requires.
 ADMIT_MANY = (
-    PUBLISH_LUA
-    + ACQUIRE_STEP
-    + MOVE_ONE
+    ACQUIRE_STEP
+    + LEAVE_ONE
     + """
-local statuses, moved = {}, 0
+local statuses, counts = {}, {}
 local wait, why = 0, ''
-for i = 4, #ARGV, 7 do
-  local queue, payload, ticket, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local a = cjson.decode(ARGV[i + 4])
+for i = 1, #ARGV, 2 do
+  local queue = ARGV[i]
+  local a = cjson.decode(ARGV[i + 1])
   local id = a[8]
-  local k = {queue, ARGV[i + 5], KEYS[4], KEYS[5], ticket, payload, KEYS[6], ARGV[i + 6]}
-  if redis.call('ZSCORE', queue, id) and redis.call('EXISTS', payload) == 1 then
+  if redis.call('ZSCORE', queue, id) then
     local r = acquire(KEYS[1], KEYS[2], KEYS[3], a)
     if r[1] > 0 then
       wait, why = r[1], r[2]
       break
     end
-    value = string.sub(value, 1, -2) .. ',"n":' .. r[3] .. '}'  -- the admission's count
-    moved = moved + move_one(k, id, value, ARGV[2], ARGV[3])
+    leave(id, queue, KEYS[4], KEYS[5], KEYS[6])
     statuses[#statuses + 1] = 1
-  else  -- it had left, or its payload is gone: move_one drops it from the scheduler
-    move_one(k, id, value, ARGV[2], ARGV[3])
+    counts[#counts + 1] = r[3]
+  else  -- it had left: its entries go too
+    leave(id, queue, KEYS[4], KEYS[5], KEYS[6])
     statuses[#statuses + 1] = 0
+    counts[#counts + 1] = 0
   end
 end
-if moved > 0 then redis.call(publish_command(ARGV[1]), ARGV[1], moved) end
-return {statuses, wait, why}
+return {statuses, counts, wait, why}
 """
 )
 
@@ -67,8 +65,10 @@ class AdmitRun:
     """Collects, in policy order, the jobs of one model class that need only rate-limit
     capacity, and admits them in one step (`flush`)."""
 
-    def __init__(self, redis: Redis, limiter: RateLimiter, policy: FairShare) -> None:
-        self.limiter, self.policy = limiter, policy
+    def __init__(
+        self, redis: Redis, limiter: RateLimiter, policy: FairShare, handoff: Handoff
+    ) -> None:
+        self.limiter, self.policy, self.handoff = limiter, policy, handoff
         self.keys = limiter.keys  # the deployment's (the limiter's buckets are in it too)
         self._script = redis.register_script(ADMIT_MANY)
         self.heads: list[Head] = []
@@ -106,35 +106,40 @@ class AdmitRun:
             ks.sched_est,
             ks.sched_deadlines,
         ]
-        args: list[Any] = [ks.queue_wake, ADMITTED_TTL_S, now_ms]
+        args: list[Any] = []
         for head in heads:
             args += self._args(head, now_ms)
-        statuses, wait_ms, _why = await self._script(keys=keys, args=args)
+        statuses, counts, wait_ms, _why = await self._script(keys=keys, args=args)
         looked = [int(status) for status in statuses]  # the rest were not reached
-        moved = sum(looked)
-        if moved < len(heads) and before is not None:
+        admitted = [(h, int(n)) for h, s, n in zip(heads, looked, counts, strict=False) if s]
+        entered = await self.handoff.enter([self._entry(h, n) for h, n in admitted], now_ms)
+        for head, _ in admitted:
+            if not entered[head.job_id]:  # its payload is gone: its capacity goes back
+                await self.limiter.settle(
+                    model,
+                    input_delta=head.estimate.input_tokens,
+                    output_delta=head.estimate.output_tokens,
+                    requests=1,
+                )
+        moved = [h for h, _ in admitted if entered[h.job_id]]
+        if len(moved) < len(heads) and before is not None:
             self.policy.restore(before)
-            for head, status in zip(heads, looked, strict=False):
-                if status:
-                    self.policy.served(head)
-        return moved, (min(int(wait_ms) / 1000, 1.0) if int(wait_ms) > 0 else None)
+            for head in moved:
+                self.policy.served(head)
+        return len(moved), (min(int(wait_ms) / 1000, 1.0) if int(wait_ms) > 0 else None)
 
     def _args(self, head: Head, now_ms: int) -> list[Any]:
         est = head.estimate
-        ticket = {"estimate": est.dumps().decode(), "limited": True}
         step = self.limiter.step_args(
             est.model,
             now_ms=now_ms,
             cost=(est.input_tokens, est.output_tokens),
             holder=head.job_id,
         )
-        part = self.keys.for_job(head.job_id)  # the job's partition: its keys and arq queue
-        return [
-            head.queue,
-            part.arq_job_key(head.job_id),
-            part.admitted_key(head.job_id),
-            orjson.dumps(ticket),
-            orjson.dumps(step),
-            part.queue,
-            part.tickets_key,
-        ]
+        return [head.queue, orjson.dumps(step)]
+
+    @staticmethod
+    def _entry(head: Head, count: int) -> Entry:
+        """The job's ticket: its estimate, limited, and the admission's count."""
+        ticket = {"estimate": head.estimate.dumps().decode(), "limited": True, "n": count}
+        return Entry(head.job_id, orjson.dumps(ticket))

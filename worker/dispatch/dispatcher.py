@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict, deque
-from typing import Any
 
 import orjson
 import structlog
@@ -52,12 +51,11 @@ from schemas import Priority
 from worker.dispatch.admit import AdmitRun
 from worker.dispatch.budget import BudgetGate
 from worker.dispatch.fair_share import FairShare
+from worker.dispatch.handoff import Entry, Handoff
 from worker.dispatch.intake import Intake
 from worker.dispatch.queues import (
     ADMITTED_TTL_S,
     HEADS_PER_QUEUE,
-    MOVE,
-    MOVE_MANY,
     Head,
     advance,
 )
@@ -86,11 +84,10 @@ class Dispatcher:
         self.budgets = Budgets(redis, settings.keys)
         self.keys = settings.keys
         self.lock = FleetLock(redis, self.keys.dispatcher_lock)
-        self._move = redis.register_script(MOVE)
-        self._move_many = redis.register_script(MOVE_MANY)
+        self.handoff = Handoff(redis, self.keys, ADMITTED_TTL_S)
         self._prune = redis.register_script(PRUNE_BACKLOG)
         self.policy = FairShare(self.tenants, settings.bulk_floor_share)
-        self._run = AdmitRun(redis, limiter, self.policy)
+        self._run = AdmitRun(redis, limiter, self.policy, self.handoff)
         self.window = AdmissionWindow(redis, settings)
         self.intake = Intake(redis, store, settings, self.tenants)
         self._read_by_tenant: dict[str, list[str]] = defaultdict(list)
@@ -318,13 +315,10 @@ class Dispatcher:
         """Move jobs that need no reservation into arq's queue, many in one script call."""
         if not heads:
             return
-        args: list[Any] = [int(time.time() * 1000), self.keys.queue_wake]
-        for head in heads:
-            part = self.keys.for_job(head.job_id)  # the job's partition holds its arq queue
-            args += [head.job_id, head.queue, part.arq_job_key(head.job_id), part.queue]
-        names = [self.keys.sched_where, self.keys.sched_est, self.keys.sched_deadlines]
-        await self._move_many(keys=names, args=args)
-        self.window.admitted(len(heads))
+        left = await self.handoff.leave([(head.job_id, head.queue) for head in heads])
+        leaving = [Entry(head.job_id) for head, still in zip(heads, left, strict=True) if still]
+        entered = await self.handoff.enter(leaving, int(time.time() * 1000))
+        self.window.admitted(sum(entered.values()))
         heads.clear()
 
     async def _admit(self, head: Head, limited: bool) -> bool | float:
@@ -362,21 +356,11 @@ class Dispatcher:
             value |= {"day": reservation.day, "month": reservation.month}
             value["micro_usd"] = reservation.micro_usd
             value["tenant"] = reservation.tenant
-        part = self.keys.for_job(head.job_id)  # the job's partition: its keys and arq queue
-        moved = await self._move(
-            keys=[
-                head.queue,
-                part.queue,
-                self.keys.sched_where,
-                self.keys.sched_est,
-                part.admitted_key(head.job_id),
-                part.arq_job_key(head.job_id),
-                self.keys.sched_deadlines,
-                part.tickets_key,
-            ],
-            args=[head.job_id, now_ms, orjson.dumps(value), ADMITTED_TTL_S, self.keys.queue_wake],
-        )
-        if not int(moved):
+        moved = (await self.handoff.leave([(head.job_id, head.queue)]))[0]
+        if moved:
+            entry = Entry(head.job_id, orjson.dumps(value))
+            moved = (await self.handoff.enter([entry], now_ms))[head.job_id]
+        if not moved:
             budget = reservation if isinstance(reservation, Reservation) else None
             await self._give_back(head, limited, share, budget)
             return False

@@ -18,7 +18,7 @@ from msgq.tenancy.budgets import Budgets, Reservation, budget_message, reserve_u
 from msgq.tenancy.tenants import load_tenants
 from schemas import JobError, JobErrorType, JobRecord, JobStatus, MessageRequest
 from worker import transitions
-from worker.job.run import JobRun, Prefetched, prefetch_reads
+from worker.job.run import JobRun, Prefetched, fleet_reads, prefetch_reads
 from worker.ledger import CUT, Outcome, Settled
 from worker.services import Services
 from worker.ticket import HeldTicket, parse_or_none
@@ -44,7 +44,8 @@ async def pick_up(services: Services, run: JobRun, template: JobRecord) -> Picku
     prefetched = run.prefetched
     if prefetched is None:
         async with services.redis.pipeline(transaction=False) as pipe:
-            for op, key in prefetch_reads(services.settings.keys, template.id):
+            keys = services.settings.keys
+            for op, key in [*prefetch_reads(keys, template.id), *fleet_reads(keys)]:
                 pipe.execute_command(op, key)
             prefetched = Prefetched._make(await pipe.execute())
     raw = prefetched.record

@@ -19,13 +19,14 @@ from worker.ticket import HeldTicket
 
 
 class Prefetched(NamedTuple):
-    """What the worker reads with the job itself, in its claiming script (`prefetch_reads`)."""
+    """What the worker reads with the job itself, in its claiming script (`prefetch_reads`),
+    then what it reads of the fleet beside the claim (`fleet_reads`)."""
 
     record: bytes | None  # the record's JSON
     ticket: bytes | None  # the dispatcher's ticket: read, not taken (see `HeldTicket`)
+    ledger: int  # the job's ledger holds reservations: a previous run did not settle them
     paused: int  # the fleet is paused
     cooling: int  # some model class cools down after a 429
-    ledger: int  # the job's ledger holds reservations: a previous run did not settle them
 
     @classmethod
     def of(cls, values: tuple[Any, ...] | list[Any]) -> Prefetched | None:
@@ -34,15 +35,19 @@ class Prefetched(NamedTuple):
 
 
 def prefetch_reads(keys: Keyspace, job_id: str) -> list[tuple[str, str]]:
-    """The reads of `Prefetched`, in its order, as the claim script takes them (the
-    deployment's keys: the claim script reads only what it is given)."""
+    """The job's reads of `Prefetched`, in its order, as the claim script takes them (all in
+    the job's partition: the claim script touches one partition's keys)."""
     return [
         ("GET", keys.record_key(job_id)),
         ("GET", keys.admitted_key(job_id)),
-        ("EXISTS", keys.pause_key),
-        ("EXISTS", keys.cooling_key),
         ("EXISTS", keys.ledger_key(job_id)),
     ]
+
+
+def fleet_reads(keys: Keyspace) -> tuple[tuple[str, str], ...]:
+    """The rest of `Prefetched`: the fleet's gates, read beside the claim. Advisory there (a
+    pause or a cool-down that starts just after is seen when the job is metered)."""
+    return (("EXISTS", keys.pause_key), ("EXISTS", keys.cooling_key))
 
 
 @dataclass

@@ -129,32 +129,56 @@ class ClaimReplicas:
     Waited for up to `timeout_ms`; past that the jobs are sent anyway (a fleet never stops for a
     missing replica) and `job.claim_not_replicated` says so, once until replicas catch up.
     Meanwhile each WAIT lasts 1 ms, not the timeout: claims go on at full speed until one is
-    confirmed again."""
+    confirmed again. WAIT counts the writes of its own connection, so it follows each claim in
+    the pipeline (on a cluster, on that partition's shard)."""
 
     count: int
     timeout_ms: int
     short: bool = False
 
-    async def claim(self, script: Any, pool: Any, keys: list[str], args: list[Any]) -> Any:
-        # WAIT counts the writes of its own connection: the claim and WAIT share a pipeline.
-        # By SHA: a script object in a pipeline costs a SCRIPT EXISTS round trip every time.
-        for _ in range(2):
-            async with pool.pipeline(transaction=False) as pipe:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-                pipe.execute_command("WAIT", self.count, 1 if self.short else self.timeout_ms)
-                try:
-                    replies, acked = await pipe.execute()
-                    break
-                except NoScriptError:  # Redis restarted (or failed over): load it again
-                    await pool.script_load(script.script)
-        else:
-            msg = "the claim script could not be loaded"
-            raise NoScriptError(msg)
-        short = int(acked) < self.count
+    def wait_args(self) -> tuple[int, int]:
+        return self.count, 1 if self.short else self.timeout_ms
+
+    def note(self, acked: list[int]) -> None:
+        short = min(acked, default=self.count) < self.count
         if short and not self.short:
-            log.warning("job.claim_not_replicated", replicas=int(acked), wanted=self.count)
+            log.warning("job.claim_not_replicated", replicas=min(acked), wanted=self.count)
         self.short = short
-        return replies
+
+
+async def send_claims(
+    pool: Any,
+    script: Any,
+    claims: list[tuple[list[str], list[Any]]],
+    fleet: Sequence[tuple[str, str]],
+    replicas: ClaimReplicas | None,
+) -> tuple[list[Any], list[Any]]:
+    """Each partition's claim (KEYS, ARGV) and the fleet reads in one pipeline: one round trip
+    on one node; on a cluster one per shard, sent at once (`msgq.slot_routing`). By SHA: a
+    script object in a pipeline costs a SCRIPT EXISTS round trip every time. Returns each
+    claim's replies and the fleet reads' values. A claim sent again after NOSCRIPT (Redis
+    restarted, or one shard had not the script) finds its own lock: nothing is counted twice."""
+    for _ in range(2):
+        async with pool.pipeline(transaction=False) as pipe:
+            for op, key in fleet:
+                pipe.execute_command(op, key)
+            for keys, args in claims:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                if replicas is not None:
+                    pipe.execute_command("WAIT", *replicas.wait_args())
+            try:
+                replies = await pipe.execute()
+                break
+            except NoScriptError:
+                await pool.script_load(script.script)
+    else:
+        msg = "the claim script could not be loaded"
+        raise NoScriptError(msg)
+    values, rest = replies[: len(fleet)], replies[len(fleet) :]
+    if replicas is None:
+        return rest, values
+    replicas.note([int(acked) for acked in rest[1::2]])
+    return rest[0::2], values
 
 
 @dataclass
@@ -196,9 +220,13 @@ class Claim:
     error: str | None = None  # a key of the job could not be read: the job is refused
 
 
-def _claim(reply: list[Any]) -> Claim:
+def _claim(reply: list[Any] | None, fleet: list[Any]) -> Claim | None:
+    """One job's CLAIM reply (None: not claimed), the fleet reads taken beside it appended to
+    its prefetched."""
+    if reply is None:
+        return None
     if reply[0] is None:
         error = reply[1].decode(errors="replace") if isinstance(reply[1], bytes) else reply[1]
         return Claim(0, None, 0, False, [], error=str(error)[:300])
     score, payload, job_try, aborted, *prefetched = reply
-    return Claim(int(float(score)), payload, int(job_try), bool(aborted), prefetched)
+    return Claim(int(float(score)), payload, int(job_try), bool(aborted), [*prefetched, *fleet])

@@ -19,4 +19,7 @@ class Hooks:
     startup: Callable[[Ctx], Awaitable[None]]
     shutdown: Callable[[Ctx], Awaitable[None]]
     refused: Callable[[Ctx, QueueJob, bytes | None], Awaitable[None]]  # arq's failure record
-    prefetch: Prefetch | None = None  # read with each job in its claim (record, ticket, gates)
+    prefetch: Prefetch | None = None  # read with each job in its claim (record, ticket, ledger)
+    # Fleet-wide reads (the pause, the cool-downs) taken once beside each claim, in the same
+    # round trip: not inside it, since on a cluster they are on another shard than the job.
+    fleet_reads: tuple[tuple[str, str], ...] = ()

@@ -27,6 +27,7 @@ from worker.queue.claim import (
     cancel_requested,
     claim_keys,
     prefetch_ops,
+    send_claims,
 )
 from worker.queue.hooks import Hooks
 from worker.queue.upkeep import (
@@ -210,19 +211,16 @@ class MsgqWorker(Worker):
     async def _claim_jobs(self, job_ids: list[str]) -> list[Claim | None]:
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM)
-        lock_ms = int(self.in_progress_timeout_s * 1000)
-        ops = self._prefetch_ops
+        head = [timestamp_ms(), int(self.in_progress_timeout_s * 1000), self._token]
+        head += [len(self._prefetch_ops), *self._prefetch_ops]
+        groups = list(poll.by_partition(self.keys, job_ids).values())  # a claim a partition
+        calls = [(claim_keys(self.keys, g, self._prefetch), [*head, *g]) for g in groups]
+        replies, fleet = await send_claims(
+            self.pool, self._claim, calls, self._hooks.fleet_reads, self._claim_replicas
+        )
         claims: dict[str, Claim | None] = {}
-        for group in poll.by_partition(self.keys, job_ids).values():  # a claim a partition
-            keys = claim_keys(self.keys, group, self._prefetch)
-            args = [timestamp_ms(), lock_ms, self._token, len(ops), *ops, *group]
-            if self._claim_replicas is None:
-                replies = await self._claim(keys=keys, args=args)
-            else:
-                replies = await self._claim_replicas.claim(self._claim, self.pool, keys, args)
-            claims |= {
-                i: None if r is None else _claim(r) for i, r in zip(group, replies, strict=True)
-            }
+        for group, reply in zip(groups, replies, strict=True):
+            claims |= {i: _claim(r, fleet) for i, r in zip(group, reply, strict=True)}
         return [claims[job_id] for job_id in job_ids]
 
     def _job_done(self, _: object) -> None:
