@@ -48,9 +48,16 @@ async def last_hour(
     tenant: str | None = None,
     now_s: float | None = None,
 ) -> dict[str, list[int]]:
-    """Each kind's counts for the last 60 minutes, oldest first (the current minute last)."""
+    """Each kind's counts for the last 60 minutes, oldest first (the current minute last). A
+    job's ending is counted in its partition's copy (in the slot of its record, written with
+    it), the upstream's answers in the deployment's: every copy is read, one MGET each (one
+    round trip; on a cluster one per shard), and summed."""
     end = minute_of(now_s)
     minutes = range(end - HOUR_MINUTES + 1, end + 1)
-    raw = await redis.mget([keys.minute_key(kind, m, tenant) for kind in kinds for m in minutes])
-    values = [int(v) if v is not None else 0 for v in raw]
+    copies = {part.prefix: part for part in [keys.root, *keys.root.parts]}.values()
+    async with redis.pipeline(transaction=False) as pipe:
+        for copy in copies:
+            pipe.mget([copy.minute_key(kind, m, tenant) for kind in kinds for m in minutes])
+        replies = await pipe.execute()
+    values = [sum(int(v or 0) for v in column) for column in zip(*replies, strict=True)]
     return {kind: values[n * HOUR_MINUTES : (n + 1) * HOUR_MINUTES] for n, kind in enumerate(kinds)}

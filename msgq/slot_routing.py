@@ -100,9 +100,31 @@ class SlotRouting(Redis):
             await asyncio.gather(*targets)
             return own
         target = self.router.route(args)
+        if str(args[0]).upper() == "MGET" and len(args) > 2:
+            owners = [self.router.route(("GET", key)) for key in args[1:]]
+            if any(owner is not target for owner in owners):
+                return await self._mget(args[1:], owners, options)
         if target is None:
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]  # untyped upstream
         return await target.execute_command(*args, **options)  # type: ignore[no-untyped-call]  # untyped upstream
+
+    async def _mget(
+        self, keys: tuple[Any, ...], targets: list[Redis | None], options: dict[str, Any]
+    ) -> list[Any]:
+        """MGET over several slots (a listing's records, from every partition): one MGET a
+        slot, sent at once, the values put back in the order of `keys`."""
+        groups: dict[int, list[int]] = {}
+        for index, target in enumerate(targets):
+            groups.setdefault(id(target), []).append(index)
+        async with self.pipeline(transaction=False) as pipe:
+            for positions in groups.values():
+                pipe.execute_command("MGET", *(keys[i] for i in positions), **options)
+            answers = await pipe.execute()
+        values: list[Any] = [None] * len(keys)
+        for positions, answer in zip(groups.values(), answers, strict=True):
+            for index, value in zip(positions, answer, strict=True):
+                values[index] = value
+        return values
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
         return RoutedPipeline(self, transaction, shard_hint)

@@ -183,3 +183,15 @@ def test_the_deployment_keyspaces_tags_are_what_the_router_reads() -> None:
     assert len(made) == 16
     one_node: Keyspace = keyspace(partitions=4)
     assert router.route(("GET", one_node.part(2).prefix + "x")) is None  # no tag on one node
+
+
+async def test_an_mget_over_several_partitions_is_split_and_answers_in_order(
+    routed: Redis,
+) -> None:
+    """A listing reads records of every partition in one MGET: one MGET a slot, in order."""
+    keys = [part.prefix + f"r{n}" for n in range(3) for part in SIXTEEN.parts]
+    for key in keys[::2]:
+        await routed.set(key, key)
+    expected = [k if n % 2 == 0 else None for n, k in enumerate(keys)]
+    keys.append(SIXTEEN.prefix + "missing")  # the deployment's own slot
+    assert await routed.mget(keys) == [*expected, None]

@@ -256,7 +256,8 @@ class JobStore:
             pipe.hincrby(counts, record.status.value, 1)
             pipe.hset(counts, "last_at", (record.finished_at or utcnow()).isoformat())
         outbox.schedule(pipe, self.keys, record)  # the webhook owed, durable with the record itself
-        record_minute(pipe, self.keys, record.status.value, tenant=record.tenant)
+        # The partition's copy of the minute's count: in the record's slot (summed when read).
+        record_minute(pipe, part, record.status.value, tenant=record.tenant)
         publish(pipe, part, part.done_channel, record.id)
 
     async def keep_spec(self, job_id: str, spec: dict[str, Any]) -> None:
@@ -310,9 +311,11 @@ class JobStore:
         return record
 
     async def unqueue(self, job_id: str) -> None:
-        """Take an ended job out of whichever queue holds it (arq's or the scheduler's)."""
+        """Take an ended job out of whichever queue holds it (arq's or the scheduler's). Not one
+        transaction: the job's side and the scheduler's are in different slots on a cluster
+        (partitions), each step is safe to repeat, and the job has ended already."""
         where = await self.redis.hget(self.keys.sched_where, job_id)  # type: ignore[misc]
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self.keys.for_job(job_id).queue, job_id)
             pipe.delete(self.keys.arq_job_key(job_id))
             pipe.zrem(self.keys.sched_deadlines, job_id)
