@@ -20,14 +20,15 @@ class BatchKeys:
     def batches_key(self) -> str:  # ZSET batch id -> expires_at ms, until the batch expires
         return self.prefix + "batches"
 
+    # A batch's own keys are in its partition, with its jobs (`msgq.keys.partition_key`).
     def batch_key(self, batch_id: str) -> str:
-        return f"{self.prefix}batch:{batch_id}"
+        return f"{self._of(batch_id).prefix}batch:{batch_id}"
 
     def batch_ids_key(self, batch_id: str) -> str:
-        return f"{self.prefix}batch:{batch_id}:ids"
+        return f"{self._of(batch_id).prefix}batch:{batch_id}:ids"
 
     def batch_counts_key(self, batch_id: str) -> str:
-        return f"{self.prefix}batch:{batch_id}:counts"
+        return f"{self._of(batch_id).prefix}batch:{batch_id}:counts"
 
     def tenant_batches_key(self, tenant: str) -> str:
         return f"{self.prefix}tenant:{tenant}:batches"
@@ -45,6 +46,10 @@ class BatchKeys:
     @property
     def lane_where(self) -> str:  # HASH job id -> "pool" or the msgq upstream-batch handle
         return self.prefix + "lane:where"
+
+    @property
+    def lane_sizes(self) -> str:  # HASH job id -> its spec's size (the spec is in its partition)
+        return self.prefix + "lane:sizes"
 
     @property
     def lane_batches(self) -> str:  # ZSET upstream-batch handle -> ms when next due

@@ -13,6 +13,7 @@ import orjson
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from msgq.channels import publish
 from msgq.client import enqueue_payload
 from msgq.jobs.records import build_spec, new_record
 from msgq.jobs.store import JobStore
@@ -123,9 +124,18 @@ class Batches:
                 custom_id=item.custom_id,
             )
             jobs.append((record, enqueue_payload(spec, now_ms)))
-        # One transaction: the batch and every job exist together or not at all, so a crash
-        # mid-create never leaves a batch that cannot end, nor jobs a resubmit would run twice.
         ttl = int((meta.expires_at - created).total_seconds()) + self.store.batch_retention_s
+        # The fleet's indexes first (the deployment's slot): a crash before the batch exists
+        # leaves an entry naming nothing, which every reader skips and the reconciler drops.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.keys.tenant_batches_key(tenant), {meta.id: now_ms})
+            # Every batch's keys expire `ttl` after creation: older entries name nothing.
+            pipe.zremrangebyscore(self.keys.tenant_batches_key(tenant), "-inf", now_ms - ttl * 1000)
+            pipe.zadd(self.keys.batches_key, {meta.id: int(meta.expires_at.timestamp() * 1000)})
+            await pipe.execute()
+        # Then one transaction in the batch's partition, which holds all its jobs: the batch and
+        # every job exist together or not at all, so a crash mid-create never leaves a batch
+        # that cannot end, nor jobs a resubmit would run twice.
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.batch_key(meta.id), meta.model_dump_json(), ex=ttl)
             pipe.rpush(
@@ -134,12 +144,9 @@ class Batches:
             pipe.expire(self.keys.batch_ids_key(meta.id), ttl)
             pipe.hset(self.keys.batch_counts_key(meta.id), "created_at", created.isoformat())
             pipe.expire(self.keys.batch_counts_key(meta.id), ttl)
-            pipe.zadd(self.keys.tenant_batches_key(tenant), {meta.id: now_ms})
-            # Every batch's keys expire `ttl` after creation: older entries name nothing.
-            pipe.zremrangebyscore(self.keys.tenant_batches_key(tenant), "-inf", now_ms - ttl * 1000)
-            pipe.zadd(self.keys.batches_key, {meta.id: int(meta.expires_at.timestamp() * 1000)})
             self.store.enqueue_fresh(pipe, jobs, now_ms)
             await pipe.execute()
+        await publish(self.redis, self.keys, self.keys.queue_wake, meta.id)  # idle workers look
         return meta
 
     async def get(self, tenant: str, batch_id: str) -> BatchMeta | None:

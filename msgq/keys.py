@@ -49,6 +49,20 @@ def keyspace(
     return Keyspace(namespace, clustered=clustered, partitions=partitions, partition=partition)
 
 
+BATCH_ID_MARK = ":msgbatch_"
+
+
+def partition_key(job_id: str) -> str:
+    """What a job's partition is hashed from: its ID, except for a Batches API job
+    (`<tenant>:msgbatch_<id>:<custom_id>`) and the batch itself (`msgbatch_<id>`), which hash
+    the batch's ID, so a batch, its counts and all its jobs share one partition: creating a
+    batch and counting its endings stay single atomic steps on a Redis Cluster."""
+    if job_id.startswith("msgbatch_"):
+        return job_id.partition(":")[0]
+    _, mark, rest = job_id.partition(BATCH_ID_MARK)
+    return "msgbatch_" + rest.partition(":")[0] if mark else job_id
+
+
 @dataclass(frozen=True)
 class Keyspace(BatchKeys):
     """One deployment's key names, from its namespace (`Settings.keys`), for everything that
@@ -106,11 +120,12 @@ class Keyspace(BatchKeys):
         return tuple(self.part(p) for p in range(self.partitions))
 
     def partition_of(self, job_id: str) -> int:
-        """The partition holding a job: CRC-32 of its ID modulo the count, the same in every
-        process and language (a raw producer can compute it), and even over random IDs."""
+        """The partition holding a job: CRC-32 of its ID (`partition_key`) modulo the count,
+        the same in every process and language (a raw producer can compute it), and even over
+        random IDs."""
         if self.partitions == 1:
             return 0
-        return zlib.crc32(job_id.encode()) % self.partitions
+        return zlib.crc32(partition_key(job_id).encode()) % self.partitions
 
     def for_job(self, job_id: str) -> Keyspace:
         """The keyspace of the partition holding `job_id`."""
@@ -354,6 +369,10 @@ class Keyspace(BatchKeys):
     @property
     def spend_tenants(self) -> str:  # SET of tenants with spend recorded
         return self.prefix + "spend:tenants"
+
+    def spend_applied_key(self, nonce: str) -> str:
+        """A budget step applied to the spend counters (`msgq.ledger`): applied once, by nonce."""
+        return f"{self.root.prefix}spend:applied:{nonce}"
 
     def spend_key(self, tenant: str, period: str) -> str:
         """USD reserved + spent by a tenant in a period (`d20261125` or `m202611`)."""

@@ -5,6 +5,12 @@ A batch-lane job leaves arq once pooled: from then on its spec lives under `Keys
 and `Keyspace.lane_where` says where it is ("pool", or the msgq handle of the upstream batch holding
 it). Each move is one Lua script, so a job is always in exactly one place. The audit and the
 reconciler read `locations` to tell a pooled or upstream job from an orphan.
+
+The spec is in the job's partition; the lane's places are fleet-wide (the deployment's slot): on
+a Redis Cluster no script may touch both. So the places keep each spec's size (`lane_sizes`) and
+never read the spec: the spec is written before a job is pooled and dropped after it leaves
+(`pool_job`, `leave`). A crash between leaves a spec with no place: a job still running is an
+orphan the reconciler pools again (`recover_orphan`); an ended one's spec is left behind.
 """
 
 from __future__ import annotations
@@ -28,38 +34,42 @@ WAITING_POOL = "batch_pool"  # record.waiting_reason of a pooled job
 # the schema's in-batch rule.
 BATCH_REFUSED = ("stream", "speed")
 
-# KEYS: where, spec, pool, bytes. ARGV: job id, spec JSON, now ms. 1 pooled, 0 already placed.
+# KEYS: where, sizes, pool, bytes. ARGV: job id, spec size, now ms. 1 pooled, 0 already placed.
 POOL_ADD = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], 'pool') == 0 then return 0 end
-redis.call('SET', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[1])
-redis.call('INCRBY', KEYS[4], string.len(ARGV[2]))
+redis.call('INCRBY', KEYS[4], ARGV[2])
 return 1
 """
 
 # Back to the pool from `expected` (an upstream handle; '' = from nowhere, the reconciler).
-# KEYS: where, spec, pool, bytes. ARGV: job id, expected, now ms. 1 moved, 0 not there, -1 no spec.
+# KEYS: where, sizes, pool, bytes. ARGV: job id, expected, now ms, spec size (0: its size as
+# kept). 1 moved, 0 not there, -1 no spec (no size kept, none given).
 REPOOL = """
 local at = redis.call('HGET', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' and at ~= ARGV[2] then return 0 end
-local size = redis.call('STRLEN', KEYS[2])
+local size = tonumber(ARGV[4])
+if size == 0 then size = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') end
 if size == 0 then return -1 end
 redis.call('HSET', KEYS[1], ARGV[1], 'pool')
+redis.call('HSET', KEYS[2], ARGV[1], size)
 if redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[1]) == 1 then
   redis.call('INCRBY', KEYS[4], size)
 end
 return 1
 """
 
-# The job leaves the lane (it ended, or goes realtime): forget where it was and its spec.
-# KEYS: where, spec, pool, bytes. ARGV: job id, expected ('' = wherever it is). 1 left.
+# The job leaves the lane (it ended, or goes realtime): forget where it was and its size; the
+# caller then drops its spec (`leave`). KEYS: where, sizes, pool, bytes. ARGV: job id, expected
+# ('' = wherever it is). 1 left.
 LEAVE = """
 local at = redis.call('HGET', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' and at ~= ARGV[2] then return 0 end
-local size = redis.call('STRLEN', KEYS[2])
+local size = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if redis.call('ZREM', KEYS[3], ARGV[1]) == 1 then redis.call('DECRBY', KEYS[4], size) end
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -118,8 +128,35 @@ def custom_id_for(job_id: str, attempt: int) -> str:
     return f"j{hashlib.sha256(job_id.encode()).hexdigest()[:40]}-{attempt}"
 
 
-def lane_keys(keys: Keyspace, job_id: str) -> list[str]:
-    return [keys.lane_where, keys.lane_spec_key(job_id), keys.lane_pool, keys.lane_pool_bytes]
+def lane_keys(keys: Keyspace) -> list[str]:
+    """The lane's places, as POOL_ADD, REPOOL and LEAVE take them."""
+    return [keys.lane_where, keys.lane_sizes, keys.lane_pool, keys.lane_pool_bytes]
+
+
+async def pool_job(redis: Redis, keys: Keyspace, job_id: str, spec: bytes, now_ms: int) -> bool:
+    """Pool a job: its spec written in its partition first, then its place. True when pooled
+    now (False: it was placed already, and its spec was written again, the same)."""
+    await redis.set(keys.lane_spec_key(job_id), spec)
+    add = redis.register_script(POOL_ADD)
+    return bool(await add(keys=lane_keys(keys), args=[job_id, len(spec), now_ms]))
+
+
+async def repool(redis: Redis, keys: Keyspace, job_id: str, expected: str, now_ms: int) -> int:
+    """REPOOL, with the spec's size read from its partition (-1 when the spec is gone)."""
+    size = int(await redis.strlen(keys.lane_spec_key(job_id)))
+    if size == 0:
+        return -1
+    script = redis.register_script(REPOOL)
+    return int(await script(keys=lane_keys(keys), args=[job_id, expected, now_ms, size]))
+
+
+async def leave(redis: Redis, keys: Keyspace, job_id: str, expected: str) -> bool:
+    """LEAVE, then the spec dropped from its partition. True when this call took it out."""
+    script = redis.register_script(LEAVE)
+    if not await script(keys=lane_keys(keys), args=[job_id, expected]):
+        return False
+    await redis.delete(keys.lane_spec_key(job_id))
+    return True
 
 
 async def locations(redis: Redis, keys: Keyspace, job_ids: list[str]) -> list[str | None]:

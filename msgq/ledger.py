@@ -71,21 +71,42 @@ if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) en
 return out
 """
 
-# A budget reservation settled in the same step as it is taken, so a crash can neither lose
-# nor repeat it. KEYS: ledger, open ZSET, day, month, models-of-the-day. ARGV: job id, field,
-# the field's value as read, delta µUSD (cost - reserved), cost µUSD, model, models ttl s.
-SETTLE_BUDGET = """
-if redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[2])
-if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
-redis.call('INCRBY', KEYS[3], ARGV[4])
-redis.call('INCRBY', KEYS[4], ARGV[4])
-if tonumber(ARGV[5]) > 0 then
-  redis.call('HINCRBY', KEYS[5], ARGV[6], ARGV[5])
-  redis.call('EXPIRE', KEYS[5], ARGV[7])
+# A budget reservation is settled in three steps, each atomic in one slot: the ledger is in the
+# job's partition, the spend counters in the deployment's own slot, and on a Redis Cluster no
+# step may touch both. Each is safe to repeat, and the nonce makes the spend change apply once:
+# 1. TAKE_BUDGET (the ledger): the field is taken, only if unchanged (one caller wins), and
+#    kept as `settling:<field>` with what the settlement will apply and its nonce;
+# 2. APPLY_SPEND (the spend): applied only if its nonce's marker is new;
+# 3. CLOSE_FIELD (the ledger): the `settling:` field dropped (its capacity settled by whoever
+#    dropped it). A crash between leaves the `settling:` field, which the job's next run or the
+#    reconciler finishes (`worker.ledger.Ledgers.settle`).
+SETTLING = "settling:"
+# KEYS: ledger. ARGV: field, the field's value as read, the settling entry's JSON.
+TAKE_BUDGET = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], 'settling:' .. ARGV[1], ARGV[3])
+return 1
+"""
+# KEYS: day, month, models-of-the-day, the nonce's marker. ARGV: delta µUSD (cost - reserved),
+# cost µUSD, model, models ttl s, marker ttl s. 1 applied now, 0 applied before.
+APPLY_SPEND = """
+if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[5]) then return 0 end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('INCRBY', KEYS[2], ARGV[1])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HINCRBY', KEYS[3], ARGV[3], ARGV[2])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
 end
 return 1
 """
+# KEYS: ledger, open ZSET. ARGV: job id, field. 1 when this call dropped the field.
+CLOSE_FIELD = """
+local dropped = redis.call('HDEL', KEYS[1], ARGV[2])
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
+return dropped
+"""
+APPLIED_TTL_S = 8 * 24 * 3600  # a nonce's marker outlives any settlement left half done
 
 
 @dataclass(frozen=True)
@@ -116,12 +137,21 @@ class BudgetHold:
 
 async def open_budget_micro_usd(redis: Redis, keys: Keyspace, day: str) -> dict[str, int]:
     """Per tenant, the budget reservations still open for `day`: in ledgers, in tickets not yet
-    taken, and in the batch lane (µUSD)."""
+    taken, and in the batch lane (µUSD). A hold still `pending` counts once its reservation was
+    made (its nonce's marker); a settlement left half done until its spend was applied."""
     held: list[dict[str, Any]] = []
     for part in keys.parts:  # each partition lists its own open ledgers and tickets
         for raw_id in await redis.zrange(part.ledger_open, 0, -1):
             fields = await redis.hgetall(part.ledger_key(raw_id.decode()))  # type: ignore[misc]  # stubs
-            held += [_loads(v) for k, v in fields.items() if k.decode() in (TICKET, BUDGET)]
+            for name, value in fields.items():
+                field, data = name.decode(), _loads(value)
+                if field.startswith(SETTLING):
+                    applied = await redis.exists(keys.spend_applied_key(str(data.get("nonce"))))
+                    held += [] if applied else [data]
+                elif field in (TICKET, BUDGET):
+                    nonce = data.get("pending")
+                    if not nonce or await redis.exists(keys.spend_applied_key(str(nonce))):
+                        held.append(data)
         for raw_id in await redis.zrange(part.tickets_key, 0, -1):
             held.append(_loads(await redis.get(part.admitted_key(raw_id.decode()))))
     held += [_loads(v) for v in (await redis.hgetall(keys.lane_budgets)).values()]  # type: ignore[misc]

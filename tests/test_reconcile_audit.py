@@ -156,7 +156,10 @@ async def test_batch_creation_is_all_or_nothing_under_sigkill(
     far, fewer than the batch needs) or shows anything written (a writer that is not atomic),
     writes are paused (CLIENT PAUSE WRITE: nothing can commit), the API is SIGKILLed, writes
     resume. Chunked or unguarded writes would leave part of the batch here; the old version of
-    this test killed only once something appeared, i.e. after the whole batch was written."""
+    this test killed only once something appeared, i.e. after the whole batch was written.
+    The fleet's two batch indexes are written first, in a step of their own (on a cluster the
+    batch's partition is another slot): they may be left, naming nothing, and the audit is
+    clean with them."""
     await redis.flushall()
     port = free_port()
     env = {
@@ -185,7 +188,7 @@ async def test_batch_creation_is_all_or_nothing_under_sigkill(
 
         async def mid_write() -> bool:
             queued = [int(c.get("multi", -1)) for c in await redis.client_list()]
-            written = await redis.dbsize() > before
+            written = await redis.dbsize() > before + 2  # more than the two indexes
             if max(queued) > 0 or written:
                 await redis.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
                 seen.extend([max(queued), int(written)])
@@ -206,7 +209,7 @@ async def test_batch_creation_is_all_or_nothing_under_sigkill(
         async for k in redis.scan_iter(match=part.record_key("*"), count=5000)
     ]
     assert (len(metas), len(jobs)) == (0, 0)
-    assert await redis.dbsize() == before
+    assert await redis.dbsize() - before in (0, 2)  # at most the indexes, naming nothing
     assert 0 < seen[0] < 20_000 * 4  # inside the write: each job takes more commands than 4
     assert (await audit(redis, KEYS)).clean
 

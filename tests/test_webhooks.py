@@ -35,7 +35,7 @@ from msgq.dev.stack import msgq_command
 from msgq.errors import InvalidJobError
 from msgq.settings import Settings
 from msgq.tenancy.tenants import TenantsFileError, parse_tenants
-from msgq.webhooks.outbox import Entry
+from msgq.webhooks.outbox import Entry, copies
 from msgq.webhooks.signing import derived_secret
 from msgq.webhooks.targets import Allow, refusal
 from schemas import JobStatus
@@ -120,9 +120,12 @@ def verified(received: Received, secret: str = SECRET) -> dict[str, Any]:
 
 
 async def outbox_size(redis: Redis) -> int:
-    """Webhooks owed, by the entries and by their due times (equal unless something broke)."""
-    entries = await cast(Awaitable[int], redis.hlen(KEYS.webhooks_key))
-    due: int = await redis.zcard(KEYS.webhooks_due_key)
+    """Webhooks owed, by the entries and by their due times (equal unless something broke), in
+    every copy of the outbox (a job's is in its partition's)."""
+    entries = due = 0
+    for copy in copies(KEYS):
+        entries += await cast(Awaitable[int], redis.hlen(copy.webhooks_key))
+        due += await redis.zcard(copy.webhooks_due_key)
     return max(entries, due)
 
 
@@ -255,7 +258,8 @@ async def test_sigkill_mid_delivery_is_delivered_after_restart(
     record = await client.get(job.id)
     assert record.status is JobStatus.SUCCEEDED
     assert record.webhook is not None and record.webhook.status == "pending"
-    assert await cast(Awaitable[bool], redis.hexists(KEYS.webhooks_key, f"job:{job.id}"))
+    outbox = KEYS.for_job(job.id).webhooks_key
+    assert await cast(Awaitable[bool], redis.hexists(outbox, f"job:{job.id}"))
     second = spawn_worker(settings, tmp_path / "b.log")
     try:
 
@@ -430,8 +434,10 @@ async def test_audit_flags_orphaned_and_overdue_outbox_entries(redis: Redis) -> 
     entry = Entry(
         kind="job", ref="gone", url="https://example.com/", webhook_id="msg_1", created_ms=old_ms
     )
-    await cast(Awaitable[int], redis.hset(KEYS.webhooks_key, entry.key, entry.model_dump_json()))
-    await redis.zadd(KEYS.webhooks_due_key, {entry.key: old_ms, "job:lonely": old_ms})
+    gone, lonely = KEYS.for_job("gone"), KEYS.for_job("lonely")  # a job's outbox: its partition's
+    await cast(Awaitable[int], redis.hset(gone.webhooks_key, entry.key, entry.model_dump_json()))
+    await redis.zadd(gone.webhooks_due_key, {entry.key: old_ms})
+    await redis.zadd(lonely.webhooks_due_key, {"job:lonely": old_ms})
     report = await audit(redis, KEYS)
     assert set(report.findings) == {
         "webhook entry without its job or batch",
@@ -484,8 +490,9 @@ async def test_a_corrupt_outbox_entry_is_dropped_and_others_still_go(
 ) -> None:
     """An entry msgq did not write (not its JSON) is dropped, not retried forever, and the
     webhooks claimed with it are delivered."""
-    await cast(Awaitable[int], redis.hset(KEYS.webhooks_key, "job:junk", b"not json"))
-    await redis.zadd(KEYS.webhooks_due_key, {"job:junk": 0})
+    junk = KEYS.for_job("junk")  # a job's outbox: its partition's
+    await cast(Awaitable[int], redis.hset(junk.webhooks_key, "job:junk", b"not json"))
+    await redis.zadd(junk.webhooks_due_key, {"job:junk": 0})
     await start_worker()
     job = await client.submit(BODY, callback_url=receiver.url)
     await eventually(lambda: _count_is(receiver, 1))

@@ -11,6 +11,7 @@ was produced, nothing billed). An answered call is charged what it used and cost
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,18 @@ import orjson
 from redis.asyncio import Redis
 
 from msgq.group_commit import GroupCommit
-from msgq.ledger import CONSUME, HOLD, RATE, SETTLE_BUDGET, TAKE_CAPACITY, BudgetHold
+from msgq.ledger import (
+    APPLIED_TTL_S,
+    APPLY_SPEND,
+    CLOSE_FIELD,
+    CONSUME,
+    HOLD,
+    RATE,
+    SETTLING,
+    TAKE_BUDGET,
+    TAKE_CAPACITY,
+    BudgetHold,
+)
 from msgq.tenancy.budgets import DAY_TTL_S, MICRO, Budgets
 from msgq.tenancy.scheduling import Estimate
 from worker.ratelimit import Limits, RateLimiter, model_class
@@ -132,7 +144,9 @@ class Ledgers:
         self._consume = redis.register_script(CONSUME)
         self._hold = redis.register_script(HOLD)
         self._take_capacity = redis.register_script(TAKE_CAPACITY)
-        self._settle_budget = redis.register_script(SETTLE_BUDGET)
+        self._take_budget = redis.register_script(TAKE_BUDGET)
+        self._apply_spend = redis.register_script(APPLY_SPEND)
+        self._close = redis.register_script(CLOSE_FIELD)
         self.budgets = Budgets(redis, self.keys)  # spend without a reservation, for usage
         self.group = group or GroupCommit(redis)  # every job's ledger steps share round trips
 
@@ -171,12 +185,11 @@ class Ledgers:
         for n in range(0, len(reply), 3):
             field, raw, taken = reply[n].decode(), reply[n + 1], int(reply[n + 2])
             data = _loads(raw)
-            budget = BudgetHold.of(data)
             if not taken:
-                if budget is None or not await self._budget(
-                    job_id, field, raw, budget, outcome, model
-                ):
-                    continue  # another caller settled it
+                kept = await self._budget(job_id, field, raw, data, outcome, model)
+                if kept is None:
+                    continue  # another caller settled it, or nothing was reserved
+                field, data = kept
                 settled.budget = True
             for capacity in capacities(field, data):
                 await settle_capacity(self.redis, self.limiter, capacity, outcome, self.group)
@@ -184,27 +197,56 @@ class Ledgers:
         return settled
 
     async def _budget(
-        self, job_id: str, field: str, raw: bytes, hold: BudgetHold, outcome: Outcome, model: str
-    ) -> bool:
-        cost = round(outcome.cost_usd * MICRO)
-        ks = self.keys
-        keys = [
-            ks.ledger_key(job_id),
-            ks.for_job(job_id).ledger_open,
-            ks.spend_key(hold.tenant, hold.day),
-            ks.spend_key(hold.tenant, hold.month),
-            ks.spend_models_key(hold.tenant, hold.day),
+        self,
+        job_id: str,
+        field: str,
+        raw: bytes,
+        data: dict[str, Any],
+        outcome: Outcome,
+        model: str,
+    ) -> tuple[str, dict[str, Any]] | None:
+        """Settle a budget reservation in its three steps (`msgq.ledger`), or finish one left
+        half done. The field and data whose capacity is then settled, or None when another
+        caller settles it (or the reservation was never made)."""
+        ks, part = self.keys, self.keys.for_job(job_id)
+        ledger = [part.ledger_key(job_id), part.ledger_open]
+        if field.startswith(SETTLING):
+            entry = data  # a settlement left half done: finished with what it recorded
+        else:
+            hold = BudgetHold.of(data)
+            if hold is None:
+                return None
+            nonce = data.get("pending")
+            if nonce and not await self.redis.exists(ks.spend_applied_key(str(nonce))):
+                await self._close(keys=ledger, args=[job_id, field])  # never reserved
+                return None
+            cost = round(outcome.cost_usd * MICRO)
+            entry = {
+                **hold.as_fields(),
+                "delta": cost - hold.micro_usd,
+                "cost": cost,
+                "model": model,
+                "nonce": uuid.uuid4().hex,
+                "field": field,
+                "held": raw.decode(),
+            }
+            taken = await self.group.call(
+                self._take_budget, [ledger[0]], [field, raw, orjson.dumps(entry)]
+            )
+            if not int(taken):
+                return None
+        spend = [
+            ks.spend_key(entry["tenant"], entry["day"]),
+            ks.spend_key(entry["tenant"], entry["month"]),
+            ks.spend_models_key(entry["tenant"], entry["day"]),
+            ks.spend_applied_key(entry["nonce"]),
         ]
-        args: list[str | bytes | int] = [
-            job_id,
-            field,
-            raw,
-            cost - hold.micro_usd,
-            cost,
-            model,
-            DAY_TTL_S,
-        ]
-        return bool(await self.group.call(self._settle_budget, keys, args))
+        args = [entry["delta"], entry["cost"], entry["model"], DAY_TTL_S, APPLIED_TTL_S]
+        await self.group.call(self._apply_spend, spend, args)
+        closing = SETTLING + entry["field"]
+        if not int(await self.group.call(self._close, ledger, [job_id, closing])):
+            return None  # another caller finished it, and settles its capacity
+        return entry["field"], _loads(entry["held"].encode())
 
     async def record_spend(self, tenant: str | None, cost_usd: float, model: str) -> None:
         """Spend of a job that held no budget reservation (no budget, or no tenant at all), for

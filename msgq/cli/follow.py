@@ -148,7 +148,7 @@ async def follow(
     async with (
         Client.from_url(settings.redis_url, settings) as client,
         connect(settings) as redis,
-        subscriber(redis, settings.keys) as pubsub,
+        subscriber(redis, settings.keys.for_job(job_id)) as pubsub,  # its partition's shard
     ):
         await pubsub.subscribe(settings.keys.progress_channel(job_id))
         await _watch(redis, settings, client, job_id, printer)  # JobNotFoundError first

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from msgq.channels import subscriber
 from msgq.jobs.store import JobStore
+from msgq.slot_routing import SlotRouting
 from schemas import JobRecord
 
 log = structlog.get_logger("msgq.endings")
@@ -63,43 +64,57 @@ class Endings:
         self.store = store
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._listeners: set[asyncio.Queue[str]] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
-        self._pubsub: PubSub | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._followers: dict[str, set[Follower]] = {}  # progress channel -> its followers
         self._confirmed: dict[str, asyncio.Future[None]] = {}  # subscriptions not yet confirmed
-        # Each partition publishes its jobs' endings on its own channel.
-        self._done_channels = frozenset(part.done_channel for part in store.keys.parts)
+        # Each partition publishes its jobs' endings on its own channel. On a cluster each
+        # partition's channels are on its own shard: a subscription each (`subscriptions`);
+        # elsewhere one carries them all.
+        parts = store.keys.parts
+        self._done_channels = frozenset(part.done_channel for part in parts)
+        self._groups = [list(parts)] if not isinstance(redis, SlotRouting) else [[p] for p in parts]
+        self._pubsubs: list[PubSub | None] = [None] * len(self._groups)
+        self._ready = [asyncio.Event() for _ in self._groups]
 
     async def start(self) -> None:
         """Subscribe; returns once subscribed, so no ending after this call is missed."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._listen())
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._listen(n)) for n in range(len(self._groups))]
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), 5.0)
+            await asyncio.wait_for(asyncio.gather(*(r.wait() for r in self._ready)), 5.0)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-            self._ready.clear()
+                await task
+        for ready in self._ready:
+            ready.clear()
 
-    async def _listen(self) -> None:
+    def _group_of(self, channel: str) -> int:
+        """Which subscription carries `channel` (named under one partition's prefix)."""
+        for n, parts in enumerate(self._groups):
+            if any(channel.startswith(part.prefix) for part in parts):
+                return n
+        return 0
+
+    async def _listen(self, group: int) -> None:
         delay = 0.1
+        parts = self._groups[group]
         while True:
             try:
-                async with subscriber(self.redis, self.store.keys) as pubsub:
+                async with subscriber(self.redis, parts[0]) as pubsub:
                     # After a reconnect: every channel still followed, in the same command.
-                    await pubsub.subscribe(*self._done_channels, *self._followers)
-                    self._pubsub = pubsub
-                    self._ready.set()
+                    mine = [c for c in self._followers if self._group_of(c) == group]
+                    await pubsub.subscribe(*(part.done_channel for part in parts), *mine)
+                    self._pubsubs[group] = pubsub
+                    self._ready[group].set()
                     delay = 0.1
                     async for message in pubsub.listen():
                         self._dispatch(message)
             except (RedisError, OSError) as exc:
-                self._pubsub = None
+                self._pubsubs[group] = None
                 log.warning("endings.reconnecting", error=type(exc).__name__, delay_s=delay)
                 self._wake_all()  # let waiters re-read rather than miss an ending
                 await asyncio.sleep(delay)
@@ -150,7 +165,7 @@ class Endings:
     async def _send(self, command: str, channel: str) -> None:
         """(Un)subscribe on the shared connection; while it is down there is nothing to do: the
         listener subscribes every followed channel when it reconnects."""
-        pubsub = self._pubsub
+        pubsub = self._pubsubs[self._group_of(channel)]
         if pubsub is None:
             return
         with contextlib.suppress(RedisError, OSError):

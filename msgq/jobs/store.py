@@ -72,13 +72,9 @@ class JobStore:
     ) -> JobRecord | None:
         """Store the record and enqueue its arq job in one atomic step (one script, one round
         trip); an existing ID wins. Returns the existing record, or None when this one was
-        stored.
-
-        In a partition of its own (`MSGQ_PARTITIONS` above 1) the job's keys and the fleet's
-        (the scheduler, the workers' wake) are in different slots: the job is created in its
-        partition first, then placed (a second step, on the deployment's slot), only if it was
-        created. A producer lost between the two leaves a job in no queue, with its payload,
-        which the reconciler queues (`worker.reconciler`)."""
+        stored. In a partition of its own (MSGQ_PARTITIONS > 1) the job is created there, then
+        placed (the fleet's slot) if it was: a producer lost between leaves an orphan with its
+        payload, which the reconciler queues (`worker.reconciler`)."""
         together = self.keys.for_job(record.id).prefix == self.keys.root.prefix
         recorder = Recorder()
         self._enqueue(
@@ -131,16 +127,17 @@ class JobStore:
             placement.write(pipe, job_id, score_ms)
 
     async def _announce(self, job_id: str, score_ms: int, placement: Placement | None) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self.redis.pipeline(transaction=True) as pipe:  # the fleet's slot
             self._announce_on(cast(Redis, pipe), job_id, score_ms, placement)
             await pipe.execute()
 
     def enqueue_fresh(
         self, pipe: Redis, jobs: list[tuple[JobRecord, bytes]], score_ms: int
     ) -> None:
-        """Queue fresh IDs (a batch's) on `pipe`, in the caller's transaction: no checks."""
+        """Queue fresh IDs (a batch's, all in its partition) on `pipe`, in the caller's
+        transaction: no checks, and no wake (the caller's, once)."""
         for record, payload in jobs:
-            self._enqueue(pipe, record, payload, score_ms)
+            self._enqueue(pipe, record, payload, score_ms, announce=False)
 
     async def ensure(self, record: JobRecord) -> JobRecord:
         """Create the record if missing (jobs from raw Redis producers); return the current one."""
@@ -290,12 +287,14 @@ class JobStore:
                 pipe.zadd(part.active_key, {job_id: now_ms})
                 pipe.set(part.arq_job_key(job_id), job_payload(orjson.loads(spec)))
                 pipe.zadd(part.queue, {job_id: now_ms})
-                publish(pipe, self.keys, self.keys.queue_wake, job_id)
                 pipe.delete(self.keys.spec_key(job_id))
 
             return fresh, writes
 
-        return await watched(self.redis, [key, self.keys.spec_key(job_id)], body)
+        fresh = await watched(self.redis, [key, self.keys.spec_key(job_id)], body)
+        if fresh is not None:  # the wake is the fleet's (another slot): sent after
+            await publish(self.redis, self.keys, self.keys.queue_wake, job_id)
+        return fresh
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         """Queued or retrying: canceled now and dequeued. In progress: flagged, and the worker
@@ -311,9 +310,8 @@ class JobStore:
         return record
 
     async def unqueue(self, job_id: str) -> None:
-        """Take an ended job out of whichever queue holds it (arq's or the scheduler's). Not one
-        transaction: the job's side and the scheduler's are in different slots on a cluster
-        (partitions), each step is safe to repeat, and the job has ended already."""
+        """Take an ended job out of whichever queue holds it (arq's or the scheduler's): not one
+        transaction (two slots with partitions), each step safe to repeat."""
         where = await self.redis.hget(self.keys.sched_where, job_id)  # type: ignore[misc]
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self.keys.for_job(job_id).queue, job_id)
@@ -328,9 +326,7 @@ class JobStore:
     async def expire_job(self, job_id: str) -> bool:
         """End a job `expired` (its batch or deadline passed) and drop it from the queue; an
         attempt in flight may still answer, but its late result is discarded (write-once)."""
-        await keep_spec_from_queue(
-            self.redis, self.keys, job_id, ttl_s=self.retention_s
-        )  # for a retry
+        await keep_spec_from_queue(self.redis, self.keys, job_id, ttl_s=self.retention_s)
         record = await self.update(job_id, lambda r: records.ended(r, JobStatus.EXPIRED))
         if record is None or record.status is not JobStatus.EXPIRED:
             return False

@@ -10,6 +10,7 @@ spent. Periods are UTC days and months.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ import orjson
 from redis.asyncio import Redis
 
 from msgq.keys import Keyspace
+from msgq.ledger import APPLIED_TTL_S, BUDGET, CLOSE_FIELD, HOLD
 from msgq.tenancy.tenants import TenantConfig
 from schemas import Prices
 
@@ -40,9 +42,9 @@ redis.call('SADD', KEYS[4], ARGV[5])
 return 1
 """
 
-# KEYS: day, month[, the job's ledger, the ledger's open set]. ARGV: amount µUSD, day cap (-1:
-# none), month cap, day ttl, month ttl[, job id, now ms, the reservation's JSON]. Returns {1, ''}
-# reserved (and held in the job's ledger when its keys are given), or {0, 'day'|'month', spent,
+# KEYS: day, month[, the nonce's marker of a reservation held in a job's ledger]. ARGV: amount
+# µUSD, day cap (-1: none), month cap, day ttl, month ttl[, marker ttl]. Returns {1, ''}
+# reserved (the marker set: the ledger's pending hold is real), or {0, 'day'|'month', spent,
 # cap} when it would pass the cap (nothing taken).
 RESERVE = """
 local amount = tonumber(ARGV[1])
@@ -56,10 +58,7 @@ redis.call('INCRBY', KEYS[1], amount)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('INCRBY', KEYS[2], amount)
 redis.call('EXPIRE', KEYS[2], ARGV[5])
-if #KEYS == 4 then
-  redis.call('HSET', KEYS[3], 'budget', ARGV[8])
-  redis.call('ZADD', KEYS[4], 'NX', ARGV[7], ARGV[6])
-end
+if #KEYS == 3 then redis.call('SET', KEYS[3], '1', 'EX', ARGV[6]) end
 return {1, ''}
 """
 
@@ -122,6 +121,8 @@ class Budgets:
     def __init__(self, redis: Redis, keys: Keyspace) -> None:
         self.redis, self.keys = redis, keys
         self._reserve = redis.register_script(RESERVE)
+        self._hold = redis.register_script(HOLD)
+        self._close = redis.register_script(CLOSE_FIELD)
         self.record_script = redis.register_script(RECORD_SPEND)  # a worker's group commit runs it
 
     async def reserve(
@@ -134,7 +135,13 @@ class Budgets:
         hold: str | None = None,
     ) -> Reservation | BudgetRefusal:
         """A Reservation, or the period ("day"/"month") whose budget it would pass. `hold`: a
-        job ID whose ledger (msgq.ledger) holds the reservation from the same atomic step."""
+        job ID whose ledger (msgq.ledger) holds the reservation.
+
+        Held, it is three steps, each in one slot (the ledger is in the job's partition, the
+        spend in the deployment's slot): the hold written `pending` with a nonce, the spend
+        reserved with the nonce's marker, then the hold made plain (or dropped if refused). A
+        run lost between them leaves a pending hold that the marker decides: reserved, it is
+        settled as any hold; not, it is dropped (`worker.ledger.Ledgers.settle`)."""
         day, month = periods(now)
         amount = round(usd * MICRO)
         caps = [
@@ -143,11 +150,22 @@ class Budgets:
         ]
         keys = [self.keys.spend_key(tenant, day), self.keys.spend_key(tenant, month)]
         args: list[Any] = [amount, *caps, DAY_TTL_S, MONTH_TTL_S]
+        held: dict[str, Any] = {"tenant": tenant, "day": day, "month": month, "micro_usd": amount}
+        ledger: list[str] = []
         if hold is not None:
-            held = {"tenant": tenant, "day": day, "month": month, "micro_usd": amount}
-            keys += [self.keys.ledger_key(hold), self.keys.for_job(hold).ledger_open]
-            args += [hold, int(time.time() * 1000), orjson.dumps(held)]
+            nonce = uuid.uuid4().hex
+            ledger = [self.keys.ledger_key(hold), self.keys.for_job(hold).ledger_open]
+            pending = orjson.dumps({**held, "pending": nonce})
+            await self._hold(keys=ledger, args=[hold, int(time.time() * 1000), BUDGET, pending])
+            keys.append(self.keys.spend_applied_key(nonce))
+            args.append(APPLIED_TTL_S)
         ok, period, *figures = await self._reserve(keys=keys, args=args)
+        if hold is not None:
+            if int(ok):
+                plain = orjson.dumps(held)
+                await self._hold(keys=ledger, args=[hold, int(time.time() * 1000), BUDGET, plain])
+            else:
+                await self._close(keys=ledger, args=[hold, BUDGET])
         if not int(ok):
             spent, cap = (int(f) for f in figures)
             return BudgetRefusal(

@@ -5,13 +5,17 @@ the entry is there, and a dead dispatcher's lease lapses.
 
 Entries live in a HASH (`job:<id>` or `batch:<id>` -> JSON) and a ZSET of when each is due; a
 claim moves the due time to the end of the lease, so exactly one dispatcher holds it at a time.
+A job's entry is in its partition's copy of the two (`msgq.keys`, MSGQ_PARTITIONS), written in
+the same step as its terminal record, in the same slot; a batch's in the batch's partition,
+which holds all its jobs.
+Claims read every copy in one round trip (`msgq.script_calls`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 import structlog
@@ -20,6 +24,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from msgq.keys import Keyspace
+from msgq.script_calls import run_each
 from msgq.watched import Writes, watched
 from schemas import TERMINAL, JobRecord, WebhookState
 
@@ -122,12 +127,14 @@ def schedule(pipe: Redis, keys: Keyspace, record: JobRecord) -> None:
             tenant=record.tenant,
             created_ms=now_ms,
         )
-        pipe.hset(keys.webhooks_key, entry.key, entry.model_dump_json())
-        pipe.zadd(keys.webhooks_due_key, {entry.key: now_ms})
-    if record.batch_id:
+        part = keys.for_job(record.id)  # the record's partition: written with it
+        pipe.hset(part.webhooks_key, entry.key, entry.model_dump_json())
+        pipe.zadd(part.webhooks_due_key, {entry.key: now_ms})
+    if record.batch_id:  # the batch, its counts and its outbox: in its partition, as the job
         batch = (keys.batch_key(record.batch_id), keys.batch_counts_key(record.batch_id))
         args = (str(now_ms), webhook_id("batch", record.batch_id))
-        pipe.eval(BATCH_ENDED, 4, *batch, keys.webhooks_key, keys.webhooks_due_key, *args)
+        box = keys.for_job(record.batch_id)
+        pipe.eval(BATCH_ENDED, 4, *batch, box.webhooks_key, box.webhooks_due_key, *args)
 
 
 def public_body(record: JobRecord) -> bytes:
@@ -141,6 +148,18 @@ def public_body(record: JobRecord) -> bytes:
     return orjson.dumps(data)
 
 
+def copies(keys: Keyspace) -> list[Keyspace]:
+    """Every copy of the outbox: the deployment's (batches) and each partition's (jobs)."""
+    return list({part.prefix: part for part in [keys.root, *keys.root.parts]}.values())
+
+
+def _outbox_keys(keys: Keyspace, entry_key: str) -> list[str]:
+    """Due and entries of the copy holding `entry_key` (`job:<id>` or `batch:<id>`): the
+    partition of the job, or of the batch (`msgq.keys.partition_key`)."""
+    copy = keys.for_job(entry_key.partition(":")[2])
+    return [copy.webhooks_due_key, copy.webhooks_key]
+
+
 class Outbox:
     """The dispatcher's side: claim under a lease, settle, and mirror the state on the record."""
 
@@ -150,29 +169,26 @@ class Outbox:
         self._settle = redis.register_script(SETTLE)
 
     async def claim(self, *, lease_s: float, limit: int) -> list[tuple[Entry, bytes]]:
+        """Up to `limit` due entries from each copy, leased."""
         now_ms = int(time.time() * 1000)
         args = [now_ms, now_ms + int(lease_s * 1000), limit]
-        flat: list[Any] = await self._claim(
-            keys=[self.keys.webhooks_due_key, self.keys.webhooks_key], args=args
-        )
+        calls = [([c.webhooks_due_key, c.webhooks_key], args) for c in copies(self.keys)]
         claimed: list[tuple[Entry, bytes]] = []
-        for key, raw in zip(flat[::2], flat[1::2], strict=True):
-            try:
-                claimed.append((Entry.model_validate_json(raw), raw))
-            except ValidationError:  # not msgq's writing: drop it rather than retry it forever
-                log.error("webhook.entry_corrupt", entry=key.decode(errors="replace"))
-                settle = [key, raw, "", 0]
-                await self._settle(
-                    keys=[self.keys.webhooks_due_key, self.keys.webhooks_key], args=settle
-                )
+        for flat in await run_each(self.redis, self._claim, calls):
+            for key, raw in zip(flat[::2], flat[1::2], strict=True):
+                try:
+                    claimed.append((Entry.model_validate_json(raw), raw))
+                except ValidationError:  # not msgq's writing: dropped, not retried forever
+                    entry_key = key.decode(errors="replace")
+                    log.error("webhook.entry_corrupt", entry=entry_key)
+                    keys = _outbox_keys(self.keys, entry_key)
+                    await self._settle(keys=keys, args=[key, raw, "", 0])
         return claimed
 
     async def remove(self, entry: Entry, claimed: bytes) -> bool:
         """Delivered or given up; False when the entry changed meanwhile (a newer ending)."""
         args: list[str | bytes | int] = [entry.key, claimed, "", 0]
-        return bool(
-            await self._settle(keys=[self.keys.webhooks_due_key, self.keys.webhooks_key], args=args)
-        )
+        return bool(await self._settle(keys=_outbox_keys(self.keys, entry.key), args=args))
 
     async def reschedule(self, entry: Entry, claimed: bytes, *, due_s: float) -> bool:
         args: list[str | bytes | int] = [
@@ -181,9 +197,7 @@ class Outbox:
             entry.model_dump_json(),
             int(due_s * 1000),
         ]
-        return bool(
-            await self._settle(keys=[self.keys.webhooks_due_key, self.keys.webhooks_key], args=args)
-        )
+        return bool(await self._settle(keys=_outbox_keys(self.keys, entry.key), args=args))
 
     async def set_state(self, job_id: str, state: WebhookState) -> None:
         """Write `webhook` on a terminal record and nothing else: the one field write-once
@@ -209,11 +223,14 @@ async def audit_findings(
     pending past the delivery window, and entries and due times that do not pair up."""
     now_s = time.time() if now_s is None else now_s
     found: list[tuple[str, str]] = []
-    entries = {
-        k.decode(): Entry.model_validate_json(v)
-        async for k, v in redis.hscan_iter(keys.webhooks_key)
-    }
-    due = {k.decode() async for k, _ in redis.zscan_iter(keys.webhooks_due_key)}
+    entries: dict[str, Entry] = {}
+    due: set[str] = set()
+    for copy in copies(keys):
+        entries |= {
+            k.decode(): Entry.model_validate_json(v)
+            async for k, v in redis.hscan_iter(copy.webhooks_key)
+        }
+        due |= {k.decode() async for k, _ in redis.zscan_iter(copy.webhooks_due_key)}
     for key, entry in entries.items():
         owner = keys.record_key(entry.ref) if entry.kind == "job" else keys.batch_key(entry.ref)
         if not await redis.exists(owner):

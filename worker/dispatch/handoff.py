@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.asyncio.client import Pipeline
 
 from msgq.channels import publish
 from msgq.keys import Keyspace
+from msgq.script_calls import run_each
 
 # KEYS: where, est, deadlines. ARGV: (job id, its scheduler queue) pairs. One status per job:
 # 1 when it was still waiting (now out of the scheduler), 0 when it had left.
@@ -109,7 +110,12 @@ class Handoff:
         for entry in entries:
             groups.setdefault(self.keys.partition_of(entry.job_id), []).append(entry)
         calls = [self._call(self.keys.part(p), group, score_ms) for p, group in groups.items()]
-        replies = await self._send(calls)
+        wake = len(calls)  # the workers' wake, sent with the steps
+
+        def then(pipe: Pipeline) -> None:
+            publish(pipe, self.keys, self.keys.queue_wake, wake)
+
+        replies = await run_each(self.redis, self._enter, calls, then=then)
         entered: dict[str, bool] = {}
         for group, statuses in zip(groups.values(), replies, strict=True):
             entered |= {e.job_id: bool(int(s)) for e, s in zip(group, statuses, strict=True)}
@@ -124,18 +130,3 @@ class Handoff:
             keys += [part.arq_job_key(entry.job_id), part.admitted_key(entry.job_id)]
             args += [entry.job_id, entry.ticket or b""]
         return keys, args
-
-    async def _send(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Every partition's ENTER and the wake in one pipeline (by SHA: a script object in a
-        pipeline costs a SCRIPT EXISTS round trip each time). ENTER is safe to send again."""
-        for _ in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    pipe.evalsha(self._enter.sha, len(keys), *keys, *args)
-                publish(pipe, self.keys, self.keys.queue_wake, len(calls))
-                try:
-                    return list((await pipe.execute())[: len(calls)])
-                except NoScriptError:  # Redis restarted, or a shard met for the first time
-                    await self.redis.script_load(ENTER)
-        msg = "the dispatcher's ENTER script could not be loaded"
-        raise NoScriptError(msg)

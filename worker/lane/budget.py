@@ -66,7 +66,6 @@ async def leave_lane(
 ) -> None:
     """The job leaves the batch lane from `expected` ("pool", an upstream handle, or "" for
     wherever it is): its place and spec are dropped and its budget settled."""
-    leave = redis.register_script(lanes.LEAVE)
-    if await leave(keys=lanes.lane_keys(keys, job_id), args=[job_id, expected]):
+    if await lanes.leave(redis, keys, job_id, expected):
         tenant, model = (record.tenant, record.model) if record else (None, None)
         await settle(redis, keys, job_id, tenant=tenant, cost_usd=cost_usd, model=model)

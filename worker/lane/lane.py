@@ -76,10 +76,7 @@ async def route(
         )
         return True
     payload = orjson.dumps(spec.model_dump(mode="json", exclude_none=True))
-    add = services.redis.register_script(lanes.POOL_ADD)
-    await add(
-        keys=lanes.lane_keys(services.settings.keys, record.id), args=[record.id, payload, now_ms()]
-    )
+    await lanes.pool_job(services.redis, services.settings.keys, record.id, payload, now_ms())
     log.info("job.pooled", lane="batch", model=record.model)
     tracing.queued(stored, until=utcnow())
     return True
@@ -176,7 +173,6 @@ async def recover_orphan(store: JobStore, redis: Redis, job_id: str) -> bool:
     if stored is None or stored.status.terminal:
         await batch_budget.leave_lane(redis, keys, job_id, "", record=stored)
         return stored is not None
-    repool = redis.register_script(lanes.REPOOL)
-    await repool(keys=lanes.lane_keys(keys, job_id), args=[job_id, "", now_ms()])
+    await lanes.repool(redis, keys, job_id, "", now_ms())
     log.warning("batch.orphan_repooled", job_id=job_id)
     return True

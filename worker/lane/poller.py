@@ -39,14 +39,14 @@ from worker.upstream.classify import ERROR_STATUS, RETRYABLE_STATUS
 log = structlog.get_logger("msgq.batch")
 CHUNK = 500  # result lines looked up and applied together
 
-# The job leaves the lane for arq's queue (realtime), atomically.
-# KEYS: where, spec, pool, bytes, arq job, queue. ARGV: job id, expected, payload, now ms.
+# The job leaves the lane for arq's queue (realtime): out of its place (the fleet's slot), if it
+# is still where it was; then, in its partition, queued and its spec dropped. A crash between
+# leaves a job in no place and no queue, with its spec: the reconciler pools it again.
+# KEYS: where, sizes. ARGV: job id, expected.
 TO_REALTIME = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
-redis.call('SET', KEYS[5], ARGV[3])
-redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -56,7 +56,6 @@ class Poller:
         self.services, self.api, self.batcher, self.redis = services, api, batcher, services.redis
         self.settings = services.settings
         self.keys = services.settings.keys
-        self._repool = self.redis.register_script(lanes.REPOOL)
         self._to_realtime = self.redis.register_script(TO_REALTIME)
 
     async def poll(self, batch: UpstreamBatch) -> None:
@@ -252,9 +251,7 @@ class Poller:
             await leave_lane(self.redis, self.keys, record.id, handle, record=record)
             return
         if to_pool:
-            await self._repool(
-                keys=lanes.lane_keys(self.keys, record.id), args=[record.id, handle, now_ms()]
-            )
+            await lanes.repool(self.redis, self.keys, record.id, handle, now_ms())
             log.info("batch.repooled", job_id=record.id, cause=error.type if error else None)
             return
         await self._realtime(record.id, handle)
@@ -265,9 +262,13 @@ class Poller:
             return
         spec = JobSpec.model_validate({**orjson.loads(raw), "lane": Lane.REALTIME.value})
         ks = self.keys
-        keys = [*lanes.lane_keys(ks, job_id), ks.arq_job_key(job_id), ks.for_job(job_id).queue]
         payload = enqueue_payload(spec, now_ms())
-        if await self._to_realtime(keys=keys, args=[job_id, handle, payload, now_ms()]):
+        if await self._to_realtime(keys=[ks.lane_where, ks.lane_sizes], args=[job_id, handle]):
+            async with self.redis.pipeline(transaction=True) as pipe:  # the job's partition
+                pipe.set(ks.arq_job_key(job_id), payload)
+                pipe.zadd(ks.for_job(job_id).queue, {job_id: now_ms()})
+                pipe.delete(ks.lane_spec_key(job_id))
+                await pipe.execute()
             # The realtime attempt reserves the budget again, as any worker attempt does.
             await settle(self.redis, self.keys, job_id, tenant=None, cost_usd=None, model=None)
         log.info("batch.sent_realtime", job_id=job_id, reason="deadline")

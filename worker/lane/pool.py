@@ -42,14 +42,15 @@ ITEM_OVERHEAD = 100  # bytes per request around its params in the create body
 # batch too. The API's own errors (429, 500, 503, 529, 4xx) mean nothing was created.
 AMBIGUOUS = frozenset({200, 408, 502, 504})
 
-# KEYS: pool, bytes, where, members, order, meta, batches, then one spec key per job.
-# ARGV: handle, meta JSON, due ms, then (job id, custom id) pairs. Returns how many moved.
+# KEYS: pool, bytes, where, members, order, meta, batches, sizes (all the fleet's: the specs
+# are in their partitions). ARGV: handle, meta JSON, due ms, then (job id, custom id) pairs.
+# Returns how many moved.
 MOVE = """
 local moved, size = 0, 0
 for n = 1, (#ARGV - 3) / 2 do
   local job, cid = ARGV[2 + 2 * n], ARGV[3 + 2 * n]
   if redis.call('ZREM', KEYS[1], job) == 1 then
-    size = size + redis.call('STRLEN', KEYS[7 + n])
+    size = size + tonumber(redis.call('HGET', KEYS[8], job) or '0')
     redis.call('HSET', KEYS[3], job, ARGV[1])
     redis.call('HSET', KEYS[4], cid, job)
     redis.call('RPUSH', KEYS[5], cid)
@@ -125,8 +126,7 @@ class Batcher:
         ks = self.keys
         keys = [ks.lane_pool, ks.lane_pool_bytes, ks.lane_where]
         keys += [ks.lane_batch_members_key(batch.handle), ks.lane_batch_order_key(batch.handle)]
-        keys += [ks.lane_batch_key(batch.handle), ks.lane_batches]
-        keys += [ks.lane_spec_key(job_id) for job_id, _ in chosen]
+        keys += [ks.lane_batch_key(batch.handle), ks.lane_batches, ks.lane_sizes]
         args: list[Any] = [batch.handle, batch.model_dump_json(), now_ms()]
         for pair in chosen:
             args.extend(pair)
