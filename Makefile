@@ -54,8 +54,9 @@ test-cluster: $(STAMP)  ## the core suite on a real 3-master Redis Cluster, and 
 # with the dashboard's and the audit's reads across them.
 PARTITION_SUITE := $(CLUSTER_SUITE) tests/test_ui.py tests/test_partitions.py tests/test_gather.py
 
-test-partitions: $(STAMP)  ## the core suite with MSGQ_PARTITIONS=4 on one node
+test-partitions: $(STAMP)  ## the core suite with 4 partitions on one node, then 16 on a 3-master cluster
 	TEST_PARTITIONS=4 $(BIN)/pytest $(PARTITION_SUITE)
+	TEST_REDIS_CLUSTER=1 TEST_PARTITIONS=16 $(BIN)/pytest $(PARTITION_SUITE)
 
 docs: $(STAMP)  ## build the docs site into site/ (reference pages generated from the code; strict)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -169,15 +169,15 @@ def _routed_cluster_client(
     pool_options: dict[str, Any],
 ) -> R:
     """A client pinned to the deployment's slot, routing partitions' commands to theirs."""
-    prefix = keyspace(namespace, clustered=True).prefix
+    keys = keyspace(namespace, clustered=True)
     client = cluster_client(
-        target, prefix, routed_class(redis_class), failover_wait_s, pool_options
+        target, keys.prefix, routed_class(redis_class), failover_wait_s, pool_options
     )
 
     def pinned(partition_prefix: str) -> Redis:
         return cluster_client(target, partition_prefix, Redis, failover_wait_s, pool_options)
 
-    client.router = Router(namespace, pinned)
+    client.router = Router(keys.hash_tag, pinned)
     return client  # type: ignore[return-value]  # a subclass of redis_class, made at run time
 
 

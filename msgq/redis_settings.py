@@ -3,7 +3,7 @@ namespace and the partitions (`Settings` inherits them; pydantic-settings, env f
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from msgq.cluster import CLUSTER_SCHEMES, is_cluster_url, parse_cluster_url
@@ -83,7 +83,8 @@ class RedisSettings(BaseSettings):
         description="the partitions a deployment's jobs are spread over, by a hash of the job "
         "ID: each keeps its jobs' keys, its arq queue and its copy of the job indexes. Every "
         "process of a deployment must agree; kept in Redis, and a start with another count is "
-        "refused while the deployment holds jobs. One node or Sentinel only, for now",
+        "refused while the deployment holds jobs. On a Redis Cluster each partition is a slot "
+        "of its own, spread over the masters (e.g. 64 for up to a dozen masters)",
     )
 
     @field_validator("namespace")
@@ -97,18 +98,6 @@ class RedisSettings(BaseSettings):
         # Both given and disagreeing: a worker and its producers could end up apart, silently.
         resolve_namespace(info.data.get("namespace", DEFAULT_NAMESPACE), value)
         return value
-
-    @model_validator(mode="after")
-    def _partitions_where_they_run(self) -> RedisSettings:
-        # On a cluster each partition is its own slot, and msgq's clients do not yet route a
-        # partition's commands to its master: refused in one line rather than failing on MOVED.
-        if self.partitions > 1 and is_cluster_url(self.redis_url):
-            msg = (
-                "MSGQ_PARTITIONS above 1 is not yet supported on a Redis Cluster (one node or "
-                "Sentinel only); see docs/design/partitions.md"
-            )
-            raise ValueError(msg)
-        return self
 
     @property
     def keys(self) -> Keyspace:

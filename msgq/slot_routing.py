@@ -46,11 +46,12 @@ CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
 class Router:
     """Which pinned client serves a command: the deployment's own (`None`) or a partition's.
 
-    `namespace` is the deployment's: only its partition tags (`{namespace/p}`) are routed, so
-    a client made for one deployment never quietly serves another's keys."""
+    `tag` is the deployment's hash tag (`msgq`, `msgq@team`): only its partitions' tags
+    (`{tag/p}`) are routed, so a client made for one deployment never quietly serves another's
+    keys."""
 
-    def __init__(self, namespace: str, connect_prefix: Callable[[str], Redis]) -> None:
-        self.partition_tag = re.compile(rb"\{" + re.escape(namespace.encode()) + rb"/\d+\}")
+    def __init__(self, tag: str, connect_prefix: Callable[[str], Redis]) -> None:
+        self.partition_tag = re.compile(rb"\{" + re.escape(tag.encode()) + rb"/\d+\}")
         self.connect_prefix = connect_prefix
         self.clients: dict[int, Redis] = {}
 

@@ -66,9 +66,9 @@ def test_partitions_have_their_own_tags_that_no_namespace_can_name() -> None:
         one_node.part(4)
     with pytest.raises(ValidationError):
         Settings(partitions=0)
-    with pytest.raises(ValidationError, match="not yet supported on a Redis Cluster"):
-        Settings(redis_url="redis+cluster://node-1:6379", partitions=4)
     assert Settings(redis_url="redis+cluster://node-1:6379").partitions == 1
+    on_cluster = Settings(redis_url="redis+cluster://node-1:6379", partitions=64)
+    assert on_cluster.keys.part(63).prefix == "{msgq/63}:"  # a slot each, over the masters
 
 
 def test_a_jobs_partition_is_crc32_of_its_id_and_ids_spread_evenly() -> None:

@@ -133,14 +133,14 @@ async def test_a_partitions_sharded_channel_is_heard_on_its_master(routed: Redis
         assert message is not None and message["data"] == "ended"
 
 
-def unit_router(namespace: str = "msgq") -> tuple[Router, dict[str, object]]:
+def unit_router(tag: str = "msgq") -> tuple[Router, dict[str, object]]:
     made: dict[str, object] = {}
 
     def connect_prefix(prefix: str) -> Redis:
         made[prefix] = client = object.__new__(Redis)
         return client
 
-    return Router(namespace, connect_prefix), made
+    return Router(tag, connect_prefix), made
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,7 @@ def unit_router(namespace: str = "msgq") -> tuple[Router, dict[str, object]]:
         (("SCAN", 0, "MATCH", "{msgq/2}:*", "COUNT", 100), "{msgq/2}:"),
         (("SET", "{msgq}:x", '{"a": "{msgq/4}"}'), None),  # the first key decides
         (("PUBLISH", '{"json": 1}', "x"), None),  # not the deployment's tag
-        (("GET", "{team/3}:job:x"), None),  # another deployment's partition
+        (("GET", "{msgq@team/3}:job:x"), None),  # another deployment's partition
         (("PING",), None),
     ],
 )
@@ -195,3 +195,11 @@ async def test_an_mget_over_several_partitions_is_split_and_answers_in_order(
     expected = [k if n % 2 == 0 else None for n, k in enumerate(keys)]
     keys.append(SIXTEEN.prefix + "missing")  # the deployment's own slot
     assert await routed.mget(keys) == [*expected, None]
+
+
+def test_a_namespaced_deployment_routes_its_own_partitions() -> None:
+    team = keyspace("team", clustered=True, partitions=4)
+    router, made = unit_router(team.prefix.removeprefix("{").removesuffix("}:"))
+    assert router.route(("GET", team.part(3).prefix + "x")) is not None
+    assert router.route(("GET", SIXTEEN.part(3).prefix + "x")) is None  # the default's
+    assert list(made) == [team.part(3).prefix]

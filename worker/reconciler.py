@@ -217,8 +217,8 @@ class Reconciler:
         payload = await self.redis.exists(self.keys.arq_job_key(job_id))
         if payload and await self.redis.hexists(self.keys.sched_where, job_id):  # type: ignore[misc]
             return  # waiting in the scheduler: the dispatcher will move it
-        if payload:
-            async with self.redis.pipeline(transaction=True) as pipe:
+        if payload:  # queued (its partition), then the wake (the fleet's slot): two slots
+            async with self.redis.pipeline(transaction=False) as pipe:
                 due_ms = int(utcnow().timestamp() * 1000)
                 pipe.zadd(self.keys.for_job(job_id).queue, {job_id: due_ms})
                 publish(pipe, self.keys, self.keys.queue_wake, job_id)  # idle workers look now

@@ -16,7 +16,10 @@ async def rehome(store: JobStore, old_id: str, new_id: str, payload: bytes) -> b
         pipe.set(keys.arq_job_key(new_id), payload, nx=True)
         pipe.exists(keys.record_key(new_id))
         created, existing = (await pipe.execute())[:2]
-    async with store.redis.pipeline(transaction=True) as pipe:
+    # Not one transaction: the new ID's partition, the old one's and the wake's (the fleet's)
+    # are three slots on a cluster. Queued under the new ID first, then the old dropped: a crash
+    # between leaves the old entry, whose next pick-up finds the new ID taken and only drops it.
+    async with store.redis.pipeline(transaction=False) as pipe:
         if created and not existing:
             due_ms = int(utcnow().timestamp() * 1000)
             pipe.zadd(keys.for_job(new_id).queue, {new_id: due_ms}, nx=True)

@@ -51,12 +51,14 @@ class Intake:
             job_id = raw_id.decode()
             payload = await self.redis.get(self.settings.keys.arq_job_key(job_id))
             placed = None if payload is None else self._placement_of(payload)
-            async with self.redis.pipeline(transaction=True) as pipe:
+            if placed is None and payload is not None:  # its partition's queue first: another
+                # slot than the inbox's; a crash between only queues it again next time
+                await self.redis.zadd(self.settings.keys.for_job(job_id).queue, {job_id: score})
+            async with self.redis.pipeline(transaction=True) as pipe:  # the fleet's slot
                 pipe.zrem(self.settings.keys.sched_inbox, job_id)
                 if placed is not None:
                     placed.write(pipe, job_id, int(score))
                 elif payload is not None:
-                    pipe.zadd(self.settings.keys.for_job(job_id).queue, {job_id: int(score)})
                     publish(pipe, self.settings.keys, self.settings.keys.queue_wake, job_id)
                 await pipe.execute()
         return len(entries)

@@ -366,16 +366,16 @@ class MsgqWorker(Worker):
         if finish:
             return await self._end_in_queue(QueueJob(job_id, self.keys))
         self._more_due = True  # back in the queue (deferred, handed back): its end polls
-        async with self.pool.pipeline(transaction=True) as tr:
+        async with self.pool.pipeline(transaction=True) as tr:  # the job's partition
             if incr_score:
                 tr.zadd(self.keys.for_job(job_id).queue, {job_id: incr_score}, xx=True, incr=True)
             if keep_in_progress is None:
                 tr.delete(self.keys.in_progress_key(job_id))
-                if not incr_score:  # due now (a hand-off at shutdown): other workers look now
-                    publish(tr, self.keys, self.keys.queue_wake, job_id)
             else:
                 tr.pexpire(self.keys.in_progress_key(job_id), int(keep_in_progress * 1000))
             await tr.execute()
+        if keep_in_progress is None and not incr_score:  # due now (a hand-off at shutdown):
+            await publish(self.pool, self.keys, self.keys.queue_wake, job_id)  # others look now
         return None
 
     async def _heartbeat(self) -> None:
