@@ -5,10 +5,10 @@ For each: jobs/s with 512 calls in flight at 3 s a call (the worker's CPU per jo
 the Redis CPU per job (the busiest master's on the cluster), its round trips (replies and
 pub/sub messages the nodes wrote over the drain: the worker's, its dispatcher's and the waiting
 client's), how the job keys spread over the masters, an idle worker's Redis commands and round
-trips per second, and Redis memory per queued job and per stored record. On a cluster msgq
-keeps a deployment in one hash slot (`msgq.cluster`), so the figures say what that costs and
-what it does not spread yet. A third run, one node with 16 partitions (docs/design/partitions.md),
-says what the partitioned layout costs where it already runs.
+trips per second, and Redis memory per queued job and per stored record. Four runs: one node;
+one node with 16 partitions (docs/design/partitions.md: what the layout costs where it gains
+nothing); the cluster with the deployment in one hash slot (the default: one master does it
+all); and the cluster with 16 partitions, the deployment's jobs spread over the masters.
 
 `python -m bench.cluster` runs it alone (about 2 minutes); `make bench` runs it with the rest.
 """
@@ -33,7 +33,7 @@ from msgq.dev.redis_cluster import RedisCluster
 
 Table = Callable[[str, list[str], list[list[Any]]], None]
 IDLE_S = 10.0
-PARTITIONS = 16  # the one-node layout a cluster will use (not yet on a cluster: see partitions)
+PARTITIONS = 16  # the partitioned runs' count (on 3 masters: 5, 6 and 5 partitions each)
 
 
 class Nodes:
@@ -69,8 +69,8 @@ def one_node(tmp: Path, name: str = "node") -> Iterator[tuple[str, Nodes]]:
 
 
 @contextmanager
-def three_masters(tmp: Path) -> Iterator[tuple[str, Nodes]]:
-    with RedisCluster(tmp / "cluster") as cluster:
+def three_masters(tmp: Path, name: str = "cluster") -> Iterator[tuple[str, Nodes]]:
+    with RedisCluster(tmp / name) as cluster:
         yield cluster.url, Nodes(cluster.master_ports)
 
 
@@ -133,6 +133,10 @@ async def measure(url: str, nodes: Nodes, sim: str, n: int, concurrency: int) ->
     }
 
 
+def _per_master(cpu_ms: list[float]) -> str:
+    return " / ".join(f"{ms:.3f}" for ms in cpu_ms)
+
+
 def _spread(counts: list[int]) -> str:
     total = sum(counts) or 1
     return " / ".join(f"{100 * c / total:.0f}%" for c in counts)
@@ -146,8 +150,11 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
             parts = await measure(url, nodes, sim, n, concurrency)
         with three_masters(tmp) as (url, nodes):
             cluster = await measure(url, nodes, sim, n, concurrency)
+        with three_masters(tmp, "spread") as (url, nodes), partitioned(PARTITIONS):
+            spread = await measure(url, nodes, sim, n, concurrency)
     load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     busiest = max(cluster["redis_ms"])
+    busiest_spread = max(spread["redis_ms"])
     table(
         f"Redis Cluster beside one node: one worker, {n} jobs, {concurrency} in flight, "
         f"{LATENCY_MS / 1000:.0f} s a call (load average after: {load})",
@@ -192,6 +199,16 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
                 f"{busiest / node['redis_ms'][0]:.2f}",
                 _spread(cluster["spread"]),
             ],
+            [
+                f"3-master cluster, {PARTITIONS} partitions",
+                round(spread["rate"], 1),
+                f"{spread['rate'] / node['rate']:.2f}",
+                f"{spread['worker_ms']:.2f}",
+                f"{spread['trips']:.1f}",
+                f"{busiest_spread:.3f} ({_per_master(spread['redis_ms'])})",
+                f"{busiest_spread / node['redis_ms'][0]:.2f}",
+                _spread(spread["spread"]),
+            ],
         ],
     )
     table(
@@ -215,6 +232,7 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
                 ("one node", node),
                 (f"one node, {PARTITIONS} partitions", parts),
                 ("3-master cluster", cluster),
+                (f"3-master cluster, {PARTITIONS} partitions", spread),
             )
         ],
     )
