@@ -16,6 +16,7 @@ Each figure has its baseline in the same run:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -38,9 +39,9 @@ from bench.harness import (
     text_request,
     workers,
 )
-from msgq.channels import subscriber
 from msgq.client import Client
 from msgq.connections import connect
+from msgq.jobs.endings import Endings
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from msgq.tenancy.scheduling import resume_fleet
@@ -94,17 +95,22 @@ async def _submit_paused(redis_url: str, requests: list[dict[str, Any]], **kw: A
 
 async def _drain(redis_url: str, ids: list[str]) -> float:
     """Lift the pause and wait for every job to end: seconds from the lift."""
-    keys = Settings(_env_file=None, redis_url=redis_url).keys
-    async with connect(redis_url) as redis, subscriber(redis, keys) as pubsub:
-        await pubsub.subscribe(*(part.done_channel for part in keys.parts))  # each partition's
+    settings = Settings(_env_file=None, redis_url=redis_url)
+    async with connect(settings) as redis:
+        # msgq's own listener: every partition's endings, a subscription per shard on a cluster
+        endings = Endings(redis, JobStore.from_settings(redis, settings))
+        ended = endings.listen()
+        await endings.start()
         pending = set(ids)
         started = time.perf_counter()
-        await resume_fleet(redis, keys)  # as `msgq resume` does: the dispatcher is woken
+        await resume_fleet(redis, settings.keys)  # as `msgq resume` does: the dispatcher wakes
         deadline = time.monotonic() + 1800
-        while pending and time.monotonic() < deadline:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-            if message is not None:
-                pending.discard(message["data"].decode())
+        try:
+            while pending and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    pending.discard(await asyncio.wait_for(ended.get(), 5.0))
+        finally:
+            await endings.stop()
         return time.perf_counter() - started
 
 
