@@ -150,6 +150,18 @@ async def repool(redis: Redis, keys: Keyspace, job_id: str, expected: str, now_m
     return int(await script(keys=lane_keys(keys), args=[job_id, expected, now_ms, size]))
 
 
+async def backfill_sizes(redis: Redis, keys: Keyspace) -> int:
+    """Sizes for the jobs placed before the lane kept them (an upgrade), read from their specs:
+    without one a job's bytes would never leave the pool's total. How many were missing."""
+    placed = {k.decode() for k in await redis.hkeys(keys.lane_where)}  # type: ignore[misc]
+    sized = {k.decode() for k in await redis.hkeys(keys.lane_sizes)}  # type: ignore[misc]
+    for job_id in sorted(placed - sized):
+        size = int(await redis.strlen(keys.lane_spec_key(job_id)))
+        if size:
+            await redis.hsetnx(keys.lane_sizes, job_id, str(size))  # type: ignore[misc]
+    return len(placed - sized)
+
+
 async def leave(redis: Redis, keys: Keyspace, job_id: str, expected: str) -> bool:
     """LEAVE, then the spec dropped from its partition. True when this call took it out."""
     script = redis.register_script(LEAVE)

@@ -81,8 +81,10 @@ return out
 #    dropped it). A crash between leaves the `settling:` field, which the job's next run or the
 #    reconciler finishes (`worker.ledger.Ledgers.settle`).
 SETTLING = "settling:"
-# KEYS: ledger. ARGV: field, the field's value as read, the settling entry's JSON.
+# KEYS: ledger. ARGV: field, the field's value as read, the settling entry's JSON. 1 when this
+# call's entry is the one kept (a retry whose first reply was lost included).
 TAKE_BUDGET = """
+if redis.call('HGET', KEYS[1], 'settling:' .. ARGV[1]) == ARGV[3] then return 1 end
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], 'settling:' .. ARGV[1], ARGV[3])
@@ -105,6 +107,19 @@ CLOSE_FIELD = """
 local dropped = redis.call('HDEL', KEYS[1], ARGV[2])
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
 return dropped
+"""
+# KEYS: ledger, open ZSET. ARGV: job id, field, its value as read. Dropped only if unchanged.
+DROP_IF = """
+if redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[2])
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
+return 1
+"""
+# KEYS: ledger. ARGV: field, the value it must still hold, the new value. 1 when replaced.
+REPLACE_IF = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
 """
 APPLIED_TTL_S = 8 * 24 * 3600  # a nonce's marker outlives any settlement left half done
 
@@ -149,8 +164,8 @@ async def open_budget_micro_usd(redis: Redis, keys: Keyspace, day: str) -> dict[
                     applied = await redis.exists(keys.spend_applied_key(str(data.get("nonce"))))
                     held += [] if applied else [data]
                 elif field in (TICKET, BUDGET):
-                    nonce = data.get("pending")
-                    if not nonce or await redis.exists(keys.spend_applied_key(str(nonce))):
+                    nonce = data.get("pending")  # reserved once its marker says so, not `void`
+                    if not nonce or await redis.get(keys.spend_applied_key(str(nonce))) == b"1":
                         held.append(data)
         for raw_id in await redis.zrange(part.tickets_key, 0, -1):
             held.append(_loads(await redis.get(part.admitted_key(raw_id.decode()))))

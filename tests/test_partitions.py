@@ -217,6 +217,36 @@ def test_a_poll_takes_due_jobs_a_round_at_a_time_from_a_rotating_first_partition
     assert read(replies, keys, picking=True, count=1, rotate=2).ready == [b"c1"]
 
 
+def test_an_idle_workers_poll_is_one_command_a_partition() -> None:
+    """With no job running here, abort requests matter to nobody (one for a job not yet started
+    is found by its claim): the poll reads only the due jobs, one command a partition where it
+    was three (16 partitions: 116 commands a second idle, BENCHMARKS.md section 12)."""
+    from worker.queue.poll import ask, read
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.commands: list[str] = []
+
+        def evalsha(self, *args: object) -> None:
+            self.commands.append("EVALSHA")
+
+        def zrange(self, *args: object) -> None:
+            self.commands.append("ZRANGE")
+
+        def zremrangebyscore(self, *args: object, **kwargs: object) -> None:
+            self.commands.append("ZREMRANGEBYSCORE")
+
+    keys = keyspace(partitions=4)
+    idle, busy = Recorder(), Recorder()
+    ask(idle, keys, "sha", 8, 1000, aborts=False, prune=False)  # type: ignore[arg-type]
+    ask(busy, keys, "sha", 8, 1000, aborts=True)  # type: ignore[arg-type]
+    assert idle.commands == ["EVALSHA"] * 4
+    assert busy.commands == ["EVALSHA", "ZRANGE", "ZREMRANGEBYSCORE"] * 4
+    replies = [[[f"j{n}".encode()], None] for n in range(4)]
+    polled = read(replies, keys, picking=True, count=8, aborts=False, prune=False)
+    assert polled.ready == [b"j0", b"j1", b"j2", b"j3"] and polled.aborts == []
+
+
 async def test_a_count_is_not_changed_under_running_workers(
     settings: Settings, clients: PartitionClients
 ) -> None:

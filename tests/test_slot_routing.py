@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
@@ -16,6 +17,7 @@ from msgq.channels import publish, subscriber
 from msgq.connections import connect
 from msgq.dev.redis_cluster import RedisCluster
 from msgq.keys import Keyspace, keyspace
+from msgq.script_calls import run_each
 from msgq.slot_routing import Router, SlotRouting
 from tests.conftest import flush
 
@@ -203,3 +205,17 @@ def test_a_namespaced_deployment_routes_its_own_partitions() -> None:
     assert router.route(("GET", team.part(3).prefix + "x")) is not None
     assert router.route(("GET", SIXTEEN.part(3).prefix + "x")) is None  # the default's
     assert list(made) == [team.part(3).prefix]
+
+
+async def test_after_noscript_only_the_refused_calls_are_sent_again(
+    cluster: RedisCluster, routed: Redis
+) -> None:
+    """One master forgets its scripts (a restart): a step over every partition sends again only
+    the calls that shard refused. The others ran already: sent twice, a ticket consumed by a
+    worker would be written again, an abort request taken twice."""
+    script = routed.register_script("return redis.call('INCR', KEYS[1])")
+    calls = [([part.prefix + "n"], []) for part in SIXTEEN.parts]
+    assert await run_each(routed, script, calls) == [1] * 16  # NOSCRIPT everywhere at first
+    with SyncRedis(port=cluster.master_ports[1]) as node:
+        node.script_flush()
+    assert await run_each(routed, script, calls) == [2] * 16  # each ran once more, not twice

@@ -134,8 +134,9 @@ async def test_a_deferred_job_no_longer_queued_is_not_queued_again(
 async def test_old_abort_requests_are_pruned(
     redis: Redis, settings: Settings, start_worker: StartWorker
 ) -> None:
-    """Abort requests are read every poll; one older than a minute (its job long gone) is
-    dropped, a fresh one kept (arq's own prune never removed anything)."""
+    """Abort requests older than a minute (their jobs long gone) are dropped, by a busy
+    worker's every poll and an idle one's first and every 60th; a fresh one is kept (arq's own
+    prune never removed anything)."""
     now_ms = int(time.time() * 1000)
     await redis.zadd(KEYS.for_job("stale").abort_key, {"stale": now_ms - 120_000})
     await redis.zadd(KEYS.for_job("fresh").abort_key, {"fresh": now_ms})

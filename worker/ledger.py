@@ -24,6 +24,7 @@ from msgq.ledger import (
     APPLY_SPEND,
     CLOSE_FIELD,
     CONSUME,
+    DROP_IF,
     HOLD,
     RATE,
     SETTLING,
@@ -147,6 +148,7 @@ class Ledgers:
         self._take_budget = redis.register_script(TAKE_BUDGET)
         self._apply_spend = redis.register_script(APPLY_SPEND)
         self._close = redis.register_script(CLOSE_FIELD)
+        self._drop_pending = redis.register_script(DROP_IF)
         self.budgets = Budgets(redis, self.keys)  # spend without a reservation, for usage
         self.group = group or GroupCommit(redis)  # every job's ledger steps share round trips
 
@@ -186,11 +188,11 @@ class Ledgers:
             field, raw, taken = reply[n].decode(), reply[n + 1], int(reply[n + 2])
             data = _loads(raw)
             if not taken:
-                kept = await self._budget(job_id, field, raw, data, outcome, model)
+                took, kept = await self._budget(job_id, field, raw, data, outcome, model)
+                settled.budget = settled.budget or took
                 if kept is None:
-                    continue  # another caller settled it, or nothing was reserved
+                    continue  # another caller settles its capacity, or nothing was reserved
                 field, data = kept
-                settled.budget = True
             for capacity in capacities(field, data):
                 await settle_capacity(self.redis, self.limiter, capacity, outcome, self.group)
                 settled.fleet = settled.fleet or capacity.scope is None
@@ -204,22 +206,24 @@ class Ledgers:
         data: dict[str, Any],
         outcome: Outcome,
         model: str,
-    ) -> tuple[str, dict[str, Any]] | None:
+    ) -> tuple[bool, tuple[str, dict[str, Any]] | None]:
         """Settle a budget reservation in its three steps (`msgq.ledger`), or finish one left
-        half done. The field and data whose capacity is then settled, or None when another
-        caller settles it (or the reservation was never made)."""
+        half done. Whether this run's cost went into the budget (then it is not recorded
+        again as spend without one), and the field and data whose capacity is then settled
+        (None: another caller settles it, or nothing was reserved)."""
         ks, part = self.keys, self.keys.for_job(job_id)
         ledger = [part.ledger_key(job_id), part.ledger_open]
-        if field.startswith(SETTLING):
-            entry = data  # a settlement left half done: finished with what it recorded
+        mine = not field.startswith(SETTLING)
+        if not mine:
+            entry = data  # another run's settlement left half done: finished as it recorded
         else:
             hold = BudgetHold.of(data)
             if hold is None:
-                return None
+                return False, None
             nonce = data.get("pending")
-            if nonce and not await self.redis.exists(ks.spend_applied_key(str(nonce))):
-                await self._close(keys=ledger, args=[job_id, field])  # never reserved
-                return None
+            if nonce and not await self._void(str(nonce)):
+                await self._drop(ledger, job_id, field, raw)  # never reserved: nothing to undo
+                return False, None
             cost = round(outcome.cost_usd * MICRO)
             entry = {
                 **hold.as_fields(),
@@ -234,7 +238,7 @@ class Ledgers:
                 self._take_budget, [ledger[0]], [field, raw, orjson.dumps(entry)]
             )
             if not int(taken):
-                return None
+                return False, None
         spend = [
             ks.spend_key(entry["tenant"], entry["day"]),
             ks.spend_key(entry["tenant"], entry["month"]),
@@ -245,8 +249,21 @@ class Ledgers:
         await self.group.call(self._apply_spend, spend, args)
         closing = SETTLING + entry["field"]
         if not int(await self.group.call(self._close, ledger, [job_id, closing])):
-            return None  # another caller finished it, and settles its capacity
-        return entry["field"], _loads(entry["held"].encode())
+            return mine, None  # another caller finished it, and settles its capacity
+        return mine, (entry["field"], _loads(entry["held"].encode()))
+
+    async def _void(self, nonce: str) -> bool:
+        """For a hold still `pending`: True when its reservation was made (its marker says
+        so); else the marker is set `void` first, so a reservation still in flight for it is
+        refused (`RESERVE`) and the hold can be dropped safely."""
+        marker = self.keys.spend_applied_key(nonce)
+        if await self.redis.set(marker, "void", nx=True, ex=APPLIED_TTL_S):
+            return False
+        return bool(await self.redis.get(marker) != b"void")
+
+    async def _drop(self, ledger: list[str], job_id: str, field: str, raw: bytes) -> None:
+        """Drop a never-reserved pending hold, only if it is still the one read."""
+        await self.group.call(self._drop_pending, ledger, [job_id, field, raw])
 
     async def record_spend(self, tenant: str | None, cost_usd: float, model: str) -> None:
         """Spend of a job that held no budget reservation (no budget, or no tenant at all), for

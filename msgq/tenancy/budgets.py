@@ -19,7 +19,7 @@ import orjson
 from redis.asyncio import Redis
 
 from msgq.keys import Keyspace
-from msgq.ledger import APPLIED_TTL_S, BUDGET, CLOSE_FIELD, HOLD
+from msgq.ledger import APPLIED_TTL_S, BUDGET, DROP_IF, HOLD, REPLACE_IF
 from msgq.tenancy.tenants import TenantConfig
 from schemas import Prices
 
@@ -44,9 +44,15 @@ return 1
 
 # KEYS: day, month[, the nonce's marker of a reservation held in a job's ledger]. ARGV: amount
 # µUSD, day cap (-1: none), month cap, day ttl, month ttl[, marker ttl]. Returns {1, ''}
-# reserved (the marker set: the ledger's pending hold is real), or {0, 'day'|'month', spent,
-# cap} when it would pass the cap (nothing taken).
+# reserved (the marker set: the ledger's pending hold is real; a retry finds it set and takes
+# nothing again), {0, 'void', 0, 0} when the hold was given up meanwhile (a lost run's,
+# `worker.ledger`), or {0, 'day'|'month', spent, cap} when it would pass the cap.
 RESERVE = """
+if #KEYS == 3 then
+  local marker = redis.call('GET', KEYS[3])
+  if marker == 'void' then return {0, 'void', 0, 0} end
+  if marker then return {1, ''} end
+end
 local amount = tonumber(ARGV[1])
 local caps = {tonumber(ARGV[2]), tonumber(ARGV[3])}
 local names = {'day', 'month'}
@@ -122,7 +128,8 @@ class Budgets:
         self.redis, self.keys = redis, keys
         self._reserve = redis.register_script(RESERVE)
         self._hold = redis.register_script(HOLD)
-        self._close = redis.register_script(CLOSE_FIELD)
+        self._replace = redis.register_script(REPLACE_IF)
+        self._drop = redis.register_script(DROP_IF)
         self.record_script = redis.register_script(RECORD_SPEND)  # a worker's group commit runs it
 
     async def reserve(
@@ -152,6 +159,7 @@ class Budgets:
         args: list[Any] = [amount, *caps, DAY_TTL_S, MONTH_TTL_S]
         held: dict[str, Any] = {"tenant": tenant, "day": day, "month": month, "micro_usd": amount}
         ledger: list[str] = []
+        pending = b""
         if hold is not None:
             nonce = uuid.uuid4().hex
             ledger = [self.keys.ledger_key(hold), self.keys.for_job(hold).ledger_open]
@@ -161,11 +169,10 @@ class Budgets:
             args.append(APPLIED_TTL_S)
         ok, period, *figures = await self._reserve(keys=keys, args=args)
         if hold is not None:
-            if int(ok):
-                plain = orjson.dumps(held)
-                await self._hold(keys=ledger, args=[hold, int(time.time() * 1000), BUDGET, plain])
+            if int(ok):  # the pending hold made plain, unless a settler took it meanwhile
+                await self._replace(keys=ledger[:1], args=[BUDGET, pending, orjson.dumps(held)])
             else:
-                await self._close(keys=ledger, args=[hold, BUDGET])
+                await self._drop(keys=ledger, args=[hold, BUDGET, pending])
         if not int(ok):
             spent, cap = (int(f) for f in figures)
             return BudgetRefusal(

@@ -33,6 +33,7 @@ log = structlog.get_logger("msgq.webhooks")
 MAX_AGE_S = 24 * 3600  # the default delivery window; then the webhook is `failed`
 # Past the window, an entry lives one more attempt (a lease) and a poll; older, nobody delivers it.
 AUDIT_MARGIN_S = 300
+FROM_KEPT = 10_000  # claimed entries whose copy a process remembers until they are settled
 
 # A batch's webhook: owed once, when the last of its jobs has ended (counts = size). KEYS: batch,
 # counts, entries, due. ARGV: now ms, webhook-id. The entry's JSON is built here (cjson).
@@ -167,6 +168,7 @@ class Outbox:
         self.redis, self.keys = redis, keys
         self._claim = redis.register_script(CLAIM)
         self._settle = redis.register_script(SETTLE)
+        self._from: dict[str, list[str]] = {}  # a claimed entry's copy (due, entries)
 
     async def claim(self, *, lease_s: float, limit: int) -> list[tuple[Entry, bytes]]:
         """Up to `limit` due entries from each copy, leased."""
@@ -174,21 +176,24 @@ class Outbox:
         args = [now_ms, now_ms + int(lease_s * 1000), limit]
         calls = [([c.webhooks_due_key, c.webhooks_key], args) for c in copies(self.keys)]
         claimed: list[tuple[Entry, bytes]] = []
-        for flat in await run_each(self.redis, self._claim, calls):
+        if len(self._from) > FROM_KEPT:  # entries claimed and never settled (a crash): forgotten
+            self._from.clear()
+        answers = await run_each(self.redis, self._claim, calls)
+        for (keys, _), flat in zip(calls, answers, strict=True):
             for key, raw in zip(flat[::2], flat[1::2], strict=True):
+                self._from[key.decode(errors="replace")] = list(keys)
                 try:
                     claimed.append((Entry.model_validate_json(raw), raw))
                 except ValidationError:  # not msgq's writing: dropped, not retried forever
                     entry_key = key.decode(errors="replace")
                     log.error("webhook.entry_corrupt", entry=entry_key)
-                    keys = _outbox_keys(self.keys, entry_key)
-                    await self._settle(keys=keys, args=[key, raw, "", 0])
+                    await self._settle(keys=self._keys_of(entry_key), args=[key, raw, "", 0])
         return claimed
 
     async def remove(self, entry: Entry, claimed: bytes) -> bool:
         """Delivered or given up; False when the entry changed meanwhile (a newer ending)."""
         args: list[str | bytes | int] = [entry.key, claimed, "", 0]
-        return bool(await self._settle(keys=_outbox_keys(self.keys, entry.key), args=args))
+        return bool(await self._settle(keys=self._keys_of(entry.key), args=args))
 
     async def reschedule(self, entry: Entry, claimed: bytes, *, due_s: float) -> bool:
         args: list[str | bytes | int] = [
@@ -197,7 +202,12 @@ class Outbox:
             entry.model_dump_json(),
             int(due_s * 1000),
         ]
-        return bool(await self._settle(keys=_outbox_keys(self.keys, entry.key), args=args))
+        return bool(await self._settle(keys=self._keys_of(entry.key), args=args))
+
+    def _keys_of(self, entry_key: str) -> list[str]:
+        """The copy an entry was claimed from (one written before partitions may be in the
+        deployment's own), else the copy it belongs in."""
+        return self._from.pop(entry_key, None) or _outbox_keys(self.keys, entry_key)
 
     async def set_state(self, job_id: str, state: WebhookState) -> None:
         """Write `webhook` on a terminal record and nothing else: the one field write-once

@@ -92,6 +92,7 @@ class BatchLane:
         self.poller = Poller(services, self.api, self.batcher)
         self.lock = FleetLock(services.redis, services.settings.keys.lane_lock)
         self.holding = False
+        self.sized = False
         self.tick_s = min(
             1.0, services.settings.batch_poll_s / 2, services.settings.batch_max_wait_s / 4
         )
@@ -137,6 +138,9 @@ class BatchLane:
 
     async def run_once(self) -> None:
         """Flush the pool if due, then advance every upstream batch that is due."""
+        if not self.sized:  # once a process: jobs pooled before sizes were kept get theirs
+            await lanes.backfill_sizes(self.services.redis, self.services.settings.keys)
+            self.sized = True
         flush, due, pooled = await self.batcher.due()
         self.idle = not pooled and not due
         if flush:

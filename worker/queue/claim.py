@@ -13,6 +13,7 @@ import structlog
 from redis.exceptions import NoScriptError
 
 from msgq.keys import Keyspace
+from msgq.script_calls import sort_answers
 
 log = structlog.get_logger("msgq.worker")
 
@@ -156,29 +157,36 @@ async def send_claims(
     """Each partition's claim (KEYS, ARGV) and the fleet reads in one pipeline: one round trip
     on one node; on a cluster one per shard, sent at once (`msgq.slot_routing`). By SHA: a
     script object in a pipeline costs a SCRIPT EXISTS round trip every time. Returns each
-    claim's replies and the fleet reads' values. A claim sent again after NOSCRIPT (Redis
-    restarted, or one shard had not the script) finds its own lock: nothing is counted twice."""
-    for _ in range(2):
+    claim's replies and the fleet reads' values. After NOSCRIPT (Redis restarted, or a shard
+    met for the first time) only the claims it refused are sent again: on a cluster the other
+    shards' claims ran, and a second run would find the abort request they took already gone."""
+    replies: list[Any] = [None] * len(claims)
+    acks: list[int] = []
+    todo, values = list(range(len(claims))), []
+    for attempt in range(2):
         async with pool.pipeline(transaction=False) as pipe:
-            for op, key in fleet:
+            for op, key in fleet if attempt == 0 else ():
                 pipe.execute_command(op, key)
-            for keys, args in claims:
+            for index in todo:
+                keys, args = claims[index]
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
-                if replicas is not None:
+                if replicas is not None:  # WAIT counts its own connection's writes: the claim's
                     pipe.execute_command("WAIT", *replicas.wait_args())
-            try:
-                replies = await pipe.execute()
-                break
-            except NoScriptError:
-                await pool.script_load(script.script)
-    else:
-        msg = "the claim script could not be loaded"
-        raise NoScriptError(msg)
-    values, rest = replies[: len(fleet)], replies[len(fleet) :]
-    if replicas is None:
-        return rest, values
-    replicas.note([int(acked) for acked in rest[1::2]])
-    return rest[0::2], values
+            answers = await pipe.execute(raise_on_error=False)
+        if attempt == 0:
+            values, answers = answers[: len(fleet)], answers[len(fleet) :]
+            sort_answers([], values, [])  # a fleet read's error is raised
+        step = 1 if replicas is None else 2
+        acks += [int(a) for a in answers[1::step] if replicas is not None and isinstance(a, int)]
+        missed = sort_answers(todo, answers[::step], replies)
+        if not missed:
+            if replicas is not None:
+                replicas.note(acks)
+            return replies, values
+        await pool.script_load(script.script)
+        todo = missed
+    msg = "the claim script could not be loaded"
+    raise NoScriptError(msg)
 
 
 @dataclass

@@ -138,10 +138,12 @@ class MsgqWorker(Worker):
         async with self.pool.pipeline(transaction=False) as pipe:
             # The due scan by its SHA, loaded once: a script object in a pipeline costs a
             # SCRIPT EXISTS round trip on every poll. Redis restarted (scripts gone): loaded again.
-            poll.ask(pipe, self.keys, str(due) if picking else None, count, now)
+            # Abort requests matter only to running jobs; idle, they are pruned once a minute.
+            reads = {"aborts": bool(self.tasks), "prune": bool(self.tasks) or self._polls % 60 == 0}
+            poll.ask(pipe, self.keys, str(due) if picking else None, count, now, **reads)
             try:
                 replies = await pipe.execute()
-                polled = poll.read(replies, self.keys, picking, count, self._polls)
+                polled = poll.read(replies, self.keys, picking, count, self._polls, **reads)
             except NoScriptError:
                 self._due = None
                 return True  # poll again at once, with the script loaded again

@@ -29,27 +29,50 @@ class Polled:
     aborts: list[bytes]
 
 
-def ask(pipe: Pipeline, keys: Keyspace, due_sha: str | None, count: int, now_ms: int) -> None:
-    """Queue the poll's commands on `pipe` (the due scan only when `due_sha` is given)."""
+def ask(
+    pipe: Pipeline,
+    keys: Keyspace,
+    due_sha: str | None,
+    count: int,
+    now_ms: int,
+    *,
+    aborts: bool = True,
+    prune: bool = True,
+) -> None:
+    """Queue the poll's commands on `pipe`: the due scan only when `due_sha` is given, the
+    abort requests only when `aborts` (some job runs here: a request for one that has not
+    started is found by its claim), their prune only when `prune`; so an idle worker's poll is
+    one command a partition, where it was three."""
     for part in keys.parts:
         if due_sha is not None:
             args = [str(count), str(DUE_SCAN_LIMIT), str(now_ms), part.in_progress_key_prefix]
             pipe.evalsha(due_sha, 1, part.queue, *args)
-        pipe.zrange(part.abort_key, 0, -1)
-        # Abort requests older than a minute (arq's own prune compares seconds with ms and
-        # removes nothing, so the set it reads every poll only grew).
-        pipe.zremrangebyscore(part.abort_key, min="-inf", max=now_ms - abort_job_max_age * 1000)
+        if aborts:
+            pipe.zrange(part.abort_key, 0, -1)
+        if prune:
+            # Abort requests older than a minute (arq's own prune compares seconds with ms and
+            # removes nothing, so the set it reads every poll only grew).
+            pipe.zremrangebyscore(part.abort_key, min="-inf", max=now_ms - abort_job_max_age * 1000)
 
 
-def read(replies: list[Any], keys: Keyspace, picking: bool, count: int, rotate: int = 0) -> Polled:
+def read(
+    replies: list[Any],
+    keys: Keyspace,
+    picking: bool,
+    count: int,
+    rotate: int = 0,
+    *,
+    aborts: bool = True,
+    prune: bool = True,
+) -> Polled:
     """The poll's replies, as `ask` queued them, merged over the partitions. The due jobs are
     taken a round at a time, one from each partition, starting at partition `rotate` (a poll
     counter): when there are fewer free slots than due jobs, no partition waits behind another,
     and each partition's own jobs go oldest first."""
-    per_part = 3 if picking else 2
+    per_part = int(picking) + int(aborts) + int(prune)
     due: list[list[bytes]] = []
     later: int | None = None
-    aborts: list[bytes] = []
+    requested: list[bytes] = []
     for n in range(keys.partitions):
         mine = replies[n * per_part : (n + 1) * per_part]
         if picking:
@@ -58,12 +81,13 @@ def read(replies: list[Any], keys: Keyspace, picking: bool, count: int, rotate: 
             if next_ms is not None:
                 at = int(float(next_ms))
                 later = at if later is None else min(later, at)
-        aborts += mine[-2]  # ZRANGE's reply
+        if aborts:
+            requested += mine[int(picking)]  # ZRANGE's reply, after the due scan's
     ready: list[bytes] = []
     order = [due[(rotate + n) % len(due)] for n in range(len(due))] if due else []
     for round_ in range(max((len(ids) for ids in order), default=0)):
         ready += [ids[round_] for ids in order if round_ < len(ids)]
-    return Polled(ready[:count], later, aborts)
+    return Polled(ready[:count], later, requested)
 
 
 def by_partition(keys: Keyspace, job_ids: list[str]) -> dict[int, list[str]]:
