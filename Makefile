@@ -56,7 +56,7 @@ PARTITION_SUITE := $(CLUSTER_SUITE) tests/test_ui.py tests/test_partitions.py te
 
 test-partitions: $(STAMP)  ## the core suite with 4 partitions on one node, then 16 on a 3-master cluster
 	TEST_PARTITIONS=4 $(BIN)/pytest $(PARTITION_SUITE)
-	TEST_REDIS_CLUSTER=1 TEST_PARTITIONS=16 $(BIN)/pytest $(PARTITION_SUITE)
+	TEST_REDIS_CLUSTER=1 TEST_PARTITIONS=16 $(BIN)/pytest $(PARTITION_SUITE) tests/test_cluster_failover.py
 
 docs: $(STAMP)  ## build the docs site into site/ (reference pages generated from the code; strict)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
@@ -84,3 +84,4 @@ bench: $(STAMP)  ## benchmarks against baselines in the same run; writes BENCHMA
 
 chaos: $(STAMP)  ## the long fault runs: 2,000-job crash run, Redis restart, mixed faults + audit, 10,000 fuzz cases, 1,000-job Sentinel and Cluster failovers, 100,000-job index soak
 	MSGQ_CHAOS=1 $(BIN)/pytest -s tests/test_reliability.py tests/test_chaos_mix.py tests/test_fuzz.py tests/test_sentinel.py tests/test_cluster_failover.py tests/test_soak_indexes.py
+	MSGQ_CHAOS=1 TEST_PARTITIONS=16 $(BIN)/pytest -s tests/test_cluster_failover.py

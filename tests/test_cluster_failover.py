@@ -42,9 +42,15 @@ def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
         yield c
 
 
+@pytest.mark.parametrize("victim", ["deployment", "partition"])
 async def test_the_slots_master_sigkilled_mid_run(
-    cluster: RedisCluster, settings: Settings, sim: Sim, tmp_path: Path
+    cluster: RedisCluster, settings: Settings, sim: Sim, tmp_path: Path, victim: str
 ) -> None:
+    """`deployment`: the master serving the deployment's own slot (the scheduler, the buckets;
+    with partitions, some partitions too). `partition` (with MSGQ_PARTITIONS above 1, as `make
+    test-partitions` and `make chaos` run it): a master holding only partitions' slots."""
+    if victim == "partition" and settings.partitions == 1:
+        pytest.skip("one partition: every job is in the deployment's slot")
     n = 1000 if CHAOS else 300
     custom = settings.model_copy(
         update={
@@ -58,6 +64,9 @@ async def test_the_slots_master_sigkilled_mid_run(
     )
     keys = custom.keys
     slot = slot_of(keys.prefix)
+    if victim == "partition":  # a partition whose master is not the deployment slot's
+        home = cluster.owner(slot)
+        slot = next(s for p in keys.parts if cluster.owner(s := slot_of(p.prefix)) != home)
     old_port = cluster.owner(slot)
     assert old_port is not None
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
@@ -86,7 +95,8 @@ async def test_the_slots_master_sigkilled_mid_run(
     starts = Counter(e["job_id"] for e in events if e.get("event") == "job.started")
     twice = sorted(job_id for job_id, count in starts.items() if count > 1)
     print(
-        f"\ncluster failover: {n} jobs; the slot's master SIGKILLed after {n // 3} "
+        f"\ncluster failover ({victim}, {custom.partitions} partitions): {n} jobs; the "
+        f"slot's master SIGKILLed after {n // 3} "
         f"acknowledged; replica promoted in {promoted_s:.1f}s (port {old_port} -> {new_port}); "
         f"workers logged redis.failover {len(moved)} times; producer retries "
         f"{dict(producer.failures)}; lost: {final['missing']}; duplicated upstream calls: "
