@@ -23,7 +23,7 @@ from msgq.dev.stack import msgq_command
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from schemas import JobRecord, JobStatus, Lane
-from tests.conftest import KEYS, SAMPLES, TEST_API_KEY, Sim, StartWorker, eventually
+from tests.conftest import KEYS, SAMPLES, TEST_API_KEY, Sim, StartWorker, eventually, flush
 from tests.images import image_bytes
 from worker.lane.api import LaneApi
 from worker.reconciler import Reconciler
@@ -301,7 +301,7 @@ async def test_lane_from_every_interface(
     by_tenant = {k.split(":")[0]: v for k, v in lanes.items() if ":msgbatch_" in k}
     assert by_tenant == {"tenant-a": Lane.BATCH, "tenant-b": Lane.REALTIME}
 
-    await redis.flushdb()
+    flush(settings.redis_url)  # every master of a cluster: the jobs above are in partitions
     raw = {"t": 1, "f": "run_message", "a": [], "et": 1, "k": {"request": TEXT, "lane": "batch"}}
     await redis.set(KEYS.arq_job_key("raw-1"), orjson.dumps(raw))
     await redis.zadd(settings.keys.for_job("raw-1").queue, {"raw-1": 1})

@@ -110,7 +110,8 @@ async def test_the_slots_master_sigkilled_mid_run(
 async def test_a_durable_submit_waits_for_the_shards_replica(
     cluster: RedisCluster, settings: Settings
 ) -> None:
-    """With the replica of the deployment's master frozen, a submit with min replicas 1 raises
+    """With the replica of the job's master frozen (the deployment's, or with partitions the
+    job's partition's), a submit with min replicas 1 raises
     NotReplicatedError after its timeout, and so does the check from a connection that did not
     write the job (as in a busy process). Counted from a PUBLISH, as it was, that check
     confirmed at once: a cluster sends a PUBLISH over its bus, not down the replication stream,
@@ -122,7 +123,7 @@ async def test_a_durable_submit_waits_for_the_shards_replica(
             "submit_replica_timeout_ms": 300,
         }
     )
-    master = cluster.owner(slot_of(durable.keys.prefix))
+    master = cluster.owner(slot_of(durable.keys.for_job("frozen").prefix))  # the job's shard
     replica = cluster.replica_ports[cluster.master_ports.index(master)]
     async with Client(connect(durable), durable) as client, connect(durable) as other:
         assert (await client.submit(BODY, job_id="first")).created
