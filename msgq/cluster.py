@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
-from redis.asyncio import Redis, SSLConnection
+from redis.asyncio import Connection, Redis, SSLConnection
 from redis.asyncio.sentinel import MasterNotFoundError
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -33,10 +33,12 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from msgq.failover import (
+    BoundedConnectionPool,
     BoundedFailoverPool,
     FailoverConnection,
     FailoverPool,
     FailoverRetry,
+    FastConnectionPool,
 )
 from msgq.redis_urls import parse_hosts_url
 
@@ -220,4 +222,27 @@ def cluster_client(
     pool = pool_class(f"cluster slot {slot}", SlotOwner(target, slot), **kwargs)  # type: ignore[arg-type]  # SlotOwner answers what the pool asks of a Sentinel
     client: R = redis_class(connection_pool=pool)
     client.auto_close_connection_pool = True  # closing the client closes its pool
+    return client
+
+
+def master_client(
+    target: ClusterTarget, address: tuple[str, int], options: dict[str, Any]
+) -> Redis:
+    """A plain client of one master, for the commands of several slots it serves sent in one
+    pipeline (`msgq.slot_routing`). No retry and no failover handling of its own: a slot it
+    answers `MOVED` for, or a lost connection, sends the commands again through each slot's
+    own client (`cluster_client`), which finds the slot's master anew."""
+    kwargs: dict[str, Any] = {
+        "host": address[0],
+        "port": address[1],
+        "username": target.username,
+        "password": target.password,
+        "socket_connect_timeout": 2.0,
+        "socket_keepalive": True,
+        "connection_class": SSLConnection if target.ssl else Connection,
+        **options,
+    }
+    pool_class = BoundedConnectionPool if "timeout" in kwargs else FastConnectionPool
+    client = Redis(connection_pool=pool_class(**kwargs))
+    client.auto_close_connection_pool = True
     return client

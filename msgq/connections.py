@@ -30,7 +30,13 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from msgq.cluster import ClusterTarget, cluster_client, is_cluster_url, parse_cluster_url
+from msgq.cluster import (
+    ClusterTarget,
+    cluster_client,
+    is_cluster_url,
+    master_client,
+    parse_cluster_url,
+)
 from msgq.failover import (
     BoundedConnectionPool,
     BoundedFailoverPool,
@@ -177,7 +183,10 @@ def _routed_cluster_client(
     def pinned(partition_prefix: str) -> Redis:
         return cluster_client(target, partition_prefix, Redis, failover_wait_s, pool_options)
 
-    client.router = Router(keys.hash_tag, pinned)
+    def master(address: tuple[str, int]) -> Redis:
+        return master_client(target, address, pool_options)
+
+    client.router = Router(keys.hash_tag, pinned, master)
     return client  # type: ignore[return-value]  # a subclass of redis_class, made at run time
 
 

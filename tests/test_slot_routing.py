@@ -18,7 +18,7 @@ from msgq.connections import connect
 from msgq.dev.redis_cluster import RedisCluster
 from msgq.keys import Keyspace, keyspace
 from msgq.script_calls import run_each
-from msgq.slot_routing import Router, SlotRouting
+from msgq.slot_routing import RoutedPipeline, Router, SlotRouting
 from tests.conftest import flush
 
 SIXTEEN = keyspace(clustered=True, partitions=16)
@@ -219,3 +219,61 @@ async def test_after_noscript_only_the_refused_calls_are_sent_again(
     with SyncRedis(port=cluster.master_ports[1]) as node:
         node.script_flush()
     assert await run_each(routed, script, calls) == [2] * 16  # each ran once more, not twice
+
+
+async def test_a_split_pipeline_costs_one_round_trip_a_master(
+    routed: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """16 partitions and the deployment's slot on 3 masters: once each slot's master is known,
+    a pipeline over all of them is sent as 3 pipelines, one a master, not 17."""
+    sent: list[object] = []
+    real_run = RoutedPipeline._run
+
+    async def counted(self: RoutedPipeline, pool: object, positions: list[int]) -> list[object]:
+        sent.append(pool)
+        return await real_run(self, pool, positions)  # type: ignore[arg-type]  # a pool
+
+    monkeypatch.setattr(RoutedPipeline, "_run", counted)
+
+    async def every_slot() -> list[object]:
+        async with routed.pipeline(transaction=False) as pipe:
+            for part in SIXTEEN.parts:
+                pipe.incr(part.prefix + "n")
+            pipe.incr(SIXTEEN.prefix + "n")
+            return await pipe.execute()
+
+    await every_slot()  # the first meets each slot's master: one pipeline a slot
+    sent.clear()
+    assert await every_slot() == [2] * 17  # in order, each ran once
+    assert len(sent) == 3
+    assert isinstance(routed, SlotRouting)
+    assert len(routed.router.masters) == 3
+
+
+async def test_a_slot_moved_off_a_shared_master_is_sent_again_to_its_new_one(
+    cluster: RedisCluster, routed: Redis
+) -> None:
+    """A partition's slot handed to another master (a resharding): the pipeline sent to its
+    old master with its neighbours is answered MOVED for it, and that slot's commands go again
+    through its own client, which finds the new master. Nothing runs twice."""
+
+    async def every_partition() -> list[object]:
+        async with routed.pipeline(transaction=False) as pipe:
+            for part in SIXTEEN.parts:
+                pipe.get(part.prefix + "n")
+            return await pipe.execute()
+
+    await every_partition()  # each slot's master known, the masters' clients made
+    part = SIXTEEN.part(0)
+    slot = int(key_slot(part.prefix.encode()))
+    old = cluster.owner(slot)
+    new = next(port for port in cluster.master_ports if port != old)
+    cluster.move_slot(slot, to=new)
+    async with routed.pipeline(transaction=False) as pipe:
+        for each in SIXTEEN.parts:
+            pipe.incr(each.prefix + "n")
+        assert await pipe.execute() == [1] * 16
+    with SyncRedis(port=new) as node:
+        assert node.get(part.prefix + "n") == b"1"
+    with SyncRedis(port=old) as node:
+        assert node.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
