@@ -293,8 +293,9 @@ class RoutedPipeline(Pipeline):
         with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
             replies = dict(zip(everything, await self._run(master, everything), strict=True))
         for pool, positions in slots.items():
-            if not replies or any(_elsewhere(replies[i]) for i in positions):
-                replies.update(zip(positions, await self._run(pool, positions), strict=True))
+            again = [i for i in positions if i not in replies or _elsewhere(replies[i])]
+            if again:  # not run there: each slot's own client finds the slot's master
+                replies.update(zip(again, await self._run(pool, again), strict=True))
         return replies
 
     async def _run(self, pool: ConnectionPool, positions: list[int]) -> list[Any]:
