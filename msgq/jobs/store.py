@@ -80,10 +80,9 @@ class JobStore:
         self._enqueue(
             cast(Redis, recorder), record, job_payload, score_ms, placement, announce=together
         )
-        existing = await self._create(
-            keys=[self.keys.record_key(record.id), self.keys.arq_job_key(record.id)],
-            args=flatten(recorder.commands),  # plain commands only: a script runs them all
-        )
+        keys = [self.keys.record_key(record.id), self.keys.arq_job_key(record.id)]
+        args = flatten(recorder.commands, keys)  # plain commands only: a script runs them all
+        existing = await self._create(keys=keys, args=args)
         if existing is None:
             if not together:
                 await self._announce(record.id, score_ms, placement)
@@ -375,7 +374,8 @@ class JobStore:
 
     async def _run_cas(self, key: str, expected: bytes, commands: Sequence[tuple[Any, ...]]) -> Any:
         """COMPARE_AND_SET on the record `key`: through the worker's group commit if it has one."""
-        keys, args = [key], [expected, *flatten(commands)]
+        keys = [key]
+        args = [expected, *flatten(commands, keys)]
         if self.group is not None:
             return await self.group.call(self._cas, keys, args)
         return await self._cas(keys=keys, args=args)

@@ -1,5 +1,10 @@
 """The Lua scripts behind the job store's writes: compare-and-set on a record and create-if-absent,
-each running a list of commands collected (not sent) by `Recorder`, in one round trip."""
+each running a list of commands collected (not sent) by `Recorder`, in one round trip.
+
+Every key those commands write is declared in the call's KEYS (`flatten`), and ARGV names it by
+its place there: Redis asks that a script touch only the keys it is given (a Redis Cluster
+routes and checks a script by them; Dragonfly refuses an undeclared key outright), and so the
+cluster itself refuses, with `CROSSSLOT`, a write that strays out of the record's slot."""
 
 from __future__ import annotations
 
@@ -8,14 +13,22 @@ from typing import Any
 
 from redis.commands.core import CoreCommands
 
-# Runs the commands flattened into ARGV from index `i`: a count, then each command as its
-# argument count followed by its arguments.
+# Runs the commands flattened into ARGV from index `i` (`flatten`): a count, then each command
+# as its length n and its words: a command on a key as n > 0, its name, its key's place in KEYS,
+# its other arguments; one naming no key (a channel's PUBLISH) as -n and its words as they are.
 _RUN_COMMANDS = """
 local function run(i)
   for _ = 1, tonumber(ARGV[i]) do
     local n = tonumber(ARGV[i + 1])
-    redis.call(unpack(ARGV, i + 2, i + 1 + n))
-    i = i + n + 1
+    if n < 0 then
+      redis.call(unpack(ARGV, i + 2, i + 1 - n))
+      i = i + 1 - n
+    else
+      local words = {ARGV[i + 2], KEYS[tonumber(ARGV[i + 3])]}
+      for j = i + 4, i + 1 + n do words[#words + 1] = ARGV[j] end
+      redis.call(unpack(words))
+      i = i + n + 1
+    end
   end
 end
 """
@@ -65,11 +78,29 @@ SCRIPT_SAFE = frozenset(
 )
 
 
-def flatten(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """Commands as the scripts' ARGV carries them (see `_RUN_COMMANDS`)."""
-    flat: list[Any] = [len(commands)]
-    for args in commands:
-        flat += [len(args), *args]
+# Whose first argument is a channel, not a key.
+NO_KEY = frozenset({"PUBLISH", "SPUBLISH"})
+
+
+def flatten(commands: Sequence[tuple[Any, ...]], keys: list[Any]) -> list[Any]:
+    """Commands as the scripts' ARGV carries them (see `_RUN_COMMANDS`), each key they write
+    added to `keys` (the call's KEYS) once and named by its place there. A DEL of several keys
+    becomes one DEL a key (the scripts use no command's reply)."""
+    place = {key: n for n, key in enumerate(keys, start=1)}
+    flat: list[Any] = [0]
+    for name, *words in commands:
+        verb = str(name).upper()
+        if verb in NO_KEY or not words:
+            flat += [-(len(words) + 1), name, *words]
+            flat[0] += 1
+            continue
+        singles = [[key] for key in words] if verb == "DEL" else [words]
+        for key, *rest in singles:
+            if key not in place:
+                keys.append(key)
+                place[key] = len(keys)
+            flat += [len(rest) + 2, name, place[key], *rest]
+            flat[0] += 1
     return flat
 
 
