@@ -21,6 +21,16 @@ from redis.exceptions import NoScriptError
 Call = tuple[Sequence[str], Sequence[Any]]  # a script call's KEYS and ARGV
 
 
+def declare(keys: list[Any], key: Any) -> int:
+    """`key`'s place in a script call's KEYS (from 1, as Lua counts), added if new. A script
+    reaching a key named in data (a scheduler queue held in a hash) takes it from KEYS by this
+    place, so every key it touches is declared: Redis asks that, a cluster checks it."""
+    if key in keys:
+        return keys.index(key) + 1
+    keys.append(key)
+    return len(keys)
+
+
 async def run_each(
     redis: Redis,
     script: AsyncScript,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from msgq.jobs.store_scripts import COMPARE_AND_SET, flatten
+from msgq.script_calls import declare
 from tests.conftest import KEYS
 
 PART = KEYS.part(0).prefix
@@ -53,3 +54,13 @@ async def test_the_recorded_commands_run_on_their_declared_keys(redis: Redis) ->
     assert await redis.hget(PART + "h", "f") == b"v"
     assert 0 < await redis.ttl(PART + "h") <= 60
     assert await redis.exists(PART + "x", PART + "y") == 0
+
+
+def test_a_key_named_in_data_is_declared_once_by_its_place() -> None:
+    """The scheduler's scripts take each job's queue (named in a hash) from KEYS by its place."""
+    keys = ["{msgq}:sched:where"]
+    places = [
+        declare(keys, q) for q in ("{msgq}:sched:q:a", "{msgq}:sched:q:b", "{msgq}:sched:q:a")
+    ]
+    assert places == [2, 3, 2]
+    assert keys == ["{msgq}:sched:where", "{msgq}:sched:q:a", "{msgq}:sched:q:b"]

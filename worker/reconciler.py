@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -40,6 +41,7 @@ from msgq.jobs.indexes import prune_expired
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
 from msgq.ledger import budget_mismatches
+from msgq.script_calls import declare
 from msgq.settings import Settings
 from msgq.tenancy.budgets import periods
 from msgq.tenancy.scheduling import RELIST_BACKLOG
@@ -204,7 +206,9 @@ class Reconciler:
 
     async def _relist(self, waiting: list[bytes | str], done: Pass) -> None:
         """List again the scheduler queues that hold a job but that no dispatcher reads."""
-        relisted = await self._relist_backlog(keys=[self.keys.sched_backlog], args=waiting)
+        keys: list[Any] = [self.keys.sched_backlog]
+        args = [w if n % 2 == 0 else declare(keys, w) for n, w in enumerate(waiting)]
+        relisted = await self._relist_backlog(keys=keys, args=args)
         for raw_id in relisted:
             done.relisted.append(raw_id.decode())
             log.warning("reconciler.relisted", job_id=raw_id.decode())

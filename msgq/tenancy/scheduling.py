@@ -43,12 +43,13 @@ end
 return 1
 """
 
-# KEYS: the backlog. ARGV: (job id, its scheduler queue) pairs, from `sched_where`. Lists again
-# each queue that holds its job but is unlisted; returns the IDs of the jobs that needed it.
+# KEYS: the backlog, then scheduler queues. ARGV: (job id, its queue's place in KEYS) pairs.
+# Lists again each queue that holds its job but is unlisted; returns the IDs of the jobs that
+# needed it.
 RELIST_BACKLOG = """
 local relisted = {}
 for i = 1, #ARGV, 2 do
-  local id, queue = ARGV[i], ARGV[i + 1]
+  local id, queue = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
   if redis.call('ZSCORE', queue, id) and redis.call('SISMEMBER', KEYS[1], queue) == 0 then
     redis.call('SADD', KEYS[1], queue)
     relisted[#relisted + 1] = id

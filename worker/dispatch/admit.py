@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from msgq.script_calls import declare
 from worker.dispatch.fair_share import FairShare, PolicyState
 from worker.dispatch.handoff import LEAVE_ONE, Entry, Handoff
 from worker.dispatch.queues import Head
@@ -25,8 +26,9 @@ from worker.ratelimit import ACQUIRE_STEP, RateLimiter
 
 ADMIT_RUN = 64  # jobs per Lua step at most: the step stays well under a millisecond
 
-# KEYS: the class's bucket, its cool-down, the pause, where, est, deadlines. ARGV: per job its
-# scheduler queue and its `acquire` arguments as one JSON array (the job ID, holder, is the 8th).
+# KEYS: the class's bucket, its cool-down, the pause, where, est, deadlines, then the jobs'
+# scheduler queues. ARGV: per job its scheduler queue's place in KEYS and its `acquire`
+# arguments as one JSON array (the job ID, holder, is the 8th).
 # Returns {statuses, counts, wait_ms, why}: a status per job looked at (1 admitted and out of
 # the scheduler, with its admission count; 0 had left); the run stops at the first job that must
 # wait (wait_ms > 0), which stays where it is. The jobs admitted are then queued in their
@@ -38,7 +40,7 @@ ADMIT_MANY = (
 local statuses, counts = {}, {}
 local wait, why = 0, ''
 for i = 1, #ARGV, 2 do
-  local queue = ARGV[i]
+  local queue = KEYS[tonumber(ARGV[i])]
   local a = cjson.decode(ARGV[i + 1])
   local id = a[8]
   if redis.call('ZSCORE', queue, id) then
@@ -108,7 +110,7 @@ class AdmitRun:
         ]
         args: list[Any] = []
         for head in heads:
-            args += self._args(head, now_ms)
+            args += [declare(keys, head.queue), self._step(head, now_ms)]
         statuses, counts, wait_ms, _why = await self._script(keys=keys, args=args)
         looked = [int(status) for status in statuses]  # the rest were not reached
         admitted = [(h, int(n)) for h, s, n in zip(heads, looked, counts, strict=False) if s]
@@ -128,7 +130,7 @@ class AdmitRun:
                 self.policy.served(head)
         return len(moved), (min(int(wait_ms) / 1000, 1.0) if int(wait_ms) > 0 else None)
 
-    def _args(self, head: Head, now_ms: int) -> list[Any]:
+    def _step(self, head: Head, now_ms: int) -> bytes:
         est = head.estimate
         step = self.limiter.step_args(
             est.model,
@@ -136,7 +138,7 @@ class AdmitRun:
             cost=(est.input_tokens, est.output_tokens),
             holder=head.job_id,
         )
-        return [head.queue, orjson.dumps(step)]
+        return orjson.dumps(step)
 
     @staticmethod
     def _entry(head: Head, count: int) -> Entry:

@@ -31,10 +31,11 @@ from redis.asyncio.client import Pipeline
 
 from msgq.channels import publish
 from msgq.keys import Keyspace
-from msgq.script_calls import run_each
+from msgq.script_calls import declare, run_each
 
-# KEYS: where, est, deadlines. ARGV: (job id, its scheduler queue) pairs. One status per job:
-# 1 when it was still waiting (now out of the scheduler), 0 when it had left.
+# KEYS: where, est, deadlines, then scheduler queues. ARGV: (job id, its queue's place in KEYS)
+# pairs. One status per job: 1 when it was still waiting (now out of the scheduler), 0 when it
+# had left.
 LEAVE_ONE = """
 local function leave(id, queue, where, est, deadlines)
   local was = redis.call('ZREM', queue, id)
@@ -48,7 +49,9 @@ LEAVE = (
     LEAVE_ONE
     + """
 local out = {}
-for i = 1, #ARGV, 2 do out[#out + 1] = leave(ARGV[i], ARGV[i + 1], KEYS[1], KEYS[2], KEYS[3]) end
+for i = 1, #ARGV, 2 do
+  out[#out + 1] = leave(ARGV[i], KEYS[tonumber(ARGV[i + 1])], KEYS[1], KEYS[2], KEYS[3])
+end
 return out
 """
 )
@@ -97,8 +100,8 @@ class Handoff:
         still waiting."""
         if not jobs:
             return []
-        args = [value for pair in jobs for value in pair]
         names = [self.keys.sched_where, self.keys.sched_est, self.keys.sched_deadlines]
+        args = [value for job_id, queue in jobs for value in (job_id, declare(names, queue))]
         return [bool(int(s)) for s in await self._leave(keys=names, args=args)]
 
     async def enter(self, entries: Sequence[Entry], score_ms: int) -> dict[str, bool]:
