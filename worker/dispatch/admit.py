@@ -22,7 +22,8 @@ from msgq.script_calls import declare
 from worker.dispatch.fair_share import FairShare, PolicyState
 from worker.dispatch.handoff import LEAVE_ONE, Entry, Handoff
 from worker.dispatch.queues import Head
-from worker.ratelimit import ACQUIRE_STEP, RateLimiter
+from worker.ratelimit import RateLimiter
+from worker.ratelimit_scripts import ACQUIRE_STEP
 
 ADMIT_RUN = 64  # jobs per Lua step at most: the step stays well under a millisecond
 
@@ -58,6 +59,7 @@ for i = 1, #ARGV, 2 do
     counts[#counts + 1] = 0
   end
 end
+save_bucket()
 return {statuses, counts, wait, why}
 """
 )

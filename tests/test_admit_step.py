@@ -1,0 +1,65 @@
+"""The dispatcher's batched admission step (`worker.dispatch.admit.ADMIT_MANY`) on a real Redis:
+it reads the class's bucket once and writes it back once, and each job in the run still sees
+what the jobs before it took, exactly as one `acquire` a job would."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from redis.asyncio import Redis
+
+from msgq.script_calls import declare
+from tests.conftest import KEYS
+from worker.dispatch.admit import ADMIT_MANY
+from worker.ratelimit_scripts import ACQUIRE
+
+BUCKET = KEYS.prefix + "ratelimit:test"
+GATES = [BUCKET, KEYS.prefix + "ratelimit:test:cooldown", KEYS.prefix + "pause"]
+QUEUE = KEYS.prefix + "sched:q:test"
+SCHED = [KEYS.prefix + "sched:where", KEYS.prefix + "sched:est", KEYS.prefix + "sched:deadlines"]
+
+
+def step(now_ms: int, job_id: str, rpm: int = 3, output: int = 10) -> bytes:
+    """One request of `output` tokens under `rpm` requests and 100 output tokens a minute."""
+    return orjson.dumps([now_ms, 1, 0, output, rpm, 0, 100, job_id, 60_000, 1_000, 0.5])
+
+
+async def test_a_run_takes_from_one_read_of_the_bucket_in_order(redis: Redis) -> None:
+    now = int(time.time() * 1000)
+    jobs = [f"j{n}" for n in range(5)]
+    await redis.zadd(QUEUE, {job: n for n, job in enumerate(jobs)})
+    keys = [*GATES, *SCHED]
+    args: list[object] = []
+    for job in jobs:
+        args += [declare(keys, QUEUE), step(now, job)]
+    admit = redis.register_script(ADMIT_MANY)
+    statuses, counts, wait_ms, why = await admit(keys=keys, args=args)
+    assert statuses == [1, 1, 1] and counts == [1, 2, 3]  # the 4th finds the 3 requests gone
+    assert wait_ms > 0 and why == b"r"
+    bucket = await redis.hgetall(BUCKET)
+    assert float(bucket[b"r"]) == 0 and float(bucket[b"o"]) == 70 and bucket[b"n"] == b"3"
+    assert await redis.zrange(QUEUE, 0, -1) == [b"j3", b"j4"]  # the rest keep their place
+    # A single acquire now sees what the run wrote: still no request left.
+    single = redis.register_script(ACQUIRE)
+    reply = await single(keys=GATES, args=orjson.loads(step(now, "j3")))
+    assert reply[0] > 0 and reply[1] == b"r"
+
+
+async def test_a_large_request_that_must_wait_holds_and_a_later_one_in_the_run_respects_it(
+    redis: Redis,
+) -> None:
+    """The hold written by one job of the run is what the next job of the same run meets."""
+    now = int(time.time() * 1000)
+    await redis.hset(BUCKET, mapping={"r": 100, "o": 40, "t": now})
+    await redis.zadd(QUEUE, {"big": 1, "small": 2})
+    keys = [*GATES, *SCHED]
+    args = [declare(keys, QUEUE), step(now, "big", rpm=100, output=80)]
+    admit = redis.register_script(ADMIT_MANY)
+    statuses, _, wait_ms, _ = await admit(keys=keys, args=args)
+    assert statuses == [] and wait_ms > 0
+    assert (await redis.hget(BUCKET, "hold")) == b"big"
+    # A small one may take only what leaves the big one's need: 40 - 30 < 80, so it waits too.
+    single = redis.register_script(ACQUIRE)
+    reply = await single(keys=GATES, args=orjson.loads(step(now, "small", rpm=100, output=30)))
+    assert reply[0] > 0

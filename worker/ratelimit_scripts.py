@@ -1,0 +1,192 @@
+"""The rate limiter's Lua scripts (`worker.ratelimit`): each change to a model class's buckets is
+one of them, so concurrent workers and dispatchers never over-admit."""
+
+from __future__ import annotations
+
+# The effective capacity of one bucket: the configured limit is a cap; a limit learned from the
+# API's headers may only lower it, and counts only while fresh (headers keep refreshing it).
+CAPS = """
+local function caps_of(h, now, conf, learned_ttl)
+  local caps, fresh = {}, (tonumber(h.L) or -1e18) + learned_ttl > now
+  for n, f in ipairs({'R', 'I', 'O'}) do
+    local c, l = tonumber(conf[n]) or 0, fresh and tonumber(h[f]) or nil
+    if c > 0 and l then caps[n] = math.min(c, l) else caps[n] = (c > 0 and c) or l or 0 end
+  end
+  return caps
+end
+local function load(key)
+  local flat, h = redis.call('HGETALL', key), {}
+  for k = 1, #flat, 2 do h[flat[k]] = flat[k + 1] end
+  return h
+end
+"""
+
+# `acquire(bucket, cooldown, pause, a)`: a = {now_ms, cost r/i/o, configured caps r/i/o (0 =
+# none), holder (the job asking), learned_ttl_ms, hold_slack_ms, large_fraction}. Returns
+# {0, '', n} when admitted (n: the bucket's count of admissions, this one's included; see
+# ADJUST), {wait_ms, why} otherwise; nothing is taken unless all three fit.
+# A large request (a need of at least large_fraction of a bucket) that must wait holds a
+# reservation: until it is served (or its hold lapses), others may take only what leaves its
+# need in the bucket, so small requests cannot keep the level below it forever. A function, so
+# the dispatcher's batched admission (worker.dispatch.admit) runs exactly this step per job.
+# The bucket is read once a script and its fields changed in memory, then written back once by
+# `save_bucket()` (which the script must call before it returns): a run of 64 admissions read
+# and wrote the whole hash 64 times, the largest share of the fleet-wide master's CPU a job.
+# The pause and the cool-down are read once too (no step of a script changes them).
+ACQUIRE_STEP = (
+    CAPS
+    + """
+local gated, held_bucket = nil, nil
+local function gate(cooldown, pause)
+  if redis.call('EXISTS', pause) == 1 then
+    local ttl = redis.call('PTTL', pause)
+    return {ttl > 0 and ttl or 60000, 'paused'}
+  end
+  local cool = redis.call('PTTL', cooldown)
+  if cool > 0 then return {cool, 'cooldown'} end
+  return false
+end
+local function put(b, field, value)  -- false: the field is deleted
+  b.h[field] = value
+  b.dirty[field] = true
+end
+local function take(b, a)
+local h = b.h
+local now, holder = tonumber(a[1]), a[8]
+local large = tonumber(a[11])
+local caps = caps_of(h, now, {a[5], a[6], a[7]}, tonumber(a[9]))
+local names, held_f = {'r', 'i', 'o'}, {'hr', 'hi', 'ho'}
+local last = tonumber(h.t) or now
+local holding = h.hold and h.hold ~= '' and now < (tonumber(h.hu) or 0)
+local other = holding and h.hold ~= holder
+local tokens, needs, wait, why, big = {}, {}, 0, '', false
+for n = 1, 3 do
+  local cap = caps[n]
+  if cap > 0 then
+    local t = math.min(cap, (tonumber(h[names[n]]) or cap) + (now - last) * cap / 60000)
+    tokens[n] = t
+    local need = math.min(tonumber(a[n + 1]), cap)
+    needs[n] = need
+    if n > 1 and need >= cap * large then big = true end
+    local level = need
+    if other then
+      local held = tonumber(h[held_f[n]]) or 0
+      level = need + held
+      if level > cap then level = math.max(held, cap) + 1 end
+    end
+    if t < level then
+      local w = math.ceil((level - t) * 60000 / cap)
+      if other and level > cap then w = math.max(50, math.min(w, (tonumber(h.hu) or now) - now)) end
+      if w > wait then wait, why = w, names[n] end
+    end
+  end
+end
+for n = 1, 3 do
+  if caps[n] > 0 then
+    if wait == 0 then tokens[n] = tokens[n] - needs[n] end
+    put(b, names[n], tostring(tokens[n]))
+  end
+end
+put(b, 't', tostring(now))
+if wait == 0 then
+  if holding and h.hold == holder then
+    for _, field in ipairs({'hold', 'hr', 'hi', 'ho', 'hu'}) do put(b, field, false) end
+  end
+  local count = (tonumber(h.n) or 0) + 1
+  put(b, 'n', tostring(count))
+  return {0, '', count}
+end
+if big and (not holding or h.hold == holder) then
+  put(b, 'hold', holder)
+  put(b, 'hr', tostring(needs[1] or 0))
+  put(b, 'hi', tostring(needs[2] or 0))
+  put(b, 'ho', tostring(needs[3] or 0))
+  put(b, 'hu', tostring(now + wait + tonumber(a[10])))
+end
+return {wait, why}
+end
+local function acquire(bucket, cooldown, pause, a)
+  if gated == nil then gated = gate(cooldown, pause) end
+  if gated then return gated end
+  if not held_bucket then held_bucket = {key = bucket, h = load(bucket), dirty = {}} end
+  return take(held_bucket, a)
+end
+local function save_bucket()
+  if not held_bucket then return end
+  local sets, dels = {}, {}
+  for field in pairs(held_bucket.dirty) do
+    local value = held_bucket.h[field]
+    if value then
+      sets[#sets + 1] = field
+      sets[#sets + 1] = value
+    else
+      dels[#dels + 1] = field
+    end
+  end
+  if #sets > 0 then redis.call('HSET', held_bucket.key, unpack(sets)) end
+  if #dels > 0 then redis.call('HDEL', held_bucket.key, unpack(dels)) end
+end
+"""
+)
+
+# KEYS: bucket hash, cooldown, pause. ARGV: as `acquire`'s a.
+ACQUIRE = (
+    ACQUIRE_STEP
+    + """
+local reply = acquire(KEYS[1], KEYS[2], KEYS[3], ARGV)
+save_bucket()
+return reply
+"""
+)
+
+# KEYS: bucket hash. ARGV: deltas r/i/o (positive refunds), then for each bucket the learned
+# limit and remaining from headers ('' when absent), then configured caps r/i/o, now_ms,
+# learned_ttl_ms, and the bucket's admission count when this call was admitted ('' unknown).
+# Refunds never exceed the effective cap; `remaining` only ever lowers. The API counted
+# `remaining` when the call arrived, seconds ago: the requests admitted here since then (the
+# count's growth) are taken off it, or a fleet sending fast forgets them, runs ahead of the
+# API's bucket and meets 429s where a learned limit runs out.
+ADJUST = (
+    CAPS
+    + """
+local names, learned_f = {'r', 'i', 'o'}, {'R', 'I', 'O'}
+local now = tonumber(ARGV[13])
+for n = 1, 3 do
+  local limit = ARGV[3 + 2 * n - 1]
+  if limit ~= '' then redis.call('HSET', KEYS[1], learned_f[n], limit, 'L', tostring(now)) end
+end
+local h = load(KEYS[1])
+local caps = caps_of(h, now, {ARGV[10], ARGV[11], ARGV[12]}, tonumber(ARGV[14]))
+for n = 1, 3 do
+  local t = tonumber(h[names[n]])
+  local remaining = ARGV[3 + 2 * n]
+  if n == 1 and remaining ~= '' and ARGV[15] and ARGV[15] ~= '' then
+    local since = math.max(0, (tonumber(h.n) or 0) - tonumber(ARGV[15]))
+    remaining = tostring(math.max(0, tonumber(remaining) - since))
+  end
+  if not t and remaining ~= '' then
+    -- First word from the API about this bucket: start from what it says is left, not from
+    -- a full bucket (calls sent before the limit was known have already used some).
+    t = tonumber(remaining)
+    if not h.t then redis.call('HSET', KEYS[1], 't', tostring(now)) end
+  elseif t then
+    t = t + tonumber(ARGV[n])
+    if caps[n] > 0 then t = math.min(t, caps[n]) end
+    if remaining ~= '' then t = math.min(t, tonumber(remaining)) end
+  end
+  if t then redis.call('HSET', KEYS[1], names[n], tostring(t)) end
+end
+return 1
+"""
+)
+
+# KEYS: the class's cooldown, the fleet's "any class cooling" marker. ARGV: ms. Only ever
+# lengthens either.
+COOL_DOWN = """
+for _, key in ipairs(KEYS) do
+  if redis.call('PTTL', key) < tonumber(ARGV[1]) then
+    redis.call('SET', key, '1', 'PX', ARGV[1])
+  end
+end
+return 1
+"""
