@@ -24,9 +24,7 @@ local function run(i)
       redis.call(unpack(ARGV, i + 2, i + 1 - n))
       i = i + 1 - n
     else
-      local words = {ARGV[i + 2], KEYS[tonumber(ARGV[i + 3])]}
-      for j = i + 4, i + 1 + n do words[#words + 1] = ARGV[j] end
-      redis.call(unpack(words))
+      redis.call(ARGV[i + 2], KEYS[tonumber(ARGV[i + 3])], unpack(ARGV, i + 4, i + 1 + n))
       i = i + n + 1
     end
   end
