@@ -145,18 +145,28 @@ return reply
 # Refunds never exceed the effective cap; `remaining` only ever lowers. The API counted
 # `remaining` when the call arrived, seconds ago: the requests admitted here since then (the
 # count's growth) are taken off it, or a fleet sending fast forgets them, runs ahead of the
-# API's bucket and meets 429s where a learned limit runs out.
+# API's bucket and meets 429s where a learned limit runs out. The hash is read once and what
+# changes written in one HSET: every job's ending runs this on the fleet-wide slot.
 ADJUST = (
     CAPS
     + """
 local names, learned_f = {'r', 'i', 'o'}, {'R', 'I', 'O'}
 local now = tonumber(ARGV[13])
+local h, out = load(KEYS[1]), {}  -- read once; what changes is written back in one HSET
+local function put(field, value)
+  h[field] = value
+  out[#out + 1] = field
+  out[#out + 1] = value
+end
 for n = 1, 3 do
   local limit = ARGV[3 + 2 * n - 1]
-  if limit ~= '' then redis.call('HSET', KEYS[1], learned_f[n], limit, 'L', tostring(now)) end
+  if limit ~= '' then
+    put(learned_f[n], limit)
+    put('L', tostring(now))
+  end
 end
-local h = load(KEYS[1])
 local caps = caps_of(h, now, {ARGV[10], ARGV[11], ARGV[12]}, tonumber(ARGV[14]))
+local started = h.t
 for n = 1, 3 do
   local t = tonumber(h[names[n]])
   local remaining = ARGV[3 + 2 * n]
@@ -168,14 +178,15 @@ for n = 1, 3 do
     -- First word from the API about this bucket: start from what it says is left, not from
     -- a full bucket (calls sent before the limit was known have already used some).
     t = tonumber(remaining)
-    if not h.t then redis.call('HSET', KEYS[1], 't', tostring(now)) end
+    if not started then put('t', tostring(now)) end
   elseif t then
     t = t + tonumber(ARGV[n])
     if caps[n] > 0 then t = math.min(t, caps[n]) end
     if remaining ~= '' then t = math.min(t, tonumber(remaining)) end
   end
-  if t then redis.call('HSET', KEYS[1], names[n], tostring(t)) end
+  if t then put(names[n], tostring(t)) end
 end
+if #out > 0 then redis.call('HSET', KEYS[1], unpack(out)) end
 return 1
 """
 )
