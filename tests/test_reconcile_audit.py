@@ -24,6 +24,7 @@ from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from schemas import JobStatus
 from tests.conftest import KEY_A, KEYS, SAMPLES, Sim, StartWorker, eventually, stop_process
+from worker.fleet_lock import FleetLock
 from worker.reconciler import Reconciler
 
 BODY = json.loads((SAMPLES / "requests" / "text.json").read_text())
@@ -71,6 +72,23 @@ async def test_reconciler_lock_lets_one_worker_run_it(
     one, two = Reconciler(redis, store, settings), Reconciler(redis, store, settings)
     assert await one.take_lock() and not await two.take_lock()
     assert await one.take_lock()  # the holder renews
+
+
+async def test_a_lease_held_moments_ago_is_not_asked_for_again(redis: Redis) -> None:
+    """The dispatcher asks for its lease before every tick: within `renew_after_s` of a renewal
+    the answer comes without Redis (the lease's TTL is not touched); past it, it renews."""
+    await redis.flushall()
+    key = KEYS.dispatcher_lock
+    lock, other = FleetLock(redis, key), FleetLock(redis, key)
+    assert await lock.hold(10_000, renew_after_s=60.0)
+    await redis.pexpire(key, 5_000)
+    assert await lock.hold(10_000, renew_after_s=60.0)
+    assert 0 < await redis.pttl(key) <= 5_000  # not asked: not renewed
+    assert not await other.hold(10_000, renew_after_s=60.0)  # a refusal is never remembered
+    assert await lock.hold(10_000)  # renew_after_s 0: asks, and renews
+    assert await redis.pttl(key) > 5_000
+    await lock.release()
+    assert await other.hold(10_000) and not await lock.hold(10_000, renew_after_s=60.0)
 
 
 async def test_payload_missing_from_the_queue_is_requeued_and_runs(

@@ -135,7 +135,7 @@ class Dispatcher:
                 await asyncio.sleep(1.0)
 
     async def take_lock(self) -> bool:
-        return await self.lock.hold(10_000)
+        return await self.lock.hold(10_000, renew_after_s=2.0)
 
     async def tick(self) -> float:
         """Dispatch what can be admitted now; returns how long to wait before looking again."""
