@@ -257,17 +257,25 @@ class RoutedPipeline(Pipeline):
     async def _split(
         self, groups: dict[ConnectionPool, list[int]], raise_on_error: bool
     ) -> list[Any]:
-        """Each master's slots in one pipeline (one slot's alone on its own client)."""
+        """Each master's slots in one pipeline (one slot's alone on its own client). The
+        commands are copied first: a part still resending after another failed must not read a
+        stack that `reset` emptied."""
         by_master: dict[object, dict[ConnectionPool, list[int]]] = {}
         for pool, positions in groups.items():
             address = self.routing.router.master(pool)
             by_master.setdefault(address or id(pool), {})[pool] = sorted(positions)
+        send = _Sender(self.routing.router, list(self.command_stack), set(self.scripts), self)
         try:
-            answers = await asyncio.gather(*(self._send(slots) for slots in by_master.values()))
+            answers = await asyncio.gather(
+                *(send.master(key, slots) for key, slots in by_master.items()),
+                return_exceptions=True,  # every part ends before the pipeline is reset
+            )
         finally:
             await self.reset()
-        replies: list[Any] = [None] * sum(len(positions) for positions in groups.values())
+        replies: list[Any] = [None] * len(send.stack)
         for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
             for index, reply in answer.items():
                 replies[index] = reply
         if raise_on_error:
@@ -276,33 +284,55 @@ class RoutedPipeline(Pipeline):
                     raise reply
         return replies
 
-    async def _send(self, slots: dict[ConnectionPool, list[int]]) -> dict[int, Any]:
-        """The replies (by position) of one master's slots' commands. Sent together on a plain
-        connection to that master; a slot it no longer serves, or all of them if the
-        connection is lost, go again through each slot's own pool (which finds its master)."""
-        if len(slots) == 1:
+
+class _Sender:
+    """Sends a split pipeline's parts: its commands (`stack`, copied), its scripts."""
+
+    def __init__(self, router: Router, stack: list[Any], scripts: set[Any], like: Pipeline) -> None:
+        self.router, self.stack, self.scripts = router, stack, scripts
+        self.response_callbacks = like.response_callbacks
+
+    async def master(self, key: object, slots: dict[ConnectionPool, list[int]]) -> dict[int, Any]:
+        """The replies (by position) of one master's slots' commands (`key`: its address, as
+        they were grouped; else one slot alone). Sent together on a plain connection to that
+        master. A slot's commands it refuses (MOVED, TRYAGAIN, CLUSTERDOWN: nothing ran), with
+        the keyless ones after them (a WAIT), or every command when the connection is lost
+        (as the slot's own client would retry), go again through each slot's own pool, which
+        finds the slot's master."""
+        if not isinstance(key, tuple):
             [(pool, positions)] = slots.items()
-            return dict(zip(positions, await self._run(pool, positions), strict=True))
-        first = next(iter(slots))
-        address = self.routing.router.master(first)
-        assert address is not None  # grouped by it
-        master = self.routing.router.master_client(address).connection_pool
+            return dict(zip(positions, await self.run(pool, positions), strict=True))
+        master = self.router.master_client(key).connection_pool
         everything = sorted(i for positions in slots.values() for i in positions)
         replies: dict[int, Any] = {}
-        # A lost connection: each slot's own client sends again (as its own retry would have).
         with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
-            replies = dict(zip(everything, await self._run(master, everything), strict=True))
-        for pool, positions in slots.items():
-            again = [i for i in positions if i not in replies or _elsewhere(replies[i])]
-            if again:  # not run there: each slot's own client finds the slot's master
-                replies.update(zip(again, await self._run(pool, again), strict=True))
+            replies = dict(zip(everything, await self.run(master, everything), strict=True))
+
+        async def again(pool: ConnectionPool, positions: list[int]) -> None:
+            refused = [i for i in positions if i not in replies or _elsewhere(replies[i])]
+            if refused:
+                after = [i for i in positions if i > refused[0] and _keyless(self.stack[i])]
+                resend = sorted({*refused, *after})
+                replies.update(zip(resend, await self.run(pool, resend), strict=True))
+
+        ends = await asyncio.gather(
+            *(again(pool, positions) for pool, positions in slots.items()),
+            return_exceptions=True,
+        )
+        for end in ends:
+            if isinstance(end, BaseException):
+                raise end
         return replies
 
-    async def _run(self, pool: ConnectionPool, positions: list[int]) -> list[Any]:
+    async def run(self, pool: ConnectionPool, positions: list[int]) -> list[Any]:
         part = Pipeline(pool, self.response_callbacks, False, None)
-        part.command_stack = [self.command_stack[i] for i in positions]
+        part.command_stack = [self.stack[i] for i in positions]
         part.scripts = set(self.scripts)
         return await part.execute(raise_on_error=False)
+
+
+def _keyless(command: tuple[tuple[Any, ...], dict[str, Any]]) -> bool:
+    return _name(command[0]) in KEYLESS
 
 
 def _elsewhere(reply: Any) -> bool:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import time
 
 import orjson
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from msgq.script_calls import declare
 from tests.conftest import KEYS
@@ -46,10 +48,10 @@ async def test_a_run_takes_from_one_read_of_the_bucket_in_order(redis: Redis) ->
     assert reply[0] > 0 and reply[1] == b"r"
 
 
-async def test_a_large_request_that_must_wait_holds_and_a_later_one_in_the_run_respects_it(
+async def test_a_large_request_that_must_wait_holds_and_the_next_acquire_respects_it(
     redis: Redis,
 ) -> None:
-    """The hold written by one job of the run is what the next job of the same run meets."""
+    """The hold a run writes (in memory, then saved) is what the next acquire meets."""
     now = int(time.time() * 1000)
     await redis.hset(BUCKET, mapping={"r": 100, "o": 40, "t": now})
     await redis.zadd(QUEUE, {"big": 1, "small": 2})
@@ -63,3 +65,40 @@ async def test_a_large_request_that_must_wait_holds_and_a_later_one_in_the_run_r
     single = redis.register_script(ACQUIRE)
     reply = await single(keys=GATES, args=orjson.loads(step(now, "small", rpm=100, output=30)))
     assert reply[0] > 0
+
+
+async def test_the_holder_admitted_in_a_run_clears_its_hold_for_the_jobs_after_it(
+    redis: Redis,
+) -> None:
+    """A live hold of "big": admitted first in the run, its hold fields are deleted (set to
+    false in memory, then HDEL) and the small job after it takes what is left."""
+    now = int(time.time() * 1000)
+    hold = {"hold": "big", "hr": 1, "hi": 0, "ho": 80, "hu": now + 60_000}
+    await redis.hset(BUCKET, mapping={"r": 100, "o": 100, "t": now, **hold})
+    await redis.zadd(QUEUE, {"big": 1, "small": 2})
+    keys = [*GATES, *SCHED]
+    args: list[object] = []
+    for job, output in (("big", 80), ("small", 20)):
+        args += [declare(keys, QUEUE), step(now, job, rpm=100, output=output)]
+    admit = redis.register_script(ADMIT_MANY)
+    statuses, counts, wait_ms, _ = await admit(keys=keys, args=args)
+    assert statuses == [1, 1] and counts == [1, 2] and wait_ms == 0
+    bucket = await redis.hgetall(BUCKET)
+    assert not {b"hold", b"hr", b"hi", b"ho", b"hu"} & set(bucket)
+    assert float(bucket[b"o"]) == 0 and float(bucket[b"r"]) == 98
+
+
+async def test_an_error_part_way_keeps_what_the_jobs_before_it_took(redis: Redis) -> None:
+    """The second job's queue is of the wrong type: the step fails, but the first job, already
+    out of the scheduler, keeps what it took from the bucket (saved before the error)."""
+    now = int(time.time() * 1000)
+    broken = KEYS.prefix + "sched:q:broken"
+    await redis.set(broken, "not a sorted set")
+    await redis.zadd(QUEUE, {"first": 1})
+    keys = [*GATES, *SCHED]
+    args = [declare(keys, QUEUE), step(now, "first"), declare(keys, broken), step(now, "second")]
+    admit = redis.register_script(ADMIT_MANY)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await admit(keys=keys, args=args)
+    assert await redis.zrange(QUEUE, 0, -1) == []  # the first left the scheduler
+    assert await redis.hget(BUCKET, "n") == b"1" and float(await redis.hget(BUCKET, "r")) == 2

@@ -15,10 +15,11 @@ from redis.exceptions import ResponseError
 
 from msgq.channels import publish, subscriber
 from msgq.connections import connect
+from msgq.dev.embedded_redis import free_port
 from msgq.dev.redis_cluster import RedisCluster
 from msgq.keys import Keyspace, keyspace
 from msgq.script_calls import run_each
-from msgq.slot_routing import RoutedPipeline, Router, SlotRouting
+from msgq.slot_routing import Router, SlotRouting, _Sender
 from tests.conftest import flush
 
 SIXTEEN = keyspace(clustered=True, partitions=16)
@@ -227,13 +228,13 @@ async def test_a_split_pipeline_costs_one_round_trip_a_master(
     """16 partitions and the deployment's slot on 3 masters: once each slot's master is known,
     a pipeline over all of them is sent as 3 pipelines, one a master, not 17."""
     sent: list[object] = []
-    real_run = RoutedPipeline._run
+    real_run = _Sender.run
 
-    async def counted(self: RoutedPipeline, pool: object, positions: list[int]) -> list[object]:
+    async def counted(self: _Sender, pool: object, positions: list[int]) -> list[object]:
         sent.append(pool)
         return await real_run(self, pool, positions)  # type: ignore[arg-type]  # a pool
 
-    monkeypatch.setattr(RoutedPipeline, "_run", counted)
+    monkeypatch.setattr(_Sender, "run", counted)
 
     async def every_slot() -> list[object]:
         async with routed.pipeline(transaction=False) as pipe:
@@ -277,3 +278,27 @@ async def test_a_slot_moved_off_a_shared_master_is_sent_again_to_its_new_one(
         assert node.get(part.prefix + "n") == b"1"
     with SyncRedis(port=old) as node:
         assert node.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+
+
+async def test_a_lost_connection_to_a_shared_master_sends_each_slot_again_once(
+    routed: Redis,
+) -> None:
+    """The plain connection to a master is lost (here: every master's address answers nothing
+    at all): each slot's commands go again through the slot's own client, in order, once."""
+
+    async def every_slot(verb: str) -> list[object]:
+        async with routed.pipeline(transaction=False) as pipe:
+            for part in SIXTEEN.parts:
+                pipe.execute_command(verb, part.prefix + "lost")
+            return await pipe.execute()
+
+    await every_slot("GET")  # each slot's master known
+    await every_slot("GET")  # ...and the masters' clients made
+    assert isinstance(routed, SlotRouting)
+    router = routed.router
+    assert len(router.masters) == 3
+    for address in list(router.masters):
+        await router.masters[address].aclose()
+        router.masters[address] = Redis(port=free_port(), socket_connect_timeout=1)
+    assert await every_slot("INCR") == [1] * 16
+    assert await every_slot("GET") == ["1"] * 16

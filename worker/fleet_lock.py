@@ -38,7 +38,10 @@ class FleetLock:
         """True while this process holds the lease (for `ttl_ms` more). Within `renew_after_s`
         of a renewal that held, True without asking Redis: the dispatcher asks before every
         tick (20 a second under load), and nobody else can take a lease with most of its TTL
-        left. `renew_after_s` must stay well under the TTL."""
+        left. `renew_after_s` must stay well under the TTL. One exception: a failover that
+        loses the lease's key (replication is asynchronous) lets another worker take it, and
+        this one learns of it up to `renew_after_s` later; two dispatchers for that long admit
+        through the same atomic steps, so nothing is lost or sent twice."""
         now = time.monotonic()
         if now - self._renewed_at < renew_after_s:
             return True

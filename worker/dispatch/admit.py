@@ -7,7 +7,7 @@ second (512 slots: 1.1 s) and every slot freed waited its turn behind the others
 Here a run of up to `ADMIT_RUN` jobs costs one. It applies to jobs whose admission needs only
 capacity (`Dispatcher._needs_ticket` false: no budget, no share cap); the others are admitted
 one by one, in order, as before. Each job gets exactly what the single path gives it: the same
-acquire step (`worker.ratelimit.ACQUIRE_STEP`), the same checks that it is still waiting and
+acquire step (`worker.ratelimit_scripts.ACQUIRE_STEP`), the same checks that it is still waiting and
 still has its payload, the same ticket; a job that must wait stops the run and keeps its place.
 """
 
@@ -40,26 +40,32 @@ ADMIT_MANY = (
     + """
 local statuses, counts = {}, {}
 local wait, why = 0, ''
-for i = 1, #ARGV, 2 do
-  local queue = KEYS[tonumber(ARGV[i])]
-  local a = cjson.decode(ARGV[i + 1])
-  local id = a[8]
-  if redis.call('ZSCORE', queue, id) then
-    local r = acquire(KEYS[1], KEYS[2], KEYS[3], a)
-    if r[1] > 0 then
-      wait, why = r[1], r[2]
-      break
+local function run()
+  for i = 1, #ARGV, 2 do
+    local queue = KEYS[tonumber(ARGV[i])]
+    local a = cjson.decode(ARGV[i + 1])
+    local id = a[8]
+    if redis.call('ZSCORE', queue, id) then
+      local r = acquire(KEYS[1], KEYS[2], KEYS[3], a)
+      if r[1] > 0 then
+        wait, why = r[1], r[2]
+        break
+      end
+      leave(id, queue, KEYS[4], KEYS[5], KEYS[6])
+      statuses[#statuses + 1] = 1
+      counts[#counts + 1] = r[3]
+    else  -- it had left: its entries go too
+      leave(id, queue, KEYS[4], KEYS[5], KEYS[6])
+      statuses[#statuses + 1] = 0
+      counts[#counts + 1] = 0
     end
-    leave(id, queue, KEYS[4], KEYS[5], KEYS[6])
-    statuses[#statuses + 1] = 1
-    counts[#counts + 1] = r[3]
-  else  -- it had left: its entries go too
-    leave(id, queue, KEYS[4], KEYS[5], KEYS[6])
-    statuses[#statuses + 1] = 0
-    counts[#counts + 1] = 0
   end
 end
+-- An error part way (a queue of the wrong type): the jobs admitted before it left the
+-- scheduler, so what they took is saved before the error is raised.
+local ok, err = pcall(run)
 save_bucket()
+if not ok then error(err) end
 return {statuses, counts, wait, why}
 """
 )
