@@ -177,23 +177,35 @@ class RateLimiter:
     async def gate_wait(self, model: str) -> tuple[float, str]:
         """(seconds, why) until the fleet may send for this model: the pause, then the model
         class's cool-down; (0, "") when clear. The same checks `acquire` starts with."""
+        wait_s, why, _ = await self.gate_and_known(model)
+        return wait_s, why
+
+    async def gate_and_known(self, model: str) -> tuple[float, str, bool]:
+        """`gate_wait` and `known` for the model's class, read in one round trip (the
+        dispatcher asks both before each class's admission)."""
+        cls = model_class(model)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.pttl(self.keys.pause_key)
-            pipe.pttl(self.keys.cooldown_key(model_class(model)))
-            pause_ms, cool_ms = await pipe.execute()
+            pipe.pttl(self.keys.cooldown_key(cls))
+            pipe.hget(self._bucket(cls), "L")
+            pause_ms, cool_ms, learned_at = await pipe.execute()
+        known = self._known(cls, learned_at)
         if pause_ms != -2:  # -1: paused without expiry (until `msgq resume`)
-            return (pause_ms / 1000 if pause_ms > 0 else 60.0), "paused"
+            return (pause_ms / 1000 if pause_ms > 0 else 60.0), "paused", known
         if cool_ms > 0:
-            return cool_ms / 1000, "cooldown"
-        return 0.0, ""
+            return cool_ms / 1000, "cooldown", known
+        return 0.0, "", known
 
     async def known(self, model_cls: str) -> bool:
         """A limit is configured for this class, or one learned from headers is still fresh:
         admission can be sized by the buckets rather than by a slow-start window."""
+        learned_at = await self.redis.hget(self._bucket(model_cls), "L")  # type: ignore[misc]
+        return self._known(model_cls, learned_at)
+
+    def _known(self, model_cls: str, learned_at: bytes | None) -> bool:
         lim = self._limits_for(model_cls)
         if lim.rpm or lim.itpm or lim.otpm:
             return True
-        learned_at = await self.redis.hget(self._bucket(model_cls), "L")  # type: ignore[misc]
         if learned_at is None:
             return False
         return float(learned_at) + self.learned_ttl_ms > time.time() * 1000

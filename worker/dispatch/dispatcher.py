@@ -97,6 +97,7 @@ class Dispatcher:
         self.share_caps = ShareCaps(redis, limiter)
         self.wake = asyncio.Event()
         self._idle = False  # the last tick found no job waiting: the next looks in one read first
+        self._room: tuple[int, bool] = (0, False)  # the tick's window read, and limits_known
 
     # ------------------------------------------------------------------ loop
 
@@ -142,10 +143,12 @@ class Dispatcher:
         if await self._sweep_and_still_idle():
             return 1.0
         await self.intake.route_inbox()
-        if self.settings.scheduler and await self.window.room(limits_known=self._known) <= 0:
-            # The fleet's slots are full: look again shortly, without re-reading every queue
-            # (a full tick reads and parses each queue's first entries).
-            return FULL_RECHECK_S
+        if self.settings.scheduler:
+            self._room = (await self.window.room(limits_known=self._known), self._known)
+            if self._room[0] <= 0:
+                # The fleet's slots are full: look again shortly, without re-reading every
+                # queue (a full tick reads and parses each queue's first entries).
+                return FULL_RECHECK_S
         by_class = await self._heads()
         if not by_class:
             self._idle = True
@@ -248,10 +251,9 @@ class Dispatcher:
     async def _dispatch_class(self, cls: str, queues: dict[str, deque[Head]]) -> float:
         firsts = [q[0] for q in queues.values()]
         self.policy.forget_idle_credit(cls, firsts)
-        gate_s, _ = await self.limiter.gate_wait(firsts[0].estimate.model)
+        gate_s, _, limited = await self.limiter.gate_and_known(firsts[0].estimate.model)
         if gate_s > 0:
             return min(gate_s, 1.0)  # paused or cooling down: nothing is admitted, ticket or not
-        limited = await self.limiter.known(cls)
         self._known = limited
         return await self._admit_in_order(cls, queues, limited)
 
@@ -259,7 +261,9 @@ class Dispatcher:
         self, cls: str, queues: dict[str, deque[Head]], limited: bool
     ) -> float:
         """Admit by policy until the slots are full, capacity runs out or the heads read do."""
-        room = 0
+        # The room the tick read, for the first class if read as it is sized (else read anew).
+        (room, sized_as), self._room = self._room, (0, False)
+        room = room if sized_as == limited else 0
         plain: list[Head] = []  # admitted in policy order, moved together (no ticket needed)
         run = self._run  # needing only capacity: admitted together, in one step (dispatch_admit)
         try:
