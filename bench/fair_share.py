@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from bench.harness import redis_server, sim_stats, simulator, text_request, workers
 from msgq.client import Client
 from msgq.jobs.store import JobStore
+from msgq.keys import Keyspace
 from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets
 from msgq.tenancy.tenants import load_tenants
@@ -41,8 +42,10 @@ def _settings(redis_url: str, **update: Any) -> Settings:
     return Settings(_env_file=None, redis_url=redis_url, **update)  # type: ignore[call-arg]
 
 
-async def _records(redis: Redis, ids: list[str]) -> list[JobRecord]:
-    raws = await redis.mget([f"msgq:job:{i}" for i in ids]) if ids else []
+async def _records(redis: Redis, ids: list[str], keys: Keyspace) -> list[JobRecord]:
+    """The records of `ids`, wherever the keyspace puts them (a partition of their own when
+    MSGQ_PARTITIONS is set)."""
+    raws = await redis.mget([keys.record_key(i) for i in ids]) if ids else []
     return [JobRecord.model_validate_json(r) for r in raws if r]
 
 
@@ -76,7 +79,7 @@ async def interactive_wait(tmp: Path, scheduler: bool, seconds: int = 40) -> lis
                 interactive.append(job.id)
                 await asyncio.sleep(1.0)  # the arrival rate under test, not a sync point
             await asyncio.sleep(3.0)  # the last arrivals' chance to start
-            records = await _records(redis, interactive)
+            records = await _records(redis, interactive, settings.keys)
         stats = sim_stats(sim)
     waits = [
         (r.started_at - r.created_at).total_seconds() for r in records if r.started_at is not None

@@ -286,7 +286,10 @@ class Dispatcher:
                 blocked = self.policy.blocked.get(head.tenant, 0) > time.monotonic()
                 if advance(queues, head, blocked=blocked):
                     return await self._flush(plain) or 0.0  # re-read: more may wait, stay fair
-            return await self._flush(plain) or 0.0  # re-read: more may wait behind the heads
+            # Every queue was read to its end (a full one returns above): nothing more waited
+            # then, and a job placed since has woken the dispatcher (`wake`). An immediate
+            # re-read found nothing and ran in the same event loop as the worker's claims.
+            return await self._flush(plain) or 1.0
         finally:
             run.discard()  # a run not flushed (an error): its jobs stay queued, uncharged
             await self._move_plain(plain)
