@@ -177,8 +177,11 @@ class RateLimiter:
     async def gate_wait(self, model: str) -> tuple[float, str]:
         """(seconds, why) until the fleet may send for this model: the pause, then the model
         class's cool-down; (0, "") when clear. The same checks `acquire` starts with."""
-        wait_s, why, _ = await self.gate_and_known(model)
-        return wait_s, why
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.pttl(self.keys.pause_key)
+            pipe.pttl(self.keys.cooldown_key(model_class(model)))
+            pause_ms, cool_ms = await pipe.execute()
+        return _gate(pause_ms, cool_ms)
 
     async def gate_and_known(self, model: str) -> tuple[float, str, bool]:
         """`gate_wait` and `known` for the model's class, read in one round trip (the
@@ -189,12 +192,7 @@ class RateLimiter:
             pipe.pttl(self.keys.cooldown_key(cls))
             pipe.hget(self._bucket(cls), "L")
             pause_ms, cool_ms, learned_at = await pipe.execute()
-        known = self._known(cls, learned_at)
-        if pause_ms != -2:  # -1: paused without expiry (until `msgq resume`)
-            return (pause_ms / 1000 if pause_ms > 0 else 60.0), "paused", known
-        if cool_ms > 0:
-            return cool_ms / 1000, "cooldown", known
-        return 0.0, "", known
+        return (*_gate(pause_ms, cool_ms), self._known(cls, learned_at))
 
     async def known(self, model_cls: str) -> bool:
         """A limit is configured for this class, or one learned from headers is still fresh:
@@ -227,6 +225,15 @@ class RateLimiter:
     async def paused(self) -> str | None:
         value = await self.redis.get(self.keys.pause_key)
         return None if value is None else value.decode()
+
+
+def _gate(pause_ms: int, cool_ms: int) -> tuple[float, str]:
+    """What the pause's and the cool-down's PTTLs say: (seconds to wait, why), or (0, "")."""
+    if pause_ms != -2:  # -1: paused without expiry (until `msgq resume`)
+        return (pause_ms / 1000 if pause_ms > 0 else 60.0), "paused"
+    if cool_ms > 0:
+        return cool_ms / 1000, "cooldown"
+    return 0.0, ""
 
 
 def headers_say_limits(headers: dict[str, str] | None) -> bool:
