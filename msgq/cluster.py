@@ -198,6 +198,16 @@ class SlotOwnerSSLConnection(SlotOwnerConnection, SSLConnection):
     pass
 
 
+def _node_options(target: ClusterTarget) -> dict[str, Any]:
+    """What every connection to a data node takes, whichever pool holds it."""
+    return {
+        "username": target.username,
+        "password": target.password,
+        "socket_connect_timeout": 2.0,  # a dead host must not hold a reconnect for minutes
+        "socket_keepalive": True,
+    }
+
+
 def cluster_client(
     target: ClusterTarget,
     prefix: str,
@@ -208,11 +218,8 @@ def cluster_client(
     """A client of the master serving the slot of `prefix` (the deployment's `{tag}:`)."""
     slot = slot_of(prefix)
     kwargs: dict[str, Any] = {
-        "username": target.username,
-        "password": target.password,
+        **_node_options(target),
         "ssl": target.ssl,
-        "socket_connect_timeout": 2.0,  # a dead host must not hold a reconnect for minutes
-        "socket_keepalive": True,
         "retry": FailoverRetry(failover_wait_s),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         "connection_class": SlotOwnerSSLConnection if target.ssl else SlotOwnerConnection,
@@ -233,12 +240,9 @@ def master_client(
     answers `MOVED` for, or a lost connection, sends the commands again through each slot's
     own client (`cluster_client`), which finds the slot's master anew."""
     kwargs: dict[str, Any] = {
+        **_node_options(target),
         "host": address[0],
         "port": address[1],
-        "username": target.username,
-        "password": target.password,
-        "socket_connect_timeout": 2.0,
-        "socket_keepalive": True,
         "connection_class": SSLConnection if target.ssl else Connection,
         **options,
     }

@@ -264,7 +264,8 @@ class RoutedPipeline(Pipeline):
         for pool, positions in groups.items():
             address = self.routing.router.master(pool)
             by_master.setdefault(address or id(pool), {})[pool] = sorted(positions)
-        send = _Sender(self.routing.router, list(self.command_stack), set(self.scripts), self)
+        stack, scripts = list(self.command_stack), set(self.scripts)
+        send = _Sender(self.routing.router, stack, scripts, self.response_callbacks)
         try:
             answers = await asyncio.gather(
                 *(send.master(key, slots) for key, slots in by_master.items()),
@@ -288,9 +289,9 @@ class RoutedPipeline(Pipeline):
 class _Sender:
     """Sends a split pipeline's parts: its commands (`stack`, copied), its scripts."""
 
-    def __init__(self, router: Router, stack: list[Any], scripts: set[Any], like: Pipeline) -> None:
+    def __init__(self, router: Router, stack: list[Any], scripts: set[Any], callbacks: Any) -> None:
         self.router, self.stack, self.scripts = router, stack, scripts
-        self.response_callbacks = like.response_callbacks
+        self.response_callbacks = callbacks
 
     async def master(self, key: object, slots: dict[ConnectionPool, list[int]]) -> dict[int, Any]:
         """The replies (by position) of one master's slots' commands (`key`: its address, as
