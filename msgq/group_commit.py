@@ -10,11 +10,17 @@ added latency); under load one pipeline carries the calls of every job that got 
 meanwhile.
 
 Each call stays a script of its own, atomic as before, and keeps its own reply and its own error
-(one failing call fails only its caller). A connection lost mid-pipeline is met as it was for a
-call on its own: redis-py applies the connection's retry policy to a pipeline exactly as to one
-command, and every caller of the batch sees the error it would have seen. The scripts go by SHA;
-one the server lost (restarted, failed over) is loaded and only the calls that found it missing
-are sent again.
+(one failing call fails only its caller). The exception is a call queued with `merge=True`, for
+a script written to apply any number of calls' arguments one after another (ARGV is theirs,
+concatenated, and its one reply is every caller's): the calls of one batch on the same keys go
+as one script call. Every job's ending corrects the fleet's rate-limit bucket and counts its
+spend, on the one fleet-wide slot; merged, the bucket is read and written once a batch, not once
+a job. A merged call that fails fails each of its callers.
+
+A connection lost mid-pipeline is met as it was for a call on its own: redis-py applies the
+connection's retry policy to a pipeline exactly as to one command, and every caller of the batch
+sees the error it would have seen. The scripts go by SHA; one the server lost (restarted, failed
+over) is loaded and only the calls that found it missing are sent again.
 """
 
 from __future__ import annotations
@@ -34,9 +40,38 @@ class _Call:
     script: AsyncScript
     keys: list[Any]
     args: list[Any]
+    merge: bool = False
     reply: asyncio.Future[Any] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+
+@dataclass
+class _Send:
+    """One script call on the wire: a caller's, or several callers' merged."""
+
+    script: AsyncScript
+    keys: list[Any]
+    args: list[Any]
+
+
+def merged(batch: list[_Call]) -> tuple[list[_Send], list[int]]:
+    """The script calls to send for a batch, and for each caller the index of its call: the
+    `merge` calls of one script on the same keys become one, their arguments in queue order."""
+    sends: list[_Send] = []
+    where: list[int] = []
+    first: dict[tuple[str, tuple[Any, ...]], int] = {}
+    for call in batch:
+        key = (call.script.sha, tuple(call.keys))
+        if call.merge and key in first:
+            sends[first[key]].args.extend(call.args)
+            where.append(first[key])
+            continue
+        if call.merge:
+            first[key] = len(sends)
+        where.append(len(sends))
+        sends.append(_Send(call.script, call.keys, list(call.args)))
+    return sends, where
 
 
 class GroupCommit:
@@ -48,10 +83,14 @@ class GroupCommit:
         self._sender: asyncio.Task[None] | None = None
         self.batches = 0  # pipelines sent (for tests and figures: calls / batches)
         self.calls = 0
+        self.sent = 0  # script calls sent: fewer than `calls` where calls were merged
 
-    async def call(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
-        """The script's reply, as `await script(keys=keys, args=args)` would give it."""
-        call = _Call(script, keys, args)
+    async def call(
+        self, script: AsyncScript, keys: list[Any], args: list[Any], *, merge: bool = False
+    ) -> Any:
+        """The script's reply, as `await script(keys=keys, args=args)` would give it.
+        `merge`: the script takes several calls' arguments at once (above)."""
+        call = _Call(script, keys, args, merge)
         self._queued.append(call)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_queued())
@@ -78,19 +117,22 @@ class GroupCommit:
                     call.reply.set_result(reply)
 
     async def _send(self, batch: list[_Call]) -> list[Any]:
+        """Each caller's reply (or error), in the batch's order."""
+        sends, where = merged(batch)
         self.batches += 1
         self.calls += len(batch)
-        replies = await self._pipeline(batch)
+        self.sent += len(sends)
+        replies = await self._pipeline(sends)
         missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
-            for script in {id(batch[n].script): batch[n].script for n in missing}.values():
+            for script in {id(sends[n].script): sends[n].script for n in missing}.values():
                 script.sha = await self.redis.script_load(script.script)
-            again = await self._pipeline([batch[n] for n in missing])
+            again = await self._pipeline([sends[n] for n in missing])
             for n, reply in zip(missing, again, strict=True):
                 replies[n] = reply
-        return replies
+        return [replies[n] for n in where]
 
-    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+    async def _pipeline(self, calls: list[_Send]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for call in calls:
                 pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)

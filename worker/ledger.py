@@ -270,7 +270,7 @@ class Ledgers:
         usage reports: they add up to what the records cost."""
         if cost_usd:
             keys, args = self.budgets.record_step(tenant, cost_usd, model)
-            await self.group.call(self.budgets.record_script, keys, args)
+            await self.group.call(self.budgets.record_script, keys, args, merge=True)
 
     async def learn(self, model: str, headers: dict[str, str]) -> None:
         """The limits an answer's headers announce, for a call sent with no capacity held."""

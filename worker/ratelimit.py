@@ -172,7 +172,7 @@ class RateLimiter:
         if group is None:
             await self._adjust(keys=keys, args=args)
         else:
-            await group.call(self._adjust, keys, args)
+            await group.call(self._adjust, keys, args, merge=True)  # one a bucket a batch
 
     async def gate_wait(self, model: str) -> tuple[float, str]:
         """(seconds, why) until the fleet may send for this model: the pause, then the model

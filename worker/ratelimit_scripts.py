@@ -139,52 +139,64 @@ return reply
 """
 )
 
-# KEYS: bucket hash. ARGV: deltas r/i/o (positive refunds), then for each bucket the learned
-# limit and remaining from headers ('' when absent), then configured caps r/i/o, now_ms,
-# learned_ttl_ms, and the bucket's admission count when this call was admitted ('' unknown).
-# Refunds never exceed the effective cap; `remaining` only ever lowers. The API counted
-# `remaining` when the call arrived, seconds ago: the requests admitted here since then (the
-# count's growth) are taken off it, or a fleet sending fast forgets them, runs ahead of the
-# API's bucket and meets 429s where a learned limit runs out. The hash is read once and what
-# changes written in one HSET: every job's ending runs this on the fleet-wide slot.
+# KEYS: bucket hash. ARGV: one or more calls' arguments, 15 each: deltas r/i/o
+# (positive refunds), then for each bucket the learned limit and remaining from headers ('' when
+# absent), then configured caps r/i/o, now_ms, learned_ttl_ms, and the bucket's admission count
+# when this call was admitted ('' unknown). Refunds never exceed the effective cap; `remaining`
+# only ever lowers. The API counted `remaining` when the call arrived, seconds ago: the requests
+# admitted here since then (the count's growth) are taken off it, or a fleet sending fast
+# forgets them, runs ahead of the API's bucket and meets 429s where a learned limit runs out.
+# Every job's ending runs this on the fleet-wide slot, so the hash is read once and what changed
+# written back in one HSET, however many calls one script applies (in order): a worker's group
+# commit merges the endings it sends together into one call (`msgq.group_commit`).
 ADJUST = (
     CAPS
     + """
 local names, learned_f = {'r', 'i', 'o'}, {'R', 'I', 'O'}
-local now = tonumber(ARGV[13])
-local h, out = load(KEYS[1]), {}  -- read once; what changes is written back in one HSET
+if #ARGV == 0 or #ARGV % 15 ~= 0 then
+  return redis.error_reply('ADJUST takes its arguments 15 a call, not ' .. #ARGV)
+end
+local h, changed = load(KEYS[1]), {}
 local function put(field, value)
   h[field] = value
+  changed[field] = true
+end
+for base = 0, #ARGV - 15, 15 do
+  local a = {unpack(ARGV, base + 1, base + 15)}
+  local now = tonumber(a[13])
+  for n = 1, 3 do
+    local limit = a[3 + 2 * n - 1]
+    if limit ~= '' then
+      put(learned_f[n], limit)
+      put('L', tostring(now))
+    end
+  end
+  local caps = caps_of(h, now, {a[10], a[11], a[12]}, tonumber(a[14]))
+  local started = h.t
+  for n = 1, 3 do
+    local t = tonumber(h[names[n]])
+    local remaining = a[3 + 2 * n]
+    if n == 1 and remaining ~= '' and a[15] ~= '' then
+      local since = math.max(0, (tonumber(h.n) or 0) - tonumber(a[15]))
+      remaining = tostring(math.max(0, tonumber(remaining) - since))
+    end
+    if not t and remaining ~= '' then
+      -- First word from the API about this bucket: start from what it says is left, not
+      -- from a full bucket (calls sent before the limit was known have already used some).
+      t = tonumber(remaining)
+      if not started then put('t', tostring(now)) end
+    elseif t then
+      t = t + tonumber(a[n])
+      if caps[n] > 0 then t = math.min(t, caps[n]) end
+      if remaining ~= '' then t = math.min(t, tonumber(remaining)) end
+    end
+    if t then put(names[n], tostring(t)) end
+  end
+end
+local out = {}
+for field in pairs(changed) do
   out[#out + 1] = field
-  out[#out + 1] = value
-end
-for n = 1, 3 do
-  local limit = ARGV[3 + 2 * n - 1]
-  if limit ~= '' then
-    put(learned_f[n], limit)
-    put('L', tostring(now))
-  end
-end
-local caps = caps_of(h, now, {ARGV[10], ARGV[11], ARGV[12]}, tonumber(ARGV[14]))
-local started = h.t
-for n = 1, 3 do
-  local t = tonumber(h[names[n]])
-  local remaining = ARGV[3 + 2 * n]
-  if n == 1 and remaining ~= '' and ARGV[15] and ARGV[15] ~= '' then
-    local since = math.max(0, (tonumber(h.n) or 0) - tonumber(ARGV[15]))
-    remaining = tostring(math.max(0, tonumber(remaining) - since))
-  end
-  if not t and remaining ~= '' then
-    -- First word from the API about this bucket: start from what it says is left, not from
-    -- a full bucket (calls sent before the limit was known have already used some).
-    t = tonumber(remaining)
-    if not started then put('t', tostring(now)) end
-  elseif t then
-    t = t + tonumber(ARGV[n])
-    if caps[n] > 0 then t = math.min(t, caps[n]) end
-    if remaining ~= '' then t = math.min(t, tonumber(remaining)) end
-  end
-  if t then put(names[n], tostring(t)) end
+  out[#out + 1] = h[field]
 end
 if #out > 0 then redis.call('HSET', KEYS[1], unpack(out)) end
 return 1

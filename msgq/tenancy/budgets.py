@@ -30,13 +30,26 @@ NO_TENANT = "(none)"
 DAY_TTL_S = 40 * 24 * 3600
 MONTH_TTL_S = 400 * 24 * 3600
 # Spend without a reservation, in one step. KEYS: the day's and the month's spend, the day's
-# spend by model, the set of tenants with spend. ARGV: µUSD, day ttl s, month ttl s, model, tenant.
+# spend by model, the set of tenants with spend. ARGV: one or more calls' arguments (the
+# tenant's spend on those keys, 5 each): µUSD, day ttl s, month ttl s, model, tenant.
+# Summed first, so a worker's group commit merges every job's spend of a batch into one call
+# (`msgq.group_commit`): each counter is written once, each model's once.
 RECORD_SPEND = """
-redis.call('INCRBY', KEYS[1], ARGV[1])
+if #ARGV == 0 or #ARGV % 5 ~= 0 then
+  return redis.error_reply('RECORD_SPEND takes its arguments 5 a call, not ' .. #ARGV)
+end
+local total, by_model, models = 0, {}, {}
+for base = 0, #ARGV - 5, 5 do
+  local amount, model = tonumber(ARGV[base + 1]), ARGV[base + 4]
+  total = total + amount
+  if not by_model[model] then models[#models + 1] = model end
+  by_model[model] = (by_model[model] or 0) + amount
+end
+redis.call('INCRBY', KEYS[1], total)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('INCRBY', KEYS[2], ARGV[1])
+redis.call('INCRBY', KEYS[2], total)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('HINCRBY', KEYS[3], ARGV[4], ARGV[1])
+for _, model in ipairs(models) do redis.call('HINCRBY', KEYS[3], model, by_model[model]) end
 redis.call('EXPIRE', KEYS[3], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[5])
 return 1
