@@ -115,20 +115,51 @@ async def test_a_claim_resent_after_its_reply_was_lost_gets_the_job_again(
 async def test_a_deferred_job_no_longer_queued_is_not_queued_again(
     redis: Redis, settings: Settings
 ) -> None:
-    """arq's finish re-scores a deferred job with ZINCRBY, which adds it back if its terminal
-    record already took it out of the queue (an entry with no payload). Only a queued job is
-    re-scored."""
+    """A deferred job is re-scored only if still queued (a terminal record may already have
+    taken it out: re-adding it would leave an entry with no payload), and to when it is due
+    again, not by arq's increment on its score: a running job is scored at its lock's expiry,
+    so an increment would add the lock's length to every deferral."""
     from worker.main import build_worker
 
     worker = build_worker(settings, handle_signals=False)
     try:
         await worker.finish_job("gone", False, None, 0, False, 2000, None)
         assert await redis.zscore(settings.keys.for_job("gone").queue, "gone") is None
-        await redis.zadd(settings.keys.for_job("here").queue, {"here": 1000})
+        await redis.zadd(settings.keys.for_job("here").queue, {"here": 99_000})  # lock's expiry
         await worker.finish_job("here", False, None, 0, False, 2000, None)
-        assert await redis.zscore(settings.keys.for_job("here").queue, "here") == 3000
+        assert await redis.zscore(settings.keys.for_job("here").queue, "here") == 2000
     finally:
         await worker.pool.aclose()
+
+
+async def test_a_running_job_is_out_of_the_due_range_until_its_lock_lapses(
+    client: Client, redis: Redis, sim: Sim, settings: Settings, start_worker: StartWorker
+) -> None:
+    """A claimed job is scored at its lock's expiry and each heartbeat moves it on: the due
+    scan never reads past the fleet's running jobs, and the job is not due while it runs."""
+    short_lock = settings.model_copy(update={"lock_s": 1.5})
+    sim.script({"delay_s": 3.0})
+    await start_worker(short_lock)
+    job = await client.submit(BODY)
+    queue = settings.keys.for_job(job.id).queue
+    lock = settings.keys.in_progress_key(job.id)
+
+    async def locked() -> bool:
+        return bool(await redis.exists(lock))
+
+    await eventually(locked)
+    first = await redis.zscore(queue, job.id)
+    assert first is not None and first > time.time() * 1000  # not due while it runs
+
+    async def moved_on() -> bool:
+        score = await redis.zscore(queue, job.id)
+        return score is not None and score > first  # type: ignore[operator]
+
+    await eventually(moved_on, timeout_s=5)  # a beat, a third of the lock later
+    assert await redis.zcount(queue, "-inf", int(time.time() * 1000)) == 0
+    record = await client.wait(job.id, timeout=30)
+    assert record.status is JobStatus.SUCCEEDED and record.attempts == 1
+    assert await redis.zscore(queue, job.id) is None
 
 
 async def test_old_abort_requests_are_pruned(

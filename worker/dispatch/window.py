@@ -41,11 +41,12 @@ class AdmissionWindow:
 
     async def room(self, *, limits_known: bool) -> int:
         """Jobs that may be admitted now (may be zero or negative: none)."""
-        now_ms = int(time.time() * 1000)
+        # Due or running: a running job is scored at its lock's expiry (worker.queue.claim)
+        horizon_ms = int((time.time() + self.settings.lock_s) * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(self.settings.keys.cooling_key)
             for part in self.settings.keys.parts:  # arq's queue, one per partition
-                pipe.zcount(part.queue, "-inf", now_ms)
+                pipe.zcount(part.queue, "-inf", horizon_ms)
             cooling, *dues = await pipe.execute()
         due = sum(int(n) for n in dues)
         self._observe(int(due), bool(cooling), limits_known)

@@ -25,6 +25,10 @@ log = structlog.get_logger("msgq.worker")
 # that job is refused, the rest of the batch is not held up); else {score, payload (nil when
 # gone), try, aborted (0/1), prefetched...}. A lock already holding this worker's token is a
 # re-sent claim whose reply was lost: the job is handed over again, its try not counted twice.
+# A claimed job stays in the queue (a dead worker's job is found again) but is scored at its
+# lock's expiry, and each heartbeat moves it on with the lock (`worker.queue.upkeep.beat`): the
+# due range holds waiting jobs, not the fleet's running ones, so the due scan reads past none of
+# them. A job that lost its worker comes due as its lock lapses.
 CLAIM = """
 local reads = tonumber(ARGV[4])
 local per_job = 3 + reads
@@ -33,8 +37,9 @@ local function claim(id, base)
   local lock = redis.call('GET', KEYS[base + 1])
   if lock and lock ~= ARGV[3] then return false end
   local score = redis.call('ZSCORE', KEYS[1], id)
-  if not score or tonumber(score) > tonumber(ARGV[1]) then return false end
+  if not score or (not lock and tonumber(score) > tonumber(ARGV[1])) then return false end
   redis.call('SET', KEYS[base + 1], ARGV[3], 'PX', ARGV[2])
+  redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
   local try
   if lock then
     try = tonumber(redis.call('GET', KEYS[base + 3]) or '1')
@@ -63,8 +68,9 @@ return out
 # (false when there is none): an idle worker sleeps until then rather than polling for it.
 # KEYS: the queue. ARGV: how many are wanted, how many entries to look at at most, now ms, the
 # in-progress lock key prefix. Running jobs stay in arq's queue until they end (so a dead
-# worker's job is found again), so the oldest entries are mostly running ones on a busy fleet:
-# they are skipped here, server-side, rather than filling the read. The lock keys are built from
+# worker's job is found again), scored at their lock's expiry (CLAIM): one whose heartbeat is
+# late, or kept locked by a hand-back, can still be due while held, and is skipped here,
+# server-side, rather than filling the read. The lock keys are built from
 # the prefix, the deployment's: on a Redis Cluster every key of a deployment carries its hash tag
 # (msgq.cluster), so they are in the slot the queue declares.
 DUE_UNHELD = """

@@ -287,15 +287,13 @@ class MsgqWorker(Worker):
             enqueued_at=ms_to_datetime(enqueued_ms),
             job_try=job_try,
         )
-        finish, incr_score = await self._run_task(job, claim.score, kwargs)
+        finish, due_ms = await self._run_task(job, kwargs)
         if job.ended_in_queue:
             return  # its terminal record's write ended it in the queue too
-        await asyncio.shield(self.finish_job(job_id, finish, None, 0, False, incr_score, None))
+        await asyncio.shield(self.finish_job(job_id, finish, None, 0, False, due_ms, None))
 
-    async def _run_task(
-        self, job: QueueJob, score: int, kwargs: dict[str, Any]
-    ) -> tuple[bool, int | None]:
-        """Run the task; (finished, re-queue delay in ms) as arq's finish wants them."""
+    async def _run_task(self, job: QueueJob, kwargs: dict[str, Any]) -> tuple[bool, int | None]:
+        """Run the task; (finished, ms when due again when deferred) for `finish_job`."""
         job_id = job.job_id
         task = self.loop.create_task(self._hooks.run(self.ctx, job, kwargs))
         self.job_tasks[job_id] = task
@@ -304,8 +302,7 @@ class MsgqWorker(Worker):
         except (Exception, asyncio.CancelledError) as exc:
             if isinstance(exc, Retry):
                 self.jobs_retried += 1
-                defer = exc.defer_score
-                return False, (defer + timestamp_ms() - score) if defer else None
+                return False, timestamp_ms() + (exc.defer_score or 0)
             if job_id in self.aborting_tasks and isinstance(exc, asyncio.CancelledError):
                 self.aborting_tasks.remove(job_id)
                 self.jobs_failed += 1
@@ -363,14 +360,17 @@ class MsgqWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        """arq's finish on this deployment's keys (no result key); a deferred job is re-scored
-        only if still queued (arq's ZINCRBY re-added one a terminal record had taken out)."""
+        """arq's finish on this deployment's keys (no result key). `incr_score` here is the
+        ms the job is due again (`_run_task`), not arq's increment: a running job is scored at
+        its lock's expiry (CLAIM), so an increment would add the lock's length to every
+        deferral. None: due now (handed back). Re-scored only if still queued (XX: a terminal
+        record may have taken it out)."""
         if finish:
             return await self._end_in_queue(QueueJob(job_id, self.keys))
         self._more_due = True  # back in the queue (deferred, handed back): its end polls
+        due_ms = incr_score or timestamp_ms()
         async with self.pool.pipeline(transaction=True) as tr:  # the job's partition
-            if incr_score:
-                tr.zadd(self.keys.for_job(job_id).queue, {job_id: incr_score}, xx=True, incr=True)
+            tr.zadd(self.keys.for_job(job_id).queue, {job_id: due_ms}, xx=True)
             if keep_in_progress is None:
                 tr.delete(self.keys.in_progress_key(job_id))
             else:

@@ -50,16 +50,20 @@ async def beat(
     *,
     retake: bool = False,
 ) -> None:
-    """Extend the locks of `running` jobs. `retake`, after Redis was away: a lock that lapsed
+    """Extend the locks of `running` jobs, and their places in the queue with them (CLAIM
+    scores a running job at its lock's expiry). `retake`, after Redis was away: a lock that lapsed
     meanwhile is set again with this worker's token (unless another worker took the job
     first), since its call may still be in flight or its answer held (`worker.hold`); not on
     every beat, where it would set a lock again for a job whose terminal write just ended it."""
     lock_ms = int(lock_s * 1000)
+    due_ms = int(time.time() * 1000) + lock_ms  # a running job is due again as its lock lapses
     async with pool.pipeline(transaction=False) as pipe:
         for job_id in running:
             if retake:
                 pipe.set(keys.in_progress_key(job_id), token, px=lock_ms, nx=True)
             pipe.pexpire(keys.in_progress_key(job_id), lock_ms)
+            # Only while queued (XX: an ended job is not put back) and only later (GT)
+            pipe.zadd(keys.for_job(job_id).queue, {job_id: due_ms}, xx=True, gt=True)
         await pipe.execute()
 
 
