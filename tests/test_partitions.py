@@ -202,25 +202,30 @@ async def test_a_burst_worker_runs_every_partitions_jobs_before_it_exits(
 
 def test_a_poll_takes_due_jobs_a_round_at_a_time_from_a_rotating_first_partition() -> None:
     """Fewer free slots than due jobs: no partition's jobs wait behind another's (before, the
-    first partitions' jobs filled every poll), and each partition's own go oldest first."""
+    first partitions' jobs filled every poll), and each partition's own go oldest first. The
+    head of each queue read past its due jobs tells when the next comes due (a running job is
+    scored at its lock's expiry, so it is never among the due ones)."""
     from worker.queue.poll import read
 
     keys = keyspace(partitions=3)
+    now = 1000
     due = [[b"a1", b"a2", b"a3"], [b"b1"], [b"c1", b"c2"]]
-    replies = []
+    replies: list[object] = []
     for n, ids in enumerate(due):
-        replies += [[ids, 5000 + n], [f"abort-{n}".encode()], 0]
-    first = read(replies, keys, picking=True, count=4, rotate=0)
+        head = [(job_id, float(now - 10)) for job_id in ids] + [(b"running", 5000.0 + n)]
+        replies += [head, [f"abort-{n}".encode()], 0]
+    first = read(replies, keys, 4, now, 0)
     assert first.ready == [b"a1", b"b1", b"c1", b"a2"]
     assert first.later == 5000 and first.aborts == [b"abort-0", b"abort-1", b"abort-2"]
-    assert read(replies, keys, picking=True, count=2, rotate=1).ready == [b"b1", b"c1"]
-    assert read(replies, keys, picking=True, count=1, rotate=2).ready == [b"c1"]
+    assert read(replies, keys, 2, now, 1).ready == [b"b1", b"c1"]
+    assert read(replies, keys, 1, now, 2).ready == [b"c1"]
 
 
 def test_an_idle_workers_poll_is_one_command_a_partition() -> None:
     """With no job running here, abort requests matter to nobody (one for a job not yet started
-    is found by its claim): the poll reads only the due jobs, one command a partition where it
-    was three (16 partitions: 116 commands a second idle, BENCHMARKS.md section 12)."""
+    is found by its claim): the poll reads only the head of each queue, one command a partition
+    where it was three (16 partitions: 116 commands a second idle, BENCHMARKS.md section 12),
+    and no script."""
     from worker.queue.poll import ask, read
 
     class Recorder:
@@ -230,7 +235,7 @@ def test_an_idle_workers_poll_is_one_command_a_partition() -> None:
         def evalsha(self, *args: object) -> None:
             self.commands.append("EVALSHA")
 
-        def zrange(self, *args: object) -> None:
+        def zrange(self, *args: object, **kwargs: object) -> None:
             self.commands.append("ZRANGE")
 
         def zremrangebyscore(self, *args: object, **kwargs: object) -> None:
@@ -238,13 +243,14 @@ def test_an_idle_workers_poll_is_one_command_a_partition() -> None:
 
     keys = keyspace(partitions=4)
     idle, busy = Recorder(), Recorder()
-    ask(idle, keys, "sha", 8, 1000, aborts=False, prune=False)  # type: ignore[arg-type]
-    ask(busy, keys, "sha", 8, 1000, aborts=True)  # type: ignore[arg-type]
-    assert idle.commands == ["EVALSHA"] * 4
-    assert busy.commands == ["EVALSHA", "ZRANGE", "ZREMRANGEBYSCORE"] * 4
-    replies = [[[f"j{n}".encode()], None] for n in range(4)]
-    polled = read(replies, keys, picking=True, count=8, aborts=False, prune=False)
+    ask(idle, keys, 8, 1000, aborts=False, prune=False)  # type: ignore[arg-type]
+    ask(busy, keys, 8, 1000, aborts=True)  # type: ignore[arg-type]
+    assert idle.commands == ["ZRANGE"] * 4
+    assert busy.commands == ["ZRANGE", "ZRANGE", "ZREMRANGEBYSCORE"] * 4
+    replies = [[(f"j{n}".encode(), 900.0)] for n in range(4)]
+    polled = read(replies, keys, 8, 1000, aborts=False, prune=False)
     assert polled.ready == [b"j0", b"j1", b"j2", b"j3"] and polled.aborts == []
+    assert polled.later is None
 
 
 async def test_a_count_is_not_changed_under_running_workers(

@@ -204,3 +204,22 @@ async def test_a_stopped_worker_gives_up_the_fleets_leases_at_once(
         with contextlib.suppress(asyncio.CancelledError):
             await running
     assert await redis.exists(*leases) == 0
+
+
+async def test_jobs_held_elsewhere_yet_due_do_not_stand_before_waiting_ones(
+    client: Client, redis: Redis, settings: Settings, start_worker: StartWorker
+) -> None:
+    """Jobs another worker holds but whose places say due (one that does not move them on, as
+    a worker of an older release): a claim that finds one held moves it to its lock's expiry,
+    so a worker with as few slots as there are of them still reaches the job behind them."""
+    stuck = [f"job_held_elsewhere_{n}" for n in range(2)]
+    now_ms = int(time.time() * 1000)
+    for job_id in stuck:
+        await redis.set(settings.keys.in_progress_key(job_id), "another-worker", px=60_000)
+        await redis.zadd(settings.keys.for_job(job_id).queue, {job_id: now_ms - 1000})
+    await start_worker(settings.model_copy(update={"max_jobs": 2}))
+    job = await client.submit(BODY)
+    assert (await client.wait(job.id, timeout=20)).status is JobStatus.SUCCEEDED
+    for job_id in stuck:
+        score = await redis.zscore(settings.keys.for_job(job_id).queue, job_id)
+        assert score is not None and score > time.time() * 1000 + 30_000  # at its lock's expiry

@@ -27,16 +27,25 @@ log = structlog.get_logger("msgq.worker")
 # re-sent claim whose reply was lost: the job is handed over again, its try not counted twice.
 # A claimed job stays in the queue (a dead worker's job is found again) but is scored at its
 # lock's expiry, and each heartbeat moves it on with the lock (`worker.queue.upkeep.beat`): the
-# due range holds waiting jobs, not the fleet's running ones, so the due scan reads past none of
-# them. A job that lost its worker comes due as its lock lapses.
+# due range holds waiting jobs, not the fleet's running ones, so a poll reads the head of the
+# queue and nothing more (`worker.queue.poll`). A job that lost its worker comes due as its lock
+# lapses. One found held while due is moved to its lock's expiry.
 CLAIM = """
 local reads = tonumber(ARGV[4])
 local per_job = 3 + reads
 local first_id = 5 + reads
 local function claim(id, base)
   local lock = redis.call('GET', KEYS[base + 1])
-  if lock and lock ~= ARGV[3] then return false end
   local score = redis.call('ZSCORE', KEYS[1], id)
+  if lock and lock ~= ARGV[3] then
+    -- Held, yet due (a heartbeat late, a worker that does not re-score): out of the due
+    -- range until its lock lapses, so it does not stand before the waiting jobs.
+    local ttl = redis.call('PTTL', KEYS[base + 1])
+    if score and ttl > 0 and tonumber(score) <= tonumber(ARGV[1]) then
+      redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]) + ttl, id)
+    end
+    return false
+  end
   if not score or (not lock and tonumber(score) > tonumber(ARGV[1])) then return false end
   redis.call('SET', KEYS[base + 1], ARGV[3], 'PX', ARGV[2])
   redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
@@ -64,33 +73,6 @@ end
 return out
 """
 
-# The due jobs no worker holds, oldest first, then the score (ms) of the first job not yet due
-# (false when there is none): an idle worker sleeps until then rather than polling for it.
-# KEYS: the queue. ARGV: how many are wanted, how many entries to look at at most, now ms, the
-# in-progress lock key prefix. Running jobs stay in arq's queue until they end (so a dead
-# worker's job is found again), scored at their lock's expiry (CLAIM): one whose heartbeat is
-# late, or kept locked by a hand-back, can still be due while held, and is skipped here,
-# server-side, rather than filling the read. The lock keys are built from
-# the prefix, the deployment's: on a Redis Cluster every key of a deployment carries its hash tag
-# (msgq.cluster), so they are in the slot the queue declares.
-DUE_UNHELD = """
-local want, limit, now, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local out, offset, chunk = {}, 0, 512
-while #out < want and offset < limit do
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', offset, chunk)
-  for _, id in ipairs(ids) do
-    if redis.call('EXISTS', prefix .. id) == 0 then
-      out[#out + 1] = id
-      if #out >= want then break end
-    end
-  end
-  if #out >= want or #ids < chunk then break end
-  offset = offset + chunk
-end
-local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-return {out, later[2] or false}
-"""
-DUE_SCAN_LIMIT = 100_000  # entries one poll looks at, at most (running jobs are skipped)
 PREFETCH_READS = frozenset({"GET", "GETDEL", "EXISTS"})
 
 Prefetch = Callable[[str], Sequence[tuple[str, str]]]

@@ -12,14 +12,13 @@ from arq import Retry, Worker
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import JobExecutionFailed, RetryJob
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from msgq.channels import publish
 from msgq.keys import Keyspace
 from worker.queue import poll
 from worker.queue.claim import (
     CLAIM,
-    DUE_UNHELD,
     Claim,
     ClaimReplicas,
     QueueJob,
@@ -87,7 +86,6 @@ class MsgqWorker(Worker):
         self._beat: asyncio.Task[None] | None = None
         self._claimed = 0  # jobs this worker has claimed and started
         self._polls = 0  # which partition a poll takes first (worker.queue.poll.read)
-        self._due: str | None = None  # the due-scan script's SHA, loaded on first use
         self.bytes = ByteBudget(max_inflight_bytes, self.max_jobs)
         self.ctx["running_jobs"] = lambda: self.job_counter
         # arq sleeps `poll_delay_s` between polls; here the wait is `idle`, which a wake ends.
@@ -132,21 +130,12 @@ class MsgqWorker(Worker):
             count = min(count, self.max_burst_jobs - self._jobs_started())
         picking = self.allow_pick_jobs and count > 0
         now = timestamp_ms()
-        due = self._due
-        if picking and due is None:
-            due = self._due = await self.pool.script_load(DUE_UNHELD)
         async with self.pool.pipeline(transaction=False) as pipe:
-            # The due scan by its SHA, loaded once: a script object in a pipeline costs a
-            # SCRIPT EXISTS round trip on every poll. Redis restarted (scripts gone): loaded again.
             # Abort requests matter only to running jobs; idle, they are pruned once a minute.
             reads = {"aborts": bool(self.tasks), "prune": bool(self.tasks) or self._polls % 60 == 0}
-            poll.ask(pipe, self.keys, str(due) if picking else None, count, now, **reads)
-            try:
-                replies = await pipe.execute()
-                polled = poll.read(replies, self.keys, picking, count, self._polls, **reads)
-            except NoScriptError:
-                self._due = None
-                return True  # poll again at once, with the script loaded again
+            poll.ask(pipe, self.keys, count, now, picking=picking, **reads)
+            replies = await pipe.execute()
+        polled = poll.read(replies, self.keys, count, now, self._polls, picking=picking, **reads)
         self._polls += 1
         started = self._claimed
         self._idle = self._idle_s  # no job due later: until a wake, or the poll delay

@@ -1,10 +1,15 @@
-"""The worker's poll of every partition in one round trip: in each, the due jobs no worker
-holds (`DUE_UNHELD`) and the abort requests, with the stale requests pruned.
+"""The worker's poll of every partition in one round trip: in each, the head of its queue and
+the abort requests, with the stale requests pruned.
+
+A running job is scored at its lock's expiry (`worker.queue.claim.CLAIM`), so the due jobs at
+the head of a queue are waiting ones: the poll reads as many entries as the worker has free
+slots, plus one, which tells when the next job not yet due comes due. One command a partition
+for an idle worker, and no script: nothing built inside Redis from a key prefix.
 
 Each partition has its own arq queue and abort set (`msgq.keys.Keyspace.part`). With one
-partition this is arq's poll as msgq always made it: three commands. With more, three a
-partition, still one round trip; a claim is then made per partition (`by_partition`), since
-one claim script touches one partition's keys.
+partition this is arq's poll: up to three commands. With more, up to three a partition, still
+one round trip; a claim is then made per partition (`by_partition`), since one claim script
+touches one partition's keys.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from arq.constants import abort_job_max_age
 from redis.asyncio.client import Pipeline
 
 from msgq.keys import Keyspace
-from worker.queue.claim import DUE_SCAN_LIMIT
 
 
 @dataclass
@@ -32,21 +36,20 @@ class Polled:
 def ask(
     pipe: Pipeline,
     keys: Keyspace,
-    due_sha: str | None,
     count: int,
     now_ms: int,
     *,
+    picking: bool = True,
     aborts: bool = True,
     prune: bool = True,
 ) -> None:
-    """Queue the poll's commands on `pipe`: the due scan only when `due_sha` is given, the
-    abort requests only when `aborts` (some job runs here: a request for one that has not
-    started is found by its claim), their prune only when `prune`; so an idle worker's poll is
-    one command a partition, where it was three."""
+    """Queue the poll's commands on `pipe`: the queue's head only when `picking` (`count` free
+    slots), the abort requests only when `aborts` (some job runs here: a request for one that
+    has not started is found by its claim), their prune only when `prune`; so an idle worker's
+    poll is one command a partition."""
     for part in keys.parts:
-        if due_sha is not None:
-            args = [str(count), str(DUE_SCAN_LIMIT), str(now_ms), part.in_progress_key_prefix]
-            pipe.evalsha(due_sha, 1, part.queue, *args)
+        if picking:
+            pipe.zrange(part.queue, 0, count, withscores=True)  # count + 1 entries, by score
         if aborts:
             pipe.zrange(part.abort_key, 0, -1)
         if prune:
@@ -58,10 +61,11 @@ def ask(
 def read(
     replies: list[Any],
     keys: Keyspace,
-    picking: bool,
     count: int,
+    now_ms: int,
     rotate: int = 0,
     *,
+    picking: bool = True,
     aborts: bool = True,
     prune: bool = True,
 ) -> Polled:
@@ -76,13 +80,13 @@ def read(
     for n in range(keys.partitions):
         mine = replies[n * per_part : (n + 1) * per_part]
         if picking:
-            ids, next_ms = mine[0]  # DUE_UNHELD's reply: {ids, the next due score or false}
-            due.append(list(ids))
-            if next_ms is not None:
-                at = int(float(next_ms))
-                later = at if later is None else min(later, at)
+            head: list[tuple[bytes, float]] = mine[0]
+            due.append([job_id for job_id, score in head if score <= now_ms][:count])
+            after = [int(score) for _, score in head if score > now_ms]
+            if after:  # the first entry not yet due (a retry, a deferral, a running job)
+                later = after[0] if later is None else min(later, after[0])
         if aborts:
-            requested += mine[int(picking)]  # ZRANGE's reply, after the due scan's
+            requested += mine[int(picking)]  # ZRANGE's reply, after the queue's head
     ready: list[bytes] = []
     order = [due[(rotate + n) % len(due)] for n in range(len(due))] if due else []
     for round_ in range(max((len(ids) for ids in order), default=0)):
