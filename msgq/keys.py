@@ -31,6 +31,7 @@ import orjson
 from msgq import arq_format
 from msgq.batch_keys import BatchKeys
 from msgq.namespaces import DEFAULT_NAMESPACE, check_namespace
+from msgq.spend_keys import SpendKeys
 
 MAX_PARTITIONS = 4096  # a setting above it would be a typo; 16,384 slots in a cluster
 RELAY_FAILED = "msgq_failed"  # a relayed attempt failed after its first event (never an API event)
@@ -64,7 +65,7 @@ def partition_key(job_id: str) -> str:
 
 
 @dataclass(frozen=True)
-class Keyspace(BatchKeys):
+class Keyspace(BatchKeys, SpendKeys):
     """One deployment's key names, from its namespace (`Settings.keys`), for everything that
     reads or writes Redis: one property or method per key, built from `prefix` or `arq_prefix`.
 
@@ -162,6 +163,13 @@ class Keyspace(BatchKeys):
         if self.clustered:
             return "{" + self.hash_tag + "}:"
         return self.hash_tag + ":"
+
+    def tenant_prefix(self, tenant: str) -> str:
+        """Where a tenant's spend is (`msgq.spend_keys`): the deployment's prefix on one node,
+        the tenant's own hash tag on a cluster (`{msgq/t:acme}:`; a tenant name holds no
+        braces, and `t:` is never a partition's number)."""
+        root = self.root
+        return "{" + f"{root.hash_tag}/t:{tenant}" + "}:" if self.clustered else root.prefix
 
     @property
     def publish_command(self) -> str:
@@ -364,23 +372,7 @@ class Keyspace(BatchKeys):
         worker then sends at once, and settles against this estimate."""
         return f"{self._of(job_id).prefix}admitted:{job_id}"
 
-    # ------------------------------------------------------------ budgets and rate limits
-
-    @property
-    def spend_tenants(self) -> str:  # SET of tenants with spend recorded
-        return self.prefix + "spend:tenants"
-
-    def spend_applied_key(self, nonce: str) -> str:
-        """A budget step applied to the spend counters (`msgq.ledger`): applied once, by nonce."""
-        return f"{self.root.prefix}spend:applied:{nonce}"
-
-    def spend_key(self, tenant: str, period: str) -> str:
-        """USD reserved + spent by a tenant in a period (`d20261125` or `m202611`)."""
-        return f"{self.prefix}spend:{tenant}:{period}"
-
-    def spend_models_key(self, tenant: str, day: str) -> str:
-        """HASH model -> USD actually spent that day (for usage reports and the dashboard)."""
-        return f"{self.prefix}spend:{tenant}:{day}:models"
+    # ------------------------------------------------------------ rate limits
 
     def bucket_key(self, model_cls: str) -> str:
         """The rate-limit buckets (requests, input, output tokens) of one model class."""

@@ -160,12 +160,14 @@ async def open_budget_micro_usd(redis: Redis, keys: Keyspace, day: str) -> dict[
             fields = await redis.hgetall(part.ledger_key(raw_id.decode()))  # type: ignore[misc]  # stubs
             for name, value in fields.items():
                 field, data = name.decode(), _loads(value)
+                tenant = str(data.get("tenant"))
                 if field.startswith(SETTLING):
-                    applied = await redis.exists(keys.spend_applied_key(str(data.get("nonce"))))
-                    held += [] if applied else [data]
+                    marker = keys.spend_applied_key(tenant, str(data.get("nonce")))
+                    held += [] if await redis.exists(marker) else [data]
                 elif field in (TICKET, BUDGET):
                     nonce = data.get("pending")  # reserved once its marker says so, not `void`
-                    if not nonce or await redis.get(keys.spend_applied_key(str(nonce))) == b"1":
+                    marker = keys.spend_applied_key(tenant, str(nonce))
+                    if not nonce or await redis.get(marker) == b"1":
                         held.append(data)
         for raw_id in await redis.zrange(part.tickets_key, 0, -1):
             held.append(_loads(await redis.get(part.admitted_key(raw_id.decode()))))

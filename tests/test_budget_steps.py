@@ -47,7 +47,7 @@ async def test_a_retried_reservation_charges_once_and_a_given_up_hold_charges_no
     # The same reservation sent again (its reply lost): the marker says it was made.
     day, month = periods()
     nonce = "n-retried"
-    marker = KEYS.spend_applied_key(nonce)
+    marker = KEYS.spend_applied_key("acme", nonce)
     reserve = budgets._reserve
     keys = [KEYS.spend_key("acme", day), KEYS.spend_key("acme", month), marker]
     args = [MICRO, 10 * MICRO, -1, 3600, 3600, 3600]
@@ -65,7 +65,7 @@ async def test_a_retried_reservation_charges_once_and_a_given_up_hold_charges_no
     settled = await ledgers.settle("job-lost", CUT, model="claude-haiku-4-5")
     assert not settled.budget
     assert not await redis.exists(part.ledger_key("job-lost"))
-    late = [keys[0], keys[1], KEYS.spend_applied_key("n-lost")]
+    late = [keys[0], keys[1], KEYS.spend_applied_key("acme", "n-lost")]
     assert (await reserve(keys=late, args=args))[1] in (b"void", "void")
     assert await spent(redis, "acme") == 2 * MICRO
 

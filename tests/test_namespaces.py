@@ -97,6 +97,7 @@ def test_the_default_namespace_keeps_todays_key_names() -> None:
         assert keys.sched_inbox == "msgq:sched:inbox"
         assert keys.bucket_key("haiku") == "msgq:ratelimit:haiku"
         assert keys.spend_key("acme", "d20261206") == "msgq:spend:acme:d20261206"
+        assert keys.spend_applied_key("acme", "n1") == "msgq:spend:applied:n1"
         assert keys.fleet_workers == "msgq:fleet:workers"
         assert keys.fleet_policy == "msgq:fleet:policy"
         assert keys.lane_pool == "msgq:lane:pool"
@@ -319,3 +320,23 @@ async def test_rate_limit_buckets_pauses_and_budgets_are_per_namespace(redis: Re
     assert not isinstance(await Budgets(redis, one).reserve("acme", config, 0.9), Reservation)
     assert isinstance(await Budgets(redis, two).reserve("acme", config, 0.9), Reservation)
     assert await Budgets(redis, KEYS).tenants() == []
+
+
+def test_on_a_cluster_a_tenants_spend_is_under_a_tag_of_its_own() -> None:
+    """Every budget step of a tenant is one slot, and the tenants' slots spread over the shards
+    rather than all sharing the deployment's (with the rate limiter and the scheduler)."""
+    from redis.crc import key_slot
+
+    keys = keyspace(clustered=True, partitions=16)
+    assert keys.spend_key("acme", "d20261207") == "{msgq/t:acme}:spend:acme:d20261207"
+    same = [
+        keys.spend_key("acme", "d20261207"),
+        keys.spend_key("acme", "m202612"),
+        keys.spend_models_key("acme", "d20261207"),
+        keys.spend_applied_key("acme", "n1"),
+    ]
+    assert len({key_slot(key.encode()) for key in same}) == 1
+    tenants = {key_slot(keys.spend_key(f"tenant-{n}", "m202612").encode()) for n in range(20)}
+    assert key_slot(keys.spend_tenants.encode()) not in tenants and len(tenants) > 15
+    two = keyspace("two", clustered=True)
+    assert two.spend_key("acme", "m202612") == "{msgq@two/t:acme}:spend:acme:m202612"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from msgq.settings import Settings
 from msgq.tenancy.tenants import TenantsFileError, parse_tenants
@@ -53,3 +54,32 @@ def test_settings_refuse_a_bad_tenants_file_at_start_up(tmp_path: Path) -> None:
     bad.write_text("[tenants.acme]\nweight = 0\n")
     with pytest.raises(ValidationError, match=r"tenants\.acme\.weight"):
         Settings(_env_file=None, tenants_file=bad)  # type: ignore[call-arg]
+
+
+async def test_spend_an_earlier_release_kept_on_the_deployments_slot_is_carried_over(
+    redis: Redis, settings: Settings
+) -> None:
+    """On a cluster a tenant's spend moved under the tenant's own tag: what an earlier release
+    counted today and this month on the deployment's slot is carried over once when a worker
+    starts, so no budget starts again at zero. On one node the names never changed."""
+    from msgq.tenancy.budgets import MICRO, Budgets, periods
+    from msgq.tenancy.spend_moves import move_spend_to_tenant_tags
+    from msgq.tenancy.tenants import TenantConfig
+
+    keys = settings.keys
+    day, month = periods()
+    old = keys.root.prefix + "spend:acme-old:"  # as the earlier release named them
+    await redis.set(old + day, 5 * MICRO)
+    await redis.set(old + month, 7 * MICRO)
+    await redis.hset(old + day + ":models", "claude-haiku-4-5", 5 * MICRO)  # type: ignore[misc]
+    await redis.sadd(keys.spend_tenants, "acme-old")  # type: ignore[misc]
+    moved = await move_spend_to_tenant_tags(redis, keys)
+    usage = await Budgets(redis, keys).usage("acme-old", TenantConfig())
+    assert (usage["spent_today_usd"], usage["spent_month_usd"]) == (5.0, 7.0)
+    models = await redis.hgetall(keys.spend_models_key("acme-old", day))  # type: ignore[misc]
+    assert models == {b"claude-haiku-4-5": str(5 * MICRO).encode()}
+    if keys.clustered:
+        assert moved == 3 and not await redis.exists(old + day)
+        assert await move_spend_to_tenant_tags(redis, keys) == 0  # once
+    else:
+        assert moved == 0

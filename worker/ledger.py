@@ -32,7 +32,7 @@ from msgq.ledger import (
     TAKE_CAPACITY,
     BudgetHold,
 )
-from msgq.tenancy.budgets import DAY_TTL_S, MICRO, Budgets
+from msgq.tenancy.budgets import DAY_TTL_S, MICRO, NO_TENANT, Budgets, periods
 from msgq.tenancy.scheduling import Estimate
 from worker.ratelimit import Limits, RateLimiter, model_class
 
@@ -221,7 +221,7 @@ class Ledgers:
             if hold is None:
                 return False, None
             nonce = data.get("pending")
-            if nonce and not await self._void(str(nonce)):
+            if nonce and not await self._void(hold.tenant, str(nonce)):
                 await self._drop(ledger, job_id, field, raw)  # never reserved: nothing to undo
                 return False, None
             cost = round(outcome.cost_usd * MICRO)
@@ -243,7 +243,7 @@ class Ledgers:
             ks.spend_key(entry["tenant"], entry["day"]),
             ks.spend_key(entry["tenant"], entry["month"]),
             ks.spend_models_key(entry["tenant"], entry["day"]),
-            ks.spend_applied_key(entry["nonce"]),
+            ks.spend_applied_key(entry["tenant"], entry["nonce"]),
         ]
         args = [entry["delta"], entry["cost"], entry["model"], DAY_TTL_S, APPLIED_TTL_S]
         await self.group.call(self._apply_spend, spend, args)
@@ -252,11 +252,11 @@ class Ledgers:
             return mine, None  # another caller finished it, and settles its capacity
         return mine, (entry["field"], _loads(entry["held"].encode()))
 
-    async def _void(self, nonce: str) -> bool:
+    async def _void(self, tenant: str, nonce: str) -> bool:
         """For a hold still `pending`: True when its reservation was made (its marker says
         so); else the marker is set `void` first, so a reservation still in flight for it is
         refused (`RESERVE`) and the hold can be dropped safely."""
-        marker = self.keys.spend_applied_key(nonce)
+        marker = self.keys.spend_applied_key(tenant, nonce)
         if await self.redis.set(marker, "void", nx=True, ex=APPLIED_TTL_S):
             return False
         return bool(await self.redis.get(marker) != b"void")
@@ -271,6 +271,7 @@ class Ledgers:
         if cost_usd:
             keys, args = self.budgets.record_step(tenant, cost_usd, model)
             await self.group.call(self.budgets.record_script, keys, args, merge=True)
+            await self.budgets.listed(tenant or NO_TENANT, periods()[0])
 
     async def learn(self, model: str, headers: dict[str, str]) -> None:
         """The limits an answer's headers announce, for a call sent with no capacity held."""

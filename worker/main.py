@@ -12,6 +12,7 @@ from prometheus_client import start_http_server
 from msgq.logs import register_secret
 from msgq.partitions import PartitionClients, check_partitions
 from msgq.settings import Settings
+from msgq.tenancy.spend_moves import move_spend_to_tenant_tags
 from worker import tracing
 from worker.background import Background
 from worker.job import task
@@ -50,6 +51,7 @@ async def startup(ctx: Ctx) -> None:
         register_secret(settings.anthropic_api_key.get_secret_value())
     # Before this worker announces itself: the partition count its jobs were written with.
     await check_partitions(PartitionClients(ctx["redis"], settings.keys), settings.keys)
+    await move_spend_to_tenant_tags(ctx["redis"], settings.keys)  # from an earlier release
     services = ctx[SERVICES] = Services.build(settings, ctx["redis"])
     background = ctx[BACKGROUND] = Background(services, ctx.get("running_jobs", lambda: 0))
     background.start()

@@ -30,10 +30,11 @@ NO_TENANT = "(none)"
 DAY_TTL_S = 40 * 24 * 3600
 MONTH_TTL_S = 400 * 24 * 3600
 # Spend without a reservation, in one step. KEYS: the day's and the month's spend, the day's
-# spend by model, the set of tenants with spend. ARGV: one or more calls' arguments (the
-# tenant's spend on those keys, 5 each): µUSD, day ttl s, month ttl s, model, tenant.
-# Summed first, so a worker's group commit merges every job's spend of a batch into one call
-# (`msgq.group_commit`): each counter is written once, each model's once.
+# spend by model (all under the tenant's tag). ARGV: one or more calls' arguments (the tenant's
+# spend on those keys, 5 each): µUSD, day ttl s, month ttl s, model, tenant. Summed first, so a
+# worker's group commit merges every job's spend of a batch into one call
+# (`msgq.group_commit`): each counter is written once, each model's once. The tenant is listed
+# in the deployment's set apart (`Budgets.listed`): another slot.
 RECORD_SPEND = """
 if #ARGV == 0 or #ARGV % 5 ~= 0 then
   return redis.error_reply('RECORD_SPEND takes its arguments 5 a call, not ' .. #ARGV)
@@ -51,7 +52,6 @@ redis.call('INCRBY', KEYS[2], total)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 for _, model in ipairs(models) do redis.call('HINCRBY', KEYS[3], model, by_model[model]) end
 redis.call('EXPIRE', KEYS[3], ARGV[2])
-redis.call('SADD', KEYS[4], ARGV[5])
 return 1
 """
 
@@ -144,6 +144,7 @@ class Budgets:
         self._replace = redis.register_script(REPLACE_IF)
         self._drop = redis.register_script(DROP_IF)
         self.record_script = redis.register_script(RECORD_SPEND)  # a worker's group commit runs it
+        self._listed: set[tuple[str, str]] = set()  # (tenant, day) already in spend_tenants
 
     async def reserve(
         self,
@@ -178,7 +179,7 @@ class Budgets:
             ledger = [self.keys.ledger_key(hold), self.keys.for_job(hold).ledger_open]
             pending = orjson.dumps({**held, "pending": nonce})
             await self._hold(keys=ledger, args=[hold, int(time.time() * 1000), BUDGET, pending])
-            keys.append(self.keys.spend_applied_key(nonce))
+            keys.append(self.keys.spend_applied_key(tenant, nonce))
             args.append(APPLIED_TTL_S)
         ok, period, *figures = await self._reserve(keys=keys, args=args)
         if hold is not None:
@@ -194,7 +195,7 @@ class Budgets:
                 spent_usd=spent / MICRO,
                 budget_usd=cap / MICRO,
             )
-        await self.redis.sadd(self.keys.spend_tenants, tenant)  # type: ignore[misc]
+        await self.listed(tenant, day)
         return Reservation(tenant, day, month, amount)
 
     async def settle(self, reservation: Reservation, actual_usd: float, model: str) -> None:
@@ -215,6 +216,14 @@ class Budgets:
         counted for usage, so the reports add up to what the records cost."""
         keys, args = self.record_step(tenant, actual_usd, model)
         await self.record_script(keys=keys, args=args)
+        await self.listed(tenant or NO_TENANT, periods()[0])
+
+    async def listed(self, tenant: str, day: str) -> None:
+        """The tenant in the set of tenants with spend (usage reports read it): once a day a
+        process, not once a job (the set is the deployment's slot, the spend the tenant's)."""
+        if (tenant, day) not in self._listed:
+            await self.redis.sadd(self.keys.spend_tenants, tenant)  # type: ignore[misc]
+            self._listed.add((tenant, day))
 
     def record_step(
         self, tenant: str | None, actual_usd: float, model: str
@@ -227,7 +236,6 @@ class Budgets:
             ks.spend_key(tenant, day),
             ks.spend_key(tenant, month),
             ks.spend_models_key(tenant, day),
-            ks.spend_tenants,
         ]
         return keys, [round(actual_usd * MICRO), DAY_TTL_S, MONTH_TTL_S, model, tenant]
 
