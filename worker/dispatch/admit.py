@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from msgq.script_calls import declare
 from worker.dispatch.fair_share import FairShare, PolicyState
-from worker.dispatch.handoff import LEAVE_ONE, Entry, Handoff
+from worker.dispatch.handoff import Entry, Handoff
 from worker.dispatch.queues import Head
 from worker.ratelimit import RateLimiter
 from worker.ratelimit_scripts import ACQUIRE_STEP
@@ -28,22 +28,24 @@ from worker.ratelimit_scripts import ACQUIRE_STEP
 ADMIT_RUN = 64  # jobs per Lua step at most: the step stays well under a millisecond
 
 # KEYS: the class's bucket, its cool-down, the pause, where, est, deadlines, then the jobs'
-# scheduler queues. ARGV: per job its scheduler queue's place in KEYS and its `acquire`
-# arguments as one JSON array (the job ID, holder, is the 8th).
+# scheduler queues. ARGV: per job, STEP_WIDTH values: its scheduler queue's place in KEYS, then
+# its `acquire` arguments (the job ID, holder, is the 8th of them).
 # Returns {statuses, counts, wait_ms, why}: a status per job looked at (1 admitted and out of
 # the scheduler, with its admission count; 0 had left); the run stops at the first job that must
 # wait (wait_ms > 0), which stays where it is. The jobs admitted are then queued in their
 # partitions (`worker.dispatch.handoff`): one slot per step, as a Redis Cluster requires.
+# The jobs looked at leave the scheduler together at the end, one command a key for the whole
+# run (four a job before), and the bucket is written once: this runs on the fleet-wide slot.
+STEP_WIDTH = 12
 ADMIT_MANY = (
     ACQUIRE_STEP
-    + LEAVE_ONE
     + """
-local statuses, counts = {}, {}
+local statuses, counts, left, looked = {}, {}, {}, {}
 local wait, why = 0, ''
 local function run()
-  for i = 1, #ARGV, 2 do
+  for i = 1, #ARGV, 12 do
     local queue = KEYS[tonumber(ARGV[i])]
-    local a = cjson.decode(ARGV[i + 1])
+    local a = {unpack(ARGV, i + 1, i + 11)}
     local id = a[8]
     if redis.call('ZSCORE', queue, id) then
       local r = acquire(KEYS[1], KEYS[2], KEYS[3], a)
@@ -51,21 +53,31 @@ local function run()
         wait, why = r[1], r[2]
         break
       end
-      leave(id, queue, KEYS[4], KEYS[5], KEYS[6])
       statuses[#statuses + 1] = 1
       counts[#counts + 1] = r[3]
     else  -- it had left: its entries go too
-      leave(id, queue, KEYS[4], KEYS[5], KEYS[6])
       statuses[#statuses + 1] = 0
       counts[#counts + 1] = 0
     end
+    if not left[queue] then left[queue] = {} end
+    table.insert(left[queue], id)
+    looked[#looked + 1] = id
   end
 end
--- An error part way (a queue of the wrong type): the jobs admitted before it left the
--- scheduler, so what they took is saved before the error is raised.
+local function leave_all()
+  if #looked == 0 then return end
+  redis.call('HDEL', KEYS[4], unpack(looked))
+  redis.call('HDEL', KEYS[5], unpack(looked))
+  redis.call('ZREM', KEYS[6], unpack(looked))
+  for queue, ids in pairs(left) do redis.call('ZREM', queue, unpack(ids)) end
+end
+-- An error part way (a queue of the wrong type): the jobs admitted before it leave the
+-- scheduler, and what they took is saved, before the error is raised.
 local ok, err = pcall(run)
+local left_ok, left_err = pcall(leave_all)
 save_bucket()
 if not ok then error(err) end
+if not left_ok then error(left_err) end
 return {statuses, counts, wait, why}
 """
 )
@@ -118,7 +130,7 @@ class AdmitRun:
         ]
         args: list[Any] = []
         for head in heads:
-            args += [declare(keys, head.queue), self._step(head, now_ms)]
+            args += [declare(keys, head.queue), *self._step(head, now_ms)]
         statuses, counts, wait_ms, _why = await self._script(keys=keys, args=args)
         looked = [int(status) for status in statuses]  # the rest were not reached
         admitted = [(h, int(n)) for h, s, n in zip(heads, looked, counts, strict=False) if s]
@@ -138,7 +150,7 @@ class AdmitRun:
                 self.policy.served(head)
         return len(moved), (min(int(wait_ms) / 1000, 1.0) if int(wait_ms) > 0 else None)
 
-    def _step(self, head: Head, now_ms: int) -> bytes:
+    def _step(self, head: Head, now_ms: int) -> list[Any]:
         est = head.estimate
         step = self.limiter.step_args(
             est.model,
@@ -146,7 +158,7 @@ class AdmitRun:
             cost=(est.input_tokens, est.output_tokens),
             holder=head.job_id,
         )
-        return orjson.dumps(step)
+        return step  # STEP_WIDTH - 1 values: the script reads them by place (tested)
 
     @staticmethod
     def _entry(head: Head, count: int) -> Entry:
