@@ -6,8 +6,8 @@ by whichever master holds it. msgq's code names keys through its `Keyspace` and 
 talks to one `Redis` client, as on one node. `SlotRouting` keeps it that way: the client made
 by `msgq.connections.connect` on a cluster is pinned to the deployment's own slot
 (`msgq.cluster.cluster_client`), and this mixin sends a command whose keys carry one of the
-deployment's partition tags through a client pinned to that partition's slot instead (made on
-first use, with the same failover and slot-move handling).
+deployment's partition tags (or a tenant's: its spend) through a client pinned to that slot
+instead (made on first use, with the same failover and slot-move handling).
 
 Why not redis-py's `RedisCluster`: see `msgq.cluster` (no transactions, no pub/sub in 5.x,
 which arq pins). What is routed, and how:
@@ -56,8 +56,8 @@ class Router:
     """Which pinned client serves a command: the deployment's own (`None`) or a partition's.
 
     `tag` is the deployment's hash tag (`msgq`, `msgq@team`): only its partitions' tags
-    (`{tag/p}`) are routed, so a client made for one deployment never quietly serves another's
-    keys."""
+    (`{tag/p}`) and its tenants' (`{tag/t:acme}`, their spend: `msgq.spend_keys`) are routed, so
+    a client made for one deployment never quietly serves another's keys."""
 
     def __init__(
         self,
@@ -65,7 +65,7 @@ class Router:
         connect_prefix: Callable[[str], Redis],
         connect_master: Callable[[Address], Redis] | None = None,
     ) -> None:
-        self.partition_tag = re.compile(rb"\{" + re.escape(tag.encode()) + rb"/\d+\}")
+        self.partition_tag = re.compile(rb"\{" + re.escape(tag.encode()) + rb"/(?:\d+|t:[^{}]+)\}")
         self.connect_prefix = connect_prefix
         self.connect_master = connect_master
         self.clients: dict[int, Redis] = {}

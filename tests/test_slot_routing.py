@@ -200,6 +200,39 @@ async def test_an_mget_over_several_partitions_is_split_and_answers_in_order(
     assert await routed.mget(keys) == [*expected, None]
 
 
+def test_a_tenants_spend_is_routed_to_its_own_slot() -> None:
+    """On a cluster a tenant's spend is under its own tag (`msgq.spend_keys`): routed there,
+    each tenant to a client of its own, another deployment's tenants not."""
+    router, made = unit_router()
+    acme = router.route(("INCRBY", SIXTEEN.spend_key("acme", "d20261207"), 1))
+    assert acme is not None
+    assert router.route(("GET", SIXTEEN.spend_applied_key("acme", "n1"))) is acme
+    assert router.route(("GET", SIXTEEN.spend_key("(none)", "m202612"))) not in (None, acme)
+    team = keyspace("team", clustered=True)
+    assert router.route(("GET", team.spend_key("acme", "m202612"))) is None
+    assert router.route(("SADD", SIXTEEN.spend_tenants, "acme")) is None  # the deployment's
+    assert len(made) == 2
+
+
+async def test_budget_steps_run_on_each_tenants_master(
+    cluster: RedisCluster, routed: Redis
+) -> None:
+    """Reserve, record and read a tenant's spend through the one client: each on the master
+    serving the tenant's slot, spread over the masters."""
+    from msgq.tenancy.budgets import Budgets
+    from msgq.tenancy.tenants import TenantConfig
+
+    budgets = Budgets(routed, SIXTEEN)
+    tenants = [f"tenant-{n}" for n in range(12)]
+    for tenant in tenants:
+        assert not isinstance(await budgets.reserve(tenant, TenantConfig(), 0.5), str)
+        await budgets.record(tenant, 0.25, "claude-haiku-4-5")
+    for tenant in tenants:
+        assert (await budgets.usage(tenant, TenantConfig()))["spent_today_usd"] == 0.75
+    per_master = cluster.keys_per_master()
+    assert sum(1 for count in per_master.values() if count) == 3, per_master
+
+
 def test_a_namespaced_deployment_routes_its_own_partitions() -> None:
     team = keyspace("team", clustered=True, partitions=4)
     router, made = unit_router(team.prefix.removeprefix("{").removesuffix("}:"))
