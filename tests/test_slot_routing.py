@@ -222,13 +222,15 @@ async def test_budget_steps_run_on_each_tenants_master(
     from msgq.tenancy.budgets import Budgets
     from msgq.tenancy.tenants import TenantConfig
 
-    budgets = Budgets(routed, SIXTEEN)
+    client = connect(cluster.url, keys=SIXTEEN)  # msgq's own client: replies as bytes
+    budgets = Budgets(client, SIXTEEN)
     tenants = [f"tenant-{n}" for n in range(12)]
     for tenant in tenants:
         assert not isinstance(await budgets.reserve(tenant, TenantConfig(), 0.5), str)
         await budgets.record(tenant, 0.25, "claude-haiku-4-5")
     for tenant in tenants:
         assert (await budgets.usage(tenant, TenantConfig()))["spent_today_usd"] == 0.75
+    await client.aclose()
     per_master = cluster.keys_per_master()
     assert sum(1 for count in per_master.values() if count) == 3, per_master
 
