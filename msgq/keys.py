@@ -34,6 +34,7 @@ from msgq.namespaces import DEFAULT_NAMESPACE, check_namespace
 from msgq.spend_keys import SpendKeys
 
 MAX_PARTITIONS = 4096  # a setting above it would be a typo; 16,384 slots in a cluster
+SPEND_TAGS = 16  # the tenants' spend on a cluster: over this many slots (`tenant_prefix`)
 RELAY_FAILED = "msgq_failed"  # a relayed attempt failed after its first event (never an API event)
 RELAY_REQUEST_ID = "msgq_request_id"  # a relayed attempt's API request ID, before its events
 
@@ -165,11 +166,14 @@ class Keyspace(BatchKeys, SpendKeys):
         return self.hash_tag + ":"
 
     def tenant_prefix(self, tenant: str) -> str:
-        """Where a tenant's spend is (`msgq.spend_keys`): the deployment's prefix on one node,
-        the tenant's own hash tag on a cluster (`{msgq/t:acme}:`; a tenant name holds no
-        braces, and `t:` is never a partition's number)."""
+        """Where a tenant's spend is (`msgq.spend_keys`): the deployment's prefix on one node;
+        on a cluster one of `SPEND_TAGS` tags chosen by CRC-32 of the tenant (`{msgq/t3}:`), so
+        the tenants' budget steps spread over the shards while a process talks to at most 16
+        more slots (a pool each), however many tenants there are."""
         root = self.root
-        return "{" + f"{root.hash_tag}/t:{tenant}" + "}:" if self.clustered else root.prefix
+        if not self.clustered:
+            return root.prefix
+        return "{" + f"{root.hash_tag}/t{zlib.crc32(tenant.encode()) % SPEND_TAGS}" + "}:"
 
     @property
     def publish_command(self) -> str:

@@ -56,8 +56,8 @@ class Router:
     """Which pinned client serves a command: the deployment's own (`None`) or a partition's.
 
     `tag` is the deployment's hash tag (`msgq`, `msgq@team`): only its partitions' tags
-    (`{tag/p}`) and its tenants' (`{tag/t:acme}`, their spend: `msgq.spend_keys`) are routed, so
-    a client made for one deployment never quietly serves another's keys."""
+    (`{tag/p}`) and its spend tags (`{tag/t3}`, the tenants' spend: `msgq.spend_keys`) are
+    routed, so a client made for one deployment never quietly serves another's keys."""
 
     def __init__(
         self,
@@ -65,7 +65,7 @@ class Router:
         connect_prefix: Callable[[str], Redis],
         connect_master: Callable[[Address], Redis] | None = None,
     ) -> None:
-        self.partition_tag = re.compile(rb"\{" + re.escape(tag.encode()) + rb"/(?:\d+|t:[^{}]+)\}")
+        self.partition_tag = re.compile(rb"\{" + re.escape(tag.encode()) + rb"/t?\d+\}")
         self.connect_prefix = connect_prefix
         self.connect_master = connect_master
         self.clients: dict[int, Redis] = {}

@@ -212,8 +212,7 @@ def test_a_poll_takes_due_jobs_a_round_at_a_time_from_a_rotating_first_partition
     due = [[b"a1", b"a2", b"a3"], [b"b1"], [b"c1", b"c2"]]
     replies: list[object] = []
     for n, ids in enumerate(due):
-        head = [(job_id, float(now - 10)) for job_id in ids] + [(b"running", 5000.0 + n)]
-        replies += [head, [f"abort-{n}".encode()], 0]
+        replies += [ids, [(b"running", 5000.0 + n)], [f"abort-{n}".encode()], 0]
     first = read(replies, keys, 4, now, 0)
     assert first.ready == [b"a1", b"b1", b"c1", b"a2"]
     assert first.later == 5000 and first.aborts == [b"abort-0", b"abort-1", b"abort-2"]
@@ -221,11 +220,10 @@ def test_a_poll_takes_due_jobs_a_round_at_a_time_from_a_rotating_first_partition
     assert read(replies, keys, 1, now, 2).ready == [b"c1"]
 
 
-def test_an_idle_workers_poll_is_one_command_a_partition() -> None:
+def test_an_idle_workers_poll_is_two_plain_commands_a_partition() -> None:
     """With no job running here, abort requests matter to nobody (one for a job not yet started
-    is found by its claim): the poll reads only the head of each queue, one command a partition
-    where it was three (16 partitions: 116 commands a second idle, BENCHMARKS.md section 12),
-    and no script."""
+    is found by its claim): the poll reads only each queue's due jobs and the first one not yet
+    due, two plain commands a partition (a script and two prunes before), and no script."""
     from worker.queue.poll import ask, read
 
     class Recorder:
@@ -238,6 +236,9 @@ def test_an_idle_workers_poll_is_one_command_a_partition() -> None:
         def zrange(self, *args: object, **kwargs: object) -> None:
             self.commands.append("ZRANGE")
 
+        def zrangebyscore(self, *args: object, **kwargs: object) -> None:
+            self.commands.append("ZRANGEBYSCORE")
+
         def zremrangebyscore(self, *args: object, **kwargs: object) -> None:
             self.commands.append("ZREMRANGEBYSCORE")
 
@@ -245,9 +246,11 @@ def test_an_idle_workers_poll_is_one_command_a_partition() -> None:
     idle, busy = Recorder(), Recorder()
     ask(idle, keys, 8, 1000, aborts=False, prune=False)  # type: ignore[arg-type]
     ask(busy, keys, 8, 1000, aborts=True)  # type: ignore[arg-type]
-    assert idle.commands == ["ZRANGE"] * 4
-    assert busy.commands == ["ZRANGE", "ZRANGE", "ZREMRANGEBYSCORE"] * 4
-    replies = [[(f"j{n}".encode(), 900.0)] for n in range(4)]
+    assert idle.commands == ["ZRANGEBYSCORE", "ZRANGEBYSCORE"] * 4
+    assert busy.commands == ["ZRANGEBYSCORE", "ZRANGEBYSCORE", "ZRANGE", "ZREMRANGEBYSCORE"] * 4
+    replies: list[object] = []
+    for n in range(4):
+        replies += [[f"j{n}".encode()], []]
     polled = read(replies, keys, 8, 1000, aborts=False, prune=False)
     assert polled.ready == [b"j0", b"j1", b"j2", b"j3"] and polled.aborts == []
     assert polled.later is None

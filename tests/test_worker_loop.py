@@ -223,3 +223,32 @@ async def test_jobs_held_elsewhere_yet_due_do_not_stand_before_waiting_ones(
     for job_id in stuck:
         score = await redis.zscore(settings.keys.for_job(job_id).queue, job_id)
         assert score is not None and score > time.time() * 1000 + 30_000  # at its lock's expiry
+
+
+async def test_a_beat_moves_on_only_the_jobs_this_worker_holds(
+    redis: Redis, settings: Settings
+) -> None:
+    """The heartbeat extends this worker's locks and moves their jobs on in the queue. A job
+    deferred meanwhile (its lock deleted, its new place set) and another worker's job are left
+    as they are; after an outage (`retake`) a lapsed lock of this worker's is taken back."""
+    from worker.queue.upkeep import beat
+
+    keys = settings.keys
+    mine, deferred, other = "job_beat_mine", "job_beat_deferred", "job_beat_other"
+    for job_id in (mine, deferred, other):
+        await redis.zadd(keys.for_job(job_id).queue, {job_id: 1000})
+    await redis.set(keys.in_progress_key(mine), "me", px=5000)
+    await redis.set(keys.in_progress_key(other), "them", px=5000)
+    await beat(redis, keys, [mine, deferred, other], 15.0, "me")
+    now_ms = time.time() * 1000
+
+    async def score(job_id: str) -> float | None:
+        return await redis.zscore(keys.for_job(job_id).queue, job_id)
+
+    assert (await score(mine) or 0) > now_ms + 10_000
+    assert await redis.pttl(keys.in_progress_key(mine)) > 10_000
+    assert await score(deferred) == 1000 and not await redis.exists(keys.in_progress_key(deferred))
+    assert await score(other) == 1000 and await redis.pttl(keys.in_progress_key(other)) <= 5000
+    await beat(redis, keys, [deferred], 15.0, "me", retake=True)
+    assert await redis.get(keys.in_progress_key(deferred)) == b"me"
+    assert (await score(deferred) or 0) > now_ms + 10_000

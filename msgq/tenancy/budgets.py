@@ -158,11 +158,12 @@ class Budgets:
         """A Reservation, or the period ("day"/"month") whose budget it would pass. `hold`: a
         job ID whose ledger (msgq.ledger) holds the reservation.
 
-        Held, it is three steps, each in one slot (the ledger is in the job's partition, the
-        spend in the deployment's slot): the hold written `pending` with a nonce, the spend
-        reserved with the nonce's marker, then the hold made plain (or dropped if refused). A
-        run lost between them leaves a pending hold that the marker decides: reserved, it is
-        settled as any hold; not, it is dropped (`worker.ledger.Ledgers.settle`)."""
+        Held, it is three steps, each in one slot (the ledger is in the job's partition, the spend
+        in the deployment's slot, or on a cluster its tenant's spend tag): the hold written
+        `pending` with a nonce, the spend reserved with the nonce's marker, then the hold made
+        plain (or dropped if refused). A run lost between them leaves a pending hold that the
+        marker decides: reserved, it is settled as any hold; not, it is dropped
+        (`worker.ledger.Ledgers.settle`)."""
         day, month = periods(now)
         amount = round(usd * MICRO)
         caps = [
@@ -223,6 +224,8 @@ class Budgets:
         process, not once a job (the set is the deployment's slot, the spend the tenant's)."""
         if (tenant, day) not in self._listed:
             await self.redis.sadd(self.keys.spend_tenants, tenant)  # type: ignore[misc]
+            if len(self._listed) >= 10_000:  # a long-lived worker's: days gone by
+                self._listed.clear()
             self._listed.add((tenant, day))
 
     def record_step(

@@ -3,7 +3,12 @@
 carried over when a worker starts, so no budget starts the day or the month again at zero.
 
 Only the current day's and month's counters and the day's spend by model are moved: budgets
-and usage read nothing older. On one node the names did not change and nothing is done.
+and usage read nothing older. On one node the names did not change and nothing is done. Once
+done, `spend:moved` says so and later starts skip it. Stop the earlier release's processes
+before starting this one: one still running would go on counting under the old names.
+A budget step a crash left half done across the upgrade (a `pending` hold, a `settling` entry)
+finds no marker under the new names: it is settled as if its spend step had not run, which
+can only count more than was spent (the budget runs out sooner), never less.
 
 Each counter is taken by a RENAME to a name of this process's own, in the same slot, so of
 several workers starting at once exactly one moves it; then added to the tenant's counter and
@@ -30,7 +35,7 @@ async def move_spend_to_tenant_tags(
 ) -> int:
     """Carry the current periods' spend from the deployment's slot to each tenant's; how many
     keys were moved."""
-    if not keys.clustered:
+    if not keys.clustered or await redis.exists(keys.spend_moved):
         return 0
     old_prefix, mine = keys.root.prefix + "spend:", uuid.uuid4().hex
     day, month = periods(now)
@@ -54,6 +59,7 @@ async def move_spend_to_tenant_tags(
             await redis.expire(new, ttl)
             await redis.delete(taken)
             moved += 1
+    await redis.set(keys.spend_moved, "1")
     if moved:
         log.info("spend.moved_to_tenant_tags", keys=moved)
     return moved

@@ -45,10 +45,11 @@ log = structlog.get_logger("msgq.worker")
 class MsgqWorker(Worker):
     """arq's Worker, with its per-job Redis work cut to what a job needs.
 
-    - Pick-up is one script for every free slot: claim (only if no one holds the job and it is
-      due), read the payload, count the try, take a pending abort (the job is then refused,
-      as arq does), and read the caller's prefetch keys (msgq's record and admission ticket),
-      where arq takes six round trips a job.
+    - Pick-up is one script for every free slot: claim (only if it is due and no other worker
+      holds it; a claim re-sent after its reply was lost gets its job back), read the payload,
+      count the try, take a pending abort (the job is then refused, as arq does), and read the
+      caller's prefetch keys (msgq's record and admission ticket), where arq takes six round
+      trips a job.
     - A job whose terminal record already ended it in the queue (`RunningJob.queue_done`) skips
       arq's finishing transaction.
     - One heartbeat for all running jobs keeps their short in-progress locks alive.
@@ -122,9 +123,10 @@ class MsgqWorker(Worker):
 
     async def _poll_once(self) -> bool:
         """arq's poll iteration, with its two reads (due jobs, abort requests) in one round trip.
-        True when it started a job. The due jobs read are only ones no worker holds, as many as
-        this worker has free slots: arq read its `queue_read_limit` oldest entries, running
-        ones included, so a fleet running that many jobs started no more."""
+        True when it started a job. The due jobs read are waiting ones (a running job is scored
+        at its lock's expiry), as many as this worker has free slots: arq read its
+        `queue_read_limit` oldest entries, running ones included, so a fleet running that many
+        jobs started no more."""
         count = min(self.max_jobs - self.job_counter, self.bytes.room(self.job_counter))
         if self.burst and self.max_burst_jobs >= 0:
             count = min(count, self.max_burst_jobs - self._jobs_started())
@@ -365,8 +367,8 @@ class MsgqWorker(Worker):
             else:
                 tr.pexpire(self.keys.in_progress_key(job_id), int(keep_in_progress * 1000))
             await tr.execute()
-        if keep_in_progress is None and not incr_score:  # due now (a hand-off at shutdown):
-            await publish(self.pool, self.keys, self.keys.queue_wake, job_id)  # others look now
+        if keep_in_progress is None and due_ms <= timestamp_ms():  # due now (a hand-off at
+            await publish(self.pool, self.keys, self.keys.queue_wake, job_id)  # shutdown, a retry)
         return None
 
     async def _heartbeat(self) -> None:

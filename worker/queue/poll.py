@@ -2,12 +2,13 @@
 the abort requests, with the stale requests pruned.
 
 A running job is scored at its lock's expiry (`worker.queue.claim.CLAIM`), so the due jobs at
-the head of a queue are waiting ones: the poll reads as many entries as the worker has free
-slots, plus one, which tells when the next job not yet due comes due. One command a partition
-for an idle worker, and no script: nothing built inside Redis from a key prefix.
+the head of a queue are waiting ones: the poll reads as many of them as the worker has free
+slots, and the first entry not yet due, which tells when to look again (a retry, a deferral,
+a running job whose worker may die). Two commands a partition for an idle worker, and no
+script: nothing built inside Redis from a key prefix.
 
 Each partition has its own arq queue and abort set (`msgq.keys.Keyspace.part`). With one
-partition this is arq's poll: up to three commands. With more, up to three a partition, still
+partition this is arq's poll: up to four commands. With more, up to four a partition, still
 one round trip; a claim is then made per partition (`by_partition`), since one claim script
 touches one partition's keys.
 """
@@ -43,13 +44,14 @@ def ask(
     aborts: bool = True,
     prune: bool = True,
 ) -> None:
-    """Queue the poll's commands on `pipe`: the queue's head only when `picking` (`count` free
-    slots), the abort requests only when `aborts` (some job runs here: a request for one that
-    has not started is found by its claim), their prune only when `prune`; so an idle worker's
-    poll is one command a partition."""
+    """Queue the poll's commands on `pipe`: the due jobs and the first one not yet due only
+    when `picking` (`count` free slots), the abort requests only when `aborts` (some job runs
+    here: a request for one that has not started is found by its claim), their prune only when
+    `prune`; so an idle worker's poll is two commands a partition."""
     for part in keys.parts:
         if picking:
-            pipe.zrange(part.queue, 0, count, withscores=True)  # count + 1 entries, by score
+            pipe.zrangebyscore(part.queue, "-inf", now_ms, start=0, num=count)
+            pipe.zrangebyscore(part.queue, f"({now_ms}", "+inf", start=0, num=1, withscores=True)
         if aborts:
             pipe.zrange(part.abort_key, 0, -1)
         if prune:
@@ -73,20 +75,19 @@ def read(
     taken a round at a time, one from each partition, starting at partition `rotate` (a poll
     counter): when there are fewer free slots than due jobs, no partition waits behind another,
     and each partition's own jobs go oldest first."""
-    per_part = int(picking) + int(aborts) + int(prune)
+    per_part = 2 * int(picking) + int(aborts) + int(prune)
     due: list[list[bytes]] = []
     later: int | None = None
     requested: list[bytes] = []
     for n in range(keys.partitions):
         mine = replies[n * per_part : (n + 1) * per_part]
         if picking:
-            head: list[tuple[bytes, float]] = mine[0]
-            due.append([job_id for job_id, score in head if score <= now_ms][:count])
-            after = [int(score) for _, score in head if score > now_ms]
-            if after:  # the first entry not yet due (a retry, a deferral, a running job)
-                later = after[0] if later is None else min(later, after[0])
+            due.append(list(mine[0])[:count])
+            if mine[1]:  # the first entry not yet due (a retry, a deferral, a running job)
+                at = int(mine[1][0][1])
+                later = at if later is None else min(later, at)
         if aborts:
-            requested += mine[int(picking)]  # ZRANGE's reply, after the queue's head
+            requested += mine[2 * int(picking)]  # ZRANGE's reply, after the queue's two
     ready: list[bytes] = []
     order = [due[(rotate + n) % len(due)] for n in range(len(due))] if due else []
     for round_ in range(max((len(ids) for ids in order), default=0)):

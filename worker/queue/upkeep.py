@@ -15,7 +15,9 @@ from redis.exceptions import RedisError
 
 from msgq.arq_format import serialize
 from msgq.keys import Keyspace
+from msgq.script_calls import run_each
 from worker.queue.claim import Claim
+from worker.queue.poll import by_partition
 
 log = structlog.get_logger("msgq.worker")
 
@@ -41,6 +43,28 @@ async def keep_locks_alive(
             log.warning("worker.heartbeat_failed", jobs=len(running), error=type(exc).__name__)
 
 
+# KEYS: a partition's queue, then each running job's lock. ARGV: this worker's token, lock ms,
+# the score a running job takes (its lock's expiry), retake (1/0), then the jobs' IDs. A lock
+# this worker holds is extended and its job's place in the queue moved on with it; one that
+# lapsed is taken back when `retake` (after Redis was away) unless another worker took the job;
+# a lock another worker holds, or gone (the job ended, or was deferred or handed back, with its
+# new place set), is left alone: a beat that lands just after a deferral must not move it.
+BEAT = """
+local token, lock_ms, due, retake = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+for n = 2, #KEYS do
+  local lock = redis.call('GET', KEYS[n])
+  if lock == token then
+    redis.call('PEXPIRE', KEYS[n], lock_ms)
+  elseif not lock and retake then
+    redis.call('SET', KEYS[n], token, 'PX', lock_ms)
+    lock = token
+  end
+  if lock == token then redis.call('ZADD', KEYS[1], 'XX', 'GT', due, ARGV[n + 3]) end
+end
+return 1
+"""
+
+
 async def beat(
     pool: Redis,
     keys: Keyspace,
@@ -50,21 +74,20 @@ async def beat(
     *,
     retake: bool = False,
 ) -> None:
-    """Extend the locks of `running` jobs, and their places in the queue with them (CLAIM
-    scores a running job at its lock's expiry). `retake`, after Redis was away: a lock that lapsed
-    meanwhile is set again with this worker's token (unless another worker took the job
-    first), since its call may still be in flight or its answer held (`worker.hold`); not on
-    every beat, where it would set a lock again for a job whose terminal write just ended it."""
+    """Extend the locks of `running` jobs this worker holds, and their places in the queue
+    with them (CLAIM scores a running job at its lock's expiry): one script a partition, all
+    in one round trip. `retake`, after Redis was away: a lock that lapsed meanwhile is set
+    again with this worker's token (unless another worker took the job first), since its call
+    may still be in flight or its answer held (`worker.hold`); not on every beat, where it
+    would set a lock again for a job whose terminal write just ended it."""
     lock_ms = int(lock_s * 1000)
     due_ms = int(time.time() * 1000) + lock_ms  # a running job is due again as its lock lapses
-    async with pool.pipeline(transaction=False) as pipe:
-        for job_id in running:
-            if retake:
-                pipe.set(keys.in_progress_key(job_id), token, px=lock_ms, nx=True)
-            pipe.pexpire(keys.in_progress_key(job_id), lock_ms)
-            # Only while queued (XX: an ended job is not put back) and only later (GT)
-            pipe.zadd(keys.for_job(job_id).queue, {job_id: due_ms}, xx=True, gt=True)
-        await pipe.execute()
+    calls = []
+    for ids in by_partition(keys, running).values():
+        locks = [keys.in_progress_key(job_id) for job_id in ids]
+        head = [token, lock_ms, due_ms, int(retake)]
+        calls.append(([keys.for_job(ids[0]).queue, *locks], [*head, *ids]))
+    await run_each(pool, pool.register_script(BEAT), calls)
 
 
 OUTAGE_RETRY_MAX_S = 5.0  # the poll loop's longest wait between tries while Redis is away

@@ -5,7 +5,7 @@ and so does every producer that writes arq's queue itself (a submit with the sch
 retry); each worker listens, and one with a free slot polls at once. A worker whose job ends
 polls at once too (`poke`) when a wake came while it was full, or its last poll filled every
 slot (more may be due), or the job was deferred; else it waits for a wake. A job deferred to later
-(a retry's backoff) is polled for when it comes due, from the due-scan's answer. What is left
+(a retry's backoff) is polled for when it comes due, from the poll's answer. What is left
 to the poll delay (`MSGQ_POLL_DELAY_S`, 1 s) is what nobody announces: a raw producer that does
 not publish the wake, a dead worker's lapsed lock, a lost message. An idle worker used to poll
 every 10 ms: about 100 round trips a second each, for nothing.
