@@ -18,6 +18,7 @@ import redis as redis_sync
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from msgq.cancel import cancel_and_wait
 from msgq.client import Client
 from msgq.cluster import is_cluster_url, parse_cluster_url
 from msgq.connections import connect
@@ -224,9 +225,7 @@ async def start_worker(settings: Settings) -> AsyncIterator[StartWorker]:
             await asyncio.wait(list(w.tasks.values()), timeout=10)
         with contextlib.suppress(asyncio.CancelledError):
             await w.close()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])  # a cancellation can be lost on 3.11 (msgq.cancel)
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
+from msgq.cancel import cancel_and_wait
 from msgq.errors import UpstreamError
 from msgq.model_catalog import Catalog, store_catalog
 from msgq.tenancy import policy
@@ -74,10 +75,7 @@ class Background:
         """Cancel every loop (a webhook attempt cut short is delivered again when its lease
         ends), give up the fleet's leases this worker holds once its loops have ended, and
         leave the fleet's registry."""
-        for task in self.tasks:
-            task.cancel()
-        if self.tasks:
-            await asyncio.wait(self.tasks, timeout=STOP_WAIT_S)
+        await cancel_and_wait(self.tasks, STOP_WAIT_S)
         with contextlib.suppress(RedisError, OSError):
             for lease in self.leases:
                 await lease.release()

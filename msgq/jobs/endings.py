@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from msgq.cancel import cancel_and_wait
 from msgq.channels import subscriber
 from msgq.jobs.store import JobStore
 from msgq.slot_routing import SlotRouting
@@ -85,10 +86,7 @@ class Endings:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         for ready in self._ready:
             ready.clear()
 

@@ -118,8 +118,9 @@ class Dispatcher:
                     log.error("dispatcher.tick_failed", error=f"{type(exc).__name__}: {exc}"[:300])
                     wait_s = 1.0
                 if wait_s > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), wait_s)
+                    with contextlib.suppress(TimeoutError):  # not wait_for: `msgq.cancel`
+                        async with asyncio.timeout(wait_s):
+                            await self.wake.wait()
         finally:
             listener.cancel()
 

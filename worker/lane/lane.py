@@ -11,7 +11,6 @@ realtime when it asked for `auto`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import orjson
 import structlog
@@ -19,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from msgq import lanes
+from msgq.cancel import cancel_and_wait
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
 from schemas import JobError, JobErrorType, JobRecord, JobSpec, JobStatus, Lane, MessageRequest
@@ -121,9 +121,7 @@ class BatchLane:
                 except Exception as exc:  # a bug must not stop the lane for good
                     log.error("batch.manager_crashed", error=f"{type(exc).__name__}: {exc}"[:300])
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await cancel_and_wait([keeper])
 
     async def _keep_lock(self) -> None:
         """Take or renew the lock every third of its life, separately from the work, so a long

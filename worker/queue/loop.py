@@ -14,6 +14,7 @@ from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import JobExecutionFailed, RetryJob
 from redis.exceptions import RedisError
 
+from msgq.cancel import cancel_and_wait
 from msgq.channels import publish
 from msgq.keys import Keyspace
 from worker.queue import poll
@@ -384,7 +385,5 @@ class MsgqWorker(Worker):
         if self._wake is not None:
             await self._wake.aclose()
         if self._beat is not None:
-            self._beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beat
+            await cancel_and_wait([self._beat])
         await super().close()

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import structlog
 from redis.asyncio import Redis
 
+from msgq.cancel import cancel_and_wait
 from msgq.channels import subscriber
 from msgq.keys import Keyspace
 
@@ -80,6 +81,4 @@ class QueueWake:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
