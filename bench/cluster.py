@@ -70,7 +70,7 @@ def one_node(tmp: Path, name: str = "node") -> Iterator[tuple[str, Nodes]]:
 
 @contextmanager
 def three_masters(tmp: Path, name: str = "cluster") -> Iterator[tuple[str, Nodes]]:
-    with RedisCluster(tmp / name) as cluster:
+    with RedisCluster(tmp / name, appendonly=True) as cluster:  # AOF, as the one node has
         yield cluster.url, Nodes(cluster.master_ports)
 
 

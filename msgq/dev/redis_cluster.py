@@ -27,10 +27,20 @@ class ClusterStartError(RuntimeError):
 class RedisCluster(ManagedServers):
     """`with RedisCluster(tmp) as c: c.url` — `redis+cluster://` naming every master."""
 
-    def __init__(self, data_dir: Path, *, masters: int = 3, replicas: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        masters: int = 3,
+        replicas: bool = False,
+        appendonly: bool = False,
+    ) -> None:
+        """`appendonly`: each node keeps an AOF (fsync every second), as a deployed node does
+        and as the one node `bench.cluster` compares with: the tests go without."""
         self.data_dir = data_dir
         self.masters = masters
         self.with_replicas = replicas
+        self.appendonly = appendonly
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self._choose_ports()
 
@@ -93,7 +103,9 @@ class RedisCluster(ManagedServers):
             "--dir", str(self.data_dir),
             "--dbfilename", f"dump-{port}.rdb",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+            "--appenddirname", f"aof-{port}",
             "--repl-diskless-sync-delay", "0",
             "--logfile", str(self.data_dir / f"redis-{port}.log"),
         ]  # fmt: skip
