@@ -10,21 +10,25 @@ from msgq.cancel import cancel_and_wait
 
 
 async def test_a_task_that_lost_its_cancellation_is_stopped_all_the_same() -> None:
+    started = asyncio.Event()
+
     async def loses_one() -> None:
+        started.set()
         with contextlib.suppress(asyncio.CancelledError):  # lost, as 3.11's wait_for loses it
             await asyncio.sleep(30)
         await asyncio.Event().wait()  # a background loop going on as if nothing happened
 
     task = asyncio.create_task(loses_one())
-    await asyncio.sleep(0)
+    await started.wait()  # the first cancellation lands inside it, where it is lost
     assert await cancel_and_wait([task], timeout_s=5) == set()
     assert task.cancelled()
 
 
 async def test_a_task_that_will_not_end_is_given_back_after_the_timeout() -> None:
-    ignoring = True
+    ignoring, started = True, asyncio.Event()
 
     async def ignores_them() -> None:
+        started.set()
         while ignoring:
             try:
                 await asyncio.sleep(30)
@@ -32,7 +36,7 @@ async def test_a_task_that_will_not_end_is_given_back_after_the_timeout() -> Non
                 continue
 
     task = asyncio.create_task(ignores_them())
-    await asyncio.sleep(0)
+    await started.wait()
     assert await cancel_and_wait([task], timeout_s=0.3) == {task}
     ignoring = False
     assert await cancel_and_wait([task], timeout_s=5) == set()
