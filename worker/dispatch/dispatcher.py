@@ -71,6 +71,10 @@ log = structlog.get_logger("msgq.dispatcher")
 ORPHAN_SWEEP_S = 5.0
 EXPIRY_EVERY_S = 0.25  # deadlines of waiting jobs are checked this often
 FULL_RECHECK_S = 0.02
+# A wake within this long of the last tick's start waits out the rest: one tick serves every job
+# placed meanwhile. Without it each submission woke a tick of its own (2.2 of a submission's 3.3
+# Redis round trips, half its Redis CPU); an idle dispatcher's first wake still ticks at once.
+WAKE_GAP_S = 0.005
 # A stand-in for an entry that could not be read: only its queue and job ID are used.
 _UNKNOWN = Waiting(QueueId("unknown", Priority.DEFAULT, None), Estimate("unknown", 0, 0, 0.0))
 
@@ -103,6 +107,7 @@ class Dispatcher:
 
     async def run_forever(self) -> None:
         listener = asyncio.create_task(self._listen())
+        ticked = 0.0
         try:
             while True:
                 try:
@@ -110,6 +115,7 @@ class Dispatcher:
                         await asyncio.sleep(1.0)
                         continue
                     self.wake.clear()  # before reading: a job placed during the tick wakes us
+                    ticked = time.monotonic()
                     wait_s = await self.tick()
                 except RedisError as exc:
                     log.warning("dispatcher.redis_unavailable", error=type(exc).__name__)
@@ -121,6 +127,7 @@ class Dispatcher:
                     with contextlib.suppress(TimeoutError):  # not wait_for: `msgq.cancel`
                         async with asyncio.timeout(wait_s):
                             await self.wake.wait()
+                            await asyncio.sleep(ticked + WAKE_GAP_S - time.monotonic())
         finally:
             listener.cancel()
 
