@@ -4,23 +4,26 @@ one worker, once on one Redis node and once on a 3-master cluster from the same 
 For each: jobs/s with 512 calls in flight at 3 s a call (the worker's CPU per job beside it),
 the Redis CPU per job (the busiest master's on the cluster), its round trips (replies and
 pub/sub messages the nodes wrote over the drain: the worker's, its dispatcher's and the waiting
-client's), how the job keys spread over the masters, an idle worker's Redis commands and round
-trips per second, and Redis memory per queued job and per stored record. Four runs: one node;
+client's), the same over the whole path (issue 33: a producer submitting 64 at a time, the
+run, each result read by ID), how the job keys spread over the masters, an idle worker's
+Redis commands and round trips per second, and Redis memory per queued job and per stored
+record. Four runs, each three times interleaved (medians): one node;
 one node with 16 partitions (docs/design/partitions.md: what the layout costs where it gains
 nothing); the cluster with the deployment in one hash slot (the default: one master does it
 all); and the cluster with 16 partitions, the deployment's jobs spread over the masters.
 
-`python -m bench.cluster` runs it alone (about 2 minutes); `make bench` runs it with the rest.
+`python -m bench.cluster` runs it alone (about 9 minutes); `make bench` runs it with the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,8 +31,11 @@ from typing import Any
 import redis as redis_sync
 
 from bench.harness import process_cpu_s, redis_server, simulator, text_request, workers
-from bench.real_load import LATENCY_MS, TOP_TIER, _drain, _submit_paused
+from bench.real_load import LATENCY_MS, TOP_TIER, _drain
+from msgq.client import Client
+from msgq.connections import connect
 from msgq.dev.redis_cluster import RedisCluster
+from msgq.settings import Settings
 
 Table = Callable[[str, list[str], list[list[Any]]], None]
 IDLE_S = 10.0
@@ -88,42 +94,69 @@ def partitioned(count: int) -> Iterator[None]:
             os.environ["MSGQ_PARTITIONS"] = before
 
 
+SUBMITTING = 64  # the producer's submissions at once (a service's pool, warm before the clock)
+
+
+async def _each(call: Callable[[Any], Awaitable[Any]], items: list[Any]) -> list[Any]:
+    """`call` on every item, SUBMITTING at a time, as a producer service does."""
+    done: list[Any] = []
+    for start in range(0, len(items), SUBMITTING):
+        done += await asyncio.gather(*(call(x) for x in items[start : start + SUBMITTING]))
+    return done
+
+
 async def measure(url: str, nodes: Nodes, sim: str, n: int, concurrency: int) -> dict[str, Any]:
+    """One worker's drain of `n` jobs, and the whole path around it: a producer submitting
+    them (to a paused fleet, so the clock measures the drain) and reading each result by ID."""
     requests = [
         {**text_request(60), "messages": [{"role": "user", "content": f"call {i}"}]}
         for i in range(n)
     ]
     env = {"MSGQ_MAX_JOBS": str(concurrency), "MSGQ_UVLOOP": "true"}
     env["MSGQ_STREAM_MIN_MAX_TOKENS"] = str(10**9)
+    settings = Settings(_env_file=None, redis_url=url)
     with workers(1, url, sim, **env) as procs:
-        await _drain(url, await _submit_paused(url, requests[:8]))  # warm: limits learned
-        await asyncio.sleep(2)
-        commands0 = sum(nodes.info("total_commands_processed"))
-        replies0 = sum(nodes.info("total_writes_processed"))
-        await asyncio.sleep(IDLE_S)
-        idle = (sum(nodes.info("total_commands_processed")) - commands0) / IDLE_S
-        # A round trip is one reply written (a pipeline's replies go out together); this
-        # measure's own INFO calls are two per node, taken out.
-        idle_trips = (
-            sum(nodes.info("total_writes_processed")) - replies0 - 2 * len(nodes.ports)
-        ) / IDLE_S
-        memory0 = sum(nodes.info("used_memory"))
-        ids = await _submit_paused(url, requests)
-        queued = (sum(nodes.info("used_memory")) - memory0) / n
-        keys_queued = nodes.keys()
-        cpu0, redis0 = process_cpu_s(procs[0].pid), nodes.cpu_s()
-        replies0 = sum(nodes.info("total_writes_processed"))
-        elapsed = await _drain(url, ids)
-        trips = (sum(nodes.info("total_writes_processed")) - replies0) / n
-        cpu_ms = (process_cpu_s(procs[0].pid) - cpu0) * 1000 / n
-        redis_ms = [
-            (after - before) * 1000 / n for before, after in zip(redis0, nodes.cpu_s(), strict=True)
-        ]
-        stored = (sum(nodes.info("used_memory")) - memory0) / n
+        async with connect(settings.redis_url) as redis:
+            client = Client(redis, settings)
+            warm = [job.id for job in await _each(client.submit, requests[:SUBMITTING])]
+            await _drain(url, warm)  # warm: limits learned, the producer's pool open
+            await _each(client.get, warm)
+            await asyncio.sleep(2)
+            commands0 = sum(nodes.info("total_commands_processed"))
+            replies0 = sum(nodes.info("total_writes_processed"))
+            await asyncio.sleep(IDLE_S)
+            idle = (sum(nodes.info("total_commands_processed")) - commands0) / IDLE_S
+            # A round trip is one reply written (a pipeline's replies go out together); this
+            # measure's own INFO calls are two per node, taken out.
+            idle_trips = (
+                sum(nodes.info("total_writes_processed")) - replies0 - 2 * len(nodes.ports)
+            ) / IDLE_S
+            memory0 = sum(nodes.info("used_memory"))
+            await redis.set(settings.keys.pause_key, "bench: filling the queue")
+            path0, path_replies0 = nodes.cpu_s(), sum(nodes.info("total_writes_processed"))
+            ids = [job.id for job in await _each(client.submit, requests)]
+            queued = (sum(nodes.info("used_memory")) - memory0) / n
+            keys_queued = nodes.keys()
+            cpu0, redis0 = process_cpu_s(procs[0].pid), nodes.cpu_s()
+            replies0 = sum(nodes.info("total_writes_processed"))
+            elapsed = await _drain(url, ids)
+            trips = (sum(nodes.info("total_writes_processed")) - replies0) / n
+            cpu_ms = (process_cpu_s(procs[0].pid) - cpu0) * 1000 / n
+            redis1 = nodes.cpu_s()
+            stored = (sum(nodes.info("used_memory")) - memory0) / n
+            await _each(client.get, ids)
+            path_trips = (sum(nodes.info("total_writes_processed")) - path_replies0) / n
+            redis2 = nodes.cpu_s()
+
+    def per_job_ms(before: list[float], after: list[float]) -> list[float]:
+        return [(b - a) * 1000 / n for a, b in zip(before, after, strict=True)]
+
     return {
         "rate": n / elapsed,
         "worker_ms": cpu_ms,
-        "redis_ms": redis_ms,
+        "redis_ms": per_job_ms(redis0, redis1),
+        "path_ms": per_job_ms(path0, redis2),
+        "path_trips": path_trips,
         "idle": idle,
         "idle_trips": idle_trips,
         "trips": trips,
@@ -142,22 +175,50 @@ def _spread(counts: list[int]) -> str:
     return " / ".join(f"{100 * c / total:.0f}%" for c in counts)
 
 
-async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512) -> None:
+def _median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds (per master for the per-master lists: a round's
+    cluster gives each master the same slots)."""
+    out: dict[str, Any] = {"spread": rounds[0]["spread"], "rounds": rounds}
+    for field, first in rounds[0].items():
+        if field == "spread":
+            continue
+        if isinstance(first, list):
+            out[field] = [statistics.median(r[field][i] for r in rounds) for i in range(len(first))]
+        else:
+            out[field] = statistics.median(r[field] for r in rounds)
+    return out
+
+
+def _ratios(run: dict[str, Any], node: dict[str, Any], field: str) -> str:
+    """The busiest master's figure over one node's, round by round: the median, then each."""
+    each = [max(r[field]) / n[field][0] for r, n in zip(run["rounds"], node["rounds"], strict=True)]
+    return f"{statistics.median(each):.2f} ({' / '.join(f'{x:.2f}' for x in each)})"
+
+
+async def report(
+    tmp: Path, table: Table, n: int = 3000, concurrency: int = 512, rounds: int = 3
+) -> None:
+    """`rounds` interleaved rounds of the four runs, medians: Redis's CPU per job swings by a
+    fifth from one drain to the next on 2 shared cores, more than the differences measured."""
+    runs: dict[str, list[dict[str, Any]]] = {"node": [], "parts": [], "cluster": [], "spread": []}
     with simulator(*TOP_TIER, "--latency-ms", str(LATENCY_MS)) as sim:
-        with one_node(tmp) as (url, nodes):
-            node = await measure(url, nodes, sim, n, concurrency)
-        with one_node(tmp, "partitioned") as (url, nodes), partitioned(PARTITIONS):
-            parts = await measure(url, nodes, sim, n, concurrency)
-        with three_masters(tmp) as (url, nodes):
-            cluster = await measure(url, nodes, sim, n, concurrency)
-        with three_masters(tmp, "spread") as (url, nodes), partitioned(PARTITIONS):
-            spread = await measure(url, nodes, sim, n, concurrency)
+        for r in range(rounds):
+            with one_node(tmp, f"node-{r}") as (url, nodes):
+                runs["node"].append(await measure(url, nodes, sim, n, concurrency))
+            with one_node(tmp, f"partitioned-{r}") as (url, nodes), partitioned(PARTITIONS):
+                runs["parts"].append(await measure(url, nodes, sim, n, concurrency))
+            with three_masters(tmp, f"cluster-{r}") as (url, nodes):
+                runs["cluster"].append(await measure(url, nodes, sim, n, concurrency))
+            with three_masters(tmp, f"spread-{r}") as (url, nodes), partitioned(PARTITIONS):
+                runs["spread"].append(await measure(url, nodes, sim, n, concurrency))
+    node, parts, cluster, spread = (_median_of(runs[k]) for k in runs)
     load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     busiest = max(cluster["redis_ms"])
     busiest_spread = max(spread["redis_ms"])
     table(
         f"Redis Cluster beside one node: one worker, {n} jobs, {concurrency} in flight, "
-        f"{LATENCY_MS / 1000:.0f} s a call (load average after: {load})",
+        f"{LATENCY_MS / 1000:.0f} s a call; medians of {rounds} interleaved rounds, busiest ÷ "
+        f"one node with each round's (load average after: {load})",
         [
             "Redis",
             "jobs/s",
@@ -186,7 +247,7 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
                 f"{parts['worker_ms']:.2f}",
                 f"{parts['trips']:.1f}",
                 f"{parts['redis_ms'][0]:.3f}",
-                f"{parts['redis_ms'][0] / node['redis_ms'][0]:.2f}",
+                _ratios(parts, node, "redis_ms"),
                 "100%",
             ],
             [
@@ -196,7 +257,7 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
                 f"{cluster['worker_ms']:.2f}",
                 f"{cluster['trips']:.1f}",
                 f"{busiest:.3f}",
-                f"{busiest / node['redis_ms'][0]:.2f}",
+                _ratios(cluster, node, "redis_ms"),
                 _spread(cluster["spread"]),
             ],
             [
@@ -206,9 +267,36 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
                 f"{spread['worker_ms']:.2f}",
                 f"{spread['trips']:.1f}",
                 f"{busiest_spread:.3f} ({_per_master(spread['redis_ms'])})",
-                f"{busiest_spread / node['redis_ms'][0]:.2f}",
+                _ratios(spread, node, "redis_ms"),
                 _spread(spread["spread"]),
             ],
+        ],
+    )
+    named = (
+        ("one node", node),
+        (f"one node, {PARTITIONS} partitions", parts),
+        ("3-master cluster", cluster),
+        (f"3-master cluster, {PARTITIONS} partitions", spread),
+    )
+    table(
+        f"The whole path in Redis: {SUBMITTING} submitting at once, the worker's run, each "
+        "result read by ID (same runs; issue 33's goal: at most 150 µs and 3 round trips a job)",
+        [
+            "Redis",
+            "Redis CPU µs/job (busiest master)",
+            "busiest ÷ one node",
+            "each master",
+            "round trips/job (all masters)",
+        ],
+        [
+            [
+                name,
+                f"{max(r['path_ms']) * 1000:.0f}",
+                _ratios(r, node, "path_ms"),
+                " / ".join(f"{ms * 1000:.0f}" for ms in r["path_ms"]),
+                f"{r['path_trips']:.1f}",
+            ]
+            for name, r in named
         ],
     )
     table(
@@ -228,12 +316,7 @@ async def report(tmp: Path, table: Table, n: int = 3000, concurrency: int = 512)
                 round(r["queued"]),
                 round(r["stored"]),
             ]
-            for name, r in (
-                ("one node", node),
-                (f"one node, {PARTITIONS} partitions", parts),
-                ("3-master cluster", cluster),
-                (f"3-master cluster, {PARTITIONS} partitions", spread),
-            )
+            for name, r in named
         ],
     )
 
