@@ -341,6 +341,10 @@ class Keyspace(BatchKeys, SpendKeys):
         return self.prefix + "sched:wake"
 
     @property
+    def sched_woken(self) -> str:  # set while a wake is owed the dispatcher (wake_dispatcher)
+        return self.prefix + "sched:woken"
+
+    @property
     def queue_wake(self) -> str:  # pub/sub: the dispatcher made jobs ready in arq's queue
         return self.prefix + "queue:wake"
 

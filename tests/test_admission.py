@@ -170,17 +170,20 @@ async def test_resuming_wakes_the_dispatcher_at_once(settings: Settings, redis: 
     fleet's hundreds of slots do not sit idle for that second."""
     limiter = RateLimiter(redis, KEYS, {})
     dispatcher = Dispatcher(redis, JobStore.from_settings(redis, settings), settings, limiter)
-    listener = asyncio.create_task(dispatcher._listen())
+    wake = dispatcher.wakes
+    listener = asyncio.create_task(wake.listen())
     try:
 
         async def subscribed() -> bool:
             return await listeners(redis, KEYS, KEYS.sched_wake) > 0
 
         await eventually(subscribed)
+        await asyncio.wait_for(wake.event.wait(), 5)  # the subscription's own wake
+        await wake.taken()  # taken, as a tick would
         await limiter.pause("spend limit (test)", None)
-        assert not dispatcher.wake.is_set()
+        assert not wake.event.is_set()
         assert await limiter.resume() is True
-        await asyncio.wait_for(dispatcher.wake.wait(), 5)
+        await asyncio.wait_for(wake.event.wait(), 5)
         assert await limiter.paused() is None
     finally:
         listener.cancel()

@@ -16,6 +16,7 @@ from redis.commands.core import CoreCommands
 # Runs the commands flattened into ARGV from index `i` (`flatten`): a count, then each command
 # as its length n and its words: a command on a key as n > 0, its name, its key's place in KEYS,
 # its other arguments; one naming no key (a channel's PUBLISH) as -n and its words as they are.
+# One word is msgq's own, not Redis's: WAKE_ONCE (`msgq.tenancy.scheduling.wake_dispatcher`).
 _RUN_COMMANDS = """
 local function run(i)
   for _ = 1, tonumber(ARGV[i]) do
@@ -24,7 +25,15 @@ local function run(i)
       redis.call(unpack(ARGV, i + 2, i + 1 - n))
       i = i + 1 - n
     else
-      redis.call(ARGV[i + 2], KEYS[tonumber(ARGV[i + 3])], unpack(ARGV, i + 4, i + 1 + n))
+      local name, key = ARGV[i + 2], KEYS[tonumber(ARGV[i + 3])]
+      if name == 'WAKE_ONCE' then
+        -- key: the flag a wake is owed; then its ms, the publish command, channel, message
+        if redis.call('SET', key, '1', 'NX', 'PX', ARGV[i + 4]) then
+          redis.call(ARGV[i + 5], ARGV[i + 6], ARGV[i + 7])
+        end
+      else
+        redis.call(name, key, unpack(ARGV, i + 4, i + 1 + n))
+      end
       i = i + n + 1
     end
   end
@@ -107,6 +116,7 @@ class Recorder(CoreCommands):
     compare-and-set script to run: a pipeline's machinery costs more than the write itself."""
 
     connection_pool: Any = None  # never connects
+    in_script = True  # what it records runs in a script (`wake_dispatcher` asks)
 
     def __init__(self) -> None:
         self.commands: list[tuple[Any, ...]] = []

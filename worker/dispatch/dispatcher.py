@@ -27,7 +27,6 @@ or repeats a job (a job leaves a scheduler queue only by the atomic move).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import defaultdict, deque
 
@@ -36,7 +35,6 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from msgq.channels import subscriber
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from msgq.tenancy.budgets import Budgets, Reservation
@@ -60,6 +58,7 @@ from worker.dispatch.queues import (
     advance,
 )
 from worker.dispatch.share_cap import ShareCaps, ticket_fields
+from worker.dispatch.wakes import DispatcherWake
 from worker.dispatch.window import AdmissionWindow
 from worker.fleet_lock import FleetLock
 from worker.ledger import Capacity
@@ -71,10 +70,6 @@ log = structlog.get_logger("msgq.dispatcher")
 ORPHAN_SWEEP_S = 5.0
 EXPIRY_EVERY_S = 0.25  # deadlines of waiting jobs are checked this often
 FULL_RECHECK_S = 0.02
-# A wake within this long of the last tick's start waits out the rest: one tick serves every job
-# placed meanwhile. Without it each submission woke a tick of its own (2.2 of a submission's 3.3
-# Redis round trips, half its Redis CPU); an idle dispatcher's first wake still ticks at once.
-WAKE_GAP_S = 0.005
 # A stand-in for an entry that could not be read: only its queue and job ID are used.
 _UNKNOWN = Waiting(QueueId("unknown", Priority.DEFAULT, None), Estimate("unknown", 0, 0, 0.0))
 
@@ -99,23 +94,21 @@ class Dispatcher:
         self._known = False  # the last class dispatched had a known limit
         self.budget_gate = BudgetGate(self.store, self.budgets, self.tenants, self.policy)
         self.share_caps = ShareCaps(redis, limiter)
-        self.wake = asyncio.Event()
+        self.wakes = DispatcherWake(redis, self.keys)
         self._idle = False  # the last tick found no job waiting: the next looks in one read first
         self._room: tuple[int, bool] = (0, False)  # the tick's window read, and limits_known
 
     # ------------------------------------------------------------------ loop
 
     async def run_forever(self) -> None:
-        listener = asyncio.create_task(self._listen())
-        ticked = 0.0
+        listener = asyncio.create_task(self.wakes.listen())
         try:
             while True:
                 try:
                     if not await self.take_lock():
                         await asyncio.sleep(1.0)
                         continue
-                    self.wake.clear()  # before reading: a job placed during the tick wakes us
-                    ticked = time.monotonic()
+                    await self.wakes.taken()  # before reading: a job placed later wakes us
                     wait_s = await self.tick()
                 except RedisError as exc:
                     log.warning("dispatcher.redis_unavailable", error=type(exc).__name__)
@@ -124,24 +117,9 @@ class Dispatcher:
                     log.error("dispatcher.tick_failed", error=f"{type(exc).__name__}: {exc}"[:300])
                     wait_s = 1.0
                 if wait_s > 0:
-                    with contextlib.suppress(TimeoutError):  # not wait_for: `msgq.cancel`
-                        async with asyncio.timeout(wait_s):
-                            await self.wake.wait()
-                            await asyncio.sleep(ticked + WAKE_GAP_S - time.monotonic())
+                    await self.wakes.wait(wait_s)
         finally:
             listener.cancel()
-
-    async def _listen(self) -> None:
-        while True:
-            try:
-                async with subscriber(self.redis, self.keys) as pubsub:
-                    await pubsub.subscribe(self.keys.sched_wake)
-                    async for message in pubsub.listen():
-                        if message["type"] == "message":
-                            self.wake.set()
-            except Exception as exc:  # without wake-ups the dispatcher still polls each second
-                log.warning("dispatcher.wake_unavailable", error=type(exc).__name__)
-                await asyncio.sleep(1.0)
 
     async def take_lock(self) -> bool:
         return await self.lock.hold(10_000, renew_after_s=2.0)
