@@ -72,8 +72,9 @@ NOTES = """### How to read these: the user's world
   validation, the record's JSON) shows.
 - **Latency** is the dispatcher's admission (a pub/sub wake from the submission) and the
   worker's pick-up (a pub/sub wake from the admission), a few Redis round trips each; the
-  poll (`MSGQ_POLL_DELAY_S`, 10 ms) is only for jobs nobody announces (raw producers writing
-  straight to arq's queue, retries coming due).
+  poll (`MSGQ_POLL_DELAY_S`, 1 s) is only for jobs nobody announces (raw producers writing
+  straight to arq's queue). A quiet dispatcher ticks at a wake at once; in a burst it ticks
+  every 5 ms at most, and producers send it one wake until a tick takes it.
 - **Memory**: the caption payload is a 1568 px JPEG of random noise, the worst case; a real photo
   at that size is typically 200-400 KB. Records keep the Message, not the request or image.
 - **Streaming**: the table forces streaming on and off (msgq streams from `max_tokens`
@@ -118,4 +119,19 @@ NOTES = """### How to read these: the user's world
   create and streamed first text delta straight to the simulator, through msgq's drop-in and
   through LiteLLM, interleaved call by call, nothing else queued; throughput is 1,000 creates at
   256 in flight against the 3 s simulator, with the proxy's CPU (msgq: its api and its worker).
+
+### How to read these: Redis Cluster
+
+- **The same jobs on one node and on a 3-master cluster** from the same `valkey-server`, every
+  node with an AOF (fsync every second), in three interleaved rounds: the figures are medians,
+  and each ratio to one node is shown round by round, since one drain's Redis CPU per job
+  swings by a fifth on 2 shared cores. Redis CPU is each server's user+system time (INFO) over
+  the drain; round trips are the replies and pub/sub messages the servers wrote.
+- **The whole path** adds the producer's side: 64 submissions at a time through one `Client`
+  whose connections are open before the clock, to a paused fleet (so the drain is timed alone),
+  then each result read by ID. It counts the drain's listener too (one ending message a job,
+  as a waiting caller gets).
+- **16 partitions** spread the jobs' keys over the masters (`MSGQ_PARTITIONS`); the fleet-wide
+  slot (admission, buckets, the scheduler) stays on one master, which is why that one is the
+  busiest.
 """
