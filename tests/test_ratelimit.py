@@ -109,6 +109,34 @@ async def test_remaining_counts_the_requests_admitted_since_the_call_was(redis: 
     assert float(bucket[b"r"]) <= 36.5  # 45 less the nine since (not 45, nor 40 as it was)
 
 
+async def test_a_configured_limit_is_not_lowered_by_the_requests_admitted_since(
+    redis: Redis,
+) -> None:
+    """Where MSGQ_RATE_LIMITS binds, the bucket paces to it exactly: the learned limit's
+    correction (above) is not applied, since it leaves out the refill the API gave meanwhile.
+    Applied, it set the level near 0 at every ending, and a fleet held to a configured 1,200
+    RPM ran at 0.45 of it."""
+    model = "claude-haiku-4-5"
+    limiter = RateLimiter(redis, KEYS, {"haiku": Limits(rpm=60)})
+    headers = {
+        "anthropic-ratelimit-requests-limit": "60",
+        "anthropic-ratelimit-requests-remaining": "50",
+    }
+    await limiter.settle(model, input_delta=0, output_delta=0, headers=headers)
+    first = await limiter.acquire(model, input_tokens=1, output_tokens=1, now_ms=now_ms())
+    assert first.admitted and first.count is not None
+    for _ in range(9):
+        assert (
+            await limiter.acquire(model, input_tokens=1, output_tokens=1, now_ms=now_ms())
+        ).admitted
+    headers["anthropic-ratelimit-requests-remaining"] = "45"
+    await limiter.settle(
+        model, input_delta=0, output_delta=0, headers=headers, admitted_n=first.count
+    )
+    bucket = await redis.hgetall(KEYS.bucket_key("haiku"))  # type: ignore[misc]
+    assert 39.5 <= float(bucket[b"r"]) <= 41  # the bucket's own 50 less its ten (not 36)
+
+
 def test_adaptive_concurrency_shrinks_and_grows_back() -> None:
     """Multiplicative decrease on overload (once per interval), additive increase when clean."""
     import asyncio
