@@ -86,9 +86,18 @@ async def check_partitions(clients: PartitionClients, keys: Keyspace) -> None:
     """Raise PartitionCountError when `keys.partitions` is not the deployment's stored count
     and the deployment holds jobs in the stored layout, or workers are running (they poll the
     stored layout, and would never see a job written in another); otherwise store the count."""
+    raw, _ = await stored_partitions(clients.for_keys(keys.root), keys.root)
+    await check_against(clients, keys, raw)
+
+
+async def check_against(clients: PartitionClients, keys: Keyspace, raw: bytes) -> None:
+    """`check_partitions` with the stored count as read (`raw`). The jobs and the workers are
+    read after it: a worker with the same count may store it and announce itself meanwhile (an
+    API and a worker starting together), so before refusing the count is read again, and a
+    change restarts the check rather than blaming that worker's layout on the old one."""
     root = keys.root
     redis = clients.for_keys(root)
-    raw, stored = await stored_partitions(redis, root)
+    stored = int(raw) if raw.isdigit() else None
     if stored == root.partitions or (stored is None and root.partitions == 1):
         return
     count = stored or 1
@@ -96,6 +105,10 @@ async def check_partitions(clients: PartitionClients, keys: Keyspace) -> None:
     held = await jobs_held(before, before.keys)
     workers = await live_workers(redis, root)
     if held or workers:
+        now, _ = await stored_partitions(redis, root)
+        if now != raw:
+            await check_against(clients, keys, now)
+            return
         what = f"{held} jobs are" if held else f"{workers} running worker(s) are"
         msg = (
             f"MSGQ_PARTITIONS={root.partitions}, but this deployment's {what} in "

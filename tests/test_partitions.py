@@ -24,7 +24,7 @@ from msgq.connections import connect, partition_clients
 from msgq.dev.stack import msgq_command
 from msgq.keys import MAX_PARTITIONS, keyspace
 from msgq.namespaces import check_namespace
-from msgq.partitions import PartitionClients, PartitionCountError, check_partitions
+from msgq.partitions import PartitionClients, PartitionCountError, check_against, check_partitions
 from msgq.settings import Settings
 from schemas import JobStatus
 
@@ -271,4 +271,19 @@ async def test_a_count_is_not_changed_under_running_workers(
     assert await clients.root.get(four.partitions_key) is None
     await clients.root.delete(one.fleet_workers)
     await check_partitions(clients, four)  # stopped: the count may change
+    assert await clients.root.get(four.partitions_key) == b"4"
+
+
+async def test_a_worker_storing_the_same_count_meanwhile_is_not_refused(
+    settings: Settings, clients: PartitionClients
+) -> None:
+    """An API and a worker starting together: the API reads no count, then the worker (same
+    count) stores it and announces itself before the API reads the workers. The API re-reads
+    the count before refusing, and passes (before, it blamed the worker's layout on the old
+    one: `make test-partitions` failed on this race)."""
+    four = settings.model_copy(update={"partitions": 4}).keys
+    await clients.root.set(four.partitions_key, b"4")  # the worker's check, after the API read
+    seen = orjson.dumps({"seen_ms": int(time.time() * 1000)})
+    await clients.root.hset(four.fleet_workers, "worker-1", seen)  # type: ignore[misc]
+    await check_against(clients, four, b"")  # b"": what the API read before the worker
     assert await clients.root.get(four.partitions_key) == b"4"
