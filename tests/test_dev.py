@@ -27,10 +27,10 @@ __all__ = ["receiver"]  # the fixture, imported for the webhook test
 
 
 async def start_dev(
-    tmp_path: Path, *more: str, **extra_env: str
+    tmp_path: Path, *more: str, sigint_ignored: bool = False, **extra_env: str
 ) -> tuple[asyncio.subprocess.Process, str]:
     """`msgq dev` in `tmp_path` on three free ports (and options `more`); returns it and its
-    banner."""
+    banner. `sigint_ignored`: started as a shell's background job is, SIGINT ignored."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
     ports = [str(p) for p in free_ports(3)]
     args = ["--redis-port", ports[0], "--api-port", ports[1], "--sim-port", ports[2], *more]
@@ -40,6 +40,7 @@ async def start_dev(
         cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=_ignore_sigint if sigint_ignored else None,
     )
     assert proc.stdout is not None
     lines: list[str] = []
@@ -49,6 +50,18 @@ async def start_dev(
             assert line, "msgq dev ended before its banner"
             lines.append(line)
     return proc, "".join(lines)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+async def test_sigint_stops_msgq_dev_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """A shell's background job (`msgq dev &`, nohup) starts with SIGINT ignored, and Python
+    keeps it so: `kill -INT` did nothing and `msgq dev` ran on. It stops cleanly all the same."""
+    proc, _ = await start_dev(tmp_path, sigint_ignored=True)
+    await stop_dev(proc)
+    assert not (tmp_path / ".msgq" / "dev.env").exists()
 
 
 async def test_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:

@@ -62,6 +62,9 @@ def dev(data_dir: Path, workers: int, redis_port: int, api_port: int, sim_port: 
             with stack:
                 upstream = upstream_line(stack, settings, problem)
                 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+                # Python leaves SIGINT ignored when it started ignored (a shell's background
+                # job, `nohup`): Ctrl-C or `kill -INT` then did nothing. It stops here always.
+                signal.signal(signal.SIGINT, signal.default_int_handler)
                 # From the banner on, Ctrl-C means stop: one pressed (or sent) the moment the
                 # banner appears ended `msgq dev` with 130 instead of stopping in order.
                 with contextlib.suppress(KeyboardInterrupt):
