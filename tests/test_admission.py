@@ -28,6 +28,7 @@ from msgq.tenancy.budgets import Budgets
 from msgq.tenancy.tenants import parse_tenants
 from schemas import JobRecord, JobStatus
 from tests.conftest import KEYS, Sim, StartWorker, eventually, zcard_parts
+from tests.test_dispatch_pacing import take
 from tests.test_fair_share import tenants_file
 from tests.test_webhooks import SECRET as WEBHOOK_SECRET
 from worker.dispatch.dispatcher import Dispatcher
@@ -179,7 +180,7 @@ async def test_resuming_wakes_the_dispatcher_at_once(settings: Settings, redis: 
 
         await eventually(subscribed)
         await asyncio.wait_for(wake.event.wait(), 5)  # the subscription's own wake
-        await wake.taken()  # taken, as a tick would
+        await take(wake, redis)  # taken, as a tick would
         await limiter.pause("spend limit (test)", None)
         assert not wake.event.is_set()
         assert await limiter.resume() is True

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import Connection
 
 from msgq.client import Client
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from schemas import JobStatus, Priority
-from tests.conftest import KEYS, PARTITIONS, StartWorker
+from tests.conftest import KEYS, PARTITIONS, StartWorker, zcard_parts
 from worker.dispatch.dispatcher import Dispatcher
 from worker.ratelimit import Limits, RateLimiter
 
@@ -83,3 +84,41 @@ async def test_an_idle_worker_is_woken_when_a_job_is_made_ready(
     assert (await client.wait(first.id, timeout=40)).status is JobStatus.SUCCEEDED
     second = await client.submit(body(2))
     assert (await client.wait(second.id, timeout=10)).status is JobStatus.SUCCEEDED
+
+
+class CountingConnection(Connection):
+    """A real connection that counts what it sends: one send is one round trip (a pipeline's
+    commands go out in one)."""
+
+    sends = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sends += 1
+        await super().send_packed_command(command, check_health)
+
+
+async def test_a_woken_tick_makes_its_first_reads_in_one_round_trip(
+    settings: Settings, client: Client, redis: Redis
+) -> None:
+    """The owed wake's flag cleared, raw producers' inbox, the listed queues and the window's
+    reads go in one pipeline (four round trips before): a woken tick that admits one job makes
+    6 round trips in all (9 before), its flag cleared as it reads."""
+    pool = ConnectionPool.from_url(settings.redis_url, connection_class=CountingConnection)
+    counted = Redis(connection_pool=pool)
+    store = JobStore.from_settings(counted, settings)
+    dispatcher = Dispatcher(counted, store, settings, RateLimiter(counted, KEYS, {}))
+    try:
+        await client.submit(body(0))
+        await dispatcher.tick()  # warm: scripts loaded, the fleet's slots read
+        await client.submit(body(1))
+        assert await redis.exists(KEYS.sched_woken)  # the submission's wake is owed
+        dispatcher.wakes.event.set()  # as its message does
+        dispatcher.wakes.taken()
+        before = CountingConnection.sends
+        await dispatcher.tick()
+        trips = CountingConnection.sends - before
+        assert not await redis.exists(KEYS.sched_woken)
+        assert await zcard_parts(redis, lambda k: k.queue) == 2  # both admitted
+        assert trips <= 6, trips
+    finally:
+        await counted.aclose()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict, deque
+from typing import Any
 
 import orjson
 import structlog
@@ -108,7 +109,8 @@ class Dispatcher:
                     if not await self.take_lock():
                         await asyncio.sleep(1.0)
                         continue
-                    await self.wakes.taken()  # before reading: a job placed later wakes us
+                    self.wakes.taken()  # its flag cleared by the first read: a job placed
+                    # after that read wakes another tick
                     wait_s = await self.tick()
                 except RedisError as exc:
                     log.warning("dispatcher.redis_unavailable", error=type(exc).__name__)
@@ -128,14 +130,17 @@ class Dispatcher:
         """Dispatch what can be admitted now; returns how long to wait before looking again."""
         if await self._sweep_and_still_idle():
             return 1.0
-        await self.intake.route_inbox()
+        inbox, listed, window = await self._first_look()
+        if inbox:  # placed into queues the first look may not have listed: listed again
+            await self.intake.route_inbox(inbox)
         if self.settings.scheduler:
-            self._room = (await self.window.room(limits_known=self._known), self._known)
-            if self._room[0] <= 0:
+            room = await self.window.room_from(window, limits_known=self._known)
+            self._room = (room, self._known)
+            if room <= 0:
                 # The fleet's slots are full: look again shortly, without re-reading every
                 # queue (a full tick reads and parses each queue's first entries).
                 return FULL_RECHECK_S
-        by_class = await self._heads()
+        by_class = await self._heads(None if inbox else listed)
         if not by_class:
             self._idle = True
             return 1.0
@@ -170,15 +175,28 @@ class Dispatcher:
         self._idle = False
         return False
 
+    async def _first_look(self) -> tuple[list[tuple[bytes, float]], list[str], list[Any]]:
+        """A tick's first reads in one round trip (four before): the owed wake's flag cleared,
+        raw producers' inbox, the scheduler's listed queues and the window's reads."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            cleared = self.wakes.clear_in(pipe)
+            self.intake.ask(pipe)
+            pipe.smembers(self.keys.sched_backlog)
+            if self.settings.scheduler:
+                self.window.ask(pipe)
+            inbox, queues, *window = (await pipe.execute())[cleared:]
+        return inbox, [q.decode() for q in queues], window
+
     async def _still_idle(self) -> bool:
         """No raw producer's job in the inbox and no scheduler queue listed, read in one round
         trip with whether a waiting job's deadline has passed (then ended, as every tick does)."""
         now_ms = int(time.time() * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
+            cleared = self.wakes.clear_in(pipe)  # woken: the flag goes in the same trip
             pipe.zcard(self.keys.sched_inbox)
             pipe.scard(self.keys.sched_backlog)
             pipe.zrangebyscore(self.keys.sched_deadlines, "-inf", now_ms, start=0, num=1)
-            inbox, backlog, expiring = await pipe.execute()
+            inbox, backlog, expiring = (await pipe.execute())[cleared:]
         if expiring:
             await self.intake.expire_due()
         return not inbox and not backlog
@@ -192,9 +210,11 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ reading the queues
 
-    async def _heads(self) -> dict[str, dict[str, deque[Head]]]:
-        """Per model class, per scheduler queue: its first HEADS_PER_QUEUE jobs, oldest first."""
-        queues = [q.decode() for q in await self.redis.smembers(self.keys.sched_backlog)]  # type: ignore[misc]
+    async def _heads(self, queues: list[str] | None = None) -> dict[str, dict[str, deque[Head]]]:
+        """Per model class, per scheduler queue: its first HEADS_PER_QUEUE jobs, oldest first
+        (`queues`: the listed queues, when the tick's first look read them)."""
+        if queues is None:
+            queues = [q.decode() for q in await self.redis.smembers(self.keys.sched_backlog)]  # type: ignore[misc]
         if not queues:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -5,6 +5,7 @@ passed ends `expired`, wherever in its queue it is)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -19,6 +20,8 @@ from msgq.tenancy.tenants import Tenants
 from schemas import JobSpec, validate_request
 
 log = structlog.get_logger("msgq.dispatcher")
+
+INBOX_READ = 500  # raw producers' jobs placed a tick at most
 
 
 class Intake:
@@ -40,13 +43,19 @@ class Intake:
             await self.redis.zrem(self.settings.keys.sched_deadlines, job_id)
         return len(due)
 
-    async def route_inbox(self, limit: int = 500) -> int:
+    def ask(self, pipe: Any) -> None:
+        """Queue the inbox's read on `pipe` (a tick's first look): its reply is `route_inbox`'s
+        `entries`."""
+        pipe.zrange(self.settings.keys.sched_inbox, 0, INBOX_READ - 1, withscores=True)
+
+    async def route_inbox(self, entries: list[tuple[bytes, float]] | None = None) -> int:
         """Place jobs raw-Redis producers added to `msgq:sched:inbox` (payload under the usual
         `arq:job:<id>`) into their scheduler queue; an unreadable one goes to arq's queue, where
-        the worker records why it failed."""
-        entries = await self.redis.zrange(
-            self.settings.keys.sched_inbox, 0, limit - 1, withscores=True
-        )
+        the worker records why it failed. `entries`: the inbox as read already (`ask`)."""
+        if entries is None:
+            entries = await self.redis.zrange(
+                self.settings.keys.sched_inbox, 0, INBOX_READ - 1, withscores=True
+            )
         for raw_id, score in entries:
             job_id = raw_id.decode()
             payload = await self.redis.get(self.settings.keys.arq_job_key(job_id))

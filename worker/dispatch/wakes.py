@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -33,15 +34,25 @@ class DispatcherWake:
         self.redis, self.keys = redis, keys
         self.event = asyncio.Event()
         self._ticked = 0.0
+        self._owed = False  # a wake was taken: its flag is cleared by the tick's first read
 
-    async def taken(self) -> None:
-        """A tick starts: a wake that came is consumed, and producers may send the next one
-        (the owed flag cleared before the tick reads, so a job placed after the read wakes
-        another tick)."""
+    def taken(self) -> None:
+        """A tick starts: a wake that came is consumed, and its owed flag is cleared by the
+        tick's first read (`clear_in`), so a job placed after that read wakes another tick."""
         if self.event.is_set():
             self.event.clear()
-            await self.redis.delete(self.keys.sched_woken)
+            self._owed = True
         self._ticked = time.monotonic()
+
+    def clear_in(self, pipe: Any) -> int:
+        """Queue the owed flag's DEL first on the tick's first pipeline (one round trip less a
+        woken tick); returns how many replies it adds (0 or 1). A pipeline that fails leaves
+        the flag to its TTL (`msgq.tenancy.scheduling.WAKE_OWED_MS`, the idle poll)."""
+        if not self._owed:
+            return 0
+        self._owed = False
+        pipe.delete(self.keys.sched_woken)
+        return 1
 
     async def wait(self, seconds: float) -> None:
         """Until a wake (then at least WAKE_GAP_S after the last tick began), or `seconds`."""

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -41,13 +42,24 @@ class AdmissionWindow:
 
     async def room(self, *, limits_known: bool) -> int:
         """Jobs that may be admitted now (may be zero or negative: none)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.ask(pipe)
+            replies = await pipe.execute()
+        return await self.room_from(replies, limits_known=limits_known)
+
+    def ask(self, pipe: Any) -> int:
+        """Queue the window's reads on `pipe` (a tick's first look shares them); returns how
+        many replies they add, for `room_from`."""
         # Due or running: a running job is scored at its lock's expiry (worker.queue.claim)
         horizon_ms = int((time.time() + self.settings.lock_s) * 1000)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(self.settings.keys.cooling_key)
-            for part in self.settings.keys.parts:  # arq's queue, one per partition
-                pipe.zcount(part.queue, "-inf", horizon_ms)
-            cooling, *dues = await pipe.execute()
+        pipe.exists(self.settings.keys.cooling_key)
+        for part in self.settings.keys.parts:  # arq's queue, one per partition
+            pipe.zcount(part.queue, "-inf", horizon_ms)
+        return 1 + len(self.settings.keys.parts)
+
+    async def room_from(self, replies: list[Any], *, limits_known: bool) -> int:
+        """`room` from the replies of `ask`'s reads."""
+        cooling, *dues = replies
         due = sum(int(n) for n in dues)
         self._observe(int(due), bool(cooling), limits_known)
         cap = await self.fleet_slots() + self.settings.dispatch_window
