@@ -45,7 +45,7 @@ CLUSTER_SUITE := tests/test_job_life.py tests/test_api.py tests/test_cli.py \
 	tests/test_webhooks.py tests/test_reconcile_audit.py tests/test_worker_loop.py \
 	tests/test_every_job_ends.py tests/test_dropin_relay.py tests/test_streaming.py \
 	tests/test_idle_wake.py tests/test_budget_steps.py tests/test_merged_settlement.py \
-	tests/test_dispatch_pacing.py
+	tests/test_dispatch_pacing.py tests/test_webhook_wake.py
 
 test-cluster: $(STAMP)  ## the core suite on a real 3-master Redis Cluster, and the cluster's own tests
 	TEST_REDIS_CLUSTER=1 $(BIN)/pytest $(CLUSTER_SUITE)

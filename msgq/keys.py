@@ -349,6 +349,10 @@ class Keyspace(BatchKeys, SpendKeys):
         return self.prefix + "queue:wake"
 
     @property
+    def webhooks_wake(self) -> str:  # pub/sub: a job's webhook is owed (msgq.webhooks.outbox)
+        return self.prefix + "webhooks:wake"
+
+    @property
     def sched_deadlines(self) -> str:  # ZSET job id -> deadline ms, while it waits
         return self.prefix + "sched:deadlines"
 

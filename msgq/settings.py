@@ -310,7 +310,12 @@ class Settings(RedisSettings):
         default=24 * 3600.0, gt=0, description="keep retrying a webhook this long, then `failed`"
     )
     webhook_poll_s: float = Field(
-        default=1.0, gt=0, description="how often each worker looks for webhooks due"
+        default=5.0,
+        gt=0,
+        description=(
+            "how often each worker looks for webhooks no wake announced (a batch's, or after a "
+            "lost wake): a job's webhook wakes the workers, and a retry is looked for when due"
+        ),
     )
 
     @field_validator("webhook_secret")

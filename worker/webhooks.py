@@ -3,11 +3,17 @@ than one attempt can take), so one dispatcher at a time holds it, and a killed o
 for another. Delivered on a 2xx; otherwise retried with backoff until the window
 (`MSGQ_WEBHOOK_MAX_AGE_S`, 24 h) is spent, then `failed`. At least once: a crash after the POST
 and before the entry is removed sends it again, with the same `webhook-id`.
+
+A dispatcher reads the outbox when a job's webhook becomes owed (a wake on the deployment's
+channel), when the next entry falls due (a retry, a lease), and otherwise every
+`MSGQ_WEBHOOK_POLL_S` (a batch's webhook, a lost wake): an idle worker read every copy of the
+outbox each second, a round trip a master on a Redis Cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -18,6 +24,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from msgq.batches import Batches, BatchMeta
+from msgq.cancel import cancel_and_wait
+from msgq.channels import subscriber
 from msgq.jobs.records import utcnow
 from msgq.jobs.store import JobStore
 from msgq.settings import Settings
@@ -33,6 +41,9 @@ log = structlog.get_logger("msgq.webhooks")
 
 LEASE_MARGIN_S = 5.0  # beyond the attempt's own timeout: Redis round trips, a slow event loop
 CLAIM_LIMIT = 16  # entries claimed (and delivered concurrently) per pass
+# A wake within this long of the last pass's start waits out the rest: under a stream of
+# webhook jobs ending, a worker reads the outbox at most 10 times a second, not once a job.
+WAKE_GAP_S = 0.1
 USER_AGENT = "msgq-webhooks/1"
 
 
@@ -50,6 +61,8 @@ class WebhookDispatcher:
         self.outbox = Outbox(redis, settings.keys)
         self.batches = Batches(redis, store, settings)
         self.allow = Allow.parse(settings.webhook_allow)
+        self.woken = asyncio.Event()  # a webhook became owed (`_listen`)
+        self._soonest_ms: int | None = None  # a retry this worker scheduled in its last pass
         # No keep-alive: connections go to checked IPs, and a pooled TLS connection opened for one
         # hostname (its SNI) must never carry a request for another host on the same address.
         self.http = httpx.AsyncClient(
@@ -64,8 +77,10 @@ class WebhookDispatcher:
         return self.settings.webhook_timeout_s + LEASE_MARGIN_S
 
     async def run_forever(self) -> None:
+        listener = asyncio.ensure_future(self._listen())
         try:
             while True:
+                started = time.monotonic()
                 try:
                     claimed = await self.run_once()
                 except RedisError as exc:
@@ -75,12 +90,43 @@ class WebhookDispatcher:
                     log.error("webhooks.pass_failed", error=f"{type(exc).__name__}: {exc}"[:500])
                     claimed = 0
                 if claimed < CLAIM_LIMIT:
-                    await asyncio.sleep(self.settings.webhook_poll_s)
+                    await self._idle(started)
         finally:
+            await cancel_and_wait([listener])
             await self.http.aclose()
+
+    async def _idle(self, started: float) -> None:
+        """Until a wake (then at least WAKE_GAP_S after the last pass began), the next entry's
+        due time (a retry's, a lapsing lease's), or the poll (`MSGQ_WEBHOOK_POLL_S`)."""
+        wait_s = self.settings.webhook_poll_s
+        due = [ms for ms in (self.outbox.next_due_ms, self._soonest_ms) if ms is not None]
+        if due:
+            wait_s = min(wait_s, max(0.0, min(due) / 1000 - time.time()))
+        with contextlib.suppress(TimeoutError):  # not wait_for: `msgq.cancel`
+            async with asyncio.timeout(wait_s):
+                await self.woken.wait()
+                await asyncio.sleep(started + WAKE_GAP_S - time.monotonic())
+
+    async def _listen(self) -> None:
+        """Set `woken` on each message on the deployment's `webhooks_wake` (a job's webhook
+        became owed: `msgq.webhooks.outbox.announce`)."""
+        keys = self.settings.keys
+        while True:
+            try:
+                async with subscriber(self.redis, keys) as pubsub:
+                    await pubsub.subscribe(keys.webhooks_wake)
+                    self.woken.set()  # subscribed: one pass finds what was owed before
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self.woken.set()
+            except Exception as exc:  # without wakes the outbox is still read each poll
+                log.warning("webhooks.wake_unavailable", error=type(exc).__name__)
+                await asyncio.sleep(1.0)
 
     async def run_once(self) -> int:
         """Claim what is due and deliver it; returns how many were claimed."""
+        self.woken.clear()  # a wake from now on is for entries this claim may not see
+        self._soonest_ms = None  # the claim reads every due time again
         claimed = await self.outbox.claim(lease_s=self.lease_s, limit=CLAIM_LIMIT)
         await asyncio.gather(*(self.deliver(entry, raw) for entry, raw in claimed))
         return len(claimed)
@@ -130,7 +176,10 @@ class WebhookDispatcher:
         updated = entry.model_copy(update={"attempts": attempts, "last_error": outcome.error})
         await self._record(entry, state)
         # The last try falls at the end of the window, not past it.
-        await self.outbox.reschedule(updated, claimed, due_s=min(now_s + delay_s, window_end_s))
+        due_s = min(now_s + delay_s, window_end_s)
+        await self.outbox.reschedule(updated, claimed, due_s=due_s)
+        due_ms = int(due_s * 1000)  # this worker looks again then, unpolled
+        self._soonest_ms = due_ms if self._soonest_ms is None else min(self._soonest_ms, due_ms)
         WEBHOOKS.labels("refused" if outcome.refused else "retried").inc()
         log.info(
             "webhook.retry_scheduled",

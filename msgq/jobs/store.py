@@ -191,7 +191,7 @@ class JobStore:
         if expected is not None:
             done = await self._compare_and_set(job_id, change, expected, current, also)
             if done is not None:
-                return done
+                return await outbox.announce(self.redis, self.keys, done)  # a webhook owed
         key = self.keys.record_key(job_id)
 
         async def body(pipe: Pipeline) -> tuple[JobRecord | None, Writes | None]:
@@ -210,7 +210,7 @@ class JobStore:
 
             return new, writes
 
-        return await watched(self.redis, [key], body)
+        return await outbox.announce(self.redis, self.keys, await watched(self.redis, [key], body))
 
     async def _compare_and_set(
         self,

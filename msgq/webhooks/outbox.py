@@ -13,6 +13,7 @@ Claims read every copy in one round trip (`msgq.script_calls`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from typing import Literal
@@ -22,7 +23,9 @@ import structlog
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
+from msgq.channels import publish
 from msgq.keys import Keyspace
 from msgq.script_calls import run_each
 from msgq.watched import Writes, watched
@@ -54,7 +57,9 @@ redis.call('ZADD', KEYS[4], ARGV[1], key)
 return 1
 """
 
-# KEYS: due, entries. ARGV: now ms, lease end ms, limit. Returns key, entry, key, entry, ...
+# KEYS: due, entries. ARGV: now ms, lease end ms, limit. Returns key, entry, key, entry, ...,
+# then when the copy's next entry falls due (ms, '' for none), its claimed ones' leases included:
+# the dispatcher sleeps until then rather than polling.
 CLAIM = """
 local out = {}
 for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
@@ -67,6 +72,8 @@ for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMI
     redis.call('ZREM', KEYS[1], key)
   end
 end
+local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+table.insert(out, next[2] or '')
 return out
 """
 
@@ -138,6 +145,20 @@ def schedule(pipe: Redis, keys: Keyspace, record: JobRecord) -> None:
         pipe.eval(BATCH_ENDED, 4, *batch, box.webhooks_key, box.webhooks_due_key, *args)
 
 
+async def announce(redis: Redis, keys: Keyspace, record: JobRecord | None) -> JobRecord | None:
+    """Wake the webhook dispatchers when `record`, as just stored, owes its webhook: they sleep
+    until then (or an entry's due time, or `MSGQ_WEBHOOK_POLL_S`) instead of polling the
+    outbox every second. Sent after the record's write, on the deployment's channel (on a
+    cluster another slot than the record's); a wake lost costs latency, never the webhook, so
+    Redis failing here fails nothing. Returns `record`."""
+    if record is None or not record.callback_url or not record.status.terminal:
+        return record
+    if record.webhook is None or record.webhook.status == "pending":
+        with contextlib.suppress(RedisError):
+            await publish(redis, keys, keys.webhooks_wake, record.id)
+    return record
+
+
 def public_body(record: JobRecord) -> bytes:
     """The record as the HTTP API shows it (its plain ID), plus its tenant, without the delivery
     state, which changes between attempts while the body must not. The tenant is in the signed
@@ -169,17 +190,24 @@ class Outbox:
         self._claim = redis.register_script(CLAIM)
         self._settle = redis.register_script(SETTLE)
         self._from: dict[str, list[str]] = {}  # a claimed entry's copy (due, entries)
+        self.next_due_ms: int | None = None  # read by the last claim
 
     async def claim(self, *, lease_s: float, limit: int) -> list[tuple[Entry, bytes]]:
-        """Up to `limit` due entries from each copy, leased."""
+        """Up to `limit` due entries from each copy, leased. `next_due_ms` then says when the
+        next entry falls due (None: none is owed)."""
         now_ms = int(time.time() * 1000)
+        self.next_due_ms = None
         args = [now_ms, now_ms + int(lease_s * 1000), limit]
         calls = [([c.webhooks_due_key, c.webhooks_key], args) for c in copies(self.keys)]
         claimed: list[tuple[Entry, bytes]] = []
         if len(self._from) > FROM_KEPT:  # entries claimed and never settled (a crash): forgotten
             self._from.clear()
         answers = await run_each(self.redis, self._claim, calls)
-        for (keys, _), flat in zip(calls, answers, strict=True):
+        for (keys, _), reply in zip(calls, answers, strict=True):
+            *flat, soonest = reply
+            if soonest:
+                due = int(float(soonest))
+                self.next_due_ms = due if self.next_due_ms is None else min(self.next_due_ms, due)
             for key, raw in zip(flat[::2], flat[1::2], strict=True):
                 self._from[key.decode(errors="replace")] = list(keys)
                 try:
