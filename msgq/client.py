@@ -318,4 +318,5 @@ class Client:
 
     async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
         await self.check_layout()
-        return await self._store.list(status=status, limit=limit)
+        records, _ = await self._store.page(status=status, limit=limit)
+        return records

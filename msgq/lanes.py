@@ -10,7 +10,8 @@ The spec is in the job's partition; the lane's places are fleet-wide (the deploy
 a Redis Cluster no script may touch both. So the places keep each spec's size (`lane_sizes`) and
 never read the spec: the spec is written before a job is pooled and dropped after it leaves
 (`pool_job`, `leave`). A crash between leaves a spec with no place: a job still running is an
-orphan the reconciler pools again (`recover_orphan`); an ended one's spec is left behind.
+orphan the reconciler pools again (`recover_orphan`); an ended one's spec went with its
+terminal record's write (`msgq.jobs.store`: same partition, same atomic step).
 """
 
 from __future__ import annotations

@@ -402,3 +402,17 @@ def test_caption_dry_run_prices_both_lanes(tmp_path: Path) -> None:
     assert "this run" in batch and "this run" not in realtime
     dollars = [float(word.strip("$,")) for word in (realtime + batch).split() if word[0] == "$"]
     assert dollars[2:] == pytest.approx([d / 2 for d in dollars[:2]], abs=1e-4)
+
+
+async def test_a_batch_lane_jobs_spec_goes_with_its_terminal_write(
+    client: Client, redis: Redis
+) -> None:
+    """The spec is dropped after the job leaves the lane (`msgq.lanes.leave`): a crash between
+    the job's ending and that step left it behind for good, with no TTL. The terminal record's
+    own write drops it now, in the same atomic step (the spec is in the job's partition)."""
+    job = await client.submit(TEXT, lane="batch")  # no worker: it stays queued
+    spec = KEYS.lane_spec_key(job.id)
+    await redis.set(spec, orjson.dumps({"request": TEXT}))  # as pooling writes it
+    canceled = await client.cancel(job.id)
+    assert canceled is not None and canceled.status is JobStatus.CANCELED
+    assert not await redis.exists(spec)

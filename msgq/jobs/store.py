@@ -23,7 +23,7 @@ from msgq.settings import Settings
 from msgq.tenancy.scheduling import Placement
 from msgq.watched import Writes, watched
 from msgq.webhooks import outbox
-from schemas import JobRecord, JobStatus
+from schemas import JobRecord, JobStatus, Lane
 
 BATCH_RETENTION_S = 29 * 24 * 3600  # the Batches API keeps results 29 days after creation
 
@@ -246,6 +246,8 @@ class JobStore:
         pipe.set(part.record_key(record.id), record.model_dump_json(), ex=ttl)
         index_expiry(pipe, part, record, ttl)  # so the reconciler unindexes it when it expires
         pipe.zrem(part.active_key, record.id)
+        if record.lane is not Lane.REALTIME:  # a batch-lane spec is never left behind
+            pipe.delete(part.lane_spec_key(record.id))
         if record.batch_id:
             # In the same transaction as the write-once terminal record, so counts are exact.
             counts = self.keys.batch_counts_key(record.batch_id)
@@ -359,11 +361,6 @@ class JobStore:
         return await listing.page(
             self.redis, self.keys, tenant=tenant, status=status, limit=limit, after_id=after_id
         )
-
-    async def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
-        """Newest first, across tenants."""
-        records, _ = await self.page(status=status, limit=limit)
-        return records
 
     async def swap(self, job_id: str, expected: bytes, new: bytes) -> bool:
         """Replace a record that still holds exactly `expected` with `new`, nothing else
