@@ -10,9 +10,11 @@ import httpx
 from redis.asyncio import Redis
 
 from msgq.client import Client
+from msgq.jobs.rehome import rehome
+from msgq.jobs.store import JobStore
 from msgq.settings import Settings
 from schemas import JobStatus
-from tests.conftest import KEYS, Sim, StartWorker, eventually
+from tests.conftest import KEYS, Sim, StartWorker, eventually, zcard_parts
 
 BODY = {
     "model": "claude-haiku-4-5",
@@ -45,3 +47,29 @@ async def test_a_raw_job_naming_a_tenant_is_stored_as_that_tenants_job(
     answer = await api.get("/v1/jobs/order-44")  # tenant-a's key
     assert answer.status_code == 200 and answer.json()["status"] == "succeeded"
     assert sim.received == 1
+
+
+async def test_a_rehome_cut_short_is_finished_by_the_next_pick_up(
+    settings: Settings, redis: Redis, client: Client
+) -> None:
+    """A crash of the two-step rehome after its first step left the payload under the new ID
+    and no queue entry: the old entry's next pick-up dropped the job for good. One step now,
+    and the next pick-up queues it (once: a second rehome adds no second entry)."""
+    store = JobStore.from_settings(redis, settings)
+    payload = json.dumps({"t": 1, "f": "run_message", "a": [], "k": {"request": BODY}}).encode()
+    new_id = "tenant-a:order-46"
+    new_queue = settings.keys.for_job(new_id).queue
+    await redis.set(KEYS.arq_job_key(new_id), payload)  # what the crash left
+    await redis.zadd(settings.keys.for_job("order-46").queue, {"order-46": 1})
+    await redis.set(KEYS.arq_job_key("order-46"), payload)
+    assert await rehome(store, "order-46", new_id, payload)
+    assert await redis.zscore(new_queue, new_id) is not None
+    assert not await redis.exists(KEYS.arq_job_key("order-46"))
+    assert await rehome(store, "order-46", new_id, payload)  # again: still one entry
+    assert await zcard_parts(redis, lambda k: k.queue) == 1
+
+    ended = (await client.submit(BODY, job_id="order-47", tenant="tenant-a")).id
+    await redis.zrem(settings.keys.for_job(ended).queue, ended)
+    await redis.delete(KEYS.arq_job_key(ended))  # it ran: only its record is left
+    assert not await rehome(store, "order-47", ended, payload)
+    assert not await redis.exists(KEYS.arq_job_key(ended))  # nothing queued twice
