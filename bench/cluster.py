@@ -30,6 +30,7 @@ from typing import Any
 
 import redis as redis_sync
 
+from bench import lua_steps
 from bench.harness import process_cpu_s, redis_server, simulator, text_request, workers
 from bench.real_load import LATENCY_MS, TOP_TIER, _drain
 from msgq.client import Client
@@ -317,6 +318,24 @@ async def report(
                 round(r["stored"]),
             ]
             for name, r in named
+        ],
+    )
+    admit_us, adjust_us = lua_steps.measure()
+    table(
+        "The fleet-wide slot's Lua steps, timed by Redis (SLOWLOG, median of 60 calls): what "
+        "bounds the busiest master's share",
+        ["step", "µs a call", "µs a job"],
+        [
+            [
+                f"admission, a run of {lua_steps.RUN}",
+                round(admit_us),
+                f"{admit_us / lua_steps.RUN:.1f}",
+            ],
+            [
+                f"bucket corrections, {lua_steps.ENDINGS} endings",
+                round(adjust_us),
+                f"{adjust_us / lua_steps.ENDINGS:.1f}",
+            ],
         ],
     )
 

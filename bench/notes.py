@@ -134,4 +134,8 @@ NOTES = """### How to read these: the user's world
 - **16 partitions** spread the jobs' keys over the masters (`MSGQ_PARTITIONS`); the fleet-wide
   slot (admission, buckets, the scheduler) stays on one master, which is why that one is the
   busiest.
+- **The fleet-wide slot's Lua steps** are the two scripts every job runs there, timed by Redis
+  itself on a fresh node (`python -m bench.lua_steps`): a run of 64 admissions, and 32 endings'
+  bucket corrections merged into one call as a worker's group commit sends them. Their
+  µs a job is the floor of the busiest master's share that partitions cannot spread.
 """

@@ -21,8 +21,9 @@ local function load(key)
 end
 """
 
-# `acquire(bucket, cooldown, pause, a)`: a = {now_ms, cost r/i/o, configured caps r/i/o (0 =
-# none), holder (the job asking), learned_ttl_ms, hold_slack_ms, large_fraction}. Returns
+# `acquire(bucket, cooldown, pause, a, o)`: a[o + 1..11] = now_ms, cost r/i/o, configured caps
+# r/i/o (0 = none), holder (the job asking), learned_ttl_ms, hold_slack_ms, large_fraction (a run
+# passes its ARGV and the step's offset: no table a step). Returns
 # {0, '', n} when admitted (n: the bucket's count of admissions, this one's included; see
 # ADJUST), {wait_ms, why} otherwise; nothing is taken unless all three fit.
 # A large request (a need of at least large_fraction of a bucket) that must wait holds a
@@ -32,7 +33,10 @@ end
 # The bucket is read once a script and its fields changed in memory, then written back once by
 # `save_bucket()` (which the script must call before it returns): a run of 64 admissions read
 # and wrote the whole hash 64 times, the largest share of the fleet-wide master's CPU a job.
-# The pause and the cool-down are read once too (no step of a script changes them).
+# The pause and the cool-down are read once too (no step of a script changes them), and so are
+# the caps while a run's steps share their inputs. Fields changed are kept as numbers and turned
+# to strings once, when saved. Together: a run of 64 steps takes 0.33 ms of Redis time, 0.55
+# before (`python -m bench.lua_steps`).
 ACQUIRE_STEP = (
     CAPS
     + """
@@ -50,12 +54,23 @@ local function put(b, field, value)  -- false: the field is deleted
   b.h[field] = value
   b.dirty[field] = true
 end
-local function take(b, a)
-local h = b.h
-local now, holder = tonumber(a[1]), a[8]
-local large = tonumber(a[11])
-local caps = caps_of(h, now, {a[5], a[6], a[7]}, tonumber(a[9]))
 local names, held_f = {'r', 'i', 'o'}, {'hr', 'hi', 'ho'}
+local memo = {}  -- the caps of the last step: a run's steps share them (take never changes them)
+local function caps_for(h, a, o, now)
+  local c1, c5, c6, c7, c9 = a[o + 1], a[o + 5], a[o + 6], a[o + 7], a[o + 9]
+  if memo.caps and memo[1] == c1 and memo[5] == c5 and memo[6] == c6 and memo[7] == c7
+      and memo[9] == c9 then
+    return memo.caps
+  end
+  memo = {c1, nil, nil, nil, c5, c6, c7, nil, c9}
+  memo.caps = caps_of(h, now, {c5, c6, c7}, tonumber(c9))
+  return memo.caps
+end
+local function take(b, a, o)
+local h = b.h
+local now, holder = tonumber(a[o + 1]), a[o + 8]
+local large = tonumber(a[o + 11])
+local caps = caps_for(h, a, o, now)
 local last = tonumber(h.t) or now
 local holding = h.hold and h.hold ~= '' and now < (tonumber(h.hu) or 0)
 local other = holding and h.hold ~= holder
@@ -65,7 +80,7 @@ for n = 1, 3 do
   if cap > 0 then
     local t = math.min(cap, (tonumber(h[names[n]]) or cap) + (now - last) * cap / 60000)
     tokens[n] = t
-    local need = math.min(tonumber(a[n + 1]), cap)
+    local need = math.min(tonumber(a[o + n + 1]), cap)
     needs[n] = need
     if n > 1 and need >= cap * large then big = true end
     local level = need
@@ -84,16 +99,16 @@ end
 for n = 1, 3 do
   if caps[n] > 0 then
     if wait == 0 then tokens[n] = tokens[n] - needs[n] end
-    put(b, names[n], tostring(tokens[n]))
+    put(b, names[n], tokens[n])
   end
 end
-put(b, 't', tostring(now))
+put(b, 't', now)
 if wait == 0 then
   if holding and h.hold == holder then
     for _, field in ipairs({'hold', 'hr', 'hi', 'ho', 'hu'}) do put(b, field, false) end
   end
   local count = (tonumber(h.n) or 0) + 1
-  put(b, 'n', tostring(count))
+  put(b, 'n', count)
   return {0, '', count}
 end
 if big and (not holding or h.hold == holder) then
@@ -101,15 +116,15 @@ if big and (not holding or h.hold == holder) then
   put(b, 'hr', tostring(needs[1] or 0))
   put(b, 'hi', tostring(needs[2] or 0))
   put(b, 'ho', tostring(needs[3] or 0))
-  put(b, 'hu', tostring(now + wait + tonumber(a[10])))
+  put(b, 'hu', tostring(now + wait + tonumber(a[o + 10])))
 end
 return {wait, why}
 end
-local function acquire(bucket, cooldown, pause, a)
+local function acquire(bucket, cooldown, pause, a, o)
   if gated == nil then gated = gate(cooldown, pause) end
   if gated then return gated end
   if not held_bucket then held_bucket = {key = bucket, h = load(bucket), dirty = {}} end
-  return take(held_bucket, a)
+  return take(held_bucket, a, o or 0)
 end
 local function save_bucket()
   if not held_bucket then return end
@@ -118,7 +133,7 @@ local function save_bucket()
     local value = held_bucket.h[field]
     if value then
       sets[#sets + 1] = field
-      sets[#sets + 1] = value
+      sets[#sets + 1] = type(value) == 'number' and tostring(value) or value
     else
       dels[#dels + 1] = field
     end
@@ -152,7 +167,9 @@ return reply
 # (bisected to the correction; `make bench`'s utilisation and scale-out tables).
 # Every job's ending runs this on the fleet-wide slot, so the hash is read once and what changed
 # written back in one HSET, however many calls one script applies (in order): a worker's group
-# commit merges the endings it sends together into one call (`msgq.group_commit`).
+# commit merges the endings it sends together into one call (`msgq.group_commit`). Its fields
+# are kept as numbers until that HSET, and each call's arguments read in place: 32 calls take
+# 0.12 ms of Redis time, 0.18 before (`python -m bench.lua_steps`).
 ADJUST = (
     CAPS
     + """
@@ -166,42 +183,42 @@ local function put(field, value)
   changed[field] = true
 end
 for base = 0, #ARGV - 15, 15 do
-  local a = {unpack(ARGV, base + 1, base + 15)}
-  local now = tonumber(a[13])
+  local now = tonumber(ARGV[base + 13])
   for n = 1, 3 do
-    local limit = a[3 + 2 * n - 1]
+    local limit = ARGV[base + 3 + 2 * n - 1]
     if limit ~= '' then
       put(learned_f[n], limit)
-      put('L', tostring(now))
+      put('L', now)
     end
   end
-  local caps = caps_of(h, now, {a[10], a[11], a[12]}, tonumber(a[14]))
-  local configured = (tonumber(a[10]) or 0) > 0 and tonumber(a[10]) <= caps[1]
+  local conf = {ARGV[base + 10], ARGV[base + 11], ARGV[base + 12]}
+  local caps = caps_of(h, now, conf, tonumber(ARGV[base + 14]))
+  local configured = (tonumber(ARGV[base + 10]) or 0) > 0 and tonumber(ARGV[base + 10]) <= caps[1]
   local started = h.t
   for n = 1, 3 do
     local t = tonumber(h[names[n]])
-    local remaining = a[3 + 2 * n]
-    if n == 1 and remaining ~= '' and a[15] ~= '' and not configured then
-      local since = math.max(0, (tonumber(h.n) or 0) - tonumber(a[15]))
+    local remaining = ARGV[base + 3 + 2 * n]
+    if n == 1 and remaining ~= '' and ARGV[base + 15] ~= '' and not configured then
+      local since = math.max(0, (tonumber(h.n) or 0) - tonumber(ARGV[base + 15]))
       remaining = tostring(math.max(0, tonumber(remaining) - since))
     end
     if not t and remaining ~= '' then
       -- First word from the API about this bucket: start from what it says is left, not
       -- from a full bucket (calls sent before the limit was known have already used some).
       t = tonumber(remaining)
-      if not started then put('t', tostring(now)) end
+      if not started then put('t', now) end
     elseif t then
-      t = t + tonumber(a[n])
+      t = t + tonumber(ARGV[base + n])
       if caps[n] > 0 then t = math.min(t, caps[n]) end
       if remaining ~= '' then t = math.min(t, tonumber(remaining)) end
     end
-    if t then put(names[n], tostring(t)) end
+    if t then put(names[n], t) end
   end
 end
 local out = {}
 for field in pairs(changed) do
   out[#out + 1] = field
-  out[#out + 1] = h[field]
+  out[#out + 1] = type(h[field]) == 'number' and tostring(h[field]) or h[field]
 end
 if #out > 0 then redis.call('HSET', KEYS[1], unpack(out)) end
 return 1

@@ -45,10 +45,9 @@ local wait, why = 0, ''
 local function run()
   for i = 1, #ARGV, 12 do
     local queue = KEYS[tonumber(ARGV[i])]
-    local a = {unpack(ARGV, i + 1, i + 11)}
-    local id = a[8]
+    local id = ARGV[i + 8]
     if redis.call('ZSCORE', queue, id) then
-      local r = acquire(KEYS[1], KEYS[2], KEYS[3], a)
+      local r = acquire(KEYS[1], KEYS[2], KEYS[3], ARGV, i)
       if r[1] > 0 then
         wait, why = r[1], r[2]
         break
