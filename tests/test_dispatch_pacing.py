@@ -41,6 +41,24 @@ class CountingDispatcher(Dispatcher):
         return 1.0  # as an idle fleet's dispatcher: look again in a second unless woken
 
 
+async def wake_burst(event: asyncio.Event, for_s: float, every_s: float = 0.0) -> int:
+    """Set `event` every `every_s` (0: every loop turn) for `for_s`; how many times it was."""
+    wakes, started = 0, time.monotonic()
+    while time.monotonic() - started < for_s:
+        event.set()
+        wakes += 1
+        await asyncio.sleep(every_s)
+    return wakes
+
+
+def assert_paced(runs: list[float], gap_s: float, wakes: int, *, most: int) -> None:
+    """The runs that served a burst of `wakes` (the one before it first) are at least `gap_s`
+    apart, at most `most` of them, and fewer than the wakes."""
+    gaps = [b - a for a, b in itertools.pairwise(runs)]
+    assert min(gaps) >= gap_s * 0.99, gaps
+    assert len(runs) <= most < wakes, (len(runs), wakes)
+
+
 async def take(wake: DispatcherWake, redis: Redis) -> None:
     """What a tick does with a wake: taken, its owed flag cleared by the tick's first read."""
     wake.taken()
@@ -105,16 +123,9 @@ async def test_a_burst_of_wakes_is_served_by_paced_ticks(settings: Settings, red
     try:
         await eventually(lambda: _ticked(dispatcher))  # the first tick: lock taken
         first = len(dispatcher.ticks)
-        wakes, started = 0, time.monotonic()
-        while time.monotonic() - started < 20 * WAKE_GAP_S:  # a wake every loop turn
-            dispatcher.wakes.event.set()
-            wakes += 1
-            await asyncio.sleep(0)
+        wakes = await wake_burst(dispatcher.wakes.event, 20 * WAKE_GAP_S)  # every loop turn
         await eventually(lambda: _ticked(dispatcher, first + 1))
-        burst = dispatcher.ticks[first - 1 :]
-        gaps = [b - a for a, b in itertools.pairwise(burst)]
-        assert min(gaps) >= WAKE_GAP_S * 0.99, gaps
-        assert len(burst) <= 23 < wakes, (len(burst), wakes)
+        assert_paced(dispatcher.ticks[first - 1 :], WAKE_GAP_S, wakes, most=23)
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
