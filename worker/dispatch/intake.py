@@ -48,14 +48,11 @@ class Intake:
         `entries`."""
         pipe.zrange(self.settings.keys.sched_inbox, 0, INBOX_READ - 1, withscores=True)
 
-    async def route_inbox(self, entries: list[tuple[bytes, float]] | None = None) -> int:
+    async def route_inbox(self, entries: list[tuple[bytes, float]]) -> int:
         """Place jobs raw-Redis producers added to `msgq:sched:inbox` (payload under the usual
         `arq:job:<id>`) into their scheduler queue; an unreadable one goes to arq's queue, where
-        the worker records why it failed. `entries`: the inbox as read already (`ask`)."""
-        if entries is None:
-            entries = await self.redis.zrange(
-                self.settings.keys.sched_inbox, 0, INBOX_READ - 1, withscores=True
-            )
+        the worker records why it failed. `entries`: the inbox as the tick's first look read
+        it (`ask`)."""
         for raw_id, score in entries:
             job_id = raw_id.decode()
             payload = await self.redis.get(self.settings.keys.arq_job_key(job_id))
